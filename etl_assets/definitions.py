@@ -1,0 +1,33 @@
+"""The code location: assembles the domains' definitions and picks the executor for the environment."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, in_process_executor, multiprocess_executor
+
+from etl_assets.pipelines.factory import build_pipelines
+from etl_assets.pipelines.spec import LoadedSpec, load_specs
+from etl_assets.settings import LOCAL
+
+
+def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
+    """Definitions for ``specs`` (default: the packaged specs plus ``$ETL_PIPELINES_DIR``).
+
+    Locally every run executes in one process: a fresh interpreter per step costs seconds each (27 s against
+    7.8 s for three assets on a 2-core machine). Production runs steps in parallel processes (or Kubernetes pods
+    through the dagster-k8s run launcher configured in the instance).
+    """
+    specs = load_specs() if specs is None else specs
+    built = build_pipelines(specs, os.environ.get)
+    local = os.environ.get("ETL_ENV", LOCAL).strip().lower() in ("", LOCAL)
+    return Definitions(
+        assets=built.assets,
+        jobs=built.jobs,
+        schedules=built.schedules,
+        resources=built.resources,
+        executor=in_process_executor if local else multiprocess_executor,
+    )
+
+
+defs = build_definitions()

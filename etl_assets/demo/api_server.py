@@ -1,0 +1,554 @@
+"""Loopback REST API serving the demo shop's orders, with optional auth and fault injection.
+
+The server behaves like a typical paginated SaaS API so that REST ingestion can be
+exercised end to end:
+
+* ``GET /health`` returns ``{"status": "ok"}``; it never needs auth and is never faulted.
+* ``GET /orders`` filters on ``ordered_from`` / ``ordered_to`` (half-open on ``ordered_at``)
+  and ``updated_since`` (strictly after, on ``updated_at``), ordered by ``order_id``. It pages
+  with ``page`` / ``page_size`` by default, or with keyset pagination when ``limit`` (and
+  optionally ``cursor``) is given, in which case ``next`` and an RFC 8288 ``Link`` header
+  point to the following page.
+* ``GET /orders/watermark`` returns the latest ``updated_at`` and the row count.
+
+Orders are read from the Parquet file on every request, so rewriting the file changes
+what the API serves without restarting it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import dataclasses
+import datetime as dt
+import hmac
+import json
+import logging
+import math
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from socketserver import TCPServer
+from typing import Any, Self
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import duckdb
+
+__all__ = ["FAULT_KINDS", "DemoApiServer", "FaultConfig", "run_server"]
+
+_log = logging.getLogger(__name__)
+
+FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "slow", "truncated")
+"""Every fault :class:`FaultConfig` can inject."""
+
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 5000
+
+_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_FILTERS: tuple[tuple[str, str], ...] = (
+    ("ordered_from", "ordered_at >= ?"),
+    ("ordered_to", "ordered_at < ?"),
+    ("updated_since", "updated_at > ?"),
+)
+_ORDERS_PARAMS = frozenset({name for name, _ in _FILTERS} | {"page", "page_size", "limit", "cursor"})
+_ORDER_COLUMNS = (
+    "order_id",
+    "customer_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "currency",
+    "status",
+    "ordered_at",
+    "updated_at",
+)
+_SELECT_ORDERS = f"""
+    SELECT order_id, customer_id, product_id, quantity,
+           CAST(unit_price AS VARCHAR),
+           currency, status,
+           strftime(make_timestamp(epoch_us(ordered_at)), '{_TIMESTAMP_FORMAT}'),
+           strftime(make_timestamp(epoch_us(updated_at)), '{_TIMESTAMP_FORMAT}')
+    FROM read_parquet(?)
+"""
+_SELECT_WATERMARK = f"""
+    SELECT strftime(make_timestamp(epoch_us(max(updated_at))), '{_TIMESTAMP_FORMAT}'), count(*)
+    FROM read_parquet(?)
+"""
+_CURSOR_PREFIX = "order_id:"
+_UNSIGNED_INT = re.compile(r"[0-9]{1,12}")
+_HANDLER_IDLE_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Which faults the API injects into ``/orders*`` responses, and how often.
+
+    Attributes:
+        rate: Fraction of ``/orders*`` requests (0..1) that receive a fault.
+        kinds: Faults to choose from uniformly: ``"500"`` and ``"503"`` answer with that
+            status, ``"429"`` answers Too Many Requests with ``Retry-After``, ``"slow"``
+            sleeps ``slow_seconds`` before answering normally, and ``"truncated"`` sends a
+            200 whose body stops halfway through the announced ``Content-Length`` before
+            the connection is closed.
+        retry_after_seconds: ``Retry-After`` value sent with 429 and 503 responses.
+        slow_seconds: Delay applied by the ``"slow"`` fault.
+        seed: Seed of the generator deciding which requests are faulted, so that a given
+            sequence of requests always meets the same faults.
+    """
+
+    rate: float = 0.0
+    kinds: tuple[str, ...] = FAULT_KINDS
+    retry_after_seconds: int = 1
+    slow_seconds: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", tuple(self.kinds))
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"fault rate must be within [0, 1], got {self.rate}")
+        if not self.kinds:
+            raise ValueError("at least one fault kind is required")
+        unknown = sorted(set(self.kinds) - set(FAULT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown fault kinds {unknown}; expected some of {list(FAULT_KINDS)}")
+        if self.retry_after_seconds < 0:
+            raise ValueError(f"retry_after_seconds must be >= 0, got {self.retry_after_seconds}")
+        if self.slow_seconds < 0:
+            raise ValueError(f"slow_seconds must be >= 0, got {self.slow_seconds}")
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultConfig:
+        """Parses a command-line fault specification.
+
+        Args:
+            spec: Comma-separated ``key=value`` pairs naming fields of this class, with
+                ``kinds`` joined by ``+``, e.g. ``"rate=0.1,kinds=500+429+truncated,slow_seconds=2"``.
+                Omitted fields keep their defaults; an empty string means no faults.
+
+        Returns:
+            The parsed configuration.
+
+        Raises:
+            ValueError: If a key is unknown, repeated or malformed, or a value is invalid.
+        """
+        converters: dict[str, Callable[[str], Any]] = {
+            "rate": float,
+            "kinds": lambda value: tuple(kind for kind in value.split("+") if kind),
+            "retry_after_seconds": int,
+            "slow_seconds": float,
+            "seed": int,
+        }
+        values: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in converters:
+                raise ValueError(f"invalid fault spec item {item!r}; expected one of {sorted(converters)} as key=value")
+            if key in values:
+                raise ValueError(f"fault spec sets {key!r} more than once")
+            try:
+                values[key] = converters[key](value.strip())
+            except ValueError as exc:
+                raise ValueError(f"invalid value for {key!r} in fault spec: {value!r}") from exc
+        return cls(**values)
+
+
+class _BadRequest(Exception):
+    """A client error reported as 400 with the message as the ``error`` field."""
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: HTTPStatus
+    payload: Mapping[str, Any]
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return json.dumps(self.payload, separators=(",", ":")).encode("utf-8")
+
+
+def _encode_cursor(order_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{order_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = ""
+    prefix, _, order_id = decoded.partition(_CURSOR_PREFIX)
+    if prefix or not _UNSIGNED_INT.fullmatch(order_id):
+        raise _BadRequest("cursor is not a cursor returned by this API")
+    return int(order_id)
+
+
+def _single_values(query: str, allowed: frozenset[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, given in parse_qs(query, keep_blank_values=True).items():
+        if name not in allowed:
+            raise _BadRequest(f"unknown parameter {name!r}; allowed: {sorted(allowed)}")
+        if len(given) > 1:
+            raise _BadRequest(f"parameter {name!r} given more than once")
+        values[name] = given[0]
+    return values
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int | None, maximum: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        if default is None:
+            raise _BadRequest(f"{name} is required")
+        return default
+    if not _UNSIGNED_INT.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise _BadRequest(f"{name} must be an integer between 1 and {maximum}, got {raw!r}")
+    return int(raw)
+
+
+def _timestamp_param(params: Mapping[str, str], name: str) -> dt.datetime | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise _BadRequest(f"{name} must be an ISO-8601 timestamp, got {raw!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+class _HttpServer(ThreadingHTTPServer):
+    """Threading HTTP server that can sever idle keep-alive connections on shutdown."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], app: DemoApiServer) -> None:
+        self.app = app
+        self._open_sockets: set[socket.socket] = set()
+        self._sockets_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, a potentially slow DNS lookup
+        # that serves no purpose here.
+        TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        with self._sockets_lock:
+            self._open_sockets.add(sock)
+        return sock, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._sockets_lock:
+            self._open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_connections(self) -> None:
+        with self._sockets_lock:
+            sockets = list(self._open_sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        _log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = _HANDLER_IDLE_TIMEOUT_SECONDS
+    server: _HttpServer
+
+    def do_GET(self) -> None:
+        self.server.app._handle_get(self)
+
+    def _method_not_allowed(self) -> None:
+        self.server.app._count_request()
+        self.send_json(
+            _Response(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed"}, {"Allow": "GET"})
+        )
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = _method_not_allowed
+
+    def send_json(self, response: _Response, *, truncate: bool = False) -> None:
+        body = response.body()
+        self.send_response(response.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        if truncate:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if truncate else body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("%s " + format, self.address_string(), *args)
+
+
+class DemoApiServer:
+    """HTTP server exposing the demo orders Parquet file as a paginated JSON API.
+
+    Requests are served on daemon threads; each one queries the Parquet file through its
+    own cursor of a shared in-memory DuckDB connection.
+
+    Example:
+        >>> with DemoApiServer(manifest.orders_path) as api:
+        ...     httpx.get(f"{api.url}/orders", params={"limit": 100}).json()
+    """
+
+    _con: duckdb.DuckDBPyConnection  # set by start()
+
+    def __init__(
+        self,
+        orders_path: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        faults: FaultConfig | None = None,
+    ) -> None:
+        """Configures the server without binding a socket.
+
+        Args:
+            orders_path: Parquet file with the orders to serve; read on every request.
+            host: IPv4 address to listen on.
+            port: TCP port to listen on; 0 picks a free port at :meth:`start`.
+            token: When set, every endpoint except ``/health`` requires
+                ``Authorization: Bearer <token>``.
+            faults: Fault injection for ``/orders*`` requests; ``None`` disables it.
+        """
+        self._orders_path = str(orders_path)
+        self._address = (host, port)
+        self._token = token
+        self._faults = faults
+        self._fault_rng = random.Random(faults.seed if faults else 0)
+        self._lock = threading.Lock()
+        self._requests_total = 0
+        self._faults_injected: collections.Counter[str] = collections.Counter()
+        self._httpd: _HttpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._routes: dict[str, tuple[Callable[[dict[str, str], str], _Response], frozenset[str]]] = {
+            "/orders": (self._orders, _ORDERS_PARAMS),
+            "/orders/watermark": (self._watermark, frozenset()),
+        }
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running server, e.g. ``http://127.0.0.1:41234``."""
+        if self._httpd is None:
+            raise RuntimeError("the server is not running; call start() first")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def requests_total(self) -> int:
+        """Number of requests received so far, including faulted and rejected ones."""
+        with self._lock:
+            return self._requests_total
+
+    @property
+    def faults_injected(self) -> dict[str, int]:
+        """Number of injected faults per kind; kinds never injected are absent."""
+        with self._lock:
+            return dict(self._faults_injected)
+
+    def start(self) -> Self:
+        """Binds the socket and serves requests on a background daemon thread.
+
+        Returns:
+            This server, so that ``api = DemoApiServer(path).start()`` works.
+
+        Raises:
+            RuntimeError: If the server is already running.
+            OSError: If the address cannot be bound.
+        """
+        if self._httpd is not None:
+            raise RuntimeError("the server is already running")
+        self._httpd = _HttpServer(self._address, self)
+        self._con = duckdb.connect()
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name=f"demo-api-{self._httpd.server_port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving, severs open connections and releases the port. Idempotent."""
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.close_open_connections()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        # Handlers still running (e.g. a "slow" fault) fail on the closed connection with a
+        # duckdb.Error and answer 500 on a socket that is already severed.
+        self._con.close()
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _count_request(self) -> None:
+        with self._lock:
+            self._requests_total += 1
+
+    def _draw_fault(self) -> str | None:
+        if self._faults is None or self._faults.rate == 0:
+            return None
+        with self._lock:
+            if self._fault_rng.random() >= self._faults.rate:
+                return None
+            kind = self._fault_rng.choice(self._faults.kinds)
+            self._faults_injected[kind] += 1
+            return kind
+
+    def _authorized(self, authorization: str | None) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, credentials = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token.encode())
+
+    def _handle_get(self, handler: _Handler) -> None:
+        self._count_request()
+        url = urlsplit(handler.path)
+        path = url.path.rstrip("/") or "/"
+        if path == "/health":
+            handler.send_json(_Response(HTTPStatus.OK, {"status": "ok"}))
+            return
+        if path not in self._routes:
+            handler.send_json(_Response(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {url.path}"}))
+            return
+        if not self._authorized(handler.headers.get("Authorization")):
+            handler.send_json(
+                _Response(
+                    HTTPStatus.UNAUTHORIZED,
+                    {"error": "missing or invalid bearer token"},
+                    {"WWW-Authenticate": 'Bearer realm="demo-shop"'},
+                )
+            )
+            return
+
+        fault = self._draw_fault()
+        if fault in ("500", "503", "429"):
+            handler.send_json(self._fault_response(fault))
+            return
+        if fault == "slow":
+            time.sleep(self._faults.slow_seconds)
+
+        route, allowed_params = self._routes[path]
+        host = handler.headers.get("Host") or "{}:{}".format(*handler.server.server_address[:2])
+        try:
+            response = route(_single_values(url.query, allowed_params), host)
+        except _BadRequest as exc:
+            response = _Response(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        except duckdb.Error as exc:
+            _log.exception("query for %s failed", handler.path)
+            response = _Response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"query failed: {exc}"})
+        handler.send_json(response, truncate=fault == "truncated")
+
+    def _fault_response(self, kind: str) -> _Response:
+        retry_after = {"Retry-After": str(self._faults.retry_after_seconds)}
+        if kind == "429":
+            return _Response(HTTPStatus.TOO_MANY_REQUESTS, {"error": "rate limit exceeded"}, retry_after)
+        if kind == "503":
+            return _Response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "service temporarily unavailable"}, retry_after)
+        return _Response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal server error"})
+
+    def _query(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._con.cursor() as cur:
+            return cur.execute(sql, params).fetchall()
+
+    def _orders(self, params: dict[str, str], host: str) -> _Response:
+        bounds = {name: _timestamp_param(params, name) for name, _ in _FILTERS}
+        if bounds["ordered_from"] and bounds["ordered_to"] and bounds["ordered_from"] > bounds["ordered_to"]:
+            raise _BadRequest("ordered_from must not be later than ordered_to")
+        conditions = [condition for name, condition in _FILTERS if bounds[name] is not None]
+        values: list[Any] = [self._orders_path, *(value for value in bounds.values() if value is not None)]
+
+        if "limit" in params or "cursor" in params:
+            if "page" in params or "page_size" in params:
+                raise _BadRequest("page/page_size cannot be combined with limit/cursor")
+            return self._orders_by_cursor(params, conditions, values, host)
+
+        page = _int_param(params, "page", 1, 10**9)
+        page_size = _int_param(params, "page_size", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        (total,) = self._query(f"SELECT count(*) FROM read_parquet(?){where}", values)[0]
+        rows = self._query(
+            f"{_SELECT_ORDERS}{where} ORDER BY order_id LIMIT ? OFFSET ?",
+            [*values, page_size, (page - 1) * page_size],
+        )
+        return _Response(
+            HTTPStatus.OK,
+            {
+                "data": [dict(zip(_ORDER_COLUMNS, row)) for row in rows],
+                "page": page,
+                "page_size": page_size,
+                "total_pages": math.ceil(total / page_size),
+                "total": total,
+            },
+        )
+
+    def _orders_by_cursor(
+        self, params: dict[str, str], conditions: list[str], values: list[Any], host: str
+    ) -> _Response:
+        limit = _int_param(params, "limit", None, MAX_PAGE_SIZE)
+        if "cursor" in params:
+            conditions = [*conditions, "order_id > ?"]
+            values = [*values, _decode_cursor(params["cursor"])]
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._query(f"{_SELECT_ORDERS}{where} ORDER BY order_id LIMIT ?", [*values, limit + 1])
+        data = [dict(zip(_ORDER_COLUMNS, row)) for row in rows[:limit]]
+        if len(rows) <= limit:
+            return _Response(HTTPStatus.OK, {"data": data, "next_cursor": None, "next": None})
+        next_cursor = _encode_cursor(data[-1]["order_id"])
+        next_params = {name: params[name] for name, _ in _FILTERS if name in params}
+        next_url = f"http://{host}/orders?{urlencode({**next_params, 'limit': limit, 'cursor': next_cursor})}"
+        return _Response(
+            HTTPStatus.OK,
+            {"data": data, "next_cursor": next_cursor, "next": next_url},
+            {"Link": f'<{next_url}>; rel="next"'},
+        )
+
+    def _watermark(self, params: dict[str, str], host: str) -> _Response:
+        max_updated_at, count = self._query(_SELECT_WATERMARK, [self._orders_path])[0]
+        return _Response(HTTPStatus.OK, {"max_updated_at": max_updated_at, "count": count})
+
+
+def run_server(
+    orders_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    faults: FaultConfig | None = None,
+) -> None:
+    """Serves the demo API in the foreground until interrupted with Ctrl-C.
+
+    Args:
+        orders_path: Parquet file with the orders to serve.
+        host: IPv4 address to listen on.
+        port: TCP port to listen on; 0 picks a free port.
+        token: Bearer token required by every endpoint except ``/health``, if set.
+        faults: Fault injection for ``/orders*`` requests; ``None`` disables it.
+    """
+    with DemoApiServer(orders_path, host=host, port=port, token=token, faults=faults) as server:
+        print(f"Demo shop API listening on {server.url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print(f"Stopping after {server.requests_total} requests", flush=True)

@@ -1,0 +1,1 @@
+"""Pipeline specs and the factory that turns them into Dagster definitions."""

@@ -1,0 +1,456 @@
+"""Builds Dagster definitions from pipeline specs.
+
+Per source pipeline ``x`` of domain ``d``:
+``raw/x`` (extract to the lake) -> ``clean/x`` + ``quarantine/x`` (validate) -> ``warehouse/x`` / ``postgres/x`` (load).
+Per transform pipeline ``m``: ``marts/m`` (SQL over its inputs) -> ``warehouse/m`` / ``postgres/m``.
+"""
+
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    AssetSelection,
+    AssetsDefinition,
+    Backoff,
+    DailyPartitionsDefinition,
+    DefaultScheduleStatus,
+    EnvVar,
+    HourlyPartitionsDefinition,
+    Jitter,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    PartitionsDefinition,
+    RetryPolicy,
+    ScheduleDefinition,
+    asset,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+    define_asset_job,
+    multi_asset,
+)
+
+from etl_assets.errors import ContractError
+from etl_assets.lake import LakeIOManager, LakeStorage, LakeStream, LakeTable
+from etl_assets.pipelines import validation
+from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
+from etl_assets.resources.api import ExtractStats, RestApiSource
+from etl_assets.resources.files import LandingFilesSource
+from etl_assets.resources.sql import SqlDatabaseSource
+from etl_assets.resources.targets import WAREHOUSE_POOL, DuckDBWarehouse, PostgresTarget
+
+LAKE_IO_MANAGER = "lake_io_manager"
+CHECK_ROWS_CONSERVED = "rows_conserved"
+CHECK_PRIMARY_KEY_UNIQUE = "primary_key_unique"
+CHECK_MATCHES_LAKE = "matches_lake"
+UNPARTITIONED = "_all"
+TARGET_PREFIX = {"duckdb": "warehouse", "postgres": "postgres"}
+TARGET_RESOURCE = {"duckdb": "warehouse", "postgres": "postgres_target"}
+
+
+def raw_key(name: str) -> AssetKey:
+    return AssetKey(["raw", name])
+
+
+def clean_key(name: str) -> AssetKey:
+    return AssetKey(["clean", name])
+
+
+def quarantine_key(name: str) -> AssetKey:
+    return AssetKey(["quarantine", name])
+
+
+def mart_key(name: str) -> AssetKey:
+    return AssetKey(["marts", name])
+
+
+def target_key(target: str, name: str) -> AssetKey:
+    return AssetKey([TARGET_PREFIX[target], name])
+
+
+def dataset_key(spec: PipelineSpec) -> AssetKey:
+    """The lake asset other pipelines read: the validated dataset, or the mart."""
+    return clean_key(spec.name) if spec.source is not None else mart_key(spec.name)
+
+
+def source_resource_key(spec: PipelineSpec) -> str:
+    assert spec.source is not None
+    return "landing" if spec.source.kind == "files" else f"source_{spec.source.connection}"
+
+
+def partitions_def_for(spec: PipelineSpec) -> PartitionsDefinition | None:
+    p = spec.partitions
+    if p.type == "daily":
+        return DailyPartitionsDefinition(start_date=p.start.isoformat(), timezone=p.timezone)
+    if p.type == "hourly":
+        return HourlyPartitionsDefinition(start_date=f"{p.start.isoformat()}-00:00", timezone=p.timezone)
+    return None
+
+
+def retry_policy_for(spec: PipelineSpec) -> RetryPolicy:
+    r = spec.retry
+    return RetryPolicy(
+        max_retries=r.max_retries,
+        delay=r.delay_seconds,
+        backoff=Backoff.EXPONENTIAL if r.backoff == "exponential" else Backoff.LINEAR,
+        jitter={"full": Jitter.FULL, "plus_minus": Jitter.PLUS_MINUS, "none": None}[r.jitter],
+    )
+
+
+def _partition(context: AssetExecutionContext) -> str:
+    return context.partition_key if context.has_partition_key else UNPARTITIONED
+
+
+def _window(context: AssetExecutionContext):
+    if not context.has_partition_key:
+        return None
+    tw = context.partition_time_window
+    return tw.start, tw.end
+
+
+def _conforming(schema: pa.Schema, batches: Iterator[pa.RecordBatch], dataset: str) -> Iterator[pa.RecordBatch]:
+    """Give every batch the first batch's columns; a column that appears only later is a schema change."""
+    for index, batch in enumerate(batches):
+        extra = [n for n in batch.schema.names if n not in schema.names]
+        if extra:
+            raise ContractError(
+                f"{dataset}: page {index + 1} has new column(s) {extra} not in earlier pages; "
+                "re-run so the raw schema includes them, or declare them in the spec"
+            )
+        arrays = [batch.column(f.name) if f.name in batch.schema.names else pa.nulls(batch.num_rows, f.type) for f in schema]
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> AssetsDefinition:
+    spec = loaded.spec
+    src = spec.source
+    resource_key = source_resource_key(spec)
+    columns = [c.name for c in spec.columns]
+
+    @asset(
+        key=raw_key(spec.name),
+        group_name=spec.domain,
+        partitions_def=pdef,
+        io_manager_key=LAKE_IO_MANAGER,
+        required_resource_keys={resource_key},
+        retry_policy=retry_policy_for(spec),
+        kinds={src.kind, "parquet"},
+        description=f"{spec.name} as delivered by its {src.kind} source (text values, plus _etl_source).",
+        metadata={"spec_file": str(loaded.path)},
+    )
+    def extract(context: AssetExecutionContext):
+        started = time.perf_counter()
+        resource = getattr(context.resources, resource_key)
+        window = _window(context)
+        if src.kind == "api":
+            api: RestApiSource = resource
+            stats = ExtractStats()
+            pages = api.extract(src, columns, window=window, stats=stats)
+            first = next(pages, None)
+            if first is None:
+                first = pa.RecordBatch.from_pylist([], schema=pa.schema([pa.field(c, pa.string()) for c in [*columns, "_etl_source"]]))
+            schema = first.schema
+
+            def batches() -> Iterator[pa.RecordBatch]:
+                yield first
+                yield from pages
+
+            reader = pa.RecordBatchReader.from_batches(schema, _conforming(schema, batches(), spec.name))
+            return LakeStream(reader, lambda: {
+                "pages": stats.pages,
+                "records_extracted": stats.records,
+                "request_retries": stats.retries,
+                "retry_reasons": MetadataValue.json(stats.retry_reasons),
+                "source_position": stats.max_watermark or "",
+                "extract_seconds": round(time.perf_counter() - started, 3),
+                "base_url": api.base_url(),
+            })
+        if src.kind == "sql":
+            db: SqlDatabaseSource = resource
+            reader = db.extract(src, window=window)
+            return LakeStream(reader, lambda: {
+                "source_position": f"{src.table or 'query'} window {window[0].isoformat()}..{window[1].isoformat()}" if window else (src.table or "query"),
+                "extract_seconds": round(time.perf_counter() - started, 3),
+                "fast_path": "adbc" if db.is_postgres() else "sqlalchemy",
+            })
+        landing: LandingFilesSource = resource
+        files = landing.list_files(spec.name, src, partition=context.partition_key if context.has_partition_key else None)
+        con = duckdb.connect()
+        rel = landing.read(con, spec.name, src, files)
+        context.add_output_metadata({
+            "source_position": MetadataValue.json([f.name for f in files]),
+            "files": len(files),
+        })
+        return rel
+
+    return extract
+
+
+def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> AssetsDefinition:
+    spec = loaded.spec
+    ck, qk = clean_key(spec.name), quarantine_key(spec.name)
+
+    @multi_asset(
+        name=f"validate_{spec.name}",
+        group_name=spec.domain,
+        partitions_def=pdef,
+        ins={"raw": AssetIn(key=raw_key(spec.name))},
+        outs={
+            "clean": AssetOut(key=ck, io_manager_key=LAKE_IO_MANAGER, kinds={"parquet"},
+                              description=f"{spec.name}: rows meeting the contract, typed."),
+            "quarantine": AssetOut(key=qk, io_manager_key=LAKE_IO_MANAGER, kinds={"parquet"},
+                                   description=f"{spec.name}: rows breaking the contract, as delivered, with reasons."),
+        },
+        check_specs=[
+            AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=ck, blocking=True,
+                           description="rows_in = rows_valid + rows_quarantined"),
+            AssetCheckSpec(CHECK_PRIMARY_KEY_UNIQUE, asset=ck, blocking=True,
+                           description=f"primary key ({', '.join(spec.primary_key) or 'none declared'}) is unique"),
+        ],
+        required_resource_keys={"lake"},
+    )
+    def validate(context: AssetExecutionContext, raw: LakeTable):
+        started = time.perf_counter()
+        lake: LakeStorage = context.resources.lake
+        partition = _partition(context)
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        raw_rel = raw.relation(con)
+        raw_columns = raw_rel.columns
+        validation.check_required_columns(spec.name, spec.columns, raw_columns)
+        con.register("raw", raw_rel)
+        tmp = lake.path_for(["_tmp", "validate", spec.name, context.run_id], partition)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con.sql(validation.tagged_sql(spec.columns, spec.primary_key, raw_columns)).write_parquet(str(tmp))
+            con.register("tagged", con.read_parquet(str(tmp)))
+            rows_in, rows_bad = con.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE len({validation.ERRORS_COLUMN}) > 0) FROM tagged"
+            ).fetchall()[0]
+            reasons = dict(con.execute(
+                f"SELECT reason, count(*) FROM (SELECT unnest({validation.ERRORS_COLUMN}) AS reason FROM tagged) GROUP BY ALL ORDER BY 2 DESC"
+            ).fetchall())
+            validate_seconds = time.perf_counter() - started
+            valid = con.sql(validation.valid_sql(spec.columns, raw_columns))
+            quarantined = con.sql(validation.quarantine_sql(raw_columns), params={"run_id": context.run_id, "partition": partition})
+            yield Output(valid, "clean", metadata={
+                "rows_in": rows_in,
+                "rows_valid": rows_in - rows_bad,
+                "rows_quarantined": rows_bad,
+                "valid_share": round((rows_in - rows_bad) / rows_in, 6) if rows_in else 1.0,
+                "validate_seconds": round(validate_seconds, 3),
+            })
+            yield Output(quarantined, "quarantine", metadata={"reasons": MetadataValue.json(reasons)})
+        finally:
+            con.close()
+            tmp.unlink(missing_ok=True)
+        clean_table = lake.table(ck.path, [None if partition == UNPARTITIONED else partition])
+        quarantine_table = lake.table(qk.path, [None if partition == UNPARTITIONED else partition])
+        written = clean_table.num_rows + quarantine_table.num_rows
+        yield AssetCheckResult(
+            asset_key=ck, check_name=CHECK_ROWS_CONSERVED, passed=written == rows_in,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"rows_in": rows_in, "rows_valid": clean_table.num_rows, "rows_quarantined": quarantine_table.num_rows},
+        )
+        duplicates = 0
+        if spec.primary_key:
+            keys = ", ".join(f'"{k}"' for k in spec.primary_key)
+            duplicates = clean_table.relation().query(
+                "t", f"SELECT count(*) FROM (SELECT {keys} FROM t GROUP BY ALL HAVING count(*) > 1)"
+            ).fetchall()[0][0]
+        yield AssetCheckResult(
+            asset_key=ck, check_name=CHECK_PRIMARY_KEY_UNIQUE, passed=duplicates == 0,
+            severity=AssetCheckSeverity.ERROR, metadata={"duplicate_keys": duplicates},
+        )
+
+    return validate
+
+
+def _build_transform(loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_name: dict[str, LoadedSpec]) -> AssetsDefinition:
+    spec = loaded.spec
+    sql_text = loaded.transform_sql()
+    inputs = spec.transform.inputs
+
+    @asset(
+        key=mart_key(spec.name),
+        group_name=spec.domain,
+        partitions_def=pdef,
+        io_manager_key=LAKE_IO_MANAGER,
+        ins={name: AssetIn(key=dataset_key(by_name[name].spec)) for name in inputs},
+        retry_policy=retry_policy_for(spec),
+        kinds={"duckdb", "parquet"},
+        description=spec.description or f"{spec.name}: {spec.transform.sql} over {', '.join(inputs)}.",
+        metadata={"spec_file": str(loaded.path), "sql": MetadataValue.md(f"```sql\n{sql_text}\n```")},
+    )
+    def transform(context: AssetExecutionContext, **tables: LakeTable):
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        for name, table in tables.items():
+            con.register(name, table.relation(con))
+        params = {}
+        if "$partition_start" in sql_text or "$partition_end" in sql_text:
+            window = _window(context)
+            if window is None:
+                raise ContractError(f"{loaded.path}: the SQL uses $partition_start/$partition_end but {spec.name} is unpartitioned")
+            params = {"partition_start": window[0], "partition_end": window[1]}
+        return con.sql(sql_text, params=params or None)
+
+    return transform
+
+
+def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | None) -> AssetsDefinition:
+    spec = loaded.spec
+    key = target_key(target, spec.name)
+    resource_key = TARGET_RESOURCE[target]
+
+    @asset(
+        key=key,
+        group_name=spec.domain,
+        partitions_def=pdef,
+        ins={"data": AssetIn(key=dataset_key(spec))},
+        required_resource_keys={resource_key},
+        pool=WAREHOUSE_POOL if target == "duckdb" else None,
+        retry_policy=retry_policy_for(spec),
+        kinds={target},
+        check_specs=[AssetCheckSpec(CHECK_MATCHES_LAKE, asset=key, blocking=True,
+                                    description="the loaded partition has exactly the lake partition's rows")],
+        description=f"{spec.name} loaded into {target} table {spec.domain}.{spec.name}, one partition replaced per run.",
+    )
+    def load(context: AssetExecutionContext, data: LakeTable) -> MaterializeResult:
+        resource: DuckDBWarehouse | PostgresTarget = getattr(context.resources, resource_key)
+        result = resource.replace_partition(spec.domain, spec.name, data, _partition(context), context.run_id)
+        expected = data.num_rows
+        return MaterializeResult(
+            metadata={
+                "dagster/row_count": result.rows,
+                "table": f"{spec.domain}.{spec.name}",
+                "rows_replaced": result.rows_replaced,
+                "load_seconds": round(result.seconds, 3),
+                "rows_per_second": round(result.rows / result.seconds, 1) if result.seconds else 0.0,
+            },
+            check_results=[AssetCheckResult(
+                check_name=CHECK_MATCHES_LAKE, passed=result.rows == expected,
+                metadata={"lake_rows": expected, "target_rows": result.rows},
+            )],
+        )
+
+    return load
+
+
+@dataclass
+class BuiltPipelines:
+    assets: list[AssetsDefinition]
+    jobs: list
+    schedules: list[ScheduleDefinition]
+    resources: dict
+
+
+def pipeline_keys(spec: PipelineSpec) -> list[AssetKey]:
+    """All asset keys one pipeline owns."""
+    keys = [raw_key(spec.name), clean_key(spec.name), quarantine_key(spec.name)] if spec.source else [mart_key(spec.name)]
+    return keys + [target_key(t, spec.name) for t in spec.targets]
+
+
+def _job_suffix(spec: PipelineSpec) -> str:
+    return {"none": "full_refresh", "daily": "daily", "hourly": "hourly"}[spec.partitions.type]
+
+
+def _build_schedule(spec: PipelineSpec, job, pdef: PartitionsDefinition | None, status: DefaultScheduleStatus):
+    """A cron schedule; for a time-partitioned pipeline each tick requests the partition that has just closed."""
+
+    @schedule(
+        name=f"{spec.name}_schedule",
+        job=job,
+        cron_schedule=spec.schedule.cron,
+        execution_timezone=spec.schedule.timezone,
+        default_status=status,
+        description=f"{spec.name} on '{spec.schedule.cron}' ({spec.schedule.timezone}).",
+    )
+    def _schedule(context: ScheduleEvaluationContext):
+        if pdef is None:
+            return RunRequest(run_key=None)
+        partition = pdef.get_last_partition_key(current_time=context.scheduled_execution_time)
+        if partition is None:
+            return SkipReason(f"no {spec.name} partition has closed yet (partitions start {spec.partitions.start})")
+        return RunRequest(run_key=partition, partition_key=partition)
+
+    return _schedule
+
+
+def build_resources(specs: list[LoadedSpec], env: Callable[[str], str | None]) -> dict:
+    """Resources for the specs' connections. Secrets and URLs are bound as ``EnvVar`` when the variable is set.
+
+    Args:
+        env: Looks up whether an environment variable is set (``os.environ.get``); only names are bound.
+    """
+    lake = LakeStorage()
+    resources: dict = {
+        "lake": lake,
+        "landing": LandingFilesSource(),
+        "warehouse": DuckDBWarehouse(),
+        "postgres_target": PostgresTarget(url=EnvVar("ETL_POSTGRES_URL") if env("ETL_POSTGRES_URL") else None),
+    }
+    resources[LAKE_IO_MANAGER] = LakeIOManager(lake=lake)
+    for loaded in specs:
+        src = loaded.spec.source
+        if src is None or src.kind == "files":
+            continue
+        key = source_resource_key(loaded.spec)
+        prefix = src.connection.upper()
+        url = EnvVar(f"{prefix}_URL") if env(f"{prefix}_URL") else None
+        if src.kind == "api":
+            token = EnvVar(f"{prefix}_TOKEN") if env(f"{prefix}_TOKEN") else None
+            resources.setdefault(key, RestApiSource(connection=src.connection, default_url=src.default_url, url=url, token=token))
+        else:
+            resources.setdefault(key, SqlDatabaseSource(connection=src.connection, default_url=src.default_url, url=url))
+    return resources
+
+
+def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -> BuiltPipelines:
+    """Assets, jobs and schedules for every spec."""
+    by_name = {s.spec.name: s for s in specs}
+    assets: list[AssetsDefinition] = []
+    groups: dict[tuple, list[AssetKey]] = defaultdict(list)
+    jobs = []
+    schedules = []
+    for loaded in specs:
+        spec = loaded.spec
+        pdef = partitions_def_for(spec)
+        if spec.source is not None:
+            assets += [_build_extract(loaded, pdef), _build_validate(loaded, pdef)]
+        else:
+            assets.append(_build_transform(loaded, pdef, by_name))
+        assets += [_build_load(loaded, target, pdef) for target in spec.targets]
+        keys = pipeline_keys(spec)
+        groups[(spec.domain, _job_suffix(spec))].extend(keys)
+        job = define_asset_job(
+            name=f"{spec.name}_pipeline",
+            selection=AssetSelection.assets(*keys),
+            partitions_def=pdef,
+            description=f"Pipeline {spec.name} ({loaded.path.name}): extract or build, validate, load.",
+        )
+        jobs.append(job)
+        if spec.schedule is not None:
+            status = DefaultScheduleStatus.RUNNING if spec.schedule.default_status == "running" else DefaultScheduleStatus.STOPPED
+            schedules.append(_build_schedule(spec, job, pdef, status))
+    for (domain, suffix), keys in sorted(groups.items()):
+        jobs.append(define_asset_job(
+            name=f"{domain}_{suffix}",
+            selection=AssetSelection.assets(*keys),
+            description=f"Every {suffix.replace('_', ' ')} pipeline of the {domain} domain.",
+        ))
+    return BuiltPipelines(assets=assets, jobs=jobs, schedules=schedules, resources=build_resources(specs, env))

@@ -1,0 +1,387 @@
+"""Pipeline specs: the YAML format, its typed models and the loader.
+
+A spec file declares one pipeline. A *source* pipeline extracts a dataset from an API, an SQL database or
+landing-zone files, validates it against its columns (the contract) and loads it into its targets. A
+*transform* pipeline builds a mart with an SQL file over other pipelines' datasets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from etl_assets.sqlutil import is_identifier, normalize_type
+
+PACKAGED_SPEC_DIRS = (Path(__file__).resolve().parent.parent / "shop" / "specs",)
+PIPELINES_DIR_ENV = "ETL_PIPELINES_DIR"
+_CRON_FIELD_RE = re.compile(r"^(\*|[0-9A-Za-z]+)([-/,][0-9A-Za-z*]+)*$")
+
+
+class SpecError(ValueError):
+    """A spec file cannot be used. The message names the file, the field and the fix."""
+
+
+def _identifier(value: str) -> str:
+    if not is_identifier(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use letters, digits and underscores, starting with a letter"
+        )
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Column(_Model):
+    """One column of the dataset contract."""
+
+    name: str
+    type: str
+    nullable: bool = True
+    description: str = ""
+
+    _check_name = field_validator("name")(_identifier)
+
+    @field_validator("type")
+    @classmethod
+    def _check_type(cls, value: str) -> str:
+        return normalize_type(value)
+
+
+class Pagination(_Model):
+    """How an API pages its results. ``page``: page/page_size numbers; ``cursor``: an opaque cursor and a next link."""
+
+    style: Literal["page", "cursor"] = "page"
+    page_size: int = Field(500, ge=1, le=10_000)
+    page_param: str = "page"
+    page_size_param: str = "page_size"
+    cursor_param: str = "cursor"
+    limit_param: str = "limit"
+    next_cursor_field: str = "next_cursor"
+    total_pages_field: str = "total_pages"
+
+
+class Incremental(_Model):
+    """Incremental extraction: only records whose ``field`` is newer than the last loaded watermark."""
+
+    param: str = "updated_since"
+    field: str = "updated_at"
+
+
+class ApiSource(_Model):
+    """A REST API endpoint returning JSON records."""
+
+    kind: Literal["api"]
+    connection: str
+    default_url: str = Field(description="Base URL used when <CONNECTION>_URL is not set in the environment.")
+    endpoint: str
+    records_path: str = "data"
+    pagination: Pagination = Pagination()
+    window_params: tuple[str, str] | None = Field(
+        None, description="Query parameters carrying the partition's time window [start, end)."
+    )
+    incremental: Incremental | None = None
+    auth: Literal["none", "bearer"] = "none"
+    timeout_seconds: float = Field(30.0, gt=0)
+
+    _check_connection = field_validator("connection")(_identifier)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"endpoint {value!r} must be a path starting with '/', e.g. /orders")
+        return value
+
+
+class SqlSource(_Model):
+    """A table or query of an SQL database (SQLAlchemy URL; Postgres gets the Arrow fast path)."""
+
+    kind: Literal["sql"]
+    connection: str
+    default_url: str = Field(
+        description="URL used when <CONNECTION>_URL is not set; '{data_dir}' expands to ETL_DATA_DIR."
+    )
+    table: str | None = None
+    query: str | None = None
+    incremental_column: str | None = None
+    chunk_size: int = Field(100_000, ge=1_000, le=5_000_000)
+
+    _check_connection = field_validator("connection")(_identifier)
+
+    @field_validator("table", "incremental_column")
+    @classmethod
+    def _check_names(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.split(".")
+        if len(parts) > 2 or not all(is_identifier(p) for p in parts):
+            raise ValueError(f"{value!r} is not a table or column name (schema.table or table)")
+        return value
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSource:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of `table` or `query`")
+        return self
+
+
+class FilesSource(_Model):
+    """Files dropped into ``$ETL_DATA_DIR/landing/<dataset>/``."""
+
+    kind: Literal["files"]
+    format: Literal["csv", "json", "ndjson", "parquet"]
+    glob: str = "*"
+    partition_regex: str = Field(
+        r"(?P<partition>\d{4}-\d{2}-\d{2})",
+        description="Regex with a `partition` group that takes the partition key from the file name.",
+    )
+    delimiter: str = ","
+    header: bool = True
+
+    @field_validator("glob")
+    @classmethod
+    def _check_glob(cls, value: str) -> str:
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError(f"glob {value!r} must stay inside the landing directory (no '/' prefix, no '..')")
+        return value
+
+    @field_validator("partition_regex")
+    @classmethod
+    def _check_regex(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"partition_regex is not a valid regular expression: {exc}") from exc
+        if "partition" not in compiled.groupindex:
+            raise ValueError("partition_regex needs a named group (?P<partition>...)")
+        return value
+
+
+Source = Annotated[Union[ApiSource, SqlSource, FilesSource], Field(discriminator="kind")]
+
+
+class Partitioning(_Model):
+    """Time partitioning. ``column`` is the record's time column that decides its partition."""
+
+    type: Literal["none", "daily", "hourly"] = "none"
+    start: date | None = None
+    column: str | None = None
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _start_needed(self) -> Partitioning:
+        if self.type != "none" and self.start is None:
+            raise ValueError(f"{self.type} partitioning needs `start` (a date such as 2024-01-01)")
+        return self
+
+
+class Transform(_Model):
+    """A mart built by an SQL file; each input dataset is visible in the SQL as a view of its name."""
+
+    sql: str
+    inputs: list[str] = Field(min_length=1)
+
+
+class Schedule(_Model):
+    cron: str
+    timezone: str = "UTC"
+    default_status: Literal["running", "stopped"] = "stopped"
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
+            raise ValueError(f"{value!r} is not a cron expression; use five fields, e.g. '15 0 * * *'")
+        return value
+
+
+class Retry(_Model):
+    """Step-level retries (Dagster RetryPolicy) for transient failures."""
+
+    max_retries: int = Field(3, ge=0, le=20)
+    delay_seconds: float = Field(2.0, ge=0)
+    backoff: Literal["exponential", "linear"] = "exponential"
+    jitter: Literal["full", "plus_minus", "none"] = "plus_minus"
+
+
+Target = Literal["duckdb", "postgres"]
+
+
+class PipelineSpec(_Model):
+    """One pipeline, as declared in one YAML file."""
+
+    name: str
+    domain: str = "default"
+    description: str = ""
+    source: Source | None = None
+    transform: Transform | None = None
+    partitions: Partitioning = Partitioning()
+    columns: list[Column] = Field(default_factory=list)
+    primary_key: list[str] = Field(default_factory=list)
+    targets: list[Target] = Field(default_factory=lambda: ["duckdb"])
+    schedule: Schedule | None = None
+    retry: Retry = Retry()
+
+    _check_name = field_validator("name", "domain")(_identifier)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineSpec:
+        if (self.source is None) == (self.transform is None):
+            raise ValueError("give exactly one of `source` (extract a dataset) or `transform` (build a mart)")
+        names = [c.name for c in self.columns]
+        if self.source is not None and not names:
+            raise ValueError("a source pipeline needs `columns` (its contract): a list of {name, type}")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"columns {duplicates} are declared twice; keep one entry each")
+        missing_pk = [c for c in self.primary_key if c not in names]
+        if missing_pk and self.source is not None:
+            raise ValueError(f"primary_key names {missing_pk}, which are not in `columns`; declare them or fix the key")
+        if self.source is not None and self.partitions.type != "none":
+            if self.partitions.column is None and self.source.kind != "files":
+                raise ValueError("a partitioned api/sql source needs `partitions.column`, its time column")
+            if self.partitions.column is not None and self.partitions.column not in names:
+                raise ValueError(f"partitions.column {self.partitions.column!r} is not in `columns`")
+        if self.source is not None and self.source.kind == "sql" and self.partitions.type != "none":
+            if self.source.incremental_column is None:
+                raise ValueError("a partitioned sql source needs `incremental_column` to push the window into WHERE")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("`targets` lists a target twice")
+        return self
+
+
+class LoadedSpec(BaseModel):
+    """A validated spec with the file it came from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    spec: PipelineSpec
+    path: Path
+
+    def transform_sql(self) -> str:
+        """The transform's SQL text, resolved relative to the spec file, then to the domain's ``sql/`` folder."""
+        assert self.spec.transform is not None
+        for candidate in (self.path.parent / self.spec.transform.sql, self.path.parent.parent / "sql" / self.spec.transform.sql):
+            if candidate.is_file():
+                return candidate.read_text()
+        raise SpecError(
+            f"{self.path}: field 'transform.sql': file {self.spec.transform.sql!r} not found next to the spec "
+            f"or in ../sql/; fix the path"
+        )
+
+
+def _fix_hint(error: dict) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "add this field"
+    if kind == "extra_forbidden":
+        return "remove it or check its spelling against the README's spec reference"
+    if kind in ("literal_error", "enum"):
+        return "use one of the values listed"
+    if kind == "union_tag_invalid":
+        return "set `kind` to api, sql or files"
+    if kind.endswith("_parsing") or kind.endswith("_type"):
+        return "give a value of the expected type"
+    return "change the value as described"
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"invalid pipeline spec {path}:"]
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  field '{field}': {message}. Fix: {_fix_hint(error)}.")
+    return "\n".join(lines)
+
+
+def parse_spec_file(path: Path) -> LoadedSpec:
+    """Read and validate one spec file.
+
+    Raises:
+        SpecError: the YAML cannot be parsed or does not satisfy the models.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid pipeline spec {path}: not valid YAML ({exc}). Fix the syntax.") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(
+            f"invalid pipeline spec {path}: the file must hold a mapping with at least `name`. Fix: start with 'name: ...'."
+        )
+    try:
+        return LoadedSpec(spec=PipelineSpec.model_validate(raw), path=path)
+    except ValidationError as exc:
+        raise SpecError(_format_validation_error(path, exc)) from None
+
+
+def spec_dirs() -> list[Path]:
+    """The packaged spec folders plus ``$ETL_PIPELINES_DIR`` when set."""
+    dirs = list(PACKAGED_SPEC_DIRS)
+    extra = os.environ.get(PIPELINES_DIR_ENV)
+    if extra:
+        extra_dir = Path(extra).expanduser().resolve()
+        if not extra_dir.is_dir():
+            raise SpecError(f"{PIPELINES_DIR_ENV}={extra!r} is not a directory. Fix: create it or unset the variable.")
+        dirs.append(extra_dir)
+    return dirs
+
+
+def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
+    """Load every ``*.yaml`` spec from ``dirs`` and check the set as a whole.
+
+    Raises:
+        SpecError: a file is invalid, two files declare the same name, or a transform reads an unknown dataset.
+    """
+    loaded = [parse_spec_file(p) for d in (dirs or spec_dirs()) for p in sorted(d.glob("*.yaml"))]
+    by_name: dict[str, LoadedSpec] = {}
+    for item in loaded:
+        if item.spec.name in by_name:
+            raise SpecError(
+                f"invalid pipeline spec {item.path}: field 'name': {item.spec.name!r} is already declared in "
+                f"{by_name[item.spec.name].path}. Fix: rename one of them."
+            )
+        by_name[item.spec.name] = item
+    for item in loaded:
+        if item.spec.transform is None:
+            continue
+        for name in item.spec.transform.inputs:
+            if name not in by_name:
+                raise SpecError(
+                    f"invalid pipeline spec {item.path}: field 'transform.inputs': unknown dataset {name!r}. "
+                    f"Fix: use one of {sorted(by_name)}."
+                )
+            if name == item.spec.name:
+                raise SpecError(f"invalid pipeline spec {item.path}: field 'transform.inputs': a mart cannot read itself.")
+        item.transform_sql()
+    _check_acyclic(by_name)
+    return loaded
+
+
+def _check_acyclic(by_name: dict[str, LoadedSpec]) -> None:
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join([*trail, name])
+            raise SpecError(
+                f"invalid pipeline spec {by_name[name].path}: field 'transform.inputs': cycle {cycle}. Fix: break the cycle."
+            )
+        state[name] = 1
+        transform = by_name[name].spec.transform
+        for dep in transform.inputs if transform else []:
+            visit(dep, [*trail, name])
+        state[name] = 2
+
+    for name in by_name:
+        visit(name, [])

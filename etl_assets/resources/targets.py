@@ -1,0 +1,217 @@
+"""Serving targets: the DuckDB warehouse (default) and Postgres. Each load replaces one partition atomically.
+
+Every target table carries ``_etl_partition`` (the partition key, ``_all`` when unpartitioned), ``_etl_run_id``
+and ``_etl_loaded_at``. A load deletes the partition's rows and inserts the new ones in one transaction, so a
+re-run, a retry or a backfill leaves the same rows, and a crash mid-load leaves the previous ones.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from dagster import ConfigurableResource
+
+from etl_assets.lake import LakeTable
+from etl_assets.settings import current_settings
+from etl_assets.sqlutil import qualified, quote_ident
+
+PARTITION_COLUMN = "_etl_partition"
+RUN_COLUMN = "_etl_run_id"
+LOADED_AT_COLUMN = "_etl_loaded_at"
+# All DuckDB warehouse writes run in this Dagster pool; dagster.yaml gives it a single slot.
+WAREHOUSE_POOL = "duckdb_warehouse"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    table: str
+    partition: str
+    rows: int
+    rows_replaced: int
+    seconds: float
+
+
+class DuckDBWarehouse(ConfigurableResource):
+    """The embedded DuckDB warehouse file.
+
+    Attributes:
+        path: Database file; empty means ``$ETL_DATA_DIR/warehouse.duckdb``.
+    """
+
+    path: str = ""
+
+    def db_path(self) -> Path:
+        return Path(self.path).expanduser().resolve() if self.path else current_settings().warehouse_path
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the warehouse. Writers must hold the ``duckdb_warehouse`` pool slot (assets declare it)."""
+        path = self.db_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(path), read_only=read_only)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            yield con
+        finally:
+            con.close()
+
+    def replace_partition(self, schema: str, table: str, source: LakeTable, partition: str, run_id: str) -> LoadResult:
+        """Replace ``partition`` of ``schema.table`` with the rows of ``source``, in one transaction."""
+        target = qualified(schema, table)
+        paths = list(source.paths)
+        started = time.perf_counter()
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+                con.execute(
+                    f"CREATE TABLE IF NOT EXISTS {target} AS SELECT *, CAST(NULL AS VARCHAR) AS {PARTITION_COLUMN},"
+                    f" CAST(NULL AS VARCHAR) AS {RUN_COLUMN}, CAST(NULL AS TIMESTAMPTZ) AS {LOADED_AT_COLUMN}"
+                    " FROM read_parquet(?, union_by_name = true) LIMIT 0",
+                    [paths],
+                )
+                existing = {r[0] for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+                    [schema, table],
+                ).fetchall()}
+                incoming = con.execute("DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [paths]).fetchall()
+                for name, type_name, *_ in incoming:
+                    if name not in existing:
+                        con.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {type_name}")
+                replaced = con.execute(
+                    f"DELETE FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]
+                ).fetchall()[0][0]
+                con.execute(
+                    f"INSERT INTO {target} BY NAME SELECT *, CAST(? AS VARCHAR) AS {PARTITION_COLUMN},"
+                    f" CAST(? AS VARCHAR) AS {RUN_COLUMN}, now() AS {LOADED_AT_COLUMN}"
+                    " FROM read_parquet(?, union_by_name = true)",
+                    [partition, run_id, paths],
+                )
+                rows = con.execute(
+                    f"SELECT count(*) FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]
+                ).fetchall()[0][0]
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return LoadResult(f"{schema}.{table}", partition, rows, replaced, time.perf_counter() - started)
+
+    def partition_row_count(self, schema: str, table: str, partition: str) -> int:
+        """Rows of ``partition`` in the table (0 when the table does not exist)."""
+        with self.connect(read_only=True) as con:
+            exists = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
+            ).fetchall()[0][0]
+            if not exists:
+                return 0
+            return con.execute(
+                f"SELECT count(*) FROM {qualified(schema, table)} WHERE {PARTITION_COLUMN} = ?", [partition]
+            ).fetchall()[0][0]
+
+
+_PG_TYPES = [
+    (pa.types.is_boolean, "boolean"),
+    (pa.types.is_int8, "smallint"),
+    (pa.types.is_int16, "smallint"),
+    (pa.types.is_int32, "integer"),
+    (pa.types.is_integer, "bigint"),
+    (pa.types.is_floating, "double precision"),
+    (pa.types.is_date, "date"),
+    (pa.types.is_string, "text"),
+    (pa.types.is_large_string, "text"),
+]
+
+
+def _pg_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_decimal(arrow_type):
+        return f"numeric({arrow_type.precision},{arrow_type.scale})"
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamptz" if arrow_type.tz else "timestamp"
+    for test, name in _PG_TYPES:
+        if test(arrow_type):
+            return name
+    return "text"
+
+
+class PostgresTarget(ConfigurableResource):
+    """A Postgres database as a serving target. Bulk COPY; partition replace in one transaction.
+
+    Attributes:
+        url: libpq URL (``postgresql://user@host:5432/db``); bind it with ``EnvVar("ETL_POSTGRES_URL")``.
+    """
+
+    url: str | None = None
+
+    def _connect(self):
+        import psycopg
+
+        if not self.url:
+            raise RuntimeError("the postgres target has no URL; set ETL_POSTGRES_URL (postgresql://user@host:5432/db)")
+        url = self.url.replace("postgresql+psycopg://", "postgresql://")
+        return psycopg.connect(url)
+
+    def replace_partition(self, schema: str, table: str, source: LakeTable, partition: str, run_id: str) -> LoadResult:
+        """Replace ``partition`` of ``schema.table`` with ``source``'s rows via COPY, in one transaction."""
+        from psycopg import sql
+
+        started = time.perf_counter()
+        arrow_schema = source.schema
+        ident = sql.Identifier(schema, table)
+        columns = [f.name for f in arrow_schema] + [PARTITION_COLUMN, RUN_COLUMN]
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            column_defs = [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(_pg_type(f.type))) for f in arrow_schema]
+            column_defs += [
+                sql.SQL("{} text NOT NULL").format(sql.Identifier(PARTITION_COLUMN)),
+                sql.SQL("{} text").format(sql.Identifier(RUN_COLUMN)),
+                sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(LOADED_AT_COLUMN)),
+            ]
+            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(ident, sql.SQL(", ").join(column_defs)))
+            cur.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                [schema, table],
+            )
+            existing = {r[0] for r in cur.fetchall()}
+            for field in arrow_schema:
+                if field.name not in existing:
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        ident, sql.Identifier(field.name), sql.SQL(_pg_type(field.type))))
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(ident, sql.Identifier(PARTITION_COLUMN)), [partition])
+            replaced = cur.rowcount
+            copy_stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+                ident, sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+            rows = 0
+            with cur.copy(copy_stmt) as copy:
+                for batch in source.arrow_reader():
+                    if batch.num_rows == 0:
+                        continue
+                    batch = _conform(batch, arrow_schema)
+                    extra = [pa.array([partition] * batch.num_rows, pa.string()), pa.array([run_id] * batch.num_rows, pa.string())]
+                    out = pa.RecordBatch.from_arrays([*batch.columns, *extra], names=columns)
+                    buf = io.BytesIO()
+                    pacsv.write_csv(out, buf, pacsv.WriteOptions(include_header=False))
+                    copy.write(buf.getvalue())
+                    rows += batch.num_rows
+        return LoadResult(f"{schema}.{table}", partition, rows, replaced, time.perf_counter() - started)
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Order and type ``batch``'s columns as ``schema`` (partitions may differ in column order or nullness)."""
+    arrays = []
+    for field in schema:
+        if field.name in batch.schema.names:
+            array = batch.column(field.name)
+            arrays.append(array if array.type == field.type else pc.cast(array, field.type))
+        else:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

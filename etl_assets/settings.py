@@ -1,0 +1,55 @@
+"""Environment switch and paths, read at call time (inside resources), never at import time."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+LOCAL = "local"
+PRODUCTION = "production"
+ENVIRONMENTS = (LOCAL, PRODUCTION)
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the platform cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the platform keeps its data and which environment it runs in.
+
+    Attributes:
+        env: ``local`` (embedded defaults) or ``production``.
+        data_dir: Root of the lake, landing zone, archive and DuckDB warehouse.
+    """
+
+    env: str
+    data_dir: Path
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.data_dir / "lake"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.data_dir / "landing"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+
+def current_settings() -> Settings:
+    """Read ``ETL_ENV`` and ``ETL_DATA_DIR`` now.
+
+    Raises:
+        SettingsError: ``ETL_ENV`` names an unknown environment.
+    """
+    env = os.environ.get("ETL_ENV", LOCAL).strip().lower() or LOCAL
+    if env not in ENVIRONMENTS:
+        raise SettingsError(
+            f"ETL_ENV={env!r} is not an environment; set ETL_ENV to one of {', '.join(ENVIRONMENTS)}"
+        )
+    data_dir = Path(os.environ.get("ETL_DATA_DIR") or "data").expanduser().resolve()
+    return Settings(env=env, data_dir=data_dir)

@@ -1,0 +1,1 @@
+"""The reference shop domain: its pipeline specs (specs/) and transform SQL (sql/)."""

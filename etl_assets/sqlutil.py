@@ -1,0 +1,67 @@
+"""Safe SQL building for DuckDB: identifiers from specs are validated and quoted, values are bound."""
+
+from __future__ import annotations
+
+import re
+
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+# Types a contract may declare. Each is a DuckDB type name; `postgres_type` maps it for the Postgres target.
+_SIMPLE_TYPES = {
+    "BOOLEAN": "boolean",
+    "SMALLINT": "smallint",
+    "INTEGER": "integer",
+    "BIGINT": "bigint",
+    "DOUBLE": "double precision",
+    "REAL": "real",
+    "VARCHAR": "text",
+    "DATE": "date",
+    "TIMESTAMP": "timestamp",
+    "TIMESTAMPTZ": "timestamptz",
+}
+_DECIMAL_RE = re.compile(r"^DECIMAL\((\d{1,2}),\s*(\d{1,2})\)$")
+
+
+def is_identifier(name: str) -> bool:
+    """True when ``name`` is a plain SQL identifier (letters, digits, underscore; not starting with a digit)."""
+    return bool(IDENTIFIER_RE.match(name))
+
+
+def quote_ident(name: str) -> str:
+    """Quote a validated identifier for DuckDB.
+
+    Raises:
+        ValueError: ``name`` is not a plain identifier; specs are validated before this, so this is a bug guard.
+    """
+    if not is_identifier(name):
+        raise ValueError(f"refusing to use {name!r} as an SQL identifier")
+    return '"' + name + '"'
+
+
+def qualified(schema: str, table: str) -> str:
+    """``"schema"."table"`` with both parts validated."""
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def normalize_type(type_name: str) -> str:
+    """Canonical upper-case form of a contract type, or raise ``ValueError`` naming the accepted types."""
+    t = " ".join(type_name.strip().upper().split())
+    aliases = {"INT": "INTEGER", "TEXT": "VARCHAR", "STRING": "VARCHAR", "FLOAT": "DOUBLE", "BOOL": "BOOLEAN",
+               "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ"}
+    t = aliases.get(t, t)
+    if t in _SIMPLE_TYPES:
+        return t
+    m = _DECIMAL_RE.match(t)
+    if m and 1 <= int(m.group(1)) <= 38 and int(m.group(2)) <= int(m.group(1)):
+        return f"DECIMAL({int(m.group(1))},{int(m.group(2))})"
+    raise ValueError(
+        f"unknown column type {type_name!r}; use one of {', '.join(_SIMPLE_TYPES)} or DECIMAL(p,s) with p <= 38"
+    )
+
+
+def postgres_type(duckdb_type: str) -> str:
+    """The Postgres column type for a canonical contract type."""
+    m = _DECIMAL_RE.match(duckdb_type)
+    if m:
+        return f"numeric({m.group(1)},{m.group(2)})"
+    return _SIMPLE_TYPES[duckdb_type]
