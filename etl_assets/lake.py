@@ -110,6 +110,12 @@ class LakeStorage(ConfigurableResource):
             raise LakeError(f"partition key {name!r} cannot be used as a file name")
         return self.root_path().joinpath(*key_path) / f"{name}.parquet"
 
+    def scratch_path(self, name: str) -> Path:
+        """A path for an intermediate file of one step, under the lake's hidden ``.tmp`` folder; the caller deletes it."""
+        directory = self.root_path() / ".tmp"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{name}.parquet"
+
     def exists(self, key_path: Sequence[str], partition: str | None) -> bool:
         return self.path_for(key_path, partition).is_file()
 

@@ -53,3 +53,25 @@ def current_settings() -> Settings:
         )
     data_dir = Path(os.environ.get("ETL_DATA_DIR") or "data").expanduser().resolve()
     return Settings(env=env, data_dir=data_dir)
+
+
+def duckdb_connection(database: str = ":memory:", read_only: bool = False):
+    """A DuckDB connection with the platform's settings: UTC, bounded memory, spilling under the data dir.
+
+    ``ETL_DUCKDB_MEMORY_LIMIT`` (default ``1GB``) caps each connection, so big partitions spill instead of
+    growing; ``ETL_DUCKDB_THREADS`` caps threads (default: DuckDB's choice, the core count).
+    """
+    import duckdb
+
+    settings = current_settings()
+    spill = settings.data_dir / ".duckdb_tmp"
+    spill.mkdir(parents=True, exist_ok=True)
+    config = {
+        "memory_limit": os.environ.get("ETL_DUCKDB_MEMORY_LIMIT", "1GB"),
+        "temp_directory": str(spill),
+    }
+    if os.environ.get("ETL_DUCKDB_THREADS"):
+        config["threads"] = int(os.environ["ETL_DUCKDB_THREADS"])
+    con = duckdb.connect(database, read_only=read_only, config=config)
+    con.execute("SET TimeZone = 'UTC'")
+    return con

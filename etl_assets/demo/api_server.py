@@ -85,6 +85,7 @@ _SELECT_WATERMARK = f"""
 _CURSOR_PREFIX = "order_id:"
 _UNSIGNED_INT = re.compile(r"[0-9]{1,12}")
 _HANDLER_IDLE_TIMEOUT_SECONDS = 60
+_SHUTDOWN_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,9 @@ class _HttpServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = _HANDLER_IDLE_TIMEOUT_SECONDS
+    # Headers and body go out in separate writes; with Nagle's algorithm on, the body
+    # waits for the client's delayed ACK (~40 ms per keep-alive request).
+    disable_nagle_algorithm = True
     server: _HttpServer
 
     def do_GET(self) -> None:
@@ -378,7 +382,10 @@ class DemoApiServer:
         self._httpd = _HttpServer(self._address, self)
         self._con = duckdb.connect()
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"demo-api-{self._httpd.server_port}", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": _SHUTDOWN_POLL_SECONDS},
+            name=f"demo-api-{self._httpd.server_port}",
+            daemon=True,
         )
         self._thread.start()
         return self

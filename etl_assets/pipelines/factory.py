@@ -11,7 +11,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import duckdb
 import pyarrow as pa
 from dagster import (
     AssetCheckResult,
@@ -44,13 +43,14 @@ from dagster import (
     multi_asset,
 )
 
-from etl_assets.errors import ContractError
+from etl_assets.errors import ContractError, no_retry_for_permanent_errors
 from etl_assets.lake import LakeIOManager, LakeStorage, LakeStream, LakeTable
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 from etl_assets.resources.api import ExtractStats, RestApiSource
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets.resources.sql import SqlDatabaseSource
+from etl_assets.settings import duckdb_connection
 from etl_assets.resources.targets import WAREHOUSE_POOL, DuckDBWarehouse, PostgresTarget
 
 LAKE_IO_MANAGER = "lake_io_manager"
@@ -153,6 +153,10 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
         metadata={"spec_file": str(loaded.path)},
     )
     def extract(context: AssetExecutionContext):
+        with no_retry_for_permanent_errors():
+            return _extract(context)
+
+    def _extract(context: AssetExecutionContext):
         started = time.perf_counter()
         resource = getattr(context.resources, resource_key)
         window = _window(context)
@@ -189,7 +193,7 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
             })
         landing: LandingFilesSource = resource
         files = landing.list_files(spec.name, src, partition=context.partition_key if context.has_partition_key else None)
-        con = duckdb.connect()
+        con = duckdb_connection()
         rel = landing.read(con, spec.name, src, files)
         context.add_output_metadata({
             "source_position": MetadataValue.json([f.name for f in files]),
@@ -224,17 +228,19 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
         required_resource_keys={"lake"},
     )
     def validate(context: AssetExecutionContext, raw: LakeTable):
+        with no_retry_for_permanent_errors():
+            yield from _validate(context, raw)
+
+    def _validate(context: AssetExecutionContext, raw: LakeTable):
         started = time.perf_counter()
         lake: LakeStorage = context.resources.lake
         partition = _partition(context)
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")
+        con = duckdb_connection()
         raw_rel = raw.relation(con)
         raw_columns = raw_rel.columns
         validation.check_required_columns(spec.name, spec.columns, raw_columns)
         con.register("raw", raw_rel)
-        tmp = lake.path_for(["_tmp", "validate", spec.name, context.run_id], partition)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = lake.scratch_path(f"validate-{spec.name}-{partition}-{context.run_id}")
         try:
             con.sql(validation.tagged_sql(spec.columns, spec.primary_key, raw_columns)).write_parquet(str(tmp))
             con.register("tagged", con.read_parquet(str(tmp)))
@@ -297,8 +303,11 @@ def _build_transform(loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_n
         metadata={"spec_file": str(loaded.path), "sql": MetadataValue.md(f"```sql\n{sql_text}\n```")},
     )
     def transform(context: AssetExecutionContext, **tables: LakeTable):
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")
+        with no_retry_for_permanent_errors():
+            return _transform(context, tables)
+
+    def _transform(context: AssetExecutionContext, tables: dict[str, LakeTable]):
+        con = duckdb_connection()
         for name, table in tables.items():
             con.register(name, table.relation(con))
         params = {}

@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 from dagster import ConfigurableResource
 
 from etl_assets.lake import LakeTable
-from etl_assets.settings import current_settings
+from etl_assets.settings import current_settings, duckdb_connection
 from etl_assets.sqlutil import qualified, quote_ident
 
 PARTITION_COLUMN = "_etl_partition"
@@ -57,9 +57,8 @@ class DuckDBWarehouse(ConfigurableResource):
         """Open the warehouse. Writers must hold the ``duckdb_warehouse`` pool slot (assets declare it)."""
         path = self.db_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = duckdb_connection(str(path), read_only=read_only)
         try:
-            con.execute("SET TimeZone = 'UTC'")
             yield con
         finally:
             con.close()

@@ -2,7 +2,7 @@ SELECT
     order_date,
     country,
     count(*) AS orders,
-    sum(quantity) AS units,
+    CAST(sum(quantity) AS BIGINT) AS units,
     sum(amount_usd) AS revenue_usd
 FROM orders_enriched
 WHERE status <> 'cancelled'
