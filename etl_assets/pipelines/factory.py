@@ -240,7 +240,7 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
         raw_columns = raw_rel.columns
         validation.check_required_columns(spec.name, spec.columns, raw_columns)
         con.register("raw", raw_rel)
-        tmp = lake.scratch_path(f"validate-{spec.name}-{partition}-{context.run_id}")
+        tmp = lake.scratch_path(f"validate-{spec.name}-{partition}-{context.run.run_id}")
         try:
             con.sql(validation.tagged_sql(spec.columns, spec.primary_key, raw_columns)).write_parquet(str(tmp))
             con.register("tagged", con.read_parquet(str(tmp)))
@@ -252,7 +252,7 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
             ).fetchall())
             validate_seconds = time.perf_counter() - started
             valid = con.sql(validation.valid_sql(spec.columns, raw_columns))
-            quarantined = con.sql(validation.quarantine_sql(raw_columns), params={"run_id": context.run_id, "partition": partition})
+            quarantined = con.sql(validation.quarantine_sql(raw_columns), params={"run_id": context.run.run_id, "partition": partition})
             yield Output(valid, "clean", metadata={
                 "rows_in": rows_in,
                 "rows_valid": rows_in - rows_bad,
@@ -341,7 +341,7 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
     )
     def load(context: AssetExecutionContext, data: LakeTable) -> MaterializeResult:
         resource: DuckDBWarehouse | PostgresTarget = getattr(context.resources, resource_key)
-        result = resource.replace_partition(spec.domain, spec.name, data, _partition(context), context.run_id)
+        result = resource.replace_partition(spec.domain, spec.name, data, _partition(context), context.run.run_id)
         expected = data.num_rows
         return MaterializeResult(
             metadata={
@@ -449,7 +449,6 @@ def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
         job = define_asset_job(
             name=f"{spec.name}_pipeline",
             selection=AssetSelection.assets(*keys),
-            partitions_def=pdef,
             description=f"Pipeline {spec.name} ({loaded.path.name}): extract or build, validate, load.",
         )
         jobs.append(job)

@@ -27,6 +27,14 @@ class SpecError(ValueError):
     """A spec file cannot be used. The message names the file, the field and the fix."""
 
 
+class SpecFieldError(ValueError):
+    """A rule across fields broke: names the field to change and how."""
+
+    def __init__(self, field: str, problem: str, fix: str):
+        super().__init__(problem)
+        self.field, self.problem, self.fix = field, problem, fix
+
+
 def _identifier(value: str) -> str:
     if not is_identifier(value):
         raise ValueError(
@@ -129,7 +137,7 @@ class SqlSource(_Model):
     @model_validator(mode="after")
     def _table_or_query(self) -> SqlSource:
         if (self.table is None) == (self.query is None):
-            raise ValueError("give exactly one of `table` or `query`")
+            raise SpecFieldError("table", "both or neither of `table` and `query` are set", "give exactly one of `table` or `query`")
         return self
 
 
@@ -179,7 +187,7 @@ class Partitioning(_Model):
     @model_validator(mode="after")
     def _start_needed(self) -> Partitioning:
         if self.type != "none" and self.start is None:
-            raise ValueError(f"{self.type} partitioning needs `start` (a date such as 2024-01-01)")
+            raise SpecFieldError("start", f"{self.type} partitioning needs `start`", "add start: 2024-01-01 (the first partition's date)")
         return self
 
 
@@ -236,26 +244,27 @@ class PipelineSpec(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
         if (self.source is None) == (self.transform is None):
-            raise ValueError("give exactly one of `source` (extract a dataset) or `transform` (build a mart)")
+            raise SpecFieldError("source", "the spec has both or neither of `source` and `transform`",
+                                 "give exactly one of `source` (extract a dataset) or `transform` (build a mart)")
         names = [c.name for c in self.columns]
         if self.source is not None and not names:
-            raise ValueError("a source pipeline needs `columns` (its contract): a list of {name, type}")
+            raise SpecFieldError("columns", "a source pipeline needs `columns` (its contract)", "list them as {name, type, nullable}")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"columns {duplicates} are declared twice; keep one entry each")
+            raise SpecFieldError("columns", f"columns {duplicates} are declared twice", "keep one entry each")
         missing_pk = [c for c in self.primary_key if c not in names]
         if missing_pk and self.source is not None:
-            raise ValueError(f"primary_key names {missing_pk}, which are not in `columns`; declare them or fix the key")
+            raise SpecFieldError("primary_key", f"primary_key names {missing_pk}, which are not in `columns`", "declare them in `columns` or fix the key")
         if self.source is not None and self.partitions.type != "none":
             if self.partitions.column is None and self.source.kind != "files":
-                raise ValueError("a partitioned api/sql source needs `partitions.column`, its time column")
+                raise SpecFieldError("partitions.column", "a partitioned api/sql source needs its time column", "set partitions.column to the column that decides a record's partition")
             if self.partitions.column is not None and self.partitions.column not in names:
-                raise ValueError(f"partitions.column {self.partitions.column!r} is not in `columns`")
+                raise SpecFieldError("partitions.column", f"{self.partitions.column!r} is not in `columns`", "name a declared column")
         if self.source is not None and self.source.kind == "sql" and self.partitions.type != "none":
             if self.source.incremental_column is None:
-                raise ValueError("a partitioned sql source needs `incremental_column` to push the window into WHERE")
+                raise SpecFieldError("source.incremental_column", "a partitioned sql source needs `incremental_column`", "name the column the partition window filters on")
         if len(set(self.targets)) != len(self.targets):
-            raise ValueError("`targets` lists a target twice")
+            raise SpecFieldError("targets", "a target is listed twice", "list each target once")
         return self
 
 
@@ -297,9 +306,15 @@ def _fix_hint(error: dict) -> str:
 def _format_validation_error(path: Path, exc: ValidationError) -> str:
     lines = [f"invalid pipeline spec {path}:"]
     for error in exc.errors():
-        field = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  field '{field}': {message}. Fix: {_fix_hint(error)}.")
+        loc = [str(p) for p in error["loc"]]
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, SpecFieldError):
+            field = ".".join([*loc, cause.field])
+            message, fix = cause.problem, cause.fix
+        else:
+            field = ".".join(loc) or "(top level)"
+            message, fix = error["msg"].removeprefix("Value error, "), _fix_hint(error)
+        lines.append(f"  field '{field}': {message}. Fix: {fix}.")
     return "\n".join(lines)
 
 

@@ -1,0 +1,90 @@
+"""Shared fixtures: isolated data dirs, the demo upstreams on loopback, a real Dagster instance, Postgres."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, instance_for_test
+
+from etl_assets.demo import DemoApiServer, DemoManifest, generate_shop_data
+
+POSTGRES_URL_ENV = "ETL_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+SMALL_ORDERS = 1200
+SMALL_DAYS = 3
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ETL_DATA_DIR for this test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    monkeypatch.setenv("ETL_DATA_DIR", str(path))
+    monkeypatch.delenv("ETL_PIPELINES_DIR", raising=False)
+    monkeypatch.delenv("ETL_ENV", raising=False)
+    return path
+
+
+@pytest.fixture
+def shop_data(data_dir: Path) -> DemoManifest:
+    """Small deterministic shop data: API data, the SQLite source and landing files."""
+    return generate_shop_data(data_dir, orders=SMALL_ORDERS, days=SMALL_DAYS)
+
+
+@pytest.fixture
+def api_server(shop_data: DemoManifest, monkeypatch: pytest.MonkeyPatch) -> Iterator[DemoApiServer]:
+    """The demo orders API on a free loopback port; SHOP_API_URL points at it."""
+    with DemoApiServer(shop_data.orders_path) as server:
+        monkeypatch.setenv("SHOP_API_URL", server.url)
+        yield server
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
+    """A real Dagster instance with SQLite storage in a temporary DAGSTER_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with instance_for_test(temp_dir=str(home)) as inst:
+        yield inst
+
+
+def _postgres_reachable(url: str) -> str | None:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of a real Postgres. Skips when none is reachable, unless ETL_REQUIRE_POSTGRES=1 (CI), which fails."""
+    url = os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
+    problem = _postgres_reachable(url)
+    if problem:
+        message = f"Postgres at {url} is not reachable ({problem}); set {POSTGRES_URL_ENV} or start Postgres"
+        if os.environ.get("ETL_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh Postgres schema, dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
