@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pyarrow as pa
 from dagster import ConfigurableResource
@@ -24,8 +24,62 @@ def _quote(name: str) -> str:
     return ".".join('"' + part + '"' for part in name.split("."))
 
 
+def _naive_utc(moment: datetime) -> datetime:
+    """``moment`` as naive UTC: SQLite has no time zones, and its timestamps are read as UTC, as Postgres reads a
+    ``timestamp`` column in the extract's UTC session. A window in another zone is converted, not relabelled."""
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
 def _text_array(values: tuple) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def _adbc_reader(cursor) -> pa.RecordBatchReader:
+    """The cursor's result stream, keeping ADBC's error translation.
+
+    ``Cursor.fetch_record_batch()`` hands back the bare PyArrow reader, whose failures mid-stream are a plain
+    ``OSError`` without class or SQLSTATE (a dropped connection and a division by zero look alike). The ADBC
+    wrapper re-raises them as ``OperationalError``/``DataError``/... with the SQLSTATE, as ``execute`` does.
+    """
+    try:
+        from adbc_driver_manager._reader import AdbcRecordBatchReader
+    except ImportError:  # a future driver manager without the private module: lose the typing, not the data
+        return cursor.fetch_record_batch()
+    handle = cursor.fetch_arrow()  # keep it referenced until imported: dropping it releases the stream
+    return AdbcRecordBatchReader._import_from_c(handle.address)
+
+
+# SQLSTATE classes a retry can cure: connection exception, insufficient resources, operator intervention
+# (admin shutdown, pg_terminate_backend), transaction rollback (serialization failure, deadlock).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "40")
+_PERMANENT_CONNECT_HINTS = ("does not exist", "authentication failed", "no pg_hba.conf entry")
+
+
+def _source_error(connection: str, exc: Exception, when: str) -> Exception:
+    """Map an ADBC error to the platform's transient/permanent source errors."""
+    import adbc_driver_manager
+
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    prefix = f"{connection}: " + (f"{when}: " if when else "")
+    if sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES:
+        return TransientSourceError(f"{prefix}{exc}")
+    if isinstance(exc, (adbc_driver_manager.ProgrammingError, adbc_driver_manager.DataError,
+                        adbc_driver_manager.IntegrityError, adbc_driver_manager.NotSupportedError)):
+        return PermanentSourceError(f"{prefix}{exc}; check `table`, `query` and `incremental_column`")
+    if isinstance(exc, adbc_driver_manager.OperationalError) and any(h in str(exc) for h in _PERMANENT_CONNECT_HINTS):
+        # libpq refuses the connection itself (no such database or role, bad password): no SQLSTATE, class IO.
+        return PermanentSourceError(f"{prefix}{exc}; check the connection URL (<CONNECTION>_URL)")
+    return TransientSourceError(f"{prefix}{exc}")
+
+
+def _close_quietly(cursor, conn) -> None:
+    for closable in (cursor, conn):
+        if closable is None:
+            continue
+        try:
+            closable.close()
+        except Exception:  # closing a connection the server already dropped
+            pass
 
 
 class SqlDatabaseSource(ConfigurableResource):
@@ -80,16 +134,16 @@ class SqlDatabaseSource(ConfigurableResource):
         uri = "postgresql://" + rest
         query = self.build_query(spec, window, "numeric")
         params = [window[0].isoformat(), window[1].isoformat()] if window else None
+        conn = cursor = None
         try:
             conn = pg.connect(uri)
             cursor = conn.cursor()
             cursor.execute("SET TIME ZONE 'UTC'")
             cursor.execute(query, params)
-            reader = cursor.fetch_record_batch()
-        except adbc_driver_manager.ProgrammingError as exc:
-            raise PermanentSourceError(f"{self.connection}: {exc}; check `table`, `query` and `incremental_column`") from exc
+            reader = _adbc_reader(cursor)
         except adbc_driver_manager.Error as exc:
-            raise TransientSourceError(f"{self.connection}: {exc}") from exc
+            _close_quietly(cursor, conn)
+            raise _source_error(self.connection, exc, "") from exc
         source = f"{spec.table or 'query'}"
         schema = reader.schema.append(pa.field(SOURCE_COLUMN, pa.string()))
 
@@ -99,11 +153,14 @@ class SqlDatabaseSource(ConfigurableResource):
                     yield pa.RecordBatch.from_arrays(
                         [*batch.columns, pa.array([source] * batch.num_rows, type=pa.string())], schema=schema
                     )
-            except adbc_driver_manager.OperationalError as exc:
+            except adbc_driver_manager.Error as exc:
+                raise _source_error(self.connection, exc, "mid-extract") from exc
+            except (OSError, pa.ArrowException) as exc:
+                # Only reached without ADBC's error translation (see `_adbc_reader`): the driver's failure then
+                # carries no class or SQLSTATE, and a dropped connection is the usual cause.
                 raise TransientSourceError(f"{self.connection}: connection lost mid-extract: {exc}") from exc
             finally:
-                cursor.close()
-                conn.close()
+                _close_quietly(cursor, conn)
 
         return pa.RecordBatchReader.from_batches(schema, batches())
 
@@ -117,7 +174,7 @@ class SqlDatabaseSource(ConfigurableResource):
                 raise PermanentSourceError(f"{self.connection}: SQLite database {path} does not exist; run `etl-assets demo generate` or fix the URL")
         engine = sa.create_engine(url)
         query = sa.text(self.build_query(spec, window, "named"))
-        params = {"start": window[0].replace(tzinfo=None), "end": window[1].replace(tzinfo=None)} if window else {}
+        params = {"start": _naive_utc(window[0]), "end": _naive_utc(window[1])} if window else {}
         conn = engine.connect()
         try:
             result = conn.execution_options(stream_results=True).execute(query, params)

@@ -1,0 +1,45 @@
+"""Snapshot of the code location: asset keys, checks, jobs, schedules and sensors. A rename fails here first."""
+
+from __future__ import annotations
+
+from etl_assets.definitions import build_definitions
+
+SOURCES = ["orders", "customers", "products", "fx_rates", "inventory"]
+MARTS = ["orders_enriched", "daily_revenue"]
+
+EXPECTED_ASSETS = sorted(
+    [f"{stage}/{name}" for name in SOURCES for stage in ("raw", "clean", "quarantine", "warehouse")]
+    + [f"marts/{m}" for m in MARTS]
+    + [f"warehouse/{m}" for m in MARTS]
+)
+EXPECTED_CHECKS = sorted(
+    [f"clean/{n}:rows_conserved" for n in SOURCES]
+    + [f"clean/{n}:primary_key_unique" for n in SOURCES]
+    + [f"warehouse/{n}:matches_lake" for n in SOURCES + MARTS]
+)
+EXPECTED_JOBS = sorted([f"{n}_pipeline" for n in SOURCES + MARTS] + ["shop_daily", "shop_full_refresh"])
+EXPECTED_SCHEDULES = ["customers_schedule", "orders_schedule"]
+
+
+def test_snapshot(monkeypatch, data_dir):
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == EXPECTED_ASSETS
+    checks = sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys)
+    assert checks == EXPECTED_CHECKS
+    jobs = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
+    assert jobs == EXPECTED_JOBS
+    assert sorted(s.name for s in defs.schedules) == EXPECTED_SCHEDULES
+    assert sorted(s.name for s in (defs.sensors or [])) == []
+
+
+def test_warehouse_writers_share_the_single_slot_pool(data_dir):
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        pools = node.pools if hasattr(node, "pools") else set()
+        if key.path[0] == "warehouse":
+            assert pools == {"duckdb_warehouse"}, key
+        else:
+            assert "duckdb_warehouse" not in (pools or set()), key
