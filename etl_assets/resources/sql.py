@@ -20,6 +20,9 @@ from etl_assets.resources.api import SOURCE_COLUMN
 from etl_assets.settings import current_settings
 
 
+_ALIAS = "src"
+
+
 def _quote(name: str) -> str:
     return ".".join('"' + part + '"' for part in name.split("."))
 
@@ -104,12 +107,15 @@ class SqlDatabaseSource(ConfigurableResource):
 
     def build_query(self, spec: SqlSource, window: tuple[datetime, datetime] | None, style: str) -> str:
         """The SELECT for the spec, with the window as bind parameters (``:start``/``:end`` or ``$1``/``$2``)."""
-        base = f"SELECT * FROM {_quote(spec.table)}" if spec.table else f"SELECT * FROM ({spec.query}) AS q"
+        relation = _quote(spec.table) if spec.table else f"({spec.query})"
+        base = f"SELECT * FROM {relation} AS {_ALIAS}"
         if window is None:
             return base
         if spec.incremental_column is None:
             raise PermanentSourceError(f"{self.connection}: a partitioned sql source needs `incremental_column`")
-        column = _quote(spec.incremental_column)
+        # Qualified with the alias: SQLite reads an unknown bare "name" as the string 'name', so a misspelt
+        # column would compare a constant and return every row for every partition; src."name" is an error.
+        column = f"{_ALIAS}.{_quote(spec.incremental_column.split('.')[-1])}"
         if style == "numeric":
             return f"{base} WHERE {column} >= CAST($1 AS timestamptz) AND {column} < CAST($2 AS timestamptz)"
         return f"{base} WHERE {column} >= :start AND {column} < :end"
