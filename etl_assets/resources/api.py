@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -202,9 +203,12 @@ def _retry_after(response: httpx.Response) -> float | None:
     if value is None:
         return None
     try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_SECONDS)
+        seconds = float(value)
     except ValueError:
+        return None  # an HTTP-date form is rare for these APIs; the client's own backoff applies
+    if math.isnan(seconds):
         return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def _short(text: str) -> str:

@@ -21,6 +21,9 @@ from etl_assets.settings import current_settings
 
 
 _ALIAS = "src"
+# Session settings that carry a Postgres extract's window bounds (see `_extract_postgres`).
+_WINDOW_START = "etl.window_start"
+_WINDOW_END = "etl.window_end"
 
 
 def _quote(name: str) -> str:
@@ -106,7 +109,12 @@ class SqlDatabaseSource(ConfigurableResource):
         return self.resolved_url().split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
     def build_query(self, spec: SqlSource, window: tuple[datetime, datetime] | None, style: str) -> str:
-        """The SELECT for the spec, with the window as bind parameters (``:start``/``:end`` or ``$1``/``$2``)."""
+        """The SELECT for the spec, restricted to the window.
+
+        ``style`` says where the window's bounds come from: ``named`` (``:start``/``:end`` bind parameters),
+        ``numeric`` (``$1``/``$2``) or ``setting`` (the session settings ``etl.window_start``/``etl.window_end``,
+        bound beforehand with ``set_config``; a query without parameters is what ADBC can stream through COPY).
+        """
         relation = _quote(spec.table) if spec.table else f"({spec.query})"
         base = f"SELECT * FROM {relation} AS {_ALIAS}"
         if window is None:
@@ -118,6 +126,11 @@ class SqlDatabaseSource(ConfigurableResource):
         column = f"{_ALIAS}.{_quote(spec.incremental_column.split('.')[-1])}"
         if style == "numeric":
             return f"{base} WHERE {column} >= CAST($1 AS timestamptz) AND {column} < CAST($2 AS timestamptz)"
+        if style == "setting":
+            return (
+                f"{base} WHERE {column} >= CAST(current_setting('{_WINDOW_START}') AS timestamptz)"
+                f" AND {column} < CAST(current_setting('{_WINDOW_END}') AS timestamptz)"
+            )
         return f"{base} WHERE {column} >= :start AND {column} < :end"
 
     def extract(self, spec: SqlSource, window: tuple[datetime, datetime] | None = None) -> pa.RecordBatchReader:
@@ -138,14 +151,22 @@ class SqlDatabaseSource(ConfigurableResource):
         uri = self.resolved_url()
         scheme, rest = uri.split("://", 1)
         uri = "postgresql://" + rest
-        query = self.build_query(spec, window, "numeric")
-        params = [window[0].isoformat(), window[1].isoformat()] if window else None
+        # The ADBC driver streams a result through COPY only when the query has no bind parameters; with
+        # parameters libpq receives the whole result before the first batch. So the window's bounds are bound
+        # to two session settings first and the streamed query reads them with current_setting().
+        query = self.build_query(spec, window, "setting")
         conn = cursor = None
         try:
             conn = pg.connect(uri)
             cursor = conn.cursor()
             cursor.execute("SET TIME ZONE 'UTC'")
-            cursor.execute(query, params)
+            if window is not None:
+                cursor.execute(
+                    f"SELECT set_config('{_WINDOW_START}', $1, false), set_config('{_WINDOW_END}', $2, false)",
+                    [window[0].isoformat(), window[1].isoformat()],
+                )
+                cursor.fetchall()
+            cursor.execute(query)
             reader = _adbc_reader(cursor)
         except adbc_driver_manager.Error as exc:
             _close_quietly(cursor, conn)
