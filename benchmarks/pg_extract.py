@@ -13,7 +13,8 @@ whole table and writes one Parquet file. Each method runs ``--repeat`` times; th
 * ``wall s``: connect + query + Parquet file closed, timed inside the child (interpreter start not included);
 * ``peak RSS``: the child's maximum resident set, from ``os.wait4`` (the child's own ``ru_maxrss``); the
   ``baseline`` row is a child that imports the same modules and extracts nothing, the floor under every method;
-* ``x fastest``: wall time over the fastest method's; ``batches``: record batches the method delivered (1 means
+* ``x fastest``: wall time over the fastest method's; ``cpu s``: the child's user+sys CPU time over the same span as
+  ``wall s``, all threads (Postgres' own work is not in it); ``batches``: record batches the method delivered (1 means
   the whole result was in memory at once); the last columns are the Arrow types that numeric and timestamptz
   arrive as.
 
@@ -214,6 +215,13 @@ RUNNERS = {
 }
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of the process (connectorx uses several)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _type_label(schema, name: str) -> str:
     if name not in schema.names:
         return ""
@@ -233,13 +241,16 @@ def child(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
     out = Path(args.out)
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     batches, schema = RUNNERS[args.method](args.url, select_sql(args.table), out, args)
     seconds = time.perf_counter() - started
+    cpu_seconds = _cpu_seconds() - cpu_before
     meta = pq.ParquetFile(out).metadata
     print(json.dumps({
         "method": args.method,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "rows": meta.num_rows,
         "batches": batches,
         "parquet_bytes": out.stat().st_size,
@@ -278,24 +289,32 @@ def print_table(results: dict[str, list[dict]], rows: int, repeat: int) -> None:
         summary[method] = {
             "seconds": statistics.median(r["seconds"] for r in runs),
             "rss": statistics.median(r["peak_rss_mb"] for r in runs),
+            "cpu": statistics.median(r["cpu_seconds"] for r in runs),
             "batches": runs[0]["batches"],
             "bytes": runs[0]["parquet_bytes"],
             "amount": runs[0]["amount_type"],
             "created_at": runs[0]["created_at_type"],
         }
     fastest = min(s["seconds"] for m, s in summary.items() if m != BASELINE)
-    header = f"{'method':<18} {'wall s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'x fastest':>10} {'batches':>8} {'parquet MB':>11}  {'numeric as':<22} timestamptz as"
+    header = (
+        f"{'method':<18} {'wall s':>7} {'rows/s':>10} {'peak RSS MB':>12} {'x fastest':>10} {'cpu s':>6}"
+        f" {'batches':>8} {'parquet MB':>11}  {'numeric as':<24} timestamptz as"
+    )
     print(f"\n{rows:,} rows x 7 columns, median of {repeat} run(s) per method, each in a fresh process\n")
     print(header)
     print("-" * len(header))
     for method, s in summary.items():
         if method == BASELINE:
-            print(f"{method:<18} {'-':>8} {'-':>11} {s['rss']:>12.0f} {'-':>10} {'-':>8} {'-':>11}  (imports only)")
+            print(f"{method:<18} {'-':>7} {'-':>10} {s['rss']:>12.0f} {'-':>10} {'-':>6} {'-':>8} {'-':>11}"
+                  "  (imports only)")
             continue
         print(
-            f"{method:<18} {s['seconds']:>8.2f} {rows / s['seconds']:>11,.0f} {s['rss']:>12.0f} {s['seconds'] / fastest:>10.2f}"
-            f" {s['batches']:>8} {s['bytes'] / 1e6:>11.1f}  {s['amount']:<22} {s['created_at']}"
+            f"{method:<18} {s['seconds']:>7.2f} {rows / s['seconds']:>10,.0f} {s['rss']:>12.0f}"
+            f" {s['seconds'] / fastest:>10.2f} {s['cpu']:>6.2f} {s['batches']:>8} {s['bytes'] / 1e6:>11.1f}"
+            f"  {s['amount']:<24} {s['created_at']}"
         )
+    print(f"\nload average during the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPU(s);"
+          " wall times on a busy machine vary, cpu s (the child's user+sys) less so")
 
 
 def main(argv: list[str] | None = None) -> int:

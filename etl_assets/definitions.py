@@ -25,6 +25,7 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
         assets=built.assets,
         jobs=built.jobs,
         schedules=built.schedules,
+        sensors=built.sensors,
         resources=built.resources,
         executor=in_process_executor if local else multiprocess_executor,
     )

@@ -19,6 +19,10 @@ EXPECTED_CHECKS = sorted(
 )
 EXPECTED_JOBS = sorted([f"{n}_pipeline" for n in SOURCES + MARTS] + ["shop_daily", "shop_full_refresh"])
 EXPECTED_SCHEDULES = ["customers_schedule", "orders_schedule"]
+EXPECTED_SENSORS = sorted([
+    "automation_condition_sensor", "fx_rates_file_sensor", "inventory_file_sensor", "landing_archive_sensor",
+    "landing_quarantine_sensor", "orders_watermark_sensor", "products_file_sensor",
+])
 
 
 def test_snapshot(monkeypatch, data_dir):
@@ -30,7 +34,7 @@ def test_snapshot(monkeypatch, data_dir):
     jobs = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
     assert jobs == EXPECTED_JOBS
     assert sorted(s.name for s in defs.schedules) == EXPECTED_SCHEDULES
-    assert sorted(s.name for s in (defs.sensors or [])) == []
+    assert sorted(s.name for s in defs.sensors) == EXPECTED_SENSORS
 
 
 def test_warehouse_writers_share_the_single_slot_pool(data_dir):

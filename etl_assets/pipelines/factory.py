@@ -21,6 +21,9 @@ from dagster import (
     AssetKey,
     AssetOut,
     AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
     AssetsDefinition,
     Backoff,
     DailyPartitionsDefinition,
@@ -45,6 +48,7 @@ from dagster import (
 
 from etl_assets.errors import ContractError, no_retry_for_permanent_errors
 from etl_assets.lake import LakeIOManager, LakeStorage, LakeStream, LakeTable
+from etl_assets.pipelines import sensors as sensors_mod
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 from etl_assets.resources.api import ExtractStats, RestApiSource
@@ -99,6 +103,15 @@ def partitions_def_for(spec: PipelineSpec) -> PartitionsDefinition | None:
     if p.type == "hourly":
         return HourlyPartitionsDefinition(start_date=f"{p.start.isoformat()}-00:00", timezone=p.timezone)
     return None
+
+
+def automation_for(spec: PipelineSpec) -> AutomationCondition | None:
+    """The spec's dependency-driven condition; ``eager`` follows Dagster's (latest time partition only)."""
+    if spec.automation is None:
+        return None
+    if spec.automation.condition == "eager":
+        return AutomationCondition.eager()
+    return AutomationCondition.on_cron(spec.automation.cron)
 
 
 def retry_policy_for(spec: PipelineSpec) -> RetryPolicy:
@@ -298,6 +311,7 @@ def _build_transform(loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_n
         io_manager_key=LAKE_IO_MANAGER,
         ins={name: AssetIn(key=dataset_key(by_name[name].spec)) for name in inputs},
         retry_policy=retry_policy_for(spec),
+        automation_condition=automation_for(spec),
         kinds={"duckdb", "parquet"},
         description=spec.description or f"{spec.name}: {spec.transform.sql} over {', '.join(inputs)}.",
         metadata={"spec_file": str(loaded.path), "sql": MetadataValue.md(f"```sql\n{sql_text}\n```")},
@@ -334,6 +348,7 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
         required_resource_keys={resource_key},
         pool=WAREHOUSE_POOL if target == "duckdb" else None,
         retry_policy=retry_policy_for(spec),
+        automation_condition=automation_for(spec),
         kinds={target},
         check_specs=[AssetCheckSpec(CHECK_MATCHES_LAKE, asset=key, blocking=True,
                                     description="the loaded partition has exactly the lake partition's rows")],
@@ -365,6 +380,7 @@ class BuiltPipelines:
     assets: list[AssetsDefinition]
     jobs: list
     schedules: list[ScheduleDefinition]
+    sensors: list
     resources: dict
 
 
@@ -435,7 +451,9 @@ def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
     assets: list[AssetsDefinition] = []
     groups: dict[tuple, list[AssetKey]] = defaultdict(list)
     jobs = []
+    job_by_name = {}
     schedules = []
+    sensors = []
     for loaded in specs:
         spec = loaded.spec
         pdef = partitions_def_for(spec)
@@ -452,6 +470,12 @@ def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
             description=f"Pipeline {spec.name} ({loaded.path.name}): extract or build, validate, load.",
         )
         jobs.append(job)
+        job_by_name[spec.name] = job
+        if spec.source is not None and spec.source.kind == "files":
+            sensors.append(sensors_mod.build_file_sensor(spec, job, pdef))
+        if spec.source is not None and spec.source.kind == "api" and spec.source.incremental \
+                and spec.source.incremental.watermark_endpoint:
+            sensors.append(sensors_mod.build_watermark_sensor(spec, job, pdef, source_resource_key(spec)))
         if spec.schedule is not None:
             status = DefaultScheduleStatus.RUNNING if spec.schedule.default_status == "running" else DefaultScheduleStatus.STOPPED
             schedules.append(_build_schedule(spec, job, pdef, status))
@@ -461,4 +485,19 @@ def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
             selection=AssetSelection.assets(*keys),
             description=f"Every {suffix.replace('_', ' ')} pipeline of the {domain} domain.",
         ))
-    return BuiltPipelines(assets=assets, jobs=jobs, schedules=schedules, resources=build_resources(specs, env))
+    for loaded in specs:
+        if loaded.spec.after:
+            upstream = [job_by_name[name] for name in loaded.spec.after]
+            sensors.append(sensors_mod.build_after_sensor(loaded.spec, job_by_name[loaded.spec.name], upstream))
+    if any(s.spec.source is not None and s.spec.source.kind == "files" for s in specs):
+        sensors += [sensors_mod.landing_archive_sensor, sensors_mod.landing_quarantine_sensor]
+    if any(s.spec.automation is not None for s in specs):
+        sensors.append(AutomationConditionSensorDefinition(
+            name="automation_condition_sensor",
+            target=AssetSelection.all(),
+            default_status=DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=30,
+            description="Evaluates the specs' automation conditions (dependency-driven runs).",
+        ))
+    return BuiltPipelines(assets=assets, jobs=jobs, schedules=schedules, sensors=sensors,
+                          resources=build_resources(specs, env))

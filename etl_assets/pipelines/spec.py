@@ -81,6 +81,10 @@ class Incremental(_Model):
 
     param: str = "updated_since"
     field: str = "updated_at"
+    watermark_endpoint: str | None = Field(
+        None, description="Endpoint answering the newest `field` value; enables the watermark sensor."
+    )
+    watermark_field: str = "max_updated_at"
 
 
 class ApiSource(_Model):
@@ -153,6 +157,9 @@ class FilesSource(_Model):
     )
     delimiter: str = ","
     header: bool = True
+    ready_marker: str | None = Field(
+        None, description="When set (e.g. _SUCCESS), files are picked up only once this marker file exists."
+    )
 
     @field_validator("glob")
     @classmethod
@@ -212,6 +219,29 @@ class Schedule(_Model):
         return value
 
 
+class Arrival(_Model):
+    """The file-arrival sensor of a files source."""
+
+    default_status: Literal["running", "stopped"] = "stopped"
+    interval_seconds: int = Field(30, ge=1, le=3600)
+    max_files_per_tick: int = Field(100, ge=1, le=10_000)
+
+
+class Automation(_Model):
+    """Dependency-driven runs: ``eager`` (when an upstream changes, latest partition) or ``on_cron``."""
+
+    condition: Literal["eager", "on_cron"]
+    cron: str | None = None
+
+    @model_validator(mode="after")
+    def _cron_needed(self) -> Automation:
+        if self.condition == "on_cron":
+            fields = (self.cron or "").split()
+            if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
+                raise SpecFieldError("cron", "on_cron automation needs a cron expression", "add cron: '0 * * * *'")
+        return self
+
+
 class Retry(_Model):
     """Step-level retries (Dagster RetryPolicy) for transient failures."""
 
@@ -237,6 +267,11 @@ class PipelineSpec(_Model):
     primary_key: list[str] = Field(default_factory=list)
     targets: list[Target] = Field(default_factory=lambda: ["duckdb"])
     schedule: Schedule | None = None
+    arrival: Arrival = Arrival()
+    after: list[str] = Field(
+        default_factory=list, description="Pipelines whose successful runs trigger this one (a run-status sensor)."
+    )
+    automation: Automation | None = None
     retry: Retry = Retry()
 
     _check_name = field_validator("name", "domain")(_identifier)
@@ -366,6 +401,12 @@ def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
             )
         by_name[item.spec.name] = item
     for item in loaded:
+        for name in item.spec.after:
+            if name not in by_name or name == item.spec.name:
+                raise SpecError(
+                    f"invalid pipeline spec {item.path}: field 'after': {name!r} is not another pipeline. "
+                    f"Fix: use one of {sorted(set(by_name) - {item.spec.name})}."
+                )
         if item.spec.transform is None:
             continue
         for name in item.spec.transform.inputs:

@@ -78,7 +78,7 @@ class RestApiSource(ConfigurableResource):
     def base_url(self) -> str:
         return (self.url or self.default_url).rstrip("/")
 
-    def _client(self, spec: ApiSource) -> httpx.Client:
+    def client(self, spec: ApiSource) -> httpx.Client:
         headers = {"Accept": "application/json", "User-Agent": "etl-assets"}
         if spec.auth == "bearer":
             if not self.token:
@@ -158,7 +158,7 @@ class RestApiSource(ConfigurableResource):
         if updated_since is not None and spec.incremental is not None:
             params[spec.incremental.param] = updated_since
         pag = spec.pagination
-        with self._client(spec) as client:
+        with self.client(spec) as client:
             url: str = spec.endpoint
             page = 1
             cursor: str | None = None

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -15,6 +20,16 @@ from etl_assets.settings import current_settings
 
 # Writers that are not done yet use these names; they are never read.
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """A complete-looking file in a dataset's landing directory."""
+
+    name: str
+    path: Path
+    size: int
+    mtime_ns: int
 
 
 class LandingFilesSource(ConfigurableResource):
@@ -56,6 +71,55 @@ class LandingFilesSource(ConfigurableResource):
                     continue
             found.append(path)
         return found
+
+    def scan(self, dataset: str, spec: FilesSource) -> list[LandingFile]:
+        """Files the sensor may consider, with size and modification time (in name order)."""
+        files = []
+        for path in self.list_files(dataset, spec):
+            st = path.stat()
+            files.append(LandingFile(path.name, path, st.st_size, st.st_mtime_ns))
+        return files
+
+    def marker_present(self, dataset: str, marker: str) -> bool:
+        return (self.dataset_dir(dataset) / marker).is_file()
+
+    @staticmethod
+    def sha256(path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def _confined(self, dataset: str, name: str) -> Path:
+        directory = self.dataset_dir(dataset).resolve()
+        path = directory / name
+        if path.is_symlink() or path.resolve().parent != directory:
+            raise PermanentSourceError(f"{dataset}: refusing {name!r}: not a plain file inside {directory}")
+        return path
+
+    def _move(self, dataset: str, name: str, expected_sha256: str | None, into: Path) -> Path | None:
+        path = self._confined(dataset, name)
+        if not path.is_file():
+            return None
+        if expected_sha256 is not None and self.sha256(path) != expected_sha256:
+            return None  # a newer delivery with the same name arrived; it has its own run
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        into.mkdir(parents=True, exist_ok=True)
+        target = into / f"{stamp}_{name}"
+        os.replace(path, target) if path.stat().st_dev == into.stat().st_dev else shutil.move(path, target)
+        return target
+
+    def archive(self, dataset: str, name: str, expected_sha256: str | None = None) -> Path | None:
+        """Move a loaded file to ``$ETL_DATA_DIR/archive/<dataset>/`` (kept for rebuilds). None if it is gone or changed."""
+        return self._move(dataset, name, expected_sha256, self.root_path().parent / "archive" / dataset)
+
+    def quarantine(self, dataset: str, name: str, reason: str, expected_sha256: str | None = None) -> Path | None:
+        """Move an unreadable file to ``$ETL_DATA_DIR/quarantine/<dataset>/`` with ``<file>.reason.txt`` beside it."""
+        target = self._move(dataset, name, expected_sha256, self.root_path().parent / "quarantine" / dataset)
+        if target is not None:
+            target.with_name(target.name + ".reason.txt").write_text(reason.rstrip() + "\n")
+        return target
 
     def read(self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[Path]) -> duckdb.DuckDBPyRelation:
         """A relation over ``files`` with the file name in ``_etl_source``; CSV is read as text for validation to cast.

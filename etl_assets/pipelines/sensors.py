@@ -1,0 +1,268 @@
+"""Event-driven runs: file arrival in the landing zone, upstream pipeline success, new records behind an API watermark.
+
+File arrival is exactly-once by construction: each file version is keyed by content (dataset, name, size,
+sha256) into the run key, and Dagster launches one run per run key however often a tick is repeated (a daemon
+crash between launching and saving the cursor included). The cursor only saves work: which file versions were
+already requested, and which were seen last tick (a file is ready once its size and mtime stop changing).
+"""
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    RunsFilter,
+    RunStatusSensorContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    run_status_sensor,
+    sensor,
+)
+
+from etl_assets.errors import PermanentSourceError
+from etl_assets.pipelines.spec import FilesSource, PipelineSpec
+from etl_assets.resources.api import ExtractStats, RestApiSource
+from etl_assets.resources.files import LandingFile, LandingFilesSource
+
+TAG_DATASET = "etl/landing_dataset"
+TAG_FILE = "etl/landing_file"
+TAG_SHA256 = "etl/landing_sha256"
+# A scan looks at this many times max_files_per_tick names, so a backlog of 10,000 files costs bounded work.
+SCAN_FACTOR = 5
+
+
+@dataclass(frozen=True)
+class ArrivalDecision:
+    """What one tick decided for the files it saw."""
+
+    ready: list[LandingFile]
+    observed: dict[str, list[int]]
+    requested: dict[str, list[int]]
+
+
+def decide_arrivals(
+    files: list[LandingFile], cursor: dict, max_ready: int
+) -> ArrivalDecision:
+    """Pure tick logic: which files are stable and not yet requested, and the cursor state to keep.
+
+    Args:
+        files: The files present now (complete-looking names only).
+        cursor: ``{"observed": {name: [size, mtime_ns]}, "requested": {name: [size, mtime_ns]}}`` of the last tick.
+        max_ready: At most this many files become ready in one tick; the rest wait for the next.
+    """
+    observed_before = cursor.get("observed", {})
+    requested_before = cursor.get("requested", {})
+    ready, observed, requested = [], {}, {}
+    for f in files:
+        version = [f.size, f.mtime_ns]
+        if requested_before.get(f.name) == version:
+            requested[f.name] = version
+        elif observed_before.get(f.name) == version and len(ready) < max_ready:
+            ready.append(f)
+            requested[f.name] = version
+        else:
+            observed[f.name] = version
+    return ArrivalDecision(ready, observed, requested)
+
+
+def partition_for(name: str, source: FilesSource, partition_keys: set[str] | None) -> str | None:
+    """The partition a file belongs to, from its name.
+
+    Raises:
+        PermanentSourceError: the dataset is partitioned and the name carries no valid partition key.
+    """
+    if partition_keys is None:
+        return None
+    match = re.search(source.partition_regex, name)
+    if match is None:
+        raise PermanentSourceError(f"{name}: no partition in the file name (pattern {source.partition_regex!r})")
+    key = match.group("partition")
+    if key not in partition_keys:
+        raise PermanentSourceError(f"{name}: partition {key!r} is outside the dataset's partitions")
+    return key
+
+
+def run_key_for(dataset: str, name: str, size: int, sha256: str) -> str:
+    return f"{dataset}:{name}:{size}:{sha256}"
+
+
+def build_file_sensor(spec: PipelineSpec, job, pdef):
+    """One sensor per files source, over its landing directory (through the landing storage resource)."""
+    source: FilesSource = spec.source
+    arrival = spec.arrival
+
+    @sensor(
+        name=f"{spec.name}_file_sensor",
+        job=job,
+        minimum_interval_seconds=arrival.interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING if arrival.default_status == "running" else DefaultSensorStatus.STOPPED,
+        required_resource_keys={"landing"},
+        description=f"One run of {job.name} per new or changed file in landing/{spec.name}/ ({source.glob}).",
+    )
+    def _sensor(context: SensorEvaluationContext):
+        landing: LandingFilesSource = context.resources.landing
+        if source.ready_marker and not landing.marker_present(spec.name, source.ready_marker):
+            return SkipReason(f"waiting for the marker {source.ready_marker} in {landing.dataset_dir(spec.name)}")
+        files = landing.scan(spec.name, source)[: arrival.max_files_per_tick * SCAN_FACTOR]
+        decision = decide_arrivals(files, json.loads(context.cursor) if context.cursor else {}, arrival.max_files_per_tick)
+        keys = None
+        if pdef is not None:
+            keys = set(pdef.get_partition_keys(dynamic_partitions_store=context.instance))
+        requests = []
+        for f in decision.ready:
+            try:
+                partition = partition_for(f.name, source, keys)
+            except PermanentSourceError as exc:
+                landing.quarantine(spec.name, f.name, str(exc))
+                context.log.warning(f"quarantined {f.name}: {exc}")
+                continue
+            sha = landing.sha256(f.path)
+            run_key = run_key_for(spec.name, f.name, f.size, sha)
+            done = context.instance.get_runs(RunsFilter(tags={"dagster/run_key": run_key}, statuses=[DagsterRunStatus.SUCCESS]), limit=1)
+            if done:
+                landing.archive(spec.name, f.name, sha)
+                context.log.info(f"{f.name}: identical to the file loaded by run {done[0].run_id}; archived without a run")
+                continue
+            requests.append(RunRequest(
+                run_key=run_key,
+                partition_key=partition,
+                tags={TAG_DATASET: spec.name, TAG_FILE: f.name, TAG_SHA256: sha},
+            ))
+        cursor = json.dumps({"observed": decision.observed, "requested": decision.requested}, sort_keys=True)
+        waiting = len(decision.observed)
+        skip = None if requests else SkipReason(
+            f"{len(files)} file(s) present, {len(decision.requested)} already requested, {waiting} not yet stable"
+        )
+        return SensorResult(run_requests=requests, cursor=cursor, skip_reason=skip)
+
+    return _sensor
+
+
+def _landing_tags(run) -> tuple[str, str, str] | None:
+    tags = run.tags
+    if TAG_DATASET in tags and TAG_FILE in tags:
+        return tags[TAG_DATASET], tags[TAG_FILE], tags.get(TAG_SHA256)
+    return None
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    name="landing_archive_sensor",
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=5,
+    description="Moves a landing file to archive/<dataset>/ once the run that loaded it succeeded.",
+)
+def landing_archive_sensor(context: RunStatusSensorContext):
+    found = _landing_tags(context.dagster_run)
+    if found is None:
+        return SkipReason("run did not load a landing file")
+    dataset, name, sha = found
+    target = LandingFilesSource().archive(dataset, name, sha)
+    context.log.info(f"{dataset}/{name}: archived to {target}" if target else f"{dataset}/{name}: already gone or replaced")
+    return None
+
+
+def _failure_reason(context: RunFailureSensorContext) -> tuple[str, str] | None:
+    """The failed step and its message when the extract could not read the file (a permanent error)."""
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data
+        meta = data.user_failure_data.metadata if data.user_failure_data else {}
+        error_class = meta.get("error_class")
+        if event.step_key.startswith("raw__") and error_class is not None and error_class.value == "permanent":
+            return event.step_key, data.user_failure_data.description or data.error.message
+    return None
+
+
+@run_failure_sensor(
+    name="landing_quarantine_sensor",
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=5,
+    description="Moves a landing file its run could not read to quarantine/<dataset>/, with the reason beside it.",
+)
+def landing_quarantine_sensor(context: RunFailureSensorContext):
+    found = _landing_tags(context.dagster_run)
+    if found is None:
+        return
+    dataset, name, sha = found
+    reason = _failure_reason(context)
+    if reason is None:
+        context.log.info(f"{dataset}/{name}: run failed for another reason; file left for re-execution")
+        return
+    step, message = reason
+    LandingFilesSource().quarantine(dataset, name, f"run {context.dagster_run.run_id} step {step}: {message}", sha)
+
+
+def build_after_sensor(spec: PipelineSpec, job, upstream_jobs: list):
+    """Runs ``spec``'s pipeline after a successful run of each pipeline it names in ``after``."""
+
+    @run_status_sensor(
+        run_status=DagsterRunStatus.SUCCESS,
+        name=f"{spec.name}_after_sensor",
+        monitored_jobs=upstream_jobs,
+        request_job=job,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=10,
+        description=f"{spec.name} after {', '.join(spec.after)} succeeds.",
+    )
+    def _sensor(context: RunStatusSensorContext) -> Iterator[RunRequest]:
+        run = context.dagster_run
+        partition = run.tags.get("dagster/partition") if spec.partitions.type != "none" else None
+        yield RunRequest(run_key=f"after:{run.run_id}", partition_key=partition,
+                         tags={"etl/triggered_by_run": run.run_id})
+
+    return _sensor
+
+
+def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
+    """For an incremental API source: ask the API for records newer than the last watermark; run only then.
+
+    The cursor holds the last watermark seen. New records are listed with ``updated_since`` (bounded pages) to
+    find which partitions they fall in; one run per affected partition.
+    """
+    source = spec.source
+    time_column = spec.partitions.column
+    max_pages = 20
+
+    @sensor(
+        name=f"{spec.name}_watermark_sensor",
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.STOPPED,
+        required_resource_keys={resource_key},
+        description=f"Runs {job.name} for the partitions whose records changed since the last watermark.",
+    )
+    def _sensor(context: SensorEvaluationContext):
+        api: RestApiSource = getattr(context.resources, resource_key)
+        watermark = context.cursor
+        if watermark is None:
+            return SensorResult(cursor=_current_watermark(api, spec), skip_reason=SkipReason("first tick: watermark recorded"))
+        stats = ExtractStats()
+        partitions: set[str] = set()
+        with_limit = source.model_copy(update={"pagination": source.pagination.model_copy(update={"page_size": 1000})})
+        for index, batch in enumerate(api.extract(with_limit, [time_column], updated_since=watermark, stats=stats)):
+            partitions.update(v[:10] for v in batch.column(time_column).to_pylist() if v)
+            if index + 1 >= max_pages:
+                break
+        if not partitions:
+            return SkipReason(f"no records updated since {watermark}")
+        valid = set(pdef.get_partition_keys()) if pdef is not None else set()
+        requests = [RunRequest(run_key=f"{spec.name}:{p}:{stats.max_watermark}", partition_key=p)
+                    for p in sorted(partitions) if p in valid]
+        return SensorResult(run_requests=requests, cursor=stats.max_watermark or watermark)
+
+    return _sensor
+
+
+def _current_watermark(api: RestApiSource, spec: PipelineSpec) -> str:
+    stats = ExtractStats()
+    incremental = spec.source.incremental
+    with api.client(spec.source) as client:
+        body, _ = api.get_json(client, incremental.watermark_endpoint, None, stats)
+    return body.get(incremental.watermark_field) or ""
