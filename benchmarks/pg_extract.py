@@ -155,15 +155,19 @@ class _CopyStream(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
+        # psycopg yields one chunk per COPY data message (about one row): fill the whole buffer per call.
+        filled, room = 0, len(buffer)
+        while filled < room:
+            if not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._pending = memoryview(chunk)
+            size = min(room - filled, len(self._pending))
+            buffer[filled:filled + size] = self._pending[:size]
+            self._pending = self._pending[size:]
+            filled += size
+        return filled
 
 
 def run_copy_csv(url: str, query: str, out: Path, args: argparse.Namespace) -> tuple[int, object]:

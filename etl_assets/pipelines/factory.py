@@ -408,7 +408,8 @@ def _build_schedule(spec: PipelineSpec, job, pdef: PartitionsDefinition | None, 
     def _schedule(context: ScheduleEvaluationContext):
         if pdef is None:
             return RunRequest(run_key=None)
-        partition = pdef.get_last_partition_key(current_time=context.scheduled_execution_time)
+        closed = pdef.get_partition_keys(current_time=context.scheduled_execution_time)
+        partition = closed[-1] if closed else None
         if partition is None:
             return SkipReason(f"no {spec.name} partition has closed yet (partitions start {spec.partitions.start})")
         return RunRequest(run_key=partition, partition_key=partition)

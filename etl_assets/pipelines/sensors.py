@@ -110,12 +110,12 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
         landing: LandingFilesSource = context.resources.landing
         if source.ready_marker and not landing.marker_present(spec.name, source.ready_marker):
             return SkipReason(f"waiting for the marker {source.ready_marker} in {landing.dataset_dir(spec.name)}")
-        files = landing.scan(spec.name, source)[: arrival.max_files_per_tick * SCAN_FACTOR]
+        files = landing.scan(spec.name, source, limit=arrival.max_files_per_tick * SCAN_FACTOR)
         decision = decide_arrivals(files, json.loads(context.cursor) if context.cursor else {}, arrival.max_files_per_tick)
         keys = None
         if pdef is not None:
             keys = set(pdef.get_partition_keys(dynamic_partitions_store=context.instance))
-        requests = []
+        candidates = []
         for f in decision.ready:
             try:
                 partition = partition_for(f.name, source, keys)
@@ -124,11 +124,17 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
                 context.log.warning(f"quarantined {f.name}: {exc}")
                 continue
             sha = landing.sha256(f.path)
-            run_key = run_key_for(spec.name, f.name, f.size, sha)
-            done = context.instance.get_runs(RunsFilter(tags={"dagster/run_key": run_key}, statuses=[DagsterRunStatus.SUCCESS]), limit=1)
-            if done:
+            candidates.append((f, partition, sha, run_key_for(spec.name, f.name, f.size, sha)))
+        loaded = {}
+        if candidates:
+            runs = context.instance.get_runs(RunsFilter(
+                tags={"dagster/run_key": [c[3] for c in candidates]}, statuses=[DagsterRunStatus.SUCCESS]))
+            loaded = {r.tags["dagster/run_key"]: r.run_id for r in runs}
+        requests = []
+        for f, partition, sha, run_key in candidates:
+            if run_key in loaded:
                 landing.archive(spec.name, f.name, sha)
-                context.log.info(f"{f.name}: identical to the file loaded by run {done[0].run_id}; archived without a run")
+                context.log.info(f"{f.name}: identical to the file loaded by run {loaded[run_key]}; archived without a run")
                 continue
             requests.append(RunRequest(
                 run_key=run_key,

@@ -47,10 +47,13 @@ class LandingFilesSource(ConfigurableResource):
     def dataset_dir(self, dataset: str) -> Path:
         return self.root_path() / dataset
 
-    def list_files(self, dataset: str, spec: FilesSource, partition: str | None = None) -> list[Path]:
+    def list_files(
+        self, dataset: str, spec: FilesSource, partition: str | None = None, limit: int | None = None
+    ) -> list[Path]:
         """Complete files of ``dataset`` matching the spec's glob (and ``partition``, taken from the name).
 
-        Symlinks and anything resolving outside the dataset's directory are refused, not followed.
+        Symlinks and anything resolving outside the dataset's directory are refused, not followed. With ``limit``,
+        stops after that many files (in name order), so a large backlog costs bounded work.
         """
         directory = self.dataset_dir(dataset)
         if not directory.is_dir():
@@ -70,12 +73,14 @@ class LandingFilesSource(ConfigurableResource):
                 if match is None or match.group("partition") != partition:
                     continue
             found.append(path)
+            if limit is not None and len(found) >= limit:
+                break
         return found
 
-    def scan(self, dataset: str, spec: FilesSource) -> list[LandingFile]:
-        """Files the sensor may consider, with size and modification time (in name order)."""
+    def scan(self, dataset: str, spec: FilesSource, limit: int | None = None) -> list[LandingFile]:
+        """Files the sensor may consider, with size and modification time (the first ``limit`` in name order)."""
         files = []
-        for path in self.list_files(dataset, spec):
+        for path in self.list_files(dataset, spec, limit=limit):
             st = path.stat()
             files.append(LandingFile(path.name, path, st.st_size, st.st_mtime_ns))
         return files

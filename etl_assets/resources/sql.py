@@ -1,8 +1,11 @@
 """SQL database source. Any SQLAlchemy URL for small sources; Postgres through ADBC, streamed as Arrow batches.
 
-ADBC was chosen for Postgres after measuring (see ``benchmarks/pg_extract.py`` and the README): it streams
-record batches with bounded memory, keeps Postgres types, and takes bind parameters. connectorx loads a
-whole result before returning it, and ``COPY ... TO STDOUT`` would need a CSV parse with types re-declared.
+ADBC was chosen for Postgres after measuring (``benchmarks/pg_extract.py``): it streams record batches with
+bounded memory and keeps Postgres types (numeric as exact decimal text). It streams only queries without bind
+parameters (those go through binary COPY), so a window's bounds are passed as session settings. connectorx is
+about as fast; its ``return_type="arrow"`` loads the whole result first, its ``"arrow_stream"`` streams but
+turns int4 into int64 and numeric(p,s) into decimal128(38,10). ``COPY ... TO STDOUT`` as CSV needs every type
+re-declared for the parse and was about three times slower.
 """
 
 from __future__ import annotations

@@ -1,0 +1,191 @@
+"""File-arrival, watermark and schedule logic, evaluated tick by tick through their cursors: stability before a
+run, run keys by content, re-delivery, partial files, the marker mode, partition mapping, refusal of symlinks,
+and bounded work for a backlog of 10,000 files."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from dagster import build_schedule_context, build_sensor_context
+
+from etl_assets.definitions import build_definitions
+from etl_assets.pipelines.sensors import decide_arrivals, run_key_for
+from etl_assets.resources.files import LandingFile, LandingFilesSource
+
+
+def lf(name: str, size: int = 10, mtime: int = 1) -> LandingFile:
+    return LandingFile(name, Path(name), size, mtime)
+
+
+@pytest.mark.parametrize(
+    "cursor, files, ready, observed, requested",
+    [
+        ({}, [lf("a")], [], ["a"], []),  # first sight: wait one tick
+        ({"observed": {"a": [10, 1]}}, [lf("a")], ["a"], [], ["a"]),  # unchanged since last tick: ready
+        ({"observed": {"a": [5, 1]}}, [lf("a")], [], ["a"], []),  # still growing
+        ({"observed": {"a": [10, 0]}}, [lf("a")], [], ["a"], []),  # mtime moved
+        ({"requested": {"a": [10, 1]}}, [lf("a")], [], [], ["a"]),  # already requested: no work
+        ({"requested": {"a": [10, 1]}}, [lf("a", 11, 2)], [], ["a"], []),  # re-delivered: observe again
+        ({"requested": {"gone": [1, 1]}}, [], [], [], []),  # archived files drop out of the cursor
+    ],
+)
+def test_decide_arrivals(cursor, files, ready, observed, requested):
+    decision = decide_arrivals(files, cursor, max_ready=10)
+    assert [f.name for f in decision.ready] == ready
+    assert sorted(decision.observed) == observed
+    assert sorted(decision.requested) == requested
+
+
+def test_decide_arrivals_is_bounded():
+    files = [lf(f"f{i:05d}") for i in range(50)]
+    decision = decide_arrivals(files, {"observed": {f.name: [10, 1] for f in files}}, max_ready=7)
+    assert [f.name for f in decision.ready] == [f"f{i:05d}" for i in range(7)]
+    assert len(decision.observed) == 43  # the rest stay observed and become ready on later ticks
+
+
+@pytest.fixture
+def defs(data_dir):
+    return build_definitions()
+
+
+@pytest.fixture
+def landing(data_dir) -> Path:
+    path = data_dir / "landing" / "inventory"
+    path.mkdir(parents=True)
+    return path
+
+
+def tick(defs, name, instance, cursor):
+    sensor = defs.resolve_sensor_def(name) if hasattr(defs, "resolve_sensor_def") else defs.get_sensor_def(name)
+    context = build_sensor_context(instance=instance, cursor=cursor, resources={"landing": LandingFilesSource()},
+                                   definitions=defs)
+    return sensor.evaluate_tick(context)
+
+
+def drop(directory: Path, name: str, text: str, mtime: int = 1_700_000_000) -> Path:
+    path = directory / name
+    path.write_text(text)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_file_sensor_requests_one_run_per_file_version(defs, instance, landing):
+    path = drop(landing, "inventory_2024-01-02.ndjson", '{"snapshot_date":"2024-01-02","product_id":1,"on_hand":3}\n')
+    drop(landing, "inventory_2024-01-03.ndjson.part", "half")  # still being written
+    drop(landing, ".inventory_2024-01-04.ndjson", "hidden")
+    first = tick(defs, "inventory_file_sensor", instance, None)
+    assert first.run_requests == []
+    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    assert len(second.run_requests) == 1
+    request = second.run_requests[0]
+    assert request.partition_key == "2024-01-02"
+    sha = LandingFilesSource.sha256(path)
+    assert request.run_key == run_key_for("inventory", path.name, path.stat().st_size, sha)
+    assert request.tags["etl/landing_file"] == path.name and request.tags["etl/landing_sha256"] == sha
+    third = tick(defs, "inventory_file_sensor", instance, second.cursor)
+    assert third.run_requests == []
+
+    # re-delivery with new content: a new version, a new run key once it is stable
+    drop(landing, path.name, '{"snapshot_date":"2024-01-02","product_id":1,"on_hand":4}\n', mtime=1_700_000_100)
+    fourth = tick(defs, "inventory_file_sensor", instance, third.cursor)
+    assert fourth.run_requests == []
+    fifth = tick(defs, "inventory_file_sensor", instance, fourth.cursor)
+    assert len(fifth.run_requests) == 1 and fifth.run_requests[0].run_key != request.run_key
+
+
+def test_identical_redelivery_after_a_successful_load_is_archived_without_a_run(defs, instance, landing, data_dir):
+    from dagster import DagsterRun, DagsterRunStatus
+
+    path = drop(landing, "inventory_2024-01-02.ndjson", '{"snapshot_date":"2024-01-02","product_id":1,"on_hand":3}\n')
+    key = run_key_for("inventory", path.name, path.stat().st_size, LandingFilesSource.sha256(path))
+    instance.add_run(DagsterRun(job_name="inventory_pipeline", run_id="earlier-run", status=DagsterRunStatus.SUCCESS,
+                                tags={"dagster/run_key": key}))
+    first = tick(defs, "inventory_file_sensor", instance, None)
+    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    assert second.run_requests == []
+    assert not path.exists()
+    assert [p.name.split("_", 1)[1] for p in (data_dir / "archive" / "inventory").iterdir()] == [path.name]
+
+
+def test_file_without_a_partition_is_quarantined_with_a_reason(defs, instance, landing, data_dir):
+    drop(landing, "inventory_latest.ndjson", "{}\n")
+    first = tick(defs, "inventory_file_sensor", instance, None)
+    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    assert second.run_requests == []
+    moved = sorted(p.name for p in (data_dir / "quarantine" / "inventory").iterdir())
+    assert len(moved) == 2 and moved[1].endswith(".reason.txt")
+    reason = (data_dir / "quarantine" / "inventory" / moved[1]).read_text()
+    assert "no partition in the file name" in reason
+
+
+def test_symlinks_are_refused(defs, instance, landing, tmp_path):
+    outside = tmp_path / "secret_2024-01-02.ndjson"
+    outside.write_text("{}\n")
+    (landing / "inventory_2024-01-02.ndjson").symlink_to(outside)
+    first = tick(defs, "inventory_file_sensor", instance, None)
+    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    assert second.run_requests == []
+    assert json.loads(second.cursor) == {"observed": {}, "requested": {}}
+    with pytest.raises(Exception, match="refusing"):
+        LandingFilesSource().archive("inventory", "../../../secret_2024-01-02.ndjson")
+
+
+def test_marker_mode_waits_for_the_marker(tmp_path, instance, data_dir, monkeypatch):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "drops.yaml").write_text(
+        "name: drops\nsource: {kind: files, format: csv, glob: '*.csv', ready_marker: _SUCCESS}\n"
+        "columns: [{name: a, type: INTEGER}]\n")
+    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+    defs = build_definitions()
+    directory = data_dir / "landing" / "drops"
+    directory.mkdir(parents=True)
+    drop(directory, "part1.csv", "a\n1\n")
+    waiting = tick(defs, "drops_file_sensor", instance, None)
+    assert waiting.run_requests == [] and "waiting for the marker _SUCCESS" in waiting.skip_message
+    (directory / "_SUCCESS").touch()
+    first = tick(defs, "drops_file_sensor", instance, None)
+    second = tick(defs, "drops_file_sensor", instance, first.cursor)
+    assert [r.partition_key for r in second.run_requests] == [None]
+    assert second.run_requests[0].tags["etl/landing_file"] == "part1.csv"
+
+
+def test_backlog_of_10000_files_is_worked_off_in_bounded_ticks(tmp_path, instance, data_dir, monkeypatch):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "drops.yaml").write_text(
+        "name: drops\nsource: {kind: files, format: csv, glob: '*.csv'}\ncolumns: [{name: a, type: INTEGER}]\n"
+        "arrival: {max_files_per_tick: 500}\n")
+    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+    defs = build_definitions()
+    directory = data_dir / "landing" / "drops"
+    directory.mkdir(parents=True)
+    for i in range(10_000):
+        drop(directory, f"part_{i:05d}.csv", f"a\n{i}\n")
+    cursor, seen, ticks = None, set(), 0
+    while len(seen) < 10_000 and ticks < 60:
+        result = tick(defs, "drops_file_sensor", instance, cursor)
+        ticks += 1
+        assert len(result.run_requests) <= 500
+        assert len(json.loads(result.cursor)["observed"]) + len(json.loads(result.cursor)["requested"]) <= 2500
+        for request in result.run_requests:
+            assert request.run_key not in seen
+            seen.add(request.run_key)
+            # the archive sensor moves each file once its run succeeded; do that here
+            (directory / request.tags["etl/landing_file"]).unlink()
+        cursor = result.cursor
+    assert len(seen) == 10_000
+    assert ticks <= 22
+
+
+def test_orders_schedule_requests_the_partition_that_just_closed(defs, instance):
+    schedule = defs.resolve_schedule_def("orders_schedule") if hasattr(defs, "resolve_schedule_def") else defs.get_schedule_def("orders_schedule")
+    context = build_schedule_context(instance=instance, repository_def=defs.get_repository_def(),
+                                     scheduled_execution_time=datetime(2024, 3, 5, 0, 30, tzinfo=timezone.utc))
+    request = schedule.evaluate_tick(context).run_requests[0]
+    assert request.partition_key == "2024-03-04"
+    assert request.run_key == "2024-03-04"
