@@ -374,7 +374,7 @@ def _run_stage(stage: str, args: argparse.Namespace, env: dict[str, str], server
         rows_out=int(payload["rows_out"]),
         maxrss_bytes=payload["maxrss_bytes"],
         ready_rss_bytes=payload["ready"]["maxrss_bytes"],
-        cpu_seconds=payload["cpu_seconds"],
+        cpu_seconds=payload["cpu_seconds"] - payload["ready"]["cpu_seconds"],
         runs=payload["runs"],
         checks=payload.get("checks", 0),
         run_failures=payload["run_failures"],
@@ -524,8 +524,9 @@ def print_scale(scale: ScaleResult) -> None:
     partitions = scale.days
     print(f"\n=== {scale.orders:,} orders, {partitions} daily partitions (~{scale.orders // partitions:,} orders each),"
           f" {scale.wall_seconds:,.0f}s wall for the whole scale ===")
+    ctas_cpu = min((r.cpu_seconds for r in scale.floors.get("floor_ctas", []) if r.ok), default=None)
     header = (f"{'stage':<12} {'rows out':>12} {'work s':>9} {'process s':>9} {'orders/s':>12} {'peak RSS':>12}"
-              f" {'RSS @start':>12} {'cpu s':>8} {'cpu/work':>8} {'x CTAS':>9} {'x parquet':>9}")
+              f" {'RSS @start':>12} {'cpu s':>8} {'cpu/work':>8} {'x CTAS':>9} {'x parquet':>9} {'cpu x CTAS':>10}")
     print(header)
     print("-" * len(header))
     total_work = total_proc = total_cpu = 0.0
@@ -541,14 +542,15 @@ def print_scale(scale: ScaleResult) -> None:
         print(f"{name:<12} {r.rows_out:>12,} {r.work_seconds:>9.2f} {r.proc_seconds:>9.2f} {_rate(rows, r.work_seconds)}"
               f" {_mib(r.maxrss_bytes):>12} {_mib(r.ready_rss_bytes):>12} {r.cpu_seconds:>8.1f}"
               f" {r.cpu_seconds / r.work_seconds if r.work_seconds else 0:>8.2f}"
-              f" {_ratio(r.work_seconds, ctas)} {_ratio(r.work_seconds, parquet)}{flag}")
+              f" {_ratio(r.work_seconds, ctas)} {_ratio(r.work_seconds, parquet)} {_ratio(r.cpu_seconds, ctas_cpu):>10}{flag}")
         total_work += r.work_seconds
         total_proc += r.proc_seconds
         total_cpu += r.cpu_seconds
         peak = max(peak, r.maxrss_bytes)
     print("-" * len(header))
     print(f"{'total':<12} {'':>12} {total_work:>9.2f} {total_proc:>9.2f} {_rate(scale.orders, total_work)}"
-          f" {_mib(peak):>12} {'':>12} {total_cpu:>8.1f} {'':>8} {_ratio(total_work, ctas)} {_ratio(total_work, parquet)}")
+          f" {_mib(peak):>12} {'':>12} {total_cpu:>8.1f} {'':>8} {_ratio(total_work, ctas)} {_ratio(total_work, parquet)}"
+          f" {_ratio(total_cpu, ctas_cpu):>10}")
     for name in FLOOR_STAGES:
         runs = scale.floors.get(name, [])
         if runs:
@@ -563,8 +565,11 @@ def print_scale(scale: ScaleResult) -> None:
         cpu = f", {extract.server_cpu_seconds:.1f} cpu s during extract" if extract and extract.server_cpu_seconds else ""
         print(f"{'api server':<12} {scale.server.get('requests', 0):>12,} requests{cpu}, peak RSS"
               f" {_mib(scale.server.get('maxrss_bytes', 0)).strip()}")
-    print("  work s: the stage's own time inside its process (all partitions);"
-          " process s: including interpreter start, imports and build_definitions()")
+    print("  work s: the stage's own wall time inside its process (all partitions; for pipeline stages only the"
+          " execute_in_process calls); process s: the whole child process, with interpreter start, imports and"
+          " build_definitions(); cpu s: the child's user+system CPU during the work (all threads); x CTAS / x parquet:"
+          " work s over the faster floor run; cpu x CTAS: cpu s over the CTAS floor's cpu s (less sensitive to other"
+          " load on the machine); peak RSS: the child's ru_maxrss; RSS @start: ru_maxrss once imports were done")
     print("  details (step seconds from the Dagster event log, summed over partitions; asset metadata sums):")
     for name in PIPELINE_STAGES:
         r = scale.stages.get(name)

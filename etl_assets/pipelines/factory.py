@@ -497,7 +497,7 @@ def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
             name="automation_condition_sensor",
             target=AssetSelection.all(),
             default_status=DefaultSensorStatus.RUNNING,
-            minimum_interval_seconds=30,
+            minimum_interval_seconds=int(env("ETL_AUTOMATION_INTERVAL_SECONDS") or 30),
             description="Evaluates the specs' automation conditions (dependency-driven runs).",
         ))
     return BuiltPipelines(assets=assets, jobs=jobs, schedules=schedules, sensors=sensors,

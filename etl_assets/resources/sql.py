@@ -5,7 +5,7 @@ bounded memory and keeps Postgres types (numeric as exact decimal text). It stre
 parameters (those go through binary COPY), so a window's bounds are passed as session settings. connectorx is
 about as fast; its ``return_type="arrow"`` loads the whole result first, its ``"arrow_stream"`` streams but
 turns int4 into int64 and numeric(p,s) into decimal128(38,10). ``COPY ... TO STDOUT`` as CSV needs every type
-re-declared for the parse and was about three times slower.
+re-declared for the parse and was two to three times slower.
 """
 
 from __future__ import annotations
