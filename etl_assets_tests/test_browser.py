@@ -1,0 +1,185 @@
+"""The Dagster UI as a person uses it: headless Chromium (Debian's, driven by Playwright) against
+``dagster-webserver`` on 127.0.0.1. It opens the lineage graph and the catalog, launches the full refresh with
+"Materialize all" on the job's page, follows the run to Success and reads the row count on an asset's page.
+Judged by effect: the row count shown against the generated data, and the rows in the warehouse file.
+
+Screenshots of every step go to ``test-artifacts/browser/`` (``failure.png`` when a step fails).
+Without Chromium or Playwright the test is skipped, unless ``ETL_REQUIRE_BROWSER=1`` (CI), which fails it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from etl_assets.demo import DemoManifest
+from etl_assets_tests.webserver import LOCATION, REPO, RUN_TIMEOUT, Webserver, webserver  # noqa: F401 (fixture)
+
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+JOB = "shop_full_refresh"
+UI_TIMEOUT_MS = 90_000  # one UI wait (page data, a launch): generous, the machine has 2 cores
+
+
+def _require_browser() -> str:
+    """Chromium's path; skips (or fails when ETL_REQUIRE_BROWSER=1) when Chromium or Playwright is missing."""
+    missing = []
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        missing.append("`chromium` is not on PATH (apt-get install chromium)")
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("the `playwright` Python package is not installed (uv pip install playwright)")
+    if missing:
+        message = "browser test: " + "; ".join(missing)
+        if os.environ.get("ETL_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{message} (ETL_REQUIRE_BROWSER=1 makes this a failure)", pytrace=False)
+        pytest.skip(message)
+    return chromium
+
+
+@pytest.fixture
+def browser_page() -> Iterator:
+    """A fresh Chromium page (1600x1000). Requested before ``webserver`` so a missing browser skips first."""
+    chromium = _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            new_page = context.new_page()
+            new_page.set_default_timeout(UI_TIMEOUT_MS)
+            yield new_page
+        finally:
+            browser.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def dismiss_first_visit_dialog(page, server: Webserver) -> None:
+    """A fresh instance greets a local visitor with "Join the Dagster community"; a person clicks Skip."""
+    dialog = page.get_by_text("Join the Dagster community")
+    skip = page.get_by_role("button", name="Skip", exact=True)
+    if server.graphql("query { shouldShowNux }")["shouldShowNux"]:
+        dialog.wait_for(state="visible")
+        skip.click()
+        dialog.wait_for(state="hidden")
+        assert not server.graphql("query { shouldShowNux }")["shouldShowNux"], "Skip did not record the dialog as seen"
+    # Should it come back on a later page, Playwright closes it the same way before the next action.
+    page.add_locator_handler(dialog, lambda: skip.click())
+
+
+def wait_for_run_status(page, server: Webserver, run_id: str) -> None:
+    """Watches the run page until its status tag says Success (reloading now and then, as a person would)."""
+    success = page.get_by_text("Success", exact=True)
+    ended_badly = page.get_by_text(re.compile(r"^(Failure|Canceled)$"))
+    deadline = time.monotonic() + RUN_TIMEOUT
+    last_load = time.monotonic()
+    while not success.first.is_visible():
+        if ended_badly.first.is_visible():
+            shot(page, "failure")
+            server.fail(f"the run page shows {ended_badly.first.inner_text()!r}\n{server.run_report(run_id)}")
+        if time.monotonic() > deadline:
+            shot(page, "failure")
+            server.fail(f"run {run_id} not shown as Success within {RUN_TIMEOUT:.0f}s\n{server.run_report(run_id)}")
+        if time.monotonic() - last_load > 30:
+            page.reload()
+            last_load = time.monotonic()
+        page.wait_for_timeout(1000)
+
+
+def shown_row_count(page) -> int:
+    """The number under "Row count" in the asset page's status section (waits for it to load)."""
+    page.get_by_text("Row count", exact=True).wait_for()
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while True:
+        match = re.search(r"Row count\s+([\d,]+)", page.inner_text("body"))
+        if match:
+            return int(match.group(1).replace(",", ""))
+        if time.monotonic() > deadline:
+            shot(page, "failure")
+            pytest.fail("the asset page shows no number under 'Row count'", pytrace=False)
+        page.wait_for_timeout(500)
+
+
+def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_data: DemoManifest, data_dir: Path):
+    page = browser_page
+    base = webserver.url
+    try:
+        # 1. The lineage graph and the catalog show the reference domain.
+        page.goto(f"{base}/asset-groups")
+        dismiss_first_visit_dialog(page, webserver)
+        page.get_by_text("daily_revenue").first.wait_for()
+        page.get_by_text("orders_enriched").first.wait_for()
+        page.wait_for_load_state("networkidle")
+        shot(page, "01_lineage_graph")
+
+        page.goto(f"{base}/assets")
+        page.get_by_text("warehouse / customers").first.wait_for()
+        shot(page, "02_catalog")
+
+        # 2. "Materialize all" on the job's page launches a run; the UI says so and links to it.
+        page.goto(f"{base}/locations/{LOCATION}/jobs/{JOB}")
+        materialize_all = page.get_by_role("button", name="Materialize all", exact=True)
+        materialize_all.wait_for()
+        page.wait_for_load_state("networkidle")
+        shot(page, "03_job_page")
+
+        def is_launch(response) -> bool:
+            body = response.request.post_data or ""
+            return response.url.endswith("/graphql") and '"operationName":"LaunchPipelineExecution"' in body
+
+        with page.expect_response(is_launch, timeout=UI_TIMEOUT_MS) as launched:
+            materialize_all.click()
+        result = launched.value.json()["data"]["launchPipelineExecution"]
+        assert result["__typename"] == "LaunchRunSuccess", f"launch from the UI failed: {result}"
+        run_id = result["run"]["id"]
+        assert result["run"]["pipelineName"] == JOB
+
+        toast = page.get_by_text(f"Launched run {run_id[:8]}")
+        toast.wait_for()
+        shot(page, "04_run_launched")
+        view = page.get_by_role("button", name="View", exact=True).or_(page.get_by_role("link", name="View", exact=True))
+        view.first.click()
+        page.wait_for_url(f"**/runs/{run_id}**")
+
+        # 3. The run page follows the run to Success.
+        wait_for_run_status(page, webserver, run_id)
+        page.get_by_text("Errored (0)").wait_for()
+        shot(page, "05_run_success")
+
+        # 4. The asset's page shows the row count the load recorded.
+        page.goto(f"{base}/assets/warehouse/customers")
+        rows = shown_row_count(page)
+        page.get_by_text("shop.customers").first.wait_for()
+        shot(page, "06_asset_warehouse_customers")
+    except BaseException:
+        if not page.is_closed():
+            shot(page, "failure")
+        raise
+
+    assert rows == shop_data.customers, f"the UI shows {rows} rows for warehouse/customers"
+    # The run came from the UI, and its rows are in the warehouse file.
+    run = webserver.graphql("query($id: ID!) { runOrError(runId: $id) { ... on Run { status jobName tags { key value } } } }",
+                            {"id": run_id})["runOrError"]
+    assert (run["status"], run["jobName"]) == ("SUCCESS", JOB)
+    assert {"key": "dagster/from_ui", "value": "true"} in run["tags"]
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM shop.customers").fetchall()[0][0] == shop_data.customers
+        assert con.execute("SELECT count(*) FROM shop.products").fetchall()[0][0] == shop_data.products
