@@ -27,6 +27,7 @@ from dagster import (
     TableSchema,
 )
 
+from etl_assets.errors import no_retry_for_permanent_errors
 from etl_assets.settings import current_settings
 
 UNPARTITIONED = "_all"
@@ -220,12 +221,13 @@ class LakeIOManager(ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()}: a run writes one partition at a time to the lake, "
                 f"got {len(partitions)}; launch a backfill with one run per partition"
             )
-        if isinstance(obj, LakeStream):
-            result = self.lake.write(context.asset_key.path, partitions[0], obj.reader)
-            context.add_output_metadata({**write_metadata(result), **obj.describe()})
-        else:
-            result = self.lake.write(context.asset_key.path, partitions[0], obj)
-            context.add_output_metadata(write_metadata(result))
+        with no_retry_for_permanent_errors():  # a stream may find the source unreadable only now
+            if isinstance(obj, LakeStream):
+                result = self.lake.write(context.asset_key.path, partitions[0], obj.reader)
+                context.add_output_metadata({**write_metadata(result), **obj.describe()})
+            else:
+                result = self.lake.write(context.asset_key.path, partitions[0], obj)
+                context.add_output_metadata(write_metadata(result))
 
     def load_input(self, context: InputContext) -> LakeTable:
         key = context.asset_key

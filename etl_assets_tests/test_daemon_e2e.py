@@ -38,6 +38,13 @@ SPECS = {
         arrival: {{default_status: running, interval_seconds: 1, max_files_per_tick: 10}}
         retry: {{max_retries: 0}}
     """,
+    "events_audit.yaml": f"""
+        name: events_audit
+        domain: lab
+        transform: {{sql: events_audit.sql, inputs: [events]}}
+        partitions: {{type: daily, start: {START}}}
+        after: [events]
+    """,
     "events_daily.yaml": f"""
         name: events_daily
         domain: lab
@@ -96,6 +103,7 @@ def lab(tmp_path: Path):
     for name, text in SPECS.items():
         (specs / name).write_text(textwrap.dedent(text))
     (specs / "events_daily.sql").write_text(MART_SQL)
+    (specs / "events_audit.sql").write_text("SELECT count(*) AS events FROM events\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs),
            "ETL_AUTOMATION_INTERVAL_SECONDS": "5"}
     landing = data / "landing" / "events"
@@ -142,6 +150,21 @@ def test_files_to_warehouse_and_automation_refreshes_the_mart(lab):
     assert warehouse(env, "SELECT count(*), sum(amount) FROM lab.events") == [(5, pytest.approx(38.75))]
     wait_for("both files archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == 2, 60, daemon)
     assert list(landing.iterdir()) == []
+    # event trigger: events_audit runs after each successful events run, for the same partition
+    wait_for("the triggered audit runs", lambda: len(runs_of(env, "events_audit_pipeline", DagsterRunStatus.SUCCESS)) == 2,
+             240, daemon)
+    audits = runs_of(env, "events_audit_pipeline")
+    assert sorted(r.tags["dagster/partition"] for r in audits) == sorted([earlier, YESTERDAY])
+    assert all(r.tags["etl/triggered_by_run"] for r in audits)
+
+    # a file that cannot be read: its run fails, the file goes to quarantine with the reason beside it
+    bad = landing / f"events_{earlier}.csv"
+    bad.write_bytes(b"event_id,kind,amount\n1,view\n\xff\xfe\x00garbage\"unterminated\n")
+    wait_for("the unreadable file quarantined",
+             lambda: len(list((data / "quarantine" / "events").glob("*.reason.txt"))) == 1, 240, daemon)
+    reason = next((data / "quarantine" / "events").glob("*.reason.txt")).read_text()
+    assert "cannot read" in reason and bad.name in reason
+    assert len(runs_of(env, "events_pipeline", DagsterRunStatus.FAILURE)) == 1
     # automation: the mart's latest partition is built without any request from the test
     wait_for("the mart's automated run", lambda: warehouse(env, "SELECT kind, n FROM lab.events_daily ORDER BY kind")
              == [("buy", 2), ("view", 1)], 240, daemon)

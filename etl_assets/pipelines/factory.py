@@ -207,12 +207,12 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
         landing: LandingFilesSource = resource
         files = landing.list_files(spec.name, src, partition=context.partition_key if context.has_partition_key else None)
         con = duckdb_connection()
-        rel = landing.read(con, spec.name, src, files)
-        context.add_output_metadata({
+        reader = landing.stream(con, spec.name, src, files)
+        return LakeStream(reader, lambda: {
             "source_position": MetadataValue.json([f.name for f in files]),
             "files": len(files),
+            "extract_seconds": round(time.perf_counter() - started, 3),
         })
-        return rel
 
     return extract
 

@@ -46,7 +46,9 @@ def tagged_sql(columns: list[Column], primary_key: list[str], raw_columns: list[
         else:
             typed.append(f"CAST(NULL AS {column.type}) AS {t}")
         if not column.nullable:
-            rules.append(f"CASE WHEN {t} IS NULL THEN 'not_null:{column.name}' END")
+            # a value that fails to cast is a type error only; not_null is for values that are absent
+            source = q if column.name in present else "NULL"
+            rules.append(f"CASE WHEN {source} IS NULL THEN 'not_null:{column.name}' END")
     if primary_key:
         keys = ", ".join(quote_ident(_TYPED_PREFIX + k) for k in primary_key)
         not_null = " AND ".join(f"{quote_ident(_TYPED_PREFIX + k)} IS NOT NULL" for k in primary_key)

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 from dagster import ConfigurableResource
 
 from etl_assets.errors import PermanentSourceError
@@ -125,6 +126,22 @@ class LandingFilesSource(ConfigurableResource):
         if target is not None:
             target.with_name(target.name + ".reason.txt").write_text(reason.rstrip() + "\n")
         return target
+
+    def stream(
+        self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[Path], batch_size: int = 100_000
+    ) -> pa.RecordBatchReader:
+        """Like :meth:`read`, as an Arrow stream whose parse errors (found anywhere in the files) are permanent."""
+        rel = self.read(con, dataset, spec, files)
+        reader = rel.to_arrow_reader(batch_size)
+        names = ", ".join(p.name for p in files)
+
+        def batches():
+            try:
+                yield from reader
+            except (duckdb.Error, pa.ArrowException, OSError) as exc:  # DuckDB errors surface as OSError through Arrow
+                raise PermanentSourceError(f"{dataset}: cannot read {names} as {spec.format}: {exc}") from exc
+
+        return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
     def read(self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[Path]) -> duckdb.DuckDBPyRelation:
         """A relation over ``files`` with the file name in ``_etl_source``; CSV is read as text for validation to cast.

@@ -1,0 +1,72 @@
+"""Permanent failures end a run at once, without step retries, with a message a person can act on; nothing is
+written to the lake or the warehouse for the failed partition."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from dagster import DagsterEventType
+
+from etl_assets.definitions import build_definitions
+
+
+@pytest.fixture
+def drops(tmp_path, data_dir, monkeypatch):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "drops.yaml").write_text(textwrap.dedent("""
+        name: drops
+        source: {kind: files, format: csv, glob: "*.csv"}
+        columns: [{name: a, type: INTEGER, nullable: false}, {name: b, type: VARCHAR}]
+        primary_key: [a]
+        retry: {max_retries: 3, delay_seconds: 0}
+    """))
+    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+    landing = data_dir / "landing" / "drops"
+    landing.mkdir(parents=True)
+    return landing
+
+
+def _attempts(result, step_key: str) -> int:
+    return sum(1 for e in result.all_events if e.step_key == step_key and e.event_type == DagsterEventType.STEP_START)
+
+
+def test_unreadable_row_deep_in_a_file_fails_once_and_writes_nothing(drops, data_dir, instance):
+    rows = "".join(f"{i},x{i}\n" for i in range(20000))
+    (drops / "big.csv").write_bytes(b"a,b\n" + rows.encode() + b"1,\xff\xfe bad utf8\n")
+    result = build_definitions().resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    assert _attempts(result, "raw__drops") == 1  # no step retry for a permanent error
+    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    message = failure.step_failure_data.user_failure_data.description
+    assert "permanent error" in message and "cannot read big.csv as csv" in message
+    assert not (data_dir / "lake" / "raw" / "drops").exists() or not any((data_dir / "lake" / "raw" / "drops").iterdir())
+    assert not (data_dir / "warehouse.duckdb").exists()
+
+
+def test_missing_required_column_names_it(drops, data_dir, instance):
+    (drops / "x.csv").write_text("b\nonly-b\n")
+    result = build_definitions().resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    assert _attempts(result, "validate_drops") == 1
+    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    assert "required column(s) a missing" in failure.step_failure_data.user_failure_data.description
+    assert not (data_dir / "lake" / "clean").exists()
+    assert not (data_dir / "warehouse.duckdb").exists()
+
+
+def test_bad_rows_are_quarantined_not_lost(drops, data_dir, instance):
+    (drops / "x.csv").write_text("a,b\n1,ok\nnot-a-number,bad\n,null-a\n1,duplicate\n")
+    defs = build_definitions()
+    result = defs.resolve_job_def("drops_pipeline").execute_in_process(instance=instance)
+    assert result.success
+    import duckdb
+
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT a, b FROM \"default\".drops").fetchall() == [(1, "ok")]
+    quarantined = duckdb.execute(
+        "SELECT b, _etl_reasons, _etl_source FROM read_parquet(?) ORDER BY b",
+        [str(data_dir / "lake" / "quarantine" / "drops" / "_all.parquet")]).fetchall()
+    assert quarantined == [("bad", ["type:a"], "x.csv"), ("duplicate", ["duplicate_key"], "x.csv"),
+                           ("null-a", ["not_null:a"], "x.csv")]
