@@ -85,6 +85,15 @@ def dismiss_first_visit_dialog(page, server: Webserver) -> None:
     page.add_locator_handler(dialog, lambda: skip.click())
 
 
+def wait_until_gone(page, locator, what: str) -> None:
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while locator.count():
+        if time.monotonic() > deadline:
+            shot(page, "failure")
+            pytest.fail(f"{what} still loading after {UI_TIMEOUT_MS / 1000:.0f}s", pytrace=False)
+        page.wait_for_timeout(250)
+
+
 def wait_for_run_status(page, server: Webserver, run_id: str) -> None:
     """Watches the run page until its status tag says Success (reloading now and then, as a person would)."""
     success = page.get_by_text("Success", exact=True)
@@ -132,6 +141,7 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
 
         page.goto(f"{base}/assets")
         page.get_by_text("warehouse / customers").first.wait_for()
+        wait_until_gone(page, page.get_by_text("Loading...", exact=True), "the catalog's asset statuses")
         shot(page, "02_catalog")
 
         # 2. "Materialize all" on the job's page launches a run; the UI says so and links to it.

@@ -71,3 +71,12 @@ def test_demo_command_runs_everything(cli_env, data_dir):
     assert "shop.orders" in proc.stdout
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.orders") == 600
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.daily_revenue") > 0
+
+
+def test_schedule_and_sensor_lists(cli_env):
+    schedules = run([str(BIN / "dagster"), "schedule", "list", "-m", "etl_assets"], cli_env).stdout
+    assert "orders_schedule" in schedules and "customers_schedule" in schedules
+    sensors = run([str(BIN / "dagster"), "sensor", "list", "-m", "etl_assets"], cli_env).stdout
+    for name in ("inventory_file_sensor", "products_file_sensor", "orders_watermark_sensor",
+                 "landing_archive_sensor", "automation_condition_sensor"):
+        assert name in sensors

@@ -189,3 +189,42 @@ def test_orders_schedule_requests_the_partition_that_just_closed(defs, instance)
     request = schedule.evaluate_tick(context).run_requests[0]
     assert request.partition_key == "2024-03-04"
     assert request.run_key == "2024-03-04"
+
+
+def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, shop_data, instance, data_dir):
+    import duckdb as ddb
+
+    defs = build_definitions()
+    sensor = defs.resolve_sensor_def("orders_watermark_sensor")
+    resources = {"source_shop_api": defs.resources["source_shop_api"]}
+
+    def run_tick(cursor):
+        return sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor, resources=resources,
+                                                         definitions=defs))
+
+    first = run_tick(None)
+    top = ddb.execute("SELECT strftime(max(updated_at) AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%fZ') FROM read_parquet(?)",
+                      [str(shop_data.orders_path)]).fetchall()[0][0]
+    assert first.run_requests == [] and first.cursor == top
+    quiet = run_tick(first.cursor)
+    assert quiet.run_requests == [] and "no records updated since" in quiet.skip_message
+
+    # the source changes: two orders of the second day are updated after the watermark
+    day = shop_data.partition_keys[1]
+    con = ddb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    ids = [r[0] for r in con.execute(
+        "SELECT order_id FROM read_parquet(?) WHERE CAST(ordered_at AS DATE) = CAST(? AS DATE) ORDER BY order_id LIMIT 2",
+        [str(shop_data.orders_path), day]).fetchall()]
+    tmp = shop_data.orders_path.with_suffix(".new.parquet")
+    con.sql(
+        "SELECT * REPLACE (CASE WHEN order_id IN (SELECT unnest($ids)) THEN max_u + INTERVAL 1 HOUR ELSE updated_at END"
+        " AS updated_at) FROM read_parquet($path), (SELECT max(updated_at) AS max_u FROM read_parquet($path))"
+        " ORDER BY order_id",
+        params={"ids": ids, "path": str(shop_data.orders_path)},
+    ).project("* EXCLUDE (max_u)").write_parquet(str(tmp))
+    tmp.replace(shop_data.orders_path)
+    changed = run_tick(quiet.cursor if quiet.cursor else first.cursor)
+    assert [r.partition_key for r in changed.run_requests] == [day]
+    assert changed.cursor > first.cursor
+    assert run_tick(changed.cursor).run_requests == []

@@ -36,7 +36,6 @@ HOST = "127.0.0.1"
 LOCATION = "etl_assets"
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 240.0
-TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 
 # Appended to the copied dagster.yaml; see the module docstring.
 RUN_COORDINATOR_YAML = """
@@ -44,6 +43,20 @@ RUN_COORDINATOR_YAML = """
 run_coordinator:
   module: dagster.core.run_coordinator
   class: DefaultRunCoordinator
+"""
+
+LOCATION_STATUS_QUERY = """
+query LocationStatus {
+  workspaceOrError {
+    ... on Workspace {
+      locationEntries {
+        name
+        loadStatus
+        locationOrLoadError { __typename ... on PythonError { message } }
+      }
+    }
+  }
+}
 """
 
 RUN_EVENTS_QUERY = """
@@ -156,20 +169,6 @@ class Webserver:
             time.sleep(0.5)
         self.fail(f"dagster-webserver at {self.url} not ready within {timeout:.0f}s ({last_problem})")
 
-
-LOCATION_STATUS_QUERY = """
-query LocationStatus {
-  workspaceOrError {
-    ... on Workspace {
-      locationEntries {
-        name
-        loadStatus
-        locationOrLoadError { __typename ... on PythonError { message } }
-      }
-    }
-  }
-}
-"""
 
 
 def _stop(process: subprocess.Popen, grace: float = 15.0) -> None:
