@@ -152,6 +152,49 @@ def _child_floor(stage: str) -> dict:
             "run_failures": [], "check_failures": [], "steps": {}, "metadata": {}, "detail": {}}
 
 
+def _child_floor_api(partitions: list[str] | None) -> dict:
+    """Every page of every partition from the demo API with plain httpx + JSON decode, as the extract asset asks."""
+    import httpx
+
+    from etl_assets.demo import load_manifest
+    from etl_assets.pipelines.spec import load_specs
+
+    manifest = load_manifest(os.environ["ETL_DATA_DIR"])
+    spec = next(s.spec for s in load_specs() if s.spec.name == "orders")
+    src, pag = spec.source, spec.source.pagination
+    ready = _self_usage()
+    rows = pages = 0
+    started = time.perf_counter()
+    with httpx.Client(base_url=os.environ["SHOP_API_URL"], timeout=src.timeout_seconds) as client:
+        for key in partitions or manifest.partition_keys:
+            day = dt.datetime.combine(dt.date.fromisoformat(key), dt.time(), tzinfo=dt.timezone.utc)
+            base = {src.window_params[0]: day.isoformat(), src.window_params[1]: (day + dt.timedelta(days=1)).isoformat()}
+            page, cursor = 1, None
+            while True:
+                if pag.style == "page":
+                    params = {**base, pag.page_param: page, pag.page_size_param: pag.page_size}
+                else:
+                    params = {**base, pag.limit_param: pag.page_size, **({pag.cursor_param: cursor} if cursor else {})}
+                response = client.get(src.endpoint, params=params)
+                response.raise_for_status()
+                body = response.json()
+                records = body[src.records_path]
+                rows += len(records)
+                pages += 1
+                if pag.style == "page":
+                    total = body.get(pag.total_pages_field)
+                    if not records or (isinstance(total, int) and page >= total):
+                        break
+                    page += 1
+                else:
+                    cursor = body.get(pag.next_cursor_field)
+                    if not cursor or not records:
+                        break
+    seconds = time.perf_counter() - started
+    return {"ready": ready, "work_seconds": seconds, "rows_out": rows, "orders": manifest.orders, "runs": 0,
+            "run_failures": [], "check_failures": [], "steps": {}, "metadata": {}, "detail": {"pages": pages}}
+
+
 def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
     """Materialize the stage's assets for every partition through the code location's job definitions."""
     from dagster import AssetKey, DagsterEventType, DagsterInstance
@@ -270,6 +313,8 @@ def run_child(args: argparse.Namespace) -> int:
         payload = _child_warmup()
     elif args.stage == "generate":
         payload = _child_generate(args)
+    elif args.stage == "floor_api":
+        payload = _child_floor_api(args.partition)
     elif args.stage in FLOOR_STAGES:
         payload = _child_floor(args.stage)
     else:
@@ -313,6 +358,7 @@ class ScaleResult:
     server: dict = field(default_factory=dict)
     verification: list[tuple[str, bool, str]] = field(default_factory=list)
     wall_seconds: float = 0.0
+    api_floor: StageResult | None = None
 
     def floor(self, name: str) -> float | None:
         runs = [r.work_seconds for r in self.floors.get(name, []) if r.ok and r.work_seconds > 0]
@@ -494,6 +540,11 @@ def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
         for stage in ["dimensions", *ORDER_STAGES]:
             if not record(_run_stage(stage, args, env, server_pid=info["pid"])):
                 break
+            if stage == "extract":
+                scale.api_floor = _run_stage("floor_api", args, env, server_pid=info["pid"])
+                print(f"  floor_api     {'ok' if scale.api_floor.ok else 'FAILED':<6} work {scale.api_floor.work_seconds:8.2f}s"
+                      f"  process {scale.api_floor.proc_seconds:8.2f}s  rows {scale.api_floor.rows_out:,}"
+                      f"{' ' + scale.api_floor.error if scale.api_floor.error else ''}", flush=True)
     finally:
         scale.server = _stop_server(server)
     for floor in FLOOR_STAGES:
@@ -560,6 +611,14 @@ def print_scale(scale: ScaleResult) -> None:
             print(f"{name:<12} {best.rows_out:>12,} {best.work_seconds:>9.2f} {best.proc_seconds:>9.2f}"
                   f" {_rate(scale.orders, best.work_seconds)} {_mib(best.maxrss_bytes):>12} {_mib(best.ready_rss_bytes):>12}"
                   f" {best.cpu_seconds:>8.1f}   runs: {', '.join(f'{r.work_seconds:.2f}s' for r in runs)}  ({what})")
+    extract, api = scale.stages.get("extract"), scale.api_floor
+    if extract and api and api.ok and api.work_seconds > 0:
+        print(f"{'floor_api':<12} {api.rows_out:>12,} {api.work_seconds:>9.2f} {api.proc_seconds:>9.2f}"
+              f" {_rate(scale.orders, api.work_seconds)} {_mib(api.maxrss_bytes):>12} {_mib(api.ready_rss_bytes):>12}"
+              f" {api.cpu_seconds:>8.1f}   httpx GET + JSON decode of the same {api.detail.get('pages', 0):,} pages,"
+              f" nothing kept; extract = {extract.work_seconds / api.work_seconds:.2f}x this"
+              f" (api server cpu: {extract.server_cpu_seconds or 0:.1f}s during extract,"
+              f" {api.server_cpu_seconds or 0:.1f}s during floor_api)")
     if scale.server:
         extract = scale.stages.get("extract")
         cpu = f", {extract.server_cpu_seconds:.1f} cpu s during extract" if extract and extract.server_cpu_seconds else ""
@@ -650,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
                         " default: a folder in the work dir. Reuse one to skip compiling on later invocations")
     parser.add_argument("--no-pycache", action="store_true",
                         help="run the stage processes with the environment's bytecode settings unchanged")
-    parser.add_argument("--stage", choices=[*PIPELINE_STAGES, *FLOOR_STAGES, "serve", "warmup"], help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=[*PIPELINE_STAGES, *FLOOR_STAGES, "floor_api", "serve", "warmup"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--partition", action="append",
                         help="with --stage: only this partition (repeatable; default every partition of the data)")
     args = parser.parse_args(argv)

@@ -242,6 +242,12 @@ class Automation(_Model):
         return self
 
 
+class Freshness(_Model):
+    """How stale a dataset may get: the latest materialization must be younger than ``max_lag_minutes``."""
+
+    max_lag_minutes: int = Field(gt=0, le=60 * 24 * 366)
+
+
 class Retry(_Model):
     """Step-level retries (Dagster RetryPolicy) for transient failures."""
 
@@ -272,6 +278,7 @@ class PipelineSpec(_Model):
         default_factory=list, description="Pipelines whose successful runs trigger this one (a run-status sensor)."
     )
     automation: Automation | None = None
+    freshness: Freshness | None = None
     retry: Retry = Retry()
 
     _check_name = field_validator("name", "domain")(_identifier)
