@@ -117,6 +117,14 @@ class LakeStorage(ConfigurableResource):
         directory.mkdir(parents=True, exist_ok=True)
         return directory / f"{name}.parquet"
 
+    def partitions(self, key_path: Sequence[str]) -> list[str | None]:
+        """Partitions of an asset present in the lake (``[None]`` for an unpartitioned one)."""
+        directory = self.root_path().joinpath(*key_path)
+        if not directory.is_dir():
+            return []
+        keys = sorted(p.stem for p in directory.glob("*.parquet") if not p.name.startswith("."))
+        return [None if k == UNPARTITIONED else k for k in keys]
+
     def exists(self, key_path: Sequence[str], partition: str | None) -> bool:
         return self.path_for(key_path, partition).is_file()
 

@@ -21,7 +21,7 @@ import duckdb
 import pytest
 
 from etl_assets.demo import DemoManifest
-from etl_assets_tests.webserver import LOCATION, REPO, RUN_TIMEOUT, Webserver, webserver  # noqa: F401 (fixture)
+from etl_assets_tests.webserver import LOCATION, REPO, RUN_TIMEOUT, Webserver, webserver_fixture  # noqa: F401 (the `webserver` fixture)
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM_ARGS = [

@@ -56,7 +56,18 @@ def test_missing_required_column_names_it(drops, data_dir, instance):
     assert not (data_dir / "warehouse.duckdb").exists()
 
 
-def test_bad_rows_are_quarantined_not_lost(drops, data_dir, instance):
+def test_quality_below_threshold_blocks_the_load(drops, data_dir, instance):
+    (drops / "x.csv").write_text("a,b\n1,ok\nnot-a-number,bad\n")
+    result = build_definitions().resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["quality_score"] is False and checks["rows_conserved"] is True
+    assert not (data_dir / "warehouse.duckdb").exists()  # the blocking check stopped it before any target
+
+
+def test_bad_rows_are_quarantined_not_lost(drops, data_dir, instance, monkeypatch):
+    spec = drops.parent.parent.parent / "specs" / "drops.yaml"
+    spec.write_text(spec.read_text() + "quality: {threshold: 0.2}\n")
     (drops / "x.csv").write_text("a,b\n1,ok\nnot-a-number,bad\n,null-a\n1,duplicate\n")
     defs = build_definitions()
     result = defs.resolve_job_def("drops_pipeline").execute_in_process(instance=instance)

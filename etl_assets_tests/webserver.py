@@ -224,9 +224,11 @@ def running_webserver(workdir: Path, env: dict[str, str], timeout: float = START
         _stop(process)
 
 
-@pytest.fixture
-def webserver(tmp_path: Path, data_dir: Path, shop_data, api_server) -> Iterator[Webserver]:
-    """The UI over the demo shop data, with the demo orders API serving on loopback."""
+@pytest.fixture(name="webserver")
+def webserver_fixture(tmp_path: Path, data_dir: Path, shop_data, api_server) -> Iterator[Webserver]:
+    """The UI over the demo shop data, with the demo orders API serving on loopback.
+
+    A test module gets it as ``webserver`` by importing ``webserver_fixture``."""
     env = {"ETL_DATA_DIR": str(data_dir), "SHOP_API_URL": api_server.url}
     with running_webserver(tmp_path, env) as server:
         yield server

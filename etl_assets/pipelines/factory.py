@@ -217,28 +217,92 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
     return extract
 
 
+CHECK_QUALITY_SCORE = "quality_score"
+CHECK_SCHEMA_CHANGE = "schema_change"
+CHECK_ROW_COUNT = "row_count"
+SAMPLE_ROWS = 5
+
+
+def contract_families(spec: PipelineSpec) -> dict[str, str]:
+    """Check families the contract generates, with their severity (ERROR when any rule in the family is)."""
+    rules, _ = validation.contract_rules(spec.columns, spec.primary_key, [c.name for c in spec.columns], True)
+    families: dict[str, str] = {}
+    for rule in rules:
+        families[rule.family] = "ERROR" if "ERROR" in (rule.severity, families.get(rule.family)) else "WARN"
+    return {f: families[f] for f in validation.FAMILIES if f in families}
+
+
+def validation_check_specs(spec: PipelineSpec) -> list[AssetCheckSpec]:
+    """The checks generated from a source pipeline's contract (declared next to the asset they guard)."""
+    ck = clean_key(spec.name)
+    specs = [
+        AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=ck, blocking=True, description="rows_in = rows_valid + rows_quarantined"),
+        AssetCheckSpec(CHECK_QUALITY_SCORE, asset=ck, blocking=True,
+                       description=f"share of valid rows is at least {spec.quality.threshold:.0%}"),
+        AssetCheckSpec(CHECK_SCHEMA_CHANGE, asset=ck, blocking=False,
+                       description="no columns beyond the contract arrived (new ones are loaded and flagged)"),
+    ]
+    for family, severity in contract_families(spec).items():
+        specs.append(AssetCheckSpec(family, asset=ck, blocking=severity == "ERROR",
+                                    description=f"{family} rules ({severity}); failing rows are "
+                                    + ("quarantined" if severity == "ERROR" else "flagged")))
+    if spec.row_count is not None:
+        specs.append(AssetCheckSpec(CHECK_ROW_COUNT, asset=ck, blocking=spec.row_count.severity == "ERROR",
+                                    description="rows per partition within the expected range"))
+    return specs
+
+
+def _sample(con, where: str, params: list | None = None) -> MetadataValue:
+    rows = con.sql(f"SELECT * EXCLUDE ({validation.WARNINGS_COLUMN}) FROM tagged WHERE {where} LIMIT {SAMPLE_ROWS}",
+                   params=params).df()
+    rows = rows[[c for c in rows.columns if not c.startswith("__typed_")]]
+    return MetadataValue.md(rows.to_markdown(index=False) if len(rows) else "(none)")
+
+
+def _row_count_result(context, spec: PipelineSpec, rows_in: int) -> AssetCheckResult:
+    expectation = spec.row_count
+    history = context.instance.fetch_materializations(clean_key(spec.name), limit=expectation.trailing_partitions + 1).records
+    partition = context.partition_key if context.has_partition_key else None
+    previous = [r.asset_materialization.metadata["rows_in"].value for r in history
+                if r.asset_materialization is not None and r.asset_materialization.partition != partition
+                and "rows_in" in r.asset_materialization.metadata][: expectation.trailing_partitions]
+    average = sum(previous) / len(previous) if previous else None
+    problems = []
+    if rows_in < expectation.min:
+        problems.append(f"{rows_in} rows, fewer than the minimum {expectation.min}")
+    if average is not None and expectation.max_deviation is not None and average > 0:
+        deviation = abs(rows_in - average) / average
+        if deviation > expectation.max_deviation:
+            problems.append(f"{rows_in} rows deviate {deviation:.0%} from the trailing average {average:.1f}")
+    return AssetCheckResult(
+        asset_key=clean_key(spec.name), check_name=CHECK_ROW_COUNT, passed=not problems,
+        severity=AssetCheckSeverity.ERROR if expectation.severity == "ERROR" else AssetCheckSeverity.WARN,
+        metadata={"rows_in": rows_in, "trailing_average": average if average is not None else -1.0,
+                  "trailing_partitions": len(previous), "problem": "; ".join(problems) or "none"},
+    )
+
+
 def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> AssetsDefinition:
     spec = loaded.spec
     ck, qk = clean_key(spec.name), quarantine_key(spec.name)
+    references = sorted({c.references.dataset for c in spec.columns if c.references is not None})
+    contract = {c.name for c in spec.columns}
 
     @multi_asset(
         name=f"validate_{spec.name}",
         group_name=spec.domain,
         partitions_def=pdef,
         ins={"raw": AssetIn(key=raw_key(spec.name))},
+        deps=[clean_key(name) for name in references],
         outs={
             "clean": AssetOut(key=ck, io_manager_key=LAKE_IO_MANAGER, kinds={"parquet"},
                               description=f"{spec.name}: rows meeting the contract, typed."),
             "quarantine": AssetOut(key=qk, io_manager_key=LAKE_IO_MANAGER, kinds={"parquet"},
                                    description=f"{spec.name}: rows breaking the contract, as delivered, with reasons."),
         },
-        check_specs=[
-            AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=ck, blocking=True,
-                           description="rows_in = rows_valid + rows_quarantined"),
-            AssetCheckSpec(CHECK_PRIMARY_KEY_UNIQUE, asset=ck, blocking=True,
-                           description=f"primary key ({', '.join(spec.primary_key) or 'none declared'}) is unique"),
-        ],
+        check_specs=validation_check_specs(spec),
         required_resource_keys={"lake"},
+        retry_policy=retry_policy_for(spec),
     )
     def validate(context: AssetExecutionContext, raw: LakeTable):
         with no_retry_for_permanent_errors():
@@ -252,49 +316,100 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
         raw_rel = raw.relation(con)
         raw_columns = raw_rel.columns
         validation.check_required_columns(spec.name, spec.columns, raw_columns)
+        validation.check_castable_types(spec.name, spec.columns, dict(zip(raw_columns, map(str, raw_rel.types))))
         con.register("raw", raw_rel)
+        for name in references:
+            ref_key = clean_key(name)
+            ref_partitions = lake.partitions(ref_key.path)
+            if not ref_partitions:
+                raise ContractError(f"{spec.name}: its relationship to {name} needs {name} loaded first; run it")
+            con.register(validation.reference_view(name), lake.table(ref_key.path, ref_partitions).relation(con))
+        others = [p for p in lake.partitions(ck.path) if p != partition] if spec.primary_key else []
+        if others:
+            keys = ", ".join(f'"{k}"' for k in spec.primary_key)
+            con.register(validation.OTHER_BATCHES, lake.table(ck.path, others).relation(con).project(keys))
+        rules, params = validation.contract_rules(spec.columns, spec.primary_key, raw_columns, bool(others))
         tmp = lake.scratch_path(f"validate-{spec.name}-{partition}-{context.run.run_id}")
         try:
-            con.sql(validation.tagged_sql(spec.columns, spec.primary_key, raw_columns)).write_parquet(str(tmp))
+            tagged = validation.tagged_sql(spec.columns, rules, raw_columns)
+            con.sql(tagged, params=validation.params_for(tagged, params)).write_parquet(str(tmp))
             con.register("tagged", con.read_parquet(str(tmp)))
             rows_in, rows_bad = con.execute(
                 f"SELECT count(*), count(*) FILTER (WHERE len({validation.ERRORS_COLUMN}) > 0) FROM tagged"
             ).fetchall()[0]
-            reasons = dict(con.execute(
-                f"SELECT reason, count(*) FROM (SELECT unnest({validation.ERRORS_COLUMN}) AS reason FROM tagged) GROUP BY ALL ORDER BY 2 DESC"
-            ).fetchall())
+            counts: dict[str, int] = {}
+            for column in (validation.ERRORS_COLUMN, validation.WARNINGS_COLUMN):
+                counts.update(con.execute(
+                    f"SELECT reason, count(*) FROM (SELECT unnest({column}) AS reason FROM tagged) GROUP BY ALL"
+                ).fetchall())
             validate_seconds = time.perf_counter() - started
+            rows_valid = rows_in - rows_bad
+            valid_share = rows_valid / rows_in if rows_in else 1.0
             valid = con.sql(validation.valid_sql(spec.columns, raw_columns))
-            quarantined = con.sql(validation.quarantine_sql(raw_columns), params={"run_id": context.run.run_id, "partition": partition})
+            quarantined = con.sql(validation.quarantine_sql(raw_columns),
+                                  params={"run_id": context.run.run_id, "partition": partition})
             yield Output(valid, "clean", metadata={
                 "rows_in": rows_in,
-                "rows_valid": rows_in - rows_bad,
+                "rows_valid": rows_valid,
                 "rows_quarantined": rows_bad,
-                "valid_share": round((rows_in - rows_bad) / rows_in, 6) if rows_in else 1.0,
+                "quality_score": round(valid_share, 6),
                 "validate_seconds": round(validate_seconds, 3),
+                "validate_rows_per_second": round(rows_in / validate_seconds, 1) if validate_seconds else 0.0,
+                "rule_violations": MetadataValue.json(dict(sorted(counts.items()))),
             })
-            yield Output(quarantined, "quarantine", metadata={"reasons": MetadataValue.json(reasons)})
+            yield Output(quarantined, "quarantine", metadata={"reasons": MetadataValue.json(dict(sorted(counts.items())))})
+            clean_table = lake.table(ck.path, [None if partition == UNPARTITIONED else partition])
+            quarantine_table = lake.table(qk.path, [None if partition == UNPARTITIONED else partition])
+            results = [AssetCheckResult(
+                asset_key=ck, check_name=CHECK_ROWS_CONSERVED, passed=clean_table.num_rows + quarantine_table.num_rows == rows_in,
+                metadata={"rows_in": rows_in, "rows_valid": clean_table.num_rows, "rows_quarantined": quarantine_table.num_rows},
+            )]
+            con.register("clean", clean_table.relation(con))
+            post_sql, post_rules = validation.violations_in_clean_sql(spec.columns, rules)
+            in_clean = dict(zip([r.name for r in post_rules], con.sql(post_sql, params=validation.params_for(post_sql, params)).fetchall()[0])) if post_sql else {}
+            if spec.primary_key:
+                keys = ", ".join(f'"{k}"' for k in spec.primary_key)
+                in_clean["duplicate_key"] = con.sql(
+                    f"SELECT count(*) FROM (SELECT {keys} FROM clean GROUP BY ALL HAVING count(*) > 1)").fetchall()[0][0]
+            for family, severity in contract_families(spec).items():
+                family_rules = [r for r in rules if r.family == family]
+                names = [r.name for r in family_rules]
+                flagged = {n: counts.get(n, 0) for n in names}
+                if severity == "ERROR":
+                    leaked = sum(in_clean.get(r.name, 0) for r in family_rules if r.severity == "ERROR")
+                    warned = sum(flagged[r.name] for r in family_rules if r.severity == "WARN")
+                    passed = leaked == 0 and warned == 0
+                else:
+                    passed = sum(flagged.values()) == 0
+                failing = [n for n in names if flagged[n]]
+                where = " OR ".join(f"list_contains({validation.ERRORS_COLUMN}, ?) OR list_contains({validation.WARNINGS_COLUMN}, ?)" for _ in failing)
+                results.append(AssetCheckResult(
+                    asset_key=ck, check_name=family, passed=passed,
+                    severity=AssetCheckSeverity.ERROR if severity == "ERROR" else AssetCheckSeverity.WARN,
+                    metadata={
+                        "failing_rows": sum(flagged.values()),
+                        "by_rule": MetadataValue.json(flagged),
+                        "reached_clean": sum(in_clean.get(n, 0) for n in names),
+                        "sample": _sample(con, where, [n for n in failing for _ in (0, 1)]) if failing else MetadataValue.md("(none)"),
+                    },
+                ))
+            extra = [c for c in raw_columns if c not in contract and not c.startswith("_etl_")]
+            results.append(AssetCheckResult(
+                asset_key=ck, check_name=CHECK_SCHEMA_CHANGE, passed=not extra, severity=AssetCheckSeverity.WARN,
+                metadata={"new_columns": MetadataValue.json(extra),
+                          "missing_optional_columns": MetadataValue.json([c for c in contract if c not in raw_columns])},
+            ))
+            if spec.row_count is not None:
+                results.append(_row_count_result(context, spec, rows_in))
+            results.append(AssetCheckResult(
+                asset_key=ck, check_name=CHECK_QUALITY_SCORE, passed=valid_share >= spec.quality.threshold,
+                metadata={"quality_score": round(valid_share, 6), "threshold": spec.quality.threshold,
+                          "checks_passed_share": round(sum(r.passed for r in results) / len(results), 6)},
+            ))
+            yield from results
         finally:
             con.close()
             tmp.unlink(missing_ok=True)
-        clean_table = lake.table(ck.path, [None if partition == UNPARTITIONED else partition])
-        quarantine_table = lake.table(qk.path, [None if partition == UNPARTITIONED else partition])
-        written = clean_table.num_rows + quarantine_table.num_rows
-        yield AssetCheckResult(
-            asset_key=ck, check_name=CHECK_ROWS_CONSERVED, passed=written == rows_in,
-            severity=AssetCheckSeverity.ERROR,
-            metadata={"rows_in": rows_in, "rows_valid": clean_table.num_rows, "rows_quarantined": quarantine_table.num_rows},
-        )
-        duplicates = 0
-        if spec.primary_key:
-            keys = ", ".join(f'"{k}"' for k in spec.primary_key)
-            duplicates = clean_table.relation().query(
-                "t", f"SELECT count(*) FROM (SELECT {keys} FROM t GROUP BY ALL HAVING count(*) > 1)"
-            ).fetchall()[0][0]
-        yield AssetCheckResult(
-            asset_key=ck, check_name=CHECK_PRIMARY_KEY_UNIQUE, passed=duplicates == 0,
-            severity=AssetCheckSeverity.ERROR, metadata={"duplicate_keys": duplicates},
-        )
 
     return validate
 

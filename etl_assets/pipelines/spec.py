@@ -47,13 +47,35 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Severity = Literal["ERROR", "WARN"]
+
+
+class Reference(_Model):
+    """A relationship: every non-null value must exist in ``column`` of another dataset."""
+
+    dataset: str
+    column: str
+
+
 class Column(_Model):
-    """One column of the dataset contract."""
+    """One column of the dataset contract.
+
+    Type and not-null violations always quarantine the row. The value rules (``accepted_values``, ``min``,
+    ``max``, ``regex``, ``max_length``, ``references``) quarantine it when ``severity`` is ERROR, and only flag it
+    (the row is loaded, the check warns) when WARN.
+    """
 
     name: str
     type: str
     nullable: bool = True
     description: str = ""
+    accepted_values: list[str | int | float | bool] | None = None
+    min: str | int | float | date | None = None
+    max: str | int | float | date | None = None
+    regex: str | None = None
+    max_length: int | None = Field(None, ge=1)
+    references: Reference | None = None
+    severity: Severity = "ERROR"
 
     _check_name = field_validator("name")(_identifier)
 
@@ -61,6 +83,32 @@ class Column(_Model):
     @classmethod
     def _check_type(cls, value: str) -> str:
         return normalize_type(value)
+
+    @field_validator("regex")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class RowCount(_Model):
+    """Expected rows per partition: at least ``min``, and within ``max_deviation`` (a fraction) of the average
+    of the last ``trailing_partitions`` loads."""
+
+    min: int = Field(0, ge=0)
+    max_deviation: float | None = Field(None, gt=0)
+    trailing_partitions: int = Field(7, ge=1, le=100)
+    severity: Severity = "ERROR"
+
+
+class Quality(_Model):
+    """The share of valid rows below which the blocking ``quality_score`` check fails (and nothing loads)."""
+
+    threshold: float = Field(0.95, ge=0, le=1)
 
 
 class Pagination(_Model):
@@ -279,6 +327,8 @@ class PipelineSpec(_Model):
     )
     automation: Automation | None = None
     freshness: Freshness | None = None
+    row_count: RowCount | None = None
+    quality: Quality = Quality()
     retry: Retry = Retry()
 
     _check_name = field_validator("name", "domain")(_identifier)
@@ -413,6 +463,16 @@ def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
                 raise SpecError(
                     f"invalid pipeline spec {item.path}: field 'after': {name!r} is not another pipeline. "
                     f"Fix: use one of {sorted(set(by_name) - {item.spec.name})}."
+                )
+        for column in item.spec.columns:
+            ref = column.references
+            if ref is None:
+                continue
+            target = by_name.get(ref.dataset)
+            if target is None or target.spec.source is None or ref.column not in {c.name for c in target.spec.columns}:
+                raise SpecError(
+                    f"invalid pipeline spec {item.path}: field 'columns.{column.name}.references': "
+                    f"{ref.dataset}.{ref.column} is not a column of a source pipeline. Fix: name a declared column."
                 )
         if item.spec.transform is None:
             continue
