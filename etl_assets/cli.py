@@ -91,6 +91,44 @@ def _print_summary(data_dir: Path) -> None:
     print(f"lake: {data_dir / 'lake'}\nopen the UI with `make dev` (http://127.0.0.1:3000)")
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    """Re-validate a pipeline's partitions from the raw lake and reload them (quarantine replay)."""
+    from dagster import DagsterInstance
+
+    from etl_assets.definitions import build_definitions
+    from etl_assets.runner import QUIET
+
+    _data_dir(args.data_dir)
+    defs = build_definitions()
+    job = defs.resolve_job_def(f"{args.pipeline}_revalidate")
+    pdef = job.partitions_def
+    if pdef is None:
+        partitions: list[str | None] = [None]
+    else:
+        keys = pdef.get_partition_keys()
+        start = args.start or keys[0]
+        end = args.end or start
+        partitions = [k for k in keys if start <= k <= end]
+        if not partitions:
+            print(f"no partitions of {args.pipeline} between {start} and {end}", file=sys.stderr)
+            return 2
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    failed = 0
+    for partition in partitions:
+        result = job.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
+                                        run_config=QUIET)
+        meta = {}
+        for event in result.get_asset_materialization_events():
+            if event.asset_key.path == ["clean", args.pipeline]:
+                meta = event.materialization.metadata
+        valid = meta["rows_valid"].value if "rows_valid" in meta else "?"
+        bad = meta["rows_quarantined"].value if "rows_quarantined" in meta else "?"
+        print(f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: "
+              f"{valid} valid, {bad} still quarantined  (run {result.run_id})")
+        failed += not result.success
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="etl-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--faults", help="e.g. rate=0.1,kinds=500+429+slow+truncated,slow_seconds=2")
     serve.set_defaults(func=_cmd_serve)
+    replay = sub.add_parser("replay", help="re-validate quarantined rows of a partition range and load the valid ones")
+    replay.add_argument("pipeline", help="a source pipeline, e.g. orders")
+    replay.add_argument("--from", dest="start", help="first partition (default: the first)")
+    replay.add_argument("--to", dest="end", help="last partition (default: --from)")
+    replay.add_argument("--data-dir")
+    replay.set_defaults(func=_cmd_replay)
     args = parser.parse_args(argv)
     return args.func(args)
 

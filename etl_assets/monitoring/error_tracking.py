@@ -218,8 +218,7 @@ def records_for_failed_run(
             run_id=run.run_id, job_name=run.job_name, pipeline=pipeline, step_key=event.step_key,
             asset_key=asset.to_user_string() if asset else "", partition=partition,
             error_class=classify_error(data.error if data else None, metadata),
-            message=_truncate(message), failed_at=datetime.fromtimestamp(event.timestamp, timezone.utc)
-            if getattr(event, "timestamp", None) else failed_at,
+            message=_truncate(message), failed_at=failed_at,
         ))
     if not records:
         records.append(ErrorRecord(

@@ -85,13 +85,16 @@ def build_run_failure_sensor(pipelines: Iterable[str]):
                     "(file, webhook, Slack) linking to the run.",
     )
     def alert_on_run_failure(context: RunFailureSensorContext, alerting: AlertSinks, warehouse: DuckDBWarehouse):
+        # Returning None (not a SkipReason) lets Dagster go on to the next failed run in the same tick.
         run = context.dagster_run
         if run.tags.get(TAG_ALERT_SENT):
-            return SkipReason(f"run {run.run_id} was already alerted at {run.tags[TAG_ALERT_SENT]}")
-        failure = context.failure_event
-        failed_at = datetime.fromtimestamp(failure.timestamp, timezone.utc) if getattr(failure, "timestamp", None) else None
+            context.log.info(f"run {run.run_id} was already alerted at {run.tags[TAG_ALERT_SENT]}")
+            return None
+        record = context.instance.get_run_record_by_id(run.run_id)
+        failed_at = datetime.fromtimestamp(record.end_time, timezone.utc) if record and record.end_time else None
         records = records_for_failed_run(
-            context.instance, run, context.get_step_failure_events(), failure.message or "", names, failed_at)
+            context.instance, run, context.get_step_failure_events(), context.failure_event.message or "", names,
+            failed_at)
         stored = ErrorStore(warehouse).record(records)
         if not stored:
             context.log.warning(f"run {run.run_id}: warehouse busy; {len(records)} error record(s) spooled for the next write")

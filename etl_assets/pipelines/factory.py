@@ -62,6 +62,7 @@ CHECK_ROWS_CONSERVED = "rows_conserved"
 CHECK_PRIMARY_KEY_UNIQUE = "primary_key_unique"
 CHECK_MATCHES_LAKE = "matches_lake"
 UNPARTITIONED = "_all"
+QUARANTINE_SCHEMA = "quarantine"
 TARGET_PREFIX = {"duckdb": "warehouse", "postgres": "postgres"}
 TARGET_RESOURCE = {"duckdb": "warehouse", "postgres": "postgres_target"}
 
@@ -454,12 +455,17 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
     spec = loaded.spec
     key = target_key(target, spec.name)
     resource_key = TARGET_RESOURCE[target]
+    # The DuckDB warehouse also gets the quarantine, as table quarantine.<name>, next to the valid rows.
+    with_quarantine = target == "duckdb" and spec.source is not None
+    ins = {"data": AssetIn(key=dataset_key(spec))}
+    if with_quarantine:
+        ins["quarantined"] = AssetIn(key=quarantine_key(spec.name))
 
     @asset(
         key=key,
         group_name=spec.domain,
         partitions_def=pdef,
-        ins={"data": AssetIn(key=dataset_key(spec))},
+        ins=ins,
         required_resource_keys={resource_key},
         pool=WAREHOUSE_POOL if target == "duckdb" else None,
         retry_policy=retry_policy_for(spec),
@@ -467,20 +473,28 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
         kinds={target},
         check_specs=[AssetCheckSpec(CHECK_MATCHES_LAKE, asset=key, blocking=True,
                                     description="the loaded partition has exactly the lake partition's rows")],
-        description=f"{spec.name} loaded into {target} table {spec.domain}.{spec.name}, one partition replaced per run.",
+        description=f"{spec.name} loaded into {target} table {spec.domain}.{spec.name}, one partition replaced per run."
+        + (f" Its quarantine goes to quarantine.{spec.name}." if with_quarantine else ""),
     )
-    def load(context: AssetExecutionContext, data: LakeTable) -> MaterializeResult:
+    def load(context: AssetExecutionContext, data: LakeTable, **extra: LakeTable) -> MaterializeResult:
+        quarantined = extra.get("quarantined")
         resource: DuckDBWarehouse | PostgresTarget = getattr(context.resources, resource_key)
-        result = resource.replace_partition(spec.domain, spec.name, data, _partition(context), context.run.run_id)
+        partition = _partition(context)
+        result = resource.replace_partition(spec.domain, spec.name, data, partition, context.run.run_id)
+        metadata = {
+            "dagster/row_count": result.rows,
+            "table": f"{spec.domain}.{spec.name}",
+            "rows_replaced": result.rows_replaced,
+            "load_seconds": round(result.seconds, 3),
+            "rows_per_second": round(result.rows / result.seconds, 1) if result.seconds else 0.0,
+        }
+        if quarantined is not None:
+            q = resource.replace_partition(QUARANTINE_SCHEMA, spec.name, quarantined, partition, context.run.run_id)
+            metadata["quarantine_table"] = f"{QUARANTINE_SCHEMA}.{spec.name}"
+            metadata["rows_quarantined"] = q.rows
         expected = data.num_rows
         return MaterializeResult(
-            metadata={
-                "dagster/row_count": result.rows,
-                "table": f"{spec.domain}.{spec.name}",
-                "rows_replaced": result.rows_replaced,
-                "load_seconds": round(result.seconds, 3),
-                "rows_per_second": round(result.rows / result.seconds, 1) if result.seconds else 0.0,
-            },
+            metadata=metadata,
             check_results=[AssetCheckResult(
                 check_name=CHECK_MATCHES_LAKE, passed=result.rows == expected,
                 metadata={"lake_rows": expected, "target_rows": result.rows},
@@ -587,6 +601,13 @@ def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
         )
         jobs.append(job)
         job_by_name[spec.name] = job
+        if spec.source is not None:
+            jobs.append(define_asset_job(
+                name=f"{spec.name}_revalidate",
+                selection=AssetSelection.assets(*[k for k in keys if k != raw_key(spec.name)]),
+                description=f"Re-validate {spec.name} from the raw lake (no source call) and reload it: "
+                "the replay of quarantined rows after a contract or upstream fix.",
+            ))
         if spec.source is not None and spec.source.kind == "files":
             sensors.append(sensors_mod.build_file_sensor(spec, job, pdef))
         if spec.source is not None and spec.source.kind == "api" and spec.source.incremental \

@@ -27,6 +27,7 @@ from etl_assets.sqlutil import qualified, quote_ident
 PARTITION_COLUMN = "_etl_partition"
 RUN_COLUMN = "_etl_run_id"
 LOADED_AT_COLUMN = "_etl_loaded_at"
+META_COLUMNS = (PARTITION_COLUMN, RUN_COLUMN, LOADED_AT_COLUMN)
 # All DuckDB warehouse writes run in this Dagster pool; dagster.yaml gives it a single slot.
 WAREHOUSE_POOL = "duckdb_warehouse"
 
@@ -72,8 +73,15 @@ class DuckDBWarehouse(ConfigurableResource):
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+                incoming = [
+                    (name, type_name)
+                    for name, type_name, *_ in con.execute(
+                        "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [paths]).fetchall()
+                    if name not in META_COLUMNS  # a quarantine file carries its own run and partition; ours win
+                ]
+                select = ", ".join(quote_ident(name) for name, _ in incoming)
                 con.execute(
-                    f"CREATE TABLE IF NOT EXISTS {target} AS SELECT *, CAST(NULL AS VARCHAR) AS {PARTITION_COLUMN},"
+                    f"CREATE TABLE IF NOT EXISTS {target} AS SELECT {select}, CAST(NULL AS VARCHAR) AS {PARTITION_COLUMN},"
                     f" CAST(NULL AS VARCHAR) AS {RUN_COLUMN}, CAST(NULL AS TIMESTAMPTZ) AS {LOADED_AT_COLUMN}"
                     " FROM read_parquet(?, union_by_name = true) LIMIT 0",
                     [paths],
@@ -82,15 +90,14 @@ class DuckDBWarehouse(ConfigurableResource):
                     "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
                     [schema, table],
                 ).fetchall()}
-                incoming = con.execute("DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [paths]).fetchall()
-                for name, type_name, *_ in incoming:
+                for name, type_name in incoming:
                     if name not in existing:
                         con.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {type_name}")
                 replaced = con.execute(
                     f"DELETE FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]
                 ).fetchall()[0][0]
                 con.execute(
-                    f"INSERT INTO {target} BY NAME SELECT *, CAST(? AS VARCHAR) AS {PARTITION_COLUMN},"
+                    f"INSERT INTO {target} BY NAME SELECT {select}, CAST(? AS VARCHAR) AS {PARTITION_COLUMN},"
                     f" CAST(? AS VARCHAR) AS {RUN_COLUMN}, now() AS {LOADED_AT_COLUMN}"
                     " FROM read_parquet(?, union_by_name = true)",
                     [partition, run_id, paths],

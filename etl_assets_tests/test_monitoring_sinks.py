@@ -1,0 +1,225 @@
+"""Alert sinks against real HTTP servers on loopback (webhook retries and backoff, Slack through dagster-slack),
+the environment binding of the alert settings, error classification, and the error store's spool while another
+process holds the DuckDB warehouse file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+from dagster import EnvVar
+
+from etl_assets.monitoring.alerts import (
+    Alert,
+    AlertDeliveryError,
+    AlertSinks,
+    SlackSink,
+    WebhookSink,
+    build_alert_sinks,
+)
+from etl_assets.monitoring.error_tracking import ErrorRecord, ErrorStore, classify_error
+from etl_assets.resources.targets import DuckDBWarehouse
+
+
+class Recorder:
+    """A tiny HTTP server on 127.0.0.1 that records requests and answers from a script.
+
+    Args:
+        statuses: Status codes for successive requests; when exhausted, ``default_status``.
+        default_status: Status once the script is used up.
+        body: JSON body of every answer.
+        headers: Extra headers of every answer.
+        delays: Seconds to wait before answering successive requests (to provoke client timeouts).
+    """
+
+    def __init__(self, statuses=(), default_status=200, body=None, headers=None, delays=()):
+        self.statuses = list(statuses)
+        self.default_status = default_status
+        self.body = json.dumps(body if body is not None else {"ok": True}).encode()
+        self.headers = dict(headers or {})
+        self.delays = list(delays)
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                with recorder._lock:
+                    recorder.requests.append({"method": self.command, "path": self.path,
+                                              "headers": dict(self.headers), "body": raw})
+                    status = recorder.statuses.pop(0) if recorder.statuses else recorder.default_status
+                    delay = recorder.delays.pop(0) if recorder.delays else 0
+                if delay:
+                    time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    for name, value in recorder.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(recorder.body)))
+                    self.end_headers()
+                    self.wfile.write(recorder.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def json_bodies(self) -> list[dict]:
+        """Bodies of the recorded requests, parsed as JSON."""
+        return [json.loads(r["body"]) for r in self.requests]
+
+
+SECRET_PATH = "hooks/T000/B000/s3cr3t-webhook-path"
+
+
+def _alert(**overrides) -> Alert:
+    fields = dict(kind="run_failure", title="orders_pipeline failed (transient)", text="Run r1 failed.",
+                  url="http://127.0.0.1:3000/runs/r1", run_id="r1", job="orders_pipeline", pipeline="orders",
+                  error_class="transient", dedupe_key="run:r1", occurred_at="2024-03-05T00:31:00+00:00")
+    return Alert(**{**fields, **overrides})
+
+
+def test_webhook_retries_5xx_with_backoff_then_delivers():
+    sleeps = []
+    with Recorder(statuses=[503, 502]) as hook:
+        WebhookSink(f"{hook.url}/{SECRET_PATH}", max_attempts=4, backoff_seconds=0.2, sleep=sleeps.append).send(_alert())
+    assert [r["method"] for r in hook.requests] == ["POST"] * 3
+    assert all(r["path"] == f"/{SECRET_PATH}" for r in hook.requests)
+    assert hook.json_bodies() == [_alert().to_json()] * 3  # the same alert each attempt
+    assert hook.requests[0]["headers"]["Content-Type"] == "application/json"
+    # exponential backoff with full jitter: attempt n waits at most backoff * 2**(n-1)
+    assert len(sleeps) == 2 and 0 <= sleeps[0] <= 0.2 and 0 <= sleeps[1] <= 0.4
+
+
+def test_webhook_does_not_retry_a_4xx_and_keeps_the_url_out_of_the_error():
+    with Recorder(statuses=[400]) as hook:
+        with pytest.raises(AlertDeliveryError) as raised:
+            WebhookSink(f"{hook.url}/{SECRET_PATH}", max_attempts=4, sleep=lambda s: None).send(_alert())
+    assert len(hook.requests) == 1
+    assert "HTTP 400" in str(raised.value)
+    assert "s3cr3t" not in str(raised.value) and "hooks" not in str(raised.value)
+
+
+def test_webhook_retries_a_timeout_and_gives_up_after_max_attempts():
+    with Recorder(delays=[1.0]) as hook:  # first answer comes too late, the second at once
+        WebhookSink(hook.url, timeout_seconds=0.3, max_attempts=3, sleep=lambda s: None).send(_alert())
+    assert len(hook.requests) == 2
+    with Recorder(default_status=500) as hook:
+        with pytest.raises(AlertDeliveryError, match="3 attempts failed, last with HTTP 500"):
+            WebhookSink(f"{hook.url}/{SECRET_PATH}", max_attempts=3, sleep=lambda s: None).send(_alert())
+    assert len(hook.requests) == 3
+
+
+def test_slack_sink_posts_through_dagster_slack_with_the_bot_token():
+    slack_ok = {"ok": True, "channel": "C123", "ts": "1700000000.000100"}
+    with Recorder(body=slack_ok) as slack:
+        SlackSink("xoxb-secret-token", "#etl-alerts", api_url=f"{slack.url}/api/").send(_alert())
+    request = slack.requests[0]
+    assert request["path"] == "/api/chat.postMessage"
+    assert request["headers"]["Authorization"] == "Bearer xoxb-secret-token"
+    body = json.loads(request["body"])
+    assert body["channel"] == "#etl-alerts"
+    assert "orders_pipeline failed (transient)" in body["text"]
+    assert "<http://127.0.0.1:3000/runs/r1|Open in Dagster>" in body["text"]
+    with Recorder(body={"ok": False, "error": "channel_not_found"}) as slack:
+        with pytest.raises(AlertDeliveryError, match="channel_not_found") as raised:
+            SlackSink("xoxb-secret-token", "#nope", api_url=f"{slack.url}/api/").send(_alert())
+    assert "xoxb" not in str(raised.value)
+
+
+def test_a_failing_sink_does_not_keep_the_others_from_the_alert(tmp_path, caplog):
+    with Recorder(statuses=[404]) as hook:
+        sinks = AlertSinks(jsonl_path=str(tmp_path / "alerts.jsonl"), webhook_url=f"{hook.url}/{SECRET_PATH}")
+        report = sinks.send(_alert())
+    assert report.delivered == ["jsonl"] and list(report.failed) == ["webhook"]
+    lines = (tmp_path / "alerts.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [_alert().to_json()]
+    assert "s3cr3t" not in caplog.text and "s3cr3t" not in report.failed["webhook"]
+
+
+def test_alert_settings_are_bound_from_the_environment_by_name():
+    env = {"ETL_ALERT_WEBHOOK_URL": "http://127.0.0.1:1/x", "SLACK_BOT_TOKEN": "xoxb-1",
+           "ETL_ALERT_SLACK_CHANNEL": "#c", "ETL_UI_BASE_URL": "http://ui:3000"}
+    sinks = build_alert_sinks(env.get)
+    for field, name in [("webhook_url", "ETL_ALERT_WEBHOOK_URL"), ("slack_token", "SLACK_BOT_TOKEN"),
+                        ("slack_channel", "ETL_ALERT_SLACK_CHANNEL"), ("ui_base_url", "ETL_UI_BASE_URL")]:
+        value = getattr(sinks, field)
+        assert isinstance(value, EnvVar) and value == name  # the name is bound, not the value
+    assert "xoxb-1" not in repr(sinks)
+    bare = build_alert_sinks({}.get)
+    assert bare.webhook_url is None and bare.slack_token is None and bare.ui_base_url == "http://127.0.0.1:3000"
+    assert [s.name for s in bare.sinks()] == ["jsonl"]
+    # a token without a channel (or the reverse) does not turn Slack on
+    assert build_alert_sinks({"SLACK_BOT_TOKEN": "x"}.get).slack_token is None
+
+
+@pytest.mark.parametrize("error, metadata, expected", [
+    (None, {"error_class": SimpleNamespace(value="permanent")}, "permanent"),  # Failure metadata wins
+    (SimpleNamespace(cls_name="DagsterExecutionStepExecutionError", context=None,
+                     cause=SimpleNamespace(cls_name="TransientSourceError", cause=None, context=None)), {}, "transient"),
+    (SimpleNamespace(cls_name="ContractError", cause=None, context=None), {}, "data_quality"),
+    (SimpleNamespace(cls_name="DagsterAssetCheckFailedError", cause=None, context=None), {}, "data_quality"),
+    (SimpleNamespace(cls_name="EtlError", cause=None, context=None), {}, "infrastructure"),
+    (SimpleNamespace(cls_name="BinderException", cause=None, context=None), {}, "infrastructure"),
+    (None, {}, "infrastructure"),
+])
+def test_classify_error(error, metadata, expected):
+    assert classify_error(error, metadata) == expected
+
+
+def test_error_records_wait_in_the_spool_while_another_process_holds_the_warehouse(data_dir):
+    warehouse = DuckDBWarehouse()
+    path = warehouse.db_path()
+    duckdb.connect(str(path)).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('held', flush=True);"
+         " sys.stdin.read(); con.close()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        store = ErrorStore(warehouse, wait_seconds=0.5)
+        record = ErrorRecord("run-1", "orders_pipeline", "orders", "raw__orders", "raw/orders", "2024-01-01",
+                             "transient", "shop_api: GET /orders failed 6 times", datetime.now(timezone.utc))
+        started = time.monotonic()
+        assert store.record([record]) is False  # busy: spooled, not lost, and the sensor did not hang
+        assert time.monotonic() - started < 5
+        assert store.pending() == 1
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert store.flush() is True
+    assert store.pending() == 0
+    with duckdb.connect(str(path), read_only=True) as con:
+        rows = con.execute("SELECT run_id, pipeline, error_class, partition_key FROM ops.errors").fetchall()
+        summary = con.execute("SELECT pipeline, error_class, errors, runs FROM ops.error_summary").fetchall()
+    assert rows == [("run-1", "orders", "transient", "2024-01-01")]
+    assert summary == [("orders", "transient", 1, 1)]
+    assert store.record([record]) is True  # recording the same run again replaces, never duplicates
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM ops.errors").fetchall() == [(1,)]
