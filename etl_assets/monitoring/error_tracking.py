@@ -177,6 +177,32 @@ def _fallback_asset_key(step_key: str) -> AssetKey | None:
     return AssetKey(parts) if len(parts) > 1 else None
 
 
+_WRAPPERS = {"RetryRequestedFromPolicy", "DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"}
+
+
+def failure_message(error, description: str | None = None) -> str:
+    """What went wrong, for a person: the platform's ``Failure`` description, else the underlying exception.
+
+    Dagster wraps a step's exception (``RetryRequestedFromPolicy`` once the RetryPolicy is spent,
+    ``DagsterExecutionStepExecutionError``); the message names the exception inside and notes spent retries.
+    """
+    if description:
+        return description
+    chain = list(_error_chain(error))
+    root = next((i for i in chain if getattr(i, "cls_name", None) not in _WRAPPERS), chain[0] if chain else None)
+    if root is None:
+        return ""
+    text = (root.message or "").strip()
+    qualified_name = text.split(":", 1)[0]
+    if qualified_name.endswith(root.cls_name):
+        text = text[len(qualified_name) + 1:].strip()
+    message = f"{root.cls_name}: {text}"
+    retries = next((i for i in chain if getattr(i, "cls_name", None) == "RetryRequestedFromPolicy"), None)
+    if retries is not None:
+        message += f" ({(retries.message or '').strip()})"
+    return message
+
+
 def _truncate(message: str) -> str:
     message = (message or "").strip()
     return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
@@ -209,8 +235,8 @@ def records_for_failed_run(
         data = event.step_failure_data
         user = data.user_failure_data if data else None
         metadata = user.metadata if user else {}
-        message = (user.description if user and user.description else None) or (
-            data.error.message if data and data.error else event.message or "step failed")
+        message = failure_message(data.error if data else None, user.description if user else None) \
+            or event.message or "step failed"
         keys = assets_by_step.get(event.step_key) or [k for k in [_fallback_asset_key(event.step_key)] if k]
         asset = keys[0] if keys else None
         pipeline = pipeline_for_asset(asset, pipelines) or pipeline_for_job(run.job_name, pipelines)

@@ -6,8 +6,8 @@ Both are exactly-once per event:
   that, the run gets the tag ``etl/alert_sent`` after its alert went out, and a run carrying that tag is never
   alerted again (a daemon that died between sending and saving its cursor, or a second sensor, repeats
   nothing).
-* ``alert_on_check_failure`` reads ``ASSET_CHECK_EVALUATION`` events from the instance's event log after the
-  storage id in its cursor, so each evaluation is looked at once.
+* ``alert_on_check_failure`` follows run-finished events through a storage-id cursor and reads each finished
+  run's ``ASSET_CHECK_EVALUATION`` events from the instance's event log once.
 """
 
 
@@ -18,8 +18,8 @@ from dagster import (
     AssetCheckEvaluation,
     DagsterEventType,
     DefaultSensorStatus,
-    EventRecordsFilter,
     RunFailureSensorContext,
+    RunStatusChangeRecordsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -42,7 +42,9 @@ from etl_assets.resources.targets import DuckDBWarehouse
 TAG_ALERT_SENT = "etl/alert_sent"
 RUN_FAILURE_SENSOR = "alert_on_run_failure"
 CHECK_FAILURE_SENSOR = "alert_on_check_failure"
-CHECKS_PER_TICK = 200
+RUNS_PER_TICK = 50
+CHECKS_PER_RUN = 10_000
+FINISHED_EVENTS = (DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED)
 
 
 def run_failure_alert(records: list[ErrorRecord], run, ui_base_url: str) -> Alert:
@@ -110,10 +112,28 @@ def build_run_failure_sensor(pipelines: Iterable[str]):
     return alert_on_run_failure
 
 
-def _latest_check_storage_id(instance) -> int:
-    latest = instance.get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION), limit=1, ascending=False)
-    return latest[0].storage_id if latest else 0
+def _run_finished_events(instance, after: int | None, limit: int) -> tuple[list, int | None]:
+    """Run-finished events (success, failure, cancellation) after storage id ``after``, oldest first.
+
+    Returns:
+        ``(records, safe_cursor)``: the records up to ``safe_cursor``, the highest storage id below which no
+        finished run has been left out (each event type is fetched separately, each up to ``limit``).
+    """
+    batches = []
+    for event_type in FINISHED_EVENTS:
+        result = instance.fetch_run_status_changes(
+            RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after), limit=limit, ascending=True)
+        batches.append(result.records)
+    records = sorted((r for batch in batches for r in batch), key=lambda r: r.storage_id)
+    full = [batch[-1].storage_id for batch in batches if len(batch) >= limit]
+    safe = min(full) if full else (records[-1].storage_id if records else after)
+    return [r for r in records if r.storage_id <= safe], safe
+
+
+def _latest_run_finished_storage_id(instance) -> int:
+    latest = [instance.fetch_run_status_changes(RunStatusChangeRecordsFilter(event_type=t), limit=1, ascending=False)
+              for t in FINISHED_EVENTS]
+    return max([r.records[0].storage_id for r in latest if r.records], default=0)
 
 
 def check_failure_alert(evaluation: AssetCheckEvaluation, run_id: str, job: str, partition: str, timestamp: float,
@@ -143,10 +163,12 @@ def check_failure_alert(evaluation: AssetCheckEvaluation, run_id: str, job: str,
 
 
 def build_check_failure_sensor(pipelines: Iterable[str]):
-    """``alert_on_check_failure``: one alert per failed asset check evaluation, read through a cursor.
+    """``alert_on_check_failure``: one alert per failed asset check evaluation of every finished run.
 
-    The first tick starts at the newest evaluation (no alert storm for history); later ticks read at most
-    200 evaluations after the cursor.
+    The cursor is the storage id of the last run-finished event handled (Dagster's run status change index,
+    the same one run status sensors use); each finished run's ``ASSET_CHECK_EVALUATION`` events are read once.
+    The first tick starts at the newest finished run (no alert storm for history). Check results reported
+    outside any run (``report_runless_asset_event``) are not covered.
     """
     names = sorted(pipelines)
 
@@ -159,35 +181,30 @@ def build_check_failure_sensor(pipelines: Iterable[str]):
     def alert_on_check_failure(context: SensorEvaluationContext, alerting: AlertSinks):
         instance = context.instance
         if context.cursor is None:
-            start = _latest_check_storage_id(instance)
+            start = _latest_run_finished_storage_id(instance)
             return SensorResult(cursor=str(start), skip_reason=SkipReason(
-                f"first tick: watching asset check evaluations after storage id {start}"))
-        after = int(context.cursor)
-        records = instance.get_event_records(
-            EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
-            limit=CHECKS_PER_TICK, ascending=True)
-        runs: dict = {}
+                f"first tick: watching asset checks of runs finishing after storage id {start}"))
+        finished, cursor = _run_finished_events(instance, int(context.cursor), RUNS_PER_TICK)
         sent, problems = 0, []
-        for record in records:
-            after = record.storage_id
-            evaluation = record.event_log_entry.dagster_event.event_specific_data
-            if not isinstance(evaluation, AssetCheckEvaluation) or evaluation.passed:
-                continue
-            run_id = record.run_id or ""
-            if run_id and run_id not in runs:
-                runs[run_id] = instance.get_run_by_id(run_id)
-            run = runs.get(run_id)
-            partition = evaluation.partition or (run.tags.get("dagster/partition", "") if run else "") or ""
-            alert = check_failure_alert(evaluation, run_id, run.job_name if run else "", partition, record.timestamp,
-                                        names, alerting.ui_base_url)
-            report = alerting.send(alert)
-            sent += 1
-            problems += [f"{alert.dedupe_key} -> {name}: {why}" for name, why in sorted(report.failed.items())]
+        for record in finished:
+            run = instance.get_run_by_id(record.run_id)
+            evaluations = instance.get_records_for_run(
+                record.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION, limit=CHECKS_PER_RUN).records
+            for entry in (e.event_log_entry for e in evaluations):
+                evaluation = entry.dagster_event.event_specific_data
+                if not isinstance(evaluation, AssetCheckEvaluation) or evaluation.passed:
+                    continue
+                partition = evaluation.partition or (run.tags.get("dagster/partition", "") if run else "") or ""
+                alert = check_failure_alert(evaluation, record.run_id, run.job_name if run else "", partition,
+                                            entry.timestamp, names, alerting.ui_base_url)
+                report = alerting.send(alert)
+                sent += 1
+                problems += [f"{alert.dedupe_key} -> {name}: {why}" for name, why in sorted(report.failed.items())]
         for problem in problems:
             context.log.error(f"alert delivery failed: {problem}")
-        message = f"{sent} failed check(s) alerted out of {len(records)} evaluation(s)"
+        message = f"{sent} failed check(s) alerted from {len(finished)} finished run(s)"
         if problems:
-            message += f"; {len(problems)} delivery failure(s): {problems[0]}"
-        return SensorResult(cursor=str(after), skip_reason=SkipReason(message))
+            message += f"; {len(problems)} delivery failure(s), first: {problems[0]}"
+        return SensorResult(cursor=str(cursor), skip_reason=SkipReason(message))
 
     return alert_on_check_failure

@@ -325,7 +325,7 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
             if not ref_partitions:
                 raise ContractError(f"{spec.name}: its relationship to {name} needs {name} loaded first; run it")
             con.register(validation.reference_view(name), lake.table(ref_key.path, ref_partitions).relation(con))
-        others = [p for p in lake.partitions(ck.path) if p != partition] if spec.primary_key else []
+        others = [p for p in lake.partitions(ck.path) if (p or UNPARTITIONED) != partition] if spec.primary_key else []
         if others:
             keys = ", ".join(f'"{k}"' for k in spec.primary_key)
             con.register(validation.OTHER_BATCHES, lake.table(ck.path, others).relation(con).project(keys))

@@ -1,0 +1,391 @@
+"""Monitoring against a real Dagster instance with real runs, one successful and four failing (one per error
+class): error tracking in the warehouse, one alert per failed run through every sink (a JSON-lines file, a
+webhook and Slack, both real HTTP servers on loopback), failed-check alerts, freshness checks, the pipeline
+health asset and its chart, and the Prometheus endpoint scraped over HTTP from a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetMaterialization,
+    AssetSelection,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    MetadataValue,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
+
+from etl_assets.definitions import build_definitions
+from etl_assets.monitoring.sensors import TAG_ALERT_SENT
+from etl_assets_tests.test_monitoring_sinks import Recorder
+
+UI = "http://127.0.0.1:3999"
+SLACK_TOKEN = "xoxb-monitoring-test-token-never-logged"
+HOOK_SECRET = "hook-s3cr3t-3f9a"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+DROPS_ROWS, DROPS_BAD = 40, 1
+FAILING = {  # pipeline -> (failed step, its asset, error class, words of the message)
+    "empty": ("raw__empty", "raw/empty", "permanent", "no files matching"),
+    "shapeless": ("validate_shapeless", "clean/shapeless", "data_quality", "required column(s) a missing"),
+    "flaky": ("raw__flaky", "raw/flaky", "transient", "failed 6 times, last with http_503"),
+    "broken": ("marts__broken", "marts/broken", "infrastructure", "no_such_column"),
+}
+FRESHNESS = AssetCheckKey(AssetKey(["warehouse", "drops"]), "freshness_check")
+
+
+def _specs(flaky_url: str) -> dict[str, str]:
+    return {
+        "drops.yaml": """
+            name: drops
+            source: {kind: files, format: csv, glob: "*.csv"}
+            columns: [{name: a, type: INTEGER, nullable: false}, {name: b, type: VARCHAR}]
+            primary_key: [a]
+            retry: {max_retries: 0}
+            freshness: {max_lag_minutes: 30}
+        """,
+        "empty.yaml": """
+            name: empty
+            source: {kind: files, format: csv, glob: "*.csv"}
+            columns: [{name: a, type: INTEGER, nullable: false}]
+            retry: {max_retries: 0}
+        """,
+        "shapeless.yaml": """
+            name: shapeless
+            source: {kind: files, format: csv, glob: "*.csv"}
+            columns: [{name: a, type: INTEGER, nullable: false}, {name: b, type: VARCHAR}]
+            retry: {max_retries: 0}
+        """,
+        "flaky.yaml": f"""
+            name: flaky
+            source: {{kind: api, connection: flaky_api, default_url: "{flaky_url}", endpoint: /records}}
+            columns: [{{name: id, type: BIGINT, nullable: false}}]
+            retry: {{max_retries: 0}}
+        """,
+        "broken.yaml": """
+            name: broken
+            transform: {sql: broken.sql, inputs: [drops]}
+            retry: {max_retries: 0}
+        """,
+    }
+
+
+@dataclass
+class World:
+    instance: DagsterInstance
+    defs: Definitions
+    home: Path
+    data: Path
+    runs: dict
+    webhook: Recorder
+    slack: Recorder
+    run_cursor: str
+    check_cursor: str
+
+    def sensor_context(self, cursor):
+        resources = {"alerting": self.defs.resources["alerting"], "warehouse": self.defs.resources["warehouse"]}
+        return build_sensor_context(instance=self.instance, cursor=cursor, resources=resources, definitions=self.defs)
+
+    def tick(self, name: str, cursor):
+        return self.defs.resolve_sensor_def(name).evaluate_tick(self.sensor_context(cursor))
+
+    def alerts(self) -> list[dict]:
+        path = self.data / "alerts" / "alerts.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def query(self, sql: str, params=None) -> list[tuple]:
+        with duckdb.connect(str(self.data / "warehouse.duckdb"), read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    root = tmp_path_factory.mktemp("monitoring")
+    data, specs, home = root / "data", root / "specs", root / "dagster_home"
+    for d in (data, specs, home):
+        d.mkdir()
+    slack_ok = {"ok": True, "channel": "C0ALERTS", "ts": "1700000000.000100"}
+    with pytest.MonkeyPatch.context() as mp, Recorder() as webhook, Recorder(body=slack_ok) as slack, \
+            Recorder(default_status=503, headers={"Retry-After": "0"}) as flaky_api:
+        mp.setenv("ETL_DATA_DIR", str(data))
+        mp.setenv("ETL_PIPELINES_DIR", str(specs))
+        mp.delenv("ETL_ENV", raising=False)
+        mp.delenv("ETL_ALERT_FILE", raising=False)
+        mp.setenv("ETL_UI_BASE_URL", UI)
+        mp.setenv("ETL_ALERT_WEBHOOK_URL", f"{webhook.url}/{HOOK_SECRET}")
+        mp.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
+        mp.setenv("ETL_ALERT_SLACK_CHANNEL", "#etl-alerts")
+        mp.setenv("ETL_ALERT_SLACK_API_URL", f"{slack.url}/api/")
+        for name, text in _specs(flaky_api.url).items():
+            (specs / name).write_text(textwrap.dedent(text))
+        (specs / "broken.sql").write_text("SELECT no_such_column FROM drops\n")
+        landing = data / "landing"
+        (landing / "drops").mkdir(parents=True)
+        rows = "".join(f"{i},row{i}\n" for i in range(1, DROPS_ROWS - DROPS_BAD + 1)) + "not-a-number,bad\n"
+        (landing / "drops" / "d.csv").write_text("a,b\n" + rows)
+        (landing / "shapeless").mkdir()
+        (landing / "shapeless" / "s.csv").write_text("b\nonly-b\n")
+        with instance_for_test(temp_dir=str(home)) as instance:
+            defs = build_definitions()
+            world = World(instance, defs, home, data, {}, webhook, slack, "", "")
+            # first ticks only set the cursors (no alerts for history); they must precede the runs
+            world.run_cursor = world.tick("alert_on_run_failure", None).cursor
+            world.check_cursor = world.tick("alert_on_check_failure", None).cursor
+            for name in ["drops", *FAILING]:
+                world.runs[name] = defs.resolve_job_def(f"{name}_pipeline").execute_in_process(
+                    instance=instance, raise_on_error=False, run_config=QUIET)
+            assert world.runs["drops"].success, "the successful pipeline failed; see its events"
+            assert not any(world.runs[name].success for name in FAILING)
+            yield world
+
+
+def _run_alerts_until_quiet(world: World) -> list:
+    """Evaluate the run-failure sensor from the initial cursor until it has nothing left; return the ticks."""
+    ticks, cursor = [], world.run_cursor
+    for _ in range(5):
+        result = world.tick("alert_on_run_failure", cursor)
+        ticks.append(result)
+        if result.cursor == cursor:
+            break
+        cursor = result.cursor
+    return ticks
+
+
+def test_each_failed_run_is_classified_recorded_and_alerted_exactly_once(world, caplog):
+    ticks = _run_alerts_until_quiet(world)
+    assert len(ticks) >= 2 and ticks[-1].cursor == ticks[-2].cursor  # the last tick found nothing new
+    # replaying from the very first cursor (a daemon that lost its cursor) alerts nobody again
+    _run_alerts_until_quiet(world)
+
+    failed = {name: world.runs[name].run_id for name in FAILING}
+    rows = world.query("SELECT run_id, job_name, pipeline, step_key, asset_key, partition_key, error_class, message,"
+                       " failed_at FROM ops.errors ORDER BY pipeline")
+    assert sorted((r[2], r[1], r[3], r[4], r[6]) for r in rows) == sorted(
+        (name, f"{name}_pipeline", step, asset, cls) for name, (step, asset, cls, _) in FAILING.items())
+    for run_id, _, pipeline, *_, message, failed_at in rows:
+        assert run_id == failed[pipeline]
+        assert FAILING[pipeline][3] in message, message
+        record = world.instance.get_run_record_by_id(run_id)
+        assert abs(failed_at.timestamp() - record.end_time) < 1
+    summary = world.query("SELECT pipeline, error_class, errors, runs, last_seen IS NOT NULL FROM ops.error_summary")
+    assert sorted(summary) == sorted((name, cls, 1, 1, True) for name, (_, _, cls, _) in FAILING.items())
+
+    alerts = [a for a in world.alerts() if a["kind"] == "run_failure"]
+    assert sorted(a["run_id"] for a in alerts) == sorted(failed.values())  # one per failed run, none for drops
+    for alert in alerts:
+        name = alert["pipeline"]
+        assert alert["url"] == f"{UI}/runs/{failed[name]}"
+        assert alert["error_class"] == FAILING[name][2] and alert["job"] == f"{name}_pipeline"
+        assert alert["asset"] == FAILING[name][1]
+        assert world.instance.get_run_by_id(failed[name]).tags.get(TAG_ALERT_SENT)
+
+    hooks = [r for r in world.webhook.requests]
+    assert [r["path"] for r in hooks] == [f"/{HOOK_SECRET}"] * len(alerts)
+    assert sorted(json.loads(r["body"])["run_id"] for r in hooks) == sorted(failed.values())
+    posts = world.slack.requests
+    assert [p["path"] for p in posts] == ["/api/chat.postMessage"] * len(alerts)
+    assert all(p["headers"]["Authorization"] == f"Bearer {SLACK_TOKEN}" for p in posts)
+    texts = sorted(json.loads(p["body"])["text"] for p in posts)
+    assert all(any(f"{UI}/runs/{run_id}" in t for t in texts) for run_id in failed.values())
+
+    # the token and the webhook's secret path appear in no log line and no alert
+    everything = caplog.text + json.dumps(world.alerts())
+    assert SLACK_TOKEN not in everything and HOOK_SECRET not in everything
+
+
+def _freshness_check(world: World):
+    checks = [c for c in world.defs.asset_checks if FRESHNESS in c.check_keys]
+    result = materialize(checks, instance=world.instance, selection=AssetSelection.checks(FRESHNESS),
+                         run_config=QUIET)
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation
+
+
+def _report_update(world: World, minutes_ago: float | None) -> None:
+    """A materialization of warehouse/drops; with ``minutes_ago``, stating that its data dates from then."""
+    metadata = {}
+    if minutes_ago is not None:
+        stamp = (datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)).timestamp()
+        metadata["dagster/last_updated_timestamp"] = MetadataValue.timestamp(stamp)
+    world.instance.report_runless_asset_event(AssetMaterialization(FRESHNESS.asset_key, metadata=metadata))
+
+
+def test_freshness_check_fails_when_the_last_update_is_older_than_the_lag(world):
+    # the check belongs to the pipeline's assets, so the pipeline's own run evaluated it right after the load
+    in_run = {c.check_name: c.passed for c in world.runs["drops"].get_asset_check_evaluations()
+              if c.asset_key == FRESHNESS.asset_key}
+    assert in_run["freshness_check"] is True
+    # the sensor asks for checks never evaluated (the shop's), not for one that is fresh for another 30 minutes
+    sensor_result = world.tick("freshness_checks_sensor", None)
+    requested = {k for r in sensor_result.run_requests for k in (r.asset_check_keys or [])}
+    assert {k.asset_key.path[1] for k in requested} == {"orders", "customers", "daily_revenue"}
+
+    fresh = _freshness_check(world)  # shortly after the real run that loaded warehouse/drops
+    assert fresh.passed, fresh.description
+
+    _report_update(world, minutes_ago=31)  # newest materialization holds data 31 minutes old; the lag is 30
+    stale = _freshness_check(world)
+    assert not stale.passed
+    assert "overdue" in stale.description
+
+    _report_update(world, minutes_ago=None)  # a new materialization now
+    again = _freshness_check(world)
+    assert again.passed, again.description
+
+
+def test_failed_check_evaluations_are_alerted_once_each(world):
+    _report_update(world, minutes_ago=45)
+    assert not _freshness_check(world).passed
+    _report_update(world, minutes_ago=None)
+
+    # every failed check evaluation of the runs that finished since the sensor started, read independently
+    expected = []
+    for run in world.instance.get_runs():
+        for record in world.instance.get_records_for_run(
+                run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records:
+            evaluation = record.event_log_entry.dagster_event.event_specific_data
+            if not evaluation.passed:
+                expected.append((run.run_id, evaluation.asset_key.to_user_string(), evaluation.check_name))
+    assert any(check == "freshness_check" for _, _, check in expected)
+
+    first = world.tick("alert_on_check_failure", world.check_cursor)
+    second = world.tick("alert_on_check_failure", first.cursor)
+    assert int(first.cursor) > int(world.check_cursor) and second.cursor == first.cursor
+    assert "0 failed check(s)" in second.skip_message
+
+    alerts = [a for a in world.alerts() if a["kind"] == "check_failure"]
+    assert sorted((a["run_id"], a["asset"], a["check"]) for a in alerts) == sorted(expected)
+    fresh_alerts = [a for a in alerts if a["check"] == "freshness_check"]
+    assert all(a["asset"] == "warehouse/drops" and a["pipeline"] == "drops" for a in fresh_alerts)
+    assert all(a["url"] == f"{UI}/runs/{a['run_id']}" and a["severity"] == "WARN" for a in fresh_alerts)
+
+
+def test_pipeline_health_asset(world):
+    _run_alerts_until_quiet(world)  # errors are recorded (idempotent when an earlier test did it)
+    result = world.defs.resolve_job_def("pipeline_health_job").execute_in_process(
+        instance=world.instance, run_config={**QUIET, "ops": {"ops__pipeline_health": {"config": {"window_hours": 24}}}})
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("ops__pipeline_health")
+    metadata = materialization.metadata
+
+    columns = ["pipeline", "runs", "succeeded", "failed", "success_rate", "p50_seconds", "p95_seconds", "rows_loaded",
+               "records_per_hour", "failures_transient", "failures_permanent", "failures_data_quality",
+               "failures_infrastructure", "freshness_lag_minutes", "max_lag_minutes", "stale", "window_hours"]
+    table = {r[0]: dict(zip(columns, r)) for r in world.query(
+        f"SELECT {', '.join(columns)} FROM ops.pipeline_health")}
+    assert set(table) == {"drops", *FAILING, "orders", "customers", "products", "fx_rates", "inventory",
+                          "orders_enriched", "daily_revenue"}
+
+    drops = table["drops"]
+    run = world.instance.get_run_record_by_id(world.runs["drops"].run_id)
+    loaded = DROPS_ROWS - DROPS_BAD
+    assert (drops["runs"], drops["succeeded"], drops["failed"], drops["success_rate"]) == (1, 1, 0, 1.0)
+    assert 0 < drops["p50_seconds"] == drops["p95_seconds"] <= run.end_time - run.start_time
+    assert drops["rows_loaded"] == loaded and drops["records_per_hour"] == pytest.approx(loaded / 24, abs=1e-3)
+    assert drops["window_hours"] == 24 and drops["max_lag_minutes"] == 30
+    assert 0 <= drops["freshness_lag_minutes"] < 10 and drops["stale"] is False
+    for name, (_, _, cls, _) in FAILING.items():
+        row = table[name]
+        assert (row["runs"], row["failed"], row["success_rate"], row[f"failures_{cls}"]) == (1, 1, 0.0, 1), row
+        assert sum(row[f"failures_{c}"] for c in ("transient", "permanent", "data_quality", "infrastructure")) == 1
+    # the transform ran no step of drops: drops counts only its own run
+    assert table["orders"]["runs"] == 0 and table["orders"]["success_rate"] is None
+    assert table["orders"]["stale"] is True  # declares a max lag and was never loaded
+
+    summary = metadata["summary"].value
+    assert "| drops | 1 | 100.0% |" in summary
+    assert "| empty | 1 | 0.0% |" in summary and "permanent 1" in summary
+    chart = Path(metadata["chart"].value)
+    assert chart == world.data / "reports" / "pipeline_health.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(url: str, deadline: float) -> str:
+    while True:
+        try:
+            response = httpx.get(url, timeout=10)
+            if response.status_code == 200:
+                return response.text
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no metrics at {url}")
+        time.sleep(0.3)
+
+
+def _samples(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_prometheus_endpoint_serves_metrics_from_the_instance(world):
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(world.home)}
+    code = "import sys; from etl_assets.monitoring.prometheus import main; sys.exit(main(sys.argv[1:]))"
+    server = subprocess.Popen([sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        samples = _samples(_scrape(url, time.monotonic() + 90))
+        assert samples['etl_runs_total{job="drops_pipeline",status="SUCCESS"}'] == 1
+        for name in FAILING:
+            assert samples[f'etl_runs_total{{job="{name}_pipeline",status="FAILURE"}}'] == 1
+        assert f'etl_runs_total{{job="drops_pipeline",status="FAILURE"}}' not in samples
+
+        loaded = DROPS_ROWS - DROPS_BAD
+        assert samples['etl_rows_loaded_total{pipeline="drops",target="warehouse"}'] == loaded
+        assert samples['etl_rows_quarantined_total{pipeline="drops"}'] == DROPS_BAD
+        assert 'etl_rows_quarantined_total{pipeline="empty"}' not in samples  # never got to validation
+
+        run = world.instance.get_run_record_by_id(world.runs["drops"].run_id)
+        assert samples['etl_run_duration_seconds_count{job="drops_pipeline"}'] == 1
+        assert samples['etl_run_duration_seconds_sum{job="drops_pipeline"}'] == pytest.approx(
+            run.end_time - run.start_time, abs=1e-6)
+        assert samples['etl_run_duration_seconds_bucket{job="drops_pipeline",le="+Inf"}'] == 1
+        latest = world.instance.get_latest_materialization_event(AssetKey(["warehouse", "drops"])).timestamp
+        assert samples['etl_last_success_timestamp_seconds{pipeline="drops"}'] == pytest.approx(latest, abs=1e-3)
+
+        # a new failed run shows up in the next scrape (the collector reads only what changed)
+        again = world.defs.resolve_job_def("empty_pipeline").execute_in_process(
+            instance=world.instance, raise_on_error=False, run_config=QUIET)
+        assert not again.success
+        samples = _samples(_scrape(url, time.monotonic() + 30))
+        assert samples['etl_runs_total{job="empty_pipeline",status="FAILURE"}'] == 2
+        assert samples['etl_runs_total{job="drops_pipeline",status="SUCCESS"}'] == 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            out, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            out, err = server.communicate()
+    assert server.returncode == 0, err
+    assert f"serving Prometheus metrics on http://127.0.0.1:{port}/metrics" in out
