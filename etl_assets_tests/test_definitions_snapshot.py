@@ -11,17 +11,21 @@ EXPECTED_ASSETS = sorted(
     [f"{stage}/{name}" for name in SOURCES for stage in ("raw", "clean", "quarantine", "warehouse")]
     + [f"marts/{m}" for m in MARTS]
     + [f"warehouse/{m}" for m in MARTS]
+    + ["ops/pipeline_health"]
 )
 EXPECTED_CHECKS = sorted(
     [f"clean/{n}:rows_conserved" for n in SOURCES]
     + [f"clean/{n}:primary_key_unique" for n in SOURCES]
     + [f"warehouse/{n}:matches_lake" for n in SOURCES + MARTS]
+    + [f"warehouse/{n}:freshness_check" for n in ("orders", "customers", "daily_revenue")]
 )
-EXPECTED_JOBS = sorted([f"{n}_pipeline" for n in SOURCES + MARTS] + ["shop_daily", "shop_full_refresh"])
-EXPECTED_SCHEDULES = ["customers_schedule", "orders_schedule"]
+EXPECTED_JOBS = sorted([f"{n}_pipeline" for n in SOURCES + MARTS] + ["shop_daily", "shop_full_refresh"]
+                       + ["pipeline_health_job"])
+EXPECTED_SCHEDULES = ["customers_schedule", "orders_schedule", "pipeline_health_schedule"]
 EXPECTED_SENSORS = sorted([
     "automation_condition_sensor", "fx_rates_file_sensor", "inventory_file_sensor", "landing_archive_sensor",
     "landing_quarantine_sensor", "orders_watermark_sensor", "products_file_sensor",
+    "alert_on_run_failure", "alert_on_check_failure", "freshness_checks_sensor",
 ])
 
 

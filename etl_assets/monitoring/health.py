@@ -296,40 +296,50 @@ def render_chart(rows: Sequence[PipelineHealth], window: timedelta, computed_at:
     names = [r.pipeline for r in rows]
     y = np.arange(len(rows))
     height = max(3.0, 0.45 * len(rows) + 1.6)
-    fig, axes = plt.subplots(1, 4, figsize=(17, height), sharey=True)
+    fig, axes = plt.subplots(1, 5, figsize=(21, height), sharey=True)
     try:
-        rate = [(r.success_rate or 0) * 100 for r in rows]
-        colors = ["#9e9e9e" if r.success_rate is None else "#2e7d32" if r.success_rate >= 0.95
-                  else "#f9a825" if r.success_rate >= 0.8 else "#c62828" for r in rows]
         ax = axes[0]
-        ax.barh(y, rate, color=colors)
+        ax.barh(y, [(r.success_rate or 0) * 100 for r in rows],
+                color=["#2e7d32" if (r.success_rate or 0) >= 0.95 else "#f9a825" if (r.success_rate or 0) >= 0.8
+                       else "#c62828" for r in rows])
         ax.set_xlim(0, 100)
         ax.set_title("success rate (%)")
         for i, r in enumerate(rows):
-            label = "no runs" if r.success_rate is None else f"{r.succeeded}/{r.runs}"
-            ax.text(1, i, label, va="center", fontsize=8, color="black")
+            label, color = ("no runs", "#757575") if r.success_rate is None else (
+                f"{r.succeeded}/{r.runs} ok", "black" if r.failed == 0 else "#c62828")
+            ax.text(1.5, i, label, va="center", fontsize=8, color=color,
+                    bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
 
         ax = axes[1]
+        left = np.zeros(len(rows))
+        for cls, color in zip(ERROR_CLASSES, ("#ffb300", "#8e24aa", "#1e88e5", "#e53935")):
+            counts = np.array([r.failures.get(cls, 0) for r in rows], dtype=float)
+            ax.barh(y, counts, left=left, color=color, label=cls)
+            left += counts
+        ax.set_title("failures by class (ops.errors)")
+        ax.legend(loc="best", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+
+        ax = axes[2]
         ax.barh(y - 0.2, [r.p50_seconds or 0 for r in rows], height=0.4, label="p50", color="#1565c0")
         ax.barh(y + 0.2, [r.p95_seconds or 0 for r in rows], height=0.4, label="p95", color="#90caf9")
         ax.set_title("duration of successful runs (s)")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
 
-        ax = axes[2]
+        ax = axes[3]
         ax.barh(y, [r.records_per_hour for r in rows], color="#6a1b9a")
         ax.set_title("records loaded per hour")
 
-        ax = axes[3]
-        lags = [r.freshness_lag_minutes or 0 for r in rows]
-        ax.barh(y, lags, color=["#c62828" if r.stale else "#00897b" for r in rows])
+        ax = axes[4]
+        ax.barh(y, [r.freshness_lag_minutes or 0 for r in rows], color=["#c62828" if r.stale else "#00897b" for r in rows])
         limits = [(i, r.max_lag_minutes) for i, r in enumerate(rows) if r.max_lag_minutes is not None]
         if limits:
             ax.scatter([m for _, m in limits], [i for i, _ in limits], marker="|", s=300, color="black",
                        label="max lag", zorder=3)
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="best", fontsize=8)
         for i, r in enumerate(rows):
             if r.freshness_lag_minutes is None:
-                ax.text(0, i, " never loaded", va="center", fontsize=8)
+                ax.text(0, i, " never loaded", va="center", fontsize=8, color="#c62828" if r.stale else "#757575")
         ax.set_title("freshness lag (min)")
 
         axes[0].set_yticks(y, names)
