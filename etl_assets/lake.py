@@ -72,6 +72,10 @@ class LakeTable:
         dataset = ds.dataset(list(self.paths), format="parquet")
         return dataset.scanner(batch_size=batch_size).to_reader()
 
+    def by_partition(self) -> dict[str, "LakeTable"]:
+        """One handle per partition file, keyed by partition."""
+        return {p: LakeTable(self.name, (path,), (p,)) for p, path in zip(self.partitions, self.paths)}
+
     @property
     def num_rows(self) -> int:
         """Row count from the Parquet footers (no data read)."""

@@ -80,3 +80,18 @@ def test_schedule_and_sensor_lists(cli_env):
     for name in ("inventory_file_sensor", "products_file_sensor", "orders_watermark_sensor",
                  "landing_archive_sensor", "automation_condition_sensor"):
         assert name in sensors
+
+
+def test_partition_range_backfills_in_one_run(cli_env, shop_data, data_dir):
+    days = shop_data.partition_keys
+    run([str(BIN / "dagster"), "asset", "materialize", "-m", "etl_assets",
+         "--select", "raw/inventory,clean/inventory,quarantine/inventory,warehouse/inventory",
+         "--partition-range", f"{days[0]}...{days[-1]}"], cli_env)
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        per_day = con.execute("SELECT _etl_partition, count(*) FROM shop.inventory GROUP BY 1 ORDER BY 1").fetchall()
+    assert per_day == [(d, shop_data.products) for d in days]
+    instance = DagsterInstance.from_config(cli_env["DAGSTER_HOME"])
+    runs = instance.get_runs()
+    assert len(runs) == 1
+    assert runs[0].tags["dagster/asset_partition_range_start"] == days[0]
+    assert runs[0].tags["dagster/asset_partition_range_end"] == days[-1]

@@ -48,6 +48,7 @@ from etl_assets.monitoring.error_tracking import (
     ERROR_CLASSES,
     OPS_SCHEMA,
     ErrorStore,
+    ensure_error_tables,
     pipeline_for_asset,
     pipeline_for_job,
     read_error_counts,
@@ -241,7 +242,7 @@ def write_health_table(warehouse: DuckDBWarehouse, rows: Sequence[PipelineHealth
     with warehouse_session(warehouse, wait_seconds=wait_seconds) as con:
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(OPS_SCHEMA)}")
+            ensure_error_tables(con)  # so ops.errors and ops.error_summary can be queried before any failure
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
                         + ", ".join(f"{quote_ident(n)} {t}" for n, t in _HEALTH_COLUMNS) + ")")
             con.execute(f"DELETE FROM {table}")

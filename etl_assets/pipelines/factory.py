@@ -7,8 +7,9 @@ Per transform pipeline ``m``: ``marts/m`` (SQL over its inputs) -> ``warehouse/m
 
 
 import time
+import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -22,6 +23,8 @@ from dagster import (
     AssetOut,
     AssetSelection,
     AutomationCondition,
+    BackfillPolicy,
+    BetaWarning,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     AssetsDefinition,
@@ -47,7 +50,7 @@ from dagster import (
 )
 
 from etl_assets.errors import ContractError, no_retry_for_permanent_errors
-from etl_assets.lake import LakeIOManager, LakeStorage, LakeStream, LakeTable
+from etl_assets.lake import LakeError, LakeIOManager, LakeStorage, LakeStream, LakeTable
 from etl_assets.pipelines import sensors as sensors_mod
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
@@ -129,11 +132,40 @@ def _partition(context: AssetExecutionContext) -> str:
     return context.partition_key if context.has_partition_key else UNPARTITIONED
 
 
-def _window(context: AssetExecutionContext):
-    if not context.has_partition_key:
+def _run_keys(context: AssetExecutionContext) -> list[str] | None:
+    """The partitions of a single-run backfill over a range (``--partition-range``), else None."""
+    if context.has_partition_key_range and not context.has_partition_key:
+        return list(context.partition_keys)
+    return None
+
+
+def _write_range(lake: LakeStorage, key: AssetKey, values: Iterable[tuple[str, object]]) -> dict:
+    """Write each partition of a range run to the lake (atomically, one file each, one after the other).
+
+    A range run's output is written here, through the same lake storage the IO manager uses, because the IO
+    manager receives one value per output; it then gets ``None`` and writes nothing more.
+    """
+    rows = size = count = 0
+    extra: dict = {}
+    for partition, value in values:
+        count += 1
+        if isinstance(value, LakeStream):
+            result = lake.write(key.path, partition, value.reader)
+            extra = value.describe()
+        else:
+            result = lake.write(key.path, partition, value)
+        rows, size = rows + result.rows, size + result.bytes
+    return {**{k: v for k, v in extra.items() if k in ("fast_path", "base_url")},
+            "dagster/row_count": rows, "bytes_written": size, "partitions_in_run": count}
+
+
+def backfill_policy_for(spec: PipelineSpec) -> BackfillPolicy | None:
+    """Database, file and transform pipelines backfill a range in one run; API sources one partition per run."""
+    if spec.partitions.type == "none":
         return None
-    tw = context.partition_time_window
-    return tw.start, tw.end
+    if spec.source is not None and spec.source.kind == "api":
+        return BackfillPolicy.multi_run(max_partitions_per_run=1)
+    return BackfillPolicy.single_run()
 
 
 def _conforming(schema: pa.Schema, batches: Iterator[pa.RecordBatch], dataset: str) -> Iterator[pa.RecordBatch]:
@@ -160,20 +192,28 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
         group_name=spec.domain,
         partitions_def=pdef,
         io_manager_key=LAKE_IO_MANAGER,
-        required_resource_keys={resource_key},
+        required_resource_keys={resource_key, "lake"},
         retry_policy=retry_policy_for(spec),
+        backfill_policy=backfill_policy_for(spec),
         kinds={src.kind, "parquet"},
         description=f"{spec.name} as delivered by its {src.kind} source (text values, plus _etl_source).",
         metadata={"spec_file": str(loaded.path)},
     )
     def extract(context: AssetExecutionContext):
         with no_retry_for_permanent_errors():
-            return _extract(context)
+            keys = _run_keys(context)
+            if keys is None:
+                return _extract(context, context.partition_key if context.has_partition_key else None)
+            lake: LakeStorage = context.resources.lake
+            return Output(None, metadata=_write_range(lake, raw_key(spec.name), ((k, _extract(context, k)) for k in keys)))
 
-    def _extract(context: AssetExecutionContext):
+    def _extract(context: AssetExecutionContext, partition: str | None):
         started = time.perf_counter()
         resource = getattr(context.resources, resource_key)
-        window = _window(context)
+        window = None
+        if partition is not None:
+            tw = pdef.time_window_for_partition_key(partition)
+            window = (tw.start, tw.end)
         if src.kind == "api":
             api: RestApiSource = resource
             stats = ExtractStats()
@@ -206,7 +246,7 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
                 "fast_path": "adbc" if db.is_postgres() else "sqlalchemy",
             })
         landing: LandingFilesSource = resource
-        files = landing.list_files(spec.name, src, partition=context.partition_key if context.has_partition_key else None)
+        files = landing.list_files(spec.name, src, partition=partition)
         con = duckdb_connection()
         reader = landing.stream(con, spec.name, src, files)
         return LakeStream(reader, lambda: {
@@ -260,10 +300,10 @@ def _sample(con, where: str, params: list | None = None) -> MetadataValue:
     return MetadataValue.md(rows.to_markdown(index=False) if len(rows) else "(none)")
 
 
-def _row_count_result(context, spec: PipelineSpec, rows_in: int) -> AssetCheckResult:
+def _row_count_result(context, spec: PipelineSpec, rows_in: int, partition: str) -> AssetCheckResult:
     expectation = spec.row_count
     history = context.instance.fetch_materializations(clean_key(spec.name), limit=expectation.trailing_partitions + 1).records
-    partition = context.partition_key if context.has_partition_key else None
+    partition = None if partition == UNPARTITIONED else partition
     previous = [r.asset_materialization.metadata["rows_in"].value for r in history
                 if r.asset_materialization is not None and r.asset_materialization.partition != partition
                 and "rows_in" in r.asset_materialization.metadata][: expectation.trailing_partitions]
@@ -304,15 +344,49 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
         check_specs=validation_check_specs(spec),
         required_resource_keys={"lake"},
         retry_policy=retry_policy_for(spec),
+        backfill_policy=backfill_policy_for(spec),
     )
     def validate(context: AssetExecutionContext, raw: LakeTable):
         with no_retry_for_permanent_errors():
-            yield from _validate(context, raw)
+            keys = _run_keys(context)
+            if keys is None:
+                yield from _validate(context, raw, _partition(context))
+            else:
+                yield from _validate_range(context, raw, keys)
 
-    def _validate(context: AssetExecutionContext, raw: LakeTable):
+    def _validate_range(context: AssetExecutionContext, raw: LakeTable, keys: list[str]):
+        """A range run: validate partition by partition, write each, and report the checks over all of them."""
+        lake: LakeStorage = context.resources.lake
+        tables = raw.by_partition()
+        targets = {"clean": ck, "quarantine": qk}
+        totals = {"clean": 0, "quarantine": 0, "rows_in": 0}
+        checks: dict[str, list[tuple[str, AssetCheckResult]]] = {}
+        for partition in keys:
+            if partition not in tables:
+                raise LakeError(f"raw/{spec.name}: partition {partition} is not in the lake; materialize it first")
+            for event in _validate(context, tables[partition], partition):
+                if isinstance(event, Output):
+                    totals[event.output_name] += lake.write(targets[event.output_name].path, partition, event.value).rows
+                    rows_in = event.metadata.get("rows_in")
+                    totals["rows_in"] += getattr(rows_in, "value", rows_in) or 0
+                else:
+                    checks.setdefault(event.check_name, []).append((partition, event))
+        valid_share = totals["clean"] / totals["rows_in"] if totals["rows_in"] else 1.0
+        yield Output(None, "clean", metadata={
+            "dagster/row_count": totals["clean"], "rows_in": totals["rows_in"], "rows_valid": totals["clean"],
+            "rows_quarantined": totals["quarantine"], "quality_score": round(valid_share, 6),
+            "partitions_in_run": len(keys)})
+        yield Output(None, "quarantine", metadata={"dagster/row_count": totals["quarantine"]})
+        for name, results in checks.items():
+            failed = [p for p, r in results if not r.passed]
+            yield AssetCheckResult(
+                asset_key=ck, check_name=name, passed=not failed, severity=results[0][1].severity,
+                metadata={"partitions_checked": len(results), "partitions_failed": MetadataValue.json(failed)},
+            )
+
+    def _validate(context: AssetExecutionContext, raw: LakeTable, partition: str):
         started = time.perf_counter()
         lake: LakeStorage = context.resources.lake
-        partition = _partition(context)
         con = duckdb_connection()
         raw_rel = raw.relation(con)
         raw_columns = raw_rel.columns
@@ -401,7 +475,7 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
                           "missing_optional_columns": MetadataValue.json([c for c in contract if c not in raw_columns])},
             ))
             if spec.row_count is not None:
-                results.append(_row_count_result(context, spec, rows_in))
+                results.append(_row_count_result(context, spec, rows_in, partition))
             results.append(AssetCheckResult(
                 asset_key=ck, check_name=CHECK_QUALITY_SCORE, passed=valid_share >= spec.quality.threshold,
                 metadata={"quality_score": round(valid_share, 6), "threshold": spec.quality.threshold,
@@ -415,6 +489,16 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
     return validate
 
 
+def _one_partition(table: LakeTable, partition: str) -> LakeTable:
+    """The slice of an input for one partition of a range run (an unpartitioned input is read whole)."""
+    if table.partitions == (UNPARTITIONED,):
+        return table
+    slices = table.by_partition()
+    if partition not in slices:
+        raise LakeError(f"{table.name}: partition {partition} is not in the lake; materialize it first")
+    return slices[partition]
+
+
 def _build_transform(loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_name: dict[str, LoadedSpec]) -> AssetsDefinition:
     spec = loaded.spec
     sql_text = loaded.transform_sql()
@@ -426,7 +510,9 @@ def _build_transform(loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_n
         partitions_def=pdef,
         io_manager_key=LAKE_IO_MANAGER,
         ins={name: AssetIn(key=dataset_key(by_name[name].spec)) for name in inputs},
+        required_resource_keys={"lake"},
         retry_policy=retry_policy_for(spec),
+        backfill_policy=backfill_policy_for(spec),
         automation_condition=automation_for(spec),
         kinds={"duckdb", "parquet"},
         description=spec.description or f"{spec.name}: {spec.transform.sql} over {', '.join(inputs)}.",
@@ -434,18 +520,23 @@ def _build_transform(loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_n
     )
     def transform(context: AssetExecutionContext, **tables: LakeTable):
         with no_retry_for_permanent_errors():
-            return _transform(context, tables)
+            keys = _run_keys(context)
+            if keys is None:
+                return _transform(tables, context.partition_key if context.has_partition_key else None)
+            lake: LakeStorage = context.resources.lake
+            return Output(None, metadata=_write_range(lake, mart_key(spec.name), (
+                (k, _transform({n: _one_partition(t, k) for n, t in tables.items()}, k)) for k in keys)))
 
-    def _transform(context: AssetExecutionContext, tables: dict[str, LakeTable]):
+    def _transform(tables: dict[str, LakeTable], partition: str | None):
         con = duckdb_connection()
         for name, table in tables.items():
             con.register(name, table.relation(con))
         params = {}
         if "$partition_start" in sql_text or "$partition_end" in sql_text:
-            window = _window(context)
-            if window is None:
+            if partition is None:
                 raise ContractError(f"{loaded.path}: the SQL uses $partition_start/$partition_end but {spec.name} is unpartitioned")
-            params = {"partition_start": window[0], "partition_end": window[1]}
+            window = pdef.time_window_for_partition_key(partition)
+            params = {"partition_start": window.start, "partition_end": window.end}
         return con.sql(sql_text, params=params or None)
 
     return transform
@@ -469,6 +560,7 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
         required_resource_keys={resource_key},
         pool=WAREHOUSE_POOL if target == "duckdb" else None,
         retry_policy=retry_policy_for(spec),
+        backfill_policy=backfill_policy_for(spec),
         automation_condition=automation_for(spec),
         kinds={target},
         check_specs=[AssetCheckSpec(CHECK_MATCHES_LAKE, asset=key, blocking=True,
@@ -479,25 +571,33 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
     def load(context: AssetExecutionContext, data: LakeTable, **extra: LakeTable) -> MaterializeResult:
         quarantined = extra.get("quarantined")
         resource: DuckDBWarehouse | PostgresTarget = getattr(context.resources, resource_key)
-        partition = _partition(context)
-        result = resource.replace_partition(spec.domain, spec.name, data, partition, context.run.run_id)
+        keys = _run_keys(context) or [_partition(context)]
+        rows = replaced = expected = rows_quarantined = 0
+        seconds = 0.0
+        for partition in keys:  # a range run replaces its partitions one transaction each
+            part = data if len(keys) == 1 else _one_partition(data, partition)
+            result = resource.replace_partition(spec.domain, spec.name, part, partition, context.run.run_id)
+            rows, replaced, seconds = rows + result.rows, replaced + result.rows_replaced, seconds + result.seconds
+            expected += part.num_rows
+            if quarantined is not None:
+                q_part = quarantined if len(keys) == 1 else _one_partition(quarantined, partition)
+                rows_quarantined += resource.replace_partition(
+                    QUARANTINE_SCHEMA, spec.name, q_part, partition, context.run.run_id).rows
         metadata = {
-            "dagster/row_count": result.rows,
+            "dagster/row_count": rows,
             "table": f"{spec.domain}.{spec.name}",
-            "rows_replaced": result.rows_replaced,
-            "load_seconds": round(result.seconds, 3),
-            "rows_per_second": round(result.rows / result.seconds, 1) if result.seconds else 0.0,
+            "rows_replaced": replaced,
+            "load_seconds": round(seconds, 3),
+            "rows_per_second": round(rows / seconds, 1) if seconds else 0.0,
         }
         if quarantined is not None:
-            q = resource.replace_partition(QUARANTINE_SCHEMA, spec.name, quarantined, partition, context.run.run_id)
             metadata["quarantine_table"] = f"{QUARANTINE_SCHEMA}.{spec.name}"
-            metadata["rows_quarantined"] = q.rows
-        expected = data.num_rows
+            metadata["rows_quarantined"] = rows_quarantined
         return MaterializeResult(
             metadata=metadata,
             check_results=[AssetCheckResult(
-                check_name=CHECK_MATCHES_LAKE, passed=result.rows == expected,
-                metadata={"lake_rows": expected, "target_rows": result.rows},
+                check_name=CHECK_MATCHES_LAKE, passed=rows == expected,
+                metadata={"lake_rows": expected, "target_rows": rows},
             )],
         )
 
@@ -577,6 +677,13 @@ def build_resources(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
 
 def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -> BuiltPipelines:
     """Assets, jobs and schedules for every spec."""
+    with warnings.catch_warnings():
+        # backfill_policy is marked beta in Dagster 1.13; single-run backfills rely on it deliberately
+        warnings.simplefilter("ignore", BetaWarning)
+        return _build_pipelines(specs, env)
+
+
+def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -> BuiltPipelines:
     by_name = {s.spec.name: s for s in specs}
     assets: list[AssetsDefinition] = []
     groups: dict[tuple, list[AssetKey]] = defaultdict(list)
