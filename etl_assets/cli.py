@@ -129,6 +129,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from etl_assets.monitoring import prometheus
+
+    return prometheus.main(["--host", args.host, "--port", str(args.port)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="etl-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--to", dest="end", help="last partition (default: --from)")
     replay.add_argument("--data-dir")
     replay.set_defaults(func=_cmd_replay)
+    metrics = sub.add_parser("metrics", help="Prometheus metrics of the Dagster instance")
+    metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True)
+    serve_metrics = metrics_sub.add_parser("serve", help="serve /metrics (binds 127.0.0.1:9108 by default)")
+    serve_metrics.add_argument("--host", default="127.0.0.1")
+    serve_metrics.add_argument("--port", type=int, default=9108)
+    serve_metrics.set_defaults(func=_cmd_metrics)
     args = parser.parse_args(argv)
     return args.func(args)
 

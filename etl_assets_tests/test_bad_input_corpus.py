@@ -13,12 +13,15 @@ Every quarantine/loaded case also asserts conservation: rows in clean + rows in 
 data rows the test itself put into the input files (counted by the test, not by the platform), and the
 blocking check ``rows_conserved`` passed with that ``rows_in``.
 
-How it runs: inputs are generated here (no static fixtures), specs go into a temporary ``ETL_PIPELINES_DIR``,
-files into ``$ETL_DATA_DIR/landing/<name>/``, then ``<name>_pipeline`` is executed in process. A run costs
-several seconds on a busy machine, so cases that can share a file share one run (a *group*, one data
-directory, one or more runs in order). Each group runs once, on first use, against one Dagster instance for
-the module, and every case stays its own test item, so a known bug can be marked ``xfail(strict=True)`` for
-exactly that case. Cases marked so describe a real gap; the reason says what happens instead.
+How it runs: inputs are generated here (no static fixtures); every spec of the module goes into one temporary
+``ETL_PIPELINES_DIR`` (one code location, built once); each group's files go into
+``$ETL_DATA_DIR/landing/<name>/`` of a data directory of its own, then ``<name>_pipeline`` is executed in
+process. A run costs seconds on a busy machine, so cases that can share a file share one run (a *group*: one
+data directory, one or more runs in order). Each group runs once, on first use, against one Dagster instance
+for the module (rather than conftest's per-test ``instance``, which would mean one run per case), and every
+case stays its own test item, so a known bug is marked ``xfail(strict=True)`` for exactly that case. The
+reason of each such mark says what happens instead; a fix turns it into an XPASS, which fails until the mark
+is removed.
 """
 
 from __future__ import annotations
@@ -27,9 +30,8 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -145,9 +147,8 @@ class Run:
 
 @dataclass(frozen=True)
 class Group:
-    """Specs and the runs that share one data directory, in order."""
+    """Runs that share one data directory, in order."""
 
-    specs: tuple[dict, ...]
     runs: tuple[Run, ...]
 
 
@@ -168,17 +169,15 @@ def _failures(result) -> list[str]:
     return out
 
 
-def _execute(instance, root: Path, run: Run) -> Outcome:
-    data = root / "data"
+def _execute(instance, defs, data: Path, run: Run) -> Outcome:
     landing = data / "landing" / run.pipeline
     landing.mkdir(parents=True, exist_ok=True)
     for name, content in run.files.items():
         (landing / name).write_bytes(content)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ETL_DATA_DIR", str(data))
-        mp.setenv("ETL_PIPELINES_DIR", str(root / "specs"))
+        mp.setenv("ETL_DATA_DIR", str(data))  # resources read it when the run uses them
         mp.delenv("ETL_ENV", raising=False)
-        job = build_definitions().resolve_job_def(f"{run.pipeline}_pipeline")
+        job = defs.resolve_job_def(f"{run.pipeline}_pipeline")
         result = job.execute_in_process(instance=instance, partition_key=run.partition, run_config=QUIET,
                                         raise_on_error=False)
     partition = run.partition or "_all"
@@ -213,32 +212,51 @@ def _execute(instance, root: Path, run: Run) -> Outcome:
 
 
 class Corpus:
-    """Runs each group once, on first use, and keeps the outcomes."""
+    """Runs each group once, on first use, in a data directory of its own, and keeps the outcomes."""
 
     def __init__(self, instance, tmp_path_factory: pytest.TempPathFactory):
         self.instance, self.tmp = instance, tmp_path_factory
         self.outcomes: dict[str, dict[str, Outcome]] = {}
+        self._defs = None
+
+    def defs(self):
+        """One code location for every spec of the module (resources read ETL_DATA_DIR at run time)."""
+        if self._defs is None:
+            specs = self.tmp.mktemp("corpus_specs")
+            for spec in SPECS:
+                (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("ETL_PIPELINES_DIR", str(specs))
+                self._defs = build_definitions()
+        return self._defs
 
     def outcome(self, group: str, label: str) -> Outcome:
         if group not in self.outcomes:
-            root = self.tmp.mktemp(group)
-            (root / "specs").mkdir()
-            for spec in GROUPS[group].specs:
-                (root / "specs" / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-            self.outcomes[group] = {run.label: _execute(self.instance, root, run) for run in GROUPS[group].runs}
+            data = self.tmp.mktemp(group) / "data"
+            data.mkdir()
+            self.outcomes[group] = {run.label: _execute(self.instance, self.defs(), data, run)
+                                    for run in GROUPS[group].runs}
         return self.outcomes[group][label]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory):
+    """A real Dagster instance (SQLite storage) shared by the module's runs.
+
+    The event log is the consolidated SQLite storage (one database, not one per run), which saves about a
+    second per run here; nothing in these cases depends on how events are sharded.
+    """
     home = tmp_path_factory.mktemp("corpus_dagster_home")
-    with instance_for_test(temp_dir=str(home)) as instance:
+    events = {"module": "dagster._core.storage.event_log", "class": "ConsolidatedSqliteEventLogStorage",
+              "config": {"base_dir": str(home / "event_log")}}
+    with instance_for_test(temp_dir=str(home), overrides={"event_log_storage": events}) as instance:
         yield Corpus(instance, tmp_path_factory)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The groups: specs and inputs
 
+SPECS: list[dict] = []
 GROUPS: dict[str, Group] = {}
 
 # --- csv_rows: one CSV spec with every kind of rule; each row breaks one thing (its `tag` says which) ----------
@@ -332,9 +350,9 @@ WARN_ROWS = [
     {"id": "7", "tag": "warn_dangling_reference", **WARN_VALID, "parent_id": "99"},
 ]
 
+SPECS += [PARENTS_SPEC, files_spec("csv_rows", "csv", ROW_COLUMNS, primary_key=["id"]),
+          files_spec("csv_warn", "csv", WARN_COLUMNS, primary_key=["id"])]
 GROUPS["csv_rows"] = Group(
-    specs=(PARENTS_SPEC, files_spec("csv_rows", "csv", ROW_COLUMNS, primary_key=["id"]),
-           files_spec("csv_warn", "csv", WARN_COLUMNS, primary_key=["id"])),
     runs=(
         Run("before_parents", "csv_rows", ROW_FILES, ROW_INPUT),  # the referenced dataset is not loaded yet
         Run("parents", "parents", {"parents.csv": PARENTS_CSV}, 3),
@@ -357,8 +375,8 @@ MIXED_ROWS = [
     {"id": "2", "tag": "error_rule_broken", "status": "refunded", "channel": "web"},
     {"id": "3", "tag": "warn_rule_broken", "status": "new", "channel": "fax"},
 ]
+SPECS.append(files_spec("mixed", "csv", MIXED_COLUMNS, primary_key=["id"]))
 GROUPS["mixed_family"] = Group(
-    specs=(files_spec("mixed", "csv", MIXED_COLUMNS, primary_key=["id"]),),
     runs=(Run("mixed", "mixed", {"mixed.csv": csv_bytes([c["name"] for c in MIXED_COLUMNS], MIXED_ROWS)},
               len(MIXED_ROWS)),),
 )
@@ -370,12 +388,12 @@ SIMPLE_CSV_COLUMNS = [
     {"name": "tag", "type": "VARCHAR"},
     {"name": "name", "type": "VARCHAR"},
 ]
+SPECS += [files_spec("header_only", "csv", SIMPLE_CSV_COLUMNS, primary_key=["id"]),
+          files_spec("dup_header", "csv", SIMPLE_CSV_COLUMNS, primary_key=["id"])]
 GROUPS["header_only"] = Group(
-    specs=(files_spec("header_only", "csv", SIMPLE_CSV_COLUMNS, primary_key=["id"]),),
     runs=(Run("header_only", "header_only", {"empty.csv": b"id,tag,name\n"}, 0),),
 )
 GROUPS["duplicate_header"] = Group(
-    specs=(files_spec("dup_header", "csv", SIMPLE_CSV_COLUMNS, primary_key=["id"]),),
     runs=(Run("dup_header", "dup_header", {"dup.csv": b"id,tag,name,name\n1,dup,first,second\n"}, 1),),
 )
 
@@ -393,8 +411,8 @@ BATCH_DAY2 = csv_bytes(["id", "tag", "name"], [
     {"id": 4, "tag": "new_key_b", "name": "b"},
 ])
 BATCH_FILES = {"batch_2024-01-01.csv": BATCH_DAY1, "batch_2024-01-02.csv": BATCH_DAY2}
+SPECS.append(BATCH_SPEC)
 GROUPS["batches"] = Group(
-    specs=(BATCH_SPEC,),
     runs=(
         Run("day1", "batches", BATCH_FILES, 3, partition="2024-01-01"),
         Run("day2", "batches", BATCH_FILES, 3, partition="2024-01-02"),
@@ -429,8 +447,8 @@ JSON_INFERENCE_TEXT = """[
 
 
 def _json_group(name: str, text: str) -> Group:
-    return Group(specs=(files_spec(name, "json", JSON_COLUMNS, primary_key=["id"]),),
-                 runs=(Run(name, name, {f"{name}.json": text.encode()}, len(json.loads(text))),))
+    SPECS.append(files_spec(name, "json", JSON_COLUMNS, primary_key=["id"]))
+    return Group(runs=(Run(name, name, {f"{name}.json": text.encode()}, len(json.loads(text))),))
 
 
 GROUPS["json_rows"] = _json_group("json_rows", JSON_ROWS_TEXT)
@@ -449,8 +467,8 @@ DRIFTED = pa.table({
     "amount": pa.array([None, None, True], pa.bool_()),     # was DECIMAL
     "color": ["red", "green", None],                         # new column
 })
+SPECS.append(files_spec("drift", "parquet", PARQUET_COLUMNS, primary_key=["id"]))
 GROUPS["parquet_drift"] = Group(
-    specs=(files_spec("drift", "parquet", PARQUET_COLUMNS, primary_key=["id"]),),
     runs=(Run("drift", "drift", {"drifted.parquet": parquet_bytes(DRIFTED)}, DRIFTED.num_rows),),
 )
 
@@ -485,9 +503,9 @@ FAILURE_COLUMNS = {
     "parquet": [{"name": "id", "type": "BIGINT", "nullable": False}, {"name": "tag", "type": "VARCHAR"},
                 {"name": "amount", "type": "DECIMAL(5,2)"}, {"name": "name", "type": "VARCHAR"}],
 }
+SPECS += [files_spec(f"bad_{fmt}", fmt, columns, primary_key=["id"]) for fmt, columns in FAILURE_COLUMNS.items()]
 for _case, (_fmt, _file, _content) in FILE_FAILURES.items():
-    GROUPS[_case] = Group(specs=(files_spec("bad", _fmt, FAILURE_COLUMNS[_fmt], primary_key=["id"]),),
-                          runs=(Run(_case, "bad", {_file: _content}, 0 if _content in (b"", b"[]") else -1),))
+    GROUPS[_case] = Group(runs=(Run(_case, f"bad_{_fmt}", {_file: _content}, 0 if _content in (b"", b"[]") else -1),))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -95,3 +95,29 @@ def test_partition_range_backfills_in_one_run(cli_env, shop_data, data_dir):
     assert len(runs) == 1
     assert runs[0].tags["dagster/asset_partition_range_start"] == days[0]
     assert runs[0].tags["dagster/asset_partition_range_end"] == days[-1]
+
+
+def test_metrics_command_serves_prometheus(cli_env):
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(BIN / "etl-assets"), "metrics", "serve", "--port", str(port)], cwd=REPO, env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        body = ""
+        while time.monotonic() < deadline:
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                break
+            except httpx.TransportError:
+                time.sleep(1)
+        assert "# TYPE etl_runs_total counter" in body or "etl_runs_total" in body, body[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

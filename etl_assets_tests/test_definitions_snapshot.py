@@ -13,13 +13,21 @@ EXPECTED_ASSETS = sorted(
     + [f"warehouse/{m}" for m in MARTS]
     + ["ops/pipeline_health"]
 )
+CONTRACT_CHECKS = {
+    "orders": ["valid_type", "not_null", "unique", "accepted_values", "range", "relationship", "row_count"],
+    "customers": ["valid_type", "not_null", "unique", "format"],
+    "products": ["valid_type", "not_null", "unique", "range"],
+    "fx_rates": ["valid_type", "not_null", "unique"],
+    "inventory": ["valid_type", "not_null", "unique"],
+}
 EXPECTED_CHECKS = sorted(
-    [f"clean/{n}:rows_conserved" for n in SOURCES]
-    + [f"clean/{n}:primary_key_unique" for n in SOURCES]
+    [f"clean/{n}:{c}" for n in SOURCES for c in ("rows_conserved", "quality_score", "schema_change")]
+    + [f"clean/{n}:{c}" for n, checks in CONTRACT_CHECKS.items() for c in checks]
     + [f"warehouse/{n}:matches_lake" for n in SOURCES + MARTS]
     + [f"warehouse/{n}:freshness_check" for n in ("orders", "customers", "daily_revenue")]
 )
 EXPECTED_JOBS = sorted([f"{n}_pipeline" for n in SOURCES + MARTS] + ["shop_daily", "shop_full_refresh"]
+                       + [f"{n}_revalidate" for n in SOURCES]
                        + ["pipeline_health_job"])
 EXPECTED_SCHEDULES = ["customers_schedule", "orders_schedule", "pipeline_health_schedule"]
 EXPECTED_SENSORS = sorted([
@@ -47,7 +55,7 @@ def test_warehouse_writers_share_the_single_slot_pool(data_dir):
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         pools = node.pools if hasattr(node, "pools") else set()
-        if key.path[0] == "warehouse":
+        if key.path[0] in ("warehouse", "ops"):  # every asset that writes the DuckDB warehouse file
             assert pools == {"duckdb_warehouse"}, key
         else:
             assert "duckdb_warehouse" not in (pools or set()), key

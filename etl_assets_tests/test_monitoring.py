@@ -289,7 +289,7 @@ def test_pipeline_health_asset(world):
     columns = ["pipeline", "runs", "succeeded", "failed", "success_rate", "p50_seconds", "p95_seconds", "rows_loaded",
                "records_per_hour", "failures_transient", "failures_permanent", "failures_data_quality",
                "failures_infrastructure", "freshness_lag_minutes", "max_lag_minutes", "stale", "window_hours"]
-    table = {r[0]: dict(zip(columns, r)) for r in world.query(
+    table = {r[0]: dict(zip(columns, r, strict=True)) for r in world.query(
         f"SELECT {', '.join(columns)} FROM ops.pipeline_health")}
     assert set(table) == {"drops", *FAILING, "orders", "customers", "products", "fx_rates", "inventory",
                           "orders_enriched", "daily_revenue"}
@@ -358,7 +358,7 @@ def test_prometheus_endpoint_serves_metrics_from_the_instance(world):
         assert samples['etl_runs_total{job="drops_pipeline",status="SUCCESS"}'] == 1
         for name in FAILING:
             assert samples[f'etl_runs_total{{job="{name}_pipeline",status="FAILURE"}}'] == 1
-        assert f'etl_runs_total{{job="drops_pipeline",status="FAILURE"}}' not in samples
+        assert 'etl_runs_total{job="drops_pipeline",status="FAILURE"}' not in samples
 
         loaded = DROPS_ROWS - DROPS_BAD
         assert samples['etl_rows_loaded_total{pipeline="drops",target="warehouse"}'] == loaded

@@ -346,7 +346,8 @@ class ErrorStore:
         """
         with self._spool_lock():
             pending = self._take_spool()
-            everything = pending + list(records)
+            # one record per (run, step), the newest winning, so a run spooled and then recorded is written once
+            everything = list({(r.run_id, r.step_key): r for r in [*pending, *records]}.values())
             if not everything:
                 return True
             try:

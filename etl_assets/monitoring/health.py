@@ -55,7 +55,7 @@ from etl_assets.monitoring.error_tracking import (
     step_asset_keys,
 )
 from etl_assets.monitoring.warehouse_io import warehouse_session
-from etl_assets.resources.targets import DuckDBWarehouse
+from etl_assets.resources.targets import WAREHOUSE_POOL, DuckDBWarehouse
 from etl_assets.settings import current_settings
 from etl_assets.sqlutil import qualified, quote_ident
 
@@ -313,7 +313,7 @@ def render_chart(rows: Sequence[PipelineHealth], window: timedelta, computed_at:
 
         ax = axes[1]
         left = np.zeros(len(rows))
-        for cls, color in zip(ERROR_CLASSES, ("#ffb300", "#8e24aa", "#1e88e5", "#e53935")):
+        for cls, color in zip(ERROR_CLASSES, ("#ffb300", "#8e24aa", "#1e88e5", "#e53935"), strict=True):
             counts = np.array([r.failures.get(cls, 0) for r in rows], dtype=float)
             ax.barh(y, counts, left=left, color=color, label=cls)
             left += counts
@@ -373,6 +373,7 @@ def build_health(pipelines: Sequence[PipelineInfo]):
         key=HEALTH_KEY,
         group_name="ops",
         kinds={"duckdb", "python"},
+        pool=WAREHOUSE_POOL,  # it writes ops.pipeline_health: the warehouse's single writer slot
         description="Per pipeline over a trailing window: success rate, p50/p95 duration, records per hour, "
                     "failures by class and freshness lag. Table ops.pipeline_health; chart in "
                     "$ETL_DATA_DIR/reports/pipeline_health.png.",

@@ -48,7 +48,13 @@ FINISHED_EVENTS = (DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE, D
 
 
 def run_failure_alert(records: list[ErrorRecord], run, ui_base_url: str) -> Alert:
-    """The alert for a failed run, summarizing its classified failures."""
+    """The alert for a failed run, summarizing its classified failures.
+
+    Args:
+        records: The run's error records (at least one), from :func:`records_for_failed_run`.
+        run: The failed ``DagsterRun``.
+        ui_base_url: Base URL of the Dagster UI, for the link to the run.
+    """
     first = records[0]
     classes = sorted({r.error_class for r in records})
     steps = "; ".join(f"{r.step_key} ({r.error_class}): {r.message.splitlines()[0] if r.message else ''}"
@@ -138,7 +144,17 @@ def _latest_run_finished_storage_id(instance) -> int:
 
 def check_failure_alert(evaluation: AssetCheckEvaluation, run_id: str, job: str, partition: str, timestamp: float,
                         pipelines: Iterable[str], ui_base_url: str) -> Alert:
-    """The alert for one failed asset check evaluation."""
+    """The alert for one failed asset check evaluation.
+
+    Args:
+        evaluation: The failed evaluation.
+        run_id: The run that evaluated it ("" for a runless report; the link then goes to the asset's checks).
+        job: That run's job name.
+        partition: The partition checked, if any.
+        timestamp: When the evaluation was stored (Unix time).
+        pipelines: The code location's pipeline names.
+        ui_base_url: Base URL of the Dagster UI.
+    """
     asset = evaluation.asset_key.to_user_string()
     severity = getattr(evaluation.severity, "value", str(evaluation.severity))
     description = evaluation.description or ""

@@ -58,7 +58,7 @@ class DuckDBWarehouse(ConfigurableResource):
         """Open the warehouse. Writers must hold the ``duckdb_warehouse`` pool slot (assets declare it)."""
         path = self.db_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb_connection(str(path), read_only=read_only)
+        con = _open_waiting_for_lock(str(path), read_only)
         try:
             yield con
         finally:
@@ -122,6 +122,24 @@ class DuckDBWarehouse(ConfigurableResource):
             return con.execute(
                 f"SELECT count(*) FROM {qualified(schema, table)} WHERE {PARTITION_COLUMN} = ?", [partition]
             ).fetchall()[0][0]
+
+
+# A reader (a sensor, the metrics of a run) may hold the file for a moment; wait this long before giving up.
+LOCK_WAIT_SECONDS = 30.0
+
+
+def _open_waiting_for_lock(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse, retrying while another process holds DuckDB's file lock."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return duckdb_connection(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 _PG_TYPES = [

@@ -1,0 +1,454 @@
+"""What contract validation costs next to loading the same rows into the lake.
+
+One generated landing CSV (``--rows``, default 10,000,000; 8 contract columns with a primary key, accepted
+values, ranges and a regex; about 0.2 % of the rows break a rule) goes through two measured stages, each in a
+fresh Python process so that its peak RSS (``ru_maxrss``) is its own:
+
+  load      the lake load without validation: DuckDB reads the CSV as text (as the files source does) and
+            writes the raw partition ``lake/raw/<name>/_all.parquet`` (zstd), with ``_etl_source``. This is the
+            work of ``raw/*`` -> lake, done by DuckDB alone (the platform's own extract streams Arrow batches
+            through Python and is slower; ``--with-extract`` measures it too).
+  validate  the platform's validation step on that raw partition: the real ``validate_<name>`` step
+            (``clean/<name>`` + ``quarantine/<name>`` and every check on them), selected from
+            ``<name>_pipeline`` and run with ``execute_in_process``. Its time is the step's own (STEP_START to
+            STEP_SUCCESS in the event log), so Dagster's run set-up is not counted; the run's wall time is
+            printed next to it.
+
+Both use the platform's DuckDB settings (``ETL_DUCKDB_MEMORY_LIMIT``, default 1GB; ``ETL_DUCKDB_THREADS``). The
+table shows both side by side with rows/s, CPU seconds and peak RSS, then the ratio and a PASS/FAIL line for
+"validation adds at most 50 % to the load time" (validate <= 0.5 x load, by wall time; the CPU ratio is printed
+too because wall time moves a lot on a shared machine). Exit status 1 on FAIL or when a stage fails.
+
+Optional diagnosis (each also a fresh process):
+
+  --copy      floor: DuckDB rewriting the raw partition as Parquet (the I/O any lake step pays).
+  --phases    the validation step's statements, run one by one the way ``_build_validate`` runs them (same
+              functions from ``etl_assets.pipelines.validation``), each timed.
+  --explain   EXPLAIN ANALYZE of the tagged SQL (the one pass that types every column and tags every row).
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/validation_overhead.py --rows 200000          # quick, ~1 minute
+    .venv/bin/python benchmarks/validation_overhead.py                        # 10M rows
+    nohup .venv/bin/python benchmarks/validation_overhead.py --phases --explain > validation.log 2>&1 &
+
+Other options: ``--workdir DIR`` (where the temporary directory goes; 10M rows need about 2 GB), ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT_MARKER = "@@validation_overhead@@ "
+NAME = "bench_orders"
+LANDING_FILE = "bench_orders.csv"
+MAX_OVERHEAD = 0.5  # validation may add at most 50 % to the load time
+
+SPEC = f"""\
+name: {NAME}
+domain: bench
+source: {{kind: files, format: csv, glob: "*.csv"}}
+columns:
+  - {{name: order_id, type: BIGINT, nullable: false}}
+  - {{name: customer_id, type: BIGINT, nullable: false}}
+  - {{name: status, type: VARCHAR, nullable: false, accepted_values: [new, paid, shipped, cancelled]}}
+  - {{name: quantity, type: INTEGER, nullable: false, min: 1, max: 1000}}
+  - {{name: unit_price, type: "DECIMAL(12,2)", nullable: false, min: 0}}
+  - {{name: currency, type: VARCHAR, nullable: false, regex: "[A-Z]{{3}}"}}
+  - {{name: email, type: VARCHAR, max_length: 254}}
+  - {{name: ordered_at, type: TIMESTAMPTZ, nullable: false}}
+primary_key: [order_id]
+retry: {{max_retries: 0}}
+"""
+
+# Deterministic rows; about 0.2 % break one rule each (bad status, text quantity, negative price, bad currency,
+# duplicate key), so the quarantine path and the samples do real work.
+GENERATE_SQL = """
+COPY (
+  SELECT
+    CASE WHEN i % 5000 = 1 THEN i - 1 ELSE i END AS order_id,
+    (i * 7919) % 250000 AS customer_id,
+    CASE WHEN i % 1000 = 7 THEN 'unknown' ELSE ['new', 'paid', 'shipped', 'cancelled'][1 + i % 4] END AS status,
+    CASE WHEN i % 1500 = 3 THEN 'many' ELSE CAST(1 + i % 40 AS VARCHAR) END AS quantity,
+    CASE WHEN i % 2500 = 5 THEN '-1.00' ELSE printf('%.2f', (i % 99991) / 100.0) END AS unit_price,
+    CASE WHEN i % 3000 = 11 THEN 'eu' ELSE ['EUR', 'USD', 'GBP'][1 + i % 3] END AS currency,
+    'customer' || ((i * 7919) % 250000) || '@example.com' AS email,
+    strftime(TIMESTAMP '2024-01-01 00:00:00' + to_seconds(i % 86400), '%Y-%m-%dT%H:%M:%SZ') AS ordered_at
+  FROM range(?) AS t(i)
+) TO '{path}' (FORMAT csv, HEADER)
+"""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Child side: one stage in this (fresh) process, one JSON line on stdout.
+
+
+def _usage() -> dict:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"maxrss_bytes": ru.ru_maxrss * 1024, "cpu_seconds": ru.ru_utime + ru.ru_stime}
+
+
+def _emit(payload: dict) -> None:
+    sys.stdout.write(RESULT_MARKER + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def _paths() -> tuple[Path, Path, Path]:
+    data = Path(os.environ["ETL_DATA_DIR"])
+    return data / "landing" / NAME / LANDING_FILE, data / "lake" / "raw" / NAME / "_all.parquet", data
+
+
+def child_generate(rows: int) -> dict:
+    from etl_assets.settings import duckdb_connection
+
+    csv_path, _, _ = _paths()
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb_connection()
+    started = time.perf_counter()
+    con.execute(GENERATE_SQL.format(path=str(csv_path).replace("'", "''")), [rows])
+    return {"seconds": time.perf_counter() - started, "rows": rows, "bytes": csv_path.stat().st_size}
+
+
+def child_load() -> dict:
+    """DuckDB alone: landing CSV (as text) -> raw partition Parquet, written like the lake writes (tmp + rename)."""
+    from etl_assets.settings import duckdb_connection
+
+    csv_path, raw_path, _ = _paths()
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = raw_path.with_name(f".{raw_path.stem}.tmp")
+    con = duckdb_connection()
+    ready = _usage()
+    started = time.perf_counter()
+    con.execute(
+        f"COPY (SELECT * EXCLUDE (filename), parse_filename(filename) AS _etl_source FROM read_csv(?, header = true,"
+        f" all_varchar = true, filename = true)) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", [str(csv_path)])
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, raw_path)
+    seconds = time.perf_counter() - started
+    rows = con.execute("SELECT count(*) FROM read_parquet(?)", [str(raw_path)]).fetchall()[0][0]
+    return {"ready": ready, "seconds": seconds, "rows": rows, "bytes": raw_path.stat().st_size}
+
+
+def child_copy() -> dict:
+    """Floor: DuckDB rewriting the raw partition as zstd Parquet."""
+    from etl_assets.settings import duckdb_connection
+
+    _, raw_path, data = _paths()
+    out = data / "copy.parquet"
+    con = duckdb_connection()
+    ready = _usage()
+    started = time.perf_counter()
+    con.execute(f"COPY (SELECT * FROM read_parquet(?)) TO '{out}' (FORMAT parquet, COMPRESSION zstd)", [str(raw_path)])
+    seconds = time.perf_counter() - started
+    rows = con.execute("SELECT count(*) FROM read_parquet(?)", [str(out)]).fetchall()[0][0]
+    out.unlink()
+    return {"ready": ready, "seconds": seconds, "rows": rows}
+
+
+def _step_seconds(instance, run_id: str) -> dict[str, float]:
+    from dagster import DagsterEventType
+
+    started: dict[str, float] = {}
+    steps: dict[str, float] = {}
+    for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS,
+                                                    DagsterEventType.STEP_FAILURE}):
+        if entry.dagster_event_type == DagsterEventType.STEP_START:
+            started[entry.step_key] = entry.timestamp
+        elif entry.step_key in started:
+            steps[entry.step_key] = entry.timestamp - started[entry.step_key]
+    return steps
+
+
+def _run_job(selection_paths: list[list[str]]) -> dict:
+    from dagster import AssetKey, DagsterInstance
+
+    from etl_assets.definitions import build_definitions
+    from etl_assets.runner import QUIET
+
+    job = build_definitions().resolve_job_def(f"{NAME}_pipeline")
+    instance = DagsterInstance.ephemeral()
+    ready = _usage()
+    started = time.perf_counter()
+    result = job.execute_in_process(instance=instance, asset_selection=[AssetKey(p) for p in selection_paths],
+                                    run_config=QUIET, raise_on_error=False)
+    wall = time.perf_counter() - started
+    failures = [f"{e.step_key}: {e.event_specific_data.error.message.strip()[:400]}" for e in result.get_step_failure_events()]
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    metadata = {}
+    for event in result.get_asset_materialization_events():
+        for key, value in event.materialization.metadata.items():
+            if isinstance(value.value, (int, float)):
+                metadata[f"{event.asset_key.to_user_string()}:{key}"] = value.value
+    steps = _step_seconds(instance, result.run_id)
+    return {"ready": ready, "run_wall": wall, "steps": steps, "failures": failures, "checks": checks,
+            "metadata": metadata, "success": result.success}
+
+
+def child_validate() -> dict:
+    out = _run_job([["clean", NAME], ["quarantine", NAME]])
+    out["seconds"] = out["steps"].get(f"validate_{NAME}", out["run_wall"])
+    out["rows"] = out["metadata"].get(f"clean/{NAME}:rows_in", 0)
+    return out
+
+
+def child_extract() -> dict:
+    out = _run_job([["raw", NAME]])
+    out["seconds"] = out["steps"].get(f"raw__{NAME}", out["run_wall"])
+    out["rows"] = out["metadata"].get(f"raw/{NAME}:dagster/row_count", 0)
+    return out
+
+
+def _spec():
+    from etl_assets.pipelines.spec import load_specs
+
+    return next(s.spec for s in load_specs() if s.spec.name == NAME)
+
+
+def child_phases(explain: bool) -> dict:
+    """The validation step's statements in ``_build_validate``'s order, each timed (no Dagster around them)."""
+    from etl_assets.pipelines import validation
+    from etl_assets.pipelines.factory import contract_families
+    from etl_assets.settings import duckdb_connection
+
+    spec = _spec()
+    _, raw_path, data = _paths()
+    scratch = data / "phases"
+    scratch.mkdir(exist_ok=True)
+    con = duckdb_connection()
+    ready = _usage()
+    phases: list[tuple[str, float]] = []
+
+    def timed(label: str, fn):
+        started = time.perf_counter()
+        value = fn()
+        phases.append((label, time.perf_counter() - started))
+        return value
+
+    begin = time.perf_counter()
+    raw_rel = con.read_parquet([str(raw_path)], union_by_name=True)
+    raw_columns = raw_rel.columns
+    con.register("raw", raw_rel)
+    rules, params = validation.contract_rules(spec.columns, spec.primary_key, raw_columns, False)
+    tagged_sql = validation.tagged_sql(spec.columns, rules, raw_columns)
+    tagged_path = scratch / "tagged.parquet"
+    timed("tagged: type + tag every row, write tmp parquet",
+          lambda: con.sql(tagged_sql, params=validation.params_for(tagged_sql, params)).write_parquet(str(tagged_path)))
+    con.register("tagged", con.read_parquet(str(tagged_path)))
+    rows_in, _ = timed("counts: rows in, rows with errors", lambda: con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE len({validation.ERRORS_COLUMN}) > 0) FROM tagged").fetchall()[0])
+    counts: dict[str, int] = {}
+    for column in (validation.ERRORS_COLUMN, validation.WARNINGS_COLUMN):
+        counts.update(timed(f"reason counts: unnest {column}", lambda c=column: dict(con.execute(
+            f"SELECT reason, count(*) FROM (SELECT unnest({c}) AS reason FROM tagged) GROUP BY ALL").fetchall())))
+    clean_path, quarantine_path = scratch / "clean.parquet", scratch / "quarantine.parquet"
+    timed("write clean (zstd)", lambda: con.sql(validation.valid_sql(spec.columns, raw_columns)).write_parquet(
+        str(clean_path), compression="zstd"))
+    timed("write quarantine (zstd)", lambda: con.sql(validation.quarantine_sql(raw_columns),
+                                                     params={"run_id": "bench", "partition": "_all"}).write_parquet(
+        str(quarantine_path), compression="zstd"))
+    con.register("clean", con.read_parquet(str(clean_path)))
+    post_sql, _ = validation.violations_in_clean_sql(spec.columns, rules)
+    if post_sql:
+        timed("post-condition: value rules over clean", lambda: con.sql(
+            post_sql, params=validation.params_for(post_sql, params)).fetchall())
+    keys = ", ".join(f'"{k}"' for k in spec.primary_key)
+    timed("post-condition: duplicate keys in clean (GROUP BY)", lambda: con.sql(
+        f"SELECT count(*) FROM (SELECT {keys} FROM clean GROUP BY ALL HAVING count(*) > 1)").fetchall())
+    for family in contract_families(spec):
+        names = [r.name for r in rules if r.family == family and counts.get(r.name)]
+        if not names:
+            continue
+        where = " OR ".join(f"list_contains({validation.ERRORS_COLUMN}, ?) OR list_contains({validation.WARNINGS_COLUMN}, ?)"
+                            for _ in names)
+        timed(f"sample: {family}", lambda w=where, n=names: con.sql(
+            f"SELECT * EXCLUDE ({validation.WARNINGS_COLUMN}) FROM tagged WHERE {w} LIMIT 5",
+            params=[x for x in n for _ in (0, 1)]).fetchall())
+    total = time.perf_counter() - begin
+    plan = ""
+    if explain:
+        rows = con.sql(f"EXPLAIN ANALYZE {tagged_sql}", params=validation.params_for(tagged_sql, params)).fetchall()
+        plan = "\n".join(str(r[1]) for r in rows)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"ready": ready, "seconds": total, "rows": rows_in, "phases": phases,
+            "plan": plan, "tagged_sql": tagged_sql}
+
+
+def run_child(stage: str, args: argparse.Namespace) -> int:
+    if stage == "generate":
+        payload = child_generate(args.rows)
+    elif stage == "load":
+        payload = child_load()
+    elif stage == "copy":
+        payload = child_copy()
+    elif stage == "validate":
+        payload = child_validate()
+    elif stage == "extract":
+        payload = child_extract()
+    elif stage == "phases":
+        payload = child_phases(args.explain)
+    else:
+        raise SystemExit(f"unknown stage {stage}")
+    payload["usage"] = _usage()
+    _emit(payload)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parent side.
+
+
+@dataclass
+class Stage:
+    name: str
+    ok: bool
+    seconds: float = 0.0
+    rows: int = 0
+    cpu_seconds: float = 0.0
+    maxrss_bytes: int = 0
+    ready_rss_bytes: int = 0
+    process_seconds: float = 0.0
+    payload: dict = field(default_factory=dict)
+    error: str = ""
+
+
+def _run(stage: str, args: argparse.Namespace, env: dict[str, str]) -> Stage:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", stage, "--rows", str(args.rows)]
+    if args.explain:
+        cmd.append("--explain")
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process_seconds = time.perf_counter() - started
+    payload = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            payload = json.loads(line[len(RESULT_MARKER):])
+    if proc.returncode != 0 or payload is None:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        return Stage(stage, False, process_seconds=process_seconds, error=f"exit status {proc.returncode}\n{tail}")
+    ready = payload.get("ready", {"cpu_seconds": 0.0, "maxrss_bytes": 0})
+    ok = payload.get("success", True) and not payload.get("failures") and all(payload.get("checks", {}).values())
+    error = "; ".join(payload.get("failures", [])) or (
+        "failed checks: " + ", ".join(k for k, v in payload.get("checks", {}).items() if not v) if not ok else "")
+    return Stage(stage, ok, seconds=payload["seconds"], rows=int(payload.get("rows") or 0),
+                 cpu_seconds=payload["usage"]["cpu_seconds"] - ready["cpu_seconds"],
+                 maxrss_bytes=payload["usage"]["maxrss_bytes"], ready_rss_bytes=ready["maxrss_bytes"],
+                 process_seconds=process_seconds, payload=payload, error=error)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 1024**2:,.0f} MiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--workdir", type=Path, default=None, help="where the temporary directory goes")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument("--copy", action="store_true", help="also measure the Parquet rewrite floor")
+    parser.add_argument("--with-extract", action="store_true", help="also measure the platform's raw/* extract step")
+    parser.add_argument("--phases", action="store_true", help="time the validation step's statements one by one")
+    parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the tagged SQL (with --phases)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return run_child(args.child, args)
+
+    root = Path(tempfile.mkdtemp(prefix="validation_overhead_", dir=args.workdir))
+    data, specs = root / "data", root / "specs"
+    data.mkdir()
+    specs.mkdir()
+    (specs / f"{NAME}.yaml").write_text(SPEC)
+    env = dict(os.environ)
+    env.pop("ETL_ENV", None)
+    env.update({"ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs), "PYTHONUNBUFFERED": "1"})
+    limit = env.get("ETL_DUCKDB_MEMORY_LIMIT", "1GB")
+    threads = env.get("ETL_DUCKDB_THREADS", f"all ({os.cpu_count()})")
+    print(f"validation overhead: {args.rows:,} rows, DuckDB memory limit {limit}, threads {threads}, work dir {root}",
+          flush=True)
+    stages: dict[str, Stage] = {}
+    try:
+        gen = _run("generate", args, env)
+        if not gen.ok:
+            print(f"generate FAILED: {gen.error}")
+            return 1
+        print(f"  generate  {gen.seconds:8.2f}s  {gen.payload['bytes'] / 1024**2:,.0f} MiB CSV", flush=True)
+        order = ["extract"] if args.with_extract else []
+        order += ["load", *(["copy"] if args.copy else []), "validate", *(["phases"] if args.phases else [])]
+        for name in order:
+            stage = _run(name, args, env)
+            stages[name] = stage
+            status = "ok" if stage.ok else "FAILED"
+            print(f"  {name:<9} {status:<6} {stage.seconds:8.2f}s  process {stage.process_seconds:7.2f}s"
+                  f"  peak RSS {_mib(stage.maxrss_bytes)}", flush=True)
+            if stage.error:
+                print(f"    ! {stage.error}", flush=True)
+            if name == "load" and not stage.ok:
+                return 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return report(args, stages)
+
+
+def report(args: argparse.Namespace, stages: dict[str, Stage]) -> int:
+    load, validate = stages["load"], stages.get("validate")
+    print(f"\n=== {args.rows:,} rows: load into the lake vs. the validation step (each in a fresh process) ===")
+    header = (f"{'stage':<10} {'rows':>12} {'seconds':>9} {'rows/s':>12} {'cpu s':>8} {'peak RSS':>10}"
+              f" {'RSS @start':>10} {'x load':>7}  what")
+    print(header)
+    print("-" * len(header))
+    what = {
+        "extract": "platform raw/* step: landing CSV -> Arrow stream -> lake (info)",
+        "load": "DuckDB: landing CSV (text) -> lake raw parquet, no validation",
+        "copy": "DuckDB: raw parquet -> parquet rewrite (floor, info)",
+        "validate": "platform validate_<name> step: clean + quarantine + checks",
+        "phases": "validate's SQL statements alone (sum of the phases below)",
+    }
+    for name in ("extract", "load", "copy", "validate", "phases"):
+        s = stages.get(name)
+        if s is None:
+            continue
+        rows = s.rows or args.rows
+        rate = f"{rows / s.seconds:12,.0f}" if s.seconds else f"{'-':>12}"
+        ratio = f"{s.seconds / load.seconds:6.2f}x" if load.seconds else "-"
+        print(f"{name:<10} {rows:>12,} {s.seconds:>9.2f} {rate} {s.cpu_seconds:>8.1f} {_mib(s.maxrss_bytes):>10}"
+              f" {_mib(s.ready_rss_bytes):>10} {ratio:>7}  {what[name]}{'' if s.ok else '  FAILED'}")
+    if validate is not None and validate.ok:
+        md = validate.payload["metadata"]
+        print(f"\nvalidate: run wall {validate.payload['run_wall']:.2f}s (step {validate.seconds:.2f}s); "
+              f"rows_in {md.get(f'clean/{NAME}:rows_in', 0):,}, valid {md.get(f'clean/{NAME}:rows_valid', 0):,}, "
+              f"quarantined {md.get(f'clean/{NAME}:rows_quarantined', 0):,}; "
+              f"tagging pass (validate_seconds metadata) {md.get(f'clean/{NAME}:validate_seconds', 0):.2f}s")
+    phases = stages.get("phases")
+    if phases is not None and phases.ok:
+        print("\nvalidation phases (same statements as _build_validate, one connection, no Dagster):")
+        for label, seconds in phases.payload["phases"]:
+            print(f"  {seconds:8.2f}s  {seconds / phases.seconds:6.1%}  {label}")
+        if phases.payload.get("plan"):
+            print("\nEXPLAIN ANALYZE of the tagged SQL:\n" + phases.payload["plan"])
+    if validate is None or not validate.ok:
+        print("\nFAIL: the validation step did not succeed")
+        return 1
+    overhead = validate.seconds / load.seconds
+    cpu_overhead = validate.cpu_seconds / load.cpu_seconds if load.cpu_seconds else float("nan")
+    verdict = "PASS" if overhead <= MAX_OVERHEAD else "FAIL"
+    print(f"\nvalidation adds {overhead:+.0%} to the load time by wall clock ({validate.seconds:.2f}s on "
+          f"{load.seconds:.2f}s), {cpu_overhead:+.0%} by CPU ({validate.cpu_seconds:.1f}s on {load.cpu_seconds:.1f}s)")
+    print(f"{verdict}: validation adds at most {MAX_OVERHEAD:.0%} to the load time")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
