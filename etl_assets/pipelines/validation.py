@@ -138,6 +138,24 @@ def params_for(sql: str, params: dict[str, object]) -> dict[str, object] | None:
     return used or None
 
 
+_INTEGER_TYPES = ("SMALLINT", "INTEGER", "BIGINT")
+
+
+def typed_value(expr: str, type_name: str) -> str:
+    """``expr`` cast to the contract type, NULL when it does not fit exactly.
+
+    DuckDB's TRY_CAST rounds a fraction into an integer ('1.5' -> 2) and drops the offset of a zoned value cast
+    to TIMESTAMP; both would alter data silently, so a fraction is a type error and a zoned timestamp is converted
+    to UTC (the session time zone) before the offset is dropped.
+    """
+    if type_name in _INTEGER_TYPES:
+        as_double = f"TRY_CAST({expr} AS DOUBLE)"
+        return f"CASE WHEN {as_double} <> floor({as_double}) THEN NULL ELSE TRY_CAST({expr} AS {type_name}) END"
+    if type_name == "TIMESTAMP":
+        return f"TRY_CAST(TRY_CAST({expr} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    return f"TRY_CAST({expr} AS {type_name})"
+
+
 def _flag_list(rules: list[Rule]) -> str:
     if not rules:
         return "CAST([] AS VARCHAR[])"
@@ -150,7 +168,7 @@ def tagged_sql(columns: list[Column], rules: list[Rule], raw_columns: list[str],
     the row) and ``_etl_warnings`` (WARN rules, which only flag it)."""
     present = set(raw_columns)
     typed = [
-        f"TRY_CAST({quote_ident(c.name)} AS {c.type}) AS {_typed(c.name)}" if c.name in present
+        f"{typed_value(quote_ident(c.name), c.type)} AS {_typed(c.name)}" if c.name in present
         else f"CAST(NULL AS {c.type}) AS {_typed(c.name)}"
         for c in columns
     ]
