@@ -18,7 +18,14 @@ a separate process for the whole scale (its CPU and peak RSS are reported too) a
 Baselines (the "floor", run twice per scale in fresh processes, the faster run counts): DuckDB reading the
 generated orders parquet straight into a warehouse table (``CREATE TABLE AS SELECT * FROM read_parquet``), and
 DuckDB rewriting it as a zstd parquet file (``COPY ... TO``). Every stage's time is printed as a multiple of
-both, since the machine is noisy and absolute seconds are not comparable between runs.
+both, and its CPU time as a multiple of the CTAS floor's CPU time (steadier than wall time when other work
+shares the machine). ``floor_api`` fetches the same API pages with plain httpx + JSON decode, the floor for
+extract: the demo API server's own cost is part of both.
+
+Child processes get a bytecode cache of their own (PYTHONPYCACHEPREFIX in the work dir) that a warm-up process
+fills first: with PYTHONDONTWRITEBYTECODE set and no .pyc files in the venv, every process would otherwise
+compile every module it imports, seconds per stage that are not the pipeline's (``--no-pycache`` to measure
+that as is). A digest of the etl_assets sources is printed per scale, with a warning if it changed mid-run.
 
 Checks at the end (PASS/FAIL lines, exit status 1 on any FAIL): every run and asset check succeeded; at the
 largest scale every stage's peak RSS is under 2 GiB; the warehouse holds exactly the generated orders (count,
@@ -27,7 +34,7 @@ distinct order_id, id range) in shop.orders and shop.orders_enriched, and shop.d
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/pipeline_scale.py                      # 1M and 10M orders over 7 days
-    .venv/bin/python benchmarks/pipeline_scale.py --orders 20000       # smoke run, ~2 minutes
+    .venv/bin/python benchmarks/pipeline_scale.py --orders 20000       # smoke run, ~3 minutes
     .venv/bin/python benchmarks/pipeline_scale.py --orders 1000000 --days 7 --keep --workdir /var/tmp
     nohup .venv/bin/python benchmarks/pipeline_scale.py --orders 10000000 > bench.log 2>&1 &
 
@@ -359,6 +366,8 @@ class ScaleResult:
     verification: list[tuple[str, bool, str]] = field(default_factory=list)
     wall_seconds: float = 0.0
     api_floor: StageResult | None = None
+    code_before: str = ""
+    code_after: str = ""
 
     def floor(self, name: str) -> float | None:
         runs = [r.work_seconds for r in self.floors.get(name, []) if r.ok and r.work_seconds > 0]
@@ -379,6 +388,19 @@ def _child_env(data_dir: Path, dagster_home: Path, api_url: str | None, pycache:
     else:
         env.pop("SHOP_API_URL", None)
     return env
+
+
+def _code_digest() -> str:
+    """A short digest of the etl_assets sources, to tell which code a result came from (others edit it too)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    package = REPO / "etl_assets"
+    files = sorted(f for f in package.rglob("*") if f.suffix in (".py", ".yaml", ".sql") and "__pycache__" not in f.parts)
+    for f in files:
+        digest.update(str(f.relative_to(package)).encode())
+        digest.update(f.read_bytes())
+    return f"{digest.hexdigest()[:12]} ({len(files)} files)"
 
 
 def _venv_has_bytecode() -> bool:
@@ -503,6 +525,7 @@ def _verify(data_dir: Path, orders: int) -> list[tuple[str, bool, str]]:
 
 def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
     scale = ScaleResult(orders, args.days)
+    scale.code_before = _code_digest()
     base = root / f"orders_{orders}"
     data_dir, home = base / "data", base / "dagster_home"
     data_dir.mkdir(parents=True)
@@ -550,6 +573,10 @@ def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
     for floor in FLOOR_STAGES:
         record(_run_stage(floor, args, env))
     scale.wall_seconds = time.perf_counter() - began
+    scale.code_after = _code_digest()
+    if scale.code_after != scale.code_before:
+        print(f"  WARNING: etl_assets changed while this scale ran ({scale.code_before} -> {scale.code_after});"
+              " its stages may have run different code", flush=True)
     scale.verification = _verify(data_dir, orders)
     return scale
 
@@ -575,6 +602,8 @@ def print_scale(scale: ScaleResult) -> None:
     partitions = scale.days
     print(f"\n=== {scale.orders:,} orders, {partitions} daily partitions (~{scale.orders // partitions:,} orders each),"
           f" {scale.wall_seconds:,.0f}s wall for the whole scale ===")
+    changed = f", CHANGED to {scale.code_after} during the scale" if scale.code_after != scale.code_before else ""
+    print(f"etl_assets code digest {scale.code_before}{changed}")
     ctas_cpu = min((r.cpu_seconds for r in scale.floors.get("floor_ctas", []) if r.ok), default=None)
     header = (f"{'stage':<12} {'rows out':>12} {'work s':>9} {'process s':>9} {'orders/s':>12} {'peak RSS':>12}"
               f" {'RSS @start':>12} {'cpu s':>8} {'cpu/work':>8} {'x CTAS':>9} {'x parquet':>9} {'cpu x CTAS':>10}")

@@ -51,7 +51,7 @@ def warehouse_session(
     with ExitStack() as stack:
         while True:
             try:
-                con = stack.enter_context(warehouse.connect(read_only=read_only))
+                con = stack.enter_context(warehouse.connect(read_only=read_only, lock_wait_seconds=0))  # retried here
                 break
             except duckdb.Error as exc:
                 if not is_lock_conflict(exc):

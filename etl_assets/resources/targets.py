@@ -28,6 +28,8 @@ PARTITION_COLUMN = "_etl_partition"
 RUN_COLUMN = "_etl_run_id"
 LOADED_AT_COLUMN = "_etl_loaded_at"
 META_COLUMNS = (PARTITION_COLUMN, RUN_COLUMN, LOADED_AT_COLUMN)
+# A reader (a sensor, the metrics of a run) may hold the file for a moment; wait this long before giving up.
+LOCK_WAIT_SECONDS = 30.0
 # All DuckDB warehouse writes run in this Dagster pool; dagster.yaml gives it a single slot.
 WAREHOUSE_POOL = "duckdb_warehouse"
 
@@ -54,11 +56,18 @@ class DuckDBWarehouse(ConfigurableResource):
         return Path(self.path).expanduser().resolve() if self.path else current_settings().warehouse_path
 
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Open the warehouse. Writers must hold the ``duckdb_warehouse`` pool slot (assets declare it)."""
+    def connect(
+        self, read_only: bool = False, lock_wait_seconds: float = LOCK_WAIT_SECONDS
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the warehouse. Writers must hold the ``duckdb_warehouse`` pool slot (assets declare it).
+
+        Args:
+            read_only: Open read-only.
+            lock_wait_seconds: How long to retry while another process holds the file (0: fail at once).
+        """
         path = self.db_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = _open_waiting_for_lock(str(path), read_only)
+        con = _open_waiting_for_lock(str(path), read_only, lock_wait_seconds)
         try:
             yield con
         finally:
@@ -124,13 +133,9 @@ class DuckDBWarehouse(ConfigurableResource):
             ).fetchall()[0][0]
 
 
-# A reader (a sensor, the metrics of a run) may hold the file for a moment; wait this long before giving up.
-LOCK_WAIT_SECONDS = 30.0
-
-
-def _open_waiting_for_lock(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _open_waiting_for_lock(path: str, read_only: bool, wait_seconds: float) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, retrying while another process holds DuckDB's file lock."""
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    deadline = time.monotonic() + wait_seconds
     delay = 0.05
     while True:
         try:
