@@ -91,6 +91,20 @@ def _print_summary(data_dir: Path) -> None:
     print(f"lake: {data_dir / 'lake'}\nopen the UI with `make dev` (http://127.0.0.1:3000)")
 
 
+def _partitions_in_range(pdef, pipeline: str, start: str | None, end: str | None) -> list[str | None] | None:
+    """The partition keys from ``start`` to ``end`` (inclusive; default: the first, and ``start``); None, with a
+    message, when there are none."""
+    if pdef is None:
+        return [None]
+    keys = pdef.get_partition_keys()
+    start = start or keys[0]
+    end = end or start
+    partitions = [k for k in keys if start <= k <= end]
+    if not partitions:
+        print(f"no partitions of {pipeline} between {start} and {end}", file=sys.stderr)
+    return partitions or None
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     """Re-validate a pipeline's partitions from the raw lake and reload them (quarantine replay)."""
     from dagster import DagsterInstance
@@ -101,17 +115,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     _data_dir(args.data_dir)
     defs = build_definitions()
     job = defs.resolve_job_def(f"{args.pipeline}_revalidate")
-    pdef = job.partitions_def
-    if pdef is None:
-        partitions: list[str | None] = [None]
-    else:
-        keys = pdef.get_partition_keys()
-        start = args.start or keys[0]
-        end = args.end or start
-        partitions = [k for k in keys if start <= k <= end]
-        if not partitions:
-            print(f"no partitions of {args.pipeline} between {start} and {end}", file=sys.stderr)
-            return 2
+    partitions = _partitions_in_range(job.partitions_def, args.pipeline, args.start, args.end)
+    if partitions is None:
+        return 2
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     failed = 0
     for partition in partitions:
@@ -126,6 +132,43 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: "
               f"{valid} valid, {bad} still quarantined  (run {result.run_id})")
         failed += not result.success
+    return 1 if failed else 0
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    """Rebuild a pipeline's partitions, and the marts built from them, from the raw lake (no source call)."""
+    from dagster import AssetKey, DagsterInstance
+
+    from etl_assets.definitions import build_definitions
+    from etl_assets.recovery.rebuild import RebuildError, plan_rebuild, rebuild
+
+    _data_dir(args.data_dir)
+    defs = build_definitions()
+    try:
+        plan = plan_rebuild(defs, args.pipeline, downstream=not args.no_downstream)
+    except RebuildError as exc:
+        print(f"rebuild: {exc}", file=sys.stderr)
+        return 2
+    pdef = defs.resolve_asset_graph().get(AssetKey(["clean", args.pipeline])).partitions_def
+    partitions = _partitions_in_range(pdef, args.pipeline, args.start, args.end)
+    if partitions is None:
+        return 2
+    print(f"rebuilding {', '.join(k.to_user_string() for k in plan.keys)}")
+    if plan.skipped:
+        print(f"  not rebuilt (other partitioning; rebuild them on their own): "
+              f"{', '.join(k.to_user_string() for k in plan.skipped)}")
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    failed = 0
+    try:
+        for partition, result in rebuild(defs, instance, args.pipeline, partitions, downstream=not args.no_downstream):
+            rows = {e.asset_key.to_user_string(): e.materialization.metadata.get("dagster/row_count")
+                    for e in result.get_asset_materialization_events()}
+            loaded = ", ".join(f"{k} {getattr(v, 'value', v)}" for k, v in sorted(rows.items()) if v is not None)
+            print(f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: {loaded}  (run {result.run_id})")
+            failed += not result.success
+    except RebuildError as exc:
+        print(f"rebuild: {exc}", file=sys.stderr)
+        return 2
     return 1 if failed else 0
 
 
@@ -158,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--to", dest="end", help="last partition (default: --from)")
     replay.add_argument("--data-dir")
     replay.set_defaults(func=_cmd_replay)
+    rebuild = sub.add_parser("rebuild", help="rebuild partitions from the raw lake, with the marts built from them")
+    rebuild.add_argument("pipeline", help="a source pipeline, e.g. orders")
+    rebuild.add_argument("--from", dest="start", help="first partition (default: the first)")
+    rebuild.add_argument("--to", dest="end", help="last partition (default: --from)")
+    rebuild.add_argument("--no-downstream", action="store_true", help="only the pipeline itself, not its marts")
+    rebuild.add_argument("--data-dir")
+    rebuild.set_defaults(func=_cmd_rebuild)
     metrics = sub.add_parser("metrics", help="Prometheus metrics of the Dagster instance")
     metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True)
     serve_metrics = metrics_sub.add_parser("serve", help="serve /metrics (binds 127.0.0.1:9108 by default)")

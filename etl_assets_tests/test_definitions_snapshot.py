@@ -28,12 +28,12 @@ EXPECTED_CHECKS = sorted(
 )
 EXPECTED_JOBS = sorted([f"{n}_pipeline" for n in SOURCES + MARTS] + ["shop_daily", "shop_full_refresh"]
                        + [f"{n}_revalidate" for n in SOURCES]
-                       + ["pipeline_health_job"])
-EXPECTED_SCHEDULES = ["customers_schedule", "orders_schedule", "pipeline_health_schedule"]
+                       + ["pipeline_health_job", "lake_retention_job"])
+EXPECTED_SCHEDULES = ["customers_schedule", "lake_retention_schedule", "orders_schedule", "pipeline_health_schedule"]
 EXPECTED_SENSORS = sorted([
     "automation_condition_sensor", "fx_rates_file_sensor", "inventory_file_sensor", "landing_archive_sensor",
     "landing_quarantine_sensor", "orders_watermark_sensor", "products_file_sensor",
-    "alert_on_run_failure", "alert_on_check_failure", "freshness_checks_sensor",
+    "alert_on_run_failure", "alert_on_check_failure", "freshness_checks_sensor", "run_worker_watchdog",
 ])
 
 

@@ -305,6 +305,17 @@ class Retry(_Model):
     jitter: Literal["full", "plus_minus", "none"] = "plus_minus"
 
 
+class Retention(_Model):
+    """How long raw inputs are kept for rebuilds; unset keeps them forever.
+
+    ``raw_days`` applies to the raw lake partitions of a time-partitioned pipeline (by partition date), and
+    ``archive_days`` to loaded landing files in ``$ETL_DATA_DIR/archive/<name>/`` (by modification time).
+    """
+
+    raw_days: int | None = Field(None, ge=1)
+    archive_days: int | None = Field(None, ge=1)
+
+
 Target = Literal["duckdb", "postgres"]
 
 
@@ -330,6 +341,7 @@ class PipelineSpec(_Model):
     row_count: RowCount | None = None
     quality: Quality = Quality()
     retry: Retry = Retry()
+    retention: Retention = Retention()
 
     _check_name = field_validator("name", "domain")(_identifier)
 
@@ -355,6 +367,12 @@ class PipelineSpec(_Model):
         if self.source is not None and self.source.kind == "sql" and self.partitions.type != "none":
             if self.source.incremental_column is None:
                 raise SpecFieldError("source.incremental_column", "a partitioned sql source needs `incremental_column`", "name the column the partition window filters on")
+        if self.retention.raw_days is not None and (self.source is None or self.partitions.type == "none"):
+            raise SpecFieldError("retention.raw_days", "only a partitioned source pipeline has raw partitions to expire",
+                                 "remove retention.raw_days, or partition the pipeline")
+        if self.retention.archive_days is not None and (self.source is None or self.source.kind != "files"):
+            raise SpecFieldError("retention.archive_days", "only a files source archives landing files",
+                                 "remove retention.archive_days")
         if len(set(self.targets)) != len(self.targets):
             raise SpecFieldError("targets", "a target is listed twice", "list each target once")
         return self

@@ -1,0 +1,91 @@
+"""Rebuild from raw: re-derive a pipeline's partitions, and what is built from them, without asking the source.
+
+The raw lake keeps every partition as delivered (until ``retention.raw_days``), so clean data, the quarantine,
+the targets and the downstream marts of any partition can be rebuilt from it after a bug fix, a lost warehouse
+file or a bad load. Each partition is one run that replaces that partition everywhere, so a rebuild can be
+repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
+
+from etl_assets.lake import LakeStorage
+from etl_assets.runner import QUIET
+
+REBUILD_JOB = "__etl_rebuild"
+
+
+class RebuildError(ValueError):
+    """A rebuild cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RebuildPlan:
+    """What a rebuild of one pipeline materializes, and what it leaves alone.
+
+    Attributes:
+        keys: Assets rebuilt per partition (the pipeline without its raw asset, plus downstream assets that
+            share its partitioning).
+        skipped: Downstream assets with other partitioning; rebuild them on their own.
+    """
+
+    keys: list[AssetKey]
+    skipped: list[AssetKey]
+
+
+def plan_rebuild(defs: Definitions, pipeline: str, downstream: bool = True) -> RebuildPlan:
+    """The assets a rebuild of ``pipeline`` materializes.
+
+    Raises:
+        RebuildError: ``pipeline`` is not a source pipeline of this code location.
+    """
+    graph = defs.resolve_asset_graph()
+    raw, clean, quarantine = (AssetKey([stage, pipeline]) for stage in ("raw", "clean", "quarantine"))
+    if not graph.has(raw):
+        sources = sorted(k.path[1] for k in graph.get_all_asset_keys() if k.path[0] == "raw")
+        raise RebuildError(f"{pipeline} is not a source pipeline; rebuild one of: {', '.join(sources)}")
+    own = AssetSelection.assets(*[k for k in graph.get_all_asset_keys()
+                                  if k.path[0] in ("clean", "quarantine", "warehouse", "postgres") and k.path[1:] == [pipeline]])
+    selection = own | AssetSelection.assets(clean, quarantine).downstream() if downstream else own
+    keys = sorted(selection.resolve(graph), key=lambda k: k.to_user_string())
+    partitions = graph.get(clean).partitions_def
+    same = [k for k in keys if graph.get(k).partitions_def == partitions]
+    return RebuildPlan(keys=same, skipped=[k for k in keys if k not in same])
+
+
+def missing_raw_partitions(lake: LakeStorage, pipeline: str, partitions: Sequence[str | None]) -> list[str]:
+    """Partitions whose raw input is not in the lake (never extracted, or removed by retention)."""
+    return [p or "_all" for p in partitions if not lake.exists(["raw", pipeline], p)]
+
+
+def rebuild(defs: Definitions, instance: DagsterInstance, pipeline: str, partitions: Sequence[str | None],
+            downstream: bool = True):
+    """Rebuild ``partitions`` of ``pipeline`` from the raw lake, one run per partition.
+
+    Yields:
+        ``(partition, result)`` for each run, in order; a failed run does not stop the others.
+
+    Raises:
+        RebuildError: the pipeline is unknown, or a partition has no raw input (named, with the fix).
+    """
+    plan = plan_rebuild(defs, pipeline, downstream)
+    missing = missing_raw_partitions(LakeStorage(), pipeline, partitions)
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise RebuildError(
+            f"raw/{pipeline} has no lake data for partition(s) {shown} (never extracted, or removed by "
+            f"retention.raw_days); extract them again: dagster asset materialize -m etl_assets "
+            f"--select raw/{pipeline} --partition <key>")
+    job_defs = Definitions.merge(defs, Definitions(jobs=[define_asset_job(
+        REBUILD_JOB, selection=AssetSelection.assets(*plan.keys),
+        description=f"Rebuild {pipeline} from the raw lake",
+    )]))
+    job_def = job_defs.resolve_job_def(REBUILD_JOB)
+    for partition in partitions:
+        result = job_def.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
+                                            run_config=QUIET, tags={"etl/rebuild": pipeline})
+        yield partition, result

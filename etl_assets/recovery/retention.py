@@ -1,0 +1,104 @@
+"""Retention of raw inputs: raw lake partitions and archived landing files older than a spec allows are removed.
+
+Raw inputs are what a rebuild starts from (`etl-assets rebuild`), so nothing is removed unless a spec says so
+(``retention: {raw_days: N, archive_days: N}``). Clean data, quarantines and targets are never touched.
+"""
+
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagster import (
+    DefaultScheduleStatus,
+    MetadataValue,
+    OpExecutionContext,
+    Output,
+    ScheduleDefinition,
+    job,
+    op,
+)
+
+from etl_assets.lake import LakeStorage
+from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
+from etl_assets.resources.files import LandingFilesSource
+
+RETENTION_JOB = "lake_retention_job"
+RETENTION_SCHEDULE = "lake_retention_schedule"
+
+
+@dataclass(frozen=True)
+class Expired:
+    """One removed raw input."""
+
+    pipeline: str
+    kind: str  # "raw_partition" or "archived_file"
+    name: str
+
+
+def partition_date(partition: str) -> dt.date:
+    """The day a daily (``2024-01-31``) or hourly (``2024-01-31-05:00``) partition key falls on."""
+    return dt.date.fromisoformat(partition[:10])
+
+
+def expire_raw_inputs(
+    specs: Sequence[PipelineSpec], lake: LakeStorage, landing: LandingFilesSource, now: dt.datetime
+) -> list[Expired]:
+    """Remove the raw partitions and archived files that the specs' ``retention`` no longer keeps.
+
+    A raw partition is removed when its day is more than ``raw_days`` before ``now``'s day; an archived file
+    when it was last modified more than ``archive_days`` before ``now``.
+    """
+    removed: list[Expired] = []
+    for spec in specs:
+        keep = spec.retention
+        if keep.raw_days is not None:
+            cutoff = now.date() - dt.timedelta(days=keep.raw_days)
+            for partition in lake.partitions(["raw", spec.name]):
+                if partition is not None and partition_date(partition) < cutoff:
+                    lake.path_for(["raw", spec.name], partition).unlink(missing_ok=True)
+                    removed.append(Expired(spec.name, "raw_partition", partition))
+        if keep.archive_days is not None:
+            directory = archive_dir(landing, spec.name)
+            oldest = now.timestamp() - keep.archive_days * 86400
+            for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+                if path.is_file() and not path.is_symlink() and path.stat().st_mtime < oldest:
+                    path.unlink()
+                    removed.append(Expired(spec.name, "archived_file", path.name))
+    return removed
+
+
+def archive_dir(landing: LandingFilesSource, dataset: str) -> Path:
+    """Where loaded landing files of ``dataset`` are kept (see ``LandingFilesSource.archive``)."""
+    return landing.root_path().parent / "archive" / dataset
+
+
+def build_retention(specs: Sequence[LoadedSpec]):
+    """The retention job and its daily schedule (running by default: it removes only what specs allow)."""
+    pipeline_specs = [s.spec for s in specs]
+    configured = [s.name for s in pipeline_specs if s.retention.raw_days or s.retention.archive_days]
+
+    @op(required_resource_keys={"lake", "landing"})
+    def expire_raw(context: OpExecutionContext):
+        removed = expire_raw_inputs(pipeline_specs, context.resources.lake, context.resources.landing,
+                                    dt.datetime.now(dt.timezone.utc))
+        for item in removed:
+            context.log.info(f"retention: removed {item.kind} {item.pipeline}/{item.name}")
+        yield Output(len(removed), metadata={
+            "removed": len(removed),
+            "removed_items": MetadataValue.json([f"{i.pipeline}:{i.kind}:{i.name}" for i in removed][:500]),
+            "pipelines_with_retention": MetadataValue.json(configured),
+        })
+
+    @job(name=RETENTION_JOB, description="Remove raw lake partitions and archived landing files older than the "
+         "specs' `retention` (nothing when no spec sets it).")
+    def lake_retention_job():
+        expire_raw()
+
+    schedule = ScheduleDefinition(
+        name=RETENTION_SCHEDULE, job=lake_retention_job, cron_schedule="15 3 * * *", execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Daily at 03:15 UTC: apply the specs' retention of raw inputs.",
+    )
+    return lake_retention_job, schedule

@@ -1,0 +1,145 @@
+"""Run-level recovery under the real `dagster-daemon`: a run whose worker is SIGKILLed mid-way is marked failed
+(by Dagster's code server when only the worker died; by `run_worker_watchdog` when the daemon and code server died
+with it and were restarted) and re-executed from failure by run retries, with no person and no row lost or
+duplicated; and the watchdog's liveness test tells a live worker from a dead, a zombie and a reused pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from etl_assets.recovery.sensors import process_state, run_worker_pid
+from etl_assets_tests.test_daemon_e2e import REPO, START, YESTERDAY, Daemon, wait_for, warehouse
+
+ROWS = 400_000
+SPEC = f"""
+    name: events
+    domain: lab
+    source: {{kind: files, format: csv, glob: "events_*.csv"}}
+    partitions: {{type: daily, start: {START}}}
+    columns:
+      - {{name: event_id, type: BIGINT, nullable: false}}
+      - {{name: kind, type: VARCHAR, nullable: false}}
+      - {{name: amount, type: "DECIMAL(10,2)", nullable: false}}
+    primary_key: [event_id]
+    arrival: {{default_status: running, interval_seconds: 1, max_files_per_tick: 10}}
+    retry: {{max_retries: 0}}
+"""
+
+
+def test_repo_instance_config_enables_run_retries_and_monitoring(tmp_path):
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_retries_enabled and instance.run_retries_max_retries >= 1
+        # step failures are the RetryPolicy's job; run retries are for runs whose worker died
+        assert instance.run_retries_retry_on_asset_or_op_failure is False
+        assert instance.run_monitoring_enabled
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0  # a killed run's warehouse slot is freed
+
+
+def test_process_state_tells_alive_gone_zombie_and_reused_pids():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        now = time.time()
+        assert process_state(child.pid, now).state == "alive"
+        # the pid was logged long before this process started: the number was reused by another process
+        assert process_state(child.pid, now - 3600).state == "pid reused"
+        child.kill()
+        deadline = time.monotonic() + 10
+        while process_state(child.pid, now).state == "alive" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_state(child.pid, now).state == "zombie"  # killed, not yet reaped by its parent
+    finally:
+        child.kill()
+        child.wait()
+    assert process_state(child.pid, now).state == "gone"
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    home, data, specs = tmp_path / "home", tmp_path / "data", tmp_path / "specs"
+    for d in (home, data, specs):
+        d.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    (specs / "events.yaml").write_text(textwrap.dedent(SPEC))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs),
+           "ETL_WATCHDOG_INTERVAL_SECONDS": "2"}
+    landing = data / "landing" / "events"
+    landing.mkdir(parents=True)
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    yield env, landing, data, daemon
+    daemon.stop()
+
+
+def _materialized(instance: DagsterInstance, run_id: str) -> set[str]:
+    return {e.dagster_event.asset_key.to_user_string()
+            for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)}
+
+
+@pytest.mark.parametrize("killed", ["worker", "everything"])
+def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
+    env, landing, data, daemon = lab
+    part = landing / f"events_{YESTERDAY}.csv.part"
+    with open(part, "w") as fh:
+        fh.write("event_id,kind,amount\n")
+        fh.writelines(f"{i},{'buy' if i % 3 else 'view'},{i % 1000}.{i % 100:02d}\n" for i in range(ROWS))
+    part.rename(landing / f"events_{YESTERDAY}.csv")
+    daemon.start()
+    instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
+
+    def first_run():
+        runs = instance.get_runs(RunsFilter(job_name="events_pipeline"))
+        return runs[-1] if runs else None
+
+    wait_for("the file's run to start in a worker process",
+             lambda: first_run() is not None and run_worker_pid(instance, first_run().run_id) is not None, 240, daemon)
+    run = first_run()
+    pid, _ = run_worker_pid(instance, run.run_id)
+    wait_for("the extract step to finish",
+             lambda: "raw/events" in _materialized(instance, run.run_id), 180, daemon)
+    if killed == "worker":
+        os.kill(pid, signal.SIGKILL)  # mid-run: validation and the load have not finished
+    else:
+        daemon.kill()  # the daemon, its code server and the run worker, as when a machine or `dagster dev` dies
+        assert process_state(pid, time.time()).state != "alive"
+    assert "warehouse/events" not in _materialized(instance, run.run_id), "the run finished before it was killed"
+    if killed == "everything":
+        time.sleep(3)
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED  # nobody is left to notice
+        daemon.start()
+
+    wait_for("the killed run marked failed",
+             lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE, 120, daemon)
+    failure = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)
+    if killed == "everything":
+        assert any("run_worker_watchdog" in e.message and str(pid) in e.message for e in failure), [e.message for e in failure]
+    else:  # the code server saw its child die and said so
+        assert any("Run execution process" in e.message for e in instance.all_logs(
+            run.run_id, of_type=DagsterEventType.ENGINE_EVENT))
+
+    def retry():
+        runs = [r for r in instance.get_runs(RunsFilter(tags={"dagster/parent_run_id": run.run_id}))]
+        return runs[0] if runs else None
+
+    wait_for("run retries to re-execute it and succeed",
+             lambda: retry() is not None and retry().status == DagsterRunStatus.SUCCESS, 300, daemon)
+    again = retry()
+    assert again.tags.get("dagster/retry_number") == "1"  # launched by run retries, not by a person
+    # from failure: the finished extract was not run again, the rest was
+    done_again = _materialized(instance, again.run_id)
+    assert "raw/events" not in done_again and "warehouse/events" in done_again
+    assert warehouse(env, "SELECT count(*), count(DISTINCT event_id), min(event_id), max(event_id) FROM lab.events") \
+        == [(ROWS, ROWS, 0, ROWS - 1)]
+    assert warehouse(env, "SELECT DISTINCT _etl_partition FROM lab.events") == [(YESTERDAY,)]
+    wait_for("the loaded file archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == 1, 120, daemon)
