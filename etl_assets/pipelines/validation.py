@@ -59,11 +59,18 @@ def check_required_columns(dataset: str, columns: list[Column], raw_columns: lis
 def check_castable_types(dataset: str, columns: list[Column], raw_types: dict[str, str]) -> None:
     """Fail when a contract column arrives as a nested value (a list, struct or map) that no scalar cast can take.
 
+    JSON counts as nested: the files source keeps a column as JSON only when it holds objects or arrays.
+
     Raises:
         ContractError: naming the column and the type that arrived.
     """
     for column in columns:
         arrived = raw_types.get(column.name)
+        if arrived is not None and arrived.upper() == "JSON":
+            raise ContractError(
+                f"{dataset}: column {column.name} arrived as JSON holding objects or arrays (nested values), which "
+                f"cannot be cast to {column.type}; fix the source or the contract"
+            )
         if arrived is not None and any(marker in arrived.upper() for marker in ("STRUCT", "MAP(", "[]", "UNION")):
             raise ContractError(
                 f"{dataset}: column {column.name} arrived as {arrived}, which cannot be cast to {column.type}; "

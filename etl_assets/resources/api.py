@@ -9,13 +9,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import ConfigurableResource, get_dagster_logger
 
-from etl_assets.errors import PermanentSourceError, TransientSourceError
+from etl_assets.errors import ContractError, PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import ApiSource
 
 SOURCE_COLUMN = "_etl_source"
@@ -35,23 +36,58 @@ class ExtractStats:
 
 
 def _to_text_batch(records: list[dict], columns: list[str], source: str) -> pa.RecordBatch:
-    """One API page as a batch of text columns: the raw layer keeps values as delivered; validation casts them."""
+    """One API page as a batch of text columns: the raw layer keeps values as delivered; validation casts them.
+
+    Each value becomes the text of its JSON kind: a string as is, an integer with every digit, a float in its JSON
+    spelling (``20.0``, ``NaN``; a ``Decimal``, from ``parse_float=Decimal``, exactly as delivered), a boolean as
+    ``true``/``false``, null as null. An object or array in a column beyond the contract is kept as its JSON text.
+
+    Raises:
+        ContractError: a contract column holds an object or array, which no scalar type can take.
+    """
     seen = dict.fromkeys(columns)
     for record in records:
         seen.update(dict.fromkeys(record))
+    contract = set(columns)
     arrays, names = [], []
     for name in seen:
         values = [r.get(name) for r in records]
-        try:
-            array = pa.array(values)
-            array = array.cast(pa.string()) if not pa.types.is_string(array.type) else array
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            array = pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
-        arrays.append(array)
+        arrays.append(_text_array(values, name, name in contract, source))
         names.append(name)
     arrays.append(pa.array([source] * len(records), type=pa.string()))
     names.append(SOURCE_COLUMN)
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _text_array(values: list, name: str, in_contract: bool, source: str) -> pa.Array:
+    """``values`` of one column as text (see :func:`_to_text_batch`); one kind per column is converted by Arrow."""
+    kinds = {type(v) for v in values} - {type(None)}
+    if kinds <= {str}:
+        return pa.array(values, type=pa.string())
+    if kinds == {bool}:
+        return pa.array(values, type=pa.bool_()).cast(pa.string())
+    if kinds == {int}:
+        try:
+            return pa.array(values, type=pa.int64()).cast(pa.string())
+        except (OverflowError, pa.ArrowInvalid):
+            pass  # past int64: spelt out one by one below
+    if in_contract and kinds & {dict, list}:
+        row = next(i for i, v in enumerate(values) if isinstance(v, (dict, list)))
+        raise ContractError(
+            f"{source}: column {name} holds an object or array (record {row + 1} of the page), which cannot be "
+            "cast to a scalar contract type; fix the source, or remove the column from the spec's columns to load it as JSON text"
+        )
+    return pa.array([_scalar_text(v) for v in values], type=pa.string())
+
+
+def _scalar_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, Decimal)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)  # float, or nested (JSON text)
 
 
 class RestApiSource(ConfigurableResource):
