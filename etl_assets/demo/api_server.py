@@ -112,6 +112,13 @@ class FaultConfig:
         slow_seconds: Delay applied by the ``"slow"`` fault.
         seed: Seed of the generator deciding which requests are faulted, so that a given
             sequence of requests always meets the same faults.
+        fail_page: Page number (1-based, of ``GET /orders`` in either pagination style) whose
+            first ``fail_page_times`` requests get ``fail_page_kind``, whatever ``rate`` says;
+            0 turns this off. Counted per distinct request (path and query), so a client that
+            asks again for the same page meets the fault until the count is spent, and a
+            second partition's page k is faulted as well.
+        fail_page_times: How many requests of each such page fail.
+        fail_page_kind: The fault those requests get, one of :data:`FAULT_KINDS`.
     """
 
     rate: float = 0.0
@@ -119,6 +126,9 @@ class FaultConfig:
     retry_after_seconds: int = 1
     slow_seconds: float = 3.0
     seed: int = 0
+    fail_page: int = 0
+    fail_page_times: int = 1
+    fail_page_kind: str = "500"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
@@ -133,6 +143,10 @@ class FaultConfig:
             raise ValueError(f"retry_after_seconds must be >= 0, got {self.retry_after_seconds}")
         if self.slow_seconds < 0:
             raise ValueError(f"slow_seconds must be >= 0, got {self.slow_seconds}")
+        if self.fail_page < 0 or self.fail_page_times < 0:
+            raise ValueError(f"fail_page and fail_page_times must be >= 0, got {self.fail_page}, {self.fail_page_times}")
+        if self.fail_page_kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fail_page_kind {self.fail_page_kind!r}; expected one of {list(FAULT_KINDS)}")
 
     @classmethod
     def parse(cls, spec: str) -> FaultConfig:
@@ -140,7 +154,8 @@ class FaultConfig:
 
         Args:
             spec: Comma-separated ``key=value`` pairs naming fields of this class, with
-                ``kinds`` joined by ``+``, e.g. ``"rate=0.1,kinds=500+429+truncated,slow_seconds=2"``.
+                ``kinds`` joined by ``+``, e.g. ``"rate=0.1,kinds=500+429+truncated,slow_seconds=2"`` or
+                ``"fail_page=3,fail_page_times=6,fail_page_kind=503"``.
                 Omitted fields keep their defaults; an empty string means no faults.
 
         Returns:
@@ -155,6 +170,9 @@ class FaultConfig:
             "retry_after_seconds": int,
             "slow_seconds": float,
             "seed": int,
+            "fail_page": int,
+            "fail_page_times": int,
+            "fail_page_kind": str,
         }
         values: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -211,6 +229,16 @@ def _single_values(query: str, allowed: frozenset[str]) -> dict[str, str]:
             raise _BadRequest(f"parameter {name!r} given more than once")
         values[name] = given[0]
     return values
+
+
+def _filter_conditions(params: Mapping[str, str]) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions and their values for the ``/orders`` filters present in ``params``."""
+    bounds = {name: _timestamp_param(params, name) for name, _ in _FILTERS}
+    if bounds["ordered_from"] and bounds["ordered_to"] and bounds["ordered_from"] > bounds["ordered_to"]:
+        raise _BadRequest("ordered_from must not be later than ordered_to")
+    conditions = [condition for name, condition in _FILTERS if bounds[name] is not None]
+    values = [value for value in bounds.values() if value is not None]
+    return conditions, values
 
 
 def _conjunction(conditions: list[str]) -> str:
@@ -356,6 +384,7 @@ class DemoApiServer:
         self._lock = threading.Lock()
         self._requests_total = 0
         self._faults_injected: collections.Counter[str] = collections.Counter()
+        self._page_requests: collections.Counter[tuple[str, ...]] = collections.Counter()
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
         # Not closed by stop(): DuckDB refuses to close a connection while a cursor of it is
@@ -439,6 +468,39 @@ class DemoApiServer:
             self._faults_injected[kind] += 1
             return kind
 
+    def _draw_page_fault(self, path: str, query: str) -> str | None:
+        """``fail_page_kind`` for the first ``fail_page_times`` requests of page ``fail_page`` of ``/orders``."""
+        faults = self._faults
+        if faults is None or not faults.fail_page or path != "/orders":
+            return None
+        try:
+            params = _single_values(query, _ORDERS_PARAMS)
+            page = self._page_number(params)
+        except _BadRequest:
+            return None  # answered as a bad request by the route
+        if page != faults.fail_page:
+            return None
+        signature = (path, *sorted(f"{k}={v}" for k, v in params.items()))
+        with self._lock:
+            if self._page_requests[signature] >= faults.fail_page_times:
+                return None
+            self._page_requests[signature] += 1
+            self._faults_injected[faults.fail_page_kind] += 1
+            return faults.fail_page_kind
+
+    def _page_number(self, params: dict[str, str]) -> int:
+        """The 1-based page a ``/orders`` request asks for; for a cursor, the rows up to it divided by ``limit``."""
+        if "limit" not in params and "cursor" not in params:
+            return _int_param(params, "page", 1, 10**9)
+        if "cursor" not in params:
+            return 1
+        limit = _int_param(params, "limit", None, MAX_PAGE_SIZE)
+        conditions, values = _filter_conditions(params)
+        conditions.append("order_id <= ?")
+        values.append(_decode_cursor(params["cursor"]))
+        (before,) = self._query(_SELECT_COUNT.format(where=_conjunction(conditions)), [self._orders_path, *values])[0]
+        return before // limit + 1
+
     def _authorized(self, authorization: str | None) -> bool:
         if self._token is None:
             return True
@@ -465,7 +527,7 @@ class DemoApiServer:
             )
             return
 
-        fault = self._draw_fault()
+        fault = self._draw_page_fault(path, url.query) or self._draw_fault()
         if fault in ("500", "503", "429"):
             handler.send_json(self._fault_response(fault))
             return
@@ -501,11 +563,7 @@ class DemoApiServer:
         return [dict(zip(_ORDER_COLUMNS, row)) for row in rows]
 
     def _orders(self, params: dict[str, str], host: str) -> _Response:
-        bounds = {name: _timestamp_param(params, name) for name, _ in _FILTERS}
-        if bounds["ordered_from"] and bounds["ordered_to"] and bounds["ordered_from"] > bounds["ordered_to"]:
-            raise _BadRequest("ordered_from must not be later than ordered_to")
-        conditions = [condition for name, condition in _FILTERS if bounds[name] is not None]
-        values = [value for value in bounds.values() if value is not None]
+        conditions, values = _filter_conditions(params)
 
         if "limit" in params or "cursor" in params:
             if "page" in params or "page_size" in params:

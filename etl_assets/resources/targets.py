@@ -8,6 +8,7 @@ re-run, a retry or a backfill leaves the same rows, and a crash mid-load leaves 
 from __future__ import annotations
 
 import io
+import os
 import time
 from contextlib import contextmanager
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, get_dagster_logger
 
 from etl_assets.lake import LakeTable
 from etl_assets.settings import current_settings, duckdb_connection
@@ -32,6 +33,9 @@ META_COLUMNS = (PARTITION_COLUMN, RUN_COLUMN, LOADED_AT_COLUMN)
 LOCK_WAIT_SECONDS = 30.0
 # All DuckDB warehouse writes run in this Dagster pool; dagster.yaml gives it a single slot.
 WAREHOUSE_POOL = "duckdb_warehouse"
+# Test-only hook, off unless set: seconds every load sleeps inside its transaction, after the DELETE and the
+# INSERT and before the COMMIT, so the crash tests (etl_assets_tests/test_recovery.py) can SIGKILL it there.
+TEST_PAUSE_IN_LOAD_ENV = "ETL_TEST_PAUSE_IN_LOAD_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class DuckDBWarehouse(ConfigurableResource):
                 rows = con.execute(
                     f"SELECT count(*) FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]
                 ).fetchall()[0][0]
+                _test_pause_before_commit(f"{schema}.{table}", partition)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -131,6 +136,17 @@ class DuckDBWarehouse(ConfigurableResource):
             return con.execute(
                 f"SELECT count(*) FROM {qualified(schema, table)} WHERE {PARTITION_COLUMN} = ?", [partition]
             ).fetchall()[0][0]
+
+
+def _test_pause_before_commit(table: str, partition: str) -> None:
+    """Sleep ``$ETL_TEST_PAUSE_IN_LOAD_SECONDS`` inside the open load transaction (crash tests only; unset: no-op)."""
+    value = os.environ.get(TEST_PAUSE_IN_LOAD_ENV)
+    if not value:
+        return
+    seconds = float(value)
+    get_dagster_logger().warning(
+        f"{TEST_PAUSE_IN_LOAD_ENV}: {table} partition {partition} written, pausing {seconds:g}s before COMMIT")
+    time.sleep(seconds)
 
 
 def _open_waiting_for_lock(path: str, read_only: bool, wait_seconds: float) -> duckdb.DuckDBPyConnection:
@@ -231,6 +247,7 @@ class PostgresTarget(ConfigurableResource):
                     pacsv.write_csv(out, buf, pacsv.WriteOptions(include_header=False))
                     copy.write(buf.getvalue())
                     rows += batch.num_rows
+            _test_pause_before_commit(f"{schema}.{table}", partition)  # the connection block commits on exit
         return LoadResult(f"{schema}.{table}", partition, rows, replaced, time.perf_counter() - started)
 
 
