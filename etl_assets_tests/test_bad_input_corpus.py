@@ -468,6 +468,9 @@ SPECS.append(files_spec("json_kinds", "json", JSON_KINDS_COLUMNS, primary_key=["
 GROUPS["json_kinds"] = Group(runs=(Run("json_kinds", "json_kinds",
                                        {"kinds.json": JSON_KINDS_TEXT.encode(), "nothing.json": b"[]"},
                                        len(json.loads(JSON_KINDS_TEXT))),))
+# A key that first appears past the records DuckDB samples to find the columns (20,480 of a file).
+LATE_KEY_RECORDS = [*({"id": i, "tag": "t"} for i in range(1, 30_001)), {"id": 30_001, "tag": "late_key", "color": "red"}]
+GROUPS["json_late_key"] = _json_group("json_late_key", json.dumps(LATE_KEY_RECORDS))
 
 # --- Parquet whose schema drifted ----------------------------------------------------------------------------------
 
@@ -703,6 +706,13 @@ def _empty_file_beside_records(out: Outcome) -> None:
     assert {r[SOURCE_COLUMN] for r in out.clean} == {"kinds.json"}
 
 
+def _late_key_loaded_and_flagged(out: Outcome) -> None:
+    out.assert_conserved()
+    assert "color" in out.warehouse_columns, f"color dropped: {out.warehouse_columns}"
+    loaded("late_key", color="red")(out)
+    assert out.checks["schema_change"].metadata["new_columns"] == ["color"]
+
+
 def _bad_parent_first(out: Outcome) -> None:
     failed("needs parents loaded first", prefix="data_quality error")(out)
 
@@ -828,6 +838,10 @@ CASES = [
                      "gap: DuckDB's JSON parser reads a non-integer number as a DOUBLE, so a literal with more than 15 "
                      "significant digits loads rounded (0.12345678901234568)"))),
     pytest.param("json_kinds", "json_kinds", _empty_file_beside_records, id="json-empty-array-beside-records-adds-no-rows"),
+    pytest.param("json_late_key", "json_late_key", _late_key_loaded_and_flagged, id="json-key-first-seen-past-sample",
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "gap: the columns of a JSON file are the keys DuckDB sees in the first 20,480 records; a key "
+                     "first seen later is dropped without a word"))),
     # -- Parquet
     pytest.param("parquet_corrupt_footer", "parquet_corrupt_footer", failed("corrupt.parquet"), id="parquet-corrupt-footer"),
     pytest.param("parquet_nested_value_in_scalar_column", "parquet_nested_value_in_scalar_column",
