@@ -913,7 +913,7 @@ def test_api_values_arrive_as_the_text_of_their_json_kind() -> None:
     batch = _to_text_batch(records, ["big", "x", "flag", "mixed", "d"], "/items?page=1")
     assert batch.to_pydict() == {
         "big": ["9007199254740993", "2.5", "18446744073709551616"],  # an integer beside a float keeps every digit
-        "x": ["1.5", "NaN", "20.0"],
+        "x": ["1.5", "nan", "20.0"],
         "flag": ["true", "false", None],
         "mixed": ["true", "yes", "1"],
         "d": ["1.50", None, "1E+5"],  # a Decimal (json.loads(parse_float=Decimal)) exactly as delivered

@@ -38,9 +38,10 @@ class ExtractStats:
 def _to_text_batch(records: list[dict], columns: list[str], source: str) -> pa.RecordBatch:
     """One API page as a batch of text columns: the raw layer keeps values as delivered; validation casts them.
 
-    Each value becomes the text of its JSON kind: a string as is, an integer with every digit, a float in its JSON
-    spelling (``20.0``, ``NaN``; a ``Decimal``, from ``parse_float=Decimal``, exactly as delivered), a boolean as
-    ``true``/``false``, null as null. An object or array in a column beyond the contract is kept as its JSON text.
+    Each value becomes the text of its JSON kind: a string as is, an integer with every digit, a float as Python
+    spells it (``20.0``, ``nan``, ``inf``; a ``Decimal``, from ``json.loads(parse_float=Decimal)``, exactly as
+    delivered), a boolean as ``true``/``false``, null as null. An object or array in a column beyond the contract is
+    kept as its JSON text.
 
     Raises:
         ContractError: a contract column holds an object or array, which no scalar type can take.
@@ -71,6 +72,8 @@ def _text_array(values: list, name: str, in_contract: bool, source: str) -> pa.A
             return pa.array(values, type=pa.int64()).cast(pa.string())
         except (OverflowError, pa.ArrowInvalid):
             pass  # past int64: spelt out one by one below
+    if kinds == {float}:  # Arrow would spell 20.0 as "20"
+        return pa.array([None if v is None else repr(v) for v in values], type=pa.string())
     if in_contract and kinds & {dict, list}:
         row = next(i for i, v in enumerate(values) if isinstance(v, (dict, list)))
         raise ContractError(
@@ -83,11 +86,13 @@ def _text_array(values: list, name: str, in_contract: bool, source: str) -> pa.A
 def _scalar_text(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, Decimal)):
         return str(value)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)  # float, or nested (JSON text)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)  # nested: its JSON text
 
 
 class RestApiSource(ConfigurableResource):
