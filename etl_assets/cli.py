@@ -172,6 +172,26 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_reexecute(args: argparse.Namespace) -> int:
+    """Re-execute a failed run from failure, like the UI's "Re-execute -> From failure"."""
+    from dagster import DagsterInstance
+
+    from etl_assets.recovery.reexecute import ReexecuteError, reexecute_from_failure
+
+    _data_dir(args.data_dir)
+    if not os.environ.get("DAGSTER_HOME"):
+        print("reexecute: set DAGSTER_HOME to the instance that holds the run (make dev uses .dagster_home)", file=sys.stderr)
+        return 2
+    with DagsterInstance.get() as instance:
+        try:
+            run_id, success = reexecute_from_failure(instance, args.run_id)
+        except ReexecuteError as exc:
+            print(f"reexecute: {exc}", file=sys.stderr)
+            return 2
+    print(f"re-executed {args.run_id} from failure as run {run_id}: {'success' if success else 'FAILED'}")
+    return 0 if success else 1
+
+
 def _cmd_metrics(args: argparse.Namespace) -> int:
     from etl_assets.monitoring import prometheus
 
@@ -208,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     rebuild.add_argument("--no-downstream", action="store_true", help="only the pipeline itself, not its marts")
     rebuild.add_argument("--data-dir")
     rebuild.set_defaults(func=_cmd_rebuild)
+    reexecute = sub.add_parser("reexecute", help="re-execute a failed run from failure (steps that succeeded are kept)")
+    reexecute.add_argument("run_id")
+    reexecute.add_argument("--data-dir")
+    reexecute.set_defaults(func=_cmd_reexecute)
     metrics = sub.add_parser("metrics", help="Prometheus metrics of the Dagster instance")
     metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True)
     serve_metrics = metrics_sub.add_parser("serve", help="serve /metrics (binds 127.0.0.1:9108 by default)")

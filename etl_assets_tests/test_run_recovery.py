@@ -143,3 +143,65 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
         == [(ROWS, ROWS, 0, ROWS - 1)]
     assert warehouse(env, "SELECT DISTINCT _etl_partition FROM lab.events") == [(YESTERDAY,)]
     wait_for("the loaded file archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == 1, 120, daemon)
+
+
+REEXECUTE_SPECS = {
+    "kinds.yaml": """
+        name: kinds
+        domain: lab
+        source: {kind: files, format: csv, glob: "kinds*.csv"}
+        columns: [{name: kind, type: VARCHAR, nullable: false}]
+        primary_key: [kind]
+    """,
+    "visits.yaml": """
+        name: visits
+        domain: lab
+        source: {kind: files, format: csv, glob: "visits*.csv"}
+        columns:
+          - {name: visit_id, type: BIGINT, nullable: false}
+          - {name: kind, type: VARCHAR, nullable: false, references: {dataset: kinds, column: kind}}
+        primary_key: [visit_id]
+    """,
+}
+
+
+def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
+    home, data, specs = tmp_path / "home", tmp_path / "data", tmp_path / "specs"
+    for d in (home, data / "landing" / "visits", data / "landing" / "kinds", specs):
+        d.mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    for name, text in REEXECUTE_SPECS.items():
+        (specs / name).write_text(textwrap.dedent(text))
+    (data / "landing" / "visits" / "visits.csv").write_text("visit_id,kind\n1,view\n2,buy\n3,view\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs)}
+    bin_dir = Path(sys.executable).parent
+
+    def run(*args):
+        return subprocess.run([str(a) for a in args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    # visits refers to kinds, which is not loaded yet: extract succeeds, validation fails for good
+    first = run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets", "-j", "visits_pipeline")
+    assert first.returncode != 0
+    instance = DagsterInstance.from_config(str(home))
+    (failed,) = instance.get_runs(RunsFilter(job_name="visits_pipeline"))
+    assert failed.status == DagsterRunStatus.FAILURE
+    assert "raw/visits" in _materialized(instance, failed.run_id)
+
+    (data / "landing" / "kinds" / "kinds.csv").write_text("kind\nview\nbuy\n")  # the upstream is fixed
+    assert run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets", "-j", "kinds_pipeline").returncode == 0
+    (data / "landing" / "visits" / "visits.csv").unlink()  # re-execution must not need the source again
+    again = run(bin_dir / "etl-assets", "reexecute", failed.run_id)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"re-executed {failed.run_id} from failure" in again.stdout
+    child = instance.get_runs(RunsFilter(job_name="visits_pipeline"))[0]  # the newest
+    assert child.run_id != failed.run_id and child.parent_run_id == failed.run_id
+    assert child.status == DagsterRunStatus.SUCCESS
+    done = _materialized(instance, child.run_id)
+    assert "raw/visits" not in done and {"clean/visits", "warehouse/visits"} <= done
+    assert warehouse(env, "SELECT visit_id, kind FROM lab.visits ORDER BY 1") == [(1, "view"), (2, "buy"), (3, "view")]
+
+    # a run that succeeded, or one that does not exist, is refused with the reason
+    refused = run(bin_dir / "etl-assets", "reexecute", child.run_id)
+    assert refused.returncode == 2 and "succeeded; there is nothing to re-execute" in refused.stderr
+    missing = run(bin_dir / "etl-assets", "reexecute", "0" * 36)
+    assert missing.returncode == 2 and "no run" in missing.stderr

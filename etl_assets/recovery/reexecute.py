@@ -1,0 +1,54 @@
+"""Re-execution from failure from the command line (`etl-assets reexecute RUN_ID`), as the UI's "Re-execute ->
+From failure" does: the steps that succeeded are not run again, the parent's partition tags travel along."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
+
+from etl_assets.recovery.sensors import process_state, run_worker_pid
+
+JOB_ENV = "ETL_REEXECUTE_JOB"
+# `execute_job` only gets the tags it is given: the parent's partition (or range) must be passed on.
+_CARRIED_TAG_PREFIXES = ("dagster/partition", "dagster/asset_partition_range")
+
+
+class ReexecuteError(ValueError):
+    """The run cannot be re-executed; the message says why and what to do."""
+
+
+def _job_to_reexecute():
+    """The parent run's job, rebuilt from the specs (``reconstructable`` needs a module-level function)."""
+    from etl_assets.definitions import build_definitions
+
+    return build_definitions().resolve_job_def(os.environ[JOB_ENV])
+
+
+def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str, bool]:
+    """Re-execute ``run_id`` from failure in this process; returns the new run's id and whether it succeeded.
+
+    A run still marked STARTED whose worker process is gone (killed with the machine or the daemon) is first
+    reported failed, as ``run_worker_watchdog`` would.
+
+    Raises:
+        ReexecuteError: no such run, it succeeded, or it is still running.
+    """
+    parent = instance.get_run_by_id(run_id)
+    if parent is None:
+        raise ReexecuteError(f"no run {run_id} in the instance at $DAGSTER_HOME; list runs with `dagster run list`")
+    if parent.status == DagsterRunStatus.SUCCESS:
+        raise ReexecuteError(f"run {run_id} succeeded; there is nothing to re-execute")
+    if parent.status == DagsterRunStatus.STARTED:
+        worker = run_worker_pid(instance, run_id)
+        state = process_state(*worker) if worker else None
+        if state is not None and state.alive:
+            raise ReexecuteError(f"run {run_id} is still running (pid {state.pid}); wait for it or terminate it in the UI")
+        instance.report_run_failed(parent, message="marked failed by `etl-assets reexecute`: its worker is gone")
+    elif parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+        raise ReexecuteError(f"run {run_id} is {parent.status.value}; only a failed or canceled run can be re-executed")
+    os.environ[JOB_ENV] = parent.job_name
+    tags = {k: v for k, v in parent.tags.items() if k.startswith(_CARRIED_TAG_PREFIXES)}
+    options = ReexecutionOptions.from_failure(run_id, instance)
+    with execute_job(reconstructable(_job_to_reexecute), instance, tags=tags, reexecution_options=options) as result:
+        return result.run_id, result.success
