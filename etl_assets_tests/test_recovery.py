@@ -254,3 +254,263 @@ def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_
     assert sorted(loaded) == sorted((day, last[day]) for day in days)
     assert sorted(set(pg_rows(postgres_url, pg_schema, "rec_orders", ["_etl_partition", "_etl_run_id"]))) == \
         sorted((day, last[day]) for day in days)
+
+
+# ---------------------------------------------------------------------------------------------- 4. crash recovery
+
+# How long the killed process waits at each pause point of a load (ample to notice the pause and kill it).
+PAUSE_SECONDS = 1.5
+BIG_DAYS = ("2024-01-01", "2024-01-02")
+
+
+@pytest.fixture
+def crash_env(tmp_path: Path, specs_dir: Path, data_dir: Path) -> dict:
+    """Environment of the child processes: a DAGSTER_HOME with the project's dagster.yaml (the warehouse pool)."""
+    home = tmp_path / "dagster_home_crash"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    return {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data_dir), "ETL_PIPELINES_DIR": str(specs_dir)}
+
+
+def big_spec(name: str, domain: str, targets: str, partitioned: bool) -> str:
+    partitions = "partitions: {type: daily, start: 2024-01-01}" if partitioned else ""
+    regex = rf"partition_regex: '{name}_(?P<partition>\d{{4}}-\d{{2}}-\d{{2}})\.csv$'" if partitioned else ""
+    return textwrap.dedent(f"""
+        name: {name}
+        domain: {domain}
+        source:
+          kind: files
+          format: csv
+          glob: "{name}_*.csv"
+          {regex}
+        {partitions}
+        columns:
+          - {{name: id, type: BIGINT, nullable: false}}
+          - {{name: amount, type: "DECIMAL(12,2)", nullable: false}}
+          - {{name: label, type: VARCHAR}}
+        primary_key: [id]
+        quality: {{threshold: 0.5}}
+        targets: {targets}
+        retry: {{max_retries: 0}}
+    """)
+
+
+def write_csv(path: Path, version: int, rows: int, first_id: int = 0) -> None:
+    """``rows`` rows tagged with ``version``; every 997th has an amount that is not a number (quarantined)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    duckdb.execute(
+        f"COPY (SELECT {first_id} + i AS id, CASE WHEN i % 997 = 0 THEN 'n/a'"
+        f" ELSE CAST(round(i * 0.01 + {version}, 2) AS VARCHAR) END AS amount, 'v{version}-' || i AS label"
+        f" FROM range({rows}) t(i)) TO '{path}' (HEADER)")
+
+
+def csv_rows(path: Path) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Digests of the valid rows (id, amount, label) and of the quarantined ids of a CSV written by `write_csv`."""
+    rel = duckdb.read_csv(str(path), all_varchar=True)
+    valid = duckdb.sql("SELECT CAST(id AS BIGINT), CAST(amount AS DECIMAL(12,2)), label FROM rel WHERE amount <> 'n/a'")
+    bad = duckdb.sql("SELECT id FROM rel WHERE amount = 'n/a'")
+    return digest(valid.fetchall()), digest(bad.fetchall())
+
+
+def warehouse_partition(con, schema: str, table: str, partition: str) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Digests of one partition of a table (id, amount, label) and of its quarantine (ids)."""
+    valid = con.execute(
+        f'SELECT id, amount, label FROM "{schema}"."{table}" WHERE _etl_partition = ?', [partition]).fetchall()
+    bad = con.execute(f'SELECT id FROM quarantine."{table}" WHERE _etl_partition = ?', [partition]).fetchall()
+    return digest(valid), digest(bad)
+
+
+def run_until_paused(cmd: list[str], env: dict, until: tuple[str, ...], timeout: float = 120):
+    """Start ``cmd`` with the load pause hook on; return it and the pauses it logged once a pause mentions all of
+    ``until`` (it is then asleep at that point of the load)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**env, TEST_PAUSE_IN_LOAD_ENV: str(PAUSE_SECONDS)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    pauses: list[str] = []
+    log: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not pauses or not all(part in pauses[-1] for part in until):
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line is None:
+                raise AssertionError(f"the run ended before pausing at {until}:\n{''.join(log[-40:])}")
+            log.append(line)
+            if TEST_PAUSE_IN_LOAD_ENV in line:
+                pauses.append(line.split(TEST_PAUSE_IN_LOAD_ENV + ": ", 1)[1].strip())
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, pauses
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def fail_dead_run(instance: DagsterInstance) -> str:
+    """Mark the SIGKILLed run failed and free its pool slots, as run monitoring does; return its id."""
+    (run,) = instance.get_runs()[:1]
+    assert run.status == DagsterRunStatus.STARTED  # a killed run never reports its own end
+    instance.report_run_failed(run)
+    instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return run.run_id
+
+
+def reexecute_from_failure(env: dict, job: str, run_id: str, instance: DagsterInstance):
+    """Re-execute ``run_id`` from failure in a new process (bounded: a blocked re-run fails instead of hanging)."""
+    proc = subprocess.run([sys.executable, "-m", "etl_assets_tests.recovery_child", run_id], cwd=REPO,
+                          env={**env, JOB_ENV: job}, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, f"re-execution failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    (child,) = [r for r in instance.get_runs() if r.parent_run_id == run_id]
+    assert child.status == DagsterRunStatus.SUCCESS
+    return child
+
+
+def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_completes(
+        crash_env, specs_dir, data_dir):
+    """A range run replaces two partitions (main table and quarantine each); killed in the third transaction."""
+    (specs_dir / "rec_big.yaml").write_text(big_spec("rec_big", "rec", "[duckdb]", partitioned=True))
+    landing = data_dir / "landing" / "rec_big"
+    files = {day: landing / f"rec_big_{day}.csv" for day in BIG_DAYS}
+    for index, day in enumerate(BIG_DAYS):
+        write_csv(files[day], 1, 20_000, first_id=index * 10_000_000)
+    job = "rec_big_pipeline"
+    tags = {"dagster/asset_partition_range_start": BIG_DAYS[0], "dagster/asset_partition_range_end": BIG_DAYS[1]}
+    instance = DagsterInstance.from_config(crash_env["DAGSTER_HOME"])
+    result = build_definitions().resolve_job_def(job).execute_in_process(instance=instance, tags=tags, run_config=QUIET)
+    assert result.success
+    old = {day: csv_rows(files[day]) for day in BIG_DAYS}
+
+    # Version 2: the second partition gets more rows than a DuckDB row group, which an INSERT writes to the file
+    # before its COMMIT.
+    for index, (day, rows) in enumerate(zip(BIG_DAYS, (30_000, 130_000))):
+        write_csv(files[day], 2, rows, first_id=index * 10_000_000)
+    new = {day: csv_rows(files[day]) for day in BIG_DAYS}
+    cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job, "--tags", json.dumps(tags)]
+    proc, pauses = run_until_paused(cmd, crash_env, until=(f"rec.rec_big partition {BIG_DAYS[1]}", "before COMMIT"))
+    sigkill(proc)
+    assert [p.split(" written")[0] + (" commit" if "after" in p else "") for p in pauses] == [
+        f"rec.rec_big partition {BIG_DAYS[0]}", f"rec.rec_big partition {BIG_DAYS[0]} commit",
+        f"quarantine.rec_big partition {BIG_DAYS[0]}", f"quarantine.rec_big partition {BIG_DAYS[0]} commit",
+        f"rec.rec_big partition {BIG_DAYS[1]}"]  # killed inside this transaction
+    warehouse = data_dir / "warehouse.duckdb"
+    wal = warehouse.with_name(warehouse.name + ".wal")
+    wal_after_kill = wal.exists()
+
+    claimed = instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).claimed_slots
+    run_id = fail_dead_run(instance)
+    assert [(s.run_id, s.step_key) for s in claimed] == [(run_id, "warehouse__rec_big")], \
+        "the killed load held the warehouse pool slot; without freeing it every later load waits forever"
+    assert instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).claimed_slots == []
+
+    # Opened read-write, as the next load does: what was committed is there, the open transaction is gone.
+    with duckdb.connect(str(warehouse)) as con:
+        assert warehouse_partition(con, "rec", "rec_big", BIG_DAYS[0]) == new[BIG_DAYS[0]]  # committed before the kill
+        assert warehouse_partition(con, "rec", "rec_big", BIG_DAYS[1]) == old[BIG_DAYS[1]]  # all old, none new
+        assert con.execute("SELECT DISTINCT _etl_partition FROM rec.rec_big ORDER BY 1").fetchall() == \
+            [(d,) for d in BIG_DAYS]
+    assert not wal.exists(), f"the WAL (present after the kill: {wal_after_kill}) was not checkpointed"
+
+    child = reexecute_from_failure(crash_env, job, run_id, instance)
+    steps = {e.step_key for e in instance.all_logs(child.run_id, of_type=DagsterEventType.STEP_SUCCESS)}
+    assert steps == {"warehouse__rec_big"}, "only the interrupted load runs again"
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        for day in BIG_DAYS:
+            assert warehouse_partition(con, "rec", "rec_big", day) == new[day]
+        assert con.execute("SELECT count(*), count(DISTINCT id) FROM rec.rec_big").fetchall() == \
+            [(sum(new[d][0][0] for d in BIG_DAYS),) * 2]
+
+
+def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(crash_env, specs_dir, data_dir):
+    """Killed between a load's COMMIT and the checkpoint that closing the connection does: the WAL holds the commit."""
+    (specs_dir / "rec_wal.yaml").write_text(big_spec("rec_wal", "rec", "[duckdb]", partitioned=False))
+    source = data_dir / "landing" / "rec_wal" / "rec_wal_all.csv"
+    write_csv(source, 1, 5_000)
+    job = "rec_wal_pipeline"
+    instance = DagsterInstance.from_config(crash_env["DAGSTER_HOME"])
+    assert build_definitions().resolve_job_def(job).execute_in_process(instance=instance, run_config=QUIET).success
+    old = csv_rows(source)
+    write_csv(source, 2, 8_000)
+    new = csv_rows(source)
+
+    proc, _ = run_until_paused([str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job], crash_env,
+                               until=("rec.rec_wal partition _all", "after COMMIT"))
+    sigkill(proc)
+    warehouse = data_dir / "warehouse.duckdb"
+    wal = warehouse.with_name(warehouse.name + ".wal")
+    assert wal.exists() and wal.stat().st_size > 0, "the commit should be in the WAL only"
+    with duckdb.connect(str(warehouse)) as con:  # replays the WAL
+        valid, quarantined = warehouse_partition(con, "rec", "rec_wal", "_all")
+    assert (valid, quarantined) == (new[0], old[1])  # the committed table new; the next transaction never began
+    assert not wal.exists()
+
+    run_id = fail_dead_run(instance)
+    reexecute_from_failure(crash_env, job, run_id, instance)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert warehouse_partition(con, "rec", "rec_wal", "_all") == new
+
+
+def backends_on(url: str, schema: str, table: str) -> list[tuple]:
+    """(pid, state, lock mode) of other backends holding a lock on the table."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT a.pid, a.state, l.mode FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.relation = to_regclass(%s) AND a.pid <> pg_backend_pid()", [f'"{schema}"."{table}"']).fetchall()
+
+
+def pg_content(url: str, schema: str, table: str) -> tuple[int, str]:
+    return digest(pg_rows(url, schema, table, ["id", "amount", "label"]))
+
+
+def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blocks_the_rerun(
+        crash_env, specs_dir, data_dir, postgres_url, pg_schema, monkeypatch):
+    (specs_dir / "rec_pgload.yaml").write_text(big_spec("rec_pgload", pg_schema, "[postgres]", partitioned=False))
+    env = {**crash_env, "ETL_POSTGRES_URL": postgres_url}
+    source = data_dir / "landing" / "rec_pgload" / "rec_pgload_all.csv"
+    write_csv(source, 1, 40_000)
+    job = "rec_pgload_pipeline"
+    instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
+    monkeypatch.setenv("ETL_POSTGRES_URL", postgres_url)
+    result = build_definitions().resolve_job_def(job).execute_in_process(instance=instance, run_config=QUIET)
+    assert result.success
+    old, _ = csv_rows(source)
+    assert pg_content(postgres_url, pg_schema, "rec_pgload") == old
+
+    write_csv(source, 2, 70_000)
+    new, _ = csv_rows(source)
+    proc, _ = run_until_paused([str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job], env,
+                               until=("rec_pgload partition _all", "before COMMIT"))
+    try:
+        # Inside the transaction: DELETE and COPY done, not committed. Readers still see the previous rows.
+        holders = backends_on(postgres_url, pg_schema, "rec_pgload")
+        assert pg_content(postgres_url, pg_schema, "rec_pgload") == old
+    finally:
+        sigkill(proc)
+    assert [(state, mode) for _, state, mode in holders] == [("idle in transaction", "RowExclusiveLock")]
+    (pid, _, _) = holders[0]
+
+    # Postgres aborts the dead client's transaction when its socket closes and releases the locks.
+    deadline = time.monotonic() + 20
+    while backends_on(postgres_url, pg_schema, "rec_pgload") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert backends_on(postgres_url, pg_schema, "rec_pgload") == []
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone() == (0,)
+    assert pg_content(postgres_url, pg_schema, "rec_pgload") == old
+
+    run_id = fail_dead_run(instance)
+    reexecute_from_failure(env, job, run_id, instance)
+    assert pg_content(postgres_url, pg_schema, "rec_pgload") == new
+    with psycopg.connect(postgres_url) as conn:
+        partitions = conn.execute(sql.SQL("SELECT DISTINCT _etl_partition FROM {}").format(
+            sql.Identifier(pg_schema, "rec_pgload"))).fetchall()
+    assert partitions == [("_all",)]

@@ -34,7 +34,8 @@ LOCK_WAIT_SECONDS = 30.0
 # All DuckDB warehouse writes run in this Dagster pool; dagster.yaml gives it a single slot.
 WAREHOUSE_POOL = "duckdb_warehouse"
 # Test-only hook, off unless set: seconds every load sleeps inside its transaction, after the DELETE and the
-# INSERT and before the COMMIT, so the crash tests (etl_assets_tests/test_recovery.py) can SIGKILL it there.
+# INSERT and before the COMMIT (and, for DuckDB, again after the COMMIT, before closing the connection checkpoints
+# the WAL), so the crash tests (etl_assets_tests/test_recovery.py) can SIGKILL it there.
 TEST_PAUSE_IN_LOAD_ENV = "ETL_TEST_PAUSE_IN_LOAD_SECONDS"
 
 
@@ -118,11 +119,15 @@ class DuckDBWarehouse(ConfigurableResource):
                 rows = con.execute(
                     f"SELECT count(*) FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]
                 ).fetchall()[0][0]
-                _test_pause_before_commit(f"{schema}.{table}", partition)
+                _test_pause(f"{schema}.{table}", partition, "before COMMIT")
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:  # a failed COMMIT has already ended the transaction; keep its error
+                    pass
                 raise
+            _test_pause(f"{schema}.{table}", partition, "after COMMIT, before the checkpoint on close")
         return LoadResult(f"{schema}.{table}", partition, rows, replaced, time.perf_counter() - started)
 
     def partition_row_count(self, schema: str, table: str, partition: str) -> int:
@@ -138,14 +143,14 @@ class DuckDBWarehouse(ConfigurableResource):
             ).fetchall()[0][0]
 
 
-def _test_pause_before_commit(table: str, partition: str) -> None:
-    """Sleep ``$ETL_TEST_PAUSE_IN_LOAD_SECONDS`` inside the open load transaction (crash tests only; unset: no-op)."""
+def _test_pause(table: str, partition: str, moment: str) -> None:
+    """Sleep ``$ETL_TEST_PAUSE_IN_LOAD_SECONDS`` at ``moment`` of a load (crash tests only; unset: no-op)."""
     value = os.environ.get(TEST_PAUSE_IN_LOAD_ENV)
     if not value:
         return
     seconds = float(value)
     get_dagster_logger().warning(
-        f"{TEST_PAUSE_IN_LOAD_ENV}: {table} partition {partition} written, pausing {seconds:g}s before COMMIT")
+        f"{TEST_PAUSE_IN_LOAD_ENV}: {table} partition {partition} written, pausing {seconds:g}s {moment}")
     time.sleep(seconds)
 
 
@@ -247,7 +252,7 @@ class PostgresTarget(ConfigurableResource):
                     pacsv.write_csv(out, buf, pacsv.WriteOptions(include_header=False))
                     copy.write(buf.getvalue())
                     rows += batch.num_rows
-            _test_pause_before_commit(f"{schema}.{table}", partition)  # the connection block commits on exit
+            _test_pause(f"{schema}.{table}", partition, "before COMMIT")  # the connection block commits on exit
         return LoadResult(f"{schema}.{table}", partition, rows, replaced, time.perf_counter() - started)
 
 
