@@ -1,7 +1,7 @@
 """Protects the landing-zone files source (``LandingFilesSource.list_files`` / ``read``).
 
 Covers: CSV (with header, with a ``;`` delimiter), JSON arrays, NDJSON and Parquet each read
-completely with ``_etl_source`` naming the file and CSV kept as text; the spec glob and the
+completely with ``_etl_source`` naming the file and CSV and JSON kept as text; the spec glob and the
 partition taken from the file name; files still being written (``*.tmp``, ``*.part``, dotfiles)
 being ignored; symlinks and names escaping the dataset directory being refused; and clear
 ``PermanentSourceError`` messages for no files and corrupt files. Real files in ``tmp_path``,
@@ -101,13 +101,17 @@ def _as_is(r: dict) -> dict:
     return dict(r)
 
 
+def _as_json_text(r: dict) -> dict:
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in r.items()}
+
+
 @pytest.mark.parametrize(
     ("spec_args", "ext", "write", "expect"),
     [
         ({"format": "csv"}, "csv", _csv(",", "."), _as_text(".")),
         ({"format": "csv", "delimiter": ";"}, "csv", _csv(";", ","), _as_text(",")),
-        ({"format": "json"}, "json", _json_array, _as_is),
-        ({"format": "ndjson"}, "ndjson", _ndjson, _as_is),
+        ({"format": "json"}, "json", _json_array, _as_json_text),
+        ({"format": "ndjson"}, "ndjson", _ndjson, _as_json_text),
         ({"format": "parquet"}, "parquet", _parquet, _as_is),
     ],
     ids=["csv", "csv-semicolon", "json-array", "ndjson", "parquet"],
@@ -126,8 +130,8 @@ def test_each_format_is_read_completely_with_the_file_name(
     assert rel.columns == ["id", "code", "price", SOURCE_COLUMN]
     expected = [{**expect(r), SOURCE_COLUMN: f"{stem}.{ext}"} for stem, rows in ROWS.items() for r in rows]
     assert _rows(rel) == sorted(expected, key=lambda r: str(r["id"]))
-    if spec_args["format"] == "csv":
-        # all_varchar: leading zeros and decimal commas survive for validation to cast
+    if spec_args["format"] != "parquet":
+        # CSV all_varchar, JSON by kind: leading zeros, decimal commas, every digit survive for validation to cast
         assert set(map(str, rel.types)) == {"VARCHAR"}
 
 
@@ -192,7 +196,7 @@ def test_partition_read_only_sees_that_days_rows(landing: Path, con: duckdb.Duck
 
     rel = source.read(con, DATASET, spec, source.list_files(DATASET, spec, "2024-01-01"))
 
-    assert [(r["id"], r[SOURCE_COLUMN]) for r in _rows(rel)] == [(1, "items_2024-01-01.ndjson"), (2, "items_2024-01-01.ndjson")]
+    assert [(r["id"], r[SOURCE_COLUMN]) for r in _rows(rel)] == [("1", "items_2024-01-01.ndjson"), ("2", "items_2024-01-01.ndjson")]
 
 
 @pytest.mark.parametrize(
