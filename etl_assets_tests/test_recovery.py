@@ -514,3 +514,141 @@ def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blo
         partitions = conn.execute(sql.SQL("SELECT DISTINCT _etl_partition FROM {}").format(
             sql.Identifier(pg_schema, "rec_pgload"))).fetchall()
     assert partitions == [("_all",)]
+
+
+# ---------------------------------------------------------------------------------------------- 5. mid-extract failures
+
+
+def retry_errors(result, step_key: str) -> list[str]:
+    """The errors that sent ``step_key`` up for a step retry, as text with their causes."""
+    return [e.event_specific_data.error.to_string() for e in step_events(result, step_key, DagsterEventType.STEP_UP_FOR_RETRY)]
+
+
+def test_demo_api_fails_page_k_n_times_in_both_pagination_styles(shop_data):
+    """The fault mode the tests below rely on: page 3's first two requests fail, then it answers; other pages never."""
+    day = {"ordered_from": "2024-01-01T00:00:00+00:00", "ordered_to": "2024-01-02T00:00:00+00:00"}
+    faults = FaultConfig(fail_page=3, fail_page_times=2, fail_page_kind="503", retry_after_seconds=0)
+    with DemoApiServer(shop_data.orders_path, faults=faults) as api, httpx.Client(base_url=api.url) as client:
+        statuses, params, page = [], {**day, "limit": 50}, 1
+        while True:
+            response = client.get("/orders", params=params)
+            statuses.append((page, response.status_code))
+            if response.status_code != 200:
+                continue
+            if not response.json()["next_cursor"]:
+                break
+            params["cursor"], page = response.json()["next_cursor"], page + 1
+        by_number = [(n, client.get("/orders", params={**day, "page": n, "page_size": 50}).status_code)
+                     for n in (1, 2, 3, 3, 3, 4)]
+        assert api.faults_injected == {"503": 4}
+    assert statuses[:5] == [(1, 200), (2, 200), (3, 503), (3, 503), (3, 200)]
+    assert {s for _, s in statuses[5:]} == {200} and page > 3
+    assert by_number == [(1, 200), (2, 200), (3, 503), (3, 503), (3, 200), (4, 200)]
+    with pytest.raises(ValueError, match="fail_page_kind"):
+        FaultConfig(fail_page=1, fail_page_kind="418")
+    assert FaultConfig.parse("fail_page=3,fail_page_times=6,fail_page_kind=truncated") == \
+        FaultConfig(fail_page=3, fail_page_times=6, fail_page_kind="truncated")
+
+
+def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_place(
+        specs_dir, shop_data, rec_api, instance, data_dir):
+    (specs_dir / "rec_orders.yaml").write_text(orders_spec("rec", style="page"))
+    api = rec_api(FaultConfig(fail_page=3, fail_page_times=REQUEST_ATTEMPTS - 1, fail_page_kind="truncated"))
+    day = shop_data.partition_keys[0]
+    result = build_definitions().resolve_job_def("rec_orders_pipeline").execute_in_process(
+        instance=instance, partition_key=day, run_config=QUIET)
+    assert result.success
+    assert retry_errors(result, "raw__rec_orders") == []  # no step retry was needed
+    orders = source_orders(shop_data, day)
+    pages = -(-len(orders) // 50)
+    assert pages > 3 and api.faults_injected == {"truncated": REQUEST_ATTEMPTS - 1}
+    assert api.requests_total == pages + REQUEST_ATTEMPTS - 1
+    raw = result.asset_materializations_for_node("raw__rec_orders")[0].metadata
+    assert raw["request_retries"].value == REQUEST_ATTEMPTS - 1 and raw["pages"].value == pages
+    assert sorted(raw_order_ids(data_dir, "rec_orders", day)) == sorted(o for o, _ in orders)
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT order_id) FROM rec.rec_orders").fetchall() == \
+            [(sum(1 for _, s in orders if s != "cancelled"),) * 2]
+
+
+def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition_once(
+        specs_dir, shop_data, rec_api, instance, data_dir):
+    (specs_dir / "rec_orders.yaml").write_text(orders_spec("rec", style="cursor"))
+    api = rec_api(FaultConfig(fail_page=3, fail_page_times=REQUEST_ATTEMPTS, fail_page_kind="503", retry_after_seconds=0))
+    day = shop_data.partition_keys[1]
+    result = build_definitions().resolve_job_def("rec_orders_pipeline").execute_in_process(
+        instance=instance, partition_key=day, run_config=QUIET)
+    assert result.success
+    (error,) = retry_errors(result, "raw__rec_orders")
+    assert "TransientSourceError" in error and f"failed {REQUEST_ATTEMPTS} times, last with http_503" in error
+    orders = source_orders(shop_data, day)
+    pages = -(-len(orders) // 50)
+    # Attempt 1 read pages 1 and 2, then page 3 failed every time; attempt 2 read every page from the first.
+    assert api.requests_total == 2 + REQUEST_ATTEMPTS + pages
+    ids = raw_order_ids(data_dir, "rec_orders", day)
+    assert sorted(ids) == sorted(o for o, _ in orders) and len(set(ids)) == len(ids)
+    assert sorted(p.name for p in (data_dir / "lake" / "raw" / "rec_orders").iterdir()) == [f"{day}.parquet"]
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        loaded = con.execute("SELECT count(*), count(DISTINCT order_id) FROM rec.rec_orders").fetchall()
+        quarantined = con.execute("SELECT count(*) FROM quarantine.rec_orders").fetchall()
+    cancelled = sum(1 for _, s in orders if s == "cancelled")
+    assert loaded == [(len(orders) - cancelled,) * 2] and quarantined == [(cancelled,)]
+
+
+PG_SOURCE_ROWS = 300_000
+
+
+def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly(
+        specs_dir, data_dir, instance, postgres_url, pg_schema, monkeypatch):
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        # ~90 MB, so the ADBC stream spans several record batches (its batch size hint is 16 MB).
+        conn.execute(sql.SQL(
+            "CREATE TABLE {} AS SELECT g::bigint AS id, 'event ' || g AS label, repeat(md5(g::text), 8) AS pad"
+            " FROM generate_series(1, %s) AS g").format(sql.Identifier(pg_schema, "events")), [PG_SOURCE_ROWS])
+    (specs_dir / "rec_pgsrc.yaml").write_text(textwrap.dedent(f"""
+        name: rec_pgsrc
+        domain: rec
+        source: {{kind: sql, connection: rec_pg, default_url: "postgresql://127.0.0.1:9/none", table: {pg_schema}.events}}
+        columns:
+          - {{name: id, type: BIGINT, nullable: false}}
+          - {{name: label, type: VARCHAR, nullable: false}}
+          - {{name: pad, type: VARCHAR, nullable: false}}
+        primary_key: [id]
+        retry: {{max_retries: 2, delay_seconds: 0}}
+    """))
+    app = "etl_rec_" + uuid.uuid4().hex[:10]
+    monkeypatch.setenv("REC_PG_URL", f"{postgres_url}{'&' if '?' in postgres_url else '?'}application_name={app}")
+    raw_dir = data_dir / "lake" / "raw" / "rec_pgsrc"
+    terminated: list[bool] = []
+    stop = threading.Event()
+
+    def terminate_once_batches_arrive() -> None:
+        """Wait until the raw file being written holds a row group, then terminate the extract's backend."""
+        while not stop.is_set():
+            partial = [p for p in raw_dir.glob(".*.tmp") if p.exists() and p.stat().st_size > 4] if raw_dir.is_dir() else []
+            if partial:
+                with psycopg.connect(postgres_url, autocommit=True) as admin:
+                    terminated.extend(r[0] for r in admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                        [app]).fetchall())
+                return
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=terminate_once_batches_arrive, daemon=True)
+    killer.start()
+    try:
+        result = build_definitions().resolve_job_def("rec_pgsrc_pipeline").execute_in_process(
+            instance=instance, run_config=QUIET, raise_on_error=False)
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert terminated == [True], "the extract's backend should have been terminated while its stream was read"
+    assert result.success
+    (error,) = retry_errors(result, "raw__rec_pgsrc")
+    assert "TransientSourceError" in error and "mid-extract" in error
+    expected = [(PG_SOURCE_ROWS, PG_SOURCE_ROWS, PG_SOURCE_ROWS * (PG_SOURCE_ROWS + 1) // 2)]
+    assert duckdb.execute("SELECT count(*), count(DISTINCT id), sum(id) FROM read_parquet(?)",
+                          [str(raw_dir / "_all.parquet")]).fetchall() == expected
+    assert [p.name for p in raw_dir.iterdir()] == ["_all.parquet"]
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT id), sum(id) FROM rec.rec_pgsrc").fetchall() == expected
