@@ -207,7 +207,8 @@ def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], 
     """
     paths = [str(p) for p in files]
     try:
-        detected = con.read_json(paths, format=fmt, records="true", union_by_name=True)
+        # every record is looked at to find the keys: a key first seen past a sample would be dropped unseen
+        detected = con.read_json(paths, format=fmt, records="true", union_by_name=True, sample_size=-1)
     except duckdb.BinderException as exc:
         with_records = _files_with_records(con, dataset, files, fmt) if "expected records" in str(exc) else files
         if len(with_records) == len(files):
