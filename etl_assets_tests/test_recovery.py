@@ -7,8 +7,10 @@
 * Crash recovery: a real ``dagster job execute`` process is SIGKILLed inside a load transaction (after the DELETE
   and the INSERT, before the COMMIT; ``ETL_TEST_PAUSE_IN_LOAD_SECONDS`` holds it there). The DuckDB warehouse
   and the Postgres table then show each partition's previous rows, never a mix; the dead run is failed and its
-  pool slot freed, as run monitoring does, and a re-execution from failure in a new process completes with
-  exact rows (for Postgres: once the killed backend's transaction is gone, nothing blocks the re-run).
+  pool slot freed, as run monitoring does, and ``etl-assets reexecute`` (from failure, in a new process) completes
+  with exact rows. Postgres is killed in a first load too (the table, created in the transaction, is not there
+  after) and shows that the dead backend's locks go, so nothing blocks the re-run; DuckDB is also killed between
+  a COMMIT and the checkpoint that closing the connection does, and replays its WAL on the next open.
 * Mid-extract failures: an API page that fails a few times is retried per request; a page whose request retries
   run out fails the step, whose RetryPolicy re-runs it from page 1; a Postgres backend terminated while its
   ADBC stream is read is a transient error and the step retry completes. Each ends with the source rows
@@ -43,15 +45,15 @@ from psycopg import sql
 
 from etl_assets.definitions import build_definitions
 from etl_assets.demo import DemoApiServer, DemoManifest, FaultConfig
+from etl_assets.resources.api import RestApiSource
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, WAREHOUSE_POOL
-from etl_assets_tests.recovery_child import JOB_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RUN_SPECIFIC = ("_etl_run_id", "_etl_loaded_at")
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-# RestApiSource.max_attempts: requests per page before a transient failure is given up on and the step fails.
-REQUEST_ATTEMPTS = 6
+# Requests per page before a transient failure is given up on and the step fails.
+REQUEST_ATTEMPTS = RestApiSource(connection="rec_api", default_url="http://127.0.0.1:9").max_attempts
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -365,10 +367,10 @@ def fail_dead_run(instance: DagsterInstance) -> str:
     return run.run_id
 
 
-def reexecute_from_failure(env: dict, job: str, run_id: str, instance: DagsterInstance):
-    """Re-execute ``run_id`` from failure in a new process (bounded: a blocked re-run fails instead of hanging)."""
-    proc = subprocess.run([sys.executable, "-m", "etl_assets_tests.recovery_child", run_id], cwd=REPO,
-                          env={**env, JOB_ENV: job}, capture_output=True, text=True, timeout=150)
+def reexecute_from_failure(env: dict, run_id: str, instance: DagsterInstance):
+    """``etl-assets reexecute``, as an operator runs it (bounded: a re-run blocked by a lock fails, not hangs)."""
+    proc = subprocess.run([str(BIN / "etl-assets"), "reexecute", run_id], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, f"re-execution failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     (child,) = [r for r in instance.get_runs() if r.parent_run_id == run_id]
     assert child.status == DagsterRunStatus.SUCCESS
@@ -420,7 +422,7 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
             [(d,) for d in BIG_DAYS]
     assert not wal.exists(), f"the WAL (present after the kill: {wal_after_kill}) was not checkpointed"
 
-    child = reexecute_from_failure(crash_env, job, run_id, instance)
+    child = reexecute_from_failure(crash_env, run_id, instance)
     steps = {e.step_key for e in instance.all_logs(child.run_id, of_type=DagsterEventType.STEP_SUCCESS)}
     assert steps == {"warehouse__rec_big"}, "only the interrupted load runs again"
     with duckdb.connect(str(warehouse), read_only=True) as con:
@@ -454,7 +456,7 @@ def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(cra
     assert not wal.exists()
 
     run_id = fail_dead_run(instance)
-    reexecute_from_failure(crash_env, job, run_id, instance)
+    reexecute_from_failure(crash_env, run_id, instance)
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert warehouse_partition(con, "rec", "rec_wal", "_all") == new
 
@@ -471,44 +473,67 @@ def pg_content(url: str, schema: str, table: str) -> tuple[int, str]:
     return digest(pg_rows(url, schema, table, ["id", "amount", "label"]))
 
 
+def schema_backends(url: str, schema: str) -> list[tuple]:
+    """(pid, state) of other backends holding a lock on the schema or on a relation in it."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT DISTINCT a.pid, a.state FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE a.pid <> pg_backend_pid() AND ((l.locktype = 'object' AND l.classid = 'pg_namespace'::regclass"
+            " AND l.objid = to_regnamespace(%s)::oid)"
+            " OR l.relation IN (SELECT oid FROM pg_class WHERE relnamespace = to_regnamespace(%s)::oid))",
+            [schema, schema]).fetchall()
+
+
+def wait_until_released(url: str, schema: str, pid: int) -> None:
+    """Postgres aborts a dead client's transaction once it sees the socket closed, and releases its locks."""
+    deadline = time.monotonic() + 20
+    while schema_backends(url, schema) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert schema_backends(url, schema) == []
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone() == (0,)
+
+
 def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blocks_the_rerun(
-        crash_env, specs_dir, data_dir, postgres_url, pg_schema, monkeypatch):
+        crash_env, specs_dir, data_dir, postgres_url, pg_schema):
+    """Killed twice: in the first load (the table is created in the transaction) and in a reload."""
     (specs_dir / "rec_pgload.yaml").write_text(big_spec("rec_pgload", pg_schema, "[postgres]", partitioned=False))
     env = {**crash_env, "ETL_POSTGRES_URL": postgres_url}
     source = data_dir / "landing" / "rec_pgload" / "rec_pgload_all.csv"
-    write_csv(source, 1, 40_000)
     job = "rec_pgload_pipeline"
+    cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job]
+    paused_load = ("rec_pgload partition _all", "before COMMIT")
     instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
-    monkeypatch.setenv("ETL_POSTGRES_URL", postgres_url)
-    result = build_definitions().resolve_job_def(job).execute_in_process(instance=instance, run_config=QUIET)
-    assert result.success
+
+    write_csv(source, 1, 40_000)
     old, _ = csv_rows(source)
+    proc, _ = run_until_paused(cmd, env, until=paused_load)
+    try:
+        (loader,) = schema_backends(postgres_url, pg_schema)
+        created = pg_table_exists(postgres_url, pg_schema, "rec_pgload")
+    finally:
+        sigkill(proc)
+    assert loader[1] == "idle in transaction" and not created
+    wait_until_released(postgres_url, pg_schema, loader[0])
+    assert not pg_table_exists(postgres_url, pg_schema, "rec_pgload"), "a first load killed mid-way leaves nothing"
+    reexecute_from_failure(env, fail_dead_run(instance), instance)
     assert pg_content(postgres_url, pg_schema, "rec_pgload") == old
 
     write_csv(source, 2, 70_000)
     new, _ = csv_rows(source)
-    proc, _ = run_until_paused([str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job], env,
-                               until=("rec_pgload partition _all", "before COMMIT"))
+    proc, _ = run_until_paused(cmd, env, until=paused_load)
     try:
         # Inside the transaction: DELETE and COPY done, not committed. Readers still see the previous rows.
         holders = backends_on(postgres_url, pg_schema, "rec_pgload")
-        assert pg_content(postgres_url, pg_schema, "rec_pgload") == old
+        during = pg_content(postgres_url, pg_schema, "rec_pgload")
     finally:
         sigkill(proc)
     assert [(state, mode) for _, state, mode in holders] == [("idle in transaction", "RowExclusiveLock")]
-    (pid, _, _) = holders[0]
-
-    # Postgres aborts the dead client's transaction when its socket closes and releases the locks.
-    deadline = time.monotonic() + 20
-    while backends_on(postgres_url, pg_schema, "rec_pgload") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert backends_on(postgres_url, pg_schema, "rec_pgload") == []
-    with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone() == (0,)
+    assert during == old
+    wait_until_released(postgres_url, pg_schema, holders[0][0])
     assert pg_content(postgres_url, pg_schema, "rec_pgload") == old
 
-    run_id = fail_dead_run(instance)
-    reexecute_from_failure(env, job, run_id, instance)
+    reexecute_from_failure(env, fail_dead_run(instance), instance)
     assert pg_content(postgres_url, pg_schema, "rec_pgload") == new
     with psycopg.connect(postgres_url) as conn:
         partitions = conn.execute(sql.SQL("SELECT DISTINCT _etl_partition FROM {}").format(
@@ -521,7 +546,8 @@ def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blo
 
 def retry_errors(result, step_key: str) -> list[str]:
     """The errors that sent ``step_key`` up for a step retry, as text with their causes."""
-    return [e.event_specific_data.error.to_string() for e in step_events(result, step_key, DagsterEventType.STEP_UP_FOR_RETRY)]
+    events = step_events(result, step_key, DagsterEventType.STEP_UP_FOR_RETRY)
+    return [e.event_specific_data.error.to_string() for e in events]
 
 
 def test_demo_api_fails_page_k_n_times_in_both_pagination_styles(shop_data):
@@ -574,7 +600,8 @@ def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_pl
 def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition_once(
         specs_dir, shop_data, rec_api, instance, data_dir):
     (specs_dir / "rec_orders.yaml").write_text(orders_spec("rec", style="cursor"))
-    api = rec_api(FaultConfig(fail_page=3, fail_page_times=REQUEST_ATTEMPTS, fail_page_kind="503", retry_after_seconds=0))
+    api = rec_api(FaultConfig(fail_page=3, fail_page_times=REQUEST_ATTEMPTS, fail_page_kind="503",
+                              retry_after_seconds=0))
     day = shop_data.partition_keys[1]
     result = build_definitions().resolve_job_def("rec_orders_pipeline").execute_in_process(
         instance=instance, partition_key=day, run_config=QUIET)
@@ -608,7 +635,8 @@ def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly
     (specs_dir / "rec_pgsrc.yaml").write_text(textwrap.dedent(f"""
         name: rec_pgsrc
         domain: rec
-        source: {{kind: sql, connection: rec_pg, default_url: "postgresql://127.0.0.1:9/none", table: {pg_schema}.events}}
+        source:
+          {{kind: sql, connection: rec_pg, default_url: "postgresql://127.0.0.1:9/none", table: {pg_schema}.events}}
         columns:
           - {{name: id, type: BIGINT, nullable: false}}
           - {{name: label, type: VARCHAR, nullable: false}}
@@ -625,7 +653,7 @@ def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly
     def terminate_once_batches_arrive() -> None:
         """Wait until the raw file being written holds a row group, then terminate the extract's backend."""
         while not stop.is_set():
-            partial = [p for p in raw_dir.glob(".*.tmp") if p.exists() and p.stat().st_size > 4] if raw_dir.is_dir() else []
+            partial = [p for p in raw_dir.glob(".*.tmp") if p.stat().st_size > 4] if raw_dir.is_dir() else []
             if partial:
                 with psycopg.connect(postgres_url, autocommit=True) as admin:
                     terminated.extend(r[0] for r in admin.execute(
