@@ -274,6 +274,13 @@ def crash_env(tmp_path: Path, specs_dir: Path, data_dir: Path) -> dict:
     return {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data_dir), "ETL_PIPELINES_DIR": str(specs_dir)}
 
 
+@pytest.fixture
+def crash_instance(crash_env: dict):
+    """The instance the child processes share, opened by the test to run, inspect and fail runs."""
+    with DagsterInstance.from_config(crash_env["DAGSTER_HOME"]) as instance:
+        yield instance
+
+
 def big_spec(name: str, domain: str, targets: str, partitioned: bool) -> str:
     partitions = "partitions: {type: daily, start: 2024-01-01}" if partitioned else ""
     regex = rf"partition_regex: '{name}_(?P<partition>\d{{4}}-\d{{2}}-\d{{2}})\.csv$'" if partitioned else ""
@@ -378,7 +385,7 @@ def reexecute_from_failure(env: dict, run_id: str, instance: DagsterInstance):
 
 
 def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_completes(
-        crash_env, specs_dir, data_dir):
+        crash_env, crash_instance, specs_dir, data_dir):
     """A range run replaces two partitions (main table and quarantine each); killed in the third transaction."""
     (specs_dir / "rec_big.yaml").write_text(big_spec("rec_big", "rec", "[duckdb]", partitioned=True))
     landing = data_dir / "landing" / "rec_big"
@@ -387,7 +394,7 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
         write_csv(files[day], 1, 20_000, first_id=index * 10_000_000)
     job = "rec_big_pipeline"
     tags = {"dagster/asset_partition_range_start": BIG_DAYS[0], "dagster/asset_partition_range_end": BIG_DAYS[1]}
-    instance = DagsterInstance.from_config(crash_env["DAGSTER_HOME"])
+    instance = crash_instance
     result = build_definitions().resolve_job_def(job).execute_in_process(instance=instance, tags=tags, run_config=QUIET)
     assert result.success
     old = {day: csv_rows(files[day]) for day in BIG_DAYS}
@@ -432,13 +439,14 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
             [(sum(new[d][0][0] for d in BIG_DAYS),) * 2]
 
 
-def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(crash_env, specs_dir, data_dir):
+def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
+        crash_env, crash_instance, specs_dir, data_dir):
     """Killed between a load's COMMIT and the checkpoint that closing the connection does: the WAL holds the commit."""
     (specs_dir / "rec_wal.yaml").write_text(big_spec("rec_wal", "rec", "[duckdb]", partitioned=False))
     source = data_dir / "landing" / "rec_wal" / "rec_wal_all.csv"
     write_csv(source, 1, 5_000)
     job = "rec_wal_pipeline"
-    instance = DagsterInstance.from_config(crash_env["DAGSTER_HOME"])
+    instance = crash_instance
     assert build_definitions().resolve_job_def(job).execute_in_process(instance=instance, run_config=QUIET).success
     old = csv_rows(source)
     write_csv(source, 2, 8_000)
@@ -495,7 +503,7 @@ def wait_until_released(url: str, schema: str, pid: int) -> None:
 
 
 def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blocks_the_rerun(
-        crash_env, specs_dir, data_dir, postgres_url, pg_schema):
+        crash_env, crash_instance, specs_dir, data_dir, postgres_url, pg_schema):
     """Killed twice: in the first load (the table is created in the transaction) and in a reload."""
     (specs_dir / "rec_pgload.yaml").write_text(big_spec("rec_pgload", pg_schema, "[postgres]", partitioned=False))
     env = {**crash_env, "ETL_POSTGRES_URL": postgres_url}
@@ -503,7 +511,7 @@ def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blo
     job = "rec_pgload_pipeline"
     cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job]
     paused_load = ("rec_pgload partition _all", "before COMMIT")
-    instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
+    instance = crash_instance
 
     write_csv(source, 1, 40_000)
     old, _ = csv_rows(source)
