@@ -846,10 +846,7 @@ CASES = [
     pytest.param("parquet_drift", "drift", _schema_change_names_new_column, id="parquet-new-column-loaded-and-flagged"),
     pytest.param("parquet_drift", "drift", quarantined("non_numeric_string_id", "type:id"),
                  id="parquet-column-retyped-string-for-bigint"),
-    pytest.param("parquet_drift", "drift", _boolean_amount_not_coerced, id="parquet-column-retyped-boolean-for-decimal",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "gap: TRY_CAST(true AS DECIMAL(5,2)) is 1.00, so a column that drifted to BOOLEAN loads as "
-                     "amounts; schema_change compares names only"))),
+    pytest.param("parquet_drift", "drift", _boolean_amount_not_coerced, id="parquet-column-retyped-boolean-for-decimal"),
 ]
 
 

@@ -294,9 +294,10 @@ def validation_check_specs(spec: PipelineSpec) -> list[AssetCheckSpec]:
 
 
 def _sample(con, where: str, params: list | None = None) -> MetadataValue:
-    rows = con.sql(f"SELECT * EXCLUDE ({validation.WARNINGS_COLUMN}) FROM tagged WHERE {where} LIMIT {SAMPLE_ROWS}",
-                   params=params).df()
-    rows = rows[[c for c in rows.columns if not c.startswith("__typed_")]]
+    """The first failing rows (values as delivered and ``_etl_errors``) from the flagged rows of the batch."""
+    row = f'"{validation.ROW_COLUMN}"'
+    rows = con.sql(f"SELECT * EXCLUDE ({validation.WARNINGS_COLUMN}, {row}) FROM {validation.FLAGGED}"
+                   f" WHERE {where} ORDER BY {row} LIMIT {SAMPLE_ROWS}", params=params).df()
     return MetadataValue.md(rows.to_markdown(index=False) if len(rows) else "(none)")
 
 
@@ -388,39 +389,43 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
         started = time.perf_counter()
         lake: LakeStorage = context.resources.lake
         con = duckdb_connection()
-        raw_rel = raw.relation(con)
-        raw_columns = raw_rel.columns
-        validation.check_required_columns(spec.name, spec.columns, raw_columns)
-        validation.check_castable_types(spec.name, spec.columns, dict(zip(raw_columns, map(str, raw_rel.types))))
-        con.register("raw", raw_rel)
-        for name in references:
-            ref_key = clean_key(name)
-            ref_partitions = lake.partitions(ref_key.path)
-            if not ref_partitions:
-                raise ContractError(f"{spec.name}: its relationship to {name} needs {name} loaded first; run it")
-            con.register(validation.reference_view(name), lake.table(ref_key.path, ref_partitions).relation(con))
-        others = [p for p in lake.partitions(ck.path) if (p or UNPARTITIONED) != partition] if spec.primary_key else []
-        if others:
-            keys = ", ".join(f'"{k}"' for k in spec.primary_key)
-            con.register(validation.OTHER_BATCHES, lake.table(ck.path, others).relation(con).project(keys))
-        rules, params = validation.contract_rules(spec.columns, spec.primary_key, raw_columns, bool(others))
-        tmp = lake.scratch_path(f"validate-{spec.name}-{partition}-{context.run.run_id}")
         try:
-            tagged = validation.tagged_sql(spec.columns, rules, raw_columns)
-            con.sql(tagged, params=validation.params_for(tagged, params)).write_parquet(str(tmp))
-            con.register("tagged", con.read_parquet(str(tmp)))
-            rows_in, rows_bad = con.execute(
-                f"SELECT count(*), count(*) FILTER (WHERE len({validation.ERRORS_COLUMN}) > 0) FROM tagged"
-            ).fetchall()[0]
-            counts: dict[str, int] = {}
-            for column in (validation.ERRORS_COLUMN, validation.WARNINGS_COLUMN):
-                counts.update(con.execute(
-                    f"SELECT reason, count(*) FROM (SELECT unnest({column}) AS reason FROM tagged) GROUP BY ALL"
-                ).fetchall())
+            if len(raw.paths) != 1:
+                raise LakeError(f"{raw.name}: validation reads one partition file at a time, got {len(raw.paths)}")
+            raw_rel = raw.relation(con)
+            raw_columns = raw_rel.columns
+            raw_types = dict(zip(raw_columns, map(str, raw_rel.types)))
+            validation.check_required_columns(spec.name, spec.columns, raw_columns)
+            validation.check_castable_types(spec.name, spec.columns, raw_types)
+            if validation.ROW_COLUMN in raw_columns or "file_row_number" in raw_columns:
+                raise ContractError(f"{spec.name}: the source has a column named {validation.ROW_COLUMN} or file_row_number, "
+                                    "which validation uses for row positions; rename it in the source")
+            # file_row_number: DuckDB's position of the row in its Parquet file (first-wins order and row identity)
+            con.register("raw", raw_rel.project(f'*, file_row_number AS "{validation.ROW_COLUMN}"'))
+            for name in references:
+                ref_key = clean_key(name)
+                ref_partitions = lake.partitions(ref_key.path)
+                if not ref_partitions:
+                    raise ContractError(f"{spec.name}: its relationship to {name} needs {name} loaded first; run it")
+                con.register(validation.reference_view(name), lake.table(ref_key.path, ref_partitions).relation(con))
+            others = [p for p in lake.partitions(ck.path) if (p or UNPARTITIONED) != partition] if spec.primary_key else []
+            if others:
+                # Only keys of other partitions within this batch's key range can match: read just those (Parquet
+                # row groups outside the range are skipped), not the whole history.
+                con.register("__etl_other_clean", lake.table(ck.path, others).relation(con))
+                low, high = con.sql(validation.key_bounds_sql(spec.columns, spec.primary_key, raw_types)).fetchall()[0]
+                con.execute(f"CREATE TEMP TABLE {validation.OTHER_BATCHES} AS "
+                            + validation.other_batch_keys_sql(spec.primary_key, "__etl_other_clean"), [low, high])
+            rules, params = validation.contract_rules(spec.columns, spec.primary_key, raw_columns, bool(others))
+            for _, statement in validation.batch_statements(spec.columns, spec.primary_key, rules, raw_columns, raw_types):
+                con.execute(statement, validation.params_for(statement, params))
+            rows_in = raw.num_rows
+            rows_bad = con.sql(f"SELECT count(*) FROM {validation.FLAGGED} WHERE len({validation.ERRORS_COLUMN}) > 0").fetchall()[0][0]
+            counts: dict[str, int] = dict(con.sql(validation.rule_counts_sql()).fetchall())
             validate_seconds = time.perf_counter() - started
             rows_valid = rows_in - rows_bad
             valid_share = rows_valid / rows_in if rows_in else 1.0
-            valid = con.sql(validation.valid_sql(spec.columns, raw_columns))
+            valid = con.sql(validation.valid_sql(spec.columns, raw_columns, raw_types, any_quarantined=rows_bad > 0))
             quarantined = con.sql(validation.quarantine_sql(raw_columns),
                                   params={"run_id": context.run.run_id, "partition": partition})
             yield Output(valid, "clean", metadata={
@@ -440,12 +445,7 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
                 metadata={"rows_in": rows_in, "rows_valid": clean_table.num_rows, "rows_quarantined": quarantine_table.num_rows},
             )]
             con.register("clean", clean_table.relation(con))
-            post_sql, post_rules = validation.violations_in_clean_sql(spec.columns, rules)
-            in_clean = dict(zip([r.name for r in post_rules], con.sql(post_sql, params=validation.params_for(post_sql, params)).fetchall()[0])) if post_sql else {}
-            if spec.primary_key:
-                keys = ", ".join(f'"{k}"' for k in spec.primary_key)
-                in_clean["duplicate_key"] = con.sql(
-                    f"SELECT count(*) FROM (SELECT {keys} FROM clean GROUP BY ALL HAVING count(*) > 1)").fetchall()[0][0]
+            in_clean = validation.violations_in_clean(con, spec.columns, spec.primary_key, rules, params, clean_table.paths)
             for family, severity in contract_families(spec).items():
                 family_rules = [r for r in rules if r.family == family]
                 names = [r.name for r in family_rules]
@@ -484,7 +484,6 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
             yield from results
         finally:
             con.close()
-            tmp.unlink(missing_ok=True)
 
     return validate
 
@@ -576,13 +575,15 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
         seconds = 0.0
         for partition in keys:  # a range run replaces its partitions one transaction each
             part = data if len(keys) == 1 else _one_partition(data, partition)
-            result = resource.replace_partition(spec.domain, spec.name, part, partition, context.run.run_id)
+            if quarantined is not None:  # the dataset and its quarantine are replaced in one transaction
+                q_part = quarantined if len(keys) == 1 else _one_partition(quarantined, partition)
+                result, q_result = resource.replace_partitions(
+                    [(spec.domain, spec.name, part), (QUARANTINE_SCHEMA, spec.name, q_part)], partition, context.run.run_id)
+                rows_quarantined += q_result.rows
+            else:
+                result = resource.replace_partition(spec.domain, spec.name, part, partition, context.run.run_id)
             rows, replaced, seconds = rows + result.rows, replaced + result.rows_replaced, seconds + result.seconds
             expected += part.num_rows
-            if quarantined is not None:
-                q_part = quarantined if len(keys) == 1 else _one_partition(quarantined, partition)
-                rows_quarantined += resource.replace_partition(
-                    QUARANTINE_SCHEMA, spec.name, q_part, partition, context.run.run_id).rows
         metadata = {
             "dagster/row_count": rows,
             "table": f"{spec.domain}.{spec.name}",

@@ -1,12 +1,22 @@
-"""Row-level contract validation as DuckDB SQL: every row is tagged with the rules it breaks, in one pass.
+"""Row-level contract validation as DuckDB SQL.
 
 Pure functions building SQL text from a validated spec. Identifiers are quoted; values from the spec (accepted
 values, bounds, patterns) are bind parameters, returned next to the SQL.
+
+A batch is validated in a few streaming passes over the raw partition (registered as ``raw``, with each row's
+position in its file as ``__etl_row``), none of which writes or sorts the whole batch:
+
+1. ``duplicate_keys_sql``: key tuples that occur more than once (a narrow GROUP BY; a small result), and
+   ``duplicate_rows_sql``: the rows that lose to an earlier row with the same key (a window over those rows only);
+2. ``flagged_sql``: the rows breaking any rule, with the names of the rules (a small table when most rows are good);
+3. ``valid_sql``: the clean data, typed, streamed from ``raw`` minus the rows flagged with an ERROR rule;
+   ``quarantine_sql``: the flagged rows with an ERROR rule, as delivered.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from etl_assets.errors import ContractError
@@ -18,6 +28,10 @@ ERRORS_COLUMN = "_etl_errors"
 WARNINGS_COLUMN = "_etl_warnings"
 _TYPED_PREFIX = "__typed_"
 OTHER_BATCHES = "__other_batches"
+ROW_COLUMN = "__etl_row"  # a raw row's position in its Parquet file (DuckDB's file_row_number)
+DUPLICATE_KEYS = "__etl_duplicate_keys"  # key tuples occurring more than once in the batch (NULLs included)
+DUPLICATE_ROWS = "__etl_duplicate_rows"  # positions of the rows that lose to an earlier row with the same key
+FLAGGED = "__etl_flagged"  # rows breaking any rule: values as delivered, position, rule lists
 
 # Check families generated from the contract, in a stable order.
 FAMILIES = ("valid_type", "not_null", "unique", "accepted_values", "range", "format", "relationship")
@@ -128,10 +142,9 @@ def contract_rules(
             rules.append(Rule(f"relationship:{column.name}", "relationship", sev,
                               f"{t} IS NOT NULL AND {t} NOT IN (SELECT {quote_ident(column.references.column)} FROM {ref})"))
     if primary_key:
-        keys = ", ".join(_typed(k) for k in primary_key)
-        not_null = " AND ".join(f"{_typed(k)} IS NOT NULL" for k in primary_key)
+        # the rows duplicate_rows_sql found: a key without NULLs seen at an earlier (_etl_source, position)
         rules.append(Rule("duplicate_key", "unique", "ERROR",
-                          f"{not_null} AND row_number() OVER (PARTITION BY {keys} ORDER BY {quote_ident(SOURCE_COLUMN)}) > 1"))
+                          f"{quote_ident(ROW_COLUMN)} IN (SELECT {quote_ident(ROW_COLUMN)} FROM {DUPLICATE_ROWS})"))
         if check_other_batches:
             match = " AND ".join(f"o.{quote_ident(k)} = typed.{_typed(k)}" for k in primary_key)
             rules.append(Rule("duplicate_key_across_batches", "unique", "ERROR",
@@ -146,21 +159,50 @@ def params_for(sql: str, params: dict[str, object]) -> dict[str, object] | None:
 
 
 _INTEGER_TYPES = ("SMALLINT", "INTEGER", "BIGINT")
+_NUMERIC_TYPES = (*_INTEGER_TYPES, "DOUBLE", "REAL")
+# Raw types that hold whole numbers only (Parquet and database sources deliver typed columns).
+_WHOLE_NUMBER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+                       "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
 
 
-def typed_value(expr: str, type_name: str) -> str:
+def _is_numeric(type_name: str) -> bool:
+    return type_name in _NUMERIC_TYPES or type_name.startswith("DECIMAL")
+
+
+def typed_value(expr: str, type_name: str, raw_type: str = "VARCHAR") -> str:
     """``expr`` cast to the contract type, NULL when it does not fit exactly.
 
-    DuckDB's TRY_CAST rounds a fraction into an integer ('1.5' -> 2) and drops the offset of a zoned value cast
-    to TIMESTAMP; both would alter data silently, so a fraction is a type error and a zoned timestamp is converted
-    to UTC (the session time zone) before the offset is dropped.
+    DuckDB's TRY_CAST rounds a fraction into an integer ('1.5' -> 2), drops the offset of a zoned value cast
+    to TIMESTAMP and turns a BOOLEAN into a number (true -> 1.00); each would alter data silently, so a fraction
+    is a type error for an integer column, a zoned timestamp is converted to UTC (the session time zone) before
+    the offset is dropped, and a BOOLEAN cast to a number goes through its text ('true'), which no number takes.
+
+    Args:
+        expr: The raw value.
+        type_name: The contract type.
+        raw_type: The DuckDB type the value arrived as (text from most sources; Parquet files keep theirs).
     """
-    if type_name in _INTEGER_TYPES:
+    raw = raw_type.upper()
+    if raw == "BOOLEAN" and _is_numeric(type_name):
+        return f"TRY_CAST(CAST({expr} AS VARCHAR) AS {type_name})"
+    if type_name in _INTEGER_TYPES and raw not in _WHOLE_NUMBER_TYPES:
         as_double = f"TRY_CAST({expr} AS DOUBLE)"
         return f"CASE WHEN {as_double} <> floor({as_double}) THEN NULL ELSE TRY_CAST({expr} AS {type_name}) END"
     if type_name == "TIMESTAMP":
         return f"TRY_CAST(TRY_CAST({expr} AS TIMESTAMPTZ) AS TIMESTAMP)"
     return f"TRY_CAST({expr} AS {type_name})"
+
+
+def _typed_expr(column: Column, raw_types: dict[str, str]) -> str:
+    """A contract column's typed value (NULL when the column did not arrive)."""
+    if column.name in raw_types:
+        return typed_value(quote_ident(column.name), column.type, raw_types[column.name])
+    return f"CAST(NULL AS {column.type})"
+
+
+def _typed_columns(columns: list[Column], raw_types: dict[str, str], names: list[str] | None = None) -> list[str]:
+    """``<typed value> AS "__typed_<col>"`` for the contract columns (``names`` only, when given)."""
+    return [f"{_typed_expr(c, raw_types)} AS {_typed(c.name)}" for c in columns if names is None or c.name in names]
 
 
 def _flag_list(rules: list[Rule]) -> str:
@@ -170,33 +212,73 @@ def _flag_list(rules: list[Rule]) -> str:
     return f"list_filter(list_value({cases}), lambda x: x IS NOT NULL)"
 
 
-def tagged_sql(columns: list[Column], rules: list[Rule], raw_columns: list[str], relation: str = "raw") -> str:
-    """SELECT over ``relation`` adding a typed copy of each contract column, ``_etl_errors`` (rules that quarantine
-    the row) and ``_etl_warnings`` (WARN rules, which only flag it)."""
-    present = set(raw_columns)
-    typed = [
-        f"{typed_value(quote_ident(c.name), c.type)} AS {_typed(c.name)}" if c.name in present
-        else f"CAST(NULL AS {c.type}) AS {_typed(c.name)}"
-        for c in columns
-    ]
-    errors = [r for r in rules if r.severity == "ERROR"]
-    warnings = [r for r in rules if r.severity == "WARN"]
+def duplicate_keys_sql(columns: list[Column], primary_key: list[str], raw_types: dict[str, str]) -> str:
+    """Key tuples (typed) that occur more than once in ``raw``, NULLs included; one narrow GROUP BY."""
+    keys = _typed_columns(columns, raw_types, primary_key)
+    return f"SELECT {', '.join(keys)} FROM raw GROUP BY ALL HAVING count(*) > 1"
+
+
+def duplicate_rows_sql(columns: list[Column], primary_key: list[str], raw_types: dict[str, str]) -> str:
+    """Positions of the rows whose key (without NULLs) was seen before: the first row by (``_etl_source``, position
+    in the file) wins, the others break ``duplicate_key``. Only rows with a key from ``DUPLICATE_KEYS`` are ranked."""
+    keys = _typed_columns(columns, raw_types, primary_key)
+    match = " AND ".join(f"r.{_typed(k)} = d.{_typed(k)}" for k in primary_key)
+    partition = ", ".join(f"r.{_typed(k)}" for k in primary_key)
+    row, source = quote_ident(ROW_COLUMN), quote_ident(SOURCE_COLUMN)
     return (
-        f"WITH typed AS (SELECT *, {', '.join(typed)} FROM {relation})"
-        f" SELECT *, {_flag_list(errors)} AS {ERRORS_COLUMN}, {_flag_list(warnings)} AS {WARNINGS_COLUMN} FROM typed"
+        f"SELECT r.{row} FROM (SELECT {row}, {source}, {', '.join(keys)} FROM raw) AS r"
+        f" SEMI JOIN {DUPLICATE_KEYS} AS d ON {match}"
+        f" QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY r.{source}, r.{row}) > 1"
     )
 
 
-def valid_sql(columns: list[Column], raw_columns: list[str], relation: str = "tagged") -> str:
-    """Rows with no broken ERROR rule, with contract columns typed; extra source columns pass through as delivered."""
+def key_bounds_sql(columns: list[Column], primary_key: list[str], raw_types: dict[str, str]) -> str:
+    """The smallest and largest value of the first key column in ``raw`` (to read only the matching part of other
+    partitions: their Parquet row groups outside the range are skipped)."""
+    first = _typed_expr(next(c for c in columns if c.name == primary_key[0]), raw_types)
+    return f"SELECT min({first}), max({first}) FROM raw"
+
+
+def other_batch_keys_sql(primary_key: list[str], relation: str) -> str:
+    """Distinct keys of other partitions' clean data (``relation``) whose first column lies between two bind
+    parameters (the batch's ``key_bounds_sql``); NULL bounds (a batch without keys) give none."""
+    keys = ", ".join(quote_ident(k) for k in primary_key)
+    return f"SELECT DISTINCT {keys} FROM {relation} WHERE {quote_ident(primary_key[0])} BETWEEN ? AND ?"
+
+
+def flagged_sql(columns: list[Column], rules: list[Rule], raw_columns: list[str], raw_types: dict[str, str]) -> str:
+    """Rows of ``raw`` breaking any rule: their values as delivered, their position (``__etl_row``), ``_etl_errors``
+    (rules that quarantine the row) and ``_etl_warnings`` (WARN rules, which only flag it).
+
+    The rule lists are built for the flagged rows only; a batch without bad rows gives an empty table.
+    """
+    typed = _typed_columns(columns, raw_types)
+    errors = [r for r in rules if r.severity == "ERROR"]
+    warnings = [r for r in rules if r.severity == "WARN"]
+    keep = [quote_ident(n) for n in raw_columns] + [quote_ident(ROW_COLUMN)]
+    broken = " OR ".join(f"({r.expr})" for r in rules) or "false"
+    return (
+        f"WITH typed AS (SELECT *, {', '.join(typed)} FROM raw)"
+        f" SELECT {', '.join(keep)}, {_flag_list(errors)} AS {ERRORS_COLUMN}, {_flag_list(warnings)} AS {WARNINGS_COLUMN}"
+        f" FROM typed WHERE {broken}"
+    )
+
+
+def valid_sql(columns: list[Column], raw_columns: list[str], raw_types: dict[str, str], any_quarantined: bool = True) -> str:
+    """The clean data: rows of ``raw`` not flagged with an ERROR rule, contract columns typed, extra source columns
+    as delivered. Streams ``raw`` once (an anti-join on the few quarantined positions)."""
     contract = {c.name for c in columns}
-    out = [f"{_typed(c.name)} AS {quote_ident(c.name)}" for c in columns]
+    out = [f"{_typed_expr(c, raw_types)} AS {quote_ident(c.name)}" for c in columns]
     out += [quote_ident(n) for n in raw_columns if n not in contract and n != SOURCE_COLUMN]
     out.append(quote_ident(SOURCE_COLUMN))
-    return f"SELECT {', '.join(out)} FROM {relation} WHERE len({ERRORS_COLUMN}) = 0"
+    sql = f"SELECT {', '.join(out)} FROM raw"
+    if any_quarantined:
+        row = quote_ident(ROW_COLUMN)
+        sql += f" WHERE {row} NOT IN (SELECT {row} FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0)"
+    return sql
 
 
-def quarantine_sql(raw_columns: list[str], relation: str = "tagged") -> str:
+def quarantine_sql(raw_columns: list[str]) -> str:
     """Rows breaking a rule: original values as text, the rules broken, where they came from, run and partition.
 
     ``$run_id`` and ``$partition`` are bind parameters.
@@ -204,16 +286,64 @@ def quarantine_sql(raw_columns: list[str], relation: str = "tagged") -> str:
     out = [f"CAST({quote_ident(n)} AS VARCHAR) AS {quote_ident(n)}" for n in raw_columns if n != SOURCE_COLUMN]
     out += [quote_ident(SOURCE_COLUMN), f"{ERRORS_COLUMN} AS _etl_reasons",
             "CAST($run_id AS VARCHAR) AS _etl_run_id", "CAST($partition AS VARCHAR) AS _etl_partition"]
-    return f"SELECT {', '.join(out)} FROM {relation} WHERE len({ERRORS_COLUMN}) > 0"
+    return f"SELECT {', '.join(out)} FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0 ORDER BY {quote_ident(ROW_COLUMN)}"
+
+
+def rule_counts_sql() -> str:
+    """Rows per broken rule (ERROR and WARN), from the flagged rows."""
+    return (f"SELECT reason, count(*) FROM (SELECT unnest(list_concat({ERRORS_COLUMN}, {WARNINGS_COLUMN})) AS reason"
+            f" FROM {FLAGGED}) GROUP BY ALL")
+
+
+_POST_FAMILIES = ("not_null", "accepted_values", "range", "format", "relationship")
+_FLOATING_TYPES = ("DOUBLE", "REAL")
+
+
+def post_condition_rules(rules: list[Rule]) -> list[Rule]:
+    """The ERROR value rules re-checked over the written clean data (every count must be 0). Type and uniqueness
+    rules are not among them: the clean data is typed, and uniqueness is ``duplicates_in_clean_sql``'s."""
+    return [r for r in rules if r.severity == "ERROR" and r.family in _POST_FAMILIES]
+
+
+def footer_checks_sql(columns: list[Column], rules: list[Rule]) -> tuple[str, list[Rule], dict[str, object]]:
+    """The post-conditions the clean files' Parquet footers settle without reading data: ``not_null`` (the NULL
+    count of every row group) and ``min``/``max`` (every row group's exact minimum or maximum within the bound).
+
+    Returns the SELECT (over ``parquet_metadata($clean_files)``; one value per rule: the violations, or NULL when
+    the footers do not settle it, e.g. a row group without exact statistics), the rules it answers and the bind
+    parameters it adds (``$clean_files`` is the caller's).
+    """
+    types = {c.name: c.type for c in columns}
+    exprs, answered, params = [], [], {}
+    for rule in post_condition_rules(rules):
+        family, _, column = rule.name.partition(":")
+        if family not in ("not_null", "min", "max") or (family != "not_null" and types[column] in _FLOATING_TYPES):
+            continue  # a NaN is in no min/max statistic
+        name = f"c{len(params)}"
+        params[name] = column
+        of_column = f"path_in_schema = ${name}"
+        if family == "not_null":
+            exprs.append(f"CASE WHEN count(*) FILTER (WHERE {of_column} AND stats_null_count IS NULL) = 0"
+                         f" THEN coalesce(sum(stats_null_count) FILTER (WHERE {of_column}), 0) END")
+        else:
+            stat, exact = ("stats_min_value", "min_is_exact") if family == "min" else ("stats_max_value", "max_is_exact")
+            value = f"TRY_CAST({stat} AS {types[column]})"
+            broken = rule.expr.replace(_typed(column), value)
+            exprs.append(f"CASE WHEN count(*) FILTER (WHERE {of_column} AND ({value} IS NULL OR {exact} IS NOT TRUE"
+                         f" OR ({broken}))) = 0 THEN 0 END")
+        answered.append(rule)
+    if not answered:
+        return "", [], {}
+    return f"SELECT {', '.join(exprs)} FROM parquet_metadata($clean_files)", answered, params
 
 
 def violations_in_clean_sql(columns: list[Column], rules: list[Rule], relation: str = "clean") -> tuple[str, list[Rule]]:
-    """Re-check the ERROR value rules over the written clean data (a post-condition: every count must be 0).
+    """Count, over the written clean data, the rows breaking each of ``rules`` (post-condition rules; every count
+    must be 0) by reading the columns they need.
 
-    Returns the SELECT (one count per rule, in order) and the rules it counts. Type and uniqueness rules are
-    excluded: the clean data is already typed, and uniqueness is checked with GROUP BY.
+    Returns the SELECT (one count per rule, in order) and the rules it counts.
     """
-    checked = [r for r in rules if r.severity == "ERROR" and r.family in ("not_null", "accepted_values", "range", "format", "relationship")]
+    checked = post_condition_rules(rules)
     if not checked:
         return "", []
     aliases = ", ".join(f"{quote_ident(c.name)} AS {_typed(c.name)}" for c in columns)
@@ -225,3 +355,58 @@ def violations_in_clean_sql(columns: list[Column], rules: list[Rule], relation: 
             expr = expr.replace(f"{quote_ident(name)} IS NULL", f"{_typed(name)} IS NULL")
         counts.append(f"count(*) FILTER (WHERE {expr})")
     return f"SELECT {', '.join(counts)} FROM (SELECT *, {aliases} FROM {relation}) AS typed", checked
+
+
+def duplicates_in_clean_sql(primary_key: list[str], relation: str = "clean") -> str:
+    """Key tuples occurring more than once in the written clean data (a post-condition: must be 0).
+
+    Clean rows are a subset of the batch's rows, so only keys in ``DUPLICATE_KEYS`` (those occurring more than
+    once in the batch, NULLs included) can occur twice: only the clean rows with those keys are grouped.
+    """
+    keys = ", ".join(f"c.{quote_ident(k)}" for k in primary_key)
+    match = " AND ".join(f"c.{quote_ident(k)} IS NOT DISTINCT FROM d.{_typed(k)}" for k in primary_key)
+    return (f"SELECT count(*) FROM (SELECT {keys} FROM {relation} AS c SEMI JOIN {DUPLICATE_KEYS} AS d ON {match}"
+            f" GROUP BY ALL HAVING count(*) > 1)")
+
+
+def batch_statements(
+    columns: list[Column], primary_key: list[str], rules: list[Rule], raw_columns: list[str], raw_types: dict[str, str]
+) -> list[tuple[str, str]]:
+    """The statements that validate a batch, in order, as (what it does, ``CREATE TEMP TABLE ...``).
+
+    They need ``raw`` (with ``__etl_row``) and, when the rules use them, the reference views and ``__other_batches``.
+    After them, ``valid_sql`` and ``quarantine_sql`` give the two outputs and ``rule_counts_sql`` the counts.
+    """
+    statements = []
+    if primary_key:
+        statements += [
+            ("duplicate keys: GROUP BY key HAVING count(*) > 1",
+             f"CREATE TEMP TABLE {DUPLICATE_KEYS} AS {duplicate_keys_sql(columns, primary_key, raw_types)}"),
+            ("duplicate rows: rank the rows with those keys (first wins)",
+             f"CREATE TEMP TABLE {DUPLICATE_ROWS} AS {duplicate_rows_sql(columns, primary_key, raw_types)}"),
+        ]
+    statements.append(("flagged rows: type and check every row, keep those breaking a rule",
+                        f"CREATE TEMP TABLE {FLAGGED} AS {flagged_sql(columns, rules, raw_columns, raw_types)}"))
+    return statements
+
+
+def violations_in_clean(con, columns: list[Column], primary_key: list[str], rules: list[Rule],
+                        params: dict[str, object], clean_files: Sequence[str]) -> dict[str, int]:
+    """Run the post-conditions over the written clean files (registered as ``clean``): rows breaking each
+    post-condition rule, and ``duplicate_key``, the keys occurring more than once. Every count must be 0.
+
+    ``not_null`` and range rules come from the Parquet footers where they settle them; the other rules read the
+    columns they need; uniqueness reads the key columns for the keys at risk only (``duplicates_in_clean_sql``).
+    """
+    found: dict[str, int] = {}
+    footer_sql, footer_rules, footer_params = footer_checks_sql(columns, rules)
+    if footer_sql:
+        bound = {**params, **footer_params, "clean_files": list(clean_files)}
+        values = con.sql(footer_sql, params=params_for(footer_sql, bound)).fetchall()[0]
+        found = {r.name: v for r, v in zip(footer_rules, values) if v is not None}
+    scan_sql, scanned = violations_in_clean_sql(columns, [r for r in post_condition_rules(rules) if r.name not in found])
+    if scan_sql:
+        found.update(zip([r.name for r in scanned], con.sql(scan_sql, params=params_for(scan_sql, params)).fetchall()[0]))
+    if primary_key:
+        found["duplicate_key"] = con.sql(duplicates_in_clean_sql(primary_key)).fetchall()[0][0]
+    return found
