@@ -386,7 +386,8 @@ def reexecute_from_failure(env: dict, run_id: str, instance: DagsterInstance):
 
 def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_completes(
         crash_env, crash_instance, specs_dir, data_dir):
-    """A range run replaces two partitions (main table and quarantine each); killed in the third transaction."""
+    """A range run replaces two partitions (main table and quarantine together, one transaction each); killed in
+    the second transaction."""
     (specs_dir / "rec_big.yaml").write_text(big_spec("rec_big", "rec", "[duckdb]", partitioned=True))
     landing = data_dir / "landing" / "rec_big"
     files = {day: landing / f"rec_big_{day}.csv" for day in BIG_DAYS}
@@ -405,31 +406,34 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
         write_csv(files[day], 2, rows, first_id=index * 10_000_000)
     new = {day: csv_rows(files[day]) for day in BIG_DAYS}
     cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job, "--tags", json.dumps(tags)]
-    proc, pauses = run_until_paused(cmd, crash_env, until=(f"rec.rec_big partition {BIG_DAYS[1]}", "before COMMIT"))
+    both = "rec.rec_big, quarantine.rec_big"
+    proc, pauses = run_until_paused(cmd, crash_env, until=(f"{both} partition {BIG_DAYS[1]}", "before COMMIT"))
     sigkill(proc)
     assert [p.split(" written")[0] + (" commit" if "after" in p else "") for p in pauses] == [
-        f"rec.rec_big partition {BIG_DAYS[0]}", f"rec.rec_big partition {BIG_DAYS[0]} commit",
-        f"quarantine.rec_big partition {BIG_DAYS[0]}", f"quarantine.rec_big partition {BIG_DAYS[0]} commit",
-        f"rec.rec_big partition {BIG_DAYS[1]}"]  # killed inside this transaction
+        f"{both} partition {BIG_DAYS[0]}", f"{both} partition {BIG_DAYS[0]} commit",
+        f"{both} partition {BIG_DAYS[1]}"]  # killed inside this transaction
     warehouse = data_dir / "warehouse.duckdb"
     wal = warehouse.with_name(warehouse.name + ".wal")
     wal_after_kill = wal.exists()
 
     claimed = instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).claimed_slots
-    run_id = fail_dead_run(instance)
+    (run,) = instance.get_runs()[:1]
+    run_id = run.run_id
+    assert run.status == DagsterRunStatus.STARTED  # a killed run never reports its own end
     assert [(s.run_id, s.step_key) for s in claimed] == [(run_id, "warehouse__rec_big")], \
-        "the killed load held the warehouse pool slot; without freeing it every later load waits forever"
-    assert instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).claimed_slots == []
+        "the killed load holds the warehouse pool slot; `etl-assets reexecute` must free it or it waits forever"
 
     # Opened read-write, as the next load does: what was committed is there, the open transaction is gone.
     with duckdb.connect(str(warehouse)) as con:
         assert warehouse_partition(con, "rec", "rec_big", BIG_DAYS[0]) == new[BIG_DAYS[0]]  # committed before the kill
-        assert warehouse_partition(con, "rec", "rec_big", BIG_DAYS[1]) == old[BIG_DAYS[1]]  # all old, none new
+        assert warehouse_partition(con, "rec", "rec_big", BIG_DAYS[1]) == old[BIG_DAYS[1]]  # all old (both tables)
         assert con.execute("SELECT DISTINCT _etl_partition FROM rec.rec_big ORDER BY 1").fetchall() == \
             [(d,) for d in BIG_DAYS]
     assert not wal.exists(), f"the WAL (present after the kill: {wal_after_kill}) was not checkpointed"
 
-    child = reexecute_from_failure(crash_env, run_id, instance)
+    child = reexecute_from_failure(crash_env, run_id, instance)  # marks the dead run failed and frees its slot
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    assert instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).claimed_slots == []
     steps = {e.step_key for e in instance.all_logs(child.run_id, of_type=DagsterEventType.STEP_SUCCESS)}
     assert steps == {"warehouse__rec_big"}, "only the interrupted load runs again"
     with duckdb.connect(str(warehouse), read_only=True) as con:
@@ -453,14 +457,14 @@ def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
     new = csv_rows(source)
 
     proc, _ = run_until_paused([str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job], crash_env,
-                               until=("rec.rec_wal partition _all", "after COMMIT"))
+                               until=("rec.rec_wal, quarantine.rec_wal partition _all", "after COMMIT"))
     sigkill(proc)
     warehouse = data_dir / "warehouse.duckdb"
     wal = warehouse.with_name(warehouse.name + ".wal")
     assert wal.exists() and wal.stat().st_size > 0, "the commit should be in the WAL only"
     with duckdb.connect(str(warehouse)) as con:  # replays the WAL
         valid, quarantined = warehouse_partition(con, "rec", "rec_wal", "_all")
-    assert (valid, quarantined) == (new[0], old[1])  # the committed table new; the next transaction never began
+    assert (valid, quarantined) == new  # the dataset and its quarantine were committed together
     assert not wal.exists()
 
     run_id = fail_dead_run(instance)

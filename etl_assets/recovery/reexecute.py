@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
 
 from etl_assets.recovery.sensors import process_state, run_worker_pid
 
@@ -25,11 +25,20 @@ def _job_to_reexecute():
     return build_definitions().resolve_job_def(os.environ[JOB_ENV])
 
 
+def _run_process(instance: DagsterInstance, run_id: str) -> tuple[int, float] | None:
+    """The process that started a run executed in place (``dagster job execute``, ``execute_in_process``)."""
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.RUN_START):
+        if entry.dagster_event is not None and entry.dagster_event.pid is not None:
+            return entry.dagster_event.pid, entry.timestamp
+    return None
+
+
 def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str, bool]:
     """Re-execute ``run_id`` from failure in this process; returns the new run's id and whether it succeeded.
 
-    A run still marked STARTED whose worker process is gone (killed with the machine or the daemon) is first
-    reported failed, as ``run_worker_watchdog`` would.
+    A run still marked STARTED whose process is gone (killed, or lost with the machine or the daemon) is first
+    reported failed, as ``run_worker_watchdog`` would; this must run on the machine that ran it. The run's
+    concurrency slots are freed before the re-execution claims them again.
 
     Raises:
         ReexecuteError: no such run, it succeeded, or it is still running.
@@ -40,13 +49,18 @@ def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str,
     if parent.status == DagsterRunStatus.SUCCESS:
         raise ReexecuteError(f"run {run_id} succeeded; there is nothing to re-execute")
     if parent.status == DagsterRunStatus.STARTED:
-        worker = run_worker_pid(instance, run_id)
+        worker = run_worker_pid(instance, run_id) or _run_process(instance, run_id)
         state = process_state(*worker) if worker else None
-        if state is not None and state.alive:
-            raise ReexecuteError(f"run {run_id} is still running (pid {state.pid}); wait for it or terminate it in the UI")
-        instance.report_run_failed(parent, message="marked failed by `etl-assets reexecute`: its worker is gone")
+        if state is None or state.alive:
+            why = f"its process (pid {state.pid}) is alive" if state else "no process is recorded for it"
+            raise ReexecuteError(f"run {run_id} is still STARTED and {why}; wait for it, or terminate it in the UI")
+        instance.report_run_failed(parent, message=f"marked failed by `etl-assets reexecute`: its process "
+                                   f"(pid {state.pid}) is {state.state}")
     elif parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
         raise ReexecuteError(f"run {run_id} is {parent.status.value}; only a failed or canceled run can be re-executed")
+    # a run killed mid-step never released its concurrency slots (the warehouse pool has one): without this the
+    # re-execution would wait for the slot for ever when no daemon runs run monitoring to free it
+    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
     os.environ[JOB_ENV] = parent.job_name
     tags = {k: v for k, v in parent.tags.items() if k.startswith(_CARRIED_TAG_PREFIXES)}
     options = ReexecutionOptions.from_failure(run_id, instance)

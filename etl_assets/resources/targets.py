@@ -80,46 +80,23 @@ class DuckDBWarehouse(ConfigurableResource):
 
     def replace_partition(self, schema: str, table: str, source: LakeTable, partition: str, run_id: str) -> LoadResult:
         """Replace ``partition`` of ``schema.table`` with the rows of ``source``, in one transaction."""
-        target = qualified(schema, table)
-        paths = list(source.paths)
+        return self.replace_partitions([(schema, table, source)], partition, run_id)[0]
+
+    def replace_partitions(
+        self, tables: list[tuple[str, str, LakeTable]], partition: str, run_id: str
+    ) -> list[LoadResult]:
+        """Replace ``partition`` of each ``(schema, table, source)`` in one transaction: a dataset and its
+        quarantine change together or not at all."""
         started = time.perf_counter()
+        results = []
+        names = ", ".join(f"{schema}.{table}" for schema, table, _ in tables)
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-                incoming = [
-                    (name, type_name)
-                    for name, type_name, *_ in con.execute(
-                        "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [paths]).fetchall()
-                    if name not in META_COLUMNS  # a quarantine file carries its own run and partition; ours win
-                ]
-                select = ", ".join(quote_ident(name) for name, _ in incoming)
-                con.execute(
-                    f"CREATE TABLE IF NOT EXISTS {target} AS SELECT {select}, CAST(NULL AS VARCHAR) AS {PARTITION_COLUMN},"
-                    f" CAST(NULL AS VARCHAR) AS {RUN_COLUMN}, CAST(NULL AS TIMESTAMPTZ) AS {LOADED_AT_COLUMN}"
-                    " FROM read_parquet(?, union_by_name = true) LIMIT 0",
-                    [paths],
-                )
-                existing = {r[0] for r in con.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-                    [schema, table],
-                ).fetchall()}
-                for name, type_name in incoming:
-                    if name not in existing:
-                        con.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {type_name}")
-                replaced = con.execute(
-                    f"DELETE FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]
-                ).fetchall()[0][0]
-                con.execute(
-                    f"INSERT INTO {target} BY NAME SELECT {select}, CAST(? AS VARCHAR) AS {PARTITION_COLUMN},"
-                    f" CAST(? AS VARCHAR) AS {RUN_COLUMN}, now() AS {LOADED_AT_COLUMN}"
-                    " FROM read_parquet(?, union_by_name = true)",
-                    [partition, run_id, paths],
-                )
-                rows = con.execute(
-                    f"SELECT count(*) FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]
-                ).fetchall()[0][0]
-                _test_pause(f"{schema}.{table}", partition, "before COMMIT")
+                for schema, table, source in tables:
+                    rows, replaced = _replace_in(con, schema, table, source, partition, run_id)
+                    results.append(LoadResult(f"{schema}.{table}", partition, rows, replaced, 0.0))
+                _test_pause(names, partition, "before COMMIT")
                 con.execute("COMMIT")
             except BaseException:
                 try:
@@ -127,8 +104,9 @@ class DuckDBWarehouse(ConfigurableResource):
                 except duckdb.Error:  # a failed COMMIT has already ended the transaction; keep its error
                     pass
                 raise
-            _test_pause(f"{schema}.{table}", partition, "after COMMIT, before the checkpoint on close")
-        return LoadResult(f"{schema}.{table}", partition, rows, replaced, time.perf_counter() - started)
+            _test_pause(names, partition, "after COMMIT, before the checkpoint on close")
+        seconds = time.perf_counter() - started
+        return [LoadResult(r.table, r.partition, r.rows, r.rows_replaced, seconds) for r in results]
 
     def partition_row_count(self, schema: str, table: str, partition: str) -> int:
         """Rows of ``partition`` in the table (0 when the table does not exist)."""
@@ -141,6 +119,44 @@ class DuckDBWarehouse(ConfigurableResource):
             return con.execute(
                 f"SELECT count(*) FROM {qualified(schema, table)} WHERE {PARTITION_COLUMN} = ?", [partition]
             ).fetchall()[0][0]
+
+
+def _replace_in(con: duckdb.DuckDBPyConnection, schema: str, table: str, source: LakeTable, partition: str,
+                run_id: str) -> tuple[int, int]:
+    """Inside an open transaction: create or widen ``schema.table`` for ``source``, delete ``partition``'s rows,
+    insert ``source``'s. Returns the partition's rows after, and the rows it replaced."""
+    target = qualified(schema, table)
+    paths = list(source.paths)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+    incoming = [
+        (name, type_name)
+        for name, type_name, *_ in con.execute(
+            "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [paths]).fetchall()
+        if name not in META_COLUMNS  # a quarantine file carries its own run and partition; ours win
+    ]
+    select = ", ".join(quote_ident(name) for name, _ in incoming)
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {target} AS SELECT {select}, CAST(NULL AS VARCHAR) AS {PARTITION_COLUMN},"
+        f" CAST(NULL AS VARCHAR) AS {RUN_COLUMN}, CAST(NULL AS TIMESTAMPTZ) AS {LOADED_AT_COLUMN}"
+        " FROM read_parquet(?, union_by_name = true) LIMIT 0",
+        [paths],
+    )
+    existing = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+        [schema, table],
+    ).fetchall()}
+    for name, type_name in incoming:
+        if name not in existing:
+            con.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {type_name}")
+    replaced = con.execute(f"DELETE FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]).fetchall()[0][0]
+    con.execute(
+        f"INSERT INTO {target} BY NAME SELECT {select}, CAST(? AS VARCHAR) AS {PARTITION_COLUMN},"
+        f" CAST(? AS VARCHAR) AS {RUN_COLUMN}, now() AS {LOADED_AT_COLUMN}"
+        " FROM read_parquet(?, union_by_name = true)",
+        [partition, run_id, paths],
+    )
+    rows = con.execute(f"SELECT count(*) FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]).fetchall()[0][0]
+    return rows, replaced
 
 
 def _test_pause(table: str, partition: str, moment: str) -> None:
