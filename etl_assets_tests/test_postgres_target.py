@@ -5,7 +5,8 @@ Lake partitions are real Parquet files written by ``LakeStorage``; they are load
 exactly (bigint, numeric(12,2), text with quotes, commas, newlines, backslashes and '' kept apart from NULL,
 timestamptz, date, boolean) with the column types the Arrow types map to; loading one partition three times
 leaves one copy; replacing one partition leaves the others untouched; a column that first appears in a later
-partition is added to the table; mixed-case names work because they are quoted as identifiers; and a load that
+partition is added to the table; mixed-case names work because they are quoted as identifiers; a load session hung
+inside its transaction is ended by Postgres with its locks released; and a load that
 fails part-way (a NOT NULL violated by a row in the second COPY chunk) leaves the partition's previous rows.
 """
 
@@ -255,3 +256,22 @@ def test_failure_mid_load_keeps_the_previous_rows(
         (P1, "run-good", n, "v1 0", "v1 9999"),
         (P2, "run-other", 10, "v1 0", "v1 9"),
     ]
+
+
+def test_a_load_session_hung_inside_its_transaction_is_ended_by_postgres(
+    lake: LakeStorage, postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that stops talking mid-transaction (hung, not dead) must not hold the table's locks for ever."""
+    target = PostgresTarget(url=postgres_url, idle_in_transaction_timeout_seconds=1)
+    target.replace_partition(pg_schema, "order_items", _partition(lake, P1, _rich_table()), P1, "run-1")
+    before = _rows(postgres_url, pg_schema, "order_items", ["item_id", RUN_COLUMN])
+    # the test-only hook holds the load after its DELETE and COPY, before COMMIT: longer than the timeout
+    monkeypatch.setenv("ETL_TEST_PAUSE_IN_LOAD_SECONDS", "3")
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+        target.replace_partition(pg_schema, "order_items", _partition(lake, P1, _rich_table(first_id=100)), P1, "run-2")
+    assert _rows(postgres_url, pg_schema, "order_items", ["item_id", RUN_COLUMN]) == before
+    with psycopg.connect(postgres_url) as conn:  # nothing is left holding a lock on the table
+        locks = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND pid <> pg_backend_pid()",
+            [sql.Identifier(pg_schema, "order_items").as_string(conn)]).fetchall()[0][0]
+    assert locks == 0

@@ -211,11 +211,20 @@ def _pg_type(arrow_type: pa.DataType) -> str:
 class PostgresTarget(ConfigurableResource):
     """A Postgres database as a serving target. Bulk COPY; partition replace in one transaction.
 
+    A load session that stops talking inside its transaction (a hung client, not a dead one: a dead one's
+    socket closes and Postgres aborts at once) is ended by Postgres after ``idle_in_transaction_timeout_seconds``,
+    releasing its locks; the partition keeps its previous rows and the step's retry loads it again. A load waits
+    at most ``lock_timeout_seconds`` for a lock another session holds on the table.
+
     Attributes:
         url: libpq URL (``postgresql://user@host:5432/db``); bind it with ``EnvVar("ETL_POSTGRES_URL")``.
+        idle_in_transaction_timeout_seconds: Postgres' ``idle_in_transaction_session_timeout`` for loads.
+        lock_timeout_seconds: Postgres' ``lock_timeout`` for loads.
     """
 
     url: str | None = None
+    idle_in_transaction_timeout_seconds: int = 300
+    lock_timeout_seconds: int = 120
 
     def _connect(self):
         import psycopg
@@ -235,6 +244,9 @@ class PostgresTarget(ConfigurableResource):
         columns = [f.name for f in arrow_schema] + [PARTITION_COLUMN, RUN_COLUMN]
         with self._connect() as conn, conn.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")
+            cur.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false),"
+                        " set_config('lock_timeout', %s, false)",
+                        [f"{self.idle_in_transaction_timeout_seconds}s", f"{self.lock_timeout_seconds}s"])
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             column_defs = [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(_pg_type(f.type))) for f in arrow_schema]
             column_defs += [
