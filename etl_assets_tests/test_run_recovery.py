@@ -19,22 +19,10 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from etl_assets.recovery.sensors import process_state, run_worker_pid
-from etl_assets_tests.test_daemon_e2e import REPO, START, YESTERDAY, Daemon, wait_for, warehouse
+from etl_assets_tests.test_daemon_e2e import REPO, SPECS, YESTERDAY, Daemon, wait_for, warehouse
 
 ROWS = 400_000
-SPEC = f"""
-    name: events
-    domain: lab
-    source: {{kind: files, format: csv, glob: "events_*.csv"}}
-    partitions: {{type: daily, start: {START}}}
-    columns:
-      - {{name: event_id, type: BIGINT, nullable: false}}
-      - {{name: kind, type: VARCHAR, nullable: false}}
-      - {{name: amount, type: "DECIMAL(10,2)", nullable: false}}
-    primary_key: [event_id]
-    arrival: {{default_status: running, interval_seconds: 1, max_files_per_tick: 10}}
-    retry: {{max_retries: 0}}
-"""
+SPEC = SPECS["events.yaml"]  # a daily files pipeline with its file sensor on
 
 
 def test_repo_instance_config_enables_run_retries_and_monitoring(tmp_path):
