@@ -232,7 +232,7 @@ def child_phases(explain: bool) -> dict:
     plans: list[str] = []
 
     def timed(label: str, sql: str, params=None, fetch: bool = False):
-        if explain:
+        if explain and not sql.startswith("UPDATE"):  # EXPLAIN ANALYZE runs the statement: an UPDATE only once
             rows = con.sql(f"EXPLAIN ANALYZE {sql}", params=params).fetchall()
             plans.append(f"-- {label}\n" + "\n".join(str(r[1]) for r in rows))
             if sql.startswith("CREATE TEMP TABLE"):

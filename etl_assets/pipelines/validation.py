@@ -4,13 +4,15 @@ Pure functions building SQL text from a validated spec. Identifiers are quoted; 
 values, bounds, patterns) are bind parameters, returned next to the SQL.
 
 A batch is validated in a few streaming passes over the raw partition (registered as ``raw``, with each row's
-position in its file as ``__etl_row``), none of which writes or sorts the whole batch:
+position in its file as ``__etl_row``), none of which writes or sorts the whole batch (``batch_statements``):
 
-1. ``duplicate_keys_sql``: key tuples that occur more than once (a narrow GROUP BY; a small result), and
-   ``duplicate_rows_sql``: the rows that lose to an earlier row with the same key (a window over those rows only);
-2. ``flagged_sql``: the rows breaking any rule, with the names of the rules (a small table when most rows are good);
+1. ``duplicate_keys_sql``: key tuples that occur more than once (a narrow GROUP BY; a small result);
+2. ``flagged_sql``: the rows breaking any rule, with the names of the rules (a small table when most rows are good),
+   then ``first_duplicate_wins_sql``: of the rows sharing a key, the first keeps it;
 3. ``valid_sql``: the clean data, typed, streamed from ``raw`` minus the rows flagged with an ERROR rule;
    ``quarantine_sql``: the flagged rows with an ERROR rule, as delivered.
+
+``violations_in_clean`` then runs the post-conditions over the files written.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ _TYPED_PREFIX = "__typed_"
 OTHER_BATCHES = "__other_batches"
 ROW_COLUMN = "__etl_row"  # a raw row's position in its Parquet file (DuckDB's file_row_number)
 DUPLICATE_KEYS = "__etl_duplicate_keys"  # key tuples occurring more than once in the batch (NULLs included)
-DUPLICATE_ROWS = "__etl_duplicate_rows"  # positions of the rows that lose to an earlier row with the same key
 FLAGGED = "__etl_flagged"  # rows breaking any rule: values as delivered, position, rule lists
+DUPLICATE_KEY = "duplicate_key"
 
 # Check families generated from the contract, in a stable order.
 FAMILIES = ("valid_type", "not_null", "unique", "accepted_values", "range", "format", "relationship")
@@ -142,9 +144,9 @@ def contract_rules(
             rules.append(Rule(f"relationship:{column.name}", "relationship", sev,
                               f"{t} IS NOT NULL AND {t} NOT IN (SELECT {quote_ident(column.references.column)} FROM {ref})"))
     if primary_key:
-        # the rows duplicate_rows_sql found: a key without NULLs seen at an earlier (_etl_source, position)
-        rules.append(Rule("duplicate_key", "unique", "ERROR",
-                          f"{quote_ident(ROW_COLUMN)} IN (SELECT {quote_ident(ROW_COLUMN)} FROM {DUPLICATE_ROWS})"))
+        # every row whose key (without NULLs) occurs more than once; first_duplicate_wins_sql then clears the first
+        match = " AND ".join(f"d.{_typed(k)} = typed.{_typed(k)}" for k in primary_key)
+        rules.append(Rule(DUPLICATE_KEY, "unique", "ERROR", f"EXISTS (SELECT 1 FROM {DUPLICATE_KEYS} AS d WHERE {match})"))
         if check_other_batches:
             match = " AND ".join(f"o.{quote_ident(k)} = typed.{_typed(k)}" for k in primary_key)
             rules.append(Rule("duplicate_key_across_batches", "unique", "ERROR",
@@ -218,18 +220,18 @@ def duplicate_keys_sql(columns: list[Column], primary_key: list[str], raw_types:
     return f"SELECT {', '.join(keys)} FROM raw GROUP BY ALL HAVING count(*) > 1"
 
 
-def duplicate_rows_sql(columns: list[Column], primary_key: list[str], raw_types: dict[str, str]) -> str:
-    """Positions of the rows whose key (without NULLs) was seen before: the first row by (``_etl_source``, position
-    in the file) wins, the others break ``duplicate_key``. Only rows with a key from ``DUPLICATE_KEYS`` are ranked."""
+def first_duplicate_wins_sql(columns: list[Column], primary_key: list[str], raw_types: dict[str, str]) -> str:
+    """Of the flagged rows sharing a key (all of a key's rows are flagged ``duplicate_key``), the first by
+    (``_etl_source``, position in the file) keeps its key: the rule is taken off its list. A window over the
+    flagged rows only."""
     keys = _typed_columns(columns, raw_types, primary_key)
-    match = " AND ".join(f"r.{_typed(k)} = d.{_typed(k)}" for k in primary_key)
-    partition = ", ".join(f"r.{_typed(k)}" for k in primary_key)
+    partition = ", ".join(_typed(k) for k in primary_key)
     row, source = quote_ident(ROW_COLUMN), quote_ident(SOURCE_COLUMN)
-    return (
-        f"SELECT r.{row} FROM (SELECT {row}, {source}, {', '.join(keys)} FROM raw) AS r"
-        f" SEMI JOIN {DUPLICATE_KEYS} AS d ON {match}"
-        f" QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY r.{source}, r.{row}) > 1"
-    )
+    first = (f"SELECT {row} FROM (SELECT {row}, {source}, {', '.join(keys)} FROM {FLAGGED}"
+             f" WHERE list_contains({ERRORS_COLUMN}, '{DUPLICATE_KEY}'))"
+             f" QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {source}, {row}) = 1")
+    return (f"UPDATE {FLAGGED} SET {ERRORS_COLUMN} = list_filter({ERRORS_COLUMN}, lambda x: x <> '{DUPLICATE_KEY}')"
+            f" WHERE {row} IN ({first})")
 
 
 def key_bounds_sql(columns: list[Column], primary_key: list[str], raw_types: dict[str, str]) -> str:
@@ -372,21 +374,20 @@ def duplicates_in_clean_sql(primary_key: list[str], relation: str = "clean") -> 
 def batch_statements(
     columns: list[Column], primary_key: list[str], rules: list[Rule], raw_columns: list[str], raw_types: dict[str, str]
 ) -> list[tuple[str, str]]:
-    """The statements that validate a batch, in order, as (what it does, ``CREATE TEMP TABLE ...``).
+    """The statements that validate a batch, in order, as (what it does, SQL); they fill the temporary tables.
 
     They need ``raw`` (with ``__etl_row``) and, when the rules use them, the reference views and ``__other_batches``.
     After them, ``valid_sql`` and ``quarantine_sql`` give the two outputs and ``rule_counts_sql`` the counts.
     """
     statements = []
     if primary_key:
-        statements += [
-            ("duplicate keys: GROUP BY key HAVING count(*) > 1",
-             f"CREATE TEMP TABLE {DUPLICATE_KEYS} AS {duplicate_keys_sql(columns, primary_key, raw_types)}"),
-            ("duplicate rows: rank the rows with those keys (first wins)",
-             f"CREATE TEMP TABLE {DUPLICATE_ROWS} AS {duplicate_rows_sql(columns, primary_key, raw_types)}"),
-        ]
+        statements.append(("duplicate keys: GROUP BY key HAVING count(*) > 1",
+                           f"CREATE TEMP TABLE {DUPLICATE_KEYS} AS {duplicate_keys_sql(columns, primary_key, raw_types)}"))
     statements.append(("flagged rows: type and check every row, keep those breaking a rule",
-                        f"CREATE TEMP TABLE {FLAGGED} AS {flagged_sql(columns, rules, raw_columns, raw_types)}"))
+                       f"CREATE TEMP TABLE {FLAGGED} AS {flagged_sql(columns, rules, raw_columns, raw_types)}"))
+    if primary_key:
+        statements.append(("duplicate keys: the first row of each keeps it",
+                           first_duplicate_wins_sql(columns, primary_key, raw_types)))
     return statements
 
 
