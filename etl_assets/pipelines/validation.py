@@ -101,10 +101,11 @@ def contract_rules(
 
     Args:
         columns: The contract.
-        primary_key: Key columns; duplicates within the batch, and (``check_other_batches``) with rows already
-            in other partitions (a view named ``__other_batches``), break ``unique``.
+        primary_key: Key columns; duplicates within the batch (the repeated keys in ``__etl_duplicate_keys``), and
+            (``check_other_batches``) with rows already in other partitions (their keys in ``__other_batches``),
+            break ``unique``.
         raw_columns: Columns that arrived.
-        check_other_batches: Whether the ``__other_batches`` view exists.
+        check_other_batches: Whether the ``__other_batches`` table exists.
     """
     present = set(raw_columns)
     rules: list[Rule] = []
@@ -409,5 +410,5 @@ def violations_in_clean(con, columns: list[Column], primary_key: list[str], rule
     if scan_sql:
         found.update(zip([r.name for r in scanned], con.sql(scan_sql, params=params_for(scan_sql, params)).fetchall()[0]))
     if primary_key:
-        found["duplicate_key"] = con.sql(duplicates_in_clean_sql(primary_key)).fetchall()[0][0]
+        found[DUPLICATE_KEY] = con.sql(duplicates_in_clean_sql(primary_key)).fetchall()[0][0]
     return found
