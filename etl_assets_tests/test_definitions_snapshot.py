@@ -59,3 +59,14 @@ def test_warehouse_writers_share_the_single_slot_pool(data_dir):
             assert pools == {"duckdb_warehouse"}, key
         else:
             assert "duckdb_warehouse" not in (pools or set()), key
+
+
+def test_api_extracts_share_a_pool_per_connection(data_dir):
+    """A backfill of an API pipeline is one run per partition; its extracts queue on the connection's pool."""
+    graph = build_definitions().resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        pools = graph.get(key).pools or set()
+        if key.path == ["raw", "orders"]:
+            assert pools == {"api_shop_api"}
+        else:
+            assert not any(p.startswith("api_") for p in pools), key

@@ -159,6 +159,15 @@ def _write_range(lake: LakeStorage, key: AssetKey, values: Iterable[tuple[str, o
             "dagster/row_count": rows, "bytes_written": size, "partitions_in_run": count}
 
 
+def source_pool(spec: PipelineSpec) -> str | None:
+    """The Dagster pool an API source's extracts run in: one per connection, so a backfill's many runs (one per
+    partition) ask the API at most the pool's limit at a time (`dagster.yaml` default 1; raise it with
+    ``dagster instance concurrency set api_<connection> N``)."""
+    if spec.source is not None and spec.source.kind == "api":
+        return f"api_{spec.source.connection}"
+    return None
+
+
 def backfill_policy_for(spec: PipelineSpec) -> BackfillPolicy | None:
     """Database, file and transform pipelines backfill a range in one run; API sources one partition per run."""
     if spec.partitions.type == "none":
@@ -193,6 +202,7 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
         partitions_def=pdef,
         io_manager_key=LAKE_IO_MANAGER,
         required_resource_keys={resource_key, "lake"},
+        pool=source_pool(spec),
         retry_policy=retry_policy_for(spec),
         backfill_policy=backfill_policy_for(spec),
         kinds={src.kind, "parquet"},
