@@ -14,16 +14,17 @@ The stress runs the packaged specs with the orders spec changed in three places 
 the client timeout is 1 s (the spec's 20 s would make each timeout cost 20 s) and a slow fault stalls 1.5 s, so
 it is a timeout; pages hold 50 orders (the spec's 2,000 would fetch a partition in one request), so faults land
 mid-pagination; partitions start on the generated data's first day. ``--orders`` defaults to 100 per partition,
-about 3 requests per partition.
+2 or 3 requests per partition.
 
 Reported per phase: partitions succeeded on first launch (must be >= 99.9%), requests, faults injected per kind
 (the server's counter), request retries by reason (``request_retries``/``retry_reasons`` metadata of the
 raw/orders materializations), backoff seconds slept (from the client's retry warnings in the event log), step
-retries (STEP_UP_FOR_RETRY events), wall time, partitions/s, and CPU time of this process (the demo server runs
-in it on threads). The baseline is the same pipeline on the same generated data with faults off, in its own lake
-and warehouse, over the first ``--baseline-partitions`` partitions (default 100; ``--baseline-partitions 1000``
-runs all of them, doubling the time); the ratio compares the faulted run's first K partitions with the
-baseline's K, so both see the same lake sizes (validation reads every earlier partition's keys).
+retries (STEP_UP_FOR_RETRY events), wall time (inside the phase's runs), median run, partitions/s, and CPU time of
+this process during the runs (the demo API server runs in it on threads). The baseline is the same pipeline on the
+same generated data with faults off, in its own lake, warehouse and server, over the first
+``--baseline-partitions`` partitions (default 100); those partitions run alternately, baseline and faulted, so
+both phases see the same lake sizes and the same load from other work on the machine, and the ratio compares
+them partition for partition.
 
 Then, per phase, an exact comparison of ``shop.orders`` with the generated source parquet on all nine columns
 as multisets (``EXCEPT ALL`` both ways: no row lost, none duplicated or altered), distinct order_id, every row's
@@ -40,10 +41,10 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -59,11 +60,11 @@ from etl_assets.demo.stress import (  # noqa: E402
     FAULT_KINDS,
     REASON_KIND,
     PhaseResult,
+    PhaseRunner,
     StressSettings,
     WarehouseComparison,
     compare_warehouse,
     load_dimensions,
-    run_phase,
 )
 
 REQUIRED_SHARE = 0.999
@@ -79,11 +80,6 @@ concurrency:
 telemetry:
   enabled: false
 """
-
-
-def _cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def _code_digest() -> str:
@@ -125,16 +121,14 @@ def _progress(label: str, total: int, every: int):
     return report
 
 
-def _phase(label: str, data_dir: Path, instance, run: int, partitions: int, orders: int, start: dt.date,
-           seed: int, settings: StressSettings, faulted: bool, every: int):
-    """Generate the data (the same for every phase), load the dimensions, run the first ``run`` partitions, compare."""
-    manifest = generate_shop_data(data_dir, orders=orders, days=partitions, start=start, seed=seed)
-    dims = load_dimensions(manifest, instance, settings)
-    cpu = _cpu_seconds()
-    phase = run_phase(manifest, instance, manifest.partition_keys[:run], settings,
-                      settings.faults() if faulted else None, label, progress=_progress(label, run, every))
-    cpu = _cpu_seconds() - cpu
-    return phase, compare_warehouse(manifest, phase), cpu, dims
+def _run_interleaved(runners: dict, keys: list[str], baseline_k: int, every: int) -> None:
+    """The first ``baseline_k`` partitions alternate between the phases (who goes first alternates too), the rest
+    are the faulted phase's alone: load from other work on the machine falls on both phases alike."""
+    reporters = {label: _progress(label, baseline_k if label == "baseline" else len(keys), every) for label in runners}
+    for index, partition in enumerate(keys):
+        order = ["baseline", "faulted"] if index % 2 == 0 else ["faulted", "baseline"]
+        for label in order if index < baseline_k else ["faulted"]:
+            reporters[label](index + 1, runners[label].run(partition))
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:
@@ -143,10 +137,6 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in text]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def _first_k_seconds(phase: PhaseResult, k: int) -> float:
-    return sum(o.seconds for o in phase.outcomes[:k])
 
 
 def _median_seconds(phase: PhaseResult, k: int | None = None) -> float:
@@ -196,16 +186,28 @@ def main(argv: list[str] | None = None) -> int:
           f"doubling, full jitter, Retry-After capped at 60 s; step RetryPolicy from the spec)", flush=True)
     print(f"work dir {root}; etl_assets code {digest_before}", flush=True)
 
-    results: dict[str, tuple[PhaseResult, WarehouseComparison, float, float]] = {}
+    phases: dict[str, PhaseResult] = {}
+    comparisons: dict[str, WarehouseComparison] = {}
+    dims: dict[str, float] = {}
     total_started = time.perf_counter()
     try:
         instance = _instance(root / "dagster_home")
-        with instance:
-            if baseline_k:
-                results["baseline"] = _phase("baseline", root / "baseline" / "data", instance, baseline_k, partitions,
-                                             orders, args.start, args.seed, settings, faulted=False, every=every)
-            results["faulted"] = _phase("faulted", root / "faulted" / "data", instance, partitions, partitions,
-                                        orders, args.start, args.seed, settings, faulted=True, every=every)
+        with instance, contextlib.ExitStack() as stack:
+            runners = {}
+            manifests = {}
+            for label in (["baseline"] if baseline_k else []) + ["faulted"]:
+                # The same generated data for both phases, each with its own lake and warehouse.
+                manifest = generate_shop_data(root / label / "data", orders=orders, days=partitions,
+                                              start=args.start, seed=args.seed)
+                dims[label] = load_dimensions(manifest, instance, settings)
+                manifests[label] = manifest
+                runners[label] = stack.enter_context(PhaseRunner(
+                    manifest, instance, settings, settings.faults() if label == "faulted" else None, label))
+            _run_interleaved(runners, manifests["faulted"].partition_keys, baseline_k, every)
+            stack.close()
+            for label, runner in runners.items():
+                phases[label] = runner.result()
+                comparisons[label] = compare_warehouse(manifests[label], phases[label])
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -219,11 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         [[label, p.partitions, p.first_launch_ok, f"{p.success_share:.2%}", p.relaunched, p.requests,
           sum(p.faults_injected.values()), p.request_retries, p.step_retries,
           f"{sum(p.backoff_seconds.values()):.1f}", f"{p.wall_seconds:.1f}", f"{p.wall_seconds / p.partitions:.2f}", f"{_median_seconds(p):.2f}",
-          f"{p.partitions / p.wall_seconds:.3f}", f"{cpu:.1f}", f"{dims:.1f}"]
-         for label, (p, _, cpu, dims) in results.items()],
+          f"{p.partitions / p.wall_seconds:.3f}", f"{p.cpu_seconds:.1f}", f"{dims[label]:.1f}"]
+         for label, p in phases.items()],
     ))
 
-    faulted, comparison, faulted_cpu, _ = results["faulted"]
+    faulted = phases["faulted"]
     print()
     by_kind: dict[str, dict[str, float]] = {k: {"retries": 0, "backoff": 0.0} for k in FAULT_KINDS}
     other: dict[str, float] = {"retries": 0, "backoff": 0.0}
@@ -246,20 +248,22 @@ def main(argv: list[str] | None = None) -> int:
         [[label, c.source_rows, c.warehouse_rows, c.distinct_order_ids, c.missing_rows, c.extra_rows,
           c.duplicate_order_ids, c.wrong_partition, c.wrong_run, c.quarantined,
           f"{c.partitions_present}/{c.partitions_expected}", "yes" if c.exact else "NO"]
-         for label, (_, c, _, _) in results.items()],
+         for label, c in comparisons.items()],
     ))
 
-    if "baseline" in results:
-        baseline, _, baseline_cpu, _ = results["baseline"]
+    if "baseline" in phases:
+        baseline = phases["baseline"]
         k = baseline.partitions
-        ratio = _first_k_seconds(faulted, k) / _first_k_seconds(baseline, k)
-        median_ratio = _median_seconds(faulted, k) / _median_seconds(baseline, k)
-        cpu_ratio = faulted_cpu / partitions / (baseline_cpu / k)
+        first = {label: phase.outcomes[:k] for label, phase in phases.items()}
+        wall = {label: sum(o.seconds for o in outcomes) for label, outcomes in first.items()}
+        cpu = {label: sum(o.cpu_seconds for o in outcomes) for label, outcomes in first.items()}
+        median = {label: statistics.median(o.seconds for o in outcomes) for label, outcomes in first.items()}
         print()
-        print(f"faulted / baseline over the same first {k} partitions: {ratio:.2f}x run time "
-              f"({_first_k_seconds(faulted, k):.1f} s vs {_first_k_seconds(baseline, k):.1f} s), "
-              f"{median_ratio:.2f}x median run time; CPU per partition {cpu_ratio:.2f}x "
-              f"({faulted_cpu / partitions:.2f} s vs {baseline_cpu / k:.2f} s, whole phases)")
+        print(f"faulted / baseline, the same first {k} partitions run alternately: "
+              f"{wall['faulted'] / wall['baseline']:.2f}x run time ({wall['faulted']:.1f} s vs {wall['baseline']:.1f} s), "
+              f"{median['faulted'] / median['baseline']:.2f}x median ({median['faulted']:.2f} s vs "
+              f"{median['baseline']:.2f} s), {cpu['faulted'] / cpu['baseline']:.2f}x CPU "
+              f"({cpu['faulted']:.1f} s vs {cpu['baseline']:.1f} s)")
     print(f"total {total:.0f} s; etl_assets code {digest_before}"
           + ("" if digest_after == digest_before else f" -> {digest_after} (CHANGED during the run)"))
 
@@ -272,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if faulted.step_retries == 0 and faulted.relaunched == 0:
         checks.append(("every injected fault was seen and retried by the client", faulted.request_retries >= injected,
                        f"{faulted.request_retries} request retries for {injected} faults"))
-    for label, (phase, comp, _, _) in results.items():
+    for label, phase in phases.items():
+        comp = comparisons[label]
         checks.append((f"{label}: warehouse equals the source exactly", comp.exact,
                        "; ".join(comp.problems()) or f"{comp.warehouse_rows} rows, {comp.partitions_present} partitions"))
         if label == "baseline":

@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +31,7 @@ from etl_assets.demo.data import DemoManifest
 
 __all__ = [
     "FAULT_KINDS", "PartitionOutcome", "PhaseResult", "StressSettings", "WarehouseComparison", "compare_warehouse",
-    "load_dimensions", "run_phase", "stress_environment", "stress_specs",
+    "PhaseRunner", "load_dimensions", "run_phase", "stress_environment", "stress_specs",
 ]
 
 ORDERS_JOB = "orders_pipeline"
@@ -44,7 +45,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 # The warning RestApiSource.get_json logs before each backoff sleep; the only record of how long it slept.
 _BACKOFF_LOG = re.compile(r"transient (?P<reason>\S+) on GET .*; retrying in (?P<seconds>[0-9.]+)s")
 REASON_KIND = {"http_500": "500", "http_503": "503", "http_429": "429", "ReadTimeout": "slow",
-               "RemoteProtocolError": "truncated", "truncated_body": "truncated"}
+               "RemoteProtocolError": "truncated", "ReadError": "truncated", "truncated_body": "truncated"}
 """The fault kind each retry reason of ``RestApiSource.get_json`` answers to (a timeout can also be load)."""
 
 
@@ -123,6 +124,7 @@ class PartitionOutcome:
     run_id: str
     first_launch_ok: bool
     seconds: float
+    cpu_seconds: float = 0.0
     request_retries: int = 0
     retry_reasons: dict[str, int] = field(default_factory=dict)
     backoff_seconds: dict[str, float] = field(default_factory=dict)
@@ -140,7 +142,7 @@ class PhaseResult:
     label: str
     faults: FaultConfig | None
     outcomes: list[PartitionOutcome]
-    wall_seconds: float
+    wall_seconds: float  # inside the phase's execute_in_process calls (first launches and relaunches)
     requests: int
     faults_injected: dict[str, int]
 
@@ -187,19 +189,24 @@ class PhaseResult:
         return sum(o.final_ok for o in self.outcomes)
 
     @property
-    def run_seconds(self) -> float:
-        """Seconds inside ``execute_in_process`` (first launches and any relaunches)."""
-        return sum(o.seconds for o in self.outcomes)
+    def cpu_seconds(self) -> float:
+        """CPU of this process during the phase's runs (the demo API server's threads included)."""
+        return sum(o.cpu_seconds for o in self.outcomes)
 
 
-def _execute(job, instance, partition: str) -> tuple[PartitionOutcome, float]:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _execute(job, instance, partition: str) -> PartitionOutcome:
     from dagster import DagsterEventType
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     result = job.execute_in_process(instance=instance, partition_key=partition, run_config=QUIET, raise_on_error=False)
-    seconds = time.perf_counter() - started
     outcome = PartitionOutcome(partition=partition, run_id=result.run_id, first_launch_ok=result.success,
-                               seconds=seconds, final_ok=result.success)
+                               seconds=time.perf_counter() - started, cpu_seconds=_cpu_seconds() - cpu,
+                               final_ok=result.success)
     for event in result.get_asset_materialization_events():
         if event.asset_key.to_user_string() != RAW_ORDERS:
             continue
@@ -218,7 +225,7 @@ def _execute(job, instance, partition: str) -> tuple[PartitionOutcome, float]:
     if not result.success:
         outcome.error = "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip()[:300]}"
                                   for e in result.get_step_failure_events()) or "run failed"
-    return outcome, seconds
+    return outcome
 
 
 def load_dimensions(manifest: DemoManifest, instance, settings: StressSettings) -> float:
@@ -239,6 +246,87 @@ def load_dimensions(manifest: DemoManifest, instance, settings: StressSettings) 
         return time.perf_counter() - started
 
 
+class PhaseRunner:
+    """A phase run partition by partition: its own demo API server (with or without faults), data dir and job.
+
+    Two runners can interleave their partitions in one process (a baseline beside the faulted run, so that a
+    shared machine's changing load falls on both alike): each run is launched inside its own phase's environment
+    (``ETL_DATA_DIR``, ``SHOP_API_URL``; the resources read them at run time).
+
+    Example:
+        >>> with PhaseRunner(manifest, instance, settings, settings.faults(), "faulted") as runner:
+        ...     for partition in manifest.partition_keys:
+        ...         runner.run(partition)
+        >>> runner.result().success_share
+    """
+
+    def __init__(self, manifest: DemoManifest, instance, settings: StressSettings, faults: FaultConfig | None,
+                 label: str, relaunch_failed: int = 2) -> None:
+        """Configures the phase; the server starts on ``__enter__``.
+
+        Args:
+            manifest: The generated data (its ``data_dir`` holds the lake and the warehouse of this phase).
+            instance: The DagsterInstance every run is recorded in.
+            settings: The stress settings (client timeout and page size of the orders spec).
+            faults: What the demo API injects; ``None`` for a fault-free baseline.
+            label: Name of the phase in reports.
+            relaunch_failed: Re-launches of a partition whose first launch failed (what a person would do), so
+                the warehouse comparison covers every partition; it still counts as not succeeded.
+        """
+        self.manifest, self.instance, self.settings = manifest, instance, settings
+        self.faults, self.label, self.relaunch_failed = faults, label, relaunch_failed
+        self.outcomes: list[PartitionOutcome] = []
+        self._server: DemoApiServer | None = None
+        self._job = None
+        self._requests = 0
+        self._injected: dict[str, int] = {}
+
+    def __enter__(self) -> PhaseRunner:
+        from etl_assets.definitions import build_definitions
+
+        self._server = DemoApiServer(self.manifest.orders_path, faults=self.faults).start()
+        with self._environment():
+            self._job = build_definitions(stress_specs(self.manifest.start, self.settings)).resolve_job_def(ORDERS_JOB)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._server is not None:
+            self._requests, self._injected = self._server.requests_total, self._server.faults_injected
+            self._server.stop()
+            self._server = None
+
+    def _environment(self):
+        assert self._server is not None, "use the runner as a context manager"
+        return stress_environment(self.manifest.data_dir, self._server.url)
+
+    def run(self, partition: str) -> PartitionOutcome:
+        """Launch ``orders_pipeline`` for ``partition``; relaunch it if the first launch failed."""
+        with self._environment():
+            outcome = _execute(self._job, self.instance, partition)
+            while not outcome.final_ok and outcome.relaunches < self.relaunch_failed:
+                again = _execute(self._job, self.instance, partition)
+                outcome.relaunches += 1
+                outcome.seconds += again.seconds
+                outcome.cpu_seconds += again.cpu_seconds
+                outcome.final_ok, outcome.run_id = again.final_ok, again.run_id
+                outcome.request_retries += again.request_retries
+                outcome.step_retries += again.step_retries
+                for reason, slept in again.backoff_seconds.items():
+                    outcome.backoff_seconds[reason] = outcome.backoff_seconds.get(reason, 0.0) + slept
+                for reason, count in again.retry_reasons.items():
+                    outcome.retry_reasons[reason] = outcome.retry_reasons.get(reason, 0) + count
+        self.outcomes.append(outcome)
+        return outcome
+
+    def result(self) -> PhaseResult:
+        """What the phase did so far (the server's counters are final once the runner has exited)."""
+        if self._server is not None:
+            self._requests, self._injected = self._server.requests_total, self._server.faults_injected
+        return PhaseResult(label=self.label, faults=self.faults, outcomes=list(self.outcomes),
+                           wall_seconds=sum(o.seconds for o in self.outcomes), requests=self._requests,
+                           faults_injected=dict(self._injected))
+
+
 def run_phase(
     manifest: DemoManifest,
     instance,
@@ -251,45 +339,17 @@ def run_phase(
 ) -> PhaseResult:
     """Launch ``orders_pipeline`` once per partition, in order, against a demo API injecting ``faults``.
 
-    A partition whose first launch fails is launched again (up to ``relaunch_failed`` times, what a person would
-    do) so the warehouse comparison afterwards covers every partition; it still counts as not succeeded.
-
     Args:
-        manifest: The generated data (its ``data_dir`` holds the lake and the warehouse for this phase).
-        instance: The DagsterInstance every run is recorded in.
+        manifest, instance, settings, faults, label, relaunch_failed: As for :class:`PhaseRunner`.
         partitions: Daily partition keys to run.
-        settings: The stress settings (client timeout and page size of the orders spec).
-        faults: What the demo API injects; ``None`` for a fault-free baseline.
-        label: Name of the phase in reports.
-        relaunch_failed: Re-launches of a failed partition before moving on.
         progress: Called after each partition with its index (from 1) and outcome.
     """
-    from etl_assets.definitions import build_definitions
-
-    outcomes: list[PartitionOutcome] = []
-    with DemoApiServer(manifest.orders_path, faults=faults) as server, stress_environment(manifest.data_dir, server.url):
-        job = build_definitions(stress_specs(manifest.start, settings)).resolve_job_def(ORDERS_JOB)
-        started = time.perf_counter()
+    with PhaseRunner(manifest, instance, settings, faults, label, relaunch_failed) as runner:
         for index, partition in enumerate(partitions, start=1):
-            outcome, _ = _execute(job, instance, partition)
-            while not outcome.final_ok and outcome.relaunches < relaunch_failed:
-                again, seconds = _execute(job, instance, partition)
-                outcome.relaunches += 1
-                outcome.seconds += seconds
-                outcome.final_ok, outcome.run_id = again.final_ok, again.run_id
-                outcome.request_retries += again.request_retries
-                outcome.step_retries += again.step_retries
-                for reason, seconds in again.backoff_seconds.items():
-                    outcome.backoff_seconds[reason] = outcome.backoff_seconds.get(reason, 0.0) + seconds
-                for reason, count in again.retry_reasons.items():
-                    outcome.retry_reasons[reason] = outcome.retry_reasons.get(reason, 0) + count
-            outcomes.append(outcome)
+            outcome = runner.run(partition)
             if progress is not None:
                 progress(index, outcome)
-        wall = time.perf_counter() - started
-        requests, injected = server.requests_total, server.faults_injected
-    return PhaseResult(label=label, faults=faults, outcomes=outcomes, wall_seconds=wall, requests=requests,
-                       faults_injected=injected)
+    return runner.result()
 
 
 @dataclass
