@@ -281,15 +281,28 @@ def valid_sql(columns: list[Column], raw_columns: list[str], raw_types: dict[str
     return sql
 
 
-def quarantine_sql(raw_columns: list[str]) -> str:
+RECORD_COLUMN = "_etl_record"
+
+
+def quarantine_sql(raw_columns: list[str], relation: str = "raw") -> str:
     """Rows breaking a rule: original values as text, the rules broken, where they came from, run and partition.
 
+    Where they came from is ``_etl_source`` (file name, API page, table) and ``_etl_record``, the row's 1-based
+    number within that source (the record in the file or page): the raw partition holds each source's rows
+    together and in delivery order, so it is the row's raw position less the first position of its source, which
+    one narrow aggregate over ``relation`` finds for the few sources that have quarantined rows.
     ``$run_id`` and ``$partition`` are bind parameters.
     """
-    out = [f"CAST({quote_ident(n)} AS VARCHAR) AS {quote_ident(n)}" for n in raw_columns if n != SOURCE_COLUMN]
-    out += [quote_ident(SOURCE_COLUMN), f"{ERRORS_COLUMN} AS _etl_reasons",
+    row, source = quote_ident(ROW_COLUMN), quote_ident(SOURCE_COLUMN)
+    out = [f"CAST(f.{quote_ident(n)} AS VARCHAR) AS {quote_ident(n)}" for n in raw_columns if n != SOURCE_COLUMN]
+    out += [f"f.{source}", f"f.{row} - firsts.first_row + 1 AS {RECORD_COLUMN}", f"f.{ERRORS_COLUMN} AS _etl_reasons",
             "CAST($run_id AS VARCHAR) AS _etl_run_id", "CAST($partition AS VARCHAR) AS _etl_partition"]
-    return f"SELECT {', '.join(out)} FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0 ORDER BY {quote_ident(ROW_COLUMN)}"
+    bad = f"SELECT * FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0"
+    firsts = (f"SELECT {source}, min({row}) AS first_row FROM {relation}"
+              f" WHERE {source} IN (SELECT DISTINCT {source} FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0)"
+              f" GROUP BY {source}")
+    return (f"SELECT {', '.join(out)} FROM ({bad}) AS f JOIN ({firsts}) AS firsts"
+            f" ON f.{source} IS NOT DISTINCT FROM firsts.{source} ORDER BY f.{row}")
 
 
 def rule_counts_sql() -> str:
