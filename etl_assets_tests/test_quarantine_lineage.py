@@ -7,7 +7,7 @@ import duckdb
 
 from etl_assets.definitions import build_definitions
 
-SPEC = """
+SPEC = r"""
 name: readings
 domain: lab
 source: {kind: files, format: csv, glob: "readings_*.csv", partition_regex: 'readings_(?P<partition>\d{4}-\d{2}-\d{2})_[ab]\.csv$'}
