@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 from dagster import Definitions, in_process_executor, multiprocess_executor
 
@@ -11,6 +12,11 @@ from etl_assets.pipelines.factory import build_pipelines
 from etl_assets.pipelines.spec import LoadedSpec, load_specs
 from etl_assets.recovery import build_recovery
 from etl_assets.settings import LOCAL
+
+
+# A domain job mixes API pipelines (one partition per run) with single-run backfills on purpose; Dagster then backfills
+# the job one partition per run and says so on every resolution of it.
+warnings.filterwarnings("ignore", message=r"Asset job .* materializes assets with varying BackfillPolicies")
 
 
 def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
