@@ -94,21 +94,25 @@ class Daemon:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-@pytest.fixture
-def lab(tmp_path: Path):
+def make_lab(tmp_path: Path, files: dict[str, str], env: dict[str, str]):
+    """A DAGSTER_HOME with the repository's dagster.yaml, a data dir with `landing/events/`, a spec dir holding
+    ``files`` and a (not yet started) daemon over them. Returns ``(env, landing, data, daemon)``."""
     home, data, specs = tmp_path / "home", tmp_path / "data", tmp_path / "specs"
     for d in (home, data, specs):
         d.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    for name, text in SPECS.items():
+    for name, text in files.items():
         (specs / name).write_text(textwrap.dedent(text))
-    (specs / "events_daily.sql").write_text(MART_SQL)
-    (specs / "events_audit.sql").write_text("SELECT count(*) AS events FROM events\n")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs),
-           "ETL_AUTOMATION_INTERVAL_SECONDS": "5"}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs), **env}
     landing = data / "landing" / "events"
     landing.mkdir(parents=True)
-    daemon = Daemon(env, tmp_path / "daemon.log")
+    return env, landing, data, Daemon(env, tmp_path / "daemon.log")
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    files = {**SPECS, "events_daily.sql": MART_SQL, "events_audit.sql": "SELECT count(*) AS events FROM events\n"}
+    env, landing, data, daemon = make_lab(tmp_path, files, {"ETL_AUTOMATION_INTERVAL_SECONDS": "5"})
     yield env, landing, data, daemon
     daemon.stop()
 

@@ -19,7 +19,7 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from etl_assets.recovery.sensors import process_state, run_worker_pid
-from etl_assets_tests.test_daemon_e2e import REPO, SPECS, YESTERDAY, Daemon, wait_for, warehouse
+from etl_assets_tests.test_daemon_e2e import REPO, SPECS, YESTERDAY, make_lab, wait_for, warehouse
 
 ROWS = 400_000
 SPEC = SPECS["events.yaml"]  # a daily files pipeline with its file sensor on
@@ -56,16 +56,7 @@ def test_process_state_tells_alive_gone_zombie_and_reused_pids():
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    home, data, specs = tmp_path / "home", tmp_path / "data", tmp_path / "specs"
-    for d in (home, data, specs):
-        d.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    (specs / "events.yaml").write_text(textwrap.dedent(SPEC))
-    env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs),
-           "ETL_WATCHDOG_INTERVAL_SECONDS": "2"}
-    landing = data / "landing" / "events"
-    landing.mkdir(parents=True)
-    daemon = Daemon(env, tmp_path / "daemon.log")
+    env, landing, data, daemon = make_lab(tmp_path, {"events.yaml": SPEC}, {"ETL_WATCHDOG_INTERVAL_SECONDS": "2"})
     yield env, landing, data, daemon
     daemon.stop()
 

@@ -8,7 +8,6 @@ Raw inputs are what a rebuild starts from (`etl-assets rebuild`), so nothing is 
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from dagster import (
     DefaultScheduleStatus,
@@ -60,18 +59,13 @@ def expire_raw_inputs(
                     lake.path_for(["raw", spec.name], partition).unlink(missing_ok=True)
                     removed.append(Expired(spec.name, "raw_partition", partition))
         if keep.archive_days is not None:
-            directory = archive_dir(landing, spec.name)
+            directory = landing.archive_dir(spec.name)
             oldest = now.timestamp() - keep.archive_days * 86400
             for path in sorted(directory.iterdir()) if directory.is_dir() else []:
                 if path.is_file() and not path.is_symlink() and path.stat().st_mtime < oldest:
                     path.unlink()
                     removed.append(Expired(spec.name, "archived_file", path.name))
     return removed
-
-
-def archive_dir(landing: LandingFilesSource, dataset: str) -> Path:
-    """Where loaded landing files of ``dataset`` are kept (see ``LandingFilesSource.archive``)."""
-    return landing.root_path().parent / "archive" / dataset
 
 
 def build_retention(specs: Sequence[LoadedSpec]):

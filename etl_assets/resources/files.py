@@ -118,9 +118,13 @@ class LandingFilesSource(ConfigurableResource):
         os.replace(path, target) if path.stat().st_dev == into.stat().st_dev else shutil.move(path, target)
         return target
 
+    def archive_dir(self, dataset: str) -> Path:
+        """Where loaded files of ``dataset`` are kept: ``$ETL_DATA_DIR/archive/<dataset>/``."""
+        return self.root_path().parent / "archive" / dataset
+
     def archive(self, dataset: str, name: str, expected_sha256: str | None = None) -> Path | None:
-        """Move a loaded file to ``$ETL_DATA_DIR/archive/<dataset>/`` (kept for rebuilds). None if it is gone or changed."""
-        return self._move(dataset, name, expected_sha256, self.root_path().parent / "archive" / dataset)
+        """Move a loaded file to :meth:`archive_dir` (kept for rebuilds). None if it is gone or changed."""
+        return self._move(dataset, name, expected_sha256, self.archive_dir(dataset))
 
     def quarantine(self, dataset: str, name: str, reason: str, expected_sha256: str | None = None) -> Path | None:
         """Move an unreadable file to ``$ETL_DATA_DIR/quarantine/<dataset>/`` with ``<file>.reason.txt`` beside it."""
