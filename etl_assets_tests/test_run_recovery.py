@@ -19,10 +19,14 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from etl_assets.recovery.sensors import process_state, run_worker_pid
+from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV
 from etl_assets_tests.test_daemon_e2e import REPO, SPECS, YESTERDAY, make_lab, wait_for, warehouse
 
 ROWS = 400_000
 SPEC = SPECS["events.yaml"]  # a daily files pipeline with its file sensor on
+# every load holds its transaction open this long before COMMIT (and again before the checkpoint), so the kill
+# lands inside the load step however fast the machine is, rather than racing the run to its end
+LOAD_PAUSE_SECONDS = 8
 
 
 def test_repo_instance_config_enables_run_retries_and_monitoring(tmp_path):
@@ -56,9 +60,16 @@ def test_process_state_tells_alive_gone_zombie_and_reused_pids():
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    env, landing, data, daemon = make_lab(tmp_path, {"events.yaml": SPEC}, {"ETL_WATCHDOG_INTERVAL_SECONDS": "2"})
+    env, landing, data, daemon = make_lab(tmp_path, {"events.yaml": SPEC},
+                                         {"ETL_WATCHDOG_INTERVAL_SECONDS": "2",
+                                          TEST_PAUSE_IN_LOAD_ENV: str(LOAD_PAUSE_SECONDS)})
     yield env, landing, data, daemon
     daemon.stop()
+
+
+def _paused_in_load(instance: DagsterInstance, run_id: str) -> bool:
+    return any(TEST_PAUSE_IN_LOAD_ENV in (e.user_message or "") and "before COMMIT" in e.user_message
+               for e in instance.all_logs(run_id))
 
 
 def _materialized(instance: DagsterInstance, run_id: str) -> set[str]:
@@ -85,10 +96,11 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
              lambda: first_run() is not None and run_worker_pid(instance, first_run().run_id) is not None, 240, daemon)
     run = first_run()
     pid, _ = run_worker_pid(instance, run.run_id)
-    wait_for("the extract step to finish",
-             lambda: "raw/events" in _materialized(instance, run.run_id), 180, daemon)
+    wait_for("the load step to hold its transaction open",
+             lambda: _paused_in_load(instance, run.run_id), 240, daemon)
+    assert "raw/events" in _materialized(instance, run.run_id)
     if killed == "worker":
-        os.kill(pid, signal.SIGKILL)  # mid-run: validation and the load have not finished
+        os.kill(pid, signal.SIGKILL)  # mid-load: rows inserted, not committed
     else:
         daemon.kill()  # the daemon, its code server and the run worker, as when a machine or `dagster dev` dies
         assert process_state(pid, time.time()).state != "alive"
