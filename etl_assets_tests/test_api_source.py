@@ -13,8 +13,10 @@ loopback port serving a small generated Parquet file, with short timeouts and ba
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 
@@ -266,6 +268,70 @@ def test_slow_answers_beyond_the_timeout_are_retried_as_timeouts(shop_data: Demo
     assert elapsed < slow * faults.slow_seconds
 
 
+def test_a_body_dripping_past_the_request_deadline_is_retried(shop_data: DemoManifest) -> None:
+    """Every piece of a "drip" body arrives well within the read timeout, so only the whole-request deadline can
+    stop it: the client gives up on each and asks again, instead of waiting every drip out."""
+    faults = FaultConfig(rate=0.5, kinds=("drip",), slow_seconds=4.0, seed=2)
+    with DemoApiServer(shop_data.orders_path, faults=faults) as server:
+        spec = _spec(server.url, pagination={"style": "cursor", "page_size": 150}, timeout_seconds=2,
+                     request_deadline_seconds=2)
+        started = time.monotonic()
+        batches, stats = _extract(_source(server.url), spec, window=WINDOW)
+        elapsed = time.monotonic() - started
+        dripped = server.faults_injected.get("drip", 0)
+
+    assert sorted(_ids(batches)) == _expected_ids(shop_data)
+    assert dripped >= 1
+    assert stats.retry_reasons == {"deadline_exceeded": dripped}
+    assert elapsed < dripped * faults.slow_seconds
+
+
+def test_a_request_deadline_shorter_than_the_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"request_deadline_seconds \(1\) is shorter than timeout_seconds \(5\)"):
+        _spec("http://127.0.0.1:9", timeout_seconds=5, request_deadline_seconds=1)
+    assert _spec("http://127.0.0.1:9", timeout_seconds=5).deadline_seconds() == 20
+
+
+@pytest.fixture
+def fixed_page_server() -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback server answering every GET with the next body of a list the test fills."""
+    bodies: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = bodies.pop(0)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_decimals_beyond_a_float_arrive_exactly_as_delivered(fixed_page_server: tuple[str, list[bytes]]) -> None:
+    url, bodies = fixed_page_server
+    bodies.append(b'{"data": [{"order_id": 1, "unit_price": 0.12345678901234567891},'
+                  b' {"order_id": 2, "unit_price": 20.0}, {"order_id": 3, "unit_price": 1.5e-7},'
+                  b' {"order_id": 4, "unit_price": 123456789012345678.25}], "total_pages": 1}')
+    spec = _spec(url, pagination={"style": "page", "page_size": 10}, window_params=None, incremental=None)
+    batches, stats = _extract(_source(url), spec)
+    prices = [v for b in batches for v in b.column("unit_price").to_pylist()]
+    # a float would have given 0.12345678901234568 and 1.2345678901234568e+17
+    assert prices == ["0.12345678901234567891", "20.0", "1.5E-7", "123456789012345678.25"]
+    assert stats.pages == 1 and stats.retries == 0
+
+
 @pytest.mark.parametrize("max_attempts", [1, 3])
 def test_persistent_failure_gives_up_after_max_attempts(shop_data: DemoManifest, max_attempts: int) -> None:
     with DemoApiServer(shop_data.orders_path, faults=FaultConfig(rate=1.0, kinds=("500",))) as server:
@@ -273,7 +339,7 @@ def test_persistent_failure_gives_up_after_max_attempts(shop_data: DemoManifest,
         with pytest.raises(TransientSourceError, match=f"failed {max_attempts} times, last with http_500"):
             list(_source(server.url, max_attempts=max_attempts).extract(_spec(server.url), CONTRACT, window=WINDOW, stats=stats))
         assert server.requests_total == max_attempts
-    assert stats.retries == max_attempts
+    assert stats.retries == max_attempts - 1  # the last failed attempt is given up on, not retried
     assert stats.retry_reasons == {"http_500": max_attempts}
     assert stats.pages == 0
 

@@ -43,12 +43,16 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import duckdb
 
-__all__ = ["FAULT_KINDS", "DemoApiServer", "FaultConfig", "run_server"]
+__all__ = ["FAULT_KINDS", "OPT_IN_FAULT_KINDS", "DemoApiServer", "FaultConfig", "run_server"]
 
 _log = logging.getLogger(__name__)
 
 FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "slow", "truncated")
-"""Every fault :class:`FaultConfig` can inject."""
+"""The faults :class:`FaultConfig` draws from by default (the stress mix)."""
+OPT_IN_FAULT_KINDS: tuple[str, ...] = ("drip",)
+"""Faults injected only when asked for by name."""
+_ALL_FAULT_KINDS = FAULT_KINDS + OPT_IN_FAULT_KINDS
+_DRIP_PIECES = 10
 
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
@@ -107,9 +111,10 @@ class FaultConfig:
             status, ``"429"`` answers Too Many Requests with ``Retry-After``, ``"slow"``
             sleeps ``slow_seconds`` before answering normally, and ``"truncated"`` sends a
             200 whose body stops halfway through the announced ``Content-Length`` before
-            the connection is closed.
+            the connection is closed. Opt-in: ``"drip"`` sends a correct 200 whose body comes in
+            ten pieces spread over ``slow_seconds``, each in time for any read timeout.
         retry_after_seconds: ``Retry-After`` value sent with 429 and 503 responses.
-        slow_seconds: Delay applied by the ``"slow"`` fault.
+        slow_seconds: Delay applied by the ``"slow"`` fault; how long a ``"drip"`` body takes.
         seed: Seed of the generator deciding which requests are faulted, so that a given
             sequence of requests always meets the same faults.
         fail_page: Page number (1-based, of ``GET /orders`` in either pagination style) whose
@@ -136,17 +141,17 @@ class FaultConfig:
             raise ValueError(f"fault rate must be within [0, 1], got {self.rate}")
         if not self.kinds:
             raise ValueError("at least one fault kind is required")
-        unknown = sorted(set(self.kinds) - set(FAULT_KINDS))
+        unknown = sorted(set(self.kinds) - set(_ALL_FAULT_KINDS))
         if unknown:
-            raise ValueError(f"unknown fault kinds {unknown}; expected some of {list(FAULT_KINDS)}")
+            raise ValueError(f"unknown fault kinds {unknown}; expected some of {list(_ALL_FAULT_KINDS)}")
         if self.retry_after_seconds < 0:
             raise ValueError(f"retry_after_seconds must be >= 0, got {self.retry_after_seconds}")
         if self.slow_seconds < 0:
             raise ValueError(f"slow_seconds must be >= 0, got {self.slow_seconds}")
         if self.fail_page < 0 or self.fail_page_times < 0:
             raise ValueError(f"fail_page and fail_page_times must be >= 0, got {self.fail_page}, {self.fail_page_times}")
-        if self.fail_page_kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fail_page_kind {self.fail_page_kind!r}; expected one of {list(FAULT_KINDS)}")
+        if self.fail_page_kind not in _ALL_FAULT_KINDS:
+            raise ValueError(f"unknown fail_page_kind {self.fail_page_kind!r}; expected one of {list(_ALL_FAULT_KINDS)}")
 
     @classmethod
     def parse(cls, spec: str) -> FaultConfig:
@@ -330,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_PATCH = do_DELETE = _method_not_allowed
 
-    def send_json(self, response: _Response, *, truncate: bool = False) -> None:
+    def send_json(self, response: _Response, *, truncate: bool = False, drip_seconds: float = 0.0) -> None:
         body = response.body()
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json")
@@ -341,7 +346,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
+        if drip_seconds > 0:
+            self._drip(body, drip_seconds)
+            return
         self.wfile.write(body[: len(body) // 2] if truncate else body)
+
+    def _drip(self, body: bytes, seconds: float) -> None:
+        step = -(-len(body) // _DRIP_PIECES)
+        try:
+            for start in range(0, len(body), step):
+                self.wfile.write(body[start:start + step])
+                self.wfile.flush()
+                time.sleep(seconds / _DRIP_PIECES)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up on the slow body
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s " + format, self.address_string(), *args)
@@ -543,7 +561,8 @@ class DemoApiServer:
         except Exception as exc:
             _log.exception("GET %s failed", handler.path)
             response = _Response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc}"})
-        handler.send_json(response, truncate=fault == "truncated")
+        handler.send_json(response, truncate=fault == "truncated",
+                          drip_seconds=self._faults.slow_seconds if fault == "drip" else 0.0)
 
     def _fault_response(self, kind: str) -> _Response:
         retry_after = {"Retry-After": str(self._faults.retry_after_seconds)}

@@ -45,7 +45,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 # The warning RestApiSource.get_json logs before each backoff sleep; the only record of how long it slept.
 _BACKOFF_LOG = re.compile(r"transient (?P<reason>\S+) on GET .*; retrying in (?P<seconds>[0-9.]+)s")
 REASON_KIND = {"http_500": "500", "http_503": "503", "http_429": "429", "ReadTimeout": "slow",
-               "RemoteProtocolError": "truncated", "ReadError": "truncated", "truncated_body": "truncated"}
+               "RemoteProtocolError": "truncated", "ReadError": "truncated", "truncated_body": "truncated",
+               "undecodable_body": "truncated", "deadline_exceeded": "drip"}
 """The fault kind each retry reason of ``RestApiSource.get_json`` answers to (a timeout can also be load)."""
 
 

@@ -149,9 +149,22 @@ class ApiSource(_Model):
     )
     incremental: Incremental | None = None
     auth: Literal["none", "bearer"] = "none"
-    timeout_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for the connection or for any read.")
+    request_deadline_seconds: float | None = Field(
+        None, gt=0, description="Longest a whole request may take, first byte to last; default 4 x timeout_seconds.")
 
     _check_connection = field_validator("connection")(_identifier)
+
+    @model_validator(mode="after")
+    def _check_deadline(self) -> "ApiSource":
+        if self.request_deadline_seconds is not None and self.request_deadline_seconds < self.timeout_seconds:
+            raise ValueError(f"request_deadline_seconds ({self.request_deadline_seconds:g}) is shorter than "
+                             f"timeout_seconds ({self.timeout_seconds:g}); make it at least as long, or remove it")
+        return self
+
+    def deadline_seconds(self) -> float:
+        """The whole-request deadline: ``request_deadline_seconds``, or four times ``timeout_seconds``."""
+        return self.request_deadline_seconds or 4 * self.timeout_seconds
 
     @field_validator("endpoint")
     @classmethod

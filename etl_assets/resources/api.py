@@ -130,8 +130,14 @@ class RestApiSource(ConfigurableResource):
             headers["Authorization"] = f"Bearer {self.token}"
         return httpx.Client(base_url=self.base_url(), headers=headers, timeout=spec.timeout_seconds)
 
-    def get_json(self, client: httpx.Client, url: str, params: dict | None, stats: ExtractStats) -> tuple[dict, httpx.Response]:
+    def get_json(self, client: httpx.Client, url: str, params: dict | None, stats: ExtractStats,
+                 deadline_seconds: float | None = None) -> tuple[dict, httpx.Response]:
         """GET with retries on transient failures; permanent ones raise at once.
+
+        The body is read in chunks against a deadline for the whole request (``deadline_seconds``; httpx's timeout
+        bounds each wait, so a server sending a byte now and then would otherwise hold the request for ever), and
+        parsed with non-integer numbers as ``Decimal``, so a price with more digits than a float holds arrives as
+        delivered. ``stats.retries`` counts the retries made; ``stats.retry_reasons`` every failed attempt by reason.
 
         Raises:
             PermanentSourceError: 4xx other than 408/425/429, or a body that is valid JSON of the wrong shape.
@@ -140,33 +146,39 @@ class RestApiSource(ConfigurableResource):
         log = get_dagster_logger()
         for attempt in range(1, self.max_attempts + 1):
             wait = None
+            deadline = time.monotonic() + deadline_seconds if deadline_seconds else None
             try:
-                response = client.get(url, params=params)
-                if response.status_code in TRANSIENT_STATUS:
-                    reason = f"http_{response.status_code}"
-                    wait = _retry_after(response)
-                elif response.status_code >= 400:
-                    raise PermanentSourceError(
-                        f"{self.connection}: GET {response.request.url.path} answered {response.status_code}"
-                        f" {_short(response.text)}; {_fix_for(response.status_code, self.connection)}"
-                    )
-                else:
-                    body = response.json()
-                    if not isinstance(body, dict):
+                with client.stream("GET", url, params=params) as response:
+                    if response.status_code in TRANSIENT_STATUS:
+                        reason = f"http_{response.status_code}"
+                        wait = _retry_after(response)
+                    elif response.status_code >= 400:
+                        text = _read_within(response, deadline).decode("utf-8", errors="replace")
                         raise PermanentSourceError(
-                            f"{self.connection}: GET {url} returned JSON {type(body).__name__}, expected an object"
+                            f"{self.connection}: GET {response.request.url.path} answered {response.status_code}"
+                            f" {_short(text)}; {_fix_for(response.status_code, self.connection)}"
                         )
-                    return body, response
+                    else:
+                        body = json.loads(_read_within(response, deadline), parse_float=Decimal)
+                        if not isinstance(body, dict):
+                            raise PermanentSourceError(
+                                f"{self.connection}: GET {url} returned JSON {type(body).__name__}, expected an object"
+                            )
+                        return body, response
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 reason = type(exc).__name__
+            except _DeadlineExceeded:
+                reason = "deadline_exceeded"
             except json.JSONDecodeError:
                 reason = "truncated_body"
-            stats.retries += 1
+            except UnicodeDecodeError:  # a body cut inside a multi-byte character, or a server sending bad bytes
+                reason = "undecodable_body"
             stats.retry_reasons[reason] = stats.retry_reasons.get(reason, 0) + 1
             if attempt == self.max_attempts:
                 raise TransientSourceError(
                     f"{self.connection}: GET {url} failed {attempt} times, last with {reason}"
                 )
+            stats.retries += 1
             sleep = wait if wait is not None else random.uniform(0, min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1)))
             log.warning(f"{self.connection}: transient {reason} on GET {url}, attempt {attempt}; retrying in {sleep:.2f}s")
             time.sleep(sleep)
@@ -211,7 +223,7 @@ class RestApiSource(ConfigurableResource):
                     page_params[pag.limit_param] = pag.page_size
                     if cursor:
                         page_params[pag.cursor_param] = cursor
-                body, _ = self.get_json(client, url, page_params, stats)
+                body, _ = self.get_json(client, url, page_params, stats, spec.deadline_seconds())
                 records = body.get(spec.records_path)
                 if not isinstance(records, list):
                     raise PermanentSourceError(
@@ -237,6 +249,20 @@ class RestApiSource(ConfigurableResource):
                     if not cursor or not records:
                         return
                     page += 1
+
+
+class _DeadlineExceeded(Exception):
+    """The whole request took longer than its deadline (each read arrived within the timeout)."""
+
+
+def _read_within(response: httpx.Response, deadline: float | None) -> bytes:
+    """The body of a streamed response, given up on once ``deadline`` (``time.monotonic()``) has passed."""
+    chunks = []
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        if deadline is not None and time.monotonic() > deadline:
+            raise _DeadlineExceeded()
+    return b"".join(chunks)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
