@@ -10,8 +10,6 @@ opens the warehouse only for one short transaction, through :meth:`DuckDBWarehou
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -46,22 +44,15 @@ def warehouse_session(
     Raises:
         WarehouseBusy: the file stayed locked by another process for ``wait_seconds``.
     """
-    deadline = time.monotonic() + wait_seconds
-    delay = 0.05
     with ExitStack() as stack:
-        while True:
-            try:
-                con = stack.enter_context(warehouse.connect(read_only=read_only, lock_wait_seconds=0))  # retried here
-                break
-            except duckdb.Error as exc:
-                if not is_lock_conflict(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise WarehouseBusy(
-                        f"the warehouse {warehouse.db_path()} stayed locked by another process for {wait_seconds:.0f}s"
-                    ) from exc
-                time.sleep(min(delay * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 2, 2.0)
+        try:  # connect retries the open with backoff while the file is locked
+            con = stack.enter_context(warehouse.connect(read_only=read_only, lock_wait_seconds=wait_seconds))
+        except duckdb.Error as exc:
+            if not is_lock_conflict(exc):
+                raise
+            raise WarehouseBusy(
+                f"the warehouse {warehouse.db_path()} stayed locked by another process for {wait_seconds:.0f}s"
+            ) from exc
         yield con
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import time
 from contextlib import contextmanager
 from collections.abc import Iterator
@@ -171,16 +172,17 @@ def _test_pause(table: str, partition: str, moment: str) -> None:
 
 
 def _open_waiting_for_lock(path: str, read_only: bool, wait_seconds: float) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse, retrying while another process holds DuckDB's file lock."""
+    """Open the warehouse, retrying with jittered backoff while another process holds DuckDB's file lock; the lock
+    error is raised once ``wait_seconds`` have passed."""
     deadline = time.monotonic() + wait_seconds
     delay = 0.05
     while True:
         try:
             return duckdb_connection(path, read_only=read_only)
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise
-            time.sleep(delay)
+            time.sleep(min(delay * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 1.0)
 
 
