@@ -271,31 +271,26 @@ def _run_job(selection_paths: list[list[str]]) -> dict:
             "checks": checks, "metadata": metadata, "success": result.success}
 
 
-def child_validate() -> dict:
-    out = _run_job([["clean", NAME], ["quarantine", NAME]])
-    out["seconds"] = out["steps"].get(f"validate_{NAME}", out["run_wall"])
-    if f"validate_{NAME}" in out["step_cpu"]:
-        out["cpu_seconds"] = out["step_cpu"][f"validate_{NAME}"]
-    out["rows"] = out["metadata"].get(f"clean/{NAME}:rows_in", 0)
+def _step_stage(selection_paths: list[list[str]], step_key: str, rows_metadata: str) -> dict:
+    """One platform step run on its own: its seconds and CPU are the step's, its rows a metadata value."""
+    out = _run_job(selection_paths)
+    out["seconds"] = out["steps"].get(step_key, out["run_wall"])
+    if step_key in out["step_cpu"]:
+        out["cpu_seconds"] = out["step_cpu"][step_key]
+    out["rows"] = out["metadata"].get(rows_metadata, 0)
     return out
+
+
+def child_validate() -> dict:
+    return _step_stage([["clean", NAME], ["quarantine", NAME]], f"validate_{NAME}", f"clean/{NAME}:rows_in")
 
 
 def child_warehouse() -> dict:
-    out = _run_job([["warehouse", NAME]])
-    out["seconds"] = out["steps"].get(f"warehouse__{NAME}", out["run_wall"])
-    if f"warehouse__{NAME}" in out["step_cpu"]:
-        out["cpu_seconds"] = out["step_cpu"][f"warehouse__{NAME}"]
-    out["rows"] = out["metadata"].get(f"warehouse/{NAME}:dagster/row_count", 0)
-    return out
+    return _step_stage([["warehouse", NAME]], f"warehouse__{NAME}", f"warehouse/{NAME}:dagster/row_count")
 
 
 def child_extract() -> dict:
-    out = _run_job([["raw", NAME]])
-    out["seconds"] = out["steps"].get(f"raw__{NAME}", out["run_wall"])
-    if f"raw__{NAME}" in out["step_cpu"]:
-        out["cpu_seconds"] = out["step_cpu"][f"raw__{NAME}"]
-    out["rows"] = out["metadata"].get(f"raw/{NAME}:dagster/row_count", 0)
-    return out
+    return _step_stage([["raw", NAME]], f"raw__{NAME}", f"raw/{NAME}:dagster/row_count")
 
 
 def _spec():

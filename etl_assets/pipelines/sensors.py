@@ -270,5 +270,5 @@ def _current_watermark(api: RestApiSource, spec: PipelineSpec) -> str:
     stats = ExtractStats()
     incremental = spec.source.incremental
     with api.client(spec.source) as client:
-        body, _ = api.get_json(client, incremental.watermark_endpoint, None, stats, spec.source.deadline_seconds())
+        body = api.get_json(client, incremental.watermark_endpoint, None, stats, spec.source.deadline_seconds())
     return body.get(incremental.watermark_field) or ""

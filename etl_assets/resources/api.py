@@ -131,7 +131,7 @@ class RestApiSource(ConfigurableResource):
         return httpx.Client(base_url=self.base_url(), headers=headers, timeout=spec.timeout_seconds)
 
     def get_json(self, client: httpx.Client, url: str, params: dict | None, stats: ExtractStats,
-                 deadline_seconds: float | None = None) -> tuple[dict, httpx.Response]:
+                 deadline_seconds: float | None = None) -> dict:
         """GET with retries on transient failures; permanent ones raise at once.
 
         The body is read in chunks against a deadline for the whole request (``deadline_seconds``; httpx's timeout
@@ -164,7 +164,7 @@ class RestApiSource(ConfigurableResource):
                             raise PermanentSourceError(
                                 f"{self.connection}: GET {url} returned JSON {type(body).__name__}, expected an object"
                             )
-                        return body, response
+                        return body
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 reason = type(exc).__name__
             except _DeadlineExceeded:
@@ -223,7 +223,7 @@ class RestApiSource(ConfigurableResource):
                     page_params[pag.limit_param] = pag.page_size
                     if cursor:
                         page_params[pag.cursor_param] = cursor
-                body, _ = self.get_json(client, url, page_params, stats, spec.deadline_seconds())
+                body = self.get_json(client, url, page_params, stats, spec.deadline_seconds())
                 records = body.get(spec.records_path)
                 if not isinstance(records, list):
                     raise PermanentSourceError(
