@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
@@ -21,7 +22,18 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-YESTERDAY = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
+
+
+def _zone_near_midday() -> str:
+    """A fixed-offset zone in which it is now about noon. Eager automation builds only the latest partition, so a
+    suite that crosses midnight in the partitions' zone would move the target between writing a file and waiting for
+    its mart; twelve hours from midnight, no boundary passes while the tests run."""
+    hours = 12 - dt.datetime.now(dt.timezone.utc).hour  # local = UTC + hours, in -11..+12
+    return "UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"  # Etc/GMT-5 is UTC+5: POSIX signs are inverted
+
+
+ZONE = _zone_near_midday()
+YESTERDAY = (dt.datetime.now(ZoneInfo(ZONE)).date() - dt.timedelta(days=1)).isoformat()
 START = (dt.date.fromisoformat(YESTERDAY) - dt.timedelta(days=30)).isoformat()
 
 SPECS = {
@@ -29,7 +41,7 @@ SPECS = {
         name: events
         domain: lab
         source: {{kind: files, format: csv, glob: "events_*.csv"}}
-        partitions: {{type: daily, start: {START}}}
+        partitions: {{type: daily, start: {START}, timezone: {ZONE}}}
         columns:
           - {{name: event_id, type: BIGINT, nullable: false}}
           - {{name: kind, type: VARCHAR, nullable: false}}
@@ -42,14 +54,14 @@ SPECS = {
         name: events_audit
         domain: lab
         transform: {{sql: events_audit.sql, inputs: [events]}}
-        partitions: {{type: daily, start: {START}}}
+        partitions: {{type: daily, start: {START}, timezone: {ZONE}}}
         after: [events]
     """,
     "events_daily.yaml": f"""
         name: events_daily
         domain: lab
         transform: {{sql: events_daily.sql, inputs: [events]}}
-        partitions: {{type: daily, start: {START}}}
+        partitions: {{type: daily, start: {START}, timezone: {ZONE}}}
         automation: {{condition: eager}}
     """,
 }
