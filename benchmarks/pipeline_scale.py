@@ -63,7 +63,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench_common import REPO, code_digest, write_dagster_yaml  # this directory is on sys.path (run as a script)
+
 RESULT_MARKER = "@@pipeline_scale@@ "
 GIB = 1024**3
 MEMORY_LIMIT_BYTES = 2 * GIB
@@ -85,18 +86,6 @@ DETAIL_METADATA = (
     "extract_seconds", "validate_seconds", "write_seconds", "load_seconds",
 )
 
-DAGSTER_YAML = """\
-# Written by benchmarks/pipeline_scale.py: the repository's dagster.yaml with an absolute storage dir.
-storage:
-  sqlite:
-    base_dir: {storage}
-concurrency:
-  pools:
-    granularity: op
-    default_limit: 1
-telemetry:
-  enabled: false
-"""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,19 +379,6 @@ def _child_env(data_dir: Path, dagster_home: Path, api_url: str | None, pycache:
     return env
 
 
-def _code_digest() -> str:
-    """A short digest of the etl_assets sources, to tell which code a result came from (others edit it too)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    package = REPO / "etl_assets"
-    files = sorted(f for f in package.rglob("*") if f.suffix in (".py", ".yaml", ".sql") and "__pycache__" not in f.parts)
-    for f in files:
-        digest.update(str(f.relative_to(package)).encode())
-        digest.update(f.read_bytes())
-    return f"{digest.hexdigest()[:12]} ({len(files)} files)"
-
-
 def _venv_has_bytecode() -> bool:
     import importlib.util
 
@@ -525,12 +501,12 @@ def _verify(data_dir: Path, orders: int) -> list[tuple[str, bool, str]]:
 
 def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
     scale = ScaleResult(orders, args.days)
-    scale.code_before = _code_digest()
+    scale.code_before = code_digest()
     base = root / f"orders_{orders}"
     data_dir, home = base / "data", base / "dagster_home"
     data_dir.mkdir(parents=True)
     home.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_YAML.format(storage=home / "storage"))
+    write_dagster_yaml(home, "pipeline_scale.py")
     env = _child_env(data_dir, home, None, args.pycache_dir)
     args.orders_for_child = orders
     began = time.perf_counter()
@@ -573,7 +549,7 @@ def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
     for floor in FLOOR_STAGES:
         record(_run_stage(floor, args, env))
     scale.wall_seconds = time.perf_counter() - began
-    scale.code_after = _code_digest()
+    scale.code_after = code_digest()
     if scale.code_after != scale.code_before:
         print(f"  WARNING: etl_assets changed while this scale ran ({scale.code_before} -> {scale.code_after});"
               " its stages may have run different code", flush=True)

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import hashlib
 import os
 import shutil
 import statistics
@@ -52,7 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench_common import REPO, code_digest, write_dagster_yaml  # this directory is on sys.path (run as a script)
+
 sys.path.insert(0, str(REPO))
 
 from etl_assets.demo import generate_shop_data  # noqa: E402
@@ -68,36 +68,10 @@ from etl_assets.demo.stress import (  # noqa: E402
 )
 
 REQUIRED_SHARE = 0.999
-DAGSTER_YAML = """\
-# Written by benchmarks/stress_faults.py: SQLite storage under this DAGSTER_HOME, the repository's pool settings.
-storage:
-  sqlite:
-    base_dir: {storage}
-concurrency:
-  pools:
-    granularity: op
-    default_limit: 1
-telemetry:
-  enabled: false
-"""
-
-
-def _code_digest() -> str:
-    """A short digest of the etl_assets sources, to tell which code a result came from (others edit it too)."""
-    digest = hashlib.sha256()
-    package = REPO / "etl_assets"
-    files = sorted(f for f in package.rglob("*") if f.suffix in (".py", ".yaml", ".sql") and "__pycache__" not in f.parts)
-    for f in files:
-        digest.update(str(f.relative_to(package)).encode())
-        digest.update(f.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def _instance(home: Path):
     from dagster import DagsterInstance
 
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(DAGSTER_YAML.format(storage=home / "storage"))
+    write_dagster_yaml(home, "stress_faults.py")
     return DagsterInstance.from_config(str(home))
 
 
@@ -176,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(tempfile.mkdtemp(prefix="stress_faults_", dir=args.workdir))
     every = max(1, min(100, partitions // 10))
-    digest_before = _code_digest()
+    digest_before = code_digest()
     print(f"stress_faults: {partitions} partitions ({args.start}..{last_day}), {orders} orders, "
           f"{settings.fault_rate:.0%} of /orders requests faulted ({', '.join(settings.kinds)}), fault seed "
           f"{settings.seed}; baseline {baseline_k} partitions without faults", flush=True)
@@ -212,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     total = time.perf_counter() - total_started
-    digest_after = _code_digest()
+    digest_after = code_digest()
 
     print()
     print(_table(

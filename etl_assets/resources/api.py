@@ -22,6 +22,8 @@ from etl_assets.pipelines.spec import ApiSource
 SOURCE_COLUMN = "_etl_source"
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_SECONDS = 60.0
+# Up to this share of a Retry-After is added at random, so clients told the same wait do not all return together.
+RETRY_AFTER_JITTER = 0.1
 
 
 @dataclass
@@ -179,7 +181,10 @@ class RestApiSource(ConfigurableResource):
                     f"{self.connection}: GET {url} failed {attempt} times, last with {reason}"
                 )
             stats.retries += 1
-            sleep = wait if wait is not None else random.uniform(0, min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1)))
+            if wait is not None:  # the server's wait is a floor
+                sleep = wait * (1 + random.uniform(0, RETRY_AFTER_JITTER))
+            else:
+                sleep = random.uniform(0, min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1)))
             log.warning(f"{self.connection}: transient {reason} on GET {url}, attempt {attempt}; retrying in {sleep:.2f}s")
             time.sleep(sleep)
         raise AssertionError("unreachable")

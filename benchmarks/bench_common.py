@@ -1,0 +1,45 @@
+"""What the benchmark scripts share: a throw-away Dagster instance's settings and a digest of the code measured.
+
+Imported by the scripts in this directory (run as scripts, so this directory is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The repository's dagster.yaml reduced to what an in-process benchmark needs: SQLite storage under the benchmark's
+# own DAGSTER_HOME and the same one-slot pools (the warehouse pool serializes DuckDB writers as in production).
+_DAGSTER_YAML = """\
+# Written by benchmarks/{writer}: SQLite storage under this DAGSTER_HOME, the repository's pool settings.
+storage:
+  sqlite:
+    base_dir: {storage}
+concurrency:
+  pools:
+    granularity: op
+    default_limit: 1
+telemetry:
+  enabled: false
+"""
+
+
+def write_dagster_yaml(home: Path, writer: str) -> Path:
+    """Write ``home/dagster.yaml`` for a benchmark instance (storage in ``home/storage``); returns its path."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "dagster.yaml"
+    path.write_text(_DAGSTER_YAML.format(writer=writer, storage=home / "storage"))
+    return path
+
+
+def code_digest() -> str:
+    """A short digest of the etl_assets sources, to tell which code a result came from (others may edit it)."""
+    digest = hashlib.sha256()
+    package = REPO / "etl_assets"
+    files = sorted(f for f in package.rglob("*") if f.suffix in (".py", ".yaml", ".sql") and "__pycache__" not in f.parts)
+    for f in files:
+        digest.update(str(f.relative_to(package)).encode())
+        digest.update(f.read_bytes())
+    return f"{digest.hexdigest()[:12]} ({len(files)} files)"
