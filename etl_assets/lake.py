@@ -3,10 +3,18 @@
 Layout: ``<root>/<asset key path>/<partition>.parquet`` (``_all.parquet`` for an unpartitioned asset). A write goes
 to a hidden temporary name in the same directory and is renamed over the final name, so readers see the old
 file or the new one, never half of one, and a re-run replaces the partition instead of adding to it.
+
+A partition can also be stored as a view (:class:`LakeView`): ``<partition>.view.json`` names a snapshot of a
+source Parquet file (a hard link, so replacing or expiring the source later does not change it), a small Parquet
+file of the source rows left out, and the SELECT list over the source's columns. ``clean/`` partitions are stored
+so: the typed, valid rows are the raw partition minus the quarantined positions, cast as they are read, instead of
+a second copy of every row. Readers get either kind through :meth:`LakeTable.relation` and see no difference.
 """
 
 
+import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -28,9 +36,12 @@ from dagster import (
 )
 
 from etl_assets.errors import no_retry_for_permanent_errors
-from etl_assets.settings import current_settings
+from etl_assets.settings import current_settings, duckdb_connection
 
 UNPARTITIONED = "_all"
+VIEW_SUFFIX = ".view.json"
+VIEW_FORMAT = "etl_assets.lake.view/1"
+POSITION_COLUMN = "position"  # the excluded-rows file's one column: a row's 0-based position in the source file
 
 
 class LakeError(RuntimeError):
@@ -60,30 +71,108 @@ class LakeTable:
     paths: tuple[str, ...]
     partitions: tuple[str, ...]
 
+    @property
+    def has_views(self) -> bool:
+        return any(p.endswith(VIEW_SUFFIX) for p in self.paths)
+
     def relation(self, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyRelation:
-        """A lazy DuckDB relation over the files (columns unified by name across partitions)."""
+        """A lazy DuckDB relation over the partitions (columns unified by name across them)."""
         con = con or duckdb.connect()
-        return con.read_parquet(list(self.paths), union_by_name=True)
+        files = [p for p in self.paths if not p.endswith(VIEW_SUFFIX)]
+        if not self.has_views:
+            return con.read_parquet(files, union_by_name=True)
+        parts = [view_sql(p) for p in self.paths if p.endswith(VIEW_SUFFIX)]
+        if files:
+            parts.append(f"SELECT * FROM read_parquet({_sql_list(files)}, union_by_name = true)")
+        return con.sql(" UNION ALL BY NAME ".join(f"({part})" for part in parts))
 
     def arrow_reader(self, batch_size: int = 65_536) -> pa.RecordBatchReader:
-        """Stream the files as Arrow record batches."""
+        """Stream the partitions as Arrow record batches."""
+        if self.has_views:
+            con = duckdb_connection()
+            reader = self.relation(con).to_arrow_reader(batch_size)
+
+            def batches():
+                try:
+                    yield from reader
+                finally:
+                    con.close()
+
+            return pa.RecordBatchReader.from_batches(reader.schema, batches())
         import pyarrow.dataset as ds
 
         dataset = ds.dataset(list(self.paths), format="parquet")
         return dataset.scanner(batch_size=batch_size).to_reader()
 
     def by_partition(self) -> dict[str, "LakeTable"]:
-        """One handle per partition file, keyed by partition."""
+        """One handle per partition, keyed by partition."""
         return {p: LakeTable(self.name, (path,), (p,)) for p, path in zip(self.partitions, self.paths)}
 
     @property
     def num_rows(self) -> int:
-        """Row count from the Parquet footers (no data read)."""
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.paths)
+        """Row count from the Parquet footers and view manifests (no data read)."""
+        return sum(_read_manifest(Path(p))["rows"] if p.endswith(VIEW_SUFFIX) else pq.ParquetFile(p).metadata.num_rows
+                   for p in self.paths)
 
     @property
     def schema(self) -> pa.Schema:
-        return pq.read_schema(self.paths[0])
+        if not self.paths[0].endswith(VIEW_SUFFIX):
+            return pq.read_schema(self.paths[0])
+        with duckdb_connection() as con:
+            return LakeTable(self.name, self.paths[:1], self.partitions[:1]).relation(con).limit(0).to_arrow_table().schema
+
+
+@dataclass(frozen=True)
+class LakeView:
+    """An output stored as a view over a source Parquet file (see the module docstring).
+
+    Attributes:
+        source: The Parquet file the view reads (snapshotted by a hard link when written).
+        select: The SELECT list over the source's columns; it may not use ``file_row_number``'s name for itself.
+        excluded: A relation with one BIGINT column ``position``: the source rows (0-based) left out.
+    """
+
+    source: str
+    select: str
+    excluded: duckdb.DuckDBPyRelation
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_list(paths: Sequence[str]) -> str:
+    return "[" + ", ".join(_sql_string(p) for p in paths) + "]"
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LakeError(f"{path}: unreadable lake view manifest ({exc}); re-materialize the partition") from exc
+    if manifest.get("format") != VIEW_FORMAT:
+        raise LakeError(f"{path}: field format is {manifest.get('format')!r}, expected {VIEW_FORMAT!r}; "
+                        "re-materialize the partition")
+    return manifest
+
+
+def view_files(manifest_path: str) -> tuple[Path, Path]:
+    """The source snapshot and the excluded-positions file a view partition reads."""
+    path = Path(manifest_path)
+    manifest = _read_manifest(path)
+    return path.parent / manifest["source"], path.parent / manifest["excluded"]
+
+
+def view_sql(manifest_path: str) -> str:
+    """The SELECT a view partition stands for, runnable in any DuckDB session."""
+    path = Path(manifest_path)
+    manifest = _read_manifest(path)
+    source = _sql_string(str(path.parent / manifest["source"]))
+    sql = f"SELECT {manifest['select']} FROM read_parquet({source}, file_row_number = true)"
+    if manifest["excluded_rows"]:
+        excluded = _sql_string(str(path.parent / manifest["excluded"]))
+        sql += f" WHERE file_row_number NOT IN (SELECT {POSITION_COLUMN} FROM read_parquet({excluded}))"
+    return sql
 
 
 @dataclass(frozen=True)
@@ -126,11 +215,20 @@ class LakeStorage(ConfigurableResource):
         directory = self.root_path().joinpath(*key_path)
         if not directory.is_dir():
             return []
-        keys = sorted(p.stem for p in directory.glob("*.parquet") if not p.name.startswith("."))
-        return [None if k == UNPARTITIONED else k for k in keys]
+        names = {p.stem for p in directory.glob("*.parquet") if not p.name.startswith(".")}
+        names |= {p.name[: -len(VIEW_SUFFIX)] for p in directory.glob(f"*{VIEW_SUFFIX}") if not p.name.startswith(".")}
+        return [None if k == UNPARTITIONED else k for k in sorted(names)]
 
     def exists(self, key_path: Sequence[str], partition: str | None) -> bool:
-        return self.path_for(key_path, partition).is_file()
+        return self.stored_path(key_path, partition) is not None
+
+    def stored_path(self, key_path: Sequence[str], partition: str | None) -> Path | None:
+        """The file holding ``partition``: its Parquet file or its view manifest (the newer, should both be left by
+        a crash between writing one and removing the other), or None."""
+        parquet = self.path_for(key_path, partition)
+        view = parquet.with_name(parquet.stem + VIEW_SUFFIX)
+        found = [p for p in (parquet, view) if p.is_file()]
+        return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
     def write(self, key_path: Sequence[str], partition: str | None, data: object) -> WriteResult:
         """Replace one partition's file with ``data`` atomically.
@@ -138,8 +236,11 @@ class LakeStorage(ConfigurableResource):
         Args:
             key_path: The asset key's path.
             partition: Partition key, or None when unpartitioned.
-            data: A DuckDB relation, an Arrow table, or an Arrow RecordBatchReader (streamed batch by batch).
+            data: A DuckDB relation, an Arrow table, an Arrow RecordBatchReader (streamed batch by batch), or a
+                :class:`LakeView`.
         """
+        if isinstance(data, LakeView):
+            return self._write_view(key_path, partition, data)
         final = self.path_for(key_path, partition)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{final.stem}.{uuid.uuid4().hex}.tmp"
@@ -154,7 +255,55 @@ class LakeStorage(ConfigurableResource):
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(final.parent)
+        _remove_view(final.with_name(final.stem + VIEW_SUFFIX))
         return WriteResult(final, rows, final.stat().st_size, time.perf_counter() - started, schema)
+
+    def _write_view(self, key_path: Sequence[str], partition: str | None, view: LakeView) -> WriteResult:
+        """Replace one partition with a view: snapshot the source, write the excluded positions, then rename the
+        manifest over the old one (the switch); the previous partition's files go after it."""
+        parquet = self.path_for(key_path, partition)
+        directory, name = parquet.parent, parquet.stem
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest_path = directory / f"{name}{VIEW_SUFFIX}"
+        generation = uuid.uuid4().hex[:12]
+        source = directory / f".{name}.{generation}.source.parquet"
+        excluded = directory / f".{name}.{generation}.excluded.parquet"
+        tmp = directory / f".{name}.{generation}.view.tmp"
+        started = time.perf_counter()
+        try:
+            try:
+                os.link(view.source, source)  # a snapshot: the raw file may be replaced or expired later
+            except OSError:  # a file system without hard links (or another device): copy instead
+                shutil.copyfile(view.source, source)
+            view.excluded.write_parquet(str(excluded), compression="zstd")
+            excluded_rows = pq.ParquetFile(excluded).metadata.num_rows
+            source_rows = pq.ParquetFile(source).metadata.num_rows
+            manifest = {"format": VIEW_FORMAT, "source": source.name, "excluded": excluded.name,
+                        "select": view.select, "source_rows": source_rows, "excluded_rows": excluded_rows,
+                        "rows": source_rows - excluded_rows}
+            with open(tmp, "w") as fh:
+                json.dump(manifest, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            for path in (excluded, source):
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+            previous = _read_manifest(manifest_path) if manifest_path.is_file() else None
+            os.replace(tmp, manifest_path)
+        except BaseException:
+            for path in (tmp, source, excluded):
+                path.unlink(missing_ok=True)
+            raise
+        _fsync_dir(directory)
+        parquet.unlink(missing_ok=True)
+        if previous is not None:
+            for old in (previous.get("source"), previous.get("excluded")):
+                if old and old not in (source.name, excluded.name):
+                    (directory / old).unlink(missing_ok=True)
+        with duckdb_connection() as con:
+            schema = con.sql(view_sql(str(manifest_path))).limit(0).to_arrow_table().schema
+        return WriteResult(manifest_path, manifest["rows"], manifest_path.stat().st_size + excluded.stat().st_size,
+                           time.perf_counter() - started, schema)
 
     def table(self, key_path: Sequence[str], partitions: Iterable[str | None], *, allow_missing: bool = False) -> LakeTable:
         """A handle on the given partitions of an asset.
@@ -164,8 +313,8 @@ class LakeStorage(ConfigurableResource):
         """
         paths, keys, missing = [], [], []
         for partition in partitions:
-            path = self.path_for(key_path, partition)
-            if path.is_file():
+            path = self.stored_path(key_path, partition)
+            if path is not None:
                 paths.append(str(path))
                 keys.append(partition or UNPARTITIONED)
             else:
@@ -177,6 +326,20 @@ class LakeStorage(ConfigurableResource):
         return LakeTable(name, tuple(paths), tuple(keys))
 
 
+def _remove_view(manifest_path: Path) -> None:
+    """Remove a view partition (after a Parquet file replaced it): its manifest, then the files it named."""
+    if not manifest_path.is_file():
+        return
+    try:
+        manifest = _read_manifest(manifest_path)
+    except LakeError:
+        manifest = {}
+    manifest_path.unlink(missing_ok=True)
+    for name in (manifest.get("source"), manifest.get("excluded")):
+        if name:
+            (manifest_path.parent / name).unlink(missing_ok=True)
+
+
 def _writer_for(data: object) -> Callable[[Path], None]:
     if isinstance(data, duckdb.DuckDBPyRelation):
         return lambda path: data.write_parquet(str(path), compression="zstd")
@@ -185,7 +348,8 @@ def _writer_for(data: object) -> Callable[[Path], None]:
     if isinstance(data, pa.RecordBatchReader):
         return lambda path: _write_stream(data, path)
     raise LakeError(
-        f"the lake stores DuckDB relations and Arrow tables or streams, not {type(data).__name__}; return one of those"
+        f"the lake stores DuckDB relations, Arrow tables or streams and lake views, not {type(data).__name__}; "
+        "return one of those"
     )
 
 

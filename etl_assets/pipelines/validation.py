@@ -267,14 +267,27 @@ def flagged_sql(columns: list[Column], rules: list[Rule], raw_columns: list[str]
     )
 
 
-def valid_sql(columns: list[Column], raw_columns: list[str], raw_types: dict[str, str], any_quarantined: bool = True) -> str:
-    """The clean data: rows of ``raw`` not flagged with an ERROR rule, contract columns typed, extra source columns
-    as delivered. Streams ``raw`` once (an anti-join on the few quarantined positions)."""
+def clean_select(columns: list[Column], raw_columns: list[str], raw_types: dict[str, str]) -> str:
+    """The SELECT list of the clean data over the raw columns: contract columns typed (as the rules saw them),
+    extra source columns as delivered, then ``_etl_source``. The clean partition is stored as this list over the raw
+    partition (a lake view), so it is the same expression the rules were checked on."""
     contract = {c.name for c in columns}
     out = [f"{_typed_expr(c, raw_types)} AS {quote_ident(c.name)}" for c in columns]
     out += [quote_ident(n) for n in raw_columns if n not in contract and n != SOURCE_COLUMN]
     out.append(quote_ident(SOURCE_COLUMN))
-    sql = f"SELECT {', '.join(out)} FROM raw"
+    return ", ".join(out)
+
+
+def quarantined_positions_sql() -> str:
+    """The raw positions of the rows flagged with an ERROR rule (the rows the clean view leaves out), in order."""
+    row = quote_ident(ROW_COLUMN)
+    return f"SELECT CAST({row} AS BIGINT) AS position FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0 ORDER BY 1"
+
+
+def valid_sql(columns: list[Column], raw_columns: list[str], raw_types: dict[str, str], any_quarantined: bool = True) -> str:
+    """The clean data: rows of ``raw`` not flagged with an ERROR rule, typed as ``clean_select``. Streams ``raw``
+    once (an anti-join on the few quarantined positions)."""
+    sql = f"SELECT {clean_select(columns, raw_columns, raw_types)} FROM raw"
     if any_quarantined:
         row = quote_ident(ROW_COLUMN)
         sql += f" WHERE {row} NOT IN (SELECT {row} FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0)"
@@ -303,6 +316,15 @@ def quarantine_sql(raw_columns: list[str], relation: str = "raw") -> str:
               f" GROUP BY {source}")
     return (f"SELECT {', '.join(out)} FROM ({bad}) AS f JOIN ({firsts}) AS firsts"
             f" ON f.{source} IS NOT DISTINCT FROM firsts.{source} ORDER BY f.{row}")
+
+
+def errors_not_excluded(con, excluded_file) -> dict[str, int]:
+    """Rows per ERROR rule whose position is not in the excluded-positions file ``excluded_file`` of the written
+    clean view: every count must be 0 (only rules with such rows appear)."""
+    row = quote_ident(ROW_COLUMN)
+    return dict(con.execute(
+        f"SELECT rule, count(*) FROM (SELECT unnest({ERRORS_COLUMN}) AS rule, {row} FROM {FLAGGED})"
+        f" WHERE {row} NOT IN (SELECT position FROM read_parquet(?)) GROUP BY ALL", [str(excluded_file)]).fetchall())
 
 
 def rule_counts_sql() -> str:

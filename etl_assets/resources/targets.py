@@ -122,25 +122,26 @@ class DuckDBWarehouse(ConfigurableResource):
             ).fetchall()[0][0]
 
 
+_SOURCE_VIEW = "__etl_load_source"
+
+
 def _replace_in(con: duckdb.DuckDBPyConnection, schema: str, table: str, source: LakeTable, partition: str,
                 run_id: str) -> tuple[int, int]:
     """Inside an open transaction: create or widen ``schema.table`` for ``source``, delete ``partition``'s rows,
     insert ``source``'s. Returns the partition's rows after, and the rows it replaced."""
     target = qualified(schema, table)
-    paths = list(source.paths)
+    con.register(_SOURCE_VIEW, source.relation(con))  # lake files or a lake view, columns unified by name
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
     incoming = [
         (name, type_name)
-        for name, type_name, *_ in con.execute(
-            "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [paths]).fetchall()
+        for name, type_name, *_ in con.execute(f"DESCRIBE SELECT * FROM {_SOURCE_VIEW}").fetchall()
         if name not in META_COLUMNS  # a quarantine file carries its own run and partition; ours win
     ]
     select = ", ".join(quote_ident(name) for name, _ in incoming)
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {target} AS SELECT {select}, CAST(NULL AS VARCHAR) AS {PARTITION_COLUMN},"
         f" CAST(NULL AS VARCHAR) AS {RUN_COLUMN}, CAST(NULL AS TIMESTAMPTZ) AS {LOADED_AT_COLUMN}"
-        " FROM read_parquet(?, union_by_name = true) LIMIT 0",
-        [paths],
+        f" FROM {_SOURCE_VIEW} LIMIT 0"
     )
     existing = {r[0] for r in con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
@@ -152,10 +153,10 @@ def _replace_in(con: duckdb.DuckDBPyConnection, schema: str, table: str, source:
     replaced = con.execute(f"DELETE FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]).fetchall()[0][0]
     con.execute(
         f"INSERT INTO {target} BY NAME SELECT {select}, CAST(? AS VARCHAR) AS {PARTITION_COLUMN},"
-        f" CAST(? AS VARCHAR) AS {RUN_COLUMN}, now() AS {LOADED_AT_COLUMN}"
-        " FROM read_parquet(?, union_by_name = true)",
-        [partition, run_id, paths],
+        f" CAST(? AS VARCHAR) AS {RUN_COLUMN}, now() AS {LOADED_AT_COLUMN} FROM {_SOURCE_VIEW}",
+        [partition, run_id],
     )
+    con.unregister(_SOURCE_VIEW)
     rows = con.execute(f"SELECT count(*) FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]).fetchall()[0][0]
     return rows, replaced
 
