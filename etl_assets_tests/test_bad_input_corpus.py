@@ -45,6 +45,7 @@ import yaml
 from dagster import AssetCheckSeverity, DagsterEventType, instance_for_test
 
 from etl_assets.definitions import build_definitions
+from etl_assets.lake import LakeStorage
 from etl_assets.errors import ContractError
 from etl_assets.pipelines.factory import _conforming
 from etl_assets.pipelines.validation import check_castable_types
@@ -153,10 +154,12 @@ class Group:
     runs: tuple[Run, ...]
 
 
-def _rows(path: Path) -> list[dict] | None:
-    if not path.is_file():
+def _rows(lake: Path, key_path: list[str], partition: str) -> list[dict] | None:
+    """A lake partition's rows as readers get them (a Parquet file, or the view clean/ is stored as)."""
+    storage = LakeStorage(root=str(lake))
+    if not storage.exists(key_path, None if partition == "_all" else partition):
         return None
-    rel = duckdb.sql("SELECT * FROM read_parquet(?)", params=[str(path)])
+    rel = storage.table(key_path, [None if partition == "_all" else partition]).relation(duckdb.connect())
     return [dict(zip(rel.columns, row)) for row in rel.fetchall()]
 
 
@@ -197,16 +200,16 @@ def _execute(instance, defs, data: Path, run: Run) -> Outcome:
                 rel = con.sql(f'SELECT * FROM "{DOMAIN}"."{run.pipeline}" WHERE _etl_partition = ?', params=[partition])
                 warehouse_columns = rel.columns
                 warehouse = [dict(zip(rel.columns, row)) for row in rel.fetchall()]
-    written = sorted(str(p.relative_to(data)) for p in [*(lake / "clean").rglob("*.parquet"),
-                                                         *(lake / "quarantine").rglob("*.parquet")])
+    written = sorted(str(p.relative_to(data)) for p in [*(lake / "clean").rglob("*"), *(lake / "quarantine").rglob("*")]
+                     if p.is_file())
     if db.exists():
         written.append(db.name)
     return Outcome(
         pipeline=run.pipeline, partition=partition, run_id=result.run_id, success=result.success,
         failures=_failures(result), checks=checks,
         raw_written=(lake / "raw" / run.pipeline / f"{partition}.parquet").is_file(),
-        clean=_rows(lake / "clean" / run.pipeline / f"{partition}.parquet"),
-        quarantine=_rows(lake / "quarantine" / run.pipeline / f"{partition}.parquet"),
+        clean=_rows(lake, ["clean", run.pipeline], partition),
+        quarantine=_rows(lake, ["quarantine", run.pipeline], partition),
         warehouse=warehouse, warehouse_columns=warehouse_columns, input_rows=run.input_rows,
         files=list(run.files), written_anywhere=written,
     )

@@ -58,12 +58,14 @@ from etl_assets.resources.api import ExtractStats, RestApiSource
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets.resources.sql import SqlDatabaseSource
 from etl_assets.settings import duckdb_connection
-from etl_assets.resources.targets import WAREHOUSE_POOL, DuckDBWarehouse, PostgresTarget
+from etl_assets.resources.targets import PARTITION_COLUMN, WAREHOUSE_POOL, DuckDBWarehouse, PostgresTarget
+from etl_assets.sqlutil import qualified
 
 LAKE_IO_MANAGER = "lake_io_manager"
 CHECK_ROWS_CONSERVED = "rows_conserved"
 CHECK_PRIMARY_KEY_UNIQUE = "primary_key_unique"
 CHECK_MATCHES_LAKE = "matches_lake"
+CHECK_CONTRACT_HOLDS = "contract_holds"
 UNPARTITIONED = "_all"
 QUARANTINE_SCHEMA = "quarantine"
 TARGET_PREFIX = {"duckdb": "warehouse", "postgres": "postgres"}
@@ -574,6 +576,21 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
     if with_quarantine:
         ins["quarantined"] = AssetIn(key=quarantine_key(spec.name))
 
+    def _verify_loaded(con, partition: str) -> dict[str, int]:
+        """The contract re-checked on the rows just inserted, inside the load's transaction: any violation rolls the
+        load back (nothing reaches the warehouse) with the rules named."""
+        table = qualified(spec.domain, spec.name)
+        literal = "'" + partition.replace("'", "''") + "'"
+        con.execute(f"CREATE OR REPLACE TEMP VIEW __etl_loaded AS SELECT * FROM {table} WHERE {PARTITION_COLUMN} = {literal}")
+        found = validation.loaded_violations(con, spec.columns, spec.primary_key, "__etl_loaded")
+        broken = {rule: n for rule, n in found.items() if n}
+        if broken:
+            raise ContractError(
+                f"{table} partition {partition}: the rows being loaded break the contract ({', '.join(f'{r}: {n}' for r, n in sorted(broken.items()))}); "
+                "the load was rolled back and the warehouse keeps its previous rows. The clean data in the lake does not "
+                f"match its validation: re-run validate_{spec.name} for this partition")
+        return {rule: found.get(rule, 0) for rule in found}
+
     @asset(
         key=key,
         group_name=spec.domain,
@@ -586,7 +603,10 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
         automation_condition=automation_for(spec),
         kinds={target},
         check_specs=[AssetCheckSpec(CHECK_MATCHES_LAKE, asset=key, blocking=True,
-                                    description="the loaded partition has exactly the lake partition's rows")],
+                                    description="the loaded partition has exactly the lake partition's rows")]
+        + ([AssetCheckSpec(CHECK_CONTRACT_HOLDS, asset=key, blocking=True,
+                           description="the contract re-checked on the rows as loaded, before the commit")]
+           if with_quarantine else []),
         description=f"{spec.name} loaded into {target} table {spec.domain}.{spec.name}, one partition replaced per run."
         + (f" Its quarantine goes to quarantine.{spec.name}." if with_quarantine else ""),
     )
@@ -595,13 +615,15 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
         resource: DuckDBWarehouse | PostgresTarget = getattr(context.resources, resource_key)
         keys = _run_keys(context) or [_partition(context)]
         rows = replaced = expected = rows_quarantined = 0
+        contract_verified: dict[str, int] = {}
         seconds = 0.0
         for partition in keys:  # a range run replaces its partitions one transaction each
             part = data if len(keys) == 1 else _one_partition(data, partition)
             if quarantined is not None:  # the dataset and its quarantine are replaced in one transaction
                 q_part = quarantined if len(keys) == 1 else _one_partition(quarantined, partition)
                 result, q_result = resource.replace_partitions(
-                    [(spec.domain, spec.name, part), (QUARANTINE_SCHEMA, spec.name, q_part)], partition, context.run.run_id)
+                    [(spec.domain, spec.name, part), (QUARANTINE_SCHEMA, spec.name, q_part)], partition,
+                    context.run.run_id, verify=lambda con, p=partition: contract_verified.update(_verify_loaded(con, p)))
                 rows_quarantined += q_result.rows
             else:
                 result = resource.replace_partition(spec.domain, spec.name, part, partition, context.run.run_id)
@@ -622,7 +644,10 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
             check_results=[AssetCheckResult(
                 check_name=CHECK_MATCHES_LAKE, passed=rows == expected,
                 metadata={"lake_rows": expected, "target_rows": rows},
-            )],
+            )] + ([AssetCheckResult(
+                check_name=CHECK_CONTRACT_HOLDS, passed=not any(contract_verified.values()),
+                metadata={"violations_by_rule": MetadataValue.json(dict(sorted(contract_verified.items())))},
+            )] if with_quarantine else []),
         )
 
     return load

@@ -407,6 +407,28 @@ def duplicates_in_clean_sql(primary_key: list[str], relation: str = "clean") -> 
             f" GROUP BY ALL HAVING count(*) > 1)")
 
 
+LOAD_FAMILIES = ("not_null", "accepted_values", "range", "format")
+
+
+def loaded_violations(con, columns: list[Column], primary_key: list[str], relation: str) -> dict[str, int]:
+    """Re-check the contract on the rows as a target holds them (``relation``: one loaded partition, typed): rows
+    breaking each ERROR value rule, and ``duplicate_key``, key tuples without NULLs occurring more than once. Every
+    count must be 0. Relationship rules are not re-checked here (the loads have no view of the other dataset).
+    """
+    rules, params = contract_rules(columns, primary_key, [c.name for c in columns], False)
+    value_rules = [r for r in post_condition_rules(rules) if r.family in LOAD_FAMILIES]
+    found: dict[str, int] = {}
+    scan_sql, scanned = violations_in_clean_sql(columns, value_rules, relation)
+    if scan_sql:
+        found.update(zip([r.name for r in scanned], con.execute(scan_sql, params_for(scan_sql, params)).fetchall()[0]))
+    if primary_key:
+        keys = ", ".join(quote_ident(k) for k in primary_key)
+        present = " AND ".join(f"{quote_ident(k)} IS NOT NULL" for k in primary_key)
+        found[DUPLICATE_KEY] = con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM {relation} WHERE {present}"
+                                           " GROUP BY ALL HAVING count(*) > 1)").fetchall()[0][0]
+    return found
+
+
 def batch_statements(
     columns: list[Column], primary_key: list[str], rules: list[Rule], raw_columns: list[str], raw_types: dict[str, str]
 ) -> list[tuple[str, str]]:

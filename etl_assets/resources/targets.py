@@ -12,7 +12,7 @@ import os
 import random
 import time
 from contextlib import contextmanager
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,10 +84,15 @@ class DuckDBWarehouse(ConfigurableResource):
         return self.replace_partitions([(schema, table, source)], partition, run_id)[0]
 
     def replace_partitions(
-        self, tables: list[tuple[str, str, LakeTable]], partition: str, run_id: str
+        self, tables: list[tuple[str, str, LakeTable]], partition: str, run_id: str,
+        verify: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     ) -> list[LoadResult]:
         """Replace ``partition`` of each ``(schema, table, source)`` in one transaction: a dataset and its
-        quarantine change together or not at all."""
+        quarantine change together or not at all.
+
+        Args:
+            verify: Called inside the transaction after the inserts, before the COMMIT; raising rolls it all back.
+        """
         started = time.perf_counter()
         results = []
         names = ", ".join(f"{schema}.{table}" for schema, table, _ in tables)
@@ -97,6 +102,8 @@ class DuckDBWarehouse(ConfigurableResource):
                 for schema, table, source in tables:
                     rows, replaced = _replace_in(con, schema, table, source, partition, run_id)
                     results.append(LoadResult(f"{schema}.{table}", partition, rows, replaced, 0.0))
+                if verify is not None:
+                    verify(con)
                 _test_pause(names, partition, "before COMMIT")
                 con.execute("COMMIT")
             except BaseException:
