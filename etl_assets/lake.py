@@ -130,11 +130,13 @@ class LakeView:
         source: The Parquet file the view reads (snapshotted by a hard link when written).
         select: The SELECT list over the source's columns; it may not use ``file_row_number``'s name for itself.
         excluded: A relation with one BIGINT column ``position``: the source rows (0-based) left out.
+        stats: JSON values kept in the manifest for readers that prune partitions (e.g. key bounds).
     """
 
     source: str
     select: str
     excluded: duckdb.DuckDBPyRelation
+    stats: dict | None = None
 
 
 def _sql_string(value: str) -> str:
@@ -161,6 +163,11 @@ def view_files(manifest_path: str) -> tuple[Path, Path]:
     path = Path(manifest_path)
     manifest = _read_manifest(path)
     return path.parent / manifest["source"], path.parent / manifest["excluded"]
+
+
+def view_stats(manifest_path: str) -> dict | None:
+    """The stats a view partition was written with (None for a Parquet partition)."""
+    return _read_manifest(Path(manifest_path)).get("stats", {}) if manifest_path.endswith(VIEW_SUFFIX) else None
 
 
 def view_sql(manifest_path: str) -> str:
@@ -280,7 +287,7 @@ class LakeStorage(ConfigurableResource):
             source_rows = pq.ParquetFile(source).metadata.num_rows
             manifest = {"format": VIEW_FORMAT, "source": source.name, "excluded": excluded.name,
                         "select": view.select, "source_rows": source_rows, "excluded_rows": excluded_rows,
-                        "rows": source_rows - excluded_rows}
+                        "rows": source_rows - excluded_rows, "stats": view.stats or {}}
             with open(tmp, "w") as fh:
                 json.dump(manifest, fh, indent=1)
                 fh.flush()

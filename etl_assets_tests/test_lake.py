@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetIn, DailyPartitionsDefinition, asset, materialize
 
-from etl_assets.lake import LakeError, LakeIOManager, LakeStorage, LakeStream, LakeTable
+from etl_assets.lake import LakeError, LakeIOManager, LakeStorage, LakeStream, LakeTable, LakeView
 
 DAILY = DailyPartitionsDefinition(start_date="2024-01-01")
 
@@ -107,3 +107,86 @@ def test_io_manager_in_real_runs(tmp_path: Path):
     mats = result.asset_materializations_for_node("doubled")
     assert mats[0].metadata["dagster/row_count"].value == 30
     assert mats[0].metadata["note"].value == "streamed"
+
+
+def _raw(lake: LakeStorage, values: list[str], partition: str = "2024-01-01") -> Path:
+    return lake.write(["raw", "v"], partition, pa.table({"x": values, "note": [f"n{v}" for v in values]})).path
+
+
+def _view(source: Path, con: duckdb.DuckDBPyConnection, excluded: list[int]) -> LakeView:
+    positions = con.sql("SELECT unnest(?::BIGINT[]) AS position", params=[excluded])
+    return LakeView(source=str(source), select='TRY_CAST("x" AS INTEGER) AS "x", "note"', excluded=positions)
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_view_partition_is_the_source_minus_the_excluded_rows_typed(tmp_path: Path):
+    lake, con = _lake(tmp_path), duckdb.connect()
+    source = _raw(lake, [str(i) for i in range(10)])
+    result = lake.write(["clean", "v"], "2024-01-01", _view(source, con, [3, 7]))
+    assert result.rows == 8 and result.path.name == "2024-01-01.view.json"
+    assert result.schema.field("x").type == pa.int32()
+    assert lake.partitions(["clean", "v"]) == ["2024-01-01"] and lake.exists(["clean", "v"], "2024-01-01")
+    table = lake.table(["clean", "v"], ["2024-01-01"])
+    assert table.num_rows == 8
+    assert table.relation(con).order("x").fetchall() == [(i, f"n{i}") for i in range(10) if i not in (3, 7)]
+    assert sum(b.num_rows for b in table.arrow_reader(batch_size=3)) == 8
+    assert table.schema.names == ["x", "note"]
+
+
+def test_view_keeps_the_validated_rows_when_the_source_is_replaced_or_expired(tmp_path: Path):
+    lake, con = _lake(tmp_path), duckdb.connect()
+    source = _raw(lake, ["1", "2", "3"])
+    lake.write(["clean", "v"], "2024-01-01", _view(source, con, [1]))
+    _raw(lake, ["100", "200"])  # a re-extract replaces the raw partition
+    clean = lake.table(["clean", "v"], ["2024-01-01"])
+    assert clean.relation(con).order("x").fetchall() == [(1, "n1"), (3, "n3")]
+    source.unlink()  # retention expires the raw partition
+    assert clean.relation(con).order("x").fetchall() == [(1, "n1"), (3, "n3")]
+
+
+def test_rewriting_a_view_replaces_its_files_and_a_parquet_write_removes_it(tmp_path: Path):
+    lake, con = _lake(tmp_path), duckdb.connect()
+    source = _raw(lake, ["1", "2", "3"])
+    directory = tmp_path / "lake" / "clean" / "v"
+    lake.write(["clean", "v"], "2024-01-01", _view(source, con, [0]))
+    first = _files(directory)
+    lake.write(["clean", "v"], "2024-01-01", _view(source, con, []))
+    second = _files(directory)
+    assert len(first) == len(second) == 3 and not set(first) & set(second) - {"2024-01-01.view.json"}
+    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).count("*").fetchall() == [(3,)]
+    lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [9]}))
+    assert _files(directory) == ["2024-01-01.parquet"]
+    lake.write(["clean", "v"], "2024-01-01", _view(source, con, [2]))
+    assert "2024-01-01.parquet" not in _files(directory)
+    assert lake.table(["clean", "v"], ["2024-01-01"]).num_rows == 2
+
+
+def test_failed_view_write_keeps_the_previous_partition_and_leaves_nothing(tmp_path: Path):
+    lake, con = _lake(tmp_path), duckdb.connect()
+    source = _raw(lake, ["1", "2", "3"])
+    lake.write(["clean", "v"], "2024-01-01", _view(source, con, [0]))
+    directory = tmp_path / "lake" / "clean" / "v"
+    before = _files(directory)
+    broken = con.sql("SELECT CAST('not a position' AS BIGINT) AS position")  # fails only when executed
+    with pytest.raises(duckdb.ConversionException):
+        lake.write(["clean", "v"], "2024-01-01", LakeView(str(source), '"x"', broken))
+    assert _files(directory) == before
+    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [(2, "n2"), (3, "n3")]
+
+
+def test_views_and_files_read_together_and_a_bad_manifest_names_the_file(tmp_path: Path):
+    lake, con = _lake(tmp_path), duckdb.connect()
+    source = _raw(lake, ["1", "2"])
+    lake.write(["clean", "v"], "2024-01-01", _view(source, con, []))
+    lake.write(["clean", "v"], "2024-01-02", pa.table({"x": pa.array([5], pa.int32()), "note": ["file"]}))
+    both = lake.table(["clean", "v"], ["2024-01-01", "2024-01-02"])
+    assert both.num_rows == 3
+    assert both.relation(con).order("x").fetchall() == [(1, "n1"), (2, "n2"), (5, "file")]
+    assert set(both.by_partition()) == {"2024-01-01", "2024-01-02"}
+    manifest = tmp_path / "lake" / "clean" / "v" / "2024-01-01.view.json"
+    manifest.write_text('{"format": "something else"}')
+    with pytest.raises(LakeError, match=r"2024-01-01\.view\.json: field format .*re-materialize"):
+        lake.table(["clean", "v"], ["2024-01-01"]).relation(con)

@@ -45,6 +45,7 @@ from psycopg import sql
 
 from etl_assets.definitions import build_definitions
 from etl_assets.demo import DemoApiServer, DemoManifest, FaultConfig
+from etl_assets.lake import VIEW_SUFFIX, view_files, view_sql
 from etl_assets.resources.api import RestApiSource
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, WAREHOUSE_POOL
 
@@ -65,16 +66,23 @@ def digest(rows: Iterable[tuple]) -> tuple[int, str]:
 
 
 def lake_snapshot(lake: Path) -> dict[str, tuple[int, str]]:
-    """Every file under the lake with the digest of its rows; no temporary file may be left behind."""
-    snapshot = {}
+    """Every partition under the lake (Parquet file or view) with the digest of its rows; no temporary file may be
+    left behind, and every hidden file is one a view reads."""
+    snapshot, referenced = {}, set()
     for path in sorted(lake.rglob("*")):
         relative = path.relative_to(lake).as_posix()
-        if path.is_dir():
+        if path.is_dir() or path.name.startswith("."):
             continue
         assert not any(part.startswith(".") for part in path.relative_to(lake).parts), f"leftover {relative}"
-        rel = duckdb.read_parquet(str(path))
+        if path.name.endswith(VIEW_SUFFIX):
+            referenced.update(view_files(str(path)))
+            rel = duckdb.sql(view_sql(str(path)))
+        else:
+            rel = duckdb.read_parquet(str(path))
         columns = [duckdb.ColumnExpression(c) for c in rel.columns if c not in RUN_SPECIFIC]
         snapshot[relative] = digest(rel.select(*columns).fetchall())
+    leftovers = [p.relative_to(lake).as_posix() for p in lake.rglob(".*") if p.is_file() and p not in referenced]
+    assert not leftovers, f"leftover {leftovers}"
     return snapshot
 
 
@@ -244,10 +252,10 @@ def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_
     assert first["warehouse"][f"{pg_schema}.rec_catalog"][0] == shop_data.products
     assert first["warehouse"][f"{pg_schema}.rec_daily"][0] >= 2
     assert first["postgres"][0] == len(orders) - cancelled
-    assert set(first["lake"]) == {f"{stage}/{name}/{day}.parquet" for stage in ("raw", "clean", "quarantine")
-                                  for name in ("rec_orders",) for day in days} \
+    assert set(first["lake"]) == {f"{stage}/rec_orders/{day}.parquet" for stage in ("raw", "quarantine") for day in days} \
+        | {f"clean/rec_orders/{day}.view.json" for day in days} \
         | {f"marts/rec_daily/{day}.parquet" for day in days} \
-        | {f"{stage}/rec_catalog/_all.parquet" for stage in ("raw", "clean", "quarantine")}
+        | {f"{stage}/rec_catalog/_all.parquet" for stage in ("raw", "quarantine")} | {"clean/rec_catalog/_all.view.json"}
     # The rows were replaced by each run, not kept from the first: they carry the last run's id.
     last = run_ids[2]
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:

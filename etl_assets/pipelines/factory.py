@@ -50,7 +50,7 @@ from dagster import (
 )
 
 from etl_assets.errors import ContractError, no_retry_for_permanent_errors
-from etl_assets.lake import LakeError, LakeIOManager, LakeStorage, LakeStream, LakeTable, LakeView, view_files
+from etl_assets.lake import LakeError, LakeIOManager, LakeStorage, LakeStream, LakeTable, LakeView, view_files, view_stats
 from etl_assets.pipelines import sensors as sensors_mod
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
@@ -346,6 +346,34 @@ def _row_count_result(context, spec: PipelineSpec, rows_in: int, partition: str)
     )
 
 
+KEY_MIN, KEY_MAX = "key_min", "key_max"  # a clean view's first-key range (as text), for pruning
+
+
+def _overlapping_partitions(con, others: LakeTable, spec: PipelineSpec, low, high) -> list[str | None]:
+    """The partitions of ``others`` that may hold a key between ``low`` and ``high`` (the first key column): those
+    whose recorded range overlaps it, and those without a recorded range (read to be sure)."""
+    if low is None:
+        return []  # a batch without keys matches nothing
+    key_type = next(c.type for c in spec.columns if c.name == spec.primary_key[0])
+    keys, lows, highs, unknown = [], [], [], []
+    for key, path in zip(others.partitions, others.paths):
+        stats = view_stats(path)
+        partition = None if key == UNPARTITIONED else key
+        if not stats or KEY_MIN not in stats:
+            unknown.append(partition)
+        elif stats[KEY_MIN] is not None:
+            keys.append(key)
+            lows.append(stats[KEY_MIN])
+            highs.append(stats[KEY_MAX])
+    if not keys:
+        return unknown
+    overlapping = con.execute(
+        f"SELECT k FROM (SELECT unnest($keys::VARCHAR[]) AS k, unnest($lows::VARCHAR[]) AS lo, unnest($highs::VARCHAR[]) AS hi)"
+        f" WHERE CAST(lo AS {key_type}) <= CAST($high AS {key_type}) AND CAST(hi AS {key_type}) >= CAST($low AS {key_type})",
+        {"keys": keys, "lows": lows, "highs": highs, "low": str(low), "high": str(high)}).fetchall()
+    return unknown + [None if k == UNPARTITIONED else k for (k,) in overlapping]
+
+
 def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> AssetsDefinition:
     spec = loaded.spec
     ck, qk = clean_key(spec.name), quarantine_key(spec.name)
@@ -431,11 +459,17 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
                     raise ContractError(f"{spec.name}: its relationship to {name} needs {name} loaded first; run it")
                 con.register(validation.reference_view(name), lake.table(ref_key.path, ref_partitions).relation(con))
             others = [p for p in lake.partitions(ck.path) if (p or UNPARTITIONED) != partition] if spec.primary_key else []
-            if others:
-                # Only keys of other partitions within this batch's key range can match: read just those (Parquet
-                # row groups outside the range are skipped), not the whole history.
-                con.register("__etl_other_clean", lake.table(ck.path, others).relation(con))
+            stats: dict = {}
+            if spec.primary_key and (others or pdef is not None):
+                # the batch's first-key range, kept with the clean view so later batches can skip this partition
                 low, high = con.sql(validation.key_bounds_sql(spec.columns, spec.primary_key, raw_types)).fetchall()[0]
+                stats = {KEY_MIN: None if low is None else str(low), KEY_MAX: None if high is None else str(high)}
+            if others:
+                # Only keys of other partitions whose key range overlaps this batch's can match: read just those
+                # partitions, and of them only the keys within the range.
+                others = _overlapping_partitions(con, lake.table(ck.path, others), spec, low, high)
+            if others:
+                con.register("__etl_other_clean", lake.table(ck.path, others).relation(con))
                 con.execute(f"CREATE TEMP TABLE {validation.OTHER_BATCHES} AS "
                             + validation.other_batch_keys_sql(spec.primary_key, "__etl_other_clean"), [low, high])
             rules, params = validation.contract_rules(spec.columns, spec.primary_key, raw_columns, bool(others))
@@ -449,7 +483,7 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
             valid_share = rows_valid / rows_in if rows_in else 1.0
             # clean is stored as a view over this raw file minus the quarantined positions, typed as it is read
             valid = LakeView(source=raw.paths[0], select=validation.clean_select(spec.columns, raw_columns, raw_types),
-                             excluded=con.sql(validation.quarantined_positions_sql()))
+                             excluded=con.sql(validation.quarantined_positions_sql()), stats=stats)
             quarantined = con.sql(validation.quarantine_sql(raw_columns),
                                   params={"run_id": context.run.run_id, "partition": partition})
             yield Output(valid, "clean", metadata={
@@ -621,9 +655,10 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
             part = data if len(keys) == 1 else _one_partition(data, partition)
             if quarantined is not None:  # the dataset and its quarantine are replaced in one transaction
                 q_part = quarantined if len(keys) == 1 else _one_partition(quarantined, partition)
-                result, q_result = resource.replace_partitions(
-                    [(spec.domain, spec.name, part), (QUARANTINE_SCHEMA, spec.name, q_part)], partition,
-                    context.run.run_id, verify=lambda con, p=partition: contract_verified.update(_verify_loaded(con, p)))
+                with no_retry_for_permanent_errors():  # a contract mismatch is not fixed by loading again
+                    result, q_result = resource.replace_partitions(
+                        [(spec.domain, spec.name, part), (QUARANTINE_SCHEMA, spec.name, q_part)], partition,
+                        context.run.run_id, verify=lambda con, p=partition: contract_verified.update(_verify_loaded(con, p)))
                 rows_quarantined += q_result.rows
             else:
                 result = resource.replace_partition(spec.domain, spec.name, part, partition, context.run.run_id)

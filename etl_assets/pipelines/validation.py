@@ -9,10 +9,12 @@ position in its file as ``__etl_row``), none of which writes or sorts the whole 
 1. ``duplicate_keys_sql``: key tuples that occur more than once (a narrow GROUP BY; a small result);
 2. ``flagged_sql``: the rows breaking any rule, with the names of the rules (a small table when most rows are good),
    then ``first_duplicate_wins_sql``: of the rows sharing a key, the first keeps it;
-3. ``valid_sql``: the clean data, typed, streamed from ``raw`` minus the rows flagged with an ERROR rule;
-   ``quarantine_sql``: the flagged rows with an ERROR rule, as delivered.
+3. the outputs: the clean data is stored as a lake view, ``clean_select`` over the raw file minus
+   ``quarantined_positions_sql`` (typed when read, with the expressions the rules saw); ``quarantine_sql``: the
+   flagged rows with an ERROR rule, as delivered.
 
-``violations_in_clean`` then runs the post-conditions over the files written.
+``errors_not_excluded`` then checks the view as written, and the loads run ``loaded_violations`` over the rows they
+insert, before they commit.
 """
 
 from __future__ import annotations
@@ -236,8 +238,8 @@ def first_duplicate_wins_sql(columns: list[Column], primary_key: list[str], raw_
 
 
 def key_bounds_sql(columns: list[Column], primary_key: list[str], raw_types: dict[str, str]) -> str:
-    """The smallest and largest value of the first key column in ``raw`` (to read only the matching part of other
-    partitions: their Parquet row groups outside the range are skipped)."""
+    """The smallest and largest value of the first key column in ``raw``: kept with the clean view, so a later batch
+    reads only the partitions whose range overlaps its own, and of those only the keys within it."""
     first = _typed_expr(next(c for c in columns if c.name == primary_key[0]), raw_types)
     return f"SELECT min({first}), max({first}) FROM raw"
 
@@ -334,50 +336,17 @@ def rule_counts_sql() -> str:
 
 
 _POST_FAMILIES = ("not_null", "accepted_values", "range", "format", "relationship")
-_FLOATING_TYPES = ("DOUBLE", "REAL")
 
 
 def post_condition_rules(rules: list[Rule]) -> list[Rule]:
     """The ERROR value rules re-checked over the written clean data (every count must be 0). Type and uniqueness
-    rules are not among them: the clean data is typed, and uniqueness is ``duplicates_in_clean_sql``'s."""
+    rules are not among them: the clean data is typed, and uniqueness is counted separately."""
     return [r for r in rules if r.severity == "ERROR" and r.family in _POST_FAMILIES]
 
 
-def footer_checks_sql(columns: list[Column], rules: list[Rule]) -> tuple[str, list[Rule], dict[str, object]]:
-    """The post-conditions the clean files' Parquet footers settle without reading data: ``not_null`` (the NULL
-    count of every row group) and ``min``/``max`` (every row group's exact minimum or maximum within the bound).
-
-    Returns the SELECT (over ``parquet_metadata($clean_files)``; one value per rule: the violations, or NULL when
-    the footers do not settle it, e.g. a row group without exact statistics), the rules it answers and the bind
-    parameters it adds (``$clean_files`` is the caller's).
-    """
-    types = {c.name: c.type for c in columns}
-    exprs, answered, params = [], [], {}
-    for rule in post_condition_rules(rules):
-        family, _, column = rule.name.partition(":")
-        if family not in ("not_null", "min", "max") or (family != "not_null" and types[column] in _FLOATING_TYPES):
-            continue  # a NaN is in no min/max statistic
-        name = f"c{len(params)}"
-        params[name] = column
-        of_column = f"path_in_schema = ${name}"
-        if family == "not_null":
-            exprs.append(f"CASE WHEN count(*) FILTER (WHERE {of_column} AND stats_null_count IS NULL) = 0"
-                         f" THEN coalesce(sum(stats_null_count) FILTER (WHERE {of_column}), 0) END")
-        else:
-            stat, exact = ("stats_min_value", "min_is_exact") if family == "min" else ("stats_max_value", "max_is_exact")
-            value = f"TRY_CAST({stat} AS {types[column]})"
-            broken = rule.expr.replace(_typed(column), value)
-            exprs.append(f"CASE WHEN count(*) FILTER (WHERE {of_column} AND ({value} IS NULL OR {exact} IS NOT TRUE"
-                         f" OR ({broken}))) = 0 THEN 0 END")
-        answered.append(rule)
-    if not answered:
-        return "", [], {}
-    return f"SELECT {', '.join(exprs)} FROM parquet_metadata($clean_files)", answered, params
-
-
 def violations_in_clean_sql(columns: list[Column], rules: list[Rule], relation: str = "clean") -> tuple[str, list[Rule]]:
-    """Count, over the written clean data, the rows breaking each of ``rules`` (post-condition rules; every count
-    must be 0) by reading the columns they need.
+    """Count, over typed clean data (``relation``), the rows breaking each of ``rules`` (post-condition rules; every
+    count must be 0) by reading the columns they need.
 
     Returns the SELECT (one count per rule, in order) and the rules it counts.
     """
@@ -393,18 +362,6 @@ def violations_in_clean_sql(columns: list[Column], rules: list[Rule], relation: 
             expr = expr.replace(f"{quote_ident(name)} IS NULL", f"{_typed(name)} IS NULL")
         counts.append(f"count(*) FILTER (WHERE {expr})")
     return f"SELECT {', '.join(counts)} FROM (SELECT *, {aliases} FROM {relation}) AS typed", checked
-
-
-def duplicates_in_clean_sql(primary_key: list[str], relation: str = "clean") -> str:
-    """Key tuples occurring more than once in the written clean data (a post-condition: must be 0).
-
-    Clean rows are a subset of the batch's rows, so only keys in ``DUPLICATE_KEYS`` (those occurring more than
-    once in the batch, NULLs included) can occur twice: only the clean rows with those keys are grouped.
-    """
-    keys = ", ".join(f"c.{quote_ident(k)}" for k in primary_key)
-    match = " AND ".join(f"c.{quote_ident(k)} IS NOT DISTINCT FROM d.{_typed(k)}" for k in primary_key)
-    return (f"SELECT count(*) FROM (SELECT {keys} FROM {relation} AS c SEMI JOIN {DUPLICATE_KEYS} AS d ON {match}"
-            f" GROUP BY ALL HAVING count(*) > 1)")
 
 
 LOAD_FAMILIES = ("not_null", "accepted_values", "range", "format")
@@ -435,7 +392,8 @@ def batch_statements(
     """The statements that validate a batch, in order, as (what it does, SQL); they fill the temporary tables.
 
     They need ``raw`` (with ``__etl_row``) and, when the rules use them, the reference views and ``__other_batches``.
-    After them, ``valid_sql`` and ``quarantine_sql`` give the two outputs and ``rule_counts_sql`` the counts.
+    After them, ``clean_select`` with ``quarantined_positions_sql`` (the clean view) and ``quarantine_sql`` give the
+    two outputs and ``rule_counts_sql`` the counts.
     """
     statements = []
     if primary_key:
@@ -447,25 +405,3 @@ def batch_statements(
         statements.append(("duplicate keys: the first row of each keeps it",
                            first_duplicate_wins_sql(columns, primary_key, raw_types)))
     return statements
-
-
-def violations_in_clean(con, columns: list[Column], primary_key: list[str], rules: list[Rule],
-                        params: dict[str, object], clean_files: Sequence[str]) -> dict[str, int]:
-    """Run the post-conditions over the written clean files (registered as ``clean``): rows breaking each
-    post-condition rule, and ``duplicate_key``, the keys occurring more than once. Every count must be 0.
-
-    ``not_null`` and range rules come from the Parquet footers where they settle them; the other rules read the
-    columns they need; uniqueness reads the key columns for the keys at risk only (``duplicates_in_clean_sql``).
-    """
-    found: dict[str, int] = {}
-    footer_sql, footer_rules, footer_params = footer_checks_sql(columns, rules)
-    if footer_sql:
-        bound = {**params, **footer_params, "clean_files": list(clean_files)}
-        values = con.sql(footer_sql, params=params_for(footer_sql, bound)).fetchall()[0]
-        found = {r.name: v for r, v in zip(footer_rules, values) if v is not None}
-    scan_sql, scanned = violations_in_clean_sql(columns, [r for r in post_condition_rules(rules) if r.name not in found])
-    if scan_sql:
-        found.update(zip([r.name for r in scanned], con.sql(scan_sql, params=params_for(scan_sql, params)).fetchall()[0]))
-    if primary_key:
-        found[DUPLICATE_KEY] = con.sql(duplicates_in_clean_sql(primary_key)).fetchall()[0][0]
-    return found
