@@ -24,6 +24,7 @@ EXPECTED_CHECKS = sorted(
     [f"clean/{n}:{c}" for n in SOURCES for c in ("rows_conserved", "quality_score", "schema_change")]
     + [f"clean/{n}:{c}" for n, checks in CONTRACT_CHECKS.items() for c in checks]
     + [f"warehouse/{n}:matches_lake" for n in SOURCES + MARTS]
+    + [f"warehouse/{n}:contract_holds" for n in SOURCES]
     + [f"warehouse/{n}:freshness_check" for n in ("orders", "customers", "daily_revenue")]
 )
 EXPECTED_JOBS = sorted([f"{n}_pipeline" for n in SOURCES + MARTS] + ["shop_daily", "shop_full_refresh"]
