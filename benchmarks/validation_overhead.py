@@ -265,6 +265,10 @@ def _run_job(selection_paths: list[list[str]]) -> dict:
         for key, value in event.materialization.metadata.items():
             if isinstance(value.value, (int, float)):
                 metadata[f"{event.asset_key.to_user_string()}:{key}"] = value.value
+    for evaluation in result.get_asset_check_evaluations():
+        for key, value in evaluation.metadata.items():
+            if isinstance(value.value, (int, float)):
+                metadata[f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}:{key}"] = value.value
     steps = _step_seconds(instance, result.run_id)
     return {"ready": ready, "run_wall": wall, "steps": steps, "step_cpu": step_cpu, "failures": failures,
             "checks": checks, "metadata": metadata, "success": result.success}
@@ -505,7 +509,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
         print("\nFAIL: the load did not succeed")
         return 1
     stages = {name: _best(stage_runs) for name, stage_runs in runs.items()}
-    load, validate = stages["load"], stages.get("validate")
+    load, validate, loaded = stages["load"], stages.get("validate"), stages.get("warehouse")
     best = f"best of {args.repeat} runs each, " if args.repeat > 1 else ""
     print(f"\n=== {args.rows:,} rows: landing file -> warehouse table, without and with validation ({best}each in a"
           " fresh process) ===")
@@ -544,6 +548,10 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
               f"rows_in {md.get(f'clean/{NAME}:rows_in', 0):,}, valid {md.get(f'clean/{NAME}:rows_valid', 0):,}, "
               f"quarantined {md.get(f'clean/{NAME}:rows_quarantined', 0):,}; "
               f"rule passes before the writes (validate_seconds metadata) {md.get(f'clean/{NAME}:validate_seconds', 0):.2f}s")
+    if loaded is not None and loaded.ok:
+        md = loaded.payload["metadata"]
+        print(f"warehouse: step {loaded.seconds:.2f}s, of which the load transaction {md.get(f'warehouse/{NAME}:load_seconds', 0):.2f}s"
+              f" (the contract re-check inside it {md.get(f'warehouse/{NAME}:contract_holds:check_seconds', 0):.2f}s)")
     phases = stages.get("phases")
     if phases is not None and phases.ok:
         print("\nvalidation phases (same statements as _build_validate, one connection, no Dagster):")
@@ -552,7 +560,6 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
         if phases.payload.get("plan"):
             print("\nEXPLAIN ANALYZE of the statements:\n" + phases.payload["plan"])
     plains = [stages[n] for n in ("plain", "plain_unordered") if n in stages and stages[n].ok]
-    loaded = stages.get("warehouse")
     if validate is None or not validate.ok or loaded is None or not loaded.ok or not plains:
         print("\nFAIL: a stage did not succeed")
         return 1

@@ -42,7 +42,7 @@ def _setup(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
     landing = data_dir / "landing" / "visits"
     landing.mkdir(parents=True)
-    (landing / f"visits_{DAY}.csv").write_text("visit_id,kind,amount\n1,view,2.50\n2,refund,1.00\n3,buy,-4\n4,buy,10\n")
+    (landing / f"visits_{DAY}.csv").write_text("visit_id,kind,amount\n1,view,2.50\n2,refund,1.00\n3,buy,-4\n4,buy,10\n4,view,3\n")
     return build_definitions().resolve_job_def("visits_pipeline")
 
 
@@ -55,13 +55,13 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
     stored = lake.stored_path(["clean", "visits"], DAY)
     assert stored is not None and stored.name == f"{DAY}.view.json"
     manifest = json.loads(stored.read_text())
-    assert (manifest["source_rows"], manifest["excluded_rows"], manifest["rows"]) == (4, 2, 2)
+    assert (manifest["source_rows"], manifest["excluded_rows"], manifest["rows"]) == (5, 3, 2)
     # the view's source is a snapshot of the raw partition (same file, not a copy)
     assert (stored.parent / manifest["source"]).stat().st_ino == lake.path_for(["raw", "visits"], DAY).stat().st_ino
 
     valid, quarantined = _warehouse(data_dir)
     assert [(v[0], v[1], str(v[2])) for v in valid] == [(1, "view", "2.50"), (4, "buy", "10.00")]
-    assert quarantined == [("2", ["accepted_values:kind"]), ("3", ["min:amount"])]  # as delivered
+    assert quarantined == [("2", ["accepted_values:kind"]), ("3", ["min:amount"]), ("4", ["duplicate_key"])]  # as delivered
     check = instance.get_latest_asset_check_evaluation_record(AssetCheckKey(AssetKey(["warehouse", "visits"]), "contract_holds"))
     assert check is not None and check.event.asset_check_evaluation.passed
     counted = check.event.asset_check_evaluation.metadata["violations_by_rule"].value
@@ -74,14 +74,15 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
     lake.write(["clean", "visits"], DAY, LakeView(source=str(stored.parent / manifest["source"]),
                                                   select=manifest["select"],
                                                   excluded=con.sql("SELECT 0::BIGINT AS position WHERE false")))
-    assert lake.table(["clean", "visits"], [DAY]).num_rows == 4
+    assert lake.table(["clean", "visits"], [DAY]).num_rows == 5
     again = job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET, raise_on_error=False,
                                    asset_selection=[AssetKey(["warehouse", "visits"])])
     assert not again.success
     [failure] = [e for e in again.all_events if e.is_step_failure]
     message = failure.step_failure_data.user_failure_data.description if failure.step_failure_data.user_failure_data \
         else failure.step_failure_data.error.message
-    assert "accepted_values:kind: 1" in message and "min:amount: 1" in message and "rolled back" in message
+    assert "accepted_values:kind: 1" in message and "min:amount: 1" in message and "duplicate_key: 1" in message
+    assert "rolled back" in message
     assert _warehouse(data_dir) == (valid, quarantined)
 
 

@@ -367,10 +367,14 @@ def violations_in_clean_sql(columns: list[Column], rules: list[Rule], relation: 
 LOAD_FAMILIES = ("not_null", "accepted_values", "range", "format")
 
 
-def loaded_violations(con, columns: list[Column], primary_key: list[str], relation: str) -> dict[str, int]:
+def loaded_violations(con, columns: list[Column], primary_key: list[str], relation: str, quarantine: str) -> dict[str, int]:
     """Re-check the contract on the rows as a target holds them (``relation``: one loaded partition, typed): rows
-    breaking each ERROR value rule, and ``duplicate_key``, key tuples without NULLs occurring more than once. Every
-    count must be 0. Relationship rules are not re-checked here (the loads have no view of the other dataset).
+    breaking each ERROR value rule, and ``duplicate_key``, keys occurring more than once. Every count must be 0.
+
+    Only a key that occurred more than once in the batch can occur twice in its clean rows, and every such key has
+    rows quarantined as ``duplicate_key`` (all but the first), so uniqueness is counted for the keys of those rows
+    (``quarantine``: the partition's quarantine as loaded, values as delivered), as a SEMI JOIN, not a GROUP BY of
+    every row. Relationship rules are not re-checked here (the loads have no view of the other dataset).
     """
     rules, params = contract_rules(columns, primary_key, [c.name for c in columns], False)
     value_rules = [r for r in post_condition_rules(rules) if r.family in LOAD_FAMILIES]
@@ -379,10 +383,16 @@ def loaded_violations(con, columns: list[Column], primary_key: list[str], relati
     if scan_sql:
         found.update(zip([r.name for r in scanned], con.execute(scan_sql, params_for(scan_sql, params)).fetchall()[0]))
     if primary_key:
-        keys = ", ".join(quote_ident(k) for k in primary_key)
-        present = " AND ".join(f"{quote_ident(k)} IS NOT NULL" for k in primary_key)
-        found[DUPLICATE_KEY] = con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM {relation} WHERE {present}"
-                                           " GROUP BY ALL HAVING count(*) > 1)").fetchall()[0][0]
+        types = {c.name: c.type for c in columns}
+        keys = ", ".join(f"c.{quote_ident(k)}" for k in primary_key)
+        delivered = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {quarantine}").fetchall()}
+        at_risk = ", ".join(f"{typed_value(quote_ident(k), types[k]) if k in delivered else f'CAST(NULL AS {types[k]})'}"
+                            f" AS {quote_ident(k)}" for k in primary_key)
+        match = " AND ".join(f"c.{quote_ident(k)} = d.{quote_ident(k)}" for k in primary_key)
+        found[DUPLICATE_KEY] = con.execute(
+            f"SELECT count(*) FROM (SELECT {keys} FROM {relation} AS c SEMI JOIN (SELECT {at_risk} FROM {quarantine}"
+            f" WHERE list_contains(_etl_reasons, '{DUPLICATE_KEY}')) AS d ON {match} GROUP BY ALL HAVING count(*) > 1)"
+        ).fetchall()[0][0]
     return found
 
 
