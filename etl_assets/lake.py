@@ -37,6 +37,7 @@ from dagster import (
 
 from etl_assets.errors import no_retry_for_permanent_errors
 from etl_assets.settings import current_settings, duckdb_connection
+from etl_assets.sqlutil import quote_literal
 
 UNPARTITIONED = "_all"
 VIEW_SUFFIX = ".view.json"
@@ -139,12 +140,8 @@ class LakeView:
     stats: dict | None = None
 
 
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _sql_list(paths: Sequence[str]) -> str:
-    return "[" + ", ".join(_sql_string(p) for p in paths) + "]"
+    return "[" + ", ".join(quote_literal(p) for p in paths) + "]"
 
 
 def _read_manifest(path: Path) -> dict:
@@ -174,10 +171,10 @@ def view_sql(manifest_path: str) -> str:
     """The SELECT a view partition stands for, runnable in any DuckDB session."""
     path = Path(manifest_path)
     manifest = _read_manifest(path)
-    source = _sql_string(str(path.parent / manifest["source"]))
+    source = quote_literal(str(path.parent / manifest["source"]))
     sql = f"SELECT {manifest['select']} FROM read_parquet({source}, file_row_number = true)"
     if manifest["excluded_rows"]:
-        excluded = _sql_string(str(path.parent / manifest["excluded"]))
+        excluded = quote_literal(str(path.parent / manifest["excluded"]))
         sql += f" WHERE file_row_number NOT IN (SELECT {POSITION_COLUMN} FROM read_parquet({excluded}))"
     return sql
 

@@ -38,6 +38,11 @@ def quote_ident(name: str) -> str:
     return '"' + name + '"'
 
 
+def quote_literal(text: str) -> str:
+    """Any text as a DuckDB string literal (single quotes doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def qualified(schema: str, table: str) -> str:
     """``"schema"."table"`` with both parts validated."""
     return f"{quote_ident(schema)}.{quote_ident(table)}"

@@ -59,7 +59,7 @@ from etl_assets.resources.files import LandingFilesSource
 from etl_assets.resources.sql import SqlDatabaseSource
 from etl_assets.settings import duckdb_connection
 from etl_assets.resources.targets import PARTITION_COLUMN, WAREHOUSE_POOL, DuckDBWarehouse, PostgresTarget
-from etl_assets.sqlutil import qualified
+from etl_assets.sqlutil import qualified, quote_literal
 
 LAKE_IO_MANAGER = "lake_io_manager"
 CHECK_ROWS_CONSERVED = "rows_conserved"
@@ -616,7 +616,7 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
         """The contract re-checked on the rows just inserted, inside the load's transaction: any violation rolls the
         load back (nothing reaches the warehouse) with the rules named."""
         table = qualified(spec.domain, spec.name)
-        literal = "'" + partition.replace("'", "''") + "'"
+        literal = quote_literal(partition)
         con.execute(f"CREATE OR REPLACE TEMP VIEW __etl_loaded AS SELECT * FROM {table} WHERE {PARTITION_COLUMN} = {literal}")
         con.execute(f"CREATE OR REPLACE TEMP VIEW __etl_loaded_quarantine AS SELECT * FROM"
                     f" {qualified(QUARANTINE_SCHEMA, spec.name)} WHERE {PARTITION_COLUMN} = {literal}")

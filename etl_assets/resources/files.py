@@ -18,6 +18,7 @@ from etl_assets.errors import PermanentSourceError
 from etl_assets.pipelines.spec import FilesSource
 from etl_assets.resources.api import SOURCE_COLUMN
 from etl_assets.settings import current_settings
+from etl_assets.sqlutil import quote_literal
 
 # Writers that are not done yet use these names; they are never read.
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
@@ -191,10 +192,6 @@ def _sql_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _sql_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], fmt: str) -> duckdb.DuckDBPyRelation:
     """JSON records with every value as delivered: scalars as text, nested values as JSON.
 
@@ -233,7 +230,7 @@ def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], 
         if name in nested:
             out.append(q)
             continue
-        refusal = _sql_text(
+        refusal = quote_literal(
             f"{dataset}: column {name} holds an object or array past the records sampled to type it, which held "
             "only scalars; a scalar column cannot take it: fix the record in "
         )
