@@ -86,6 +86,27 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
     assert _warehouse(data_dir) == (valid, quarantined)
 
 
+def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_back(
+        tmp_path, data_dir, instance, monkeypatch):
+    # the value rules are checked by the INSERT as it inserts; uniqueness is counted on the inserted rows
+    job = _setup(tmp_path, data_dir, monkeypatch)
+    assert job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET).success
+    before = _warehouse(data_dir)
+    lake = LakeStorage(root=str(data_dir / "lake"))
+    stored = lake.stored_path(["clean", "visits"], DAY)
+    manifest = json.loads(stored.read_text())
+    # leave out the two rows breaking a value rule, let the second row of key 4 through
+    lake.write(["clean", "visits"], DAY, LakeView(source=str(stored.parent / manifest["source"]), select=manifest["select"],
+                                                  excluded=duckdb.connect().sql("SELECT unnest([1, 2]::BIGINT[]) AS position")))
+    again = job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET, raise_on_error=False,
+                                   asset_selection=[AssetKey(["warehouse", "visits"])])
+    assert not again.success
+    [failure] = [e for e in again.all_events if e.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert "duplicate_key: 1" in message and "accepted_values" not in message and "rolled back" in message
+    assert _warehouse(data_dir) == before
+
+
 def test_cross_partition_key_check_reads_only_partitions_whose_key_range_overlaps(
         tmp_path, data_dir, instance, monkeypatch):
     job = _setup(tmp_path, data_dir, monkeypatch)

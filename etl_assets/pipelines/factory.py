@@ -58,7 +58,8 @@ from etl_assets.resources.api import ExtractStats, RestApiSource
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets.resources.sql import SqlDatabaseSource
 from etl_assets.settings import duckdb_connection
-from etl_assets.resources.targets import PARTITION_COLUMN, WAREHOUSE_POOL, DuckDBWarehouse, PostgresTarget
+from etl_assets.resources.targets import (PARTITION_COLUMN, WAREHOUSE_POOL, DuckDBWarehouse, GuardTripped, PostgresTarget,
+                                         RowGuard)
 from etl_assets.sqlutil import qualified, quote_literal
 
 LAKE_IO_MANAGER = "lake_io_manager"
@@ -610,26 +611,52 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
     if with_quarantine:
         ins["quarantined"] = AssetIn(key=quarantine_key(spec.name))
 
-    check_seconds = [0.0]  # the re-check's share of the last load (metadata)
+    check_seconds = [0.0]  # the uniqueness re-check's share of the last load (metadata)
+    table_name = f"{spec.domain}.{spec.name}"
+    # the ERROR value rules, re-checked by the warehouse INSERT itself on every row it inserts
+    guard = validation.load_guard(spec.columns) if with_quarantine else None
+    guards = {table_name: RowGuard(guard[0], guard[1])} if guard else {}
+    guarded_rules = guard[2] if guard else []
+
+    def _contract_broken(partition: str, found: dict[str, int]) -> ContractError:
+        broken = ", ".join(f"{rule}: {n}" for rule, n in sorted(found.items()) if n) or "a row refused by the load's guard"
+        return ContractError(
+            f"{table_name} partition {partition}: the rows being loaded break the contract ({broken}); the load was "
+            "rolled back and the warehouse keeps its previous rows. The clean data in the lake does not match its "
+            f"validation: re-run validate_{spec.name} for this partition")
 
     def _verify_loaded(con, partition: str) -> dict[str, int]:
-        """The contract re-checked on the rows just inserted, inside the load's transaction: any violation rolls the
-        load back (nothing reaches the warehouse) with the rules named."""
-        table = qualified(spec.domain, spec.name)
-        literal = quote_literal(partition)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW __etl_loaded AS SELECT * FROM {table} WHERE {PARTITION_COLUMN} = {literal}")
-        con.execute(f"CREATE OR REPLACE TEMP VIEW __etl_loaded_quarantine AS SELECT * FROM"
-                    f" {qualified(QUARANTINE_SCHEMA, spec.name)} WHERE {PARTITION_COLUMN} = {literal}")
-        started = time.perf_counter()
-        found = validation.loaded_violations(con, spec.columns, spec.primary_key, "__etl_loaded", "__etl_loaded_quarantine")
-        check_seconds[0] += time.perf_counter() - started
-        broken = {rule: n for rule, n in found.items() if n}
-        if broken:
-            raise ContractError(
-                f"{table} partition {partition}: the rows being loaded break the contract ({', '.join(f'{r}: {n}' for r, n in sorted(broken.items()))}); "
-                "the load was rolled back and the warehouse keeps its previous rows. The clean data in the lake does not "
-                f"match its validation: re-run validate_{spec.name} for this partition")
-        return {rule: found.get(rule, 0) for rule in found}
+        """Inside the load's transaction, after the inserts (which refused any row breaking an ERROR value rule): key
+        uniqueness on the rows just inserted; a repeated key rolls the load back with the rule named."""
+        found = dict.fromkeys(guarded_rules, 0)
+        if spec.primary_key:
+            literal = quote_literal(partition)
+            con.execute(f"CREATE OR REPLACE TEMP VIEW __etl_loaded AS SELECT * FROM {qualified(spec.domain, spec.name)}"
+                        f" WHERE {PARTITION_COLUMN} = {literal}")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW __etl_loaded_quarantine AS SELECT * FROM"
+                        f" {qualified(QUARANTINE_SCHEMA, spec.name)} WHERE {PARTITION_COLUMN} = {literal}")
+            started = time.perf_counter()
+            found[validation.DUPLICATE_KEY] = validation.loaded_duplicate_keys(
+                con, spec.columns, spec.primary_key, "__etl_loaded", "__etl_loaded_quarantine")
+            check_seconds[0] += time.perf_counter() - started
+        if any(found.values()):
+            raise _contract_broken(partition, found)
+        return found
+
+    def _guard_tripped(data: LakeTable, quarantined: LakeTable, partition: str) -> ContractError:
+        """The load's INSERT refused a row and everything was rolled back: count, over the rows that were being loaded,
+        those breaking each rule, for the error to name them."""
+        con = duckdb_connection()
+        try:
+            con.register("__etl_loading", data.relation(con))
+            found = validation.value_violations(con, spec.columns, "__etl_loading")
+            if spec.primary_key:
+                con.register("__etl_loading_quarantine", quarantined.relation(con))
+                found[validation.DUPLICATE_KEY] = validation.loaded_duplicate_keys(
+                    con, spec.columns, spec.primary_key, "__etl_loading", "__etl_loading_quarantine")
+        finally:
+            con.close()
+        return _contract_broken(partition, found)
 
     @asset(
         key=key,
@@ -663,9 +690,13 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
             if quarantined is not None:  # the dataset and its quarantine are replaced in one transaction
                 q_part = quarantined if len(keys) == 1 else _one_partition(quarantined, partition)
                 with no_retry_for_permanent_errors():  # a contract mismatch is not fixed by loading again
-                    result, q_result = resource.replace_partitions(
-                        [(spec.domain, spec.name, part), (QUARANTINE_SCHEMA, spec.name, q_part)], partition,
-                        context.run.run_id, verify=lambda con, p=partition: contract_verified.update(_verify_loaded(con, p)))
+                    try:
+                        result, q_result = resource.replace_partitions(
+                            [(spec.domain, spec.name, part), (QUARANTINE_SCHEMA, spec.name, q_part)], partition,
+                            context.run.run_id, guards=guards,
+                            verify=lambda con, p=partition: contract_verified.update(_verify_loaded(con, p)))
+                    except GuardTripped:
+                        raise _guard_tripped(part, q_part, partition) from None
                 rows_quarantined += q_result.rows
             else:
                 result = resource.replace_partition(spec.domain, spec.name, part, partition, context.run.run_id)

@@ -13,8 +13,9 @@ position in its file as ``__etl_row``), none of which writes or sorts the whole 
    ``quarantined_positions_sql`` (typed when read, with the expressions the rules saw); ``quarantine_sql``: the
    flagged rows with an ERROR rule, as delivered.
 
-``errors_not_excluded`` then checks the view as written, and the loads run ``loaded_violations`` over the rows they
-insert, before they commit.
+``errors_not_excluded`` then checks the view as written. The loads re-check the rows they insert: the value rules
+as a guard of the INSERT itself (``load_guard``; ``value_violations`` names the rules when it trips), and key
+uniqueness with ``loaded_duplicate_keys``, before they commit.
 """
 
 from __future__ import annotations
@@ -344,56 +345,67 @@ def post_condition_rules(rules: list[Rule]) -> list[Rule]:
     return [r for r in rules if r.severity == "ERROR" and r.family in _POST_FAMILIES]
 
 
-def violations_in_clean_sql(columns: list[Column], rules: list[Rule], relation: str = "clean") -> tuple[str, list[Rule]]:
-    """Count, over typed clean data (``relation``), the rows breaking each of ``rules`` (post-condition rules; every
-    count must be 0) by reading the columns they need.
-
-    Returns the SELECT (one count per rule, in order) and the rules it counts.
-    """
-    checked = post_condition_rules(rules)
-    if not checked:
-        return "", []
-    aliases = ", ".join(f"{quote_ident(c.name)} AS {_typed(c.name)}" for c in columns)
-    typed_cols = {c.name for c in columns}
-    counts = []
-    for r in checked:
+def _on_clean_columns(columns: list[Column], rules: list[Rule]) -> list[Rule]:
+    """``rules`` rewritten over typed clean data, where a column's raw and typed values are the same column."""
+    out = []
+    for r in rules:
         expr = r.expr
-        for name in typed_cols:  # in clean data the raw and typed values are the same column
-            expr = expr.replace(f"{quote_ident(name)} IS NULL", f"{_typed(name)} IS NULL")
-        counts.append(f"count(*) FILTER (WHERE {expr})")
-    return f"SELECT {', '.join(counts)} FROM (SELECT *, {aliases} FROM {relation}) AS typed", checked
+        for column in columns:
+            expr = expr.replace(_typed(column.name), quote_ident(column.name))
+        out.append(Rule(r.name, r.family, r.severity, expr))
+    return out
 
 
 LOAD_FAMILIES = ("not_null", "accepted_values", "range", "format")
 
 
-def loaded_violations(con, columns: list[Column], primary_key: list[str], relation: str, quarantine: str) -> dict[str, int]:
-    """Re-check the contract on the rows as a target holds them (``relation``: one loaded partition, typed): rows
-    breaking each ERROR value rule, and ``duplicate_key``, keys occurring more than once. Every count must be 0.
+def _load_rules(columns: list[Column]) -> tuple[list[Rule], dict[str, object]]:
+    """The ERROR value rules a load re-checks (``LOAD_FAMILIES``) over typed rows, and their bind parameters.
+    Relationship rules are not among them (a load has no view of the other dataset)."""
+    rules, params = contract_rules(columns, [], [c.name for c in columns], False)
+    return _on_clean_columns(columns, [r for r in post_condition_rules(rules) if r.family in LOAD_FAMILIES]), params
+
+
+def load_guard(columns: list[Column]) -> tuple[str, dict[str, object], list[str]] | None:
+    """A condition TRUE for a typed row that breaks any ERROR value rule the loads re-check, for the load's INSERT
+    to refuse such a row as it inserts it (``targets.RowGuard``): its SQL, bind parameters and the rules' names.
+    None when the contract has no such rule."""
+    rules, params = _load_rules(columns)
+    if not rules:
+        return None
+    broken = " OR ".join(f"({r.expr})" for r in rules)
+    return broken, params_for(broken, params) or {}, [r.name for r in rules]
+
+
+def value_violations(con, columns: list[Column], relation: str) -> dict[str, int]:
+    """Rows of typed ``relation`` breaking each ERROR value rule the loads re-check (to name them when a load's guard
+    has refused a row)."""
+    rules, params = _load_rules(columns)
+    if not rules:
+        return {}
+    sql = f"SELECT {', '.join(f'count(*) FILTER (WHERE {r.expr})' for r in rules)} FROM {relation}"
+    return dict(zip([r.name for r in rules], con.execute(sql, params_for(sql, params)).fetchall()[0]))
+
+
+def loaded_duplicate_keys(con, columns: list[Column], primary_key: list[str], relation: str, quarantine: str) -> int:
+    """Keys occurring more than once among the rows as a target holds them (``relation``: one loaded partition,
+    typed); must be 0.
 
     Only a key that occurred more than once in the batch can occur twice in its clean rows, and every such key has
     rows quarantined as ``duplicate_key`` (all but the first), so uniqueness is counted for the keys of those rows
     (``quarantine``: the partition's quarantine as loaded, values as delivered), as a SEMI JOIN, not a GROUP BY of
-    every row. Relationship rules are not re-checked here (the loads have no view of the other dataset).
+    every row.
     """
-    rules, params = contract_rules(columns, primary_key, [c.name for c in columns], False)
-    value_rules = [r for r in post_condition_rules(rules) if r.family in LOAD_FAMILIES]
-    found: dict[str, int] = {}
-    scan_sql, scanned = violations_in_clean_sql(columns, value_rules, relation)
-    if scan_sql:
-        found.update(zip([r.name for r in scanned], con.execute(scan_sql, params_for(scan_sql, params)).fetchall()[0]))
-    if primary_key:
-        types = {c.name: c.type for c in columns}
-        keys = ", ".join(f"c.{quote_ident(k)}" for k in primary_key)
-        delivered = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {quarantine}").fetchall()}
-        at_risk = ", ".join(f"{typed_value(quote_ident(k), types[k]) if k in delivered else f'CAST(NULL AS {types[k]})'}"
-                            f" AS {quote_ident(k)}" for k in primary_key)
-        match = " AND ".join(f"c.{quote_ident(k)} = d.{quote_ident(k)}" for k in primary_key)
-        found[DUPLICATE_KEY] = con.execute(
-            f"SELECT count(*) FROM (SELECT {keys} FROM {relation} AS c SEMI JOIN (SELECT {at_risk} FROM {quarantine}"
-            f" WHERE list_contains(_etl_reasons, '{DUPLICATE_KEY}')) AS d ON {match} GROUP BY ALL HAVING count(*) > 1)"
-        ).fetchall()[0][0]
-    return found
+    types = {c.name: c.type for c in columns}
+    keys = ", ".join(f"c.{quote_ident(k)}" for k in primary_key)
+    delivered = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {quarantine}").fetchall()}
+    at_risk = ", ".join(f"{typed_value(quote_ident(k), types[k]) if k in delivered else f'CAST(NULL AS {types[k]})'}"
+                        f" AS {quote_ident(k)}" for k in primary_key)
+    match = " AND ".join(f"c.{quote_ident(k)} = d.{quote_ident(k)}" for k in primary_key)
+    return con.execute(
+        f"SELECT count(*) FROM (SELECT {keys} FROM {relation} AS c SEMI JOIN (SELECT {at_risk} FROM {quarantine}"
+        f" WHERE list_contains(_etl_reasons, '{DUPLICATE_KEY}')) AS d ON {match} GROUP BY ALL HAVING count(*) > 1)"
+    ).fetchall()[0][0]
 
 
 def batch_statements(

@@ -22,9 +22,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from dagster import ConfigurableResource, get_dagster_logger
 
+from etl_assets.errors import ContractError
 from etl_assets.lake import LakeTable
 from etl_assets.settings import current_settings, duckdb_connection
-from etl_assets.sqlutil import qualified, quote_ident
+from etl_assets.sqlutil import qualified, quote_ident, quote_literal
 
 PARTITION_COLUMN = "_etl_partition"
 RUN_COLUMN = "_etl_run_id"
@@ -38,6 +39,24 @@ WAREHOUSE_POOL = "duckdb_warehouse"
 # INSERT and before the COMMIT (and, for DuckDB, again after the COMMIT, before closing the connection checkpoints
 # the WAL), so the crash tests (etl_assets_tests/test_recovery.py) can SIGKILL it there.
 TEST_PAUSE_IN_LOAD_ENV = "ETL_TEST_PAUSE_IN_LOAD_SECONDS"
+
+
+@dataclass(frozen=True)
+class RowGuard:
+    """A condition the INSERT itself checks on every row it inserts: a row for which ``broken`` (SQL over the
+    source's columns, bind parameters ``$name`` in ``params``) is TRUE aborts the statement, so the transaction
+    rolls back and nothing is written. Costs an expression per row, not another pass over the table."""
+
+    broken: str
+    params: dict[str, object]
+
+
+class GuardTripped(ContractError):
+    """A row being inserted met a ``RowGuard``'s ``broken``; the load was rolled back."""
+
+
+# error()'s text: how a failed INSERT is told apart from any other DuckDB error
+_GUARD_MARK = "etl_assets: a row being loaded breaks the load's row guard"
 
 
 @dataclass(frozen=True)
@@ -86,12 +105,17 @@ class DuckDBWarehouse(ConfigurableResource):
     def replace_partitions(
         self, tables: list[tuple[str, str, LakeTable]], partition: str, run_id: str,
         verify: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+        guards: dict[str, RowGuard] | None = None,
     ) -> list[LoadResult]:
         """Replace ``partition`` of each ``(schema, table, source)`` in one transaction: a dataset and its
         quarantine change together or not at all.
 
         Args:
             verify: Called inside the transaction after the inserts, before the COMMIT; raising rolls it all back.
+            guards: Per ``schema.table``, a row guard its INSERT checks on every row.
+
+        Raises:
+            GuardTripped: A row met its table's guard (everything rolled back).
         """
         started = time.perf_counter()
         results = []
@@ -103,7 +127,8 @@ class DuckDBWarehouse(ConfigurableResource):
             con.execute("BEGIN TRANSACTION")
             try:
                 for schema, table, source in tables:
-                    rows, replaced = _replace_in(con, schema, table, source, partition, run_id)
+                    guard = (guards or {}).get(f"{schema}.{table}")
+                    rows, replaced = _replace_in(con, schema, table, source, partition, run_id, guard)
                     results.append(LoadResult(f"{schema}.{table}", partition, rows, replaced, 0.0))
                 if verify is not None:
                     verify(con)
@@ -136,9 +161,10 @@ _SOURCE_VIEW = "__etl_load_source"
 
 
 def _replace_in(con: duckdb.DuckDBPyConnection, schema: str, table: str, source: LakeTable, partition: str,
-                run_id: str) -> tuple[int, int]:
+                run_id: str, guard: RowGuard | None = None) -> tuple[int, int]:
     """Inside an open transaction: create or widen ``schema.table`` for ``source``, delete ``partition``'s rows,
-    insert ``source``'s. Returns the partition's rows after, and the rows it replaced."""
+    insert ``source``'s (each meeting ``guard``, when given). Returns the partition's rows after, and the rows it
+    replaced."""
     target = qualified(schema, table)
     con.register(_SOURCE_VIEW, source.relation(con))  # lake files or a lake view, columns unified by name
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
@@ -161,13 +187,23 @@ def _replace_in(con: duckdb.DuckDBPyConnection, schema: str, table: str, source:
         if name not in existing:
             con.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {type_name}")
     replaced = con.execute(f"DELETE FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]).fetchall()[0][0]
-    con.execute(
-        f"INSERT INTO {target} BY NAME SELECT {select}, CAST(? AS VARCHAR) AS {PARTITION_COLUMN},"
-        f" CAST(? AS VARCHAR) AS {RUN_COLUMN}, now() AS {LOADED_AT_COLUMN} FROM {_SOURCE_VIEW}",
-        [partition, run_id],
-    )
+    params: dict[str, object] = {"etl_partition": partition, "etl_run_id": run_id}
+    where = ""
+    if guard is not None:
+        where = f" WHERE CASE WHEN {guard.broken} THEN error({quote_literal(_GUARD_MARK)}) ELSE true END"
+        params.update(guard.params)
+    try:
+        # the partition's rows were all deleted above: the rows it has now are the ones inserted
+        rows = con.execute(
+            f"INSERT INTO {target} BY NAME SELECT {select}, CAST($etl_partition AS VARCHAR) AS {PARTITION_COLUMN},"
+            f" CAST($etl_run_id AS VARCHAR) AS {RUN_COLUMN}, now() AS {LOADED_AT_COLUMN} FROM {_SOURCE_VIEW}{where}",
+            params,
+        ).fetchall()[0][0]
+    except duckdb.Error as exc:  # the transaction is aborted; the caller rolls it back
+        if _GUARD_MARK in str(exc):
+            raise GuardTripped(f"{schema}.{table} partition {partition}: a row being loaded breaks the guard") from exc
+        raise
     con.unregister(_SOURCE_VIEW)
-    rows = con.execute(f"SELECT count(*) FROM {target} WHERE {PARTITION_COLUMN} = ?", [partition]).fetchall()[0][0]
     return rows, replaced
 
 
