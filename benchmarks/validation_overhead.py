@@ -197,16 +197,22 @@ def child_floor() -> dict:
     return {"ready": ready, "seconds": seconds, "rows": rows}
 
 
+def _plain_casts(spec) -> str:
+    """Each contract column cast by a plain TRY_CAST (a value that does not fit becomes NULL): no rule, no check."""
+    from etl_assets.sqlutil import quote_ident
+
+    return ", ".join(f"TRY_CAST({quote_ident(c.name)} AS {c.type}) AS {quote_ident(c.name)}" for c in spec.columns)
+
+
 def child_plain(keep_order: bool = True) -> dict:
     """No validation: the raw partition into a warehouse table, each contract column TRY_CAST, one transaction
     (``keep_order=False``: with DuckDB's ``preserve_insertion_order`` off, which can be faster)."""
     from etl_assets.settings import duckdb_connection
-    from etl_assets.sqlutil import quote_ident
 
     spec = _spec()
     _, raw_path, data = _paths()
     path = data / "plain.duckdb"
-    casts = ", ".join(f"TRY_CAST({quote_ident(c.name)} AS {c.type}) AS {quote_ident(c.name)}" for c in spec.columns)
+    casts = _plain_casts(spec)
     select = f"SELECT {casts}, _etl_source FROM read_parquet(?)"
     ready = _usage()
     started = time.perf_counter()
@@ -232,12 +238,11 @@ def child_platform_plain() -> dict:
     from etl_assets.lake import LakeStorage, LakeView
     from etl_assets.resources.targets import DuckDBWarehouse
     from etl_assets.settings import duckdb_connection
-    from etl_assets.sqlutil import quote_ident
 
     spec = _spec()
     _, raw_path, data = _paths()
     lake = LakeStorage(root=str(data / "plain_lake"))
-    casts = ", ".join(f"TRY_CAST({quote_ident(c.name)} AS {c.type}) AS {quote_ident(c.name)}" for c in spec.columns)
+    casts = _plain_casts(spec)
     with duckdb_connection() as con:
         lake.write(["plain", NAME], None, LakeView(source=str(raw_path), select=f"{casts}, _etl_source",
                                                    excluded=con.sql("SELECT 0::BIGINT AS position WHERE false")))

@@ -336,15 +336,6 @@ def rule_counts_sql() -> str:
             f" FROM {FLAGGED}) GROUP BY ALL")
 
 
-_POST_FAMILIES = ("not_null", "accepted_values", "range", "format", "relationship")
-
-
-def post_condition_rules(rules: list[Rule]) -> list[Rule]:
-    """The ERROR value rules re-checked over the written clean data (every count must be 0). Type and uniqueness
-    rules are not among them: the clean data is typed, and uniqueness is counted separately."""
-    return [r for r in rules if r.severity == "ERROR" and r.family in _POST_FAMILIES]
-
-
 def _on_clean_columns(columns: list[Column], rules: list[Rule]) -> list[Rule]:
     """``rules`` rewritten over typed clean data, where a column's raw and typed values are the same column."""
     out = []
@@ -363,7 +354,8 @@ def _load_rules(columns: list[Column]) -> tuple[list[Rule], dict[str, object]]:
     """The ERROR value rules a load re-checks (``LOAD_FAMILIES``) over typed rows, and their bind parameters.
     Relationship rules are not among them (a load has no view of the other dataset)."""
     rules, params = contract_rules(columns, [], [c.name for c in columns], False)
-    return _on_clean_columns(columns, [r for r in post_condition_rules(rules) if r.family in LOAD_FAMILIES]), params
+    checked = [r for r in rules if r.severity == "ERROR" and r.family in LOAD_FAMILIES]
+    return _on_clean_columns(columns, checked), params
 
 
 def load_guard(columns: list[Column]) -> tuple[str, dict[str, object], list[str]] | None:
