@@ -218,6 +218,10 @@ class FilesSource(_Model):
     )
     delimiter: str = ","
     header: bool = True
+    null_values: list[str] = Field(
+        default_factory=lambda: [""],
+        description="csv only: field texts read as NULL (an empty field by default; 'NULL' and 'N/A' are common).",
+    )
     ready_marker: str | None = Field(
         None, description="When set (e.g. _SUCCESS), files are picked up only once this marker file exists."
     )
