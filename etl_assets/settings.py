@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from etl_assets.sqlutil import quote_literal
+
 LOCAL = "local"
 PRODUCTION = "production"
 ENVIRONMENTS = (LOCAL, PRODUCTION)
@@ -55,11 +57,20 @@ def current_settings() -> Settings:
     return Settings(env=env, data_dir=data_dir)
 
 
-def duckdb_connection(database: str = ":memory:", read_only: bool = False):
+def duckdb_connection(database: str = ":memory:", read_only: bool = False,
+                      allowed_directories: list[Path] | None = None):
     """A DuckDB connection with the platform's settings: UTC, bounded memory, spilling under the data dir.
 
     ``ETL_DUCKDB_MEMORY_LIMIT`` (default ``1GB``) caps each connection, so big partitions spill instead of
     growing; ``ETL_DUCKDB_THREADS`` caps threads (default: DuckDB's choice, the core count).
+
+    Args:
+        database: The database file, or ``:memory:``.
+        read_only: Open the file read-only.
+        allowed_directories: When given, the connection's SQL reads and writes files only under these directories
+            and its spill directory: DuckDB's external access is turned off, which also refuses every other file,
+            URL, ``ATTACH``, ``INSTALL``/``LOAD`` and setting that would turn it back on (``duckdb.PermissionException``
+            or ``duckdb.InvalidInputException``). Relations and Arrow data registered from Python still read.
     """
     import duckdb
 
@@ -74,4 +85,10 @@ def duckdb_connection(database: str = ":memory:", read_only: bool = False):
         config["threads"] = int(os.environ["ETL_DUCKDB_THREADS"])
     con = duckdb.connect(database, read_only=read_only, config=config)
     con.execute("SET TimeZone = 'UTC'")
+    if allowed_directories is not None:
+        # DuckDB refuses allowed_directories in the connect config next to enable_external_access = false (it applies
+        # that first) and any change to it once access is off: the list goes first, as a statement.
+        dirs = ", ".join(quote_literal(str(Path(d).resolve())) for d in [*allowed_directories, spill])
+        con.execute(f"SET allowed_directories = [{dirs}]")
+        con.execute("SET enable_external_access = false")
     return con

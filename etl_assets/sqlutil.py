@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import re
 
-IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Postgres keeps 63 bytes of a name (NAMEDATALEN - 1) and silently cuts the rest; DuckDB is held to the same limit.
+MAX_IDENTIFIER_LENGTH = 63
+IDENTIFIER_RE = re.compile(rf"[A-Za-z_][A-Za-z0-9_]{{0,{MAX_IDENTIFIER_LENGTH - 1}}}\Z")  # \Z: `$` allows a final "\n"
+
+# Columns the platform adds to the data itself: the lake's and the targets' _etl_* columns, DuckDB's filename and
+# file_row_number (files sources, row positions) and validation's __etl*/__typed_* working columns.
+RESERVED_COLUMN_NAMES = ("filename", "file_row_number")
+RESERVED_COLUMN_PREFIXES = ("_etl_", "__etl", "__typed_")
 
 # Types a contract may declare. Each is a DuckDB type name; `postgres_type` maps it for the Postgres target.
 _SIMPLE_TYPES = {
@@ -19,12 +26,21 @@ _SIMPLE_TYPES = {
     "TIMESTAMP": "timestamp",
     "TIMESTAMPTZ": "timestamptz",
 }
-_DECIMAL_RE = re.compile(r"^DECIMAL\((\d{1,2}),\s*(\d{1,2})\)$")
+_DECIMAL_RE = re.compile(r"DECIMAL\((\d{1,2}),\s*(\d{1,2})\)")
 
 
 def is_identifier(name: str) -> bool:
-    """True when ``name`` is a plain SQL identifier (letters, digits, underscore; not starting with a digit)."""
-    return bool(IDENTIFIER_RE.match(name))
+    """True when ``name`` is a plain SQL identifier (letters, digits, underscore; not starting with a digit; at most
+    :data:`MAX_IDENTIFIER_LENGTH` characters; nothing else, not even a trailing line break)."""
+    return IDENTIFIER_RE.fullmatch(name) is not None
+
+
+def is_reserved_column(name: str) -> bool:
+    """True when ``name`` is, ignoring case, one of the platform's own column names (:data:`RESERVED_COLUMN_NAMES`,
+    or starting with one of :data:`RESERVED_COLUMN_PREFIXES`): a data column of that name would be overwritten or
+    dropped."""
+    folded = name.lower()
+    return folded in RESERVED_COLUMN_NAMES or folded.startswith(RESERVED_COLUMN_PREFIXES)
 
 
 def quote_ident(name: str) -> str:
@@ -56,7 +72,7 @@ def normalize_type(type_name: str) -> str:
     t = aliases.get(t, t)
     if t in _SIMPLE_TYPES:
         return t
-    m = _DECIMAL_RE.match(t)
+    m = _DECIMAL_RE.fullmatch(t)
     if m and 1 <= int(m.group(1)) <= 38 and int(m.group(2)) <= int(m.group(1)):
         return f"DECIMAL({int(m.group(1))},{int(m.group(2))})"
     raise ValueError(
@@ -66,7 +82,7 @@ def normalize_type(type_name: str) -> str:
 
 def postgres_type(duckdb_type: str) -> str:
     """The Postgres column type for a canonical contract type."""
-    m = _DECIMAL_RE.match(duckdb_type)
+    m = _DECIMAL_RE.fullmatch(duckdb_type)
     if m:
         return f"numeric({m.group(1)},{m.group(2)})"
     return _SIMPLE_TYPES[duckdb_type]

@@ -83,7 +83,7 @@ BAD_SPECS = [
     pytest.param(VALID_FILES_SPEC + "targets: [duckdb, snowflake]\n", "targets.1", "'duckdb' or 'postgres'",
                  id="unknown-target"),
     pytest.param(VALID_FILES_SPEC.replace("  - {name: amount", "  - {name: order_id, type: INTEGER}\n  - {name: amount"),
-                 "columns", "declared twice", id="duplicate-column"),
+                 "columns.2.name", "declared twice", id="duplicate-column"),
     pytest.param("- just\n- a list\n", None, "must hold a mapping", id="not-a-mapping"),
     pytest.param("name: [unclosed\n", None, "not valid YAML", id="yaml-syntax"),
 ]
@@ -118,7 +118,7 @@ def test_transform_with_unknown_input_is_rejected(tmp_path: Path):
         transform: {sql: m.sql, inputs: [orders, nowhere]}
     """)
     (tmp_path / "m.sql").write_text("select 1")
-    with pytest.raises(SpecError, match=r"m.yaml: field 'transform.inputs': unknown dataset 'nowhere'"):
+    with pytest.raises(SpecError, match=r"m.yaml:\n  field 'transform.inputs': unknown dataset 'nowhere'. Fix: use one of"):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
 
 
@@ -127,13 +127,13 @@ def test_transform_sql_file_must_exist(tmp_path: Path):
         name: m
         transform: {sql: missing.sql, inputs: [orders]}
     """)
-    with pytest.raises(SpecError, match=r"field 'transform.sql': file 'missing.sql' not found"):
+    with pytest.raises(SpecError, match=r"m.yaml:\n  field 'transform.sql': file 'missing.sql' not found.*Fix: "):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
 
 
 def test_duplicate_pipeline_name_across_files(tmp_path: Path):
     write(tmp_path, "orders_again.yaml", VALID_FILES_SPEC.replace("name: returns", "name: orders"))
-    with pytest.raises(SpecError, match=r"orders_again.yaml: field 'name': 'orders' is already declared in .*orders.yaml"):
+    with pytest.raises(SpecError, match=r"orders_again.yaml:\n  field 'name': 'orders' is already declared in .*orders.yaml"):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
 
 
@@ -141,5 +141,5 @@ def test_transform_cycle_is_rejected(tmp_path: Path):
     for a, b in (("m1", "m2"), ("m2", "m1")):
         write(tmp_path, f"{a}.yaml", f"name: {a}\ntransform: {{sql: q.sql, inputs: [{b}]}}\n")
     (tmp_path / "q.sql").write_text("select 1")
-    with pytest.raises(SpecError, match="cycle"):
+    with pytest.raises(SpecError, match=r"field 'transform.inputs': cycle m1 -> m2 -> m1. Fix: break the cycle"):
         load_specs([tmp_path])

@@ -7,20 +7,43 @@ landing-zone files, validates it against its columns (the contract) and loads it
 
 from __future__ import annotations
 
+import keyword
 import os
 import re
 from datetime import date
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from etl_assets.sqlutil import is_identifier, normalize_type
+from etl_assets.sqlutil import (MAX_IDENTIFIER_LENGTH, RESERVED_COLUMN_NAMES, RESERVED_COLUMN_PREFIXES, is_identifier,
+                                is_reserved_column, normalize_type)
 
 PACKAGED_SPEC_DIRS = (Path(__file__).resolve().parent.parent / "shop" / "specs",)
 PIPELINES_DIR_ENV = "ETL_PIPELINES_DIR"
-_CRON_FIELD_RE = re.compile(r"^(\*|[0-9A-Za-z]+)([-/,][0-9A-Za-z*]+)*$")
+_CRON_FIELD_RE = re.compile(r"(\*|[0-9A-Za-z]+)([-/,][0-9A-Za-z*]+)*")
+
+# Validation names a referenced dataset's key view __ref_<name> and a typed column __typed_<column>
+# (validation.reference_view, validation._TYPED_PREFIX); both must stay within the identifier limit.
+MAX_PIPELINE_NAME_LENGTH = MAX_IDENTIFIER_LENGTH - len("__ref_")
+MAX_COLUMN_NAME_LENGTH = MAX_IDENTIFIER_LENGTH - len("__typed_")
+
+# Schemas a domain may not take (compared ignoring case; also every name starting with pg_, which Postgres keeps for
+# itself): the platform's own (each pipeline's quarantine table, monitoring's ops tables), DuckDB's and Postgres's
+# system schemas, and DuckDB's catalog names (`system`, `temp` and the warehouse file's `warehouse`), which make
+# "<domain>"."<table>" ambiguous.
+RESERVED_SCHEMAS = ("quarantine", "ops", "main", "temp", "system", "warehouse", "information_schema", "pg_catalog",
+                    "pg_toast")
+RESERVED_SCHEMA_PREFIX = "pg_"
+
+# A transform names its inputs after pipelines, and Dagster refuses these input names (DISALLOWED_NAMES in
+# dagster._core.definitions.utils: Python's keywords and a few of its own).
+DAGSTER_RESERVED_NAMES = frozenset(keyword.kwlist) | {
+    "context", "conf", "config", "meta", "arg_dict", "dict", "input_arg_dict", "output_arg_dict", "int", "str",
+    "float", "bool", "input", "output", "type"}
+# Pipeline names whose <name>_schedule is a platform schedule (pipeline_health_schedule, lake_retention_schedule).
+RESERVED_PIPELINE_NAMES = ("pipeline_health", "lake_retention")
 
 
 class SpecError(ValueError):
@@ -35,11 +58,75 @@ class SpecFieldError(ValueError):
         self.field, self.problem, self.fix = field, problem, fix
 
 
-def _identifier(value: str) -> str:
+_IDENTIFIER_LIMIT = f"{MAX_IDENTIFIER_LENGTH} characters, Postgres's identifier limit"
+
+
+def _name(value: str, max_length: int = MAX_IDENTIFIER_LENGTH,
+          why: str = f"SQL names are held to {_IDENTIFIER_LIMIT}") -> str:
+    """Check that ``value`` is a plain identifier of at most ``max_length`` characters.
+
+    Args:
+        why: Why the limit is ``max_length``, for the message.
+
+    Raises:
+        SpecFieldError: the name is too long, or has characters (a space, a trailing line break) SQL cannot take bare.
+    """
+    if len(value) > max_length:
+        raise SpecFieldError("", f"{value!r} is {len(value)} characters long; the maximum is {max_length} ({why})",
+                             f"shorten it to at most {max_length} characters")
     if not is_identifier(value):
-        raise ValueError(
-            f"{value!r} is not a valid name: use letters, digits and underscores, starting with a letter"
-        )
+        raise SpecFieldError("", f"{value!r} is not a valid name",
+                             "use only letters, digits and underscores (no spaces or line breaks), starting with a letter")
+    return value
+
+
+def _identifier(value: str) -> str:
+    """Field validator: a plain identifier (a connection's name, say) within SQL's limit."""
+    return _name(value)
+
+
+def _column_name(value: str) -> str:
+    """Check a contract column name: an identifier short enough for validation's typed copy, not a platform column.
+
+    Raises:
+        SpecFieldError: the name cannot be used, with the fix.
+    """
+    _name(value, MAX_COLUMN_NAME_LENGTH, f"validation's working column __typed_<column> must fit in {_IDENTIFIER_LIMIT}")
+    if is_reserved_column(value):
+        reserved = ", ".join([*RESERVED_COLUMN_NAMES, *(f"{p}*" for p in RESERVED_COLUMN_PREFIXES)])
+        raise SpecFieldError("", f"{value!r} is a name the platform uses for its own columns ({reserved}, compared "
+                             "ignoring case), which would overwrite or drop it",
+                             "rename the column in the source, or select it under another name")
+    return value
+
+
+def _pipeline_name(value: str) -> str:
+    """Check a pipeline name: an identifier short enough for the names derived from it, and not one Dagster or the
+    platform's own definitions take.
+
+    Raises:
+        SpecFieldError: the name cannot be used, with the fix.
+    """
+    _name(value, MAX_PIPELINE_NAME_LENGTH, f"validation's view __ref_<name> must fit in {_IDENTIFIER_LIMIT}")
+    if value in DAGSTER_RESERVED_NAMES or value in RESERVED_PIPELINE_NAMES:
+        why = "a platform schedule" if value in RESERVED_PIPELINE_NAMES else "a name Dagster reserves"
+        raise SpecFieldError("", f"{value!r} is {why} and cannot name a pipeline",
+                             f"choose another name, e.g. {value}_data")
+    return value
+
+
+def _domain(value: str) -> str:
+    """Check a domain, the warehouse schema of its pipelines: an identifier, and not a reserved schema.
+
+    Raises:
+        SpecFieldError: the name cannot be used, with the fix.
+    """
+    _name(value)
+    folded = value.lower()
+    if folded in RESERVED_SCHEMAS or folded.startswith(RESERVED_SCHEMA_PREFIX):
+        raise SpecFieldError("", f"{value!r} is a schema the platform or the database keeps for itself (reserved, "
+                             f"ignoring case: {', '.join(RESERVED_SCHEMAS)} and {RESERVED_SCHEMA_PREFIX}*)",
+                             f"choose another domain, e.g. {value}_data")
     return value
 
 
@@ -77,7 +164,7 @@ class Column(_Model):
     references: Reference | None = None
     severity: Severity = "ERROR"
 
-    _check_name = field_validator("name")(_identifier)
+    _check_name = field_validator("name")(_column_name)
 
     @field_validator("type")
     @classmethod
@@ -122,6 +209,11 @@ class Pagination(_Model):
     limit_param: str = "limit"
     next_cursor_field: str = "next_cursor"
     total_pages_field: str = "total_pages"
+    max_pages: int = Field(
+        100_000, ge=1,
+        description="Most pages one extraction (one partition) may read; a partition needing more fails, so an API "
+                    "whose paging never ends cannot keep a run going for ever. Raise it (or page_size) for larger "
+                    "partitions.")
 
 
 class Incremental(_Model):
@@ -152,6 +244,12 @@ class ApiSource(_Model):
     timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for the connection or for any read.")
     request_deadline_seconds: float | None = Field(
         None, gt=0, description="Longest a whole request may take, first byte to last; default 4 x timeout_seconds.")
+    max_page_bytes: int = Field(
+        32 * 2**20, ge=1024,
+        description="Largest page body accepted, in bytes (default 32 MiB); a larger one fails the run, as parsing "
+                    "it takes about 15x its size in memory for small records (json.loads, then the Arrow batch): "
+                    "32 MiB is about 0.5 GB at worst, and still holds 10,000 records (the largest page_size) of 3 KB "
+                    "each. Lower pagination.page_size, or raise this where the worker has the memory.")
 
     _check_connection = field_validator("connection")(_identifier)
 
@@ -196,7 +294,9 @@ class SqlSource(_Model):
             return value
         parts = value.split(".")
         if len(parts) > 2 or not all(is_identifier(p) for p in parts):
-            raise ValueError(f"{value!r} is not a table or column name (schema.table or table)")
+            raise SpecFieldError("", f"{value!r} is not a table or column name",
+                                 "use a plain name (schema.table for a table in another schema): letters, digits "
+                                 "and underscores only, no spaces or line breaks")
         return value
 
     @model_validator(mode="after")
@@ -256,6 +356,11 @@ class Partitioning(_Model):
     column: str | None = None
     timezone: str = "UTC"
 
+    @field_validator("column")
+    @classmethod
+    def _check_column(cls, value: str | None) -> str | None:
+        return value if value is None else _column_name(value)
+
     @model_validator(mode="after")
     def _start_needed(self) -> Partitioning:
         if self.type != "none" and self.start is None:
@@ -269,6 +374,15 @@ class Transform(_Model):
     sql: str
     inputs: list[str] = Field(min_length=1)
 
+    @field_validator("sql")
+    @classmethod
+    def _check_sql(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise SpecFieldError("", f"{value!r} is not a file next to the spec or in the domain's ../sql/ folder",
+                                 "name the file relative to the spec's folder, without '..', e.g. sql: daily_revenue.sql")
+        return value
+
 
 class Schedule(_Model):
     cron: str
@@ -279,7 +393,7 @@ class Schedule(_Model):
     @classmethod
     def _check_cron(cls, value: str) -> str:
         fields = value.split()
-        if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
+        if len(fields) != 5 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
             raise ValueError(f"{value!r} is not a cron expression; use five fields, e.g. '15 0 * * *'")
         return value
 
@@ -302,7 +416,7 @@ class Automation(_Model):
     def _cron_needed(self) -> Automation:
         if self.condition == "on_cron":
             fields = (self.cron or "").split()
-            if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
+            if len(fields) != 5 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
                 raise SpecFieldError("cron", "on_cron automation needs a cron expression", "add cron: '0 * * * *'")
         return self
 
@@ -360,7 +474,18 @@ class PipelineSpec(_Model):
     retry: Retry = Retry()
     retention: Retention = Retention()
 
-    _check_name = field_validator("name", "domain")(_identifier)
+    _check_name = field_validator("name")(_pipeline_name)
+    _check_domain = field_validator("domain")(_domain)
+
+    @field_validator("primary_key")
+    @classmethod
+    def _check_key(cls, value: list[str]) -> list[str]:
+        for index, column in enumerate(value):
+            try:
+                _column_name(column)
+            except SpecFieldError as exc:
+                raise SpecFieldError(str(index), exc.problem, exc.fix) from None
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
@@ -370,9 +495,17 @@ class PipelineSpec(_Model):
         names = [c.name for c in self.columns]
         if self.source is not None and not names:
             raise SpecFieldError("columns", "a source pipeline needs `columns` (its contract)", "list them as {name, type, nullable}")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise SpecFieldError("columns", f"columns {duplicates} are declared twice", "keep one entry each")
+        first: dict[str, int] = {}
+        for index, name in enumerate(names):
+            earlier = first.setdefault(name.lower(), index)
+            if earlier == index:
+                continue
+            if names[earlier] == name:
+                raise SpecFieldError(f"columns.{index}.name", f"column {name!r} is declared twice (also columns.{earlier})",
+                                     "keep one entry")
+            raise SpecFieldError(f"columns.{index}.name", f"{name!r} and {names[earlier]!r} (columns.{earlier}) differ only "
+                                 "in case, and DuckDB does not tell them apart: their data would land in one column",
+                                 "rename one of them")
         missing_pk = [c for c in self.primary_key if c not in names]
         if missing_pk and self.source is not None:
             raise SpecFieldError("primary_key", f"primary_key names {missing_pk}, which are not in `columns`", "declare them in `columns` or fix the key")
@@ -404,15 +537,30 @@ class LoadedSpec(BaseModel):
     path: Path
 
     def transform_sql(self) -> str:
-        """The transform's SQL text, resolved relative to the spec file, then to the domain's ``sql/`` folder."""
+        """The transform's SQL text, resolved relative to the spec file, then to the domain's ``sql/`` folder.
+
+        Raises:
+            SpecError: the file is in neither folder, or resolves (through a symlink) outside the folder it is in.
+        """
         assert self.spec.transform is not None
-        for candidate in (self.path.parent / self.spec.transform.sql, self.path.parent.parent / "sql" / self.spec.transform.sql):
-            if candidate.is_file():
-                return candidate.read_text()
-        raise SpecError(
-            f"{self.path}: field 'transform.sql': file {self.spec.transform.sql!r} not found next to the spec "
-            f"or in ../sql/; fix the path"
-        )
+        name = self.spec.transform.sql
+        for folder in (self.path.parent, self.path.parent.parent / "sql"):
+            candidate = folder / name
+            if not candidate.is_file():
+                continue
+            resolved, root = candidate.resolve(), folder.resolve()
+            if not resolved.is_relative_to(root):
+                raise _spec_error(self.path, "transform.sql", f"{name!r} in {folder} resolves to {resolved}, outside "
+                                  "that folder", "put the SQL file itself (not a symlink to a file elsewhere) next to "
+                                  "the spec or in the domain's ../sql/ folder")
+            return resolved.read_text()
+        raise _spec_error(self.path, "transform.sql", f"file {name!r} not found next to the spec or in ../sql/",
+                          "fix the path, or add the file")
+
+
+def _spec_error(path: Path, field: str, problem: str, fix: str) -> SpecError:
+    """A :class:`SpecError` in the loader's format: the file, then the field, the problem and the fix."""
+    return SpecError(f"invalid pipeline spec {path}:\n  field '{field}': {problem}. Fix: {fix}.")
 
 
 def _fix_hint(error: dict) -> str:
@@ -436,7 +584,7 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
         loc = [str(p) for p in error["loc"]]
         cause = (error.get("ctx") or {}).get("error")
         if isinstance(cause, SpecFieldError):
-            field = ".".join([*loc, cause.field])
+            field = ".".join([*loc, cause.field] if cause.field else loc)
             message, fix = cause.problem, cause.fix
         else:
             field = ".".join(loc) or "(top level)"
@@ -485,40 +633,36 @@ def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
     """
     loaded = [parse_spec_file(p) for d in (dirs or spec_dirs()) for p in sorted(d.glob("*.yaml"))]
     by_name: dict[str, LoadedSpec] = {}
+    by_folded: dict[str, LoadedSpec] = {}
     for item in loaded:
-        if item.spec.name in by_name:
-            raise SpecError(
-                f"invalid pipeline spec {item.path}: field 'name': {item.spec.name!r} is already declared in "
-                f"{by_name[item.spec.name].path}. Fix: rename one of them."
-            )
-        by_name[item.spec.name] = item
+        name = item.spec.name
+        other = by_folded.get(name.lower())
+        if other is not None:
+            problem = (f"{name!r} is already declared in {other.path}" if other.spec.name == name else
+                       f"{name!r} differs only in case from {other.spec.name!r} in {other.path}, and their warehouse "
+                       "tables would be one (DuckDB does not tell them apart)")
+            raise _spec_error(item.path, "name", problem, "rename one of them")
+        by_name[name] = by_folded[name.lower()] = item
     for item in loaded:
         for name in item.spec.after:
             if name not in by_name or name == item.spec.name:
-                raise SpecError(
-                    f"invalid pipeline spec {item.path}: field 'after': {name!r} is not another pipeline. "
-                    f"Fix: use one of {sorted(set(by_name) - {item.spec.name})}."
-                )
-        for column in item.spec.columns:
+                raise _spec_error(item.path, "after", f"{name!r} is not another pipeline",
+                                  f"use one of {sorted(set(by_name) - {item.spec.name})}")
+        for index, column in enumerate(item.spec.columns):
             ref = column.references
             if ref is None:
                 continue
             target = by_name.get(ref.dataset)
             if target is None or target.spec.source is None or ref.column not in {c.name for c in target.spec.columns}:
-                raise SpecError(
-                    f"invalid pipeline spec {item.path}: field 'columns.{column.name}.references': "
-                    f"{ref.dataset}.{ref.column} is not a column of a source pipeline. Fix: name a declared column."
-                )
+                raise _spec_error(item.path, f"columns.{index}.references",
+                                  f"{ref.dataset}.{ref.column} is not a column of a source pipeline", "name a declared column")
         if item.spec.transform is None:
             continue
         for name in item.spec.transform.inputs:
             if name not in by_name:
-                raise SpecError(
-                    f"invalid pipeline spec {item.path}: field 'transform.inputs': unknown dataset {name!r}. "
-                    f"Fix: use one of {sorted(by_name)}."
-                )
+                raise _spec_error(item.path, "transform.inputs", f"unknown dataset {name!r}", f"use one of {sorted(by_name)}")
             if name == item.spec.name:
-                raise SpecError(f"invalid pipeline spec {item.path}: field 'transform.inputs': a mart cannot read itself.")
+                raise _spec_error(item.path, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs")
         item.transform_sql()
     _check_acyclic(by_name)
     return loaded
@@ -532,9 +676,7 @@ def _check_acyclic(by_name: dict[str, LoadedSpec]) -> None:
             return
         if state.get(name) == 1:
             cycle = " -> ".join([*trail, name])
-            raise SpecError(
-                f"invalid pipeline spec {by_name[name].path}: field 'transform.inputs': cycle {cycle}. Fix: break the cycle."
-            )
+            raise _spec_error(by_name[name].path, "transform.inputs", f"cycle {cycle}", "break the cycle")
         state[name] = 1
         transform = by_name[name].spec.transform
         for dep in transform.inputs if transform else []:
