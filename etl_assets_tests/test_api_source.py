@@ -6,8 +6,13 @@ batches of text columns tagged with their page/cursor in ``_etl_source``; the in
 missing and wrong token); permanent errors (404, 400) failing at once without retries;
 transient faults (500/503/429/truncated bodies/slow answers) being retried until every record
 arrives exactly once; giving up after ``max_attempts``; ``Retry-After`` parsing and obeying;
-and the token never reaching the logs. Everything runs against ``DemoApiServer`` on a free
-loopback port serving a small generated Parquet file, with short timeouts and backoffs.
+and the token never reaching the logs. Bounded extraction: a cursor handed back again (or a
+cycle), a server ignoring ``page``, more than ``pagination.max_pages`` pages and a body beyond
+``max_page_bytes`` (announced or chunked) each fail at once with a PermanentSourceError after
+exactly the requests needed; JSON nested too deep and record keys that cannot be columns are
+ContractErrors, not retried; an error body echoing the token and a base URL with userinfo are
+shown redacted. Everything runs against ``DemoApiServer`` on a free loopback port serving a small
+generated Parquet file, with short timeouts and backoffs.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import pyarrow as pa
 import pytest
 
 from etl_assets.demo import DemoApiServer, DemoManifest, FaultConfig
-from etl_assets.errors import PermanentSourceError, TransientSourceError
+from etl_assets.errors import ContractError, PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import ApiSource
 from etl_assets.resources.api import (
     MAX_RETRY_AFTER_SECONDS,
@@ -427,3 +432,234 @@ def test_token_never_appears_in_logs(
     out, err = capfd.readouterr()
     for text in (caplog.text, *(r.getMessage() for r in caplog.records), out, err, str(failed.value)):
         assert TOKEN not in text
+
+
+# --- bounded paging --------------------------------------------------------------------------
+
+
+def _extract_until_error(source: RestApiSource, spec: ApiSource, error: type[Exception], **kwargs: object
+                         ) -> tuple[list[pa.RecordBatch], ExtractStats, Exception]:
+    """The batches yielded before ``error`` was raised, the stats, and the error."""
+    stats, batches = ExtractStats(), []
+    with pytest.raises(error) as info:
+        for batch in source.extract(spec, CONTRACT, stats=stats, **kwargs):
+            batches.append(batch)
+    assert type(info.value) is error
+    return batches, stats, info.value
+
+
+@pytest.mark.parametrize(
+    ("faults", "page"),
+    [(FaultConfig(rate=1.0, kinds=("repeat_cursor",)), 2),
+     (FaultConfig(fail_page=3, fail_page_kind="repeat_cursor"), 3)],
+    ids=["every-page", "third-page"],
+)
+def test_a_cursor_handed_back_again_fails_at_once(shop_data: DemoManifest, faults: FaultConfig, page: int) -> None:
+    """A server answering with the cursor it was just given would be asked for that page for ever."""
+    with DemoApiServer(shop_data.orders_path, faults=faults) as server:
+        spec = _spec(server.url, pagination={"style": "cursor", "page_size": 37})
+        batches, stats, error = _extract_until_error(_source(server.url), spec, PermanentSourceError, window=WINDOW)
+        requests = server.requests_total
+
+    assert requests == page  # the repeated cursor is refused, not requested again
+    assert stats.pages == page and stats.retries == 0
+    assert len(batches) == page - 1  # the page answering with the old cursor is not yielded
+    assert _ids(batches) == _expected_ids(shop_data)[: 37 * (page - 1)]
+    message = str(error)
+    assert message.startswith(f"shop_api: GET /orders page {page}: the answer's `next_cursor` is '")
+    assert f"the cursor page {page} was already requested with" in message
+    assert "never end" in message and "`pagination.next_cursor_field`" in message and "`pagination.cursor_param`" in message
+
+
+def test_a_cursor_cycle_fails_when_it_comes_round(fixed_page_server: tuple[str, list[bytes]]) -> None:
+    """Cursors A, B, then A again: the third answer sends the client back to page 2."""
+    url, bodies = fixed_page_server
+    bodies += [b'{"data": [{"order_id": 1}], "next_cursor": "A"}', b'{"data": [{"order_id": 2}], "next_cursor": "B"}',
+               b'{"data": [{"order_id": 3}], "next_cursor": "A"}']
+    spec = _spec(url, window_params=None, incremental=None)
+    batches, stats, error = _extract_until_error(_source(url), spec, PermanentSourceError)
+    assert bodies == [] and stats.pages == 3 and _ids(batches) == [1, 2]
+    assert "GET /orders page 3: the answer's `next_cursor` is 'A', the cursor page 2 was already requested with" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("faults", "page"),
+    [(FaultConfig(rate=1.0, kinds=("ignore_page",)), 2),
+     (FaultConfig(fail_page=3, fail_page_kind="ignore_page"), 3)],
+    ids=["every-page", "third-page"],
+)
+def test_a_server_ignoring_the_page_parameter_fails_at_the_first_repeated_page(
+    shop_data: DemoManifest, faults: FaultConfig, page: int
+) -> None:
+    """Such a server (and no page count) answers page 1 for ever: 1,189 requests until killed, before the bound."""
+    with DemoApiServer(shop_data.orders_path, faults=faults) as server:
+        spec = _spec(server.url, pagination={"style": "page", "page_size": 37})
+        batches, stats, error = _extract_until_error(_source(server.url), spec, PermanentSourceError, window=WINDOW)
+        requests = server.requests_total
+
+    assert requests == page and stats.pages == page and stats.retries == 0
+    assert _ids(batches) == _expected_ids(shop_data)[: 37 * (page - 1)]
+    message = str(error)
+    assert message.startswith(f"shop_api: GET /orders page {page}: its 37 records are those of page 1: the API ignores "
+                              "the page parameter 'page', so paging would never end")
+    assert "`pagination.page_param`" in message and "`pagination.style: cursor`" in message
+
+
+@pytest.mark.parametrize("style", ["page", "cursor"])
+def test_max_pages_bounds_one_extraction(shop_data: DemoManifest, api_server: DemoApiServer, style: str) -> None:
+    n = len(_expected_ids(shop_data))
+    needed = math.ceil(n / 37) if style == "page" else n // 37 + 1  # cursor style ends on a page with no next cursor
+    source = _source(api_server.url)
+
+    batches, stats = _extract(source, _spec(api_server.url, pagination={"style": style, "page_size": 37,
+                                                                        "max_pages": needed}), window=WINDOW)
+    assert stats.pages == needed and len(_ids(batches)) == n
+    assert api_server.requests_total == needed
+
+    spec = _spec(api_server.url, pagination={"style": style, "page_size": 37, "max_pages": 3})
+    batches, stats, error = _extract_until_error(source, spec, PermanentSourceError, window=WINDOW)
+    assert api_server.requests_total == needed + 3  # page 4 is never asked for
+    assert stats.pages == 3 and len(batches) == 3
+    message = str(error)
+    assert message.startswith("shop_api: GET /orders: page 3 says more pages follow, but one extraction may read at "
+                              "most pagination.max_pages = 3 pages; raise `pagination.max_pages` in the spec")
+
+
+def test_max_pages_default_and_bound() -> None:
+    assert _spec("http://127.0.0.1:9").pagination.max_pages == 100_000
+    with pytest.raises(ValueError, match="max_pages"):
+        _spec("http://127.0.0.1:9", pagination={"max_pages": 0})
+
+
+# --- bounded pages ---------------------------------------------------------------------------
+
+
+def _sent_bodies(server: DemoApiServer, count: int) -> list[int]:
+    """``server.huge_bodies_sent`` once ``count`` bodies have ended (a refused one ends when the client hangs up)."""
+    deadline = time.monotonic() + 10
+    while len(server.huge_bodies_sent) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.huge_bodies_sent
+
+
+@pytest.mark.parametrize(
+    ("kind", "found"),
+    [("huge_page", "Content-Length 7,999,9"), ("huge_page_chunked", "more than 1,048,576 bytes arrived")],
+    ids=["announced", "chunked"],
+)
+def test_a_page_beyond_max_page_bytes_is_refused_without_retries(shop_data: DemoManifest, kind: str, found: str) -> None:
+    faults = FaultConfig(rate=1.0, kinds=(kind,), huge_page_bytes=8_000_000)
+    with DemoApiServer(shop_data.orders_path, faults=faults) as server:
+        spec = _spec(server.url, max_page_bytes=2**20)
+        batches, stats, error = _extract_until_error(_source(server.url), spec, PermanentSourceError, window=WINDOW)
+        requests, sent = server.requests_total, _sent_bodies(server, 1)
+
+    assert batches == [] and requests == 1 and stats.retries == 0 and stats.pages == 0
+    message = str(error)
+    assert message.startswith(f"shop_api: GET /orders page 1: the body is larger than max_page_bytes (1,048,576 bytes; {found}")
+    assert "lower `pagination.page_size`" in message and "raise the source's `max_page_bytes`" in message
+    # Refused on its Content-Length, no more of the body got out than the socket buffers took (~0.2-0.4 MB); sent
+    # chunked, it was read no further than the limit: the 1 MiB, one network read and the buffers (~1.2-1.6 MB).
+    assert len(sent) == 1 and sent[0] < (2**20 if kind == "huge_page" else 3 * 2**20), sent
+
+
+@pytest.mark.parametrize("kind", ["huge_page", "huge_page_chunked"])
+def test_a_page_within_max_page_bytes_is_read(shop_data: DemoManifest, kind: str) -> None:
+    faults = FaultConfig(rate=1.0, kinds=(kind,), huge_page_bytes=1_000_000)
+    with DemoApiServer(shop_data.orders_path, faults=faults) as server:
+        batches, stats = _extract(_source(server.url), _spec(server.url, max_page_bytes=1_000_000), window=WINDOW)
+        sent = _sent_bodies(server, 1)
+    ids = _ids(batches)
+    assert stats.pages == 1 and len(ids) == stats.records == len(set(ids)) > 4000
+    assert len(sent) == 1 and 1_000_000 - 300 < sent[0] <= 1_000_000  # all of it (records are 209 bytes)
+
+
+def test_max_page_bytes_default_and_bound() -> None:
+    assert _spec("http://127.0.0.1:9").max_page_bytes == 32 * 2**20
+    with pytest.raises(ValueError, match="max_page_bytes"):
+        _spec("http://127.0.0.1:9", max_page_bytes=1023)
+
+
+def test_json_nested_too_deep_is_a_data_error_not_retried(shop_data: DemoManifest) -> None:
+    with DemoApiServer(shop_data.orders_path, faults=FaultConfig(rate=1.0, kinds=("deep_json",))) as server:
+        batches, stats, error = _extract_until_error(_source(server.url), _spec(server.url), ContractError, window=WINDOW)
+        requests = server.requests_total
+    assert batches == [] and requests == 1 and stats.retries == 0 and stats.retry_reasons == {}
+    assert error.error_class == "data_quality"
+    assert str(error).startswith("shop_api: GET /orders page 1: the body is JSON nested deeper than the parser can follow")
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+# --- record keys that cannot be columns ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        (("First Name",), "record keys ['First Name'] are not SQL identifiers"),
+        (("1st",), "record keys ['1st'] are not SQL identifiers"),
+        (("_etl_source",), "record keys ['_etl_source'] collide with the platform's own columns"),
+        (("_ETL_loaded_at",), "record keys ['_ETL_loaded_at'] collide with the platform's own columns"),
+        (("filename",), "record keys ['filename'] collide with the platform's own columns"),
+        (("File_Row_Number",), "record keys ['File_Row_Number'] collide with the platform's own columns"),
+        (("Status",), "record keys differ only in case, which SQL does not tell apart: ['status', 'Status']"),
+        (("Coupon_Code",), "record keys differ only in case, which SQL does not tell apart: ['coupon_code', 'Coupon_Code']"),
+        (("First Name", "_etl_run_id", "STATUS"),
+         "record keys ['First Name'] are not SQL identifiers (letters, digits and underscores, not starting with a "
+         "digit, at most 63 characters); keys ['_etl_run_id'] collide with the platform's own columns (_etl_*, "
+         "__etl*, __typed_*, filename, file_row_number); keys differ only in case, which SQL does not tell apart: ['status', 'STATUS']"),
+    ],
+    ids=["space", "digit-first", "etl-source", "etl-prefix", "filename", "file-row-number", "case", "case-of-contract",
+         "all"],
+)
+@pytest.mark.parametrize("style", ["page", "cursor"])
+def test_record_keys_that_cannot_be_columns_fail_at_once(
+    shop_data: DemoManifest, style: str, keys: tuple[str, ...], named: str
+) -> None:
+    faults = FaultConfig(fail_page=2, fail_page_kind="extra_keys", extra_keys=keys)
+    with DemoApiServer(shop_data.orders_path, faults=faults) as server:
+        spec = _spec(server.url, pagination={"style": style, "page_size": 37})
+        batches, stats, error = _extract_until_error(_source(server.url), spec, ContractError, window=WINDOW)
+        requests = server.requests_total
+    assert requests == 2 and stats.retries == 0 and len(batches) == 1
+    message = str(error)
+    # the page is named as its batches' _etl_source would have named it
+    assert re.match(r"/orders\?page=2: " if style == "page" else r"/orders\?cursor=[A-Za-z0-9_-]+: ", message), message
+    assert named in message
+    assert message.endswith("Rename them in the source (or have its owner do so): contract columns are plain "
+                            "identifiers, and every key of a page becomes a column of the raw data")
+
+
+# --- secrets in messages ---------------------------------------------------------------------
+
+
+def test_an_error_body_echoing_the_token_is_redacted(
+    shop_data: DemoManifest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    faults = FaultConfig(rate=1.0, kinds=("echo_auth",))
+    with DemoApiServer(shop_data.orders_path, token=TOKEN, faults=faults) as server:
+        spec = _spec(server.url, auth="bearer")
+        batches, stats, error = _extract_until_error(_source(server.url, token=TOKEN), spec, PermanentSourceError,
+                                                     window=WINDOW)
+        requests = server.requests_total
+    assert batches == [] and requests == 1 and stats.retries == 0
+    message = str(error)
+    assert TOKEN not in message and TOKEN not in caplog.text
+    # the body said `token <token> may not read /orders` and `"authorization":"Bearer <token>"`
+    assert message.startswith('shop_api: GET /orders answered 403 {"error":"token *** may not read /orders",'
+                              '"authorization":"Bearer ***"}; check the token in SHOP_API_TOKEN'), message
+
+
+def test_a_base_url_with_userinfo_is_shown_masked(shop_data: DemoManifest, api_server: DemoApiServer) -> None:
+    host = api_server.url.removeprefix("http://")
+    source = RestApiSource(connection="shop_api", default_url="http://127.0.0.1:9", url=f"http://etl:pa55-w0rd@{host}/")
+    assert source.base_url() == f"http://etl:pa55-w0rd@{host}"  # what requests go to
+    assert source.display_url() == f"http://***@{host}"
+    assert _source(api_server.url).display_url() == api_server.url
+
+    batches, _ = _extract(source, _spec(api_server.url), window=WINDOW)
+    assert sorted(_ids(batches)) == _expected_ids(shop_data)
+    with pytest.raises(PermanentSourceError, match="404") as info:
+        _extract(source, _spec(api_server.url, endpoint="/no-such-endpoint"), window=WINDOW)
+    assert "pa55-w0rd" not in str(info.value)

@@ -11,6 +11,11 @@ exercised end to end:
   point to the following page.
 * ``GET /orders/watermark`` returns the latest ``updated_at`` and the row count.
 
+Faults (:class:`FaultConfig`) imitate the ways real APIs fail: errors and stalls that pass on a retry, and opt-in
+misbehaviour that no retry fixes (a cursor that never advances, a ``page`` parameter ignored, a page too big to
+hold, a body nested too deep to parse, an error body echoing the caller's credentials, record keys that cannot be
+columns).
+
 Orders are read from the Parquet file on every request, so rewriting the file changes
 what the API serves without restarting it.
 """
@@ -32,7 +37,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,10 +54,22 @@ _log = logging.getLogger(__name__)
 
 FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "slow", "truncated")
 """The faults :class:`FaultConfig` draws from by default (the stress mix)."""
-OPT_IN_FAULT_KINDS: tuple[str, ...] = ("drip",)
+OPT_IN_FAULT_KINDS: tuple[str, ...] = (
+    "drip", "repeat_cursor", "ignore_page", "huge_page", "huge_page_chunked", "deep_json", "echo_auth", "extra_keys",
+)
 """Faults injected only when asked for by name."""
 _ALL_FAULT_KINDS = FAULT_KINDS + OPT_IN_FAULT_KINDS
 _DRIP_PIECES = 10
+_DEEP_JSON_DEPTH = 100_000
+_HUGE_PIECE_BYTES = 64 * 1024
+# One small order-like record of a "huge_page" body; every order_id has nine digits, so every record is as long.
+_HUGE_RECORD = (
+    '{{"order_id":{order_id},"customer_id":42,"product_id":7,"quantity":2,"unit_price":"19.99","currency":"EUR",'
+    '"status":"paid","ordered_at":"2024-01-02T10:00:00.000000Z","updated_at":"2024-01-02T10:00:00.000000Z"}}'
+)
+_HUGE_FIRST_ID = 100_000_000
+_HUGE_HEAD = b'{"data":['
+_HUGE_TAIL = b'],"next_cursor":null,"next":null,"page":1,"total_pages":1}'
 
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
@@ -111,8 +128,25 @@ class FaultConfig:
             status, ``"429"`` answers Too Many Requests with ``Retry-After``, ``"slow"``
             sleeps ``slow_seconds`` before answering normally, and ``"truncated"`` sends a
             200 whose body stops halfway through the announced ``Content-Length`` before
-            the connection is closed. Opt-in: ``"drip"`` sends a correct 200 whose body comes in
-            ten pieces spread over ``slow_seconds``, each in time for any read timeout.
+            the connection is closed. Opt-in (:data:`OPT_IN_FAULT_KINDS`), each a server bug no retry fixes
+            except ``"drip"``:
+
+            * ``"drip"`` sends a correct 200 whose body comes in ten pieces spread over ``slow_seconds``, each
+              in time for any read timeout.
+            * ``"repeat_cursor"``: a cursor-style page whose ``next_cursor`` (and ``next``/``Link``) is the
+              cursor the request came with, so a client following it asks for the same page for ever; a
+              request without a cursor (the first page) is answered normally.
+            * ``"ignore_page"``: a page-style answer from a server that knows no ``page`` parameter: the
+              first page's records whatever ``page`` asks for, and no ``total_pages``/``total``.
+            * ``"huge_page"``: a 200 with ``Content-Length`` whose body is ``huge_page_bytes`` of small
+              order-like records (a single last page); ``"huge_page_chunked"``: the same body sent chunked,
+              with no length announced. Both are written in 64 KiB pieces; :attr:`DemoApiServer.huge_bodies_sent`
+              records how much of each got out before the body ended or the client hung up.
+            * ``"deep_json"``: a 200 whose one record holds an array nested 100,000 levels deep.
+            * ``"echo_auth"``: 403 whose JSON body echoes the request's ``Authorization`` header and its
+              credentials, as careless APIs do.
+            * ``"extra_keys"``: every record of an ``/orders`` answer also has the keys ``extra_keys``
+              (each holding its own name), e.g. ``First Name`` or ``_etl_source``.
         retry_after_seconds: ``Retry-After`` value sent with 429 and 503 responses.
         slow_seconds: Delay applied by the ``"slow"`` fault; how long a ``"drip"`` body takes.
         seed: Seed of the generator deciding which requests are faulted, so that a given
@@ -123,7 +157,10 @@ class FaultConfig:
             asks again for the same page meets the fault until the count is spent, and a
             second partition's page k is faulted as well.
         fail_page_times: How many requests of each such page fail.
-        fail_page_kind: The fault those requests get, one of :data:`FAULT_KINDS`.
+        fail_page_kind: The fault those requests get, one of :data:`FAULT_KINDS` or :data:`OPT_IN_FAULT_KINDS`.
+        huge_page_bytes: Size of a ``"huge_page"`` body; the default, 66 MB, is a page of about 320,000
+            small records.
+        extra_keys: Keys the ``"extra_keys"`` fault adds to every record.
     """
 
     rate: float = 0.0
@@ -134,9 +171,12 @@ class FaultConfig:
     fail_page: int = 0
     fail_page_times: int = 1
     fail_page_kind: str = "500"
+    huge_page_bytes: int = 66_000_000
+    extra_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
+        object.__setattr__(self, "extra_keys", tuple(self.extra_keys))
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"fault rate must be within [0, 1], got {self.rate}")
         if not self.kinds:
@@ -152,6 +192,9 @@ class FaultConfig:
             raise ValueError(f"fail_page and fail_page_times must be >= 0, got {self.fail_page}, {self.fail_page_times}")
         if self.fail_page_kind not in _ALL_FAULT_KINDS:
             raise ValueError(f"unknown fail_page_kind {self.fail_page_kind!r}; expected one of {list(_ALL_FAULT_KINDS)}")
+        if self.huge_page_bytes < len(_HUGE_HEAD) + len(_HUGE_TAIL):
+            raise ValueError(
+                f"huge_page_bytes must be at least {len(_HUGE_HEAD) + len(_HUGE_TAIL)}, got {self.huge_page_bytes}")
 
     @classmethod
     def parse(cls, spec: str) -> FaultConfig:
@@ -159,7 +202,8 @@ class FaultConfig:
 
         Args:
             spec: Comma-separated ``key=value`` pairs naming fields of this class, with
-                ``kinds`` joined by ``+``, e.g. ``"rate=0.1,kinds=500+429+truncated,slow_seconds=2"`` or
+                ``kinds`` and ``extra_keys`` joined by ``+``, e.g.
+                ``"rate=0.1,kinds=500+429+truncated,slow_seconds=2"`` or
                 ``"fail_page=3,fail_page_times=6,fail_page_kind=503"``.
                 Omitted fields keep their defaults; an empty string means no faults.
 
@@ -178,6 +222,8 @@ class FaultConfig:
             "fail_page": int,
             "fail_page_times": int,
             "fail_page_kind": str,
+            "huge_page_bytes": int,
+            "extra_keys": lambda value: tuple(key for key in value.split("+") if key),
         }
         values: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -212,6 +258,34 @@ class _Response:
 
 def _encode_cursor(order_id: int) -> str:
     return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{order_id}".encode()).decode().rstrip("=")
+
+
+def _huge_body(size: int) -> tuple[int, Iterator[bytes]]:
+    """The length of a ``"huge_page"`` body of at most ``size`` bytes, and the body in ~64 KiB pieces, made as sent."""
+    record_bytes = len(_HUGE_RECORD.format(order_id=_HUGE_FIRST_ID))
+    count = (size - len(_HUGE_HEAD) - len(_HUGE_TAIL) + 1) // (record_bytes + 1)  # records and the commas between
+    length = len(_HUGE_HEAD) + len(_HUGE_TAIL) + count * (record_bytes + 1) - (1 if count else 0)
+    per_piece = max(1, _HUGE_PIECE_BYTES // (record_bytes + 1))
+
+    def pieces() -> Iterator[bytes]:
+        yield _HUGE_HEAD
+        for start in range(0, count, per_piece):
+            records = ",".join(_HUGE_RECORD.format(order_id=_HUGE_FIRST_ID + i)
+                               for i in range(start, min(start + per_piece, count)))
+            yield (records if start == 0 else "," + records).encode()
+        yield _HUGE_TAIL
+
+    return length, pieces()
+
+
+def _deep_body(depth: int) -> bytes:
+    return (b'{"data":[{"order_id":1,"payload":' + b"[" * depth + b"]" * depth
+            + b'}],"next_cursor":null,"next":null,"page":1,"total_pages":1}')
+
+
+def _next_url(params: Mapping[str, str], host: str, limit: int, cursor: str) -> str:
+    filters = {name: params[name] for name, _ in _FILTERS if name in params}
+    return f"http://{host}/orders?{urlencode({**filters, 'limit': limit, 'cursor': cursor})}"
 
 
 def _decode_cursor(cursor: str) -> int:
@@ -351,6 +425,38 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body[: len(body) // 2] if truncate else body)
 
+    def send_body(self, status: HTTPStatus, body: bytes) -> None:
+        """A JSON body sent as it is (one that ``json.dumps`` could not make, e.g. nested beyond its limit)."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_pieces(self, status: HTTPStatus, pieces: Iterator[bytes], length: int | None) -> int:
+        """A JSON body written piece by piece, with ``Content-Length`` when ``length`` is given, else chunked.
+
+        Returns:
+            The body bytes written before it ended or the client hung up.
+        """
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        if length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+        sent = 0
+        try:
+            for piece in pieces:
+                self.wfile.write(piece if length is not None else b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent += len(piece)
+            if length is None:
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client refused the body
+        return sent
+
     def _drip(self, body: bytes, seconds: float) -> None:
         step = -(-len(body) // _DRIP_PIECES)
         try:
@@ -403,6 +509,7 @@ class DemoApiServer:
         self._requests_total = 0
         self._faults_injected: collections.Counter[str] = collections.Counter()
         self._page_requests: collections.Counter[tuple[str, ...]] = collections.Counter()
+        self._huge_bodies_sent: list[int] = []
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
         # Not closed by stop(): DuckDB refuses to close a connection while a cursor of it is
@@ -432,6 +539,13 @@ class DemoApiServer:
         """Number of injected faults per kind; kinds never injected are absent."""
         with self._lock:
             return dict(self._faults_injected)
+
+    @property
+    def huge_bodies_sent(self) -> list[int]:
+        """Body bytes each ``"huge_page"``/``"huge_page_chunked"`` answer wrote, in order, once it ended: all of
+        the body, or what got out before the client hung up (the rest of a refused body fills socket buffers)."""
+        with self._lock:
+            return list(self._huge_bodies_sent)
 
     def start(self) -> Self:
         """Binds the socket and serves requests on a background daemon thread.
@@ -549,13 +663,39 @@ class DemoApiServer:
         if fault in ("500", "503", "429"):
             handler.send_json(self._fault_response(fault))
             return
+        if fault == "echo_auth":
+            handler.send_json(self._echo_auth_response(handler.headers.get("Authorization"), url.path))
+            return
+        if fault == "deep_json":
+            handler.send_body(HTTPStatus.OK, _deep_body(_DEEP_JSON_DEPTH))
+            return
+        if fault in ("huge_page", "huge_page_chunked"):
+            length, pieces = _huge_body(self._faults.huge_page_bytes)
+            sent = handler.send_pieces(HTTPStatus.OK, pieces, length if fault == "huge_page" else None)
+            with self._lock:
+                self._huge_bodies_sent.append(sent)
+            return
         if fault == "slow":
             time.sleep(self._faults.slow_seconds)
 
         route, allowed_params = self._routes[path]
         host = handler.headers.get("Host") or "{}:{}".format(*handler.server.server_address[:2])
         try:
-            response = route(_single_values(url.query, allowed_params), host)
+            params = _single_values(url.query, allowed_params)
+            paged = path == "/orders" and "limit" not in params and "cursor" not in params
+            if fault == "ignore_page" and paged:
+                params.pop("page", None)
+            response = route(params, host)
+            if fault == "ignore_page" and paged and response.status == HTTPStatus.OK:
+                payload = {k: v for k, v in response.payload.items() if k not in ("total_pages", "total")}
+                response = dataclasses.replace(response, payload=payload)
+            answered = path == "/orders" and response.status == HTTPStatus.OK
+            if fault == "repeat_cursor" and answered and "cursor" in params:
+                response = self._pointing_back(response, params, host)
+            if fault == "extra_keys" and answered:
+                extra = {key: key for key in self._faults.extra_keys}
+                records = [{**record, **extra} for record in response.payload["data"]]
+                response = dataclasses.replace(response, payload={**response.payload, "data": records})
         except _BadRequest as exc:
             response = _Response(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except Exception as exc:
@@ -563,6 +703,21 @@ class DemoApiServer:
             response = _Response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc}"})
         handler.send_json(response, truncate=fault == "truncated",
                           drip_seconds=self._faults.slow_seconds if fault == "drip" else 0.0)
+
+    @staticmethod
+    def _pointing_back(response: _Response, params: Mapping[str, str], host: str) -> _Response:
+        """``response`` with its next cursor (field, link and header) the request's own cursor."""
+        next_url = _next_url(params, host, int(params["limit"]), params["cursor"])
+        payload = {**response.payload, "next_cursor": params["cursor"], "next": next_url}
+        return _Response(response.status, payload, {**response.headers, "Link": f'<{next_url}>; rel="next"'})
+
+    @staticmethod
+    def _echo_auth_response(authorization: str | None, path: str) -> _Response:
+        credentials = (authorization or "").partition(" ")[2].strip()
+        return _Response(
+            HTTPStatus.FORBIDDEN,
+            {"error": f"token {credentials or '(none)'} may not read {path}", "authorization": authorization},
+        )
 
     def _fault_response(self, kind: str) -> _Response:
         retry_after = {"Retry-After": str(self._faults.retry_after_seconds)}
@@ -616,8 +771,7 @@ class DemoApiServer:
             return _Response(HTTPStatus.OK, {"data": data, "next_cursor": None, "next": None})
         data = data[:limit]
         next_cursor = _encode_cursor(data[-1]["order_id"])
-        next_params = {name: params[name] for name, _ in _FILTERS if name in params}
-        next_url = f"http://{host}/orders?{urlencode({**next_params, 'limit': limit, 'cursor': next_cursor})}"
+        next_url = _next_url(params, host, limit, next_cursor)
         return _Response(
             HTTPStatus.OK,
             {"data": data, "next_cursor": next_cursor, "next": next_url},

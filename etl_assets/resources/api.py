@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,8 +20,12 @@ from dagster import ConfigurableResource, get_dagster_logger
 
 from etl_assets.errors import ContractError, PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import ApiSource
+from etl_assets.redact import redact
+from etl_assets.sqlutil import RESERVED_COLUMN_NAMES, RESERVED_COLUMN_PREFIXES, is_identifier, is_reserved_column
 
 SOURCE_COLUMN = "_etl_source"
+# Of an error answer's body, only this much is read: the message shows its first 200 characters.
+ERROR_BODY_BYTES = 64 * 1024
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_SECONDS = 60.0
 # Up to this share of a Retry-After is added at random, so clients told the same wait do not all return together.
@@ -46,11 +52,15 @@ def _to_text_batch(records: list[dict], columns: list[str], source: str) -> pa.R
     kept as its JSON text.
 
     Raises:
-        ContractError: a contract column holds an object or array, which no scalar type can take.
+        ContractError: a record key is not an SQL identifier, is one of the platform's own columns
+            (:func:`~etl_assets.sqlutil.is_reserved_column`: ``_etl_*``, ``filename``, ...) or differs only in case
+            from another key or contract column; or a contract column holds an object or array, which no scalar type
+            can take.
     """
     seen = dict.fromkeys(columns)
     for record in records:
         seen.update(dict.fromkeys(record))
+    _check_keys(list(seen), source)
     contract = set(columns)
     arrays, names = [], []
     for name in seen:
@@ -60,6 +70,57 @@ def _to_text_batch(records: list[dict], columns: list[str], source: str) -> pa.R
     arrays.append(pa.array([source] * len(records), type=pa.string()))
     names.append(SOURCE_COLUMN)
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _check_keys(names: list, source: str) -> None:
+    """Refuse the keys of a page that cannot become columns (see :func:`_to_text_batch`), naming them all."""
+    problems = []
+    bad = [n for n in names if not isinstance(n, str) or not is_identifier(n)]
+    if bad:
+        problems.append(f"keys {_names(bad)} are not SQL identifiers (letters, digits and underscores, not "
+                        "starting with a digit, at most 63 characters)")
+    names = [n for n in names if n not in bad]
+    platform = [n for n in names if is_reserved_column(n)]
+    if platform:
+        reserved = ", ".join([*(f"{prefix}*" for prefix in RESERVED_COLUMN_PREFIXES), *RESERVED_COLUMN_NAMES])
+        problems.append(f"keys {_names(platform)} collide with the platform's own columns ({reserved})")
+    by_case: dict[str, list[str]] = {}
+    for n in names:
+        by_case.setdefault(n.lower(), []).append(n)
+    clashes = [group for group in by_case.values() if len(group) > 1]
+    if clashes:
+        problems.append("keys differ only in case, which SQL does not tell apart: "
+                        + "; ".join(_names(group) for group in clashes))
+    if problems:
+        raise ContractError(
+            f"{source}: record {'; '.join(problems)}. Rename them in the source (or have its owner do so): contract "
+            "columns are plain identifiers, and every key of a page becomes a column of the raw data"
+        )
+
+
+def _names(names: list) -> str:
+    shown = ", ".join(repr(n) for n in names[:10])
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > 10 else ''}]"
+
+
+def _batch_digest(batch: pa.RecordBatch) -> bytes:
+    """A digest of a page's values, column by column (``_etl_source``, which names the page, left out).
+
+    Hashes each text column's value lengths (null as -1) and its UTF-8 bytes, straight from the Arrow buffers: equal
+    digests mean equal records, at a small part of the cost of parsing the page.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name, column in zip(batch.schema.names, batch.columns):
+        if name == SOURCE_COLUMN:
+            continue
+        digest.update(name.encode() + b"\0")
+        lengths = pc.fill_null(pc.binary_length(column), -1)
+        digest.update(memoryview(lengths.buffers()[1])[lengths.offset * 4:(lengths.offset + len(column)) * 4])
+        _, offsets, data = column.buffers()
+        if data is not None and len(column):
+            bounds = memoryview(offsets).cast("i")
+            digest.update(memoryview(data)[bounds[column.offset]:bounds[column.offset + len(column)]])
+    return digest.digest()
 
 
 def _text_array(values: list, name: str, in_contract: bool, source: str) -> pa.Array:
@@ -119,7 +180,16 @@ class RestApiSource(ConfigurableResource):
     max_backoff_seconds: float = 10.0
 
     def base_url(self) -> str:
+        """The base URL requests go to, as configured: it may hold ``user:password@``; never show it."""
         return (self.url or self.default_url).rstrip("/")
+
+    def display_url(self) -> str:
+        """:meth:`base_url` safe to show or store: userinfo and known secrets masked (``http://***@host``)."""
+        return self._redact(self.base_url())
+
+    def _redact(self, text: str) -> str:
+        """``text`` (built from server answers or URLs) with the token and any other known secret masked."""
+        return redact(text, extra=[self.token])
 
     def client(self, spec: ApiSource) -> httpx.Client:
         headers = {"Accept": "application/json", "User-Agent": "etl-assets"}
@@ -133,19 +203,26 @@ class RestApiSource(ConfigurableResource):
         return httpx.Client(base_url=self.base_url(), headers=headers, timeout=spec.timeout_seconds)
 
     def get_json(self, client: httpx.Client, url: str, params: dict | None, stats: ExtractStats,
-                 deadline_seconds: float | None = None) -> dict:
+                 deadline_seconds: float | None = None, max_bytes: int | None = None,
+                 page: int | None = None) -> dict:
         """GET with retries on transient failures; permanent ones raise at once.
 
         The body is read in chunks against a deadline for the whole request (``deadline_seconds``; httpx's timeout
-        bounds each wait, so a server sending a byte now and then would otherwise hold the request for ever), and
-        parsed with non-integer numbers as ``Decimal``, so a price with more digits than a float holds arrives as
-        delivered. ``stats.retries`` counts the retries made; ``stats.retry_reasons`` every failed attempt by reason.
+        bounds each wait, so a server sending a byte now and then would otherwise hold the request for ever) and
+        against ``max_bytes`` (refused on its ``Content-Length`` before any of it is read, or as soon as more has
+        arrived), and parsed with non-integer numbers as ``Decimal``, so a price with more digits than a float holds
+        arrives as delivered. ``stats.retries`` counts the retries made; ``stats.retry_reasons`` every failed
+        attempt by reason. ``page`` only names the page in messages. Every message is redacted (the token, URL
+        userinfo and known secrets masked), as servers echo credentials in their errors.
 
         Raises:
-            PermanentSourceError: 4xx other than 408/425/429, or a body that is valid JSON of the wrong shape.
+            PermanentSourceError: 4xx other than 408/425/429, a body that is valid JSON of the wrong shape, or a
+                body larger than ``max_bytes``.
+            ContractError: the body is JSON nested deeper than the parser can follow: data no retry changes.
             TransientSourceError: the attempts ran out.
         """
         log = get_dagster_logger()
+        what = f"GET {url}" + (f" page {page}" if page is not None else "")
         for attempt in range(1, self.max_attempts + 1):
             wait = None
             deadline = time.monotonic() + deadline_seconds if deadline_seconds else None
@@ -155,17 +232,37 @@ class RestApiSource(ConfigurableResource):
                         reason = f"http_{response.status_code}"
                         wait = _retry_after(response)
                     elif response.status_code >= 400:
-                        text = _read_within(response, deadline).decode("utf-8", errors="replace")
-                        raise PermanentSourceError(
+                        text = _read_within(response, deadline, ERROR_BODY_BYTES, cut=True).decode(
+                            "utf-8", errors="replace")
+                        raise PermanentSourceError(self._redact(
                             f"{self.connection}: GET {response.request.url.path} answered {response.status_code}"
                             f" {_short(text)}; {_fix_for(response.status_code, self.connection)}"
-                        )
+                        ))
                     else:
-                        body = json.loads(_read_within(response, deadline), parse_float=Decimal)
+                        try:
+                            raw = _read_within(response, deadline, max_bytes)
+                        except _BodyTooLarge as exc:
+                            raise PermanentSourceError(self._redact(
+                                f"{self.connection}: {what}: the body is larger than max_page_bytes ({max_bytes:,} "
+                                f"bytes; {exc}), refused before it was read in full, as parsing takes about 15x its "
+                                "size in memory; lower `pagination.page_size` in the spec so pages are smaller, or "
+                                "raise the source's `max_page_bytes` where the worker has the memory"
+                            )) from None
+                        text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads would
+                        del raw  # the bytes go before parsing starts: one copy of the body less at the peak
+                        try:
+                            body = json.loads(text, parse_float=Decimal)
+                        except RecursionError:
+                            raise ContractError(self._redact(
+                                f"{self.connection}: {what}: the body is JSON nested deeper than the parser can follow "
+                                f"(about {sys.getrecursionlimit()} levels); records must be objects of scalars, or "
+                                "of shallow objects and arrays: fix the source, or have its owner do so"
+                            )) from None
+                        del text
                         if not isinstance(body, dict):
-                            raise PermanentSourceError(
-                                f"{self.connection}: GET {url} returned JSON {type(body).__name__}, expected an object"
-                            )
+                            raise PermanentSourceError(self._redact(
+                                f"{self.connection}: {what} returned JSON {type(body).__name__}, expected an object"
+                            ))
                         return body
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 reason = type(exc).__name__
@@ -177,15 +274,17 @@ class RestApiSource(ConfigurableResource):
                 reason = "undecodable_body"
             stats.retry_reasons[reason] = stats.retry_reasons.get(reason, 0) + 1
             if attempt == self.max_attempts:
-                raise TransientSourceError(
-                    f"{self.connection}: GET {url} failed {attempt} times, last with {reason}"
-                )
+                raise TransientSourceError(self._redact(
+                    f"{self.connection}: {what} failed {attempt} times, last with {reason}"
+                ))
             stats.retries += 1
             if wait is not None:  # the server's wait is a floor
                 sleep = wait * (1 + random.uniform(0, RETRY_AFTER_JITTER))
             else:
                 sleep = random.uniform(0, min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1)))
-            log.warning(f"{self.connection}: transient {reason} on GET {url}, attempt {attempt}; retrying in {sleep:.2f}s")
+            log.warning(self._redact(
+                f"{self.connection}: transient {reason} on {what}, attempt {attempt}; retrying in {sleep:.2f}s"
+            ))
             time.sleep(sleep)
         raise AssertionError("unreachable")
 
@@ -199,12 +298,21 @@ class RestApiSource(ConfigurableResource):
     ) -> Iterator[pa.RecordBatch]:
         """Yield one Arrow batch (text columns plus ``_etl_source``) per page.
 
+        Paging is bounded: a cursor handed back that this extraction already requested, a page whose records are
+        those of an earlier page (a server ignoring ``page``, or the cursor), more than ``pagination.max_pages``
+        pages, or a body beyond ``max_page_bytes`` fail at once with a :class:`PermanentSourceError` instead of
+        requesting for ever (or holding a page too big for memory). Only one page's records are held at a time.
+
         Args:
             spec: The spec's source section.
             columns: Contract columns, always present in the batches (null when the API omits them).
             window: The partition's [start, end), sent in ``spec.window_params``.
             updated_since: Incremental watermark, sent as ``spec.incremental.param``.
             stats: Filled with pages, records, retries and the highest ``incremental.field`` seen.
+
+        Raises:
+            PermanentSourceError: see above, and :meth:`get_json`.
+            ContractError: a page's keys cannot be columns, or its JSON is nested too deep (see :meth:`get_json`).
         """
         stats = stats if stats is not None else ExtractStats()
         params: dict[str, str | int] = {}
@@ -216,11 +324,22 @@ class RestApiSource(ConfigurableResource):
         if updated_since is not None and spec.incremental is not None:
             params[spec.incremental.param] = updated_since
         pag = spec.pagination
+        where = f"{self.connection}: GET {spec.endpoint}"
+        # digests, not values: a cursor may be long, and a partition may have up to max_pages of them
+        cursors_sent: dict[bytes, int] = {}  # cursor digest -> the page requested with it
+        pages_seen: dict[bytes, int] = {}  # records digest -> the first page holding them
         with self.client(spec) as client:
             url: str = spec.endpoint
             page = 1
             cursor: str | None = None
             while True:
+                if page > pag.max_pages:
+                    raise PermanentSourceError(self._redact(
+                        f"{where}: page {pag.max_pages} says more pages follow, but one extraction may read at most "
+                        f"pagination.max_pages = {pag.max_pages:,} pages; raise `pagination.max_pages` in the spec "
+                        "(or `pagination.page_size`) if the partition really is that large, or check that the "
+                        "API's paging ends"
+                    ))
                 page_params = dict(params)
                 if pag.style == "page":
                     page_params.update({pag.page_param: page, pag.page_size_param: pag.page_size})
@@ -228,7 +347,9 @@ class RestApiSource(ConfigurableResource):
                     page_params[pag.limit_param] = pag.page_size
                     if cursor:
                         page_params[pag.cursor_param] = cursor
-                body = self.get_json(client, url, page_params, stats, spec.deadline_seconds())
+                        cursors_sent[_digest(cursor)] = page
+                body = self.get_json(client, url, page_params, stats, spec.deadline_seconds(),
+                                     max_bytes=spec.max_page_bytes, page=page)
                 records = body.get(spec.records_path)
                 if not isinstance(records, list):
                     raise PermanentSourceError(
@@ -236,38 +357,95 @@ class RestApiSource(ConfigurableResource):
                         f"fix `records_path` in the spec"
                     )
                 stats.pages += 1
+                if pag.style == "page":
+                    total = body.get(pag.total_pages_field)
+                    more = bool(records) and not (isinstance(total, int) and page >= total)
+                else:
+                    cursor = body.get(pag.next_cursor_field)
+                    more = bool(cursor) and bool(records)
+                    if more and _digest(cursor) in cursors_sent:
+                        raise PermanentSourceError(self._redact(
+                            f"{where} page {page}: the answer's `{pag.next_cursor_field}` is "
+                            f"{_short(str(cursor), 60)!r}, the cursor page {cursors_sent[_digest(cursor)]} was "
+                            "already requested with: the API does not advance, and following it would never end. "
+                            "Check `pagination.next_cursor_field` and `pagination.cursor_param` (now "
+                            f"{pag.cursor_param!r}) against the API's documentation, or report the API's paging bug "
+                            "to its owner"
+                        ))
+                del body  # from here on only this page's records are held, and no longer than its batch needs them
                 if records:
                     stats.records += len(records)
-                    batch = _to_text_batch(records, columns, f"{spec.endpoint}?page={page}" if pag.style == "page" else f"{spec.endpoint}?cursor={cursor or ''}")
+                    source = (f"{spec.endpoint}?page={page}" if pag.style == "page"
+                              else f"{spec.endpoint}?cursor={page_params.get(pag.cursor_param, '')}")
+                    try:
+                        batch = _to_text_batch(records, columns, source)
+                    except RecursionError:  # nested values too deep to spell as JSON text
+                        raise ContractError(
+                            f"{where} page {page}: a record holds values nested deeper than can be kept as JSON text; "
+                            "fix the source, or have its owner do so"
+                        ) from None
+                    del records
+                    digest = _batch_digest(batch)
+                    if digest in pages_seen:
+                        raise PermanentSourceError(self._redact(
+                            f"{where} page {page}: its {batch.num_rows:,} records are those of page "
+                            f"{pages_seen[digest]}: the API ignores the "
+                            + (f"page parameter {pag.page_param!r}, so paging would never end (or load every record "
+                               "again); set `pagination.page_param` and `pagination.page_size_param` to the "
+                               "parameters the API reads, or use `pagination.style: cursor` if it pages by cursor"
+                               if pag.style == "page" else
+                               f"cursor parameter {pag.cursor_param!r}, so paging would never end; set "
+                               "`pagination.cursor_param` to the parameter the API reads")
+                        ))
+                    pages_seen[digest] = page
                     if spec.incremental is not None and spec.incremental.field in batch.schema.names:
                         top = pc.max(batch.column(spec.incremental.field)).as_py()
                         if top is not None and (stats.max_watermark is None or top > stats.max_watermark):
                             stats.max_watermark = top
                     yield batch
-                if pag.style == "page":
-                    total = body.get(pag.total_pages_field)
-                    if not records or (isinstance(total, int) and page >= total):
-                        return
-                    page += 1
+                    del batch
                 else:
-                    cursor = body.get(pag.next_cursor_field)
-                    if not cursor or not records:
-                        return
-                    page += 1
+                    del records
+                if not more:
+                    return
+                page += 1
+
+
+def _digest(value: object) -> bytes:
+    return hashlib.blake2b(str(value).encode(), digest_size=16).digest()
 
 
 class _DeadlineExceeded(Exception):
     """The whole request took longer than its deadline (each read arrived within the timeout)."""
 
 
-def _read_within(response: httpx.Response, deadline: float | None) -> bytes:
-    """The body of a streamed response, given up on once ``deadline`` (``time.monotonic()``) has passed."""
-    chunks = []
+class _BodyTooLarge(Exception):
+    """The body is larger than the most bytes accepted; the text says how that was found."""
+
+
+def _read_within(response: httpx.Response, deadline: float | None, limit: int | None = None,
+                 cut: bool = False) -> bytearray:
+    """The body of a streamed response, given up on once ``deadline`` (``time.monotonic()``) has passed.
+
+    A body longer than ``limit`` bytes raises :class:`_BodyTooLarge` (on its ``Content-Length``, before any of it is
+    read, or once more has arrived: at most one network chunk past the limit is held), or with ``cut`` is returned
+    cut at the limit. Bytes are counted decoded (after gzip), as that is what the parser holds.
+    """
+    if limit is not None and not cut and "content-encoding" not in response.headers:
+        announced = response.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > limit:
+            raise _BodyTooLarge(f"Content-Length {int(announced):,}")
+    body = bytearray()
     for chunk in response.iter_bytes():
-        chunks.append(chunk)
+        body += chunk
+        if limit is not None and len(body) > limit:
+            if cut:
+                del body[limit:]
+                break
+            raise _BodyTooLarge(f"more than {limit:,} bytes arrived")
         if deadline is not None and time.monotonic() > deadline:
             raise _DeadlineExceeded()
-    return b"".join(chunks)
+    return body
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -283,8 +461,8 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-def _short(text: str) -> str:
-    return text[:200].replace("\n", " ")
+def _short(text: str, chars: int = 200) -> str:
+    return text[:chars].replace("\n", " ")
 
 
 def _fix_for(status: int, connection: str) -> str:
