@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 from dagster import Failure
 
+from etl_assets.redact import redact, redact_metadata, scrub_exception
+
 
 class EtlError(RuntimeError):
     """Base of the platform's errors; ``error_class`` is recorded by monitoring."""
@@ -27,19 +29,55 @@ class PermanentSourceError(EtlError):
 
 
 class ContractError(EtlError):
-    """Data broke its contract in a way that cannot be quarantined row by row (a missing required column)."""
+    """Data broke its contract in a way that cannot be quarantined row by row (a missing required column).
+
+    ``input_at_fault`` says the delivered input itself is the cause, so running the same input again fails the
+    same way (a landing file failing like this goes to landing quarantine).
+    """
 
     error_class = "data_quality"
+    input_at_fault = True
+
+
+class UpstreamNotReadyError(ContractError):
+    """Validation needs data that is not there yet (a referenced dataset never loaded): the input is not at fault,
+    and a re-run after the upstream has loaded passes."""
+
+    input_at_fault = False
+
+
+# Failure metadata keys this module sets (monitoring and the landing sensors read them).
+META_ERROR_CLASS = "error_class"
+META_INPUT_AT_FAULT = "input_at_fault"
 
 
 @contextmanager
 def no_retry_for_permanent_errors() -> Iterator[None]:
-    """Turn permanent errors into a Dagster ``Failure`` that the step's RetryPolicy does not retry."""
+    """Turn permanent errors into a Dagster ``Failure`` that the step's RetryPolicy does not retry.
+
+    Every error leaving the block has secrets masked (URL userinfo, tokens, known secret values) in its message
+    and in those of its causes, since Dagster stores the whole chain in the event log; other errors keep their
+    class, so the RetryPolicy still retries them.
+    """
     try:
         yield
     except (PermanentSourceError, ContractError) as exc:
+        safe = scrub_exception(exc)
+        metadata = {META_ERROR_CLASS: exc.error_class}
+        if isinstance(exc, ContractError):
+            metadata[META_INPUT_AT_FAULT] = exc.input_at_fault
         raise Failure(
-            description=f"{exc.error_class} error: {exc}",
-            metadata={"error_class": exc.error_class},
+            description=redact(f"{exc.error_class} error: {safe}"),
+            metadata=redact_metadata(metadata),
             allow_retries=False,
-        ) from exc
+        ) from safe
+    except Failure as exc:
+        safe = scrub_exception(exc)
+        exc.description = redact(exc.description or "") or exc.description
+        exc.metadata = redact_metadata(exc.metadata or {})
+        raise safe if safe is not exc else exc
+    except Exception as exc:
+        safe = scrub_exception(exc)
+        if safe is exc:
+            raise
+        raise safe.with_traceback(exc.__traceback__) from safe.__cause__

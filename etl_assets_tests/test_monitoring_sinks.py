@@ -223,3 +223,59 @@ def test_error_records_wait_in_the_spool_while_another_process_holds_the_warehou
     assert store.record([record]) is True  # recording the same run again replaces, never duplicates
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM ops.errors").fetchall() == [(1,)]
+
+
+def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, monkeypatch):
+    """A corrupt warehouse file: a failed run is still alerted (file and webhook), its error record is spooled, and
+    once the file is repaired the check-failure sensor's next tick writes it to ``ops.errors``."""
+    from dagster import build_sensor_context
+
+    from etl_assets.definitions import build_definitions
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "empty.yaml").write_text(
+        "name: empty\nsource: {kind: files, format: csv, glob: '*.csv'}\n"
+        "columns: [{name: a, type: INTEGER, nullable: false}]\nretry: {max_retries: 0}\n")
+    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+    monkeypatch.delenv("ETL_ALERT_FILE", raising=False)
+    with Recorder() as hook:
+        monkeypatch.setenv("ETL_ALERT_WEBHOOK_URL", f"{hook.url}/{SECRET_PATH}")
+        defs = build_definitions()
+        resources = {"alerting": defs.resources["alerting"], "warehouse": defs.resources["warehouse"]}
+
+        def tick(name, cursor):
+            return defs.resolve_sensor_def(name).evaluate_tick(
+                build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs))
+
+        run_cursor = tick("alert_on_run_failure", None).cursor
+        check_cursor = tick("alert_on_check_failure", None).cursor
+        quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+        failed = defs.resolve_job_def("empty_pipeline").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=quiet)
+        assert not failed.success
+        warehouse = data_dir / "warehouse.duckdb"
+        garbage = b"\x00not a duckdb file\xff" * 4096
+        warehouse.write_bytes(garbage)
+
+        result = tick("alert_on_run_failure", run_cursor)  # does not raise: the alert went out, the record waits
+        assert result.cursor != run_cursor
+        alerts = [json.loads(line) for line in (data_dir / "alerts" / "alerts.jsonl").read_text().splitlines()]
+        assert [(a["run_id"], a["error_class"]) for a in alerts] == [(failed.run_id, "permanent")]
+        assert [json.loads(r["body"])["run_id"] for r in hook.requests] == [failed.run_id]
+        store = ErrorStore(DuckDBWarehouse())
+        assert store.pending() == 1
+        assert warehouse.read_bytes() == garbage  # nothing written into (or over) the broken file
+
+        # still broken: the check sensor's tick retries, keeps the record, and says so
+        still = tick("alert_on_check_failure", check_cursor)
+        assert "spooled error records still pending" in still.skip_message and store.pending() == 1
+
+        warehouse.unlink()  # repaired (restored from a backup, here: a fresh file)
+        repaired = tick("alert_on_check_failure", still.cursor)
+        assert "spooled error records written" in repaired.skip_message
+        assert store.pending() == 0
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        rows = con.execute("SELECT run_id, pipeline, step_key, error_class FROM ops.errors").fetchall()
+    assert rows == [(failed.run_id, "empty", "raw__empty", "permanent")]
+    assert len((data_dir / "alerts" / "alerts.jsonl").read_text().splitlines()) == 1  # and no second alert for it

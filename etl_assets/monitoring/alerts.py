@@ -14,7 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from dagster import ConfigurableResource, EnvVar, get_dagster_logger
 
+from etl_assets.redact import redact
 from etl_assets.settings import current_settings
 
 DEFAULT_UI_BASE_URL = "http://127.0.0.1:3000"
@@ -72,6 +73,12 @@ class Alert:
     def to_json(self) -> dict:
         """The alert as a JSON-serializable dict."""
         return asdict(self)
+
+
+def redacted_alert(alert: Alert) -> Alert:
+    """``alert`` with URL userinfo, tokens and known secret values masked in every text field (title, text, ...)."""
+    return replace(alert, **{f.name: redact(getattr(alert, f.name)) for f in fields(alert)
+                             if isinstance(getattr(alert, f.name), str)})
 
 
 def run_url(base_url: str, run_id: str) -> str:
@@ -248,8 +255,10 @@ class AlertSinks(ConfigurableResource):
         return sinks
 
     def send(self, alert: Alert) -> DeliveryReport:
-        """Deliver ``alert`` to every sink; a failing sink does not keep the others from getting it."""
+        """Deliver ``alert`` to every sink, with secrets masked in its text fields (:func:`redacted_alert`); a
+        failing sink does not keep the others from getting it."""
         log = get_dagster_logger()
+        alert = redacted_alert(alert)
         delivered, failed = [], {}
         for sink in self.sinks():
             try:

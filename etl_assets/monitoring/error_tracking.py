@@ -12,8 +12,11 @@ The platform's own errors carry their class: ``Failure`` metadata ``error_class`
 :func:`~etl_assets.errors.no_retry_for_permanent_errors`), or the ``error_class`` attribute of the
 :class:`~etl_assets.errors.EtlError` subclass found in the error's cause chain.
 
-Writes are one short transaction each. When another process holds the warehouse file for too long, the records
-wait in a spool file (``$ETL_DATA_DIR/ops/errors_pending.jsonl``) and are written by the next write or flush.
+Writes are one short transaction each. When the warehouse cannot take them (another process holds the file for too
+long, the file is corrupt, the disk is full), the records wait in a spool file
+(``$ETL_DATA_DIR/ops/errors_pending.jsonl``) and are written by the next write or flush (the run-failure sensor's
+next record, the check-failure sensor's ticks, the pipeline health asset). Messages are stored with secrets masked
+(:func:`etl_assets.redact.redact`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRun
 
 from etl_assets import errors as etl_errors
 from etl_assets.monitoring.warehouse_io import WarehouseBusy, table_exists, warehouse_session
+from etl_assets.redact import redact
 from etl_assets.resources.targets import DuckDBWarehouse
 from etl_assets.settings import current_settings
 from etl_assets.sqlutil import qualified, quote_ident
@@ -204,7 +208,9 @@ def failure_message(error, description: str | None = None) -> str:
 
 
 def _truncate(message: str) -> str:
-    message = (message or "").strip()
+    """``message`` with secrets masked (before cutting, so no secret is cut beyond recognition), at most
+    :data:`MAX_MESSAGE_CHARS` characters."""
+    message = redact((message or "").strip())
     return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
@@ -298,6 +304,8 @@ class ErrorStore:
         self.warehouse = warehouse
         self.spool_path = spool_path or current_settings().data_dir / "ops" / "errors_pending.jsonl"
         self.wait_seconds = wait_seconds
+        # why the last record() or flush() could not write to the warehouse (None when it could)
+        self.last_problem: str | None = None
 
     @contextmanager
     def _spool_lock(self) -> Iterator[None]:
@@ -334,16 +342,28 @@ class ErrorStore:
     def _take_spool(self) -> list[ErrorRecord]:
         if not self.spool_path.exists():
             return []
-        lines = self.spool_path.read_text().splitlines()
-        return [ErrorRecord.from_json(json.loads(line)) for line in lines if line.strip()]
+        records = []
+        for line in self.spool_path.read_text(errors="replace").splitlines():
+            try:
+                records.append(ErrorRecord.from_json(json.loads(line)))
+            except (ValueError, TypeError, KeyError):  # a line cut short by a crash mid-write (never fsynced)
+                continue
+        return records
 
     def record(self, records: Sequence[ErrorRecord]) -> bool:
-        """Write ``records`` (and any spooled ones) in one short transaction.
+        """Write ``records`` (and any spooled ones) in one short transaction; messages have secrets masked.
+
+        Any failure to write (the warehouse busy, its file corrupt or unreadable, a full disk) spools the records
+        for the next write or :meth:`flush`; why is kept in :attr:`last_problem`.
 
         Returns:
-            True when written to the warehouse; False when the warehouse stayed busy and the records were
-            spooled for the next write or :meth:`flush`.
+            True when written to the warehouse; False when the records were spooled instead.
+
+        Raises:
+            OSError: the spool itself could not be written (nothing was stored).
         """
+        records = [replace(r, message=_truncate(r.message)) for r in records]
+        self.last_problem = None
         with self._spool_lock():
             pending = self._take_spool()
             # one record per (run, step), the newest winning, so a run spooled and then recorded is written once
@@ -352,7 +372,9 @@ class ErrorStore:
                 return True
             try:
                 self._write(everything)
-            except WarehouseBusy:
+            except Exception as exc:  # noqa: BLE001 - whatever keeps the warehouse from taking them, keep them
+                self.last_problem = str(exc) if isinstance(exc, WarehouseBusy) else \
+                    f"{type(exc).__name__}: {redact(str(exc))}"
                 if records:
                     with open(self.spool_path, "a") as spool:
                         for r in records:
@@ -366,6 +388,13 @@ class ErrorStore:
     def flush(self) -> bool:
         """Write spooled records, if any. Returns False when the warehouse is still busy."""
         return self.record([])
+
+    def has_pending(self) -> bool:
+        """Whether the spool holds anything (cheap: no lock, no warehouse)."""
+        try:
+            return self.spool_path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
 
     def pending(self) -> int:
         """How many records wait in the spool."""

@@ -8,9 +8,13 @@ Both are exactly-once per event:
   nothing).
 * ``alert_on_check_failure`` follows run-finished events through a storage-id cursor and reads each finished
   run's ``ASSET_CHECK_EVALUATION`` events from the instance's event log once.
+
+Alerts never depend on the error store: a failed run's alert is sent first, then its error records are written to
+``ops.errors``; when the warehouse cannot take them (locked, corrupt), they wait in the error store's spool and
+``alert_on_check_failure`` retries them every tick.
 """
 
-
+import json
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
@@ -37,12 +41,15 @@ from etl_assets.monitoring.alerts import (
     run_url,
 )
 from etl_assets.monitoring.error_tracking import ErrorRecord, ErrorStore, pipeline_for_asset, records_for_failed_run
+from etl_assets.redact import redact
 from etl_assets.resources.targets import DuckDBWarehouse
 
 TAG_ALERT_SENT = "etl/alert_sent"
 RUN_FAILURE_SENSOR = "alert_on_run_failure"
 CHECK_FAILURE_SENSOR = "alert_on_check_failure"
 RUNS_PER_TICK = 50
+# How long a check-sensor tick waits for the warehouse to write spooled error records (a load may hold it).
+SPOOL_FLUSH_WAIT_SECONDS = 2.0
 CHECKS_PER_RUN = 10_000
 FINISHED_EVENTS = (DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED)
 
@@ -76,8 +83,38 @@ def run_failure_alert(records: list[ErrorRecord], run, ui_base_url: str) -> Aler
     )
 
 
+def _record(context, store: ErrorStore, records: list[ErrorRecord], run_id: str) -> None:
+    """Record ``records`` in ``ops.errors``; a failure is logged (the records wait in the spool for a later write)."""
+    try:
+        stored = store.record(records)
+    except Exception as exc:  # noqa: BLE001 - the spool itself failed (disk full): say so, the alert is out already
+        context.log.error(f"run {run_id}: {len(records)} error record(s) could not be recorded nor spooled "
+                          f"({type(exc).__name__}: {redact(str(exc))}): "
+                          + redact(json.dumps([r.to_json() for r in records], sort_keys=True)))
+        return
+    if not stored:
+        context.log.warning(f"run {run_id}: {len(records)} error record(s) spooled in {store.spool_path}, to be "
+                            f"written to ops.errors later; the warehouse could not take them: {store.last_problem}")
+
+
+def flush_spooled_errors(context, store: ErrorStore) -> str:
+    """Write spooled error records to ``ops.errors`` if there are any; returns what happened, for the tick's message."""
+    if not store.has_pending():
+        return ""
+    try:
+        written = store.flush()
+    except Exception as exc:  # noqa: BLE001 - a broken spool must not stop check alerts
+        context.log.error(f"spooled error records could not be read: {type(exc).__name__}: {redact(str(exc))}")
+        return "; spooled error records unreadable"
+    if written:
+        context.log.info("spooled error records written to ops.errors")
+        return "; spooled error records written"
+    context.log.warning(f"spooled error records still pending: {store.last_problem}")
+    return "; spooled error records still pending"
+
+
 def build_run_failure_sensor(pipelines: Iterable[str]):
-    """``alert_on_run_failure``: classify the failed run, record it in ``ops.errors``, alert every sink.
+    """``alert_on_run_failure``: classify the failed run, alert every sink, then record it in ``ops.errors``.
 
     Args:
         pipelines: The code location's pipeline (spec) names, to name the pipeline a failed step belongs to.
@@ -89,8 +126,8 @@ def build_run_failure_sensor(pipelines: Iterable[str]):
         monitor_all_code_locations=True,
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=15,
-        description="For every failed run: classify the failure, record it in ops.errors and send one alert "
-                    "(file, webhook, Slack) linking to the run.",
+        description="For every failed run: classify the failure, send one alert (file, webhook, Slack) linking to "
+                    "the run, then record it in ops.errors (spooled while the warehouse cannot take it).",
     )
     def alert_on_run_failure(context: RunFailureSensorContext, alerting: AlertSinks, warehouse: DuckDBWarehouse):
         # Returning None (not a SkipReason) lets Dagster go on to the next failed run in the same tick.
@@ -103,13 +140,12 @@ def build_run_failure_sensor(pipelines: Iterable[str]):
         records = records_for_failed_run(
             context.instance, run, context.get_step_failure_events(), context.failure_event.message or "", names,
             failed_at)
-        stored = ErrorStore(warehouse).record(records)
-        if not stored:
-            context.log.warning(f"run {run.run_id}: warehouse busy; {len(records)} error record(s) spooled for the next write")
+        # The alert goes out first: it must never depend on the error store (a corrupt or locked warehouse).
         report = alerting.send(run_failure_alert(records, run, alerting.ui_base_url))
         context.instance.add_run_tags(run.run_id, {TAG_ALERT_SENT: datetime.now(timezone.utc).isoformat()})
         context.log.info(f"run {run.run_id}: {', '.join(r.error_class for r in records)}; alert sent to "
                          f"{', '.join(report.delivered) or 'no sink'}")
+        _record(context, ErrorStore(warehouse), records, run.run_id)
         if report.failed:
             # Fails the tick so the problem shows in the UI; the run is tagged, so it is not alerted twice.
             raise AlertDeliveryError("; ".join(f"{name}: {why}" for name, why in sorted(report.failed.items())))
@@ -194,12 +230,14 @@ def build_check_failure_sensor(pipelines: Iterable[str]):
         minimum_interval_seconds=30,
         description="One alert (file, webhook, Slack) per failed asset check evaluation, with a link to its run.",
     )
-    def alert_on_check_failure(context: SensorEvaluationContext, alerting: AlertSinks):
+    def alert_on_check_failure(context: SensorEvaluationContext, alerting: AlertSinks, warehouse: DuckDBWarehouse):
         instance = context.instance
+        # error records spooled when the warehouse could not take them are retried here, every tick
+        flushed = flush_spooled_errors(context, ErrorStore(warehouse, wait_seconds=SPOOL_FLUSH_WAIT_SECONDS))
         if context.cursor is None:
             start = _latest_run_finished_storage_id(instance)
             return SensorResult(cursor=str(start), skip_reason=SkipReason(
-                f"first tick: watching asset checks of runs finishing after storage id {start}"))
+                f"first tick: watching asset checks of runs finishing after storage id {start}{flushed}"))
         finished, cursor = _run_finished_events(instance, int(context.cursor), RUNS_PER_TICK)
         sent, problems = 0, []
         for record in finished:
@@ -221,6 +259,7 @@ def build_check_failure_sensor(pipelines: Iterable[str]):
         message = f"{sent} failed check(s) alerted from {len(finished)} finished run(s)"
         if problems:
             message += f"; {len(problems)} delivery failure(s), first: {problems[0]}"
+        message += flushed
         return SensorResult(cursor=str(cursor), skip_reason=SkipReason(message))
 
     return alert_on_check_failure

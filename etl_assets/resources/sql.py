@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 from dagster import ConfigurableResource
 
-from etl_assets.errors import PermanentSourceError, TransientSourceError
+from etl_assets.errors import EtlError, PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import SqlSource
+from etl_assets.redact import ENCODING_HINT, is_clean, redact, url_secrets, userinfo_needs_encoding
 from etl_assets.resources.api import SOURCE_COLUMN
 from etl_assets.settings import current_settings
 
@@ -61,24 +63,91 @@ def _adbc_reader(cursor) -> pa.RecordBatchReader:
 # SQLSTATE classes a retry can cure: connection exception, insufficient resources, operator intervention
 # (admin shutdown, pg_terminate_backend), transaction rollback (serialization failure, deadlock).
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "40")
-_PERMANENT_CONNECT_HINTS = ("does not exist", "authentication failed", "no pg_hba.conf entry")
+_PERMANENT_CONNECT_HINTS = ("does not exist", "authentication failed", "no pg_hba.conf entry", "access denied",
+                            "unknown database")
+# libpq's words for a connection string it could not parse (it quotes the piece it choked on, which can be part
+# of the password: never repeated)
+_UNPARSABLE_HINTS = ("invalid", "unexpected", "missing \"=\"", "unterminated", "percent-encoded")
 
 
-def _source_error(connection: str, exc: Exception, when: str) -> Exception:
-    """Map an ADBC error to the platform's transient/permanent source errors."""
+def _url_parts(url: str) -> tuple[str, str]:
+    """``(user, "host:port/database")`` of ``url`` as this module parses it, for messages (no password)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "", "the server"
+    where = (host or "the default host") + (f":{port}" if port else "")
+    database = unquote(parts.path.lstrip("/"))
+    return unquote(parts.username or ""), where + (f"/{database}" if database else "")
+
+
+def invalid_url_error(connection: str, unparsable: bool = False) -> PermanentSourceError:
+    """The error for a connection URL that is invalid; it never quotes the URL or the driver."""
+    what = ("could not be parsed by the driver (its message is not repeated: it can quote a piece of the password); "
+            "check the host, port, database and options, and " if unparsable else
+            "has a user name or password holding characters a URL must carry percent-encoded: ")
+    return PermanentSourceError(
+        f"{connection}: the connection URL ({connection.upper()}_URL, or the spec's default_url) {what}{ENCODING_HINT}")
+
+
+def connect_error(connection: str, url: str, text: str) -> EtlError:
+    """A libpq connection failure in this module's own words: libpq's message can quote a piece of the URL."""
+    user, where = _url_parts(url)
+    low = text.lower()
+    prefix = f"{connection}: could not connect to {where}"
+    fix = "check the connection URL (<CONNECTION>_URL)"
+    if "connection refused" in low:
+        return TransientSourceError(f"{prefix}: connection refused (is the server running and accepting TCP/IP "
+                                    "connections on that host and port?)")
+    if "timeout expired" in low or "timed out" in low:
+        return TransientSourceError(f"{prefix}: the connection timed out")
+    if "could not translate host name" in low:
+        return TransientSourceError(f"{prefix}: the host name could not be resolved; check the host, and "
+                                    f"{ENCODING_HINT}")
+    if "database" in low and "does not exist" in low:
+        return PermanentSourceError(f"{prefix}: the database does not exist; {fix}")
+    if "role" in low and "does not exist" in low:
+        return PermanentSourceError(f"{prefix}: the role {user!r} does not exist; {fix}")
+    if "authentication failed" in low:
+        return PermanentSourceError(f"{prefix}: authentication failed for user {user!r}; check the user name and "
+                                    f"password in the connection URL, and {ENCODING_HINT}")
+    if "no pg_hba.conf entry" in low:
+        return PermanentSourceError(f"{prefix}: the server's pg_hba.conf admits no connection for user {user!r} from "
+                                    "this host to this database")
+    if "too many" in low or "starting up" in low or "shutting down" in low or "recovery mode" in low:
+        return TransientSourceError(f"{prefix}: the server is not taking connections now (too many clients, "
+                                    "starting up or shutting down)")
+    if any(hint in low for hint in _UNPARSABLE_HINTS):
+        return invalid_url_error(connection, unparsable=True)
+    return TransientSourceError(f"{prefix} (the driver's message is not repeated: it can quote the connection URL); "
+                                f"{fix}")
+
+
+def _safe_cause(exc: BaseException, url: str) -> BaseException | None:
+    """``exc`` to chain to the platform's error when its text shows no secret of ``url``; else None (not chained:
+    Dagster stores the whole chain)."""
+    return exc if is_clean(str(exc), url_secrets(url)) else None
+
+
+def _source_error(connection: str, exc: Exception, when: str, url: str = "") -> Exception:
+    """Map an ADBC error to the platform's transient/permanent source errors, with secrets of ``url`` masked."""
     import adbc_driver_manager
 
+    text = str(exc)
+    if when == "connect" or "failed to connect" in text.lower():
+        return connect_error(connection, url, text)
+    message = redact(text, url_secrets(url))
     sqlstate = getattr(exc, "sqlstate", None) or ""
     prefix = f"{connection}: " + (f"{when}: " if when else "")
     if sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES:
-        return TransientSourceError(f"{prefix}{exc}")
+        return TransientSourceError(f"{prefix}{message}")
     if isinstance(exc, (adbc_driver_manager.ProgrammingError, adbc_driver_manager.DataError,
                         adbc_driver_manager.IntegrityError, adbc_driver_manager.NotSupportedError)):
-        return PermanentSourceError(f"{prefix}{exc}; check `table`, `query` and `incremental_column`")
-    if isinstance(exc, adbc_driver_manager.OperationalError) and any(h in str(exc) for h in _PERMANENT_CONNECT_HINTS):
-        # libpq refuses the connection itself (no such database or role, bad password): no SQLSTATE, class IO.
-        return PermanentSourceError(f"{prefix}{exc}; check the connection URL (<CONNECTION>_URL)")
-    return TransientSourceError(f"{prefix}{exc}")
+        return PermanentSourceError(f"{prefix}{message}; check `table`, `query` and `incremental_column`")
+    if isinstance(exc, adbc_driver_manager.OperationalError) and any(h in text for h in _PERMANENT_CONNECT_HINTS):
+        return PermanentSourceError(f"{prefix}{message}; check the connection URL (<CONNECTION>_URL)")
+    return TransientSourceError(f"{prefix}{message}")
 
 
 def _close_quietly(cursor, conn) -> None:
@@ -139,10 +208,17 @@ class SqlDatabaseSource(ConfigurableResource):
     def extract(self, spec: SqlSource, window: tuple[datetime, datetime] | None = None) -> pa.RecordBatchReader:
         """Stream the table or query, restricted to ``window`` on ``incremental_column``, as Arrow batches.
 
+        Error messages never hold the URL's password or a piece of it: connection failures are described in this
+        module's words (the driver's message can quote the URL), others are redacted.
+
         Raises:
-            PermanentSourceError: the table, column or database does not exist.
+            PermanentSourceError: the table, column or database does not exist, or the URL is invalid (a password
+                holding a character that must be percent-encoded included).
             TransientSourceError: the connection failed or dropped.
         """
+        if userinfo_needs_encoding(self.resolved_url()):
+            # refused before any driver parses it: each reads such a URL its own way and quotes pieces back
+            raise invalid_url_error(self.connection)
         if self.is_postgres():
             return self._extract_postgres(spec, window)
         return self._extract_sqlalchemy(spec, window)
@@ -151,8 +227,8 @@ class SqlDatabaseSource(ConfigurableResource):
         import adbc_driver_manager
         import adbc_driver_postgresql.dbapi as pg
 
-        uri = self.resolved_url()
-        scheme, rest = uri.split("://", 1)
+        url = self.resolved_url()
+        scheme, rest = url.split("://", 1)
         uri = "postgresql://" + rest
         # The ADBC driver streams a result through COPY only when the query has no bind parameters; with
         # parameters libpq receives the whole result before the first batch. So the window's bounds are bound
@@ -161,6 +237,10 @@ class SqlDatabaseSource(ConfigurableResource):
         conn = cursor = None
         try:
             conn = pg.connect(uri)
+        except adbc_driver_manager.Error as exc:
+            # never chained: libpq's message can quote a piece of the URL, password included
+            raise _source_error(self.connection, exc, "connect", url) from None
+        try:
             cursor = conn.cursor()
             cursor.execute("SET TIME ZONE 'UTC'")
             if window is not None:
@@ -173,7 +253,7 @@ class SqlDatabaseSource(ConfigurableResource):
             reader = _adbc_reader(cursor)
         except adbc_driver_manager.Error as exc:
             _close_quietly(cursor, conn)
-            raise _source_error(self.connection, exc, "") from exc
+            raise _source_error(self.connection, exc, "", url) from _safe_cause(exc, url)
         source = f"{spec.table or 'query'}"
         schema = reader.schema.append(pa.field(SOURCE_COLUMN, pa.string()))
 
@@ -184,11 +264,13 @@ class SqlDatabaseSource(ConfigurableResource):
                         [*batch.columns, pa.array([source] * batch.num_rows, type=pa.string())], schema=schema
                     )
             except adbc_driver_manager.Error as exc:
-                raise _source_error(self.connection, exc, "mid-extract") from exc
+                raise _source_error(self.connection, exc, "mid-extract", url) from _safe_cause(exc, url)
             except (OSError, pa.ArrowException) as exc:
                 # Only reached without ADBC's error translation (see `_adbc_reader`): the driver's failure then
                 # carries no class or SQLSTATE, and a dropped connection is the usual cause.
-                raise TransientSourceError(f"{self.connection}: connection lost mid-extract: {exc}") from exc
+                raise TransientSourceError(
+                    f"{self.connection}: connection lost mid-extract: {redact(str(exc), url_secrets(url))}"
+                ) from _safe_cause(exc, url)
             finally:
                 _close_quietly(cursor, conn)
 
@@ -202,18 +284,42 @@ class SqlDatabaseSource(ConfigurableResource):
             path = url.removeprefix("sqlite:///")
             if not os.path.exists(path):
                 raise PermanentSourceError(f"{self.connection}: SQLite database {path} does not exist; run `etl-assets demo generate` or fix the URL")
-        engine = sa.create_engine(url)
+        secrets = url_secrets(url)
+        scheme = url.split(":", 1)[0]
+        # None of these is chained: SQLAlchemy's URL errors quote the URL, a driver's may quote a piece of it.
+        try:
+            engine = sa.create_engine(url)
+        except sa.exc.NoSuchModuleError:
+            raise PermanentSourceError(
+                f"{self.connection}: SQLAlchemy has no dialect for the URL scheme {redact(scheme)!r}; install the "
+                "dialect's package or fix the connection URL (<CONNECTION>_URL)") from None
+        except ImportError as exc:
+            raise PermanentSourceError(
+                f"{self.connection}: the database driver for {redact(scheme)!r} is not installed (module "
+                f"{exc.name or '?'}); install it") from None
+        except (sa.exc.ArgumentError, ValueError, TypeError):
+            raise invalid_url_error(self.connection, unparsable=True) from None
         query = sa.text(self.build_query(spec, window, "named"))
         params = {"start": _naive_utc(window[0]), "end": _naive_utc(window[1])} if window else {}
-        conn = engine.connect()
+        try:
+            conn = engine.connect()
+        except sa.exc.DBAPIError as exc:
+            engine.dispose()
+            user, where = _url_parts(url)
+            message = redact(str(exc.orig), secrets)
+            error = PermanentSourceError if any(h in message.lower() for h in _PERMANENT_CONNECT_HINTS) \
+                else TransientSourceError
+            raise error(f"{self.connection}: could not connect to {where}: {message}") from None
         try:
             result = conn.execution_options(stream_results=True).execute(query, params)
         except sa.exc.OperationalError as exc:
             conn.close()
-            message = str(exc.orig)
+            message = redact(str(exc.orig), secrets)
             if "no such" in message or "does not exist" in message:
-                raise PermanentSourceError(f"{self.connection}: {message}; check `table`, `query` and `incremental_column`") from exc
-            raise TransientSourceError(f"{self.connection}: {message}") from exc
+                raise PermanentSourceError(
+                    f"{self.connection}: {message}; check `table`, `query` and `incremental_column`"
+                ) from _safe_cause(exc, url)
+            raise TransientSourceError(f"{self.connection}: {message}") from _safe_cause(exc, url)
         names = list(result.keys())
         schema = pa.schema([pa.field(n, pa.string()) for n in names] + [pa.field(SOURCE_COLUMN, pa.string())])
         source = f"{spec.table or 'query'}"
