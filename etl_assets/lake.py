@@ -9,15 +9,29 @@ source Parquet file (a hard link, so replacing or expiring the source later does
 file of the source rows left out, and the SELECT list over the source's columns. ``clean/`` partitions are stored
 so: the typed, valid rows are the raw partition minus the quarantined positions, cast as they are read, instead of
 a second copy of every row. Readers get either kind through :meth:`LakeTable.relation` and see no difference.
+
+Writers of one partition take its lock (``fcntl.flock`` on ``.<partition>.lock`` beside it, removed when released)
+around the whole write: the temporary files, the switch (the rename) and the clean-up of the files the previous
+partition used. Two writers of one partition at once therefore give the result of the second, never a mix, and a
+writer never deletes a file another writer is writing or a manifest names. Under the lock, every hidden file of the
+partition's name patterns (``.<partition>.<uuid>.tmp``, ``.<partition>.<generation>.source.parquet``,
+``.excluded.parquet``, ``.view.tmp``) that the new partition does not use is left over, by the previous partition or
+by a writer that was killed, and is removed. A view manifest that cannot be read (corrupt, half-restored) does not
+stop a new write of its partition: it is replaced, and its files go with the other leftovers. The lock is a local
+file system's: an object-store lake needs conditional writes of the manifest (or a lock service) instead.
 """
 
 
+import fcntl
+import glob
 import json
 import os
+import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +47,7 @@ from dagster import (
     ResourceDependency,
     TableColumn,
     TableSchema,
+    get_dagster_logger,
 )
 
 from etl_assets.errors import no_retry_for_permanent_errors
@@ -43,6 +58,12 @@ UNPARTITIONED = "_all"
 VIEW_SUFFIX = ".view.json"
 VIEW_FORMAT = "etl_assets.lake.view/1"
 POSITION_COLUMN = "position"  # the excluded-rows file's one column: a row's 0-based position in the source file
+# Test-only hook, off unless set: seconds every lake write sleeps holding its partition's lock, once its temporary
+# files are written and before the switch, so tests can overlap writers or SIGKILL one there.
+TEST_PAUSE_IN_LAKE_WRITE_ENV = "ETL_TEST_PAUSE_IN_LAKE_WRITE_SECONDS"
+# Test-only, with the pause hooks: a pause ends early once this file exists, so a test can hold a writer for as long
+# as its checks take (a loaded machine) and no longer.
+TEST_PAUSE_RELEASE_ENV = "ETL_TEST_PAUSE_RELEASE_FILE"
 
 
 class LakeError(RuntimeError):
@@ -149,10 +170,17 @@ def _read_manifest(path: Path) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise LakeError(f"{path}: unreadable lake view manifest ({exc}); re-materialize the partition") from exc
-    if manifest.get("format") != VIEW_FORMAT:
-        raise LakeError(f"{path}: field format is {manifest.get('format')!r}, expected {VIEW_FORMAT!r}; "
-                        "re-materialize the partition")
+    if not isinstance(manifest, dict) or manifest.get("format") != VIEW_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise LakeError(f"{path}: field format is {found!r}, expected {VIEW_FORMAT!r}; re-materialize the partition")
+    for field, kind in _MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(field), kind) or isinstance(manifest.get(field), bool):
+            raise LakeError(f"{path}: field {field} is {manifest.get(field)!r}, expected a {kind.__name__}; "
+                            "re-materialize the partition")
     return manifest
+
+
+_MANIFEST_FIELDS = {"source": str, "excluded": str, "select": str, "excluded_rows": int, "rows": int}
 
 
 def view_files(manifest_path: str) -> tuple[Path, Path]:
@@ -164,7 +192,12 @@ def view_files(manifest_path: str) -> tuple[Path, Path]:
 
 def view_stats(manifest_path: str) -> dict | None:
     """The stats a view partition was written with (None for a Parquet partition)."""
-    return _read_manifest(Path(manifest_path)).get("stats", {}) if manifest_path.endswith(VIEW_SUFFIX) else None
+    if not manifest_path.endswith(VIEW_SUFFIX):
+        return None
+    stats = _read_manifest(Path(manifest_path)).get("stats", {})
+    if not isinstance(stats, dict):
+        raise LakeError(f"{manifest_path}: field stats is {stats!r}, expected an object; re-materialize the partition")
+    return stats
 
 
 def view_sql(manifest_path: str) -> str:
@@ -247,20 +280,24 @@ class LakeStorage(ConfigurableResource):
             return self._write_view(key_path, partition, data)
         final = self.path_for(key_path, partition)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.stem}.{uuid.uuid4().hex}.tmp"
+        writer = _writer_for(data)
         started = time.perf_counter()
-        try:
-            _writer_for(data)(tmp)
-            meta = pq.ParquetFile(tmp).metadata
-            rows, schema = meta.num_rows, meta.schema.to_arrow_schema()
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
-        _remove_view(final.with_name(final.stem + VIEW_SUFFIX))
-        return WriteResult(final, rows, final.stat().st_size, time.perf_counter() - started, schema)
+        with _partition_lock(final.parent, final.stem):
+            tmp = final.parent / f".{final.stem}.{uuid.uuid4().hex}.tmp"
+            try:
+                writer(tmp)
+                meta = pq.ParquetFile(tmp).metadata
+                rows, schema = meta.num_rows, meta.schema.to_arrow_schema()
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                _test_pause(final, "before the switch")
+                os.replace(tmp, final)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(final.parent)
+            _remove_view(final.with_name(final.stem + VIEW_SUFFIX))
+            _remove_leftovers(final.parent, final.stem, keep=())
+            return WriteResult(final, rows, final.stat().st_size, time.perf_counter() - started, schema)
 
     def _write_view(self, key_path: Sequence[str], partition: str | None, view: LakeView) -> WriteResult:
         """Replace one partition with a view: snapshot the source, write the excluded positions, then rename the
@@ -268,6 +305,11 @@ class LakeStorage(ConfigurableResource):
         parquet = self.path_for(key_path, partition)
         directory, name = parquet.parent, parquet.stem
         directory.mkdir(parents=True, exist_ok=True)
+        with _partition_lock(directory, name):
+            return self._write_view_locked(directory, name, view)
+
+    def _write_view_locked(self, directory: Path, name: str, view: LakeView) -> WriteResult:
+        parquet = directory / f"{name}.parquet"
         manifest_path = directory / f"{name}{VIEW_SUFFIX}"
         generation = uuid.uuid4().hex[:12]
         source = directory / f".{name}.{generation}.source.parquet"
@@ -292,7 +334,8 @@ class LakeStorage(ConfigurableResource):
             for path in (excluded, source):
                 with open(path, "rb") as fh:
                     os.fsync(fh.fileno())
-            previous = _read_manifest(manifest_path) if manifest_path.is_file() else None
+            _test_pause(manifest_path, "before the switch")
+            previous = _previous_manifest(manifest_path)
             os.replace(tmp, manifest_path)
         except BaseException:
             for path in (tmp, source, excluded):
@@ -300,14 +343,28 @@ class LakeStorage(ConfigurableResource):
             raise
         _fsync_dir(directory)
         parquet.unlink(missing_ok=True)
-        if previous is not None:
-            for old in (previous.get("source"), previous.get("excluded")):
-                if old and old not in (source.name, excluded.name):
-                    (directory / old).unlink(missing_ok=True)
+        for old in _named_files(previous):
+            if old not in (source.name, excluded.name):
+                (directory / old).unlink(missing_ok=True)
+        _remove_leftovers(directory, name, keep=(source.name, excluded.name))
         with duckdb_connection() as con:
             schema = con.sql(view_sql(str(manifest_path))).limit(0).to_arrow_table().schema
         return WriteResult(manifest_path, manifest["rows"], manifest_path.stat().st_size + excluded.stat().st_size,
                            time.perf_counter() - started, schema)
+
+    def remove(self, key_path: Sequence[str], partition: str | None) -> list[str]:
+        """Remove one partition (its Parquet file or view, and every leftover of earlier writes) under its lock, so a
+        concurrent write of it is not cut short. Returns the names of the files removed."""
+        parquet = self.path_for(key_path, partition)
+        directory, name = parquet.parent, parquet.stem
+        if not directory.is_dir():
+            return []
+        manifest = directory / f"{name}{VIEW_SUFFIX}"
+        with _partition_lock(directory, name):
+            removed = [p.name for p in (parquet, manifest) if p.is_file()]
+            parquet.unlink(missing_ok=True)
+            _remove_view(manifest)
+            return removed + _remove_leftovers(directory, name, keep=())
 
     def table(self, key_path: Sequence[str], partitions: Iterable[str | None], *, allow_missing: bool = False) -> LakeTable:
         """A handle on the given partitions of an asset.
@@ -334,14 +391,107 @@ def _remove_view(manifest_path: Path) -> None:
     """Remove a view partition (after a Parquet file replaced it): its manifest, then the files it named."""
     if not manifest_path.is_file():
         return
-    try:
-        manifest = _read_manifest(manifest_path)
-    except LakeError:
-        manifest = {}
+    manifest = _previous_manifest(manifest_path)
     manifest_path.unlink(missing_ok=True)
-    for name in (manifest.get("source"), manifest.get("excluded")):
-        if name:
-            (manifest_path.parent / name).unlink(missing_ok=True)
+    for name in _named_files(manifest):
+        (manifest_path.parent / name).unlink(missing_ok=True)
+
+
+def _previous_manifest(manifest_path: Path) -> dict | None:
+    """The manifest a write is about to replace; None when there is none, or when it cannot be read (logged: the
+    write repairs the partition, and the files of the unreadable one go with the leftovers)."""
+    if not manifest_path.is_file():
+        return None
+    try:
+        return _read_manifest(manifest_path)
+    except LakeError as exc:
+        get_dagster_logger().warning(f"replacing an unreadable lake view manifest: {exc}")
+        return None
+
+
+def _named_files(manifest: dict | None) -> list[str]:
+    """The files of a manifest's directory it names (a name that is not a plain file name there is ignored)."""
+    names = [(manifest or {}).get(field) for field in ("source", "excluded")]
+    return [n for n in names if isinstance(n, str) and n not in ("", ".", "..") and "/" not in n and "\\" not in n]
+
+
+def _leftover_pattern(name: str) -> re.Pattern:
+    """The hidden files a write of partition ``name`` creates besides its lock: a Parquet write's temporary file and
+    a view generation's source snapshot, excluded positions and temporary manifest (anchored, so partition ``x``
+    never matches the files of partition ``x.y``)."""
+    return re.compile(rf"\.{re.escape(name)}\.(?:[0-9a-f]{{32}}\.tmp|[0-9a-f]{{12}}\.(?:source\.parquet|excluded\.parquet|view\.tmp))")
+
+
+def _remove_leftovers(directory: Path, name: str, keep: Sequence[str]) -> list[str]:
+    """Under partition ``name``'s lock, after its switch: remove its hidden files that the partition now stored does not
+    use (``keep``) - the previous partition's, a corrupt manifest's, a killed writer's. Returns the names removed."""
+    pattern = _leftover_pattern(name)
+    removed = []
+    for path in directory.glob(f".{glob.escape(name)}.*"):
+        if path.name not in keep and pattern.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+@contextmanager
+def _partition_lock(directory: Path, name: str) -> Iterator[None]:
+    """Hold partition ``name``'s write lock: ``flock`` on ``directory/.<name>.lock``, waiting for another holder.
+
+    The file is removed while the lock is still held, so none stays behind. A waiter that then gets the lock of the
+    removed file sees that the path no longer names it and starts over on a new file; the kernel releases the lock of
+    a killed holder, and the next writer reuses the file it left.
+    """
+    path = directory / f".{name}.lock"
+    waiting_logged = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waiting_logged:
+                    get_dagster_logger().warning(f"{directory / name}: waiting for another writer of this lake partition")
+                    waiting_logged = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # the holder we waited for removed this file: lock the one at the path now
+    try:
+        yield
+    finally:
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _test_pause(path: Path, moment: str) -> None:
+    """Sleep ``$ETL_TEST_PAUSE_IN_LAKE_WRITE_SECONDS`` at ``moment`` of a lake write (tests only; unset: no-op)."""
+    value = os.environ.get(TEST_PAUSE_IN_LAKE_WRITE_ENV)
+    if not value:
+        return
+    seconds = float(value)
+    get_dagster_logger().warning(f"{TEST_PAUSE_IN_LAKE_WRITE_ENV}: {path} pausing {seconds:g}s {moment}")
+    pause_for_test(seconds)
+
+
+def pause_for_test(seconds: float) -> None:
+    """A test pause hook's sleep: ``seconds``, or until the file ``$ETL_TEST_PAUSE_RELEASE_FILE`` exists."""
+    release = os.environ.get(TEST_PAUSE_RELEASE_ENV)
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        if release and os.path.exists(release):
+            return
+        time.sleep(min(remaining, 0.05) if release else remaining)
 
 
 def _writer_for(data: object) -> Callable[[Path], None]:

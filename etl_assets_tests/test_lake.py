@@ -3,6 +3,8 @@ handed downstream as a DuckDB relation or Arrow stream without pandas."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -11,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetIn, DailyPartitionsDefinition, asset, materialize
 
-from etl_assets.lake import LakeError, LakeIOManager, LakeStorage, LakeStream, LakeTable, LakeView
+from etl_assets.lake import LakeError, LakeIOManager, LakeStorage, LakeStream, LakeTable, LakeView, view_files
 
 DAILY = DailyPartitionsDefinition(start_date="2024-01-01")
 
@@ -190,3 +192,96 @@ def test_views_and_files_read_together_and_a_bad_manifest_names_the_file(tmp_pat
     manifest.write_text('{"format": "something else"}')
     with pytest.raises(LakeError, match=r"2024-01-01\.view\.json: field format .*re-materialize"):
         lake.table(["clean", "v"], ["2024-01-01"]).relation(con)
+
+
+# ---------------------------------------------------------------------------------------------- self-repair
+
+GENERATION = "0123456789ab"
+
+
+def _killed_writer_files(directory: Path, partition: str, generation: str = GENERATION) -> set[str]:
+    """Place the files a writer of ``partition`` killed mid-write leaves (a Parquet write's temporary file, a view
+    generation's three files, its lock file); return their names."""
+    names = {f".{partition}.{uuid.UUID(int=int(generation, 16)).hex}.tmp", f".{partition}.{generation}.source.parquet",
+             f".{partition}.{generation}.excluded.parquet", f".{partition}.{generation}.view.tmp", f".{partition}.lock"}
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (directory / name).write_bytes(b"left by a killed writer")
+    return names
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x00\x17 not json {",
+    b'{"format": "etl_assets.lake.view/1"}',  # the right format, fields missing
+    b"[1, 2, 3]",
+    # well-formed, naming files outside its directory (relative, absolute): they may be read, never deleted
+    json.dumps({"format": "etl_assets.lake.view/1", "source": "../../raw/v/2024-01-01.parquet",
+                "excluded": "{sentinel}", "select": '"x"', "excluded_rows": 0, "rows": 3}).encode(),
+])
+@pytest.mark.parametrize("rewrite_as", ["view", "parquet"])
+def test_rewriting_a_partition_whose_manifest_is_corrupt_repairs_it(tmp_path: Path, garbage: bytes, rewrite_as: str):
+    lake, con = _lake(tmp_path), duckdb.connect()
+    source = _raw(lake, ["1", "2", "3"])
+    directory = tmp_path / "lake" / "clean" / "v"
+    first = lake.write(["clean", "v"], "2024-01-01", _view(source, con, [0]))
+    old_files = set(_files(directory)) - {first.path.name}
+    sentinel = tmp_path / "sentinel.parquet"
+    sentinel.write_bytes(b"not the lake's")
+    first.path.write_bytes(garbage.replace(b"{sentinel}", str(sentinel).encode()))
+    if not garbage.startswith(b'{"format": "etl_assets.lake.view/1", "source": "../'):
+        with pytest.raises(LakeError, match=r"2024-01-01\.view\.json.*re-materialize the partition"):
+            lake.table(["clean", "v"], ["2024-01-01"]).relation(con)
+
+    if rewrite_as == "view":
+        result = lake.write(["clean", "v"], "2024-01-01", _view(source, con, [2]))
+        assert result.rows == 2
+        new_files = {p.name for p in view_files(str(result.path))}
+        assert set(_files(directory)) == {"2024-01-01.view.json", *new_files}  # the corrupt one's files are gone
+        assert not old_files & new_files
+        assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [(1, "n1"), (2, "n2")]
+    else:
+        lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [7]}))
+        assert _files(directory) == ["2024-01-01.parquet"]
+        assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).fetchall() == [(7,)]
+    assert source.is_file() and pq.read_table(source).num_rows == 3  # nothing outside the directory was touched
+    assert sentinel.read_bytes() == b"not the lake's"
+
+
+def test_a_write_removes_the_files_a_killed_writer_left_and_only_those(tmp_path: Path):
+    lake, con = _lake(tmp_path), duckdb.connect()
+    source = _raw(lake, ["1", "2", "3"])
+    directory = tmp_path / "lake" / "clean" / "v"
+    lake.write(["clean", "v"], "2024-01-01", _view(source, con, []))
+    stale = _killed_writer_files(directory, "2024-01-01")
+    # files of other partitions whose names start like this one's: not this partition's to remove
+    others = _killed_writer_files(directory, "2024-01-01.0123456789ab", generation="abcdef012345")
+    others |= _killed_writer_files(directory, "2024-01-01-00:00", generation="fedcba987654")
+    unrelated = {".2024-01-01.notes", ".2024-01-01.0123456789ab.source.parquet.bak"}  # not a writer's names
+    for name in unrelated:
+        (directory / name).write_bytes(b"someone's")
+    assert stale <= set(_files(directory))
+
+    result = lake.write(["clean", "v"], "2024-01-01", _view(source, con, [1]))
+    kept = {p.name for p in view_files(str(result.path))}
+    assert set(_files(directory)) == {"2024-01-01.view.json", *kept, *others, *unrelated}
+    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [(1, "n1"), (3, "n3")]
+
+    lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [5]}))  # a Parquet write cleans up the same way
+    _killed_writer_files(directory, "2024-01-01")
+    lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [6]}))
+    assert set(_files(directory)) == {"2024-01-01.parquet", *others, *unrelated}
+
+
+def test_remove_takes_a_partition_and_its_leftovers_under_its_lock(tmp_path: Path):
+    lake, con = _lake(tmp_path), duckdb.connect()
+    source = _raw(lake, ["1", "2"])
+    directory = tmp_path / "lake" / "clean" / "v"
+    lake.write(["clean", "v"], "2024-01-01", _view(source, con, []))
+    lake.write(["clean", "v"], "2024-01-02", _view(source, con, [0]))
+    _killed_writer_files(directory, "2024-01-01")
+    removed = lake.remove(["clean", "v"], "2024-01-01")
+    assert "2024-01-01.view.json" in removed and len(removed) == 1 + 4  # the manifest and the stale files
+    assert lake.partitions(["clean", "v"]) == ["2024-01-02"]
+    assert all(name.startswith(("2024-01-02", ".2024-01-02.")) for name in _files(directory))
+    assert lake.table(["clean", "v"], ["2024-01-02"]).num_rows == 1
+    assert lake.remove(["clean", "v"], "2024-01-05") == [] and lake.remove(["nothing"], None) == []

@@ -3,13 +3,31 @@
 Every target table carries ``_etl_partition`` (the partition key, ``_all`` when unpartitioned), ``_etl_run_id``
 and ``_etl_loaded_at``. A load deletes the partition's rows and inserts the new ones in one transaction, so a
 re-run, a retry or a backfill leaves the same rows, and a crash mid-load leaves the previous ones.
+
+Two loads of one partition at once (two runs, on one host or several) give the result of one of them, never the
+rows twice: each target serializes them before the DELETE.
+
+* Postgres: the load transaction takes a transaction-level advisory lock keyed by (schema, table, partition)
+  before its DELETE; a second load of that partition waits there until the first commits or rolls back, then
+  deletes the first one's rows. DDL (CREATE SCHEMA, ALTER TABLE ADD COLUMN) runs under advisory locks keyed by the
+  schema and by the table in a short transaction of its own before the load's, so loads of different partitions
+  that create or widen one table at once do not fail on Postgres' catalog unique indexes, and the ACCESS EXCLUSIVE
+  lock an ADD COLUMN takes is not held through a COPY. A table that does not exist yet is created inside the load
+  transaction (under the table's lock), so a first load that fails leaves no table.
+* DuckDB warehouse: DuckDB lets one process at a time open the file read-write (an OS file lock held as long as the
+  database is open); a load keeps its connection from before the DELETE until after the COMMIT, so a second
+  process's load waits in ``_open_waiting_for_lock`` until the first has closed the file. Connections of one process
+  share one database and do not exclude each other, so loads in one process also take a per-file thread lock.
+  A DuckDB file is one host's: runs on other hosts must reach it through that host (see ARCHITECTURE, Scale-out).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
+import threading
 import time
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator
@@ -23,7 +41,7 @@ import pyarrow.csv as pacsv
 from dagster import ConfigurableResource, get_dagster_logger
 
 from etl_assets.errors import ContractError
-from etl_assets.lake import LakeTable
+from etl_assets.lake import LakeTable, pause_for_test
 from etl_assets.settings import current_settings, duckdb_connection
 from etl_assets.sqlutil import qualified, quote_ident, quote_literal
 
@@ -37,7 +55,8 @@ LOCK_WAIT_SECONDS = 30.0
 WAREHOUSE_POOL = "duckdb_warehouse"
 # Test-only hook, off unless set: seconds every load sleeps inside its transaction, after the DELETE and the
 # INSERT and before the COMMIT (and, for DuckDB, again after the COMMIT, before closing the connection checkpoints
-# the WAL), so the crash tests (etl_assets_tests/test_recovery.py) can SIGKILL it there.
+# the WAL), so the crash tests (etl_assets_tests/test_recovery.py) can SIGKILL it there. The pause ends early once
+# the file named by ``ETL_TEST_PAUSE_RELEASE_FILE`` exists (see etl_assets.lake.pause_for_test).
 TEST_PAUSE_IN_LOAD_ENV = "ETL_TEST_PAUSE_IN_LOAD_SECONDS"
 
 
@@ -82,17 +101,19 @@ class DuckDBWarehouse(ConfigurableResource):
 
     @contextmanager
     def connect(
-        self, read_only: bool = False, lock_wait_seconds: float = LOCK_WAIT_SECONDS
+        self, read_only: bool = False, lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+        on_wait: Callable[[], None] | None = None,
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open the warehouse. Writers must hold the ``duckdb_warehouse`` pool slot (assets declare it).
 
         Args:
             read_only: Open read-only.
             lock_wait_seconds: How long to retry while another process holds the file (0: fail at once).
+            on_wait: Called once if another process holds the file and the open has to wait.
         """
         path = self.db_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = _open_waiting_for_lock(str(path), read_only, lock_wait_seconds)
+        con = _open_waiting_for_lock(str(path), read_only, lock_wait_seconds, on_wait)
         try:
             yield con
         finally:
@@ -120,7 +141,15 @@ class DuckDBWarehouse(ConfigurableResource):
         started = time.perf_counter()
         results = []
         names = ", ".join(f"{schema}.{table}" for schema, table, _ in tables)
-        with self.connect() as con:
+        # Another process's load waits for the file in connect() (DuckDB's lock, held until this connection closes,
+        # after the COMMIT); another thread's load of this process waits here, as its connection would not exclude it.
+        path = self.db_path()
+
+        def waiting() -> None:
+            get_dagster_logger().warning(f"{names} partition {partition}: waiting for another process to release the"
+                                         f" warehouse {path} (DuckDB's single-writer file lock)")
+
+        with _process_write_lock(path), self.connect(on_wait=waiting) as con:
             # rows of a partition have no order in the warehouse; not keeping the source's lets DuckDB insert in
             # parallel without re-sequencing (about a third faster on 10 M rows here)
             con.execute("SET preserve_insertion_order = false")
@@ -158,6 +187,16 @@ class DuckDBWarehouse(ConfigurableResource):
 
 
 _SOURCE_VIEW = "__etl_load_source"
+_PROCESS_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_PROCESS_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _process_write_lock(path: Path) -> threading.Lock:
+    """The lock the loads of this process into the DuckDB file ``path`` hold. DuckDB's file lock keeps other processes
+    out, but connections of one process share the database, and two transactions that both delete a partition's rows
+    and insert new ones would both commit (the partition twice)."""
+    with _PROCESS_WRITE_LOCKS_GUARD:
+        return _PROCESS_WRITE_LOCKS.setdefault(str(path), threading.Lock())
 
 
 def _replace_in(con: duckdb.DuckDBPyConnection, schema: str, table: str, source: LakeTable, partition: str,
@@ -215,12 +254,14 @@ def _test_pause(table: str, partition: str, moment: str) -> None:
     seconds = float(value)
     get_dagster_logger().warning(
         f"{TEST_PAUSE_IN_LOAD_ENV}: {table} partition {partition} written, pausing {seconds:g}s {moment}")
-    time.sleep(seconds)
+    pause_for_test(seconds)
 
 
-def _open_waiting_for_lock(path: str, read_only: bool, wait_seconds: float) -> duckdb.DuckDBPyConnection:
+def _open_waiting_for_lock(path: str, read_only: bool, wait_seconds: float,
+                           on_wait: Callable[[], None] | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, retrying with jittered backoff while another process holds DuckDB's file lock; the lock
-    error is raised once ``wait_seconds`` have passed."""
+    error is raised once ``wait_seconds`` have passed. ``on_wait`` is called once, when the first attempt finds the
+    file locked."""
     deadline = time.monotonic() + wait_seconds
     delay = 0.05
     while True:
@@ -229,6 +270,9 @@ def _open_waiting_for_lock(path: str, read_only: bool, wait_seconds: float) -> d
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise
+            if on_wait is not None:
+                on_wait()
+                on_wait = None
             time.sleep(min(delay * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 1.0)
 
@@ -257,13 +301,36 @@ def _pg_type(arrow_type: pa.DataType) -> str:
     return "text"
 
 
+def pg_lock_key(*names: str) -> int:
+    """A Postgres advisory lock key (signed 64 bits) for ``names``: the first 8 bytes of their BLAKE2b hash.
+
+    Distinct names can share a key (about 1 in 2**64 for a pair; another application's advisory locks in the same
+    database could also use it): such loads then only wait for one another, as if they were one table's partition;
+    neither correctness nor progress depends on keys being unique.
+    """
+    digest = hashlib.blake2b("\x1f".join(("etl_assets", *names)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _pg_columns(cur, schema: str, table: str) -> set[str] | None:
+    """The columns of ``schema.table`` (None when there is no such table), as the latest committed catalog says."""
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))"
+                " AND attnum > 0 AND NOT attisdropped", [schema, table])
+    return {r[0] for r in cur.fetchall()} or None
+
+
 class PostgresTarget(ConfigurableResource):
     """A Postgres database as a serving target. Bulk COPY; partition replace in one transaction.
+
+    Loads of one (schema, table, partition) are serialized by a transaction-level advisory lock taken before the
+    DELETE (``pg_lock_key("partition", schema, table, partition)``), so two at once give the second's rows once,
+    on one host or several; DDL is serialized per schema and per table (see the module docstring).
 
     A load session that stops talking inside its transaction (a hung client, not a dead one: a dead one's
     socket closes and Postgres aborts at once) is ended by Postgres after ``idle_in_transaction_timeout_seconds``,
     releasing its locks; the partition keeps its previous rows and the step's retry loads it again. A load waits
-    at most ``lock_timeout_seconds`` for a lock another session holds on the table.
+    at most ``lock_timeout_seconds`` for a lock another session holds on the table, or for another load of the same
+    partition to end.
 
     Attributes:
         url: libpq URL (``postgresql://user@host:5432/db``); bind it with ``EnvVar("ETL_POSTGRES_URL")``.
@@ -278,13 +345,24 @@ class PostgresTarget(ConfigurableResource):
     def _connect(self):
         import psycopg
 
+        from etl_assets.redact import userinfo_needs_encoding
+        from etl_assets.resources.sql import connect_error, invalid_url_error
+
         if not self.url:
             raise RuntimeError("the postgres target has no URL; set ETL_POSTGRES_URL (postgresql://user@host:5432/db)")
         url = self.url.replace("postgresql+psycopg://", "postgresql://")
-        return psycopg.connect(url)
+        if userinfo_needs_encoding(url):
+            # refused before libpq parses it: libpq reads such a URL its own way and quotes pieces of it back
+            raise invalid_url_error("etl_postgres")
+        try:
+            return psycopg.connect(url)
+        except psycopg.OperationalError as exc:
+            # in the module's own words: libpq's message can quote a piece of the URL (the password included)
+            raise connect_error("etl_postgres", url, str(exc)) from None
 
     def replace_partition(self, schema: str, table: str, source: LakeTable, partition: str, run_id: str) -> LoadResult:
         """Replace ``partition`` of ``schema.table`` with ``source``'s rows via COPY, in one transaction."""
+        import psycopg
         from psycopg import sql
 
         started = time.perf_counter()
@@ -296,23 +374,25 @@ class PostgresTarget(ConfigurableResource):
             cur.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false),"
                         " set_config('lock_timeout', %s, false)",
                         [f"{self.idle_in_transaction_timeout_seconds}s", f"{self.lock_timeout_seconds}s"])
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            column_defs = [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(_pg_type(f.type))) for f in arrow_schema]
-            column_defs += [
-                sql.SQL("{} text NOT NULL").format(sql.Identifier(PARTITION_COLUMN)),
-                sql.SQL("{} text").format(sql.Identifier(RUN_COLUMN)),
-                sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(LOADED_AT_COLUMN)),
-            ]
-            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(ident, sql.SQL(", ").join(column_defs)))
-            cur.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-                [schema, table],
-            )
-            existing = {r[0] for r in cur.fetchall()}
-            for field in arrow_schema:
-                if field.name not in existing:
-                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                        ident, sql.Identifier(field.name), sql.SQL(_pg_type(field.type))))
+            # DDL in a short transaction of its own (with the session settings): the schema, and the columns an
+            # existing table lacks
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema])
+            if not cur.fetchall():
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", [pg_lock_key("schema", schema)])
+                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            complete = _ensure_pg_table(cur, schema, table, arrow_schema, create=False)
+            conn.commit()
+            # the load transaction: first the partition's lock, held until the COMMIT
+            try:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", [pg_lock_key("partition", schema, table, partition)])
+            except psycopg.errors.LockNotAvailable as exc:
+                exc.add_note(f"another load of {schema}.{table} partition {partition} held the partition's lock for "
+                             f"more than lock_timeout_seconds={self.lock_timeout_seconds}")
+                raise
+            # a new table is created here, so that a first load that fails leaves none (a concurrent first load of
+            # another partition waits for this one's COMMIT on the table's lock, then finds the table)
+            if not complete:
+                _ensure_pg_table(cur, schema, table, arrow_schema, create=True)
             cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(ident, sql.Identifier(PARTITION_COLUMN)), [partition])
             replaced = cur.rowcount
             copy_stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
@@ -331,6 +411,39 @@ class PostgresTarget(ConfigurableResource):
                     rows += batch.num_rows
             _test_pause(f"{schema}.{table}", partition, "before COMMIT")  # the connection block commits on exit
         return LoadResult(f"{schema}.{table}", partition, rows, replaced, time.perf_counter() - started)
+
+
+def _ensure_pg_table(cur, schema: str, table: str, arrow_schema: pa.Schema, create: bool) -> bool:
+    """Inside an open transaction: give ``schema.table`` every column of ``arrow_schema`` (creating the table when
+    ``create``; otherwise a missing table is left alone). Nothing is locked when nothing is to be done; otherwise the
+    table's advisory lock is taken (until the transaction ends) and the catalog read again under it, so two loads
+    never both create the table or both add a column. Returns whether the table exists with every column now."""
+    from psycopg import sql
+
+    existing = _pg_columns(cur, schema, table)
+    if existing is None and not create:
+        return False
+    if existing is not None and all(f.name in existing for f in arrow_schema):
+        return True
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", [pg_lock_key("table", schema, table)])
+    existing = _pg_columns(cur, schema, table)
+    ident = sql.Identifier(schema, table)
+    if existing is None:
+        if not create:
+            return False
+        column_defs = [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(_pg_type(f.type))) for f in arrow_schema]
+        column_defs += [
+            sql.SQL("{} text NOT NULL").format(sql.Identifier(PARTITION_COLUMN)),
+            sql.SQL("{} text").format(sql.Identifier(RUN_COLUMN)),
+            sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(LOADED_AT_COLUMN)),
+        ]
+        cur.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, sql.SQL(", ").join(column_defs)))
+        return True
+    for field in arrow_schema:
+        if field.name not in existing:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                ident, sql.Identifier(field.name), sql.SQL(_pg_type(field.type))))
+    return True
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
