@@ -14,7 +14,8 @@ EXPECTED_ASSETS = sorted(
     + ["ops/pipeline_health"]
 )
 CONTRACT_CHECKS = {
-    "orders": ["valid_type", "not_null", "unique", "accepted_values", "range", "relationship", "row_count"],
+    "orders": ["valid_type", "not_null", "unique", "accepted_values", "range", "relationship", "partition_window",
+               "row_count"],
     "customers": ["valid_type", "not_null", "unique", "format"],
     "products": ["valid_type", "not_null", "unique", "range"],
     "fx_rates": ["valid_type", "not_null", "unique"],

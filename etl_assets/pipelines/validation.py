@@ -10,8 +10,8 @@ position in its file as ``__etl_row``), none of which writes or sorts the whole 
 2. ``flagged_sql``: the rows breaking any rule, with the names of the rules (a small table when most rows are good),
    then ``first_duplicate_wins_sql``: of the rows sharing a key, the first keeps it;
 3. the outputs: the clean data is stored as a lake view, ``clean_select`` over the raw file minus
-   ``quarantined_positions_sql`` (typed when read, with the expressions the rules saw); ``quarantine_sql``: the
-   flagged rows with an ERROR rule, as delivered.
+   ``quarantined_positions_sql`` (typed when read, with the cast the rules accepted: see ``typed_value``);
+   ``quarantine_sql``: the flagged rows with an ERROR rule, as delivered.
 
 ``errors_not_excluded`` then checks the view as written. The loads re-check the rows they insert: the value rules
 as a guard of the INSERT itself (``load_guard``; ``value_violations`` names the rules when it trips), and key
@@ -23,11 +23,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from etl_assets.errors import ContractError
-from etl_assets.pipelines.spec import Column
+from etl_assets.pipelines.spec import Column, PipelineSpec
 from etl_assets.resources.api import SOURCE_COLUMN
-from etl_assets.sqlutil import quote_ident
+from etl_assets.sqlutil import is_identifier, is_reserved_column, quote_ident, quote_literal
 
 ERRORS_COLUMN = "_etl_errors"
 WARNINGS_COLUMN = "_etl_warnings"
@@ -37,9 +38,17 @@ ROW_COLUMN = "__etl_row"  # a raw row's position in its Parquet file (DuckDB's f
 DUPLICATE_KEYS = "__etl_duplicate_keys"  # key tuples occurring more than once in the batch (NULLs included)
 FLAGGED = "__etl_flagged"  # rows breaking any rule: values as delivered, position, rule lists
 DUPLICATE_KEY = "duplicate_key"
+# A row the files source could not parse (CSV: too few/many fields, invalid UTF-8) has this column set (line number,
+# reason and the line as delivered) and every other column NULL; NULL for every row read fine.
+READ_ERROR_COLUMN = "_etl_read_error"
+MALFORMED_ROW = "malformed_row"
+OUT_OF_WINDOW = "out_of_window"
+# The platform's own columns a raw partition may carry; any other _etl_* column is refused (check_column_names).
+PLATFORM_COLUMNS = (SOURCE_COLUMN, READ_ERROR_COLUMN)
 
 # Check families generated from the contract, in a stable order.
-FAMILIES = ("valid_type", "not_null", "unique", "accepted_values", "range", "format", "relationship")
+FAMILIES = ("valid_type", "not_null", "unique", "accepted_values", "range", "format", "relationship",
+            "partition_window")
 
 
 def reference_view(dataset: str) -> str:
@@ -59,6 +68,34 @@ class Rule:
 
 def _typed(name: str) -> str:
     return quote_ident(_TYPED_PREFIX + name)
+
+
+def check_column_names(dataset: str, raw_columns: list[str]) -> None:
+    """Fail when a delivered column cannot be used as one: a name that is not an SQL identifier (``bad col``), one of
+    the platform's own names (``_etl_*`` other than ``_etl_source`` and ``_etl_read_error``, ``__etl*``,
+    ``__typed_*``, ``filename``, ``file_row_number``), or two names that differ only in case (DuckDB folds case).
+
+    Raises:
+        ContractError: naming the columns and the fix; nothing has been validated or written.
+    """
+    problems = []
+    bad = [c for c in raw_columns if not is_identifier(c)]
+    if bad:
+        problems.append(f"column name(s) {', '.join(repr(c) for c in bad)} are not SQL identifiers (letters, digits "
+                        "and underscores, not starting with a digit, at most 63 characters)")
+    reserved = [c for c in raw_columns if c not in PLATFORM_COLUMNS and is_identifier(c) and is_reserved_column(c)]
+    if reserved:
+        problems.append(f"column name(s) {', '.join(reserved)} are the platform's own (_etl_*, __etl*, __typed_*, "
+                        "filename, file_row_number)")
+    folded: dict[str, list[str]] = {}
+    for c in raw_columns:
+        folded.setdefault(c.lower(), []).append(c)
+    clashes = [" and ".join(names) for names in folded.values() if len(names) > 1]
+    if clashes:
+        problems.append(f"column names {'; '.join(clashes)} differ only in case, which SQL does not tell apart")
+    if problems:
+        raise ContractError(f"{dataset}: the source delivered " + "; ".join(problems)
+                            + ". Rename these columns in the source (or its query) and run again")
 
 
 def check_required_columns(dataset: str, columns: list[Column], raw_columns: list[str]) -> None:
@@ -97,8 +134,52 @@ def check_castable_types(dataset: str, columns: list[Column], raw_types: dict[st
             )
 
 
+@dataclass(frozen=True)
+class PartitionWindow:
+    """The time window of the partition being validated: a record whose ``column`` lies outside ``[start, end)``
+    breaks ``out_of_window``. ``start``/``end`` are tz-aware (Dagster's ``time_window_for_partition_key``); None
+    when only the rule's existence matters (the checks declared for a spec)."""
+
+    column: str
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+_WINDOW_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMPTZ")
+
+
+def partition_window_column(spec: PipelineSpec) -> str | None:
+    """The column whose value must lie in its partition's window (``out_of_window``), or None.
+
+    That is ``partitions.column`` of a time-partitioned source pipeline, when it is a DATE, TIMESTAMP or TIMESTAMPTZ
+    column: an api/sql source must name it (it decides which records a partition extracts); a files source is
+    partitioned by file name and is held to it only when its spec sets ``partitions.column`` too.
+    """
+    p = spec.partitions
+    if spec.source is None or p.type == "none" or p.column is None:
+        return None
+    column = next((c for c in spec.columns if c.name == p.column), None)
+    return column.name if column is not None and column.type in _WINDOW_TYPES else None
+
+
+def _window_bounds(window: PartitionWindow, type_name: str) -> tuple[object, object, str, str]:
+    """The window's bounds as bind values for a column of ``type_name``, and the comparisons (``<`` or ``<=`` for
+    the end): TIMESTAMPTZ as UTC instants, TIMESTAMP (naive, read as UTC) as naive UTC, DATE as the partition's
+    local dates from the first to the last one the window touches."""
+    start, end = window.start, window.end
+    if start is None or end is None:
+        return None, None, ">=", "<"
+    if type_name == "DATE":
+        return start.date(), (end - timedelta(microseconds=1)).date(), ">=", "<="
+    start, end = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+    if type_name == "TIMESTAMP":
+        return start.replace(tzinfo=None), end.replace(tzinfo=None), ">=", "<"
+    return start, end, ">=", "<"
+
+
 def contract_rules(
-    columns: list[Column], primary_key: list[str], raw_columns: list[str], check_other_batches: bool
+    columns: list[Column], primary_key: list[str], raw_columns: list[str], check_other_batches: bool, *,
+    targets: Sequence[str] = (), raw_types: dict[str, str] | None = None, window: PartitionWindow | None = None,
 ) -> tuple[list[Rule], dict[str, object]]:
     """The rules of a contract and their bind parameters.
 
@@ -109,8 +190,17 @@ def contract_rules(
             break ``unique``.
         raw_columns: Columns that arrived.
         check_other_batches: Whether the ``__other_batches`` table exists.
+        targets: The spec's targets. With ``postgres``, a text value holding a NUL character (which Postgres text
+            cannot store) breaks ``storable:<col>``, for contract and extra columns alike.
+        raw_types: The DuckDB types the columns arrived as (extra columns are checked for NUL only when text).
+        window: The partition's time window: a record whose ``window.column`` lies outside it breaks
+            ``out_of_window``.
+
+    A row the source could not parse (``_etl_read_error`` set) breaks ``malformed_row`` and, by ``flagged_sql``,
+    nothing else.
     """
     present = set(raw_columns)
+    raw_types = raw_types or {}
     rules: list[Rule] = []
     params: dict[str, object] = {}
 
@@ -119,10 +209,15 @@ def contract_rules(
         params[name] = value
         return f"${name}"
 
+    if READ_ERROR_COLUMN in present:
+        rules.append(Rule(MALFORMED_ROW, "valid_type", "ERROR", f"{quote_ident(READ_ERROR_COLUMN)} IS NOT NULL"))
+    to_postgres = "postgres" in targets
     for column in columns:
         q, t = quote_ident(column.name), _typed(column.name)
         if column.name in present:
             rules.append(Rule(f"type:{column.name}", "valid_type", "ERROR", f"{q} IS NOT NULL AND {t} IS NULL"))
+            if to_postgres and column.type == "VARCHAR":
+                rules.append(Rule(f"storable:{column.name}", "valid_type", "ERROR", f"contains({t}, chr(0))"))
         if not column.nullable:
             source = q if column.name in present else "NULL"
             rules.append(Rule(f"not_null:{column.name}", "not_null", "ERROR", f"{source} IS NULL"))
@@ -147,6 +242,19 @@ def contract_rules(
             ref = quote_ident(reference_view(column.references.dataset))
             rules.append(Rule(f"relationship:{column.name}", "relationship", sev,
                               f"{t} IS NOT NULL AND {t} NOT IN (SELECT {quote_ident(column.references.column)} FROM {ref})"))
+    if to_postgres:
+        contract = {c.name for c in columns}
+        for name in raw_columns:
+            if (name not in contract and name not in (SOURCE_COLUMN, READ_ERROR_COLUMN)
+                    and raw_types.get(name, "VARCHAR").upper() == "VARCHAR"):
+                rules.append(Rule(f"storable:{name}", "valid_type", "ERROR", f"contains({quote_ident(name)}, chr(0))"))
+    if window is not None:
+        column = next(c for c in columns if c.name == window.column)
+        low, high, ge, lt = _window_bounds(window, column.type)
+        t = _typed(column.name)
+        rules.append(Rule(OUT_OF_WINDOW, "partition_window", "ERROR",
+                          f"{t} IS NOT NULL AND NOT ({t} {ge} CAST({param(low)} AS {column.type})"
+                          f" AND {t} {lt} CAST({param(high)} AS {column.type}))"))
     if primary_key:
         # every row whose key (without NULLs) occurs more than once; first_duplicate_wins_sql then clears the first
         match = " AND ".join(f"d.{_typed(k)} = typed.{_typed(k)}" for k in primary_key)
@@ -165,45 +273,177 @@ def params_for(sql: str, params: dict[str, object]) -> dict[str, object] | None:
 
 
 _INTEGER_TYPES = ("SMALLINT", "INTEGER", "BIGINT")
-_NUMERIC_TYPES = (*_INTEGER_TYPES, "DOUBLE", "REAL")
-# Raw types that hold whole numbers only (Parquet and database sources deliver typed columns).
-_WHOLE_NUMBER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
-                       "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
+_FLOAT_TYPES = ("DOUBLE", "REAL")
+_NUMERIC_TYPES = (*_INTEGER_TYPES, *_FLOAT_TYPES)
+_TEMPORAL_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMPTZ")
+# DuckDB's names of the types values arrive as, where they differ from the contract's
+_RAW_ALIASES = {"FLOAT": "REAL", "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ", "INT": "INTEGER", "BOOL": "BOOLEAN"}
+_RAW_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                "UBIGINT", "UHUGEINT", "DOUBLE", "FLOAT")
+_TEXT_RAW = ("VARCHAR",)
+
+# The accepted text of each type (RE2, matched whole by regexp_full_match). Groups are non-capturing: RE2 answers a
+# full match without submatches faster.
+_INTEGER_TEXT = r"[+-]?[0-9]+(?:\.0*)?"
+_DECIMAL_EXPONENT_TEXT = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][+-]?[0-9]+"
+_FLOAT_TEXT = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_FLOAT_SPECIAL_TEXT = r"(?i)[+-]?inf(?:inity)?|nan"
+_TIMESTAMP_TEXT = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6}0*)?)?"
+                   r"(?:Z|[+-](?:0[0-9]|1[0-5])(?::?[0-5][0-9])?)?")
+# Years 1 to 9999 (as ISO 8601 writes them), every target's range; DuckDB's year 0 is 1 BC.
+_TEMPORAL_RANGE = {
+    "DATE": ("DATE '0001-01-01'", "DATE '9999-12-31'"),
+    "TIMESTAMP": ("TIMESTAMP '0001-01-01 00:00:00'", "TIMESTAMP '9999-12-31 23:59:59.999999'"),
+    "TIMESTAMPTZ": ("TIMESTAMPTZ '0001-01-01 00:00:00+00'", "TIMESTAMPTZ '9999-12-31 23:59:59.999999+00'"),
+}
 
 
 def _is_numeric(type_name: str) -> bool:
     return type_name in _NUMERIC_TYPES or type_name.startswith("DECIMAL")
 
 
-def typed_value(expr: str, type_name: str, raw_type: str = "VARCHAR") -> str:
-    """``expr`` cast to the contract type, NULL when it does not fit exactly.
+def _matches(expr: str, pattern: str) -> str:
+    return f"regexp_full_match({expr}, {quote_literal(pattern)})"
 
-    DuckDB's TRY_CAST rounds a fraction into an integer ('1.5' -> 2), drops the offset of a zoned value cast
-    to TIMESTAMP and turns a BOOLEAN into a number (true -> 1.00); each would alter data silently, so a fraction
-    is a type error for an integer column, a zoned timestamp is converted to UTC (the session time zone) before
-    the offset is dropped, and a BOOLEAN cast to a number goes through its text ('true'), which no number takes.
+
+def _in_range(value: str, type_name: str) -> str:
+    low, high = _TEMPORAL_RANGE[type_name]
+    return f"{value} BETWEEN {low} AND {high}"
+
+
+def _decimal_scale(type_name: str) -> int:
+    return int(type_name[type_name.index(",") + 1:-1])
+
+
+def _decimal_text(scale: int) -> str:
+    """Plain decimal notation with at most ``scale`` fractional digits (trailing zeros beyond them allowed)."""
+    if scale == 0:
+        return r"[+-]?(?:[0-9]+(?:\.0*)?|\.0+)"
+    return rf"[+-]?(?:[0-9]+(?:\.[0-9]{{0,{scale}}}0*)?|\.[0-9]{{1,{scale}}}0*)"
+
+
+def _exponent_exact(expr: str, scale: int) -> str:
+    """TRUE when ``expr``, a number in exponent notation (``1.25E+2``), has at most ``scale`` fractional digits: its
+    mantissa's digits D (trailing zeros z of them) times 10^(e - f), f the mantissa's fractional digits, need
+    max(0, f - z - e) of them. Only the rows in exponent notation get here."""
+    mantissa = f"regexp_extract({expr}, '^[+-]?([0-9.]*)', 1)"
+    digits = f"replace({mantissa}, '.', '')"
+    fraction = f"length(regexp_extract({mantissa}, '[.]([0-9]*)$', 1))"
+    zeros = f"(length({digits}) - length(rtrim({digits}, '0')))"
+    exponent = f"TRY_CAST(regexp_extract({expr}, '[eE]([+-]?[0-9]+)$', 1) AS BIGINT)"
+    return f"(rtrim({digits}, '0') = '' OR {fraction} - {zeros} - {exponent} <= {scale})"
+
+
+def _text_cast(x: str, type_name: str) -> tuple[str, str | None]:
+    """(value, accepted) for text ``x``; see ``typed_value``."""
+    if type_name == "VARCHAR":
+        return x, None
+    if type_name == "TIMESTAMP":  # a zoned value is converted to UTC (the session time zone), then the zone dropped
+        value = f"TRY_CAST(TRY_CAST({x} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    else:
+        value = f"TRY_CAST({x} AS {type_name})"
+    if type_name in _INTEGER_TYPES:
+        # the value's own text is the common case (one cheap comparison); the pattern decides the others
+        return value, f"(CAST({value} AS VARCHAR) = {x} OR {_matches(x, _INTEGER_TEXT)})"
+    if type_name.startswith("DECIMAL"):
+        scale = _decimal_scale(type_name)
+        return value, (f"(CAST({value} AS VARCHAR) = {x} OR {_matches(x, _decimal_text(scale))}"
+                       f" OR ({_matches(x, _DECIMAL_EXPONENT_TEXT)} AND {_exponent_exact(x, scale)}))")
+    if type_name in _FLOAT_TYPES:
+        # the nearest value of the type, as IEEE 754 rounds; refused: a finite text overflowing to infinity, or a
+        # non-zero one underflowing to zero
+        finite = (f"({_matches(x, _FLOAT_TEXT)} AND NOT isinf({value})"
+                  f" AND NOT ({value} = 0 AND regexp_matches({x}, '^[^eE]*[1-9]')))")
+        return value, f"({finite} OR {_matches(x, _FLOAT_SPECIAL_TEXT)})"
+    if type_name == "DATE":
+        # a date's own text is exactly the accepted form, YYYY-MM-DD
+        return value, f"(CAST({value} AS VARCHAR) = {x} AND {_in_range(value, 'DATE')})"
+    if type_name in ("TIMESTAMP", "TIMESTAMPTZ"):
+        return value, f"({_matches(x, _TIMESTAMP_TEXT)} AND {_in_range(value, type_name)})"
+    return value, None  # BOOLEAN: DuckDB's own words (true/false, t/f, yes/no, y/n, 1/0, any case) are the form
+
+
+def _typed_cast(x: str, type_name: str, raw: str) -> tuple[str, str | None]:
+    """(value, accepted) for ``x`` arriving typed as ``raw`` (not text); see ``typed_value``."""
+    same = _RAW_ALIASES.get(raw, raw)
+    if raw == '"NULL"':  # a column of nothing but NULLs
+        return f"CAST(NULL AS {type_name})", None
+    if same == type_name:
+        return x, (_in_range(x, type_name) if type_name in _TEMPORAL_TYPES else None)
+    if type_name == "VARCHAR":
+        return f"CAST({x} AS VARCHAR)", None
+    if raw == "BOOLEAN" and _is_numeric(type_name):
+        return f"CAST(NULL AS {type_name})", None  # true is no number: every non-NULL value is a type error
+    value = f"TRY_CAST({x} AS {type_name})"
+    if type_name in _FLOAT_TYPES:
+        if raw in _RAW_NUMERIC or raw.startswith("DECIMAL"):
+            return value, f"NOT ({value} = 0 AND {x} <> 0)"  # overflow is NULL already; underflow to 0 is refused
+        return value, None
+    accepted = f"TRY_CAST({value} AS {raw}) = {x}"  # the value converts back to exactly what arrived
+    if type_name in _TEMPORAL_TYPES:
+        accepted += f" AND {_in_range(value, type_name)}"
+    return value, f"({accepted})"
+
+
+def _cast(expr: str, type_name: str, raw_type: str = "VARCHAR") -> tuple[str, str | None]:
+    """``expr`` cast to the contract type as (value, accepted): ``value`` is DuckDB's TRY_CAST (or NULL), and
+    ``accepted`` (None: always) is TRUE when that value is exactly what arrived."""
+    raw = raw_type.upper()
+    if raw in _TEXT_RAW:
+        return _text_cast(expr, type_name)
+    if raw.startswith("ENUM"):
+        return _text_cast(f"CAST({expr} AS VARCHAR)", type_name)
+    return _typed_cast(expr, type_name, raw)
+
+
+def typed_value(expr: str, type_name: str, raw_type: str = "VARCHAR") -> str:
+    """``expr`` cast to the contract type, NULL when it does not fit exactly (then ``type:<col>`` quarantines it).
+
+    DuckDB's TRY_CAST is lenient: it reads ``0x10`` and ``1_000`` as integers, rounds ``1.005`` into DECIMAL(12,2)
+    and ``1.5`` into an integer, takes ``2024-01-05 13:00`` as a date, ``epoch``/``infinity`` as dates and
+    timestamps, rolls ``24:00:00`` over to the next day, truncates a seventh fractional digit of a second, shifts
+    a time zone name's DST gap, drops a zoned value's offset when cast to TIMESTAMP and turns a BOOLEAN into a
+    number. So a text value is accepted only in a strict form that reads back as the same value:
+
+    * integers: optional sign, ASCII digits, and at most a fraction of zeros (``-12``, ``007``, ``1.0``); no
+      exponent, separators, hex or binary, or spaces;
+    * DECIMAL(p,s): plain notation with at most ``s`` fractional digits besides trailing zeros (``1.5``, ``.50``,
+      ``+2``, ``1.500``), or exponent notation whose value needs at most ``s`` (``1E+5``, ``125e-2``);
+    * DOUBLE/REAL: decimal or exponent notation, taken as the nearest value of the type (IEEE 754 binary
+      floating point), or ``inf``/``infinity``/``nan`` in any case; refused: a finite text overflowing to
+      infinity or a non-zero one underflowing to zero;
+    * DATE: ``YYYY-MM-DD``;
+    * TIMESTAMP/TIMESTAMPTZ: ``YYYY-MM-DD``, ``T`` or a space, ``HH:MM`` (hours 00 to 23), optional ``:SS`` and
+      up to 6 fractional digits, optional ``Z`` or an offset ``+HH``, ``+HHMM``, ``+HH:MM`` (no zone names). A
+      zoned value is converted to UTC (a TIMESTAMP holds it as naive UTC), one without a zone is UTC;
+    * dates and timestamps lie in the years 0001 to 9999 (after conversion to UTC), which every target stores;
+    * BOOLEAN: DuckDB's words, ``true``/``false``, ``t``/``f``, ``yes``/``no``, ``y``/``n``, ``1``/``0``, any case.
+
+    A value that arrives typed (Parquet files, Postgres through ADBC) must convert back to exactly what arrived
+    (a DOUBLE 1.005 is no DECIMAL(12,2), a BIGINT past 2^31 no INTEGER, a TIMESTAMP with a time no DATE, nanoseconds
+    no TIMESTAMP); into DOUBLE/REAL it takes the nearest value unless a non-zero one underflows to zero. A BOOLEAN
+    is no number.
+
+    The result is always ``CASE WHEN <accepted> THEN <TRY_CAST> END``: where it is not NULL it equals the plain
+    cast, which is what the clean view types its rows with (``clean_select``).
 
     Args:
         expr: The raw value.
         type_name: The contract type.
         raw_type: The DuckDB type the value arrived as (text from most sources; Parquet files keep theirs).
     """
-    raw = raw_type.upper()
-    if raw == "BOOLEAN" and _is_numeric(type_name):
-        return f"TRY_CAST(CAST({expr} AS VARCHAR) AS {type_name})"
-    if type_name in _INTEGER_TYPES and raw not in _WHOLE_NUMBER_TYPES:
-        as_double = f"TRY_CAST({expr} AS DOUBLE)"
-        return f"CASE WHEN {as_double} <> floor({as_double}) THEN NULL ELSE TRY_CAST({expr} AS {type_name}) END"
-    if type_name == "TIMESTAMP":
-        return f"TRY_CAST(TRY_CAST({expr} AS TIMESTAMPTZ) AS TIMESTAMP)"
-    return f"TRY_CAST({expr} AS {type_name})"
+    value, accepted = _cast(expr, type_name, raw_type)
+    return value if accepted is None else f"CASE WHEN {accepted} THEN {value} END"
 
 
-def _typed_expr(column: Column, raw_types: dict[str, str]) -> str:
-    """A contract column's typed value (NULL when the column did not arrive)."""
-    if column.name in raw_types:
+def _typed_expr(column: Column, raw_types: dict[str, str], checked: bool = True) -> str:
+    """A contract column's typed value (NULL when the column did not arrive): ``typed_value``, or with
+    ``checked=False`` its plain cast, which equals it on every row the type rule lets through."""
+    if column.name not in raw_types:
+        return f"CAST(NULL AS {column.type})"
+    if checked:
         return typed_value(quote_ident(column.name), column.type, raw_types[column.name])
-    return f"CAST(NULL AS {column.type})"
+    return _cast(quote_ident(column.name), column.type, raw_types[column.name])[0]
 
 
 def _typed_columns(columns: list[Column], raw_types: dict[str, str], names: list[str] | None = None) -> list[str]:
@@ -256,27 +496,42 @@ def flagged_sql(columns: list[Column], rules: list[Rule], raw_columns: list[str]
     """Rows of ``raw`` breaking any rule: their values as delivered, their position (``__etl_row``), ``_etl_errors``
     (rules that quarantine the row) and ``_etl_warnings`` (WARN rules, which only flag it).
 
-    The rule lists are built for the flagged rows only; a batch without bad rows gives an empty table.
+    The rule lists are built for the flagged rows only; a batch without bad rows gives an empty table. A row the
+    source could not parse (``malformed_row``) has that rule alone: its other columns are NULL because it was not
+    read, so no other rule is about it.
     """
     typed = _typed_columns(columns, raw_types)
+    malformed = [r for r in rules if r.name == MALFORMED_ROW]
+    rules = [r for r in rules if r.name != MALFORMED_ROW]
     errors = [r for r in rules if r.severity == "ERROR"]
     warnings = [r for r in rules if r.severity == "WARN"]
     keep = [quote_ident(n) for n in raw_columns] + [quote_ident(ROW_COLUMN)]
-    broken = " OR ".join(f"({r.expr})" for r in rules) or "false"
+    broken = " OR ".join(f"({r.expr})" for r in [*malformed, *rules]) or "false"
+    error_list, warning_list = _flag_list(errors), _flag_list(warnings)
+    if malformed:
+        unread = malformed[0].expr
+        error_list = f"CASE WHEN {unread} THEN ['{MALFORMED_ROW}'] ELSE {error_list} END"
+        warning_list = f"CASE WHEN {unread} THEN CAST([] AS VARCHAR[]) ELSE {warning_list} END"
     return (
         f"WITH typed AS (SELECT *, {', '.join(typed)} FROM raw)"
-        f" SELECT {', '.join(keep)}, {_flag_list(errors)} AS {ERRORS_COLUMN}, {_flag_list(warnings)} AS {WARNINGS_COLUMN}"
+        f" SELECT {', '.join(keep)}, {error_list} AS {ERRORS_COLUMN}, {warning_list} AS {WARNINGS_COLUMN}"
         f" FROM typed WHERE {broken}"
     )
 
 
 def clean_select(columns: list[Column], raw_columns: list[str], raw_types: dict[str, str]) -> str:
-    """The SELECT list of the clean data over the raw columns: contract columns typed (as the rules saw them),
-    extra source columns as delivered, then ``_etl_source``. The clean partition is stored as this list over the raw
-    partition (a lake view), so it is the same expression the rules were checked on."""
+    """The SELECT list of the clean data over the raw columns: contract columns typed, extra source columns as
+    delivered, then ``_etl_source`` (``_etl_read_error``, NULL on every clean row, is left out). The clean partition
+    is stored as this list over the raw partition (a lake view).
+
+    A contract column is typed with the plain cast of ``typed_value`` (``CASE WHEN <accepted> THEN <cast> END``)
+    without re-checking its accepted form: a row whose value is not accepted breaks ``type:<col>`` and is not in the
+    view, and on every other row the two are equal. So the view holds the values the rules saw, and reading it
+    (every load does) does not pay for the strict forms again.
+    """
     contract = {c.name for c in columns}
-    out = [f"{_typed_expr(c, raw_types)} AS {quote_ident(c.name)}" for c in columns]
-    out += [quote_ident(n) for n in raw_columns if n not in contract and n != SOURCE_COLUMN]
+    out = [f"{_typed_expr(c, raw_types, checked=False)} AS {quote_ident(c.name)}" for c in columns]
+    out += [quote_ident(n) for n in raw_columns if n not in contract and n not in (SOURCE_COLUMN, READ_ERROR_COLUMN)]
     out.append(quote_ident(SOURCE_COLUMN))
     return ", ".join(out)
 
@@ -306,12 +561,16 @@ def quarantine_sql(raw_columns: list[str], relation: str = "raw") -> str:
     Where they came from is ``_etl_source`` (file name, API page, table) and ``_etl_record``, the row's 1-based
     number within that source (the record in the file or page): the raw partition holds each source's rows
     together and in delivery order, so it is the row's raw position less the first position of its source, which
-    one narrow aggregate over ``relation`` finds for the few sources that have quarantined rows.
+    one narrow aggregate over ``relation`` finds for the few sources that have quarantined rows. A row the source
+    could not parse has no record number (NULL); its ``_etl_read_error`` names the line.
     ``$run_id`` and ``$partition`` are bind parameters.
     """
     row, source = quote_ident(ROW_COLUMN), quote_ident(SOURCE_COLUMN)
+    record = f"f.{row} - firsts.first_row + 1"
+    if READ_ERROR_COLUMN in raw_columns:
+        record = f"CASE WHEN f.{quote_ident(READ_ERROR_COLUMN)} IS NULL THEN {record} END"
     out = [f"CAST(f.{quote_ident(n)} AS VARCHAR) AS {quote_ident(n)}" for n in raw_columns if n != SOURCE_COLUMN]
-    out += [f"f.{source}", f"f.{row} - firsts.first_row + 1 AS {RECORD_COLUMN}", f"f.{ERRORS_COLUMN} AS _etl_reasons",
+    out += [f"f.{source}", f"{record} AS {RECORD_COLUMN}", f"f.{ERRORS_COLUMN} AS _etl_reasons",
             "CAST($run_id AS VARCHAR) AS _etl_run_id", "CAST($partition AS VARCHAR) AS _etl_partition"]
     bad = f"SELECT * FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0"
     firsts = (f"SELECT {source}, min({row}) AS first_row FROM {relation}"
