@@ -10,7 +10,9 @@ import duckdb
 from dagster import AssetCheckKey, AssetKey
 
 from etl_assets.definitions import build_definitions
-from etl_assets.lake import LakeStorage, LakeView
+from etl_assets.lake import LakeStorage, LakeView, view_files
+from etl_assets.pipelines.factory import _overlapping_partitions
+from etl_assets.pipelines.spec import parse_spec_file
 from etl_assets.runner import QUIET
 
 SPEC = """
@@ -126,3 +128,70 @@ def test_cross_partition_key_check_reads_only_partitions_whose_key_range_overlap
     valid, quarantined = _warehouse(data_dir)
     assert sorted(v[0] for v in valid) == [1, 2, 3, 10, 11, 12, 20, 21]
     assert quarantined == [("11", ["duplicate_key_across_batches"])]
+
+
+def _visit_files(data_dir, days: dict[str, tuple[int, ...]]) -> None:
+    landing = data_dir / "landing" / "visits"
+    for day, ids in days.items():
+        (landing / f"visits_{day}.csv").write_text("visit_id,kind,amount\n" + "".join(f"{i},view,1\n" for i in ids))
+
+
+def test_a_corrupt_clean_manifest_is_repaired_by_re_materializing_its_partition(tmp_path, data_dir, instance, monkeypatch):
+    job = _setup(tmp_path, data_dir, monkeypatch)
+    assert job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET).success
+    before = _warehouse(data_dir)
+    lake = LakeStorage(root=str(data_dir / "lake"))
+    stored = lake.stored_path(["clean", "visits"], DAY)
+    old_files = {p.name for p in view_files(str(stored))}
+    stored.write_bytes(b"\x00\x01 half-restored {")
+
+    again = job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET)
+    assert again.success
+    repaired = lake.stored_path(["clean", "visits"], DAY)
+    manifest = json.loads(repaired.read_text())
+    assert (manifest["source_rows"], manifest["excluded_rows"], manifest["rows"]) == (5, 3, 2)
+    new_files = {p.name for p in view_files(str(repaired))}
+    assert {p.name for p in repaired.parent.iterdir()} == {repaired.name, *new_files}  # the old files are gone too
+    assert not old_files & new_files
+    valid, quarantined = _warehouse(data_dir)
+    assert [v[:3] for v in valid] == [v[:3] for v in before[0]] and quarantined == before[1]
+    assert {v[3] for v in valid} == {again.run_id}
+
+
+def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path, data_dir, instance, monkeypatch):
+    job = _setup(tmp_path, data_dir, monkeypatch)
+    first, second = "2024-01-01", "2024-01-02"
+    _visit_files(data_dir, {first: (1, 2, 3), second: (2, 5, 6)})  # key ranges overlap: the first must be read
+    assert job.execute_in_process(instance=instance, partition_key=first, run_config=QUIET).success
+    lake = LakeStorage(root=str(data_dir / "lake"))
+    lake.stored_path(["clean", "visits"], first).write_text("{not json")
+
+    result = job.execute_in_process(instance=instance, partition_key=second, run_config=QUIET)
+    assert result.success
+    warnings = [e.user_message for e in instance.all_logs(result.run_id)
+                if f"partition {first} is left out of the duplicate-key check across partitions" in e.user_message]
+    assert len(warnings) == 1 and "unreadable lake view manifest" in warnings[0]
+    clean_meta = next(m.metadata for m in result.asset_materializations_for_node("validate_visits")
+                      if m.asset_key.path[0] == "clean")
+    assert clean_meta["partitions_not_compared"].value == [first]  # the skipped partition is on the materialization
+    # the check could not compare with the first partition: its key 2 was not caught, and the log says so
+    valid, quarantined = _warehouse(data_dir)
+    assert sorted(v[0] for v in valid) == [1, 2, 2, 3, 5, 6] and quarantined == []
+
+    # the function tells its caller which partitions it could not read (for metadata), also a view whose files are gone
+    third = "2024-01-03"
+    _visit_files(data_dir, {third: (4, 7)})
+    assert job.execute_in_process(instance=instance, partition_key=third, run_config=QUIET).success
+    third_manifest = lake.stored_path(["clean", "visits"], third)
+    view_files(str(third_manifest))[0].unlink()
+    spec = parse_spec_file(tmp_path / "specs" / "visits.yaml").spec
+    unreadable: list[str] = []
+    others = lake.table(["clean", "visits"], [first, second, third])
+    assert _overlapping_partitions(duckdb.connect(), others, spec, 1, 10, unreadable=unreadable) == [second]
+    assert unreadable == [first, third]
+    assert _overlapping_partitions(duckdb.connect(), others, spec, 5, 5) == [second]  # without a list: logged only
+
+    # re-materializing the first repairs it, and the check works again: its key 2 is now the repeat
+    assert job.execute_in_process(instance=instance, partition_key=first, run_config=QUIET).success
+    valid, quarantined = _warehouse(data_dir)
+    assert sorted(v[0] for v in valid) == [1, 2, 3, 4, 5, 6, 7] and quarantined == [("2", ["duplicate_key_across_batches"])]

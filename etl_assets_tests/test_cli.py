@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -95,6 +95,16 @@ def test_partition_range_backfills_in_one_run(cli_env, shop_data, data_dir):
     assert len(runs) == 1
     assert runs[0].tags["dagster/asset_partition_range_start"] == days[0]
     assert runs[0].tags["dagster/asset_partition_range_end"] == days[-1]
+    # each partition's materializations carry that partition's figures, not the range's
+    for stage in ("raw", "clean", "warehouse"):
+        records = instance.fetch_materializations(AssetKey([stage, "inventory"]), limit=100).records
+        counts = {r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value
+                  for r in records}
+        assert counts == {d: shop_data.products for d in days}, stage
+        assert all(r.asset_materialization.metadata["partitions_in_run"].value == len(days) for r in records)
+    quarantined = instance.fetch_materializations(AssetKey(["quarantine", "inventory"]), limit=100).records
+    assert {r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value
+            for r in quarantined} == {d: 0 for d in days}
 
 
 def test_metrics_command_serves_prometheus(cli_env):

@@ -173,14 +173,16 @@ def test_files_to_warehouse_and_automation_refreshes_the_mart(lab):
     assert sorted(r.tags["dagster/partition"] for r in audits) == sorted([earlier, YESTERDAY])
     assert all(r.tags["etl/triggered_by_run"] for r in audits)
 
-    # a file that cannot be read: its run fails, the file goes to quarantine with the reason beside it
-    bad = landing / f"events_{earlier}.csv"
-    bad.write_bytes(b"event_id,kind,amount\n1,view\n\xff\xfe\x00garbage\"unterminated\n")
-    wait_for("the unreadable file quarantined",
+    # a broken second file for a day is refused alone: the empty (0-byte) delivery goes to quarantine with the reason
+    # beside it, and the day keeps the rows of its other file
+    bad = landing / f"events_{earlier}_late.csv"
+    bad.write_bytes(b"")
+    wait_for("the empty file quarantined",
              lambda: len(list((data / "quarantine" / "events").glob("*.reason.txt"))) == 1, 240, daemon)
     reason = next((data / "quarantine" / "events").glob("*.reason.txt")).read_text()
-    assert "cannot read" in reason and bad.name in reason
-    assert len(runs_of(env, "events_pipeline", DagsterRunStatus.FAILURE)) == 1
+    assert "empty (0 bytes)" in reason and bad.name in reason
+    wait_for("the empty file's run", lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 3, 240, daemon)
+    assert warehouse(env, f"SELECT count(*) FROM lab.events WHERE _etl_partition = '{earlier}'") == [(2,)]
     # automation: the mart's latest partition is built without any request from the test
     wait_for("the mart's automated run", lambda: warehouse(env, "SELECT kind, n FROM lab.events_daily ORDER BY kind")
              == [("buy", 2), ("view", 1)], 240, daemon)
@@ -190,8 +192,59 @@ def test_files_to_warehouse_and_automation_refreshes_the_mart(lab):
     wait_for("the mart refreshed from the corrected file",
              lambda: warehouse(env, "SELECT kind, n FROM lab.events_daily ORDER BY kind") == [("buy", 3), ("view", 1)],
              300, daemon)
-    assert len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 3
+    assert len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 4
     assert warehouse(env, "SELECT count(*) FROM lab.events") == [(6,)]
+
+
+@pytest.fixture
+def events_lab(tmp_path: Path):
+    """The events pipeline alone (no marts), so the daemon launches only the file sensor's runs."""
+    env, landing, data, daemon = make_lab(tmp_path, {"events.yaml": SPECS["events.yaml"]}, {})
+    yield env, landing, data, daemon
+    daemon.stop()
+
+
+def test_every_file_of_a_day_is_the_partition_and_a_redelivery_replaces_only_its_rows(events_lab):
+    env, landing, data, daemon = events_lab
+    archive = data / "archive" / "events"
+
+    def events():
+        return warehouse(env, "SELECT event_id, kind, amount, _etl_partition FROM lab.events ORDER BY event_id")
+
+    def succeeded():
+        return len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS))
+
+    write_events(landing, YESTERDAY, [(1, "view", "1.00"), (2, "buy", "10.00")], "_storeA")
+    daemon.start()
+    wait_for("storeA loaded and archived", lambda: succeeded() == 1 and len(list(archive.glob("*storeA.csv"))) == 1,
+             240, daemon)
+    # minutes later, a second file for the same day: its rows are added to the day's
+    write_events(landing, YESTERDAY, [(3, "view", "2.00"), (4, "buy", "20.50"), (5, "buy", "5.25")], "_storeB")
+    wait_for("storeB loaded and archived", lambda: succeeded() == 2 and len(list(archive.glob("*storeB.csv"))) == 1,
+             240, daemon)
+    assert [tuple(r[:3]) for r in events()] == [(1, "view", 1), (2, "buy", 10), (3, "view", 2), (4, "buy", 20.5),
+                                                (5, "buy", 5.25)]
+    assert {r[3] for r in events()} == {YESTERDAY}
+
+    # a changed re-delivery of storeA replaces storeA's rows only
+    write_events(landing, YESTERDAY, [(1, "view", "1.50"), (6, "refund", "-3.00")], "_storeA")
+    wait_for("the re-delivered storeA loaded", lambda: succeeded() == 3 and len(list(archive.glob("*storeA.csv"))) == 2,
+             240, daemon)
+    assert [tuple(r[:3]) for r in events()] == [(1, "view", 1.5), (3, "view", 2), (4, "buy", 20.5), (5, "buy", 5.25),
+                                                (6, "refund", -3)]
+
+    # an identical re-delivery changes nothing: archived without a run
+    write_events(landing, YESTERDAY, [(3, "view", "2.00"), (4, "buy", "20.50"), (5, "buy", "5.25")], "_storeB")
+    wait_for("the identical storeB archived", lambda: len(list(archive.glob("*storeB.csv"))) == 2, 120, daemon)
+    assert succeeded() == 3 and len(runs_of(env, "events_pipeline")) == 3
+    assert len(events()) == 5
+    # the raw partition holds every file's rows once, named by file
+    import pyarrow.parquet as pq
+    raw = pq.read_table(data / "lake" / "raw" / "events" / f"{YESTERDAY}.parquet").to_pylist()
+    assert sorted((r["_etl_source"], r["event_id"]) for r in raw) == [
+        (f"events_{YESTERDAY}_storeA.csv", "1"), (f"events_{YESTERDAY}_storeA.csv", "6"),
+        (f"events_{YESTERDAY}_storeB.csv", "3"), (f"events_{YESTERDAY}_storeB.csv", "4"),
+        (f"events_{YESTERDAY}_storeB.csv", "5")]
 
 
 def test_daemon_killed_mid_tick_loses_and_duplicates_nothing(lab):

@@ -1,5 +1,5 @@
 """Permanent failures end a run at once, without step retries, with a message a person can act on; nothing is
-written to the lake or the warehouse for the failed partition."""
+written to the lake or the warehouse for the failed partition. A bad row is quarantined, never the whole file."""
 
 from __future__ import annotations
 
@@ -32,26 +32,34 @@ def _attempts(result, step_key: str) -> int:
     return sum(1 for e in result.all_events if e.step_key == step_key and e.event_type == DagsterEventType.STEP_START)
 
 
-def test_unreadable_row_deep_in_a_file_fails_once_and_writes_nothing(drops, data_dir, instance):
+def test_an_unreadable_row_deep_in_a_file_is_quarantined_and_the_rest_loads(drops, data_dir, instance):
     rows = "".join(f"{i},x{i}\n" for i in range(20000))
     (drops / "big.csv").write_bytes(b"a,b\n" + rows.encode() + b"1,\xff\xfe bad utf8\n")
-    result = build_definitions().resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
-    assert not result.success
-    assert _attempts(result, "raw__drops") == 1  # no step retry for a permanent error
-    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
-    message = failure.step_failure_data.user_failure_data.description
-    assert "permanent error" in message and "cannot read big.csv as csv" in message
-    assert not (data_dir / "lake" / "raw" / "drops").exists() or not any((data_dir / "lake" / "raw" / "drops").iterdir())
-    assert not (data_dir / "warehouse.duckdb").exists()
+    result = build_definitions().resolve_job_def("drops_pipeline").execute_in_process(instance=instance)
+    assert result.success and _attempts(result, "raw__drops") == 1
+    import duckdb
+
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute('SELECT count(*), min(a), max(a) FROM "default".drops').fetchone() == (20000, 0, 19999)
+    quarantined = duckdb.execute(
+        "SELECT _etl_reasons, _etl_source FROM read_parquet(?)",
+        [str(data_dir / "lake" / "quarantine" / "drops" / "_all.parquet")]).fetchall()
+    # conservation: 20,001 data lines = 20,000 loaded + the one non-UTF-8 line, quarantined with its reason
+    assert len(quarantined) == 1 and quarantined[0][1] == "big.csv"
+    assert quarantined[0][0] == ["malformed_row"]
 
 
-def test_missing_required_column_names_it(drops, data_dir, instance):
+def test_a_file_missing_a_required_column_is_refused_at_once_and_leaves_landing(drops, data_dir, instance):
     (drops / "x.csv").write_text("b\nonly-b\n")
     result = build_definitions().resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
-    assert _attempts(result, "validate_drops") == 1
+    assert _attempts(result, "raw__drops") == 1  # a data error: no step retry
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
-    assert "required column(s) a missing" in failure.step_failure_data.user_failure_data.description
+    message = failure.step_failure_data.user_failure_data.description
+    assert "permanent error" in message and "required column(s) a missing (it has b)" in message
+    assert not (drops / "x.csv").exists()  # moved to landing quarantine with the reason, not left for ever
+    reasons = list((data_dir / "quarantine" / "drops").glob("*x.csv.reason.txt"))
+    assert len(reasons) == 1 and "x.csv refused by the extract: required column(s) a missing" in reasons[0].read_text()
     assert not (data_dir / "lake" / "clean").exists()
     assert not (data_dir / "warehouse.duckdb").exists()
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import duckdb
 import pyarrow as pa
 from dagster import (
     AssetCheckResult,
@@ -46,21 +47,23 @@ from dagster import (
     SkipReason,
     schedule,
     define_asset_job,
+    get_dagster_logger,
     multi_asset,
 )
 
-from etl_assets.errors import ContractError, no_retry_for_permanent_errors
-from etl_assets.lake import LakeError, LakeIOManager, LakeStorage, LakeStream, LakeTable, LakeView, view_files, view_stats
+from etl_assets.errors import ContractError, PermanentSourceError, UpstreamNotReadyError, no_retry_for_permanent_errors
+from etl_assets.lake import (VIEW_SUFFIX, LakeError, LakeIOManager, LakeStorage, LakeStream, LakeTable, LakeView,
+                             view_files, view_stats, write_metadata)
 from etl_assets.pipelines import sensors as sensors_mod
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
-from etl_assets.resources.api import ExtractStats, RestApiSource
+from etl_assets.resources.api import SOURCE_COLUMN, ExtractStats, RestApiSource
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets.resources.sql import SqlDatabaseSource
 from etl_assets.settings import duckdb_connection
 from etl_assets.resources.targets import (PARTITION_COLUMN, WAREHOUSE_POOL, DuckDBWarehouse, GuardTripped, PostgresTarget,
                                          RowGuard)
-from etl_assets.sqlutil import qualified, quote_literal
+from etl_assets.sqlutil import qualified, quote_ident, quote_literal
 
 LAKE_IO_MANAGER = "lake_io_manager"
 CHECK_ROWS_CONSERVED = "rows_conserved"
@@ -142,24 +145,25 @@ def _run_keys(context: AssetExecutionContext) -> list[str] | None:
     return None
 
 
-def _write_range(lake: LakeStorage, key: AssetKey, values: Iterable[tuple[str, object]]) -> dict:
-    """Write each partition of a range run to the lake (atomically, one file each, one after the other).
+def _write_range(context: AssetExecutionContext, lake: LakeStorage, key: AssetKey,
+                 values: Iterable[tuple[str, object]]) -> Output:
+    """Write each partition of a range run to the lake (atomically, one file each, one after the other), each
+    partition's materialization getting its own figures.
 
     A range run's output is written here, through the same lake storage the IO manager uses, because the IO
     manager receives one value per output; it then gets ``None`` and writes nothing more.
     """
-    rows = size = count = 0
-    extra: dict = {}
+    count = 0
     for partition, value in values:
         count += 1
         if isinstance(value, LakeStream):
             result = lake.write(key.path, partition, value.reader)
-            extra = value.describe()
+            metadata = {**write_metadata(result), **value.describe()}
         else:
             result = lake.write(key.path, partition, value)
-        rows, size = rows + result.rows, size + result.bytes
-    return {**{k: v for k, v in extra.items() if k in ("fast_path", "base_url")},
-            "dagster/row_count": rows, "bytes_written": size, "partitions_in_run": count}
+            metadata = write_metadata(result)
+        context.add_asset_metadata(metadata, asset_key=key, partition_key=partition)
+    return Output(None, metadata={"partitions_in_run": count})
 
 
 def source_pool(spec: PipelineSpec) -> str | None:
@@ -218,7 +222,7 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
             if keys is None:
                 return _extract(context, context.partition_key if context.has_partition_key else None)
             lake: LakeStorage = context.resources.lake
-            return Output(None, metadata=_write_range(lake, raw_key(spec.name), ((k, _extract(context, k)) for k in keys)))
+            return _write_range(context, lake, raw_key(spec.name), ((k, _extract(context, k)) for k in keys))
 
     def _extract(context: AssetExecutionContext, partition: str | None):
         started = time.perf_counter()
@@ -248,7 +252,7 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
                 "retry_reasons": MetadataValue.json(stats.retry_reasons),
                 "source_position": stats.max_watermark or "",
                 "extract_seconds": round(time.perf_counter() - started, 3),
-                "base_url": api.base_url(),
+                "base_url": api.display_url(),
             })
         if src.kind == "sql":
             db: SqlDatabaseSource = resource
@@ -259,16 +263,45 @@ def _build_extract(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
                 "fast_path": "adbc" if db.is_postgres() else "sqlalchemy",
             })
         landing: LandingFilesSource = resource
-        files = landing.list_files(spec.name, src, partition=partition)
+        tags = context.run.tags
+        # the file this run was launched for (by the file sensor); a manual or backfill run has none
+        own_file = tags.get(sensors_mod.TAG_FILE) if tags.get(sensors_mod.TAG_DATASET) == spec.name else None
         con = duckdb_connection()
-        reader = landing.stream(con, spec.name, src, files)
+        read = landing.open_partition(con, spec.name, src, partition, required=[c.name for c in spec.columns if not c.nullable],
+                                      own_file=own_file)
+        for refusal in read.moved:
+            context.log.warning(f"{spec.name}: {refusal.file.delivered.name} refused and moved to landing quarantine: {refusal.reason}")
+        for refusal in read.skipped:
+            context.log.warning(f"{spec.name}: {refusal.file.delivered.name} left out (its own run judges it): {refusal.reason}")
+        gone = _sources_no_longer_delivered(context.resources.lake, spec, partition, read)
+        if gone:
+            context.log.warning(f"{spec.name}: the partition's raw data held rows of {', '.join(gone)}, which is no longer "
+                                "in landing or the archive (expired by retention.archive_days, or removed); its rows "
+                                "are not in the new raw partition")
+        reader = read.stream()
         return LakeStream(reader, lambda: {
-            "source_position": MetadataValue.json([f.name for f in files]),
-            "files": len(files),
+            "source_position": MetadataValue.json([f.name for f in read.files]),
+            "files_no_longer_delivered": MetadataValue.json(gone),
+            "files": len(read.files),
+            "files_archived": sum(f.archived for f in read.files),
+            "files_refused": MetadataValue.json({r.file.delivered.name: r.reason for r in read.moved}),
+            "files_left_out": MetadataValue.json({r.file.delivered.name: r.reason for r in read.skipped}),
+            "malformed_rows": read.malformed_rows,
             "extract_seconds": round(time.perf_counter() - started, 3),
         })
 
     return extract
+
+
+def _sources_no_longer_delivered(lake: LakeStorage, spec: PipelineSpec, partition: str | None, read) -> list[str]:
+    """Files whose rows the partition's current raw data holds but that are among its inputs no more."""
+    stored = lake.stored_path(raw_key(spec.name).path, partition)
+    if stored is None or stored.name.endswith(".view.json"):
+        return []
+    with duckdb_connection() as con:
+        before = {r[0] for r in con.execute(
+            f"SELECT DISTINCT {quote_ident(SOURCE_COLUMN)} FROM read_parquet(?)", [str(stored)]).fetchall()}
+    return sorted(before - {f.name for f in read.files} - {None})
 
 
 CHECK_QUALITY_SCORE = "quality_score"
@@ -279,7 +312,10 @@ SAMPLE_ROWS = 5
 
 def contract_families(spec: PipelineSpec) -> dict[str, str]:
     """Check families the contract generates, with their severity (ERROR when any rule in the family is)."""
-    rules, _ = validation.contract_rules(spec.columns, spec.primary_key, [c.name for c in spec.columns], True)
+    column = validation.partition_window_column(spec)
+    rules, _ = validation.contract_rules(spec.columns, spec.primary_key, [c.name for c in spec.columns], True,
+                                         targets=spec.targets,
+                                         window=validation.PartitionWindow(column) if column else None)
     families: dict[str, str] = {}
     for rule in rules:
         families[rule.family] = "ERROR" if "ERROR" in (rule.severity, families.get(rule.family)) else "WARN"
@@ -350,29 +386,56 @@ def _row_count_result(context, spec: PipelineSpec, rows_in: int, partition: str)
 KEY_MIN, KEY_MAX = "key_min", "key_max"  # a clean view's first-key range (as text), for pruning
 
 
-def _overlapping_partitions(con, others: LakeTable, spec: PipelineSpec, low, high) -> list[str | None]:
+def _overlapping_partitions(con, others: LakeTable, spec: PipelineSpec, low, high,
+                            unreadable: list[str] | None = None) -> list[str | None]:
     """The partitions of ``others`` that may hold a key between ``low`` and ``high`` (the first key column): those
-    whose recorded range overlaps it, and those without a recorded range (read to be sure)."""
+    whose recorded range overlaps it, and those without a recorded range (read to be sure).
+
+    A partition that cannot be read (its view manifest is corrupt, or a file it names is gone) is left out instead of
+    failing this batch: its keys are not compared with the batch's. Each is logged as a warning and its key appended
+    to ``unreadable``, for the caller to report; re-materializing it repairs it.
+    """
     if low is None:
         return []  # a batch without keys matches nothing
     key_type = next(c.type for c in spec.columns if c.name == spec.primary_key[0])
     keys, lows, highs, unknown = [], [], [], []
-    for key, path in zip(others.partitions, others.paths):
-        stats = view_stats(path)
-        partition = None if key == UNPARTITIONED else key
-        if not stats or KEY_MIN not in stats:
-            unknown.append(partition)
+    skipped: list[tuple[str, str]] = []
+    paths = dict(zip(others.partitions, others.paths))
+    for key, path in paths.items():
+        try:
+            stats = view_stats(path)
+        except LakeError as exc:
+            skipped.append((key, str(exc)))
+            continue
+        if not stats or KEY_MIN not in stats or KEY_MAX not in stats:
+            unknown.append(key)
         elif stats[KEY_MIN] is not None:
             keys.append(key)
             lows.append(stats[KEY_MIN])
             highs.append(stats[KEY_MAX])
-    if not keys:
-        return unknown
     overlapping = con.execute(
         f"SELECT k FROM (SELECT unnest($keys::VARCHAR[]) AS k, unnest($lows::VARCHAR[]) AS lo, unnest($highs::VARCHAR[]) AS hi)"
         f" WHERE CAST(lo AS {key_type}) <= CAST($high AS {key_type}) AND CAST(hi AS {key_type}) >= CAST($low AS {key_type})",
-        {"keys": keys, "lows": lows, "highs": highs, "low": str(low), "high": str(high)}).fetchall()
-    return unknown + [None if k == UNPARTITIONED else k for (k,) in overlapping]
+        {"keys": keys, "lows": lows, "highs": highs, "low": str(low), "high": str(high)}).fetchall() if keys else []
+    chosen = []
+    for key in unknown + [k for (k,) in overlapping]:
+        path = paths[key]
+        try:
+            gone = [f for f in view_files(path) if not f.is_file()] if path.endswith(VIEW_SUFFIX) else []
+            reason = f"{path} names {gone[0]}, which is not there" if gone else None
+        except LakeError as exc:  # replaced by a corrupt one since it was read above
+            reason = str(exc)
+        if reason:
+            skipped.append((key, reason))
+        else:
+            chosen.append(None if key == UNPARTITIONED else key)
+    for key, reason in skipped:
+        get_dagster_logger().warning(
+            f"{spec.name}: partition {key} is left out of the duplicate-key check across partitions, as it cannot be"
+            f" read ({reason}); its keys were not compared with this batch's. Re-materialize it to repair it.")
+    if unreadable is not None:
+        unreadable.extend(key for key, _ in skipped)
+    return chosen
 
 
 def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> AssetsDefinition:
@@ -407,28 +470,25 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
                 yield from _validate_range(context, raw, keys)
 
     def _validate_range(context: AssetExecutionContext, raw: LakeTable, keys: list[str]):
-        """A range run: validate partition by partition, write each, and report the checks over all of them."""
+        """A range run: validate partition by partition and write each, every partition's materializations getting
+        its own figures; the checks are reported over all of them."""
         lake: LakeStorage = context.resources.lake
         tables = raw.by_partition()
         targets = {"clean": ck, "quarantine": qk}
-        totals = {"clean": 0, "quarantine": 0, "rows_in": 0}
         checks: dict[str, list[tuple[str, AssetCheckResult]]] = {}
         for partition in keys:
             if partition not in tables:
                 raise LakeError(f"raw/{spec.name}: partition {partition} is not in the lake; materialize it first")
             for event in _validate(context, tables[partition], partition):
                 if isinstance(event, Output):
-                    totals[event.output_name] += lake.write(targets[event.output_name].path, partition, event.value).rows
-                    rows_in = event.metadata.get("rows_in")
-                    totals["rows_in"] += getattr(rows_in, "value", rows_in) or 0
+                    key = targets[event.output_name]
+                    result = lake.write(key.path, partition, event.value)
+                    context.add_asset_metadata({**event.metadata, **write_metadata(result)}, asset_key=key,
+                                               partition_key=partition)
                 else:
                     checks.setdefault(event.check_name, []).append((partition, event))
-        valid_share = totals["clean"] / totals["rows_in"] if totals["rows_in"] else 1.0
-        yield Output(None, "clean", metadata={
-            "dagster/row_count": totals["clean"], "rows_in": totals["rows_in"], "rows_valid": totals["clean"],
-            "rows_quarantined": totals["quarantine"], "quality_score": round(valid_share, 6),
-            "partitions_in_run": len(keys)})
-        yield Output(None, "quarantine", metadata={"dagster/row_count": totals["quarantine"]})
+        yield Output(None, "clean", metadata={"partitions_in_run": len(keys)})
+        yield Output(None, "quarantine", metadata={"partitions_in_run": len(keys)})
         for name, results in checks.items():
             failed = [p for p, r in results if not r.passed]
             yield AssetCheckResult(
@@ -446,21 +506,21 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
             raw_rel = raw.relation(con)
             raw_columns = raw_rel.columns
             raw_types = dict(zip(raw_columns, map(str, raw_rel.types)))
+            # names no SQL can use (`bad col`, the platform's own, equal up to case) fail at once, not as a retried bug
+            validation.check_column_names(spec.name, raw_columns)
             validation.check_required_columns(spec.name, spec.columns, raw_columns)
             validation.check_castable_types(spec.name, spec.columns, raw_types)
-            if validation.ROW_COLUMN in raw_columns or "file_row_number" in raw_columns:
-                raise ContractError(f"{spec.name}: the source has a column named {validation.ROW_COLUMN} or file_row_number, "
-                                    "which validation uses for row positions; rename it in the source")
             # file_row_number: DuckDB's position of the row in its Parquet file (first-wins order and row identity)
             con.register("raw", raw_rel.project(f'*, file_row_number AS "{validation.ROW_COLUMN}"'))
             for name in references:
                 ref_key = clean_key(name)
                 ref_partitions = lake.partitions(ref_key.path)
                 if not ref_partitions:
-                    raise ContractError(f"{spec.name}: its relationship to {name} needs {name} loaded first; run it")
+                    raise UpstreamNotReadyError(f"{spec.name}: its relationship to {name} needs {name} loaded first; run it")
                 con.register(validation.reference_view(name), lake.table(ref_key.path, ref_partitions).relation(con))
             others = [p for p in lake.partitions(ck.path) if (p or UNPARTITIONED) != partition] if spec.primary_key else []
             stats: dict = {}
+            unreadable: list[str] = []  # other partitions left out of the duplicate-key check (see below)
             if spec.primary_key and (others or pdef is not None):
                 # the batch's first-key range, kept with the clean view so later batches can skip this partition
                 low, high = con.sql(validation.key_bounds_sql(spec.columns, spec.primary_key, raw_types)).fetchall()[0]
@@ -468,12 +528,19 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
             if others:
                 # Only keys of other partitions whose key range overlaps this batch's can match: read just those
                 # partitions, and of them only the keys within the range.
-                others = _overlapping_partitions(con, lake.table(ck.path, others), spec, low, high)
+                others = _overlapping_partitions(con, lake.table(ck.path, others), spec, low, high, unreadable)
             if others:
                 con.register("__etl_other_clean", lake.table(ck.path, others).relation(con))
                 con.execute(f"CREATE TEMP TABLE {validation.OTHER_BATCHES} AS "
                             + validation.other_batch_keys_sql(spec.primary_key, "__etl_other_clean"), [low, high])
-            rules, params = validation.contract_rules(spec.columns, spec.primary_key, raw_columns, bool(others))
+            window = None
+            window_column = validation.partition_window_column(spec)
+            if window_column is not None and pdef is not None and partition != UNPARTITIONED:
+                # records whose time lies outside this partition's window break out_of_window (bind parameters)
+                tw = pdef.time_window_for_partition_key(partition)
+                window = validation.PartitionWindow(window_column, tw.start, tw.end)
+            rules, params = validation.contract_rules(spec.columns, spec.primary_key, raw_columns, bool(others),
+                                                      targets=spec.targets, raw_types=raw_types, window=window)
             for _, statement in validation.batch_statements(spec.columns, spec.primary_key, rules, raw_columns, raw_types):
                 con.execute(statement, validation.params_for(statement, params))
             rows_in = raw.num_rows
@@ -495,6 +562,7 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
                 "validate_seconds": round(validate_seconds, 3),
                 "validate_rows_per_second": round(rows_in / validate_seconds, 1) if validate_seconds else 0.0,
                 "rule_violations": MetadataValue.json(dict(sorted(counts.items()))),
+                **({"partitions_not_compared": MetadataValue.json(sorted(unreadable))} if unreadable else {}),
             })
             yield Output(quarantined, "quarantine", metadata={"reasons": MetadataValue.json(dict(sorted(counts.items())))})
             clean_table = lake.table(ck.path, [None if partition == UNPARTITIONED else partition])
@@ -580,14 +648,14 @@ def _build_transform(loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_n
     def transform(context: AssetExecutionContext, **tables: LakeTable):
         with no_retry_for_permanent_errors():
             keys = _run_keys(context)
-            if keys is None:
-                return _transform(tables, context.partition_key if context.has_partition_key else None)
             lake: LakeStorage = context.resources.lake
-            return Output(None, metadata=_write_range(lake, mart_key(spec.name), (
-                (k, _transform({n: _one_partition(t, k) for n, t in tables.items()}, k)) for k in keys)))
+            if keys is None:
+                return _transform(tables, context.partition_key if context.has_partition_key else None, lake)
+            return _write_range(context, lake, mart_key(spec.name), (
+                (k, _transform({n: _one_partition(t, k) for n, t in tables.items()}, k, lake)) for k in keys))
 
-    def _transform(tables: dict[str, LakeTable], partition: str | None):
-        con = duckdb_connection()
+    def _transform(tables: dict[str, LakeTable], partition: str | None, lake: LakeStorage):
+        con = duckdb_connection(allowed_directories=[lake.root_path()])
         for name, table in tables.items():
             con.register(name, table.relation(con))
         params = {}
@@ -596,7 +664,19 @@ def _build_transform(loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_n
                 raise ContractError(f"{loaded.path}: the SQL uses $partition_start/$partition_end but {spec.name} is unpartitioned")
             window = pdef.time_window_for_partition_key(partition)
             params = {"partition_start": window.start, "partition_end": window.end}
-        return con.sql(sql_text, params=params or None)
+        try:
+            return con.sql(sql_text, params=params or None)
+        except duckdb.Error as exc:
+            # DuckDB refuses a file, URL, ATTACH or extension outside the allowed directories with a PermissionException,
+            # and a setting that would turn external access back on with an InvalidInputException naming it
+            message = str(exc)
+            if isinstance(exc, duckdb.PermissionException) or any(
+                    words in message for words in ("external access", "enable_external_access")):
+                raise PermanentSourceError(
+                    f"transform {spec.name} ({spec.transform.sql}) was refused access outside the lake: {message}. Transform "
+                    f"SQL may only read its inputs ({', '.join(inputs)}, registered as views of those names) and cannot "
+                    "read or write files, URLs, databases or extensions: remove that access from the SQL") from exc
+            raise
 
     return transform
 
@@ -681,12 +761,12 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
         quarantined = extra.get("quarantined")
         resource: DuckDBWarehouse | PostgresTarget = getattr(context.resources, resource_key)
         keys = _run_keys(context) or [_partition(context)]
-        rows = replaced = expected = rows_quarantined = 0
+        rows = expected = 0
         contract_verified: dict[str, int] = {}
         check_seconds[0] = 0.0
-        seconds = 0.0
         for partition in keys:  # a range run replaces its partitions one transaction each
             part = data if len(keys) == 1 else _one_partition(data, partition)
+            q_result = None
             if quarantined is not None:  # the dataset and its quarantine are replaced in one transaction
                 q_part = quarantined if len(keys) == 1 else _one_partition(quarantined, partition)
                 with no_retry_for_permanent_errors():  # a contract mismatch is not fixed by loading again
@@ -697,21 +777,23 @@ def _build_load(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | No
                             verify=lambda con, p=partition: contract_verified.update(_verify_loaded(con, p)))
                     except GuardTripped:
                         raise _guard_tripped(part, q_part, partition) from None
-                rows_quarantined += q_result.rows
             else:
                 result = resource.replace_partition(spec.domain, spec.name, part, partition, context.run.run_id)
-            rows, replaced, seconds = rows + result.rows, replaced + result.rows_replaced, seconds + result.seconds
-            expected += part.num_rows
-        metadata = {
-            "dagster/row_count": rows,
-            "table": f"{spec.domain}.{spec.name}",
-            "rows_replaced": replaced,
-            "load_seconds": round(seconds, 3),
-            "rows_per_second": round(rows / seconds, 1) if seconds else 0.0,
-        }
-        if quarantined is not None:
-            metadata["quarantine_table"] = f"{QUARANTINE_SCHEMA}.{spec.name}"
-            metadata["rows_quarantined"] = rows_quarantined
+            rows, expected = rows + result.rows, expected + part.num_rows
+            metadata = {
+                "dagster/row_count": result.rows,
+                "table": table_name,
+                "rows_replaced": result.rows_replaced,
+                "load_seconds": round(result.seconds, 3),
+                "rows_per_second": round(result.rows / result.seconds, 1) if result.seconds else 0.0,
+            }
+            if q_result is not None:
+                metadata["quarantine_table"] = f"{QUARANTINE_SCHEMA}.{spec.name}"
+                metadata["rows_quarantined"] = q_result.rows
+            if len(keys) > 1:  # each partition of a range run records its own figures
+                context.add_asset_metadata(metadata, partition_key=partition)
+        if len(keys) > 1:
+            metadata = {"table": table_name, "partitions_in_run": len(keys)}
         return MaterializeResult(
             metadata=metadata,
             check_results=[AssetCheckResult(
@@ -857,7 +939,7 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
             upstream = [job_by_name[name] for name in loaded.spec.after]
             sensors.append(sensors_mod.build_after_sensor(loaded.spec, job_by_name[loaded.spec.name], upstream))
     if any(s.spec.source is not None and s.spec.source.kind == "files" for s in specs):
-        sensors += [sensors_mod.landing_archive_sensor, sensors_mod.landing_quarantine_sensor]
+        sensors += sensors_mod.build_landing_sensors(s.spec for s in specs)
     if any(s.spec.automation is not None for s in specs):
         sensors.append(AutomationConditionSensorDefinition(
             name="automation_condition_sensor",

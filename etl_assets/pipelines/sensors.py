@@ -4,11 +4,16 @@ File arrival is exactly-once by construction: each file version is keyed by cont
 sha256) into the run key, and Dagster launches one run per run key however often a tick is repeated (a daemon
 crash between launching and saving the cursor included). The cursor only saves work: which file versions were
 already requested, and which were seen last tick (a file is ready once its size and mtime stop changing).
+
+Once a file's run has finished, ``landing_archive_sensor`` (success) or ``landing_quarantine_sensor`` (a failure the
+file itself caused) moves it out of landing. They find the file through the run's tags, which anyone launching a
+run can set, so the tags are checked against the loaded specs first (:func:`landing_target`).
 """
 
+import fnmatch
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from dagster import (
@@ -26,10 +31,11 @@ from dagster import (
     sensor,
 )
 
-from etl_assets.errors import PermanentSourceError
+from etl_assets.errors import META_ERROR_CLASS, META_INPUT_AT_FAULT, PermanentSourceError
 from etl_assets.pipelines.spec import FilesSource, PipelineSpec
+from etl_assets.redact import redact
 from etl_assets.resources.api import ExtractStats, RestApiSource
-from etl_assets.resources.files import LandingFile, LandingFilesSource
+from etl_assets.resources.files import IN_PROGRESS_SUFFIXES, LandingFile, LandingFilesSource
 
 TAG_DATASET = "etl/landing_dataset"
 TAG_FILE = "etl/landing_file"
@@ -151,58 +157,147 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
     return _sensor
 
 
-def _landing_tags(run) -> tuple[str, str, str] | None:
-    tags = run.tags
-    if TAG_DATASET in tags and TAG_FILE in tags:
-        return tags[TAG_DATASET], tags[TAG_FILE], tags.get(TAG_SHA256)
-    return None
+@dataclass(frozen=True)
+class LandingTarget:
+    """The landing file a run's tags name, once checked against the loaded specs."""
+
+    dataset: str
+    name: str
+    sha256: str
 
 
-@run_status_sensor(
-    run_status=DagsterRunStatus.SUCCESS,
-    name="landing_archive_sensor",
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,
-    description="Moves a landing file to archive/<dataset>/ once the run that loaded it succeeded.",
-)
-def landing_archive_sensor(context: RunStatusSensorContext):
-    found = _landing_tags(context.dagster_run)
-    if found is None:
-        return SkipReason("run did not load a landing file")
-    dataset, name, sha = found
-    target = LandingFilesSource().archive(dataset, name, sha)
-    context.log.info(f"{dataset}/{name}: archived to {target}" if target else f"{dataset}/{name}: already gone or replaced")
-    return None
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
-def _failure_reason(context: RunFailureSensorContext) -> tuple[str, str] | None:
-    """The failed step and its message when the extract could not read the file (a permanent error)."""
+def plain_file_name(name: object) -> bool:
+    """True for a file name that names one visible entry of a directory: no path separator, NUL or control
+    character, not ``.`` or ``..``, not hidden."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and not name.startswith(".")
+            and not any(c in name for c in "/\\") and all(c >= " " and c != "\x7f" for c in name))
+
+
+def landing_target(tags: dict, sources: dict[str, FilesSource]) -> tuple[LandingTarget | None, str | None]:
+    """The landing file a run's tags name, or why the tags are refused.
+
+    Run tags are set by whoever launches a run, so they are not trusted as paths: the dataset must be a files
+    pipeline of ``sources``, the file a plain name (:func:`plain_file_name`) matching that spec's glob and not an
+    in-progress name, and the content digest a sha256 (the file sensor sets all three). The file system checks (no
+    symlink, inside the dataset's landing directory, which is no symlink itself) are made by the landing resource
+    when it moves the file.
+
+    Returns:
+        ``(target, None)``; ``(None, reason)`` for tags that are refused; ``(None, None)`` for a run that names no
+        landing file.
+    """
+    if TAG_DATASET not in tags and TAG_FILE not in tags:
+        return None, None
+    dataset, name, sha = tags.get(TAG_DATASET), tags.get(TAG_FILE), tags.get(TAG_SHA256)
+    if dataset not in sources:
+        return None, f"{TAG_DATASET}={dataset!r} is not a files pipeline of this code location"
+    source = sources[dataset]
+    if not plain_file_name(name):
+        return None, f"{TAG_FILE}={name!r} is not a plain file name"
+    if not fnmatch.fnmatchcase(name, source.glob) or name.endswith(IN_PROGRESS_SUFFIXES):
+        return None, f"{TAG_FILE}={name!r} does not match the glob {source.glob!r} of {dataset}"
+    if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+        return None, f"{TAG_SHA256}={sha!r} is not a sha256 digest"
+    return LandingTarget(dataset, name, sha), None
+
+
+def _value(entry):
+    return getattr(entry, "value", entry)
+
+
+def _failure_reason(context: RunFailureSensorContext, dataset: str) -> tuple[str, str] | None:
+    """The failed step and its message when the run failed because of the file itself, so that running the same
+    file again fails the same way: the extract could not read it (a permanent error of ``raw__<dataset>``), or its
+    data broke the contract (a ``data_quality`` failure of ``validate_<dataset>``: a required column missing, a wrong
+    delimiter, a nested value in a scalar column) and the input is to blame (``input_at_fault``, not a referenced
+    dataset that is not loaded yet)."""
     for event in context.get_step_failure_events():
         data = event.step_failure_data
-        meta = data.user_failure_data.metadata if data.user_failure_data else {}
-        error_class = meta.get("error_class")
-        if event.step_key.startswith("raw__") and error_class is not None and error_class.value == "permanent":
-            return event.step_key, data.user_failure_data.description or data.error.message
+        user = data.user_failure_data if data else None
+        meta = user.metadata if user else {}
+        error_class = _value(meta.get(META_ERROR_CLASS))
+        at_fault = _value(meta.get(META_INPUT_AT_FAULT))
+        unreadable = event.step_key == f"raw__{dataset}" and error_class == "permanent"
+        broke_contract = event.step_key == f"validate_{dataset}" and error_class == "data_quality" and at_fault is not False
+        if unreadable or broke_contract:
+            message = (user.description if user else None) or (data.error.message if data and data.error else "")
+            return event.step_key, redact(message or "step failed")
     return None
 
 
-@run_failure_sensor(
-    name="landing_quarantine_sensor",
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,
-    description="Moves a landing file its run could not read to quarantine/<dataset>/, with the reason beside it.",
-)
-def landing_quarantine_sensor(context: RunFailureSensorContext):
-    found = _landing_tags(context.dagster_run)
-    if found is None:
-        return
-    dataset, name, sha = found
-    reason = _failure_reason(context)
-    if reason is None:
-        context.log.info(f"{dataset}/{name}: run failed for another reason; file left for re-execution")
-        return
-    step, message = reason
-    LandingFilesSource().quarantine(dataset, name, f"run {context.dagster_run.run_id} step {step}: {message}", sha)
+ARCHIVE_SENSOR = "landing_archive_sensor"
+QUARANTINE_SENSOR = "landing_quarantine_sensor"
+
+
+def build_landing_sensors(specs: Iterable[PipelineSpec]) -> list:
+    """``landing_archive_sensor`` and ``landing_quarantine_sensor`` over the files pipelines among ``specs``.
+
+    They move the file a finished run names in its tags (set by the file sensors), after checking the tags against
+    these specs (:func:`landing_target`); a run whose tags name anything else moves nothing and leaves a warning in
+    the sensor's log.
+
+    Args:
+        specs: The code location's pipeline specs (those with a files source are used).
+    """
+    sources = {s.name: s.source for s in specs if s.source is not None and s.source.kind == "files"}
+
+    def checked(context) -> LandingTarget | None:
+        run = context.dagster_run
+        target, refused = landing_target(run.tags, sources)
+        if refused:
+            context.log.warning(f"run {run.run_id}: landing tags refused, no file moved: {refused}")
+        return target
+
+    @run_status_sensor(
+        run_status=DagsterRunStatus.SUCCESS,
+        name=ARCHIVE_SENSOR,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=5,
+        description="Moves a landing file to archive/<dataset>/ once the run that loaded it succeeded.",
+    )
+    def landing_archive_sensor(context: RunStatusSensorContext, landing: LandingFilesSource):
+        # Always None: a returned SkipReason would end the tick, leaving the other finished runs for later ticks.
+        target = checked(context)
+        if target is None:
+            return None
+        label = f"{target.dataset}/{target.name}"
+        try:
+            moved = landing.archive(target.dataset, target.name, target.sha256)
+        except PermanentSourceError as exc:  # a symlink, or a landing directory that is one
+            context.log.warning(f"run {context.dagster_run.run_id}: {label} not archived: {exc}")
+            return None
+        context.log.info(f"{label}: archived to {moved}" if moved else f"{label}: already gone or replaced")
+        return None
+
+    @run_failure_sensor(
+        name=QUARANTINE_SENSOR,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=5,
+        description="Moves a landing file its run could not load (unreadable, or breaking the contract) to "
+                    "quarantine/<dataset>/, with the reason beside it.",
+    )
+    def landing_quarantine_sensor(context: RunFailureSensorContext, landing: LandingFilesSource):
+        target = checked(context)
+        if target is None:
+            return
+        label = f"{target.dataset}/{target.name}"
+        reason = _failure_reason(context, target.dataset)
+        if reason is None:
+            context.log.info(f"{label}: run failed for another reason; file left for re-execution")
+            return
+        step, message = reason
+        try:
+            moved = landing.quarantine(target.dataset, target.name,
+                                       f"run {context.dagster_run.run_id} step {step}: {message}", target.sha256)
+        except PermanentSourceError as exc:
+            context.log.warning(f"run {context.dagster_run.run_id}: {label} not quarantined: {exc}")
+            return
+        context.log.info(f"{label}: quarantined to {moved} ({step})" if moved else f"{label}: already gone or replaced")
+
+    return [landing_archive_sensor, landing_quarantine_sensor]
 
 
 def build_after_sensor(spec: PipelineSpec, job, upstream_jobs: list):
@@ -270,5 +365,6 @@ def _current_watermark(api: RestApiSource, spec: PipelineSpec) -> str:
     stats = ExtractStats()
     incremental = spec.source.incremental
     with api.client(spec.source) as client:
-        body = api.get_json(client, incremental.watermark_endpoint, None, stats, spec.source.deadline_seconds())
+        body = api.get_json(client, incremental.watermark_endpoint, None, stats, spec.source.deadline_seconds(),
+                            max_bytes=spec.source.max_page_bytes)
     return body.get(incremental.watermark_field) or ""

@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
+import csv
+import fnmatch
 import hashlib
 import os
 import re
 import shutil
+import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 
 from etl_assets.errors import PermanentSourceError
 from etl_assets.pipelines.spec import FilesSource
 from etl_assets.resources.api import SOURCE_COLUMN
 from etl_assets.settings import current_settings
-from etl_assets.sqlutil import quote_literal
+from etl_assets.sqlutil import is_identifier, is_reserved_column, quote_ident, quote_literal
 
 # Writers that are not done yet use these names; they are never read.
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+# An archived file is named <UTC stamp>_<name as delivered> (LandingFilesSource._move).
+ARCHIVED_NAME_RE = re.compile(r"^(?P<stamp>\d{8}T\d{12}Z)_(?P<name>.+)$")
+# Where an extract pins its inputs (hard links), under the landing root; hidden, so no sensor lists it.
+SNAPSHOT_DIR = ".etl_snapshots"
+SNAPSHOT_MAX_AGE_SECONDS = 24 * 3600
+# A CSV row that cannot be parsed is kept in raw with all columns NULL and the reason here (validation quarantines it).
+READ_ERROR_COLUMN = "_etl_read_error"
+# The reader's own file-name column: a delivered column named `filename` stays the file's.
+FILE_COLUMN = "__etl_file"
+MAX_HEADER_BYTES = 1 << 20
+MAX_QUARANTINED_LINE_BYTES = 8192
 # Records read to decide whether a JSON column holds nested values (DuckDB's own type-detection sample size).
 JSON_SAMPLE_RECORDS = 20_480
 
@@ -59,10 +76,10 @@ class LandingFilesSource(ConfigurableResource):
         Symlinks and anything resolving outside the dataset's directory are refused, not followed. With ``limit``,
         stops after that many files (in name order), so a large backlog costs bounded work.
         """
-        directory = self.dataset_dir(dataset)
-        if not directory.is_dir():
+        directory = self._real_dataset_dir(dataset)
+        if directory is None:
             return []
-        root = directory.resolve()
+        root = directory
         pattern = re.compile(spec.partition_regex)
         found = []
         for path in sorted(directory.glob(spec.glob)):
@@ -90,7 +107,20 @@ class LandingFilesSource(ConfigurableResource):
         return files
 
     def marker_present(self, dataset: str, marker: str) -> bool:
-        return (self.dataset_dir(dataset) / marker).is_file()
+        directory = self._real_dataset_dir(dataset)
+        path = directory / marker if directory is not None else None
+        return path is not None and not path.is_symlink() and path.is_file()
+
+    def _real_dataset_dir(self, dataset: str) -> Path | None:
+        """``dataset``'s landing directory when it is a real directory directly inside the landing root; None when
+        it is missing, a symlink, or resolves elsewhere (a symlinked dataset directory is refused like a symlinked
+        file: its files are never listed, loaded or moved)."""
+        directory = self.dataset_dir(dataset)
+        if directory.is_symlink() or not directory.is_dir():
+            return None
+        if directory.resolve().parent != self.root_path().resolve():
+            return None
+        return directory.resolve()
 
     @staticmethod
     def sha256(path: Path) -> str:
@@ -101,7 +131,22 @@ class LandingFilesSource(ConfigurableResource):
         return digest.hexdigest()
 
     def _confined(self, dataset: str, name: str) -> Path:
-        directory = self.dataset_dir(dataset).resolve()
+        """``name`` in ``dataset``'s landing directory, refusing anything but a plain entry of a real directory.
+
+        Both must be plain names (no separator, NUL, ``.``/``..`` or leading dot); the dataset's directory must be a
+        direct child of the landing root and no symlink; the file no symlink and directly inside it.
+        """
+        def plain(part: object) -> bool:
+            return (isinstance(part, str) and 0 < len(part) <= 255 and not part.startswith(".")
+                    and not any(c in part for c in "/\\\0"))
+
+        root = self.root_path().resolve()
+        given = self.dataset_dir(dataset) if plain(dataset) else None
+        if given is None or given.is_symlink() or given.resolve().parent != root:
+            raise PermanentSourceError(f"{dataset!r}: refusing {name!r}: not a plain dataset directory inside {root}")
+        directory = given.resolve()
+        if not plain(name):
+            raise PermanentSourceError(f"{dataset}: refusing {name!r}: not a plain file name")
         path = directory / name
         if path.is_symlink() or path.resolve().parent != directory:
             raise PermanentSourceError(f"{dataset}: refusing {name!r}: not a plain file inside {directory}")
@@ -109,7 +154,7 @@ class LandingFilesSource(ConfigurableResource):
 
     def _move(self, dataset: str, name: str, expected_sha256: str | None, into: Path) -> Path | None:
         path = self._confined(dataset, name)
-        if not path.is_file():
+        if not path.is_file():  # gone, or a directory, FIFO or device (a symlink was refused above)
             return None
         if expected_sha256 is not None and self.sha256(path) != expected_sha256:
             return None  # a newer delivery with the same name arrived; it has its own run
@@ -134,57 +179,439 @@ class LandingFilesSource(ConfigurableResource):
             target.with_name(target.name + ".reason.txt").write_text(reason.rstrip() + "\n")
         return target
 
+    def partition_inputs(self, dataset: str, spec: FilesSource, partition: str | None = None) -> list[InputFile]:
+        """Every file delivered for ``partition`` (all of the dataset's when None): each delivered name once, in name
+        order, at its newest version. A name still in landing is newer than its archived copies (a file is archived
+        only after its load); of several archived copies the latest archive stamp wins.
+
+        Landing is listed before the archive: files only move from landing to the archive, so a file archived
+        between the two listings is found in the archive, never missed.
+        """
+        newest: dict[str, InputFile] = {}
+        for path in self.list_files(dataset, spec, partition=partition):
+            newest.setdefault(path.name, InputFile(path.name, path))
+        archive = self.archive_dir(dataset)
+        pattern = re.compile(spec.partition_regex)
+        if archive.is_dir() and not archive.is_symlink():
+            archived: dict[str, tuple[str, Path]] = {}
+            for path in archive.iterdir():
+                match = ARCHIVED_NAME_RE.match(path.name)
+                if match is None or path.is_symlink() or not path.is_file():
+                    continue
+                name = match.group("name")
+                if not fnmatch.fnmatchcase(name, Path(spec.glob).name) or name.endswith(IN_PROGRESS_SUFFIXES):
+                    continue
+                if partition is not None:
+                    found = pattern.search(name)
+                    if found is None or found.group("partition") != partition:
+                        continue
+                if name not in archived or match.group("stamp") > archived[name][0]:
+                    archived[name] = (match.group("stamp"), path)
+            for name, (_, path) in archived.items():
+                newest.setdefault(name, InputFile(name, path, archived=True))
+        return [newest[name] for name in sorted(newest)]
+
+    def pin(self, dataset: str, spec: FilesSource, partition: str | None = None, attempts: int = 5) -> PinnedInputs:
+        """The partition's inputs (:meth:`partition_inputs`), hard-linked into a private directory under
+        ``<landing root>/.etl_snapshots/`` with plain names, for as long as the extract reads them.
+
+        A pinned file keeps its content whatever happens to the delivered one: the archive sensor moving it, a
+        re-delivery replacing it. Plain names also keep DuckDB from reading a delivered name such as ``x[1].csv``
+        as a glob. The caller closes the result (the extract's stream does, once consumed).
+        """
+        snapshots = self.root_path() / SNAPSHOT_DIR
+        _remove_stale_snapshots(snapshots)
+        for attempt in range(attempts):
+            inputs = self.partition_inputs(dataset, spec, partition)
+            directory = snapshots / f"{dataset}-{uuid.uuid4().hex}"
+            directory.mkdir(parents=True)
+            pinned = []
+            try:
+                for index, item in enumerate(inputs):
+                    link = directory / f"{index:06d}{_plain_suffix(item.name)}"
+                    try:
+                        os.link(item.path, link)
+                    except FileNotFoundError:
+                        raise
+                    except OSError:  # another file system (or no hard links): a copy pins it as well
+                        shutil.copyfile(item.path, link)
+                    pinned.append(PinnedFile(item, link))
+            except FileNotFoundError:  # moved (archived, quarantined) between listing and pinning: list again
+                shutil.rmtree(directory, ignore_errors=True)
+                if attempt == attempts - 1:
+                    raise
+                continue
+            return PinnedInputs(directory, pinned)
+        raise AssertionError("unreachable")
+
+    def open_partition(
+        self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, partition: str | None,
+        required: list[str], own_file: str | None = None,
+    ) -> PartitionRead:
+        """Read a partition's inputs file by file; a file that cannot be loaded never keeps the others from loading.
+
+        A file is refused when it is empty (0 bytes), cannot be parsed, has a header that is not a list of unique
+        identifiers, or lacks a required column. A refused landing file goes to landing quarantine with the reason
+        when it is this run's own file (``own_file``, the file its run was launched for) or the run was launched for
+        no file (a manual or backfill run); a neighbour's own run judges it, so it is only skipped here (it may still
+        be arriving). A refused archived file was loaded before, so the contract has changed: that stops the read.
+
+        Raises:
+            PermanentSourceError: no file can be loaded, or an archived input is refused.
+        """
+        pinned = self.pin(dataset, spec, partition)
+        try:
+            if not pinned.files:
+                raise PermanentSourceError(
+                    f"{dataset}: no files matching {spec.glob!r} in {self.dataset_dir(dataset)}"
+                    + (f" or its archive for partition {partition}" if partition else "") + "; drop the file there first")
+            admitted, refusals = _admit(con, dataset, spec, pinned.files, required)
+            moved, skipped = [], []
+            for refusal in refusals:
+                item = refusal.file.delivered
+                if item.archived:
+                    raise PermanentSourceError(
+                        f"{dataset}: archived input {item.name} (loaded before) can no longer be read: {refusal.reason}; "
+                        "the contract has changed since it was loaded: fix the contract, or move the file out of "
+                        f"{self.archive_dir(dataset)} to drop its rows")
+                if own_file is None or item.name == own_file:
+                    self.quarantine(dataset, item.name, f"{item.name} refused by the extract: {refusal.reason}",
+                                    self.sha256(refusal.file.path))
+                    moved.append(refusal)
+                else:
+                    skipped.append(refusal)
+            if not admitted:
+                reasons = "; ".join(f"{r.file.delivered.name}: {r.reason}" for r in refusals)
+                raise PermanentSourceError(f"{dataset}: no file of the partition can be loaded ({reasons})")
+            return PartitionRead(con, dataset, spec, pinned, admitted, moved, skipped)
+        except BaseException:
+            pinned.close()
+            raise
+
     def stream(
         self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[Path], batch_size: int = 100_000
     ) -> pa.RecordBatchReader:
         """Like :meth:`read`, as an Arrow stream whose parse errors (found anywhere in the files) are permanent."""
-        rel = self.read(con, dataset, spec, files)
-        json_columns = {name for name, type_ in zip(rel.columns, rel.types) if str(type_) == "JSON"}
-        reader = rel.to_arrow_reader(batch_size)
-        names = ", ".join(p.name for p in files)
-        # DuckDB exports JSON as plain strings; the arrow.json type keeps "this held nested values" through the lake.
-        schema = pa.schema([pa.field(f.name, pa.json_(), f.nullable) if f.name in json_columns else f for f in reader.schema])
-
-        def batches():
-            try:
-                for batch in reader:
-                    yield batch.cast(schema) if json_columns else batch
-            except (duckdb.Error, pa.ArrowException, OSError) as exc:  # DuckDB errors surface as OSError through Arrow
-                raise PermanentSourceError(f"{dataset}: cannot read {names} as {spec.format}: {exc}") from exc
-
-        return pa.RecordBatchReader.from_batches(schema, batches())
+        return _as_stream(con, dataset, spec, self.read(con, dataset, spec, files), files, batch_size)
 
     def read(self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[Path]) -> duckdb.DuckDBPyRelation:
-        """A relation over ``files`` with the file name in ``_etl_source``; CSV and JSON are read as text for
-        validation to cast (see :func:`_read_json`), Parquet with its own types.
+        """A relation over ``files`` (each read by its exact name) with the file name in ``_etl_source``; CSV and JSON
+        are read as text for validation to cast (see :func:`_read_json`), Parquet with its own types. A CSV relation
+        has ``_etl_read_error`` (NULL: rows that cannot be parsed are left out here; :meth:`open_partition` keeps
+        them).
 
         Raises:
-            PermanentSourceError: there are no files, a file is empty (0 bytes) or holds no JSON records, or DuckDB
-                cannot parse them (the message names the file).
+            PermanentSourceError: there are no files, or one of them cannot be read (the message names it).
         """
         if not files:
             raise PermanentSourceError(
                 f"{dataset}: no files matching {spec.glob!r} in {self.dataset_dir(dataset)}; drop the file there first"
             )
-        empty = [p.name for p in files if p.stat().st_size == 0]
-        if empty:
-            raise PermanentSourceError(
-                f"{dataset}: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty (0 bytes), so not a "
-                f"{spec.format} file (an interrupted upload?); deliver it again, or remove it from {self.dataset_dir(dataset)}"
-            )
-        paths = [str(p) for p in files]
+        pinned = [PinnedFile(InputFile(p.name, p), p) for p in files]
+        admitted, refusals = _admit(con, dataset, spec, pinned, [])
+        if refusals:
+            raise PermanentSourceError(f"{dataset}: " + "; ".join(
+                f"{r.file.delivered.name} cannot be read as {spec.format}: {r.reason}" for r in refusals))
+        return _union(con, dataset, spec, admitted)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One delivered file of a partition: its name as delivered and where it is now (landing or archive)."""
+
+    name: str
+    path: Path
+    archived: bool = False
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    """A delivered file and the private hard link it is read through."""
+
+    delivered: InputFile
+    path: Path
+
+
+@dataclass(frozen=True)
+class Refusal:
+    file: PinnedFile
+    reason: str
+
+
+@dataclass(frozen=True)
+class AdmittedFile:
+    """A file that will be read: for CSV its header names and the table DuckDB stores its unparseable rows in."""
+
+    file: PinnedFile
+    columns: list[str]
+    rejects_table: str | None = None
+    has_rows: bool = True
+
+
+@dataclass
+class PinnedInputs:
+    directory: Path
+    files: list[PinnedFile]
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class PartitionRead:
+    """The admitted files of a partition as one relation, and what was refused (moved or skipped).
+
+    Attributes:
+        files: The delivered files being read.
+        moved: Refused files moved to landing quarantine (with reason).
+        skipped: Refused neighbours left in landing for their own run.
+        malformed_rows: Rows the CSV reader could not parse (known once the stream is consumed).
+    """
+
+    def __init__(self, con, dataset, spec, pinned: PinnedInputs, admitted: list[AdmittedFile], moved: list[Refusal],
+                 skipped: list[Refusal]):
+        self._con, self._dataset, self._spec, self._pinned = con, dataset, spec, pinned
+        self.admitted = admitted
+        self.files = [a.file.delivered for a in admitted]
+        self.moved, self.skipped = moved, skipped
+        self.malformed_rows = 0
+
+    def stream(self, batch_size: int = 100_000) -> pa.RecordBatchReader:
+        """The rows as an Arrow stream, the CSV rows that could not be parsed last (one row each, with
+        ``_etl_read_error``); the pinned links are removed once it is consumed or closed."""
         try:
+            relation = _union(self._con, self._dataset, self._spec, self.admitted)
+        except BaseException:
+            self._pinned.close()
+            raise
+        names = [a.file.delivered.name for a in self.admitted]
+
+        def malformed(schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+            rows = [row for a in self.admitted if a.rejects_table for row in _rejected_rows(self._con, a)]
+            self.malformed_rows = len(rows)
+            if rows:
+                columns = {SOURCE_COLUMN: [r[0] for r in rows], READ_ERROR_COLUMN: [r[1] for r in rows]}
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(columns.get(f.name, [None] * len(rows)), f.type) for f in schema], schema=schema)
+
+        return _as_stream(self._con, self._dataset, self._spec, relation, names, batch_size, malformed, self._pinned.close)
+
+    def close(self) -> None:
+        self._pinned.close()
+
+
+def _plain_suffix(name: str) -> str:
+    """The extensions of a delivered name (``.csv.gz``), kept on its pinned link for DuckDB's compression detection;
+    anything but letters and digits is dropped."""
+    suffixes = "".join(Path(name).suffixes[-2:])
+    return "".join(ch for ch in suffixes if ch.isalnum() or ch == ".")
+
+
+def _remove_stale_snapshots(directory: Path) -> None:
+    """Remove pinned-input directories left by extracts that died (older than ``SNAPSHOT_MAX_AGE_SECONDS``)."""
+    if not directory.is_dir():
+        return
+    oldest = time.time() - SNAPSHOT_MAX_AGE_SECONDS
+    for entry in directory.iterdir():
+        try:
+            if entry.is_dir() and entry.stat().st_mtime < oldest:
+                shutil.rmtree(entry, ignore_errors=True)
+        except FileNotFoundError:  # another extract removed it
+            pass
+
+
+def escape_glob(path: str) -> str:
+    """``path`` with DuckDB's glob characters bracketed (``x[1].csv`` -> ``x[[]1].csv``), so it names one file."""
+    return re.sub(r"([\[*?])", r"[\1]", path)
+
+
+def refused_column_names(columns: list[str]) -> str | None:
+    """Why a file's column names cannot be loaded, or None: every name must be an SQL identifier, unique up to case,
+    and not one the platform uses (:func:`etl_assets.sqlutil.is_reserved_column`)."""
+    bad = [c for c in columns if not is_identifier(c)]
+    if bad:
+        return (f"column name(s) {', '.join(repr(c) for c in bad)} are not identifiers (letters, digits and "
+                "underscores, starting with a letter); rename them in the file")
+    reserved = [c for c in columns if is_reserved_column(c)]
+    if reserved:
+        return f"column name(s) {', '.join(reserved)} are reserved by the platform; rename them in the file"
+    folded: dict[str, str] = {}
+    for c in columns:
+        if c in folded.values():
+            return f"column name {c!r} appears twice in the header; rename one in the file"
+        if c.lower() in folded:
+            return f"columns {folded[c.lower()]!r} and {c!r} differ only in case (SQL folds case); rename one in the file"
+        folded[c.lower()] = c
+    return None
+
+
+def _csv_header(path: Path, spec: FilesSource) -> list[str]:
+    """The column names of a CSV file: its first line parsed as a CSV record (``column0``.. without a header).
+
+    Raises:
+        _Refused: the first line is not UTF-8 or longer than ``MAX_HEADER_BYTES``.
+    """
+    with open(path, "rb") as fh:
+        first = fh.readline(MAX_HEADER_BYTES + 1)
+    if len(first) > MAX_HEADER_BYTES:
+        raise _Refused(f"the first line is longer than {MAX_HEADER_BYTES} bytes; is {spec.delimiter!r} the delimiter?")
+    try:
+        text = first.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise _Refused("the header line is not UTF-8 text") from None
+    fields = next(csv.reader([text], delimiter=spec.delimiter, quotechar='"'), [])
+    if not spec.header:
+        return [f"column{i}" for i in range(len(fields))]
+    return [f.strip() for f in fields]
+
+
+class _Refused(Exception):
+    """A file cannot be loaded; the message is the reason."""
+
+
+def _admit(con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[PinnedFile],
+           required: list[str]) -> tuple[list[AdmittedFile], list[Refusal]]:
+    """Judge each file on its own: which can be read, and why the others cannot."""
+    admitted, refused = [], []
+    for index, item in enumerate(files):
+        try:
+            if item.path.stat().st_size == 0:
+                raise _Refused(f"empty (0 bytes), so not a {spec.format} file (an interrupted upload?); deliver it again")
             if spec.format == "csv":
-                rel = con.read_csv(paths, header=spec.header, sep=spec.delimiter, all_varchar=True, filename=True, union_by_name=True)
+                columns = _csv_header(item.path, spec)
+                entry = AdmittedFile(item, columns, f"__etl_rejects_{index}")
             elif spec.format in ("json", "ndjson"):
-                rel = _read_json(con, dataset, files, "array" if spec.format == "json" else "newline_delimited")
+                try:
+                    rel = _read_json(con, dataset, [item.path], "array" if spec.format == "json" else "newline_delimited")
+                    # parse every value of the whole file now (a broken one is refused alone): count(*) alone would
+                    # not transform the values, and a duplicate key only shows when they are
+                    rel.aggregate(", ".join(["count(*)", *(f"count({_sql_name(c)})" for c in rel.columns)])).fetchall()
+                except PermanentSourceError as exc:
+                    if "holds no records" not in str(exc):
+                        raise _Refused(str(exc).removeprefix(f"{dataset}: ").replace(item.path.name, item.delivered.name)) from None
+                    admitted.append(AdmittedFile(item, [], has_rows=False))  # `[]`: delivered, and adds no rows
+                    continue
+                except duckdb.Error as exc:
+                    raise _Refused(f"not valid {spec.format}: {exc}") from None
+                entry = AdmittedFile(item, [c for c in rel.columns if c != FILE_COLUMN])
             else:
-                rel = con.read_parquet(paths, filename=True, union_by_name=True)
-            rel = rel.project(f'* EXCLUDE (filename), parse_filename(filename) AS "{SOURCE_COLUMN}"')
-            rel.limit(1).fetchall()
-        except duckdb.Error as exc:
-            raise PermanentSourceError(f"{dataset}: cannot read {', '.join(p.name for p in files)} as {spec.format}: {exc}") from exc
-        return rel
+                try:
+                    entry = AdmittedFile(item, pq.ParquetFile(item.path).schema_arrow.names)
+                except (pa.ArrowException, OSError) as exc:
+                    raise _Refused(f"not a Parquet file: {exc}") from None
+            missing = [c for c in required if c not in entry.columns]
+            if missing:
+                raise _Refused(f"required column(s) {', '.join(missing)} missing (it has {', '.join(entry.columns)}); "
+                               f"fix the file, or check the delimiter ({spec.delimiter!r})" if spec.format == "csv" else
+                               f"required column(s) {', '.join(missing)} missing (it has {', '.join(entry.columns)}); fix the file")
+            problem = refused_column_names(entry.columns)
+            if problem:
+                raise _Refused(problem)
+            admitted.append(entry)
+        except _Refused as exc:
+            refused.append(Refusal(item, str(exc)))
+    return admitted, refused
+
+
+def _csv_select(spec: FilesSource, entry: AdmittedFile) -> str:
+    """One CSV file read strictly as text with its own header; rows it cannot parse go to ``entry.rejects_table``.
+
+    The sniffer is off: given a file with ragged rows it can take a wrong line for the header, or a wrong
+    delimiter, and fail the whole file. Every field is text; the delimiter, quote and header come from the spec.
+    """
+    columns = "{" + ", ".join(f"{quote_literal(c)}: 'VARCHAR'" for c in entry.columns) + "}"
+    nulls = "[" + ", ".join(quote_literal(v) for v in spec.null_values) + "]"
+    source = quote_literal(entry.file.delivered.name)
+    return (
+        f"SELECT * EXCLUDE ({FILE_COLUMN}), {source} AS {SOURCE_COLUMN}, CAST(NULL AS VARCHAR) AS {READ_ERROR_COLUMN}"
+        f" FROM read_csv({quote_literal(escape_glob(str(entry.file.path)))}, header = {str(spec.header).lower()},"
+        f" auto_detect = false, columns = {columns}, delim = {quote_literal(spec.delimiter)}, quote = '\"',"
+        f" escape = '\"', nullstr = {nulls}, filename = {quote_literal(FILE_COLUMN)}, store_rejects = true,"
+        f" rejects_table = {quote_literal(entry.rejects_table)},"
+        f" rejects_scan = {quote_literal(entry.rejects_table + '_scan')})")
+
+
+def _rejected_rows(con: duckdb.DuckDBPyConnection, entry: AdmittedFile) -> list[tuple[str, str]]:
+    """The rows of one CSV file its read left out, as ``(file name, reason)``: the line number, what was wrong and the
+    line as delivered (bytes that are not UTF-8 escaped as ``\\xff``), one row per line."""
+    found = con.execute(
+        f"SELECT line, min(line_byte_position), string_agg(DISTINCT CAST(error_type AS VARCHAR), ', '),"
+        f" string_agg(DISTINCT error_message, '; '), first(csv_line) FROM {quote_ident(entry.rejects_table)}"
+        " GROUP BY line ORDER BY line").fetchall()
+    rows = []
+    with open(entry.file.path, "rb") as fh:
+        for line, position, kinds, messages, text in found:
+            if "INVALID ENCODING" in kinds and position:
+                fh.seek(position - 1)  # DuckDB counts byte positions from 1
+                text = fh.readline(MAX_QUARANTINED_LINE_BYTES).rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+            text = (text or "").rstrip("\r\n")[:MAX_QUARANTINED_LINE_BYTES]
+            rows.append((entry.file.delivered.name, f"line {line}: {kinds.lower()} ({messages}): {text}"))
+    return rows
+
+
+def _union(con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, admitted: list[AdmittedFile]) -> duckdb.DuckDBPyRelation:
+    """The admitted files as one relation, columns unified by name, ``_etl_source`` naming each row's file.
+
+    Raises:
+        PermanentSourceError: no admitted file holds records (nothing to check the contract against), or DuckDB
+            cannot read them.
+    """
+    empty = [a.file.delivered.name for a in admitted if not a.has_rows]
+    admitted = [a for a in admitted if a.has_rows]
+    if not admitted:
+        raise PermanentSourceError(
+            f"{dataset}: {', '.join(empty)} holds no records (an empty JSON array or no lines), so there are no columns "
+            "to check against the contract; remove the file, or deliver it with its records")
+    try:
+        if spec.format == "csv":
+            rel = con.sql(" UNION ALL BY NAME ".join(f"({_csv_select(spec, a)})" for a in admitted))
+            rel.limit(1).fetchall()  # bind now: a file DuckDB cannot open fails here, named
+            return rel
+        names = {a.file.path.name: a.file.delivered.name for a in admitted}
+        source = "CASE parse_filename(" + FILE_COLUMN + ") " + " ".join(
+            f"WHEN {quote_literal(link)} THEN {quote_literal(name)}" for link, name in names.items()) + " END"
+        paths = [a.file.path for a in admitted]
+        if spec.format in ("json", "ndjson"):
+            rel = _read_json(con, dataset, paths, "array" if spec.format == "json" else "newline_delimited", source)
+        else:
+            listed = "[" + ", ".join(quote_literal(escape_glob(str(p))) for p in paths) + "]"
+            rel = con.sql(f"SELECT * FROM read_parquet({listed}, filename = {quote_literal(FILE_COLUMN)},"
+                          " union_by_name = true)")
+        return rel.project(f"* EXCLUDE ({FILE_COLUMN}), {source} AS {SOURCE_COLUMN}")
+    except duckdb.Error as exc:
+        raise PermanentSourceError(
+            f"{dataset}: cannot read {', '.join(a.file.delivered.name for a in admitted)} as {spec.format}: {exc}") from exc
+
+
+def _as_stream(con, dataset: str, spec: FilesSource, rel: duckdb.DuckDBPyRelation, files: list, batch_size: int,
+               tail=None, on_close=None) -> pa.RecordBatchReader:
+    """``rel`` as an Arrow stream (JSON columns typed ``arrow.json``), then ``tail(schema)``'s batches; parse errors
+    found while streaming are permanent and name the files; ``on_close`` runs when the stream ends either way."""
+    names = ", ".join(getattr(f, "name", str(f)) for f in files)
+    try:
+        json_columns = {name for name, type_ in zip(rel.columns, rel.types) if str(type_) == "JSON"}
+        reader = rel.to_arrow_reader(batch_size)
+    except BaseException as exc:
+        if on_close:
+            on_close()
+        if isinstance(exc, duckdb.Error):
+            raise PermanentSourceError(f"{dataset}: cannot read {names} as {spec.format}: {exc}") from exc
+        raise
+    # DuckDB exports JSON as plain strings; the arrow.json type keeps "this held nested values" through the lake.
+    schema = pa.schema([pa.field(f.name, pa.json_(), f.nullable) if f.name in json_columns else f for f in reader.schema])
+
+    def batches():
+        try:
+            for batch in reader:
+                yield batch.cast(schema) if json_columns else batch
+            if tail is not None:
+                yield from tail(schema)
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:  # DuckDB errors surface as OSError through Arrow
+            raise PermanentSourceError(f"{dataset}: cannot read {names} as {spec.format}: {exc}") from exc
+        finally:
+            if on_close:
+                on_close()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def _sql_name(name: str) -> str:
@@ -192,7 +619,8 @@ def _sql_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], fmt: str) -> duckdb.DuckDBPyRelation:
+def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], fmt: str,
+               source: str = f"parse_filename({FILE_COLUMN})") -> duckdb.DuckDBPyRelation:
     """JSON records with every value as delivered: scalars as text, nested values as JSON.
 
     DuckDB's type inference would alter values (a float literal anywhere turns 9007199254740993 into
@@ -204,9 +632,10 @@ def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], 
     keeps its value only up to 15 significant digits.
 
     Files holding no records (``[]``) add no rows and are skipped; when every file is like that there are no
-    columns to check, which is a permanent error naming the files.
+    columns to check, which is a permanent error naming the files. ``source`` is the SQL naming a row's file in
+    messages (over the reader's ``__etl_file`` column, which the result keeps).
     """
-    paths = [str(p) for p in files]
+    paths = [escape_glob(str(p)) for p in files]
     try:
         # every record is looked at to find the keys: a key first seen past a sample would be dropped unseen
         detected = con.read_json(paths, format=fmt, records="true", union_by_name=True, sample_size=-1)
@@ -214,9 +643,10 @@ def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], 
         with_records = _files_with_records(con, dataset, files, fmt) if "expected records" in str(exc) else files
         if len(with_records) == len(files):
             raise
-        return _read_json(con, dataset, with_records, fmt)
+        return _read_json(con, dataset, with_records, fmt, source)
     names, types = detected.columns, [str(t) for t in detected.types]
-    rel = con.read_json(paths, format=fmt, records="true", columns={n: "JSON" for n in names}, filename=True)
+    rel = con.read_json(paths, format=fmt, records="true", columns={n: "JSON" for n in names},
+                        filename=FILE_COLUMN)
     nested = {n for n, t in zip(names, types) if t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION"))}
     mixed = [n for n, t in zip(names, types) if t == "JSON"]
     if mixed:
@@ -236,11 +666,11 @@ def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], 
         )
         out.append(
             f"CASE json_type({q}) WHEN 'VARCHAR' THEN json_extract_string({q}, '$')"
-            f" WHEN 'OBJECT' THEN error({refusal} || parse_filename(filename))"
-            f" WHEN 'ARRAY' THEN error({refusal} || parse_filename(filename))"
+            f" WHEN 'OBJECT' THEN error({refusal} || {source})"
+            f" WHEN 'ARRAY' THEN error({refusal} || {source})"
             f" ELSE CAST({q} AS VARCHAR) END AS {q}"
         )
-    out.append("filename")
+    out.append(FILE_COLUMN)
     return rel.project(", ".join(out))
 
 
@@ -249,9 +679,9 @@ def _files_with_records(con: duckdb.DuckDBPyConnection, dataset: str, files: lis
     empty, not_records = [], []
     for path in files:
         try:
-            con.read_json(str(path), format=fmt, records="true")
+            con.read_json(escape_glob(str(path)), format=fmt, records="true")
         except duckdb.BinderException:
-            values = con.read_json(str(path), format=fmt, records="false").aggregate("count(*)").fetchall()[0][0]
+            values = con.read_json(escape_glob(str(path)), format=fmt, records="false").aggregate("count(*)").fetchall()[0][0]
             (not_records if values else empty).append(path)
     if not_records:
         raise PermanentSourceError(

@@ -1,0 +1,371 @@
+"""Run tags are not paths, and a file its run refused leaves landing.
+
+The landing archive and quarantine sensors move the file a finished run names in its tags. Tags are set by whoever
+launches a run, so they are checked against the loaded specs before anything moves: the dataset must be a files
+pipeline, the file a plain name matching its glob, inside the dataset's landing directory, neither it nor that
+directory a symlink. Everything here runs against a real Dagster instance: real pipeline runs (the file sensor's
+own tags, a hostile-tagged run of a real job, CSV and JSON files that break the contract) and tiny in-process jobs
+whose steps fail the way the platform's steps do; the sensors are evaluated with
+``build_run_status_sensor_context``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    build_run_status_sensor_context,
+    build_sensor_context,
+    job,
+    op,
+)
+
+from etl_assets.definitions import build_definitions
+from etl_assets.errors import (
+    ContractError,
+    PermanentSourceError,
+    TransientSourceError,
+    UpstreamNotReadyError,
+    no_retry_for_permanent_errors,
+)
+from etl_assets.pipelines.sensors import TAG_DATASET, TAG_FILE, TAG_SHA256, landing_target
+from etl_assets.pipelines.spec import FilesSource
+from etl_assets.resources.files import LandingFilesSource
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+SPECS = {
+    "drops.yaml": """
+        name: drops
+        source: {kind: files, format: csv, glob: "*.csv"}
+        columns: [{name: a, type: INTEGER, nullable: false}, {name: b, type: VARCHAR}]
+        retry: {max_retries: 0}
+    """,
+    "linked.yaml": """
+        name: linked
+        source: {kind: files, format: csv, glob: "*.csv"}
+        columns: [{name: a, type: INTEGER}]
+        retry: {max_retries: 0}
+    """,
+    "nested.yaml": """
+        name: nested
+        source: {kind: files, format: ndjson, glob: "*.ndjson"}
+        columns: [{name: a, type: VARCHAR, nullable: false}, {name: b, type: VARCHAR}]
+        retry: {max_retries: 0}
+    """,
+}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def lab(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for name, text in SPECS.items():
+        (specs / name).write_text(textwrap.dedent(text))
+    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+    for name in ("drops", "nested"):
+        (data_dir / "landing" / name).mkdir(parents=True)
+    return build_definitions()
+
+
+def snapshot(*roots: Path) -> dict[str, tuple]:
+    """Every file and symlink under ``roots`` (not followed) with its content digest or link target."""
+    out = {}
+    for root in roots:
+        for directory, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = Path(directory) / name
+                if path.is_symlink():
+                    out[str(path)] = ("link", os.readlink(path))
+                elif path.is_file():
+                    out[str(path)] = ("file", sha(path))
+    return out
+
+
+def evaluate(defs: Definitions, instance: DagsterInstance, sensor_name: str, run_id: str):
+    """Evaluate a landing sensor for one finished run, as the daemon would for that run."""
+    run = instance.get_run_by_id(run_id)
+    failed = run.status.value == "FAILURE"
+    event_type = DagsterEventType.RUN_FAILURE if failed else DagsterEventType.RUN_SUCCESS
+    event = instance.get_records_for_run(run_id, of_type=event_type).records[0].event_log_entry.dagster_event
+    context = build_run_status_sensor_context(sensor_name=sensor_name, dagster_event=event, dagster_instance=instance,
+                                              dagster_run=run, resources={"landing": LandingFilesSource()})
+    if failed:
+        context = context.for_run_failure()
+    return defs.resolve_sensor_def(sensor_name)(context)
+
+
+def sensor_tags(defs: Definitions, instance: DagsterInstance, dataset: str) -> dict[str, str]:
+    """The tags the file sensor gives the run for the one file in ``dataset``'s landing directory."""
+    sensor = defs.resolve_sensor_def(f"{dataset}_file_sensor")
+
+    def tick(cursor):
+        return sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor,
+                                                         resources={"landing": LandingFilesSource()}, definitions=defs))
+
+    (request,) = tick(tick(None).cursor).run_requests
+    return dict(request.tags)
+
+
+@op
+def noop():
+    pass
+
+
+@job
+def tagged():
+    noop()
+
+
+def failing_job(step: str, error: Exception):
+    """A job whose one step, named like a pipeline step, fails with ``error`` as the platform's steps do."""
+
+    @op(name=step)
+    def fail():
+        with no_retry_for_permanent_errors():
+            raise error
+
+    @job(name=f"fail_{step}_{type(error).__name__}")
+    def failing():
+        fail()
+
+    return failing
+
+
+# ---------------------------------------------------------------------------------------------- the tag check
+
+DROPS = {"drops": FilesSource(kind="files", format="csv", glob="*.csv")}
+DIGEST = "0" * 64
+
+
+@pytest.mark.parametrize("tags, refusal", [
+    ({TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: DIGEST}, "not a files pipeline"),
+    ({TAG_DATASET: "orders", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),
+    ({TAG_DATASET: "drops/..", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),
+    ({TAG_DATASET: "drops", TAG_FILE: "/etc/passwd.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+    ({TAG_DATASET: "drops", TAG_FILE: "../drops/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+    ({TAG_DATASET: "drops", TAG_FILE: "sub/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+    ({TAG_DATASET: "drops", TAG_FILE: "sub\\x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+    ({TAG_DATASET: "drops", TAG_FILE: "x\0.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+    ({TAG_DATASET: "drops", TAG_FILE: "..", TAG_SHA256: DIGEST}, "not a plain file name"),
+    ({TAG_DATASET: "drops", TAG_FILE: ".", TAG_SHA256: DIGEST}, "not a plain file name"),
+    ({TAG_DATASET: "drops", TAG_FILE: ".hidden.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+    ({TAG_DATASET: "drops", TAG_FILE: "", TAG_SHA256: DIGEST}, "not a plain file name"),
+    ({TAG_DATASET: "drops", TAG_FILE: "warehouse.duckdb", TAG_SHA256: DIGEST}, "does not match the glob"),
+    ({TAG_DATASET: "drops", TAG_FILE: "x.csv.part", TAG_SHA256: DIGEST}, "does not match the glob"),
+    ({TAG_DATASET: "drops", TAG_FILE: "x.csv"}, "not a sha256 digest"),
+    ({TAG_DATASET: "drops", TAG_FILE: "x.csv", TAG_SHA256: "../x"}, "not a sha256 digest"),
+    ({TAG_DATASET: "drops"}, "not a plain file name"),
+])
+def test_tags_that_do_not_name_a_file_of_a_files_pipeline_are_refused(tags, refusal):
+    target, reason = landing_target(tags, DROPS)
+    assert target is None and refusal in reason
+
+
+def test_the_file_sensors_tags_are_accepted():
+    target, reason = landing_target({TAG_DATASET: "drops", TAG_FILE: "d 1.csv", TAG_SHA256: DIGEST}, DROPS)
+    assert reason is None and (target.dataset, target.name, target.sha256) == ("drops", "d 1.csv", DIGEST)
+    assert landing_target({"dagster/run_key": "x"}, DROPS) == (None, None)  # not a landing run: nothing to say
+
+
+def test_the_landing_resource_refuses_a_symlinked_dataset_directory_and_dot_names(data_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.csv").write_text("a\n1\n")
+    (data_dir / "landing").mkdir()
+    (data_dir / "landing" / "linked").symlink_to(outside, target_is_directory=True)
+    (data_dir / "warehouse.duckdb").write_text("the warehouse")
+    landing = LandingFilesSource()
+    for dataset, name in [("linked", "x.csv"), ("..", "warehouse.duckdb"), (".", "landing"), ("", "x.csv"),
+                          ("drops", "../../warehouse.duckdb"), ("drops", "..")]:
+        with pytest.raises(PermanentSourceError, match="refusing"):
+            landing.archive(dataset, name)
+        with pytest.raises(PermanentSourceError, match="refusing"):
+            landing.quarantine(dataset, name, "reason")
+    assert (outside / "x.csv").exists() and (data_dir / "warehouse.duckdb").read_text() == "the warehouse"
+    # nor are its files listed (so never loaded) or its markers seen, while a real directory's are
+    (outside / "_SUCCESS").write_text("")
+    spec = FilesSource(kind="files", format="csv", glob="*.csv")
+    assert landing.list_files("linked", spec) == [] and landing.partition_inputs("linked", spec) == []
+    assert not landing.marker_present("linked", "_SUCCESS")
+    (data_dir / "landing" / "real").mkdir()
+    (data_dir / "landing" / "real" / "x.csv").write_text("a\n1\n")
+    (data_dir / "landing" / "real" / "_SUCCESS").write_text("")
+    (data_dir / "landing" / "real" / "_LINK").symlink_to(outside / "_SUCCESS")
+    assert [p.name for p in landing.list_files("real", spec)] == ["x.csv"]
+    assert landing.marker_present("real", "_SUCCESS") and not landing.marker_present("real", "_LINK")
+
+
+# ---------------------------------------------------------------------------------------------- item 12
+
+
+def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_archive(
+        lab, instance, data_dir, tmp_path, capfd):
+    defs = lab
+    landing = data_dir / "landing"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.csv").write_text("a\n1\n")
+    (outside / "secret.csv").write_text("a\n2\n")
+    (landing / "linked").symlink_to(outside, target_is_directory=True)  # the dataset directory is a symlink
+    (landing / "drops" / "link.csv").symlink_to(outside / "secret.csv")  # the file is a symlink
+    (landing / "drops" / ".hidden.csv").write_text("a\n3\n")
+    legit = landing / "drops" / "d.csv"
+    legit.write_text("a,b\n1,x\n2,y\n")
+
+    # the legit run: the file sensor's own request, run for real
+    tags = sensor_tags(defs, instance, "drops")
+    assert tags[TAG_FILE] == "d.csv"
+    loaded = defs.resolve_job_def("drops_pipeline").execute_in_process(
+        instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
+    assert loaded.success
+    warehouse = data_dir / "warehouse.duckdb"
+    assert warehouse.exists()
+
+    # the issue's run: any job, launched with tags naming the warehouse file through ".."
+    hostile_real = defs.resolve_job_def("drops_pipeline").execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False,
+        tags={TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: sha(warehouse)})
+    assert hostile_real.success
+    hostile = [
+        {TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: sha(warehouse)},
+        {TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb"},
+        {TAG_DATASET: "linked", TAG_FILE: "x.csv", TAG_SHA256: sha(outside / "x.csv")},
+        {TAG_DATASET: "drops", TAG_FILE: str(warehouse), TAG_SHA256: sha(warehouse)},
+        {TAG_DATASET: "drops", TAG_FILE: str(outside / "secret.csv"), TAG_SHA256: sha(outside / "secret.csv")},
+        {TAG_DATASET: "drops", TAG_FILE: "../../warehouse.duckdb", TAG_SHA256: sha(warehouse)},
+        {TAG_DATASET: "drops", TAG_FILE: "../linked/x.csv", TAG_SHA256: sha(outside / "x.csv")},
+        {TAG_DATASET: "drops", TAG_FILE: "link.csv", TAG_SHA256: sha(outside / "secret.csv")},
+        {TAG_DATASET: "drops", TAG_FILE: ".hidden.csv", TAG_SHA256: sha(landing / "drops" / ".hidden.csv")},
+        {TAG_DATASET: "drops", TAG_FILE: "d.csv", TAG_SHA256: "f" * 64},  # the right name, another content
+    ]
+    runs = [tagged.execute_in_process(instance=instance, tags=t) for t in hostile]
+    assert all(r.success for r in runs)
+
+    before = snapshot(data_dir, outside)
+    capfd.readouterr()
+    for run_id in [hostile_real.run_id, *(r.run_id for r in runs)]:
+        assert evaluate(defs, instance, "landing_archive_sensor", run_id) is None
+    assert snapshot(data_dir, outside) == before  # nothing moved, renamed or created
+    log = capfd.readouterr().err  # the sensor's log (its console handler writes to stderr)
+    assert log.count("landing tags refused, no file moved") == 8, log
+    assert log.count("not archived") == 2 and "refusing" in log, log  # the symlinks, refused by the resource
+
+    # the file sensor's tags still archive the loaded file
+    assert sha(legit) == tags[TAG_SHA256], (legit.read_text(), tags)
+    assert evaluate(defs, instance, "landing_archive_sensor", loaded.run_id) is None
+    assert not legit.exists()
+    (archived,) = (data_dir / "archive" / "drops").iterdir()
+    assert archived.name.endswith("_d.csv") and archived.read_text() == "a,b\n1,x\n2,y\n"
+    assert warehouse.exists() and (outside / "x.csv").exists() and (landing / "drops" / "link.csv").is_symlink()
+
+
+def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir, tmp_path):
+    defs = lab
+    landing = data_dir / "landing"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.csv").write_text("a\n1\n")
+    (landing / "linked").symlink_to(outside, target_is_directory=True)
+    (data_dir / "warehouse.duckdb").write_text("the warehouse")
+    unreadable = failing_job("raw__drops", PermanentSourceError("drops: cannot read it"))
+    failing = failing_job("raw__linked", PermanentSourceError("linked: cannot read it"))
+    runs = [
+        unreadable.execute_in_process(instance=instance, raise_on_error=False, tags={
+            TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: sha(data_dir / "warehouse.duckdb")}),
+        unreadable.execute_in_process(instance=instance, raise_on_error=False, tags={
+            TAG_DATASET: "drops", TAG_FILE: "../../warehouse.duckdb", TAG_SHA256: sha(data_dir / "warehouse.duckdb")}),
+        failing.execute_in_process(instance=instance, raise_on_error=False, tags={
+            TAG_DATASET: "linked", TAG_FILE: "x.csv", TAG_SHA256: sha(outside / "x.csv")}),
+    ]
+    assert not any(r.success for r in runs)
+    before = snapshot(data_dir, outside)
+    for run in runs:
+        assert evaluate(defs, instance, "landing_quarantine_sensor", run.run_id) is None
+    assert snapshot(data_dir, outside) == before
+
+    bad = landing / "drops" / "bad.csv"
+    bad.write_text("garbage")
+    legit = unreadable.execute_in_process(instance=instance, raise_on_error=False, tags={
+        TAG_DATASET: "drops", TAG_FILE: "bad.csv", TAG_SHA256: sha(bad)})
+    evaluate(defs, instance, "landing_quarantine_sensor", legit.run_id)
+    assert not bad.exists()
+    reason = next((data_dir / "quarantine" / "drops").glob("*_bad.csv.reason.txt")).read_text()
+    assert f"run {legit.run_id} step raw__drops" in reason and "cannot read it" in reason
+
+
+# ---------------------------------------------------------------------------------------------- item 10
+
+
+def _run_for_file(defs, instance, dataset: str):
+    tags = sensor_tags(defs, instance, dataset)
+    result = defs.resolve_job_def(f"{dataset}_pipeline").execute_in_process(
+        instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
+    assert not result.success
+    return result
+
+
+def _quarantined(data_dir: Path, dataset: str, name: str) -> str:
+    directory = data_dir / "quarantine" / dataset
+    assert [p.name.split("_", 1)[1] for p in directory.iterdir() if not p.name.endswith(".reason.txt")] == [name]
+    (reason,) = directory.glob("*.reason.txt")
+    return reason.read_text()
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("no_a.csv", "b\nonly-b\n", "a"),  # a required column missing
+    ("semicolons.csv", "a;b\n1;x\n", "a"),  # the wrong delimiter: one column named "a;b"
+])
+def test_a_csv_breaking_the_contract_leaves_landing_with_its_reason(lab, instance, data_dir, name, text, words):
+    path = data_dir / "landing" / "drops" / name
+    path.write_text(text)
+    run = _run_for_file(lab, instance, "drops")
+    evaluate(lab, instance, "landing_quarantine_sensor", run.run_id)
+    assert not path.exists()
+    reason = _quarantined(data_dir, "drops", name)
+    assert "required column(s) a missing" in reason, reason
+
+
+def test_a_nested_json_column_fails_validation_and_the_file_leaves_landing(lab, instance, data_dir):
+    path = data_dir / "landing" / "nested" / "n.ndjson"
+    path.write_text('{"a": {"deep": 1}, "b": "x"}\n{"a": {"deep": 2}, "b": "y"}\n')
+    run = _run_for_file(lab, instance, "nested")
+    failed = {e.step_key for e in run.all_events if e.event_type == DagsterEventType.STEP_FAILURE}
+    assert failed == {"validate_nested"}  # the extract read it; the contract refused it
+    assert path.exists()  # run failed; the file waits for the sensor
+    evaluate(lab, instance, "landing_quarantine_sensor", run.run_id)
+    assert not path.exists()
+    reason = _quarantined(data_dir, "nested", "n.ndjson")
+    assert f"run {run.run_id} step validate_nested" in reason and "nested values" in reason
+
+
+@pytest.mark.parametrize("step, error, moved", [
+    ("validate_drops", ContractError("drops: required column(s) a missing"), True),
+    ("raw__drops", PermanentSourceError("drops: cannot read d.csv as csv"), True),
+    ("validate_drops", UpstreamNotReadyError("drops: its relationship to products needs products loaded first"),
+     False),  # a re-run fixes it once the upstream is loaded
+    ("validate_drops", RuntimeError("the lake is on fire"), False),  # infrastructure
+    ("raw__drops", TransientSourceError("drops: timed out"), False),
+    ("validate_other", ContractError("other: required column(s) a missing"), False),  # another dataset's step
+    ("warehouse__drops", ContractError("drops: contract mismatch at load"), False),  # a load, not the file
+])
+def test_only_failures_a_rerun_of_the_same_file_cannot_fix_move_it(lab, instance, data_dir, step, error, moved):
+    path = data_dir / "landing" / "drops" / "d.csv"
+    path.write_text("a,b\n1,x\n")
+    run = failing_job(step, error).execute_in_process(instance=instance, raise_on_error=False, tags={
+        TAG_DATASET: "drops", TAG_FILE: "d.csv", TAG_SHA256: sha(path)})
+    assert not run.success
+    evaluate(lab, instance, "landing_quarantine_sensor", run.run_id)
+    assert path.exists() is not moved
+    if moved:
+        assert str(error) in _quarantined(data_dir, "drops", "d.csv")
