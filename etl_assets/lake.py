@@ -57,6 +57,8 @@ from etl_assets.sqlutil import quote_literal
 UNPARTITIONED = "_all"
 VIEW_SUFFIX = ".view.json"
 VIEW_FORMAT = "etl_assets.lake.view/1"
+# Hard links that hold the files a running step reads (see LakeStorage.pinned); a killed step's are stale.
+PINS_DIR = ".etl_pins"
 POSITION_COLUMN = "position"  # the excluded-rows file's one column: a row's 0-based position in the source file
 # Test-only hook, off unless set: seconds every lake write sleeps holding its partition's lock, once its temporary
 # files are written and before the switch, so tests can overlap writers or SIGKILL one there.
@@ -366,6 +368,37 @@ class LakeStorage(ConfigurableResource):
             _remove_view(manifest)
             return removed + _remove_leftovers(directory, name, keep=())
 
+    @contextmanager
+    def pinned(self, table: LakeTable) -> Iterator[LakeTable]:
+        """``table`` with each Parquet file pinned (hard-linked under ``<root>/.etl_pins/``) while the block runs.
+
+        A partition may be rewritten while a step reads it (a re-extract next to a validation): the rename replaces
+        the name, not the file a hard link holds, so every read inside the block (and a view written over a pinned
+        source, which links it again) sees one version of the rows. View partitions are not pinned: a rewrite
+        removes the old view's files, so a read of a view that is replaced mid-way fails instead of mixing.
+        """
+        pins_dir = self.root_path() / PINS_DIR
+        _remove_stale_pins(pins_dir)
+        pinned_paths, made = [], []
+        try:
+            for path in table.paths:
+                if path.endswith(VIEW_SUFFIX):
+                    pinned_paths.append(path)
+                    continue
+                pins_dir.mkdir(parents=True, exist_ok=True)
+                pin = pins_dir / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
+                try:
+                    os.link(path, pin)
+                except FileNotFoundError as exc:
+                    raise LakeError(f"{table.name}: {path} was removed before it could be read; run the step again"
+                                    ) from exc
+                made.append(pin)
+                pinned_paths.append(str(pin))
+            yield LakeTable(table.name, tuple(pinned_paths), table.partitions)
+        finally:
+            for pin in made:
+                pin.unlink(missing_ok=True)
+
     def table(self, key_path: Sequence[str], partitions: Iterable[str | None], *, allow_missing: bool = False) -> LakeTable:
         """A handle on the given partitions of an asset.
 
@@ -432,6 +465,22 @@ def _remove_leftovers(directory: Path, name: str, keep: Sequence[str]) -> list[s
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed
+
+
+def _remove_stale_pins(pins_dir: Path) -> None:
+    """Remove the pins of processes that are gone (a killed step's); a pin is named ``<pid>-<uuid>.parquet``."""
+    if not pins_dir.is_dir():
+        return
+    for pin in pins_dir.glob("*-*.parquet"):
+        pid = pin.name.split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            pin.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 @contextmanager

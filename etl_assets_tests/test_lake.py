@@ -285,3 +285,35 @@ def test_remove_takes_a_partition_and_its_leftovers_under_its_lock(tmp_path: Pat
     assert all(name.startswith(("2024-01-02", ".2024-01-02.")) for name in _files(directory))
     assert lake.table(["clean", "v"], ["2024-01-02"]).num_rows == 1
     assert lake.remove(["clean", "v"], "2024-01-05") == [] and lake.remove(["nothing"], None) == []
+
+
+def test_a_pinned_partition_reads_one_version_while_it_is_rewritten(tmp_path: Path):
+    """A step reading a pinned raw partition (validation) sees the rows it started with, and the view it writes
+    over them excludes the positions it computed, even when a re-extract replaces the partition in between."""
+    import os
+    import subprocess
+    import sys
+
+    lake, con = _lake(tmp_path), duckdb.connect()
+    _raw(lake, ["1", "2", "3"])
+    raw = lake.table(["raw", "v"], ["2024-01-01"])
+    pins = tmp_path / "lake" / ".etl_pins"
+    with lake.pinned(raw) as pinned:
+        before = pinned.relation(con).fetchall()
+        _raw(lake, ["7", "8", "9", "10"])  # the re-extract lands between the checks and the view write
+        assert pinned.relation(con).fetchall() == before == [("1", "n1"), ("2", "n2"), ("3", "n3")]
+        assert raw.relation(con).fetchall()[0] == ("7", "n7")  # the unpinned name reads the new version
+        lake.write(["clean", "v"], "2024-01-01", _view(Path(pinned.paths[0]), con, [1]))
+        assert len(list(pins.iterdir())) == 1
+    assert list(pins.iterdir()) == []  # the pin is gone with the block
+    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [(1, "n1"), (3, "n3")]
+
+    # a pin of a process that is gone (a killed step) is removed by the next pin; a live process's is kept
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = pins / f"{dead.stdout.strip()}-{uuid.uuid4().hex}.parquet"
+    os.link(lake.stored_path(["raw", "v"], "2024-01-01"), stale)
+    live = pins / f"{os.getppid()}-{uuid.uuid4().hex}.parquet"
+    os.link(lake.stored_path(["raw", "v"], "2024-01-01"), live)
+    with lake.pinned(raw):
+        assert not stale.exists() and live.exists()
+    live.unlink()

@@ -497,6 +497,11 @@ def _build_validate(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> As
             )
 
     def _validate(context: AssetExecutionContext, raw: LakeTable, partition: str):
+        # pinned: a re-extract of this partition while it is validated cannot change the rows under the checks
+        with context.resources.lake.pinned(raw) as pinned:
+            yield from _validate_pinned(context, pinned, partition)
+
+    def _validate_pinned(context: AssetExecutionContext, raw: LakeTable, partition: str):
         started = time.perf_counter()
         lake: LakeStorage = context.resources.lake
         con = duckdb_connection()

@@ -56,8 +56,9 @@ def expire_raw_inputs(
             cutoff = now.date() - dt.timedelta(days=keep.raw_days)
             for partition in lake.partitions(["raw", spec.name]):
                 if partition is not None and partition_date(partition) < cutoff:
-                    lake.path_for(["raw", spec.name], partition).unlink(missing_ok=True)
-                    removed.append(Expired(spec.name, "raw_partition", partition))
+                    # under the partition's lock: never under a writer or reader of it that holds the lock
+                    if lake.remove(["raw", spec.name], partition):
+                        removed.append(Expired(spec.name, "raw_partition", partition))
         if keep.archive_days is not None:
             directory = landing.archive_dir(spec.name)
             oldest = now.timestamp() - keep.archive_days * 86400
