@@ -87,6 +87,15 @@ class Lab:
         return out
 
 
+def chain_text(exc: BaseException | None) -> str:
+    """An exception's message and those of its causes, as a traceback would show them."""
+    chain = []
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return "\n".join(chain)
+
+
 def assert_nowhere(stored: dict[str, str], secrets: list[str]) -> None:
     for secret in secrets:
         for spelled in spellings(secret):
@@ -355,11 +364,7 @@ def test_sql_errors_never_quote_the_password(tmp_path):
         spec = SqlSource(kind="sql", connection="vault_db", default_url="sqlite:///x", table="t")
         with pytest.raises(error) as raised:
             source.extract(spec).read_all()
-        chain, exc = [], raised.value
-        while exc is not None:
-            chain.append(str(exc))
-            exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-        text = "\n".join(chain)
+        text = chain_text(raised.value)
         for secret in (password, a, b):
             assert secret not in text, (url, text)
         assert "vault_db" in str(raised.value)
@@ -383,11 +388,7 @@ def test_postgres_target_errors_never_quote_the_password(pg_role):
     for url, error, words in cases:
         with pytest.raises(error) as raised:
             PostgresTarget(url=url)._connect()
-        chain, exc = [], raised.value
-        while exc is not None:
-            chain.append(str(exc))
-            exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-        text = "\n".join(chain)
+        text = chain_text(raised.value)
         assert words in str(raised.value), (url, text)
         for secret in (password, base, a, b):
             for spelled in spellings(secret):
