@@ -1,22 +1,27 @@
-"""The code location: assembles the domains' definitions and picks the executor for the environment."""
+"""The code location: assembles the domains' definitions and picks the executor for the environment.
+
+Nothing is built at import: Dagster calls the ``@definitions`` loader :func:`defs` when it loads the code location
+(``dagster dev``, ``dagster job execute -m etl_assets``, a run worker), and the CLI and tests call
+:func:`build_definitions` themselves.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
 
-from dagster import Definitions, in_process_executor, multiprocess_executor
+from dagster import Definitions, definitions, in_process_executor, multiprocess_executor
 
 from etl_assets.monitoring import build_monitoring
 from etl_assets.pipelines.factory import build_pipelines
 from etl_assets.pipelines.spec import LoadedSpec, load_specs
 from etl_assets.recovery import build_recovery
-from etl_assets.settings import LOCAL
-
+from etl_assets.settings import LOCAL, current_settings
 
 # A domain job mixes API pipelines (one partition per run) with single-run backfills on purpose; Dagster then backfills
-# the job one partition per run and says so on every resolution of it.
-warnings.filterwarnings("ignore", message=r"Asset job .* materializes assets with varying BackfillPolicies")
+# the job one partition per run and says so when it resolves the job. The jobs are resolved once, here, with that one
+# warning silenced for the resolution only (no process-wide filter).
+_MIXED_BACKFILL_POLICIES = r"Asset job .* materializes assets with varying BackfillPolicies"
 
 
 def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
@@ -32,8 +37,8 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
     built = build_pipelines(specs, os.environ.get)
     monitoring = build_monitoring(specs, os.environ.get)
     recovery = build_recovery(specs, os.environ.get)
-    local = os.environ.get("ETL_ENV", LOCAL).strip().lower() in ("", LOCAL)
-    return Definitions(
+    local = current_settings().env == LOCAL  # the one rule for ETL_ENV (an unknown value is an error)
+    defs = Definitions(
         assets=[*built.assets, *monitoring.assets],
         asset_checks=monitoring.asset_checks,
         jobs=[*built.jobs, *monitoring.jobs, *recovery.jobs],
@@ -42,6 +47,13 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
         resources={**built.resources, **monitoring.resources},
         executor=in_process_executor if local else multiprocess_executor,
     )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_MIXED_BACKFILL_POLICIES)
+        defs.get_repository_def().get_all_jobs()  # resolved (and cached) now, so later look-ups do not warn
+    return defs
 
 
-defs = build_definitions()
+@definitions
+def defs() -> Definitions:
+    """The code location's definitions, built when Dagster loads it (never when ``etl_assets`` is imported)."""
+    return build_definitions()
