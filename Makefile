@@ -31,6 +31,7 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 validate: $(STAMP)
+	$(BIN)/etl-assets validate
 	$(BIN)/dagster definitions validate -m etl_assets
 
 bench: $(STAMP)

@@ -192,6 +192,31 @@ def _cmd_reexecute(args: argparse.Namespace) -> int:
     return 0 if success else 1
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    """Load every spec (the packaged ones, plus DIR or $ETL_PIPELINES_DIR) and build their definitions; print each
+    invalid spec's error (file, field, fix) and exit 1 if there is one."""
+    from etl_assets.pipelines.spec import PACKAGED_SPEC_DIRS, load_specs_isolated
+    from etl_assets.monitoring.spec_errors import spec_errors_text
+
+    if args.dir is not None:
+        folder = Path(args.dir).expanduser().resolve()
+        if not folder.is_dir():
+            print(f"validate: {args.dir} is not a directory", file=sys.stderr)
+            return 2
+        specs, broken = load_specs_isolated([*PACKAGED_SPEC_DIRS, folder])
+    else:
+        specs, broken = load_specs_isolated()
+    if broken:
+        print(spec_errors_text(broken), file=sys.stderr)
+        return 1
+    from etl_assets.definitions import build_definitions
+
+    defs = build_definitions(specs)
+    jobs = len(defs.get_repository_def().get_all_jobs())
+    print(f"ok: {len(specs)} pipeline specs, {jobs} jobs")
+    return 0
+
+
 def _cmd_metrics(args: argparse.Namespace) -> int:
     from etl_assets.monitoring import prometheus
 
@@ -232,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     reexecute.add_argument("run_id")
     reexecute.add_argument("--data-dir")
     reexecute.set_defaults(func=_cmd_reexecute)
+    validate = sub.add_parser("validate", help="check every pipeline spec (exit 1 naming each invalid one)")
+    validate.add_argument("dir", nargs="?", help="a folder of specs to check with the packaged ones "
+                          "(default: $ETL_PIPELINES_DIR when set)")
+    validate.set_defaults(func=_cmd_validate)
     metrics = sub.add_parser("metrics", help="Prometheus metrics of the Dagster instance")
     metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True)
     serve_metrics = metrics_sub.add_parser("serve", help="serve /metrics (binds 127.0.0.1:9108 by default)")

@@ -14,7 +14,8 @@ from etl_assets.monitoring.alerts import AlertSinks, build_alert_sinks
 from etl_assets.monitoring.freshness import build_freshness
 from etl_assets.monitoring.health import build_health, pipeline_infos
 from etl_assets.monitoring.sensors import build_check_failure_sensor, build_run_failure_sensor
-from etl_assets.pipelines.spec import LoadedSpec
+from etl_assets.monitoring.spec_errors import build_spec_error_sensor
+from etl_assets.pipelines.spec import BrokenSpec, LoadedSpec
 
 ALERTING_RESOURCE = "alerting"
 
@@ -41,11 +42,13 @@ class MonitoringDefinitions:
     resources: dict = field(default_factory=dict)
 
 
-def build_monitoring(specs: Sequence[LoadedSpec], env: Callable[[str], str | None]) -> MonitoringDefinitions:
+def build_monitoring(specs: Sequence[LoadedSpec], env: Callable[[str], str | None],
+                     broken: Sequence[BrokenSpec] = ()) -> MonitoringDefinitions:
     """Monitoring definitions for ``specs``.
 
     Args:
         specs: The loaded pipeline specs of the code location.
+        broken: The specs set aside as invalid: the sensor ``invalid_pipeline_specs`` reports them.
         env: Looks up whether an environment variable is set (``os.environ.get``); settings that are set are
             bound with ``EnvVar`` (read when a resource initializes, never logged).
     """
@@ -56,7 +59,8 @@ def build_monitoring(specs: Sequence[LoadedSpec], env: Callable[[str], str | Non
     return MonitoringDefinitions(
         assets=[health_asset],
         asset_checks=checks,
-        sensors=[build_run_failure_sensor(names), build_check_failure_sensor(names), *freshness_sensors],
+        sensors=[build_run_failure_sensor(names), build_check_failure_sensor(names), *freshness_sensors,
+                 *filter(None, [build_spec_error_sensor(broken, ALERTING_RESOURCE)])],
         schedules=[health_schedule],
         jobs=[health_job],
         resources={ALERTING_RESOURCE: build_alert_sinks(env)},

@@ -10,8 +10,10 @@ from __future__ import annotations
 import keyword
 import os
 import re
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path, PurePosixPath
+from collections.abc import Callable
 from typing import Annotated, Literal, Union
 
 import yaml
@@ -632,6 +634,71 @@ def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
         SpecError: a file is invalid, two files declare the same name, or a transform reads an unknown dataset.
     """
     loaded = [parse_spec_file(p) for d in (dirs or spec_dirs()) for p in sorted(d.glob("*.yaml"))]
+    errors = _set_errors(loaded, {})
+    if errors:
+        raise errors[0][1]
+    return loaded
+
+
+@dataclass(frozen=True)
+class BrokenSpec:
+    """A spec set aside by :func:`load_specs_isolated`: its file (or the folder that could not be read) and why."""
+
+    path: Path
+    message: str
+
+
+def load_specs_isolated(dirs: list[Path] | None = None) -> tuple[list[LoadedSpec], list[BrokenSpec]]:
+    """Like :func:`load_specs`, but an invalid spec is set aside with its error instead of failing the whole set.
+
+    A spec is set aside when its file is invalid, when it is wrong about the others (a duplicate name, an unknown
+    ``after``, reference or transform input, a cycle), or when it depends on a spec set aside (its message says
+    which). The others load: one bad file never takes the code location down.
+    """
+    broken: list[BrokenSpec] = []
+    if dirs is None:
+        try:
+            dirs = spec_dirs()
+        except SpecError as exc:
+            dirs = list(PACKAGED_SPEC_DIRS)
+            broken.append(BrokenSpec(Path(os.environ.get(PIPELINES_DIR_ENV, "")), str(exc)))
+    loaded: list[LoadedSpec] = []
+    for path in (p for d in dirs for p in sorted(d.glob("*.yaml"))):
+        try:
+            loaded.append(parse_spec_file(path))
+        except SpecError as exc:
+            broken.append(BrokenSpec(path, str(exc)))
+    # names declared by a file that was set aside: a spec needing one of them is set aside with that reason
+    aside: dict[str, Path] = {}
+    for item in broken:
+        name = _declared_name(item.path)
+        if name:
+            aside.setdefault(name, item.path)
+    while True:
+        errors = _set_errors(loaded, aside)
+        if not errors:
+            return loaded, broken
+        for item, error in errors:
+            broken.append(BrokenSpec(item.path, str(error)))
+            aside.setdefault(item.spec.name, item.path)
+        at_fault = {id(item) for item, _ in errors}
+        loaded = [item for item in loaded if id(item) not in at_fault]
+
+
+def _declared_name(path: Path) -> str | None:
+    """The ``name`` an invalid spec file declares, when it can be read at all."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _set_errors(loaded: list[LoadedSpec], aside: dict[str, Path]) -> list[tuple[LoadedSpec, SpecError]]:
+    """What is wrong with each spec against the others (at most one error per spec, in file order); ``aside``
+    names the specs already set aside, so a spec needing one says so."""
+    errors: list[tuple[LoadedSpec, SpecError]] = []
     by_name: dict[str, LoadedSpec] = {}
     by_folded: dict[str, LoadedSpec] = {}
     for item in loaded:
@@ -641,31 +708,62 @@ def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
             problem = (f"{name!r} is already declared in {other.path}" if other.spec.name == name else
                        f"{name!r} differs only in case from {other.spec.name!r} in {other.path}, and their warehouse "
                        "tables would be one (DuckDB does not tell them apart)")
-            raise _spec_error(item.path, "name", problem, "rename one of them")
-        by_name[name] = by_folded[name.lower()] = item
-    for item in loaded:
-        for name in item.spec.after:
-            if name not in by_name or name == item.spec.name:
-                raise _spec_error(item.path, "after", f"{name!r} is not another pipeline",
-                                  f"use one of {sorted(set(by_name) - {item.spec.name})}")
-        for index, column in enumerate(item.spec.columns):
-            ref = column.references
-            if ref is None:
-                continue
-            target = by_name.get(ref.dataset)
-            if target is None or target.spec.source is None or ref.column not in {c.name for c in target.spec.columns}:
-                raise _spec_error(item.path, f"columns.{index}.references",
-                                  f"{ref.dataset}.{ref.column} is not a column of a source pipeline", "name a declared column")
-        if item.spec.transform is None:
+            errors.append((item, _spec_error(item.path, "name", problem, "rename one of them")))
             continue
-        for name in item.spec.transform.inputs:
-            if name not in by_name:
-                raise _spec_error(item.path, "transform.inputs", f"unknown dataset {name!r}", f"use one of {sorted(by_name)}")
-            if name == item.spec.name:
-                raise _spec_error(item.path, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs")
-        item.transform_sql()
-    _check_acyclic(by_name)
-    return loaded
+        by_name[name] = by_folded[name.lower()] = item
+
+    def unknown(field: str, item: LoadedSpec, name: str, problem: str, fix: str) -> SpecError:
+        if name in aside and name not in by_name:
+            return _spec_error(item.path, field, f"{name!r} is declared in {aside[name]}, which is invalid",
+                               f"fix {aside[name]} (its own error is reported too)")
+        return _spec_error(item.path, field, problem, fix)
+
+    faulty = {id(item) for item, _ in errors}
+    for item in loaded:
+        if id(item) in faulty:
+            continue
+        try:
+            _check_against(item, by_name, unknown)
+        except SpecError as exc:
+            errors.append((item, exc))
+    if not errors:
+        try:
+            _check_acyclic(by_name)
+        except _CycleError as exc:
+            errors.append((exc.item, exc.error))
+    return errors
+
+
+def _check_against(item: LoadedSpec, by_name: dict[str, LoadedSpec], unknown: Callable[..., SpecError]) -> None:
+    """Raise the first thing ``item`` gets wrong about the other specs (``by_name``)."""
+    for name in item.spec.after:
+        if name not in by_name or name == item.spec.name:
+            raise unknown("after", item, name, f"{name!r} is not another pipeline",
+                          f"use one of {sorted(set(by_name) - {item.spec.name})}")
+    for index, column in enumerate(item.spec.columns):
+        ref = column.references
+        if ref is None:
+            continue
+        target = by_name.get(ref.dataset)
+        if target is None or target.spec.source is None or ref.column not in {c.name for c in target.spec.columns}:
+            raise unknown(f"columns.{index}.references", item, ref.dataset,
+                          f"{ref.dataset}.{ref.column} is not a column of a source pipeline", "name a declared column")
+    if item.spec.transform is None:
+        return
+    for name in item.spec.transform.inputs:
+        if name not in by_name:
+            raise unknown("transform.inputs", item, name, f"unknown dataset {name!r}", f"use one of {sorted(by_name)}")
+        if name == item.spec.name:
+            raise _spec_error(item.path, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs")
+    item.transform_sql()
+
+
+class _CycleError(Exception):
+    """A cycle among transform inputs, with the spec it was found at."""
+
+    def __init__(self, item: LoadedSpec, error: SpecError):
+        super().__init__(str(error))
+        self.item, self.error = item, error
 
 
 def _check_acyclic(by_name: dict[str, LoadedSpec]) -> None:
@@ -676,7 +774,8 @@ def _check_acyclic(by_name: dict[str, LoadedSpec]) -> None:
             return
         if state.get(name) == 1:
             cycle = " -> ".join([*trail, name])
-            raise _spec_error(by_name[name].path, "transform.inputs", f"cycle {cycle}", "break the cycle")
+            raise _CycleError(by_name[name], _spec_error(by_name[name].path, "transform.inputs", f"cycle {cycle}",
+                                                         "break the cycle"))
         state[name] = 1
         transform = by_name[name].spec.transform
         for dep in transform.inputs if transform else []:
@@ -685,3 +784,4 @@ def _check_acyclic(by_name: dict[str, LoadedSpec]) -> None:
 
     for name in by_name:
         visit(name, [])
+
