@@ -129,7 +129,7 @@ def main() -> int:
                               f"{wall / base[0]:.2f}" if base else "-", f"{cpu / base[1]:.2f}" if base else "-"))
     print(f"\nfiles source CSV read, {args.rows:,} rows in {args.files} files, best of {args.repeat}, "
           f"{os.cpu_count()} cores")
-    print(f"| case | reader | rows | wall s | cpu s | rows/s | x baseline wall | x baseline cpu |")
+    print("| case | reader | rows | wall s | cpu s | rows/s | x baseline wall | x baseline cpu |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for case, name, rows, wall, cpu, rate, xw, xc in table:
         print(f"| {case} | {name} | {rows:,} | {wall:.2f} | {cpu:.2f} | {rate:,.0f} | {xw} | {xc} |")

@@ -110,6 +110,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from etl_assets.definitions import build_definitions
+    from etl_assets.keys import clean_key
     from etl_assets.runner import QUIET
 
     _data_dir(args.data_dir)
@@ -125,7 +126,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                                         run_config=QUIET)
         meta = {}
         for event in result.get_asset_materialization_events():
-            if event.asset_key.path == ["clean", args.pipeline]:
+            if event.asset_key == clean_key(args.pipeline):
                 meta = event.materialization.metadata
         valid = meta["rows_valid"].value if "rows_valid" in meta else "?"
         bad = meta["rows_quarantined"].value if "rows_quarantined" in meta else "?"
@@ -137,9 +138,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     """Rebuild a pipeline's partitions, and the marts built from them, from the raw lake (no source call)."""
-    from dagster import AssetKey, DagsterInstance
+    from dagster import DagsterInstance
 
     from etl_assets.definitions import build_definitions
+    from etl_assets.keys import clean_key
     from etl_assets.recovery.rebuild import RebuildError, plan_rebuild, rebuild
 
     _data_dir(args.data_dir)
@@ -149,7 +151,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     except RebuildError as exc:
         print(f"rebuild: {exc}", file=sys.stderr)
         return 2
-    pdef = defs.resolve_asset_graph().get(AssetKey(["clean", args.pipeline])).partitions_def
+    pdef = defs.resolve_asset_graph().get(clean_key(args.pipeline)).partitions_def
     partitions = _partitions_in_range(pdef, args.pipeline, args.start, args.end)
     if partitions is None:
         return 2

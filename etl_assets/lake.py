@@ -51,10 +51,10 @@ from dagster import (
 )
 
 from etl_assets.errors import no_retry_for_permanent_errors
+from etl_assets.keys import UNPARTITIONED
 from etl_assets.settings import current_settings, duckdb_connection
 from etl_assets.sqlutil import quote_literal
 
-UNPARTITIONED = "_all"
 VIEW_SUFFIX = ".view.json"
 VIEW_FORMAT = "etl_assets.lake.view/1"
 # Hard links that hold the files a running step reads (see LakeStorage.pinned); a killed step's are stale.

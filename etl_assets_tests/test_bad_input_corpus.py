@@ -50,7 +50,8 @@ from etl_assets.errors import ContractError
 from etl_assets.pipelines.factory import _conforming
 from etl_assets.pipelines.validation import check_castable_types
 from etl_assets.pipelines.spec import Column
-from etl_assets.resources.api import SOURCE_COLUMN, _to_text_batch
+from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.resources.api import _to_text_batch
 from etl_assets.runner import QUIET
 
 UTC = timezone.utc

@@ -10,17 +10,14 @@ warehouse.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
-from dagster import DagsterInstance
 
 from etl_assets.errors import PermanentSourceError
 from etl_assets.pipelines.spec import FilesSource
-from etl_assets.resources.api import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.resources.files import READ_ERROR_COLUMN, SNAPSHOT_DIR, LandingFilesSource, escape_glob
 from etl_assets.settings import duckdb_connection
 

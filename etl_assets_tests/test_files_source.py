@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from etl_assets.demo import DemoManifest
 from etl_assets.errors import PermanentSourceError
 from etl_assets.pipelines.spec import FilesSource
-from etl_assets.resources.api import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.resources.files import IN_PROGRESS_SUFFIXES, READ_ERROR_COLUMN, LandingFilesSource
 from etl_assets.settings import duckdb_connection
 

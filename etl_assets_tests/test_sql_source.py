@@ -33,7 +33,7 @@ from psycopg import sql
 from etl_assets.demo import DemoManifest
 from etl_assets.errors import PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import SqlSource
-from etl_assets.resources.api import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.resources.sql import SqlDatabaseSource
 
 UTC = dt.timezone.utc

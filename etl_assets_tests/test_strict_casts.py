@@ -40,7 +40,7 @@ from etl_assets.errors import ContractError
 from etl_assets.lake import LakeStorage
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import Column
-from etl_assets.resources.api import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.runner import QUIET
 
 UTC = timezone.utc

@@ -33,6 +33,7 @@ from pathlib import Path
 from dagster import AssetKey, DagsterInstance, DagsterRun
 
 from etl_assets import errors as etl_errors
+from etl_assets.keys import PIPELINE_STAGES
 from etl_assets.monitoring.warehouse_io import WarehouseBusy, table_exists, warehouse_session
 from etl_assets.redact import redact
 from etl_assets.resources.targets import DuckDBWarehouse
@@ -50,8 +51,6 @@ ERRORS_TABLE = "errors"
 SUMMARY_VIEW = "error_summary"
 RUN_LEVEL_STEP = "(run)"
 MAX_MESSAGE_CHARS = 2000
-# Asset key prefixes the factory gives a pipeline's assets; the second part is the pipeline name.
-PIPELINE_STAGES = ("raw", "clean", "quarantine", "marts", "warehouse", "postgres")
 # Dagster's own error for a blocking asset check that failed: the data, not the platform, is at fault.
 _CHECK_FAILED_ERRORS = {"DagsterAssetCheckFailedError"}
 

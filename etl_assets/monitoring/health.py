@@ -54,6 +54,7 @@ from etl_assets.monitoring.error_tracking import (
     read_error_counts,
     step_asset_keys,
 )
+from etl_assets.keys import target_key
 from etl_assets.monitoring.warehouse_io import warehouse_session
 from etl_assets.resources.targets import WAREHOUSE_POOL, DuckDBWarehouse
 from etl_assets.settings import current_settings
@@ -65,7 +66,6 @@ HEALTH_JOB = "pipeline_health_job"
 HEALTH_SCHEDULE = "pipeline_health_schedule"
 ROW_COUNT = "dagster/row_count"
 FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
-TARGET_PREFIXES = ("warehouse", "postgres")
 PAGE = 1000
 
 
@@ -409,8 +409,6 @@ def build_health(pipelines: Sequence[PipelineInfo]):
 
 def pipeline_infos(specs) -> list[PipelineInfo]:
     """:class:`PipelineInfo` for each loaded spec."""
-    from etl_assets.pipelines.factory import target_key
-
     return [
         PipelineInfo(
             name=s.spec.name,

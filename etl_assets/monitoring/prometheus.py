@@ -30,10 +30,12 @@ from datetime import timedelta
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from etl_assets.keys import CLEAN, TARGET_PREFIXES
+
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
-LOADED_PREFIXES = {"warehouse": "dagster/row_count", "postgres": "dagster/row_count"}
-QUARANTINE_PREFIX, QUARANTINE_FIELD = "clean", "rows_quarantined"
+LOADED_PREFIXES = {prefix: "dagster/row_count" for prefix in TARGET_PREFIXES}
+QUARANTINE_PREFIX, QUARANTINE_FIELD = CLEAN, "rows_quarantined"
 PAGE = 500
 
 

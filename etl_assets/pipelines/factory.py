@@ -57,7 +57,9 @@ from etl_assets.lake import (VIEW_SUFFIX, LakeError, LakeIOManager, LakeStorage,
 from etl_assets.pipelines import sensors as sensors_mod
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
-from etl_assets.resources.api import SOURCE_COLUMN, ExtractStats, RestApiSource
+from etl_assets.keys import (SOURCE_COLUMN, UNPARTITIONED, clean_key, mart_key, quarantine_key, raw_key,
+                             target_key)
+from etl_assets.resources.api import ExtractStats, RestApiSource
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets.resources.sql import SqlDatabaseSource
 from etl_assets.settings import duckdb_connection
@@ -70,30 +72,8 @@ CHECK_ROWS_CONSERVED = "rows_conserved"
 CHECK_PRIMARY_KEY_UNIQUE = "primary_key_unique"
 CHECK_MATCHES_LAKE = "matches_lake"
 CHECK_CONTRACT_HOLDS = "contract_holds"
-UNPARTITIONED = "_all"
 QUARANTINE_SCHEMA = "quarantine"
-TARGET_PREFIX = {"duckdb": "warehouse", "postgres": "postgres"}
 TARGET_RESOURCE = {"duckdb": "warehouse", "postgres": "postgres_target"}
-
-
-def raw_key(name: str) -> AssetKey:
-    return AssetKey(["raw", name])
-
-
-def clean_key(name: str) -> AssetKey:
-    return AssetKey(["clean", name])
-
-
-def quarantine_key(name: str) -> AssetKey:
-    return AssetKey(["quarantine", name])
-
-
-def mart_key(name: str) -> AssetKey:
-    return AssetKey(["marts", name])
-
-
-def target_key(target: str, name: str) -> AssetKey:
-    return AssetKey([TARGET_PREFIX[target], name])
 
 
 def dataset_key(spec: PipelineSpec) -> AssetKey:

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 
 from etl_assets.errors import ContractError
 from etl_assets.pipelines.spec import Column, PipelineSpec
-from etl_assets.resources.api import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.sqlutil import is_identifier, is_reserved_column, quote_ident, quote_literal
 
 ERRORS_COLUMN = "_etl_errors"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
+from etl_assets.keys import CLEAN, QUARANTINE, RAW, TARGET_PREFIXES, UNPARTITIONED, clean_key, quarantine_key, raw_key
 from etl_assets.lake import LakeStorage
 from etl_assets.runner import QUIET
 
@@ -44,12 +45,12 @@ def plan_rebuild(defs: Definitions, pipeline: str, downstream: bool = True) -> R
         RebuildError: ``pipeline`` is not a source pipeline of this code location.
     """
     graph = defs.resolve_asset_graph()
-    raw, clean, quarantine = (AssetKey([stage, pipeline]) for stage in ("raw", "clean", "quarantine"))
+    raw, clean, quarantine = raw_key(pipeline), clean_key(pipeline), quarantine_key(pipeline)
     if not graph.has(raw):
-        sources = sorted(k.path[1] for k in graph.get_all_asset_keys() if k.path[0] == "raw")
+        sources = sorted(k.path[1] for k in graph.get_all_asset_keys() if k.path[0] == RAW)
         raise RebuildError(f"{pipeline} is not a source pipeline; rebuild one of: {', '.join(sources)}")
     own = AssetSelection.assets(*[k for k in graph.get_all_asset_keys()
-                                  if k.path[0] in ("clean", "quarantine", "warehouse", "postgres") and k.path[1:] == [pipeline]])
+                                  if k.path[0] in (CLEAN, QUARANTINE, *TARGET_PREFIXES) and k.path[1:] == [pipeline]])
     selection = own | AssetSelection.assets(clean, quarantine).downstream() if downstream else own
     keys = sorted(selection.resolve(graph), key=lambda k: k.to_user_string())
     partitions = graph.get(clean).partitions_def
@@ -59,7 +60,7 @@ def plan_rebuild(defs: Definitions, pipeline: str, downstream: bool = True) -> R
 
 def missing_raw_partitions(lake: LakeStorage, pipeline: str, partitions: Sequence[str | None]) -> list[str]:
     """Partitions whose raw input is not in the lake (never extracted, or removed by retention)."""
-    return [p or "_all" for p in partitions if not lake.exists(["raw", pipeline], p)]
+    return [p or UNPARTITIONED for p in partitions if not lake.exists(raw_key(pipeline).path, p)]
 
 
 def rebuild(defs: Definitions, instance: DagsterInstance, pipeline: str, partitions: Sequence[str | None],

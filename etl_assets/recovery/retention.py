@@ -19,6 +19,7 @@ from dagster import (
     op,
 )
 
+from etl_assets.keys import raw_key
 from etl_assets.lake import LakeStorage
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 from etl_assets.resources.files import LandingFilesSource
@@ -54,10 +55,10 @@ def expire_raw_inputs(
         keep = spec.retention
         if keep.raw_days is not None:
             cutoff = now.date() - dt.timedelta(days=keep.raw_days)
-            for partition in lake.partitions(["raw", spec.name]):
+            for partition in lake.partitions(raw_key(spec.name).path):
                 if partition is not None and partition_date(partition) < cutoff:
                     # under the partition's lock: never under a writer or reader of it that holds the lock
-                    if lake.remove(["raw", spec.name], partition):
+                    if lake.remove(raw_key(spec.name).path, partition):
                         removed.append(Expired(spec.name, "raw_partition", partition))
         if keep.archive_days is not None:
             directory = landing.archive_dir(spec.name)

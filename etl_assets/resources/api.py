@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 from dagster import ConfigurableResource, get_dagster_logger
 
 from etl_assets.errors import ContractError, PermanentSourceError, TransientSourceError
+from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.pipelines.spec import ApiSource
 from etl_assets.redact import redact
 from etl_assets.sqlutil import RESERVED_COLUMN_NAMES, RESERVED_COLUMN_PREFIXES, is_identifier, is_reserved_column
 
-SOURCE_COLUMN = "_etl_source"
 # Of an error answer's body, only this much is read: the message shows its first 200 characters.
 ERROR_BODY_BYTES = 64 * 1024
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}

@@ -22,7 +22,7 @@ from dagster import ConfigurableResource
 
 from etl_assets.errors import PermanentSourceError
 from etl_assets.pipelines.spec import FilesSource
-from etl_assets.resources.api import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.settings import current_settings
 from etl_assets.sqlutil import is_identifier, is_reserved_column, quote_ident, quote_literal
 

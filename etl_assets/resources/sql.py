@@ -21,7 +21,7 @@ from dagster import ConfigurableResource
 from etl_assets.errors import EtlError, PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import SqlSource
 from etl_assets.redact import ENCODING_HINT, is_clean, redact, url_secrets, userinfo_needs_encoding
-from etl_assets.resources.api import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.settings import current_settings
 
 
