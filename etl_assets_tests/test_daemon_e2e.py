@@ -266,3 +266,37 @@ def test_daemon_killed_mid_tick_loses_and_duplicates_nothing(lab):
     assert sorted(r.tags["dagster/partition"] for r in runs) == days
     wait_for("all files archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == len(days), 120, daemon)
     assert warehouse(env, "SELECT count(*), count(DISTINCT event_id) FROM lab.events") == [(36, 36)]
+
+
+def test_a_bad_spec_beside_a_good_one_under_the_daemon(tmp_path: Path):
+    """Under the real daemon, with one invalid spec in the folder: the good pipeline's file sensor still launches its
+    run and it loads; the sensor invalid_pipeline_specs ticks (and fails) and its alert names the bad file; the
+    run-failure alerting still works (a refused file's failed run is alerted)."""
+    bad_spec = "name: broken\nsource: {kind: files, format: csv, glob: \"*.csv\"}\ncolumns: [{name: a, type: INTEGR}]\n"
+    env, landing, data, daemon = make_lab(tmp_path, {"events.yaml": SPECS["events.yaml"], "broken.yaml": bad_spec}, {})
+    try:
+        write_events(landing, YESTERDAY, [(1, "view", "1.00"), (2, "buy", "2.50")])
+        daemon.start()
+        wait_for("the good pipeline's run", lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 1,
+                 240, daemon)
+        assert warehouse(env, "SELECT count(*) FROM lab.events") == [(2,)]
+        alerts_file = data / "alerts" / "alerts.jsonl"
+
+        def alerts(kind: str) -> list[dict]:
+            import json
+
+            lines = alerts_file.read_text().splitlines() if alerts_file.exists() else []
+            return [a for a in map(json.loads, lines) if a["kind"] == kind]
+
+        wait_for("the spec-error alert", lambda: len(alerts("spec_error")) == 1, 240, daemon)
+        assert "broken.yaml" in alerts("spec_error")[0]["text"]
+        assert "unknown column type 'INTEGR'" in alerts("spec_error")[0]["text"]
+        # a file the good pipeline refuses fails its run; the failure is still alerted
+        (landing / f"events_{YESTERDAY}_x.csv").write_text("other\n1\n")
+        wait_for("the failed run's alert", lambda: len(alerts("run_failure")) == 1, 240, daemon)
+        assert len(alerts("spec_error")) == 1  # the same errors are alerted once, though every tick fails
+        # each tick of the sensor fails with the errors (what the UI's Automation page shows), as the daemon logs
+        log = daemon.log_path.read_text(errors="replace")
+        assert "invalid_pipeline_specs" in log and "unknown column type 'INTEGR'" in log
+    finally:
+        daemon.stop()
