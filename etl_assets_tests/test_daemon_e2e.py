@@ -291,8 +291,9 @@ def test_a_bad_spec_beside_a_good_one_under_the_daemon(tmp_path: Path):
         wait_for("the spec-error alert", lambda: len(alerts("spec_error")) == 1, 240, daemon)
         assert "broken.yaml" in alerts("spec_error")[0]["text"]
         assert "unknown column type 'INTEGR'" in alerts("spec_error")[0]["text"]
-        # a file the good pipeline refuses fails its run; the failure is still alerted
-        (landing / f"events_{YESTERDAY}_x.csv").write_text("other\n1\n")
+        # a file the good pipeline refuses, alone in its partition, fails its run; the failure is still alerted
+        lone_day = (dt.date.fromisoformat(YESTERDAY) - dt.timedelta(days=2)).isoformat()
+        (landing / f"events_{lone_day}.csv").write_text("other\n1\n")
         wait_for("the failed run's alert", lambda: len(alerts("run_failure")) == 1, 240, daemon)
         assert len(alerts("spec_error")) == 1  # the same errors are alerted once, though every tick fails
         # each tick of the sensor fails with the errors (what the UI's Automation page shows), as the daemon logs
