@@ -50,7 +50,7 @@ def _url_passwords(value: str) -> set[str]:
         parts = urlsplit(value)
         if parts.password:
             found.update({parts.password, unquote(parts.password)})
-    except ValueError:
+    except ValueError:  # urlsplit refuses it (a bad port, brackets): the raw pattern below still finds the password
         pass
     raw = _RAW_PASSWORD_RE.match(value.strip())
     if raw:
