@@ -32,7 +32,7 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/etl-assets validate
-	$(BIN)/dagster definitions validate -m etl_assets
+	$(BIN)/dagster definitions validate -m etl_assets.definitions
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_scale.py --orders 1000000

@@ -84,7 +84,7 @@ class Daemon:
     def start(self) -> None:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-m", "etl_assets"], cwd=REPO, env=self.env,
+            [str(BIN / "dagster-daemon"), "run", "-m", "etl_assets.definitions", "-l", "etl_assets"], cwd=REPO, env=self.env,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:

@@ -38,14 +38,14 @@ def test_dagster_finds_the_lazy_loader_and_it_builds_the_location(data_dir):
     from dagster._core.workspace.autodiscovery import loadable_targets_from_python_module
     from dagster._utils.test.definitions import LazyDefinitions
 
-    import etl_assets
+    import etl_assets.definitions
 
-    targets = loadable_targets_from_python_module("etl_assets", working_directory=None)
+    targets = loadable_targets_from_python_module("etl_assets.definitions", working_directory=None)
     assert [(t.attribute, type(t.target_definition)) for t in targets] == [("defs", LazyDefinitions)]
-    assert etl_assets.defs is targets[0].target_definition
+    assert etl_assets.definitions.defs is targets[0].target_definition
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the jobs are resolved when built, with no warning left for later look-ups
-        defs = etl_assets.defs()
+        defs = etl_assets.definitions.defs()
         defs.resolve_job_def("shop_daily")
     assert defs.resolve_job_def("shop_daily").executor_def is in_process_executor
 

@@ -413,7 +413,7 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
     for index, (day, rows) in enumerate(zip(BIG_DAYS, (30_000, 130_000))):
         write_csv(files[day], 2, rows, first_id=index * 10_000_000)
     new = {day: csv_rows(files[day]) for day in BIG_DAYS}
-    cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job, "--tags", json.dumps(tags)]
+    cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets.definitions", "-j", job, "--tags", json.dumps(tags)]
     both = "rec.rec_big, quarantine.rec_big"
     proc, pauses = run_until_paused(cmd, crash_env, until=(f"{both} partition {BIG_DAYS[1]}", "before COMMIT"))
     sigkill(proc)
@@ -464,7 +464,7 @@ def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
     write_csv(source, 2, 8_000)
     new = csv_rows(source)
 
-    proc, _ = run_until_paused([str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job], crash_env,
+    proc, _ = run_until_paused([str(BIN / "dagster"), "job", "execute", "-m", "etl_assets.definitions", "-j", job], crash_env,
                                until=("rec.rec_wal, quarantine.rec_wal partition _all", "after COMMIT"))
     sigkill(proc)
     warehouse = data_dir / "warehouse.duckdb"
@@ -521,7 +521,7 @@ def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blo
     env = {**crash_env, "ETL_POSTGRES_URL": postgres_url}
     source = data_dir / "landing" / "rec_pgload" / "rec_pgload_all.csv"
     job = "rec_pgload_pipeline"
-    cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job]
+    cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets.definitions", "-j", job]
     paused_load = ("rec_pgload partition _all", "before COMMIT")
     instance = crash_instance
 

@@ -133,7 +133,7 @@ def test_transform_sql_file_must_exist(tmp_path: Path):
 
 def test_duplicate_pipeline_name_across_files(tmp_path: Path):
     write(tmp_path, "orders_again.yaml", VALID_FILES_SPEC.replace("name: returns", "name: orders"))
-    with pytest.raises(SpecError, match=r"orders_again.yaml:\n  field 'name': 'orders' is already declared in .*orders.yaml"):
+    with pytest.raises(SpecError, match=r"orders_again.yaml:\n  field 'name': 'orders' is already declared in .*defs/shop/defs.yaml, line 2\."):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
 
 

@@ -193,7 +193,7 @@ def _stop(process: subprocess.Popen, grace: float = 15.0) -> None:
 
 @contextmanager
 def running_webserver(workdir: Path, env: dict[str, str], timeout: float = STARTUP_TIMEOUT) -> Iterator[Webserver]:
-    """``dagster-webserver -h 127.0.0.1 -p <free port> -m etl_assets`` in the repository, with a fresh
+    """``dagster-webserver -h 127.0.0.1 -p <free port> -m etl_assets.definitions`` in the repository, with a fresh
     ``DAGSTER_HOME`` under ``workdir``; ready when entered, its whole process group stopped on exit.
 
     Args:
@@ -212,7 +212,7 @@ def running_webserver(workdir: Path, env: dict[str, str], timeout: float = START
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(BIN / "dagster-webserver"), "-h", HOST, "-p", str(port), "-m", LOCATION],
+            [str(BIN / "dagster-webserver"), "-h", HOST, "-p", str(port), "-m", "etl_assets.definitions", "-l", LOCATION],
             cwd=REPO, env=full_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown reaches the code server and runs too
         )

@@ -7,14 +7,16 @@ landing-zone files, validates it against its columns (the contract) and loads it
 
 from __future__ import annotations
 
+import importlib
 import keyword
 import os
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
 from collections.abc import Callable
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,7 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from etl_assets.sqlutil import (MAX_IDENTIFIER_LENGTH, RESERVED_COLUMN_NAMES, RESERVED_COLUMN_PREFIXES, is_identifier,
                                 is_reserved_column, normalize_type)
 
-PACKAGED_SPEC_DIRS = (Path(__file__).resolve().parent.parent / "shop" / "specs",)
+# The project's Dagster defs folder: one folder per domain, each with a defs.yaml of Pipeline components
+DEFS_MODULE = "etl_assets.defs"
+PACKAGED_DEFS_DIR = Path(__file__).resolve().parent.parent / "defs"
+PACKAGED_SPEC_DIRS = (PACKAGED_DEFS_DIR,)
 PIPELINES_DIR_ENV = "ETL_PIPELINES_DIR"
 _CRON_FIELD_RE = re.compile(r"(\*|[0-9A-Za-z]+)([-/,][0-9A-Za-z*]+)*")
 
@@ -537,6 +542,12 @@ class LoadedSpec(BaseModel):
 
     spec: PipelineSpec
     path: Path
+    line: int | None = None  # the first line of its document, for a pipeline declared in a defs.yaml
+
+    @property
+    def where(self) -> str:
+        """The file (and line) that declares the pipeline, as error messages name it."""
+        return f"{self.path}, line {self.line}" if self.line else str(self.path)
 
     def transform_sql(self) -> str:
         """The transform's SQL text, resolved relative to the spec file, then to the domain's ``sql/`` folder.
@@ -552,17 +563,17 @@ class LoadedSpec(BaseModel):
                 continue
             resolved, root = candidate.resolve(), folder.resolve()
             if not resolved.is_relative_to(root):
-                raise _spec_error(self.path, "transform.sql", f"{name!r} in {folder} resolves to {resolved}, outside "
+                raise _spec_error(self.where, "transform.sql", f"{name!r} in {folder} resolves to {resolved}, outside "
                                   "that folder", "put the SQL file itself (not a symlink to a file elsewhere) next to "
                                   "the spec or in the domain's ../sql/ folder")
             return resolved.read_text()
-        raise _spec_error(self.path, "transform.sql", f"file {name!r} not found next to the spec or in ../sql/",
+        raise _spec_error(self.where, "transform.sql", f"file {name!r} not found next to the spec or in ../sql/",
                           "fix the path, or add the file")
 
 
-def _spec_error(path: Path, field: str, problem: str, fix: str) -> SpecError:
-    """A :class:`SpecError` in the loader's format: the file, then the field, the problem and the fix."""
-    return SpecError(f"invalid pipeline spec {path}:\n  field '{field}': {problem}. Fix: {fix}.")
+def _spec_error(where: Path | str, field: str, problem: str, fix: str) -> SpecError:
+    """A :class:`SpecError` in the loader's format: the file (and line), then the field, the problem and the fix."""
+    return SpecError(f"invalid pipeline spec {where}:\n  field '{field}': {problem}. Fix: {fix}.")
 
 
 def _fix_hint(error: dict) -> str:
@@ -580,8 +591,8 @@ def _fix_hint(error: dict) -> str:
     return "change the value as described"
 
 
-def _format_validation_error(path: Path, exc: ValidationError) -> str:
-    lines = [f"invalid pipeline spec {path}:"]
+def _format_validation_error(where: Path | str, exc: ValidationError, positions: Any = None) -> str:
+    lines = [f"invalid pipeline spec {where}:"]
     for error in exc.errors():
         loc = [str(p) for p in error["loc"]]
         cause = (error.get("ctx") or {}).get("error")
@@ -591,12 +602,50 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
         else:
             field = ".".join(loc) or "(top level)"
             message, fix = error["msg"].removeprefix("Value error, "), _fix_hint(error)
-        lines.append(f"  field '{field}': {message}. Fix: {fix}.")
+        line = _line_of(positions, error["loc"])
+        lines.append(f"  field '{field}'{f' (line {line})' if line else ''}: {message}. Fix: {fix}.")
     return "\n".join(lines)
 
 
+def _line_of(positions: Any, loc: tuple) -> int | None:
+    """The line of the nearest node to ``loc`` in a component's source-position tree (pydantic's locations also
+    hold the tags of tagged unions, which the YAML has not: those segments are skipped)."""
+    if positions is None:
+        return None
+    node = positions
+    for segment in loc:
+        child = node.children.get(segment)
+        if child is None and isinstance(segment, str) and segment.isdigit():
+            child = node.children.get(int(segment))
+        if child is not None:
+            node = child
+    return node.position.start.line
+
+
+def parse_spec_document(raw: object, path: Path, line: int | None = None, positions: Any = None) -> LoadedSpec:
+    """Validate one pipeline spec (a YAML mapping) read from ``path``, where its document starts at ``line``.
+
+    Args:
+        raw: The parsed YAML of the spec.
+        path: The file that declares it (a spec file, or a ``defs.yaml``).
+        line: The first line of the document, for a pipeline declared in a ``defs.yaml``.
+        positions: The document's source-position tree (Dagster's YAML loader), so each error names its line.
+
+    Raises:
+        SpecError: the spec does not satisfy the models.
+    """
+    where = f"{path}, line {line}" if line else path
+    if not isinstance(raw, dict):
+        raise SpecError(f"invalid pipeline spec {where}: the spec must be a mapping with at least `name`. "
+                        "Fix: start with 'name: ...'.")
+    try:
+        return LoadedSpec(spec=PipelineSpec.model_validate(raw), path=path, line=line)
+    except ValidationError as exc:
+        raise SpecError(_format_validation_error(where, exc, positions)) from None
+
+
 def parse_spec_file(path: Path) -> LoadedSpec:
-    """Read and validate one spec file.
+    """Read and validate one spec file (the ``$ETL_PIPELINES_DIR`` form: one pipeline per ``*.yaml`` file).
 
     Raises:
         SpecError: the YAML cannot be parsed or does not satisfy the models.
@@ -609,14 +658,11 @@ def parse_spec_file(path: Path) -> LoadedSpec:
         raise SpecError(
             f"invalid pipeline spec {path}: the file must hold a mapping with at least `name`. Fix: start with 'name: ...'."
         )
-    try:
-        return LoadedSpec(spec=PipelineSpec.model_validate(raw), path=path)
-    except ValidationError as exc:
-        raise SpecError(_format_validation_error(path, exc)) from None
+    return parse_spec_document(raw, path)
 
 
 def spec_dirs() -> list[Path]:
-    """The packaged spec folders plus ``$ETL_PIPELINES_DIR`` when set."""
+    """The packaged defs folder plus ``$ETL_PIPELINES_DIR`` when set."""
     dirs = list(PACKAGED_SPEC_DIRS)
     extra = os.environ.get(PIPELINES_DIR_ENV)
     if extra:
@@ -627,33 +673,119 @@ def spec_dirs() -> list[Path]:
     return dirs
 
 
+@dataclass(frozen=True)
+class BrokenSpec:
+    """A spec set aside by :func:`load_specs_isolated`: its file (and line), the name it declares when that could be
+    read, and why."""
+
+    path: Path
+    message: str
+    name: str | None = None
+
+
+def _is_pipeline_type(component_type: type) -> bool:
+    get_model_cls = getattr(component_type, "get_model_cls", None)
+    return get_model_cls is not None and get_model_cls() is PipelineSpec
+
+
+@dataclass
+class DefsFolder:
+    """What :func:`read_defs_folder` found: the pipelines, the invalid ones, and the other components' locations."""
+
+    loaded: list[LoadedSpec]
+    broken: list[BrokenSpec]
+    tree: Any = None  # the dagster ComponentTree, to build the other components with
+    others: list[tuple[Any, Path]] = field(default_factory=list)
+
+
+def read_defs_folder(defs_module: str = DEFS_MODULE) -> DefsFolder:
+    """Every Pipeline component declared in a defs folder, each validated on its own.
+
+    Dagster's component tree finds the ``defs.yaml`` files and their documents (with source positions); a document
+    whose type is a Pipeline is validated here, so that an invalid one is set aside with its file, line, field and
+    fix instead of failing the whole tree. The other components (another type in a ``defs.yaml``, a Python module)
+    are listed for :mod:`etl_assets.definitions` to build one by one.
+    """
+    from dagster import ComponentTree  # deferred: the spec models are imported by code that never loads a tree
+    from dagster.components.core.decl import PythonFileDecl, YamlDecl
+
+    module = importlib.import_module(defs_module)
+    folder = Path(next(iter(module.__path__)))
+    tree = ComponentTree.from_module(defs_module=module, project_root=folder.parent.parent)
+    try:
+        with warnings.catch_warnings():  # Dagster's own YAML loader still calls pydantic's deprecated parse_obj_as
+            warnings.filterwarnings("ignore", message="`parse_obj_as` is deprecated", category=DeprecationWarning)
+            pairs = list(tree.find_root_decl().iterate_loc_component_decl_pairs())
+    except Exception as exc:  # a defs.yaml that is not YAML, or has no `type`: Dagster names the file and line
+        return DefsFolder([], [BrokenSpec(folder, f"invalid defs folder {folder}: {exc}")])
+    found = DefsFolder([], [], tree)
+    loaded, broken = found.loaded, found.broken
+    for loc, decl in pairs:
+        if isinstance(decl, PythonFileDecl):
+            if Path(loc.file_path).name != "__init__.py":  # a package marker, not definitions
+                found.others.append((loc, Path(loc.file_path)))
+            continue
+        if not isinstance(decl, YamlDecl) or decl.source_tree is None:
+            continue
+        position = decl.source_tree.source_position_tree.position
+        path, line = Path(position.filename), position.start.line
+        try:
+            is_pipeline = _is_pipeline_type(decl.component_type)
+        except Exception as exc:  # an unknown `type`
+            broken.append(BrokenSpec(path, f"invalid component {path}, line {line}: {exc}"))
+            continue
+        if not is_pipeline:
+            found.others.append((loc, path))
+            continue
+        raw = decl.component_file_model.attributes
+        positions = decl.source_tree.source_position_tree.children.get("attributes")
+        try:
+            loaded.append(parse_spec_document(raw, path, line, positions))
+        except SpecError as exc:
+            name = raw.get("name") if isinstance(raw, dict) else None
+            broken.append(BrokenSpec(path, str(exc), name if isinstance(name, str) else None))
+    return found
+
+
+def _read_dir(folder: Path) -> tuple[list[LoadedSpec], list[BrokenSpec]]:
+    """The pipelines of one folder: the packaged defs folder (components), or a folder of spec files."""
+    if folder.resolve() == PACKAGED_DEFS_DIR:
+        found = read_defs_folder()
+        return found.loaded, found.broken
+    loaded: list[LoadedSpec] = []
+    broken: list[BrokenSpec] = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            loaded.append(parse_spec_file(path))
+        except SpecError as exc:
+            broken.append(BrokenSpec(path, str(exc), _declared_name(path)))
+    return loaded, broken
+
+
 def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
-    """Load every ``*.yaml`` spec from ``dirs`` and check the set as a whole.
+    """Load every pipeline of ``dirs`` (default :func:`spec_dirs`) and check the set as a whole.
 
     Raises:
-        SpecError: a file is invalid, two files declare the same name, or a transform reads an unknown dataset.
+        SpecError: a spec is invalid, two declare the same name, or a transform reads an unknown dataset.
     """
-    loaded = [parse_spec_file(p) for d in (dirs or spec_dirs()) for p in sorted(d.glob("*.yaml"))]
+    loaded: list[LoadedSpec] = []
+    for folder in dirs or spec_dirs():
+        found, broken = _read_dir(folder)
+        if broken:
+            raise SpecError(broken[0].message)
+        loaded.extend(found)
     errors = _set_errors(loaded, {})
     if errors:
         raise errors[0][1]
     return loaded
 
 
-@dataclass(frozen=True)
-class BrokenSpec:
-    """A spec set aside by :func:`load_specs_isolated`: its file (or the folder that could not be read) and why."""
-
-    path: Path
-    message: str
-
-
 def load_specs_isolated(dirs: list[Path] | None = None) -> tuple[list[LoadedSpec], list[BrokenSpec]]:
     """Like :func:`load_specs`, but an invalid spec is set aside with its error instead of failing the whole set.
 
-    A spec is set aside when its file is invalid, when it is wrong about the others (a duplicate name, an unknown
+    A spec is set aside when it is invalid, when it is wrong about the others (a duplicate name, an unknown
     ``after``, reference or transform input, a cycle), or when it depends on a spec set aside (its message says
-    which). The others load: one bad file never takes the code location down.
+    which). The others load: one bad pipeline never takes the code location down.
     """
     broken: list[BrokenSpec] = []
     if dirs is None:
@@ -663,24 +795,22 @@ def load_specs_isolated(dirs: list[Path] | None = None) -> tuple[list[LoadedSpec
             dirs = list(PACKAGED_SPEC_DIRS)
             broken.append(BrokenSpec(Path(os.environ.get(PIPELINES_DIR_ENV, "")), str(exc)))
     loaded: list[LoadedSpec] = []
-    for path in (p for d in dirs for p in sorted(d.glob("*.yaml"))):
-        try:
-            loaded.append(parse_spec_file(path))
-        except SpecError as exc:
-            broken.append(BrokenSpec(path, str(exc)))
-    # names declared by a file that was set aside: a spec needing one of them is set aside with that reason
-    aside: dict[str, Path] = {}
+    for folder in dirs:
+        found, aside_here = _read_dir(folder)
+        loaded.extend(found)
+        broken.extend(aside_here)
+    # names declared by a spec that was set aside: a spec needing one of them is set aside with that reason
+    aside: dict[str, str] = {}
     for item in broken:
-        name = _declared_name(item.path)
-        if name:
-            aside.setdefault(name, item.path)
+        if item.name:
+            aside.setdefault(item.name, str(item.path))
     while True:
         errors = _set_errors(loaded, aside)
         if not errors:
             return loaded, broken
         for item, error in errors:
-            broken.append(BrokenSpec(item.path, str(error)))
-            aside.setdefault(item.spec.name, item.path)
+            broken.append(BrokenSpec(item.path, str(error), item.spec.name))
+            aside.setdefault(item.spec.name, item.where)
         at_fault = {id(item) for item, _ in errors}
         loaded = [item for item in loaded if id(item) not in at_fault]
 
@@ -695,7 +825,7 @@ def _declared_name(path: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _set_errors(loaded: list[LoadedSpec], aside: dict[str, Path]) -> list[tuple[LoadedSpec, SpecError]]:
+def _set_errors(loaded: list[LoadedSpec], aside: dict[str, str]) -> list[tuple[LoadedSpec, SpecError]]:
     """What is wrong with each spec against the others (at most one error per spec, in file order); ``aside``
     names the specs already set aside, so a spec needing one says so."""
     errors: list[tuple[LoadedSpec, SpecError]] = []
@@ -705,18 +835,18 @@ def _set_errors(loaded: list[LoadedSpec], aside: dict[str, Path]) -> list[tuple[
         name = item.spec.name
         other = by_folded.get(name.lower())
         if other is not None:
-            problem = (f"{name!r} is already declared in {other.path}" if other.spec.name == name else
-                       f"{name!r} differs only in case from {other.spec.name!r} in {other.path}, and their warehouse "
+            problem = (f"{name!r} is already declared in {other.where}" if other.spec.name == name else
+                       f"{name!r} differs only in case from {other.spec.name!r} in {other.where}, and their warehouse "
                        "tables would be one (DuckDB does not tell them apart)")
-            errors.append((item, _spec_error(item.path, "name", problem, "rename one of them")))
+            errors.append((item, _spec_error(item.where, "name", problem, "rename one of them")))
             continue
         by_name[name] = by_folded[name.lower()] = item
 
     def unknown(field: str, item: LoadedSpec, name: str, problem: str, fix: str) -> SpecError:
         if name in aside and name not in by_name:
-            return _spec_error(item.path, field, f"{name!r} is declared in {aside[name]}, which is invalid",
+            return _spec_error(item.where, field, f"{name!r} is declared in {aside[name]}, which is invalid",
                                f"fix {aside[name]} (its own error is reported too)")
-        return _spec_error(item.path, field, problem, fix)
+        return _spec_error(item.where, field, problem, fix)
 
     faulty = {id(item) for item, _ in errors}
     for item in loaded:
@@ -754,7 +884,7 @@ def _check_against(item: LoadedSpec, by_name: dict[str, LoadedSpec], unknown: Ca
         if name not in by_name:
             raise unknown("transform.inputs", item, name, f"unknown dataset {name!r}", f"use one of {sorted(by_name)}")
         if name == item.spec.name:
-            raise _spec_error(item.path, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs")
+            raise _spec_error(item.where, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs")
     item.transform_sql()
 
 
@@ -774,7 +904,7 @@ def _check_acyclic(by_name: dict[str, LoadedSpec]) -> None:
             return
         if state.get(name) == 1:
             cycle = " -> ".join([*trail, name])
-            raise _CycleError(by_name[name], _spec_error(by_name[name].path, "transform.inputs", f"cycle {cycle}",
+            raise _CycleError(by_name[name], _spec_error(by_name[name].where, "transform.inputs", f"cycle {cycle}",
                                                          "break the cycle"))
         state[name] = 1
         transform = by_name[name].spec.transform

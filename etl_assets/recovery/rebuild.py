@@ -79,7 +79,7 @@ def rebuild(defs: Definitions, instance: DagsterInstance, pipeline: str, partiti
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise RebuildError(
             f"raw/{pipeline} has no lake data for partition(s) {shown} (never extracted, or removed by "
-            f"retention.raw_days); extract them again: dagster asset materialize -m etl_assets "
+            f"retention.raw_days); extract them again: dagster asset materialize -m etl_assets.definitions "
             f"--select raw/{pipeline} --partition <key>")
     job_defs = Definitions.merge(defs, Definitions(jobs=[define_asset_job(
         REBUILD_JOB, selection=AssetSelection.assets(*plan.keys),

@@ -1,1 +1,0 @@
-"""The reference shop domain: its pipeline specs (specs/) and transform SQL (sql/)."""
