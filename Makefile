@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export ETL_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test dev validate bench clean
+.PHONY: install demo test dev validate schema bench clean
 
 $(STAMP): pyproject.toml setup.py scripts/bootstrap.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/bootstrap.sh
@@ -26,13 +26,24 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# dg runs the project in .venv; saying so keeps it from warning that no virtual environment is active
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
+
 ## Serve the code location in the Dagster UI on http://127.0.0.1:3000 (daemon included).
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	$(DG) dev --host 127.0.0.1 --port 3000
 
+## Check every pipeline spec and component, and load the code location as Dagster does (fails on an invalid one).
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/etl-assets validate
-	$(BIN)/dagster definitions validate -m etl_assets.definitions
+	$(DG) check defs
+	$(DG) list components > /dev/null
+	$(DG) list defs > /dev/null
+	$(BIN)/python scripts/spec_schema.py --check
+
+## Regenerate docs/pipeline-spec.schema.json (the spec's JSON schema for editors) from the models.
+schema: $(STAMP)
+	$(BIN)/python scripts/spec_schema.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_scale.py --orders 1000000

@@ -166,3 +166,25 @@ def build_definitions_with_env(folder: Path):
             del os.environ["ETL_PIPELINES_DIR"]
         else:
             os.environ["ETL_PIPELINES_DIR"] = old
+
+
+def test_the_committed_json_schema_is_current_and_accepts_the_shop_and_refuses_a_typo():
+    import json
+
+    import jsonschema
+    import yaml
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from spec_schema import SCHEMA_PATH, spec_schema
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    assert SCHEMA_PATH.read_text() == spec_schema(), "run `make schema` and commit docs/pipeline-spec.schema.json"
+    schema = json.loads(SCHEMA_PATH.read_text())
+    documents = list(yaml.safe_load_all((PACKAGED_DEFS_DIR / "shop" / "defs.yaml").read_text()))
+    for document in documents:
+        attributes = json.loads(json.dumps(document["attributes"], default=str))  # dates as the editor sees them
+        jsonschema.validate(attributes, schema)
+    typo = {**documents[0]["attributes"], "primary_keys": ["order_id"]}
+    with pytest.raises(jsonschema.ValidationError, match="primary_keys"):
+        jsonschema.validate(json.loads(json.dumps(typo, default=str)), schema)
