@@ -581,7 +581,7 @@ def _fix_hint(error: dict) -> str:
     if kind == "missing":
         return "add this field"
     if kind == "extra_forbidden":
-        return "remove it or check its spelling against the README's spec reference"
+        return "remove it or check its spelling against docs/spec-reference.md"
     if kind in ("literal_error", "enum"):
         return "use one of the values listed"
     if kind == "union_tag_invalid":
