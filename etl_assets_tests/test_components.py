@@ -143,12 +143,13 @@ def test_the_schema_for_editors_is_the_pipeline_spec():
     assert {"name", "source", "transform", "columns", "targets"} <= set(schema["properties"])
 
 
-def test_dagster_definitions_validate_fails_on_an_invalid_spec_that_the_served_location_sets_aside(tmp_path):
+def test_dg_check_defs_fails_on_an_invalid_spec_that_the_served_location_sets_aside(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: bad_one\nsource: {kind: files}\n")
-    env = {**os.environ, "ETL_PIPELINES_DIR": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
+    env = {**os.environ, "ETL_PIPELINES_DIR": str(tmp_path), "DAGSTER_HOME": str(tmp_path),
+           "VIRTUAL_ENV": str(BIN.parent)}
     (tmp_path / "dagster.yaml").write_text("")
-    proc = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-m", "etl_assets.definitions"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(BIN / "dg"), "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode != 0
     assert "bad.yaml" in proc.stdout + proc.stderr and "Fix:" in proc.stdout + proc.stderr
     # served (no validation flag), the same spec is set aside and the rest builds
