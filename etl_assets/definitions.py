@@ -41,17 +41,13 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
         for item in broken:
             logging.getLogger("etl_assets").error(f"pipeline spec left out of the code location: {item.message}")
     built = build_pipelines(specs, os.environ.get)
-    monitoring = build_monitoring(specs, os.environ.get, broken)
-    recovery = build_recovery(specs, os.environ.get)
     local = current_settings().env == LOCAL  # the one rule for ETL_ENV (an unknown value is an error)
-    defs = Definitions(
-        assets=[*built.assets, *monitoring.assets],
-        asset_checks=monitoring.asset_checks,
-        jobs=[*built.jobs, *monitoring.jobs, *recovery.jobs],
-        schedules=[*built.schedules, *monitoring.schedules, *recovery.schedules],
-        sensors=[*built.sensors, *monitoring.sensors, *recovery.sensors],
-        resources={**built.resources, **monitoring.resources},
-        executor=in_process_executor if local else multiprocess_executor,
+    defs = Definitions.merge(
+        Definitions(assets=built.assets, jobs=built.jobs, schedules=built.schedules, sensors=built.sensors,
+                    resources=built.resources),
+        build_monitoring(specs, os.environ.get, broken),
+        build_recovery(specs, os.environ.get),
+        Definitions(executor=in_process_executor if local else multiprocess_executor),
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_MIXED_BACKFILL_POLICIES)
