@@ -15,6 +15,10 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 # run config of the in-process runs the CLI starts: the console logger reports warnings and errors only
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -28,7 +32,7 @@ def data_dir(value: str | None) -> Path:
     return path
 
 
-def open_instance():
+def open_instance() -> DagsterInstance:
     """The Dagster instance at ``$DAGSTER_HOME``, or an ephemeral one when it is not set."""
     from dagster import DagsterInstance
 
