@@ -3,7 +3,7 @@
 For each ``--orders`` scale this generates the demo data and runs the orders path through the real Dagster
 assets, one stage at a time, each stage in its own fresh Python process so that its peak RSS is its own:
 
-  generate    etl_assets.demo.generate_shop_data (upstream parquet, SQLite customers, landing files)
+  generate    etl_assets_demo.generate_shop_data (upstream parquet, SQLite customers, landing files)
   dimensions  job shop_full_refresh: customers, products, fx_rates (raw -> clean/quarantine -> warehouse)
   extract     raw/orders                          (demo REST API -> lake), every daily partition
   validate    clean/orders + quarantine/orders    (lake -> lake), every daily partition
@@ -103,7 +103,7 @@ def _emit(payload: dict) -> None:
 
 
 def _child_generate(args: argparse.Namespace) -> dict:
-    from etl_assets.demo import generate_shop_data
+    from etl_assets_demo import generate_shop_data
 
     ready = _self_usage()
     started = time.perf_counter()
@@ -118,7 +118,7 @@ def _child_generate(args: argparse.Namespace) -> dict:
 
 def _child_floor(stage: str) -> dict:
     """DuckDB alone on the generated orders, with the platform's connection settings (memory limit, spill dir)."""
-    from etl_assets.demo import load_manifest
+    from etl_assets_demo import load_manifest
     from etl_assets.settings import duckdb_connection
 
     data_dir = Path(os.environ["ETL_DATA_DIR"])
@@ -152,7 +152,7 @@ def _child_floor_api(partitions: list[str] | None) -> dict:
     """Every page of every partition from the demo API with plain httpx + JSON decode, as the extract asset asks."""
     import httpx
 
-    from etl_assets.demo import load_manifest
+    from etl_assets_demo import load_manifest
     from etl_assets.pipelines.spec import load_specs
 
     manifest = load_manifest(os.environ["ETL_DATA_DIR"])
@@ -195,9 +195,9 @@ def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
     """Materialize the stage's assets for every partition through the code location's job definitions."""
     from dagster import AssetKey, DagsterEventType, DagsterInstance
 
+    from etl_assets.cli import QUIET
     from etl_assets.definitions import build_definitions
-    from etl_assets.demo import load_manifest
-    from etl_assets.runner import QUIET
+    from etl_assets_demo import load_manifest
 
     manifest = load_manifest(os.environ["ETL_DATA_DIR"])
     defs = build_definitions()
@@ -260,7 +260,7 @@ def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
 
 
 WARMUP_MODULES = (
-    "etl_assets", "etl_assets.demo", "pandas", "sqlalchemy", "sqlalchemy.dialects.sqlite", "httpx",
+    "etl_assets", "etl_assets_demo", "pandas", "sqlalchemy", "sqlalchemy.dialects.sqlite", "httpx",
     "pyarrow.compute", "pyarrow.csv", "pyarrow.dataset", "pyarrow.parquet", "psycopg",
 )
 
@@ -291,7 +291,7 @@ def _child_warmup() -> dict:
 
 def _child_serve() -> None:
     """The demo API for the parent: print the URL, serve until stdin closes, print request count and peak RSS."""
-    from etl_assets.demo import DemoApiServer, load_manifest
+    from etl_assets_demo import DemoApiServer, load_manifest
 
     manifest = load_manifest(os.environ["ETL_DATA_DIR"])
     with DemoApiServer(manifest.orders_path) as server:

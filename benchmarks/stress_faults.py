@@ -10,7 +10,7 @@ step's RetryPolicy from the spec. A partition "succeeded without a person" when 
 launch; one that failed is launched again (what a person would do, reported as "relaunched") so the warehouse
 comparison covers every partition.
 
-The stress runs the packaged specs with the orders spec changed in three places (``etl_assets.demo.stress``):
+The stress runs the packaged specs with the orders spec changed in three places (``etl_assets_demo.stress``):
 the client timeout is 1 s (the spec's 20 s would make each timeout cost 20 s) and a slow fault stalls 1.5 s, so
 it is a timeout; pages hold 50 orders (the spec's 2,000 would fetch a partition in one request), so faults land
 mid-pagination; partitions start on the generated data's first day. ``--orders`` defaults to 100 per partition,
@@ -55,8 +55,8 @@ from bench_common import REPO, code_digest, write_dagster_yaml  # this directory
 
 sys.path.insert(0, str(REPO))
 
-from etl_assets.demo import generate_shop_data  # noqa: E402
-from etl_assets.demo.stress import (  # noqa: E402
+from etl_assets_demo import generate_shop_data  # noqa: E402
+from etl_assets_demo.stress import (  # noqa: E402
     FAULT_KINDS,
     REASON_KIND,
     PhaseResult,

@@ -274,8 +274,8 @@ def _step_seconds(instance, run_id: str) -> dict[str, float]:
 def _run_job(selection_paths: list[list[str]]) -> dict:
     from dagster import AssetKey, DagsterInstance
 
+    from etl_assets.cli import QUIET
     from etl_assets.definitions import build_definitions
-    from etl_assets.runner import QUIET
 
     job = build_definitions().resolve_job_def(f"{NAME}_pipeline")
     instance = DagsterInstance.ephemeral()

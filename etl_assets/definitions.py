@@ -19,8 +19,8 @@ import warnings
 from dagster import Definitions, definitions, in_process_executor, multiprocess_executor
 
 from etl_assets.monitoring import build_monitoring
-from etl_assets.pipelines.factory import build_pipelines
 from etl_assets.monitoring.spec_errors import spec_errors_text
+from etl_assets.pipelines.factory import build_pipelines
 from etl_assets.pipelines.spec import (DEFS_MODULE, BrokenSpec, LoadedSpec, SpecError, load_specs_isolated,
                                       read_defs_folder)
 from etl_assets.recovery import build_recovery
@@ -54,8 +54,8 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
     ``$ETL_PIPELINES_DIR``, an invalid one set aside).
 
     Locally every run executes in one process: a fresh interpreter per step costs seconds each (27 s against
-    7.8 s for three assets on a 2-core machine). Production runs steps in parallel processes (or Kubernetes pods
-    through the dagster-k8s run launcher configured in the instance). Monitoring (alerts, error tracking, pipeline
+    7.8 s for three assets on a 2-core machine). Production (``ETL_ENV=production``) runs steps in parallel
+    processes. Monitoring (alerts, error tracking, pipeline
     health, freshness checks) is merged in from :func:`etl_assets.monitoring.build_monitoring`, and recovery (the
     run-worker watchdog, retention of raw inputs) from :func:`etl_assets.recovery.build_recovery`.
     """
@@ -71,20 +71,15 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
         for item in broken:
             logging.getLogger("etl_assets").error(f"pipeline spec left out of the code location: {item.message}")
     built = build_pipelines(specs, os.environ.get)
-    monitoring = build_monitoring(specs, os.environ.get, broken)
-    recovery = build_recovery(specs, os.environ.get)
     local = current_settings().env == LOCAL  # the one rule for ETL_ENV (an unknown value is an error)
-    defs = Definitions(
-        assets=[*built.assets, *monitoring.assets],
-        asset_checks=monitoring.asset_checks,
-        jobs=[*built.jobs, *monitoring.jobs, *recovery.jobs],
-        schedules=[*built.schedules, *monitoring.schedules, *recovery.schedules],
-        sensors=[*built.sensors, *monitoring.sensors, *recovery.sensors],
-        resources={**built.resources, **monitoring.resources},
-        executor=in_process_executor if local else multiprocess_executor,
+    defs = Definitions.merge(
+        Definitions(assets=built.assets, jobs=built.jobs, schedules=built.schedules, sensors=built.sensors,
+                    resources=built.resources),
+        build_monitoring(specs, os.environ.get, broken),
+        build_recovery(specs, os.environ.get),
+        Definitions(executor=in_process_executor if local else multiprocess_executor),
+        *components,
     )
-    if components:
-        defs = Definitions.merge(defs, *components)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_MIXED_BACKFILL_POLICIES)
         defs.get_repository_def().get_all_jobs()  # resolved (and cached) now, so later look-ups do not warn

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
-from etl_assets.demo import DemoApiServer, DemoManifest, generate_shop_data
+from etl_assets_demo import DemoApiServer, DemoManifest, generate_shop_data
 
 POSTGRES_URL_ENV = "ETL_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -31,7 +31,6 @@ import httpx
 import pyarrow as pa
 import pytest
 
-from etl_assets.demo import DemoApiServer, DemoManifest, FaultConfig
 from etl_assets.errors import ContractError, PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import ApiSource
 from etl_assets.resources.api import (
@@ -42,6 +41,7 @@ from etl_assets.resources.api import (
     RestApiSource,
     _retry_after,
 )
+from etl_assets_demo import DemoApiServer, DemoManifest, FaultConfig
 
 UTC = dt.timezone.utc
 # conftest's shop_data starts on 2024-01-01 and spans three days; the middle day has ~400 orders.

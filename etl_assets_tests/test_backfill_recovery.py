@@ -17,8 +17,8 @@ import httpx
 import pandas as pd
 from dagster import DagsterInstance, RunsFilter
 
+from etl_assets.cli.demo import FULL_REFRESH_JOB
 from etl_assets.definitions import build_definitions
-from etl_assets.runner import FULL_REFRESH_JOB
 from etl_assets_tests.test_daemon_e2e import Daemon, wait_for
 from etl_assets_tests.webserver import HOST, running_webserver
 

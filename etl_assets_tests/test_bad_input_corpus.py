@@ -44,6 +44,7 @@ import pytest
 import yaml
 from dagster import AssetCheckSeverity, DagsterEventType, instance_for_test
 
+from etl_assets.cli import QUIET
 from etl_assets.definitions import build_definitions
 from etl_assets.lake import LakeStorage
 from etl_assets.errors import ContractError
@@ -52,7 +53,6 @@ from etl_assets.pipelines.validation import check_castable_types
 from etl_assets.pipelines.spec import Column
 from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.resources.api import _to_text_batch
-from etl_assets.runner import QUIET
 
 UTC = timezone.utc
 DOMAIN = "corpus"

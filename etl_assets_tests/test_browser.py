@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from etl_assets.demo import DemoManifest
+from etl_assets_demo import DemoManifest
 from etl_assets_tests.webserver import LOCATION, REPO, RUN_TIMEOUT, Webserver, webserver_fixture  # noqa: F401 (the `webserver` fixture)
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"

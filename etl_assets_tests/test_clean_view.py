@@ -9,11 +9,11 @@ import textwrap
 import duckdb
 from dagster import AssetCheckKey, AssetKey
 
+from etl_assets.cli import QUIET
 from etl_assets.definitions import build_definitions
 from etl_assets.lake import LakeStorage, LakeView, view_files
 from etl_assets.pipelines.factory import _overlapping_partitions
 from etl_assets.pipelines.spec import parse_spec_file
-from etl_assets.runner import QUIET
 
 SPEC = """
 name: visits

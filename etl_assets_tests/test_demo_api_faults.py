@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from etl_assets.demo import DemoApiServer, DemoManifest, FaultConfig
-from etl_assets.demo.api_server import FAULT_KINDS, OPT_IN_FAULT_KINDS
+from etl_assets_demo import DemoApiServer, DemoManifest, FaultConfig
+from etl_assets_demo.api_server import FAULT_KINDS, OPT_IN_FAULT_KINDS
 
 TOKEN = "tok-Zq8vN3rW5yKp0xL"
 

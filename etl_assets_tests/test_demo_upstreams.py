@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from etl_assets.demo import DemoApiServer, DemoManifest, FaultConfig, generate_shop_data, load_manifest
+from etl_assets_demo import DemoApiServer, DemoManifest, FaultConfig, generate_shop_data, load_manifest
 
 ORDERS = 2000
 DAYS = 3

@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from etl_assets.demo import DemoManifest
 from etl_assets.errors import PermanentSourceError
 from etl_assets.pipelines.spec import FilesSource
 from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.resources.files import IN_PROGRESS_SUFFIXES, READ_ERROR_COLUMN, LandingFilesSource
 from etl_assets.settings import duckdb_connection
+from etl_assets_demo import DemoManifest
 
 DATASET = "items"
 ROWS = {

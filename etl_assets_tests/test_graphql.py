@@ -13,8 +13,8 @@ import pytest
 from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
-from etl_assets.demo import DemoManifest
-from etl_assets.demo.data import FX_RATES_TO_USD
+from etl_assets_demo import DemoManifest
+from etl_assets_demo.data import FX_RATES_TO_USD
 from etl_assets_tests.webserver import HOST, LOCATION, RUN_TIMEOUT, Webserver, webserver_fixture  # noqa: F401 (the `webserver` fixture)
 
 # dagster_graphql's client calls gql with arguments gql deprecates; not this project's code.

@@ -13,10 +13,10 @@ import pytest
 
 from dagster import instance_for_test
 
+from etl_assets.cli.demo import DAILY_JOB, run_reference
 from etl_assets.definitions import build_definitions
-from etl_assets.demo import DemoApiServer, generate_shop_data
+from etl_assets_demo import DemoApiServer, generate_shop_data
 from etl_assets_tests.conftest import SMALL_DAYS, SMALL_ORDERS
-from etl_assets.runner import DAILY_JOB, run_reference
 
 
 def _expected_revenue(manifest) -> pd.DataFrame:

@@ -15,12 +15,12 @@ import pytest
 from dagster import DagsterInstance
 
 from etl_assets.cli import main as cli
+from etl_assets.cli.demo import run_reference
 from etl_assets.definitions import build_definitions
 from etl_assets.lake import LakeStorage
 from etl_assets.pipelines.spec import SpecError, load_specs
 from etl_assets.recovery.retention import expire_raw_inputs
 from etl_assets.resources.files import LandingFilesSource
-from etl_assets.runner import run_reference
 
 TABLES = ["shop.orders", "shop.orders_enriched", "shop.daily_revenue", "shop.customers", "quarantine.orders"]
 

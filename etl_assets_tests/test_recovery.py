@@ -44,10 +44,10 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from psycopg import sql
 
 from etl_assets.definitions import build_definitions
-from etl_assets.demo import DemoApiServer, DemoManifest, FaultConfig
 from etl_assets.lake import VIEW_SUFFIX, view_files, view_sql
 from etl_assets.resources.api import RestApiSource
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, WAREHOUSE_POOL
+from etl_assets_demo import DemoApiServer, DemoManifest, FaultConfig
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -12,6 +12,7 @@ import duckdb
 import pytest
 import yaml
 
+from etl_assets.cli import QUIET
 from etl_assets.definitions import build_definitions
 from etl_assets.monitoring import build_monitoring
 from etl_assets.monitoring.error_tracking import OPS_SCHEMA
@@ -20,7 +21,6 @@ from etl_assets.pipelines.factory import QUARANTINE_SCHEMA, build_pipelines
 from etl_assets.pipelines.spec import (DAGSTER_RESERVED_NAMES, MAX_COLUMN_NAME_LENGTH, MAX_PIPELINE_NAME_LENGTH,
                                        RESERVED_SCHEMAS, SpecError, load_specs)
 from etl_assets.recovery import build_recovery
-from etl_assets.runner import QUIET
 from etl_assets.sqlutil import MAX_IDENTIFIER_LENGTH
 
 

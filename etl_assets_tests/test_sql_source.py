@@ -30,11 +30,11 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from etl_assets.demo import DemoManifest
 from etl_assets.errors import PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import SqlSource
 from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.resources.sql import SqlDatabaseSource
+from etl_assets_demo import DemoManifest
 
 UTC = dt.timezone.utc
 JAN_2 = dt.datetime(2024, 1, 2, tzinfo=UTC)

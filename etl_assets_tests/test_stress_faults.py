@@ -5,7 +5,7 @@ Protects: every partition succeeds on its first launch (request retries and step
 really happened, of every kind, and each one cost the client a retry (so the test fails if injection or its
 detection silently stops); the warehouse equals the generated source exactly (no row lost, none duplicated or
 altered, every row in its partition and from its partition's run); and the comparison itself notices a lost, a
-duplicated and an altered row. The same code (etl_assets.demo.stress) runs 1,000 partitions in
+duplicated and an altered row. The same code (etl_assets_demo.stress) runs 1,000 partitions in
 benchmarks/stress_faults.py.
 """
 
@@ -17,8 +17,8 @@ import duckdb
 import pytest
 from dagster import instance_for_test
 
-from etl_assets.demo import generate_shop_data
-from etl_assets.demo.stress import (
+from etl_assets_demo import generate_shop_data
+from etl_assets_demo.stress import (
     FAULT_KINDS,
     REASON_KIND,
     StressSettings,

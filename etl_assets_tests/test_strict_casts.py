@@ -35,13 +35,13 @@ import pytest
 from dagster import DagsterEventType, DailyPartitionsDefinition
 from psycopg import sql
 
+from etl_assets.cli import QUIET
 from etl_assets.definitions import build_definitions
 from etl_assets.errors import ContractError
 from etl_assets.lake import LakeStorage
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import Column
 from etl_assets.keys import SOURCE_COLUMN
-from etl_assets.runner import QUIET
 
 UTC = timezone.utc
 Q = "quarantined"  # the expected outcome of a value that must not land: type:<col>

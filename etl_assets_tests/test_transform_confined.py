@@ -11,9 +11,9 @@ import duckdb
 import pytest
 from dagster import DagsterEventType
 
+from etl_assets.cli import QUIET
 from etl_assets.definitions import build_definitions
 from etl_assets.pipelines.spec import SpecError, load_specs
-from etl_assets.runner import QUIET
 from etl_assets.settings import duckdb_connection
 
 SOURCE_SPEC = """

@@ -8,7 +8,8 @@ they run.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+
+from dagster import Definitions
 
 from etl_assets.monitoring.alerts import AlertSinks, build_alert_sinks
 from etl_assets.monitoring.freshness import build_freshness
@@ -20,30 +21,8 @@ from etl_assets.pipelines.spec import BrokenSpec, LoadedSpec
 ALERTING_RESOURCE = "alerting"
 
 
-@dataclass
-class MonitoringDefinitions:
-    """What monitoring adds to the code location.
-
-    Attributes:
-        assets: ``ops/pipeline_health``.
-        asset_checks: Freshness checks of the pipelines that declare ``freshness``.
-        sensors: ``alert_on_run_failure``, ``alert_on_check_failure`` and ``freshness_checks_sensor``.
-        schedules: ``pipeline_health_schedule`` (hourly, stopped by default).
-        jobs: ``pipeline_health_job``.
-        resources: ``alerting`` (the alert sinks). The sensors and the health asset also use ``warehouse``,
-            which the pipelines' resources provide.
-    """
-
-    assets: list = field(default_factory=list)
-    asset_checks: list = field(default_factory=list)
-    sensors: list = field(default_factory=list)
-    schedules: list = field(default_factory=list)
-    jobs: list = field(default_factory=list)
-    resources: dict = field(default_factory=dict)
-
-
 def build_monitoring(specs: Sequence[LoadedSpec], env: Callable[[str], str | None],
-                     broken: Sequence[BrokenSpec] = ()) -> MonitoringDefinitions:
+                     broken: Sequence[BrokenSpec] = ()) -> Definitions:
     """Monitoring definitions for ``specs``.
 
     Args:
@@ -51,12 +30,20 @@ def build_monitoring(specs: Sequence[LoadedSpec], env: Callable[[str], str | Non
         broken: The specs set aside as invalid: the sensor ``invalid_pipeline_specs`` reports them.
         env: Looks up whether an environment variable is set (``os.environ.get``); settings that are set are
             bound with ``EnvVar`` (read when a resource initializes, never logged).
+
+    Returns:
+        The asset ``ops/pipeline_health``, its job ``pipeline_health_job`` and its hourly
+        ``pipeline_health_schedule`` (stopped by default); the freshness checks of the pipelines that declare
+        ``freshness``; the sensors ``alert_on_run_failure``, ``alert_on_check_failure``,
+        ``freshness_checks_sensor`` and, when a spec is invalid, ``invalid_pipeline_specs``; and the resource
+        ``alerting`` (the alert sinks). The sensors and the health asset also use ``warehouse``, which the
+        pipelines' resources provide.
     """
     infos = pipeline_infos(specs)
     names = [i.name for i in infos]
     health_asset, health_job, health_schedule = build_health(infos)
     checks, freshness_sensors = build_freshness(infos)
-    return MonitoringDefinitions(
+    return Definitions(
         assets=[health_asset],
         asset_checks=checks,
         sensors=[build_run_failure_sensor(names), build_check_failure_sensor(names), *freshness_sensors,
@@ -67,4 +54,4 @@ def build_monitoring(specs: Sequence[LoadedSpec], env: Callable[[str], str | Non
     )
 
 
-__all__ = ["AlertSinks", "MonitoringDefinitions", "build_monitoring"]
+__all__ = ["AlertSinks", "build_monitoring"]

@@ -1,4 +1,5 @@
-"""Rebuild from raw: re-derive a pipeline's partitions, and what is built from them, without asking the source.
+"""`etl-assets rebuild`: re-derive a pipeline's partitions, and what is built from them, from the raw lake without
+asking the source.
 
 The raw lake keeps every partition as delivered (until ``retention.raw_days``), so clean data, the quarantine,
 the targets and the downstream marts of any partition can be rebuilt from it after a bug fix, a lost warehouse
@@ -8,14 +9,17 @@ repeated.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
+from etl_assets.cli import QUIET, data_dir, open_instance, partitions_in_range
+from etl_assets.definitions import build_definitions
 from etl_assets.keys import CLEAN, QUARANTINE, RAW, TARGET_PREFIXES, UNPARTITIONED, clean_key, quarantine_key, raw_key
 from etl_assets.lake import LakeStorage
-from etl_assets.runner import QUIET
 
 REBUILD_JOB = "__etl_rebuild"
 
@@ -90,3 +94,36 @@ def rebuild(defs: Definitions, instance: DagsterInstance, pipeline: str, partiti
         result = job_def.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
                                             run_config=QUIET, tags={"etl/rebuild": pipeline})
         yield partition, result
+
+
+def command(args: argparse.Namespace) -> int:
+    """Rebuild ``args.pipeline`` from ``--from`` to ``--to``, with its marts unless ``--no-downstream``; exit 1 when
+    a run failed, 2 when the rebuild cannot start."""
+    data_dir(args.data_dir)
+    defs = build_definitions()
+    try:
+        plan = plan_rebuild(defs, args.pipeline, downstream=not args.no_downstream)
+    except RebuildError as exc:
+        print(f"rebuild: {exc}", file=sys.stderr)
+        return 2
+    pdef = defs.resolve_asset_graph().get(clean_key(args.pipeline)).partitions_def
+    partitions = partitions_in_range(pdef, args.pipeline, args.start, args.end)
+    if partitions is None:
+        return 2
+    print(f"rebuilding {', '.join(k.to_user_string() for k in plan.keys)}")
+    if plan.skipped:
+        print(f"  not rebuilt (other partitioning; rebuild them on their own): "
+              f"{', '.join(k.to_user_string() for k in plan.skipped)}")
+    instance = open_instance()
+    failed = 0
+    try:
+        for partition, result in rebuild(defs, instance, args.pipeline, partitions, downstream=not args.no_downstream):
+            rows = {e.asset_key.to_user_string(): e.materialization.metadata.get("dagster/row_count")
+                    for e in result.get_asset_materialization_events()}
+            loaded = ", ".join(f"{k} {getattr(v, 'value', v)}" for k, v in sorted(rows.items()) if v is not None)
+            print(f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: {loaded}  (run {result.run_id})")
+            failed += not result.success
+    except RebuildError as exc:
+        print(f"rebuild: {exc}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0

@@ -1,12 +1,16 @@
-"""Re-execution from failure from the command line (`etl-assets reexecute RUN_ID`), as the UI's "Re-execute ->
+"""`etl-assets reexecute RUN_ID`: re-execution from failure from the command line, as the UI's "Re-execute ->
 From failure" does: the steps that succeeded are not run again, the parent's partition tags travel along."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
 
+from etl_assets.cli import data_dir
+from etl_assets.definitions import build_definitions
 from etl_assets.recovery.sensors import process_state, run_worker_pid
 
 JOB_ENV = "ETL_REEXECUTE_JOB"
@@ -20,8 +24,6 @@ class ReexecuteError(ValueError):
 
 def _job_to_reexecute():
     """The parent run's job, rebuilt from the specs (``reconstructable`` needs a module-level function)."""
-    from etl_assets.definitions import build_definitions
-
     return build_definitions().resolve_job_def(os.environ[JOB_ENV])
 
 
@@ -66,3 +68,20 @@ def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str,
     options = ReexecutionOptions.from_failure(run_id, instance)
     with execute_job(reconstructable(_job_to_reexecute), instance, tags=tags, reexecution_options=options) as result:
         return result.run_id, result.success
+
+
+def command(args: argparse.Namespace) -> int:
+    """Re-execute ``args.run_id`` from failure in the instance at ``$DAGSTER_HOME``; exit 1 when the new run failed,
+    2 when the run cannot be re-executed."""
+    data_dir(args.data_dir)
+    if not os.environ.get("DAGSTER_HOME"):
+        print("reexecute: set DAGSTER_HOME to the instance that holds the run (make dev uses .dagster_home)", file=sys.stderr)
+        return 2
+    with DagsterInstance.get() as instance:
+        try:
+            run_id, success = reexecute_from_failure(instance, args.run_id)
+        except ReexecuteError as exc:
+            print(f"reexecute: {exc}", file=sys.stderr)
+            return 2
+    print(f"re-executed {args.run_id} from failure as run {run_id}: {'success' if success else 'FAILED'}")
+    return 0 if success else 1

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl_assets.demo.api_server import FAULT_KINDS, DemoApiServer, FaultConfig
-from etl_assets.demo.data import DemoManifest
+from etl_assets_demo.api_server import FAULT_KINDS, DemoApiServer, FaultConfig
+from etl_assets_demo.data import DemoManifest
 
 __all__ = [
     "FAULT_KINDS", "PartitionOutcome", "PhaseResult", "StressSettings", "WarehouseComparison", "compare_warehouse",
