@@ -36,8 +36,7 @@ import duckdb
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from etl_assets.pipelines.spec import FilesSource  # noqa: E402
-from etl_assets.resources.files import LandingFilesSource  # noqa: E402
+from etl_assets.resources.files import FilesSource, LandingFilesSource  # noqa: E402
 
 COLUMNS = ["id", "customer", "sku", "qty", "price", "currency", "ordered_at", "note"]
 DATASET = "bench_sales"
