@@ -2,8 +2,10 @@
 
 The files source reads every file by its exact name with an explicit header and column list, judges the rows one
 by one (a ragged or non-UTF-8 row is kept for the quarantine with its line and bytes instead of failing the file)
-and pins the inputs by hard links while it reads. The baseline is what it did before: DuckDB's ``read_csv`` with
-its sniffer, every column as text, on the path as a pattern, failing the whole file on the first bad row.
+and pins the inputs by hard links while it reads; the platform's reader here is the files extract step itself
+(``steps.extract.extract_files``, on the platform's DuckDB settings). The baseline is what it did before: DuckDB's
+``read_csv`` with its sniffer, every column as text, on the path as a pattern, failing the whole file on the first
+bad row.
 
 Cases (each file has ``--rows`` data rows of 8 text columns, split over ``--files`` files of one partition):
 
@@ -24,6 +26,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import sys
@@ -36,7 +39,9 @@ import duckdb
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from etl_assets.pipelines.spec import FilesSource  # noqa: E402
+from etl_assets.lake import LakeStorage  # noqa: E402
+from etl_assets.pipelines.spec import PipelineSpec  # noqa: E402
+from etl_assets.pipelines.steps.extract import extract_files  # noqa: E402
 from etl_assets.resources.files import LandingFilesSource  # noqa: E402
 
 COLUMNS = ["id", "customer", "sku", "qty", "price", "currency", "ordered_at", "note"]
@@ -81,13 +86,15 @@ def baseline(landing: Path) -> int:
 
 
 def platform(landing: Path) -> tuple[int, int]:
-    con = duckdb.connect()
-    spec = FilesSource(kind="files", format="csv", glob="sales_*.csv")
-    read = LandingFilesSource(root=str(landing)).open_partition(con, DATASET, spec, "2024-01-10", required=["id"],
-                                                                 own_file=None)
-    n = consume(read.stream())
-    con.close()
-    return n, read.malformed_rows
+    """The extract step of a files pipeline (``steps.extract.extract_files``), as ``raw/<name>`` runs it."""
+    spec = PipelineSpec.model_validate({
+        "name": DATASET, "source": {"kind": "files", "format": "csv", "glob": "sales_*.csv"},
+        "partitions": {"type": "daily", "start": "2024-01-01"},
+        "columns": [{"name": c, "type": "VARCHAR", "nullable": c != "id"} for c in COLUMNS]})
+    stream = extract_files(spec, LandingFilesSource(root=str(landing)), "2024-01-10",
+                           lake=LakeStorage(root=str(landing.parent / "lake")), log=logging.getLogger(__name__))
+    n = consume(stream.reader)
+    return n, stream.describe()["malformed_rows"]
 
 
 def timed(fn, *args):

@@ -9,11 +9,11 @@ Python process so that its peak RSS (``ru_maxrss``) is its own:
             ``raw/*`` -> lake, done by DuckDB alone (the platform's own extract streams Arrow batches through
             Python and is slower; ``--with-extract`` measures it too).
   platform_plain
-            without validation: the platform's own warehouse load, ``DuckDBWarehouse.replace_partition`` (the code
-            the warehouse step runs, with the table layout every target table has: ``_etl_partition``,
-            ``_etl_run_id``, ``_etl_loaded_at``; one transaction; the checkpoint on close), of a lake view over the
-            raw partition with each contract column cast by a plain TRY_CAST (a value that does not fit becomes
-            NULL, silently) and no row left out: no rules, no quarantine, no re-check. This is the baseline.
+            without validation: the platform's own warehouse load, the load step's ``load_partition`` without a
+            quarantine (``DuckDBWarehouse.replace_partition``, with the table layout every target table has:
+            ``_etl_partition``, ``_etl_run_id``, ``_etl_loaded_at``; one transaction; the checkpoint on close), of a
+            lake view over the raw partition with each contract column cast by a plain TRY_CAST (a value that does
+            not fit becomes NULL, silently) and no row left out: no rules, no quarantine, no re-check. The baseline.
   plain     (info) DuckDB alone: the same TRY_CAST rows into a bare table (no bookkeeping columns), in one
             transaction, with DuckDB's insertion order kept, and ``plain_unordered`` without it: what the bare
             engine takes; the bookkeeping columns alone cost about 0.6 s at 10 M rows, with or without validation.
@@ -40,9 +40,8 @@ Optional diagnosis (each also a fresh process):
   --floor     what a materialized clean copy would cost: DuckDB writing every row with every contract column cast
               and no rule (``validation.valid_sql``). Clean is stored as a view over raw instead, so this is not
               in the step; it shows what the view saves.
-  --phases    the validation step's statements, run one by one the way ``_build_validate`` runs them (same
-              functions from ``etl_assets.pipelines.validation``), each timed, with its CPU.
-  --explain   with ``--phases``: EXPLAIN ANALYZE of each statement (run once more for the plan).
+  --phases    the validate step's own functions (``etl_assets.pipelines.steps.validate``) without Dagster, each
+              of its statements timed, with its CPU, through the step's phase hook.
 
 Usage (from the repository root)::
 
@@ -232,10 +231,11 @@ def child_plain(keep_order: bool = True) -> dict:
 
 
 def child_platform_plain() -> dict:
-    """No validation, the platform's own load: ``DuckDBWarehouse.replace_partition`` (the table layout every target
-    table has, with ``_etl_partition``, ``_etl_run_id`` and ``_etl_loaded_at``; one transaction; the checkpoint on
-    close) of a lake view over the raw partition with each contract column TRY_CAST and no row left out."""
+    """No validation, the platform's own load step without a quarantine (``steps.load.load_partition``: the table
+    layout every target table has, with ``_etl_partition``, ``_etl_run_id`` and ``_etl_loaded_at``; one transaction;
+    the checkpoint on close) of a lake view over the raw partition with each contract column TRY_CAST and no row left out."""
     from etl_assets.lake import LakeStorage, LakeView
+    from etl_assets.pipelines.steps.load import load_partition
     from etl_assets.resources.targets import DuckDBWarehouse
     from etl_assets.settings import duckdb_connection
 
@@ -250,7 +250,7 @@ def child_platform_plain() -> dict:
     warehouse = DuckDBWarehouse(path=str(data / "platform_plain.duckdb"))
     ready = _usage()
     started = time.perf_counter()
-    result = warehouse.replace_partition("bench", NAME, table, "_all", "bench-run")
+    result = load_partition(spec, warehouse, table, "_all", "bench-run")
     seconds = time.perf_counter() - started
     shutil.rmtree(data / "plain_lake")
     warehouse.db_path().unlink()
@@ -340,65 +340,44 @@ def _spec():
     return next(s.spec for s in load_specs() if s.spec.name == NAME)
 
 
-def child_phases(explain: bool) -> dict:
-    """The validation step's statements in ``_build_validate``'s order, each timed (no Dagster around them)."""
-    from etl_assets.pipelines import validation
-    from etl_assets.pipelines.factory import contract_families
+def child_phases() -> dict:
+    """The validate step itself (``steps.validate``, what ``validate_<name>`` calls) on the raw partition, without
+    Dagster: every statement timed through the step's phase hook, and the two lake writes between its halves."""
+    from contextlib import contextmanager
+
+    from etl_assets.lake import LakeStorage
+    from etl_assets.pipelines.steps.validate import check_outputs, validate_batch
     from etl_assets.settings import duckdb_connection
 
     spec = _spec()
-    _, raw_path, data = _paths()
-    scratch = data / "phases"
-    scratch.mkdir(exist_ok=True)
+    lake = LakeStorage()
+    clean_path, quarantine_path = ["phases", "clean", NAME], ["phases", "quarantine", NAME]  # not the pipeline's
     con = duckdb_connection()
     ready = _usage()
     phases: list[tuple[str, float, float]] = []
-    plans: list[str] = []
 
-    def timed(label: str, sql: str, params=None, fetch: bool = False):
-        if explain and not sql.startswith("UPDATE"):  # EXPLAIN ANALYZE runs the statement: an UPDATE only once
-            rows = con.sql(f"EXPLAIN ANALYZE {sql}", params=params).fetchall()
-            plans.append(f"-- {label}\n" + "\n".join(str(r[1]) for r in rows))
-            if sql.startswith("CREATE TEMP TABLE"):
-                con.execute(f"DROP TABLE {sql.split()[3]}")
+    @contextmanager
+    def timed(label: str):
         started, cpu = time.perf_counter(), _usage()["cpu_seconds"]
-        value = con.sql(sql, params=params).fetchall() if fetch else con.execute(sql, params)
+        yield
         phases.append((label, time.perf_counter() - started, _usage()["cpu_seconds"] - cpu))
-        return value
 
     begin = time.perf_counter()
-    raw_rel = con.read_parquet([str(raw_path)], union_by_name=True)
-    raw_columns = raw_rel.columns
-    raw_types = dict(zip(raw_columns, map(str, raw_rel.types)))
-    con.register("raw", raw_rel.project(f'*, file_row_number AS "{validation.ROW_COLUMN}"'))
-    rules, params = validation.contract_rules(spec.columns, spec.primary_key, raw_columns, False)
-    for label, statement in validation.batch_statements(spec.columns, spec.primary_key, rules, raw_columns, raw_types):
-        timed(label, statement, validation.params_for(statement, params))
-    rows_in = con.sql("SELECT count(*) FROM raw").fetchall()[0][0]
-    counts = dict(timed("rule counts (from the flagged rows)", validation.rule_counts_sql(), fetch=True))
-    rows_bad = con.sql(f"SELECT count(*) FROM {validation.FLAGGED} WHERE len({validation.ERRORS_COLUMN}) > 0").fetchall()[0][0]
-    excluded_path, quarantine_path = scratch / "excluded.parquet", scratch / "quarantine.parquet"
-    timed("write clean view: the quarantined positions (zstd)",
-          f"COPY ({validation.quarantined_positions_sql()}) TO '{excluded_path}' (FORMAT parquet, COMPRESSION zstd)")
-    timed("write quarantine (zstd)", f"COPY ({validation.quarantine_sql(raw_columns)}) TO '{quarantine_path}'"
-          " (FORMAT parquet, COMPRESSION zstd)", {"run_id": "bench", "partition": "_all"})
-    started, cpu = time.perf_counter(), _usage()["cpu_seconds"]
-    not_excluded = validation.errors_not_excluded(con, excluded_path)
-    phases.append(("post-condition: every ERROR row left out of the view", time.perf_counter() - started,
-                   _usage()["cpu_seconds"] - cpu))
-    if any(not_excluded.values()) or rows_bad != con.sql(f"SELECT count(*) FROM '{excluded_path}'").fetchall()[0][0]:
-        raise SystemExit(f"post-condition failed: {not_excluded}")
-    for family in contract_families(spec):
-        names = [r.name for r in rules if r.family == family and counts.get(r.name)]
-        if not names:
-            continue
-        where = " OR ".join(f"list_contains({validation.ERRORS_COLUMN}, ?) OR list_contains({validation.WARNINGS_COLUMN}, ?)"
-                            for _ in names)
-        timed(f"sample: {family}", f"SELECT * EXCLUDE ({validation.WARNINGS_COLUMN}) FROM {validation.FLAGGED} WHERE {where}"
-              f' ORDER BY "{validation.ROW_COLUMN}" LIMIT 5', [x for x in names for _ in (0, 1)], fetch=True)
-    total = sum(seconds for _, seconds, _ in phases) if explain else time.perf_counter() - begin
-    shutil.rmtree(scratch, ignore_errors=True)
-    return {"ready": ready, "seconds": total, "rows": rows_in, "phases": phases, "plan": "\n\n".join(plans)}
+    batch = validate_batch(con, spec, lake.table(["raw", NAME], [None]), "_all", lake=lake, window=None, run_id="bench",
+                           phase=timed)
+    with timed("write clean view: the quarantined positions (zstd)"):
+        lake.write(clean_path, None, batch.valid)
+    with timed("write quarantine (zstd)"):
+        lake.write(quarantine_path, None, batch.quarantined)
+    outputs = check_outputs(con, spec, batch, lake.table(clean_path, [None]), lake.table(quarantine_path, [None]),
+                            phase=timed)
+    total = time.perf_counter() - begin
+    failed = [f.name for f in outputs.families if f.severity == "ERROR" and not f.passed]
+    if failed or outputs.clean_rows + outputs.quarantine_rows != batch.rows_in:
+        raise SystemExit(f"post-condition failed: {failed}, {outputs.clean_rows} clean + {outputs.quarantine_rows} "
+                         f"quarantined rows of {batch.rows_in}")
+    shutil.rmtree(lake.root_path() / "phases", ignore_errors=True)
+    return {"ready": ready, "seconds": total, "rows": batch.rows_in, "phases": phases}
 
 
 def run_child(stage: str, args: argparse.Namespace) -> int:
@@ -423,7 +402,7 @@ def run_child(stage: str, args: argparse.Namespace) -> int:
     elif stage == "warehouse":
         payload = child_warehouse()
     elif stage == "phases":
-        payload = child_phases(args.explain)
+        payload = child_phases()
     else:
         raise SystemExit(f"unknown stage {stage}")
     payload["usage"] = _usage()
@@ -452,8 +431,6 @@ class Stage:
 
 def _run(stage: str, args: argparse.Namespace, env: dict[str, str]) -> Stage:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", stage, "--rows", str(args.rows)]
-    if args.explain:
-        cmd.append("--explain")
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     process_seconds = time.perf_counter() - started
@@ -489,7 +466,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run load and validate N times; compare the best of each")
     parser.add_argument("--with-extract", action="store_true", help="also measure the platform's raw/* extract step")
     parser.add_argument("--phases", action="store_true", help="time the validation step's statements one by one")
-    parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each statement (with --phases)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -564,10 +540,10 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
         "floor": "DuckDB: raw parquet -> typed clean parquet, no rules (a materialized clean copy, info)",
         "plain": "without: DuckDB raw parquet -> warehouse table, TRY_CAST",
         "plain_unordered": "without: the same, preserve_insertion_order = false",
-        "platform_plain": "without: platform DuckDBWarehouse load (+ _etl_ columns), TRY_CAST view, no rules",
+        "platform_plain": "without: platform load step, no quarantine (+ _etl_ columns), TRY_CAST view, no rules",
         "validate": "with: platform validate_<name> step: clean view + quarantine + checks",
         "warehouse": "with: platform warehouse_<name> step: clean + quarantine -> warehouse, contract re-checked",
-        "phases": "validate's SQL statements alone (sum of the phases below, info)",
+        "phases": "the validate step without Dagster (its phases below, info)",
     }
     for name in what:
         s = stages.get(name)
@@ -595,11 +571,9 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
               f" (the key re-count inside it {md.get(f'warehouse/{NAME}:contract_holds:check_seconds', 0):.2f}s)")
     phases = stages.get("phases")
     if phases is not None and phases.ok:
-        print("\nvalidation phases (same statements as _build_validate, one connection, no Dagster):")
+        print("\nvalidation phases (the validate step's own functions, one connection, no Dagster):")
         for label, seconds, cpu in phases.payload["phases"]:
             print(f"  {seconds:8.2f}s  {seconds / phases.seconds:6.1%}  cpu {cpu:6.2f}s  {label}")
-        if phases.payload.get("plan"):
-            print("\nEXPLAIN ANALYZE of the statements:\n" + phases.payload["plan"])
     baseline = stages.get("platform_plain")
     bare = [stages[n] for n in ("plain", "plain_unordered") if n in stages and stages[n].ok]
     if validate is None or not validate.ok or loaded is None or not loaded.ok or baseline is None or not baseline.ok:

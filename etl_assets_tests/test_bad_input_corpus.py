@@ -48,7 +48,7 @@ from etl_assets.cli import QUIET
 from etl_assets.definitions import build_definitions
 from etl_assets.lake import LakeStorage
 from etl_assets.errors import ContractError
-from etl_assets.pipelines.factory import _conforming
+from etl_assets.pipelines.steps.extract import conforming
 from etl_assets.pipelines.validation import check_castable_types
 from etl_assets.pipelines.spec import Column
 from etl_assets.keys import SOURCE_COLUMN
@@ -1008,12 +1008,12 @@ def _pages(*pages: list[dict]) -> list[pa.RecordBatch]:
 def test_api_page_with_a_new_column_fails_naming_it() -> None:
     first, second = _pages([{"id": 1, "amount": "1.50"}], [{"id": 2, "amount": "2.00", "color": "red"}])
     with pytest.raises(ContractError, match=r"page 2 has new column\(s\) \['color'\]"):
-        list(_conforming(first.schema, iter([first, second]), "items"))
+        list(conforming(first.schema, iter([first, second]), "items"))
 
 
 def test_api_page_missing_a_column_gets_nulls() -> None:
     first, second = _pages([{"id": 1, "amount": "1.50"}], [{"id": 2}])
-    out = pa.Table.from_batches(list(_conforming(first.schema, iter([first, second]), "items")))
+    out = pa.Table.from_batches(list(conforming(first.schema, iter([first, second]), "items")))
     assert out.column("amount").to_pylist() == ["1.50", None]
     assert out.column(SOURCE_COLUMN).to_pylist() == ["/items?page=1", "/items?page=2"]
 

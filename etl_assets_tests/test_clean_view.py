@@ -12,7 +12,7 @@ from dagster import AssetCheckKey, AssetKey
 from etl_assets.cli import QUIET
 from etl_assets.definitions import build_definitions
 from etl_assets.lake import LakeStorage, LakeView, view_files
-from etl_assets.pipelines.factory import _overlapping_partitions
+from etl_assets.pipelines.steps.validate import overlapping_partitions
 from etl_assets.pipelines.spec import parse_spec_file
 
 SPEC = """
@@ -187,9 +187,9 @@ def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path,
     spec = parse_spec_file(tmp_path / "specs" / "visits.yaml").spec
     unreadable: list[str] = []
     others = lake.table(["clean", "visits"], [first, second, third])
-    assert _overlapping_partitions(duckdb.connect(), others, spec, 1, 10, unreadable=unreadable) == [second]
+    assert overlapping_partitions(duckdb.connect(), others, spec, 1, 10, unreadable=unreadable) == [second]
     assert unreadable == [first, third]
-    assert _overlapping_partitions(duckdb.connect(), others, spec, 5, 5) == [second]  # without a list: logged only
+    assert overlapping_partitions(duckdb.connect(), others, spec, 5, 5) == [second]  # without a list: logged only
 
     # re-materializing the first repairs it, and the check works again: its key 2 is now the repeat
     assert job.execute_in_process(instance=instance, partition_key=first, run_config=QUIET).success

@@ -17,7 +17,8 @@ from etl_assets.definitions import build_definitions
 from etl_assets.monitoring import build_monitoring
 from etl_assets.monitoring.error_tracking import OPS_SCHEMA
 from etl_assets.pipelines import validation
-from etl_assets.pipelines.factory import QUARANTINE_SCHEMA, build_pipelines
+from etl_assets.pipelines.factory import build_pipelines
+from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA
 from etl_assets.pipelines.spec import (DAGSTER_RESERVED_NAMES, MAX_COLUMN_NAME_LENGTH, MAX_PIPELINE_NAME_LENGTH,
                                        RESERVED_SCHEMAS, SpecError, load_specs)
 from etl_assets.recovery import build_recovery

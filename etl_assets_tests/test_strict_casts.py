@@ -1,7 +1,7 @@
 """Strict casts and the rules that keep a value from being silently altered on its way to a target.
 
 Protects ``etl_assets/pipelines/validation.py`` (``typed_value``, ``contract_rules``, ``flagged_sql``,
-``clean_select``, ``quarantine_sql``, ``check_column_names``) and their use in ``factory._validate``:
+``clean_select``, ``quarantine_sql``, ``check_column_names``) and their use in ``steps.validate.validate_batch``:
 
 * every leniency of DuckDB's TRY_CAST (hex/binary/underscore integers, spaces, rounding into DECIMAL or an integer,
   dates with times, ``epoch``/``infinity``, year 0, hour 24, a 7th fractional digit, zone names, overflow to

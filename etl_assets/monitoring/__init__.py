@@ -42,7 +42,7 @@ def build_monitoring(specs: Sequence[LoadedSpec], env: Callable[[str], str | Non
     infos = pipeline_infos(specs)
     names = [i.name for i in infos]
     health_asset, health_job, health_schedule = build_health(infos)
-    checks, freshness_sensors = build_freshness(infos)
+    checks, freshness_sensors = build_freshness(specs)
     return Definitions(
         assets=[health_asset],
         asset_checks=checks,

@@ -10,7 +10,6 @@ each check when it may have changed state, so a stale table shows up in the UI a
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -23,31 +22,37 @@ from dagster import (
     build_sensor_for_freshness_checks,
 )
 
-from etl_assets.monitoring.health import PipelineInfo
+from etl_assets.keys import target_key
+from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 
 FRESHNESS_SENSOR = "freshness_checks_sensor"
 FRESHNESS_CHECK_NAME = "freshness_check"
 
 
-def build_freshness(pipelines: Sequence[PipelineInfo], minimum_interval_seconds: int = 60
+def freshness_checks_for(spec: PipelineSpec) -> list[AssetChecksDefinition]:
+    """The freshness checks of one pipeline: one per target asset when the spec declares ``max_lag_minutes``."""
+    if spec.freshness is None or not spec.targets:
+        return []
+    with warnings.catch_warnings():
+        # Dagster marks these builders as superseded by FreshnessPolicy; they are what this platform uses.
+        warnings.simplefilter("ignore", SupersessionWarning)
+        return list(build_last_update_freshness_checks(
+            assets=[target_key(t, spec.name) for t in spec.targets],
+            lower_bound_delta=timedelta(minutes=spec.freshness.max_lag_minutes)))
+
+
+def build_freshness(specs: Sequence[LoadedSpec], minimum_interval_seconds: int = 60
                     ) -> tuple[list[AssetChecksDefinition], list[SensorDefinition]]:
     """Freshness checks for every pipeline with ``max_lag_minutes``, and the sensor that evaluates them.
 
     Returns:
         ``(checks, sensors)``; both empty when no pipeline declares freshness.
     """
-    by_lag: dict[int, list] = defaultdict(list)
-    for info in pipelines:
-        if info.max_lag_minutes is not None and info.targets:
-            by_lag[info.max_lag_minutes].extend(info.targets)
-    if not by_lag:
+    checks = [check for loaded in specs for check in freshness_checks_for(loaded.spec)]
+    if not checks:
         return [], []
-    checks: list[AssetChecksDefinition] = []
     with warnings.catch_warnings():
-        # Dagster marks these builders as superseded by FreshnessPolicy; they are what this platform uses.
         warnings.simplefilter("ignore", SupersessionWarning)
-        for lag, keys in sorted(by_lag.items()):
-            checks += build_last_update_freshness_checks(assets=keys, lower_bound_delta=timedelta(minutes=lag))
         sensor = build_sensor_for_freshness_checks(
             freshness_checks=checks, name=FRESHNESS_SENSOR, default_status=DefaultSensorStatus.RUNNING,
             minimum_interval_seconds=minimum_interval_seconds,

@@ -32,10 +32,10 @@ from dagster import (
 )
 
 from etl_assets.errors import META_ERROR_CLASS, META_INPUT_AT_FAULT, PermanentSourceError
-from etl_assets.pipelines.spec import FilesSource, PipelineSpec
+from etl_assets.pipelines.spec import PipelineSpec
 from etl_assets.redact import redact
 from etl_assets.resources.api import ExtractStats, RestApiSource
-from etl_assets.resources.files import IN_PROGRESS_SUFFIXES, LandingFile, LandingFilesSource
+from etl_assets.resources.files import IN_PROGRESS_SUFFIXES, FilesSource, LandingFile, LandingFilesSource
 
 TAG_DATASET = "etl/landing_dataset"
 TAG_FILE = "etl/landing_file"

@@ -21,7 +21,11 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from etl_assets.sqlutil import (MAX_IDENTIFIER_LENGTH, RESERVED_COLUMN_NAMES, RESERVED_COLUMN_PREFIXES, is_identifier,
+from etl_assets.resources.api import ApiSource
+from etl_assets.resources.files import FilesSource
+from etl_assets.resources.sql import SqlSource
+from etl_assets.specmodel import IDENTIFIER_LIMIT, SpecFieldError, SpecModel, checked_name
+from etl_assets.sqlutil import (MAX_IDENTIFIER_LENGTH, RESERVED_COLUMN_NAMES, RESERVED_COLUMN_PREFIXES,
                                 is_reserved_column, normalize_type)
 
 # The project's Dagster defs folder: one folder per domain, each with a defs.yaml of Pipeline components
@@ -57,48 +61,13 @@ class SpecError(ValueError):
     """A spec file cannot be used. The message names the file, the field and the fix."""
 
 
-class SpecFieldError(ValueError):
-    """A rule across fields broke: names the field to change and how."""
-
-    def __init__(self, field: str, problem: str, fix: str):
-        super().__init__(problem)
-        self.field, self.problem, self.fix = field, problem, fix
-
-
-_IDENTIFIER_LIMIT = f"{MAX_IDENTIFIER_LENGTH} characters, Postgres's identifier limit"
-
-
-def _name(value: str, max_length: int = MAX_IDENTIFIER_LENGTH,
-          why: str = f"SQL names are held to {_IDENTIFIER_LIMIT}") -> str:
-    """Check that ``value`` is a plain identifier of at most ``max_length`` characters.
-
-    Args:
-        why: Why the limit is ``max_length``, for the message.
-
-    Raises:
-        SpecFieldError: the name is too long, or has characters (a space, a trailing line break) SQL cannot take bare.
-    """
-    if len(value) > max_length:
-        raise SpecFieldError("", f"{value!r} is {len(value)} characters long; the maximum is {max_length} ({why})",
-                             f"shorten it to at most {max_length} characters")
-    if not is_identifier(value):
-        raise SpecFieldError("", f"{value!r} is not a valid name",
-                             "use only letters, digits and underscores (no spaces or line breaks), starting with a letter")
-    return value
-
-
-def _identifier(value: str) -> str:
-    """Field validator: a plain identifier (a connection's name, say) within SQL's limit."""
-    return _name(value)
-
-
 def _column_name(value: str) -> str:
     """Check a contract column name: an identifier short enough for validation's typed copy, not a platform column.
 
     Raises:
         SpecFieldError: the name cannot be used, with the fix.
     """
-    _name(value, MAX_COLUMN_NAME_LENGTH, f"validation's working column __typed_<column> must fit in {_IDENTIFIER_LIMIT}")
+    checked_name(value, MAX_COLUMN_NAME_LENGTH, f"validation's working column __typed_<column> must fit in {IDENTIFIER_LIMIT}")
     if is_reserved_column(value):
         reserved = ", ".join([*RESERVED_COLUMN_NAMES, *(f"{p}*" for p in RESERVED_COLUMN_PREFIXES)])
         raise SpecFieldError("", f"{value!r} is a name the platform uses for its own columns ({reserved}, compared "
@@ -114,7 +83,7 @@ def _pipeline_name(value: str) -> str:
     Raises:
         SpecFieldError: the name cannot be used, with the fix.
     """
-    _name(value, MAX_PIPELINE_NAME_LENGTH, f"validation's view __ref_<name> must fit in {_IDENTIFIER_LIMIT}")
+    checked_name(value, MAX_PIPELINE_NAME_LENGTH, f"validation's view __ref_<name> must fit in {IDENTIFIER_LIMIT}")
     if value in DAGSTER_RESERVED_NAMES or value in RESERVED_PIPELINE_NAMES:
         why = "a platform schedule" if value in RESERVED_PIPELINE_NAMES else "a name Dagster reserves"
         raise SpecFieldError("", f"{value!r} is {why} and cannot name a pipeline",
@@ -128,7 +97,7 @@ def _domain(value: str) -> str:
     Raises:
         SpecFieldError: the name cannot be used, with the fix.
     """
-    _name(value)
+    checked_name(value)
     folded = value.lower()
     if folded in RESERVED_SCHEMAS or folded.startswith(RESERVED_SCHEMA_PREFIX):
         raise SpecFieldError("", f"{value!r} is a schema the platform or the database keeps for itself (reserved, "
@@ -137,21 +106,17 @@ def _domain(value: str) -> str:
     return value
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 Severity = Literal["ERROR", "WARN"]
 
 
-class Reference(_Model):
+class Reference(SpecModel):
     """A relationship: every non-null value must exist in ``column`` of another dataset."""
 
     dataset: str
     column: str
 
 
-class Column(_Model):
+class Column(SpecModel):
     """One column of the dataset contract.
 
     Type and not-null violations always quarantine the row. The value rules (``accepted_values``, ``min``,
@@ -189,7 +154,7 @@ class Column(_Model):
         return value
 
 
-class RowCount(_Model):
+class RowCount(SpecModel):
     """Expected rows per partition: at least ``min``, and within ``max_deviation`` (a fraction) of the average
     of the last ``trailing_partitions`` loads."""
 
@@ -199,163 +164,16 @@ class RowCount(_Model):
     severity: Severity = "ERROR"
 
 
-class Quality(_Model):
+class Quality(SpecModel):
     """The share of valid rows below which the blocking ``quality_score`` check fails (and nothing loads)."""
 
     threshold: float = Field(0.95, ge=0, le=1)
 
 
-class Pagination(_Model):
-    """How an API pages its results. ``page``: page/page_size numbers; ``cursor``: an opaque cursor and a next link."""
-
-    style: Literal["page", "cursor"] = "page"
-    page_size: int = Field(500, ge=1, le=10_000)
-    page_param: str = "page"
-    page_size_param: str = "page_size"
-    cursor_param: str = "cursor"
-    limit_param: str = "limit"
-    next_cursor_field: str = "next_cursor"
-    total_pages_field: str = "total_pages"
-    max_pages: int = Field(
-        100_000, ge=1,
-        description="Most pages one extraction (one partition) may read; a partition needing more fails, so an API "
-                    "whose paging never ends cannot keep a run going for ever. Raise it (or page_size) for larger "
-                    "partitions.")
-
-
-class Incremental(_Model):
-    """Incremental extraction: only records whose ``field`` is newer than the last loaded watermark."""
-
-    param: str = "updated_since"
-    field: str = "updated_at"
-    watermark_endpoint: str | None = Field(
-        None, description="Endpoint answering the newest `field` value; enables the watermark sensor."
-    )
-    watermark_field: str = "max_updated_at"
-
-
-class ApiSource(_Model):
-    """A REST API endpoint returning JSON records."""
-
-    kind: Literal["api"]
-    connection: str
-    default_url: str = Field(description="Base URL used when <CONNECTION>_URL is not set in the environment.")
-    endpoint: str
-    records_path: str = "data"
-    pagination: Pagination = Pagination()
-    window_params: tuple[str, str] | None = Field(
-        None, description="Query parameters carrying the partition's time window [start, end)."
-    )
-    incremental: Incremental | None = None
-    auth: Literal["none", "bearer"] = "none"
-    timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for the connection or for any read.")
-    request_deadline_seconds: float | None = Field(
-        None, gt=0, description="Longest a whole request may take, first byte to last; default 4 x timeout_seconds.")
-    max_page_bytes: int = Field(
-        32 * 2**20, ge=1024,
-        description="Largest page body accepted, in bytes (default 32 MiB); a larger one fails the run, as parsing "
-                    "it takes about 15x its size in memory for small records (json.loads, then the Arrow batch): "
-                    "32 MiB is about 0.5 GB at worst, and still holds 10,000 records (the largest page_size) of 3 KB "
-                    "each. Lower pagination.page_size, or raise this where the worker has the memory.")
-
-    _check_connection = field_validator("connection")(_identifier)
-
-    @model_validator(mode="after")
-    def _check_deadline(self) -> "ApiSource":
-        if self.request_deadline_seconds is not None and self.request_deadline_seconds < self.timeout_seconds:
-            raise ValueError(f"request_deadline_seconds ({self.request_deadline_seconds:g}) is shorter than "
-                             f"timeout_seconds ({self.timeout_seconds:g}); make it at least as long, or remove it")
-        return self
-
-    def deadline_seconds(self) -> float:
-        """The whole-request deadline: ``request_deadline_seconds``, or four times ``timeout_seconds``."""
-        return self.request_deadline_seconds or 4 * self.timeout_seconds
-
-    @field_validator("endpoint")
-    @classmethod
-    def _check_endpoint(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"endpoint {value!r} must be a path starting with '/', e.g. /orders")
-        return value
-
-
-class SqlSource(_Model):
-    """A table or query of an SQL database (SQLAlchemy URL; Postgres gets the Arrow fast path)."""
-
-    kind: Literal["sql"]
-    connection: str
-    default_url: str = Field(
-        description="URL used when <CONNECTION>_URL is not set; '{data_dir}' expands to ETL_DATA_DIR."
-    )
-    table: str | None = None
-    query: str | None = None
-    incremental_column: str | None = None
-    chunk_size: int = Field(100_000, ge=1_000, le=5_000_000)
-
-    _check_connection = field_validator("connection")(_identifier)
-
-    @field_validator("table", "incremental_column")
-    @classmethod
-    def _check_names(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = value.split(".")
-        if len(parts) > 2 or not all(is_identifier(p) for p in parts):
-            raise SpecFieldError("", f"{value!r} is not a table or column name",
-                                 "use a plain name (schema.table for a table in another schema): letters, digits "
-                                 "and underscores only, no spaces or line breaks")
-        return value
-
-    @model_validator(mode="after")
-    def _table_or_query(self) -> SqlSource:
-        if (self.table is None) == (self.query is None):
-            raise SpecFieldError("table", "both or neither of `table` and `query` are set", "give exactly one of `table` or `query`")
-        return self
-
-
-class FilesSource(_Model):
-    """Files dropped into ``$ETL_DATA_DIR/landing/<dataset>/``."""
-
-    kind: Literal["files"]
-    format: Literal["csv", "json", "ndjson", "parquet"]
-    glob: str = "*"
-    partition_regex: str = Field(
-        r"(?P<partition>\d{4}-\d{2}-\d{2})",
-        description="Regex with a `partition` group that takes the partition key from the file name.",
-    )
-    delimiter: str = ","
-    header: bool = True
-    null_values: list[str] = Field(
-        default_factory=lambda: [""],
-        description="csv only: field texts read as NULL (an empty field by default; 'NULL' and 'N/A' are common).",
-    )
-    ready_marker: str | None = Field(
-        None, description="When set (e.g. _SUCCESS), files are picked up only once this marker file exists."
-    )
-
-    @field_validator("glob")
-    @classmethod
-    def _check_glob(cls, value: str) -> str:
-        if value.startswith("/") or ".." in Path(value).parts:
-            raise ValueError(f"glob {value!r} must stay inside the landing directory (no '/' prefix, no '..')")
-        return value
-
-    @field_validator("partition_regex")
-    @classmethod
-    def _check_regex(cls, value: str) -> str:
-        try:
-            compiled = re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"partition_regex is not a valid regular expression: {exc}") from exc
-        if "partition" not in compiled.groupindex:
-            raise ValueError("partition_regex needs a named group (?P<partition>...)")
-        return value
-
-
 Source = Annotated[Union[ApiSource, SqlSource, FilesSource], Field(discriminator="kind")]
 
 
-class Partitioning(_Model):
+class Partitioning(SpecModel):
     """Time partitioning. ``column`` is the record's time column that decides its partition."""
 
     type: Literal["none", "daily", "hourly"] = "none"
@@ -375,7 +193,7 @@ class Partitioning(_Model):
         return self
 
 
-class Transform(_Model):
+class Transform(SpecModel):
     """A mart built by an SQL file; each input dataset is visible in the SQL as a view of its name."""
 
     sql: str
@@ -391,7 +209,7 @@ class Transform(_Model):
         return value
 
 
-class Schedule(_Model):
+class Schedule(SpecModel):
     cron: str
     timezone: str = "UTC"
     default_status: Literal["running", "stopped"] = "stopped"
@@ -405,7 +223,7 @@ class Schedule(_Model):
         return value
 
 
-class Arrival(_Model):
+class Arrival(SpecModel):
     """The file-arrival sensor of a files source."""
 
     default_status: Literal["running", "stopped"] = "stopped"
@@ -413,7 +231,7 @@ class Arrival(_Model):
     max_files_per_tick: int = Field(100, ge=1, le=10_000)
 
 
-class Automation(_Model):
+class Automation(SpecModel):
     """Dependency-driven runs: ``eager`` (when an upstream changes, latest partition) or ``on_cron``."""
 
     condition: Literal["eager", "on_cron"]
@@ -428,13 +246,13 @@ class Automation(_Model):
         return self
 
 
-class Freshness(_Model):
+class Freshness(SpecModel):
     """How stale a dataset may get: the latest materialization must be younger than ``max_lag_minutes``."""
 
     max_lag_minutes: int = Field(gt=0, le=60 * 24 * 366)
 
 
-class Retry(_Model):
+class Retry(SpecModel):
     """Step-level retries (Dagster RetryPolicy) for transient failures."""
 
     max_retries: int = Field(3, ge=0, le=20)
@@ -443,7 +261,7 @@ class Retry(_Model):
     jitter: Literal["full", "plus_minus", "none"] = "plus_minus"
 
 
-class Retention(_Model):
+class Retention(SpecModel):
     """How long raw inputs are kept for rebuilds; unset keeps them forever.
 
     ``raw_days`` applies to the raw lake partitions of a time-partitioned pipeline (by partition date), and
@@ -457,7 +275,7 @@ class Retention(_Model):
 Target = Literal["duckdb", "postgres"]
 
 
-class PipelineSpec(_Model):
+class PipelineSpec(SpecModel):
     """One pipeline, as declared in one YAML file."""
 
     name: str

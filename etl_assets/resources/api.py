@@ -12,16 +12,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import ConfigurableResource, get_dagster_logger
+from pydantic import Field, field_validator, model_validator
 
 from etl_assets.errors import ContractError, PermanentSourceError, TransientSourceError
 from etl_assets.keys import SOURCE_COLUMN
-from etl_assets.pipelines.spec import ApiSource
 from etl_assets.redact import redact
+from etl_assets.specmodel import SpecModel, identifier
 from etl_assets.sqlutil import RESERVED_COLUMN_NAMES, RESERVED_COLUMN_PREFIXES, is_identifier, is_reserved_column
 
 # Of an error answer's body, only this much is read: the message shows its first 200 characters.
@@ -30,6 +32,80 @@ TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_SECONDS = 60.0
 # Up to this share of a Retry-After is added at random, so clients told the same wait do not all return together.
 RETRY_AFTER_JITTER = 0.1
+
+
+class Pagination(SpecModel):
+    """How an API pages its results. ``page``: page/page_size numbers; ``cursor``: an opaque cursor and a next link."""
+
+    style: Literal["page", "cursor"] = "page"
+    page_size: int = Field(500, ge=1, le=10_000)
+    page_param: str = "page"
+    page_size_param: str = "page_size"
+    cursor_param: str = "cursor"
+    limit_param: str = "limit"
+    next_cursor_field: str = "next_cursor"
+    total_pages_field: str = "total_pages"
+    max_pages: int = Field(
+        100_000, ge=1,
+        description="Most pages one extraction (one partition) may read; a partition needing more fails, so an API "
+                    "whose paging never ends cannot keep a run going for ever. Raise it (or page_size) for larger "
+                    "partitions.")
+
+
+class Incremental(SpecModel):
+    """Incremental extraction: only records whose ``field`` is newer than the last loaded watermark."""
+
+    param: str = "updated_since"
+    field: str = "updated_at"
+    watermark_endpoint: str | None = Field(
+        None, description="Endpoint answering the newest `field` value; enables the watermark sensor."
+    )
+    watermark_field: str = "max_updated_at"
+
+
+class ApiSource(SpecModel):
+    """A REST API endpoint returning JSON records."""
+
+    kind: Literal["api"]
+    connection: str
+    default_url: str = Field(description="Base URL used when <CONNECTION>_URL is not set in the environment.")
+    endpoint: str
+    records_path: str = "data"
+    pagination: Pagination = Pagination()
+    window_params: tuple[str, str] | None = Field(
+        None, description="Query parameters carrying the partition's time window [start, end)."
+    )
+    incremental: Incremental | None = None
+    auth: Literal["none", "bearer"] = "none"
+    timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for the connection or for any read.")
+    request_deadline_seconds: float | None = Field(
+        None, gt=0, description="Longest a whole request may take, first byte to last; default 4 x timeout_seconds.")
+    max_page_bytes: int = Field(
+        32 * 2**20, ge=1024,
+        description="Largest page body accepted, in bytes (default 32 MiB); a larger one fails the run, as parsing "
+                    "it takes about 15x its size in memory for small records (json.loads, then the Arrow batch): "
+                    "32 MiB is about 0.5 GB at worst, and still holds 10,000 records (the largest page_size) of 3 KB "
+                    "each. Lower pagination.page_size, or raise this where the worker has the memory.")
+
+    _check_connection = field_validator("connection")(identifier)
+
+    @model_validator(mode="after")
+    def _check_deadline(self) -> "ApiSource":
+        if self.request_deadline_seconds is not None and self.request_deadline_seconds < self.timeout_seconds:
+            raise ValueError(f"request_deadline_seconds ({self.request_deadline_seconds:g}) is shorter than "
+                             f"timeout_seconds ({self.timeout_seconds:g}); make it at least as long, or remove it")
+        return self
+
+    def deadline_seconds(self) -> float:
+        """The whole-request deadline: ``request_deadline_seconds``, or four times ``timeout_seconds``."""
+        return self.request_deadline_seconds or 4 * self.timeout_seconds
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"endpoint {value!r} must be a path starting with '/', e.g. /orders")
+        return value
 
 
 @dataclass

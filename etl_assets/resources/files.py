@@ -14,16 +14,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
+from pydantic import Field, field_validator
 
 from etl_assets.errors import PermanentSourceError
-from etl_assets.pipelines.spec import FilesSource
 from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.settings import current_settings
+from etl_assets.specmodel import SpecModel
 from etl_assets.sqlutil import is_identifier, is_reserved_column, quote_ident, quote_literal
 
 # Writers that are not done yet use these names; they are never read.
@@ -51,6 +53,45 @@ class LandingFile:
     path: Path
     size: int
     mtime_ns: int
+
+
+class FilesSource(SpecModel):
+    """Files dropped into ``$ETL_DATA_DIR/landing/<dataset>/``."""
+
+    kind: Literal["files"]
+    format: Literal["csv", "json", "ndjson", "parquet"]
+    glob: str = "*"
+    partition_regex: str = Field(
+        r"(?P<partition>\d{4}-\d{2}-\d{2})",
+        description="Regex with a `partition` group that takes the partition key from the file name.",
+    )
+    delimiter: str = ","
+    header: bool = True
+    null_values: list[str] = Field(
+        default_factory=lambda: [""],
+        description="csv only: field texts read as NULL (an empty field by default; 'NULL' and 'N/A' are common).",
+    )
+    ready_marker: str | None = Field(
+        None, description="When set (e.g. _SUCCESS), files are picked up only once this marker file exists."
+    )
+
+    @field_validator("glob")
+    @classmethod
+    def _check_glob(cls, value: str) -> str:
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError(f"glob {value!r} must stay inside the landing directory (no '/' prefix, no '..')")
+        return value
+
+    @field_validator("partition_regex")
+    @classmethod
+    def _check_regex(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"partition_regex is not a valid regular expression: {exc}") from exc
+        if "partition" not in compiled.groupindex:
+            raise ValueError("partition_regex needs a named group (?P<partition>...)")
+        return value
 
 
 class LandingFilesSource(ConfigurableResource):

@@ -13,22 +13,59 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 from dagster import ConfigurableResource
+from pydantic import Field, field_validator, model_validator
 
 from etl_assets.errors import EtlError, PermanentSourceError, TransientSourceError
-from etl_assets.pipelines.spec import SqlSource
 from etl_assets.redact import ENCODING_HINT, is_clean, redact, url_secrets, userinfo_needs_encoding
 from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.settings import current_settings
+from etl_assets.specmodel import SpecFieldError, SpecModel, identifier
+from etl_assets.sqlutil import is_identifier
 
 
 _ALIAS = "src"
 # Session settings that carry a Postgres extract's window bounds (see `_extract_postgres`).
 _WINDOW_START = "etl.window_start"
 _WINDOW_END = "etl.window_end"
+
+
+class SqlSource(SpecModel):
+    """A table or query of an SQL database (SQLAlchemy URL; Postgres gets the Arrow fast path)."""
+
+    kind: Literal["sql"]
+    connection: str
+    default_url: str = Field(
+        description="URL used when <CONNECTION>_URL is not set; '{data_dir}' expands to ETL_DATA_DIR."
+    )
+    table: str | None = None
+    query: str | None = None
+    incremental_column: str | None = None
+    chunk_size: int = Field(100_000, ge=1_000, le=5_000_000)
+
+    _check_connection = field_validator("connection")(identifier)
+
+    @field_validator("table", "incremental_column")
+    @classmethod
+    def _check_names(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.split(".")
+        if len(parts) > 2 or not all(is_identifier(p) for p in parts):
+            raise SpecFieldError("", f"{value!r} is not a table or column name",
+                                 "use a plain name (schema.table for a table in another schema): letters, digits "
+                                 "and underscores only, no spaces or line breaks")
+        return value
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSource:
+        if (self.table is None) == (self.query is None):
+            raise SpecFieldError("table", "both or neither of `table` and `query` are set", "give exactly one of `table` or `query`")
+        return self
 
 
 def _quote(name: str) -> str:

@@ -1,0 +1,71 @@
+"""What a spec's settings become in Dagster: partitions, retries, automation, backfills, pools and schedule status."""
+
+from __future__ import annotations
+
+from dagster import (
+    AutomationCondition,
+    BackfillPolicy,
+    Backoff,
+    DailyPartitionsDefinition,
+    DefaultScheduleStatus,
+    HourlyPartitionsDefinition,
+    Jitter,
+    PartitionsDefinition,
+    RetryPolicy,
+)
+
+from etl_assets.pipelines.spec import PipelineSpec
+
+
+def partitions_def_for(spec: PipelineSpec) -> PartitionsDefinition | None:
+    """The spec's daily or hourly partitions (``None`` for an unpartitioned pipeline)."""
+    p = spec.partitions
+    if p.type == "daily":
+        return DailyPartitionsDefinition(start_date=p.start.isoformat(), timezone=p.timezone)
+    if p.type == "hourly":
+        return HourlyPartitionsDefinition(start_date=f"{p.start.isoformat()}-00:00", timezone=p.timezone)
+    return None
+
+
+def automation_for(spec: PipelineSpec) -> AutomationCondition | None:
+    """The spec's dependency-driven condition; ``eager`` follows Dagster's (latest time partition only)."""
+    if spec.automation is None:
+        return None
+    if spec.automation.condition == "eager":
+        return AutomationCondition.eager()
+    return AutomationCondition.on_cron(spec.automation.cron)
+
+
+def retry_policy_for(spec: PipelineSpec) -> RetryPolicy:
+    """The step retries of every asset of the pipeline."""
+    r = spec.retry
+    return RetryPolicy(
+        max_retries=r.max_retries,
+        delay=r.delay_seconds,
+        backoff=Backoff.EXPONENTIAL if r.backoff == "exponential" else Backoff.LINEAR,
+        jitter={"full": Jitter.FULL, "plus_minus": Jitter.PLUS_MINUS, "none": None}[r.jitter],
+    )
+
+
+def source_pool(spec: PipelineSpec) -> str | None:
+    """The Dagster pool an API source's extracts run in: one per connection, so a backfill's many runs (one per
+    partition) ask the API at most the pool's limit at a time (`dagster.yaml` default 1; raise it with
+    ``dagster instance concurrency set api_<connection> N``)."""
+    if spec.source is not None and spec.source.kind == "api":
+        return f"api_{spec.source.connection}"
+    return None
+
+
+def backfill_policy_for(spec: PipelineSpec) -> BackfillPolicy | None:
+    """Database, file and transform pipelines backfill a range in one run; API sources one partition per run."""
+    if spec.partitions.type == "none":
+        return None
+    if spec.source is not None and spec.source.kind == "api":
+        return BackfillPolicy.multi_run(max_partitions_per_run=1)
+    return BackfillPolicy.single_run()
+
+
+def schedule_status_for(spec: PipelineSpec) -> DefaultScheduleStatus:
+    """Whether the spec's schedule starts running or stopped."""
+    assert spec.schedule is not None
+    return DefaultScheduleStatus.RUNNING if spec.schedule.default_status == "running" else DefaultScheduleStatus.STOPPED
