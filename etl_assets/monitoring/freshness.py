@@ -23,7 +23,7 @@ from dagster import (
 )
 
 from etl_assets.keys import target_key
-from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
+from etl_assets.pipelines.spec import PipelineSpec
 
 FRESHNESS_SENSOR = "freshness_checks_sensor"
 FRESHNESS_CHECK_NAME = "freshness_check"
@@ -41,20 +41,14 @@ def freshness_checks_for(spec: PipelineSpec) -> list[AssetChecksDefinition]:
             lower_bound_delta=timedelta(minutes=spec.freshness.max_lag_minutes)))
 
 
-def build_freshness(specs: Sequence[LoadedSpec], minimum_interval_seconds: int = 60
-                    ) -> tuple[list[AssetChecksDefinition], list[SensorDefinition]]:
-    """Freshness checks for every pipeline with ``max_lag_minutes``, and the sensor that evaluates them.
-
-    Returns:
-        ``(checks, sensors)``; both empty when no pipeline declares freshness.
-    """
-    checks = [check for loaded in specs for check in freshness_checks_for(loaded.spec)]
+def freshness_sensor_for(checks: Sequence[AssetChecksDefinition], minimum_interval_seconds: int = 60
+                         ) -> list[SensorDefinition]:
+    """The sensor that evaluates the freshness ``checks`` (none when there are no checks)."""
     if not checks:
-        return [], []
+        return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SupersessionWarning)
-        sensor = build_sensor_for_freshness_checks(
-            freshness_checks=checks, name=FRESHNESS_SENSOR, default_status=DefaultSensorStatus.RUNNING,
+        return [build_sensor_for_freshness_checks(
+            freshness_checks=list(checks), name=FRESHNESS_SENSOR, default_status=DefaultSensorStatus.RUNNING,
             minimum_interval_seconds=minimum_interval_seconds,
-        )
-    return checks, [sensor]
+        )]

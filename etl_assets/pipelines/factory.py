@@ -4,9 +4,10 @@ jobs, schedule and sensors, then the domain jobs and the resources of the specs'
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dagster import (
+    AssetChecksDefinition,
     AssetKey,
     AssetSelection,
     AssetsDefinition,
@@ -26,6 +27,7 @@ from dagster import (
 
 from etl_assets.keys import clean_key, mart_key, quarantine_key, raw_key, target_key
 from etl_assets.lake import LakeIOManager, LakeStorage
+from etl_assets.monitoring.freshness import freshness_checks_for, freshness_sensor_for
 from etl_assets.pipelines import sensors as sensors_mod
 from etl_assets.pipelines.assets import (LAKE_IO_MANAGER, extract_asset, load_asset, source_resource_key,
                                          transform_asset, validate_asset)
@@ -44,6 +46,7 @@ class BuiltPipelines:
     schedules: list[ScheduleDefinition]
     sensors: list
     resources: dict
+    asset_checks: list = field(default_factory=list)
 
 
 def pipeline_keys(spec: PipelineSpec) -> list[AssetKey]:
@@ -109,7 +112,7 @@ def build_resources(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
 
 
 def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -> BuiltPipelines:
-    """Assets, jobs and schedules for every spec."""
+    """Assets, jobs, schedules, sensors and the per-pipeline checks (freshness) for every spec, in one pass."""
     with warnings.catch_warnings():
         # backfill_policy is marked beta in Dagster 1.13; single-run backfills rely on it deliberately
         warnings.simplefilter("ignore", BetaWarning)
@@ -124,6 +127,7 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
     job_by_name = {}
     schedules = []
     sensors = []
+    asset_checks: list[AssetChecksDefinition] = []
     for loaded in specs:
         spec = loaded.spec
         pdef = partitions_def_for(spec)
@@ -132,6 +136,7 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
         else:
             assets.append(transform_asset(loaded, pdef, by_name))
         assets += [load_asset(loaded, target, pdef) for target in spec.targets]
+        asset_checks += freshness_checks_for(spec)
         keys = pipeline_keys(spec)
         groups[(spec.domain, _job_suffix(spec))].extend(keys)
         job = define_asset_job(
@@ -167,6 +172,7 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
             sensors.append(sensors_mod.build_after_sensor(loaded.spec, job_by_name[loaded.spec.name], upstream))
     if any(s.spec.source is not None and s.spec.source.kind == "files" for s in specs):
         sensors += sensors_mod.build_landing_sensors(s.spec for s in specs)
+    sensors += freshness_sensor_for(asset_checks)
     if any(s.spec.automation is not None for s in specs):
         sensors.append(AutomationConditionSensorDefinition(
             name="automation_condition_sensor",
@@ -176,4 +182,4 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
             description="Evaluates the specs' automation conditions (dependency-driven runs).",
         ))
     return BuiltPipelines(assets=assets, jobs=jobs, schedules=schedules, sensors=sensors,
-                          resources=build_resources(specs, env))
+                          resources=build_resources(specs, env), asset_checks=asset_checks)
