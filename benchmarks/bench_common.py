@@ -38,8 +38,12 @@ def code_digest() -> str:
     """A short digest of the etl_assets and etl_assets_demo sources, to tell which code a result came from (others
     may edit it)."""
     digest = hashlib.sha256()
-    files = sorted(f for package in ("etl_assets", "etl_assets_demo") for f in (REPO / package).rglob("*")
-                   if f.suffix in (".py", ".yaml", ".sql") and "__pycache__" not in f.parts)
+    files = sorted(
+        f
+        for package in ("etl_assets", "etl_assets_demo")
+        for f in (REPO / package).rglob("*")
+        if f.suffix in (".py", ".yaml", ".sql") and "__pycache__" not in f.parts
+    )
     for f in files:
         digest.update(str(f.relative_to(REPO)).encode())
         digest.update(f.read_bytes())

@@ -59,9 +59,16 @@ def generate(landing: Path, rows: int, files: int, ragged_every: int | None, see
         with open(directory / f"sales_2024-01-10_store{f}.csv", "w") as out:
             out.write(",".join(COLUMNS) + "\n")
             for i in range(f * per_file, (f + 1) * per_file):
-                fields = [str(i), f"c{rng.randrange(10_000)}", f"sku-{rng.randrange(500)}", str(rng.randrange(1, 9)),
-                          f"{rng.randrange(100, 99_999) / 100:.2f}", rng.choice(["USD", "EUR", "GBP"]),
-                          f"2024-01-10 {rng.randrange(24):02d}:{rng.randrange(60):02d}:00", "ok"]
+                fields = [
+                    str(i),
+                    f"c{rng.randrange(10_000)}",
+                    f"sku-{rng.randrange(500)}",
+                    str(rng.randrange(1, 9)),
+                    f"{rng.randrange(100, 99_999) / 100:.2f}",
+                    rng.choice(["USD", "EUR", "GBP"]),
+                    f"2024-01-10 {rng.randrange(24):02d}:{rng.randrange(60):02d}:00",
+                    "ok",
+                ]
                 if ragged_every and i % ragged_every == ragged_every - 1:
                     fields = fields[:-1] if i % 2 else fields + ["extra"]
                     ragged += 1
@@ -79,7 +86,9 @@ def consume(reader) -> int:
 def baseline(landing: Path) -> int:
     con = duckdb.connect()
     pattern = str(landing / DATASET / "sales_2024-01-10_*.csv")
-    reader = con.sql(f"SELECT * FROM read_csv('{pattern}', all_varchar = true, filename = true)").to_arrow_reader(100_000)
+    reader = con.sql(f"SELECT * FROM read_csv('{pattern}', all_varchar = true, filename = true)").to_arrow_reader(
+        100_000
+    )
     n = consume(reader)
     con.close()
     return n
@@ -87,12 +96,21 @@ def baseline(landing: Path) -> int:
 
 def platform(landing: Path) -> tuple[int, int]:
     """The extract step of a files pipeline (``steps.extract.extract_files``), as ``raw/<name>`` runs it."""
-    spec = PipelineSpec.model_validate({
-        "name": DATASET, "source": {"kind": "files", "format": "csv", "glob": "sales_*.csv"},
-        "partitions": {"type": "daily", "start": "2024-01-01"},
-        "columns": [{"name": c, "type": "VARCHAR", "nullable": c != "id"} for c in COLUMNS]})
-    stream = extract_files(spec, LandingFilesSource(root=str(landing)), "2024-01-10",
-                           lake=LakeStorage(root=str(landing.parent / "lake")), log=logging.getLogger(__name__))
+    spec = PipelineSpec.model_validate(
+        {
+            "name": DATASET,
+            "source": {"kind": "files", "format": "csv", "glob": "sales_*.csv"},
+            "partitions": {"type": "daily", "start": "2024-01-01"},
+            "columns": [{"name": c, "type": "VARCHAR", "nullable": c != "id"} for c in COLUMNS],
+        }
+    )
+    stream = extract_files(
+        spec,
+        LandingFilesSource(root=str(landing)),
+        "2024-01-10",
+        lake=LakeStorage(root=str(landing.parent / "lake")),
+        log=logging.getLogger(__name__),
+    )
     n = consume(stream.reader)
     return n, stream.describe()["malformed_rows"]
 
@@ -125,17 +143,31 @@ def main() -> int:
                     result, wall, cpu = timed(fn, landing)
                     rows, malformed = result if isinstance(result, tuple) else (result, 0)
                     if rows != expected or malformed != ragged:
-                        print(f"FAIL {case}/{name}: {rows:,} rows ({malformed:,} malformed), expected {expected:,} "
-                              f"({ragged:,} malformed)")
+                        print(
+                            f"FAIL {case}/{name}: {rows:,} rows ({malformed:,} malformed), expected {expected:,} "
+                            f"({ragged:,} malformed)"
+                        )
                         ok = False
                     w, c = best.get(name, [float("inf"), float("inf")])
                     best[name] = [min(w, wall), min(c, cpu)]
             for name, (wall, cpu) in best.items():
                 base = best.get("baseline")
-                table.append((case, name, expected, wall, cpu, expected / wall,
-                              f"{wall / base[0]:.2f}" if base else "-", f"{cpu / base[1]:.2f}" if base else "-"))
-    print(f"\nfiles source CSV read, {args.rows:,} rows in {args.files} files, best of {args.repeat}, "
-          f"{os.cpu_count()} cores")
+                table.append(
+                    (
+                        case,
+                        name,
+                        expected,
+                        wall,
+                        cpu,
+                        expected / wall,
+                        f"{wall / base[0]:.2f}" if base else "-",
+                        f"{cpu / base[1]:.2f}" if base else "-",
+                    )
+                )
+    print(
+        f"\nfiles source CSV read, {args.rows:,} rows in {args.files} files, best of {args.repeat}, "
+        f"{os.cpu_count()} cores"
+    )
     print("| case | reader | rows | wall s | cpu s | rows/s | x baseline wall | x baseline cpu |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for case, name, rows, wall, cpu, rate, xw, xc in table:

@@ -164,7 +164,7 @@ class _CopyStream(io.RawIOBase):
                     break
                 self._pending = memoryview(chunk)
             size = min(room - filled, len(self._pending))
-            buffer[filled:filled + size] = self._pending[:size]
+            buffer[filled : filled + size] = self._pending[:size]
             self._pending = self._pending[size:]
             filled += size
         return filled
@@ -251,16 +251,20 @@ def child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     cpu_seconds = _cpu_seconds() - cpu_before
     meta = pq.ParquetFile(out).metadata
-    print(json.dumps({
-        "method": args.method,
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "rows": meta.num_rows,
-        "batches": batches,
-        "parquet_bytes": out.stat().st_size,
-        "amount_type": _type_label(schema, "amount"),
-        "created_at_type": _type_label(schema, "created_at"),
-    }))
+    print(
+        json.dumps(
+            {
+                "method": args.method,
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "rows": meta.num_rows,
+                "batches": batches,
+                "parquet_bytes": out.stat().st_size,
+                "amount_type": _type_label(schema, "amount"),
+                "created_at_type": _type_label(schema, "created_at"),
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------ orchestration (parent)
@@ -269,9 +273,22 @@ def child(args: argparse.Namespace) -> None:
 def run_child(method: str, args: argparse.Namespace, table: str, out: Path) -> dict:
     """Run one method in a fresh interpreter; returns its report plus its own peak RSS (MB) from ``wait4``."""
     cmd = [
-        sys.executable, os.path.abspath(__file__), "--method", method, "--rows", str(args.rows),
-        "--table", table, "--out", str(out), "--url", args.url,
-        "--batch-rows", str(args.batch_rows), "--csv-block-mb", str(args.csv_block_mb),
+        sys.executable,
+        os.path.abspath(__file__),
+        "--method",
+        method,
+        "--rows",
+        str(args.rows),
+        "--table",
+        table,
+        "--out",
+        str(out),
+        "--url",
+        args.url,
+        "--batch-rows",
+        str(args.batch_rows),
+        "--csv-block-mb",
+        str(args.csv_block_mb),
     ]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr)
@@ -309,22 +326,28 @@ def print_table(results: dict[str, list[dict]], rows: int, repeat: int) -> None:
     print("-" * len(header))
     for method, s in summary.items():
         if method == BASELINE:
-            print(f"{method:<18} {'-':>7} {'-':>10} {s['rss']:>12.0f} {'-':>10} {'-':>6} {'-':>8} {'-':>11}"
-                  "  (imports only)")
+            print(
+                f"{method:<18} {'-':>7} {'-':>10} {s['rss']:>12.0f} {'-':>10} {'-':>6} {'-':>8} {'-':>11}"
+                "  (imports only)"
+            )
             continue
         print(
             f"{method:<18} {s['seconds']:>7.2f} {rows / s['seconds']:>10,.0f} {s['rss']:>12.0f}"
             f" {s['seconds'] / fastest:>10.2f} {s['cpu']:>6.2f} {s['batches']:>8} {s['bytes'] / 1e6:>11.1f}"
             f"  {s['amount']:<24} {s['created_at']}"
         )
-    print(f"\nload average during the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPU(s);"
-          " wall times on a busy machine vary, cpu s (the child's user+sys) less so")
+    print(
+        f"\nload average during the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPU(s);"
+        " wall times on a busy machine vary, cpu s (the child's user+sys) less so"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the benchmark table (default 1,000,000)")
-    parser.add_argument("--url", default=DEFAULT_URL, help="Postgres URL (default $ETL_TEST_POSTGRES_URL or %(default)s)")
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help="Postgres URL (default $ETL_TEST_POSTGRES_URL or %(default)s)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per method; the table shows the median (default 3)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--batch-rows", type=int, default=65_536, help="connectorx_stream batch size in rows")
@@ -357,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError(f"{method} wrote {report['rows']} rows, expected {args.rows}")
                     results.setdefault(method, []).append(report)
                     if method != BASELINE:
-                        print(f"  {method:<18} run {attempt + 1}: {report['seconds']:.2f}s, "
-                              f"{report['peak_rss_mb']:.0f} MB peak RSS", flush=True)
+                        print(
+                            f"  {method:<18} run {attempt + 1}: {report['seconds']:.2f}s, "
+                            f"{report['peak_rss_mb']:.0f} MB peak RSS",
+                            flush=True,
+                        )
     finally:
         drop_table(args.url, table)
         print(f"dropped {table}", flush=True)

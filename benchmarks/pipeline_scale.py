@@ -63,7 +63,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_common import REPO, code_digest, write_dagster_yaml  # this directory is on sys.path (run as a script)
+from bench_common import code_digest, write_dagster_yaml  # this directory is on sys.path (run as a script)
 
 RESULT_MARKER = "@@pipeline_scale@@ "
 GIB = 1024**3
@@ -82,10 +82,17 @@ PIPELINE_STAGES = ["generate", "dimensions", *ORDER_STAGES]
 FLOOR_STAGES = ["floor_ctas", "floor_parquet"]
 # Numeric materialization metadata summed over partitions and shown in the per-stage details.
 DETAIL_METADATA = (
-    "dagster/row_count", "rows_in", "rows_quarantined", "pages", "request_retries", "bytes_written",
-    "extract_seconds", "validate_seconds", "write_seconds", "load_seconds",
+    "dagster/row_count",
+    "rows_in",
+    "rows_quarantined",
+    "pages",
+    "request_retries",
+    "bytes_written",
+    "extract_seconds",
+    "validate_seconds",
+    "write_seconds",
+    "load_seconds",
 )
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,19 +114,32 @@ def _child_generate(args: argparse.Namespace) -> dict:
 
     ready = _self_usage()
     started = time.perf_counter()
-    manifest = generate_shop_data(os.environ["ETL_DATA_DIR"], orders=args.orders[0], days=args.days,
-                                  start=args.start, seed=args.seed)
+    manifest = generate_shop_data(
+        os.environ["ETL_DATA_DIR"], orders=args.orders[0], days=args.days, start=args.start, seed=args.seed
+    )
     seconds = time.perf_counter() - started
-    return {"ready": ready, "work_seconds": seconds, "rows_out": manifest.orders, "orders": manifest.orders,
-            "runs": 0, "run_failures": [], "check_failures": [], "steps": {}, "metadata": {},
-            "detail": {"customers": manifest.customers, "products": manifest.products,
-                       "partitions": manifest.partition_keys}}
+    return {
+        "ready": ready,
+        "work_seconds": seconds,
+        "rows_out": manifest.orders,
+        "orders": manifest.orders,
+        "runs": 0,
+        "run_failures": [],
+        "check_failures": [],
+        "steps": {},
+        "metadata": {},
+        "detail": {
+            "customers": manifest.customers,
+            "products": manifest.products,
+            "partitions": manifest.partition_keys,
+        },
+    }
 
 
 def _child_floor(stage: str) -> dict:
     """DuckDB alone on the generated orders, with the platform's connection settings (memory limit, spill dir)."""
-    from etl_assets_demo import load_manifest
     from etl_assets.settings import duckdb_connection
+    from etl_assets_demo import load_manifest
 
     data_dir = Path(os.environ["ETL_DATA_DIR"])
     manifest = load_manifest(data_dir)
@@ -144,16 +164,26 @@ def _child_floor(stage: str) -> dict:
         con.close()
     seconds = time.perf_counter() - started
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"ready": ready, "work_seconds": seconds, "rows_out": rows, "orders": manifest.orders, "runs": 0,
-            "run_failures": [], "check_failures": [], "steps": {}, "metadata": {}, "detail": {}}
+    return {
+        "ready": ready,
+        "work_seconds": seconds,
+        "rows_out": rows,
+        "orders": manifest.orders,
+        "runs": 0,
+        "run_failures": [],
+        "check_failures": [],
+        "steps": {},
+        "metadata": {},
+        "detail": {},
+    }
 
 
 def _child_floor_api(partitions: list[str] | None) -> dict:
     """Every page of every partition from the demo API with plain httpx + JSON decode, as the extract asset asks."""
     import httpx
 
-    from etl_assets_demo import load_manifest
     from etl_assets.pipelines.spec import load_specs
+    from etl_assets_demo import load_manifest
 
     manifest = load_manifest(os.environ["ETL_DATA_DIR"])
     spec = next(s.spec for s in load_specs() if s.spec.name == "orders")
@@ -163,8 +193,11 @@ def _child_floor_api(partitions: list[str] | None) -> dict:
     started = time.perf_counter()
     with httpx.Client(base_url=os.environ["SHOP_API_URL"], timeout=src.timeout_seconds) as client:
         for key in partitions or manifest.partition_keys:
-            day = dt.datetime.combine(dt.date.fromisoformat(key), dt.time(), tzinfo=dt.timezone.utc)
-            base = {src.window_params[0]: day.isoformat(), src.window_params[1]: (day + dt.timedelta(days=1)).isoformat()}
+            day = dt.datetime.combine(dt.date.fromisoformat(key), dt.time(), tzinfo=dt.UTC)
+            base = {
+                src.window_params[0]: day.isoformat(),
+                src.window_params[1]: (day + dt.timedelta(days=1)).isoformat(),
+            }
             page, cursor = 1, None
             while True:
                 if pag.style == "page":
@@ -187,8 +220,18 @@ def _child_floor_api(partitions: list[str] | None) -> dict:
                     if not cursor or not records:
                         break
     seconds = time.perf_counter() - started
-    return {"ready": ready, "work_seconds": seconds, "rows_out": rows, "orders": manifest.orders, "runs": 0,
-            "run_failures": [], "check_failures": [], "steps": {}, "metadata": {}, "detail": {"pages": pages}}
+    return {
+        "ready": ready,
+        "work_seconds": seconds,
+        "rows_out": rows,
+        "orders": manifest.orders,
+        "runs": 0,
+        "run_failures": [],
+        "check_failures": [],
+        "steps": {},
+        "metadata": {},
+        "detail": {"pages": pages},
+    }
 
 
 def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
@@ -220,22 +263,31 @@ def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
         for partition in plan:
             started = time.perf_counter()
             result = job.execute_in_process(
-                instance=instance, partition_key=partition, asset_selection=selection,
-                run_config=QUIET, raise_on_error=False,
+                instance=instance,
+                partition_key=partition,
+                asset_selection=selection,
+                run_config=QUIET,
+                raise_on_error=False,
             )
             seconds += time.perf_counter() - started
             label = f"{stage}[{partition}]" if partition else stage
             if not result.success:
                 failure = result.get_run_failure_event()
-                step_failures = [f"{e.step_key}: {e.event_specific_data.error.message.strip()[:300]}"
-                                 for e in result.get_step_failure_events()]
-                run_failures.append(f"{label} run {result.run_id}: "
-                                    + ("; ".join(step_failures) or (failure.message if failure else "failed")))
+                step_failures = [
+                    f"{e.step_key}: {e.event_specific_data.error.message.strip()[:300]}"
+                    for e in result.get_step_failure_events()
+                ]
+                run_failures.append(
+                    f"{label} run {result.run_id}: "
+                    + ("; ".join(step_failures) or (failure.message if failure else "failed"))
+                )
             for evaluation in result.get_asset_check_evaluations():
                 checks += 1
                 if not evaluation.passed:
-                    check_failures.append(f"{label} {evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-                                          f" {dict((k, v.value) for k, v in evaluation.metadata.items())}")
+                    check_failures.append(
+                        f"{label} {evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+                        f" {dict((k, v.value) for k, v in evaluation.metadata.items())}"
+                    )
             for event in result.get_asset_materialization_events():
                 key = event.asset_key.to_user_string()
                 sums = metadata.setdefault(key, {})
@@ -243,25 +295,47 @@ def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
                     if name in DETAIL_METADATA and isinstance(value.value, (int, float)):
                         sums[name] = sums.get(name, 0) + value.value
             started_at: dict[str, float] = {}
-            for entry in instance.all_logs(result.run_id, of_type={DagsterEventType.STEP_START,
-                                                                   DagsterEventType.STEP_SUCCESS,
-                                                                   DagsterEventType.STEP_FAILURE}):
+            for entry in instance.all_logs(
+                result.run_id,
+                of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE},
+            ):
                 if entry.dagster_event_type == DagsterEventType.STEP_START:
                     started_at[entry.step_key] = entry.timestamp
                 elif entry.step_key in started_at:
-                    steps[entry.step_key] = steps.get(entry.step_key, 0.0) + entry.timestamp - started_at[entry.step_key]
+                    steps[entry.step_key] = (
+                        steps.get(entry.step_key, 0.0) + entry.timestamp - started_at[entry.step_key]
+                    )
     if stage == "dimensions":
         rows_out = sum(m.get("dagster/row_count", 0) for k, m in metadata.items() if k.startswith("warehouse/"))
     else:
         rows_out = sum(metadata.get("/".join(path), {}).get("dagster/row_count", 0) for path in ORDER_STAGES[stage])
-    return {"ready": ready, "work_seconds": seconds, "rows_out": rows_out, "orders": manifest.orders,
-            "runs": len(plan), "checks": checks, "run_failures": run_failures, "check_failures": check_failures,
-            "steps": steps, "metadata": metadata, "detail": {}}
+    return {
+        "ready": ready,
+        "work_seconds": seconds,
+        "rows_out": rows_out,
+        "orders": manifest.orders,
+        "runs": len(plan),
+        "checks": checks,
+        "run_failures": run_failures,
+        "check_failures": check_failures,
+        "steps": steps,
+        "metadata": metadata,
+        "detail": {},
+    }
 
 
 WARMUP_MODULES = (
-    "etl_assets", "etl_assets_demo", "pandas", "sqlalchemy", "sqlalchemy.dialects.sqlite", "httpx",
-    "pyarrow.compute", "pyarrow.csv", "pyarrow.dataset", "pyarrow.parquet", "psycopg",
+    "etl_assets",
+    "etl_assets_demo",
+    "pandas",
+    "sqlalchemy",
+    "sqlalchemy.dialects.sqlite",
+    "httpx",
+    "pyarrow.compute",
+    "pyarrow.csv",
+    "pyarrow.dataset",
+    "pyarrow.parquet",
+    "psycopg",
 )
 
 
@@ -283,10 +357,24 @@ def _child_warmup() -> dict:
         return MaterializeResult()
 
     with DagsterInstance.ephemeral() as instance:
-        materialize([warmup], instance=instance, raise_on_error=True,
-                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
-    return {"ready": ready, "work_seconds": time.perf_counter() - started, "rows_out": 0, "orders": 0, "runs": 1,
-            "run_failures": [], "check_failures": [], "steps": {}, "metadata": {}, "detail": {}}
+        materialize(
+            [warmup],
+            instance=instance,
+            raise_on_error=True,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+    return {
+        "ready": ready,
+        "work_seconds": time.perf_counter() - started,
+        "rows_out": 0,
+        "orders": 0,
+        "runs": 1,
+        "run_failures": [],
+        "check_failures": [],
+        "steps": {},
+        "metadata": {},
+        "detail": {},
+    }
 
 
 def _child_serve() -> None:
@@ -393,9 +481,20 @@ def _proc_cpu_seconds(pid: int) -> float:
 
 
 def _run_stage(stage: str, args: argparse.Namespace, env: dict[str, str], server_pid: int | None = None) -> StageResult:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", stage,
-           "--orders", str(args.orders_for_child), "--days", str(args.days),
-           "--start", args.start.isoformat(), "--seed", str(args.seed)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--stage",
+        stage,
+        "--orders",
+        str(args.orders_for_child),
+        "--days",
+        str(args.days),
+        "--start",
+        args.start.isoformat(),
+        "--seed",
+        str(args.seed),
+    ]
     server_cpu_before = _proc_cpu_seconds(server_pid) if server_pid else None
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=env["ETL_DATA_DIR"])
@@ -403,7 +502,7 @@ def _run_stage(stage: str, args: argparse.Namespace, env: dict[str, str], server
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(RESULT_MARKER):
-            payload = json.loads(line[len(RESULT_MARKER):])
+            payload = json.loads(line[len(RESULT_MARKER) :])
         else:
             sys.stderr.write(f"  [{stage}] {line}")
     code = proc.wait()
@@ -434,12 +533,13 @@ def _run_stage(stage: str, args: argparse.Namespace, env: dict[str, str], server
 
 def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen, dict]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", "serve"]
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=env["ETL_DATA_DIR"])
+    proc = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=env["ETL_DATA_DIR"]
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(RESULT_MARKER):
-            return proc, json.loads(line[len(RESULT_MARKER):])
+            return proc, json.loads(line[len(RESULT_MARKER) :])
         sys.stderr.write(f"  [serve] {line}")
     raise RuntimeError(f"the demo API server exited with status {proc.wait()} before announcing its URL")
 
@@ -450,7 +550,7 @@ def _stop_server(proc: subprocess.Popen) -> dict:
     stats: dict = {}
     for line in proc.stdout:
         if line.startswith(RESULT_MARKER):
-            stats = json.loads(line[len(RESULT_MARKER):])
+            stats = json.loads(line[len(RESULT_MARKER) :])
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -469,23 +569,36 @@ def _verify(data_dir: Path, orders: int) -> list[tuple[str, bool, str]]:
         return [("warehouse exists", False, f"{db} missing")]
     con = duckdb.connect(str(db), read_only=True)
     try:
-        tables = {f"{s}.{t}" for s, t in con.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
+        tables = {
+            f"{s}.{t}"
+            for s, t in con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()
+        }
         for table in ("shop.orders", "shop.orders_enriched"):
             if table not in tables:
                 checks.append((f"{table} rows == generated", False, "table missing"))
                 continue
             n, distinct, lo, hi, parts = con.execute(
                 f"SELECT count(*), count(DISTINCT order_id), min(order_id), max(order_id),"
-                f" count(DISTINCT _etl_partition) FROM {table}").fetchall()[0]
-            checks.append((f"{table} rows == generated", n == orders and distinct == orders and lo == 1 and hi == orders,
-                           f"rows {n:,}, distinct order_id {distinct:,}, ids {lo}..{hi}, {parts} partitions;"
-                           f" generated {orders:,}"))
+                f" count(DISTINCT _etl_partition) FROM {table}"
+            ).fetchall()[0]
+            checks.append(
+                (
+                    f"{table} rows == generated",
+                    n == orders and distinct == orders and lo == 1 and hi == orders,
+                    f"rows {n:,}, distinct order_id {distinct:,}, ids {lo}..{hi}, {parts} partitions;"
+                    f" generated {orders:,}",
+                )
+            )
         if "shop.daily_revenue" in tables and "shop.orders" in tables:
             revenue_orders = con.execute("SELECT coalesce(sum(orders), 0) FROM shop.daily_revenue").fetchall()[0][0]
             live = con.execute("SELECT count(*) FROM shop.orders WHERE status <> 'cancelled'").fetchall()[0][0]
-            checks.append(("shop.daily_revenue adds up to shop.orders", revenue_orders == live,
-                           f"sum(orders) {revenue_orders:,}, non-cancelled orders {live:,}"))
+            checks.append(
+                (
+                    "shop.daily_revenue adds up to shop.orders",
+                    revenue_orders == live,
+                    f"sum(orders) {revenue_orders:,}, non-cancelled orders {live:,}",
+                )
+            )
         else:
             checks.append(("shop.daily_revenue adds up to shop.orders", False, "table missing"))
     finally:
@@ -518,17 +631,22 @@ def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
         else:
             scale.stages[result.stage] = result
         status = "ok" if result.ok else "FAILED"
-        print(f"  {result.stage:<13} {status:<6} work {result.work_seconds:8.2f}s  process {result.proc_seconds:8.2f}s"
-              f"  peak RSS {_mib(result.maxrss_bytes)}  rows out {result.rows_out:,}", flush=True)
+        print(
+            f"  {result.stage:<13} {status:<6} work {result.work_seconds:8.2f}s  process {result.proc_seconds:8.2f}s"
+            f"  peak RSS {_mib(result.maxrss_bytes)}  rows out {result.rows_out:,}",
+            flush=True,
+        )
         for message in [result.error, *result.run_failures, *result.check_failures]:
             if message:
                 print(f"    ! {message}", flush=True)
         return result.ok
 
     warm = _run_stage("warmup", args, env)
-    print(f"  warmup        {'ok' if warm.ok else 'FAILED':<6} process {warm.proc_seconds:8.2f}s"
-          f"  (imports + one trivial Dagster run, not timed as a stage){' ' + warm.error if warm.error else ''}",
-          flush=True)
+    print(
+        f"  warmup        {'ok' if warm.ok else 'FAILED':<6} process {warm.proc_seconds:8.2f}s"
+        f"  (imports + one trivial Dagster run, not timed as a stage){' ' + warm.error if warm.error else ''}",
+        flush=True,
+    )
     if not record(_run_stage("generate", args, env)):
         return scale
     for floor in FLOOR_STAGES:
@@ -541,9 +659,12 @@ def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
                 break
             if stage == "extract":
                 scale.api_floor = _run_stage("floor_api", args, env, server_pid=info["pid"])
-                print(f"  floor_api     {'ok' if scale.api_floor.ok else 'FAILED':<6} work {scale.api_floor.work_seconds:8.2f}s"
-                      f"  process {scale.api_floor.proc_seconds:8.2f}s  rows {scale.api_floor.rows_out:,}"
-                      f"{' ' + scale.api_floor.error if scale.api_floor.error else ''}", flush=True)
+                print(
+                    f"  floor_api     {'ok' if scale.api_floor.ok else 'FAILED':<6} work {scale.api_floor.work_seconds:8.2f}s"
+                    f"  process {scale.api_floor.proc_seconds:8.2f}s  rows {scale.api_floor.rows_out:,}"
+                    f"{' ' + scale.api_floor.error if scale.api_floor.error else ''}",
+                    flush=True,
+                )
     finally:
         scale.server = _stop_server(server)
     for floor in FLOOR_STAGES:
@@ -551,8 +672,11 @@ def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
     scale.wall_seconds = time.perf_counter() - began
     scale.code_after = code_digest()
     if scale.code_after != scale.code_before:
-        print(f"  WARNING: etl_assets changed while this scale ran ({scale.code_before} -> {scale.code_after});"
-              " its stages may have run different code", flush=True)
+        print(
+            f"  WARNING: etl_assets changed while this scale ran ({scale.code_before} -> {scale.code_after});"
+            " its stages may have run different code",
+            flush=True,
+        )
     scale.verification = _verify(data_dir, orders)
     return scale
 
@@ -576,13 +700,17 @@ def _ratio(seconds: float, floor: float | None) -> str:
 def print_scale(scale: ScaleResult) -> None:
     ctas, parquet = scale.floor("floor_ctas"), scale.floor("floor_parquet")
     partitions = scale.days
-    print(f"\n=== {scale.orders:,} orders, {partitions} daily partitions (~{scale.orders // partitions:,} orders each),"
-          f" {scale.wall_seconds:,.0f}s wall for the whole scale ===")
+    print(
+        f"\n=== {scale.orders:,} orders, {partitions} daily partitions (~{scale.orders // partitions:,} orders each),"
+        f" {scale.wall_seconds:,.0f}s wall for the whole scale ==="
+    )
     changed = f", CHANGED to {scale.code_after} during the scale" if scale.code_after != scale.code_before else ""
     print(f"etl_assets code digest {scale.code_before}{changed}")
     ctas_cpu = min((r.cpu_seconds for r in scale.floors.get("floor_ctas", []) if r.ok), default=None)
-    header = (f"{'stage':<12} {'rows out':>12} {'work s':>9} {'process s':>9} {'orders/s':>12} {'peak RSS':>12}"
-              f" {'RSS @start':>12} {'cpu s':>8} {'cpu/work':>8} {'x CTAS':>9} {'x parquet':>9} {'cpu x CTAS':>10}")
+    header = (
+        f"{'stage':<12} {'rows out':>12} {'work s':>9} {'process s':>9} {'orders/s':>12} {'peak RSS':>12}"
+        f" {'RSS @start':>12} {'cpu s':>8} {'cpu/work':>8} {'x CTAS':>9} {'x parquet':>9} {'cpu x CTAS':>10}"
+    )
     print(header)
     print("-" * len(header))
     total_work = total_proc = total_cpu = 0.0
@@ -595,45 +723,62 @@ def print_scale(scale: ScaleResult) -> None:
         flag = "" if r.ok else "  FAILED"
         # orders/s: the generated orders over the stage's own time (dimensions: the rows it loaded).
         rows = r.rows_out if name == "dimensions" else scale.orders
-        print(f"{name:<12} {r.rows_out:>12,} {r.work_seconds:>9.2f} {r.proc_seconds:>9.2f} {_rate(rows, r.work_seconds)}"
-              f" {_mib(r.maxrss_bytes):>12} {_mib(r.ready_rss_bytes):>12} {r.cpu_seconds:>8.1f}"
-              f" {r.cpu_seconds / r.work_seconds if r.work_seconds else 0:>8.2f}"
-              f" {_ratio(r.work_seconds, ctas)} {_ratio(r.work_seconds, parquet)} {_ratio(r.cpu_seconds, ctas_cpu):>10}{flag}")
+        print(
+            f"{name:<12} {r.rows_out:>12,} {r.work_seconds:>9.2f} {r.proc_seconds:>9.2f} {_rate(rows, r.work_seconds)}"
+            f" {_mib(r.maxrss_bytes):>12} {_mib(r.ready_rss_bytes):>12} {r.cpu_seconds:>8.1f}"
+            f" {r.cpu_seconds / r.work_seconds if r.work_seconds else 0:>8.2f}"
+            f" {_ratio(r.work_seconds, ctas)} {_ratio(r.work_seconds, parquet)} {_ratio(r.cpu_seconds, ctas_cpu):>10}{flag}"
+        )
         total_work += r.work_seconds
         total_proc += r.proc_seconds
         total_cpu += r.cpu_seconds
         peak = max(peak, r.maxrss_bytes)
     print("-" * len(header))
-    print(f"{'total':<12} {'':>12} {total_work:>9.2f} {total_proc:>9.2f} {_rate(scale.orders, total_work)}"
-          f" {_mib(peak):>12} {'':>12} {total_cpu:>8.1f} {'':>8} {_ratio(total_work, ctas)} {_ratio(total_work, parquet)}"
-          f" {_ratio(total_cpu, ctas_cpu):>10}")
+    print(
+        f"{'total':<12} {'':>12} {total_work:>9.2f} {total_proc:>9.2f} {_rate(scale.orders, total_work)}"
+        f" {_mib(peak):>12} {'':>12} {total_cpu:>8.1f} {'':>8} {_ratio(total_work, ctas)} {_ratio(total_work, parquet)}"
+        f" {_ratio(total_cpu, ctas_cpu):>10}"
+    )
     for name in FLOOR_STAGES:
         runs = scale.floors.get(name, [])
         if runs:
             best = min(runs, key=lambda r: r.work_seconds if r.ok else float("inf"))
-            what = ("DuckDB CREATE TABLE AS SELECT * FROM read_parquet" if name == "floor_ctas"
-                    else "DuckDB COPY read_parquet TO zstd parquet")
-            print(f"{name:<12} {best.rows_out:>12,} {best.work_seconds:>9.2f} {best.proc_seconds:>9.2f}"
-                  f" {_rate(scale.orders, best.work_seconds)} {_mib(best.maxrss_bytes):>12} {_mib(best.ready_rss_bytes):>12}"
-                  f" {best.cpu_seconds:>8.1f}   runs: {', '.join(f'{r.work_seconds:.2f}s' for r in runs)}  ({what})")
+            what = (
+                "DuckDB CREATE TABLE AS SELECT * FROM read_parquet"
+                if name == "floor_ctas"
+                else "DuckDB COPY read_parquet TO zstd parquet"
+            )
+            print(
+                f"{name:<12} {best.rows_out:>12,} {best.work_seconds:>9.2f} {best.proc_seconds:>9.2f}"
+                f" {_rate(scale.orders, best.work_seconds)} {_mib(best.maxrss_bytes):>12} {_mib(best.ready_rss_bytes):>12}"
+                f" {best.cpu_seconds:>8.1f}   runs: {', '.join(f'{r.work_seconds:.2f}s' for r in runs)}  ({what})"
+            )
     extract, api = scale.stages.get("extract"), scale.api_floor
     if extract and api and api.ok and api.work_seconds > 0:
-        print(f"{'floor_api':<12} {api.rows_out:>12,} {api.work_seconds:>9.2f} {api.proc_seconds:>9.2f}"
-              f" {_rate(scale.orders, api.work_seconds)} {_mib(api.maxrss_bytes):>12} {_mib(api.ready_rss_bytes):>12}"
-              f" {api.cpu_seconds:>8.1f}   httpx GET + JSON decode of the same {api.detail.get('pages', 0):,} pages,"
-              f" nothing kept; extract = {extract.work_seconds / api.work_seconds:.2f}x this"
-              f" (api server cpu: {extract.server_cpu_seconds or 0:.1f}s during extract,"
-              f" {api.server_cpu_seconds or 0:.1f}s during floor_api)")
+        print(
+            f"{'floor_api':<12} {api.rows_out:>12,} {api.work_seconds:>9.2f} {api.proc_seconds:>9.2f}"
+            f" {_rate(scale.orders, api.work_seconds)} {_mib(api.maxrss_bytes):>12} {_mib(api.ready_rss_bytes):>12}"
+            f" {api.cpu_seconds:>8.1f}   httpx GET + JSON decode of the same {api.detail.get('pages', 0):,} pages,"
+            f" nothing kept; extract = {extract.work_seconds / api.work_seconds:.2f}x this"
+            f" (api server cpu: {extract.server_cpu_seconds or 0:.1f}s during extract,"
+            f" {api.server_cpu_seconds or 0:.1f}s during floor_api)"
+        )
     if scale.server:
         extract = scale.stages.get("extract")
-        cpu = f", {extract.server_cpu_seconds:.1f} cpu s during extract" if extract and extract.server_cpu_seconds else ""
-        print(f"{'api server':<12} {scale.server.get('requests', 0):>12,} requests{cpu}, peak RSS"
-              f" {_mib(scale.server.get('maxrss_bytes', 0)).strip()}")
-    print("  work s: the stage's own wall time inside its process (all partitions; for pipeline stages only the"
-          " execute_in_process calls); process s: the whole child process, with interpreter start, imports and"
-          " build_definitions(); cpu s: the child's user+system CPU during the work (all threads); x CTAS / x parquet:"
-          " work s over the faster floor run; cpu x CTAS: cpu s over the CTAS floor's cpu s (less sensitive to other"
-          " load on the machine); peak RSS: the child's ru_maxrss; RSS @start: ru_maxrss once imports were done")
+        cpu = (
+            f", {extract.server_cpu_seconds:.1f} cpu s during extract" if extract and extract.server_cpu_seconds else ""
+        )
+        print(
+            f"{'api server':<12} {scale.server.get('requests', 0):>12,} requests{cpu}, peak RSS"
+            f" {_mib(scale.server.get('maxrss_bytes', 0)).strip()}"
+        )
+    print(
+        "  work s: the stage's own wall time inside its process (all partitions; for pipeline stages only the"
+        " execute_in_process calls); process s: the whole child process, with interpreter start, imports and"
+        " build_definitions(); cpu s: the child's user+system CPU during the work (all threads); x CTAS / x parquet:"
+        " work s over the faster floor run; cpu x CTAS: cpu s over the CTAS floor's cpu s (less sensitive to other"
+        " load on the machine); peak RSS: the child's ru_maxrss; RSS @start: ru_maxrss once imports were done"
+    )
     print("  details (step seconds from the Dagster event log, summed over partitions; asset metadata sums):")
     for name in PIPELINE_STAGES:
         r = scale.stages.get(name)
@@ -643,8 +788,10 @@ def print_scale(scale: ScaleResult) -> None:
         if r.steps:
             step_total = sum(r.steps.values())
             parts.append(", ".join(f"{k} {v:.2f}s" for k, v in sorted(r.steps.items())))
-            parts.append(f"dagster outside steps {r.work_seconds - step_total:.2f}s over {r.runs} runs"
-                         f" ({(r.work_seconds - step_total) / max(r.runs, 1):.2f}s/run)")
+            parts.append(
+                f"dagster outside steps {r.work_seconds - step_total:.2f}s over {r.runs} runs"
+                f" ({(r.work_seconds - step_total) / max(r.runs, 1):.2f}s/run)"
+            )
         for key, sums in sorted(r.metadata.items()):
             shown = {k.replace("dagster/", ""): (round(v, 2) if isinstance(v, float) else v) for k, v in sums.items()}
             parts.append(f"{key} {shown}")
@@ -659,10 +806,14 @@ def print_scaling(scales: list[ScaleResult]) -> None:
         return
     small, large = done[0], done[-1]
     factor = large.orders / small.orders
-    print(f"\n=== scaling {small.orders:,} -> {large.orders:,} orders (x{factor:g}); 'per-row' = time ratio / row ratio,"
-          " 1.0 is linear ===")
-    print(f"{'stage':<12} {'small s':>9} {'large s':>9} {'per-row':>8} {'small x CTAS':>13} {'large x CTAS':>13}"
-          f" {'small RSS':>12} {'large RSS':>12}")
+    print(
+        f"\n=== scaling {small.orders:,} -> {large.orders:,} orders (x{factor:g}); 'per-row' = time ratio / row ratio,"
+        " 1.0 is linear ==="
+    )
+    print(
+        f"{'stage':<12} {'small s':>9} {'large s':>9} {'per-row':>8} {'small x CTAS':>13} {'large x CTAS':>13}"
+        f" {'small RSS':>12} {'large RSS':>12}"
+    )
     for name in [*PIPELINE_STAGES, *FLOOR_STAGES]:
         if name in FLOOR_STAGES:
             a, b = small.floor(name), large.floor(name)
@@ -674,8 +825,10 @@ def print_scaling(scales: list[ScaleResult]) -> None:
         if not a or not b:
             continue
         cs, cl = small.floor("floor_ctas"), large.floor("floor_ctas")
-        print(f"{name:<12} {a:>9.2f} {b:>9.2f} {b / a / factor:>8.2f} {_ratio(a, cs):>13} {_ratio(b, cl):>13}"
-              f" {_mib(ra.maxrss_bytes) if ra else '':>12} {_mib(rb.maxrss_bytes) if rb else '':>12}")
+        print(
+            f"{name:<12} {a:>9.2f} {b:>9.2f} {b / a / factor:>8.2f} {_ratio(a, cs):>13} {_ratio(b, cl):>13}"
+            f" {_mib(ra.maxrss_bytes) if ra else '':>12} {_mib(rb.maxrss_bytes) if rb else '':>12}"
+        )
 
 
 def checks_for(scales: list[ScaleResult]) -> list[tuple[str, bool, str]]:
@@ -685,9 +838,14 @@ def checks_for(scales: list[ScaleResult]) -> list[tuple[str, bool, str]]:
         tag = f"[{scale.orders:,}]"
         missing = [s for s in PIPELINE_STAGES if s not in scale.stages]
         failed = [s for s, r in scale.stages.items() if not r.ok]
-        checks.append((f"{tag} every stage ran and succeeded (runs + asset checks)", not missing and not failed,
-                       f"failed: {failed or '-'}, not run: {missing or '-'}, asset checks evaluated:"
-                       f" {sum(r.checks for r in scale.stages.values())}"))
+        checks.append(
+            (
+                f"{tag} every stage ran and succeeded (runs + asset checks)",
+                not missing and not failed,
+                f"failed: {failed or '-'}, not run: {missing or '-'}, asset checks evaluated:"
+                f" {sum(r.checks for r in scale.stages.values())}",
+            )
+        )
         for name, ok, detail in scale.verification:
             checks.append((f"{tag} {name}", ok, detail))
     for name in PIPELINE_STAGES:
@@ -703,21 +861,36 @@ def checks_for(scales: list[ScaleResult]) -> list[tuple[str, bool, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--orders", type=int, nargs="+", default=[1_000_000, 10_000_000],
-                        help="scales to run, in orders (default: 1000000 10000000)")
+    parser.add_argument(
+        "--orders",
+        type=int,
+        nargs="+",
+        default=[1_000_000, 10_000_000],
+        help="scales to run, in orders (default: 1000000 10000000)",
+    )
     parser.add_argument("--days", type=int, default=7, help="days of orders = daily partitions (default 7)")
     parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2024, 1, 1))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", help="where the temporary data directory is created (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated data, lake, warehouse and instance")
-    parser.add_argument("--pycache", help="bytecode cache for the stage processes (PYTHONPYCACHEPREFIX);"
-                        " default: a folder in the work dir. Reuse one to skip compiling on later invocations")
-    parser.add_argument("--no-pycache", action="store_true",
-                        help="run the stage processes with the environment's bytecode settings unchanged")
-    parser.add_argument("--stage", choices=[*PIPELINE_STAGES, *FLOOR_STAGES, "floor_api", "serve", "warmup"],
-                        help=argparse.SUPPRESS)
-    parser.add_argument("--partition", action="append",
-                        help="with --stage: only this partition (repeatable; default every partition of the data)")
+    parser.add_argument(
+        "--pycache",
+        help="bytecode cache for the stage processes (PYTHONPYCACHEPREFIX);"
+        " default: a folder in the work dir. Reuse one to skip compiling on later invocations",
+    )
+    parser.add_argument(
+        "--no-pycache",
+        action="store_true",
+        help="run the stage processes with the environment's bytecode settings unchanged",
+    )
+    parser.add_argument(
+        "--stage", choices=[*PIPELINE_STAGES, *FLOOR_STAGES, "floor_api", "serve", "warmup"], help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--partition",
+        action="append",
+        help="with --stage: only this partition (repeatable; default every partition of the data)",
+    )
     args = parser.parse_args(argv)
     if args.stage:
         return run_child(args)
@@ -727,14 +900,21 @@ def main(argv: list[str] | None = None) -> int:
     scales_to_run = sorted(set(args.orders))
     root = Path(tempfile.mkdtemp(prefix="pipeline_scale-", dir=args.workdir))
     args.pycache_dir = None if args.no_pycache else Path(args.pycache or root / "pycache").resolve()
-    print(f"pipeline_scale: orders {', '.join(f'{n:,}' for n in scales_to_run)}; {args.days} days from {args.start};"
-          f" seed {args.seed}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}; work dir {root}"
-          f"{' (kept)' if args.keep else ''}")
-    print(f"  ETL_DUCKDB_MEMORY_LIMIT={os.environ.get('ETL_DUCKDB_MEMORY_LIMIT', '(default 1GB)')}"
-          f" ETL_DUCKDB_THREADS={os.environ.get('ETL_DUCKDB_THREADS', '(default: all cores)')}")
-    print(f"  bytecode: {'as the environment has it' if args.pycache_dir is None else f'cached in {args.pycache_dir}'}"
-          f" (PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r},"
-          f" .pyc files in the venv: {_venv_has_bytecode()})", flush=True)
+    print(
+        f"pipeline_scale: orders {', '.join(f'{n:,}' for n in scales_to_run)}; {args.days} days from {args.start};"
+        f" seed {args.seed}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}; work dir {root}"
+        f"{' (kept)' if args.keep else ''}"
+    )
+    print(
+        f"  ETL_DUCKDB_MEMORY_LIMIT={os.environ.get('ETL_DUCKDB_MEMORY_LIMIT', '(default 1GB)')}"
+        f" ETL_DUCKDB_THREADS={os.environ.get('ETL_DUCKDB_THREADS', '(default: all cores)')}"
+    )
+    print(
+        f"  bytecode: {'as the environment has it' if args.pycache_dir is None else f'cached in {args.pycache_dir}'}"
+        f" (PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r},"
+        f" .pyc files in the venv: {_venv_has_bytecode()})",
+        flush=True,
+    )
     scales: list[ScaleResult] = []
     try:
         for orders in scales_to_run:

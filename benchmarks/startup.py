@@ -32,9 +32,12 @@ def _env(checkout: Path, home: Path, data: Path) -> dict[str, str]:
 
 def import_seconds(checkout: Path) -> float:
     """Wall time of a fresh interpreter importing ``etl_assets`` (minus an empty interpreter's start)."""
+
     def run(code: str) -> float:
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)})
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)}
+        )
         return time.perf_counter() - started
 
     return run("import etl_assets, etl_assets.sqlutil") - run("pass")
@@ -49,9 +52,13 @@ def first_event_seconds(checkout: Path, module: str) -> float:
         write_dagster_yaml(home, "startup.py")
         data.mkdir()
         started = time.time()
-        subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", module,
-                        "--select", ASSET], env=_env(checkout, home, data), cwd=checkout, capture_output=True,
-                       check=False)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", module, "--select", ASSET],
+            env=_env(checkout, home, data),
+            cwd=checkout,
+            capture_output=True,
+            check=False,
+        )
         with DagsterInstance.from_ref(DagsterInstance.from_config(str(home)).get_ref()) as instance:
             [run] = instance.get_runs(limit=1)
             first = min(e.timestamp for e in instance.all_logs(run.run_id))
@@ -79,8 +86,10 @@ def main() -> int:
     for label, _, _ in checkouts:
         r = results[label]
         ratio = min(r["first_event"]) / min(base["first_event"])
-        print(f"{label:<40} {min(r['import']):>16.3f} {min(r['first_event']):>24.2f} "
-              f"{statistics.median(r['first_event']):>8.2f} {ratio:>6.2f}")
+        print(
+            f"{label:<40} {min(r['import']):>16.3f} {min(r['first_event']):>24.2f} "
+            f"{statistics.median(r['first_event']):>8.2f} {ratio:>6.2f}"
+        )
     return 0
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
 import shutil
 import statistics
 import sys
@@ -68,6 +67,8 @@ from etl_assets_demo.stress import (  # noqa: E402
 )
 
 REQUIRED_SHARE = 0.999
+
+
 def _instance(home: Path):
     from dagster import DagsterInstance
 
@@ -83,14 +84,19 @@ def _progress(label: str, total: int, every: int):
         seen["retries"] += outcome.request_retries
         seen["failed"] += not outcome.first_launch_ok
         if not outcome.first_launch_ok:
-            print(f"  {label}: partition {outcome.partition} FAILED on first launch"
-                  f" ({'recovered by relaunch' if outcome.final_ok else 'still failing'}): {outcome.error}", flush=True)
+            print(
+                f"  {label}: partition {outcome.partition} FAILED on first launch"
+                f" ({'recovered by relaunch' if outcome.final_ok else 'still failing'}): {outcome.error}",
+                flush=True,
+            )
         if index % every == 0 or index == total:
             elapsed = time.perf_counter() - started
             eta = elapsed / index * (total - index)
-            print(f"  {label}: {index}/{total} partitions, {elapsed:.0f} s, {index / elapsed:.2f}/s, "
-                  f"{seen['retries']} request retries, {seen['failed']} failed first launches, eta {eta:.0f} s",
-                  flush=True)
+            print(
+                f"  {label}: {index}/{total} partitions, {elapsed:.0f} s, {index / elapsed:.2f}/s, "
+                f"{seen['retries']} request retries, {seen['failed']} failed first launches, eta {eta:.0f} s",
+                flush=True,
+            )
 
     return report
 
@@ -121,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--partitions", type=int, default=1000, help="daily partitions to run (default 1000)")
     parser.add_argument("--orders", type=int, default=None, help="orders in total (default 100 per partition)")
-    parser.add_argument("--baseline-partitions", type=int, default=100,
-                        help="first partitions run again without faults as the baseline (default 100; 0 skips it)")
+    parser.add_argument(
+        "--baseline-partitions",
+        type=int,
+        default=100,
+        help="first partitions run again without faults as the baseline (default 100; 0 skips it)",
+    )
     parser.add_argument("--fault-rate", type=float, default=0.10, help="share of /orders requests faulted (0.10)")
     parser.add_argument("--kinds", default="+".join(FAULT_KINDS), help="fault kinds joined by + (all five)")
     parser.add_argument("--timeout", type=float, default=1.0, help="client timeout of the orders spec, s (1.0)")
@@ -138,26 +148,40 @@ def main(argv: list[str] | None = None) -> int:
 
     partitions = args.partitions
     last_day = args.start + dt.timedelta(days=partitions - 1)
-    if partitions < 1 or last_day >= dt.datetime.now(dt.timezone.utc).date():
-        parser.error(f"--partitions {partitions} from --start {args.start} reaches {last_day}: daily partitions "
-                     "must have closed; pick an earlier --start")
+    if partitions < 1 or last_day >= dt.datetime.now(dt.UTC).date():
+        parser.error(
+            f"--partitions {partitions} from --start {args.start} reaches {last_day}: daily partitions "
+            "must have closed; pick an earlier --start"
+        )
     orders = args.orders or 100 * partitions
     baseline_k = max(0, min(args.baseline_partitions, partitions))
-    settings = StressSettings(fault_rate=args.fault_rate, kinds=tuple(k for k in args.kinds.split("+") if k),
-                              timeout_seconds=args.timeout, slow_seconds=args.slow_seconds,
-                              retry_after_seconds=args.retry_after, page_size=args.page_size, seed=args.fault_seed)
+    settings = StressSettings(
+        fault_rate=args.fault_rate,
+        kinds=tuple(k for k in args.kinds.split("+") if k),
+        timeout_seconds=args.timeout,
+        slow_seconds=args.slow_seconds,
+        retry_after_seconds=args.retry_after,
+        page_size=args.page_size,
+        seed=args.fault_seed,
+    )
     settings.faults()  # validates the fault settings before anything runs
 
     root = Path(tempfile.mkdtemp(prefix="stress_faults_", dir=args.workdir))
     every = max(1, min(100, partitions // 10))
     digest_before = code_digest()
-    print(f"stress_faults: {partitions} partitions ({args.start}..{last_day}), {orders} orders, "
-          f"{settings.fault_rate:.0%} of /orders requests faulted ({', '.join(settings.kinds)}), fault seed "
-          f"{settings.seed}; baseline {baseline_k} partitions without faults", flush=True)
-    print(f"orders spec for the stress: timeout_seconds {settings.timeout_seconds} (spec: 20), slow fault "
-          f"{settings.slow_seconds} s, page_size {settings.page_size} (spec: 2000), Retry-After "
-          f"{settings.retry_after_seconds} s; client defaults otherwise (RestApiSource: 6 attempts, backoff 0.2 s "
-          f"doubling, full jitter, Retry-After capped at 60 s; step RetryPolicy from the spec)", flush=True)
+    print(
+        f"stress_faults: {partitions} partitions ({args.start}..{last_day}), {orders} orders, "
+        f"{settings.fault_rate:.0%} of /orders requests faulted ({', '.join(settings.kinds)}), fault seed "
+        f"{settings.seed}; baseline {baseline_k} partitions without faults",
+        flush=True,
+    )
+    print(
+        f"orders spec for the stress: timeout_seconds {settings.timeout_seconds} (spec: 20), slow fault "
+        f"{settings.slow_seconds} s, page_size {settings.page_size} (spec: 2000), Retry-After "
+        f"{settings.retry_after_seconds} s; client defaults otherwise (RestApiSource: 6 attempts, backoff 0.2 s "
+        f"doubling, full jitter, Retry-After capped at 60 s; step RetryPolicy from the spec)",
+        flush=True,
+    )
     print(f"work dir {root}; etl_assets code {digest_before}", flush=True)
 
     phases: dict[str, PhaseResult] = {}
@@ -171,12 +195,14 @@ def main(argv: list[str] | None = None) -> int:
             manifests = {}
             for label in (["baseline"] if baseline_k else []) + ["faulted"]:
                 # The same generated data for both phases, each with its own lake and warehouse.
-                manifest = generate_shop_data(root / label / "data", orders=orders, days=partitions,
-                                              start=args.start, seed=args.seed)
+                manifest = generate_shop_data(
+                    root / label / "data", orders=orders, days=partitions, start=args.start, seed=args.seed
+                )
                 dims[label] = load_dimensions(manifest, instance, settings)
                 manifests[label] = manifest
-                runners[label] = stack.enter_context(PhaseRunner(
-                    manifest, instance, settings, settings.faults() if label == "faulted" else None, label))
+                runners[label] = stack.enter_context(
+                    PhaseRunner(manifest, instance, settings, settings.faults() if label == "faulted" else None, label)
+                )
             _run_interleaved(runners, manifests["faulted"].partition_keys, baseline_k, every)
             stack.close()
             for label, runner in runners.items():
@@ -189,15 +215,49 @@ def main(argv: list[str] | None = None) -> int:
     digest_after = code_digest()
 
     print()
-    print(_table(
-        ["phase", "partitions", "ok 1st launch", "share", "relaunched", "requests", "faults", "req retries",
-         "step retries", "backoff s", "wall s", "s/partition", "median s", "partitions/s", "cpu s", "dims s"],
-        [[label, p.partitions, p.first_launch_ok, f"{p.success_share:.2%}", p.relaunched, p.requests,
-          sum(p.faults_injected.values()), p.request_retries, p.step_retries,
-          f"{sum(p.backoff_seconds.values()):.1f}", f"{p.wall_seconds:.1f}", f"{p.wall_seconds / p.partitions:.2f}", f"{_median_seconds(p):.2f}",
-          f"{p.partitions / p.wall_seconds:.3f}", f"{p.cpu_seconds:.1f}", f"{dims[label]:.1f}"]
-         for label, p in phases.items()],
-    ))
+    print(
+        _table(
+            [
+                "phase",
+                "partitions",
+                "ok 1st launch",
+                "share",
+                "relaunched",
+                "requests",
+                "faults",
+                "req retries",
+                "step retries",
+                "backoff s",
+                "wall s",
+                "s/partition",
+                "median s",
+                "partitions/s",
+                "cpu s",
+                "dims s",
+            ],
+            [
+                [
+                    label,
+                    p.partitions,
+                    p.first_launch_ok,
+                    f"{p.success_share:.2%}",
+                    p.relaunched,
+                    p.requests,
+                    sum(p.faults_injected.values()),
+                    p.request_retries,
+                    p.step_retries,
+                    f"{sum(p.backoff_seconds.values()):.1f}",
+                    f"{p.wall_seconds:.1f}",
+                    f"{p.wall_seconds / p.partitions:.2f}",
+                    f"{_median_seconds(p):.2f}",
+                    f"{p.partitions / p.wall_seconds:.3f}",
+                    f"{p.cpu_seconds:.1f}",
+                    f"{dims[label]:.1f}",
+                ]
+                for label, p in phases.items()
+            ],
+        )
+    )
 
     faulted = phases["faulted"]
     print()
@@ -207,23 +267,54 @@ def main(argv: list[str] | None = None) -> int:
         slot = by_kind.get(REASON_KIND.get(reason, ""), other)
         slot["retries"] += count
         slot["backoff"] += faulted.backoff_seconds.get(reason, 0.0)
-    rows = [[kind, faulted.faults_injected.get(kind, 0), int(by_kind[kind]["retries"]), f"{by_kind[kind]['backoff']:.1f}"]
-            for kind in FAULT_KINDS]
+    rows = [
+        [kind, faulted.faults_injected.get(kind, 0), int(by_kind[kind]["retries"]), f"{by_kind[kind]['backoff']:.1f}"]
+        for kind in FAULT_KINDS
+    ]
     rows.append(["other", 0, int(other["retries"]), f"{other['backoff']:.1f}"])
-    print("faulted phase, per fault kind (a retry's reason: http_<status>, ReadTimeout for slow, "
-          "RemoteProtocolError for truncated):")
+    print(
+        "faulted phase, per fault kind (a retry's reason: http_<status>, ReadTimeout for slow, "
+        "RemoteProtocolError for truncated):"
+    )
     print(_table(["fault", "injected", "request retries", "backoff s"], rows))
     print(f"retry reasons as recorded: {faulted.retry_reasons}")
 
     print()
-    print(_table(
-        ["phase", "source rows", "warehouse rows", "distinct ids", "missing", "extra", "dup ids", "bad partition",
-         "bad run id", "quarantined", "partitions", "exact"],
-        [[label, c.source_rows, c.warehouse_rows, c.distinct_order_ids, c.missing_rows, c.extra_rows,
-          c.duplicate_order_ids, c.wrong_partition, c.wrong_run, c.quarantined,
-          f"{c.partitions_present}/{c.partitions_expected}", "yes" if c.exact else "NO"]
-         for label, c in comparisons.items()],
-    ))
+    print(
+        _table(
+            [
+                "phase",
+                "source rows",
+                "warehouse rows",
+                "distinct ids",
+                "missing",
+                "extra",
+                "dup ids",
+                "bad partition",
+                "bad run id",
+                "quarantined",
+                "partitions",
+                "exact",
+            ],
+            [
+                [
+                    label,
+                    c.source_rows,
+                    c.warehouse_rows,
+                    c.distinct_order_ids,
+                    c.missing_rows,
+                    c.extra_rows,
+                    c.duplicate_order_ids,
+                    c.wrong_partition,
+                    c.wrong_run,
+                    c.quarantined,
+                    f"{c.partitions_present}/{c.partitions_expected}",
+                    "yes" if c.exact else "NO",
+                ]
+                for label, c in comparisons.items()
+            ],
+        )
+    )
 
     if "baseline" in phases:
         baseline = phases["baseline"]
@@ -233,30 +324,54 @@ def main(argv: list[str] | None = None) -> int:
         cpu = {label: sum(o.cpu_seconds for o in outcomes) for label, outcomes in first.items()}
         median = {label: statistics.median(o.seconds for o in outcomes) for label, outcomes in first.items()}
         print()
-        print(f"faulted / baseline, the same first {k} partitions run alternately: "
-              f"{wall['faulted'] / wall['baseline']:.2f}x run time ({wall['faulted']:.1f} s vs {wall['baseline']:.1f} s), "
-              f"{median['faulted'] / median['baseline']:.2f}x median ({median['faulted']:.2f} s vs "
-              f"{median['baseline']:.2f} s), {cpu['faulted'] / cpu['baseline']:.2f}x CPU "
-              f"({cpu['faulted']:.1f} s vs {cpu['baseline']:.1f} s)")
-    print(f"total {total:.0f} s; etl_assets code {digest_before}"
-          + ("" if digest_after == digest_before else f" -> {digest_after} (CHANGED during the run)"))
+        print(
+            f"faulted / baseline, the same first {k} partitions run alternately: "
+            f"{wall['faulted'] / wall['baseline']:.2f}x run time ({wall['faulted']:.1f} s vs {wall['baseline']:.1f} s), "
+            f"{median['faulted'] / median['baseline']:.2f}x median ({median['faulted']:.2f} s vs "
+            f"{median['baseline']:.2f} s), {cpu['faulted'] / cpu['baseline']:.2f}x CPU "
+            f"({cpu['faulted']:.1f} s vs {cpu['baseline']:.1f} s)"
+        )
+    print(
+        f"total {total:.0f} s; etl_assets code {digest_before}"
+        + ("" if digest_after == digest_before else f" -> {digest_after} (CHANGED during the run)")
+    )
 
     checks: list[tuple[str, bool, str]] = []
-    checks.append((f"first-launch success >= {REQUIRED_SHARE:.1%}", faulted.success_share >= REQUIRED_SHARE,
-                   f"{faulted.first_launch_ok}/{faulted.partitions} = {faulted.success_share:.2%}"))
+    checks.append(
+        (
+            f"first-launch success >= {REQUIRED_SHARE:.1%}",
+            faulted.success_share >= REQUIRED_SHARE,
+            f"{faulted.first_launch_ok}/{faulted.partitions} = {faulted.success_share:.2%}",
+        )
+    )
     missing_kinds = [k for k in settings.kinds if not faulted.faults_injected.get(k)]
     checks.append(("every fault kind injected", not missing_kinds, f"{faulted.faults_injected}"))
     injected = sum(faulted.faults_injected.values())
     if faulted.step_retries == 0 and faulted.relaunched == 0:
-        checks.append(("every injected fault was seen and retried by the client", faulted.request_retries >= injected,
-                       f"{faulted.request_retries} request retries for {injected} faults"))
+        checks.append(
+            (
+                "every injected fault was seen and retried by the client",
+                faulted.request_retries >= injected,
+                f"{faulted.request_retries} request retries for {injected} faults",
+            )
+        )
     for label, phase in phases.items():
         comp = comparisons[label]
-        checks.append((f"{label}: warehouse equals the source exactly", comp.exact,
-                       "; ".join(comp.problems()) or f"{comp.warehouse_rows} rows, {comp.partitions_present} partitions"))
+        checks.append(
+            (
+                f"{label}: warehouse equals the source exactly",
+                comp.exact,
+                "; ".join(comp.problems()) or f"{comp.warehouse_rows} rows, {comp.partitions_present} partitions",
+            )
+        )
         if label == "baseline":
-            checks.append(("baseline: every partition succeeded", phase.first_launch_ok == phase.partitions,
-                           f"{phase.first_launch_ok}/{phase.partitions}"))
+            checks.append(
+                (
+                    "baseline: every partition succeeded",
+                    phase.first_launch_ok == phase.partitions,
+                    f"{phase.first_launch_ok}/{phase.partitions}",
+                )
+            )
     print()
     for name, ok, detail in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")

@@ -149,7 +149,9 @@ def child_load() -> dict:
     started = time.perf_counter()
     con.execute(
         f"COPY (SELECT * EXCLUDE (filename), parse_filename(filename) AS _etl_source FROM read_csv(?, header = true,"
-        f" all_varchar = true, filename = true)) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", [str(csv_path)])
+        f" all_varchar = true, filename = true)) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)",
+        [str(csv_path)],
+    )
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, raw_path)
@@ -185,8 +187,11 @@ def child_floor() -> dict:
     con = duckdb_connection()
     raw_rel = con.read_parquet([str(raw_path)], union_by_name=True)
     con.register("raw", raw_rel)
-    typed = con.sql(validation.valid_sql(spec.columns, raw_rel.columns, dict(zip(raw_rel.columns, map(str, raw_rel.types))),
-                                         any_quarantined=False))
+    typed = con.sql(
+        validation.valid_sql(
+            spec.columns, raw_rel.columns, dict(zip(raw_rel.columns, map(str, raw_rel.types))), any_quarantined=False
+        )
+    )
     ready = _usage()
     started = time.perf_counter()
     typed.write_parquet(str(out), compression="zstd")  # as the lake writes a relation
@@ -244,8 +249,15 @@ def child_platform_plain() -> dict:
     lake = LakeStorage(root=str(data / "plain_lake"))
     casts = _plain_casts(spec)
     with duckdb_connection() as con:
-        lake.write(["plain", NAME], None, LakeView(source=str(raw_path), select=f"{casts}, _etl_source",
-                                                   excluded=con.sql("SELECT 0::BIGINT AS position WHERE false")))
+        lake.write(
+            ["plain", NAME],
+            None,
+            LakeView(
+                source=str(raw_path),
+                select=f"{casts}, _etl_source",
+                excluded=con.sql("SELECT 0::BIGINT AS position WHERE false"),
+            ),
+        )
     table = lake.table(["plain", NAME], [None])
     warehouse = DuckDBWarehouse(path=str(data / "platform_plain.duckdb"))
     ready = _usage()
@@ -262,8 +274,9 @@ def _step_seconds(instance, run_id: str) -> dict[str, float]:
 
     started: dict[str, float] = {}
     steps: dict[str, float] = {}
-    for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS,
-                                                    DagsterEventType.STEP_FAILURE}):
+    for entry in instance.all_logs(
+        run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE}
+    ):
         if entry.dagster_event_type == DagsterEventType.STEP_START:
             started[entry.step_key] = entry.timestamp
         elif entry.step_key in started:
@@ -293,10 +306,16 @@ def _run_job(selection_paths: list[list[str]]) -> dict:
     instance.handle_new_event = handle_new_event
     ready = _usage()
     started = time.perf_counter()
-    result = job.execute_in_process(instance=instance, asset_selection=[AssetKey(p) for p in selection_paths],
-                                    run_config=QUIET, raise_on_error=False)
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=[AssetKey(p) for p in selection_paths],
+        run_config=QUIET,
+        raise_on_error=False,
+    )
     wall = time.perf_counter() - started
-    failures = [f"{e.step_key}: {e.event_specific_data.error.message.strip()[:400]}" for e in result.get_step_failure_events()]
+    failures = [
+        f"{e.step_key}: {e.event_specific_data.error.message.strip()[:400]}" for e in result.get_step_failure_events()
+    ]
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     metadata = {}
     for event in result.get_asset_materialization_events():
@@ -308,8 +327,16 @@ def _run_job(selection_paths: list[list[str]]) -> dict:
             if isinstance(value.value, (int, float)):
                 metadata[f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}:{key}"] = value.value
     steps = _step_seconds(instance, result.run_id)
-    return {"ready": ready, "run_wall": wall, "steps": steps, "step_cpu": step_cpu, "failures": failures,
-            "checks": checks, "metadata": metadata, "success": result.success}
+    return {
+        "ready": ready,
+        "run_wall": wall,
+        "steps": steps,
+        "step_cpu": step_cpu,
+        "failures": failures,
+        "checks": checks,
+        "metadata": metadata,
+        "success": result.success,
+    }
 
 
 def _step_stage(selection_paths: list[list[str]], step_key: str, rows_metadata: str) -> dict:
@@ -363,19 +390,23 @@ def child_phases() -> dict:
         phases.append((label, time.perf_counter() - started, _usage()["cpu_seconds"] - cpu))
 
     begin = time.perf_counter()
-    batch = validate_batch(con, spec, lake.table(["raw", NAME], [None]), "_all", lake=lake, window=None, run_id="bench",
-                           phase=timed)
+    batch = validate_batch(
+        con, spec, lake.table(["raw", NAME], [None]), "_all", lake=lake, window=None, run_id="bench", phase=timed
+    )
     with timed("write clean view: the quarantined positions (zstd)"):
         lake.write(clean_path, None, batch.valid)
     with timed("write quarantine (zstd)"):
         lake.write(quarantine_path, None, batch.quarantined)
-    outputs = check_outputs(con, spec, batch, lake.table(clean_path, [None]), lake.table(quarantine_path, [None]),
-                            phase=timed)
+    outputs = check_outputs(
+        con, spec, batch, lake.table(clean_path, [None]), lake.table(quarantine_path, [None]), phase=timed
+    )
     total = time.perf_counter() - begin
     failed = [f.name for f in outputs.families if f.severity == "ERROR" and not f.passed]
     if failed or outputs.clean_rows + outputs.quarantine_rows != batch.rows_in:
-        raise SystemExit(f"post-condition failed: {failed}, {outputs.clean_rows} clean + {outputs.quarantine_rows} "
-                         f"quarantined rows of {batch.rows_in}")
+        raise SystemExit(
+            f"post-condition failed: {failed}, {outputs.clean_rows} clean + {outputs.quarantine_rows} "
+            f"quarantined rows of {batch.rows_in}"
+        )
     shutil.rmtree(lake.root_path() / "phases", ignore_errors=True)
     return {"ready": ready, "seconds": total, "rows": batch.rows_in, "phases": phases}
 
@@ -432,24 +463,34 @@ class Stage:
 def _run(stage: str, args: argparse.Namespace, env: dict[str, str]) -> Stage:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", stage, "--rows", str(args.rows)]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True)
     process_seconds = time.perf_counter() - started
     payload = None
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARKER):
-            payload = json.loads(line[len(RESULT_MARKER):])
+            payload = json.loads(line[len(RESULT_MARKER) :])
     if proc.returncode != 0 or payload is None:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         return Stage(stage, False, process_seconds=process_seconds, error=f"exit status {proc.returncode}\n{tail}")
     ready = payload.get("ready", {"cpu_seconds": 0.0, "maxrss_bytes": 0})
     ok = payload.get("success", True) and not payload.get("failures") and all(payload.get("checks", {}).values())
     error = "; ".join(payload.get("failures", [])) or (
-        "failed checks: " + ", ".join(k for k, v in payload.get("checks", {}).items() if not v) if not ok else "")
+        "failed checks: " + ", ".join(k for k, v in payload.get("checks", {}).items() if not v) if not ok else ""
+    )
     process_cpu = payload["usage"]["cpu_seconds"] - ready["cpu_seconds"]
-    return Stage(stage, ok, seconds=payload["seconds"], rows=int(payload.get("rows") or 0),
-                 cpu_seconds=payload.get("cpu_seconds", process_cpu), process_cpu_seconds=process_cpu,
-                 maxrss_bytes=payload["usage"]["maxrss_bytes"], ready_rss_bytes=ready["maxrss_bytes"],
-                 process_seconds=process_seconds, payload=payload, error=error)
+    return Stage(
+        stage,
+        ok,
+        seconds=payload["seconds"],
+        rows=int(payload.get("rows") or 0),
+        cpu_seconds=payload.get("cpu_seconds", process_cpu),
+        process_cpu_seconds=process_cpu,
+        maxrss_bytes=payload["usage"]["maxrss_bytes"],
+        ready_rss_bytes=ready["maxrss_bytes"],
+        process_seconds=process_seconds,
+        payload=payload,
+        error=error,
+    )
 
 
 def _mib(n: float) -> str:
@@ -462,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary directory goes")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument("--copy", action="store_true", help="also measure the Parquet rewrite floor")
-    parser.add_argument("--floor", action="store_true", help="also measure validation's floor: typed clean write, no rules")
+    parser.add_argument(
+        "--floor", action="store_true", help="also measure validation's floor: typed clean write, no rules"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run load and validate N times; compare the best of each")
     parser.add_argument("--with-extract", action="store_true", help="also measure the platform's raw/* extract step")
     parser.add_argument("--phases", action="store_true", help="time the validation step's statements one by one")
@@ -481,8 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     env.update({"ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs), "PYTHONUNBUFFERED": "1"})
     limit = env.get("ETL_DUCKDB_MEMORY_LIMIT", "1GB")
     threads = env.get("ETL_DUCKDB_THREADS", f"all ({os.cpu_count()})")
-    print(f"validation overhead: {args.rows:,} rows, DuckDB memory limit {limit}, threads {threads}, work dir {root}",
-          flush=True)
+    print(
+        f"validation overhead: {args.rows:,} rows, DuckDB memory limit {limit}, threads {threads}, work dir {root}",
+        flush=True,
+    )
     runs: dict[str, list[Stage]] = {}
     try:
         gen = _run("generate", args, env)
@@ -491,16 +536,27 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"  generate  {gen.seconds:8.2f}s  {gen.payload['bytes'] / 1024**2:,.0f} MiB CSV", flush=True)
         order = ["extract"] if args.with_extract else []
-        once = ["load", *(["copy"] if args.copy else []), *(["floor"] if args.floor else []), "validate", "plain",
-                "plain_unordered", "platform_plain", "warehouse"]
+        once = [
+            "load",
+            *(["copy"] if args.copy else []),
+            *(["floor"] if args.floor else []),
+            "validate",
+            "plain",
+            "plain_unordered",
+            "platform_plain",
+            "warehouse",
+        ]
         order += once * max(1, args.repeat)
         order += ["phases"] if args.phases else []
         for name in order:
             stage = _run(name, args, env)
             runs.setdefault(name, []).append(stage)
             status = "ok" if stage.ok else "FAILED"
-            print(f"  {name:<9} {status:<6} {stage.seconds:8.2f}s  cpu {stage.cpu_seconds:6.1f}s"
-                  f"  process {stage.process_seconds:7.2f}s  peak RSS {_mib(stage.maxrss_bytes)}", flush=True)
+            print(
+                f"  {name:<9} {status:<6} {stage.seconds:8.2f}s  cpu {stage.cpu_seconds:6.1f}s"
+                f"  process {stage.process_seconds:7.2f}s  peak RSS {_mib(stage.maxrss_bytes)}",
+                flush=True,
+            )
             if stage.error:
                 print(f"    ! {stage.error}", flush=True)
             if not stage.ok and name in ("load", "validate", "warehouse"):
@@ -527,10 +583,14 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
     stages = {name: _best(stage_runs) for name, stage_runs in runs.items()}
     load, validate, loaded = stages["load"], stages.get("validate"), stages.get("warehouse")
     best = f"best of {args.repeat} runs each, " if args.repeat > 1 else ""
-    print(f"\n=== {args.rows:,} rows: landing file -> warehouse table, without and with validation ({best}each in a"
-          " fresh process) ===")
-    header = (f"{'stage':<15} {'rows':>12} {'seconds':>9} {'rows/s':>12} {'cpu s':>8} {'peak RSS':>10}"
-              f" {'RSS @start':>10} {'x load':>7}  what")
+    print(
+        f"\n=== {args.rows:,} rows: landing file -> warehouse table, without and with validation ({best}each in a"
+        " fresh process) ==="
+    )
+    header = (
+        f"{'stage':<15} {'rows':>12} {'seconds':>9} {'rows/s':>12} {'cpu s':>8} {'peak RSS':>10}"
+        f" {'RSS @start':>10} {'x load':>7}  what"
+    )
     print(header)
     print("-" * len(header))
     what = {
@@ -552,23 +612,31 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
         rows = s.rows or args.rows
         rate = f"{rows / s.seconds:12,.0f}" if s.seconds else f"{'-':>12}"
         ratio = f"{s.seconds / load.seconds:6.2f}x" if load.seconds else "-"
-        print(f"{name:<15} {rows:>12,} {s.seconds:>9.2f} {rate} {s.cpu_seconds:>8.1f} {_mib(s.maxrss_bytes):>10}"
-              f" {_mib(s.ready_rss_bytes):>10} {ratio:>7}  {what[name]}{'' if s.ok else '  FAILED'}")
+        print(
+            f"{name:<15} {rows:>12,} {s.seconds:>9.2f} {rate} {s.cpu_seconds:>8.1f} {_mib(s.maxrss_bytes):>10}"
+            f" {_mib(s.ready_rss_bytes):>10} {ratio:>7}  {what[name]}{'' if s.ok else '  FAILED'}"
+        )
     if args.repeat > 1:
         for name in ("load", "floor", "plain", "plain_unordered", "platform_plain", "validate", "warehouse"):
             if name in runs:
-                print(f"  {name} runs: " + ", ".join(f"{s.seconds:.2f}s / cpu {s.cpu_seconds:.1f}s" for s in runs[name]))
+                print(
+                    f"  {name} runs: " + ", ".join(f"{s.seconds:.2f}s / cpu {s.cpu_seconds:.1f}s" for s in runs[name])
+                )
     if validate is not None and validate.ok:
         md = validate.payload["metadata"]
-        print(f"\nvalidate: run wall {validate.payload['run_wall']:.2f}s (step {validate.seconds:.2f}s), process CPU "
-              f"{validate.process_cpu_seconds:.1f}s (step {validate.cpu_seconds:.1f}s); "
-              f"rows_in {md.get(f'clean/{NAME}:rows_in', 0):,}, valid {md.get(f'clean/{NAME}:rows_valid', 0):,}, "
-              f"quarantined {md.get(f'clean/{NAME}:rows_quarantined', 0):,}; "
-              f"rule passes before the writes (validate_seconds metadata) {md.get(f'clean/{NAME}:validate_seconds', 0):.2f}s")
+        print(
+            f"\nvalidate: run wall {validate.payload['run_wall']:.2f}s (step {validate.seconds:.2f}s), process CPU "
+            f"{validate.process_cpu_seconds:.1f}s (step {validate.cpu_seconds:.1f}s); "
+            f"rows_in {md.get(f'clean/{NAME}:rows_in', 0):,}, valid {md.get(f'clean/{NAME}:rows_valid', 0):,}, "
+            f"quarantined {md.get(f'clean/{NAME}:rows_quarantined', 0):,}; "
+            f"rule passes before the writes (validate_seconds metadata) {md.get(f'clean/{NAME}:validate_seconds', 0):.2f}s"
+        )
     if loaded is not None and loaded.ok:
         md = loaded.payload["metadata"]
-        print(f"warehouse: step {loaded.seconds:.2f}s, of which the load transaction {md.get(f'warehouse/{NAME}:load_seconds', 0):.2f}s"
-              f" (the key re-count inside it {md.get(f'warehouse/{NAME}:contract_holds:check_seconds', 0):.2f}s)")
+        print(
+            f"warehouse: step {loaded.seconds:.2f}s, of which the load transaction {md.get(f'warehouse/{NAME}:load_seconds', 0):.2f}s"
+            f" (the key re-count inside it {md.get(f'warehouse/{NAME}:contract_holds:check_seconds', 0):.2f}s)"
+        )
     phases = stages.get("phases")
     if phases is not None and phases.ok:
         print("\nvalidation phases (the validate step's own functions, one connection, no Dagster):")
@@ -585,24 +653,35 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
     cpu_without = load.cpu_seconds + baseline.cpu_seconds
     overhead = with_validation / without - 1
     cpu_overhead = cpu_with / cpu_without - 1 if cpu_without else float("nan")
-    print(f"\nwithout validation: load {load.seconds:.2f}s + platform_plain {baseline.seconds:.2f}s = {without:.2f}s "
-          f"(CPU {cpu_without:.1f}s)")
-    print(f"with validation:    load {load.seconds:.2f}s + validate {validate.seconds:.2f}s + warehouse "
-          f"{loaded.seconds:.2f}s = {with_validation:.2f}s (CPU {cpu_with:.1f}s)")
-    print(f"validation adds {overhead:+.0%} by wall clock, {cpu_overhead:+.0%} by CPU; the validate step alone is "
-          f"{validate.seconds / load.seconds:.2f}x the lake load")
+    print(
+        f"\nwithout validation: load {load.seconds:.2f}s + platform_plain {baseline.seconds:.2f}s = {without:.2f}s "
+        f"(CPU {cpu_without:.1f}s)"
+    )
+    print(
+        f"with validation:    load {load.seconds:.2f}s + validate {validate.seconds:.2f}s + warehouse "
+        f"{loaded.seconds:.2f}s = {with_validation:.2f}s (CPU {cpu_with:.1f}s)"
+    )
+    print(
+        f"validation adds {overhead:+.0%} by wall clock, {cpu_overhead:+.0%} by CPU; the validate step alone is "
+        f"{validate.seconds / load.seconds:.2f}x the lake load"
+    )
     if bare:
         fastest = min(bare, key=lambda s: s.seconds)
         bare_without = load.seconds + fastest.seconds
-        print(f"(info) against DuckDB alone writing the typed rows without the platform's table layout ({fastest.name}"
-              f" {fastest.seconds:.2f}s, so load + it = {bare_without:.2f}s): {with_validation / bare_without - 1:+.0%}")
+        print(
+            f"(info) against DuckDB alone writing the typed rows without the platform's table layout ({fastest.name}"
+            f" {fastest.seconds:.2f}s, so load + it = {bare_without:.2f}s): {with_validation / bare_without - 1:+.0%}"
+        )
     floor = stages.get("floor")
     if floor is not None and floor.ok:
-        print(f"a materialized clean copy (--floor) would add {floor.seconds:.2f}s ({floor.seconds / without:.0%} of the "
-              "load without validation) on top; clean is a view over raw instead")
+        print(
+            f"a materialized clean copy (--floor) would add {floor.seconds:.2f}s ({floor.seconds / without:.0%} of the "
+            "load without validation) on top; clean is a view over raw instead"
+        )
     verdict = "PASS" if overhead <= MAX_OVERHEAD else "FAIL"
     print(f"{verdict}: validation adds at most {MAX_OVERHEAD:.0%} to the time of loading without it")
     return 0 if verdict == "PASS" else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

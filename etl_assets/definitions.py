@@ -21,8 +21,14 @@ from dagster import Definitions, definitions, in_process_executor, multiprocess_
 from etl_assets.monitoring import build_monitoring
 from etl_assets.monitoring.spec_errors import spec_errors_text
 from etl_assets.pipelines.factory import build_pipelines
-from etl_assets.pipelines.spec import (DEFS_MODULE, BrokenSpec, LoadedSpec, SpecError, load_specs_isolated,
-                                      read_defs_folder)
+from etl_assets.pipelines.spec import (
+    DEFS_MODULE,
+    BrokenSpec,
+    LoadedSpec,
+    SpecError,
+    load_specs_isolated,
+    read_defs_folder,
+)
 from etl_assets.recovery import build_recovery
 from etl_assets.settings import LOCAL, current_settings
 
@@ -73,8 +79,14 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
     built = build_pipelines(specs, os.environ.get)
     local = current_settings().env == LOCAL  # the one rule for ETL_ENV (an unknown value is an error)
     defs = Definitions.merge(
-        Definitions(assets=built.assets, asset_checks=built.asset_checks, jobs=built.jobs, schedules=built.schedules,
-                    sensors=built.sensors, resources=built.resources),
+        Definitions(
+            assets=built.assets,
+            asset_checks=built.asset_checks,
+            jobs=built.jobs,
+            schedules=built.schedules,
+            sensors=built.sensors,
+            resources=built.resources,
+        ),
         build_monitoring(specs, os.environ.get, broken),
         build_recovery(specs, os.environ.get),
         Definitions(executor=in_process_executor if local else multiprocess_executor),

@@ -75,7 +75,7 @@ def no_retry_for_permanent_errors() -> Iterator[None]:
         safe = scrub_exception(exc)
         exc.description = redact(exc.description or "") or exc.description
         exc.metadata = redact_metadata(exc.metadata or {})
-        raise safe if safe is not exc else exc
+        raise safe if safe is not exc else exc  # noqa: B904 (the failure itself, its cause chain as scrubbed)
     except Exception as exc:
         safe = scrub_exception(exc)
         if safe is exc:

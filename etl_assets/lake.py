@@ -21,7 +21,6 @@ stop a new write of its partition: it is replaced, and its files go with the oth
 file system's: an object-store lake needs conditional writes of the manifest (or a lock service) instead.
 """
 
-
 import fcntl
 import glob
 import json
@@ -135,15 +134,19 @@ class LakeTable:
     @property
     def num_rows(self) -> int:
         """Row count from the Parquet footers and view manifests (no data read)."""
-        return sum(_read_manifest(Path(p))["rows"] if p.endswith(VIEW_SUFFIX) else pq.ParquetFile(p).metadata.num_rows
-                   for p in self.paths)
+        return sum(
+            _read_manifest(Path(p))["rows"] if p.endswith(VIEW_SUFFIX) else pq.ParquetFile(p).metadata.num_rows
+            for p in self.paths
+        )
 
     @property
     def schema(self) -> pa.Schema:
         if not self.paths[0].endswith(VIEW_SUFFIX):
             return pq.read_schema(self.paths[0])
         with duckdb_connection() as con:
-            return LakeTable(self.name, self.paths[:1], self.partitions[:1]).relation(con).limit(0).to_arrow_table().schema
+            return (
+                LakeTable(self.name, self.paths[:1], self.partitions[:1]).relation(con).limit(0).to_arrow_table().schema
+            )
 
 
 @dataclass(frozen=True)
@@ -177,8 +180,10 @@ def _read_manifest(path: Path) -> dict:
         raise LakeError(f"{path}: field format is {found!r}, expected {VIEW_FORMAT!r}; re-materialize the partition")
     for field, kind in _MANIFEST_FIELDS.items():
         if not isinstance(manifest.get(field), kind) or isinstance(manifest.get(field), bool):
-            raise LakeError(f"{path}: field {field} is {manifest.get(field)!r}, expected a {kind.__name__}; "
-                            "re-materialize the partition")
+            raise LakeError(
+                f"{path}: field {field} is {manifest.get(field)!r}, expected a {kind.__name__}; "
+                "re-materialize the partition"
+            )
     return manifest
 
 
@@ -326,9 +331,16 @@ class LakeStorage(ConfigurableResource):
             view.excluded.write_parquet(str(excluded), compression="zstd")
             excluded_rows = pq.ParquetFile(excluded).metadata.num_rows
             source_rows = pq.ParquetFile(source).metadata.num_rows
-            manifest = {"format": VIEW_FORMAT, "source": source.name, "excluded": excluded.name,
-                        "select": view.select, "source_rows": source_rows, "excluded_rows": excluded_rows,
-                        "rows": source_rows - excluded_rows, "stats": view.stats or {}}
+            manifest = {
+                "format": VIEW_FORMAT,
+                "source": source.name,
+                "excluded": excluded.name,
+                "select": view.select,
+                "source_rows": source_rows,
+                "excluded_rows": excluded_rows,
+                "rows": source_rows - excluded_rows,
+                "stats": view.stats or {},
+            }
             with open(tmp, "w") as fh:
                 json.dump(manifest, fh, indent=1)
                 fh.flush()
@@ -351,8 +363,13 @@ class LakeStorage(ConfigurableResource):
         _remove_leftovers(directory, name, keep=(source.name, excluded.name))
         with duckdb_connection() as con:
             schema = con.sql(view_sql(str(manifest_path))).limit(0).to_arrow_table().schema
-        return WriteResult(manifest_path, manifest["rows"], manifest_path.stat().st_size + excluded.stat().st_size,
-                           time.perf_counter() - started, schema)
+        return WriteResult(
+            manifest_path,
+            manifest["rows"],
+            manifest_path.stat().st_size + excluded.stat().st_size,
+            time.perf_counter() - started,
+            schema,
+        )
 
     def remove(self, key_path: Sequence[str], partition: str | None) -> list[str]:
         """Remove one partition (its Parquet file or view, and every leftover of earlier writes) under its lock, so a
@@ -390,8 +407,9 @@ class LakeStorage(ConfigurableResource):
                 try:
                     os.link(path, pin)
                 except FileNotFoundError as exc:
-                    raise LakeError(f"{table.name}: {path} was removed before it could be read; run the step again"
-                                    ) from exc
+                    raise LakeError(
+                        f"{table.name}: {path} was removed before it could be read; run the step again"
+                    ) from exc
                 made.append(pin)
                 pinned_paths.append(str(pin))
             yield LakeTable(table.name, tuple(pinned_paths), table.partitions)
@@ -399,7 +417,9 @@ class LakeStorage(ConfigurableResource):
             for pin in made:
                 pin.unlink(missing_ok=True)
 
-    def table(self, key_path: Sequence[str], partitions: Iterable[str | None], *, allow_missing: bool = False) -> LakeTable:
+    def table(
+        self, key_path: Sequence[str], partitions: Iterable[str | None], *, allow_missing: bool = False
+    ) -> LakeTable:
         """A handle on the given partitions of an asset.
 
         Raises:
@@ -416,7 +436,9 @@ class LakeStorage(ConfigurableResource):
         name = "/".join(key_path)
         if missing and not allow_missing or not paths:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise LakeError(f"{name}: partition(s) {shown} not in the lake at {self.root_path()}; materialize them first")
+            raise LakeError(
+                f"{name}: partition(s) {shown} not in the lake at {self.root_path()}; materialize them first"
+            )
         return LakeTable(name, tuple(paths), tuple(keys))
 
 
@@ -452,7 +474,9 @@ def _leftover_pattern(name: str) -> re.Pattern:
     """The hidden files a write of partition ``name`` creates besides its lock: a Parquet write's temporary file and
     a view generation's source snapshot, excluded positions and temporary manifest (anchored, so partition ``x``
     never matches the files of partition ``x.y``)."""
-    return re.compile(rf"\.{re.escape(name)}\.(?:[0-9a-f]{{32}}\.tmp|[0-9a-f]{{12}}\.(?:source\.parquet|excluded\.parquet|view\.tmp))")
+    return re.compile(
+        rf"\.{re.escape(name)}\.(?:[0-9a-f]{{32}}\.tmp|[0-9a-f]{{12}}\.(?:source\.parquet|excluded\.parquet|view\.tmp))"
+    )
 
 
 def _remove_leftovers(directory: Path, name: str, keep: Sequence[str]) -> list[str]:
@@ -500,7 +524,9 @@ def _partition_lock(directory: Path, name: str) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not waiting_logged:
-                    get_dagster_logger().warning(f"{directory / name}: waiting for another writer of this lake partition")
+                    get_dagster_logger().warning(
+                        f"{directory / name}: waiting for another writer of this lake partition"
+                    )
                     waiting_logged = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
             held = os.fstat(fd)

@@ -28,9 +28,12 @@ MIN_SECRET_CHARS = 4
 # userinfo: a user name (no '/'), then optionally ':' and a password up to the last '@' of the word, so a password
 # holding '/', '#', '?' or '@' that a URL parser would cut short is masked whole; without a ':' the user name alone
 _USERINFO_RE = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s@'\"<>]*:[^\s'\"<>]*@|[^/?#\s@'\"<>:]*@)")
-_KEYWORD_RE = re.compile(r"(?i)\b(?P<key>password|passwd|pwd|token|api_key|apikey|secret)(?P<sep>\s*[=:]\s*)"
-                         r"(?P<value>'[^']*'|\"[^\"]*\"|[^\s&,;]+)")
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s@'\"<>]*:[^\s'\"<>]*@|[^/?#\s@'\"<>:]*@)"
+)
+_KEYWORD_RE = re.compile(
+    r"(?i)\b(?P<key>password|passwd|pwd|token|api_key|apikey|secret)(?P<sep>\s*[=:]\s*)"
+    r"(?P<value>'[^']*'|\"[^\"]*\"|[^\s&,;]+)"
+)
 _BEARER_RE = re.compile(r"(?i)\b(?P<scheme>bearer|basic)\s+(?P<value>[A-Za-z0-9._~+/=\-]{8,})")
 
 

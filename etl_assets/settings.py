@@ -50,15 +50,14 @@ def current_settings() -> Settings:
     """
     env = os.environ.get("ETL_ENV", LOCAL).strip().lower() or LOCAL
     if env not in ENVIRONMENTS:
-        raise SettingsError(
-            f"ETL_ENV={env!r} is not an environment; set ETL_ENV to one of {', '.join(ENVIRONMENTS)}"
-        )
+        raise SettingsError(f"ETL_ENV={env!r} is not an environment; set ETL_ENV to one of {', '.join(ENVIRONMENTS)}")
     data_dir = Path(os.environ.get("ETL_DATA_DIR") or "data").expanduser().resolve()
     return Settings(env=env, data_dir=data_dir)
 
 
-def duckdb_connection(database: str = ":memory:", read_only: bool = False,
-                      allowed_directories: list[Path] | None = None):
+def duckdb_connection(
+    database: str = ":memory:", read_only: bool = False, allowed_directories: list[Path] | None = None
+):
     """A DuckDB connection with the platform's settings: UTC, bounded memory, spilling under the data dir.
 
     ``ETL_DUCKDB_MEMORY_LIMIT`` (default ``1GB``) caps each connection, so big partitions spill instead of

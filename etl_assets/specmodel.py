@@ -27,8 +27,9 @@ class SpecFieldError(ValueError):
         self.field, self.problem, self.fix = field, problem, fix
 
 
-def checked_name(value: str, max_length: int = MAX_IDENTIFIER_LENGTH,
-                 why: str = f"SQL names are held to {IDENTIFIER_LIMIT}") -> str:
+def checked_name(
+    value: str, max_length: int = MAX_IDENTIFIER_LENGTH, why: str = f"SQL names are held to {IDENTIFIER_LIMIT}"
+) -> str:
     """Check that ``value`` is a plain identifier of at most ``max_length`` characters.
 
     Args:
@@ -38,11 +39,17 @@ def checked_name(value: str, max_length: int = MAX_IDENTIFIER_LENGTH,
         SpecFieldError: the name is too long, or has characters (a space, a trailing line break) SQL cannot take bare.
     """
     if len(value) > max_length:
-        raise SpecFieldError("", f"{value!r} is {len(value)} characters long; the maximum is {max_length} ({why})",
-                             f"shorten it to at most {max_length} characters")
+        raise SpecFieldError(
+            "",
+            f"{value!r} is {len(value)} characters long; the maximum is {max_length} ({why})",
+            f"shorten it to at most {max_length} characters",
+        )
     if not is_identifier(value):
-        raise SpecFieldError("", f"{value!r} is not a valid name",
-                             "use only letters, digits and underscores (no spaces or line breaks), starting with a letter")
+        raise SpecFieldError(
+            "",
+            f"{value!r} is not a valid name",
+            "use only letters, digits and underscores (no spaces or line breaks), starting with a letter",
+        )
     return value
 
 

@@ -67,8 +67,14 @@ def qualified(schema: str, table: str) -> str:
 def normalize_type(type_name: str) -> str:
     """Canonical upper-case form of a contract type, or raise ``ValueError`` naming the accepted types."""
     t = " ".join(type_name.strip().upper().split())
-    aliases = {"INT": "INTEGER", "TEXT": "VARCHAR", "STRING": "VARCHAR", "FLOAT": "DOUBLE", "BOOL": "BOOLEAN",
-               "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ"}
+    aliases = {
+        "INT": "INTEGER",
+        "TEXT": "VARCHAR",
+        "STRING": "VARCHAR",
+        "FLOAT": "DOUBLE",
+        "BOOL": "BOOLEAN",
+        "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ",
+    }
     t = aliases.get(t, t)
     if t in _SIMPLE_TYPES:
         return t

@@ -55,7 +55,14 @@ _log = logging.getLogger(__name__)
 FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "slow", "truncated")
 """The faults :class:`FaultConfig` draws from by default (the stress mix)."""
 OPT_IN_FAULT_KINDS: tuple[str, ...] = (
-    "drip", "repeat_cursor", "ignore_page", "huge_page", "huge_page_chunked", "deep_json", "echo_auth", "extra_keys",
+    "drip",
+    "repeat_cursor",
+    "ignore_page",
+    "huge_page",
+    "huge_page_chunked",
+    "deep_json",
+    "echo_auth",
+    "extra_keys",
 )
 """Faults injected only when asked for by name."""
 _ALL_FAULT_KINDS = FAULT_KINDS + OPT_IN_FAULT_KINDS
@@ -189,12 +196,17 @@ class FaultConfig:
         if self.slow_seconds < 0:
             raise ValueError(f"slow_seconds must be >= 0, got {self.slow_seconds}")
         if self.fail_page < 0 or self.fail_page_times < 0:
-            raise ValueError(f"fail_page and fail_page_times must be >= 0, got {self.fail_page}, {self.fail_page_times}")
+            raise ValueError(
+                f"fail_page and fail_page_times must be >= 0, got {self.fail_page}, {self.fail_page_times}"
+            )
         if self.fail_page_kind not in _ALL_FAULT_KINDS:
-            raise ValueError(f"unknown fail_page_kind {self.fail_page_kind!r}; expected one of {list(_ALL_FAULT_KINDS)}")
+            raise ValueError(
+                f"unknown fail_page_kind {self.fail_page_kind!r}; expected one of {list(_ALL_FAULT_KINDS)}"
+            )
         if self.huge_page_bytes < len(_HUGE_HEAD) + len(_HUGE_TAIL):
             raise ValueError(
-                f"huge_page_bytes must be at least {len(_HUGE_HEAD) + len(_HUGE_TAIL)}, got {self.huge_page_bytes}")
+                f"huge_page_bytes must be at least {len(_HUGE_HEAD) + len(_HUGE_TAIL)}, got {self.huge_page_bytes}"
+            )
 
     @classmethod
     def parse(cls, spec: str) -> FaultConfig:
@@ -270,8 +282,9 @@ def _huge_body(size: int) -> tuple[int, Iterator[bytes]]:
     def pieces() -> Iterator[bytes]:
         yield _HUGE_HEAD
         for start in range(0, count, per_piece):
-            records = ",".join(_HUGE_RECORD.format(order_id=_HUGE_FIRST_ID + i)
-                               for i in range(start, min(start + per_piece, count)))
+            records = ",".join(
+                _HUGE_RECORD.format(order_id=_HUGE_FIRST_ID + i) for i in range(start, min(start + per_piece, count))
+            )
             yield (records if start == 0 else "," + records).encode()
         yield _HUGE_TAIL
 
@@ -279,8 +292,12 @@ def _huge_body(size: int) -> tuple[int, Iterator[bytes]]:
 
 
 def _deep_body(depth: int) -> bytes:
-    return (b'{"data":[{"order_id":1,"payload":' + b"[" * depth + b"]" * depth
-            + b'}],"next_cursor":null,"next":null,"page":1,"total_pages":1}')
+    return (
+        b'{"data":[{"order_id":1,"payload":'
+        + b"[" * depth
+        + b"]" * depth
+        + b'}],"next_cursor":null,"next":null,"page":1,"total_pages":1}'
+    )
 
 
 def _next_url(params: Mapping[str, str], host: str, limit: int, cursor: str) -> str:
@@ -343,7 +360,7 @@ def _timestamp_param(params: Mapping[str, str], name: str) -> dt.datetime | None
         parsed = dt.datetime.fromisoformat(raw)
     except ValueError:
         raise _BadRequest(f"{name} must be an ISO-8601 timestamp, got {raw!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -461,7 +478,7 @@ class _Handler(BaseHTTPRequestHandler):
         step = -(-len(body) // _DRIP_PIECES)
         try:
             for start in range(0, len(body), step):
-                self.wfile.write(body[start:start + step])
+                self.wfile.write(body[start : start + step])
                 self.wfile.flush()
                 time.sleep(seconds / _DRIP_PIECES)
         except (BrokenPipeError, ConnectionResetError):
@@ -701,8 +718,9 @@ class DemoApiServer:
         except Exception as exc:
             _log.exception("GET %s failed", handler.path)
             response = _Response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc}"})
-        handler.send_json(response, truncate=fault == "truncated",
-                          drip_seconds=self._faults.slow_seconds if fault == "drip" else 0.0)
+        handler.send_json(
+            response, truncate=fault == "truncated", drip_seconds=self._faults.slow_seconds if fault == "drip" else 0.0
+        )
 
     @staticmethod
     def _pointing_back(response: _Response, params: Mapping[str, str], host: str) -> _Response:

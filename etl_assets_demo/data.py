@@ -53,13 +53,48 @@ _STATUS_WEIGHTS = [0.25, 0.65, 0.10]
 _COUNTRIES = ["US", "DE", "FR", "GB", "JP", "BR", "IN", "CA"]
 _COUNTRY_WEIGHTS = [0.30, 0.14, 0.10, 0.12, 0.08, 0.08, 0.10, 0.08]
 _FIRST_NAMES = [
-    "Ada", "Alan", "Amara", "Bruno", "Chen", "Dana", "Elena", "Farah", "Grace", "Hugo",
-    "Ines", "Jonas", "Kenji", "Lena", "Mateo", "Nadia", "Omar", "Priya", "Rosa", "Sven",
+    "Ada",
+    "Alan",
+    "Amara",
+    "Bruno",
+    "Chen",
+    "Dana",
+    "Elena",
+    "Farah",
+    "Grace",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kenji",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Rosa",
+    "Sven",
 ]
 _LAST_NAMES = [
-    "Almeida", "Becker", "Costa", "Dubois", "Eriksen", "Fischer", "Garcia", "Hughes",
-    "Ito", "Jones", "Kowalski", "Lopez", "Martin", "Novak", "Okafor", "Patel", "Rossi",
-    "Silva", "Tanaka", "Walker",
+    "Almeida",
+    "Becker",
+    "Costa",
+    "Dubois",
+    "Eriksen",
+    "Fischer",
+    "Garcia",
+    "Hughes",
+    "Ito",
+    "Jones",
+    "Kowalski",
+    "Lopez",
+    "Martin",
+    "Novak",
+    "Okafor",
+    "Patel",
+    "Rossi",
+    "Silva",
+    "Tanaka",
+    "Walker",
 ]
 _CATEGORY_NOUNS: dict[str, list[str]] = {
     "books": ["Novel", "Cookbook", "Atlas", "Notebook", "Journal"],
@@ -160,8 +195,7 @@ def load_manifest(data_dir: str | Path) -> DemoManifest:
     raw = json.loads(_manifest_path(data_dir).read_text(encoding="utf-8"))
     if raw.get("version") != _MANIFEST_VERSION:
         raise ValueError(
-            f"unsupported demo manifest version {raw.get('version')!r} in {data_dir}; "
-            "regenerate the demo data"
+            f"unsupported demo manifest version {raw.get('version')!r} in {data_dir}; regenerate the demo data"
         )
     return _manifest(
         data_dir,
@@ -261,9 +295,7 @@ def _day_micros(day: dt.date) -> int:
     return (day - _EPOCH).days * _MICROS_PER_DAY
 
 
-def _stratified_micros(
-    rng: np.random.Generator, first: int, count: int, total: int, lo: int, hi: int
-) -> np.ndarray:
+def _stratified_micros(rng: np.random.Generator, first: int, count: int, total: int, lo: int, hi: int) -> np.ndarray:
     """Timestamps for rows ``first..first+count`` of ``total`` spread uniformly over [lo, hi).
 
     Row ``i`` falls in the ``i``-th of ``total`` equal slices, so ids ascend with time the

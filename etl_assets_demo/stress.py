@@ -30,8 +30,17 @@ from etl_assets_demo.api_server import FAULT_KINDS, DemoApiServer, FaultConfig
 from etl_assets_demo.data import DemoManifest
 
 __all__ = [
-    "FAULT_KINDS", "PartitionOutcome", "PhaseResult", "StressSettings", "WarehouseComparison", "compare_warehouse",
-    "PhaseRunner", "load_dimensions", "run_phase", "stress_environment", "stress_specs",
+    "FAULT_KINDS",
+    "PartitionOutcome",
+    "PhaseResult",
+    "StressSettings",
+    "WarehouseComparison",
+    "compare_warehouse",
+    "PhaseRunner",
+    "load_dimensions",
+    "run_phase",
+    "stress_environment",
+    "stress_specs",
 ]
 
 ORDERS_JOB = "orders_pipeline"
@@ -39,14 +48,30 @@ DIMENSIONS_JOB = "shop_full_refresh"
 RAW_ORDERS = "raw/orders"
 CLEAN_ORDERS = "clean/orders"
 ORDER_COLUMNS = (
-    "order_id", "customer_id", "product_id", "quantity", "unit_price", "currency", "status", "ordered_at", "updated_at",
+    "order_id",
+    "customer_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "currency",
+    "status",
+    "ordered_at",
+    "updated_at",
 )
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 # The warning RestApiSource.get_json logs before each backoff sleep; the only record of how long it slept.
 _BACKOFF_LOG = re.compile(r"transient (?P<reason>\S+) on GET .*; retrying in (?P<seconds>[0-9.]+)s")
-REASON_KIND = {"http_500": "500", "http_503": "503", "http_429": "429", "ReadTimeout": "slow",
-               "RemoteProtocolError": "truncated", "ReadError": "truncated", "truncated_body": "truncated",
-               "undecodable_body": "truncated", "deadline_exceeded": "drip"}
+REASON_KIND = {
+    "http_500": "500",
+    "http_503": "503",
+    "http_429": "429",
+    "ReadTimeout": "slow",
+    "RemoteProtocolError": "truncated",
+    "ReadError": "truncated",
+    "truncated_body": "truncated",
+    "undecodable_body": "truncated",
+    "deadline_exceeded": "drip",
+}
 """The fault kind each retry reason of ``RestApiSource.get_json`` answers to (a timeout can also be load)."""
 
 
@@ -73,8 +98,13 @@ class StressSettings:
     seed: int = 7
 
     def faults(self) -> FaultConfig:
-        return FaultConfig(rate=self.fault_rate, kinds=self.kinds, retry_after_seconds=self.retry_after_seconds,
-                           slow_seconds=self.slow_seconds, seed=self.seed)
+        return FaultConfig(
+            rate=self.fault_rate,
+            kinds=self.kinds,
+            retry_after_seconds=self.retry_after_seconds,
+            slow_seconds=self.slow_seconds,
+            seed=self.seed,
+        )
 
 
 def stress_specs(start: dt.date, settings: StressSettings):
@@ -85,13 +115,18 @@ def stress_specs(start: dt.date, settings: StressSettings):
     for loaded in load_specs():
         spec = loaded.spec
         if spec.name == "orders":
-            source = spec.source.model_copy(update={
-                "timeout_seconds": settings.timeout_seconds,
-                "pagination": spec.source.pagination.model_copy(update={"page_size": settings.page_size}),
-            })
-            spec = spec.model_copy(update={
-                "source": source, "partitions": spec.partitions.model_copy(update={"start": start}),
-            })
+            source = spec.source.model_copy(
+                update={
+                    "timeout_seconds": settings.timeout_seconds,
+                    "pagination": spec.source.pagination.model_copy(update={"page_size": settings.page_size}),
+                }
+            )
+            spec = spec.model_copy(
+                update={
+                    "source": source,
+                    "partitions": spec.partitions.model_copy(update={"start": start}),
+                }
+            )
             loaded = loaded.model_copy(update={"spec": spec})
         specs.append(loaded)
     return specs
@@ -205,9 +240,14 @@ def _execute(job, instance, partition: str) -> PartitionOutcome:
 
     started, cpu = time.perf_counter(), _cpu_seconds()
     result = job.execute_in_process(instance=instance, partition_key=partition, run_config=QUIET, raise_on_error=False)
-    outcome = PartitionOutcome(partition=partition, run_id=result.run_id, first_launch_ok=result.success,
-                               seconds=time.perf_counter() - started, cpu_seconds=_cpu_seconds() - cpu,
-                               final_ok=result.success)
+    outcome = PartitionOutcome(
+        partition=partition,
+        run_id=result.run_id,
+        first_launch_ok=result.success,
+        seconds=time.perf_counter() - started,
+        cpu_seconds=_cpu_seconds() - cpu,
+        final_ok=result.success,
+    )
     for event in result.get_asset_materialization_events():
         if event.asset_key.to_user_string() != RAW_ORDERS:
             continue
@@ -221,11 +261,17 @@ def _execute(job, instance, partition: str) -> PartitionOutcome:
         if found:
             reason = found["reason"]
             outcome.backoff_seconds[reason] = outcome.backoff_seconds.get(reason, 0.0) + float(found["seconds"])
-    outcome.failed_checks = [f"{e.asset_key.to_user_string()}:{e.check_name}"
-                             for e in result.get_asset_check_evaluations() if not e.passed]
+    outcome.failed_checks = [
+        f"{e.asset_key.to_user_string()}:{e.check_name}" for e in result.get_asset_check_evaluations() if not e.passed
+    ]
     if not result.success:
-        outcome.error = "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip()[:300]}"
-                                  for e in result.get_step_failure_events()) or "run failed"
+        outcome.error = (
+            "; ".join(
+                f"{e.step_key}: {e.event_specific_data.error.message.strip()[:300]}"
+                for e in result.get_step_failure_events()
+            )
+            or "run failed"
+        )
     return outcome
 
 
@@ -241,7 +287,8 @@ def load_dimensions(manifest: DemoManifest, instance, settings: StressSettings) 
         defs = build_definitions(stress_specs(manifest.start, settings))
         started = time.perf_counter()
         result = defs.resolve_job_def(DIMENSIONS_JOB).execute_in_process(
-            instance=instance, run_config=QUIET, raise_on_error=False)
+            instance=instance, run_config=QUIET, raise_on_error=False
+        )
         if not result.success:
             raise RuntimeError(f"{DIMENSIONS_JOB} failed (run {result.run_id}); see its event log")
         return time.perf_counter() - started
@@ -261,8 +308,15 @@ class PhaseRunner:
         >>> runner.result().success_share
     """
 
-    def __init__(self, manifest: DemoManifest, instance, settings: StressSettings, faults: FaultConfig | None,
-                 label: str, relaunch_failed: int = 2) -> None:
+    def __init__(
+        self,
+        manifest: DemoManifest,
+        instance,
+        settings: StressSettings,
+        faults: FaultConfig | None,
+        label: str,
+        relaunch_failed: int = 2,
+    ) -> None:
         """Configures the phase; the server starts on ``__enter__``.
 
         Args:
@@ -323,9 +377,14 @@ class PhaseRunner:
         """What the phase did so far (the server's counters are final once the runner has exited)."""
         if self._server is not None:
             self._requests, self._injected = self._server.requests_total, self._server.faults_injected
-        return PhaseResult(label=self.label, faults=self.faults, outcomes=list(self.outcomes),
-                           wall_seconds=sum(o.seconds for o in self.outcomes), requests=self._requests,
-                           faults_injected=dict(self._injected))
+        return PhaseResult(
+            label=self.label,
+            faults=self.faults,
+            outcomes=list(self.outcomes),
+            wall_seconds=sum(o.seconds for o in self.outcomes),
+            requests=self._requests,
+            faults_injected=dict(self._injected),
+        )
 
 
 def run_phase(
@@ -385,10 +444,12 @@ class WarehouseComparison:
 
     @property
     def exact(self) -> bool:
-        return (self.warehouse_rows == self.source_rows == self.distinct_order_ids
-                and self.missing_rows == self.extra_rows == self.duplicate_order_ids == 0
-                and self.wrong_partition == self.wrong_run == self.quarantined == 0
-                and self.partitions_present == self.partitions_expected)
+        return (
+            self.warehouse_rows == self.source_rows == self.distinct_order_ids
+            and self.missing_rows == self.extra_rows == self.duplicate_order_ids == 0
+            and self.wrong_partition == self.wrong_run == self.quarantined == 0
+            and self.partitions_present == self.partitions_expected
+        )
 
     def problems(self) -> list[str]:
         out = []
@@ -396,7 +457,14 @@ class WarehouseComparison:
             out.append(f"warehouse holds {self.warehouse_rows} rows, the source {self.source_rows}")
         if self.distinct_order_ids != self.warehouse_rows:
             out.append(f"{self.warehouse_rows - self.distinct_order_ids} repeated order_id rows")
-        for name in ("missing_rows", "extra_rows", "duplicate_order_ids", "wrong_partition", "wrong_run", "quarantined"):
+        for name in (
+            "missing_rows",
+            "extra_rows",
+            "duplicate_order_ids",
+            "wrong_partition",
+            "wrong_run",
+            "quarantined",
+        ):
             if getattr(self, name):
                 out.append(f"{name.replace('_', ' ')}: {getattr(self, name)}")
         if self.partitions_present != self.partitions_expected:
@@ -423,37 +491,54 @@ def compare_warehouse(manifest: DemoManifest, phase: PhaseResult, warehouse: Pat
         con.execute("CREATE TEMP TABLE runs (part VARCHAR, run_id VARCHAR)")
         con.executemany("INSERT INTO runs VALUES (?, ?)", runs)
         # The source, typed like the warehouse columns, limited to the partitions that ran.
-        con.execute(f"""
+        con.execute(
+            """
             CREATE TEMP TABLE source AS
             SELECT order_id::BIGINT AS order_id, customer_id::BIGINT AS customer_id, product_id::BIGINT AS product_id,
                    quantity::INTEGER AS quantity, unit_price::DECIMAL(12,2) AS unit_price, currency, status,
                    ordered_at::TIMESTAMPTZ AS ordered_at, updated_at::TIMESTAMPTZ AS updated_at
             FROM read_parquet(?)
             WHERE strftime(ordered_at::TIMESTAMPTZ, '%Y-%m-%d') IN (SELECT part FROM runs)
-        """, [str(manifest.orders_path)])
+        """,
+            [str(manifest.orders_path)],
+        )
         (source_rows,) = con.execute("SELECT count(*) FROM source").fetchall()[0]
         warehouse_rows, distinct_ids, partitions_present = con.execute(
             "SELECT count(*), count(DISTINCT order_id), count(DISTINCT _etl_partition) FILTER "
-            "(WHERE _etl_partition IN (SELECT part FROM runs)) FROM shop.orders").fetchall()[0]
-        (missing,) = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM source EXCEPT ALL "
-                                 f"SELECT {cols} FROM shop.orders)").fetchall()[0]
-        (extra,) = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM shop.orders EXCEPT ALL "
-                               f"SELECT {cols} FROM source)").fetchall()[0]
-        (duplicates,) = con.execute("SELECT count(*) FROM (SELECT order_id FROM shop.orders GROUP BY order_id "
-                                    "HAVING count(*) > 1)").fetchall()[0]
-        (wrong_partition,) = con.execute("SELECT count(*) FROM shop.orders "
-                                         "WHERE _etl_partition IS DISTINCT FROM strftime(ordered_at, '%Y-%m-%d')"
-                                         ).fetchall()[0]
-        (wrong_run,) = con.execute("SELECT count(*) FROM shop.orders o LEFT JOIN runs r ON r.part = o._etl_partition "
-                                   "WHERE r.run_id IS DISTINCT FROM o._etl_run_id").fetchall()[0]
-        has_quarantine = con.execute("SELECT count(*) FROM information_schema.tables "
-                                     "WHERE table_schema = 'quarantine' AND table_name = 'orders'").fetchall()[0][0]
+            "(WHERE _etl_partition IN (SELECT part FROM runs)) FROM shop.orders"
+        ).fetchall()[0]
+        (missing,) = con.execute(
+            f"SELECT count(*) FROM (SELECT {cols} FROM source EXCEPT ALL SELECT {cols} FROM shop.orders)"
+        ).fetchall()[0]
+        (extra,) = con.execute(
+            f"SELECT count(*) FROM (SELECT {cols} FROM shop.orders EXCEPT ALL SELECT {cols} FROM source)"
+        ).fetchall()[0]
+        (duplicates,) = con.execute(
+            "SELECT count(*) FROM (SELECT order_id FROM shop.orders GROUP BY order_id HAVING count(*) > 1)"
+        ).fetchall()[0]
+        (wrong_partition,) = con.execute(
+            "SELECT count(*) FROM shop.orders WHERE _etl_partition IS DISTINCT FROM strftime(ordered_at, '%Y-%m-%d')"
+        ).fetchall()[0]
+        (wrong_run,) = con.execute(
+            "SELECT count(*) FROM shop.orders o LEFT JOIN runs r ON r.part = o._etl_partition "
+            "WHERE r.run_id IS DISTINCT FROM o._etl_run_id"
+        ).fetchall()[0]
+        has_quarantine = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'quarantine' AND table_name = 'orders'"
+        ).fetchall()[0][0]
         quarantined = con.execute("SELECT count(*) FROM quarantine.orders").fetchall()[0][0] if has_quarantine else 0
     finally:
         con.close()
     return WarehouseComparison(
-        source_rows=source_rows, warehouse_rows=warehouse_rows, distinct_order_ids=distinct_ids,
-        missing_rows=missing, extra_rows=extra, duplicate_order_ids=duplicates, wrong_partition=wrong_partition,
-        wrong_run=wrong_run, quarantined=quarantined, partitions_expected=len(runs),
+        source_rows=source_rows,
+        warehouse_rows=warehouse_rows,
+        distinct_order_ids=distinct_ids,
+        missing_rows=missing,
+        extra_rows=extra,
+        duplicate_order_ids=duplicates,
+        wrong_partition=wrong_partition,
+        wrong_run=wrong_run,
+        quarantined=quarantined,
+        partitions_expected=len(runs),
         partitions_present=partitions_present,
     )

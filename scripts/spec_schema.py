@@ -37,8 +37,11 @@ Every model forbids unknown keys.
 
 def spec_schema() -> str:
     """The schema's text, as committed."""
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "etl_assets pipeline spec",
-              **PipelineSpec.model_json_schema()}
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "etl_assets pipeline spec",
+        **PipelineSpec.model_json_schema(),
+    }
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
@@ -84,8 +87,13 @@ def _constraints(p: dict) -> str:
     if "prefixItems" in p:
         return f"exactly {len(p['prefixItems'])} items"
     out = []
-    for key, symbol in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"),
-                        ("minItems", "items >=")):
+    for key, symbol in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("exclusiveMaximum", "<"),
+        ("minItems", "items >="),
+    ):
         if key in p:
             out.append(f"{symbol} {p[key]:,}" if isinstance(p[key], int) else f"{symbol} {p[key]}")
     out += [c for c in (_constraints(x) for x in p.get("anyOf", [])) if c]
@@ -123,8 +131,10 @@ def field_tables() -> str:
         for key, prop in definition["properties"].items():
             text = " ".join(prop.get("description", "").split()).replace("|", "\\|")
             text = re.sub(r"(?<!`)(<[A-Z_]+>\w*)", r"`\1`", text)  # a placeholder, not an HTML tag
-            out.append(f"| `{key}` | {_type_of(prop)} | {_default(models[name], key, required)} | "
-                       f"{_constraints(prop)} | {text} |")
+            out.append(
+                f"| `{key}` | {_type_of(prop)} | {_default(models[name], key, required)} | "
+                f"{_constraints(prop)} | {text} |"
+            )
         out.append("")
     return "\n".join(out)
 

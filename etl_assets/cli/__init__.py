@@ -65,8 +65,8 @@ def _command(module: str, name: str = "command") -> Callable[[argparse.Namespace
 def _cmd_validate(args: argparse.Namespace) -> int:
     """Load every spec (the packaged ones, plus DIR or $ETL_PIPELINES_DIR) and build their definitions; print each
     invalid spec's error (file, field, fix) and exit 1 if there is one."""
-    from etl_assets.pipelines.spec import PACKAGED_SPEC_DIRS, load_specs_isolated
     from etl_assets.monitoring.spec_errors import spec_errors_text
+    from etl_assets.pipelines.spec import PACKAGED_SPEC_DIRS, load_specs_isolated
 
     if args.dir is not None:
         folder = Path(args.dir).expanduser().resolve()
@@ -94,9 +94,13 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _add_scale(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--orders", type=int, default=5000, help="number of orders to generate (default 5000; 10000000 works)")
+    parser.add_argument(
+        "--orders", type=int, default=5000, help="number of orders to generate (default 5000; 10000000 works)"
+    )
     parser.add_argument("--days", type=int, default=7, help="days of orders, one partition each (default 7)")
-    parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2024, 1, 1), help="first day (default 2024-01-01)")
+    parser.add_argument(
+        "--start", type=dt.date.fromisoformat, default=dt.date(2024, 1, 1), help="first day (default 2024-01-01)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data-dir", help="default: $ETL_DATA_DIR or ./data")
 
@@ -136,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     reexecute.add_argument("--data-dir")
     reexecute.set_defaults(func=_command("reexecute"))
     validate = sub.add_parser("validate", help="check every pipeline spec (exit 1 naming each invalid one)")
-    validate.add_argument("dir", nargs="?", help="a folder of specs to check with the packaged ones "
-                          "(default: $ETL_PIPELINES_DIR when set)")
+    validate.add_argument(
+        "dir",
+        nargs="?",
+        help="a folder of specs to check with the packaged ones (default: $ETL_PIPELINES_DIR when set)",
+    )
     validate.set_defaults(func=_cmd_validate)
     metrics = sub.add_parser("metrics", help="Prometheus metrics of the Dagster instance")
     metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True)

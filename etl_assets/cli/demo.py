@@ -58,10 +58,13 @@ def run_reference(
 
 def generate(args: argparse.Namespace) -> int:
     """`etl-assets demo generate`: write the demo source data."""
-    manifest = generate_shop_data(data_dir(args.data_dir), orders=args.orders, days=args.days, start=args.start,
-                                  seed=args.seed)
-    print(f"generated {manifest.orders} orders, {manifest.customers} customers, {manifest.products} products "
-          f"over {manifest.days} days into {manifest.data_dir}")
+    manifest = generate_shop_data(
+        data_dir(args.data_dir), orders=args.orders, days=args.days, start=args.start, seed=args.seed
+    )
+    print(
+        f"generated {manifest.orders} orders, {manifest.customers} customers, {manifest.products} products "
+        f"over {manifest.days} days into {manifest.data_dir}"
+    )
     return 0
 
 
@@ -80,8 +83,10 @@ def command(args: argparse.Namespace) -> int:
 
     folder = data_dir(args.data_dir)
     manifest = generate_shop_data(folder, orders=args.orders, days=args.days, start=args.start, seed=args.seed)
-    print(f"demo data: {manifest.orders} orders, {manifest.customers} customers, {manifest.products} products, "
-          f"{manifest.days} days from {manifest.start}")
+    print(
+        f"demo data: {manifest.orders} orders, {manifest.customers} customers, {manifest.products} products, "
+        f"{manifest.days} days from {manifest.start}"
+    )
     faults = FaultConfig.parse(args.faults) if args.faults else None
     with DemoApiServer(manifest.orders_path, token=os.environ.get("SHOP_API_TOKEN"), faults=faults) as server:
         os.environ["SHOP_API_URL"] = server.url

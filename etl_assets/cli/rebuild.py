@@ -53,8 +53,13 @@ def plan_rebuild(defs: Definitions, pipeline: str, downstream: bool = True) -> R
     if not graph.has(raw):
         sources = sorted(k.path[1] for k in graph.get_all_asset_keys() if k.path[0] == RAW)
         raise RebuildError(f"{pipeline} is not a source pipeline; rebuild one of: {', '.join(sources)}")
-    own = AssetSelection.assets(*[k for k in graph.get_all_asset_keys()
-                                  if k.path[0] in (CLEAN, QUARANTINE, *TARGET_PREFIXES) and k.path[1:] == [pipeline]])
+    own = AssetSelection.assets(
+        *[
+            k
+            for k in graph.get_all_asset_keys()
+            if k.path[0] in (CLEAN, QUARANTINE, *TARGET_PREFIXES) and k.path[1:] == [pipeline]
+        ]
+    )
     selection = own | AssetSelection.assets(clean, quarantine).downstream() if downstream else own
     keys = sorted(selection.resolve(graph), key=lambda k: k.to_user_string())
     partitions = graph.get(clean).partitions_def
@@ -67,8 +72,13 @@ def missing_raw_partitions(lake: LakeStorage, pipeline: str, partitions: Sequenc
     return [p or UNPARTITIONED for p in partitions if not lake.exists(raw_key(pipeline).path, p)]
 
 
-def rebuild(defs: Definitions, instance: DagsterInstance, pipeline: str, partitions: Sequence[str | None],
-            downstream: bool = True):
+def rebuild(
+    defs: Definitions,
+    instance: DagsterInstance,
+    pipeline: str,
+    partitions: Sequence[str | None],
+    downstream: bool = True,
+):
     """Rebuild ``partitions`` of ``pipeline`` from the raw lake, one run per partition.
 
     Yields:
@@ -84,15 +94,29 @@ def rebuild(defs: Definitions, instance: DagsterInstance, pipeline: str, partiti
         raise RebuildError(
             f"raw/{pipeline} has no lake data for partition(s) {shown} (never extracted, or removed by "
             f"retention.raw_days); extract them again: dagster asset materialize -m etl_assets.definitions "
-            f"--select raw/{pipeline} --partition <key>")
-    job_defs = Definitions.merge(defs, Definitions(jobs=[define_asset_job(
-        REBUILD_JOB, selection=AssetSelection.assets(*plan.keys),
-        description=f"Rebuild {pipeline} from the raw lake",
-    )]))
+            f"--select raw/{pipeline} --partition <key>"
+        )
+    job_defs = Definitions.merge(
+        defs,
+        Definitions(
+            jobs=[
+                define_asset_job(
+                    REBUILD_JOB,
+                    selection=AssetSelection.assets(*plan.keys),
+                    description=f"Rebuild {pipeline} from the raw lake",
+                )
+            ]
+        ),
+    )
     job_def = job_defs.resolve_job_def(REBUILD_JOB)
     for partition in partitions:
-        result = job_def.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
-                                            run_config=QUIET, tags={"etl/rebuild": pipeline})
+        result = job_def.execute_in_process(
+            instance=instance,
+            partition_key=partition,
+            raise_on_error=False,
+            run_config=QUIET,
+            tags={"etl/rebuild": pipeline},
+        )
         yield partition, result
 
 
@@ -112,16 +136,22 @@ def command(args: argparse.Namespace) -> int:
         return 2
     print(f"rebuilding {', '.join(k.to_user_string() for k in plan.keys)}")
     if plan.skipped:
-        print(f"  not rebuilt (other partitioning; rebuild them on their own): "
-              f"{', '.join(k.to_user_string() for k in plan.skipped)}")
+        print(
+            f"  not rebuilt (other partitioning; rebuild them on their own): "
+            f"{', '.join(k.to_user_string() for k in plan.skipped)}"
+        )
     instance = open_instance()
     failed = 0
     try:
         for partition, result in rebuild(defs, instance, args.pipeline, partitions, downstream=not args.no_downstream):
-            rows = {e.asset_key.to_user_string(): e.materialization.metadata.get("dagster/row_count")
-                    for e in result.get_asset_materialization_events()}
+            rows = {
+                e.asset_key.to_user_string(): e.materialization.metadata.get("dagster/row_count")
+                for e in result.get_asset_materialization_events()
+            }
             loaded = ", ".join(f"{k} {getattr(v, 'value', v)}" for k, v in sorted(rows.items()) if v is not None)
-            print(f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: {loaded}  (run {result.run_id})")
+            print(
+                f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: {loaded}  (run {result.run_id})"
+            )
             failed += not result.success
     except RebuildError as exc:
         print(f"rebuild: {exc}", file=sys.stderr)

@@ -7,7 +7,14 @@ import argparse
 import os
 import sys
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    ReexecutionOptions,
+    execute_job,
+    reconstructable,
+)
 
 from etl_assets.cli import data_dir
 from etl_assets.definitions import build_definitions
@@ -56,8 +63,9 @@ def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str,
         if state is None or state.alive:
             why = f"its process (pid {state.pid}) is alive" if state else "no process is recorded for it"
             raise ReexecuteError(f"run {run_id} is still STARTED and {why}; wait for it, or terminate it in the UI")
-        instance.report_run_failed(parent, message=f"marked failed by `etl-assets reexecute`: its process "
-                                   f"(pid {state.pid}) is {state.state}")
+        instance.report_run_failed(
+            parent, message=f"marked failed by `etl-assets reexecute`: its process (pid {state.pid}) is {state.state}"
+        )
     elif parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
         raise ReexecuteError(f"run {run_id} is {parent.status.value}; only a failed or canceled run can be re-executed")
     # a run killed mid-step never released its concurrency slots (the warehouse pool has one): without this the
@@ -75,7 +83,10 @@ def command(args: argparse.Namespace) -> int:
     2 when the run cannot be re-executed."""
     data_dir(args.data_dir)
     if not os.environ.get("DAGSTER_HOME"):
-        print("reexecute: set DAGSTER_HOME to the instance that holds the run (make dev uses .dagster_home)", file=sys.stderr)
+        print(
+            "reexecute: set DAGSTER_HOME to the instance that holds the run (make dev uses .dagster_home)",
+            file=sys.stderr,
+        )
         return 2
     with DagsterInstance.get() as instance:
         try:

@@ -22,15 +22,18 @@ def command(args: argparse.Namespace) -> int:
     instance = open_instance()
     failed = 0
     for partition in partitions:
-        result = job.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
-                                        run_config=QUIET)
+        result = job.execute_in_process(
+            instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET
+        )
         meta = {}
         for event in result.get_asset_materialization_events():
             if event.asset_key == clean_key(args.pipeline):
                 meta = event.materialization.metadata
         valid = meta["rows_valid"].value if "rows_valid" in meta else "?"
         bad = meta["rows_quarantined"].value if "rows_quarantined" in meta else "?"
-        print(f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: "
-              f"{valid} valid, {bad} still quarantined  (run {result.run_id})")
+        print(
+            f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: "
+            f"{valid} valid, {bad} still quarantined  (run {result.run_id})"
+        )
         failed += not result.success
     return 1 if failed else 0

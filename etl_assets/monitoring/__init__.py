@@ -21,8 +21,9 @@ from etl_assets.pipelines.spec import BrokenSpec, LoadedSpec
 ALERTING_RESOURCE = "alerting"
 
 
-def build_monitoring(specs: Sequence[LoadedSpec], env: Callable[[str], str | None],
-                     broken: Sequence[BrokenSpec] = ()) -> Definitions:
+def build_monitoring(
+    specs: Sequence[LoadedSpec], env: Callable[[str], str | None], broken: Sequence[BrokenSpec] = ()
+) -> Definitions:
     """Monitoring definitions for ``specs``.
 
     Args:
@@ -43,8 +44,11 @@ def build_monitoring(specs: Sequence[LoadedSpec], env: Callable[[str], str | Non
     health_asset, health_job, health_schedule = build_health(infos)
     return Definitions(
         assets=[health_asset],
-        sensors=[build_run_failure_sensor(names), build_check_failure_sensor(names),
-                 *filter(None, [build_spec_error_sensor(broken, ALERTING_RESOURCE)])],
+        sensors=[
+            build_run_failure_sensor(names),
+            build_check_failure_sensor(names),
+            *filter(None, [build_spec_error_sensor(broken, ALERTING_RESOURCE)]),
+        ],
         schedules=[health_schedule],
         jobs=[health_job],
         resources={ALERTING_RESOURCE: build_alert_sinks(env)},

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -67,7 +67,7 @@ class Alert:
     error_class: str = ""
     check: str = ""
     severity: str = "ERROR"
-    occurred_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    occurred_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     dedupe_key: str = ""
 
     def to_json(self) -> dict:
@@ -77,8 +77,10 @@ class Alert:
 
 def redacted_alert(alert: Alert) -> Alert:
     """``alert`` with URL userinfo, tokens and known secret values masked in every text field (title, text, ...)."""
-    return replace(alert, **{f.name: redact(getattr(alert, f.name)) for f in fields(alert)
-                             if isinstance(getattr(alert, f.name), str)})
+    return replace(
+        alert,
+        **{f.name: redact(getattr(alert, f.name)) for f in fields(alert) if isinstance(getattr(alert, f.name), str)},
+    )
 
 
 def run_url(base_url: str, run_id: str) -> str:
@@ -134,8 +136,14 @@ class WebhookSink:
 
     name = "webhook"
 
-    def __init__(self, url: str, timeout_seconds: float = 5.0, max_attempts: int = 4, backoff_seconds: float = 0.5,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        url: str,
+        timeout_seconds: float = 5.0,
+        max_attempts: int = 4,
+        backoff_seconds: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.url = url
         self.timeout_seconds = timeout_seconds
         self.max_attempts = max(1, max_attempts)
@@ -161,7 +169,8 @@ class WebhookSink:
                         return
                     if response.status_code < 500 and response.status_code not in (408, 429):
                         raise AlertDeliveryError(
-                            f"webhook {host} refused the alert with HTTP {response.status_code}; check ETL_ALERT_WEBHOOK_URL")
+                            f"webhook {host} refused the alert with HTTP {response.status_code}; check ETL_ALERT_WEBHOOK_URL"
+                        )
                     last = f"HTTP {response.status_code}"
                 if attempt < self.max_attempts:
                     self.sleep(random.uniform(0, self.backoff_seconds * 2 ** (attempt - 1)))
@@ -248,8 +257,14 @@ class AlertSinks(ConfigurableResource):
         """The sinks in delivery order: the file first (it never depends on the network)."""
         sinks: list = [JsonLinesSink(self.alerts_file())]
         if self.webhook_url:
-            sinks.append(WebhookSink(self.webhook_url, self.webhook_timeout_seconds, self.webhook_max_attempts,
-                                     self.webhook_backoff_seconds))
+            sinks.append(
+                WebhookSink(
+                    self.webhook_url,
+                    self.webhook_timeout_seconds,
+                    self.webhook_max_attempts,
+                    self.webhook_backoff_seconds,
+                )
+            )
         if self.slack_token and self.slack_channel:
             sinks.append(SlackSink(self.slack_token, self.slack_channel, self.slack_api_url))
         return sinks
@@ -284,6 +299,7 @@ def build_alert_sinks(env: Callable[[str], str | None]) -> AlertSinks:
         env: Looks up whether a variable is set (``os.environ.get``); only names are bound, values are read
             when the resource is initialized.
     """
+
     def bound(name: str):
         return EnvVar(name) if env(name) else None
 

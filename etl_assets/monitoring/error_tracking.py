@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, DagsterRun
@@ -198,7 +198,7 @@ def failure_message(error, description: str | None = None) -> str:
     text = (root.message or "").strip()
     qualified_name = text.split(":", 1)[0]
     if qualified_name.endswith(root.cls_name):
-        text = text[len(qualified_name) + 1:].strip()
+        text = text[len(qualified_name) + 1 :].strip()
     message = f"{root.cls_name}: {text}"
     retries = next((i for i in chain if getattr(i, "cls_name", None) == "RetryRequestedFromPolicy"), None)
     if retries is not None:
@@ -232,7 +232,7 @@ def records_for_failed_run(
         failed_at: When the run failed; defaults to now.
     """
     pipelines = list(pipelines)
-    failed_at = failed_at or datetime.now(timezone.utc)
+    failed_at = failed_at or datetime.now(UTC)
     partition = run.tags.get("dagster/partition", "")
     assets_by_step = step_asset_keys(instance, run)
     records = []
@@ -240,23 +240,41 @@ def records_for_failed_run(
         data = event.step_failure_data
         user = data.user_failure_data if data else None
         metadata = user.metadata if user else {}
-        message = failure_message(data.error if data else None, user.description if user else None) \
-            or event.message or "step failed"
+        message = (
+            failure_message(data.error if data else None, user.description if user else None)
+            or event.message
+            or "step failed"
+        )
         keys = assets_by_step.get(event.step_key) or [k for k in [_fallback_asset_key(event.step_key)] if k]
         asset = keys[0] if keys else None
         pipeline = pipeline_for_asset(asset, pipelines) or pipeline_for_job(run.job_name, pipelines)
-        records.append(ErrorRecord(
-            run_id=run.run_id, job_name=run.job_name, pipeline=pipeline, step_key=event.step_key,
-            asset_key=asset.to_user_string() if asset else "", partition=partition,
-            error_class=classify_error(data.error if data else None, metadata),
-            message=_truncate(message), failed_at=failed_at,
-        ))
+        records.append(
+            ErrorRecord(
+                run_id=run.run_id,
+                job_name=run.job_name,
+                pipeline=pipeline,
+                step_key=event.step_key,
+                asset_key=asset.to_user_string() if asset else "",
+                partition=partition,
+                error_class=classify_error(data.error if data else None, metadata),
+                message=_truncate(message),
+                failed_at=failed_at,
+            )
+        )
     if not records:
-        records.append(ErrorRecord(
-            run_id=run.run_id, job_name=run.job_name, pipeline=pipeline_for_job(run.job_name, pipelines),
-            step_key=RUN_LEVEL_STEP, asset_key="", partition=partition, error_class=INFRASTRUCTURE,
-            message=_truncate(run_failure_message or "run failed outside any step"), failed_at=failed_at,
-        ))
+        records.append(
+            ErrorRecord(
+                run_id=run.run_id,
+                job_name=run.job_name,
+                pipeline=pipeline_for_job(run.job_name, pipelines),
+                step_key=RUN_LEVEL_STEP,
+                asset_key="",
+                partition=partition,
+                error_class=INFRASTRUCTURE,
+                message=_truncate(run_failure_message or "run failed outside any step"),
+                failed_at=failed_at,
+            )
+        )
     return records
 
 
@@ -280,8 +298,18 @@ _DDL = [
         FROM {qualified(OPS_SCHEMA, ERRORS_TABLE)}
         GROUP BY pipeline, error_class""",
 ]
-_COLUMNS = ["run_id", "job_name", "pipeline", "step_key", "asset_key", "partition_key", "error_class", "message",
-            "failed_at", "recorded_at"]
+_COLUMNS = [
+    "run_id",
+    "job_name",
+    "pipeline",
+    "step_key",
+    "asset_key",
+    "partition_key",
+    "error_class",
+    "message",
+    "failed_at",
+    "recorded_at",
+]
 
 
 def ensure_error_tables(con) -> None:
@@ -317,9 +345,22 @@ class ErrorStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write(self, records: Sequence[ErrorRecord]) -> None:
-        now = datetime.now(timezone.utc)
-        rows = [[r.run_id, r.job_name, r.pipeline, r.step_key, r.asset_key, r.partition, r.error_class, r.message,
-                 r.failed_at, now] for r in records]
+        now = datetime.now(UTC)
+        rows = [
+            [
+                r.run_id,
+                r.job_name,
+                r.pipeline,
+                r.step_key,
+                r.asset_key,
+                r.partition,
+                r.error_class,
+                r.message,
+                r.failed_at,
+                now,
+            ]
+            for r in records
+        ]
         run_ids = sorted({r.run_id for r in records})
         table = qualified(OPS_SCHEMA, ERRORS_TABLE)
         with warehouse_session(self.warehouse, wait_seconds=self.wait_seconds) as con:
@@ -372,8 +413,9 @@ class ErrorStore:
             try:
                 self._write(everything)
             except Exception as exc:  # noqa: BLE001 - whatever keeps the warehouse from taking them, keep them
-                self.last_problem = str(exc) if isinstance(exc, WarehouseBusy) else \
-                    f"{type(exc).__name__}: {redact(str(exc))}"
+                self.last_problem = (
+                    str(exc) if isinstance(exc, WarehouseBusy) else f"{type(exc).__name__}: {redact(str(exc))}"
+                )
                 if records:
                     with open(self.spool_path, "a") as spool:
                         for r in records:
@@ -401,7 +443,9 @@ class ErrorStore:
             return len(self._take_spool())
 
 
-def read_error_counts(warehouse: DuckDBWarehouse, since: datetime, wait_seconds: float = 30.0) -> dict[tuple[str, str], int]:
+def read_error_counts(
+    warehouse: DuckDBWarehouse, since: datetime, wait_seconds: float = 30.0
+) -> dict[tuple[str, str], int]:
     """``{(pipeline, error_class): errors}`` recorded since ``since`` (empty when nothing was recorded yet)."""
     if not warehouse.db_path().exists():
         return {}

@@ -36,19 +36,27 @@ def freshness_checks_for(spec: PipelineSpec) -> list[AssetChecksDefinition]:
     with warnings.catch_warnings():
         # Dagster marks these builders as superseded by FreshnessPolicy; they are what this platform uses.
         warnings.simplefilter("ignore", SupersessionWarning)
-        return list(build_last_update_freshness_checks(
-            assets=[target_key(t, spec.name) for t in spec.targets],
-            lower_bound_delta=timedelta(minutes=spec.freshness.max_lag_minutes)))
+        return list(
+            build_last_update_freshness_checks(
+                assets=[target_key(t, spec.name) for t in spec.targets],
+                lower_bound_delta=timedelta(minutes=spec.freshness.max_lag_minutes),
+            )
+        )
 
 
-def freshness_sensor_for(checks: Sequence[AssetChecksDefinition], minimum_interval_seconds: int = 60
-                         ) -> list[SensorDefinition]:
+def freshness_sensor_for(
+    checks: Sequence[AssetChecksDefinition], minimum_interval_seconds: int = 60
+) -> list[SensorDefinition]:
     """The sensor that evaluates the freshness ``checks`` (none when there are no checks)."""
     if not checks:
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SupersessionWarning)
-        return [build_sensor_for_freshness_checks(
-            freshness_checks=list(checks), name=FRESHNESS_SENSOR, default_status=DefaultSensorStatus.RUNNING,
-            minimum_interval_seconds=minimum_interval_seconds,
-        )]
+        return [
+            build_sensor_for_freshness_checks(
+                freshness_checks=list(checks),
+                name=FRESHNESS_SENSOR,
+                default_status=DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=minimum_interval_seconds,
+            )
+        ]

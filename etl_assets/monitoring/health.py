@@ -17,12 +17,11 @@ Results go to the warehouse table ``ops.pipeline_health`` (replaced each time), 
 markdown table, and to a chart at ``$ETL_DATA_DIR/reports/pipeline_health.png``.
 """
 
-
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from etl_assets.keys import target_key
 from etl_assets.monitoring.error_tracking import (
     ERROR_CLASSES,
     OPS_SCHEMA,
@@ -54,7 +54,6 @@ from etl_assets.monitoring.error_tracking import (
     read_error_counts,
     step_asset_keys,
 )
-from etl_assets.keys import target_key
 from etl_assets.monitoring.warehouse_io import warehouse_session
 from etl_assets.resources.targets import WAREHOUSE_POOL, DuckDBWarehouse
 from etl_assets.settings import current_settings
@@ -121,7 +120,9 @@ def _run_records(instance: DagsterInstance, since: datetime) -> list:
         cursor = page[-1].dagster_run.run_id
 
 
-def _executions(instance: DagsterInstance, run_records: Sequence, names: Sequence[str]) -> dict[str, list[tuple[bool, float | None]]]:
+def _executions(
+    instance: DagsterInstance, run_records: Sequence, names: Sequence[str]
+) -> dict[str, list[tuple[bool, float | None]]]:
     """``{pipeline: [(succeeded, seconds or None)]}``: one entry per run that executed the pipeline's steps."""
     plans: dict[str, dict[str, list[AssetKey]]] = {}
     out: dict[str, list[tuple[bool, float | None]]] = defaultdict(list)
@@ -160,7 +161,8 @@ def _rows_loaded(instance: DagsterInstance, targets: Iterable[AssetKey], since: 
         cursor = None
         while True:
             result = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=key, after_timestamp=since.timestamp()), limit=PAGE, cursor=cursor)
+                AssetRecordsFilter(asset_key=key, after_timestamp=since.timestamp()), limit=PAGE, cursor=cursor
+            )
             for record in result.records:
                 value = record.asset_materialization.metadata.get(ROW_COUNT) if record.asset_materialization else None
                 total += int(getattr(value, "value", 0) or 0)
@@ -172,7 +174,7 @@ def _rows_loaded(instance: DagsterInstance, targets: Iterable[AssetKey], since: 
 
 def _last_success(instance: DagsterInstance, targets: Iterable[AssetKey]) -> datetime | None:
     stamps = [e.timestamp for e in (instance.get_latest_materialization_event(k) for k in targets) if e is not None]
-    return datetime.fromtimestamp(max(stamps), timezone.utc) if stamps else None
+    return datetime.fromtimestamp(max(stamps), UTC) if stamps else None
 
 
 def compute_health(
@@ -191,7 +193,7 @@ def compute_health(
         error_counts: ``{(pipeline, error_class): n}`` from ``ops.errors`` for the same window.
         now: The window's end (default: the current time).
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     since = now - window
     names = [p.name for p in pipelines]
     executions = _executions(instance, _run_records(instance, since), names)
@@ -203,48 +205,85 @@ def compute_health(
         durations = [s for s in ok if s is not None]
         loaded = _rows_loaded(instance, info.targets, since)
         last = _last_success(instance, info.targets)
-        rows.append(PipelineHealth(
-            pipeline=info.name,
-            runs=len(runs),
-            succeeded=len(ok),
-            failed=len(runs) - len(ok),
-            success_rate=round(len(ok) / len(runs), 4) if runs else None,
-            p50_seconds=round(float(np.percentile(durations, 50)), 3) if durations else None,
-            p95_seconds=round(float(np.percentile(durations, 95)), 3) if durations else None,
-            rows_loaded=loaded,
-            records_per_hour=round(loaded / hours, 3) if hours else 0.0,
-            failures={c: error_counts.get((info.name, c), 0) for c in ERROR_CLASSES},
-            last_success_at=last,
-            freshness_lag_minutes=round((now - last).total_seconds() / 60, 2) if last else None,
-            max_lag_minutes=info.max_lag_minutes,
-        ))
+        rows.append(
+            PipelineHealth(
+                pipeline=info.name,
+                runs=len(runs),
+                succeeded=len(ok),
+                failed=len(runs) - len(ok),
+                success_rate=round(len(ok) / len(runs), 4) if runs else None,
+                p50_seconds=round(float(np.percentile(durations, 50)), 3) if durations else None,
+                p95_seconds=round(float(np.percentile(durations, 95)), 3) if durations else None,
+                rows_loaded=loaded,
+                records_per_hour=round(loaded / hours, 3) if hours else 0.0,
+                failures={c: error_counts.get((info.name, c), 0) for c in ERROR_CLASSES},
+                last_success_at=last,
+                freshness_lag_minutes=round((now - last).total_seconds() / 60, 2) if last else None,
+                max_lag_minutes=info.max_lag_minutes,
+            )
+        )
     return rows
 
 
 _HEALTH_COLUMNS = [
-    ("computed_at", "TIMESTAMPTZ"), ("window_hours", "DOUBLE"), ("pipeline", "VARCHAR"), ("runs", "INTEGER"),
-    ("succeeded", "INTEGER"), ("failed", "INTEGER"), ("success_rate", "DOUBLE"), ("p50_seconds", "DOUBLE"),
-    ("p95_seconds", "DOUBLE"), ("rows_loaded", "BIGINT"), ("records_per_hour", "DOUBLE"),
+    ("computed_at", "TIMESTAMPTZ"),
+    ("window_hours", "DOUBLE"),
+    ("pipeline", "VARCHAR"),
+    ("runs", "INTEGER"),
+    ("succeeded", "INTEGER"),
+    ("failed", "INTEGER"),
+    ("success_rate", "DOUBLE"),
+    ("p50_seconds", "DOUBLE"),
+    ("p95_seconds", "DOUBLE"),
+    ("rows_loaded", "BIGINT"),
+    ("records_per_hour", "DOUBLE"),
     *[(f"failures_{c}", "INTEGER") for c in ERROR_CLASSES],
-    ("last_success_at", "TIMESTAMPTZ"), ("freshness_lag_minutes", "DOUBLE"), ("max_lag_minutes", "INTEGER"),
+    ("last_success_at", "TIMESTAMPTZ"),
+    ("freshness_lag_minutes", "DOUBLE"),
+    ("max_lag_minutes", "INTEGER"),
     ("stale", "BOOLEAN"),
 ]
 
 
-def write_health_table(warehouse: DuckDBWarehouse, rows: Sequence[PipelineHealth], window: timedelta,
-                       computed_at: datetime, wait_seconds: float = 120.0) -> None:
+def write_health_table(
+    warehouse: DuckDBWarehouse,
+    rows: Sequence[PipelineHealth],
+    window: timedelta,
+    computed_at: datetime,
+    wait_seconds: float = 120.0,
+) -> None:
     """Replace the contents of ``ops.pipeline_health`` with ``rows``, in one short transaction."""
     table = qualified(OPS_SCHEMA, HEALTH_TABLE)
-    values = [[computed_at, window.total_seconds() / 3600, r.pipeline, r.runs, r.succeeded, r.failed, r.success_rate,
-               r.p50_seconds, r.p95_seconds, r.rows_loaded, r.records_per_hour,
-               *[r.failures.get(c, 0) for c in ERROR_CLASSES],
-               r.last_success_at, r.freshness_lag_minutes, r.max_lag_minutes, r.stale] for r in rows]
+    values = [
+        [
+            computed_at,
+            window.total_seconds() / 3600,
+            r.pipeline,
+            r.runs,
+            r.succeeded,
+            r.failed,
+            r.success_rate,
+            r.p50_seconds,
+            r.p95_seconds,
+            r.rows_loaded,
+            r.records_per_hour,
+            *[r.failures.get(c, 0) for c in ERROR_CLASSES],
+            r.last_success_at,
+            r.freshness_lag_minutes,
+            r.max_lag_minutes,
+            r.stale,
+        ]
+        for r in rows
+    ]
     with warehouse_session(warehouse, wait_seconds=wait_seconds) as con:
         con.execute("BEGIN TRANSACTION")
         try:
             ensure_error_tables(con)  # so ops.errors and ops.error_summary can be queried before any failure
-            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
-                        + ", ".join(f"{quote_ident(n)} {t}" for n, t in _HEALTH_COLUMNS) + ")")
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                + ", ".join(f"{quote_ident(n)} {t}" for n, t in _HEALTH_COLUMNS)
+                + ")"
+            )
             con.execute(f"DELETE FROM {table}")
             if values:
                 con.executemany(
@@ -300,16 +339,31 @@ def render_chart(rows: Sequence[PipelineHealth], window: timedelta, computed_at:
     fig, axes = plt.subplots(1, 5, figsize=(21, height), sharey=True)
     try:
         ax = axes[0]
-        ax.barh(y, [(r.success_rate or 0) * 100 for r in rows],
-                color=["#2e7d32" if (r.success_rate or 0) >= 0.95 else "#f9a825" if (r.success_rate or 0) >= 0.8
-                       else "#c62828" for r in rows])
+        ax.barh(
+            y,
+            [(r.success_rate or 0) * 100 for r in rows],
+            color=[
+                "#2e7d32" if (r.success_rate or 0) >= 0.95 else "#f9a825" if (r.success_rate or 0) >= 0.8 else "#c62828"
+                for r in rows
+            ],
+        )
         ax.set_xlim(0, 100)
         ax.set_title("success rate (%)")
         for i, r in enumerate(rows):
-            label, color = ("no runs", "#757575") if r.success_rate is None else (
-                f"{r.succeeded}/{r.runs} ok", "black" if r.failed == 0 else "#c62828")
-            ax.text(1.5, i, label, va="center", fontsize=8, color=color,
-                    bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+            label, color = (
+                ("no runs", "#757575")
+                if r.success_rate is None
+                else (f"{r.succeeded}/{r.runs} ok", "black" if r.failed == 0 else "#c62828")
+            )
+            ax.text(
+                1.5,
+                i,
+                label,
+                va="center",
+                fontsize=8,
+                color=color,
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1},
+            )
 
         ax = axes[1]
         left = np.zeros(len(rows))
@@ -332,11 +386,20 @@ def render_chart(rows: Sequence[PipelineHealth], window: timedelta, computed_at:
         ax.set_title("records loaded per hour")
 
         ax = axes[4]
-        ax.barh(y, [r.freshness_lag_minutes or 0 for r in rows], color=["#c62828" if r.stale else "#00897b" for r in rows])
+        ax.barh(
+            y, [r.freshness_lag_minutes or 0 for r in rows], color=["#c62828" if r.stale else "#00897b" for r in rows]
+        )
         limits = [(i, r.max_lag_minutes) for i, r in enumerate(rows) if r.max_lag_minutes is not None]
         if limits:
-            ax.scatter([m for _, m in limits], [i for i, _ in limits], marker="|", s=300, color="black",
-                       label="max lag", zorder=3)
+            ax.scatter(
+                [m for _, m in limits],
+                [i for i, _ in limits],
+                marker="|",
+                s=300,
+                color="black",
+                label="max lag",
+                zorder=3,
+            )
             ax.legend(loc="best", fontsize=8)
         for i, r in enumerate(rows):
             if r.freshness_lag_minutes is None:
@@ -347,8 +410,10 @@ def render_chart(rows: Sequence[PipelineHealth], window: timedelta, computed_at:
         axes[0].invert_yaxis()
         for ax in axes:
             ax.grid(axis="x", alpha=0.3)
-        fig.suptitle(f"Pipeline health, trailing {window.total_seconds() / 3600:g} h — "
-                     f"{computed_at.strftime('%Y-%m-%d %H:%M UTC')}")
+        fig.suptitle(
+            f"Pipeline health, trailing {window.total_seconds() / 3600:g} h — "
+            f"{computed_at.strftime('%Y-%m-%d %H:%M UTC')}"
+        )
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -375,12 +440,13 @@ def build_health(pipelines: Sequence[PipelineInfo]):
         kinds={"duckdb", "python"},
         pool=WAREHOUSE_POOL,  # it writes ops.pipeline_health: the warehouse's single writer slot
         description="Per pipeline over a trailing window: success rate, p50/p95 duration, records per hour, "
-                    "failures by class and freshness lag. Table ops.pipeline_health; chart in "
-                    "$ETL_DATA_DIR/reports/pipeline_health.png.",
+        "failures by class and freshness lag. Table ops.pipeline_health; chart in "
+        "$ETL_DATA_DIR/reports/pipeline_health.png.",
     )
-    def pipeline_health(context: AssetExecutionContext, config: PipelineHealthConfig,
-                        warehouse: DuckDBWarehouse) -> MaterializeResult:
-        now = datetime.now(timezone.utc)
+    def pipeline_health(
+        context: AssetExecutionContext, config: PipelineHealthConfig, warehouse: DuckDBWarehouse
+    ) -> MaterializeResult:
+        now = datetime.now(UTC)
         window = timedelta(hours=config.window_hours)
         if not ErrorStore(warehouse, wait_seconds=60).flush():
             context.log.warning("warehouse busy: spooled error records stay pending")
@@ -388,21 +454,28 @@ def build_health(pipelines: Sequence[PipelineInfo]):
         rows = compute_health(context.instance, infos, window, counts, now)
         write_health_table(warehouse, rows, window, now)
         chart = render_chart(rows, window, now, current_settings().data_dir / "reports" / "pipeline_health.png")
-        return MaterializeResult(metadata={
-            "summary": MetadataValue.md(health_markdown(rows, window)),
-            "chart": MetadataValue.path(str(chart)),
-            "table": f"{OPS_SCHEMA}.{HEALTH_TABLE}",
-            "window_hours": config.window_hours,
-            "pipelines": len(rows),
-            "stale_pipelines": MetadataValue.json([r.pipeline for r in rows if r.stale]),
-            "dagster/row_count": len(rows),
-        })
+        return MaterializeResult(
+            metadata={
+                "summary": MetadataValue.md(health_markdown(rows, window)),
+                "chart": MetadataValue.path(str(chart)),
+                "table": f"{OPS_SCHEMA}.{HEALTH_TABLE}",
+                "window_hours": config.window_hours,
+                "pipelines": len(rows),
+                "stale_pipelines": MetadataValue.json([r.pipeline for r in rows if r.stale]),
+                "dagster/row_count": len(rows),
+            }
+        )
 
-    job = define_asset_job(HEALTH_JOB, selection=AssetSelection.assets(HEALTH_KEY),
-                           description="Refreshes ops/pipeline_health.")
+    job = define_asset_job(
+        HEALTH_JOB, selection=AssetSelection.assets(HEALTH_KEY), description="Refreshes ops/pipeline_health."
+    )
     schedule = ScheduleDefinition(
-        name=HEALTH_SCHEDULE, job=job, cron_schedule="0 * * * *", execution_timezone="UTC",
-        default_status=DefaultScheduleStatus.STOPPED, description="Refreshes ops/pipeline_health every hour.",
+        name=HEALTH_SCHEDULE,
+        job=job,
+        cron_schedule="0 * * * *",
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.STOPPED,
+        description="Refreshes ops/pipeline_health every hour.",
     )
     return pipeline_health, job, schedule
 

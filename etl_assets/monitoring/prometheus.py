@@ -77,7 +77,10 @@ class EtlMetricsCollector:
             since = state.runs_updated_after
             records = self.instance.get_run_records(
                 RunsFilter(updated_after=since - timedelta(seconds=1)) if since else None,
-                limit=PAGE, order_by="update_timestamp", ascending=True)
+                limit=PAGE,
+                order_by="update_timestamp",
+                ascending=True,
+            )
             for record in records:
                 run = record.dagster_run
                 duration = (record.end_time - record.start_time) if record.start_time and record.end_time else None
@@ -98,7 +101,9 @@ class EtlMetricsCollector:
             while True:
                 result = self.instance.fetch_materializations(
                     AssetRecordsFilter(asset_key=AssetKey(key.path), after_storage_id=tally.after_storage_id),
-                    limit=PAGE, ascending=True)
+                    limit=PAGE,
+                    ascending=True,
+                )
                 for record in result.records:
                     tally.after_storage_id = record.storage_id
                     materialization = record.asset_materialization
@@ -126,8 +131,9 @@ class EtlMetricsCollector:
             assets = {k: (v.total, v.last_timestamp) for k, v in self._state.assets.items()}
 
         finished = CounterMetricFamily("etl_runs", "Finished Dagster runs by job and status.", labels=["job", "status"])
-        in_progress = GaugeMetricFamily("etl_runs_in_progress", "Runs not yet finished, by job and status.",
-                                        labels=["job", "status"])
+        in_progress = GaugeMetricFamily(
+            "etl_runs_in_progress", "Runs not yet finished, by job and status.", labels=["job", "status"]
+        )
         counts: dict[tuple[str, str], int] = defaultdict(int)
         active: dict[tuple[str, str], int] = defaultdict(int)
         durations: dict[str, list[float]] = defaultdict(list)
@@ -145,21 +151,30 @@ class EtlMetricsCollector:
         yield finished
         yield in_progress
 
-        histogram = HistogramMetricFamily("etl_run_duration_seconds", "Wall time of finished runs, by job.",
-                                          labels=["job"])
+        histogram = HistogramMetricFamily(
+            "etl_run_duration_seconds", "Wall time of finished runs, by job.", labels=["job"]
+        )
         for job, values in sorted(durations.items()):
             buckets = [(str(b), sum(1 for v in values if v <= b)) for b in DURATION_BUCKETS]
             buckets.append(("+Inf", len(values)))
             histogram.add_metric([job], buckets, sum_value=sum(values))
         yield histogram
 
-        loaded = CounterMetricFamily("etl_rows_loaded", "Rows loaded into the targets (dagster/row_count of "
-                                     "warehouse/* and postgres/* materializations).", labels=["pipeline", "target"])
-        quarantined = CounterMetricFamily("etl_rows_quarantined", "Rows sent to quarantine (rows_quarantined of "
-                                          "clean/* materializations).", labels=["pipeline"])
-        last_success = GaugeMetricFamily("etl_last_success_timestamp_seconds",
-                                         "Unix time of the latest materialization of the pipeline's target assets.",
-                                         labels=["pipeline"])
+        loaded = CounterMetricFamily(
+            "etl_rows_loaded",
+            "Rows loaded into the targets (dagster/row_count of warehouse/* and postgres/* materializations).",
+            labels=["pipeline", "target"],
+        )
+        quarantined = CounterMetricFamily(
+            "etl_rows_quarantined",
+            "Rows sent to quarantine (rows_quarantined of clean/* materializations).",
+            labels=["pipeline"],
+        )
+        last_success = GaugeMetricFamily(
+            "etl_last_success_timestamp_seconds",
+            "Unix time of the latest materialization of the pipeline's target assets.",
+            labels=["pipeline"],
+        )
         latest: dict[str, float] = {}
         for (prefix, pipeline), (total, stamp) in sorted(assets.items()):
             if prefix in LOADED_PREFIXES:
@@ -203,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="etl-assets metrics serve",
-        description="Serve Prometheus metrics read from the Dagster instance in $DAGSTER_HOME at /metrics.")
+        description="Serve Prometheus metrics read from the Dagster instance in $DAGSTER_HOME at /metrics.",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9108, help="port to bind (default 9108)")
     args = parser.parse_args(list(argv) if argv is not None else None)

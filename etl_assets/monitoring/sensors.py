@@ -16,7 +16,7 @@ Alerts never depend on the error store: a failed run's alert is sent first, then
 
 import json
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dagster import (
     AssetCheckEvaluation,
@@ -64,8 +64,9 @@ def run_failure_alert(records: list[ErrorRecord], run, ui_base_url: str) -> Aler
     """
     first = records[0]
     classes = sorted({r.error_class for r in records})
-    steps = "; ".join(f"{r.step_key} ({r.error_class}): {r.message.splitlines()[0] if r.message else ''}"
-                      for r in records)
+    steps = "; ".join(
+        f"{r.step_key} ({r.error_class}): {r.message.splitlines()[0] if r.message else ''}" for r in records
+    )
     partition = f" partition {first.partition}" if first.partition else ""
     return Alert(
         kind=RUN_FAILURE,
@@ -88,13 +89,17 @@ def _record(context, store: ErrorStore, records: list[ErrorRecord], run_id: str)
     try:
         stored = store.record(records)
     except Exception as exc:  # noqa: BLE001 - the spool itself failed (disk full): say so, the alert is out already
-        context.log.error(f"run {run_id}: {len(records)} error record(s) could not be recorded nor spooled "
-                          f"({type(exc).__name__}: {redact(str(exc))}): "
-                          + redact(json.dumps([r.to_json() for r in records], sort_keys=True)))
+        context.log.error(
+            f"run {run_id}: {len(records)} error record(s) could not be recorded nor spooled "
+            f"({type(exc).__name__}: {redact(str(exc))}): "
+            + redact(json.dumps([r.to_json() for r in records], sort_keys=True))
+        )
         return
     if not stored:
-        context.log.warning(f"run {run_id}: {len(records)} error record(s) spooled in {store.spool_path}, to be "
-                            f"written to ops.errors later; the warehouse could not take them: {store.last_problem}")
+        context.log.warning(
+            f"run {run_id}: {len(records)} error record(s) spooled in {store.spool_path}, to be "
+            f"written to ops.errors later; the warehouse could not take them: {store.last_problem}"
+        )
 
 
 def flush_spooled_errors(context, store: ErrorStore) -> str:
@@ -127,7 +132,7 @@ def build_run_failure_sensor(pipelines: Iterable[str]):
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=15,
         description="For every failed run: classify the failure, send one alert (file, webhook, Slack) linking to "
-                    "the run, then record it in ops.errors (spooled while the warehouse cannot take it).",
+        "the run, then record it in ops.errors (spooled while the warehouse cannot take it).",
     )
     def alert_on_run_failure(context: RunFailureSensorContext, alerting: AlertSinks, warehouse: DuckDBWarehouse):
         # Returning None (not a SkipReason) lets Dagster go on to the next failed run in the same tick.
@@ -136,15 +141,22 @@ def build_run_failure_sensor(pipelines: Iterable[str]):
             context.log.info(f"run {run.run_id} was already alerted at {run.tags[TAG_ALERT_SENT]}")
             return None
         record = context.instance.get_run_record_by_id(run.run_id)
-        failed_at = datetime.fromtimestamp(record.end_time, timezone.utc) if record and record.end_time else None
+        failed_at = datetime.fromtimestamp(record.end_time, UTC) if record and record.end_time else None
         records = records_for_failed_run(
-            context.instance, run, context.get_step_failure_events(), context.failure_event.message or "", names,
-            failed_at)
+            context.instance,
+            run,
+            context.get_step_failure_events(),
+            context.failure_event.message or "",
+            names,
+            failed_at,
+        )
         # The alert goes out first: it must never depend on the error store (a corrupt or locked warehouse).
         report = alerting.send(run_failure_alert(records, run, alerting.ui_base_url))
-        context.instance.add_run_tags(run.run_id, {TAG_ALERT_SENT: datetime.now(timezone.utc).isoformat()})
-        context.log.info(f"run {run.run_id}: {', '.join(r.error_class for r in records)}; alert sent to "
-                         f"{', '.join(report.delivered) or 'no sink'}")
+        context.instance.add_run_tags(run.run_id, {TAG_ALERT_SENT: datetime.now(UTC).isoformat()})
+        context.log.info(
+            f"run {run.run_id}: {', '.join(r.error_class for r in records)}; alert sent to "
+            f"{', '.join(report.delivered) or 'no sink'}"
+        )
         _record(context, ErrorStore(warehouse), records, run.run_id)
         if report.failed:
             # Fails the tick so the problem shows in the UI; the run is tagged, so it is not alerted twice.
@@ -164,7 +176,8 @@ def _run_finished_events(instance, after: int | None, limit: int) -> tuple[list,
     batches = []
     for event_type in FINISHED_EVENTS:
         result = instance.fetch_run_status_changes(
-            RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after), limit=limit, ascending=True)
+            RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after), limit=limit, ascending=True
+        )
         batches.append(result.records)
     records = sorted((r for batch in batches for r in batch), key=lambda r: r.storage_id)
     full = [batch[-1].storage_id for batch in batches if len(batch) >= limit]
@@ -173,13 +186,22 @@ def _run_finished_events(instance, after: int | None, limit: int) -> tuple[list,
 
 
 def _latest_run_finished_storage_id(instance) -> int:
-    latest = [instance.fetch_run_status_changes(RunStatusChangeRecordsFilter(event_type=t), limit=1, ascending=False)
-              for t in FINISHED_EVENTS]
+    latest = [
+        instance.fetch_run_status_changes(RunStatusChangeRecordsFilter(event_type=t), limit=1, ascending=False)
+        for t in FINISHED_EVENTS
+    ]
     return max([r.records[0].storage_id for r in latest if r.records], default=0)
 
 
-def check_failure_alert(evaluation: AssetCheckEvaluation, run_id: str, job: str, partition: str, timestamp: float,
-                        pipelines: Iterable[str], ui_base_url: str) -> Alert:
+def check_failure_alert(
+    evaluation: AssetCheckEvaluation,
+    run_id: str,
+    job: str,
+    partition: str,
+    timestamp: float,
+    pipelines: Iterable[str],
+    ui_base_url: str,
+) -> Alert:
     """The alert for one failed asset check evaluation.
 
     Args:
@@ -209,7 +231,7 @@ def check_failure_alert(evaluation: AssetCheckEvaluation, run_id: str, job: str,
         error_class="data_quality",
         check=evaluation.check_name,
         severity=severity,
-        occurred_at=datetime.fromtimestamp(timestamp, timezone.utc).isoformat(),
+        occurred_at=datetime.fromtimestamp(timestamp, UTC).isoformat(),
         dedupe_key=f"check:{run_id or 'runless'}:{asset}:{evaluation.check_name}:{partition}",
     )
 
@@ -236,21 +258,33 @@ def build_check_failure_sensor(pipelines: Iterable[str]):
         flushed = flush_spooled_errors(context, ErrorStore(warehouse, wait_seconds=SPOOL_FLUSH_WAIT_SECONDS))
         if context.cursor is None:
             start = _latest_run_finished_storage_id(instance)
-            return SensorResult(cursor=str(start), skip_reason=SkipReason(
-                f"first tick: watching asset checks of runs finishing after storage id {start}{flushed}"))
+            return SensorResult(
+                cursor=str(start),
+                skip_reason=SkipReason(
+                    f"first tick: watching asset checks of runs finishing after storage id {start}{flushed}"
+                ),
+            )
         finished, cursor = _run_finished_events(instance, int(context.cursor), RUNS_PER_TICK)
         sent, problems = 0, []
         for record in finished:
             run = instance.get_run_by_id(record.run_id)
             evaluations = instance.get_records_for_run(
-                record.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION, limit=CHECKS_PER_RUN).records
+                record.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION, limit=CHECKS_PER_RUN
+            ).records
             for entry in (e.event_log_entry for e in evaluations):
                 evaluation = entry.dagster_event.event_specific_data
                 if not isinstance(evaluation, AssetCheckEvaluation) or evaluation.passed:
                     continue
                 partition = evaluation.partition or (run.tags.get("dagster/partition", "") if run else "") or ""
-                alert = check_failure_alert(evaluation, record.run_id, run.job_name if run else "", partition,
-                                            entry.timestamp, names, alerting.ui_base_url)
+                alert = check_failure_alert(
+                    evaluation,
+                    record.run_id,
+                    run.job_name if run else "",
+                    partition,
+                    entry.timestamp,
+                    names,
+                    alerting.ui_base_url,
+                )
                 report = alerting.send(alert)
                 sent += 1
                 problems += [f"{alert.dedupe_key} -> {name}: {why}" for name, why in sorted(report.failed.items())]

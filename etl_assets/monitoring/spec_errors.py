@@ -35,16 +35,26 @@ def build_spec_error_sensor(broken: Sequence[BrokenSpec], alerting_key: str) -> 
     text = spec_errors_text(broken)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    @sensor(name=SPEC_ERRORS_SENSOR, default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
-            required_resource_keys={alerting_key},
-            description="Fails while a pipeline spec is invalid, with each file's error; alerts once per change.")
+    @sensor(
+        name=SPEC_ERRORS_SENSOR,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=60,
+        required_resource_keys={alerting_key},
+        description="Fails while a pipeline spec is invalid, with each file's error; alerts once per change.",
+    )
     def invalid_pipeline_specs(context: SensorEvaluationContext):
         storage = context.instance.run_storage
         if storage.get_cursor_values({_ALERTED_KEY}).get(_ALERTED_KEY) != digest:
             alerting = getattr(context.resources, alerting_key)
-            report = alerting.send(Alert(
-                kind="spec_error", title=f"{len(broken)} pipeline spec(s) invalid, left out of the code location",
-                text=text, url=f"{alerting.ui_base_url.rstrip('/')}/automation", dedupe_key=f"spec_error:{digest}"))
+            report = alerting.send(
+                Alert(
+                    kind="spec_error",
+                    title=f"{len(broken)} pipeline spec(s) invalid, left out of the code location",
+                    text=text,
+                    url=f"{alerting.ui_base_url.rstrip('/')}/automation",
+                    dedupe_key=f"spec_error:{digest}",
+                )
+            )
             if report.delivered:
                 storage.set_cursor_values({_ALERTED_KEY: digest})
         raise SpecError(text)

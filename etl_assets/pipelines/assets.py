@@ -28,8 +28,13 @@ from etl_assets.errors import no_retry_for_permanent_errors
 from etl_assets.keys import UNPARTITIONED, clean_key, mart_key, quarantine_key, raw_key, target_key
 from etl_assets.lake import LakeError, LakeStorage, LakeStream, LakeTable, write_metadata
 from etl_assets.pipelines import sensors as sensors_mod
-from etl_assets.pipelines.checks import (load_check_results, load_check_specs, row_count_result,
-                                         validation_check_results, validation_check_specs)
+from etl_assets.pipelines.checks import (
+    load_check_results,
+    load_check_specs,
+    row_count_result,
+    validation_check_results,
+    validation_check_specs,
+)
 from etl_assets.pipelines.policy import automation_for, backfill_policy_for, retry_policy_for, source_pool
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 from etl_assets.pipelines.steps.extract import extract
@@ -73,8 +78,9 @@ def _window(pdef: PartitionsDefinition | None, partition: str | None) -> tuple[d
     return window.start, window.end
 
 
-def _write_range(context: AssetExecutionContext, lake: LakeStorage, key: AssetKey,
-                 values: Iterable[tuple[str, object]]) -> Output:
+def _write_range(
+    context: AssetExecutionContext, lake: LakeStorage, key: AssetKey, values: Iterable[tuple[str, object]]
+) -> Output:
     """Write each partition of a range run to the lake (atomically, one file each, one after the other), each
     partition's materialization getting its own figures.
 
@@ -135,8 +141,15 @@ def extract_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Asse
         tags = context.run.tags
         # the file this run was launched for (by the file sensor); a manual or backfill run has none
         own_file = tags.get(sensors_mod.TAG_FILE) if tags.get(sensors_mod.TAG_DATASET) == spec.name else None
-        return extract(spec, getattr(context.resources, resource_key), partition, _window(pdef, partition),
-                       lake=context.resources.lake, log=context.log, own_file=own_file)
+        return extract(
+            spec,
+            getattr(context.resources, resource_key),
+            partition,
+            _window(pdef, partition),
+            lake=context.resources.lake,
+            log=context.log,
+            own_file=own_file,
+        )
 
     return extract_raw
 
@@ -155,10 +168,18 @@ def validate_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
         ins={"raw": AssetIn(key=raw_key(spec.name))},
         deps=[clean_key(name) for name in references],
         outs={
-            "clean": AssetOut(key=ck, io_manager_key=LAKE_IO_MANAGER, kinds={"parquet"},
-                              description=f"{spec.name}: rows meeting the contract, typed."),
-            "quarantine": AssetOut(key=qk, io_manager_key=LAKE_IO_MANAGER, kinds={"parquet"},
-                                   description=f"{spec.name}: rows breaking the contract, as delivered, with reasons."),
+            "clean": AssetOut(
+                key=ck,
+                io_manager_key=LAKE_IO_MANAGER,
+                kinds={"parquet"},
+                description=f"{spec.name}: rows meeting the contract, typed.",
+            ),
+            "quarantine": AssetOut(
+                key=qk,
+                io_manager_key=LAKE_IO_MANAGER,
+                kinds={"parquet"},
+                description=f"{spec.name}: rows breaking the contract, as delivered, with reasons.",
+            ),
         },
         check_specs=validation_check_specs(spec),
         required_resource_keys={"lake"},
@@ -187,8 +208,9 @@ def validate_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
                 if isinstance(event, Output):
                     key = targets[event.output_name]
                     result = lake.write(key.path, partition, event.value)
-                    context.add_asset_metadata({**event.metadata, **write_metadata(result)}, asset_key=key,
-                                               partition_key=partition)
+                    context.add_asset_metadata(
+                        {**event.metadata, **write_metadata(result)}, asset_key=key, partition_key=partition
+                    )
                 else:
                     checks.setdefault(event.check_name, []).append((partition, event))
         yield Output(None, "clean", metadata={"partitions_in_run": len(keys)})
@@ -196,7 +218,10 @@ def validate_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
         for name, results in checks.items():
             failed = [p for p, r in results if not r.passed]
             yield AssetCheckResult(
-                asset_key=ck, check_name=name, passed=not failed, severity=results[0][1].severity,
+                asset_key=ck,
+                check_name=name,
+                passed=not failed,
+                severity=results[0][1].severity,
                 metadata={"partitions_checked": len(results), "partitions_failed": MetadataValue.json(failed)},
             )
 
@@ -206,26 +231,41 @@ def validate_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
         with lake.pinned(raw) as pinned:
             con = duckdb_connection()
             try:
-                batch = validate_batch(con, spec, pinned, partition, lake=lake, window=_window(pdef, partition),
-                                       run_id=context.run.run_id)
-                yield Output(batch.valid, "clean", metadata={
-                    "rows_in": batch.rows_in,
-                    "rows_valid": batch.rows_valid,
-                    "rows_quarantined": batch.rows_quarantined,
-                    "quality_score": round(batch.quality_score, 6),
-                    "validate_seconds": round(batch.validate_seconds, 3),
-                    "validate_rows_per_second": round(batch.rows_in / batch.validate_seconds, 1)
-                    if batch.validate_seconds else 0.0,
-                    "rule_violations": MetadataValue.json(dict(sorted(batch.rule_violations.items()))),
-                    **({"partitions_not_compared": MetadataValue.json(batch.partitions_not_compared)}
-                       if batch.partitions_not_compared else {}),
-                })
-                yield Output(batch.quarantined, "quarantine",
-                             metadata={"reasons": MetadataValue.json(dict(sorted(batch.rule_violations.items())))})
+                batch = validate_batch(
+                    con, spec, pinned, partition, lake=lake, window=_window(pdef, partition), run_id=context.run.run_id
+                )
+                yield Output(
+                    batch.valid,
+                    "clean",
+                    metadata={
+                        "rows_in": batch.rows_in,
+                        "rows_valid": batch.rows_valid,
+                        "rows_quarantined": batch.rows_quarantined,
+                        "quality_score": round(batch.quality_score, 6),
+                        "validate_seconds": round(batch.validate_seconds, 3),
+                        "validate_rows_per_second": round(batch.rows_in / batch.validate_seconds, 1)
+                        if batch.validate_seconds
+                        else 0.0,
+                        "rule_violations": MetadataValue.json(dict(sorted(batch.rule_violations.items()))),
+                        **(
+                            {"partitions_not_compared": MetadataValue.json(batch.partitions_not_compared)}
+                            if batch.partitions_not_compared
+                            else {}
+                        ),
+                    },
+                )
+                yield Output(
+                    batch.quarantined,
+                    "quarantine",
+                    metadata={"reasons": MetadataValue.json(dict(sorted(batch.rule_violations.items())))},
+                )
                 stored = [None if partition == UNPARTITIONED else partition]
                 outputs = check_outputs(con, spec, batch, lake.table(ck.path, stored), lake.table(qk.path, stored))
-                row_count = (row_count_result(context.instance, spec, batch.rows_in, partition)
-                             if spec.row_count is not None else None)
+                row_count = (
+                    row_count_result(context.instance, spec, batch.rows_in, partition)
+                    if spec.row_count is not None
+                    else None
+                )
                 yield from validation_check_results(spec, batch, outputs, row_count)
             finally:
                 con.close()
@@ -233,8 +273,9 @@ def validate_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
     return validate
 
 
-def transform_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None,
-                    by_name: dict[str, LoadedSpec]) -> AssetsDefinition:
+def transform_asset(
+    loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_name: dict[str, LoadedSpec]
+) -> AssetsDefinition:
     """``marts/<name>``: the transform's SQL over its inputs
     (:func:`~etl_assets.pipelines.steps.transform.transform`)."""
     spec = loaded.spec
@@ -262,9 +303,24 @@ def transform_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None,
             if keys is None:
                 partition = context.partition_key if context.has_partition_key else None
                 return transform(loaded, sql_text, tables, _window(pdef, partition), lake.root_path())
-            return _write_range(context, lake, mart_key(spec.name), (
-                (k, transform(loaded, sql_text, {n: _one_partition(t, k) for n, t in tables.items()}, _window(pdef, k),
-                              lake.root_path())) for k in keys))
+            return _write_range(
+                context,
+                lake,
+                mart_key(spec.name),
+                (
+                    (
+                        k,
+                        transform(
+                            loaded,
+                            sql_text,
+                            {n: _one_partition(t, k) for n, t in tables.items()},
+                            _window(pdef, k),
+                            lake.root_path(),
+                        ),
+                    )
+                    for k in keys
+                ),
+            )
 
     return build_mart
 
@@ -308,8 +364,9 @@ def load_asset(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | Non
             q_part = None
             if quarantined is not None:  # the dataset and its quarantine are replaced in one transaction
                 q_part = quarantined if len(keys) == 1 else _one_partition(quarantined, partition)
-            result = load_partition(spec, resource, part, partition, context.run.run_id, quarantined=q_part,
-                                    contract=contract)
+            result = load_partition(
+                spec, resource, part, partition, context.run.run_id, quarantined=q_part, contract=contract
+            )
             loads.append(result)
             metadata = {
                 "dagster/row_count": result.rows,

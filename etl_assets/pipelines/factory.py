@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from dagster import (
     AssetChecksDefinition,
     AssetKey,
-    AssetSelection,
     AssetsDefinition,
+    AssetSelection,
     AutomationConditionSensorDefinition,
     BetaWarning,
     DefaultScheduleStatus,
@@ -29,8 +29,14 @@ from etl_assets.keys import clean_key, mart_key, quarantine_key, raw_key, target
 from etl_assets.lake import LakeIOManager, LakeStorage
 from etl_assets.monitoring.freshness import freshness_checks_for, freshness_sensor_for
 from etl_assets.pipelines import sensors as sensors_mod
-from etl_assets.pipelines.assets import (LAKE_IO_MANAGER, extract_asset, load_asset, source_resource_key,
-                                         transform_asset, validate_asset)
+from etl_assets.pipelines.assets import (
+    LAKE_IO_MANAGER,
+    extract_asset,
+    load_asset,
+    source_resource_key,
+    transform_asset,
+    validate_asset,
+)
 from etl_assets.pipelines.policy import partitions_def_for, schedule_status_for
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 from etl_assets.resources.api import RestApiSource
@@ -51,7 +57,9 @@ class BuiltPipelines:
 
 def pipeline_keys(spec: PipelineSpec) -> list[AssetKey]:
     """All asset keys one pipeline owns."""
-    keys = [raw_key(spec.name), clean_key(spec.name), quarantine_key(spec.name)] if spec.source else [mart_key(spec.name)]
+    keys = (
+        [raw_key(spec.name), clean_key(spec.name), quarantine_key(spec.name)] if spec.source else [mart_key(spec.name)]
+    )
     return keys + [target_key(t, spec.name) for t in spec.targets]
 
 
@@ -105,9 +113,13 @@ def build_resources(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
         url = EnvVar(f"{prefix}_URL") if env(f"{prefix}_URL") else None
         if src.kind == "api":
             token = EnvVar(f"{prefix}_TOKEN") if env(f"{prefix}_TOKEN") else None
-            resources.setdefault(key, RestApiSource(connection=src.connection, default_url=src.default_url, url=url, token=token))
+            resources.setdefault(
+                key, RestApiSource(connection=src.connection, default_url=src.default_url, url=url, token=token)
+            )
         else:
-            resources.setdefault(key, SqlDatabaseSource(connection=src.connection, default_url=src.default_url, url=url))
+            resources.setdefault(
+                key, SqlDatabaseSource(connection=src.connection, default_url=src.default_url, url=url)
+            )
     return resources
 
 
@@ -147,25 +159,33 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
         jobs.append(job)
         job_by_name[spec.name] = job
         if spec.source is not None:
-            jobs.append(define_asset_job(
-                name=f"{spec.name}_revalidate",
-                selection=AssetSelection.assets(*[k for k in keys if k != raw_key(spec.name)]),
-                description=f"Re-validate {spec.name} from the raw lake (no source call) and reload it: "
-                "the replay of quarantined rows after a contract or upstream fix.",
-            ))
+            jobs.append(
+                define_asset_job(
+                    name=f"{spec.name}_revalidate",
+                    selection=AssetSelection.assets(*[k for k in keys if k != raw_key(spec.name)]),
+                    description=f"Re-validate {spec.name} from the raw lake (no source call) and reload it: "
+                    "the replay of quarantined rows after a contract or upstream fix.",
+                )
+            )
         if spec.source is not None and spec.source.kind == "files":
             sensors.append(sensors_mod.build_file_sensor(spec, job, pdef))
-        if spec.source is not None and spec.source.kind == "api" and spec.source.incremental \
-                and spec.source.incremental.watermark_endpoint:
+        if (
+            spec.source is not None
+            and spec.source.kind == "api"
+            and spec.source.incremental
+            and spec.source.incremental.watermark_endpoint
+        ):
             sensors.append(sensors_mod.build_watermark_sensor(spec, job, pdef, source_resource_key(spec)))
         if spec.schedule is not None:
             schedules.append(_build_schedule(spec, job, pdef, schedule_status_for(spec)))
     for (domain, suffix), keys in sorted(groups.items()):
-        jobs.append(define_asset_job(
-            name=f"{domain}_{suffix}",
-            selection=AssetSelection.assets(*keys),
-            description=f"Every {suffix.replace('_', ' ')} pipeline of the {domain} domain.",
-        ))
+        jobs.append(
+            define_asset_job(
+                name=f"{domain}_{suffix}",
+                selection=AssetSelection.assets(*keys),
+                description=f"Every {suffix.replace('_', ' ')} pipeline of the {domain} domain.",
+            )
+        )
     for loaded in specs:
         if loaded.spec.after:
             upstream = [job_by_name[name] for name in loaded.spec.after]
@@ -174,12 +194,20 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
         sensors += sensors_mod.build_landing_sensors(s.spec for s in specs)
     sensors += freshness_sensor_for(asset_checks)
     if any(s.spec.automation is not None for s in specs):
-        sensors.append(AutomationConditionSensorDefinition(
-            name="automation_condition_sensor",
-            target=AssetSelection.all(),
-            default_status=DefaultSensorStatus.RUNNING,
-            minimum_interval_seconds=int(env("ETL_AUTOMATION_INTERVAL_SECONDS") or 30),
-            description="Evaluates the specs' automation conditions (dependency-driven runs).",
-        ))
-    return BuiltPipelines(assets=assets, jobs=jobs, schedules=schedules, sensors=sensors,
-                          resources=build_resources(specs, env), asset_checks=asset_checks)
+        sensors.append(
+            AutomationConditionSensorDefinition(
+                name="automation_condition_sensor",
+                target=AssetSelection.all(),
+                default_status=DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=int(env("ETL_AUTOMATION_INTERVAL_SECONDS") or 30),
+                description="Evaluates the specs' automation conditions (dependency-driven runs).",
+            )
+        )
+    return BuiltPipelines(
+        assets=assets,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
+        resources=build_resources(specs, env),
+        asset_checks=asset_checks,
+    )

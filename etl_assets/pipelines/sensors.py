@@ -53,9 +53,7 @@ class ArrivalDecision:
     requested: dict[str, list[int]]
 
 
-def decide_arrivals(
-    files: list[LandingFile], cursor: dict, max_ready: int
-) -> ArrivalDecision:
+def decide_arrivals(files: list[LandingFile], cursor: dict, max_ready: int) -> ArrivalDecision:
     """Pure tick logic: which files are stable and not yet requested, and the cursor state to keep.
 
     Args:
@@ -108,7 +106,9 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
         name=f"{spec.name}_file_sensor",
         job=job,
         minimum_interval_seconds=arrival.interval_seconds,
-        default_status=DefaultSensorStatus.RUNNING if arrival.default_status == "running" else DefaultSensorStatus.STOPPED,
+        default_status=DefaultSensorStatus.RUNNING
+        if arrival.default_status == "running"
+        else DefaultSensorStatus.STOPPED,
         required_resource_keys={"landing"},
         description=f"One run of {job.name} per new or changed file in landing/{spec.name}/ ({source.glob}).",
     )
@@ -117,7 +117,9 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
         if source.ready_marker and not landing.marker_present(spec.name, source.ready_marker):
             return SkipReason(f"waiting for the marker {source.ready_marker} in {landing.dataset_dir(spec.name)}")
         files = landing.scan(spec.name, source, limit=arrival.max_files_per_tick * SCAN_FACTOR)
-        decision = decide_arrivals(files, json.loads(context.cursor) if context.cursor else {}, arrival.max_files_per_tick)
+        decision = decide_arrivals(
+            files, json.loads(context.cursor) if context.cursor else {}, arrival.max_files_per_tick
+        )
         keys = None
         if pdef is not None:
             keys = set(pdef.get_partition_keys(dynamic_partitions_store=context.instance))
@@ -133,24 +135,33 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
             candidates.append((f, partition, sha, run_key_for(spec.name, f.name, f.size, sha)))
         loaded = {}
         if candidates:
-            runs = context.instance.get_runs(RunsFilter(
-                tags={"dagster/run_key": [c[3] for c in candidates]}, statuses=[DagsterRunStatus.SUCCESS]))
+            runs = context.instance.get_runs(
+                RunsFilter(tags={"dagster/run_key": [c[3] for c in candidates]}, statuses=[DagsterRunStatus.SUCCESS])
+            )
             loaded = {r.tags["dagster/run_key"]: r.run_id for r in runs}
         requests = []
         for f, partition, sha, run_key in candidates:
             if run_key in loaded:
                 landing.archive(spec.name, f.name, sha)
-                context.log.info(f"{f.name}: identical to the file loaded by run {loaded[run_key]}; archived without a run")
+                context.log.info(
+                    f"{f.name}: identical to the file loaded by run {loaded[run_key]}; archived without a run"
+                )
                 continue
-            requests.append(RunRequest(
-                run_key=run_key,
-                partition_key=partition,
-                tags={TAG_DATASET: spec.name, TAG_FILE: f.name, TAG_SHA256: sha},
-            ))
+            requests.append(
+                RunRequest(
+                    run_key=run_key,
+                    partition_key=partition,
+                    tags={TAG_DATASET: spec.name, TAG_FILE: f.name, TAG_SHA256: sha},
+                )
+            )
         cursor = json.dumps({"observed": decision.observed, "requested": decision.requested}, sort_keys=True)
         waiting = len(decision.observed)
-        skip = None if requests else SkipReason(
-            f"{len(files)} file(s) present, {len(decision.requested)} already requested, {waiting} not yet stable"
+        skip = (
+            None
+            if requests
+            else SkipReason(
+                f"{len(files)} file(s) present, {len(decision.requested)} already requested, {waiting} not yet stable"
+            )
         )
         return SensorResult(run_requests=requests, cursor=cursor, skip_reason=skip)
 
@@ -172,8 +183,13 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 def plain_file_name(name: object) -> bool:
     """True for a file name that names one visible entry of a directory: no path separator, NUL or control
     character, not ``.`` or ``..``, not hidden."""
-    return (isinstance(name, str) and 0 < len(name) <= 255 and not name.startswith(".")
-            and not any(c in name for c in "/\\") and all(c >= " " and c != "\x7f" for c in name))
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\")
+        and all(c >= " " and c != "\x7f" for c in name)
+    )
 
 
 def landing_target(tags: dict, sources: dict[str, FilesSource]) -> tuple[LandingTarget | None, str | None]:
@@ -221,7 +237,9 @@ def _failure_reason(context: RunFailureSensorContext, dataset: str) -> tuple[str
         error_class = _value(meta.get(META_ERROR_CLASS))
         at_fault = _value(meta.get(META_INPUT_AT_FAULT))
         unreadable = event.step_key == f"raw__{dataset}" and error_class == "permanent"
-        broke_contract = event.step_key == f"validate_{dataset}" and error_class == "data_quality" and at_fault is not False
+        broke_contract = (
+            event.step_key == f"validate_{dataset}" and error_class == "data_quality" and at_fault is not False
+        )
         if unreadable or broke_contract:
             message = (user.description if user else None) or (data.error.message if data and data.error else "")
             return event.step_key, redact(message or "step failed")
@@ -277,7 +295,7 @@ def build_landing_sensors(specs: Iterable[PipelineSpec]) -> list:
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=5,
         description="Moves a landing file its run could not load (unreadable, or breaking the contract) to "
-                    "quarantine/<dataset>/, with the reason beside it.",
+        "quarantine/<dataset>/, with the reason beside it.",
     )
     def landing_quarantine_sensor(context: RunFailureSensorContext, landing: LandingFilesSource):
         target = checked(context)
@@ -290,8 +308,9 @@ def build_landing_sensors(specs: Iterable[PipelineSpec]) -> list:
             return
         step, message = reason
         try:
-            moved = landing.quarantine(target.dataset, target.name,
-                                       f"run {context.dagster_run.run_id} step {step}: {message}", target.sha256)
+            moved = landing.quarantine(
+                target.dataset, target.name, f"run {context.dagster_run.run_id} step {step}: {message}", target.sha256
+            )
         except PermanentSourceError as exc:
             context.log.warning(f"run {context.dagster_run.run_id}: {label} not quarantined: {exc}")
             return
@@ -315,8 +334,9 @@ def build_after_sensor(spec: PipelineSpec, job, upstream_jobs: list):
     def _sensor(context: RunStatusSensorContext) -> Iterator[RunRequest]:
         run = context.dagster_run
         partition = run.tags.get("dagster/partition") if spec.partitions.type != "none" else None
-        yield RunRequest(run_key=f"after:{run.run_id}", partition_key=partition,
-                         tags={"etl/triggered_by_run": run.run_id})
+        yield RunRequest(
+            run_key=f"after:{run.run_id}", partition_key=partition, tags={"etl/triggered_by_run": run.run_id}
+        )
 
     return _sensor
 
@@ -343,7 +363,9 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
         api: RestApiSource = getattr(context.resources, resource_key)
         watermark = context.cursor
         if watermark is None:
-            return SensorResult(cursor=_current_watermark(api, spec), skip_reason=SkipReason("first tick: watermark recorded"))
+            return SensorResult(
+                cursor=_current_watermark(api, spec), skip_reason=SkipReason("first tick: watermark recorded")
+            )
         stats = ExtractStats()
         partitions: set[str] = set()
         with_limit = source.model_copy(update={"pagination": source.pagination.model_copy(update={"page_size": 1000})})
@@ -354,8 +376,11 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
         if not partitions:
             return SkipReason(f"no records updated since {watermark}")
         valid = set(pdef.get_partition_keys()) if pdef is not None else set()
-        requests = [RunRequest(run_key=f"{spec.name}:{p}:{stats.max_watermark}", partition_key=p)
-                    for p in sorted(partitions) if p in valid]
+        requests = [
+            RunRequest(run_key=f"{spec.name}:{p}:{stats.max_watermark}", partition_key=p)
+            for p in sorted(partitions)
+            if p in valid
+        ]
         return SensorResult(run_requests=requests, cursor=stats.max_watermark or watermark)
 
     return _sensor
@@ -365,6 +390,12 @@ def _current_watermark(api: RestApiSource, spec: PipelineSpec) -> str:
     stats = ExtractStats()
     incremental = spec.source.incremental
     with api.client(spec.source) as client:
-        body = api.get_json(client, incremental.watermark_endpoint, None, stats, spec.source.deadline_seconds(),
-                            max_bytes=spec.source.max_page_bytes)
+        body = api.get_json(
+            client,
+            incremental.watermark_endpoint,
+            None,
+            stats,
+            spec.source.deadline_seconds(),
+            max_bytes=spec.source.max_page_bytes,
+        )
     return body.get(incremental.watermark_field) or ""

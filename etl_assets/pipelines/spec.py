@@ -12,11 +12,11 @@ import keyword
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,8 +25,13 @@ from etl_assets.resources.api import ApiSource
 from etl_assets.resources.files import FilesSource
 from etl_assets.resources.sql import SqlSource
 from etl_assets.specmodel import IDENTIFIER_LIMIT, SpecFieldError, SpecModel, checked_name
-from etl_assets.sqlutil import (MAX_IDENTIFIER_LENGTH, RESERVED_COLUMN_NAMES, RESERVED_COLUMN_PREFIXES,
-                                is_reserved_column, normalize_type)
+from etl_assets.sqlutil import (
+    MAX_IDENTIFIER_LENGTH,
+    RESERVED_COLUMN_NAMES,
+    RESERVED_COLUMN_PREFIXES,
+    is_reserved_column,
+    normalize_type,
+)
 
 # The project's Dagster defs folder: one folder per domain, each with a defs.yaml of Pipeline components
 DEFS_MODULE = "etl_assets.defs"
@@ -44,15 +49,38 @@ MAX_COLUMN_NAME_LENGTH = MAX_IDENTIFIER_LENGTH - len("__typed_")
 # itself): the platform's own (each pipeline's quarantine table, monitoring's ops tables), DuckDB's and Postgres's
 # system schemas, and DuckDB's catalog names (`system`, `temp` and the warehouse file's `warehouse`), which make
 # "<domain>"."<table>" ambiguous.
-RESERVED_SCHEMAS = ("quarantine", "ops", "main", "temp", "system", "warehouse", "information_schema", "pg_catalog",
-                    "pg_toast")
+RESERVED_SCHEMAS = (
+    "quarantine",
+    "ops",
+    "main",
+    "temp",
+    "system",
+    "warehouse",
+    "information_schema",
+    "pg_catalog",
+    "pg_toast",
+)
 RESERVED_SCHEMA_PREFIX = "pg_"
 
 # A transform names its inputs after pipelines, and Dagster refuses these input names (DISALLOWED_NAMES in
 # dagster._core.definitions.utils: Python's keywords and a few of its own).
 DAGSTER_RESERVED_NAMES = frozenset(keyword.kwlist) | {
-    "context", "conf", "config", "meta", "arg_dict", "dict", "input_arg_dict", "output_arg_dict", "int", "str",
-    "float", "bool", "input", "output", "type"}
+    "context",
+    "conf",
+    "config",
+    "meta",
+    "arg_dict",
+    "dict",
+    "input_arg_dict",
+    "output_arg_dict",
+    "int",
+    "str",
+    "float",
+    "bool",
+    "input",
+    "output",
+    "type",
+}
 # Pipeline names whose <name>_schedule is a platform schedule (pipeline_health_schedule, lake_retention_schedule).
 RESERVED_PIPELINE_NAMES = ("pipeline_health", "lake_retention")
 
@@ -67,12 +95,17 @@ def _column_name(value: str) -> str:
     Raises:
         SpecFieldError: the name cannot be used, with the fix.
     """
-    checked_name(value, MAX_COLUMN_NAME_LENGTH, f"validation's working column __typed_<column> must fit in {IDENTIFIER_LIMIT}")
+    checked_name(
+        value, MAX_COLUMN_NAME_LENGTH, f"validation's working column __typed_<column> must fit in {IDENTIFIER_LIMIT}"
+    )
     if is_reserved_column(value):
         reserved = ", ".join([*RESERVED_COLUMN_NAMES, *(f"{p}*" for p in RESERVED_COLUMN_PREFIXES)])
-        raise SpecFieldError("", f"{value!r} is a name the platform uses for its own columns ({reserved}, compared "
-                             "ignoring case), which would overwrite or drop it",
-                             "rename the column in the source, or select it under another name")
+        raise SpecFieldError(
+            "",
+            f"{value!r} is a name the platform uses for its own columns ({reserved}, compared "
+            "ignoring case), which would overwrite or drop it",
+            "rename the column in the source, or select it under another name",
+        )
     return value
 
 
@@ -86,8 +119,9 @@ def _pipeline_name(value: str) -> str:
     checked_name(value, MAX_PIPELINE_NAME_LENGTH, f"validation's view __ref_<name> must fit in {IDENTIFIER_LIMIT}")
     if value in DAGSTER_RESERVED_NAMES or value in RESERVED_PIPELINE_NAMES:
         why = "a platform schedule" if value in RESERVED_PIPELINE_NAMES else "a name Dagster reserves"
-        raise SpecFieldError("", f"{value!r} is {why} and cannot name a pipeline",
-                             f"choose another name, e.g. {value}_data")
+        raise SpecFieldError(
+            "", f"{value!r} is {why} and cannot name a pipeline", f"choose another name, e.g. {value}_data"
+        )
     return value
 
 
@@ -100,9 +134,12 @@ def _domain(value: str) -> str:
     checked_name(value)
     folded = value.lower()
     if folded in RESERVED_SCHEMAS or folded.startswith(RESERVED_SCHEMA_PREFIX):
-        raise SpecFieldError("", f"{value!r} is a schema the platform or the database keeps for itself (reserved, "
-                             f"ignoring case: {', '.join(RESERVED_SCHEMAS)} and {RESERVED_SCHEMA_PREFIX}*)",
-                             f"choose another domain, e.g. {value}_data")
+        raise SpecFieldError(
+            "",
+            f"{value!r} is a schema the platform or the database keeps for itself (reserved, "
+            f"ignoring case: {', '.join(RESERVED_SCHEMAS)} and {RESERVED_SCHEMA_PREFIX}*)",
+            f"choose another domain, e.g. {value}_data",
+        )
     return value
 
 
@@ -170,7 +207,7 @@ class Quality(SpecModel):
     threshold: float = Field(0.95, ge=0, le=1)
 
 
-Source = Annotated[Union[ApiSource, SqlSource, FilesSource], Field(discriminator="kind")]
+Source = Annotated[ApiSource | SqlSource | FilesSource, Field(discriminator="kind")]
 
 
 class Partitioning(SpecModel):
@@ -189,7 +226,9 @@ class Partitioning(SpecModel):
     @model_validator(mode="after")
     def _start_needed(self) -> Partitioning:
         if self.type != "none" and self.start is None:
-            raise SpecFieldError("start", f"{self.type} partitioning needs `start`", "add start: 2024-01-01 (the first partition's date)")
+            raise SpecFieldError(
+                "start", f"{self.type} partitioning needs `start`", "add start: 2024-01-01 (the first partition's date)"
+            )
         return self
 
 
@@ -204,8 +243,11 @@ class Transform(SpecModel):
     def _check_sql(cls, value: str) -> str:
         path = PurePosixPath(value)
         if path.is_absolute() or ".." in path.parts:
-            raise SpecFieldError("", f"{value!r} is not a file next to the spec or in the domain's ../sql/ folder",
-                                 "name the file relative to the spec's folder, without '..', e.g. sql: daily_revenue.sql")
+            raise SpecFieldError(
+                "",
+                f"{value!r} is not a file next to the spec or in the domain's ../sql/ folder",
+                "name the file relative to the spec's folder, without '..', e.g. sql: daily_revenue.sql",
+            )
         return value
 
 
@@ -315,39 +357,68 @@ class PipelineSpec(SpecModel):
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
         if (self.source is None) == (self.transform is None):
-            raise SpecFieldError("source", "the spec has both or neither of `source` and `transform`",
-                                 "give exactly one of `source` (extract a dataset) or `transform` (build a mart)")
+            raise SpecFieldError(
+                "source",
+                "the spec has both or neither of `source` and `transform`",
+                "give exactly one of `source` (extract a dataset) or `transform` (build a mart)",
+            )
         names = [c.name for c in self.columns]
         if self.source is not None and not names:
-            raise SpecFieldError("columns", "a source pipeline needs `columns` (its contract)", "list them as {name, type, nullable}")
+            raise SpecFieldError(
+                "columns", "a source pipeline needs `columns` (its contract)", "list them as {name, type, nullable}"
+            )
         first: dict[str, int] = {}
         for index, name in enumerate(names):
             earlier = first.setdefault(name.lower(), index)
             if earlier == index:
                 continue
             if names[earlier] == name:
-                raise SpecFieldError(f"columns.{index}.name", f"column {name!r} is declared twice (also columns.{earlier})",
-                                     "keep one entry")
-            raise SpecFieldError(f"columns.{index}.name", f"{name!r} and {names[earlier]!r} (columns.{earlier}) differ only "
-                                 "in case, and DuckDB does not tell them apart: their data would land in one column",
-                                 "rename one of them")
+                raise SpecFieldError(
+                    f"columns.{index}.name",
+                    f"column {name!r} is declared twice (also columns.{earlier})",
+                    "keep one entry",
+                )
+            raise SpecFieldError(
+                f"columns.{index}.name",
+                f"{name!r} and {names[earlier]!r} (columns.{earlier}) differ only "
+                "in case, and DuckDB does not tell them apart: their data would land in one column",
+                "rename one of them",
+            )
         missing_pk = [c for c in self.primary_key if c not in names]
         if missing_pk and self.source is not None:
-            raise SpecFieldError("primary_key", f"primary_key names {missing_pk}, which are not in `columns`", "declare them in `columns` or fix the key")
+            raise SpecFieldError(
+                "primary_key",
+                f"primary_key names {missing_pk}, which are not in `columns`",
+                "declare them in `columns` or fix the key",
+            )
         if self.source is not None and self.partitions.type != "none":
             if self.partitions.column is None and self.source.kind != "files":
-                raise SpecFieldError("partitions.column", "a partitioned api/sql source needs its time column", "set partitions.column to the column that decides a record's partition")
+                raise SpecFieldError(
+                    "partitions.column",
+                    "a partitioned api/sql source needs its time column",
+                    "set partitions.column to the column that decides a record's partition",
+                )
             if self.partitions.column is not None and self.partitions.column not in names:
-                raise SpecFieldError("partitions.column", f"{self.partitions.column!r} is not in `columns`", "name a declared column")
+                raise SpecFieldError(
+                    "partitions.column", f"{self.partitions.column!r} is not in `columns`", "name a declared column"
+                )
         if self.source is not None and self.source.kind == "sql" and self.partitions.type != "none":
             if self.source.incremental_column is None:
-                raise SpecFieldError("source.incremental_column", "a partitioned sql source needs `incremental_column`", "name the column the partition window filters on")
+                raise SpecFieldError(
+                    "source.incremental_column",
+                    "a partitioned sql source needs `incremental_column`",
+                    "name the column the partition window filters on",
+                )
         if self.retention.raw_days is not None and (self.source is None or self.partitions.type == "none"):
-            raise SpecFieldError("retention.raw_days", "only a partitioned source pipeline has raw partitions to expire",
-                                 "remove retention.raw_days, or partition the pipeline")
+            raise SpecFieldError(
+                "retention.raw_days",
+                "only a partitioned source pipeline has raw partitions to expire",
+                "remove retention.raw_days, or partition the pipeline",
+            )
         if self.retention.archive_days is not None and (self.source is None or self.source.kind != "files"):
-            raise SpecFieldError("retention.archive_days", "only a files source archives landing files",
-                                 "remove retention.archive_days")
+            raise SpecFieldError(
+                "retention.archive_days", "only a files source archives landing files", "remove retention.archive_days"
+            )
         if len(set(self.targets)) != len(self.targets):
             raise SpecFieldError("targets", "a target is listed twice", "list each target once")
         return self
@@ -381,12 +452,20 @@ class LoadedSpec(BaseModel):
                 continue
             resolved, root = candidate.resolve(), folder.resolve()
             if not resolved.is_relative_to(root):
-                raise _spec_error(self.where, "transform.sql", f"{name!r} in {folder} resolves to {resolved}, outside "
-                                  "that folder", "put the SQL file itself (not a symlink to a file elsewhere) next to "
-                                  "the spec or in the domain's ../sql/ folder")
+                raise _spec_error(
+                    self.where,
+                    "transform.sql",
+                    f"{name!r} in {folder} resolves to {resolved}, outside that folder",
+                    "put the SQL file itself (not a symlink to a file elsewhere) next to "
+                    "the spec or in the domain's ../sql/ folder",
+                )
             return resolved.read_text()
-        raise _spec_error(self.where, "transform.sql", f"file {name!r} not found next to the spec or in ../sql/",
-                          "fix the path, or add the file")
+        raise _spec_error(
+            self.where,
+            "transform.sql",
+            f"file {name!r} not found next to the spec or in ../sql/",
+            "fix the path, or add the file",
+        )
 
 
 def _spec_error(where: Path | str, field: str, problem: str, fix: str) -> SpecError:
@@ -454,8 +533,10 @@ def parse_spec_document(raw: object, path: Path, line: int | None = None, positi
     """
     where = f"{path}, line {line}" if line else path
     if not isinstance(raw, dict):
-        raise SpecError(f"invalid pipeline spec {where}: the spec must be a mapping with at least `name`. "
-                        "Fix: start with 'name: ...'.")
+        raise SpecError(
+            f"invalid pipeline spec {where}: the spec must be a mapping with at least `name`. "
+            "Fix: start with 'name: ...'."
+        )
     try:
         return LoadedSpec(spec=PipelineSpec.model_validate(raw), path=path, line=line)
     except ValidationError as exc:
@@ -653,17 +734,24 @@ def _set_errors(loaded: list[LoadedSpec], aside: dict[str, str]) -> list[tuple[L
         name = item.spec.name
         other = by_folded.get(name.lower())
         if other is not None:
-            problem = (f"{name!r} is already declared in {other.where}" if other.spec.name == name else
-                       f"{name!r} differs only in case from {other.spec.name!r} in {other.where}, and their warehouse "
-                       "tables would be one (DuckDB does not tell them apart)")
+            problem = (
+                f"{name!r} is already declared in {other.where}"
+                if other.spec.name == name
+                else f"{name!r} differs only in case from {other.spec.name!r} in {other.where}, and their warehouse "
+                "tables would be one (DuckDB does not tell them apart)"
+            )
             errors.append((item, _spec_error(item.where, "name", problem, "rename one of them")))
             continue
         by_name[name] = by_folded[name.lower()] = item
 
     def unknown(field: str, item: LoadedSpec, name: str, problem: str, fix: str) -> SpecError:
         if name in aside and name not in by_name:
-            return _spec_error(item.where, field, f"{name!r} is declared in {aside[name]}, which is invalid",
-                               f"fix {aside[name]} (its own error is reported too)")
+            return _spec_error(
+                item.where,
+                field,
+                f"{name!r} is declared in {aside[name]}, which is invalid",
+                f"fix {aside[name]} (its own error is reported too)",
+            )
         return _spec_error(item.where, field, problem, fix)
 
     faulty = {id(item) for item, _ in errors}
@@ -686,23 +774,35 @@ def _check_against(item: LoadedSpec, by_name: dict[str, LoadedSpec], unknown: Ca
     """Raise the first thing ``item`` gets wrong about the other specs (``by_name``)."""
     for name in item.spec.after:
         if name not in by_name or name == item.spec.name:
-            raise unknown("after", item, name, f"{name!r} is not another pipeline",
-                          f"use one of {sorted(set(by_name) - {item.spec.name})}")
+            raise unknown(
+                "after",
+                item,
+                name,
+                f"{name!r} is not another pipeline",
+                f"use one of {sorted(set(by_name) - {item.spec.name})}",
+            )
     for index, column in enumerate(item.spec.columns):
         ref = column.references
         if ref is None:
             continue
         target = by_name.get(ref.dataset)
         if target is None or target.spec.source is None or ref.column not in {c.name for c in target.spec.columns}:
-            raise unknown(f"columns.{index}.references", item, ref.dataset,
-                          f"{ref.dataset}.{ref.column} is not a column of a source pipeline", "name a declared column")
+            raise unknown(
+                f"columns.{index}.references",
+                item,
+                ref.dataset,
+                f"{ref.dataset}.{ref.column} is not a column of a source pipeline",
+                "name a declared column",
+            )
     if item.spec.transform is None:
         return
     for name in item.spec.transform.inputs:
         if name not in by_name:
             raise unknown("transform.inputs", item, name, f"unknown dataset {name!r}", f"use one of {sorted(by_name)}")
         if name == item.spec.name:
-            raise _spec_error(item.where, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs")
+            raise _spec_error(
+                item.where, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs"
+            )
     item.transform_sql()
 
 
@@ -722,8 +822,9 @@ def _check_acyclic(by_name: dict[str, LoadedSpec]) -> None:
             return
         if state.get(name) == 1:
             cycle = " -> ".join([*trail, name])
-            raise _CycleError(by_name[name], _spec_error(by_name[name].where, "transform.inputs", f"cycle {cycle}",
-                                                         "break the cycle"))
+            raise _CycleError(
+                by_name[name], _spec_error(by_name[name].where, "transform.inputs", f"cycle {cycle}", "break the cycle")
+            )
         state[name] = 1
         transform = by_name[name].spec.transform
         for dep in transform.inputs if transform else []:
@@ -732,4 +833,3 @@ def _check_acyclic(by_name: dict[str, LoadedSpec]) -> None:
 
     for name in by_name:
         visit(name, [])
-

@@ -23,11 +23,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from etl_assets.errors import ContractError
-from etl_assets.pipelines.spec import Column, PipelineSpec
 from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.pipelines.spec import Column, PipelineSpec
 from etl_assets.sqlutil import is_identifier, is_reserved_column, quote_ident, quote_literal
 
 ERRORS_COLUMN = "_etl_errors"
@@ -47,8 +47,16 @@ OUT_OF_WINDOW = "out_of_window"
 PLATFORM_COLUMNS = (SOURCE_COLUMN, READ_ERROR_COLUMN)
 
 # Check families generated from the contract, in a stable order.
-FAMILIES = ("valid_type", "not_null", "unique", "accepted_values", "range", "format", "relationship",
-            "partition_window")
+FAMILIES = (
+    "valid_type",
+    "not_null",
+    "unique",
+    "accepted_values",
+    "range",
+    "format",
+    "relationship",
+    "partition_window",
+)
 
 
 def reference_view(dataset: str) -> str:
@@ -81,12 +89,16 @@ def check_column_names(dataset: str, raw_columns: list[str]) -> None:
     problems = []
     bad = [c for c in raw_columns if not is_identifier(c)]
     if bad:
-        problems.append(f"column name(s) {', '.join(repr(c) for c in bad)} are not SQL identifiers (letters, digits "
-                        "and underscores, not starting with a digit, at most 63 characters)")
+        problems.append(
+            f"column name(s) {', '.join(repr(c) for c in bad)} are not SQL identifiers (letters, digits "
+            "and underscores, not starting with a digit, at most 63 characters)"
+        )
     reserved = [c for c in raw_columns if c not in PLATFORM_COLUMNS and is_identifier(c) and is_reserved_column(c)]
     if reserved:
-        problems.append(f"column name(s) {', '.join(reserved)} are the platform's own (_etl_*, __etl*, __typed_*, "
-                        "filename, file_row_number)")
+        problems.append(
+            f"column name(s) {', '.join(reserved)} are the platform's own (_etl_*, __etl*, __typed_*, "
+            "filename, file_row_number)"
+        )
     folded: dict[str, list[str]] = {}
     for c in raw_columns:
         folded.setdefault(c.lower(), []).append(c)
@@ -94,8 +106,11 @@ def check_column_names(dataset: str, raw_columns: list[str]) -> None:
     if clashes:
         problems.append(f"column names {'; '.join(clashes)} differ only in case, which SQL does not tell apart")
     if problems:
-        raise ContractError(f"{dataset}: the source delivered " + "; ".join(problems)
-                            + ". Rename these columns in the source (or its query) and run again")
+        raise ContractError(
+            f"{dataset}: the source delivered "
+            + "; ".join(problems)
+            + ". Rename these columns in the source (or its query) and run again"
+        )
 
 
 def check_required_columns(dataset: str, columns: list[Column], raw_columns: list[str]) -> None:
@@ -171,15 +186,21 @@ def _window_bounds(window: PartitionWindow, type_name: str) -> tuple[object, obj
         return None, None, ">=", "<"
     if type_name == "DATE":
         return start.date(), (end - timedelta(microseconds=1)).date(), ">=", "<="
-    start, end = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     if type_name == "TIMESTAMP":
         return start.replace(tzinfo=None), end.replace(tzinfo=None), ">=", "<"
     return start, end, ">=", "<"
 
 
 def contract_rules(
-    columns: list[Column], primary_key: list[str], raw_columns: list[str], check_other_batches: bool, *,
-    targets: Sequence[str] = (), raw_types: dict[str, str] | None = None, window: PartitionWindow | None = None,
+    columns: list[Column],
+    primary_key: list[str],
+    raw_columns: list[str],
+    check_other_batches: bool,
+    *,
+    targets: Sequence[str] = (),
+    raw_types: dict[str, str] | None = None,
+    window: PartitionWindow | None = None,
 ) -> tuple[list[Rule], dict[str, object]]:
     """The rules of a contract and their bind parameters.
 
@@ -224,45 +245,88 @@ def contract_rules(
         sev = column.severity
         if column.accepted_values is not None:
             values = [str(v) for v in column.accepted_values]
-            rules.append(Rule(f"accepted_values:{column.name}", "accepted_values", sev,
-                              f"{t} IS NOT NULL AND NOT list_contains({param(values)}::VARCHAR[], CAST({t} AS VARCHAR))"))
+            rules.append(
+                Rule(
+                    f"accepted_values:{column.name}",
+                    "accepted_values",
+                    sev,
+                    f"{t} IS NOT NULL AND NOT list_contains({param(values)}::VARCHAR[], CAST({t} AS VARCHAR))",
+                )
+            )
         if column.min is not None:
-            rules.append(Rule(f"min:{column.name}", "range", sev,
-                              f"{t} < CAST({param(str(column.min))} AS {column.type})"))
+            rules.append(
+                Rule(f"min:{column.name}", "range", sev, f"{t} < CAST({param(str(column.min))} AS {column.type})")
+            )
         if column.max is not None:
-            rules.append(Rule(f"max:{column.name}", "range", sev,
-                              f"{t} > CAST({param(str(column.max))} AS {column.type})"))
+            rules.append(
+                Rule(f"max:{column.name}", "range", sev, f"{t} > CAST({param(str(column.max))} AS {column.type})")
+            )
         if column.regex is not None:
-            rules.append(Rule(f"regex:{column.name}", "format", sev,
-                              f"{t} IS NOT NULL AND NOT regexp_full_match(CAST({t} AS VARCHAR), {param(column.regex)})"))
+            rules.append(
+                Rule(
+                    f"regex:{column.name}",
+                    "format",
+                    sev,
+                    f"{t} IS NOT NULL AND NOT regexp_full_match(CAST({t} AS VARCHAR), {param(column.regex)})",
+                )
+            )
         if column.max_length is not None:
-            rules.append(Rule(f"max_length:{column.name}", "format", sev,
-                              f"length(CAST({t} AS VARCHAR)) > {param(column.max_length)}"))
+            rules.append(
+                Rule(
+                    f"max_length:{column.name}",
+                    "format",
+                    sev,
+                    f"length(CAST({t} AS VARCHAR)) > {param(column.max_length)}",
+                )
+            )
         if column.references is not None:
             ref = quote_ident(reference_view(column.references.dataset))
-            rules.append(Rule(f"relationship:{column.name}", "relationship", sev,
-                              f"{t} IS NOT NULL AND {t} NOT IN (SELECT {quote_ident(column.references.column)} FROM {ref})"))
+            rules.append(
+                Rule(
+                    f"relationship:{column.name}",
+                    "relationship",
+                    sev,
+                    f"{t} IS NOT NULL AND {t} NOT IN (SELECT {quote_ident(column.references.column)} FROM {ref})",
+                )
+            )
     if to_postgres:
         contract = {c.name for c in columns}
         for name in raw_columns:
-            if (name not in contract and name not in (SOURCE_COLUMN, READ_ERROR_COLUMN)
-                    and raw_types.get(name, "VARCHAR").upper() == "VARCHAR"):
+            if (
+                name not in contract
+                and name not in (SOURCE_COLUMN, READ_ERROR_COLUMN)
+                and raw_types.get(name, "VARCHAR").upper() == "VARCHAR"
+            ):
                 rules.append(Rule(f"storable:{name}", "valid_type", "ERROR", f"contains({quote_ident(name)}, chr(0))"))
     if window is not None:
         column = next(c for c in columns if c.name == window.column)
         low, high, ge, lt = _window_bounds(window, column.type)
         t = _typed(column.name)
-        rules.append(Rule(OUT_OF_WINDOW, "partition_window", "ERROR",
-                          f"{t} IS NOT NULL AND NOT ({t} {ge} CAST({param(low)} AS {column.type})"
-                          f" AND {t} {lt} CAST({param(high)} AS {column.type}))"))
+        rules.append(
+            Rule(
+                OUT_OF_WINDOW,
+                "partition_window",
+                "ERROR",
+                f"{t} IS NOT NULL AND NOT ({t} {ge} CAST({param(low)} AS {column.type})"
+                f" AND {t} {lt} CAST({param(high)} AS {column.type}))",
+            )
+        )
     if primary_key:
         # every row whose key (without NULLs) occurs more than once; first_duplicate_wins_sql then clears the first
         match = " AND ".join(f"d.{_typed(k)} = typed.{_typed(k)}" for k in primary_key)
-        rules.append(Rule(DUPLICATE_KEY, "unique", "ERROR", f"EXISTS (SELECT 1 FROM {DUPLICATE_KEYS} AS d WHERE {match})"))
+        rules.append(
+            Rule(DUPLICATE_KEY, "unique", "ERROR", f"EXISTS (SELECT 1 FROM {DUPLICATE_KEYS} AS d WHERE {match})")
+        )
         if check_other_batches:
             match = " AND ".join(f"o.{quote_ident(k)} = typed.{_typed(k)}" for k in primary_key)
-            rules.append(Rule("duplicate_key_across_batches", "unique", "ERROR",
-                              f"EXISTS (SELECT 1 FROM {OTHER_BATCHES} AS o WHERE {match})"))
+            rules.append(
+                Rule(
+                    "duplicate_key_across_batches",
+                    "unique",
+                    "ERROR",
+                    f"EXISTS (SELECT 1 FROM {OTHER_BATCHES} AS o WHERE {match})",
+                )
+            )
     return rules, params
 
 
@@ -278,8 +342,20 @@ _NUMERIC_TYPES = (*_INTEGER_TYPES, *_FLOAT_TYPES)
 _TEMPORAL_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMPTZ")
 # DuckDB's names of the types values arrive as, where they differ from the contract's
 _RAW_ALIASES = {"FLOAT": "REAL", "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ", "INT": "INTEGER", "BOOL": "BOOLEAN"}
-_RAW_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                "UBIGINT", "UHUGEINT", "DOUBLE", "FLOAT")
+_RAW_NUMERIC = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
+    "DOUBLE",
+    "FLOAT",
+)
 _TEXT_RAW = ("VARCHAR",)
 
 # The accepted text of each type (RE2, matched whole by regexp_full_match). Groups are non-capturing: RE2 answers a
@@ -288,8 +364,10 @@ _INTEGER_TEXT = r"[+-]?[0-9]+(?:\.0*)?"
 _DECIMAL_EXPONENT_TEXT = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][+-]?[0-9]+"
 _FLOAT_TEXT = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _FLOAT_SPECIAL_TEXT = r"(?i)[+-]?inf(?:inity)?|nan"
-_TIMESTAMP_TEXT = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6}0*)?)?"
-                   r"(?:Z|[+-](?:0[0-9]|1[0-5])(?::?[0-5][0-9])?)?")
+_TIMESTAMP_TEXT = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6}0*)?)?"
+    r"(?:Z|[+-](?:0[0-9]|1[0-5])(?::?[0-5][0-9])?)?"
+)
 # Years 1 to 9999 (as ISO 8601 writes them), every target's range; DuckDB's year 0 is 1 BC.
 _TEMPORAL_RANGE = {
     "DATE": ("DATE '0001-01-01'", "DATE '9999-12-31'"),
@@ -312,7 +390,7 @@ def _in_range(value: str, type_name: str) -> str:
 
 
 def _decimal_scale(type_name: str) -> int:
-    return int(type_name[type_name.index(",") + 1:-1])
+    return int(type_name[type_name.index(",") + 1 : -1])
 
 
 def _decimal_text(scale: int) -> str:
@@ -347,13 +425,17 @@ def _text_cast(x: str, type_name: str) -> tuple[str, str | None]:
         return value, f"(CAST({value} AS VARCHAR) = {x} OR {_matches(x, _INTEGER_TEXT)})"
     if type_name.startswith("DECIMAL"):
         scale = _decimal_scale(type_name)
-        return value, (f"(CAST({value} AS VARCHAR) = {x} OR {_matches(x, _decimal_text(scale))}"
-                       f" OR ({_matches(x, _DECIMAL_EXPONENT_TEXT)} AND {_exponent_exact(x, scale)}))")
+        return value, (
+            f"(CAST({value} AS VARCHAR) = {x} OR {_matches(x, _decimal_text(scale))}"
+            f" OR ({_matches(x, _DECIMAL_EXPONENT_TEXT)} AND {_exponent_exact(x, scale)}))"
+        )
     if type_name in _FLOAT_TYPES:
         # the nearest value of the type, as IEEE 754 rounds; refused: a finite text overflowing to infinity, or a
         # non-zero one underflowing to zero
-        finite = (f"({_matches(x, _FLOAT_TEXT)} AND NOT isinf({value})"
-                  f" AND NOT ({value} = 0 AND regexp_matches({x}, '^[^eE]*[1-9]')))")
+        finite = (
+            f"({_matches(x, _FLOAT_TEXT)} AND NOT isinf({value})"
+            f" AND NOT ({value} = 0 AND regexp_matches({x}, '^[^eE]*[1-9]')))"
+        )
         return value, f"({finite} OR {_matches(x, _FLOAT_SPECIAL_TEXT)})"
     if type_name == "DATE":
         # a date's own text is exactly the accepted form, YYYY-MM-DD
@@ -471,11 +553,15 @@ def first_duplicate_wins_sql(columns: list[Column], primary_key: list[str], raw_
     keys = _typed_columns(columns, raw_types, primary_key)
     partition = ", ".join(_typed(k) for k in primary_key)
     row, source = quote_ident(ROW_COLUMN), quote_ident(SOURCE_COLUMN)
-    first = (f"SELECT {row} FROM (SELECT {row}, {source}, {', '.join(keys)} FROM {FLAGGED}"
-             f" WHERE list_contains({ERRORS_COLUMN}, '{DUPLICATE_KEY}'))"
-             f" QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {source}, {row}) = 1")
-    return (f"UPDATE {FLAGGED} SET {ERRORS_COLUMN} = list_filter({ERRORS_COLUMN}, lambda x: x <> '{DUPLICATE_KEY}')"
-            f" WHERE {row} IN ({first})")
+    first = (
+        f"SELECT {row} FROM (SELECT {row}, {source}, {', '.join(keys)} FROM {FLAGGED}"
+        f" WHERE list_contains({ERRORS_COLUMN}, '{DUPLICATE_KEY}'))"
+        f" QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {source}, {row}) = 1"
+    )
+    return (
+        f"UPDATE {FLAGGED} SET {ERRORS_COLUMN} = list_filter({ERRORS_COLUMN}, lambda x: x <> '{DUPLICATE_KEY}')"
+        f" WHERE {row} IN ({first})"
+    )
 
 
 def key_bounds_sql(columns: list[Column], primary_key: list[str], raw_types: dict[str, str]) -> str:
@@ -542,7 +628,9 @@ def quarantined_positions_sql() -> str:
     return f"SELECT CAST({row} AS BIGINT) AS position FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0 ORDER BY 1"
 
 
-def valid_sql(columns: list[Column], raw_columns: list[str], raw_types: dict[str, str], any_quarantined: bool = True) -> str:
+def valid_sql(
+    columns: list[Column], raw_columns: list[str], raw_types: dict[str, str], any_quarantined: bool = True
+) -> str:
     """The clean data: rows of ``raw`` not flagged with an ERROR rule, typed as ``clean_select``. Streams ``raw``
     once (an anti-join on the few quarantined positions)."""
     sql = f"SELECT {clean_select(columns, raw_columns, raw_types)} FROM raw"
@@ -570,29 +658,44 @@ def quarantine_sql(raw_columns: list[str], relation: str = "raw") -> str:
     if READ_ERROR_COLUMN in raw_columns:
         record = f"CASE WHEN f.{quote_ident(READ_ERROR_COLUMN)} IS NULL THEN {record} END"
     out = [f"CAST(f.{quote_ident(n)} AS VARCHAR) AS {quote_ident(n)}" for n in raw_columns if n != SOURCE_COLUMN]
-    out += [f"f.{source}", f"{record} AS {RECORD_COLUMN}", f"f.{ERRORS_COLUMN} AS _etl_reasons",
-            "CAST($run_id AS VARCHAR) AS _etl_run_id", "CAST($partition AS VARCHAR) AS _etl_partition"]
+    out += [
+        f"f.{source}",
+        f"{record} AS {RECORD_COLUMN}",
+        f"f.{ERRORS_COLUMN} AS _etl_reasons",
+        "CAST($run_id AS VARCHAR) AS _etl_run_id",
+        "CAST($partition AS VARCHAR) AS _etl_partition",
+    ]
     bad = f"SELECT * FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0"
-    firsts = (f"SELECT {source}, min({row}) AS first_row FROM {relation}"
-              f" WHERE {source} IN (SELECT DISTINCT {source} FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0)"
-              f" GROUP BY {source}")
-    return (f"SELECT {', '.join(out)} FROM ({bad}) AS f JOIN ({firsts}) AS firsts"
-            f" ON f.{source} IS NOT DISTINCT FROM firsts.{source} ORDER BY f.{row}")
+    firsts = (
+        f"SELECT {source}, min({row}) AS first_row FROM {relation}"
+        f" WHERE {source} IN (SELECT DISTINCT {source} FROM {FLAGGED} WHERE len({ERRORS_COLUMN}) > 0)"
+        f" GROUP BY {source}"
+    )
+    return (
+        f"SELECT {', '.join(out)} FROM ({bad}) AS f JOIN ({firsts}) AS firsts"
+        f" ON f.{source} IS NOT DISTINCT FROM firsts.{source} ORDER BY f.{row}"
+    )
 
 
 def errors_not_excluded(con, excluded_file) -> dict[str, int]:
     """Rows per ERROR rule whose position is not in the excluded-positions file ``excluded_file`` of the written
     clean view: every count must be 0 (only rules with such rows appear)."""
     row = quote_ident(ROW_COLUMN)
-    return dict(con.execute(
-        f"SELECT rule, count(*) FROM (SELECT unnest({ERRORS_COLUMN}) AS rule, {row} FROM {FLAGGED})"
-        f" WHERE {row} NOT IN (SELECT position FROM read_parquet(?)) GROUP BY ALL", [str(excluded_file)]).fetchall())
+    return dict(
+        con.execute(
+            f"SELECT rule, count(*) FROM (SELECT unnest({ERRORS_COLUMN}) AS rule, {row} FROM {FLAGGED})"
+            f" WHERE {row} NOT IN (SELECT position FROM read_parquet(?)) GROUP BY ALL",
+            [str(excluded_file)],
+        ).fetchall()
+    )
 
 
 def rule_counts_sql() -> str:
     """Rows per broken rule (ERROR and WARN), from the flagged rows."""
-    return (f"SELECT reason, count(*) FROM (SELECT unnest(list_concat({ERRORS_COLUMN}, {WARNINGS_COLUMN})) AS reason"
-            f" FROM {FLAGGED}) GROUP BY ALL")
+    return (
+        f"SELECT reason, count(*) FROM (SELECT unnest(list_concat({ERRORS_COLUMN}, {WARNINGS_COLUMN})) AS reason"
+        f" FROM {FLAGGED}) GROUP BY ALL"
+    )
 
 
 def _on_clean_columns(columns: list[Column], rules: list[Rule]) -> list[Rule]:
@@ -650,8 +753,11 @@ def loaded_duplicate_keys(con, columns: list[Column], primary_key: list[str], re
     types = {c.name: c.type for c in columns}
     keys = ", ".join(f"c.{quote_ident(k)}" for k in primary_key)
     delivered = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {quarantine}").fetchall()}
-    at_risk = ", ".join(f"{typed_value(quote_ident(k), types[k]) if k in delivered else f'CAST(NULL AS {types[k]})'}"
-                        f" AS {quote_ident(k)}" for k in primary_key)
+    at_risk = ", ".join(
+        f"{typed_value(quote_ident(k), types[k]) if k in delivered else f'CAST(NULL AS {types[k]})'}"
+        f" AS {quote_ident(k)}"
+        for k in primary_key
+    )
     match = " AND ".join(f"c.{quote_ident(k)} = d.{quote_ident(k)}" for k in primary_key)
     return con.execute(
         f"SELECT count(*) FROM (SELECT {keys} FROM {relation} AS c SEMI JOIN (SELECT {at_risk} FROM {quarantine}"
@@ -670,11 +776,23 @@ def batch_statements(
     """
     statements = []
     if primary_key:
-        statements.append(("duplicate keys: GROUP BY key HAVING count(*) > 1",
-                           f"CREATE TEMP TABLE {DUPLICATE_KEYS} AS {duplicate_keys_sql(columns, primary_key, raw_types)}"))
-    statements.append(("flagged rows: type and check every row, keep those breaking a rule",
-                       f"CREATE TEMP TABLE {FLAGGED} AS {flagged_sql(columns, rules, raw_columns, raw_types)}"))
+        statements.append(
+            (
+                "duplicate keys: GROUP BY key HAVING count(*) > 1",
+                f"CREATE TEMP TABLE {DUPLICATE_KEYS} AS {duplicate_keys_sql(columns, primary_key, raw_types)}",
+            )
+        )
+    statements.append(
+        (
+            "flagged rows: type and check every row, keep those breaking a rule",
+            f"CREATE TEMP TABLE {FLAGGED} AS {flagged_sql(columns, rules, raw_columns, raw_types)}",
+        )
+    )
     if primary_key:
-        statements.append(("duplicate keys: the first row of each keeps it",
-                           first_duplicate_wins_sql(columns, primary_key, raw_types)))
+        statements.append(
+            (
+                "duplicate keys: the first row of each keeps it",
+                first_duplicate_wins_sql(columns, primary_key, raw_types),
+            )
+        )
     return statements

@@ -4,7 +4,6 @@ Raw inputs are what a rebuild starts from (`etl-assets rebuild`), so nothing is 
 (``retention: {raw_days: N, archive_days: N}``). Clean data, quarantines and targets are never touched.
 """
 
-
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,23 +76,33 @@ def build_retention(specs: Sequence[LoadedSpec]):
 
     @op(required_resource_keys={"lake", "landing"})
     def expire_raw(context: OpExecutionContext):
-        removed = expire_raw_inputs(pipeline_specs, context.resources.lake, context.resources.landing,
-                                    dt.datetime.now(dt.timezone.utc))
+        removed = expire_raw_inputs(
+            pipeline_specs, context.resources.lake, context.resources.landing, dt.datetime.now(dt.UTC)
+        )
         for item in removed:
             context.log.info(f"retention: removed {item.kind} {item.pipeline}/{item.name}")
-        yield Output(len(removed), metadata={
-            "removed": len(removed),
-            "removed_items": MetadataValue.json([f"{i.pipeline}:{i.kind}:{i.name}" for i in removed][:500]),
-            "pipelines_with_retention": MetadataValue.json(configured),
-        })
+        yield Output(
+            len(removed),
+            metadata={
+                "removed": len(removed),
+                "removed_items": MetadataValue.json([f"{i.pipeline}:{i.kind}:{i.name}" for i in removed][:500]),
+                "pipelines_with_retention": MetadataValue.json(configured),
+            },
+        )
 
-    @job(name=RETENTION_JOB, description="Remove raw lake partitions and archived landing files older than the "
-         "specs' `retention` (nothing when no spec sets it).")
+    @job(
+        name=RETENTION_JOB,
+        description="Remove raw lake partitions and archived landing files older than the "
+        "specs' `retention` (nothing when no spec sets it).",
+    )
     def lake_retention_job():
         expire_raw()
 
     schedule = ScheduleDefinition(
-        name=RETENTION_SCHEDULE, job=lake_retention_job, cron_schedule="15 3 * * *", execution_timezone="UTC",
+        name=RETENTION_SCHEDULE,
+        job=lake_retention_job,
+        cron_schedule="15 3 * * *",
+        execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING,
         description="Daily at 03:15 UTC: apply the specs' retention of raw inputs.",
     )

@@ -76,7 +76,7 @@ def process_state(pid: int, logged_at: float) -> WorkerState:
     except OSError:
         return WorkerState(pid, "alive")
     # the command name (field 2) may hold spaces and parentheses: the fields after it follow the last ')'
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] in ("Z", "X"):
         return WorkerState(pid, "zombie")
     boot = _boot_time()
@@ -129,8 +129,10 @@ def build_watchdog_sensor(interval_seconds: int) -> SensorDefinition:
             run = instance.get_run_by_id(run_id)
             if run is None or run.status != DagsterRunStatus.STARTED:
                 continue
-            message = (f"run worker (pid {state.pid}) is no longer running ({state.state}); marked failed by "
-                       f"{WATCHDOG_SENSOR} so that run retries re-execute it from failure")
+            message = (
+                f"run worker (pid {state.pid}) is no longer running ({state.state}); marked failed by "
+                f"{WATCHDOG_SENSOR} so that run retries re-execute it from failure"
+            )
             context.log.warning(f"run {run_id}: {message}")
             instance.report_run_failed(run, message=message)
         if dead:

@@ -46,10 +46,12 @@ class Pagination(SpecModel):
     next_cursor_field: str = "next_cursor"
     total_pages_field: str = "total_pages"
     max_pages: int = Field(
-        100_000, ge=1,
+        100_000,
+        ge=1,
         description="Most pages one extraction (one partition) may read; a partition needing more fails, so an API "
-                    "whose paging never ends cannot keep a run going for ever. Raise it (or page_size) for larger "
-                    "partitions.")
+        "whose paging never ends cannot keep a run going for ever. Raise it (or page_size) for larger "
+        "partitions.",
+    )
 
 
 class Incremental(SpecModel):
@@ -79,21 +81,26 @@ class ApiSource(SpecModel):
     auth: Literal["none", "bearer"] = "none"
     timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for the connection or for any read.")
     request_deadline_seconds: float | None = Field(
-        None, gt=0, description="Longest a whole request may take, first byte to last; default 4 x timeout_seconds.")
+        None, gt=0, description="Longest a whole request may take, first byte to last; default 4 x timeout_seconds."
+    )
     max_page_bytes: int = Field(
-        32 * 2**20, ge=1024,
+        32 * 2**20,
+        ge=1024,
         description="Largest page body accepted, in bytes (default 32 MiB); a larger one fails the run, as parsing "
-                    "it takes about 15x its size in memory for small records (json.loads, then the Arrow batch): "
-                    "32 MiB is about 0.5 GB at worst, and still holds 10,000 records (the largest page_size) of 3 KB "
-                    "each. Lower pagination.page_size, or raise this where the worker has the memory.")
+        "it takes about 15x its size in memory for small records (json.loads, then the Arrow batch): "
+        "32 MiB is about 0.5 GB at worst, and still holds 10,000 records (the largest page_size) of 3 KB "
+        "each. Lower pagination.page_size, or raise this where the worker has the memory.",
+    )
 
     _check_connection = field_validator("connection")(identifier)
 
     @model_validator(mode="after")
-    def _check_deadline(self) -> "ApiSource":
+    def _check_deadline(self) -> ApiSource:
         if self.request_deadline_seconds is not None and self.request_deadline_seconds < self.timeout_seconds:
-            raise ValueError(f"request_deadline_seconds ({self.request_deadline_seconds:g}) is shorter than "
-                             f"timeout_seconds ({self.timeout_seconds:g}); make it at least as long, or remove it")
+            raise ValueError(
+                f"request_deadline_seconds ({self.request_deadline_seconds:g}) is shorter than "
+                f"timeout_seconds ({self.timeout_seconds:g}); make it at least as long, or remove it"
+            )
         return self
 
     def deadline_seconds(self) -> float:
@@ -153,8 +160,10 @@ def _check_keys(names: list, source: str) -> None:
     problems = []
     bad = [n for n in names if not isinstance(n, str) or not is_identifier(n)]
     if bad:
-        problems.append(f"keys {_names(bad)} are not SQL identifiers (letters, digits and underscores, not "
-                        "starting with a digit, at most 63 characters)")
+        problems.append(
+            f"keys {_names(bad)} are not SQL identifiers (letters, digits and underscores, not "
+            "starting with a digit, at most 63 characters)"
+        )
     names = [n for n in names if n not in bad]
     platform = [n for n in names if is_reserved_column(n)]
     if platform:
@@ -165,8 +174,9 @@ def _check_keys(names: list, source: str) -> None:
         by_case.setdefault(n.lower(), []).append(n)
     clashes = [group for group in by_case.values() if len(group) > 1]
     if clashes:
-        problems.append("keys differ only in case, which SQL does not tell apart: "
-                        + "; ".join(_names(group) for group in clashes))
+        problems.append(
+            "keys differ only in case, which SQL does not tell apart: " + "; ".join(_names(group) for group in clashes)
+        )
     if problems:
         raise ContractError(
             f"{source}: record {'; '.join(problems)}. Rename them in the source (or have its owner do so): contract "
@@ -191,11 +201,11 @@ def _batch_digest(batch: pa.RecordBatch) -> bytes:
             continue
         digest.update(name.encode() + b"\0")
         lengths = pc.fill_null(pc.binary_length(column), -1)
-        digest.update(memoryview(lengths.buffers()[1])[lengths.offset * 4:(lengths.offset + len(column)) * 4])
+        digest.update(memoryview(lengths.buffers()[1])[lengths.offset * 4 : (lengths.offset + len(column)) * 4])
         _, offsets, data = column.buffers()
         if data is not None and len(column):
             bounds = memoryview(offsets).cast("i")
-            digest.update(memoryview(data)[bounds[column.offset]:bounds[column.offset + len(column)]])
+            digest.update(memoryview(data)[bounds[column.offset] : bounds[column.offset + len(column)]])
     return digest.digest()
 
 
@@ -278,9 +288,16 @@ class RestApiSource(ConfigurableResource):
             headers["Authorization"] = f"Bearer {self.token}"
         return httpx.Client(base_url=self.base_url(), headers=headers, timeout=spec.timeout_seconds)
 
-    def get_json(self, client: httpx.Client, url: str, params: dict | None, stats: ExtractStats,
-                 deadline_seconds: float | None = None, max_bytes: int | None = None,
-                 page: int | None = None) -> dict:
+    def get_json(
+        self,
+        client: httpx.Client,
+        url: str,
+        params: dict | None,
+        stats: ExtractStats,
+        deadline_seconds: float | None = None,
+        max_bytes: int | None = None,
+        page: int | None = None,
+    ) -> dict:
         """GET with retries on transient failures; permanent ones raise at once.
 
         The body is read in chunks against a deadline for the whole request (``deadline_seconds``; httpx's timeout
@@ -309,36 +326,45 @@ class RestApiSource(ConfigurableResource):
                         wait = _retry_after(response)
                     elif response.status_code >= 400:
                         text = _read_within(response, deadline, ERROR_BODY_BYTES, cut=True).decode(
-                            "utf-8", errors="replace")
-                        raise PermanentSourceError(self._redact(
-                            f"{self.connection}: GET {response.request.url.path} answered {response.status_code}"
-                            f" {_short(text)}; {_fix_for(response.status_code, self.connection)}"
-                        ))
+                            "utf-8", errors="replace"
+                        )
+                        raise PermanentSourceError(
+                            self._redact(
+                                f"{self.connection}: GET {response.request.url.path} answered {response.status_code}"
+                                f" {_short(text)}; {_fix_for(response.status_code, self.connection)}"
+                            )
+                        )
                     else:
                         try:
                             raw = _read_within(response, deadline, max_bytes)
                         except _BodyTooLarge as exc:
-                            raise PermanentSourceError(self._redact(
-                                f"{self.connection}: {what}: the body is larger than max_page_bytes ({max_bytes:,} "
-                                f"bytes; {exc}), refused before it was read in full, as parsing takes about 15x its "
-                                "size in memory; lower `pagination.page_size` in the spec so pages are smaller, or "
-                                "raise the source's `max_page_bytes` where the worker has the memory"
-                            )) from None
+                            raise PermanentSourceError(
+                                self._redact(
+                                    f"{self.connection}: {what}: the body is larger than max_page_bytes ({max_bytes:,} "
+                                    f"bytes; {exc}), refused before it was read in full, as parsing takes about 15x its "
+                                    "size in memory; lower `pagination.page_size` in the spec so pages are smaller, or "
+                                    "raise the source's `max_page_bytes` where the worker has the memory"
+                                )
+                            ) from None
                         text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads would
                         del raw  # the bytes go before parsing starts: one copy of the body less at the peak
                         try:
                             body = json.loads(text, parse_float=Decimal)
                         except RecursionError:
-                            raise ContractError(self._redact(
-                                f"{self.connection}: {what}: the body is JSON nested deeper than the parser can follow "
-                                f"(about {sys.getrecursionlimit()} levels); records must be objects of scalars, or "
-                                "of shallow objects and arrays: fix the source, or have its owner do so"
-                            )) from None
+                            raise ContractError(
+                                self._redact(
+                                    f"{self.connection}: {what}: the body is JSON nested deeper than the parser can follow "
+                                    f"(about {sys.getrecursionlimit()} levels); records must be objects of scalars, or "
+                                    "of shallow objects and arrays: fix the source, or have its owner do so"
+                                )
+                            ) from None
                         del text
                         if not isinstance(body, dict):
-                            raise PermanentSourceError(self._redact(
-                                f"{self.connection}: {what} returned JSON {type(body).__name__}, expected an object"
-                            ))
+                            raise PermanentSourceError(
+                                self._redact(
+                                    f"{self.connection}: {what} returned JSON {type(body).__name__}, expected an object"
+                                )
+                            )
                         return body
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 reason = type(exc).__name__
@@ -350,17 +376,19 @@ class RestApiSource(ConfigurableResource):
                 reason = "undecodable_body"
             stats.retry_reasons[reason] = stats.retry_reasons.get(reason, 0) + 1
             if attempt == self.max_attempts:
-                raise TransientSourceError(self._redact(
-                    f"{self.connection}: {what} failed {attempt} times, last with {reason}"
-                ))
+                raise TransientSourceError(
+                    self._redact(f"{self.connection}: {what} failed {attempt} times, last with {reason}")
+                )
             stats.retries += 1
             if wait is not None:  # the server's wait is a floor
                 sleep = wait * (1 + random.uniform(0, RETRY_AFTER_JITTER))
             else:
                 sleep = random.uniform(0, min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1)))
-            log.warning(self._redact(
-                f"{self.connection}: transient {reason} on {what}, attempt {attempt}; retrying in {sleep:.2f}s"
-            ))
+            log.warning(
+                self._redact(
+                    f"{self.connection}: transient {reason} on {what}, attempt {attempt}; retrying in {sleep:.2f}s"
+                )
+            )
             time.sleep(sleep)
         raise AssertionError("unreachable")
 
@@ -394,7 +422,9 @@ class RestApiSource(ConfigurableResource):
         params: dict[str, str | int] = {}
         if window is not None:
             if spec.window_params is None:
-                raise PermanentSourceError(f"{spec.endpoint}: a partitioned api source needs `window_params` in its spec")
+                raise PermanentSourceError(
+                    f"{spec.endpoint}: a partitioned api source needs `window_params` in its spec"
+                )
             params[spec.window_params[0]] = window[0].isoformat()
             params[spec.window_params[1]] = window[1].isoformat()
         if updated_since is not None and spec.incremental is not None:
@@ -410,12 +440,14 @@ class RestApiSource(ConfigurableResource):
             cursor: str | None = None
             while True:
                 if page > pag.max_pages:
-                    raise PermanentSourceError(self._redact(
-                        f"{where}: page {pag.max_pages} says more pages follow, but one extraction may read at most "
-                        f"pagination.max_pages = {pag.max_pages:,} pages; raise `pagination.max_pages` in the spec "
-                        "(or `pagination.page_size`) if the partition really is that large, or check that the "
-                        "API's paging ends"
-                    ))
+                    raise PermanentSourceError(
+                        self._redact(
+                            f"{where}: page {pag.max_pages} says more pages follow, but one extraction may read at most "
+                            f"pagination.max_pages = {pag.max_pages:,} pages; raise `pagination.max_pages` in the spec "
+                            "(or `pagination.page_size`) if the partition really is that large, or check that the "
+                            "API's paging ends"
+                        )
+                    )
                 page_params = dict(params)
                 if pag.style == "page":
                     page_params.update({pag.page_param: page, pag.page_size_param: pag.page_size})
@@ -424,8 +456,9 @@ class RestApiSource(ConfigurableResource):
                     if cursor:
                         page_params[pag.cursor_param] = cursor
                         cursors_sent[_digest(cursor)] = page
-                body = self.get_json(client, url, page_params, stats, spec.deadline_seconds(),
-                                     max_bytes=spec.max_page_bytes, page=page)
+                body = self.get_json(
+                    client, url, page_params, stats, spec.deadline_seconds(), max_bytes=spec.max_page_bytes, page=page
+                )
                 records = body.get(spec.records_path)
                 if not isinstance(records, list):
                     raise PermanentSourceError(
@@ -440,19 +473,24 @@ class RestApiSource(ConfigurableResource):
                     cursor = body.get(pag.next_cursor_field)
                     more = bool(cursor) and bool(records)
                     if more and _digest(cursor) in cursors_sent:
-                        raise PermanentSourceError(self._redact(
-                            f"{where} page {page}: the answer's `{pag.next_cursor_field}` is "
-                            f"{_short(str(cursor), 60)!r}, the cursor page {cursors_sent[_digest(cursor)]} was "
-                            "already requested with: the API does not advance, and following it would never end. "
-                            "Check `pagination.next_cursor_field` and `pagination.cursor_param` (now "
-                            f"{pag.cursor_param!r}) against the API's documentation, or report the API's paging bug "
-                            "to its owner"
-                        ))
+                        raise PermanentSourceError(
+                            self._redact(
+                                f"{where} page {page}: the answer's `{pag.next_cursor_field}` is "
+                                f"{_short(str(cursor), 60)!r}, the cursor page {cursors_sent[_digest(cursor)]} was "
+                                "already requested with: the API does not advance, and following it would never end. "
+                                "Check `pagination.next_cursor_field` and `pagination.cursor_param` (now "
+                                f"{pag.cursor_param!r}) against the API's documentation, or report the API's paging bug "
+                                "to its owner"
+                            )
+                        )
                 del body  # from here on only this page's records are held, and no longer than its batch needs them
                 if records:
                     stats.records += len(records)
-                    source = (f"{spec.endpoint}?page={page}" if pag.style == "page"
-                              else f"{spec.endpoint}?cursor={page_params.get(pag.cursor_param, '')}")
+                    source = (
+                        f"{spec.endpoint}?page={page}"
+                        if pag.style == "page"
+                        else f"{spec.endpoint}?cursor={page_params.get(pag.cursor_param, '')}"
+                    )
                     try:
                         batch = _to_text_batch(records, columns, source)
                     except RecursionError:  # nested values too deep to spell as JSON text
@@ -463,16 +501,20 @@ class RestApiSource(ConfigurableResource):
                     del records
                     digest = _batch_digest(batch)
                     if digest in pages_seen:
-                        raise PermanentSourceError(self._redact(
-                            f"{where} page {page}: its {batch.num_rows:,} records are those of page "
-                            f"{pages_seen[digest]}: the API ignores the "
-                            + (f"page parameter {pag.page_param!r}, so paging would never end (or load every record "
-                               "again); set `pagination.page_param` and `pagination.page_size_param` to the "
-                               "parameters the API reads, or use `pagination.style: cursor` if it pages by cursor"
-                               if pag.style == "page" else
-                               f"cursor parameter {pag.cursor_param!r}, so paging would never end; set "
-                               "`pagination.cursor_param` to the parameter the API reads")
-                        ))
+                        raise PermanentSourceError(
+                            self._redact(
+                                f"{where} page {page}: its {batch.num_rows:,} records are those of page "
+                                f"{pages_seen[digest]}: the API ignores the "
+                                + (
+                                    f"page parameter {pag.page_param!r}, so paging would never end (or load every record "
+                                    "again); set `pagination.page_param` and `pagination.page_size_param` to the "
+                                    "parameters the API reads, or use `pagination.style: cursor` if it pages by cursor"
+                                    if pag.style == "page"
+                                    else f"cursor parameter {pag.cursor_param!r}, so paging would never end; set "
+                                    "`pagination.cursor_param` to the parameter the API reads"
+                                )
+                            )
+                        )
                     pages_seen[digest] = page
                     if spec.incremental is not None and spec.incremental.field in batch.schema.names:
                         top = pc.max(batch.column(spec.incremental.field)).as_py()
@@ -499,8 +541,9 @@ class _BodyTooLarge(Exception):
     """The body is larger than the most bytes accepted; the text says how that was found."""
 
 
-def _read_within(response: httpx.Response, deadline: float | None, limit: int | None = None,
-                 cut: bool = False) -> bytearray:
+def _read_within(
+    response: httpx.Response, deadline: float | None, limit: int | None = None, cut: bool = False
+) -> bytearray:
     """The body of a streamed response, given up on once ``deadline`` (``time.monotonic()``) has passed.
 
     A body longer than ``limit`` bytes raises :class:`_BodyTooLarge` (on its ``Content-Length``, before any of it is

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -177,9 +177,14 @@ class LandingFilesSource(ConfigurableResource):
         Both must be plain names (no separator, NUL, ``.``/``..`` or leading dot); the dataset's directory must be a
         direct child of the landing root and no symlink; the file no symlink and directly inside it.
         """
+
         def plain(part: object) -> bool:
-            return (isinstance(part, str) and 0 < len(part) <= 255 and not part.startswith(".")
-                    and not any(c in part for c in "/\\\0"))
+            return (
+                isinstance(part, str)
+                and 0 < len(part) <= 255
+                and not part.startswith(".")
+                and not any(c in part for c in "/\\\0")
+            )
 
         root = self.root_path().resolve()
         given = self.dataset_dir(dataset) if plain(dataset) else None
@@ -199,7 +204,7 @@ class LandingFilesSource(ConfigurableResource):
             return None
         if expected_sha256 is not None and self.sha256(path) != expected_sha256:
             return None  # a newer delivery with the same name arrived; it has its own run
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         into.mkdir(parents=True, exist_ok=True)
         target = into / f"{stamp}_{name}"
         os.replace(path, target) if path.stat().st_dev == into.stat().st_dev else shutil.move(path, target)
@@ -286,8 +291,13 @@ class LandingFilesSource(ConfigurableResource):
         raise AssertionError("unreachable")
 
     def open_partition(
-        self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, partition: str | None,
-        required: list[str], own_file: str | None = None,
+        self,
+        con: duckdb.DuckDBPyConnection,
+        dataset: str,
+        spec: FilesSource,
+        partition: str | None,
+        required: list[str],
+        own_file: str | None = None,
     ) -> PartitionRead:
         """Read a partition's inputs file by file; a file that cannot be loaded never keeps the others from loading.
 
@@ -305,7 +315,9 @@ class LandingFilesSource(ConfigurableResource):
             if not pinned.files:
                 raise PermanentSourceError(
                     f"{dataset}: no files matching {spec.glob!r} in {self.dataset_dir(dataset)}"
-                    + (f" or its archive for partition {partition}" if partition else "") + "; drop the file there first")
+                    + (f" or its archive for partition {partition}" if partition else "")
+                    + "; drop the file there first"
+                )
             admitted, refusals = _admit(con, dataset, spec, pinned.files, required)
             moved, skipped = [], []
             for refusal in refusals:
@@ -314,10 +326,15 @@ class LandingFilesSource(ConfigurableResource):
                     raise PermanentSourceError(
                         f"{dataset}: archived input {item.name} (loaded before) can no longer be read: {refusal.reason}; "
                         "the contract has changed since it was loaded: fix the contract, or move the file out of "
-                        f"{self.archive_dir(dataset)} to drop its rows")
+                        f"{self.archive_dir(dataset)} to drop its rows"
+                    )
                 if own_file is None or item.name == own_file:
-                    self.quarantine(dataset, item.name, f"{item.name} refused by the extract: {refusal.reason}",
-                                    self.sha256(refusal.file.path))
+                    self.quarantine(
+                        dataset,
+                        item.name,
+                        f"{item.name} refused by the extract: {refusal.reason}",
+                        self.sha256(refusal.file.path),
+                    )
                     moved.append(refusal)
                 else:
                     skipped.append(refusal)
@@ -330,12 +347,19 @@ class LandingFilesSource(ConfigurableResource):
             raise
 
     def stream(
-        self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[Path], batch_size: int = 100_000
+        self,
+        con: duckdb.DuckDBPyConnection,
+        dataset: str,
+        spec: FilesSource,
+        files: list[Path],
+        batch_size: int = 100_000,
     ) -> pa.RecordBatchReader:
         """Like :meth:`read`, as an Arrow stream whose parse errors (found anywhere in the files) are permanent."""
         return _as_stream(con, dataset, spec, self.read(con, dataset, spec, files), files, batch_size)
 
-    def read(self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[Path]) -> duckdb.DuckDBPyRelation:
+    def read(
+        self, con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[Path]
+    ) -> duckdb.DuckDBPyRelation:
         """A relation over ``files`` (each read by its exact name) with the file name in ``_etl_source``; CSV and JSON
         are read as text for validation to cast (see :func:`_read_json`), Parquet with its own types. A CSV relation
         has ``_etl_read_error`` (NULL: rows that cannot be parsed are left out here; :meth:`open_partition` keeps
@@ -351,8 +375,10 @@ class LandingFilesSource(ConfigurableResource):
         pinned = [PinnedFile(InputFile(p.name, p), p) for p in files]
         admitted, refusals = _admit(con, dataset, spec, pinned, [])
         if refusals:
-            raise PermanentSourceError(f"{dataset}: " + "; ".join(
-                f"{r.file.delivered.name} cannot be read as {spec.format}: {r.reason}" for r in refusals))
+            raise PermanentSourceError(
+                f"{dataset}: "
+                + "; ".join(f"{r.file.delivered.name} cannot be read as {spec.format}: {r.reason}" for r in refusals)
+            )
         return _union(con, dataset, spec, admitted)
 
 
@@ -408,8 +434,16 @@ class PartitionRead:
         malformed_rows: Rows the CSV reader could not parse (known once the stream is consumed).
     """
 
-    def __init__(self, con, dataset, spec, pinned: PinnedInputs, admitted: list[AdmittedFile], moved: list[Refusal],
-                 skipped: list[Refusal]):
+    def __init__(
+        self,
+        con,
+        dataset,
+        spec,
+        pinned: PinnedInputs,
+        admitted: list[AdmittedFile],
+        moved: list[Refusal],
+        skipped: list[Refusal],
+    ):
         self._con, self._dataset, self._spec, self._pinned = con, dataset, spec, pinned
         self.admitted = admitted
         self.files = [a.file.delivered for a in admitted]
@@ -432,9 +466,12 @@ class PartitionRead:
             if rows:
                 columns = {SOURCE_COLUMN: [r[0] for r in rows], READ_ERROR_COLUMN: [r[1] for r in rows]}
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array(columns.get(f.name, [None] * len(rows)), f.type) for f in schema], schema=schema)
+                    [pa.array(columns.get(f.name, [None] * len(rows)), f.type) for f in schema], schema=schema
+                )
 
-        return _as_stream(self._con, self._dataset, self._spec, relation, names, batch_size, malformed, self._pinned.close)
+        return _as_stream(
+            self._con, self._dataset, self._spec, relation, names, batch_size, malformed, self._pinned.close
+        )
 
     def close(self) -> None:
         self._pinned.close()
@@ -470,8 +507,10 @@ def refused_column_names(columns: list[str]) -> str | None:
     and not one the platform uses (:func:`etl_assets.sqlutil.is_reserved_column`)."""
     bad = [c for c in columns if not is_identifier(c)]
     if bad:
-        return (f"column name(s) {', '.join(repr(c) for c in bad)} are not identifiers (letters, digits and "
-                "underscores, starting with a letter); rename them in the file")
+        return (
+            f"column name(s) {', '.join(repr(c) for c in bad)} are not identifiers (letters, digits and "
+            "underscores, starting with a letter); rename them in the file"
+        )
     reserved = [c for c in columns if is_reserved_column(c)]
     if reserved:
         return f"column name(s) {', '.join(reserved)} are reserved by the platform; rename them in the file"
@@ -480,7 +519,9 @@ def refused_column_names(columns: list[str]) -> str | None:
         if c in folded.values():
             return f"column name {c!r} appears twice in the header; rename one in the file"
         if c.lower() in folded:
-            return f"columns {folded[c.lower()]!r} and {c!r} differ only in case (SQL folds case); rename one in the file"
+            return (
+                f"columns {folded[c.lower()]!r} and {c!r} differ only in case (SQL folds case); rename one in the file"
+            )
         folded[c.lower()] = c
     return None
 
@@ -509,26 +550,33 @@ class _Refused(Exception):
     """A file cannot be loaded; the message is the reason."""
 
 
-def _admit(con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[PinnedFile],
-           required: list[str]) -> tuple[list[AdmittedFile], list[Refusal]]:
+def _admit(
+    con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, files: list[PinnedFile], required: list[str]
+) -> tuple[list[AdmittedFile], list[Refusal]]:
     """Judge each file on its own: which can be read, and why the others cannot."""
     admitted, refused = [], []
     for index, item in enumerate(files):
         try:
             if item.path.stat().st_size == 0:
-                raise _Refused(f"empty (0 bytes), so not a {spec.format} file (an interrupted upload?); deliver it again")
+                raise _Refused(
+                    f"empty (0 bytes), so not a {spec.format} file (an interrupted upload?); deliver it again"
+                )
             if spec.format == "csv":
                 columns = _csv_header(item.path, spec)
                 entry = AdmittedFile(item, columns, f"__etl_rejects_{index}")
             elif spec.format in ("json", "ndjson"):
                 try:
-                    rel = _read_json(con, dataset, [item.path], "array" if spec.format == "json" else "newline_delimited")
+                    rel = _read_json(
+                        con, dataset, [item.path], "array" if spec.format == "json" else "newline_delimited"
+                    )
                     # parse every value of the whole file now (a broken one is refused alone): count(*) alone would
                     # not transform the values, and a duplicate key only shows when they are
                     rel.aggregate(", ".join(["count(*)", *(f"count({_sql_name(c)})" for c in rel.columns)])).fetchall()
                 except PermanentSourceError as exc:
                     if "holds no records" not in str(exc):
-                        raise _Refused(str(exc).removeprefix(f"{dataset}: ").replace(item.path.name, item.delivered.name)) from None
+                        raise _Refused(
+                            str(exc).removeprefix(f"{dataset}: ").replace(item.path.name, item.delivered.name)
+                        ) from None
                     admitted.append(AdmittedFile(item, [], has_rows=False))  # `[]`: delivered, and adds no rows
                     continue
                 except duckdb.Error as exc:
@@ -541,9 +589,12 @@ def _admit(con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, file
                     raise _Refused(f"not a Parquet file: {exc}") from None
             missing = [c for c in required if c not in entry.columns]
             if missing:
-                raise _Refused(f"required column(s) {', '.join(missing)} missing (it has {', '.join(entry.columns)}); "
-                               f"fix the file, or check the delimiter ({spec.delimiter!r})" if spec.format == "csv" else
-                               f"required column(s) {', '.join(missing)} missing (it has {', '.join(entry.columns)}); fix the file")
+                raise _Refused(
+                    f"required column(s) {', '.join(missing)} missing (it has {', '.join(entry.columns)}); "
+                    f"fix the file, or check the delimiter ({spec.delimiter!r})"
+                    if spec.format == "csv"
+                    else f"required column(s) {', '.join(missing)} missing (it has {', '.join(entry.columns)}); fix the file"
+                )
             problem = refused_column_names(entry.columns)
             if problem:
                 raise _Refused(problem)
@@ -568,7 +619,8 @@ def _csv_select(spec: FilesSource, entry: AdmittedFile) -> str:
         f" auto_detect = false, columns = {columns}, delim = {quote_literal(spec.delimiter)}, quote = '\"',"
         f" escape = '\"', nullstr = {nulls}, filename = {quote_literal(FILE_COLUMN)}, store_rejects = true,"
         f" rejects_table = {quote_literal(entry.rejects_table)},"
-        f" rejects_scan = {quote_literal(entry.rejects_table + '_scan')})")
+        f" rejects_scan = {quote_literal(entry.rejects_table + '_scan')})"
+    )
 
 
 def _rejected_rows(con: duckdb.DuckDBPyConnection, entry: AdmittedFile) -> list[tuple[str, str]]:
@@ -577,7 +629,8 @@ def _rejected_rows(con: duckdb.DuckDBPyConnection, entry: AdmittedFile) -> list[
     found = con.execute(
         f"SELECT line, min(line_byte_position), string_agg(DISTINCT CAST(error_type AS VARCHAR), ', '),"
         f" string_agg(DISTINCT error_message, '; '), first(csv_line) FROM {quote_ident(entry.rejects_table)}"
-        " GROUP BY line ORDER BY line").fetchall()
+        " GROUP BY line ORDER BY line"
+    ).fetchall()
     rows = []
     with open(entry.file.path, "rb") as fh:
         for line, position, kinds, messages, text in found:
@@ -589,7 +642,9 @@ def _rejected_rows(con: duckdb.DuckDBPyConnection, entry: AdmittedFile) -> list[
     return rows
 
 
-def _union(con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, admitted: list[AdmittedFile]) -> duckdb.DuckDBPyRelation:
+def _union(
+    con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, admitted: list[AdmittedFile]
+) -> duckdb.DuckDBPyRelation:
     """The admitted files as one relation, columns unified by name, ``_etl_source`` naming each row's file.
 
     Raises:
@@ -601,30 +656,46 @@ def _union(con: duckdb.DuckDBPyConnection, dataset: str, spec: FilesSource, admi
     if not admitted:
         raise PermanentSourceError(
             f"{dataset}: {', '.join(empty)} holds no records (an empty JSON array or no lines), so there are no columns "
-            "to check against the contract; remove the file, or deliver it with its records")
+            "to check against the contract; remove the file, or deliver it with its records"
+        )
     try:
         if spec.format == "csv":
             rel = con.sql(" UNION ALL BY NAME ".join(f"({_csv_select(spec, a)})" for a in admitted))
             rel.limit(1).fetchall()  # bind now: a file DuckDB cannot open fails here, named
             return rel
         names = {a.file.path.name: a.file.delivered.name for a in admitted}
-        source = "CASE parse_filename(" + FILE_COLUMN + ") " + " ".join(
-            f"WHEN {quote_literal(link)} THEN {quote_literal(name)}" for link, name in names.items()) + " END"
+        source = (
+            "CASE parse_filename("
+            + FILE_COLUMN
+            + ") "
+            + " ".join(f"WHEN {quote_literal(link)} THEN {quote_literal(name)}" for link, name in names.items())
+            + " END"
+        )
         paths = [a.file.path for a in admitted]
         if spec.format in ("json", "ndjson"):
             rel = _read_json(con, dataset, paths, "array" if spec.format == "json" else "newline_delimited", source)
         else:
             listed = "[" + ", ".join(quote_literal(escape_glob(str(p))) for p in paths) + "]"
-            rel = con.sql(f"SELECT * FROM read_parquet({listed}, filename = {quote_literal(FILE_COLUMN)},"
-                          " union_by_name = true)")
+            rel = con.sql(
+                f"SELECT * FROM read_parquet({listed}, filename = {quote_literal(FILE_COLUMN)}, union_by_name = true)"
+            )
         return rel.project(f"* EXCLUDE ({FILE_COLUMN}), {source} AS {SOURCE_COLUMN}")
     except duckdb.Error as exc:
         raise PermanentSourceError(
-            f"{dataset}: cannot read {', '.join(a.file.delivered.name for a in admitted)} as {spec.format}: {exc}") from exc
+            f"{dataset}: cannot read {', '.join(a.file.delivered.name for a in admitted)} as {spec.format}: {exc}"
+        ) from exc
 
 
-def _as_stream(con, dataset: str, spec: FilesSource, rel: duckdb.DuckDBPyRelation, files: list, batch_size: int,
-               tail=None, on_close=None) -> pa.RecordBatchReader:
+def _as_stream(
+    con,
+    dataset: str,
+    spec: FilesSource,
+    rel: duckdb.DuckDBPyRelation,
+    files: list,
+    batch_size: int,
+    tail=None,
+    on_close=None,
+) -> pa.RecordBatchReader:
     """``rel`` as an Arrow stream (JSON columns typed ``arrow.json``), then ``tail(schema)``'s batches; parse errors
     found while streaming are permanent and name the files; ``on_close`` runs when the stream ends either way."""
     names = ", ".join(getattr(f, "name", str(f)) for f in files)
@@ -638,7 +709,9 @@ def _as_stream(con, dataset: str, spec: FilesSource, rel: duckdb.DuckDBPyRelatio
             raise PermanentSourceError(f"{dataset}: cannot read {names} as {spec.format}: {exc}") from exc
         raise
     # DuckDB exports JSON as plain strings; the arrow.json type keeps "this held nested values" through the lake.
-    schema = pa.schema([pa.field(f.name, pa.json_(), f.nullable) if f.name in json_columns else f for f in reader.schema])
+    schema = pa.schema(
+        [pa.field(f.name, pa.json_(), f.nullable) if f.name in json_columns else f for f in reader.schema]
+    )
 
     def batches():
         try:
@@ -660,8 +733,13 @@ def _sql_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], fmt: str,
-               source: str = f"parse_filename({FILE_COLUMN})") -> duckdb.DuckDBPyRelation:
+def _read_json(
+    con: duckdb.DuckDBPyConnection,
+    dataset: str,
+    files: list[Path],
+    fmt: str,
+    source: str = f"parse_filename({FILE_COLUMN})",
+) -> duckdb.DuckDBPyRelation:
     """JSON records with every value as delivered: scalars as text, nested values as JSON.
 
     DuckDB's type inference would alter values (a float literal anywhere turns 9007199254740993 into
@@ -686,14 +764,15 @@ def _read_json(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], 
             raise
         return _read_json(con, dataset, with_records, fmt, source)
     names, types = detected.columns, [str(t) for t in detected.types]
-    rel = con.read_json(paths, format=fmt, records="true", columns={n: "JSON" for n in names},
-                        filename=FILE_COLUMN)
+    rel = con.read_json(paths, format=fmt, records="true", columns={n: "JSON" for n in names}, filename=FILE_COLUMN)
     nested = {n for n, t in zip(names, types) if t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION"))}
     mixed = [n for n, t in zip(names, types) if t == "JSON"]
     if mixed:
-        flags = rel.limit(JSON_SAMPLE_RECORDS).aggregate(
-            ", ".join(f"bool_or(json_type({_sql_name(n)}) IN ('OBJECT', 'ARRAY'))" for n in mixed)
-        ).fetchall()[0]
+        flags = (
+            rel.limit(JSON_SAMPLE_RECORDS)
+            .aggregate(", ".join(f"bool_or(json_type({_sql_name(n)}) IN ('OBJECT', 'ARRAY'))" for n in mixed))
+            .fetchall()[0]
+        )
         nested.update(n for n, flag in zip(mixed, flags) if flag)
     out = []
     for name in names:
@@ -722,12 +801,17 @@ def _files_with_records(con: duckdb.DuckDBPyConnection, dataset: str, files: lis
         try:
             con.read_json(escape_glob(str(path)), format=fmt, records="true")
         except duckdb.BinderException:
-            values = con.read_json(escape_glob(str(path)), format=fmt, records="false").aggregate("count(*)").fetchall()[0][0]
+            values = (
+                con.read_json(escape_glob(str(path)), format=fmt, records="false")
+                .aggregate("count(*)")
+                .fetchall()[0][0]
+            )
             (not_records if values else empty).append(path)
     if not_records:
         raise PermanentSourceError(
             f"{dataset}: {', '.join(p.name for p in not_records)} holds JSON values that are not objects; each "
-            + ("element of the array" if fmt == "array" else "line") + ' must be one record like {"id": 1}; fix the file'
+            + ("element of the array" if fmt == "array" else "line")
+            + ' must be one record like {"id": 1}; fix the file'
         )
     rest = [p for p in files if p not in empty]
     if not rest:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -21,12 +21,11 @@ from dagster import ConfigurableResource
 from pydantic import Field, field_validator, model_validator
 
 from etl_assets.errors import EtlError, PermanentSourceError, TransientSourceError
-from etl_assets.redact import ENCODING_HINT, is_clean, redact, url_secrets, userinfo_needs_encoding
 from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.redact import ENCODING_HINT, is_clean, redact, url_secrets, userinfo_needs_encoding
 from etl_assets.settings import current_settings
 from etl_assets.specmodel import SpecFieldError, SpecModel, identifier
 from etl_assets.sqlutil import is_identifier
-
 
 _ALIAS = "src"
 # Session settings that carry a Postgres extract's window bounds (see `_extract_postgres`).
@@ -56,15 +55,20 @@ class SqlSource(SpecModel):
             return value
         parts = value.split(".")
         if len(parts) > 2 or not all(is_identifier(p) for p in parts):
-            raise SpecFieldError("", f"{value!r} is not a table or column name",
-                                 "use a plain name (schema.table for a table in another schema): letters, digits "
-                                 "and underscores only, no spaces or line breaks")
+            raise SpecFieldError(
+                "",
+                f"{value!r} is not a table or column name",
+                "use a plain name (schema.table for a table in another schema): letters, digits "
+                "and underscores only, no spaces or line breaks",
+            )
         return value
 
     @model_validator(mode="after")
     def _table_or_query(self) -> SqlSource:
         if (self.table is None) == (self.query is None):
-            raise SpecFieldError("table", "both or neither of `table` and `query` are set", "give exactly one of `table` or `query`")
+            raise SpecFieldError(
+                "table", "both or neither of `table` and `query` are set", "give exactly one of `table` or `query`"
+            )
         return self
 
 
@@ -75,7 +79,7 @@ def _quote(name: str) -> str:
 def _naive_utc(moment: datetime) -> datetime:
     """``moment`` as naive UTC: SQLite has no time zones, and its timestamps are read as UTC, as Postgres reads a
     ``timestamp`` column in the extract's UTC session. A window in another zone is converted, not relabelled."""
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _text_array(values: tuple) -> pa.Array:
@@ -100,11 +104,16 @@ def _adbc_reader(cursor) -> pa.RecordBatchReader:
 # SQLSTATE classes a retry can cure: connection exception, insufficient resources, operator intervention
 # (admin shutdown, pg_terminate_backend), transaction rollback (serialization failure, deadlock).
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "40")
-_PERMANENT_CONNECT_HINTS = ("does not exist", "authentication failed", "no pg_hba.conf entry", "access denied",
-                            "unknown database")
+_PERMANENT_CONNECT_HINTS = (
+    "does not exist",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "access denied",
+    "unknown database",
+)
 # libpq's words for a connection string it could not parse (it quotes the piece it choked on, which can be part
 # of the password: never repeated)
-_UNPARSABLE_HINTS = ("invalid", "unexpected", "missing \"=\"", "unterminated", "percent-encoded")
+_UNPARSABLE_HINTS = ("invalid", "unexpected", 'missing "="', "unterminated", "percent-encoded")
 
 
 def _url_parts(url: str) -> tuple[str, str]:
@@ -121,11 +130,15 @@ def _url_parts(url: str) -> tuple[str, str]:
 
 def invalid_url_error(connection: str, unparsable: bool = False) -> PermanentSourceError:
     """The error for a connection URL that is invalid; it never quotes the URL or the driver."""
-    what = ("could not be parsed by the driver (its message is not repeated: it can quote a piece of the password); "
-            "check the host, port, database and options, and " if unparsable else
-            "has a user name or password holding characters a URL must carry percent-encoded: ")
+    what = (
+        "could not be parsed by the driver (its message is not repeated: it can quote a piece of the password); "
+        "check the host, port, database and options, and "
+        if unparsable
+        else "has a user name or password holding characters a URL must carry percent-encoded: "
+    )
     return PermanentSourceError(
-        f"{connection}: the connection URL ({connection.upper()}_URL, or the spec's default_url) {what}{ENCODING_HINT}")
+        f"{connection}: the connection URL ({connection.upper()}_URL, or the spec's default_url) {what}{ENCODING_HINT}"
+    )
 
 
 def connect_error(connection: str, url: str, text: str) -> EtlError:
@@ -135,30 +148,38 @@ def connect_error(connection: str, url: str, text: str) -> EtlError:
     prefix = f"{connection}: could not connect to {where}"
     fix = "check the connection URL (<CONNECTION>_URL)"
     if "connection refused" in low:
-        return TransientSourceError(f"{prefix}: connection refused (is the server running and accepting TCP/IP "
-                                    "connections on that host and port?)")
+        return TransientSourceError(
+            f"{prefix}: connection refused (is the server running and accepting TCP/IP "
+            "connections on that host and port?)"
+        )
     if "timeout expired" in low or "timed out" in low:
         return TransientSourceError(f"{prefix}: the connection timed out")
     if "could not translate host name" in low:
-        return TransientSourceError(f"{prefix}: the host name could not be resolved; check the host, and "
-                                    f"{ENCODING_HINT}")
+        return TransientSourceError(
+            f"{prefix}: the host name could not be resolved; check the host, and {ENCODING_HINT}"
+        )
     if "database" in low and "does not exist" in low:
         return PermanentSourceError(f"{prefix}: the database does not exist; {fix}")
     if "role" in low and "does not exist" in low:
         return PermanentSourceError(f"{prefix}: the role {user!r} does not exist; {fix}")
     if "authentication failed" in low:
-        return PermanentSourceError(f"{prefix}: authentication failed for user {user!r}; check the user name and "
-                                    f"password in the connection URL, and {ENCODING_HINT}")
+        return PermanentSourceError(
+            f"{prefix}: authentication failed for user {user!r}; check the user name and "
+            f"password in the connection URL, and {ENCODING_HINT}"
+        )
     if "no pg_hba.conf entry" in low:
-        return PermanentSourceError(f"{prefix}: the server's pg_hba.conf admits no connection for user {user!r} from "
-                                    "this host to this database")
+        return PermanentSourceError(
+            f"{prefix}: the server's pg_hba.conf admits no connection for user {user!r} from this host to this database"
+        )
     if "too many" in low or "starting up" in low or "shutting down" in low or "recovery mode" in low:
-        return TransientSourceError(f"{prefix}: the server is not taking connections now (too many clients, "
-                                    "starting up or shutting down)")
+        return TransientSourceError(
+            f"{prefix}: the server is not taking connections now (too many clients, starting up or shutting down)"
+        )
     if any(hint in low for hint in _UNPARSABLE_HINTS):
         return invalid_url_error(connection, unparsable=True)
-    return TransientSourceError(f"{prefix} (the driver's message is not repeated: it can quote the connection URL); "
-                                f"{fix}")
+    return TransientSourceError(
+        f"{prefix} (the driver's message is not repeated: it can quote the connection URL); {fix}"
+    )
 
 
 def _safe_cause(exc: BaseException, url: str) -> BaseException | None:
@@ -179,8 +200,15 @@ def _source_error(connection: str, exc: Exception, when: str, url: str = "") -> 
     prefix = f"{connection}: " + (f"{when}: " if when else "")
     if sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES:
         return TransientSourceError(f"{prefix}{message}")
-    if isinstance(exc, (adbc_driver_manager.ProgrammingError, adbc_driver_manager.DataError,
-                        adbc_driver_manager.IntegrityError, adbc_driver_manager.NotSupportedError)):
+    if isinstance(
+        exc,
+        (
+            adbc_driver_manager.ProgrammingError,
+            adbc_driver_manager.DataError,
+            adbc_driver_manager.IntegrityError,
+            adbc_driver_manager.NotSupportedError,
+        ),
+    ):
         return PermanentSourceError(f"{prefix}{message}; check `table`, `query` and `incremental_column`")
     if isinstance(exc, adbc_driver_manager.OperationalError) and any(h in text for h in _PERMANENT_CONNECT_HINTS):
         return PermanentSourceError(f"{prefix}{message}; check the connection URL (<CONNECTION>_URL)")
@@ -320,7 +348,9 @@ class SqlDatabaseSource(ConfigurableResource):
         if url.startswith("sqlite:///"):
             path = url.removeprefix("sqlite:///")
             if not os.path.exists(path):
-                raise PermanentSourceError(f"{self.connection}: SQLite database {path} does not exist; run `etl-assets demo generate` or fix the URL")
+                raise PermanentSourceError(
+                    f"{self.connection}: SQLite database {path} does not exist; run `etl-assets demo generate` or fix the URL"
+                )
         secrets = url_secrets(url)
         scheme = url.split(":", 1)[0]
         # None of these is chained: SQLAlchemy's URL errors quote the URL, a driver's may quote a piece of it.
@@ -329,11 +359,13 @@ class SqlDatabaseSource(ConfigurableResource):
         except sa.exc.NoSuchModuleError:
             raise PermanentSourceError(
                 f"{self.connection}: SQLAlchemy has no dialect for the URL scheme {redact(scheme)!r}; install the "
-                "dialect's package or fix the connection URL (<CONNECTION>_URL)") from None
+                "dialect's package or fix the connection URL (<CONNECTION>_URL)"
+            ) from None
         except ImportError as exc:
             raise PermanentSourceError(
                 f"{self.connection}: the database driver for {redact(scheme)!r} is not installed (module "
-                f"{exc.name or '?'}); install it") from None
+                f"{exc.name or '?'}); install it"
+            ) from None
         except (sa.exc.ArgumentError, ValueError, TypeError):
             raise invalid_url_error(self.connection, unparsable=True) from None
         query = sa.text(self.build_query(spec, window, "named"))
@@ -344,8 +376,11 @@ class SqlDatabaseSource(ConfigurableResource):
             engine.dispose()
             user, where = _url_parts(url)
             message = redact(str(exc.orig), secrets)
-            error = PermanentSourceError if any(h in message.lower() for h in _PERMANENT_CONNECT_HINTS) \
+            error = (
+                PermanentSourceError
+                if any(h in message.lower() for h in _PERMANENT_CONNECT_HINTS)
                 else TransientSourceError
+            )
             raise error(f"{self.connection}: could not connect to {where}: {message}") from None
         try:
             result = conn.execution_options(stream_results=True).execute(query, params)

@@ -29,8 +29,8 @@ import os
 import random
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +101,9 @@ class DuckDBWarehouse(ConfigurableResource):
 
     @contextmanager
     def connect(
-        self, read_only: bool = False, lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+        self,
+        read_only: bool = False,
+        lock_wait_seconds: float = LOCK_WAIT_SECONDS,
         on_wait: Callable[[], None] | None = None,
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open the warehouse. Writers must hold the ``duckdb_warehouse`` pool slot (assets declare it).
@@ -124,7 +126,10 @@ class DuckDBWarehouse(ConfigurableResource):
         return self.replace_partitions([(schema, table, source)], partition, run_id)[0]
 
     def replace_partitions(
-        self, tables: list[tuple[str, str, LakeTable]], partition: str, run_id: str,
+        self,
+        tables: list[tuple[str, str, LakeTable]],
+        partition: str,
+        run_id: str,
         verify: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
         guards: dict[str, RowGuard] | None = None,
     ) -> list[LoadResult]:
@@ -146,8 +151,10 @@ class DuckDBWarehouse(ConfigurableResource):
         path = self.db_path()
 
         def waiting() -> None:
-            get_dagster_logger().warning(f"{names} partition {partition}: waiting for another process to release the"
-                                         f" warehouse {path} (DuckDB's single-writer file lock)")
+            get_dagster_logger().warning(
+                f"{names} partition {partition}: waiting for another process to release the"
+                f" warehouse {path} (DuckDB's single-writer file lock)"
+            )
 
         with _process_write_lock(path), self.connect(on_wait=waiting) as con:
             # rows of a partition have no order in the warehouse; not keeping the source's lets DuckDB insert in
@@ -177,7 +184,8 @@ class DuckDBWarehouse(ConfigurableResource):
         """Rows of ``partition`` in the table (0 when the table does not exist)."""
         with self.connect(read_only=True) as con:
             exists = con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                [schema, table],
             ).fetchall()[0][0]
             if not exists:
                 return 0
@@ -199,8 +207,15 @@ def _process_write_lock(path: Path) -> threading.Lock:
         return _PROCESS_WRITE_LOCKS.setdefault(str(path), threading.Lock())
 
 
-def _replace_in(con: duckdb.DuckDBPyConnection, schema: str, table: str, source: LakeTable, partition: str,
-                run_id: str, guard: RowGuard | None = None) -> tuple[int, int]:
+def _replace_in(
+    con: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    source: LakeTable,
+    partition: str,
+    run_id: str,
+    guard: RowGuard | None = None,
+) -> tuple[int, int]:
     """Inside an open transaction: create or widen ``schema.table`` for ``source``, delete ``partition``'s rows,
     insert ``source``'s (each meeting ``guard``, when given). Returns the partition's rows after, and the rows it
     replaced."""
@@ -218,10 +233,13 @@ def _replace_in(con: duckdb.DuckDBPyConnection, schema: str, table: str, source:
         f" CAST(NULL AS VARCHAR) AS {RUN_COLUMN}, CAST(NULL AS TIMESTAMPTZ) AS {LOADED_AT_COLUMN}"
         f" FROM {_SOURCE_VIEW} LIMIT 0"
     )
-    existing = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-        [schema, table],
-    ).fetchall()}
+    existing = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            [schema, table],
+        ).fetchall()
+    }
     for name, type_name in incoming:
         if name not in existing:
             con.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {type_name}")
@@ -253,12 +271,14 @@ def _test_pause(table: str, partition: str, moment: str) -> None:
         return
     seconds = float(value)
     get_dagster_logger().warning(
-        f"{TEST_PAUSE_IN_LOAD_ENV}: {table} partition {partition} written, pausing {seconds:g}s {moment}")
+        f"{TEST_PAUSE_IN_LOAD_ENV}: {table} partition {partition} written, pausing {seconds:g}s {moment}"
+    )
     pause_for_test(seconds)
 
 
-def _open_waiting_for_lock(path: str, read_only: bool, wait_seconds: float,
-                           on_wait: Callable[[], None] | None = None) -> duckdb.DuckDBPyConnection:
+def _open_waiting_for_lock(
+    path: str, read_only: bool, wait_seconds: float, on_wait: Callable[[], None] | None = None
+) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, retrying with jittered backoff while another process holds DuckDB's file lock; the lock
     error is raised once ``wait_seconds`` have passed. ``on_wait`` is called once, when the first attempt finds the
     file locked."""
@@ -314,8 +334,11 @@ def pg_lock_key(*names: str) -> int:
 
 def _pg_columns(cur, schema: str, table: str) -> set[str] | None:
     """The columns of ``schema.table`` (None when there is no such table), as the latest committed catalog says."""
-    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))"
-                " AND attnum > 0 AND NOT attisdropped", [schema, table])
+    cur.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))"
+        " AND attnum > 0 AND NOT attisdropped",
+        [schema, table],
+    )
     return {r[0] for r in cur.fetchall()} or None
 
 
@@ -371,9 +394,11 @@ class PostgresTarget(ConfigurableResource):
         columns = [f.name for f in arrow_schema] + [PARTITION_COLUMN, RUN_COLUMN]
         with self._connect() as conn, conn.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")
-            cur.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false),"
-                        " set_config('lock_timeout', %s, false)",
-                        [f"{self.idle_in_transaction_timeout_seconds}s", f"{self.lock_timeout_seconds}s"])
+            cur.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false),"
+                " set_config('lock_timeout', %s, false)",
+                [f"{self.idle_in_transaction_timeout_seconds}s", f"{self.lock_timeout_seconds}s"],
+            )
             # DDL in a short transaction of its own (with the session settings): the schema, and the columns an
             # existing table lacks
             cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema])
@@ -386,24 +411,32 @@ class PostgresTarget(ConfigurableResource):
             try:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", [pg_lock_key("partition", schema, table, partition)])
             except psycopg.errors.LockNotAvailable as exc:
-                exc.add_note(f"another load of {schema}.{table} partition {partition} held the partition's lock for "
-                             f"more than lock_timeout_seconds={self.lock_timeout_seconds}")
+                exc.add_note(
+                    f"another load of {schema}.{table} partition {partition} held the partition's lock for "
+                    f"more than lock_timeout_seconds={self.lock_timeout_seconds}"
+                )
                 raise
             # a new table is created here, so that a first load that fails leaves none (a concurrent first load of
             # another partition waits for this one's COMMIT on the table's lock, then finds the table)
             if not complete:
                 _ensure_pg_table(cur, schema, table, arrow_schema, create=True)
-            cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(ident, sql.Identifier(PARTITION_COLUMN)), [partition])
+            cur.execute(
+                sql.SQL("DELETE FROM {} WHERE {} = %s").format(ident, sql.Identifier(PARTITION_COLUMN)), [partition]
+            )
             replaced = cur.rowcount
             copy_stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
-                ident, sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+                ident, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+            )
             rows = 0
             with cur.copy(copy_stmt) as copy:
                 for batch in source.arrow_reader():
                     if batch.num_rows == 0:
                         continue
                     batch = _conform(batch, arrow_schema)
-                    extra = [pa.array([partition] * batch.num_rows, pa.string()), pa.array([run_id] * batch.num_rows, pa.string())]
+                    extra = [
+                        pa.array([partition] * batch.num_rows, pa.string()),
+                        pa.array([run_id] * batch.num_rows, pa.string()),
+                    ]
                     out = pa.RecordBatch.from_arrays([*batch.columns, *extra], names=columns)
                     buf = io.BytesIO()
                     pacsv.write_csv(out, buf, pacsv.WriteOptions(include_header=False))
@@ -441,8 +474,11 @@ def _ensure_pg_table(cur, schema: str, table: str, arrow_schema: pa.Schema, crea
         return True
     for field in arrow_schema:
         if field.name not in existing:
-            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                ident, sql.Identifier(field.name), sql.SQL(_pg_type(field.type))))
+            cur.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    ident, sql.Identifier(field.name), sql.SQL(_pg_type(field.type))
+                )
+            )
     return True
 
 

@@ -23,9 +23,16 @@ from etl_assets.sqlutil import quote_ident
 Window = tuple[datetime, datetime]
 
 
-def extract(spec: PipelineSpec, source: RestApiSource | SqlDatabaseSource | LandingFilesSource, partition: str | None,
-            window: Window | None, *, lake: LakeStorage, log: logging.Logger | logging.LoggerAdapter,
-            own_file: str | None = None) -> LakeStream:
+def extract(
+    spec: PipelineSpec,
+    source: RestApiSource | SqlDatabaseSource | LandingFilesSource,
+    partition: str | None,
+    window: Window | None,
+    *,
+    lake: LakeStorage,
+    log: logging.Logger | logging.LoggerAdapter,
+    own_file: str | None = None,
+) -> LakeStream:
     """Read ``partition`` of ``spec``'s source.
 
     Args:
@@ -54,7 +61,9 @@ def extract_api(spec: PipelineSpec, api: RestApiSource, window: Window | None) -
     pages = api.extract(spec.source, columns, window=window, stats=stats)
     first = next(pages, None)
     if first is None:
-        first = pa.RecordBatch.from_pylist([], schema=pa.schema([pa.field(c, pa.string()) for c in [*columns, "_etl_source"]]))
+        first = pa.RecordBatch.from_pylist(
+            [], schema=pa.schema([pa.field(c, pa.string()) for c in [*columns, "_etl_source"]])
+        )
     schema = first.schema
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -62,15 +71,18 @@ def extract_api(spec: PipelineSpec, api: RestApiSource, window: Window | None) -
         yield from pages
 
     reader = pa.RecordBatchReader.from_batches(schema, conforming(schema, batches(), spec.name))
-    return LakeStream(reader, lambda: {
-        "pages": stats.pages,
-        "records_extracted": stats.records,
-        "request_retries": stats.retries,
-        "retry_reasons": MetadataValue.json(stats.retry_reasons),
-        "source_position": stats.max_watermark or "",
-        "extract_seconds": round(time.perf_counter() - started, 3),
-        "base_url": api.display_url(),
-    })
+    return LakeStream(
+        reader,
+        lambda: {
+            "pages": stats.pages,
+            "records_extracted": stats.records,
+            "request_retries": stats.retries,
+            "retry_reasons": MetadataValue.json(stats.retry_reasons),
+            "source_position": stats.max_watermark or "",
+            "extract_seconds": round(time.perf_counter() - started, 3),
+            "base_url": api.display_url(),
+        },
+    )
 
 
 def extract_sql(spec: PipelineSpec, db: SqlDatabaseSource, window: Window | None) -> LakeStream:
@@ -78,40 +90,65 @@ def extract_sql(spec: PipelineSpec, db: SqlDatabaseSource, window: Window | None
     started = time.perf_counter()
     src = spec.source
     reader = db.extract(src, window=window)
-    return LakeStream(reader, lambda: {
-        "source_position": f"{src.table or 'query'} window {window[0].isoformat()}..{window[1].isoformat()}" if window else (src.table or "query"),
-        "extract_seconds": round(time.perf_counter() - started, 3),
-        "fast_path": "adbc" if db.is_postgres() else "sqlalchemy",
-    })
+    return LakeStream(
+        reader,
+        lambda: {
+            "source_position": f"{src.table or 'query'} window {window[0].isoformat()}..{window[1].isoformat()}"
+            if window
+            else (src.table or "query"),
+            "extract_seconds": round(time.perf_counter() - started, 3),
+            "fast_path": "adbc" if db.is_postgres() else "sqlalchemy",
+        },
+    )
 
 
-def extract_files(spec: PipelineSpec, landing: LandingFilesSource, partition: str | None, *, lake: LakeStorage,
-                  log: logging.Logger | logging.LoggerAdapter, own_file: str | None = None) -> LakeStream:
+def extract_files(
+    spec: PipelineSpec,
+    landing: LandingFilesSource,
+    partition: str | None,
+    *,
+    lake: LakeStorage,
+    log: logging.Logger | logging.LoggerAdapter,
+    own_file: str | None = None,
+) -> LakeStream:
     """The landing files of the partition (refused ones moved to the landing quarantine, each logged)."""
     started = time.perf_counter()
     con = duckdb_connection()
-    read = landing.open_partition(con, spec.name, spec.source, partition, required=[c.name for c in spec.columns if not c.nullable],
-                                  own_file=own_file)
+    read = landing.open_partition(
+        con,
+        spec.name,
+        spec.source,
+        partition,
+        required=[c.name for c in spec.columns if not c.nullable],
+        own_file=own_file,
+    )
     for refusal in read.moved:
-        log.warning(f"{spec.name}: {refusal.file.delivered.name} refused and moved to landing quarantine: {refusal.reason}")
+        log.warning(
+            f"{spec.name}: {refusal.file.delivered.name} refused and moved to landing quarantine: {refusal.reason}"
+        )
     for refusal in read.skipped:
         log.warning(f"{spec.name}: {refusal.file.delivered.name} left out (its own run judges it): {refusal.reason}")
     gone = sources_no_longer_delivered(lake, spec, partition, read)
     if gone:
-        log.warning(f"{spec.name}: the partition's raw data held rows of {', '.join(gone)}, which is no longer "
-                    "in landing or the archive (expired by retention.archive_days, or removed); its rows "
-                    "are not in the new raw partition")
+        log.warning(
+            f"{spec.name}: the partition's raw data held rows of {', '.join(gone)}, which is no longer "
+            "in landing or the archive (expired by retention.archive_days, or removed); its rows "
+            "are not in the new raw partition"
+        )
     reader = read.stream()
-    return LakeStream(reader, lambda: {
-        "source_position": MetadataValue.json([f.name for f in read.files]),
-        "files_no_longer_delivered": MetadataValue.json(gone),
-        "files": len(read.files),
-        "files_archived": sum(f.archived for f in read.files),
-        "files_refused": MetadataValue.json({r.file.delivered.name: r.reason for r in read.moved}),
-        "files_left_out": MetadataValue.json({r.file.delivered.name: r.reason for r in read.skipped}),
-        "malformed_rows": read.malformed_rows,
-        "extract_seconds": round(time.perf_counter() - started, 3),
-    })
+    return LakeStream(
+        reader,
+        lambda: {
+            "source_position": MetadataValue.json([f.name for f in read.files]),
+            "files_no_longer_delivered": MetadataValue.json(gone),
+            "files": len(read.files),
+            "files_archived": sum(f.archived for f in read.files),
+            "files_refused": MetadataValue.json({r.file.delivered.name: r.reason for r in read.moved}),
+            "files_left_out": MetadataValue.json({r.file.delivered.name: r.reason for r in read.skipped}),
+            "malformed_rows": read.malformed_rows,
+            "extract_seconds": round(time.perf_counter() - started, 3),
+        },
+    )
 
 
 def conforming(schema: pa.Schema, batches: Iterator[pa.RecordBatch], dataset: str) -> Iterator[pa.RecordBatch]:
@@ -127,17 +164,24 @@ def conforming(schema: pa.Schema, batches: Iterator[pa.RecordBatch], dataset: st
                 f"{dataset}: page {index + 1} has new column(s) {extra} not in earlier pages; "
                 "re-run so the raw schema includes them, or declare them in the spec"
             )
-        arrays = [batch.column(f.name) if f.name in batch.schema.names else pa.nulls(batch.num_rows, f.type) for f in schema]
+        arrays = [
+            batch.column(f.name) if f.name in batch.schema.names else pa.nulls(batch.num_rows, f.type) for f in schema
+        ]
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def sources_no_longer_delivered(lake: LakeStorage, spec: PipelineSpec, partition: str | None,
-                                read: PartitionRead) -> list[str]:
+def sources_no_longer_delivered(
+    lake: LakeStorage, spec: PipelineSpec, partition: str | None, read: PartitionRead
+) -> list[str]:
     """Files whose rows the partition's current raw data holds but that are among its inputs no more."""
     stored = lake.stored_path(raw_key(spec.name).path, partition)
     if stored is None or stored.name.endswith(".view.json"):
         return []
     with duckdb_connection() as con:
-        before = {r[0] for r in con.execute(
-            f"SELECT DISTINCT {quote_ident(SOURCE_COLUMN)} FROM read_parquet(?)", [str(stored)]).fetchall()}
+        before = {
+            r[0]
+            for r in con.execute(
+                f"SELECT DISTINCT {quote_ident(SOURCE_COLUMN)} FROM read_parquet(?)", [str(stored)]
+            ).fetchall()
+        }
     return sorted(before - {f.name for f in read.files} - {None})

@@ -53,13 +53,18 @@ class LoadContract:
         seconds = 0.0
         if spec.primary_key:
             literal = quote_literal(partition)
-            con.execute(f"CREATE OR REPLACE TEMP VIEW __etl_loaded AS SELECT * FROM {qualified(spec.domain, spec.name)}"
-                        f" WHERE {PARTITION_COLUMN} = {literal}")
-            con.execute(f"CREATE OR REPLACE TEMP VIEW __etl_loaded_quarantine AS SELECT * FROM"
-                        f" {qualified(QUARANTINE_SCHEMA, spec.name)} WHERE {PARTITION_COLUMN} = {literal}")
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW __etl_loaded AS SELECT * FROM {qualified(spec.domain, spec.name)}"
+                f" WHERE {PARTITION_COLUMN} = {literal}"
+            )
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW __etl_loaded_quarantine AS SELECT * FROM"
+                f" {qualified(QUARANTINE_SCHEMA, spec.name)} WHERE {PARTITION_COLUMN} = {literal}"
+            )
             started = time.perf_counter()
             found[validation.DUPLICATE_KEY] = validation.loaded_duplicate_keys(
-                con, spec.columns, spec.primary_key, "__etl_loaded", "__etl_loaded_quarantine")
+                con, spec.columns, spec.primary_key, "__etl_loaded", "__etl_loaded_quarantine"
+            )
             seconds = time.perf_counter() - started
         if any(found.values()):
             raise self.broken(partition, found)
@@ -76,18 +81,22 @@ class LoadContract:
             if spec.primary_key:
                 con.register("__etl_loading_quarantine", quarantined.relation(con))
                 found[validation.DUPLICATE_KEY] = validation.loaded_duplicate_keys(
-                    con, spec.columns, spec.primary_key, "__etl_loading", "__etl_loading_quarantine")
+                    con, spec.columns, spec.primary_key, "__etl_loading", "__etl_loading_quarantine"
+                )
         finally:
             con.close()
         return self.broken(partition, found)
 
     def broken(self, partition: str, found: dict[str, int]) -> ContractError:
         """The error naming the rules the rows being loaded broke, and how many rows broke each."""
-        broken = ", ".join(f"{rule}: {n}" for rule, n in sorted(found.items()) if n) or "a row refused by the load's guard"
+        broken = (
+            ", ".join(f"{rule}: {n}" for rule, n in sorted(found.items()) if n) or "a row refused by the load's guard"
+        )
         return ContractError(
             f"{self.table} partition {partition}: the rows being loaded break the contract ({broken}); the load was "
             "rolled back and the warehouse keeps its previous rows. The clean data in the lake does not match its "
-            f"validation: re-run validate_{self.spec.name} for this partition")
+            f"validation: re-run validate_{self.spec.name} for this partition"
+        )
 
 
 @dataclass
@@ -112,9 +121,15 @@ class PartitionLoad:
     check_seconds: float = 0.0
 
 
-def load_partition(spec: PipelineSpec, target: DuckDBWarehouse | PostgresTarget, data: LakeTable, partition: str,
-                   run_id: str, quarantined: LakeTable | None = None,
-                   contract: LoadContract | None = None) -> PartitionLoad:
+def load_partition(
+    spec: PipelineSpec,
+    target: DuckDBWarehouse | PostgresTarget,
+    data: LakeTable,
+    partition: str,
+    run_id: str,
+    quarantined: LakeTable | None = None,
+    contract: LoadContract | None = None,
+) -> PartitionLoad:
     """Replace ``partition`` of table ``<domain>.<name>`` with the lake's ``data``.
 
     Args:
@@ -128,8 +143,13 @@ def load_partition(spec: PipelineSpec, target: DuckDBWarehouse | PostgresTarget,
     """
     if quarantined is None:
         result = target.replace_partition(spec.domain, spec.name, data, partition, run_id)
-        return PartitionLoad(partition=partition, rows=result.rows, rows_expected=data.num_rows,
-                             rows_replaced=result.rows_replaced, seconds=result.seconds)
+        return PartitionLoad(
+            partition=partition,
+            rows=result.rows,
+            rows_expected=data.num_rows,
+            rows_replaced=result.rows_replaced,
+            seconds=result.seconds,
+        )
     contract = contract or LoadContract(spec)
     checked: dict[str, int] = {}
     check_seconds = [0.0]
@@ -142,10 +162,21 @@ def load_partition(spec: PipelineSpec, target: DuckDBWarehouse | PostgresTarget,
     with no_retry_for_permanent_errors():  # a contract mismatch is not fixed by loading again
         try:
             result, q_result = target.replace_partitions(
-                [(spec.domain, spec.name, data), (QUARANTINE_SCHEMA, spec.name, quarantined)], partition, run_id,
-                guards=contract.guards, verify=verify)
+                [(spec.domain, spec.name, data), (QUARANTINE_SCHEMA, spec.name, quarantined)],
+                partition,
+                run_id,
+                guards=contract.guards,
+                verify=verify,
+            )
         except GuardTripped:
             raise contract.refused(data, quarantined, partition) from None
-    return PartitionLoad(partition=partition, rows=result.rows, rows_expected=data.num_rows,
-                         rows_replaced=result.rows_replaced, seconds=result.seconds, quarantine_rows=q_result.rows,
-                         violations=checked, check_seconds=check_seconds[0])
+    return PartitionLoad(
+        partition=partition,
+        rows=result.rows,
+        rows_expected=data.num_rows,
+        rows_replaced=result.rows_replaced,
+        seconds=result.seconds,
+        quarantine_rows=q_result.rows,
+        violations=checked,
+        check_seconds=check_seconds[0],
+    )

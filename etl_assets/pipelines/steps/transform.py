@@ -13,8 +13,13 @@ from etl_assets.pipelines.spec import LoadedSpec
 from etl_assets.settings import duckdb_connection
 
 
-def transform(loaded: LoadedSpec, sql_text: str, tables: dict[str, LakeTable], window: tuple[datetime, datetime] | None,
-              lake_root: Path) -> duckdb.DuckDBPyRelation:
+def transform(
+    loaded: LoadedSpec,
+    sql_text: str,
+    tables: dict[str, LakeTable],
+    window: tuple[datetime, datetime] | None,
+    lake_root: Path,
+) -> duckdb.DuckDBPyRelation:
     """Run the transform's SQL, each input registered as a view of its name, on a connection that may read only
     ``lake_root``.
 
@@ -38,7 +43,9 @@ def transform(loaded: LoadedSpec, sql_text: str, tables: dict[str, LakeTable], w
     params = {}
     if "$partition_start" in sql_text or "$partition_end" in sql_text:
         if window is None:
-            raise ContractError(f"{loaded.path}: the SQL uses $partition_start/$partition_end but {spec.name} is unpartitioned")
+            raise ContractError(
+                f"{loaded.path}: the SQL uses $partition_start/$partition_end but {spec.name} is unpartitioned"
+            )
         params = {"partition_start": window[0], "partition_end": window[1]}
     try:
         return con.sql(sql_text, params=params or None)
@@ -47,10 +54,12 @@ def transform(loaded: LoadedSpec, sql_text: str, tables: dict[str, LakeTable], w
         # and a setting that would turn external access back on with an InvalidInputException naming it
         message = str(exc)
         if isinstance(exc, duckdb.PermissionException) or any(
-                words in message for words in ("external access", "enable_external_access")):
+            words in message for words in ("external access", "enable_external_access")
+        ):
             inputs = ", ".join(spec.transform.inputs)
             raise PermanentSourceError(
                 f"transform {spec.name} ({spec.transform.sql}) was refused access outside the lake: {message}. "
                 f"Transform SQL may only read its inputs ({inputs}, registered as views of those names) and cannot "
-                "read or write files, URLs, databases or extensions: remove that access from the SQL") from exc
+                "read or write files, URLs, databases or extensions: remove that access from the SQL"
+            ) from exc
         raise

@@ -36,9 +36,14 @@ def untimed(label: str) -> AbstractContextManager:
 def contract_families(spec: PipelineSpec) -> dict[str, str]:
     """Check families the contract generates, with their severity (ERROR when any rule in the family is)."""
     column = validation.partition_window_column(spec)
-    rules, _ = validation.contract_rules(spec.columns, spec.primary_key, [c.name for c in spec.columns], True,
-                                         targets=spec.targets,
-                                         window=validation.PartitionWindow(column) if column else None)
+    rules, _ = validation.contract_rules(
+        spec.columns,
+        spec.primary_key,
+        [c.name for c in spec.columns],
+        True,
+        targets=spec.targets,
+        window=validation.PartitionWindow(column) if column else None,
+    )
     families: dict[str, str] = {}
     for rule in rules:
         families[rule.family] = "ERROR" if "ERROR" in (rule.severity, families.get(rule.family)) else "WARN"
@@ -107,9 +112,17 @@ class OutputsChecked:
     missing_optional_columns: list[str]
 
 
-def validate_batch(con: duckdb.DuckDBPyConnection, spec: PipelineSpec, raw: LakeTable, partition: str, *,
-                   lake: LakeStorage, window: tuple[datetime, datetime] | None, run_id: str,
-                   phase: Phase = untimed) -> ValidatedBatch:
+def validate_batch(
+    con: duckdb.DuckDBPyConnection,
+    spec: PipelineSpec,
+    raw: LakeTable,
+    partition: str,
+    *,
+    lake: LakeStorage,
+    window: tuple[datetime, datetime] | None,
+    run_id: str,
+    phase: Phase = untimed,
+) -> ValidatedBatch:
     """Judge one raw partition by ``spec``'s contract, on ``con`` (which must stay open until the outputs are stored).
 
     Args:
@@ -157,32 +170,62 @@ def validate_batch(con: duckdb.DuckDBPyConnection, spec: PipelineSpec, raw: Lake
         others = overlapping_partitions(con, lake.table(ck.path, others), spec, low, high, unreadable)
     if others:
         con.register("__etl_other_clean", lake.table(ck.path, others).relation(con))
-        con.execute(f"CREATE TEMP TABLE {validation.OTHER_BATCHES} AS "
-                    + validation.other_batch_keys_sql(spec.primary_key, "__etl_other_clean"), [low, high])
+        con.execute(
+            f"CREATE TEMP TABLE {validation.OTHER_BATCHES} AS "
+            + validation.other_batch_keys_sql(spec.primary_key, "__etl_other_clean"),
+            [low, high],
+        )
     bounds = None
     window_column = validation.partition_window_column(spec)
     if window_column is not None and window is not None:
         # records whose time lies outside this partition's window break out_of_window (bind parameters)
         bounds = validation.PartitionWindow(window_column, window[0], window[1])
-    rules, params = validation.contract_rules(spec.columns, spec.primary_key, raw_columns, bool(others),
-                                              targets=spec.targets, raw_types=raw_types, window=bounds)
+    rules, params = validation.contract_rules(
+        spec.columns,
+        spec.primary_key,
+        raw_columns,
+        bool(others),
+        targets=spec.targets,
+        raw_types=raw_types,
+        window=bounds,
+    )
     for label, statement in validation.batch_statements(spec.columns, spec.primary_key, rules, raw_columns, raw_types):
         with phase(label):
             con.execute(statement, validation.params_for(statement, params))
-    rows_bad = con.sql(f"SELECT count(*) FROM {validation.FLAGGED} WHERE len({validation.ERRORS_COLUMN}) > 0").fetchall()[0][0]
+    rows_bad = con.sql(
+        f"SELECT count(*) FROM {validation.FLAGGED} WHERE len({validation.ERRORS_COLUMN}) > 0"
+    ).fetchall()[0][0]
     with phase("rule counts (from the flagged rows)"):
         counts: dict[str, int] = dict(con.sql(validation.rule_counts_sql()).fetchall())
     validate_seconds = time.perf_counter() - started
-    valid = LakeView(source=raw.paths[0], select=validation.clean_select(spec.columns, raw_columns, raw_types),
-                     excluded=con.sql(validation.quarantined_positions_sql()), stats=stats)
+    valid = LakeView(
+        source=raw.paths[0],
+        select=validation.clean_select(spec.columns, raw_columns, raw_types),
+        excluded=con.sql(validation.quarantined_positions_sql()),
+        stats=stats,
+    )
     quarantined = con.sql(validation.quarantine_sql(raw_columns), params={"run_id": run_id, "partition": partition})
-    return ValidatedBatch(valid=valid, quarantined=quarantined, rules=rules, raw_columns=raw_columns,
-                          rows_in=raw.num_rows, rows_quarantined=rows_bad, rule_violations=counts,
-                          validate_seconds=validate_seconds, partitions_not_compared=sorted(unreadable))
+    return ValidatedBatch(
+        valid=valid,
+        quarantined=quarantined,
+        rules=rules,
+        raw_columns=raw_columns,
+        rows_in=raw.num_rows,
+        rows_quarantined=rows_bad,
+        rule_violations=counts,
+        validate_seconds=validate_seconds,
+        partitions_not_compared=sorted(unreadable),
+    )
 
 
-def check_outputs(con: duckdb.DuckDBPyConnection, spec: PipelineSpec, batch: ValidatedBatch, clean: LakeTable,
-                  quarantine: LakeTable, phase: Phase = untimed) -> OutputsChecked:
+def check_outputs(
+    con: duckdb.DuckDBPyConnection,
+    spec: PipelineSpec,
+    batch: ValidatedBatch,
+    clean: LakeTable,
+    quarantine: LakeTable,
+    phase: Phase = untimed,
+) -> OutputsChecked:
     """The checks' figures over the batch's outputs as stored (``clean`` and ``quarantine``), on the connection
     :func:`validate_batch` judged it on."""
     # rows breaking an ERROR rule that the clean view as written does not leave out (the loads re-check the contract
@@ -201,16 +244,28 @@ def check_outputs(con: duckdb.DuckDBPyConnection, spec: PipelineSpec, batch: Val
         failing = [n for n in names if flagged[n]]
         sample = "(none)"
         if failing:
-            where = " OR ".join(f"list_contains({validation.ERRORS_COLUMN}, ?) OR list_contains({validation.WARNINGS_COLUMN}, ?)"
-                                for _ in failing)
+            where = " OR ".join(
+                f"list_contains({validation.ERRORS_COLUMN}, ?) OR list_contains({validation.WARNINGS_COLUMN}, ?)"
+                for _ in failing
+            )
             with phase(f"sample: {family}"):
                 sample = _sample(con, where, [n for n in failing for _ in (0, 1)])
-        families.append(FamilyOutcome(name=family, severity=severity, passed=passed, failing_rows=sum(flagged.values()),
-                                      by_rule=flagged, reached_clean=sum(in_clean.get(n, 0) for n in names),
-                                      sample=sample))
+        families.append(
+            FamilyOutcome(
+                name=family,
+                severity=severity,
+                passed=passed,
+                failing_rows=sum(flagged.values()),
+                by_rule=flagged,
+                reached_clean=sum(in_clean.get(n, 0) for n in names),
+                sample=sample,
+            )
+        )
     contract = {c.name for c in spec.columns}
     return OutputsChecked(
-        clean_rows=clean.num_rows, quarantine_rows=quarantine.num_rows, families=families,
+        clean_rows=clean.num_rows,
+        quarantine_rows=quarantine.num_rows,
+        families=families,
         new_columns=[c for c in batch.raw_columns if c not in contract and not c.startswith("_etl_")],
         missing_optional_columns=[c for c in contract if c not in batch.raw_columns],
     )
@@ -220,8 +275,11 @@ def _sample(con: duckdb.DuckDBPyConnection, where: str, params: list | None = No
     """The first failing rows (values as delivered and ``_etl_errors``) from the flagged rows of the batch, as a
     Markdown table, or ``(none)``."""
     row = f'"{validation.ROW_COLUMN}"'
-    sample = con.sql(f"SELECT * EXCLUDE ({validation.WARNINGS_COLUMN}, {row}) FROM {validation.FLAGGED}"
-                     f" WHERE {where} ORDER BY {row} LIMIT {SAMPLE_ROWS}", params=params)
+    sample = con.sql(
+        f"SELECT * EXCLUDE ({validation.WARNINGS_COLUMN}, {row}) FROM {validation.FLAGGED}"
+        f" WHERE {where} ORDER BY {row} LIMIT {SAMPLE_ROWS}",
+        params=params,
+    )
     rows = sample.fetchall()
     if not rows:
         return "(none)"
@@ -235,8 +293,14 @@ def _sample(con: duckdb.DuckDBPyConnection, where: str, params: list | None = No
     return "\n".join(lines)
 
 
-def overlapping_partitions(con: duckdb.DuckDBPyConnection, others: LakeTable, spec: PipelineSpec, low, high,
-                           unreadable: list[str] | None = None) -> list[str | None]:
+def overlapping_partitions(
+    con: duckdb.DuckDBPyConnection,
+    others: LakeTable,
+    spec: PipelineSpec,
+    low,
+    high,
+    unreadable: list[str] | None = None,
+) -> list[str | None]:
     """The partitions of ``others`` that may hold a key between ``low`` and ``high`` (the first key column): those
     whose recorded range overlaps it, and those without a recorded range (read to be sure).
 
@@ -262,10 +326,15 @@ def overlapping_partitions(con: duckdb.DuckDBPyConnection, others: LakeTable, sp
             keys.append(key)
             lows.append(stats[KEY_MIN])
             highs.append(stats[KEY_MAX])
-    overlapping = con.execute(
-        f"SELECT k FROM (SELECT unnest($keys::VARCHAR[]) AS k, unnest($lows::VARCHAR[]) AS lo, unnest($highs::VARCHAR[]) AS hi)"
-        f" WHERE CAST(lo AS {key_type}) <= CAST($high AS {key_type}) AND CAST(hi AS {key_type}) >= CAST($low AS {key_type})",
-        {"keys": keys, "lows": lows, "highs": highs, "low": str(low), "high": str(high)}).fetchall() if keys else []
+    overlapping = (
+        con.execute(
+            f"SELECT k FROM (SELECT unnest($keys::VARCHAR[]) AS k, unnest($lows::VARCHAR[]) AS lo, unnest($highs::VARCHAR[]) AS hi)"
+            f" WHERE CAST(lo AS {key_type}) <= CAST($high AS {key_type}) AND CAST(hi AS {key_type}) >= CAST($low AS {key_type})",
+            {"keys": keys, "lows": lows, "highs": highs, "low": str(low), "high": str(high)},
+        ).fetchall()
+        if keys
+        else []
+    )
     chosen = []
     for key in unknown + [k for (k,) in overlapping]:
         path = paths[key]
@@ -281,7 +350,8 @@ def overlapping_partitions(con: duckdb.DuckDBPyConnection, others: LakeTable, sp
     for key, reason in skipped:
         get_dagster_logger().warning(
             f"{spec.name}: partition {key} is left out of the duplicate-key check across partitions, as it cannot be"
-            f" read ({reason}); its keys were not compared with this batch's. Re-materialize it to repair it.")
+            f" read ({reason}); its keys were not compared with this batch's. Re-materialize it to repair it."
+        )
     if unreadable is not None:
         unreadable.extend(key for key, _ in skipped)
     return chosen
