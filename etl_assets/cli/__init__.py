@@ -63,8 +63,8 @@ def _command(module: str, name: str = "command") -> Callable[[argparse.Namespace
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    """Load every spec (the packaged ones, plus DIR or $ETL_PIPELINES_DIR) and build their definitions; print each
-    invalid spec's error (file, field, fix) and exit 1 if there is one."""
+    """Load every spec (the defs folder's, plus DIR or $ETL_PIPELINES_DIR) and the defs folder's other components,
+    and build their definitions; print each invalid one's error (file, line, field, fix) and exit 1 if there is one."""
     from etl_assets.monitoring.spec_errors import spec_errors_text
     from etl_assets.pipelines.spec import PACKAGED_SPEC_DIRS, load_specs_isolated
 
@@ -76,10 +76,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         specs, broken = load_specs_isolated([*PACKAGED_SPEC_DIRS, folder])
     else:
         specs, broken = load_specs_isolated()
+    from etl_assets.definitions import build_definitions, other_components
+
+    broken += other_components()[1]  # the defs folder's other components, each built on its own
     if broken:
         print(spec_errors_text(broken), file=sys.stderr)
         return 1
-    from etl_assets.definitions import build_definitions
 
     defs = build_definitions(specs)
     jobs = len(defs.get_repository_def().get_all_jobs())
