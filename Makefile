@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export ETL_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test dev validate schema bench clean
+.PHONY: install demo test dev validate schema lint bench clean
 
 $(STAMP): pyproject.toml setup.py scripts/bootstrap.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/bootstrap.sh
@@ -40,6 +40,12 @@ validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(DG) list components > /dev/null
 	$(DG) list defs > /dev/null
 	$(BIN)/python scripts/spec_schema.py --check
+
+## Lint (ruff), formatting (ruff format) and types (pyright, basic mode), as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright
 
 ## Regenerate docs/pipeline-spec.schema.json (the spec's JSON schema for editors) from the models.
 schema: $(STAMP)
