@@ -98,7 +98,17 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
     return defs
 
 
+# The loader's last result and the environment it was built in. One `dagster asset materialize` loads the location
+# six times in one process (workspace, job, run, step...); a code server or run worker never sees the environment
+# change, and a reload in the UI starts a new process. A different environment (tests) builds again.
+_built: tuple[tuple, Definitions] | None = None
+
+
 @definitions
 def defs() -> Definitions:
     """The code location's definitions, built when Dagster loads it (never when ``etl_assets`` is imported)."""
-    return build_definitions()
+    global _built
+    environment = tuple(sorted(os.environ.items()))
+    if _built is None or _built[0] != environment:
+        _built = (environment, build_definitions())
+    return _built[1]
