@@ -189,3 +189,14 @@ def test_the_committed_json_schema_is_current_and_accepts_the_shop_and_refuses_a
     typo = {**documents[0]["attributes"], "primary_keys": ["order_id"]}
     with pytest.raises(jsonschema.ValidationError, match="primary_keys"):
         jsonschema.validate(json.loads(json.dumps(typo, default=str)), schema)
+
+
+def test_dg_scaffold_writes_a_valid_starter_pipeline_named_after_its_folder():
+    from dagster.components.testing import create_defs_folder_sandbox
+
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(component_cls=Pipeline, defs_path="web/visits")
+        assert "name: visits" in (path / "defs.yaml").read_text()
+        with sandbox.build_all_defs() as defs:
+            keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert {"raw/visits", "clean/visits", "warehouse/visits"} <= keys

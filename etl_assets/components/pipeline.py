@@ -5,11 +5,40 @@ from __future__ import annotations
 from pathlib import Path
 
 from dagster import Component, ComponentLoadContext, Definitions
+from dagster.components import Scaffolder, ScaffoldRequest, scaffold_with
+from dagster.components.component_scaffolding import scaffold_component
 from pydantic import BaseModel
 
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 
 
+class PipelineScaffolder(Scaffolder):
+    """``dg scaffold defs etl_assets.components.Pipeline <domain>/<name>``: a defs.yaml with a valid starter spec (a
+    files source, one CSV per day) named after the folder, to edit from there."""
+
+    def scaffold(self, request: ScaffoldRequest) -> None:
+        name = request.target_path.name
+        domain = request.target_path.parent.name or "default"
+        scaffold_component(
+            request,
+            {
+                "name": name,
+                "domain": domain,
+                "description": f"{name}: replace this starter spec (docs/spec-reference.md).",
+                "source": {
+                    "kind": "files",
+                    "format": "csv",
+                    "glob": f"{name}_*.csv",
+                    "partition_regex": f"{name}_(?P<partition>\\d{{4}}-\\d{{2}}-\\d{{2}})\\.csv$",
+                },
+                "partitions": {"type": "daily", "start": "2024-01-01"},
+                "columns": [{"name": "id", "type": "BIGINT", "nullable": False}],
+                "primary_key": ["id"],
+            },
+        )
+
+
+@scaffold_with(PipelineScaffolder)
 class Pipeline(Component):
     """A pipeline: a source extracted to the raw lake, validated into a clean view with its quarantine, and
     loaded into its targets; or a transform (a mart) built with SQL from other pipelines' clean data.
