@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import DagsterEvent
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,3 +52,9 @@ def code_digest() -> str:
         digest.update(str(f.relative_to(REPO)).encode())
         digest.update(f.read_bytes())
     return f"{digest.hexdigest()[:12]} ({len(files)} files)"
+
+
+def step_failure_message(event: DagsterEvent) -> str:
+    """The error message of a step-failure event (stripped), as a benchmark reports it."""
+    error = event.step_failure_data.error
+    return error.message.strip() if error is not None else "(no error recorded)"

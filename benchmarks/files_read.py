@@ -122,7 +122,7 @@ def timed(fn, *args):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=3_000_000)
     parser.add_argument("--files", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3)

@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import LiteralString, cast
 
 DEFAULT_URL = os.environ.get("ETL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 METHODS = ("adbc", "connectorx", "connectorx_stream", "copy_csv")
@@ -187,7 +188,8 @@ def run_copy_csv(url: str, query: str, out: Path, args: argparse.Namespace) -> t
     }
     with psycopg.connect(_libpq_url(url)) as conn, conn.cursor() as cur:
         cur.execute("SET TIME ZONE 'UTC'")
-        copy_stmt = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(sql.SQL(query))
+        # the query is this script's own, its identifiers quoted (select_sql)
+        copy_stmt = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(sql.SQL(cast(LiteralString, query)))
         with cur.copy(copy_stmt) as copy:
             stream = io.BufferedReader(_CopyStream(copy), buffer_size=1 << 20)
             reader = pacsv.open_csv(
@@ -343,7 +345,7 @@ def print_table(results: dict[str, list[dict]], rows: int, repeat: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the benchmark table (default 1,000,000)")
     parser.add_argument(
         "--url", default=DEFAULT_URL, help="Postgres URL (default $ETL_TEST_POSTGRES_URL or %(default)s)"

@@ -63,7 +63,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_common import code_digest, write_dagster_yaml  # this directory is on sys.path (run as a script)
+from bench_common import (
+    code_digest,
+    step_failure_message,
+    write_dagster_yaml,
+)  # this directory is on sys.path (run as a script)
 
 RESULT_MARKER = "@@pipeline_scale@@ "
 GIB = 1024**3
@@ -183,11 +187,14 @@ def _child_floor_api(partitions: list[str] | None) -> dict:
     import httpx
 
     from etl_assets.pipelines.spec import load_specs
+    from etl_assets.resources.api import ApiSource
     from etl_assets_demo import load_manifest
 
     manifest = load_manifest(os.environ["ETL_DATA_DIR"])
     spec = next(s.spec for s in load_specs() if s.spec.name == "orders")
-    src, pag = spec.source, spec.source.pagination
+    src = spec.source
+    assert isinstance(src, ApiSource) and src.window_params is not None, "orders reads the shop API by time window"
+    pag = src.pagination
     ready = _self_usage()
     rows = pages = 0
     started = time.perf_counter()
@@ -274,12 +281,11 @@ def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
             if not result.success:
                 failure = result.get_run_failure_event()
                 step_failures = [
-                    f"{e.step_key}: {e.event_specific_data.error.message.strip()[:300]}"
-                    for e in result.get_step_failure_events()
+                    f"{e.step_key}: {step_failure_message(e)[:300]}" for e in result.get_step_failure_events()
                 ]
                 run_failures.append(
                     f"{label} run {result.run_id}: "
-                    + ("; ".join(step_failures) or (failure.message if failure else "failed"))
+                    + ("; ".join(step_failures) or (failure.message if failure else None) or "failed")
                 )
             for evaluation in result.get_asset_check_evaluations():
                 checks += 1
@@ -289,7 +295,7 @@ def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
                         f" {dict((k, v.value) for k, v in evaluation.metadata.items())}"
                     )
             for event in result.get_asset_materialization_events():
-                key = event.asset_key.to_user_string()
+                key = event.materialization.asset_key.to_user_string()
                 sums = metadata.setdefault(key, {})
                 for name, value in event.materialization.metadata.items():
                     if name in DETAIL_METADATA and isinstance(value.value, (int, float)):
@@ -299,12 +305,12 @@ def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
                 result.run_id,
                 of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE},
             ):
+                step = entry.step_key
+                assert step is not None  # a step's events name it
                 if entry.dagster_event_type == DagsterEventType.STEP_START:
-                    started_at[entry.step_key] = entry.timestamp
-                elif entry.step_key in started_at:
-                    steps[entry.step_key] = (
-                        steps.get(entry.step_key, 0.0) + entry.timestamp - started_at[entry.step_key]
-                    )
+                    started_at[step] = entry.timestamp
+                elif step in started_at:
+                    steps[step] = steps.get(step, 0.0) + entry.timestamp - started_at[step]
     if stage == "dimensions":
         rows_out = sum(m.get("dagster/row_count", 0) for k, m in metadata.items() if k.startswith("warehouse/"))
     else:
@@ -526,7 +532,7 @@ def _run_stage(stage: str, args: argparse.Namespace, env: dict[str, str], server
         metadata=payload["metadata"],
         detail=payload["detail"],
     )
-    if server_pid:
+    if server_pid and server_cpu_before is not None:
         result.server_cpu_seconds = _proc_cpu_seconds(server_pid) - server_cpu_before
     return result
 

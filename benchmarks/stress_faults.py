@@ -124,7 +124,7 @@ def _median_seconds(phase: PhaseResult, k: int | None = None) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--partitions", type=int, default=1000, help="daily partitions to run (default 1000)")
     parser.add_argument("--orders", type=int, default=None, help="orders in total (default 100 per partition)")
     parser.add_argument(

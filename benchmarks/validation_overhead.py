@@ -66,6 +66,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_common import step_failure_message  # this directory is on sys.path (run as a script)
+
 REPO = Path(__file__).resolve().parent.parent
 RESULT_MARKER = "@@validation_overhead@@ "
 NAME = "bench_orders"
@@ -313,15 +315,13 @@ def _run_job(selection_paths: list[list[str]]) -> dict:
         raise_on_error=False,
     )
     wall = time.perf_counter() - started
-    failures = [
-        f"{e.step_key}: {e.event_specific_data.error.message.strip()[:400]}" for e in result.get_step_failure_events()
-    ]
+    failures = [f"{e.step_key}: {step_failure_message(e)[:400]}" for e in result.get_step_failure_events()]
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     metadata = {}
     for event in result.get_asset_materialization_events():
         for key, value in event.materialization.metadata.items():
             if isinstance(value.value, (int, float)):
-                metadata[f"{event.asset_key.to_user_string()}:{key}"] = value.value
+                metadata[f"{event.materialization.asset_key.to_user_string()}:{key}"] = value.value
     for evaluation in result.get_asset_check_evaluations():
         for key, value in evaluation.metadata.items():
             if isinstance(value.value, (int, float)):
@@ -498,7 +498,7 @@ def _mib(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary directory goes")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")

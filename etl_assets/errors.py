@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
-from dagster import Failure
+from dagster import Failure, MetadataValue
 
 from etl_assets.redact import redact, redact_metadata, scrub_exception
 
@@ -63,18 +64,18 @@ def no_retry_for_permanent_errors() -> Iterator[None]:
         yield
     except (PermanentSourceError, ContractError) as exc:
         safe = scrub_exception(exc)
-        metadata = {META_ERROR_CLASS: exc.error_class}
+        metadata: dict[str, str | bool] = {META_ERROR_CLASS: exc.error_class}
         if isinstance(exc, ContractError):
             metadata[META_INPUT_AT_FAULT] = exc.input_at_fault
         raise Failure(
             description=redact(f"{exc.error_class} error: {safe}"),
-            metadata=redact_metadata(metadata),
+            metadata=cast("dict[str, str | bool]", redact_metadata(metadata)),  # redaction keeps each value's type
             allow_retries=False,
         ) from safe
     except Failure as exc:
         safe = scrub_exception(exc)
         exc.description = redact(exc.description or "") or exc.description
-        exc.metadata = redact_metadata(exc.metadata or {})
+        exc.metadata = cast("dict[str, MetadataValue]", redact_metadata(exc.metadata or {}))
         raise safe if safe is not exc else exc  # noqa: B904 (the failure itself, its cause chain as scrubbed)
     except Exception as exc:
         safe = scrub_exception(exc)

@@ -76,7 +76,7 @@ def duckdb_connection(
     settings = current_settings()
     spill = settings.data_dir / ".duckdb_tmp"
     spill.mkdir(parents=True, exist_ok=True)
-    config = {
+    config: dict[str, str | bool | int | float | list[str]] = {  # duckdb.connect's config type
         "memory_limit": os.environ.get("ETL_DUCKDB_MEMORY_LIMIT", "1GB"),
         "temp_directory": str(spill),
     }

@@ -43,7 +43,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socketserver import TCPServer
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import duckdb
@@ -378,7 +378,7 @@ class _HttpServer(ThreadingHTTPServer):
         # HTTPServer.server_bind resolves the host's FQDN, a potentially slow DNS lookup
         # that serves no purpose here.
         TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        self.server_name, self.server_port = cast(tuple[str, int], self.server_address[:2])  # an AF_INET address
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = super().get_request()
@@ -607,6 +607,11 @@ class DemoApiServer:
         with self._lock:
             self._requests_total += 1
 
+    def _fault_config(self) -> FaultConfig:
+        """The fault injection, once a fault was drawn (which only happens when there is one)."""
+        assert self._faults is not None
+        return self._faults
+
     def _draw_fault(self) -> str | None:
         if self._faults is None or self._faults.rate == 0:
             return None
@@ -687,13 +692,13 @@ class DemoApiServer:
             handler.send_body(HTTPStatus.OK, _deep_body(_DEEP_JSON_DEPTH))
             return
         if fault in ("huge_page", "huge_page_chunked"):
-            length, pieces = _huge_body(self._faults.huge_page_bytes)
+            length, pieces = _huge_body(self._fault_config().huge_page_bytes)
             sent = handler.send_pieces(HTTPStatus.OK, pieces, length if fault == "huge_page" else None)
             with self._lock:
                 self._huge_bodies_sent.append(sent)
             return
         if fault == "slow":
-            time.sleep(self._faults.slow_seconds)
+            time.sleep(self._fault_config().slow_seconds)
 
         route, allowed_params = self._routes[path]
         host = handler.headers.get("Host") or "{}:{}".format(*handler.server.server_address[:2])
@@ -710,7 +715,7 @@ class DemoApiServer:
             if fault == "repeat_cursor" and answered and "cursor" in params:
                 response = self._pointing_back(response, params, host)
             if fault == "extra_keys" and answered:
-                extra = {key: key for key in self._faults.extra_keys}
+                extra = {key: key for key in self._fault_config().extra_keys}
                 records = [{**record, **extra} for record in response.payload["data"]]
                 response = dataclasses.replace(response, payload={**response.payload, "data": records})
         except _BadRequest as exc:
@@ -719,7 +724,9 @@ class DemoApiServer:
             _log.exception("GET %s failed", handler.path)
             response = _Response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc}"})
         handler.send_json(
-            response, truncate=fault == "truncated", drip_seconds=self._faults.slow_seconds if fault == "drip" else 0.0
+            response,
+            truncate=fault == "truncated",
+            drip_seconds=self._fault_config().slow_seconds if fault == "drip" else 0.0,
         )
 
     @staticmethod
@@ -738,7 +745,7 @@ class DemoApiServer:
         )
 
     def _fault_response(self, kind: str) -> _Response:
-        retry_after = {"Retry-After": str(self._faults.retry_after_seconds)}
+        retry_after = {"Retry-After": str(self._fault_config().retry_after_seconds)}
         if kind == "429":
             return _Response(HTTPStatus.TOO_MANY_REQUESTS, {"error": "rate limit exceeded"}, retry_after)
         if kind == "503":

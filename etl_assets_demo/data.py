@@ -363,7 +363,7 @@ def _write_inventory(manifest: DemoManifest, rng: np.random.Generator) -> None:
 
 def _sqlite_timestamps(micros: np.ndarray) -> list[str]:
     seconds = pa.array(micros // _MICROS_PER_SECOND, type=pa.timestamp("s"))
-    return pc.strftime(seconds, format="%Y-%m-%d %H:%M:%S").to_pylist()
+    return pc.strftime(seconds, format="%Y-%m-%d %H:%M:%S").to_pylist()  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _write_customers(manifest: DemoManifest, rng: np.random.Generator) -> None:
@@ -398,11 +398,11 @@ def _write_customers(manifest: DemoManifest, rng: np.random.Generator) -> None:
                 country = countries.take(pa.array(rng.choice(len(_COUNTRIES), count, p=_COUNTRY_WEIGHTS)))
                 created = _stratified_micros(rng, first, count, n, history_start, _day_micros(manifest.start))
                 updated = created + np.floor(rng.random(count) * (span_end - created)).astype(np.int64)
-                name = pc.binary_join_element_wise(first_name, last_name, " ")
-                email = pc.binary_join_element_wise(
-                    pc.utf8_lower(first_name),
+                name = pc.binary_join_element_wise(first_name, last_name, " ")  # pyright: ignore[reportAttributeAccessIssue]
+                email = pc.binary_join_element_wise(  # pyright: ignore[reportAttributeAccessIssue]
+                    pc.utf8_lower(first_name),  # pyright: ignore[reportAttributeAccessIssue]
                     ".",
-                    pc.utf8_lower(last_name),
+                    pc.utf8_lower(last_name),  # pyright: ignore[reportAttributeAccessIssue]
                     ".",
                     ids.cast(pa.string()),
                     "@example.com",

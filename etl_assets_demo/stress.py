@@ -110,11 +110,13 @@ class StressSettings:
 def stress_specs(start: dt.date, settings: StressSettings):
     """The packaged specs, with ``orders`` changed only where the stress needs it (see the module docstring)."""
     from etl_assets.pipelines.spec import load_specs
+    from etl_assets.resources.api import ApiSource
 
     specs = []
     for loaded in load_specs():
         spec = loaded.spec
         if spec.name == "orders":
+            assert isinstance(spec.source, ApiSource), "the packaged orders pipeline reads the shop API"
             source = spec.source.model_copy(
                 update={
                     "timeout_seconds": settings.timeout_seconds,

@@ -147,7 +147,7 @@ def reference_text() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed schema is out of date")
     args = parser.parse_args()
     outputs = {SCHEMA_PATH: spec_schema(), REFERENCE_PATH: reference_text()}

@@ -108,7 +108,7 @@ def _add_scale(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="etl-assets", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="etl-assets", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="demo upstreams; without a subcommand: generate, serve and run everything")
     _add_scale(demo)

@@ -44,7 +44,7 @@ def run_reference(
         One summary per run; the first failure stops the sequence.
     """
     summaries = []
-    plan: list[tuple[str, str | None]] = [(FULL_REFRESH_JOB, None)] + [(DAILY_JOB, p) for p in partitions]
+    plan: list[tuple[str, str | None]] = [(FULL_REFRESH_JOB, None), *((DAILY_JOB, p) for p in partitions)]
     for job_name, partition in plan:
         started = time.perf_counter()
         result = defs.resolve_job_def(job_name).execute_in_process(

@@ -145,7 +145,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         for partition, result in rebuild(defs, instance, args.pipeline, partitions, downstream=not args.no_downstream):
             rows = {
-                e.asset_key.to_user_string(): e.materialization.metadata.get("dagster/row_count")
+                e.materialization.asset_key.to_user_string(): e.materialization.metadata.get("dagster/row_count")
                 for e in result.get_asset_materialization_events()
             }
             loaded = ", ".join(f"{k} {getattr(v, 'value', v)}" for k, v in sorted(rows.items()) if v is not None)

@@ -427,7 +427,9 @@ def render_chart(rows: Sequence[PipelineHealth], window: timedelta, computed_at:
 class PipelineHealthConfig(Config):
     """Run config of ``ops/pipeline_health``."""
 
-    window_hours: float = Field(168.0, gt=0, description="Length of the trailing window, in hours (default 7 days).")
+    window_hours: float = Field(
+        default=168.0, gt=0, description="Length of the trailing window, in hours (default 7 days)."
+    )
 
 
 def build_health(pipelines: Sequence[PipelineInfo]):

@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
@@ -49,7 +49,7 @@ class _AssetTally:
 @dataclass
 class _State:
     runs: dict[str, tuple[str, DagsterRunStatus, float | None]] = field(default_factory=dict)
-    runs_updated_after: object = None
+    runs_updated_after: datetime | None = None
     assets: dict[tuple[str, ...], _AssetTally] = field(default_factory=dict)
 
 

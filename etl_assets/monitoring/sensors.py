@@ -272,7 +272,7 @@ def build_check_failure_sensor(pipelines: Iterable[str]):
                 record.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION, limit=CHECKS_PER_RUN
             ).records
             for entry in (e.event_log_entry for e in evaluations):
-                evaluation = entry.dagster_event.event_specific_data
+                evaluation = entry.get_dagster_event().event_specific_data
                 if not isinstance(evaluation, AssetCheckEvaluation) or evaluation.passed:
                     continue
                 partition = evaluation.partition or (run.tags.get("dagster/partition", "") if run else "") or ""

@@ -19,7 +19,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     Output,
-    PartitionsDefinition,
+    TimeWindowPartitionsDefinition,
     asset,
     multi_asset,
 )
@@ -70,7 +70,7 @@ def _run_keys(context: AssetExecutionContext) -> list[str] | None:
     return None
 
 
-def _window(pdef: PartitionsDefinition | None, partition: str | None) -> tuple[datetime, datetime] | None:
+def _window(pdef: TimeWindowPartitionsDefinition | None, partition: str | None) -> tuple[datetime, datetime] | None:
     """The time window ``[start, end)`` of a partition; ``None`` for an unpartitioned pipeline."""
     if pdef is None or partition is None or partition == UNPARTITIONED:
         return None
@@ -110,10 +110,11 @@ def _one_partition(table: LakeTable, partition: str) -> LakeTable:
     return slices[partition]
 
 
-def extract_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> AssetsDefinition:
+def extract_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | None) -> AssetsDefinition:
     """``raw/<name>``: the source's rows as delivered (:func:`~etl_assets.pipelines.steps.extract.extract`)."""
     spec = loaded.spec
     src = spec.source
+    assert src is not None, f"{spec.name} is a transform pipeline: it has no source to extract"
     resource_key = source_resource_key(spec)
 
     @asset(
@@ -154,7 +155,7 @@ def extract_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Asse
     return extract_raw
 
 
-def validate_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> AssetsDefinition:
+def validate_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | None) -> AssetsDefinition:
     """``clean/<name>`` and ``quarantine/<name>`` with the contract's checks
     (:func:`~etl_assets.pipelines.steps.validate.validate_batch`)."""
     spec = loaded.spec
@@ -212,6 +213,7 @@ def validate_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
                         {**event.metadata, **write_metadata(result)}, asset_key=key, partition_key=partition
                     )
                 else:
+                    assert event.check_name is not None  # validation_check_results names every check
                     checks.setdefault(event.check_name, []).append((partition, event))
         yield Output(None, "clean", metadata={"partitions_in_run": len(keys)})
         yield Output(None, "quarantine", metadata={"partitions_in_run": len(keys)})
@@ -274,13 +276,15 @@ def validate_asset(loaded: LoadedSpec, pdef: PartitionsDefinition | None) -> Ass
 
 
 def transform_asset(
-    loaded: LoadedSpec, pdef: PartitionsDefinition | None, by_name: dict[str, LoadedSpec]
+    loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | None, by_name: dict[str, LoadedSpec]
 ) -> AssetsDefinition:
     """``marts/<name>``: the transform's SQL over its inputs
     (:func:`~etl_assets.pipelines.steps.transform.transform`)."""
     spec = loaded.spec
+    transform_spec = spec.transform
+    assert transform_spec is not None, f"{spec.name} is a source pipeline: it has no transform"
     sql_text = loaded.transform_sql()
-    inputs = spec.transform.inputs
+    inputs = transform_spec.inputs
 
     @asset(
         key=mart_key(spec.name),
@@ -293,7 +297,7 @@ def transform_asset(
         backfill_policy=backfill_policy_for(spec),
         automation_condition=automation_for(spec),
         kinds={"duckdb", "parquet"},
-        description=spec.description or f"{spec.name}: {spec.transform.sql} over {', '.join(inputs)}.",
+        description=spec.description or f"{spec.name}: {transform_spec.sql} over {', '.join(inputs)}.",
         metadata={"spec_file": str(loaded.path), "sql": MetadataValue.md(f"```sql\n{sql_text}\n```")},
     )
     def build_mart(context: AssetExecutionContext, **tables: LakeTable):
@@ -325,7 +329,7 @@ def transform_asset(
     return build_mart
 
 
-def load_asset(loaded: LoadedSpec, target: str, pdef: PartitionsDefinition | None) -> AssetsDefinition:
+def load_asset(loaded: LoadedSpec, target: str, pdef: TimeWindowPartitionsDefinition | None) -> AssetsDefinition:
     """``<target>/<name>``: the dataset loaded into a target table, one partition replaced per transaction
     (:func:`~etl_assets.pipelines.steps.load.load_partition`)."""
     spec = loaded.spec

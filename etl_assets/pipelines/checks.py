@@ -3,6 +3,8 @@ built from the steps' figures."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, DagsterInstance, MetadataValue
 
 from etl_assets.keys import UNPARTITIONED, clean_key
@@ -126,13 +128,14 @@ def row_count_result(instance: DagsterInstance, spec: PipelineSpec, rows_in: int
     """The ``row_count`` check: at least the minimum, and within the deviation from the trailing partitions' average
     (read from the instance's earlier materializations of ``clean/<name>``)."""
     expectation = spec.row_count
+    assert expectation is not None, f"{spec.name} declares no row_count"
     history = instance.fetch_materializations(clean_key(spec.name), limit=expectation.trailing_partitions + 1).records
-    partition = None if partition == UNPARTITIONED else partition
+    stored = None if partition == UNPARTITIONED else partition
     previous = [
-        r.asset_materialization.metadata["rows_in"].value
+        cast(int, r.asset_materialization.metadata["rows_in"].value)  # the validate step's row count
         for r in history
         if r.asset_materialization is not None
-        and r.asset_materialization.partition != partition
+        and r.asset_materialization.partition != stored
         and "rows_in" in r.asset_materialization.metadata
     ][: expectation.trailing_partitions]
     average = sum(previous) / len(previous) if previous else None

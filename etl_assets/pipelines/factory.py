@@ -69,14 +69,16 @@ def _job_suffix(spec: PipelineSpec) -> str:
 
 def _build_schedule(spec: PipelineSpec, job, pdef: PartitionsDefinition | None, status: DefaultScheduleStatus):
     """A cron schedule; for a time-partitioned pipeline each tick requests the partition that has just closed."""
+    sched = spec.schedule
+    assert sched is not None, f"{spec.name} has no schedule"
 
     @schedule(
         name=f"{spec.name}_schedule",
         job=job,
-        cron_schedule=spec.schedule.cron,
-        execution_timezone=spec.schedule.timezone,
+        cron_schedule=sched.cron,
+        execution_timezone=sched.timezone,
         default_status=status,
-        description=f"{spec.name} on '{spec.schedule.cron}' ({spec.schedule.timezone}).",
+        description=f"{spec.name} on '{sched.cron}' ({sched.timezone}).",
     )
     def _schedule(context: ScheduleEvaluationContext):
         if pdef is None:

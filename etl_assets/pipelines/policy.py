@@ -10,21 +10,22 @@ from dagster import (
     DefaultScheduleStatus,
     HourlyPartitionsDefinition,
     Jitter,
-    PartitionsDefinition,
     RetryPolicy,
+    TimeWindowPartitionsDefinition,
 )
 
 from etl_assets.pipelines.spec import PipelineSpec
 
 
-def partitions_def_for(spec: PipelineSpec) -> PartitionsDefinition | None:
+def partitions_def_for(spec: PipelineSpec) -> TimeWindowPartitionsDefinition | None:
     """The spec's daily or hourly partitions (``None`` for an unpartitioned pipeline)."""
     p = spec.partitions
+    if p.type == "none":
+        return None
+    assert p.start is not None  # the spec's validation requires it of a partitioned pipeline
     if p.type == "daily":
         return DailyPartitionsDefinition(start_date=p.start.isoformat(), timezone=p.timezone)
-    if p.type == "hourly":
-        return HourlyPartitionsDefinition(start_date=f"{p.start.isoformat()}-00:00", timezone=p.timezone)
-    return None
+    return HourlyPartitionsDefinition(start_date=f"{p.start.isoformat()}-00:00", timezone=p.timezone)
 
 
 def automation_for(spec: PipelineSpec) -> AutomationCondition | None:
@@ -33,6 +34,7 @@ def automation_for(spec: PipelineSpec) -> AutomationCondition | None:
         return None
     if spec.automation.condition == "eager":
         return AutomationCondition.eager()
+    assert spec.automation.cron is not None  # the spec's validation requires it of on_cron
     return AutomationCondition.on_cron(spec.automation.cron)
 
 

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from dagster import (
     DagsterRunStatus,
@@ -34,7 +35,7 @@ from dagster import (
 from etl_assets.errors import META_ERROR_CLASS, META_INPUT_AT_FAULT, PermanentSourceError
 from etl_assets.pipelines.spec import PipelineSpec
 from etl_assets.redact import redact
-from etl_assets.resources.api import ExtractStats, RestApiSource
+from etl_assets.resources.api import ApiSource, ExtractStats, RestApiSource
 from etl_assets.resources.files import IN_PROGRESS_SUFFIXES, FilesSource, LandingFile, LandingFilesSource
 
 TAG_DATASET = "etl/landing_dataset"
@@ -99,7 +100,8 @@ def run_key_for(dataset: str, name: str, size: int, sha256: str) -> str:
 
 def build_file_sensor(spec: PipelineSpec, job, pdef):
     """One sensor per files source, over its landing directory (through the landing storage resource)."""
-    source: FilesSource = spec.source
+    source = spec.source
+    assert isinstance(source, FilesSource), f"{spec.name} has no files source"
     arrival = spec.arrival
 
     @sensor(
@@ -180,7 +182,7 @@ class LandingTarget:
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
-def plain_file_name(name: object) -> bool:
+def plain_file_name(name: object) -> TypeGuard[str]:
     """True for a file name that names one visible entry of a directory: no path separator, NUL or control
     character, not ``.`` or ``..``, not hidden."""
     return (
@@ -241,6 +243,7 @@ def _failure_reason(context: RunFailureSensorContext, dataset: str) -> tuple[str
             event.step_key == f"validate_{dataset}" and error_class == "data_quality" and at_fault is not False
         )
         if unreadable or broke_contract:
+            assert event.step_key is not None  # it is the extract's or the validation's, compared above
             message = (user.description if user else None) or (data.error.message if data and data.error else "")
             return event.step_key, redact(message or "step failed")
     return None
@@ -348,6 +351,7 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
     find which partitions they fall in; one run per affected partition.
     """
     source = spec.source
+    assert isinstance(source, ApiSource), f"{spec.name} has no api source"
     time_column = spec.partitions.column
     max_pages = 20
 
@@ -365,6 +369,10 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
         if watermark is None:
             return SensorResult(
                 cursor=_current_watermark(api, spec), skip_reason=SkipReason("first tick: watermark recorded")
+            )
+        if time_column is None:
+            raise ValueError(
+                f"{spec.name}: the watermark sensor needs partitions.column to tell the partitions updated"
             )
         stats = ExtractStats()
         partitions: set[str] = set()
@@ -387,15 +395,19 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
 
 
 def _current_watermark(api: RestApiSource, spec: PipelineSpec) -> str:
+    source = spec.source
+    assert isinstance(source, ApiSource), f"{spec.name} has no api source"
+    incremental = source.incremental
+    # the sensor is built only for a source with a watermark endpoint (factory._build_pipelines)
+    assert incremental is not None and incremental.watermark_endpoint is not None
     stats = ExtractStats()
-    incremental = spec.source.incremental
-    with api.client(spec.source) as client:
+    with api.client(source) as client:
         body = api.get_json(
             client,
             incremental.watermark_endpoint,
             None,
             stats,
-            spec.source.deadline_seconds(),
-            max_bytes=spec.source.max_page_bytes,
+            source.deadline_seconds(),
+            max_bytes=source.max_page_bytes,
         )
     return body.get(incremental.watermark_field) or ""

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from etl_assets.resources.api import ApiSource
 from etl_assets.resources.files import FilesSource
@@ -169,7 +170,7 @@ class Column(SpecModel):
     min: str | int | float | date | None = None
     max: str | int | float | date | None = None
     regex: str | None = None
-    max_length: int | None = Field(None, ge=1)
+    max_length: int | None = Field(default=None, ge=1)
     references: Reference | None = None
     severity: Severity = "ERROR"
 
@@ -195,16 +196,16 @@ class RowCount(SpecModel):
     """Expected rows per partition: at least ``min``, and within ``max_deviation`` (a fraction) of the average
     of the last ``trailing_partitions`` loads."""
 
-    min: int = Field(0, ge=0)
-    max_deviation: float | None = Field(None, gt=0)
-    trailing_partitions: int = Field(7, ge=1, le=100)
+    min: int = Field(default=0, ge=0)
+    max_deviation: float | None = Field(default=None, gt=0)
+    trailing_partitions: int = Field(default=7, ge=1, le=100)
     severity: Severity = "ERROR"
 
 
 class Quality(SpecModel):
     """The share of valid rows below which the blocking ``quality_score`` check fails (and nothing loads)."""
 
-    threshold: float = Field(0.95, ge=0, le=1)
+    threshold: float = Field(default=0.95, ge=0, le=1)
 
 
 Source = Annotated[ApiSource | SqlSource | FilesSource, Field(discriminator="kind")]
@@ -269,8 +270,8 @@ class Arrival(SpecModel):
     """The file-arrival sensor of a files source."""
 
     default_status: Literal["running", "stopped"] = "stopped"
-    interval_seconds: int = Field(30, ge=1, le=3600)
-    max_files_per_tick: int = Field(100, ge=1, le=10_000)
+    interval_seconds: int = Field(default=30, ge=1, le=3600)
+    max_files_per_tick: int = Field(default=100, ge=1, le=10_000)
 
 
 class Automation(SpecModel):
@@ -297,8 +298,8 @@ class Freshness(SpecModel):
 class Retry(SpecModel):
     """Step-level retries (Dagster RetryPolicy) for transient failures."""
 
-    max_retries: int = Field(3, ge=0, le=20)
-    delay_seconds: float = Field(2.0, ge=0)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    delay_seconds: float = Field(default=2.0, ge=0)
     backoff: Literal["exponential", "linear"] = "exponential"
     jitter: Literal["full", "plus_minus", "none"] = "plus_minus"
 
@@ -310,8 +311,8 @@ class Retention(SpecModel):
     ``archive_days`` to loaded landing files in ``$ETL_DATA_DIR/archive/<name>/`` (by modification time).
     """
 
-    raw_days: int | None = Field(None, ge=1)
-    archive_days: int | None = Field(None, ge=1)
+    raw_days: int | None = Field(default=None, ge=1)
+    archive_days: int | None = Field(default=None, ge=1)
 
 
 Target = Literal["duckdb", "postgres"]
@@ -473,7 +474,7 @@ def _spec_error(where: Path | str, field: str, problem: str, fix: str) -> SpecEr
     return SpecError(f"invalid pipeline spec {where}:\n  field '{field}': {problem}. Fix: {fix}.")
 
 
-def _fix_hint(error: dict) -> str:
+def _fix_hint(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind == "missing":
         return "add this field"
@@ -607,6 +608,7 @@ def read_defs_folder(defs_module: str = DEFS_MODULE) -> DefsFolder:
     """
     from dagster import ComponentTree  # deferred: the spec models are imported by code that never loads a tree
     from dagster.components.core.decl import PythonFileDecl, YamlDecl
+    from dagster.components.core.defs_module import ComponentPath
 
     module = importlib.import_module(defs_module)
     folder = Path(next(iter(module.__path__)))
@@ -621,6 +623,7 @@ def read_defs_folder(defs_module: str = DEFS_MODULE) -> DefsFolder:
     loaded, broken = found.loaded, found.broken
     for loc, decl in pairs:
         if isinstance(decl, PythonFileDecl):
+            assert isinstance(loc, ComponentPath)  # a Python file's location is always its path
             if Path(loc.file_path).name != "__init__.py":  # a package marker, not definitions
                 found.others.append((loc, Path(loc.file_path)))
             continue
@@ -636,6 +639,7 @@ def read_defs_folder(defs_module: str = DEFS_MODULE) -> DefsFolder:
         if not is_pipeline:
             found.others.append((loc, path))
             continue
+        assert decl.component_file_model is not None  # component_type above is read from it
         raw = decl.component_file_model.attributes
         positions = decl.source_tree.source_position_tree.children.get("attributes")
         try:

@@ -38,7 +38,7 @@ class Pagination(SpecModel):
     """How an API pages its results. ``page``: page/page_size numbers; ``cursor``: an opaque cursor and a next link."""
 
     style: Literal["page", "cursor"] = "page"
-    page_size: int = Field(500, ge=1, le=10_000)
+    page_size: int = Field(default=500, ge=1, le=10_000)
     page_param: str = "page"
     page_size_param: str = "page_size"
     cursor_param: str = "cursor"
@@ -46,7 +46,7 @@ class Pagination(SpecModel):
     next_cursor_field: str = "next_cursor"
     total_pages_field: str = "total_pages"
     max_pages: int = Field(
-        100_000,
+        default=100_000,
         ge=1,
         description="Most pages one extraction (one partition) may read; a partition needing more fails, so an API "
         "whose paging never ends cannot keep a run going for ever. Raise it (or page_size) for larger "
@@ -60,7 +60,7 @@ class Incremental(SpecModel):
     param: str = "updated_since"
     field: str = "updated_at"
     watermark_endpoint: str | None = Field(
-        None, description="Endpoint answering the newest `field` value; enables the watermark sensor."
+        default=None, description="Endpoint answering the newest `field` value; enables the watermark sensor."
     )
     watermark_field: str = "max_updated_at"
 
@@ -75,16 +75,18 @@ class ApiSource(SpecModel):
     records_path: str = "data"
     pagination: Pagination = Pagination()
     window_params: tuple[str, str] | None = Field(
-        None, description="Query parameters carrying the partition's time window [start, end)."
+        default=None, description="Query parameters carrying the partition's time window [start, end)."
     )
     incremental: Incremental | None = None
     auth: Literal["none", "bearer"] = "none"
-    timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for the connection or for any read.")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Longest wait for the connection or for any read.")
     request_deadline_seconds: float | None = Field(
-        None, gt=0, description="Longest a whole request may take, first byte to last; default 4 x timeout_seconds."
+        default=None,
+        gt=0,
+        description="Longest a whole request may take, first byte to last; default 4 x timeout_seconds.",
     )
     max_page_bytes: int = Field(
-        32 * 2**20,
+        default=32 * 2**20,
         ge=1024,
         description="Largest page body accepted, in bytes (default 32 MiB); a larger one fails the run, as parsing "
         "it takes about 15x its size in memory for small records (json.loads, then the Arrow batch): "
@@ -200,7 +202,7 @@ def _batch_digest(batch: pa.RecordBatch) -> bytes:
         if name == SOURCE_COLUMN:
             continue
         digest.update(name.encode() + b"\0")
-        lengths = pc.fill_null(pc.binary_length(column), -1)
+        lengths = pc.fill_null(pc.binary_length(column), -1)  # pyright: ignore[reportAttributeAccessIssue]
         digest.update(memoryview(lengths.buffers()[1])[lengths.offset * 4 : (lengths.offset + len(column)) * 4])
         _, offsets, data = column.buffers()
         if data is not None and len(column):
@@ -517,7 +519,7 @@ class RestApiSource(ConfigurableResource):
                         )
                     pages_seen[digest] = page
                     if spec.incremental is not None and spec.incremental.field in batch.schema.names:
-                        top = pc.max(batch.column(spec.incremental.field)).as_py()
+                        top = pc.max(batch.column(spec.incremental.field)).as_py()  # pyright: ignore[reportAttributeAccessIssue]
                         if top is not None and (stats.max_watermark is None or top > stats.max_watermark):
                             stats.max_watermark = top
                     yield batch

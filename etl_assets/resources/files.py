@@ -43,6 +43,8 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_QUARANTINED_LINE_BYTES = 8192
 # Records read to decide whether a JSON column holds nested values (DuckDB's own type-detection sample size).
 JSON_SAMPLE_RECORDS = 20_480
+# How a JSON file holds its records, as DuckDB's read_json names it: one array, or one record a line
+JsonLayout = Literal["array", "newline_delimited"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class FilesSource(SpecModel):
         description="csv only: field texts read as NULL (an empty field by default; 'NULL' and 'N/A' are common).",
     )
     ready_marker: str | None = Field(
-        None, description="When set (e.g. _SUCCESS), files are picked up only once this marker file exists."
+        default=None, description="When set (e.g. _SUCCESS), files are picked up only once this marker file exists."
     )
 
     @field_validator("glob")
@@ -610,6 +612,7 @@ def _csv_select(spec: FilesSource, entry: AdmittedFile) -> str:
     The sniffer is off: given a file with ragged rows it can take a wrong line for the header, or a wrong
     delimiter, and fail the whole file. Every field is text; the delimiter, quote and header come from the spec.
     """
+    assert entry.rejects_table is not None  # every admitted CSV file has one
     columns = "{" + ", ".join(f"{quote_literal(c)}: 'VARCHAR'" for c in entry.columns) + "}"
     nulls = "[" + ", ".join(quote_literal(v) for v in spec.null_values) + "]"
     source = quote_literal(entry.file.delivered.name)
@@ -626,6 +629,7 @@ def _csv_select(spec: FilesSource, entry: AdmittedFile) -> str:
 def _rejected_rows(con: duckdb.DuckDBPyConnection, entry: AdmittedFile) -> list[tuple[str, str]]:
     """The rows of one CSV file its read left out, as ``(file name, reason)``: the line number, what was wrong and the
     line as delivered (bytes that are not UTF-8 escaped as ``\\xff``), one row per line."""
+    assert entry.rejects_table is not None  # only a CSV file's read has rejects
     found = con.execute(
         f"SELECT line, min(line_byte_position), string_agg(DISTINCT CAST(error_type AS VARCHAR), ', '),"
         f" string_agg(DISTINCT error_message, '; '), first(csv_line) FROM {quote_ident(entry.rejects_table)}"
@@ -737,7 +741,7 @@ def _read_json(
     con: duckdb.DuckDBPyConnection,
     dataset: str,
     files: list[Path],
-    fmt: str,
+    fmt: JsonLayout,
     source: str = f"parse_filename({FILE_COLUMN})",
 ) -> duckdb.DuckDBPyRelation:
     """JSON records with every value as delivered: scalars as text, nested values as JSON.
@@ -794,7 +798,7 @@ def _read_json(
     return rel.project(", ".join(out))
 
 
-def _files_with_records(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], fmt: str) -> list[Path]:
+def _files_with_records(con: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], fmt: JsonLayout) -> list[Path]:
     """``files`` without those holding no records; raises naming the files that hold values other than records."""
     empty, not_records = [], []
     for path in files:

@@ -44,7 +44,7 @@ class SqlSource(SpecModel):
     table: str | None = None
     query: str | None = None
     incremental_column: str | None = None
-    chunk_size: int = Field(100_000, ge=1_000, le=5_000_000)
+    chunk_size: int = Field(default=100_000, ge=1_000, le=5_000_000)
 
     _check_connection = field_validator("connection")(identifier)
 
@@ -343,6 +343,7 @@ class SqlDatabaseSource(ConfigurableResource):
 
     def _extract_sqlalchemy(self, spec: SqlSource, window: tuple[datetime, datetime] | None) -> pa.RecordBatchReader:
         import sqlalchemy as sa
+        from sqlalchemy import exc as sa_exc
 
         url = self.resolved_url()
         if url.startswith("sqlite:///"):
@@ -356,7 +357,7 @@ class SqlDatabaseSource(ConfigurableResource):
         # None of these is chained: SQLAlchemy's URL errors quote the URL, a driver's may quote a piece of it.
         try:
             engine = sa.create_engine(url)
-        except sa.exc.NoSuchModuleError:
+        except sa_exc.NoSuchModuleError:
             raise PermanentSourceError(
                 f"{self.connection}: SQLAlchemy has no dialect for the URL scheme {redact(scheme)!r}; install the "
                 "dialect's package or fix the connection URL (<CONNECTION>_URL)"
@@ -366,13 +367,13 @@ class SqlDatabaseSource(ConfigurableResource):
                 f"{self.connection}: the database driver for {redact(scheme)!r} is not installed (module "
                 f"{exc.name or '?'}); install it"
             ) from None
-        except (sa.exc.ArgumentError, ValueError, TypeError):
+        except (sa_exc.ArgumentError, ValueError, TypeError):
             raise invalid_url_error(self.connection, unparsable=True) from None
         query = sa.text(self.build_query(spec, window, "named"))
         params = {"start": _naive_utc(window[0]), "end": _naive_utc(window[1])} if window else {}
         try:
             conn = engine.connect()
-        except sa.exc.DBAPIError as exc:
+        except sa_exc.DBAPIError as exc:
             engine.dispose()
             user, where = _url_parts(url)
             message = redact(str(exc.orig), secrets)
@@ -384,7 +385,7 @@ class SqlDatabaseSource(ConfigurableResource):
             raise error(f"{self.connection}: could not connect to {where}: {message}") from None
         try:
             result = conn.execution_options(stream_results=True).execute(query, params)
-        except sa.exc.OperationalError as exc:
+        except sa_exc.OperationalError as exc:
             conn.close()
             message = redact(str(exc.orig), secrets)
             if "no such" in message or "does not exist" in message:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import LiteralString, cast
 
 import duckdb
 import pyarrow as pa
@@ -297,7 +298,7 @@ def _open_waiting_for_lock(
             delay = min(delay * 2, 1.0)
 
 
-_PG_TYPES = [
+_PG_TYPES: list[tuple[Callable[[pa.DataType], bool], LiteralString]] = [
     (pa.types.is_boolean, "boolean"),
     (pa.types.is_int8, "smallint"),
     (pa.types.is_int16, "smallint"),
@@ -310,9 +311,9 @@ _PG_TYPES = [
 ]
 
 
-def _pg_type(arrow_type: pa.DataType) -> str:
+def _pg_type(arrow_type: pa.DataType) -> LiteralString:
     if pa.types.is_decimal(arrow_type):
-        return f"numeric({arrow_type.precision},{arrow_type.scale})"
+        return cast(LiteralString, f"numeric({arrow_type.precision},{arrow_type.scale})")  # two integers
     if pa.types.is_timestamp(arrow_type):
         return "timestamptz" if arrow_type.tz else "timestamp"
     for test, name in _PG_TYPES:

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from typing import cast
 
 import pyarrow as pa
 from dagster import MetadataValue
@@ -14,9 +15,9 @@ from etl_assets.errors import ContractError
 from etl_assets.keys import SOURCE_COLUMN, raw_key
 from etl_assets.lake import LakeStorage, LakeStream
 from etl_assets.pipelines.spec import PipelineSpec
-from etl_assets.resources.api import ExtractStats, RestApiSource
-from etl_assets.resources.files import LandingFilesSource, PartitionRead
-from etl_assets.resources.sql import SqlDatabaseSource
+from etl_assets.resources.api import ApiSource, ExtractStats, RestApiSource
+from etl_assets.resources.files import FilesSource, LandingFilesSource, PartitionRead
+from etl_assets.resources.sql import SqlDatabaseSource, SqlSource
 from etl_assets.settings import duckdb_connection
 from etl_assets.sqlutil import quote_ident
 
@@ -46,15 +47,18 @@ def extract(
     Returns:
         The rows (text values plus ``_etl_source``) and, once they are consumed, the extract's figures.
     """
+    assert spec.source is not None, f"{spec.name} is a transform pipeline: it has no source to extract"
+    # the resource is the one of the source's kind (assets.source_resource_key)
     if spec.source.kind == "api":
-        return extract_api(spec, source, window)
+        return extract_api(spec, cast(RestApiSource, source), window)
     if spec.source.kind == "sql":
-        return extract_sql(spec, source, window)
-    return extract_files(spec, source, partition, lake=lake, log=log, own_file=own_file)
+        return extract_sql(spec, cast(SqlDatabaseSource, source), window)
+    return extract_files(spec, cast(LandingFilesSource, source), partition, lake=lake, log=log, own_file=own_file)
 
 
 def extract_api(spec: PipelineSpec, api: RestApiSource, window: Window | None) -> LakeStream:
     """An API source's pages, every batch given the first one's columns (see :func:`conforming`)."""
+    assert isinstance(spec.source, ApiSource), f"{spec.name} has no api source"
     started = time.perf_counter()
     columns = [c.name for c in spec.columns]
     stats = ExtractStats()
@@ -87,8 +91,9 @@ def extract_api(spec: PipelineSpec, api: RestApiSource, window: Window | None) -
 
 def extract_sql(spec: PipelineSpec, db: SqlDatabaseSource, window: Window | None) -> LakeStream:
     """A database table's or query's rows, within the window when there is one."""
-    started = time.perf_counter()
     src = spec.source
+    assert isinstance(src, SqlSource), f"{spec.name} has no sql source"
+    started = time.perf_counter()
     reader = db.extract(src, window=window)
     return LakeStream(
         reader,
@@ -112,6 +117,7 @@ def extract_files(
     own_file: str | None = None,
 ) -> LakeStream:
     """The landing files of the partition (refused ones moved to the landing quarantine, each logged)."""
+    assert isinstance(spec.source, FilesSource), f"{spec.name} has no files source"
     started = time.perf_counter()
     con = duckdb_connection()
     read = landing.open_partition(

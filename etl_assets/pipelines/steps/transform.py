@@ -37,6 +37,7 @@ def transform(
         PermanentSourceError: the SQL reached outside the lake (a file, URL, database or extension).
     """
     spec = loaded.spec
+    assert spec.transform is not None, f"{spec.name} is a source pipeline: it has no transform"
     con = duckdb_connection(allowed_directories=[lake_root])
     for name, table in tables.items():
         con.register(name, table.relation(con))
