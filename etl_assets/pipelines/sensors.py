@@ -348,7 +348,8 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
     """For an incremental API source: ask the API for records newer than the last watermark; run only then.
 
     The cursor holds the last watermark seen. New records are listed with ``updated_since`` (bounded pages) to
-    find which partitions they fall in; one run per affected partition.
+    find which partitions they fall in; one run per affected partition. An unpartitioned pipeline gets one run
+    whenever the watermark endpoint reports a newer watermark.
     """
     source = spec.source
     assert isinstance(source, ApiSource), f"{spec.name} has no api source"
@@ -370,10 +371,11 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
             return SensorResult(
                 cursor=_current_watermark(api, spec), skip_reason=SkipReason("first tick: watermark recorded")
             )
-        if time_column is None:
-            raise ValueError(
-                f"{spec.name}: the watermark sensor needs partitions.column to tell the partitions updated"
-            )
+        if time_column is None:  # unpartitioned: one run whenever the watermark moves
+            current = _current_watermark(api, spec)
+            if not current or current == watermark:
+                return SkipReason(f"watermark unchanged since {watermark}")
+            return SensorResult(run_requests=[RunRequest(run_key=f"{spec.name}:{current}")], cursor=current)
         stats = ExtractStats()
         partitions: set[str] = set()
         with_limit = source.model_copy(update={"pagination": source.pagination.model_copy(update={"page_size": 1000})})
