@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from dagster import (
     op,
 )
 
-from etl_assets.definitions import build_definitions
 from etl_assets.errors import (
     ContractError,
     PermanentSourceError,
@@ -38,28 +36,15 @@ from etl_assets.errors import (
 from etl_assets.pipelines.sensors import TAG_DATASET, TAG_FILE, TAG_SHA256, landing_target
 from etl_assets.pipelines.spec import FilesSource
 from etl_assets.resources.files import LandingFilesSource
+from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-SPECS = {
-    "drops.yaml": """
-        name: drops
-        source: {kind: files, format: csv, glob: "*.csv"}
-        columns: [{name: a, type: INTEGER, nullable: false}, {name: b, type: VARCHAR}]
-        retry: {max_retries: 0}
-    """,
-    "linked.yaml": """
-        name: linked
-        source: {kind: files, format: csv, glob: "*.csv"}
-        columns: [{name: a, type: INTEGER}]
-        retry: {max_retries: 0}
-    """,
-    "nested.yaml": """
-        name: nested
-        source: {kind: files, format: ndjson, glob: "*.ndjson"}
-        columns: [{name: a, type: VARCHAR, nullable: false}, {name: b, type: VARCHAR}]
-        retry: {max_retries: 0}
-    """,
-}
+SPECS = [
+    pipeline("drops", [column("a", "INTEGER", nullable=False), column("b")], retry={"max_retries": 0}),
+    pipeline("linked", [column("a", "INTEGER")], retry={"max_retries": 0}),
+    pipeline("nested", [column("a", nullable=False), column("b")], source=files_source("ndjson"),
+             retry={"max_retries": 0}),
+]
 
 
 def sha(path: Path) -> str:
@@ -67,15 +52,10 @@ def sha(path: Path) -> str:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    for name, text in SPECS.items():
-        (specs / name).write_text(textwrap.dedent(text))
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+def lab(tmp_path: Path, data_dir: Path):
     for name in ("drops", "nested"):
         (data_dir / "landing" / name).mkdir(parents=True)
-    return build_definitions()
+    return definitions_for(tmp_path / "specs", *SPECS)
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:
