@@ -13,7 +13,7 @@ import yaml
 from dagster import Definitions
 
 from etl_assets.definitions import build_definitions
-from etl_assets.pipelines.spec import LoadedSpec, parse_spec_file
+from etl_assets.pipelines.spec import PACKAGED_SPEC_DIRS, LoadedSpec, load_specs, parse_spec_file
 
 
 def column(name: str, sql_type: str = "VARCHAR", **fields: Any) -> dict[str, Any]:
@@ -66,6 +66,16 @@ def load_spec(folder: Path, spec: dict[str, Any]) -> LoadedSpec:
     return parse_spec_file(write_spec(folder, spec))
 
 
-def definitions_for(folder: Path, *specs: dict[str, Any]) -> Definitions:
-    """The code location's definitions for exactly ``specs`` (no packaged spec), written into ``folder``."""
-    return build_definitions(specs=[load_spec(folder, spec) for spec in specs])
+def shop_specs() -> list[LoadedSpec]:
+    """The packaged shop pipelines, for a test whose specs sit beside them (or read their datasets)."""
+    return load_specs(list(PACKAGED_SPEC_DIRS))
+
+
+def definitions_for(folder: Path, *specs: dict[str, Any], shop: bool = False) -> Definitions:
+    """The code location's definitions for exactly ``specs``, written into ``folder``.
+
+    Args:
+        shop: Also load the packaged shop pipelines, as the code location does.
+    """
+    loaded = [load_spec(folder, spec) for spec in specs]
+    return build_definitions(specs=[*shop_specs(), *loaded] if shop else loaded)

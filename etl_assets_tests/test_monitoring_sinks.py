@@ -230,18 +230,13 @@ def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, mo
     once the file is repaired the check-failure sensor's next tick writes it to ``ops.errors``."""
     from dagster import build_sensor_context
 
-    from etl_assets.definitions import build_definitions
+    from etl_assets_tests.specs import column, definitions_for, pipeline
 
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "empty.yaml").write_text(
-        "name: empty\nsource: {kind: files, format: csv, glob: '*.csv'}\n"
-        "columns: [{name: a, type: INTEGER, nullable: false}]\nretry: {max_retries: 0}\n")
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+    spec = pipeline("empty", [column("a", "INTEGER", nullable=False)], retry={"max_retries": 0})
     monkeypatch.delenv("ETL_ALERT_FILE", raising=False)
     with Recorder() as hook:
         monkeypatch.setenv("ETL_ALERT_WEBHOOK_URL", f"{hook.url}/{SECRET_PATH}")
-        defs = build_definitions()
+        defs = definitions_for(tmp_path / "specs", spec)
         resources = {"alerting": defs.resources["alerting"], "warehouse": defs.resources["warehouse"]}
 
         def tick(name, cursor):
