@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import textwrap
 from pathlib import Path
 
 import duckdb
@@ -21,6 +20,7 @@ from etl_assets.pipelines.spec import SpecError, load_specs
 from etl_assets.recovery.retention import expire_raw_inputs
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets.runner import run_reference
+from etl_assets_tests.specs import column, definitions_for, files_source, load_spec, pipeline, shop_specs, write_spec
 
 TABLES = ["shop.orders", "shop.orders_enriched", "shop.daily_revenue", "shop.customers", "quarantine.orders"]
 
@@ -75,22 +75,12 @@ def test_rebuild_of_an_unknown_pipeline_names_the_choices(data_dir, capsys):
         in capsys.readouterr().err
 
 
-RETAINED = """
-name: clicks
-domain: web
-source: {kind: files, format: csv, glob: "clicks_*.csv"}
-partitions: {type: daily, start: 2024-01-01}
-columns:
-  - {name: click_id, type: BIGINT, nullable: false}
-retention: {raw_days: 2, archive_days: 10}
-"""
+RETAINED = pipeline("clicks", [column("click_id", "BIGINT", nullable=False)], domain="web",
+                    source=files_source(glob="clicks_*.csv"), partitions={"type": "daily", "start": "2024-01-01"},
+                    retention={"raw_days": 2, "archive_days": 10})
 
 
-def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir, monkeypatch):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "clicks.yaml").write_text(RETAINED)
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir):
     lake, landing = LakeStorage(), LandingFilesSource()
     days = [f"2024-01-0{d}" for d in range(1, 6)]
     for day in days:
@@ -106,7 +96,7 @@ def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir, monkeypat
         stamp = now.timestamp() - age_days * 86400
         os.utime(path, (stamp, stamp))
 
-    specs_loaded = [s.spec for s in load_specs()]
+    specs_loaded = [s.spec for s in [*shop_specs(), load_spec(tmp_path / "specs", RETAINED)]]
     removed = expire_raw_inputs(specs_loaded, lake, landing, now)
     assert sorted((r.pipeline, r.kind, r.name) for r in removed) == [
         ("clicks", "archived_file", "clicks_old.csv"),
@@ -118,31 +108,23 @@ def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir, monkeypat
     assert expire_raw_inputs(specs_loaded, lake, landing, now) == []
 
 
-def test_retention_job_runs_in_dagster(tmp_path, data_dir, monkeypatch, instance):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "clicks.yaml").write_text(RETAINED)
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+def test_retention_job_runs_in_dagster(tmp_path, data_dir, instance):
     old = (dt.date.today() - dt.timedelta(days=30)).isoformat()
     LakeStorage().write(["raw", "clicks"], old, duckdb.sql("SELECT 1 AS click_id"))
     LakeStorage().write(["raw", "clicks"], dt.date.today().isoformat(), duckdb.sql("SELECT 1 AS click_id"))
-    result = build_definitions().resolve_job_def("lake_retention_job").execute_in_process(instance=instance)
+    result = definitions_for(tmp_path / "specs", RETAINED).resolve_job_def("lake_retention_job").execute_in_process(
+        instance=instance)
     assert result.success
     assert result.output_for_node("expire_raw") == 1
     assert LakeStorage().partitions(["raw", "clicks"]) == [dt.date.today().isoformat()]
 
 
-@pytest.mark.parametrize("extra, field", [
-    ("retention: {raw_days: 3}", "retention.raw_days"),        # unpartitioned: nothing to expire
-    ("retention: {archive_days: 0}", "retention.archive_days"),  # must be at least a day
+@pytest.mark.parametrize("retention, field", [
+    ({"raw_days": 3}, "retention.raw_days"),        # unpartitioned: nothing to expire
+    ({"archive_days": 0}, "retention.archive_days"),  # must be at least a day
 ])
-def test_retention_spec_errors_name_the_field(tmp_path, extra, field):
-    spec = tmp_path / "bad.yaml"
-    spec.write_text(textwrap.dedent("""
-        name: bad
-        source: {kind: files, format: csv, glob: "*.csv"}
-        columns: [{name: id, type: BIGINT}]
-    """) + extra + "\n")
+def test_retention_spec_errors_name_the_field(tmp_path, retention, field):
+    spec = write_spec(tmp_path, pipeline("bad", [column("id", "BIGINT")], retention=retention))
     with pytest.raises(SpecError) as err:
         load_specs([tmp_path])
     assert str(spec) in str(err.value) and field in str(err.value)
