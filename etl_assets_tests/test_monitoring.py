@@ -35,7 +35,7 @@ from dagster import (
 
 from etl_assets.monitoring.sensors import TAG_ALERT_SENT
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline, transform
-from etl_assets_tests.test_monitoring_sinks import Recorder
+from etl_assets_tests.recorder import Recorder
 
 UI = "http://127.0.0.1:3999"
 SLACK_TOKEN = "xoxb-monitoring-test-token-never-logged"

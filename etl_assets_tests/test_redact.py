@@ -31,7 +31,7 @@ from etl_assets.errors import PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import SqlSource
 from etl_assets.redact import redact, userinfo_needs_encoding
 from etl_assets.resources.sql import SqlDatabaseSource
-from etl_assets_tests.test_monitoring_sinks import Recorder
+from etl_assets_tests.recorder import Recorder
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
