@@ -13,6 +13,8 @@ from psycopg import sql
 
 from etl_assets.definitions import build_definitions
 
+pytestmark = [pytest.mark.postgres]
+
 
 @pytest.fixture
 def pg_customers(postgres_url, pg_schema, shop_data):

@@ -193,6 +193,7 @@ def rec_api(shop_data: DemoManifest, monkeypatch: pytest.MonkeyPatch):
 # ---------------------------------------------------------------------------------------------- 3. idempotency
 
 
+@pytest.mark.postgres
 def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_one_run(
         specs_dir, shop_data, rec_api, instance, data_dir, postgres_url, pg_schema, monkeypatch):
     (specs_dir / "rec_orders.yaml").write_text(orders_spec(pg_schema, targets="[duckdb, postgres]"))
@@ -514,6 +515,7 @@ def wait_until_released(url: str, schema: str, pid: int) -> None:
         assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone() == (0,)
 
 
+@pytest.mark.postgres
 def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blocks_the_rerun(
         crash_env, crash_instance, specs_dir, data_dir, postgres_url, pg_schema):
     """Killed twice: in the first load (the table is created in the transaction) and in a reload."""
@@ -645,6 +647,7 @@ def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition
 PG_SOURCE_ROWS = 300_000
 
 
+@pytest.mark.postgres
 def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly(
         specs_dir, data_dir, instance, postgres_url, pg_schema, monkeypatch):
     with psycopg.connect(postgres_url, autocommit=True) as conn:

@@ -209,6 +209,7 @@ def _vault_spec(table: str) -> dict[str, str]:
     """}
 
 
+@pytest.mark.postgres
 def test_a_postgres_password_is_stored_nowhere(lab_factory, pg_role, pg_schema, capfd):
     role, password = pg_role
     base = password.removesuffix("@/#x")
@@ -370,6 +371,7 @@ def test_sql_errors_never_quote_the_password(tmp_path):
         assert "vault_db" in str(raised.value)
 
 
+@pytest.mark.postgres
 def test_postgres_target_errors_never_quote_the_password(pg_role):
     """The Postgres target's own connection: a URL libpq would misparse is refused before libpq reads it, and a
     connection failure is told in the target's own words (the message and its cause chain are clean)."""

@@ -232,6 +232,7 @@ def test_longest_allowed_names_build_and_run(tmp_path: Path, data_dir: Path, ins
             ("9", [f"relationship:{REF}"])]
 
 
+@pytest.mark.postgres
 def test_longest_allowed_names_load_into_postgres(tmp_path: Path, data_dir: Path, instance, postgres_url: str,
                                                   monkeypatch: pytest.MonkeyPatch):
     import psycopg

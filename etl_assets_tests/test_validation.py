@@ -553,6 +553,7 @@ def test_files_pipeline_lands_exact_values_and_quarantines_the_rest(tmp_path: Pa
                 assert_exact(loaded[tag][name], value)
 
 
+@pytest.mark.postgres
 def test_nul_in_text_is_quarantined_for_the_postgres_target(tmp_path: Path, data_dir: Path, instance, monkeypatch,
                                                             postgres_url: str, pg_schema: str) -> None:
     """Postgres text cannot hold a NUL: such a row is quarantined as ``storable:<col>`` before any target (for a
