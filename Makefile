@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export ETL_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test dev validate bench clean
+.PHONY: install demo test test-fast dev validate bench clean
 
 $(STAMP): pyproject.toml setup.py scripts/bootstrap.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/bootstrap.sh
@@ -25,6 +25,10 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 ## Run the whole test suite.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## Run the quick tests only (no slow, daemon, browser or Postgres test; see the markers in pyproject.toml).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not daemon and not browser and not postgres" $(PYTEST_ARGS)
 
 ## Serve the code location in the Dagster UI on http://127.0.0.1:3000 (daemon included).
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

@@ -107,6 +107,7 @@ def test_alert_settings_are_bound_from_the_environment_by_name():
     assert build_alert_sinks({"SLACK_BOT_TOKEN": "x"}.get).slack_token is None
 
 
+@pytest.mark.slow
 def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, monkeypatch):
     """A corrupt warehouse file: a failed run is still alerted (file and webhook), its error record is spooled, and
     once the file is repaired the check-failure sensor's next tick writes it to ``ops.errors``."""

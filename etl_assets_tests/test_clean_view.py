@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import duckdb
+import pytest
 from dagster import AssetCheckKey, AssetKey
 
 from etl_assets.lake import LakeStorage, LakeView, view_files
@@ -13,6 +14,8 @@ from etl_assets.pipelines.factory import _overlapping_partitions
 from etl_assets.pipelines.spec import parse_spec_file
 from etl_assets.runner import QUIET
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
+
+pytestmark = [pytest.mark.slow]
 
 SPEC = pipeline(
     "visits", [column("visit_id", "BIGINT", nullable=False),

@@ -45,6 +45,8 @@ from etl_assets.lake import (TEST_PAUSE_IN_LAKE_WRITE_ENV, TEST_PAUSE_RELEASE_EN
                              view_files)
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, DuckDBWarehouse, PostgresTarget
 
+pytestmark = [pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parent.parent
 # The longest the first writer stays paused; the test ends the pause once it has seen the second one wait.
 PAUSE_SECONDS = 120

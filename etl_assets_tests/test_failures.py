@@ -27,6 +27,7 @@ def _attempts(result, step_key: str) -> int:
     return sum(1 for e in result.all_events if e.step_key == step_key and e.event_type == DagsterEventType.STEP_START)
 
 
+@pytest.mark.slow
 def test_an_unreadable_row_deep_in_a_file_is_quarantined_and_the_rest_loads(drops, data_dir, instance, tmp_path):
     rows = "".join(f"{i},x{i}\n" for i in range(20000))
     (drops / "big.csv").write_bytes(b"a,b\n" + rows.encode() + b"1,\xff\xfe bad utf8\n")

@@ -189,6 +189,7 @@ def test_the_landing_resource_refuses_a_symlinked_dataset_directory_and_dot_name
 # ---------------------------------------------------------------------------------------------- item 12
 
 
+@pytest.mark.slow
 def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_archive(
         lab, instance, data_dir, tmp_path, capfd):
     defs = lab
@@ -302,6 +303,7 @@ def _quarantined(data_dir: Path, dataset: str, name: str) -> str:
     return reason.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, text, words", [
     ("no_a.csv", "b\nonly-b\n", "a"),  # a required column missing
     ("semicolons.csv", "a;b\n1;x\n", "a"),  # the wrong delimiter: one column named "a;b"
@@ -316,6 +318,7 @@ def test_a_csv_breaking_the_contract_leaves_landing_with_its_reason(lab, instanc
     assert "required column(s) a missing" in reason, reason
 
 
+@pytest.mark.slow
 def test_a_nested_json_column_fails_validation_and_the_file_leaves_landing(lab, instance, data_dir):
     path = data_dir / "landing" / "nested" / "n.ndjson"
     path.write_text('{"a": {"deep": 1}, "b": "x"}\n{"a": {"deep": 2}, "b": "y"}\n')
@@ -329,6 +332,7 @@ def test_a_nested_json_column_fails_validation_and_the_file_leaves_landing(lab, 
     assert f"run {run.run_id} step validate_nested" in reason and "nested values" in reason
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step, error, moved", [
     ("validate_drops", ContractError("drops: required column(s) a missing"), True),
     ("raw__drops", PermanentSourceError("drops: cannot read d.csv as csv"), True),

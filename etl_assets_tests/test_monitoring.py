@@ -37,6 +37,8 @@ from etl_assets.monitoring.sensors import TAG_ALERT_SENT
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline, transform
 from etl_assets_tests.recorder import Recorder
 
+pytestmark = [pytest.mark.slow]
+
 UI = "http://127.0.0.1:3999"
 SLACK_TOKEN = "xoxb-monitoring-test-token-never-logged"
 HOOK_SECRET = "hook-s3cr3t-3f9a"

@@ -18,6 +18,8 @@ from etl_assets.demo import DemoApiServer, generate_shop_data
 from etl_assets_tests.conftest import SMALL_DAYS, SMALL_ORDERS
 from etl_assets.runner import DAILY_JOB, run_reference
 
+pytestmark = [pytest.mark.slow]
+
 
 def _expected_revenue(manifest) -> pd.DataFrame:
     orders = pd.read_parquet(manifest.orders_path)

@@ -4,8 +4,11 @@ file, in the lake and in the warehouse's `quarantine.<name>`, for a partition de
 from __future__ import annotations
 
 import duckdb
+import pytest
 
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
+
+pytestmark = [pytest.mark.slow]
 
 SPEC = pipeline(
     "readings", [column("reading_id", "BIGINT", nullable=False), column("value", "INTEGER", nullable=False, min=0)],

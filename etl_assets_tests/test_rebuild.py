@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from etl_assets.cli import main as cli
 from etl_assets.definitions import build_definitions
@@ -28,6 +29,7 @@ def snapshot(data_dir: Path) -> dict[str, list[tuple]]:
     return out
 
 
+@pytest.mark.slow
 def test_rebuild_from_raw_without_sources(shop_data, api_server, data_dir, instance, monkeypatch, capsys):
     runs = run_reference(build_definitions(), instance, shop_data.partition_keys)
     assert all(r.success for r in runs), runs

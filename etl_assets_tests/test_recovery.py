@@ -393,6 +393,7 @@ def reexecute_from_failure(env: dict, run_id: str, instance: DagsterInstance):
     return child
 
 
+@pytest.mark.slow
 def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_completes(
         crash_env, crash_instance, specs_dir, data_dir):
     """A range run replaces two partitions (main table and quarantine together, one transaction each); killed in
@@ -452,6 +453,7 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
             [(sum(new[d][0][0] for d in BIG_DAYS),) * 2]
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
         crash_env, crash_instance, specs_dir, data_dir):
     """Killed between a load's COMMIT and the checkpoint that closing the connection does: the WAL holds the commit."""
@@ -598,6 +600,7 @@ def test_demo_api_fails_page_k_n_times_in_both_pagination_styles(shop_data):
         FaultConfig(fail_page=3, fail_page_times=6, fail_page_kind="truncated")
 
 
+@pytest.mark.slow
 def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_place(
         specs_dir, shop_data, rec_api, instance, data_dir):
     (specs_dir / "rec_orders.yaml").write_text(orders_spec("rec", style="page"))
@@ -619,6 +622,7 @@ def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_pl
             [(sum(1 for _, s in orders if s != "cancelled"),) * 2]
 
 
+@pytest.mark.slow
 def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition_once(
         specs_dir, shop_data, rec_api, instance, data_dir):
     (specs_dir / "rec_orders.yaml").write_text(orders_spec("rec", style="cursor"))

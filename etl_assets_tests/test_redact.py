@@ -254,6 +254,7 @@ def test_a_postgres_password_is_stored_nowhere(lab_factory, pg_role, pg_schema, 
     assert_nowhere(stored, [password, base, half_a, half_b, "pa ss"])
 
 
+@pytest.mark.slow
 def test_a_bearer_token_echoed_by_the_api_is_stored_nowhere(lab_factory, capfd):
     token = f"tok-{uuid.uuid4().hex}"
     refusing, failing = EchoApi(401), EchoApi(503)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import textwrap
 
 import duckdb
+import pytest
 
 from etl_assets.cli import main as cli
 from etl_assets.definitions import build_definitions
+
+pytestmark = [pytest.mark.slow]
 
 SPEC = """
 name: visits

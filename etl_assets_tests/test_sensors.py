@@ -149,6 +149,7 @@ def test_marker_mode_waits_for_the_marker(tmp_path, instance, data_dir):
     assert second.run_requests[0].tags["etl/landing_file"] == "part1.csv"
 
 
+@pytest.mark.slow
 def test_backlog_of_10000_files_is_worked_off_in_bounded_ticks(tmp_path, instance, data_dir):
     defs = definitions_for(tmp_path / "specs", pipeline("drops", arrival={"max_files_per_tick": 500}))
     directory = data_dir / "landing" / "drops"
