@@ -221,6 +221,7 @@ def _run_longest_names(tmp_path: Path, data_dir: Path, instance, domain: str, ta
     assert defs.resolve_job_def(f"{SOURCE}_revalidate") is not None
 
 
+@pytest.mark.slow
 def test_longest_allowed_names_build_and_run(tmp_path: Path, data_dir: Path, instance):
     domain = "d" * MAX_IDENTIFIER_LENGTH
     _run_longest_names(tmp_path, data_dir, instance, domain, ["duckdb"])
