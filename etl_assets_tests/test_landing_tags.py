@@ -251,6 +251,7 @@ def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_
     assert warehouse.exists() and (outside / "x.csv").exists() and (landing / "drops" / "link.csv").is_symlink()
 
 
+@pytest.mark.slow
 def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir, tmp_path):
     defs = lab
     landing = data_dir / "landing"

@@ -280,6 +280,7 @@ def test_a_bearer_token_echoed_by_the_api_is_stored_nowhere(lab_factory, capfd):
     assert_nowhere(stored, [token, token.removeprefix("tok-")])
 
 
+@pytest.mark.slow
 def test_api_url_credentials_are_not_stored_as_metadata(lab_factory):
     """``http://user:pass@host`` as the API URL: the extract's metadata shows the URL without its userinfo."""
     user_password = f"Up{uuid.uuid4().hex[:12]}"

@@ -581,6 +581,7 @@ def test_nul_in_text_is_quarantined_for_the_postgres_target(tmp_path: Path, data
     assert checks[("clean/notes", "valid_type")] and checks[("postgres/notes", "matches_lake")]
 
 
+@pytest.mark.slow
 def test_records_outside_their_partition_from_a_sql_source(tmp_path: Path, data_dir: Path, instance) -> None:
     """A SQLite table extracted by its update time (``incremental_column``) and partitioned on the event time
     (``partitions.column``): rows updated on the day whose event lies outside it are ``out_of_window``; each
