@@ -27,20 +27,16 @@ def files_source(fmt: str = "csv", glob: str | None = None, **fields: Any) -> di
 
 
 def pipeline(name: str, columns: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
-    """A source pipeline spec as a dict: a CSV files source unless ``source`` is given, with ``columns``.
+    """A source pipeline spec as a dict: a CSV files source (``*.csv``) unless ``source`` is given.
 
     Args:
         name: The pipeline's name (and the spec file's stem when written).
         columns: The contract; default one nullable ``INTEGER`` column ``a``.
-        **fields: Any other spec field (``domain``, ``partitions``, ``quality``, ``retry``, ...); ``source=None``
-            leaves the source out, for a transform spec.
+        **fields: Any other spec field (``source``, ``domain``, ``partitions``, ``quality``, ``retry``, ...).
     """
-    spec: dict[str, Any] = {"name": name, "source": files_source()}
+    spec: dict[str, Any] = {"name": name, "source": files_source(),
+                            "columns": columns if columns is not None else [column("a", "INTEGER")]}
     spec.update(fields)
-    if spec["source"] is None:
-        del spec["source"]
-    else:
-        spec["columns"] = columns if columns is not None else [column("a", "INTEGER")]
     return spec
 
 
