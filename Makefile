@@ -26,7 +26,8 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## Run the quick tests only (no slow, daemon, browser or Postgres test; see the markers in pyproject.toml).
+## Run the quick tests only (no slow, daemon, browser or Postgres test; the markers are in pyproject.toml).
+## Extra pytest options go in PYTEST_ARGS, e.g. make test-fast PYTEST_ARGS="--durations=20".
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not daemon and not browser and not postgres" $(PYTEST_ARGS)
 
