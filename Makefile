@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export ETL_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test dev validate schema lint bench clean
+.PHONY: install demo test test-fast dev validate schema lint bench clean
 
 $(STAMP): pyproject.toml setup.py scripts/bootstrap.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/bootstrap.sh
@@ -25,6 +25,11 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 ## Run the whole test suite.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## Run the quick tests only (no slow, daemon, browser or Postgres test; the markers are in pyproject.toml).
+## Extra pytest options go in PYTEST_ARGS, e.g. make test-fast PYTEST_ARGS="--durations=20".
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not daemon and not browser and not postgres" $(PYTEST_ARGS)
 
 # dg runs the project in .venv; saying so keeps it from warning that no virtual environment is active
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg

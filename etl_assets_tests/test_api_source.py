@@ -281,6 +281,7 @@ def test_slow_answers_beyond_the_timeout_are_retried_as_timeouts(shop_data: Demo
     assert elapsed < slow * faults.slow_seconds
 
 
+@pytest.mark.slow
 def test_a_body_dripping_past_the_request_deadline_is_retried(shop_data: DemoManifest) -> None:
     """Every piece of a "drip" body arrives well within the read timeout, so only the whole-request deadline can
     stop it: the client gives up on each and asks again, instead of waiting every drip out."""

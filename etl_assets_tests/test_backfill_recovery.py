@@ -15,12 +15,15 @@ from urllib.parse import parse_qs, urlsplit
 import duckdb
 import httpx
 import pandas as pd
+import pytest
 from dagster import DagsterInstance, RunsFilter
 
 from etl_assets.cli.demo import FULL_REFRESH_JOB
 from etl_assets.definitions import build_definitions
 from etl_assets_tests.test_daemon_e2e import Daemon, wait_for
 from etl_assets_tests.webserver import HOST, running_webserver
+
+pytestmark = [pytest.mark.daemon]
 
 ORDER_ASSETS = [["raw", "orders"], ["clean", "orders"], ["quarantine", "orders"], ["warehouse", "orders"]]
 LAUNCH = """

@@ -13,8 +13,8 @@ Every quarantine/loaded case also asserts conservation: rows in clean + rows in 
 data rows the test itself put into the input files (counted by the test, not by the platform), and the
 blocking check ``rows_conserved`` passed with that ``rows_in``.
 
-How it runs: inputs are generated here (no static fixtures); every spec of the module goes into one temporary
-``ETL_PIPELINES_DIR`` (one code location, built once); each group's files go into
+How it runs: inputs are generated here (no static fixtures); every spec of the module is written to one temporary
+folder and the code location is built once from exactly those specs; each group's files go into
 ``$ETL_DATA_DIR/landing/<name>/`` of a data directory of its own, then ``<name>_pipeline`` is executed in
 process. A run costs seconds on a busy machine, so cases that can share a file share one run (a *group*: one
 data directory, one or more runs in order). Each group runs once, on first use, against one Dagster instance
@@ -41,11 +41,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from dagster import AssetCheckSeverity, DagsterEventType, instance_for_test
 
 from etl_assets.cli import QUIET
-from etl_assets.definitions import build_definitions
 from etl_assets.lake import LakeStorage
 from etl_assets.errors import ContractError
 from etl_assets.pipelines.steps.extract import conforming
@@ -53,6 +51,8 @@ from etl_assets.pipelines.validation import check_castable_types
 from etl_assets.pipelines.spec import Column
 from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.resources.api import _to_text_batch
+from etl_assets.cli import QUIET
+from etl_assets_tests.specs import definitions_for, files_source, pipeline
 
 UTC = timezone.utc
 DOMAIN = "corpus"
@@ -78,16 +78,9 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def files_spec(name: str, fmt: str, columns: list[dict], **extra) -> dict:
-    spec = {
-        "name": name,
-        "domain": DOMAIN,
-        "source": {"kind": "files", "format": fmt, "glob": f"*.{fmt}"},
-        "columns": columns,
-        "quality": {"threshold": 0},  # bad rows are quarantined and the rest loaded
-        "retry": {"max_retries": 0},
-    }
-    spec.update(extra)
-    return spec
+    """A corpus pipeline over ``*.<fmt>`` files: bad rows are quarantined and the rest loaded, never retried."""
+    fields = {"domain": DOMAIN, "source": files_source(fmt), "quality": {"threshold": 0}, "retry": {"max_retries": 0}}
+    return pipeline(name, columns, **{**fields, **extra})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -227,12 +220,7 @@ class Corpus:
     def defs(self):
         """One code location for every spec of the module (resources read ETL_DATA_DIR at run time)."""
         if self._defs is None:
-            specs = self.tmp.mktemp("corpus_specs")
-            for spec in SPECS:
-                (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setenv("ETL_PIPELINES_DIR", str(specs))
-                self._defs = build_definitions()
+            self._defs = definitions_for(self.tmp.mktemp("corpus_specs"), *SPECS)
         return self._defs
 
     def outcome(self, group: str, label: str) -> Outcome:

@@ -23,6 +23,8 @@ import pytest
 from etl_assets_demo import DemoManifest
 from etl_assets_tests.webserver import LOCATION, REPO, RUN_TIMEOUT, Webserver, webserver_fixture  # noqa: F401 (the `webserver` fixture)
 
+pytestmark = [pytest.mark.browser, pytest.mark.daemon]
+
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

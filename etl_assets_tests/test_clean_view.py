@@ -4,29 +4,25 @@ the loads' re-check of the contract on the rows they insert (a mismatch rolls th
 from __future__ import annotations
 
 import json
-import textwrap
 
 import duckdb
+import pytest
 from dagster import AssetCheckKey, AssetKey
 
 from etl_assets.cli import QUIET
-from etl_assets.definitions import build_definitions
 from etl_assets.lake import LakeStorage, LakeView, view_files
 from etl_assets.pipelines.steps.validate import overlapping_partitions
 from etl_assets.pipelines.spec import parse_spec_file
+from etl_assets.cli import QUIET
+from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
-SPEC = """
-name: visits
-domain: web
-source: {kind: files, format: csv, glob: "visits_*.csv"}
-partitions: {type: daily, start: 2024-01-01}
-columns:
-  - {name: visit_id, type: BIGINT, nullable: false}
-  - {name: kind, type: VARCHAR, nullable: false, accepted_values: [view, buy]}
-  - {name: amount, type: "DECIMAL(8,2)", min: 0}
-primary_key: [visit_id]
-quality: {threshold: 0}
-"""
+pytestmark = [pytest.mark.slow]
+
+SPEC = pipeline(
+    "visits", [column("visit_id", "BIGINT", nullable=False),
+               column("kind", nullable=False, accepted_values=["view", "buy"]), column("amount", "DECIMAL(8,2)", min=0)],
+    domain="web", source=files_source(glob="visits_*.csv"), partitions={"type": "daily", "start": "2024-01-01"},
+    primary_key=["visit_id"], quality={"threshold": 0})
 DAY = "2024-01-01"
 
 
@@ -37,20 +33,16 @@ def _warehouse(data_dir):
     return valid, quarantined
 
 
-def _setup(tmp_path, data_dir, monkeypatch):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "visits.yaml").write_text(textwrap.dedent(SPEC))
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+def _setup(tmp_path, data_dir):
     landing = data_dir / "landing" / "visits"
     landing.mkdir(parents=True)
     (landing / f"visits_{DAY}.csv").write_text("visit_id,kind,amount\n1,view,2.50\n2,refund,1.00\n3,buy,-4\n4,buy,10\n4,view,3\n")
-    return build_definitions().resolve_job_def("visits_pipeline")
+    return definitions_for(tmp_path / "specs", SPEC).resolve_job_def("visits_pipeline")
 
 
 def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_contract(
-        tmp_path, data_dir, instance, monkeypatch):
-    job = _setup(tmp_path, data_dir, monkeypatch)
+        tmp_path, data_dir, instance):
+    job = _setup(tmp_path, data_dir)
     first = job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET)
     assert first.success
     lake = LakeStorage(root=str(data_dir / "lake"))
@@ -89,9 +81,9 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
 
 
 def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_back(
-        tmp_path, data_dir, instance, monkeypatch):
+        tmp_path, data_dir, instance):
     # the value rules are checked by the INSERT as it inserts; uniqueness is counted on the inserted rows
-    job = _setup(tmp_path, data_dir, monkeypatch)
+    job = _setup(tmp_path, data_dir)
     assert job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET).success
     before = _warehouse(data_dir)
     lake = LakeStorage(root=str(data_dir / "lake"))
@@ -110,8 +102,8 @@ def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_
 
 
 def test_cross_partition_key_check_reads_only_partitions_whose_key_range_overlaps(
-        tmp_path, data_dir, instance, monkeypatch):
-    job = _setup(tmp_path, data_dir, monkeypatch)
+        tmp_path, data_dir, instance):
+    job = _setup(tmp_path, data_dir)
     landing = data_dir / "landing" / "visits"
     for day, ids in (("2024-01-01", (1, 2, 3)), ("2024-01-02", (10, 11, 12)), ("2024-01-03", (11, 20, 21))):
         (landing / f"visits_{day}.csv").write_text("visit_id,kind,amount\n" + "".join(f"{i},view,1\n" for i in ids))
@@ -136,8 +128,8 @@ def _visit_files(data_dir, days: dict[str, tuple[int, ...]]) -> None:
         (landing / f"visits_{day}.csv").write_text("visit_id,kind,amount\n" + "".join(f"{i},view,1\n" for i in ids))
 
 
-def test_a_corrupt_clean_manifest_is_repaired_by_re_materializing_its_partition(tmp_path, data_dir, instance, monkeypatch):
-    job = _setup(tmp_path, data_dir, monkeypatch)
+def test_a_corrupt_clean_manifest_is_repaired_by_re_materializing_its_partition(tmp_path, data_dir, instance):
+    job = _setup(tmp_path, data_dir)
     assert job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET).success
     before = _warehouse(data_dir)
     lake = LakeStorage(root=str(data_dir / "lake"))
@@ -158,8 +150,8 @@ def test_a_corrupt_clean_manifest_is_repaired_by_re_materializing_its_partition(
     assert {v[3] for v in valid} == {again.run_id}
 
 
-def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path, data_dir, instance, monkeypatch):
-    job = _setup(tmp_path, data_dir, monkeypatch)
+def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path, data_dir, instance):
+    job = _setup(tmp_path, data_dir)
     first, second = "2024-01-01", "2024-01-02"
     _visit_files(data_dir, {first: (1, 2, 3), second: (2, 5, 6)})  # key ranges overlap: the first must be read
     assert job.execute_in_process(instance=instance, partition_key=first, run_config=QUIET).success

@@ -143,6 +143,7 @@ def test_the_schema_for_editors_is_the_pipeline_spec():
     assert {"name", "source", "transform", "columns", "targets"} <= set(schema["properties"])
 
 
+@pytest.mark.slow  # two dg subprocesses load the location: about 25 s
 def test_dg_check_defs_fails_on_an_invalid_spec_that_the_served_location_sets_aside(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: bad_one\nsource: {kind: files}\n")
     env = {**os.environ, "ETL_PIPELINES_DIR": str(tmp_path), "DAGSTER_HOME": str(tmp_path),

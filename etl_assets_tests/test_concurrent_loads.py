@@ -45,6 +45,8 @@ from etl_assets.lake import (TEST_PAUSE_IN_LAKE_WRITE_ENV, TEST_PAUSE_RELEASE_EN
                              view_files)
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, DuckDBWarehouse, PostgresTarget
 
+pytestmark = [pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parent.parent
 # The longest the first writer stays paused; the test ends the pause once it has seen the second one wait.
 PAUSE_SECONDS = 120
@@ -213,6 +215,7 @@ def _pg_args(tmp_path: Path, url: str, schema: str, source: str, run_id: str, pa
             "table": "events", "partition": partition, "run_id": run_id}
 
 
+@pytest.mark.postgres
 def test_two_postgres_loads_of_one_partition_at_once_leave_one_copy(tmp_path, data_dir, postgres_url, pg_schema,
                                                                     children):
     lake = LakeStorage(root=str(tmp_path / "lake"))
@@ -240,6 +243,7 @@ def test_two_postgres_loads_of_one_partition_at_once_leave_one_copy(tmp_path, da
             sql.Identifier(pg_schema, "events"))).fetchone() == (ROWS,)
 
 
+@pytest.mark.postgres
 def test_two_first_loads_of_different_partitions_create_the_table_at_once(tmp_path, data_dir, postgres_url,
                                                                           pg_schema, children):
     lake = LakeStorage(root=str(tmp_path / "lake"))
@@ -262,6 +266,7 @@ def test_two_first_loads_of_different_partitions_create_the_table_at_once(tmp_pa
     assert _pg_partition(postgres_url, pg_schema, "events", p2) == (ROWS // 2, ROWS // 2, ["b"], ["run-b"])
 
 
+@pytest.mark.postgres
 def test_two_loads_of_different_partitions_add_the_same_column_at_once(tmp_path, data_dir, postgres_url, pg_schema,
                                                                        children):
     lake = LakeStorage(root=str(tmp_path / "lake"))

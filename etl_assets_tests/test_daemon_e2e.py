@@ -20,6 +20,8 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+pytestmark = [pytest.mark.daemon]
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 

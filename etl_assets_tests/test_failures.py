@@ -3,26 +3,21 @@ written to the lake or the warehouse for the failed partition. A bad row is quar
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 from dagster import DagsterEventType
 
-from etl_assets.definitions import build_definitions
+from etl_assets_tests.specs import column, definitions_for, pipeline
+
+
+def drops_job(tmp_path, **fields):
+    """The ``drops`` pipeline's job: a CSV source of two columns keyed on ``a``, retried three times."""
+    spec = pipeline("drops", [column("a", "INTEGER", nullable=False), column("b")], primary_key=["a"],
+                    retry={"max_retries": 3, "delay_seconds": 0}, **fields)
+    return definitions_for(tmp_path / "specs", spec).resolve_job_def("drops_pipeline")
 
 
 @pytest.fixture
-def drops(tmp_path, data_dir, monkeypatch):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "drops.yaml").write_text(textwrap.dedent("""
-        name: drops
-        source: {kind: files, format: csv, glob: "*.csv"}
-        columns: [{name: a, type: INTEGER, nullable: false}, {name: b, type: VARCHAR}]
-        primary_key: [a]
-        retry: {max_retries: 3, delay_seconds: 0}
-    """))
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+def drops(data_dir):
     landing = data_dir / "landing" / "drops"
     landing.mkdir(parents=True)
     return landing
@@ -32,10 +27,11 @@ def _attempts(result, step_key: str) -> int:
     return sum(1 for e in result.all_events if e.step_key == step_key and e.event_type == DagsterEventType.STEP_START)
 
 
-def test_an_unreadable_row_deep_in_a_file_is_quarantined_and_the_rest_loads(drops, data_dir, instance):
+@pytest.mark.slow
+def test_an_unreadable_row_deep_in_a_file_is_quarantined_and_the_rest_loads(drops, data_dir, instance, tmp_path):
     rows = "".join(f"{i},x{i}\n" for i in range(20000))
     (drops / "big.csv").write_bytes(b"a,b\n" + rows.encode() + b"1,\xff\xfe bad utf8\n")
-    result = build_definitions().resolve_job_def("drops_pipeline").execute_in_process(instance=instance)
+    result = drops_job(tmp_path).execute_in_process(instance=instance)
     assert result.success and _attempts(result, "raw__drops") == 1
     import duckdb
 
@@ -49,9 +45,9 @@ def test_an_unreadable_row_deep_in_a_file_is_quarantined_and_the_rest_loads(drop
     assert quarantined[0][0] == ["malformed_row"]
 
 
-def test_a_file_missing_a_required_column_is_refused_at_once_and_leaves_landing(drops, data_dir, instance):
+def test_a_file_missing_a_required_column_is_refused_at_once_and_leaves_landing(drops, data_dir, instance, tmp_path):
     (drops / "x.csv").write_text("b\nonly-b\n")
-    result = build_definitions().resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+    result = drops_job(tmp_path).execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     assert _attempts(result, "raw__drops") == 1  # a data error: no step retry
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
@@ -64,21 +60,18 @@ def test_a_file_missing_a_required_column_is_refused_at_once_and_leaves_landing(
     assert not (data_dir / "warehouse.duckdb").exists()
 
 
-def test_quality_below_threshold_blocks_the_load(drops, data_dir, instance):
+def test_quality_below_threshold_blocks_the_load(drops, data_dir, instance, tmp_path):
     (drops / "x.csv").write_text("a,b\n1,ok\nnot-a-number,bad\n")
-    result = build_definitions().resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+    result = drops_job(tmp_path).execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["quality_score"] is False and checks["rows_conserved"] is True
     assert not (data_dir / "warehouse.duckdb").exists()  # the blocking check stopped it before any target
 
 
-def test_bad_rows_are_quarantined_not_lost(drops, data_dir, instance, monkeypatch):
-    spec = drops.parent.parent.parent / "specs" / "drops.yaml"
-    spec.write_text(spec.read_text() + "quality: {threshold: 0.2}\n")
+def test_bad_rows_are_quarantined_not_lost(drops, data_dir, instance, tmp_path):
     (drops / "x.csv").write_text("a,b\n1,ok\nnot-a-number,bad\n,null-a\n1,duplicate\n")
-    defs = build_definitions()
-    result = defs.resolve_job_def("drops_pipeline").execute_in_process(instance=instance)
+    result = drops_job(tmp_path, quality={"threshold": 0.2}).execute_in_process(instance=instance)
     assert result.success
     import duckdb
 

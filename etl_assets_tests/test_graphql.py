@@ -18,7 +18,8 @@ from etl_assets_demo.data import FX_RATES_TO_USD
 from etl_assets_tests.webserver import HOST, LOCATION, RUN_TIMEOUT, Webserver, webserver_fixture  # noqa: F401 (the `webserver` fixture)
 
 # dagster_graphql's client calls gql with arguments gql deprecates; not this project's code.
-pytestmark = pytest.mark.filterwarnings("ignore:Using variable_values and operation_name:DeprecationWarning")
+pytestmark = [pytest.mark.daemon,
+              pytest.mark.filterwarnings("ignore:Using variable_values and operation_name:DeprecationWarning")]
 
 FULL_REFRESH_JOB = "shop_full_refresh"
 FULL_REFRESH_DATASETS = ("customers", "fx_rates", "products")

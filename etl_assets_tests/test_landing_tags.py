@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from dagster import (
     op,
 )
 
-from etl_assets.definitions import build_definitions
 from etl_assets.errors import (
     ContractError,
     PermanentSourceError,
@@ -38,28 +36,15 @@ from etl_assets.errors import (
 from etl_assets.pipelines.sensors import TAG_DATASET, TAG_FILE, TAG_SHA256, landing_target
 from etl_assets.pipelines.spec import FilesSource
 from etl_assets.resources.files import LandingFilesSource
+from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-SPECS = {
-    "drops.yaml": """
-        name: drops
-        source: {kind: files, format: csv, glob: "*.csv"}
-        columns: [{name: a, type: INTEGER, nullable: false}, {name: b, type: VARCHAR}]
-        retry: {max_retries: 0}
-    """,
-    "linked.yaml": """
-        name: linked
-        source: {kind: files, format: csv, glob: "*.csv"}
-        columns: [{name: a, type: INTEGER}]
-        retry: {max_retries: 0}
-    """,
-    "nested.yaml": """
-        name: nested
-        source: {kind: files, format: ndjson, glob: "*.ndjson"}
-        columns: [{name: a, type: VARCHAR, nullable: false}, {name: b, type: VARCHAR}]
-        retry: {max_retries: 0}
-    """,
-}
+SPECS = [
+    pipeline("drops", [column("a", "INTEGER", nullable=False), column("b")], retry={"max_retries": 0}),
+    pipeline("linked", [column("a", "INTEGER")], retry={"max_retries": 0}),
+    pipeline("nested", [column("a", nullable=False), column("b")], source=files_source("ndjson"),
+             retry={"max_retries": 0}),
+]
 
 
 def sha(path: Path) -> str:
@@ -67,15 +52,10 @@ def sha(path: Path) -> str:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    for name, text in SPECS.items():
-        (specs / name).write_text(textwrap.dedent(text))
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+def lab(tmp_path: Path, data_dir: Path):
     for name in ("drops", "nested"):
         (data_dir / "landing" / name).mkdir(parents=True)
-    return build_definitions()
+    return definitions_for(tmp_path / "specs", *SPECS)
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:
@@ -209,6 +189,7 @@ def test_the_landing_resource_refuses_a_symlinked_dataset_directory_and_dot_name
 # ---------------------------------------------------------------------------------------------- item 12
 
 
+@pytest.mark.slow
 def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_archive(
         lab, instance, data_dir, tmp_path, capfd):
     defs = lab
@@ -270,6 +251,7 @@ def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_
     assert warehouse.exists() and (outside / "x.csv").exists() and (landing / "drops" / "link.csv").is_symlink()
 
 
+@pytest.mark.slow
 def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir, tmp_path):
     defs = lab
     landing = data_dir / "landing"
@@ -322,6 +304,7 @@ def _quarantined(data_dir: Path, dataset: str, name: str) -> str:
     return reason.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, text, words", [
     ("no_a.csv", "b\nonly-b\n", "a"),  # a required column missing
     ("semicolons.csv", "a;b\n1;x\n", "a"),  # the wrong delimiter: one column named "a;b"
@@ -336,6 +319,7 @@ def test_a_csv_breaking_the_contract_leaves_landing_with_its_reason(lab, instanc
     assert "required column(s) a missing" in reason, reason
 
 
+@pytest.mark.slow
 def test_a_nested_json_column_fails_validation_and_the_file_leaves_landing(lab, instance, data_dir):
     path = data_dir / "landing" / "nested" / "n.ndjson"
     path.write_text('{"a": {"deep": 1}, "b": "x"}\n{"a": {"deep": 2}, "b": "y"}\n')
@@ -349,6 +333,7 @@ def test_a_nested_json_column_fails_validation_and_the_file_leaves_landing(lab, 
     assert f"run {run.run_id} step validate_nested" in reason and "nested values" in reason
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step, error, moved", [
     ("validate_drops", ContractError("drops: required column(s) a missing"), True),
     ("raw__drops", PermanentSourceError("drops: cannot read d.csv as csv"), True),

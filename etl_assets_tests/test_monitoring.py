@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -34,9 +33,11 @@ from dagster import (
     materialize,
 )
 
-from etl_assets.definitions import build_definitions
 from etl_assets.monitoring.sensors import TAG_ALERT_SENT
-from etl_assets_tests.test_monitoring_sinks import Recorder
+from etl_assets_tests.specs import column, definitions_for, files_source, pipeline, transform
+from etl_assets_tests.recorder import Recorder
+
+pytestmark = [pytest.mark.slow]
 
 UI = "http://127.0.0.1:3999"
 SLACK_TOKEN = "xoxb-monitoring-test-token-never-logged"
@@ -53,40 +54,19 @@ FAILING = {  # pipeline -> (failed step, its asset, error class, words of the me
 FRESHNESS = AssetCheckKey(AssetKey(["warehouse", "drops"]), "freshness_check")
 
 
-def _specs(flaky_url: str) -> dict[str, str]:
-    return {
-        "drops.yaml": """
-            name: drops
-            source: {kind: files, format: csv, glob: "*.csv"}
-            columns: [{name: a, type: INTEGER, nullable: false}, {name: b, type: VARCHAR}]
-            primary_key: [a]
-            retry: {max_retries: 0}
-            freshness: {max_lag_minutes: 30}
-        """,
-        "empty.yaml": """
-            name: empty
-            source: {kind: files, format: csv, glob: "*.csv"}
-            columns: [{name: a, type: INTEGER, nullable: false}]
-            retry: {max_retries: 0}
-        """,
-        "shapeless.yaml": """
-            name: shapeless
-            source: {kind: files, format: ndjson, glob: "*.ndjson"}
-            columns: [{name: a, type: INTEGER, nullable: false}, {name: b, type: VARCHAR}]
-            retry: {max_retries: 0}
-        """,
-        "flaky.yaml": f"""
-            name: flaky
-            source: {{kind: api, connection: flaky_api, default_url: "{flaky_url}", endpoint: /records}}
-            columns: [{{name: id, type: BIGINT, nullable: false}}]
-            retry: {{max_retries: 0}}
-        """,
-        "broken.yaml": """
-            name: broken
-            transform: {sql: broken.sql, inputs: [drops]}
-            retry: {max_retries: 0}
-        """,
-    }
+def _specs(flaky_url: str) -> list[dict]:
+    never_retried = {"retry": {"max_retries": 0}}
+    return [
+        pipeline("drops", [column("a", "INTEGER", nullable=False), column("b")], primary_key=["a"],
+                 freshness={"max_lag_minutes": 30}, **never_retried),
+        pipeline("empty", [column("a", "INTEGER", nullable=False)], **never_retried),
+        pipeline("shapeless", [column("a", "INTEGER", nullable=False), column("b")], source=files_source("ndjson"),
+                 **never_retried),
+        pipeline("flaky", [column("id", "BIGINT", nullable=False)], source={
+            "kind": "api", "connection": "flaky_api", "default_url": flaky_url, "endpoint": "/records"},
+            **never_retried),
+        transform("broken", "broken.sql", ["drops"], **never_retried),
+    ]
 
 
 @dataclass
@@ -127,7 +107,6 @@ def world(tmp_path_factory) -> World:
     with pytest.MonkeyPatch.context() as mp, Recorder() as webhook, Recorder(body=slack_ok) as slack, \
             Recorder(default_status=503, headers={"Retry-After": "0"}) as flaky_api:
         mp.setenv("ETL_DATA_DIR", str(data))
-        mp.setenv("ETL_PIPELINES_DIR", str(specs))
         mp.delenv("ETL_ENV", raising=False)
         mp.delenv("ETL_ALERT_FILE", raising=False)
         mp.setenv("ETL_UI_BASE_URL", UI)
@@ -135,8 +114,6 @@ def world(tmp_path_factory) -> World:
         mp.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
         mp.setenv("ETL_ALERT_SLACK_CHANNEL", "#etl-alerts")
         mp.setenv("ETL_ALERT_SLACK_API_URL", f"{slack.url}/api/")
-        for name, text in _specs(flaky_api.url).items():
-            (specs / name).write_text(textwrap.dedent(text))
         (specs / "broken.sql").write_text("SELECT no_such_column FROM drops\n")
         landing = data / "landing"
         (landing / "drops").mkdir(parents=True)
@@ -145,7 +122,7 @@ def world(tmp_path_factory) -> World:
         (landing / "shapeless").mkdir()
         (landing / "shapeless" / "s.ndjson").write_text('{"a": {"nested": 1}, "b": "x"}\n')
         with instance_for_test(temp_dir=str(home)) as instance:
-            defs = build_definitions()
+            defs = definitions_for(specs, *_specs(flaky_api.url), shop=True)
             world = World(instance, defs, home, data, {}, webhook, slack, "", "")
             # first ticks only set the cursors (no alerts for history); they must precede the runs
             world.run_cursor = world.tick("alert_on_run_failure", None).cursor

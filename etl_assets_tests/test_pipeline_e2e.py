@@ -18,6 +18,8 @@ from etl_assets.definitions import build_definitions
 from etl_assets_demo import DemoApiServer, generate_shop_data
 from etl_assets_tests.conftest import SMALL_DAYS, SMALL_ORDERS
 
+pytestmark = [pytest.mark.slow]
+
 
 def _expected_revenue(manifest) -> pd.DataFrame:
     orders = pd.read_parquet(manifest.orders_path)

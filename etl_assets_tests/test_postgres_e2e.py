@@ -4,7 +4,6 @@ a user pipeline loading into a real Postgres target, both configured only throug
 from __future__ import annotations
 
 import sqlite3
-import textwrap
 
 import duckdb
 import psycopg
@@ -12,6 +11,9 @@ import pytest
 from psycopg import sql
 
 from etl_assets.definitions import build_definitions
+from etl_assets_tests.specs import column, definitions_for, pipeline
+
+pytestmark = [pytest.mark.postgres]
 
 
 @pytest.fixture
@@ -44,25 +46,14 @@ def test_customers_from_postgres(pg_customers, pg_schema, postgres_url, shop_dat
 
 
 def test_pipeline_with_postgres_target(tmp_path, postgres_url, pg_schema, shop_data, instance, monkeypatch):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "catalogue.yaml").write_text(textwrap.dedent(f"""
-        name: catalogue
-        domain: {pg_schema}
-        source: {{kind: files, format: csv, glob: "*.csv"}}
-        columns:
-          - {{name: product_id, type: BIGINT, nullable: false}}
-          - {{name: sku, type: VARCHAR, nullable: false}}
-          - {{name: list_price, type: "DECIMAL(12,2)", nullable: false}}
-        primary_key: [product_id]
-        targets: [duckdb, postgres]
-    """))
+    catalogue = pipeline("catalogue", [column("product_id", "BIGINT", nullable=False), column("sku", nullable=False),
+                                       column("list_price", "DECIMAL(12,2)", nullable=False)],
+                         domain=pg_schema, primary_key=["product_id"], targets=["duckdb", "postgres"])
     landing = shop_data.data_dir / "landing" / "catalogue"
     landing.mkdir(parents=True)
     (landing / "products.csv").write_text((shop_data.landing_dir / "products" / "products.csv").read_text())
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
     monkeypatch.setenv("ETL_POSTGRES_URL", postgres_url)
-    defs = build_definitions()
+    defs = definitions_for(tmp_path / "specs", catalogue)
     for _ in range(2):
         result = defs.resolve_job_def("catalogue_pipeline").execute_in_process(instance=instance)
         assert result.success

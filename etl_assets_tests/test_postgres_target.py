@@ -24,6 +24,8 @@ from psycopg import sql
 from etl_assets.lake import LakeStorage, LakeTable
 from etl_assets.resources.targets import LOADED_AT_COLUMN, PARTITION_COLUMN, RUN_COLUMN, PostgresTarget
 
+pytestmark = [pytest.mark.postgres]
+
 UTC = dt.timezone.utc
 KEY = ["shop", "order_items"]
 P1, P2 = "2024-01-01", "2024-01-02"

@@ -4,27 +4,20 @@ file, in the lake and in the warehouse's `quarantine.<name>`, for a partition de
 from __future__ import annotations
 
 import duckdb
+import pytest
 
-from etl_assets.definitions import build_definitions
+from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
-SPEC = r"""
-name: readings
-domain: lab
-source: {kind: files, format: csv, glob: "readings_*.csv", partition_regex: 'readings_(?P<partition>\d{4}-\d{2}-\d{2})_[ab]\.csv$'}
-partitions: {type: daily, start: 2024-01-01}
-columns:
-  - {name: reading_id, type: BIGINT, nullable: false}
-  - {name: value, type: INTEGER, nullable: false, min: 0}
-primary_key: [reading_id]
-quality: {threshold: 0}
-"""
+pytestmark = [pytest.mark.slow]
+
+SPEC = pipeline(
+    "readings", [column("reading_id", "BIGINT", nullable=False), column("value", "INTEGER", nullable=False, min=0)],
+    domain="lab", source=files_source(glob="readings_*.csv",
+                                      partition_regex=r"readings_(?P<partition>\d{4}-\d{2}-\d{2})_[ab]\.csv$"),
+    partitions={"type": "daily", "start": "2024-01-01"}, primary_key=["reading_id"], quality={"threshold": 0})
 
 
-def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instance, monkeypatch):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "readings.yaml").write_text(SPEC)
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instance):
     landing = data_dir / "landing" / "readings"
     landing.mkdir(parents=True)
     # two files for one day; bad rows at known records (1-based, header not counted)
@@ -32,7 +25,7 @@ def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instanc
         "reading_id,value\n" + "".join(f"{i},{'x' if i == 7 else i}\n" for i in range(1, 1001)))
     (landing / "readings_2024-01-01_b.csv").write_text(
         "reading_id,value\n" + "".join(f"{2000 + i},{-1 if i in (1, 500) else i}\n" for i in range(1, 501)))
-    job = build_definitions().resolve_job_def("readings_pipeline")
+    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def("readings_pipeline")
     assert job.execute_in_process(instance=instance, partition_key="2024-01-01").success
     expected = [("7", "readings_2024-01-01_a.csv", 7, ["type:value"]),
                 ("2001", "readings_2024-01-01_b.csv", 1, ["min:value"]),

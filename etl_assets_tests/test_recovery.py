@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -48,6 +47,7 @@ from etl_assets.lake import VIEW_SUFFIX, view_files, view_sql
 from etl_assets.resources.api import RestApiSource
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, WAREHOUSE_POOL
 from etl_assets_demo import DemoApiServer, DemoManifest, FaultConfig
+from etl_assets_tests.specs import column, files_source, pipeline, transform, write_spec
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -134,36 +134,21 @@ def step_events(result, step_key: str, kind: DagsterEventType) -> list:
     return [e for e in result.all_events if e.step_key == step_key and e.event_type == kind]
 
 
-def orders_spec(domain: str, style: str = "cursor", page_size: int = 50, targets: str = "[duckdb]") -> str:
+def orders_spec(domain: str, style: str = "cursor", page_size: int = 50,
+                targets: tuple[str, ...] = ("duckdb",)) -> dict:
     """The demo orders as an API pipeline whose cancelled orders break the contract (they go to quarantine)."""
-    return textwrap.dedent(f"""
-        name: rec_orders
-        domain: {domain}
-        source:
-          kind: api
-          connection: rec_api
-          default_url: http://127.0.0.1:9
-          endpoint: /orders
-          records_path: data
-          pagination: {{style: {style}, page_size: {page_size}}}
-          window_params: [ordered_from, ordered_to]
-          timeout_seconds: 10
-        partitions: {{type: daily, start: 2024-01-01, column: ordered_at}}
-        columns:
-          - {{name: order_id, type: BIGINT, nullable: false}}
-          - {{name: customer_id, type: BIGINT, nullable: false}}
-          - {{name: product_id, type: BIGINT, nullable: false}}
-          - {{name: quantity, type: INTEGER, nullable: false, min: 1}}
-          - {{name: unit_price, type: "DECIMAL(12,2)", nullable: false}}
-          - {{name: currency, type: VARCHAR, nullable: false}}
-          - {{name: status, type: VARCHAR, nullable: false, accepted_values: [placed, shipped]}}
-          - {{name: ordered_at, type: TIMESTAMPTZ, nullable: false}}
-          - {{name: updated_at, type: TIMESTAMPTZ, nullable: false}}
-        primary_key: [order_id]
-        quality: {{threshold: 0.5}}
-        targets: {targets}
-        retry: {{max_retries: 2, delay_seconds: 0}}
-    """)
+    source = {"kind": "api", "connection": "rec_api", "default_url": "http://127.0.0.1:9", "endpoint": "/orders",
+              "records_path": "data", "pagination": {"style": style, "page_size": page_size},
+              "window_params": ["ordered_from", "ordered_to"], "timeout_seconds": 10}
+    columns = [column("order_id", "BIGINT", nullable=False), column("customer_id", "BIGINT", nullable=False),
+               column("product_id", "BIGINT", nullable=False), column("quantity", "INTEGER", nullable=False, min=1),
+               column("unit_price", "DECIMAL(12,2)", nullable=False), column("currency", nullable=False),
+               column("status", nullable=False, accepted_values=["placed", "shipped"]),
+               column("ordered_at", "TIMESTAMPTZ", nullable=False), column("updated_at", "TIMESTAMPTZ", nullable=False)]
+    return pipeline("rec_orders", columns, domain=domain, source=source,
+                    partitions={"type": "daily", "start": "2024-01-01", "column": "ordered_at"},
+                    primary_key=["order_id"], quality={"threshold": 0.5}, targets=list(targets),
+                    retry={"max_retries": 2, "delay_seconds": 0})
 
 
 @pytest.fixture
@@ -193,29 +178,19 @@ def rec_api(shop_data: DemoManifest, monkeypatch: pytest.MonkeyPatch):
 # ---------------------------------------------------------------------------------------------- 3. idempotency
 
 
+@pytest.mark.postgres
 def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_one_run(
         specs_dir, shop_data, rec_api, instance, data_dir, postgres_url, pg_schema, monkeypatch):
-    (specs_dir / "rec_orders.yaml").write_text(orders_spec(pg_schema, targets="[duckdb, postgres]"))
+    write_spec(specs_dir, orders_spec(pg_schema, targets=("duckdb", "postgres")))
     (specs_dir / "rec_daily.sql").write_text(
         "SELECT CAST(ordered_at AS DATE) AS order_date, currency, count(*) AS orders,"
         " CAST(sum(quantity) AS BIGINT) AS units, sum(quantity * unit_price) AS amount FROM rec_orders GROUP BY ALL")
-    (specs_dir / "rec_daily.yaml").write_text(textwrap.dedent(f"""
-        name: rec_daily
-        domain: {pg_schema}
-        transform: {{sql: rec_daily.sql, inputs: [rec_orders]}}
-        partitions: {{type: daily, start: 2024-01-01}}
-        targets: [duckdb]
-    """))
-    (specs_dir / "rec_catalog.yaml").write_text(textwrap.dedent(f"""
-        name: rec_catalog
-        domain: {pg_schema}
-        source: {{kind: files, format: csv, glob: "products*.csv"}}
-        columns:
-          - {{name: product_id, type: BIGINT, nullable: false}}
-          - {{name: sku, type: VARCHAR, nullable: false}}
-          - {{name: list_price, type: "DECIMAL(12,2)", nullable: false, min: 0}}
-        primary_key: [product_id]
-    """))
+    write_spec(specs_dir, transform("rec_daily", "rec_daily.sql", ["rec_orders"], domain=pg_schema,
+                                    partitions={"type": "daily", "start": "2024-01-01"}, targets=["duckdb"]))
+    write_spec(specs_dir, pipeline(
+        "rec_catalog", [column("product_id", "BIGINT", nullable=False), column("sku", nullable=False),
+                        column("list_price", "DECIMAL(12,2)", nullable=False, min=0)],
+        domain=pg_schema, source=files_source(glob="products*.csv"), primary_key=["product_id"]))
     landing = data_dir / "landing" / "rec_catalog"
     landing.mkdir(parents=True)
     shutil.copy(shop_data.landing_dir / "products" / "products.csv", landing / "products.csv")
@@ -289,27 +264,14 @@ def crash_instance(crash_env: dict):
         yield instance
 
 
-def big_spec(name: str, domain: str, targets: str, partitioned: bool) -> str:
-    partitions = "partitions: {type: daily, start: 2024-01-01}" if partitioned else ""
-    regex = rf"partition_regex: '{name}_(?P<partition>\d{{4}}-\d{{2}}-\d{{2}})\.csv$'" if partitioned else ""
-    return textwrap.dedent(f"""
-        name: {name}
-        domain: {domain}
-        source:
-          kind: files
-          format: csv
-          glob: "{name}_*.csv"
-          {regex}
-        {partitions}
-        columns:
-          - {{name: id, type: BIGINT, nullable: false}}
-          - {{name: amount, type: "DECIMAL(12,2)", nullable: false}}
-          - {{name: label, type: VARCHAR}}
-        primary_key: [id]
-        quality: {{threshold: 0.5}}
-        targets: {targets}
-        retry: {{max_retries: 0}}
-    """)
+def big_spec(name: str, domain: str, targets: list[str], partitioned: bool) -> dict:
+    """A CSV pipeline of ``<name>_*.csv`` files, daily by the date in the file name when ``partitioned``."""
+    regex = {"partition_regex": rf"{name}_(?P<partition>\d{{4}}-\d{{2}}-\d{{2}})\.csv$"} if partitioned else {}
+    partitions = {"partitions": {"type": "daily", "start": "2024-01-01"}} if partitioned else {}
+    columns = [column("id", "BIGINT", nullable=False), column("amount", "DECIMAL(12,2)", nullable=False),
+               column("label")]
+    return pipeline(name, columns, domain=domain, source=files_source(glob=f"{name}_*.csv", **regex), **partitions,
+                    primary_key=["id"], quality={"threshold": 0.5}, targets=targets, retry={"max_retries": 0})
 
 
 def write_csv(path: Path, version: int, rows: int, first_id: int = 0) -> None:
@@ -392,11 +354,12 @@ def reexecute_from_failure(env: dict, run_id: str, instance: DagsterInstance):
     return child
 
 
+@pytest.mark.slow
 def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_completes(
         crash_env, crash_instance, specs_dir, data_dir):
     """A range run replaces two partitions (main table and quarantine together, one transaction each); killed in
     the second transaction."""
-    (specs_dir / "rec_big.yaml").write_text(big_spec("rec_big", "rec", "[duckdb]", partitioned=True))
+    write_spec(specs_dir, big_spec("rec_big", "rec", ["duckdb"], partitioned=True))
     landing = data_dir / "landing" / "rec_big"
     files = {day: landing / f"rec_big_{day}.csv" for day in BIG_DAYS}
     for index, day in enumerate(BIG_DAYS):
@@ -451,10 +414,11 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
             [(sum(new[d][0][0] for d in BIG_DAYS),) * 2]
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
         crash_env, crash_instance, specs_dir, data_dir):
     """Killed between a load's COMMIT and the checkpoint that closing the connection does: the WAL holds the commit."""
-    (specs_dir / "rec_wal.yaml").write_text(big_spec("rec_wal", "rec", "[duckdb]", partitioned=False))
+    write_spec(specs_dir, big_spec("rec_wal", "rec", ["duckdb"], partitioned=False))
     source = data_dir / "landing" / "rec_wal" / "rec_wal_all.csv"
     write_csv(source, 1, 5_000)
     job = "rec_wal_pipeline"
@@ -514,10 +478,11 @@ def wait_until_released(url: str, schema: str, pid: int) -> None:
         assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone() == (0,)
 
 
+@pytest.mark.postgres
 def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blocks_the_rerun(
         crash_env, crash_instance, specs_dir, data_dir, postgres_url, pg_schema):
     """Killed twice: in the first load (the table is created in the transaction) and in a reload."""
-    (specs_dir / "rec_pgload.yaml").write_text(big_spec("rec_pgload", pg_schema, "[postgres]", partitioned=False))
+    write_spec(specs_dir, big_spec("rec_pgload", pg_schema, ["postgres"], partitioned=False))
     env = {**crash_env, "ETL_POSTGRES_URL": postgres_url}
     source = data_dir / "landing" / "rec_pgload" / "rec_pgload_all.csv"
     job = "rec_pgload_pipeline"
@@ -596,9 +561,10 @@ def test_demo_api_fails_page_k_n_times_in_both_pagination_styles(shop_data):
         FaultConfig(fail_page=3, fail_page_times=6, fail_page_kind="truncated")
 
 
+@pytest.mark.slow
 def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_place(
         specs_dir, shop_data, rec_api, instance, data_dir):
-    (specs_dir / "rec_orders.yaml").write_text(orders_spec("rec", style="page"))
+    write_spec(specs_dir, orders_spec("rec", style="page"))
     api = rec_api(FaultConfig(fail_page=3, fail_page_times=REQUEST_ATTEMPTS - 1, fail_page_kind="truncated"))
     day = shop_data.partition_keys[0]
     result = build_definitions().resolve_job_def("rec_orders_pipeline").execute_in_process(
@@ -617,9 +583,10 @@ def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_pl
             [(sum(1 for _, s in orders if s != "cancelled"),) * 2]
 
 
+@pytest.mark.slow
 def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition_once(
         specs_dir, shop_data, rec_api, instance, data_dir):
-    (specs_dir / "rec_orders.yaml").write_text(orders_spec("rec", style="cursor"))
+    write_spec(specs_dir, orders_spec("rec", style="cursor"))
     api = rec_api(FaultConfig(fail_page=3, fail_page_times=REQUEST_ATTEMPTS, fail_page_kind="503",
                               retry_after_seconds=0))
     day = shop_data.partition_keys[1]
@@ -645,6 +612,7 @@ def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition
 PG_SOURCE_ROWS = 300_000
 
 
+@pytest.mark.postgres
 def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly(
         specs_dir, data_dir, instance, postgres_url, pg_schema, monkeypatch):
     with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -652,18 +620,12 @@ def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly
         conn.execute(sql.SQL(
             "CREATE TABLE {} AS SELECT g::bigint AS id, 'event ' || g AS label, repeat(md5(g::text), 8) AS pad"
             " FROM generate_series(1, %s) AS g").format(sql.Identifier(pg_schema, "events")), [PG_SOURCE_ROWS])
-    (specs_dir / "rec_pgsrc.yaml").write_text(textwrap.dedent(f"""
-        name: rec_pgsrc
-        domain: rec
-        source:
-          {{kind: sql, connection: rec_pg, default_url: "postgresql://127.0.0.1:9/none", table: {pg_schema}.events}}
-        columns:
-          - {{name: id, type: BIGINT, nullable: false}}
-          - {{name: label, type: VARCHAR, nullable: false}}
-          - {{name: pad, type: VARCHAR, nullable: false}}
-        primary_key: [id]
-        retry: {{max_retries: 2, delay_seconds: 0}}
-    """))
+    write_spec(specs_dir, pipeline(
+        "rec_pgsrc", [column("id", "BIGINT", nullable=False), column("label", nullable=False),
+                      column("pad", nullable=False)],
+        domain="rec", source={"kind": "sql", "connection": "rec_pg", "default_url": "postgresql://127.0.0.1:9/none",
+                              "table": f"{pg_schema}.events"},
+        primary_key=["id"], retry={"max_retries": 2, "delay_seconds": 0}))
     app = "etl_rec_" + uuid.uuid4().hex[:10]
     monkeypatch.setenv("REC_PG_URL", f"{postgres_url}{'&' if '?' in postgres_url else '?'}application_name={app}")
     raw_dir = data_dir / "lake" / "raw" / "rec_pgsrc"

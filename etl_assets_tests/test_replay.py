@@ -3,24 +3,23 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import duckdb
+import pytest
 
 from etl_assets.cli import main as cli
 from etl_assets.definitions import build_definitions
+from etl_assets_tests.specs import column, files_source, pipeline, write_spec
 
-SPEC = """
-name: visits
-domain: web
-source: {{kind: files, format: csv, glob: "visits_*.csv"}}
-partitions: {{type: daily, start: 2024-01-01}}
-columns:
-  - {{name: visit_id, type: BIGINT, nullable: false}}
-  - {{name: kind, type: VARCHAR, nullable: false, accepted_values: {accepted}}}
-primary_key: [visit_id]
-quality: {{threshold: 0}}
-"""
+pytestmark = [pytest.mark.slow]
+
+
+def visits(accepted: list[str]) -> dict:
+    """Daily visits whose ``kind`` must be one of ``accepted``; other rows are quarantined."""
+    return pipeline("visits", [column("visit_id", "BIGINT", nullable=False),
+                               column("kind", nullable=False, accepted_values=accepted)],
+                    domain="web", source=files_source(glob="visits_*.csv"),
+                    partitions={"type": "daily", "start": "2024-01-01"}, primary_key=["visit_id"],
+                    quality={"threshold": 0})
 
 
 def tables(data_dir):
@@ -33,10 +32,8 @@ def tables(data_dir):
 
 def test_replay_loads_fixed_rows_exactly_once(tmp_path, data_dir, instance, monkeypatch, capsys):
     specs = tmp_path / "specs"
-    specs.mkdir()
-    spec = specs / "visits.yaml"
-    spec.write_text(textwrap.dedent(SPEC.format(accepted="[view, buy]")))
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+    write_spec(specs, visits(["view", "buy"]))
+    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))  # the replay command finds the spec as a user's would
     landing = data_dir / "landing" / "visits"
     landing.mkdir(parents=True)
     (landing / "visits_2024-01-01.csv").write_text("visit_id,kind\n1,view\n2,refund\n")
@@ -50,7 +47,7 @@ def test_replay_loads_fixed_rows_exactly_once(tmp_path, data_dir, instance, monk
                            ("4", "refund", ["accepted_values:kind"], "2024-01-02")]
 
     # the contract is fixed; the source files are gone (archived) — replay works from the raw lake alone
-    spec.write_text(textwrap.dedent(SPEC.format(accepted="[view, buy, refund]")))
+    write_spec(specs, visits(["view", "buy", "refund"]))
     for f in landing.iterdir():
         f.unlink()
     for _ in range(2):

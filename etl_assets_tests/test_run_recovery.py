@@ -22,6 +22,8 @@ from etl_assets.recovery.sensors import process_state, run_worker_pid
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV
 from etl_assets_tests.test_daemon_e2e import REPO, SPECS, YESTERDAY, make_lab, wait_for, warehouse
 
+pytestmark = [pytest.mark.daemon]
+
 ROWS = 400_000
 SPEC = SPECS["events.yaml"]  # a daily files pipeline with its file sensor on
 # every load holds its transaction open this long before COMMIT (and again before the checkpoint), so the kill

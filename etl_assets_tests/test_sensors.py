@@ -15,6 +15,7 @@ from dagster import build_schedule_context, build_sensor_context
 from etl_assets.definitions import build_definitions
 from etl_assets.pipelines.sensors import decide_arrivals, run_key_for
 from etl_assets.resources.files import LandingFile, LandingFilesSource
+from etl_assets_tests.specs import definitions_for, files_source, pipeline
 
 
 def lf(name: str, size: int = 10, mtime: int = 1) -> LandingFile:
@@ -134,14 +135,8 @@ def test_symlinks_are_refused(defs, instance, landing, tmp_path):
         LandingFilesSource().archive("inventory", "../../../secret_2024-01-02.ndjson")
 
 
-def test_marker_mode_waits_for_the_marker(tmp_path, instance, data_dir, monkeypatch):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "drops.yaml").write_text(
-        "name: drops\nsource: {kind: files, format: csv, glob: '*.csv', ready_marker: _SUCCESS}\n"
-        "columns: [{name: a, type: INTEGER}]\n")
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
-    defs = build_definitions()
+def test_marker_mode_waits_for_the_marker(tmp_path, instance, data_dir):
+    defs = definitions_for(tmp_path / "specs", pipeline("drops", source=files_source(ready_marker="_SUCCESS")))
     directory = data_dir / "landing" / "drops"
     directory.mkdir(parents=True)
     drop(directory, "part1.csv", "a\n1\n")
@@ -154,14 +149,9 @@ def test_marker_mode_waits_for_the_marker(tmp_path, instance, data_dir, monkeypa
     assert second.run_requests[0].tags["etl/landing_file"] == "part1.csv"
 
 
-def test_backlog_of_10000_files_is_worked_off_in_bounded_ticks(tmp_path, instance, data_dir, monkeypatch):
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "drops.yaml").write_text(
-        "name: drops\nsource: {kind: files, format: csv, glob: '*.csv'}\ncolumns: [{name: a, type: INTEGER}]\n"
-        "arrival: {max_files_per_tick: 500}\n")
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
-    defs = build_definitions()
+@pytest.mark.slow
+def test_backlog_of_10000_files_is_worked_off_in_bounded_ticks(tmp_path, instance, data_dir):
+    defs = definitions_for(tmp_path / "specs", pipeline("drops", arrival={"max_files_per_tick": 500}))
     directory = data_dir / "landing" / "drops"
     directory.mkdir(parents=True)
     for i in range(10_000):

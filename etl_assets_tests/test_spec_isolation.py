@@ -116,6 +116,7 @@ def test_the_location_loads_runs_alerts_and_reports_the_bad_specs(specs: Path, d
     assert fixed.resolve_job_def("needs_broken_pipeline") is not None
 
 
+@pytest.mark.slow
 def test_the_validate_command_fails_on_a_bad_spec_and_passes_on_good_ones(specs: Path, tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != "ETL_PIPELINES_DIR"}
     bad = subprocess.run([sys.executable, "-m", "etl_assets.cli", "validate", str(specs)], env=env,

@@ -222,6 +222,7 @@ def _run_longest_names(tmp_path: Path, data_dir: Path, instance, domain: str, ta
     assert defs.resolve_job_def(f"{SOURCE}_revalidate") is not None
 
 
+@pytest.mark.slow
 def test_longest_allowed_names_build_and_run(tmp_path: Path, data_dir: Path, instance):
     domain = "d" * MAX_IDENTIFIER_LENGTH
     _run_longest_names(tmp_path, data_dir, instance, domain, ["duckdb"])
@@ -233,6 +234,7 @@ def test_longest_allowed_names_build_and_run(tmp_path: Path, data_dir: Path, ins
             ("9", [f"relationship:{REF}"])]
 
 
+@pytest.mark.postgres
 def test_longest_allowed_names_load_into_postgres(tmp_path: Path, data_dir: Path, instance, postgres_url: str,
                                                   monkeypatch: pytest.MonkeyPatch):
     import psycopg

@@ -235,6 +235,7 @@ def pg_events(postgres_url: str, pg_schema: str) -> str:
     return f"{pg_schema}.events"
 
 
+@pytest.mark.postgres
 def test_postgres_window_matches_psycopg_and_streams_typed_batches(postgres_url: str, pg_events: str) -> None:
     source = _source(postgres_url)
     assert source.is_postgres()
@@ -278,6 +279,7 @@ def test_postgres_window_matches_psycopg_and_streams_typed_batches(postgres_url:
     assert row["label"] == "event 1440" and row["local_at"] == dt.datetime(2024, 1, 2)
 
 
+@pytest.mark.postgres
 def test_postgres_driver_qualified_url(postgres_url: str, pg_events: str) -> None:
     """``postgresql+psycopg://`` (the SQLAlchemy spelling users copy around) reaches the same database."""
     scheme, rest = postgres_url.split("://", 1)
@@ -289,6 +291,7 @@ def test_postgres_driver_qualified_url(postgres_url: str, pg_events: str) -> Non
     assert sorted(table.column("id").to_pylist()) == list(range(1440, 2880))
 
 
+@pytest.mark.postgres
 def test_postgres_query_with_window(postgres_url: str, pg_events: str) -> None:
     schema_name = pg_events.split(".")[0]
     query = sql.SQL("SELECT id, happened_at FROM {} WHERE k = 0").format(sql.Identifier(schema_name, "events"))
@@ -299,12 +302,14 @@ def test_postgres_query_with_window(postgres_url: str, pg_events: str) -> None:
     assert sorted(table.column("id").to_pylist()) == [g for g in range(1440, 2880) if g % 7 == 0]
 
 
+@pytest.mark.postgres
 def test_postgres_missing_table_is_permanent(postgres_url: str, pg_schema: str) -> None:
     with pytest.raises(PermanentSourceError) as info:
         _extract(postgres_url, table=f"{pg_schema}.no_such_table")
     assert "no_such_table" in str(info.value) and "`table`" in str(info.value)
 
 
+@pytest.mark.postgres
 def test_postgres_missing_database_is_permanent(postgres_url: str) -> None:
     parts = urlsplit(postgres_url)
     url = urlunsplit(parts._replace(path="/etl_no_such_db_" + uuid.uuid4().hex[:8]))
@@ -312,6 +317,7 @@ def test_postgres_missing_database_is_permanent(postgres_url: str) -> None:
         _extract(url, query="SELECT 1 AS one")
 
 
+@pytest.mark.postgres
 def test_postgres_query_failing_mid_stream_is_permanent(postgres_url: str) -> None:
     """A division by zero at row 150,000, after the first batches were delivered: a retry cannot fix it."""
     query = "SELECT g AS id, repeat('x', 200) AS pad, 1 / (g - 150000) AS boom FROM generate_series(1, 300000) AS g"
@@ -323,6 +329,7 @@ def test_postgres_query_failing_mid_stream_is_permanent(postgres_url: str) -> No
     assert 0 < delivered < 150_000
 
 
+@pytest.mark.postgres
 def test_postgres_backend_terminated_mid_extract_is_transient(postgres_url: str) -> None:
     """``pg_terminate_backend`` from a second connection while the result streams: retryable, not a raw driver error."""
     app = "etl_extract_" + uuid.uuid4().hex[:10]

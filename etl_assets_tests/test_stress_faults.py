@@ -27,6 +27,8 @@ from etl_assets_demo.stress import (
     run_phase,
 )
 
+pytestmark = [pytest.mark.slow]
+
 PARTITIONS = 50
 ORDERS_PER_PARTITION = 100
 # 25 orders a page: about 5 requests per partition, so 10% faults give about 25 of them, each kind likely

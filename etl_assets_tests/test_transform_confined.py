@@ -4,7 +4,6 @@ or extension fails the run at once (no retry) with a message naming the transfor
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import duckdb
@@ -12,25 +11,16 @@ import pytest
 from dagster import DagsterEventType
 
 from etl_assets.cli import QUIET
-from etl_assets.definitions import build_definitions
 from etl_assets.pipelines.spec import SpecError, load_specs
 from etl_assets.settings import duckdb_connection
+from etl_assets_tests.specs import column, definitions_for, pipeline, transform, write_spec
 
-SOURCE_SPEC = """
-name: notes
-domain: desk
-source: {kind: files, format: csv, glob: "*.csv"}
-columns: [{name: note_id, type: BIGINT, nullable: false}, {name: body, type: VARCHAR}]
-"""
+NOTES = pipeline("notes", [column("note_id", "BIGINT", nullable=False), column("body")], domain="desk")
 
 
-def mart_spec(name: str, sql_file: str) -> str:
-    return textwrap.dedent(f"""
-        name: {name}
-        domain: desk
-        transform: {{sql: {sql_file}, inputs: [notes]}}
-        retry: {{max_retries: 2, delay_seconds: 0}}
-    """)
+def mart_spec(name: str, sql_file: str) -> dict:
+    """A mart over ``notes`` built by ``sql_file``, retried twice (so a retry would show)."""
+    return transform(name, sql_file, ["notes"], domain="desk", retry={"max_retries": 2, "delay_seconds": 0})
 
 
 # --- the SQL file's place -------------------------------------------------------------------------------------------
@@ -40,7 +30,7 @@ def _domain(tmp_path: Path) -> tuple[Path, Path]:
     specs, sql = tmp_path / "domain" / "specs", tmp_path / "domain" / "sql"
     specs.mkdir(parents=True)
     sql.mkdir()
-    (specs / "notes.yaml").write_text(textwrap.dedent(SOURCE_SPEC))
+    write_spec(specs, NOTES)
     return specs, sql
 
 
@@ -50,8 +40,7 @@ def test_sql_path_outside_its_folders_is_refused(tmp_path: Path, sql_file: str):
     (specs / "m.sql").write_text("SELECT * FROM notes")
     (sql / "m.sql").write_text("SELECT * FROM notes")
     (tmp_path / "outside.sql").write_text("SELECT * FROM notes")
-    path = specs / "m.yaml"
-    path.write_text(mart_spec("m", f"'{sql_file}'"))
+    path = write_spec(specs, mart_spec("m", sql_file))
     with pytest.raises(SpecError) as info:
         load_specs([specs])
     assert str(info.value) == (
@@ -70,8 +59,7 @@ def test_sql_file_symlinked_outside_its_folder_is_refused(tmp_path: Path, folder
         resolved.write_text("SELECT * FROM notes")
     link = (specs if folder == "specs" else sql) / "m.sql"
     link.symlink_to(resolved)
-    path = specs / "m.yaml"
-    path.write_text(mart_spec("m", "m.sql"))
+    path = write_spec(specs, mart_spec("m", "m.sql"))
     with pytest.raises(SpecError) as info:
         load_specs([specs])
     error = str(info.value)
@@ -86,7 +74,7 @@ def test_sql_file_next_to_the_spec_or_in_the_sql_folder_loads(tmp_path: Path):
     (sql / "shared" / "real.sql").write_text("SELECT 2 AS shared")
     (sql / "alias.sql").symlink_to(sql / "shared" / "real.sql")  # a link within the folder is fine
     for name, file in (("a", "beside.sql"), ("b", "shared/real.sql"), ("c", "alias.sql")):
-        (specs / f"{name}.yaml").write_text(mart_spec(name, file))
+        write_spec(specs, mart_spec(name, file))
     by_name = {s.spec.name: s for s in load_specs([specs])}
     assert [by_name[n].transform_sql() for n in "abc"] == ["SELECT 1 AS beside", "SELECT 2 AS shared", "SELECT 2 AS shared"]
 
@@ -168,21 +156,18 @@ ESCAPING_SQL = {
 
 
 @pytest.fixture
-def desk(tmp_path: Path, data_dir: Path, instance, monkeypatch: pytest.MonkeyPatch):
-    """The notes source, loaded, plus one ordinary transform and the escaping ones, in ETL_PIPELINES_DIR."""
+def desk(tmp_path: Path, data_dir: Path, instance):
+    """The notes source, loaded, plus one ordinary transform and the escaping ones."""
     specs = tmp_path / "specs"
     specs.mkdir()
-    (specs / "notes.yaml").write_text(textwrap.dedent(SOURCE_SPEC))
-    (specs / "note_count.yaml").write_text(mart_spec("note_count", "note_count.sql"))
     (specs / "note_count.sql").write_text("SELECT count(*) AS notes, max(body) AS last FROM notes")
     outside = tmp_path / "outside.csv"
     for name, sql in ESCAPING_SQL.items():
-        (specs / f"{name}.yaml").write_text(mart_spec(name, f"{name}.sql"))
         (specs / f"{name}.sql").write_text(sql.format(outside=outside))
     (data_dir / "landing" / "notes").mkdir(parents=True)
     (data_dir / "landing" / "notes" / "notes.csv").write_text("note_id,body\n1,hello\n2,world\n")
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
-    defs = build_definitions()
+    defs = definitions_for(specs, NOTES, mart_spec("note_count", "note_count.sql"),
+                           *(mart_spec(name, f"{name}.sql") for name in ESCAPING_SQL))
     assert defs.resolve_job_def("notes_pipeline").execute_in_process(instance=instance, run_config=QUIET).success
     return defs, outside
 

@@ -1,17 +1,10 @@
-"""Alert sinks against real HTTP servers on loopback (webhook retries and backoff, Slack through dagster-slack),
-the environment binding of the alert settings, error classification, and the error store's spool while another
-process holds the DuckDB warehouse file."""
+"""Protects alert delivery (``etl_assets/monitoring/alerts.py``): each sink against a real HTTP server on loopback
+(webhook retries and backoff, Slack through dagster-slack), one failing sink not keeping the others from an alert, the
+environment binding of the alert settings, and alerts sent even when the error store cannot write."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import threading
-import time
-from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import SimpleNamespace
 
 import duckdb
 import pytest
@@ -25,74 +18,9 @@ from etl_assets.monitoring.alerts import (
     WebhookSink,
     build_alert_sinks,
 )
-from etl_assets.monitoring.error_tracking import ErrorRecord, ErrorStore, classify_error
+from etl_assets.monitoring.error_tracking import ErrorStore
 from etl_assets.resources.targets import DuckDBWarehouse
-
-
-class Recorder:
-    """A tiny HTTP server on 127.0.0.1 that records requests and answers from a script.
-
-    Args:
-        statuses: Status codes for successive requests; when exhausted, ``default_status``.
-        default_status: Status once the script is used up.
-        body: JSON body of every answer.
-        headers: Extra headers of every answer.
-        delays: Seconds to wait before answering successive requests (to provoke client timeouts).
-    """
-
-    def __init__(self, statuses=(), default_status=200, body=None, headers=None, delays=()):
-        self.statuses = list(statuses)
-        self.default_status = default_status
-        self.body = json.dumps(body if body is not None else {"ok": True}).encode()
-        self.headers = dict(headers or {})
-        self.delays = list(delays)
-        self.requests: list[dict] = []
-        self._lock = threading.Lock()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                with recorder._lock:
-                    recorder.requests.append({"method": self.command, "path": self.path,
-                                              "headers": dict(self.headers), "body": raw})
-                    status = recorder.statuses.pop(0) if recorder.statuses else recorder.default_status
-                    delay = recorder.delays.pop(0) if recorder.delays else 0
-                if delay:
-                    time.sleep(delay)
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    for name, value in recorder.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(recorder.body)))
-                    self.end_headers()
-                    self.wfile.write(recorder.body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Recorder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def json_bodies(self) -> list[dict]:
-        """Bodies of the recorded requests, parsed as JSON."""
-        return [json.loads(r["body"]) for r in self.requests]
+from etl_assets_tests.recorder import Recorder
 
 
 SECRET_PATH = "hooks/T000/B000/s3cr3t-webhook-path"
@@ -179,69 +107,19 @@ def test_alert_settings_are_bound_from_the_environment_by_name():
     assert build_alert_sinks({"SLACK_BOT_TOKEN": "x"}.get).slack_token is None
 
 
-@pytest.mark.parametrize("error, metadata, expected", [
-    (None, {"error_class": SimpleNamespace(value="permanent")}, "permanent"),  # Failure metadata wins
-    (SimpleNamespace(cls_name="DagsterExecutionStepExecutionError", context=None,
-                     cause=SimpleNamespace(cls_name="TransientSourceError", cause=None, context=None)), {}, "transient"),
-    (SimpleNamespace(cls_name="ContractError", cause=None, context=None), {}, "data_quality"),
-    (SimpleNamespace(cls_name="DagsterAssetCheckFailedError", cause=None, context=None), {}, "data_quality"),
-    (SimpleNamespace(cls_name="EtlError", cause=None, context=None), {}, "infrastructure"),
-    (SimpleNamespace(cls_name="BinderException", cause=None, context=None), {}, "infrastructure"),
-    (None, {}, "infrastructure"),
-])
-def test_classify_error(error, metadata, expected):
-    assert classify_error(error, metadata) == expected
-
-
-def test_error_records_wait_in_the_spool_while_another_process_holds_the_warehouse(data_dir):
-    warehouse = DuckDBWarehouse()
-    path = warehouse.db_path()
-    duckdb.connect(str(path)).close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('held', flush=True);"
-         " sys.stdin.read(); con.close()", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        store = ErrorStore(warehouse, wait_seconds=0.5)
-        record = ErrorRecord("run-1", "orders_pipeline", "orders", "raw__orders", "raw/orders", "2024-01-01",
-                             "transient", "shop_api: GET /orders failed 6 times", datetime.now(timezone.utc))
-        started = time.monotonic()
-        assert store.record([record]) is False  # busy: spooled, not lost, and the sensor did not hang
-        assert time.monotonic() - started < 5
-        assert store.pending() == 1
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
-    assert store.flush() is True
-    assert store.pending() == 0
-    with duckdb.connect(str(path), read_only=True) as con:
-        rows = con.execute("SELECT run_id, pipeline, error_class, partition_key FROM ops.errors").fetchall()
-        summary = con.execute("SELECT pipeline, error_class, errors, runs FROM ops.error_summary").fetchall()
-    assert rows == [("run-1", "orders", "transient", "2024-01-01")]
-    assert summary == [("orders", "transient", 1, 1)]
-    assert store.record([record]) is True  # recording the same run again replaces, never duplicates
-    with duckdb.connect(str(path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM ops.errors").fetchall() == [(1,)]
-
-
+@pytest.mark.slow
 def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, monkeypatch):
     """A corrupt warehouse file: a failed run is still alerted (file and webhook), its error record is spooled, and
     once the file is repaired the check-failure sensor's next tick writes it to ``ops.errors``."""
     from dagster import build_sensor_context
 
-    from etl_assets.definitions import build_definitions
+    from etl_assets_tests.specs import column, definitions_for, pipeline
 
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "empty.yaml").write_text(
-        "name: empty\nsource: {kind: files, format: csv, glob: '*.csv'}\n"
-        "columns: [{name: a, type: INTEGER, nullable: false}]\nretry: {max_retries: 0}\n")
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+    spec = pipeline("empty", [column("a", "INTEGER", nullable=False)], retry={"max_retries": 0})
     monkeypatch.delenv("ETL_ALERT_FILE", raising=False)
     with Recorder() as hook:
         monkeypatch.setenv("ETL_ALERT_WEBHOOK_URL", f"{hook.url}/{SECRET_PATH}")
-        defs = build_definitions()
+        defs = definitions_for(tmp_path / "specs", spec)
         resources = {"alerting": defs.resources["alerting"], "warehouse": defs.resources["warehouse"]}
 
         def tick(name, cursor):

@@ -12,7 +12,6 @@ file under ``DAGSTER_HOME`` and ``ETL_DATA_DIR``.
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,12 +25,12 @@ import pytest
 from dagster import DagsterInstance, Definitions, build_sensor_context, instance_for_test
 from dagster._serdes import serialize_value
 
-from etl_assets.definitions import build_definitions
 from etl_assets.errors import PermanentSourceError, TransientSourceError
 from etl_assets.pipelines.spec import SqlSource
 from etl_assets.redact import redact, userinfo_needs_encoding
 from etl_assets.resources.sql import SqlDatabaseSource
-from etl_assets_tests.test_monitoring_sinks import Recorder
+from etl_assets_tests.recorder import Recorder
+from etl_assets_tests.specs import column, definitions_for, pipeline
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -162,19 +161,16 @@ class EchoApi:
 
 @pytest.fixture
 def lab_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Builds the code location over extra specs, with a real instance, a webhook and the run-failure cursor set."""
+    """Builds the code location over exactly the given specs, with a real instance, a webhook and the run-failure cursor set."""
     stack = []
 
-    def make(specs: dict[str, str], env: dict[str, str]) -> Lab:
+    def make(specs: list[dict], env: dict[str, str]) -> Lab:
         data, spec_dir, home = tmp_path / "data", tmp_path / "specs", tmp_path / "home"
         for d in (data, spec_dir, home):
             d.mkdir()
-        for name, text in specs.items():
-            (spec_dir / name).write_text(textwrap.dedent(text))
         webhook = Recorder().__enter__()
         stack.append(webhook.__exit__)
         monkeypatch.setenv("ETL_DATA_DIR", str(data))
-        monkeypatch.setenv("ETL_PIPELINES_DIR", str(spec_dir))
         monkeypatch.delenv("ETL_ENV", raising=False)
         monkeypatch.delenv("ETL_ALERT_FILE", raising=False)
         monkeypatch.setenv("ETL_ALERT_WEBHOOK_URL", f"{webhook.url}/hook")
@@ -183,7 +179,7 @@ def lab_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         context = instance_for_test(temp_dir=str(home))
         instance = context.__enter__()
         stack.append(lambda *exc: context.__exit__(None, None, None))
-        defs = build_definitions()
+        defs = definitions_for(spec_dir, *specs)
         lab = Lab(instance, defs, home, data, webhook, "")
         lab.run_cursor = defs.resolve_sensor_def("alert_on_run_failure").evaluate_tick(build_sensor_context(
             instance=instance, cursor=None, definitions=defs,
@@ -195,20 +191,24 @@ def lab_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         close(None, None, None)
 
 
-def _vault_spec(table: str) -> dict[str, str]:
-    return {"vault.yaml": f"""
-        name: vault
-        source: {{kind: sql, connection: vault_db, default_url: "sqlite:///{{data_dir}}/none.sqlite", table: "{table}"}}
-        columns: [{{name: id, type: BIGINT, nullable: false}}, {{name: name, type: VARCHAR}}]
-        retry: {{max_retries: 0}}
-    """, "vault_missing.yaml": """
-        name: vault_missing
-        source: {kind: sql, connection: vault_db, default_url: "sqlite:///{data_dir}/none.sqlite", table: no_such_table}
-        columns: [{name: id, type: BIGINT, nullable: false}]
-        retry: {max_retries: 0}
-    """}
+def _vault_spec(table: str) -> list[dict]:
+    """Two pipelines on the connection ``vault_db``: one reading ``table``, one a table that does not exist."""
+    def vault(name: str, table: str, columns: list[dict]) -> dict:
+        source = {"kind": "sql", "connection": "vault_db", "default_url": "sqlite:///{data_dir}/none.sqlite",
+                  "table": table}
+        return pipeline(name, columns, source=source, retry={"max_retries": 0})
+
+    key = column("id", "BIGINT", nullable=False)
+    return [vault("vault", table, [key, column("name")]), vault("vault_missing", "no_such_table", [key])]
 
 
+def _api_spec(name: str, connection: str, url: str, **source) -> dict:
+    """A pipeline reading ``/records`` from the API ``connection`` (default URL ``url``), never retried."""
+    return pipeline(name, [column("id", "BIGINT", nullable=False)], retry={"max_retries": 0}, source={
+        "kind": "api", "connection": connection, "default_url": url, "endpoint": "/records", **source})
+
+
+@pytest.mark.postgres
 def test_a_postgres_password_is_stored_nowhere(lab_factory, pg_role, pg_schema, capfd):
     role, password = pg_role
     base = password.removesuffix("@/#x")
@@ -253,26 +253,13 @@ def test_a_postgres_password_is_stored_nowhere(lab_factory, pg_role, pg_schema, 
     assert_nowhere(stored, [password, base, half_a, half_b, "pa ss"])
 
 
+@pytest.mark.slow
 def test_a_bearer_token_echoed_by_the_api_is_stored_nowhere(lab_factory, capfd):
     token = f"tok-{uuid.uuid4().hex}"
     refusing, failing = EchoApi(401), EchoApi(503)
     try:
-        specs = {
-            "echoed.yaml": f"""
-                name: echoed
-                source: {{kind: api, connection: shop_api, default_url: "{refusing.url}", endpoint: /records,
-                          auth: bearer}}
-                columns: [{{name: id, type: BIGINT, nullable: false}}]
-                retry: {{max_retries: 0}}
-            """,
-            "flaky_echo.yaml": f"""
-                name: flaky_echo
-                source: {{kind: api, connection: flaky_echo_api, default_url: "{failing.url}", endpoint: /records,
-                          auth: bearer}}
-                columns: [{{name: id, type: BIGINT, nullable: false}}]
-                retry: {{max_retries: 0}}
-            """,
-        }
+        specs = [_api_spec("echoed", "shop_api", refusing.url, auth="bearer"),
+                 _api_spec("flaky_echo", "flaky_echo_api", failing.url, auth="bearer")]
         lab = lab_factory(specs, {"SHOP_API_TOKEN": token, "SHOP_API_URL": refusing.url,
                                   "FLAKY_ECHO_API_TOKEN": token})
         refused = lab.materialize("echoed_pipeline")
@@ -293,19 +280,15 @@ def test_a_bearer_token_echoed_by_the_api_is_stored_nowhere(lab_factory, capfd):
     assert_nowhere(stored, [token, token.removeprefix("tok-")])
 
 
+@pytest.mark.slow
 def test_api_url_credentials_are_not_stored_as_metadata(lab_factory):
     """``http://user:pass@host`` as the API URL: the extract's metadata shows the URL without its userinfo."""
     user_password = f"Up{uuid.uuid4().hex[:12]}"
     api = Recorder(body={"data": [{"id": 1}, {"id": 2}]}).__enter__()
     try:
         host = api.url.removeprefix("http://")
-        specs = {"plain_api.yaml": """
-            name: plain_api
-            source: {kind: api, connection: plain_api, default_url: "http://127.0.0.1:1", endpoint: /records,
-                     records_path: data, pagination: {style: cursor}}
-            columns: [{name: id, type: BIGINT, nullable: false}]
-            retry: {max_retries: 0}
-        """}
+        specs = [_api_spec("plain_api", "plain_api", "http://127.0.0.1:1", records_path="data",
+                           pagination={"style": "cursor"})]
         lab = lab_factory(specs, {"PLAIN_API_URL": f"http://etl:{user_password}@{host}"})
         result = lab.materialize("plain_api_pipeline")
     finally:
@@ -370,6 +353,7 @@ def test_sql_errors_never_quote_the_password(tmp_path):
         assert "vault_db" in str(raised.value)
 
 
+@pytest.mark.postgres
 def test_postgres_target_errors_never_quote_the_password(pg_role):
     """The Postgres target's own connection: a URL libpq would misparse is refused before libpq reads it, and a
     connection failure is told in the target's own words (the message and its cause chain are clean)."""

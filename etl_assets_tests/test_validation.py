@@ -21,7 +21,6 @@ import csv
 import io
 import math
 import sqlite3
-import textwrap
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -32,16 +31,17 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterEventType, DailyPartitionsDefinition
+from dagster import DagsterEventType, DailyPartitionsDefinition, Definitions
 from psycopg import sql
 
 from etl_assets.cli import QUIET
-from etl_assets.definitions import build_definitions
 from etl_assets.errors import ContractError
 from etl_assets.lake import LakeStorage
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import Column
 from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.cli import QUIET
+from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
 UTC = timezone.utc
 Q = "quarantined"  # the expected outcome of a value that must not land: type:<col>
@@ -353,24 +353,18 @@ def test_a_malformed_row_breaks_malformed_row_only(tmp_path: Path) -> None:
     assert next(r for r in out.rules if r.name == "malformed_row").family == "valid_type"
 
 
-def test_malformed_rows_through_the_pipeline(tmp_path: Path, data_dir: Path, instance, monkeypatch) -> None:
+def test_malformed_rows_through_the_pipeline(tmp_path: Path, data_dir: Path, instance) -> None:
     """A files pipeline's raw partition written directly (two malformed rows among good ones), re-validated and
     loaded by ``<name>_revalidate``: the malformed rows are quarantined as ``malformed_row`` with their
     ``_etl_read_error`` (in the warehouse's quarantine too), the warehouse table has no such column, and
     ``schema_change`` does not count it."""
-    _spec_dir(tmp_path, monkeypatch, "parsed", """
-        source: {kind: files, format: csv, glob: "*.csv"}
-        columns:
-          - {name: id, type: INTEGER, nullable: false}
-          - {name: name, type: VARCHAR, nullable: false}
-        primary_key: [id]
-        quality: {threshold: 0}
-    """)
+    defs = _defs(tmp_path, "parsed", [column("id", "INTEGER", nullable=False), column("name", nullable=False)],
+                 primary_key=["id"], quality={"threshold": 0})
     errors = ["line 3: too few columns (...): 2", "line 5: invalid encoding (...): 4,caf\\xe9"]
     raw = pa.table({"id": ["1", "3", None, None], "name": ["a", "c", None, None], SOURCE_COLUMN: ["f.csv"] * 4,
                     validation.READ_ERROR_COLUMN: [None, None, *errors]})
     LakeStorage(root=str(data_dir / "lake")).write(["raw", "parsed"], None, raw)
-    result = build_definitions().resolve_job_def("parsed_revalidate").execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def("parsed_revalidate").execute_in_process(instance=instance, run_config=QUIET)
     assert result.success
     checks = {c.check_name: c for c in result.get_asset_check_evaluations() if c.asset_key.path[0] == "clean"}
     assert checks["schema_change"].passed and checks["schema_change"].metadata["new_columns"].value == []
@@ -409,16 +403,12 @@ def test_the_platforms_own_columns_are_allowed() -> None:
     validation.check_column_names("items", ["id", "name_1", "_private", SOURCE_COLUMN, validation.READ_ERROR_COLUMN])
 
 
-def test_a_bad_column_name_fails_the_run_without_retries(tmp_path: Path, data_dir: Path, instance, monkeypatch) -> None:
-    _spec_dir(tmp_path, monkeypatch, "named", """
-        source: {kind: files, format: parquet, glob: "*.parquet"}
-        columns:
-          - {name: id, type: BIGINT, nullable: false}
-        retry: {max_retries: 2, delay_seconds: 0}
-    """)
+def test_a_bad_column_name_fails_the_run_without_retries(tmp_path: Path, data_dir: Path, instance) -> None:
+    defs = _defs(tmp_path, "named", [column("id", "BIGINT", nullable=False)], source=files_source("parquet"),
+                 retry={"max_retries": 2, "delay_seconds": 0})
     raw = pa.table({"id": [1, 2], "bad col": ["x", "y"], "_etl_batch": [1, 1], SOURCE_COLUMN: ["f.parquet"] * 2})
     LakeStorage(root=str(data_dir / "lake")).write(["raw", "named"], None, raw)
-    result = build_definitions().resolve_job_def("named_revalidate").execute_in_process(
+    result = defs.resolve_job_def("named_revalidate").execute_in_process(
         instance=instance, run_config=QUIET, raise_on_error=False)
     assert not result.success
     failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
@@ -429,20 +419,16 @@ def test_a_bad_column_name_fails_the_run_without_retries(tmp_path: Path, data_di
     assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
 
 
-def test_a_bad_column_name_from_a_sql_source_fails_at_validation(tmp_path: Path, data_dir: Path, instance,
-                                                                 monkeypatch) -> None:
+def test_a_bad_column_name_from_a_sql_source_fails_at_validation(tmp_path: Path, data_dir: Path, instance) -> None:
     """A real SQLite table with a column named ``bad col`` and one named ``_etl_batch``: the extract writes raw, and
     validation fails at once naming both (a data_quality error, not an SQL error from quoting the name)."""
     db = data_dir / "items.sqlite"
     with sqlite3.connect(db) as con:
         con.execute('CREATE TABLE items (id INTEGER, "bad col" TEXT, _etl_batch INTEGER)')
         con.execute("INSERT INTO items VALUES (1, 'x', 1)")
-    _spec_dir(tmp_path, monkeypatch, "items", f"""
-        source: {{kind: sql, connection: items_db, default_url: "sqlite:///{db}", table: items}}
-        columns:
-          - {{name: id, type: BIGINT, nullable: false}}
-    """)
-    result = build_definitions().resolve_job_def("items_pipeline").execute_in_process(
+    defs = _defs(tmp_path, "items", [column("id", "BIGINT", nullable=False)], source={
+        "kind": "sql", "connection": "items_db", "default_url": f"sqlite:///{db}", "table": "items"})
+    result = defs.resolve_job_def("items_pipeline").execute_in_process(
         instance=instance, run_config=QUIET, raise_on_error=False)
     failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
     assert [e.step_key for e in failures] == ["validate_items"]
@@ -494,13 +480,11 @@ def test_a_nul_in_text_is_not_storable_for_postgres_only(tmp_path: Path) -> None
 # End to end
 
 
-def _spec_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str, domain: str = "corpus") -> Path:
-    specs = tmp_path / "specs"
-    specs.mkdir(exist_ok=True)
-    (specs / f"{name}.yaml").write_text(f"name: {name}\ndomain: {domain}\nretry: {{max_retries: 0}}\n"
-                                        + textwrap.dedent(body))
-    monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
-    return specs
+def _defs(tmp_path: Path, name: str, columns: list[dict], *, domain: str = "corpus", **fields) -> Definitions:
+    """The definitions of the one pipeline ``name`` (a CSV files source unless ``source`` is given), never retried
+    unless ``retry`` says otherwise."""
+    fields.setdefault("retry", {"max_retries": 0})
+    return definitions_for(tmp_path / "specs", pipeline(name, columns, domain=domain, **fields))
 
 
 def _csv(header: list[str], rows: list[dict]) -> bytes:
@@ -541,23 +525,16 @@ E2E_ROWS = [
 ]
 
 
-def test_files_pipeline_lands_exact_values_and_quarantines_the_rest(tmp_path: Path, data_dir: Path, instance,
-                                                                    monkeypatch) -> None:
-    columns = "\n".join(f"  - {{name: {n}, type: \"{t}\"}}" for n, t in E2E_COLUMNS.items())
-    _spec_dir(tmp_path, monkeypatch, "strict", textwrap.dedent("""
-        source: {kind: files, format: csv, glob: "*.csv"}
-        quality: {threshold: 0}
-        primary_key: [id]
-        columns:
-          - {name: id, type: INTEGER, nullable: false}
-          - {name: tag, type: VARCHAR, nullable: false}
-    """) + columns + "\n")
+def test_files_pipeline_lands_exact_values_and_quarantines_the_rest(tmp_path: Path, data_dir: Path, instance) -> None:
+    columns = [column("id", "INTEGER", nullable=False), column("tag", nullable=False),
+               *(column(n, t) for n, t in E2E_COLUMNS.items())]
+    defs = _defs(tmp_path, "strict", columns, quality={"threshold": 0}, primary_key=["id"])
     header = ["id", "tag", *E2E_COLUMNS]
     rows = [{"id": str(n), "tag": tag, **E2E_VALID, **values} for n, (tag, values, _) in enumerate(E2E_ROWS, 1)]
     landing = data_dir / "landing" / "strict"
     landing.mkdir(parents=True)
     (landing / "values.csv").write_bytes(_csv(header, rows))
-    result = build_definitions().resolve_job_def("strict_pipeline").execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def("strict_pipeline").execute_in_process(instance=instance, run_config=QUIET)
     assert result.success
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -573,30 +550,24 @@ def test_files_pipeline_lands_exact_values_and_quarantines_the_rest(tmp_path: Pa
             assert tag not in loaded
         else:
             assert tag in loaded, f"{tag} not loaded (quarantined: {quarantined.get(tag)})"
-            for column, value in outcome.items():
-                assert_exact(loaded[tag][column], value)
+            for name, value in outcome.items():
+                assert_exact(loaded[tag][name], value)
 
 
+@pytest.mark.postgres
 def test_nul_in_text_is_quarantined_for_the_postgres_target(tmp_path: Path, data_dir: Path, instance, monkeypatch,
                                                             postgres_url: str, pg_schema: str) -> None:
     """Postgres text cannot hold a NUL: such a row is quarantined as ``storable:<col>`` before any target (for a
     contract column and for a column beyond the contract alike), and the other rows load into both targets."""
-    _spec_dir(tmp_path, monkeypatch, "notes", """
-        source: {kind: files, format: csv, glob: "*.csv"}
-        columns:
-          - {name: id, type: BIGINT, nullable: false}
-          - {name: name, type: VARCHAR}
-        primary_key: [id]
-        quality: {threshold: 0}
-        targets: [duckdb, postgres]
-    """, domain=pg_schema)
     monkeypatch.setenv("ETL_POSTGRES_URL", postgres_url)
+    defs = _defs(tmp_path, "notes", [column("id", "BIGINT", nullable=False), column("name")], domain=pg_schema,
+                 primary_key=["id"], quality={"threshold": 0}, targets=["duckdb", "postgres"])
     rows = [{"id": "1", "name": "plain", "note": "n1"}, {"id": "2", "name": "a\x00b", "note": "n2"},
             {"id": "3", "name": "ctrl \x07\x1b ok", "note": "x\x00"}, {"id": "4", "name": "", "note": ""}]
     landing = data_dir / "landing" / "notes"
     landing.mkdir(parents=True)
     (landing / "notes.csv").write_bytes(_csv(["id", "name", "note"], rows))
-    result = build_definitions().resolve_job_def("notes_pipeline").execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def("notes_pipeline").execute_in_process(instance=instance, run_config=QUIET)
     assert result.success
     with psycopg.connect(postgres_url) as conn:
         in_postgres = conn.execute(sql.SQL("SELECT id, name, note FROM {}.notes ORDER BY id").format(
@@ -611,7 +582,8 @@ def test_nul_in_text_is_quarantined_for_the_postgres_target(tmp_path: Path, data
     assert checks[("clean/notes", "valid_type")] and checks[("postgres/notes", "matches_lake")]
 
 
-def test_records_outside_their_partition_from_a_sql_source(tmp_path: Path, data_dir: Path, instance, monkeypatch) -> None:
+@pytest.mark.slow
+def test_records_outside_their_partition_from_a_sql_source(tmp_path: Path, data_dir: Path, instance) -> None:
     """A SQLite table extracted by its update time (``incremental_column``) and partitioned on the event time
     (``partitions.column``): rows updated on the day whose event lies outside it are ``out_of_window``; each
     partition of a range of runs gets its own window."""
@@ -627,18 +599,12 @@ def test_records_outside_their_partition_from_a_sql_source(tmp_path: Path, data_
             (6, "2024-01-03 08:00:00", "2024-01-03 09:00:00"),          # the next day's, in its own partition
             (7, "2024-01-02 08:00:00", "2024-01-03 09:00:00"),          # updated on the 3rd, happened on the 2nd
         ])
-    _spec_dir(tmp_path, monkeypatch, "events", f"""
-        source: {{kind: sql, connection: events_db, default_url: "sqlite:///{db}", table: events,
-                  incremental_column: updated_at}}
-        partitions: {{type: daily, start: 2024-01-01, column: happened_at}}
-        columns:
-          - {{name: event_id, type: BIGINT, nullable: false}}
-          - {{name: happened_at, type: TIMESTAMP, nullable: false}}
-          - {{name: updated_at, type: TIMESTAMP, nullable: false}}
-        primary_key: [event_id]
-        quality: {{threshold: 0}}
-    """)
-    defs = build_definitions()
+    columns = [column("event_id", "BIGINT", nullable=False), column("happened_at", "TIMESTAMP", nullable=False),
+               column("updated_at", "TIMESTAMP", nullable=False)]
+    defs = _defs(tmp_path, "events", columns, source={
+        "kind": "sql", "connection": "events_db", "default_url": f"sqlite:///{db}", "table": "events",
+        "incremental_column": "updated_at"}, partitions={"type": "daily", "start": "2024-01-01", "column": "happened_at"},
+        primary_key=["event_id"], quality={"threshold": 0})
     reasons, loaded = {}, {}
     for partition in ("2024-01-02", "2024-01-03"):
         result = defs.resolve_job_def("events_pipeline").execute_in_process(instance=instance, partition_key=partition,
