@@ -55,8 +55,11 @@ def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Refuse a test that reaches Postgres (through ``postgres_url``) without the ``postgres`` mark, which
     ``make test-fast`` relies on to leave it out."""
-    unmarked = [item.nodeid for item in items
-                if "postgres_url" in getattr(item, "fixturenames", ()) and item.get_closest_marker("postgres") is None]
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "postgres_url" in getattr(item, "fixturenames", ()) and item.get_closest_marker("postgres") is None
+    ]
     if unmarked:
         raise pytest.UsageError("tests using Postgres must be marked @pytest.mark.postgres: " + ", ".join(unmarked))
 

@@ -35,8 +35,9 @@ class Recorder:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 with recorder._lock:
-                    recorder.requests.append({"method": self.command, "path": self.path,
-                                              "headers": dict(self.headers), "body": raw})
+                    recorder.requests.append(
+                        {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": raw}
+                    )
                     status = recorder.statuses.pop(0) if recorder.statuses else recorder.default_status
                     delay = recorder.delays.pop(0) if recorder.delays else 0
                 if delay:

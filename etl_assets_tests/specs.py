@@ -34,8 +34,11 @@ def pipeline(name: str, columns: list[dict[str, Any]] | None = None, **fields: A
         columns: The contract; default one nullable ``INTEGER`` column ``a``.
         **fields: Any other spec field (``source``, ``domain``, ``partitions``, ``quality``, ``retry``, ...).
     """
-    spec: dict[str, Any] = {"name": name, "source": files_source(),
-                            "columns": columns if columns is not None else [column("a", "INTEGER")]}
+    spec: dict[str, Any] = {
+        "name": name,
+        "source": files_source(),
+        "columns": columns if columns is not None else [column("a", "INTEGER")],
+    }
     spec.update(fields)
     return spec
 

@@ -22,21 +22,31 @@ from etl_assets.monitoring.error_tracking import ErrorStore
 from etl_assets.resources.targets import DuckDBWarehouse
 from etl_assets_tests.recorder import Recorder
 
-
 SECRET_PATH = "hooks/T000/B000/s3cr3t-webhook-path"
 
 
 def _alert(**overrides) -> Alert:
-    fields = dict(kind="run_failure", title="orders_pipeline failed (transient)", text="Run r1 failed.",
-                  url="http://127.0.0.1:3000/runs/r1", run_id="r1", job="orders_pipeline", pipeline="orders",
-                  error_class="transient", dedupe_key="run:r1", occurred_at="2024-03-05T00:31:00+00:00")
+    fields = dict(
+        kind="run_failure",
+        title="orders_pipeline failed (transient)",
+        text="Run r1 failed.",
+        url="http://127.0.0.1:3000/runs/r1",
+        run_id="r1",
+        job="orders_pipeline",
+        pipeline="orders",
+        error_class="transient",
+        dedupe_key="run:r1",
+        occurred_at="2024-03-05T00:31:00+00:00",
+    )
     return Alert(**{**fields, **overrides})
 
 
 def test_webhook_retries_5xx_with_backoff_then_delivers():
     sleeps = []
     with Recorder(statuses=[503, 502]) as hook:
-        WebhookSink(f"{hook.url}/{SECRET_PATH}", max_attempts=4, backoff_seconds=0.2, sleep=sleeps.append).send(_alert())
+        WebhookSink(f"{hook.url}/{SECRET_PATH}", max_attempts=4, backoff_seconds=0.2, sleep=sleeps.append).send(
+            _alert()
+        )
     assert [r["method"] for r in hook.requests] == ["POST"] * 3
     assert all(r["path"] == f"/{SECRET_PATH}" for r in hook.requests)
     assert hook.json_bodies() == [_alert().to_json()] * 3  # the same alert each attempt
@@ -92,11 +102,19 @@ def test_a_failing_sink_does_not_keep_the_others_from_the_alert(tmp_path, caplog
 
 
 def test_alert_settings_are_bound_from_the_environment_by_name():
-    env = {"ETL_ALERT_WEBHOOK_URL": "http://127.0.0.1:1/x", "SLACK_BOT_TOKEN": "xoxb-1",
-           "ETL_ALERT_SLACK_CHANNEL": "#c", "ETL_UI_BASE_URL": "http://ui:3000"}
+    env = {
+        "ETL_ALERT_WEBHOOK_URL": "http://127.0.0.1:1/x",
+        "SLACK_BOT_TOKEN": "xoxb-1",
+        "ETL_ALERT_SLACK_CHANNEL": "#c",
+        "ETL_UI_BASE_URL": "http://ui:3000",
+    }
     sinks = build_alert_sinks(env.get)
-    for field, name in [("webhook_url", "ETL_ALERT_WEBHOOK_URL"), ("slack_token", "SLACK_BOT_TOKEN"),
-                        ("slack_channel", "ETL_ALERT_SLACK_CHANNEL"), ("ui_base_url", "ETL_UI_BASE_URL")]:
+    for field, name in [
+        ("webhook_url", "ETL_ALERT_WEBHOOK_URL"),
+        ("slack_token", "SLACK_BOT_TOKEN"),
+        ("slack_channel", "ETL_ALERT_SLACK_CHANNEL"),
+        ("ui_base_url", "ETL_UI_BASE_URL"),
+    ]:
         value = getattr(sinks, field)
         assert isinstance(value, EnvVar) and value == name  # the name is bound, not the value
     assert "xoxb-1" not in repr(sinks)
@@ -124,13 +142,15 @@ def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, mo
 
         def tick(name, cursor):
             return defs.resolve_sensor_def(name).evaluate_tick(
-                build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs))
+                build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs)
+            )
 
         run_cursor = tick("alert_on_run_failure", None).cursor
         check_cursor = tick("alert_on_check_failure", None).cursor
         quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
         failed = defs.resolve_job_def("empty_pipeline").execute_in_process(
-            instance=instance, raise_on_error=False, run_config=quiet)
+            instance=instance, raise_on_error=False, run_config=quiet
+        )
         assert not failed.success
         warehouse = data_dir / "warehouse.duckdb"
         garbage = b"\x00not a duckdb file\xff" * 4096

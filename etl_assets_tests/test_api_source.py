@@ -43,12 +43,19 @@ from etl_assets.resources.api import (
 )
 from etl_assets_demo import DemoApiServer, DemoManifest, FaultConfig
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 # conftest's shop_data starts on 2024-01-01 and spans three days; the middle day has ~400 orders.
 WINDOW = (dt.datetime(2024, 1, 2, tzinfo=UTC), dt.datetime(2024, 1, 3, tzinfo=UTC))
 API_COLUMNS = [
-    "order_id", "customer_id", "product_id", "quantity", "unit_price",
-    "currency", "status", "ordered_at", "updated_at",
+    "order_id",
+    "customer_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "currency",
+    "status",
+    "ordered_at",
+    "updated_at",
 ]
 # A contract column the API never sends: it must still be present, all null.
 CONTRACT = [*API_COLUMNS, "coupon_code"]
@@ -88,7 +95,9 @@ def _ids(batches: list[pa.RecordBatch]) -> list[int]:
     return [int(v) for b in batches for v in b.column("order_id").to_pylist()]
 
 
-def _expected_ids(shop: DemoManifest, where: str = "ordered_at >= ? AND ordered_at < ?", params: tuple = WINDOW) -> list[int]:
+def _expected_ids(
+    shop: DemoManifest, where: str = "ordered_at >= ? AND ordered_at < ?", params: tuple = WINDOW
+) -> list[int]:
     sql = f"SELECT order_id FROM read_parquet(?) WHERE {where} ORDER BY order_id"
     with duckdb.connect() as con:
         return [row[0] for row in con.execute(sql, [str(shop.orders_path), *params]).fetchall()]
@@ -156,9 +165,14 @@ def test_text_values_match_the_upstream_file(shop_data: DemoManifest, api_server
     first = {name: table.column(name)[0].as_py() for name in API_COLUMNS}
     sql = "SELECT customer_id, quantity, CAST(unit_price AS VARCHAR), currency FROM read_parquet(?) WHERE order_id = ?"
     with duckdb.connect() as con:
-        customer_id, quantity, unit_price, currency = con.execute(sql, [str(shop_data.orders_path), int(first["order_id"])]).fetchone()
+        customer_id, quantity, unit_price, currency = con.execute(
+            sql, [str(shop_data.orders_path), int(first["order_id"])]
+        ).fetchone()
     assert (first["customer_id"], first["quantity"], first["unit_price"], first["currency"]) == (
-        str(customer_id), str(quantity), unit_price, currency,
+        str(customer_id),
+        str(quantity),
+        unit_price,
+        currency,
     )
 
 
@@ -211,10 +225,16 @@ def test_missing_token_names_the_env_var_without_calling_the_api(token_server: D
     [("bearer", "wrong-token-value"), ("none", None)],
     ids=["wrong-token", "spec-without-auth"],
 )
-def test_rejected_token_fails_at_once_without_retries(token_server: DemoApiServer, auth: str, token: str | None) -> None:
+def test_rejected_token_fails_at_once_without_retries(
+    token_server: DemoApiServer, auth: str, token: str | None
+) -> None:
     stats = ExtractStats()
     with pytest.raises(PermanentSourceError, match="401") as info:
-        list(_source(token_server.url, token=token).extract(_spec(token_server.url, auth=auth), CONTRACT, window=WINDOW, stats=stats))
+        list(
+            _source(token_server.url, token=token).extract(
+                _spec(token_server.url, auth=auth), CONTRACT, window=WINDOW, stats=stats
+            )
+        )
     assert "SHOP_API_TOKEN" in str(info.value)
     assert token_server.requests_total == 1
     assert stats.retries == 0
@@ -287,8 +307,9 @@ def test_a_body_dripping_past_the_request_deadline_is_retried(shop_data: DemoMan
     stop it: the client gives up on each and asks again, instead of waiting every drip out."""
     faults = FaultConfig(rate=0.5, kinds=("drip",), slow_seconds=4.0, seed=2)
     with DemoApiServer(shop_data.orders_path, faults=faults) as server:
-        spec = _spec(server.url, pagination={"style": "cursor", "page_size": 150}, timeout_seconds=2,
-                     request_deadline_seconds=2)
+        spec = _spec(
+            server.url, pagination={"style": "cursor", "page_size": 150}, timeout_seconds=2, request_deadline_seconds=2
+        )
         started = time.monotonic()
         batches, stats = _extract(_source(server.url), spec, window=WINDOW)
         elapsed = time.monotonic() - started
@@ -335,9 +356,11 @@ def fixed_page_server() -> Iterator[tuple[str, list[bytes]]]:
 
 def test_decimals_beyond_a_float_arrive_exactly_as_delivered(fixed_page_server: tuple[str, list[bytes]]) -> None:
     url, bodies = fixed_page_server
-    bodies.append(b'{"data": [{"order_id": 1, "unit_price": 0.12345678901234567891},'
-                  b' {"order_id": 2, "unit_price": 20.0}, {"order_id": 3, "unit_price": 1.5e-7},'
-                  b' {"order_id": 4, "unit_price": 123456789012345678.25}], "total_pages": 1}')
+    bodies.append(
+        b'{"data": [{"order_id": 1, "unit_price": 0.12345678901234567891},'
+        b' {"order_id": 2, "unit_price": 20.0}, {"order_id": 3, "unit_price": 1.5e-7},'
+        b' {"order_id": 4, "unit_price": 123456789012345678.25}], "total_pages": 1}'
+    )
     spec = _spec(url, pagination={"style": "page", "page_size": 10}, window_params=None, incremental=None)
     batches, stats = _extract(_source(url), spec)
     prices = [v for b in batches for v in b.column("unit_price").to_pylist()]
@@ -351,7 +374,11 @@ def test_persistent_failure_gives_up_after_max_attempts(shop_data: DemoManifest,
     with DemoApiServer(shop_data.orders_path, faults=FaultConfig(rate=1.0, kinds=("500",))) as server:
         stats = ExtractStats()
         with pytest.raises(TransientSourceError, match=f"failed {max_attempts} times, last with http_500"):
-            list(_source(server.url, max_attempts=max_attempts).extract(_spec(server.url), CONTRACT, window=WINDOW, stats=stats))
+            list(
+                _source(server.url, max_attempts=max_attempts).extract(
+                    _spec(server.url), CONTRACT, window=WINDOW, stats=stats
+                )
+            )
         assert server.requests_total == max_attempts
     assert stats.retries == max_attempts - 1  # the last failed attempt is given up on, not retried
     assert stats.retry_reasons == {"http_500": max_attempts}
@@ -438,8 +465,9 @@ def test_token_never_appears_in_logs(
 # --- bounded paging --------------------------------------------------------------------------
 
 
-def _extract_until_error(source: RestApiSource, spec: ApiSource, error: type[Exception], **kwargs: object
-                         ) -> tuple[list[pa.RecordBatch], ExtractStats, Exception]:
+def _extract_until_error(
+    source: RestApiSource, spec: ApiSource, error: type[Exception], **kwargs: object
+) -> tuple[list[pa.RecordBatch], ExtractStats, Exception]:
     """The batches yielded before ``error`` was raised, the stats, and the error."""
     stats, batches = ExtractStats(), []
     with pytest.raises(error) as info:
@@ -451,8 +479,10 @@ def _extract_until_error(source: RestApiSource, spec: ApiSource, error: type[Exc
 
 @pytest.mark.parametrize(
     ("faults", "page"),
-    [(FaultConfig(rate=1.0, kinds=("repeat_cursor",)), 2),
-     (FaultConfig(fail_page=3, fail_page_kind="repeat_cursor"), 3)],
+    [
+        (FaultConfig(rate=1.0, kinds=("repeat_cursor",)), 2),
+        (FaultConfig(fail_page=3, fail_page_kind="repeat_cursor"), 3),
+    ],
     ids=["every-page", "third-page"],
 )
 def test_a_cursor_handed_back_again_fails_at_once(shop_data: DemoManifest, faults: FaultConfig, page: int) -> None:
@@ -469,24 +499,32 @@ def test_a_cursor_handed_back_again_fails_at_once(shop_data: DemoManifest, fault
     message = str(error)
     assert message.startswith(f"shop_api: GET /orders page {page}: the answer's `next_cursor` is '")
     assert f"the cursor page {page} was already requested with" in message
-    assert "never end" in message and "`pagination.next_cursor_field`" in message and "`pagination.cursor_param`" in message
+    assert (
+        "never end" in message
+        and "`pagination.next_cursor_field`" in message
+        and "`pagination.cursor_param`" in message
+    )
 
 
 def test_a_cursor_cycle_fails_when_it_comes_round(fixed_page_server: tuple[str, list[bytes]]) -> None:
     """Cursors A, B, then A again: the third answer sends the client back to page 2."""
     url, bodies = fixed_page_server
-    bodies += [b'{"data": [{"order_id": 1}], "next_cursor": "A"}', b'{"data": [{"order_id": 2}], "next_cursor": "B"}',
-               b'{"data": [{"order_id": 3}], "next_cursor": "A"}']
+    bodies += [
+        b'{"data": [{"order_id": 1}], "next_cursor": "A"}',
+        b'{"data": [{"order_id": 2}], "next_cursor": "B"}',
+        b'{"data": [{"order_id": 3}], "next_cursor": "A"}',
+    ]
     spec = _spec(url, window_params=None, incremental=None)
     batches, stats, error = _extract_until_error(_source(url), spec, PermanentSourceError)
     assert bodies == [] and stats.pages == 3 and _ids(batches) == [1, 2]
-    assert "GET /orders page 3: the answer's `next_cursor` is 'A', the cursor page 2 was already requested with" in str(error)
+    assert "GET /orders page 3: the answer's `next_cursor` is 'A', the cursor page 2 was already requested with" in str(
+        error
+    )
 
 
 @pytest.mark.parametrize(
     ("faults", "page"),
-    [(FaultConfig(rate=1.0, kinds=("ignore_page",)), 2),
-     (FaultConfig(fail_page=3, fail_page_kind="ignore_page"), 3)],
+    [(FaultConfig(rate=1.0, kinds=("ignore_page",)), 2), (FaultConfig(fail_page=3, fail_page_kind="ignore_page"), 3)],
     ids=["every-page", "third-page"],
 )
 def test_a_server_ignoring_the_page_parameter_fails_at_the_first_repeated_page(
@@ -501,8 +539,10 @@ def test_a_server_ignoring_the_page_parameter_fails_at_the_first_repeated_page(
     assert requests == page and stats.pages == page and stats.retries == 0
     assert _ids(batches) == _expected_ids(shop_data)[: 37 * (page - 1)]
     message = str(error)
-    assert message.startswith(f"shop_api: GET /orders page {page}: its 37 records are those of page 1: the API ignores "
-                              "the page parameter 'page', so paging would never end")
+    assert message.startswith(
+        f"shop_api: GET /orders page {page}: its 37 records are those of page 1: the API ignores "
+        "the page parameter 'page', so paging would never end"
+    )
     assert "`pagination.page_param`" in message and "`pagination.style: cursor`" in message
 
 
@@ -512,8 +552,9 @@ def test_max_pages_bounds_one_extraction(shop_data: DemoManifest, api_server: De
     needed = math.ceil(n / 37) if style == "page" else n // 37 + 1  # cursor style ends on a page with no next cursor
     source = _source(api_server.url)
 
-    batches, stats = _extract(source, _spec(api_server.url, pagination={"style": style, "page_size": 37,
-                                                                        "max_pages": needed}), window=WINDOW)
+    batches, stats = _extract(
+        source, _spec(api_server.url, pagination={"style": style, "page_size": 37, "max_pages": needed}), window=WINDOW
+    )
     assert stats.pages == needed and len(_ids(batches)) == n
     assert api_server.requests_total == needed
 
@@ -522,8 +563,10 @@ def test_max_pages_bounds_one_extraction(shop_data: DemoManifest, api_server: De
     assert api_server.requests_total == needed + 3  # page 4 is never asked for
     assert stats.pages == 3 and len(batches) == 3
     message = str(error)
-    assert message.startswith("shop_api: GET /orders: page 3 says more pages follow, but one extraction may read at "
-                              "most pagination.max_pages = 3 pages; raise `pagination.max_pages` in the spec")
+    assert message.startswith(
+        "shop_api: GET /orders: page 3 says more pages follow, but one extraction may read at "
+        "most pagination.max_pages = 3 pages; raise `pagination.max_pages` in the spec"
+    )
 
 
 def test_max_pages_default_and_bound() -> None:
@@ -548,7 +591,9 @@ def _sent_bodies(server: DemoApiServer, count: int) -> list[int]:
     [("huge_page", "Content-Length 65,999,"), ("huge_page_chunked", "more than 1,048,576 bytes arrived")],
     ids=["announced", "chunked"],
 )
-def test_a_page_beyond_max_page_bytes_is_refused_without_retries(shop_data: DemoManifest, kind: str, found: str) -> None:
+def test_a_page_beyond_max_page_bytes_is_refused_without_retries(
+    shop_data: DemoManifest, kind: str, found: str
+) -> None:
     faults = FaultConfig(rate=1.0, kinds=(kind,), huge_page_bytes=66_000_000)
     with DemoApiServer(shop_data.orders_path, faults=faults) as server:
         spec = _spec(server.url, max_page_bytes=2**20)
@@ -557,7 +602,9 @@ def test_a_page_beyond_max_page_bytes_is_refused_without_retries(shop_data: Demo
 
     assert batches == [] and requests == 1 and stats.retries == 0 and stats.pages == 0
     message = str(error)
-    assert message.startswith(f"shop_api: GET /orders page 1: the body is larger than max_page_bytes (1,048,576 bytes; {found}")
+    assert message.startswith(
+        f"shop_api: GET /orders page 1: the body is larger than max_page_bytes (1,048,576 bytes; {found}"
+    )
     assert "lower `pagination.page_size`" in message and "raise the source's `max_page_bytes`" in message
     # Refused on its Content-Length, or read no further than the limit when sent chunked: the server got out no more
     # of the 66 MB than the socket buffers took (0.2-1.6 MB on an idle machine; the kernel grows them under load, to
@@ -584,11 +631,15 @@ def test_max_page_bytes_default_and_bound() -> None:
 
 def test_json_nested_too_deep_is_a_data_error_not_retried(shop_data: DemoManifest) -> None:
     with DemoApiServer(shop_data.orders_path, faults=FaultConfig(rate=1.0, kinds=("deep_json",))) as server:
-        batches, stats, error = _extract_until_error(_source(server.url), _spec(server.url), ContractError, window=WINDOW)
+        batches, stats, error = _extract_until_error(
+            _source(server.url), _spec(server.url), ContractError, window=WINDOW
+        )
         requests = server.requests_total
     assert batches == [] and requests == 1 and stats.retries == 0 and stats.retry_reasons == {}
     assert error.error_class == "data_quality"
-    assert str(error).startswith("shop_api: GET /orders page 1: the body is JSON nested deeper than the parser can follow")
+    assert str(error).startswith(
+        "shop_api: GET /orders page 1: the body is JSON nested deeper than the parser can follow"
+    )
     assert error.__cause__ is None and error.__suppress_context__
 
 
@@ -605,14 +656,28 @@ def test_json_nested_too_deep_is_a_data_error_not_retried(shop_data: DemoManifes
         (("filename",), "record keys ['filename'] collide with the platform's own columns"),
         (("File_Row_Number",), "record keys ['File_Row_Number'] collide with the platform's own columns"),
         (("Status",), "record keys differ only in case, which SQL does not tell apart: ['status', 'Status']"),
-        (("Coupon_Code",), "record keys differ only in case, which SQL does not tell apart: ['coupon_code', 'Coupon_Code']"),
-        (("First Name", "_etl_run_id", "STATUS"),
-         "record keys ['First Name'] are not SQL identifiers (letters, digits and underscores, not starting with a "
-         "digit, at most 63 characters); keys ['_etl_run_id'] collide with the platform's own columns (_etl_*, "
-         "__etl*, __typed_*, filename, file_row_number); keys differ only in case, which SQL does not tell apart: ['status', 'STATUS']"),
+        (
+            ("Coupon_Code",),
+            "record keys differ only in case, which SQL does not tell apart: ['coupon_code', 'Coupon_Code']",
+        ),
+        (
+            ("First Name", "_etl_run_id", "STATUS"),
+            "record keys ['First Name'] are not SQL identifiers (letters, digits and underscores, not starting with a "
+            "digit, at most 63 characters); keys ['_etl_run_id'] collide with the platform's own columns (_etl_*, "
+            "__etl*, __typed_*, filename, file_row_number); keys differ only in case, which SQL does not tell apart: ['status', 'STATUS']",
+        ),
     ],
-    ids=["space", "digit-first", "etl-source", "etl-prefix", "filename", "file-row-number", "case", "case-of-contract",
-         "all"],
+    ids=[
+        "space",
+        "digit-first",
+        "etl-source",
+        "etl-prefix",
+        "filename",
+        "file-row-number",
+        "case",
+        "case-of-contract",
+        "all",
+    ],
 )
 @pytest.mark.parametrize("style", ["page", "cursor"])
 def test_record_keys_that_cannot_be_columns_fail_at_once(
@@ -628,29 +693,32 @@ def test_record_keys_that_cannot_be_columns_fail_at_once(
     # the page is named as its batches' _etl_source would have named it
     assert re.match(r"/orders\?page=2: " if style == "page" else r"/orders\?cursor=[A-Za-z0-9_-]+: ", message), message
     assert named in message
-    assert message.endswith("Rename them in the source (or have its owner do so): contract columns are plain "
-                            "identifiers, and every key of a page becomes a column of the raw data")
+    assert message.endswith(
+        "Rename them in the source (or have its owner do so): contract columns are plain "
+        "identifiers, and every key of a page becomes a column of the raw data"
+    )
 
 
 # --- secrets in messages ---------------------------------------------------------------------
 
 
-def test_an_error_body_echoing_the_token_is_redacted(
-    shop_data: DemoManifest, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_an_error_body_echoing_the_token_is_redacted(shop_data: DemoManifest, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     faults = FaultConfig(rate=1.0, kinds=("echo_auth",))
     with DemoApiServer(shop_data.orders_path, token=TOKEN, faults=faults) as server:
         spec = _spec(server.url, auth="bearer")
-        batches, stats, error = _extract_until_error(_source(server.url, token=TOKEN), spec, PermanentSourceError,
-                                                     window=WINDOW)
+        batches, stats, error = _extract_until_error(
+            _source(server.url, token=TOKEN), spec, PermanentSourceError, window=WINDOW
+        )
         requests = server.requests_total
     assert batches == [] and requests == 1 and stats.retries == 0
     message = str(error)
     assert TOKEN not in message and TOKEN not in caplog.text
     # the body said `token <token> may not read /orders` and `"authorization":"Bearer <token>"`
-    assert message.startswith('shop_api: GET /orders answered 403 {"error":"token *** may not read /orders",'
-                              '"authorization":"Bearer ***"}; check the token in SHOP_API_TOKEN'), message
+    assert message.startswith(
+        'shop_api: GET /orders answered 403 {"error":"token *** may not read /orders",'
+        '"authorization":"Bearer ***"}; check the token in SHOP_API_TOKEN'
+    ), message
 
 
 def test_a_base_url_with_userinfo_is_shown_masked(shop_data: DemoManifest, api_server: DemoApiServer) -> None:

@@ -96,8 +96,9 @@ def backfill_partitions(instance: DagsterInstance, backfill_id: str) -> list[str
     return sorted(r.tags.get("dagster/partition") or r.tags["dagster/asset_partition_range_start"] for r in runs)
 
 
-def test_ui_backfill_and_reexecution_of_only_the_failed_partition(tmp_path: Path, shop_data, api_server, data_dir,
-                                                                   instance, monkeypatch):
+def test_ui_backfill_and_reexecution_of_only_the_failed_partition(
+    tmp_path: Path, shop_data, api_server, data_dir, instance, monkeypatch
+):
     # the dimensions the orders contract refers to are loaded first; their landing files are then gone, so the
     # daemon's file sensors have nothing to do
     assert build_definitions().resolve_job_def(FULL_REFRESH_JOB).execute_in_process(instance=instance).success
@@ -117,7 +118,9 @@ def test_ui_backfill_and_reexecution_of_only_the_failed_partition(tmp_path: Path
                 first = launched["launchPartitionBackfill"]
                 assert first["__typename"] == "LaunchBackfillSuccess", first
                 first_id = first["backfillId"]
-                wait_for("the backfill to finish", lambda: backfill_status(server, first_id) not in RUNNING, 420, daemon)
+                wait_for(
+                    "the backfill to finish", lambda: backfill_status(server, first_id) not in RUNNING, 420, daemon
+                )
                 assert backfill_status(server, first_id) in ("COMPLETED_FAILED", "FAILED")
                 assert backfill_partitions(ui_instance, first_id) == days  # API sources: one run per partition
                 loaded = warehouse_days(data_dir)
@@ -127,8 +130,12 @@ def test_ui_backfill_and_reexecution_of_only_the_failed_partition(tmp_path: Path
                 retried = server.graphql(REEXECUTE, {"id": first_id})["reexecutePartitionBackfill"]
                 assert retried["__typename"] == "LaunchBackfillSuccess", retried
                 second_id = retried["backfillId"]
-                wait_for("the re-executed backfill to finish",
-                         lambda: backfill_status(server, second_id) not in RUNNING, 420, daemon)
+                wait_for(
+                    "the re-executed backfill to finish",
+                    lambda: backfill_status(server, second_id) not in RUNNING,
+                    420,
+                    daemon,
+                )
                 assert backfill_status(server, second_id) == "COMPLETED_SUCCESS"
                 assert backfill_partitions(ui_instance, second_id) == [refused]  # only the failed partition ran
             finally:
@@ -139,8 +146,9 @@ def test_ui_backfill_and_reexecution_of_only_the_failed_partition(tmp_path: Path
     generated = pd.read_parquet(shop_data.orders_path)
     generated["day"] = generated["ordered_at"].dt.strftime("%Y-%m-%d")
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
-        got = con.execute("SELECT _etl_partition, count(*), count(DISTINCT order_id) FROM shop.orders "
-                          "GROUP BY ALL ORDER BY 1").fetchall()
+        got = con.execute(
+            "SELECT _etl_partition, count(*), count(DISTINCT order_id) FROM shop.orders GROUP BY ALL ORDER BY 1"
+        ).fetchall()
     expected = generated.groupby("day")["order_id"].agg(["count", "nunique"]).reset_index()
     assert got == [(d, int(c), int(n)) for d, c, n in expected.itertuples(index=False)]
 

@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -44,17 +44,16 @@ import pytest
 from dagster import AssetCheckSeverity, DagsterEventType, instance_for_test
 
 from etl_assets.cli import QUIET
-from etl_assets.lake import LakeStorage
 from etl_assets.errors import ContractError
+from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.lake import LakeStorage
+from etl_assets.pipelines.spec import Column
 from etl_assets.pipelines.steps.extract import conforming
 from etl_assets.pipelines.validation import check_castable_types
-from etl_assets.pipelines.spec import Column
-from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.resources.api import _to_text_batch
-from etl_assets.cli import QUIET
 from etl_assets_tests.specs import definitions_for, files_source, pipeline
 
-UTC = timezone.utc
+UTC = UTC
 DOMAIN = "corpus"
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -120,7 +119,8 @@ class Outcome:
         assert self.clean is not None and self.quarantine is not None, f"validation did not finish: {self.failures}"
         clean, quarantine = len(self.clean or []), len(self.quarantine or [])
         assert clean + quarantine == self.input_rows, (
-            f"{clean} clean + {quarantine} quarantined != {self.input_rows} input rows")
+            f"{clean} clean + {quarantine} quarantined != {self.input_rows} input rows"
+        )
         conserved = self.checks["rows_conserved"]
         assert conserved.passed and conserved.metadata["rows_in"] == self.input_rows, conserved
         if self.warehouse is not None:
@@ -176,36 +176,50 @@ def _execute(instance, defs, data: Path, run: Run) -> Outcome:
         mp.setenv("ETL_DATA_DIR", str(data))  # resources read it when the run uses them
         mp.delenv("ETL_ENV", raising=False)
         job = defs.resolve_job_def(f"{run.pipeline}_pipeline")
-        result = job.execute_in_process(instance=instance, partition_key=run.partition, run_config=QUIET,
-                                        raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance, partition_key=run.partition, run_config=QUIET, raise_on_error=False
+        )
     partition = run.partition or "_all"
     lake = data / "lake"
     checks = {
         e.check_name: CheckResult(e.passed, e.severity, {k: v.value for k, v in e.metadata.items()})
-        for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == run.pipeline
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.path[-1] == run.pipeline
     }
     warehouse, warehouse_columns = None, []
     db = data / "warehouse.duckdb"
     if db.exists():
         with duckdb.connect(str(db), read_only=True) as con:
-            exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                                 [DOMAIN, run.pipeline]).fetchall()[0][0]
+            exists = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                [DOMAIN, run.pipeline],
+            ).fetchall()[0][0]
             if exists:
                 rel = con.sql(f'SELECT * FROM "{DOMAIN}"."{run.pipeline}" WHERE _etl_partition = ?', params=[partition])
                 warehouse_columns = rel.columns
                 warehouse = [dict(zip(rel.columns, row)) for row in rel.fetchall()]
-    written = sorted(str(p.relative_to(data)) for p in [*(lake / "clean").rglob("*"), *(lake / "quarantine").rglob("*")]
-                     if p.is_file())
+    written = sorted(
+        str(p.relative_to(data))
+        for p in [*(lake / "clean").rglob("*"), *(lake / "quarantine").rglob("*")]
+        if p.is_file()
+    )
     if db.exists():
         written.append(db.name)
     return Outcome(
-        pipeline=run.pipeline, partition=partition, run_id=result.run_id, success=result.success,
-        failures=_failures(result), checks=checks,
+        pipeline=run.pipeline,
+        partition=partition,
+        run_id=result.run_id,
+        success=result.success,
+        failures=_failures(result),
+        checks=checks,
         raw_written=(lake / "raw" / run.pipeline / f"{partition}.parquet").is_file(),
         clean=_rows(lake, ["clean", run.pipeline], partition),
         quarantine=_rows(lake, ["quarantine", run.pipeline], partition),
-        warehouse=warehouse, warehouse_columns=warehouse_columns, input_rows=run.input_rows,
-        files=list(run.files), written_anywhere=written,
+        warehouse=warehouse,
+        warehouse_columns=warehouse_columns,
+        input_rows=run.input_rows,
+        files=list(run.files),
+        written_anywhere=written,
     )
 
 
@@ -227,8 +241,9 @@ class Corpus:
         if group not in self.outcomes:
             data = self.tmp.mktemp(group) / "data"
             data.mkdir()
-            self.outcomes[group] = {run.label: _execute(self.instance, self.defs(), data, run)
-                                    for run in GROUPS[group].runs}
+            self.outcomes[group] = {
+                run.label: _execute(self.instance, self.defs(), data, run) for run in GROUPS[group].runs
+            }
         return self.outcomes[group][label]
 
 
@@ -240,8 +255,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory):
     second per run here; nothing in these cases depends on how events are sharded.
     """
     home = tmp_path_factory.mktemp("corpus_dagster_home")
-    events = {"module": "dagster._core.storage.event_log", "class": "ConsolidatedSqliteEventLogStorage",
-              "config": {"base_dir": str(home / "event_log")}}
+    events = {
+        "module": "dagster._core.storage.event_log",
+        "class": "ConsolidatedSqliteEventLogStorage",
+        "config": {"base_dir": str(home / "event_log")},
+    }
     with instance_for_test(temp_dir=str(home), overrides={"event_log_storage": events}) as instance:
         yield Corpus(instance, tmp_path_factory)
 
@@ -271,8 +289,17 @@ ROW_COLUMNS = [
     {"name": "parent_id", "type": "INTEGER", "references": {"dataset": "parents", "column": "id"}},
 ]
 ROW_HEADER = [c["name"] for c in ROW_COLUMNS]
-VALID_ROW = {"name": "ok", "amount": "1.50", "qty": "5", "status": "new", "code": "ABC-123", "d": "2024-01-02",
-             "ts": "2024-01-02 03:04:05", "local_ts": "2024-01-02 03:04:05", "parent_id": "1"}
+VALID_ROW = {
+    "name": "ok",
+    "amount": "1.50",
+    "qty": "5",
+    "status": "new",
+    "code": "ABC-123",
+    "d": "2024-01-02",
+    "ts": "2024-01-02 03:04:05",
+    "local_ts": "2024-01-02 03:04:05",
+    "parent_id": "1",
+}
 # (tag, the values that differ from VALID_ROW); ids are numbered unless the case is about the id.
 ROW_CASES: list[tuple[str, dict]] = [
     ("valid", {}),
@@ -343,15 +370,22 @@ WARN_ROWS = [
     {"id": "7", "tag": "warn_dangling_reference", **WARN_VALID, "parent_id": "99"},
 ]
 
-SPECS += [PARENTS_SPEC, files_spec("csv_rows", "csv", ROW_COLUMNS, primary_key=["id"]),
-          files_spec("csv_warn", "csv", WARN_COLUMNS, primary_key=["id"])]
+SPECS += [
+    PARENTS_SPEC,
+    files_spec("csv_rows", "csv", ROW_COLUMNS, primary_key=["id"]),
+    files_spec("csv_warn", "csv", WARN_COLUMNS, primary_key=["id"]),
+]
 GROUPS["csv_rows"] = Group(
     runs=(
         Run("before_parents", "csv_rows", ROW_FILES, ROW_INPUT),  # the referenced dataset is not loaded yet
         Run("parents", "parents", {"parents.csv": PARENTS_CSV}, 3),
         Run("csv_rows", "csv_rows", ROW_FILES, ROW_INPUT),
-        Run("csv_warn", "csv_warn", {"warn.csv": csv_bytes([c["name"] for c in WARN_COLUMNS], WARN_ROWS)},
-            len(WARN_ROWS)),
+        Run(
+            "csv_warn",
+            "csv_warn",
+            {"warn.csv": csv_bytes([c["name"] for c in WARN_COLUMNS], WARN_ROWS)},
+            len(WARN_ROWS),
+        ),
     ),
 )
 
@@ -370,8 +404,11 @@ MIXED_ROWS = [
 ]
 SPECS.append(files_spec("mixed", "csv", MIXED_COLUMNS, primary_key=["id"]))
 GROUPS["mixed_family"] = Group(
-    runs=(Run("mixed", "mixed", {"mixed.csv": csv_bytes([c["name"] for c in MIXED_COLUMNS], MIXED_ROWS)},
-              len(MIXED_ROWS)),),
+    runs=(
+        Run(
+            "mixed", "mixed", {"mixed.csv": csv_bytes([c["name"] for c in MIXED_COLUMNS], MIXED_ROWS)}, len(MIXED_ROWS)
+        ),
+    ),
 )
 
 # --- CSV shapes that need their own file ------------------------------------------------------------------------
@@ -381,8 +418,10 @@ SIMPLE_CSV_COLUMNS = [
     {"name": "tag", "type": "VARCHAR"},
     {"name": "name", "type": "VARCHAR"},
 ]
-SPECS += [files_spec("header_only", "csv", SIMPLE_CSV_COLUMNS, primary_key=["id"]),
-          files_spec("dup_header", "csv", SIMPLE_CSV_COLUMNS, primary_key=["id"])]
+SPECS += [
+    files_spec("header_only", "csv", SIMPLE_CSV_COLUMNS, primary_key=["id"]),
+    files_spec("dup_header", "csv", SIMPLE_CSV_COLUMNS, primary_key=["id"]),
+]
 GROUPS["header_only"] = Group(
     runs=(Run("header_only", "header_only", {"empty.csv": b"id,tag,name\n"}, 0),),
 )
@@ -393,16 +432,22 @@ GROUPS["duplicate_header"] = Group(
 # --- across batches: a daily partitioned dataset, one file per day ----------------------------------------------
 
 BATCH_SPEC = files_spec(
-    "batches", "csv", SIMPLE_CSV_COLUMNS, primary_key=["id"],
+    "batches",
+    "csv",
+    SIMPLE_CSV_COLUMNS,
+    primary_key=["id"],
     partitions={"type": "daily", "start": "2024-01-01"},
 )
 BATCH_SPEC["source"]["partition_regex"] = r"batch_(?P<partition>\d{4}-\d{2}-\d{2})\.csv$"
 BATCH_DAY1 = csv_bytes(["id", "tag", "name"], [{"id": i, "tag": f"day1_{i}", "name": "a"} for i in (1, 2, 3)])
-BATCH_DAY2 = csv_bytes(["id", "tag", "name"], [
-    {"id": 3, "tag": "key_loaded_on_day1", "name": "again"},
-    {"id": 4, "tag": "new_key_a", "name": "b"},
-    {"id": 4, "tag": "new_key_b", "name": "b"},
-])
+BATCH_DAY2 = csv_bytes(
+    ["id", "tag", "name"],
+    [
+        {"id": 3, "tag": "key_loaded_on_day1", "name": "again"},
+        {"id": 4, "tag": "new_key_a", "name": "b"},
+        {"id": 4, "tag": "new_key_b", "name": "b"},
+    ],
+)
 BATCH_FILES = {"batch_2024-01-01.csv": BATCH_DAY1, "batch_2024-01-02.csv": BATCH_DAY2}
 SPECS.append(BATCH_SPEC)
 GROUPS["batches"] = Group(
@@ -457,11 +502,21 @@ JSON_KINDS_TEXT = """[
   {"id": 5, "tag": "decimal_literal_past_15_digits", "amount": 0.12345678901234567890}
 ]"""
 SPECS.append(files_spec("json_kinds", "json", JSON_KINDS_COLUMNS, primary_key=["id"]))
-GROUPS["json_kinds"] = Group(runs=(Run("json_kinds", "json_kinds",
-                                       {"kinds.json": JSON_KINDS_TEXT.encode(), "nothing.json": b"[]"},
-                                       len(json.loads(JSON_KINDS_TEXT))),))
+GROUPS["json_kinds"] = Group(
+    runs=(
+        Run(
+            "json_kinds",
+            "json_kinds",
+            {"kinds.json": JSON_KINDS_TEXT.encode(), "nothing.json": b"[]"},
+            len(json.loads(JSON_KINDS_TEXT)),
+        ),
+    )
+)
 # A key that first appears past the records DuckDB samples to find the columns (20,480 of a file).
-LATE_KEY_RECORDS = [*({"id": i, "tag": "t"} for i in range(1, 30_001)), {"id": 30_001, "tag": "late_key", "color": "red"}]
+LATE_KEY_RECORDS = [
+    *({"id": i, "tag": "t"} for i in range(1, 30_001)),
+    {"id": 30_001, "tag": "late_key", "color": "red"},
+]
 GROUPS["json_late_key"] = _json_group("json_late_key", json.dumps(LATE_KEY_RECORDS))
 
 # --- Parquet whose schema drifted ----------------------------------------------------------------------------------
@@ -471,12 +526,14 @@ PARQUET_COLUMNS = [
     {"name": "tag", "type": "VARCHAR"},
     {"name": "amount", "type": "DECIMAL(5,2)"},
 ]
-DRIFTED = pa.table({
-    "id": pa.array(["1", "x", "3"], pa.string()),          # was BIGINT
-    "tag": ["string_id", "non_numeric_string_id", "boolean_amount"],
-    "amount": pa.array([None, None, True], pa.bool_()),     # was DECIMAL
-    "color": ["red", "green", None],                         # new column
-})
+DRIFTED = pa.table(
+    {
+        "id": pa.array(["1", "x", "3"], pa.string()),  # was BIGINT
+        "tag": ["string_id", "non_numeric_string_id", "boolean_amount"],
+        "amount": pa.array([None, None, True], pa.bool_()),  # was DECIMAL
+        "color": ["red", "green", None],  # new column
+    }
+)
 SPECS.append(files_spec("drift", "parquet", PARQUET_COLUMNS, primary_key=["id"]))
 GROUPS["parquet_drift"] = Group(
     runs=(Run("drift", "drift", {"drifted.parquet": parquet_bytes(DRIFTED)}, DRIFTED.num_rows),),
@@ -494,8 +551,14 @@ STRICT_COLUMNS = [
     {"name": "ts", "type": "TIMESTAMP"},
     {"name": "tz", "type": "TIMESTAMPTZ"},
 ]
-STRICT_VALID = {"i": "7", "d": "1.50", "f": "0.5", "day": "2024-01-02", "ts": "2024-01-02 03:04:05",
-                "tz": "2024-01-02T03:04:05Z"}
+STRICT_VALID = {
+    "i": "7",
+    "d": "1.50",
+    "f": "0.5",
+    "day": "2024-01-02",
+    "ts": "2024-01-02 03:04:05",
+    "tz": "2024-01-02T03:04:05Z",
+}
 STRICT_CASES: list[tuple[str, dict]] = [
     ("strict_valid", {}),
     ("hex_integer", {"i": "0x10"}),
@@ -524,9 +587,16 @@ STRICT_CASES: list[tuple[str, dict]] = [
 ]
 STRICT_ROWS = [{"id": str(n), "tag": tag, **STRICT_VALID, **values} for n, (tag, values) in enumerate(STRICT_CASES, 1)]
 SPECS.append(files_spec("strict_csv", "csv", STRICT_COLUMNS, primary_key=["id"]))
-GROUPS["strict_csv"] = Group(runs=(Run("strict_csv", "strict_csv",
-                                       {"strict.csv": csv_bytes([c["name"] for c in STRICT_COLUMNS], STRICT_ROWS)},
-                                       len(STRICT_ROWS)),))
+GROUPS["strict_csv"] = Group(
+    runs=(
+        Run(
+            "strict_csv",
+            "strict_csv",
+            {"strict.csv": csv_bytes([c["name"] for c in STRICT_COLUMNS], STRICT_ROWS)},
+            len(STRICT_ROWS),
+        ),
+    )
+)
 
 STRICT_TYPED_COLUMNS = [
     {"name": "id", "type": "BIGINT", "nullable": False},
@@ -537,37 +607,75 @@ STRICT_TYPED_COLUMNS = [
     {"name": "day", "type": "DATE"},
 ]
 _NS = 1_704_164_645_000_000_000  # 2024-01-02 03:04:05 UTC in nanoseconds
-STRICT_TYPED = pa.table({
-    "id": pa.array([1, 2, 3, 4, 5, 6], pa.int64()),
-    "tag": ["typed_valid", "double_rounds_into_decimal", "bigint_past_integer", "nanoseconds_into_timestamp",
-            "timestamp_with_time_into_date", "double_exact_into_decimal"],
-    "amount": pa.array([1.25, 1.005, 1.0, 1.0, 1.0, 0.1], pa.float64()),
-    "qty": pa.array([5, 5, 3_000_000_000, 5, 5, 5], pa.int64()),
-    "at": pa.array([_NS, _NS, _NS, _NS + 789, _NS, _NS], pa.timestamp("ns")),
-    "day": pa.array([_NS // 1000 - 11_045_000_000, _NS // 1000 - 11_045_000_000, _NS // 1000 - 11_045_000_000,
-                     _NS // 1000 - 11_045_000_000, _NS // 1000, _NS // 1000 - 11_045_000_000], pa.timestamp("us")),
-})
+STRICT_TYPED = pa.table(
+    {
+        "id": pa.array([1, 2, 3, 4, 5, 6], pa.int64()),
+        "tag": [
+            "typed_valid",
+            "double_rounds_into_decimal",
+            "bigint_past_integer",
+            "nanoseconds_into_timestamp",
+            "timestamp_with_time_into_date",
+            "double_exact_into_decimal",
+        ],
+        "amount": pa.array([1.25, 1.005, 1.0, 1.0, 1.0, 0.1], pa.float64()),
+        "qty": pa.array([5, 5, 3_000_000_000, 5, 5, 5], pa.int64()),
+        "at": pa.array([_NS, _NS, _NS, _NS + 789, _NS, _NS], pa.timestamp("ns")),
+        "day": pa.array(
+            [
+                _NS // 1000 - 11_045_000_000,
+                _NS // 1000 - 11_045_000_000,
+                _NS // 1000 - 11_045_000_000,
+                _NS // 1000 - 11_045_000_000,
+                _NS // 1000,
+                _NS // 1000 - 11_045_000_000,
+            ],
+            pa.timestamp("us"),
+        ),
+    }
+)
 SPECS.append(files_spec("strict_typed", "parquet", STRICT_TYPED_COLUMNS, primary_key=["id"]))
-GROUPS["strict_typed"] = Group(runs=(Run("strict_typed", "strict_typed", {"typed.parquet": parquet_bytes(STRICT_TYPED)},
-                                         STRICT_TYPED.num_rows),))
+GROUPS["strict_typed"] = Group(
+    runs=(Run("strict_typed", "strict_typed", {"typed.parquet": parquet_bytes(STRICT_TYPED)}, STRICT_TYPED.num_rows),)
+)
 
 # A column name no SQL can take, in a Parquet file: the file is refused (validation refuses such names from any source)
 BAD_NAMES = pa.table({"id": [1, 2], "bad col": ["x", "y"], "Id": [3, 4]})
 SPECS.append(files_spec("bad_names", "parquet", [{"name": "id", "type": "BIGINT", "nullable": False}]))
-GROUPS["bad_column_names"] = Group(runs=(Run("bad_names", "bad_names", {"names.parquet": parquet_bytes(BAD_NAMES)}, -1),))
+GROUPS["bad_column_names"] = Group(
+    runs=(Run("bad_names", "bad_names", {"names.parquet": parquet_bytes(BAD_NAMES)}, -1),)
+)
 
 # A files pipeline partitioned by file name that also names its record time column: records outside the day
-WINDOW_SPEC = files_spec("windowed", "csv", [{"name": "id", "type": "INTEGER", "nullable": False},
-                                             {"name": "tag", "type": "VARCHAR"},
-                                             {"name": "happened_on", "type": "DATE", "nullable": False}],
-                         primary_key=["id"], partitions={"type": "daily", "start": "2024-01-01", "column": "happened_on"})
+WINDOW_SPEC = files_spec(
+    "windowed",
+    "csv",
+    [
+        {"name": "id", "type": "INTEGER", "nullable": False},
+        {"name": "tag", "type": "VARCHAR"},
+        {"name": "happened_on", "type": "DATE", "nullable": False},
+    ],
+    primary_key=["id"],
+    partitions={"type": "daily", "start": "2024-01-01", "column": "happened_on"},
+)
 WINDOW_SPEC["source"]["partition_regex"] = r"events_(?P<partition>\d{4}-\d{2}-\d{2})\.csv$"
-WINDOW_ROWS = [{"id": 1, "tag": "on_the_day", "happened_on": "2024-01-02"},
-               {"id": 2, "tag": "day_before", "happened_on": "2024-01-01"},
-               {"id": 3, "tag": "day_after", "happened_on": "2024-01-03"}]
+WINDOW_ROWS = [
+    {"id": 1, "tag": "on_the_day", "happened_on": "2024-01-02"},
+    {"id": 2, "tag": "day_before", "happened_on": "2024-01-01"},
+    {"id": 3, "tag": "day_after", "happened_on": "2024-01-03"},
+]
 SPECS.append(WINDOW_SPEC)
-GROUPS["out_of_window"] = Group(runs=(Run("windowed", "windowed", {"events_2024-01-02.csv": csv_bytes(
-    ["id", "tag", "happened_on"], WINDOW_ROWS)}, len(WINDOW_ROWS), partition="2024-01-02"),))
+GROUPS["out_of_window"] = Group(
+    runs=(
+        Run(
+            "windowed",
+            "windowed",
+            {"events_2024-01-02.csv": csv_bytes(["id", "tag", "happened_on"], WINDOW_ROWS)},
+            len(WINDOW_ROWS),
+            partition="2024-01-02",
+        ),
+    )
+)
 
 # --- files that cannot be read, or cannot meet the contract: one group each ---------------------------------------
 
@@ -576,8 +684,11 @@ FILE_FAILURES: dict[str, tuple[str, str, bytes]] = {
     # case: (format, file name, content)
     "ragged_too_few_fields": ("csv", "few.csv", b"id,tag,name\n1,a,x\n2,b\n3,c,z\n"),
     "ragged_too_many_fields": ("csv", "many.csv", b"id,tag,name\n1,a,x\n2,b,y,extra\n3,c,z\n"),
-    "ragged_row_deep_in_file": ("csv", "deep.csv",
-                                b"id,tag,name\n" + b"".join(b"%d,t,n\n" % i for i in range(1, 30001)) + b"30001,t\n"),
+    "ragged_row_deep_in_file": (
+        "csv",
+        "deep.csv",
+        b"id,tag,name\n" + b"".join(b"%d,t,n\n" % i for i in range(1, 30001)) + b"30001,t\n",
+    ),
     "invalid_utf8": ("csv", "latin1.csv", b"id,tag,name\n1,a,x\n2,b,caf\xe9\n"),
     "wrong_delimiter": ("csv", "semicolons.csv", b"id;tag;name\n1;a;x\n2;b;y\n"),
     "zero_byte_csv": ("csv", "empty.csv", b""),
@@ -587,30 +698,57 @@ FILE_FAILURES: dict[str, tuple[str, str, bytes]] = {
     "json_empty_array": ("json", "nothing.json", b"[]"),
     "json_values_not_records": ("json", "scalars.json", b"[1, 2]"),
     # past the records sampled to type the columns: `name` held only strings there
-    "json_nested_value_past_sample": ("json", "deep.json", ("[" + ", ".join(
-        [*(f'{{"id": {i}, "name": "n"}}' for i in range(1, 30_001)), '{"id": 30001, "name": {"k": 1}}']) + "]").encode()),
-    "json_nested_value_in_scalar_column": ("json", "nested.json",
-                                           b'[{"id": 1, "name": {"k": 1}}, {"id": 2, "name": {"k": 2}}]'),
-    "json_nested_value_beside_strings": ("json", "mixed.json",
-                                         b'[{"id": 1, "name": "plain"}, {"id": 2, "name": {"k": 1}}]'),
+    "json_nested_value_past_sample": (
+        "json",
+        "deep.json",
+        (
+            "["
+            + ", ".join([*(f'{{"id": {i}, "name": "n"}}' for i in range(1, 30_001)), '{"id": 30001, "name": {"k": 1}}'])
+            + "]"
+        ).encode(),
+    ),
+    "json_nested_value_in_scalar_column": (
+        "json",
+        "nested.json",
+        b'[{"id": 1, "name": {"k": 1}}, {"id": 2, "name": {"k": 2}}]',
+    ),
+    "json_nested_value_beside_strings": (
+        "json",
+        "mixed.json",
+        b'[{"id": 1, "name": "plain"}, {"id": 2, "name": {"k": 1}}]',
+    ),
     "parquet_corrupt_footer": ("parquet", "corrupt.parquet", GOOD_PARQUET[:-12] + b"\x00" * 8 + b"XXXX"),
-    "parquet_nested_value_in_scalar_column": ("parquet", "nested.parquet",
-                                              parquet_bytes(pa.table({"id": [1], "name": [{"k": 1}]}))),
+    "parquet_nested_value_in_scalar_column": (
+        "parquet",
+        "nested.parquet",
+        parquet_bytes(pa.table({"id": [1], "name": [{"k": 1}]})),
+    ),
 }
 FAILURE_COLUMNS = {
     "csv": SIMPLE_CSV_COLUMNS,
-    "json": [{"name": "id", "type": "BIGINT", "nullable": False}, {"name": "tag", "type": "VARCHAR"},
-             {"name": "name", "type": "VARCHAR"}],
-    "parquet": [{"name": "id", "type": "BIGINT", "nullable": False}, {"name": "tag", "type": "VARCHAR"},
-                {"name": "amount", "type": "DECIMAL(5,2)"}, {"name": "name", "type": "VARCHAR"}],
+    "json": [
+        {"name": "id", "type": "BIGINT", "nullable": False},
+        {"name": "tag", "type": "VARCHAR"},
+        {"name": "name", "type": "VARCHAR"},
+    ],
+    "parquet": [
+        {"name": "id", "type": "BIGINT", "nullable": False},
+        {"name": "tag", "type": "VARCHAR"},
+        {"name": "amount", "type": "DECIMAL(5,2)"},
+        {"name": "name", "type": "VARCHAR"},
+    ],
 }
 SPECS += [files_spec(f"bad_{fmt}", fmt, columns, primary_key=["id"]) for fmt, columns in FAILURE_COLUMNS.items()]
 for _case, (_fmt, _file, _content) in FILE_FAILURES.items():
     # input_rows: 0 for the empty inputs (a 0-row load is acceptable there), -1 (never conserved) for the rest
     GROUPS[_case] = Group(runs=(Run(_case, f"bad_{_fmt}", {_file: _content}, 0 if _content in (b"", b"[]") else -1),))
 # CSV rows are judged one by one: these files load, their unparseable rows quarantined (every data line is an input row)
-for _case, _rows_in in {"ragged_too_few_fields": 3, "ragged_too_many_fields": 3, "ragged_row_deep_in_file": 30001,
-                        "invalid_utf8": 2}.items():
+for _case, _rows_in in {
+    "ragged_too_few_fields": 3,
+    "ragged_too_many_fields": 3,
+    "ragged_row_deep_in_file": 30001,
+    "invalid_utf8": 2,
+}.items():
     _fmt, _file, _content = FILE_FAILURES[_case]
     GROUPS[_case] = Group(runs=(Run(_case, f"bad_{_fmt}", {_file: _content}, _rows_in),))
 
@@ -631,8 +769,9 @@ def quarantined(tag: str, *reasons: str) -> Callable[[Outcome], None]:
         assert row[SOURCE_COLUMN] in out.files and row["_etl_run_id"] == out.run_id
         assert row["_etl_partition"] == out.partition
         assert isinstance(row["_etl_record"], int) and row["_etl_record"] >= 1, row  # its record in the source
-        assert all(v is None or isinstance(v, (str, list)) for k, v in row.items() if k != "_etl_record"), \
+        assert all(v is None or isinstance(v, (str, list)) for k, v in row.items() if k != "_etl_record"), (
             "quarantine keeps text values"
+        )
         assert out.find(out.clean, tag) == [] and out.find(out.warehouse, tag) == []
 
     return verify
@@ -676,7 +815,9 @@ def malformed(*lines: tuple[int, str], clean_tags: tuple[str, ...]) -> Callable[
         bad = [r for r in out.quarantine if r["_etl_reasons"] == ["malformed_row"]]
         assert len(bad) == len(lines) == len(out.quarantine), out.quarantine
         for (line, text), row in zip(lines, bad):
-            assert row["_etl_read_error"].startswith(f"line {line}: ") and row["_etl_read_error"].endswith(f": {text}"), row
+            assert row["_etl_read_error"].startswith(f"line {line}: ") and row["_etl_read_error"].endswith(
+                f": {text}"
+            ), row
             assert row[SOURCE_COLUMN] in out.files and row["_etl_run_id"] == out.run_id
         assert sorted(r["tag"] for r in out.clean) == sorted(clean_tags)
         assert all("_etl_read_error" not in r for r in out.clean)
@@ -732,8 +873,11 @@ def _timestamp_naive_utc(out: Outcome) -> None:
 
 def _nan_and_infinities(out: Outcome) -> None:
     out.assert_conserved()
-    for tag, check in (("nan", math.isnan), ("infinity", lambda v: v == math.inf),
-                       ("minus_infinity", lambda v: v == -math.inf)):
+    for tag, check in (
+        ("nan", math.isnan),
+        ("infinity", lambda v: v == math.inf),
+        ("minus_infinity", lambda v: v == -math.inf),
+    ):
         for rows in (out.clean, out.warehouse):
             (row,) = out.find(rows, tag)
             assert isinstance(row["x"], float) and check(row["x"]), (tag, row["x"])
@@ -820,163 +964,393 @@ def _day1_again(out: Outcome) -> None:
 
 CASES = [
     # -- CSV structure
-    pytest.param("ragged_too_few_fields", "ragged_too_few_fields", malformed((3, "2,b"), clean_tags=("a", "c")),
-                 id="csv-ragged-too-few-fields"),
-    pytest.param("ragged_too_many_fields", "ragged_too_many_fields",
-                 malformed((3, "2,b,y,extra"), clean_tags=("a", "c")), id="csv-ragged-too-many-fields"),
-    pytest.param("ragged_row_deep_in_file", "ragged_row_deep_in_file",
-                 malformed((30002, "30001,t"), clean_tags=("t",) * 30000), id="csv-ragged-row-deep-in-file-names-line"),
-    pytest.param("csv_rows", "csv_rows", loaded("embedded_newline_quote_comma", name='two\nlines "q", x'),
-                 id="csv-quoted-newline-quote-comma-loads-exactly"),
+    pytest.param(
+        "ragged_too_few_fields",
+        "ragged_too_few_fields",
+        malformed((3, "2,b"), clean_tags=("a", "c")),
+        id="csv-ragged-too-few-fields",
+    ),
+    pytest.param(
+        "ragged_too_many_fields",
+        "ragged_too_many_fields",
+        malformed((3, "2,b,y,extra"), clean_tags=("a", "c")),
+        id="csv-ragged-too-many-fields",
+    ),
+    pytest.param(
+        "ragged_row_deep_in_file",
+        "ragged_row_deep_in_file",
+        malformed((30002, "30001,t"), clean_tags=("t",) * 30000),
+        id="csv-ragged-row-deep-in-file-names-line",
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        loaded("embedded_newline_quote_comma", name='two\nlines "q", x'),
+        id="csv-quoted-newline-quote-comma-loads-exactly",
+    ),
     pytest.param("csv_rows", "csv_rows", loaded("crlf_quoted_crlf", name="x\r\ny"), id="csv-crlf-with-quoted-crlf"),
     pytest.param("csv_rows", "csv_rows", _bom_header, id="csv-utf8-bom-header"),
-    pytest.param("invalid_utf8", "invalid_utf8", malformed((3, r"2,b,caf\xe9"), clean_tags=("a",)), id="csv-invalid-utf8"),
-    pytest.param("wrong_delimiter", "wrong_delimiter", failed("semicolons.csv: required column(s) id missing",
-                                                              "check the delimiter"),
-                 id="csv-wrong-delimiter-required-column-missing"),
+    pytest.param(
+        "invalid_utf8", "invalid_utf8", malformed((3, r"2,b,caf\xe9"), clean_tags=("a",)), id="csv-invalid-utf8"
+    ),
+    pytest.param(
+        "wrong_delimiter",
+        "wrong_delimiter",
+        failed("semicolons.csv: required column(s) id missing", "check the delimiter"),
+        id="csv-wrong-delimiter-required-column-missing",
+    ),
     pytest.param("zero_byte_csv", "zero_byte_csv", failed("empty.csv: empty (0 bytes)"), id="csv-zero-byte-file"),
     pytest.param("header_only", "header_only", _header_only, id="csv-header-only-loads-zero-rows"),
-    pytest.param("duplicate_header", "dup_header", failed("dup.csv: column name 'name' appears twice"),
-                 id="csv-duplicate-header-names"),
+    pytest.param(
+        "duplicate_header",
+        "dup_header",
+        failed("dup.csv: column name 'name' appears twice"),
+        id="csv-duplicate-header-names",
+    ),
     # -- values in a CSV
     pytest.param("csv_rows", "csv_rows", quarantined("text_in_decimal", "type:amount"), id="text-in-decimal-column"),
     pytest.param("csv_rows", "csv_rows", quarantined("text_in_integer", "type:qty"), id="text-in-integer-column"),
-    pytest.param("csv_rows", "csv_rows", quarantined("fraction_in_integer", "type:qty"), id="fraction-in-integer-column"),
+    pytest.param(
+        "csv_rows", "csv_rows", quarantined("fraction_in_integer", "type:qty"), id="fraction-in-integer-column"
+    ),
     pytest.param("csv_rows", "csv_rows", quarantined("ambiguous_date", "type:d"), id="date-ambiguous-03/04/2024"),
     pytest.param("csv_rows", "csv_rows", quarantined("malformed_date", "type:d"), id="date-malformed-2024-13-45"),
     pytest.param("csv_rows", "csv_rows", quarantined("impossible_date", "type:d"), id="date-impossible-2023-02-29"),
     pytest.param("csv_rows", "csv_rows", _timestamp_naive_utc, id="timestamptz-naive-is-utc"),
-    pytest.param("csv_rows", "csv_rows", loaded("zoned_timestamptz", ts=_ts(2024, 6, 1, 17, 0)),
-                 id="timestamptz-zoned-converted-to-utc"),
-    pytest.param("csv_rows", "csv_rows", loaded("zoned_value_in_naive_timestamp", local_ts=datetime(2024, 6, 1, 10, 0)),
-                 id="timestamp-zoned-value-in-naive-column-converted-to-utc"),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        loaded("zoned_timestamptz", ts=_ts(2024, 6, 1, 17, 0)),
+        id="timestamptz-zoned-converted-to-utc",
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        loaded("zoned_value_in_naive_timestamp", local_ts=datetime(2024, 6, 1, 10, 0)),
+        id="timestamp-zoned-value-in-naive-column-converted-to-utc",
+    ),
     pytest.param("csv_rows", "csv_rows", quarantined("decimal_overflow", "type:amount"), id="decimal-overflow"),
-    pytest.param("csv_rows", "csv_rows", quarantined("decimal_overflow_after_rounding", "type:amount"),
-                 id="decimal-overflow-after-rounding"),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        quarantined("decimal_overflow_after_rounding", "type:amount"),
+        id="decimal-overflow-after-rounding",
+    ),
     pytest.param("csv_rows", "csv_rows", loaded("decimal_at_limit", amount=Decimal("-999.99")), id="decimal-at-limit"),
-    pytest.param("csv_rows", "csv_rows", quarantined("null_empty_in_not_null", "not_null:id"),
-                 id="null-sentinel-empty-is-null"),
-    pytest.param("csv_rows", "csv_rows", quarantined("null_string_in_not_null", "type:id"),
-                 id="null-sentinel-NULL-string-is-type-error"),
-    pytest.param("csv_rows", "csv_rows", quarantined("na_string_in_not_null", "type:id"),
-                 id="null-sentinel-NA-string-is-type-error"),
-    pytest.param("csv_rows", "csv_rows", _one_duplicate_quarantined(("duplicate_key_a", "duplicate_key_b"), "duplicate_key"),
-                 id="duplicate-key-within-batch"),
-    pytest.param("csv_rows", "csv_rows", loaded("control_characters", name="a\x00b\x07c\x1b[0m\x7f"),
-                 id="control-characters-preserved"),
+    pytest.param(
+        "csv_rows", "csv_rows", quarantined("null_empty_in_not_null", "not_null:id"), id="null-sentinel-empty-is-null"
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        quarantined("null_string_in_not_null", "type:id"),
+        id="null-sentinel-NULL-string-is-type-error",
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        quarantined("na_string_in_not_null", "type:id"),
+        id="null-sentinel-NA-string-is-type-error",
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        _one_duplicate_quarantined(("duplicate_key_a", "duplicate_key_b"), "duplicate_key"),
+        id="duplicate-key-within-batch",
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        loaded("control_characters", name="a\x00b\x07c\x1b[0m\x7f"),
+        id="control-characters-preserved",
+    ),
     pytest.param("csv_rows", "csv_rows", quarantined("too_long", "max_length:name"), id="max-length-exceeded"),
-    pytest.param("csv_rows", "csv_rows", loaded("long_multibyte_at_limit", name="é" * 20),
-                 id="max-length-counts-characters-not-bytes"),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        loaded("long_multibyte_at_limit", name="é" * 20),
+        id="max-length-counts-characters-not-bytes",
+    ),
     # -- value rules, ERROR
-    pytest.param("csv_rows", "csv_rows", quarantined("not_accepted", "accepted_values:status"), id="accepted-values-error"),
+    pytest.param(
+        "csv_rows", "csv_rows", quarantined("not_accepted", "accepted_values:status"), id="accepted-values-error"
+    ),
     pytest.param("csv_rows", "csv_rows", quarantined("below_min", "min:qty"), id="min-error"),
     pytest.param("csv_rows", "csv_rows", quarantined("above_max", "max:qty"), id="max-error"),
     pytest.param("csv_rows", "csv_rows", quarantined("regex_mismatch", "regex:code"), id="regex-error"),
-    pytest.param("csv_rows", "csv_rows", quarantined("dangling_reference", "relationship:parent_id"),
-                 id="relationship-error"),
+    pytest.param(
+        "csv_rows", "csv_rows", quarantined("dangling_reference", "relationship:parent_id"), id="relationship-error"
+    ),
     pytest.param("csv_rows", "before_parents", _bad_parent_first, id="relationship-needs-referenced-dataset-loaded"),
-    pytest.param("csv_rows", "csv_rows",
-                 quarantined("several_rules", "type:amount", "type:d", "accepted_values:status"),
-                 id="several-rules-all-named"),
-    pytest.param("csv_rows", "csv_rows", loaded("valid", id=1, amount=Decimal("1.50"), d=date(2024, 1, 2)),
-                 id="valid-row-beside-bad-ones-loads"),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        quarantined("several_rules", "type:amount", "type:d", "accepted_values:status"),
+        id="several-rules-all-named",
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_rows",
+        loaded("valid", id=1, amount=Decimal("1.50"), d=date(2024, 1, 2)),
+        id="valid-row-beside-bad-ones-loads",
+    ),
     # -- value rules, WARN
-    pytest.param("csv_rows", "csv_warn", _warn("accepted_values", {"accepted_values:status": "warn_not_accepted"}, "refunded"),
-                 id="accepted-values-warn"),
-    pytest.param("csv_rows", "csv_warn", _warn("range", {"min:qty": "warn_below_min", "max:qty": "warn_above_max"}, "101"),
-                 id="min-max-warn"),
-    pytest.param("csv_rows", "csv_warn", _warn("format", {"regex:code": "warn_regex", "max_length:name": "warn_too_long"},
-                                               "abc-123"), id="regex-max-length-warn"),
-    pytest.param("csv_rows", "csv_warn", _warn("relationship", {"relationship:parent_id": "warn_dangling_reference"}, "99"),
-                 id="relationship-warn"),
-    pytest.param("mixed_family", "mixed", quarantined("error_rule_broken", "accepted_values:status"),
-                 id="error-rule-beside-warn-rule-of-same-family"),
+    pytest.param(
+        "csv_rows",
+        "csv_warn",
+        _warn("accepted_values", {"accepted_values:status": "warn_not_accepted"}, "refunded"),
+        id="accepted-values-warn",
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_warn",
+        _warn("range", {"min:qty": "warn_below_min", "max:qty": "warn_above_max"}, "101"),
+        id="min-max-warn",
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_warn",
+        _warn("format", {"regex:code": "warn_regex", "max_length:name": "warn_too_long"}, "abc-123"),
+        id="regex-max-length-warn",
+    ),
+    pytest.param(
+        "csv_rows",
+        "csv_warn",
+        _warn("relationship", {"relationship:parent_id": "warn_dangling_reference"}, "99"),
+        id="relationship-warn",
+    ),
+    pytest.param(
+        "mixed_family",
+        "mixed",
+        quarantined("error_rule_broken", "accepted_values:status"),
+        id="error-rule-beside-warn-rule-of-same-family",
+    ),
     pytest.param("mixed_family", "mixed", _warn_beside_error, id="warn-rule-beside-error-rule-of-same-family"),
     # -- across batches
-    pytest.param("batches", "day2", quarantined("key_loaded_on_day1", "duplicate_key_across_batches"),
-                 id="duplicate-key-across-batches"),
-    pytest.param("batches", "day2", _one_duplicate_quarantined(("new_key_a", "new_key_b"), "duplicate_key"),
-                 id="duplicate-key-within-second-batch"),
+    pytest.param(
+        "batches",
+        "day2",
+        quarantined("key_loaded_on_day1", "duplicate_key_across_batches"),
+        id="duplicate-key-across-batches",
+    ),
+    pytest.param(
+        "batches",
+        "day2",
+        _one_duplicate_quarantined(("new_key_a", "new_key_b"), "duplicate_key"),
+        id="duplicate-key-within-second-batch",
+    ),
     pytest.param("batches", "day1_again", _day1_again, id="rerun-partition-is-not-its-own-duplicate"),
     # -- JSON
     pytest.param("json_truncated", "json_truncated", failed("cut.json"), id="json-truncated"),
-    pytest.param("json_object_not_array", "json_object_not_array", failed("object.json", "array"),
-                 id="json-object-instead-of-array"),
-    pytest.param("json_duplicate_keys", "json_duplicate_keys", failed("dupkeys.json", "duplicate key"),
-                 id="json-duplicate-keys"),
+    pytest.param(
+        "json_object_not_array",
+        "json_object_not_array",
+        failed("object.json", "array"),
+        id="json-object-instead-of-array",
+    ),
+    pytest.param(
+        "json_duplicate_keys", "json_duplicate_keys", failed("dupkeys.json", "duplicate key"), id="json-duplicate-keys"
+    ),
     pytest.param("json_empty_array", "json_empty_array", _empty_json, id="json-empty-array"),
     pytest.param("json_rows", "json_rows", _nan_and_infinities, id="json-nan-and-infinity-kept"),
     pytest.param("json_rows", "json_rows", loaded("past_2_53", id=9007199254740993), id="json-bigint-past-2^53-exact"),
-    pytest.param("json_rows", "json_rows", loaded("int64_max", id=9223372036854775807), id="json-bigint-int64-max-exact"),
+    pytest.param(
+        "json_rows", "json_rows", loaded("int64_max", id=9223372036854775807), id="json-bigint-int64-max-exact"
+    ),
     pytest.param("json_rows", "json_rows", quarantined("past_int64", "type:id"), id="json-integer-past-int64"),
-    pytest.param("json_rows", "json_rows", loaded("control_characters", name="a\x00b\x07c\x1b[0m"),
-                 id="json-control-characters-preserved"),
-    pytest.param("json_inference", "json_inference", _exact_or_quarantined("big_int_beside_float_literal", "id", 9007199254740993),
-                 id="json-bigint-beside-float-literal"),
-    pytest.param("json_inference", "json_inference", quarantined("fraction_in_bigint", "type:id"),
-                 id="json-fraction-in-bigint"),
-    pytest.param("json_inference", "json_inference", loaded("big_int_beside_float_literal", name="plain"),
-                 id="json-string-beside-number-in-text-column"),
-    pytest.param("json_nested_value_in_scalar_column", "json_nested_value_in_scalar_column",
-                 failed("column name", "objects or arrays", prefix="data_quality error"), id="json-nested-value-in-scalar-column"),
-    pytest.param("json_nested_value_beside_strings", "json_nested_value_beside_strings",
-                 failed("column name", "objects or arrays", prefix="data_quality error"), id="json-nested-value-beside-strings"),
-    pytest.param("json_nested_value_past_sample", "json_nested_value_past_sample",
-                 failed("deep.json", "column name holds an object or array"), id="json-nested-value-past-type-sample"),
-    pytest.param("json_values_not_records", "json_values_not_records", failed("scalars.json", "not objects"),
-                 id="json-array-of-scalars-not-records"),
-    pytest.param("json_kinds", "json_kinds", loaded("nested_extra_column", meta='{"big":9007199254740993,"f":1.5}'),
-                 id="json-nested-column-beyond-contract-kept-as-json"),
-    pytest.param("json_kinds", "json_kinds", loaded("string_in_nested_extra_column", meta='"plain"'),
-                 id="json-string-in-nested-column-kept-as-json"),
-    pytest.param("json_kinds", "json_kinds", loaded("boolean_in_text_column", name="true"),
-                 id="json-boolean-in-text-column-as-true"),
-    pytest.param("json_kinds", "json_kinds", loaded("decimal_literal", amount=Decimal("1.5")), id="json-decimal-literal"),
-    pytest.param("json_kinds", "json_kinds", loaded("decimal_literal_past_15_digits", amount=Decimal("0.12345678901234567890")),
-                 id="json-decimal-literal-past-15-digits", marks=pytest.mark.xfail(strict=True, reason=(
-                     "gap: DuckDB's JSON parser reads a non-integer number as a DOUBLE, so a literal with more than 15 "
-                     "significant digits loads rounded (0.12345678901234568)"))),
-    pytest.param("json_kinds", "json_kinds", _empty_file_beside_records, id="json-empty-array-beside-records-adds-no-rows"),
+    pytest.param(
+        "json_rows",
+        "json_rows",
+        loaded("control_characters", name="a\x00b\x07c\x1b[0m"),
+        id="json-control-characters-preserved",
+    ),
+    pytest.param(
+        "json_inference",
+        "json_inference",
+        _exact_or_quarantined("big_int_beside_float_literal", "id", 9007199254740993),
+        id="json-bigint-beside-float-literal",
+    ),
+    pytest.param(
+        "json_inference", "json_inference", quarantined("fraction_in_bigint", "type:id"), id="json-fraction-in-bigint"
+    ),
+    pytest.param(
+        "json_inference",
+        "json_inference",
+        loaded("big_int_beside_float_literal", name="plain"),
+        id="json-string-beside-number-in-text-column",
+    ),
+    pytest.param(
+        "json_nested_value_in_scalar_column",
+        "json_nested_value_in_scalar_column",
+        failed("column name", "objects or arrays", prefix="data_quality error"),
+        id="json-nested-value-in-scalar-column",
+    ),
+    pytest.param(
+        "json_nested_value_beside_strings",
+        "json_nested_value_beside_strings",
+        failed("column name", "objects or arrays", prefix="data_quality error"),
+        id="json-nested-value-beside-strings",
+    ),
+    pytest.param(
+        "json_nested_value_past_sample",
+        "json_nested_value_past_sample",
+        failed("deep.json", "column name holds an object or array"),
+        id="json-nested-value-past-type-sample",
+    ),
+    pytest.param(
+        "json_values_not_records",
+        "json_values_not_records",
+        failed("scalars.json", "not objects"),
+        id="json-array-of-scalars-not-records",
+    ),
+    pytest.param(
+        "json_kinds",
+        "json_kinds",
+        loaded("nested_extra_column", meta='{"big":9007199254740993,"f":1.5}'),
+        id="json-nested-column-beyond-contract-kept-as-json",
+    ),
+    pytest.param(
+        "json_kinds",
+        "json_kinds",
+        loaded("string_in_nested_extra_column", meta='"plain"'),
+        id="json-string-in-nested-column-kept-as-json",
+    ),
+    pytest.param(
+        "json_kinds",
+        "json_kinds",
+        loaded("boolean_in_text_column", name="true"),
+        id="json-boolean-in-text-column-as-true",
+    ),
+    pytest.param(
+        "json_kinds", "json_kinds", loaded("decimal_literal", amount=Decimal("1.5")), id="json-decimal-literal"
+    ),
+    pytest.param(
+        "json_kinds",
+        "json_kinds",
+        loaded("decimal_literal_past_15_digits", amount=Decimal("0.12345678901234567890")),
+        id="json-decimal-literal-past-15-digits",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason=(
+                "gap: DuckDB's JSON parser reads a non-integer number as a DOUBLE, so a literal with more than 15 "
+                "significant digits loads rounded (0.12345678901234568)"
+            ),
+        ),
+    ),
+    pytest.param(
+        "json_kinds", "json_kinds", _empty_file_beside_records, id="json-empty-array-beside-records-adds-no-rows"
+    ),
     pytest.param("json_late_key", "json_late_key", _late_key_loaded_and_flagged, id="json-key-first-seen-past-sample"),
     # -- Parquet
-    pytest.param("parquet_corrupt_footer", "parquet_corrupt_footer", failed("corrupt.parquet"), id="parquet-corrupt-footer"),
-    pytest.param("parquet_nested_value_in_scalar_column", "parquet_nested_value_in_scalar_column",
-                 failed("column name", "STRUCT", prefix="data_quality error"), id="parquet-nested-value-in-scalar-column"),
+    pytest.param(
+        "parquet_corrupt_footer", "parquet_corrupt_footer", failed("corrupt.parquet"), id="parquet-corrupt-footer"
+    ),
+    pytest.param(
+        "parquet_nested_value_in_scalar_column",
+        "parquet_nested_value_in_scalar_column",
+        failed("column name", "STRUCT", prefix="data_quality error"),
+        id="parquet-nested-value-in-scalar-column",
+    ),
     pytest.param("parquet_drift", "drift", _schema_change_names_new_column, id="parquet-new-column-loaded-and-flagged"),
-    pytest.param("parquet_drift", "drift", quarantined("non_numeric_string_id", "type:id"),
-                 id="parquet-column-retyped-string-for-bigint"),
-    pytest.param("parquet_drift", "drift", _boolean_amount_not_coerced, id="parquet-column-retyped-boolean-for-decimal"),
+    pytest.param(
+        "parquet_drift",
+        "drift",
+        quarantined("non_numeric_string_id", "type:id"),
+        id="parquet-column-retyped-string-for-bigint",
+    ),
+    pytest.param(
+        "parquet_drift", "drift", _boolean_amount_not_coerced, id="parquet-column-retyped-boolean-for-decimal"
+    ),
     # -- strict casts: quarantined rather than read as another value
-    *(pytest.param("strict_csv", "strict_csv", quarantined(tag, f"type:{next(iter(values))}"), id=f"strict-{tag}")
-      for tag, values in STRICT_CASES if tag not in ("strict_valid", "integer_plus_sign_and_zero_fraction",
-                                                      "decimal_exponent_exact", "timestamptz_offset")),
-    pytest.param("strict_csv", "strict_csv", loaded("strict_valid", i=7, d=Decimal("1.50"), f=0.5, day=date(2024, 1, 2),
-                                                    ts=datetime(2024, 1, 2, 3, 4, 5), tz=_ts(2024, 1, 2, 3, 4, 5)),
-                 id="strict-valid-row-loads-exactly"),
-    pytest.param("strict_csv", "strict_csv", loaded("integer_plus_sign_and_zero_fraction", i=5),
-                 id="strict-integer-sign-and-zero-fraction-is-exact"),
-    pytest.param("strict_csv", "strict_csv", loaded("decimal_exponent_exact", d=Decimal("125.00")),
-                 id="strict-decimal-exponent-notation-when-exact"),
-    pytest.param("strict_csv", "strict_csv", loaded("timestamptz_offset", tz=_ts(2024, 1, 2, 3, 4, 5)),
-                 id="strict-timestamptz-offset-converted-to-utc"),
-    pytest.param("strict_typed", "strict_typed", quarantined("double_rounds_into_decimal", "type:amount"),
-                 id="typed-double-that-would-round-into-decimal"),
-    pytest.param("strict_typed", "strict_typed", quarantined("bigint_past_integer", "type:qty"),
-                 id="typed-bigint-too-large-for-integer"),
-    pytest.param("strict_typed", "strict_typed", quarantined("nanoseconds_into_timestamp", "type:at"),
-                 id="typed-nanoseconds-into-timestamp"),
-    pytest.param("strict_typed", "strict_typed", quarantined("timestamp_with_time_into_date", "type:day"),
-                 id="typed-timestamp-with-time-into-date"),
-    pytest.param("strict_typed", "strict_typed", loaded("double_exact_into_decimal", amount=Decimal("0.10")),
-                 id="typed-double-exact-into-decimal"),
-    pytest.param("strict_typed", "strict_typed", loaded("typed_valid", amount=Decimal("1.25"), qty=5,
-                                                        at=datetime(2024, 1, 2, 3, 4, 5), day=date(2024, 1, 2)),
-                 id="typed-valid-row-loads-exactly"),
-    pytest.param("bad_column_names", "bad_names", failed("names.parquet", "'bad col'"), id="column-names-no-sql-can-take"),
-    pytest.param("out_of_window", "windowed", quarantined("day_before", "out_of_window"), id="record-before-its-partition"),
-    pytest.param("out_of_window", "windowed", quarantined("day_after", "out_of_window"), id="record-after-its-partition"),
-    pytest.param("out_of_window", "windowed", loaded("on_the_day", happened_on=date(2024, 1, 2)),
-                 id="record-in-its-partition-loads"),
+    *(
+        pytest.param("strict_csv", "strict_csv", quarantined(tag, f"type:{next(iter(values))}"), id=f"strict-{tag}")
+        for tag, values in STRICT_CASES
+        if tag
+        not in ("strict_valid", "integer_plus_sign_and_zero_fraction", "decimal_exponent_exact", "timestamptz_offset")
+    ),
+    pytest.param(
+        "strict_csv",
+        "strict_csv",
+        loaded(
+            "strict_valid",
+            i=7,
+            d=Decimal("1.50"),
+            f=0.5,
+            day=date(2024, 1, 2),
+            ts=datetime(2024, 1, 2, 3, 4, 5),
+            tz=_ts(2024, 1, 2, 3, 4, 5),
+        ),
+        id="strict-valid-row-loads-exactly",
+    ),
+    pytest.param(
+        "strict_csv",
+        "strict_csv",
+        loaded("integer_plus_sign_and_zero_fraction", i=5),
+        id="strict-integer-sign-and-zero-fraction-is-exact",
+    ),
+    pytest.param(
+        "strict_csv",
+        "strict_csv",
+        loaded("decimal_exponent_exact", d=Decimal("125.00")),
+        id="strict-decimal-exponent-notation-when-exact",
+    ),
+    pytest.param(
+        "strict_csv",
+        "strict_csv",
+        loaded("timestamptz_offset", tz=_ts(2024, 1, 2, 3, 4, 5)),
+        id="strict-timestamptz-offset-converted-to-utc",
+    ),
+    pytest.param(
+        "strict_typed",
+        "strict_typed",
+        quarantined("double_rounds_into_decimal", "type:amount"),
+        id="typed-double-that-would-round-into-decimal",
+    ),
+    pytest.param(
+        "strict_typed",
+        "strict_typed",
+        quarantined("bigint_past_integer", "type:qty"),
+        id="typed-bigint-too-large-for-integer",
+    ),
+    pytest.param(
+        "strict_typed",
+        "strict_typed",
+        quarantined("nanoseconds_into_timestamp", "type:at"),
+        id="typed-nanoseconds-into-timestamp",
+    ),
+    pytest.param(
+        "strict_typed",
+        "strict_typed",
+        quarantined("timestamp_with_time_into_date", "type:day"),
+        id="typed-timestamp-with-time-into-date",
+    ),
+    pytest.param(
+        "strict_typed",
+        "strict_typed",
+        loaded("double_exact_into_decimal", amount=Decimal("0.10")),
+        id="typed-double-exact-into-decimal",
+    ),
+    pytest.param(
+        "strict_typed",
+        "strict_typed",
+        loaded("typed_valid", amount=Decimal("1.25"), qty=5, at=datetime(2024, 1, 2, 3, 4, 5), day=date(2024, 1, 2)),
+        id="typed-valid-row-loads-exactly",
+    ),
+    pytest.param(
+        "bad_column_names", "bad_names", failed("names.parquet", "'bad col'"), id="column-names-no-sql-can-take"
+    ),
+    pytest.param(
+        "out_of_window", "windowed", quarantined("day_before", "out_of_window"), id="record-before-its-partition"
+    ),
+    pytest.param(
+        "out_of_window", "windowed", quarantined("day_after", "out_of_window"), id="record-after-its-partition"
+    ),
+    pytest.param(
+        "out_of_window",
+        "windowed",
+        loaded("on_the_day", happened_on=date(2024, 1, 2)),
+        id="record-in-its-partition-loads",
+    ),
 ]
 
 
@@ -1023,8 +1397,11 @@ def test_api_nested_value_in_scalar_column_fails_naming_it() -> None:
 
 
 def test_api_nested_value_beyond_the_contract_arrives_as_json_text() -> None:
-    batch = _to_text_batch([{"id": 1, "meta": {"big": 9007199254740993, "f": 1.5, "s": "é"}}, {"id": 2, "meta": "plain"}],
-                           ["id"], "/items?page=1")
+    batch = _to_text_batch(
+        [{"id": 1, "meta": {"big": 9007199254740993, "f": 1.5, "s": "é"}}, {"id": 2, "meta": "plain"}],
+        ["id"],
+        "/items?page=1",
+    )
     assert batch.column("meta").to_pylist() == ['{"big":9007199254740993,"f":1.5,"s":"é"}', "plain"]
 
 
@@ -1045,10 +1422,16 @@ def test_api_values_arrive_as_the_text_of_their_json_kind() -> None:
     }
 
 
-@pytest.mark.parametrize(("arrived", "refused"), [
-    ("JSON", "arrived as JSON holding objects or arrays"), ("STRUCT(k BIGINT)", "arrived as STRUCT(k BIGINT)"),
-    ("BIGINT[]", "arrived as BIGINT[]"), ("VARCHAR", None), ("BIGINT", None),
-])
+@pytest.mark.parametrize(
+    ("arrived", "refused"),
+    [
+        ("JSON", "arrived as JSON holding objects or arrays"),
+        ("STRUCT(k BIGINT)", "arrived as STRUCT(k BIGINT)"),
+        ("BIGINT[]", "arrived as BIGINT[]"),
+        ("VARCHAR", None),
+        ("BIGINT", None),
+    ],
+)
 def test_nested_types_are_refused_for_a_contract_column(arrived: str, refused: str | None) -> None:
     columns = [Column(name="name", type="VARCHAR")]
     if refused is None:

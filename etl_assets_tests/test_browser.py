@@ -27,8 +27,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.daemon]
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 JOB = "shop_full_refresh"
 GROUP = "shop"
@@ -170,7 +176,9 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         toast = page.get_by_text(f"Launched run {run_id[:8]}")
         toast.wait_for()
         shot(page, "04_run_launched")
-        view = page.get_by_role("button", name="View", exact=True).or_(page.get_by_role("link", name="View", exact=True))
+        view = page.get_by_role("button", name="View", exact=True).or_(
+            page.get_by_role("link", name="View", exact=True)
+        )
         view.first.click()
         page.wait_for_url(f"**/runs/{run_id}**")
 
@@ -191,8 +199,10 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
 
     assert rows == shop_data.customers, f"the UI shows {rows} rows for warehouse/customers"
     # The run came from the UI, and its rows are in the warehouse file.
-    run = webserver.graphql("query($id: ID!) { runOrError(runId: $id) { ... on Run { status jobName tags { key value } } } }",
-                            {"id": run_id})["runOrError"]
+    run = webserver.graphql(
+        "query($id: ID!) { runOrError(runId: $id) { ... on Run { status jobName tags { key value } } } }",
+        {"id": run_id},
+    )["runOrError"]
     assert (run["status"], run["jobName"]) == ("SUCCESS", JOB)
     assert {"key": "dagster/from_ui", "value": "true"} in run["tags"]
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:

@@ -11,18 +11,25 @@ from dagster import AssetCheckKey, AssetKey
 
 from etl_assets.cli import QUIET
 from etl_assets.lake import LakeStorage, LakeView, view_files
-from etl_assets.pipelines.steps.validate import overlapping_partitions
 from etl_assets.pipelines.spec import parse_spec_file
-from etl_assets.cli import QUIET
+from etl_assets.pipelines.steps.validate import overlapping_partitions
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
 pytestmark = [pytest.mark.slow]
 
 SPEC = pipeline(
-    "visits", [column("visit_id", "BIGINT", nullable=False),
-               column("kind", nullable=False, accepted_values=["view", "buy"]), column("amount", "DECIMAL(8,2)", min=0)],
-    domain="web", source=files_source(glob="visits_*.csv"), partitions={"type": "daily", "start": "2024-01-01"},
-    primary_key=["visit_id"], quality={"threshold": 0})
+    "visits",
+    [
+        column("visit_id", "BIGINT", nullable=False),
+        column("kind", nullable=False, accepted_values=["view", "buy"]),
+        column("amount", "DECIMAL(8,2)", min=0),
+    ],
+    domain="web",
+    source=files_source(glob="visits_*.csv"),
+    partitions={"type": "daily", "start": "2024-01-01"},
+    primary_key=["visit_id"],
+    quality={"threshold": 0},
+)
 DAY = "2024-01-01"
 
 
@@ -36,12 +43,13 @@ def _warehouse(data_dir):
 def _setup(tmp_path, data_dir):
     landing = data_dir / "landing" / "visits"
     landing.mkdir(parents=True)
-    (landing / f"visits_{DAY}.csv").write_text("visit_id,kind,amount\n1,view,2.50\n2,refund,1.00\n3,buy,-4\n4,buy,10\n4,view,3\n")
+    (landing / f"visits_{DAY}.csv").write_text(
+        "visit_id,kind,amount\n1,view,2.50\n2,refund,1.00\n3,buy,-4\n4,buy,10\n4,view,3\n"
+    )
     return definitions_for(tmp_path / "specs", SPEC).resolve_job_def("visits_pipeline")
 
 
-def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_contract(
-        tmp_path, data_dir, instance):
+def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_contract(tmp_path, data_dir, instance):
     job = _setup(tmp_path, data_dir)
     first = job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET)
     assert first.success
@@ -55,33 +63,57 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
 
     valid, quarantined = _warehouse(data_dir)
     assert [(v[0], v[1], str(v[2])) for v in valid] == [(1, "view", "2.50"), (4, "buy", "10.00")]
-    assert quarantined == [("2", ["accepted_values:kind"]), ("3", ["min:amount"]), ("4", ["duplicate_key"])]  # as delivered
-    check = instance.get_latest_asset_check_evaluation_record(AssetCheckKey(AssetKey(["warehouse", "visits"]), "contract_holds"))
+    assert quarantined == [
+        ("2", ["accepted_values:kind"]),
+        ("3", ["min:amount"]),
+        ("4", ["duplicate_key"]),
+    ]  # as delivered
+    check = instance.get_latest_asset_check_evaluation_record(
+        AssetCheckKey(AssetKey(["warehouse", "visits"]), "contract_holds")
+    )
     assert check is not None and check.event.asset_check_evaluation.passed
     counted = check.event.asset_check_evaluation.metadata["violations_by_rule"].value
-    assert counted == {"accepted_values:kind": 0, "duplicate_key": 0, "min:amount": 0, "not_null:kind": 0,
-                       "not_null:visit_id": 0}
+    assert counted == {
+        "accepted_values:kind": 0,
+        "duplicate_key": 0,
+        "min:amount": 0,
+        "not_null:kind": 0,
+        "not_null:visit_id": 0,
+    }
 
     # the clean view is made to let the bad rows through (as a bug or a hand edit would): the load finds them in
     # the rows it inserted, rolls back, and the warehouse keeps the rows of the first run
     con = duckdb.connect()
-    lake.write(["clean", "visits"], DAY, LakeView(source=str(stored.parent / manifest["source"]),
-                                                  select=manifest["select"],
-                                                  excluded=con.sql("SELECT 0::BIGINT AS position WHERE false")))
+    lake.write(
+        ["clean", "visits"],
+        DAY,
+        LakeView(
+            source=str(stored.parent / manifest["source"]),
+            select=manifest["select"],
+            excluded=con.sql("SELECT 0::BIGINT AS position WHERE false"),
+        ),
+    )
     assert lake.table(["clean", "visits"], [DAY]).num_rows == 5
-    again = job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET, raise_on_error=False,
-                                   asset_selection=[AssetKey(["warehouse", "visits"])])
+    again = job.execute_in_process(
+        instance=instance,
+        partition_key=DAY,
+        run_config=QUIET,
+        raise_on_error=False,
+        asset_selection=[AssetKey(["warehouse", "visits"])],
+    )
     assert not again.success
     [failure] = [e for e in again.all_events if e.is_step_failure]
-    message = failure.step_failure_data.user_failure_data.description if failure.step_failure_data.user_failure_data \
+    message = (
+        failure.step_failure_data.user_failure_data.description
+        if failure.step_failure_data.user_failure_data
         else failure.step_failure_data.error.message
+    )
     assert "accepted_values:kind: 1" in message and "min:amount: 1" in message and "duplicate_key: 1" in message
     assert "rolled back" in message
     assert _warehouse(data_dir) == (valid, quarantined)
 
 
-def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_back(
-        tmp_path, data_dir, instance):
+def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_back(tmp_path, data_dir, instance):
     # the value rules are checked by the INSERT as it inserts; uniqueness is counted on the inserted rows
     job = _setup(tmp_path, data_dir)
     assert job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET).success
@@ -90,10 +122,22 @@ def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_
     stored = lake.stored_path(["clean", "visits"], DAY)
     manifest = json.loads(stored.read_text())
     # leave out the two rows breaking a value rule, let the second row of key 4 through
-    lake.write(["clean", "visits"], DAY, LakeView(source=str(stored.parent / manifest["source"]), select=manifest["select"],
-                                                  excluded=duckdb.connect().sql("SELECT unnest([1, 2]::BIGINT[]) AS position")))
-    again = job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET, raise_on_error=False,
-                                   asset_selection=[AssetKey(["warehouse", "visits"])])
+    lake.write(
+        ["clean", "visits"],
+        DAY,
+        LakeView(
+            source=str(stored.parent / manifest["source"]),
+            select=manifest["select"],
+            excluded=duckdb.connect().sql("SELECT unnest([1, 2]::BIGINT[]) AS position"),
+        ),
+    )
+    again = job.execute_in_process(
+        instance=instance,
+        partition_key=DAY,
+        run_config=QUIET,
+        raise_on_error=False,
+        asset_selection=[AssetKey(["warehouse", "visits"])],
+    )
     assert not again.success
     [failure] = [e for e in again.all_events if e.is_step_failure]
     message = failure.step_failure_data.user_failure_data.description
@@ -101,8 +145,7 @@ def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_
     assert _warehouse(data_dir) == before
 
 
-def test_cross_partition_key_check_reads_only_partitions_whose_key_range_overlaps(
-        tmp_path, data_dir, instance):
+def test_cross_partition_key_check_reads_only_partitions_whose_key_range_overlaps(tmp_path, data_dir, instance):
     job = _setup(tmp_path, data_dir)
     landing = data_dir / "landing" / "visits"
     for day, ids in (("2024-01-01", (1, 2, 3)), ("2024-01-02", (10, 11, 12)), ("2024-01-03", (11, 20, 21))):
@@ -160,11 +203,15 @@ def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path,
 
     result = job.execute_in_process(instance=instance, partition_key=second, run_config=QUIET)
     assert result.success
-    warnings = [e.user_message for e in instance.all_logs(result.run_id)
-                if f"partition {first} is left out of the duplicate-key check across partitions" in e.user_message]
+    warnings = [
+        e.user_message
+        for e in instance.all_logs(result.run_id)
+        if f"partition {first} is left out of the duplicate-key check across partitions" in e.user_message
+    ]
     assert len(warnings) == 1 and "unreadable lake view manifest" in warnings[0]
-    clean_meta = next(m.metadata for m in result.asset_materializations_for_node("validate_visits")
-                      if m.asset_key.path[0] == "clean")
+    clean_meta = next(
+        m.metadata for m in result.asset_materializations_for_node("validate_visits") if m.asset_key.path[0] == "clean"
+    )
     assert clean_meta["partitions_not_compared"].value == [first]  # the skipped partition is on the materialization
     # the check could not compare with the first partition: its key 2 was not caught, and the log says so
     valid, quarantined = _warehouse(data_dir)
@@ -186,4 +233,6 @@ def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path,
     # re-materializing the first repairs it, and the check works again: its key 2 is now the repeat
     assert job.execute_in_process(instance=instance, partition_key=first, run_config=QUIET).success
     valid, quarantined = _warehouse(data_dir)
-    assert sorted(v[0] for v in valid) == [1, 2, 3, 4, 5, 6, 7] and quarantined == [("2", ["duplicate_key_across_batches"])]
+    assert sorted(v[0] for v in valid) == [1, 2, 3, 4, 5, 6, 7] and quarantined == [
+        ("2", ["duplicate_key_across_batches"])
+    ]

@@ -52,11 +52,24 @@ def test_job_execute_and_partitioned_materialize(cli_env, shop_data, api_server,
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.products") == shop_data.products
 
     day = shop_data.partition_keys[0]
-    run([str(BIN / "dagster"), "asset", "materialize", "-m", "etl_assets.definitions",
-         "--select", "raw/orders,clean/orders,quarantine/orders,warehouse/orders", "--partition", day], env)
+    run(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "etl_assets.definitions",
+            "--select",
+            "raw/orders,clean/orders,quarantine/orders,warehouse/orders",
+            "--partition",
+            day,
+        ],
+        env,
+    )
     expected = duckdb.execute(
         "SELECT count(*) FROM read_parquet(?) WHERE CAST(ordered_at AS DATE) = CAST(? AS DATE)",
-        [str(shop_data.orders_path), day]).fetchall()[0][0]
+        [str(shop_data.orders_path), day],
+    ).fetchall()[0][0]
     assert expected > 0
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.orders") == expected
 
@@ -79,16 +92,32 @@ def test_schedule_and_sensor_lists(cli_env):
     schedules = run([str(BIN / "dagster"), "schedule", "list", "-m", "etl_assets.definitions"], cli_env).stdout
     assert "orders_schedule" in schedules and "customers_schedule" in schedules
     sensors = run([str(BIN / "dagster"), "sensor", "list", "-m", "etl_assets.definitions"], cli_env).stdout
-    for name in ("inventory_file_sensor", "products_file_sensor", "orders_watermark_sensor",
-                 "landing_archive_sensor", "automation_condition_sensor"):
+    for name in (
+        "inventory_file_sensor",
+        "products_file_sensor",
+        "orders_watermark_sensor",
+        "landing_archive_sensor",
+        "automation_condition_sensor",
+    ):
         assert name in sensors
 
 
 def test_partition_range_backfills_in_one_run(cli_env, shop_data, data_dir):
     days = shop_data.partition_keys
-    run([str(BIN / "dagster"), "asset", "materialize", "-m", "etl_assets.definitions",
-         "--select", "raw/inventory,clean/inventory,quarantine/inventory,warehouse/inventory",
-         "--partition-range", f"{days[0]}...{days[-1]}"], cli_env)
+    run(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "etl_assets.definitions",
+            "--select",
+            "raw/inventory,clean/inventory,quarantine/inventory,warehouse/inventory",
+            "--partition-range",
+            f"{days[0]}...{days[-1]}",
+        ],
+        cli_env,
+    )
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         per_day = con.execute("SELECT _etl_partition, count(*) FROM shop.inventory GROUP BY 1 ORDER BY 1").fetchall()
     assert per_day == [(d, shop_data.products) for d in days]
@@ -100,13 +129,17 @@ def test_partition_range_backfills_in_one_run(cli_env, shop_data, data_dir):
     # each partition's materializations carry that partition's figures, not the range's
     for stage in ("raw", "clean", "warehouse"):
         records = instance.fetch_materializations(AssetKey([stage, "inventory"]), limit=100).records
-        counts = {r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value
-                  for r in records}
+        counts = {
+            r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value
+            for r in records
+        }
         assert counts == {d: shop_data.products for d in days}, stage
         assert all(r.asset_materialization.metadata["partitions_in_run"].value == len(days) for r in records)
     quarantined = instance.fetch_materializations(AssetKey(["quarantine", "inventory"]), limit=100).records
-    assert {r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value
-            for r in quarantined} == {d: 0 for d in days}
+    assert {
+        r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value
+        for r in quarantined
+    } == {d: 0 for d in days}
 
 
 def test_metrics_command_serves_prometheus(cli_env):
@@ -118,8 +151,14 @@ def test_metrics_command_serves_prometheus(cli_env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(BIN / "etl-assets"), "metrics", "serve", "--port", str(port)], cwd=REPO, env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "etl-assets"), "metrics", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         body = ""

@@ -57,8 +57,15 @@ def defs_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_the_packaged_shop_domain_is_a_defs_folder_of_pipeline_components():
     found = read_defs_folder()
     assert found.broken == [] and found.others == []
-    assert {s.spec.name for s in found.loaded} == {"orders", "customers", "products", "fx_rates", "inventory",
-                                                   "orders_enriched", "daily_revenue"}
+    assert {s.spec.name for s in found.loaded} == {
+        "orders",
+        "customers",
+        "products",
+        "fx_rates",
+        "inventory",
+        "orders_enriched",
+        "daily_revenue",
+    }
     assert {s.path for s in found.loaded} == {PACKAGED_DEFS_DIR / "shop" / "defs.yaml"}
     assert sorted(s.line for s in found.loaded)[0] == 2  # each pipeline knows the line its document starts at
     mart = next(s for s in found.loaded if s.spec.name == "daily_revenue")
@@ -95,13 +102,15 @@ def test_other_components_are_built_beside_the_pipelines(defs_package):
     (folder / "web").mkdir()
     (folder / "web" / "defs.yaml").write_text(GOOD)
     (folder / "extra").mkdir()
-    (folder / "extra" / "assets.py").write_text(textwrap.dedent("""\
+    (folder / "extra" / "assets.py").write_text(
+        textwrap.dedent("""\
         import dagster as dg
 
         @dg.asset
         def hand_written():
             return 1
-    """))
+    """)
+    )
     built, broken = other_components(name)
     assert broken == []
     assert [d.resolve_assets_def("hand_written").key for d in built] == [AssetKey("hand_written")]
@@ -127,8 +136,10 @@ def test_a_pipeline_component_built_on_its_own_is_the_location_of_that_pipeline(
     spec_yaml = (PACKAGED_DEFS_DIR / "shop" / "defs.yaml").read_text().split("\n---\n")[1]  # customers
     attributes = __import__("yaml").safe_load(spec_yaml)["attributes"]
     with create_defs_folder_sandbox() as sandbox:
-        path = sandbox.scaffold_component(component_cls=Pipeline, defs_yaml_contents={
-            "type": "etl_assets.components.Pipeline", "attributes": attributes})
+        path = sandbox.scaffold_component(
+            component_cls=Pipeline,
+            defs_yaml_contents={"type": "etl_assets.components.Pipeline", "attributes": attributes},
+        )
         assert (path / "defs.yaml").is_file()
         with sandbox.build_all_defs() as defs:
             keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
@@ -146,11 +157,16 @@ def test_the_schema_for_editors_is_the_pipeline_spec():
 @pytest.mark.slow  # two dg subprocesses load the location: about 25 s
 def test_dg_check_defs_fails_on_an_invalid_spec_that_the_served_location_sets_aside(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: bad_one\nsource: {kind: files}\n")
-    env = {**os.environ, "ETL_PIPELINES_DIR": str(tmp_path), "DAGSTER_HOME": str(tmp_path),
-           "VIRTUAL_ENV": str(BIN.parent)}
+    env = {
+        **os.environ,
+        "ETL_PIPELINES_DIR": str(tmp_path),
+        "DAGSTER_HOME": str(tmp_path),
+        "VIRTUAL_ENV": str(BIN.parent),
+    }
     (tmp_path / "dagster.yaml").write_text("")
-    proc = subprocess.run([str(BIN / "dg"), "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "dg"), "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode != 0
     assert "bad.yaml" in proc.stdout + proc.stderr and "Fix:" in proc.stdout + proc.stderr
     # served (no validation flag), the same spec is set aside and the rest builds

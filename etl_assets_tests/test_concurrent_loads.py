@@ -41,8 +41,14 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from etl_assets.lake import (TEST_PAUSE_IN_LAKE_WRITE_ENV, TEST_PAUSE_RELEASE_ENV, VIEW_SUFFIX, LakeStorage, LakeView,
-                             view_files)
+from etl_assets.lake import (
+    TEST_PAUSE_IN_LAKE_WRITE_ENV,
+    TEST_PAUSE_RELEASE_ENV,
+    VIEW_SUFFIX,
+    LakeStorage,
+    LakeView,
+    view_files,
+)
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, DuckDBWarehouse, PostgresTarget
 
 pytestmark = [pytest.mark.slow]
@@ -93,13 +99,21 @@ class Child:
     def __init__(self, mode: str, args: dict, env: dict | None = None, wait_for_go: bool = False):
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, mode, json.dumps({**args, "wait_for_go": wait_for_go})],
-            cwd=REPO, env={**os.environ, **(env or {})}, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.stdout: queue.Queue[str | None] = queue.Queue()
         self.stderr: queue.Queue[str | None] = queue.Queue()
         self.log: list[str] = []
         self.out: list[str] = []
-        for stream, lines, seen in ((self.proc.stdout, self.stdout, self.out), (self.proc.stderr, self.stderr, self.log)):
+        for stream, lines, seen in (
+            (self.proc.stdout, self.stdout, self.out),
+            (self.proc.stderr, self.stderr, self.log),
+        ):
             threading.Thread(target=self._pump, args=(stream, lines, seen), daemon=True).start()
 
     @staticmethod
@@ -158,8 +172,17 @@ def children():
         child.kill()
 
 
-def _overlap(spawn, release: Path, modes: tuple[str, str], first: dict, second: dict, paused: str, pause_env: str,
-             second_env: dict | None = None, while_paused=None) -> tuple[dict, dict]:
+def _overlap(
+    spawn,
+    release: Path,
+    modes: tuple[str, str],
+    first: dict,
+    second: dict,
+    paused: str,
+    pause_env: str,
+    second_env: dict | None = None,
+    while_paused=None,
+) -> tuple[dict, dict]:
     """Run ``first`` until it pauses (its stderr shows ``paused``), then let ``second`` (imported already) go; call
     ``while_paused(first, second)``, end the first one's pause (create ``release``); return both results."""
     second_child = spawn(modes[1], second, env=second_env, wait_for_go=True)
@@ -190,10 +213,13 @@ def _rows(n: int, writer: str, extra: bool = False) -> pa.Table:
 
 def _pg_partition(url: str, schema: str, table: str, partition: str) -> tuple:
     with psycopg.connect(url) as conn:
-        return conn.execute(sql.SQL(
-            "SELECT count(*), count(DISTINCT id), array_agg(DISTINCT writer ORDER BY writer),"
-            " array_agg(DISTINCT _etl_run_id ORDER BY _etl_run_id) FROM {} WHERE _etl_partition = %s").format(
-            sql.Identifier(schema, table)), [partition]).fetchone()
+        return conn.execute(
+            sql.SQL(
+                "SELECT count(*), count(DISTINCT id), array_agg(DISTINCT writer ORDER BY writer),"
+                " array_agg(DISTINCT _etl_run_id ORDER BY _etl_run_id) FROM {} WHERE _etl_partition = %s"
+            ).format(sql.Identifier(schema, table)),
+            [partition],
+        ).fetchone()
 
 
 def _wait_for_advisory_wait(url: str, application: str, timeout: float = WAIT_SECONDS) -> None:
@@ -203,7 +229,9 @@ def _wait_for_advisory_wait(url: str, application: str, timeout: float = WAIT_SE
         while True:
             waiting = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
-                " AND wait_event = 'advisory'", [application]).fetchone()[0]
+                " AND wait_event = 'advisory'",
+                [application],
+            ).fetchone()[0]
             if waiting:
                 return
             assert time.monotonic() < deadline, f"{application} never waited on an advisory lock"
@@ -211,41 +239,56 @@ def _wait_for_advisory_wait(url: str, application: str, timeout: float = WAIT_SE
 
 
 def _pg_args(tmp_path: Path, url: str, schema: str, source: str, run_id: str, partition: str = PARTITION) -> dict:
-    return {"lake": str(tmp_path / "lake"), "source": ["src", source], "url": url, "schema": schema,
-            "table": "events", "partition": partition, "run_id": run_id}
+    return {
+        "lake": str(tmp_path / "lake"),
+        "source": ["src", source],
+        "url": url,
+        "schema": schema,
+        "table": "events",
+        "partition": partition,
+        "run_id": run_id,
+    }
 
 
 @pytest.mark.postgres
-def test_two_postgres_loads_of_one_partition_at_once_leave_one_copy(tmp_path, data_dir, postgres_url, pg_schema,
-                                                                    children):
+def test_two_postgres_loads_of_one_partition_at_once_leave_one_copy(
+    tmp_path, data_dir, postgres_url, pg_schema, children
+):
     lake = LakeStorage(root=str(tmp_path / "lake"))
     for name, n in (("initial", 500), ("a", ROWS), ("b", ROWS)):
         lake.write(["src", name], PARTITION, _rows(n, name))
     initial = PostgresTarget(url=postgres_url).replace_partition(
-        pg_schema, "events", lake.table(["src", "initial"], [PARTITION]), PARTITION, "run-initial")
+        pg_schema, "events", lake.table(["src", "initial"], [PARTITION]), PARTITION, "run-initial"
+    )
     assert initial.rows == 500
     app = f"etl_test_{uuid.uuid4().hex[:8]}_second"
 
     first, second = _overlap(
-        children, tmp_path / "release", ("postgres", "postgres"),
+        children,
+        tmp_path / "release",
+        ("postgres", "postgres"),
         _pg_args(tmp_path, postgres_url, pg_schema, "a", "run-a"),
         _pg_args(tmp_path, postgres_url, pg_schema, "b", "run-b"),
         paused=f"{TEST_PAUSE_IN_LOAD_ENV}: {pg_schema}.events partition {PARTITION} written",
-        pause_env=TEST_PAUSE_IN_LOAD_ENV, second_env={"PGAPPNAME": app},
-        while_paused=lambda *_: _wait_for_advisory_wait(postgres_url, app))
+        pause_env=TEST_PAUSE_IN_LOAD_ENV,
+        second_env={"PGAPPNAME": app},
+        while_paused=lambda *_: _wait_for_advisory_wait(postgres_url, app),
+    )
 
     assert (first["rows"], first["replaced"]) == (ROWS, 500)
     # the second waited for the first's COMMIT, then deleted the first one's rows, not the initial ones
     assert (second["rows"], second["replaced"]) == (ROWS, ROWS)
     assert _pg_partition(postgres_url, pg_schema, "events", PARTITION) == (ROWS, ROWS, ["b"], ["run-b"])
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(pg_schema, "events"))).fetchone() == (ROWS,)
+        assert conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(pg_schema, "events"))
+        ).fetchone() == (ROWS,)
 
 
 @pytest.mark.postgres
-def test_two_first_loads_of_different_partitions_create_the_table_at_once(tmp_path, data_dir, postgres_url,
-                                                                          pg_schema, children):
+def test_two_first_loads_of_different_partitions_create_the_table_at_once(
+    tmp_path, data_dir, postgres_url, pg_schema, children
+):
     lake = LakeStorage(root=str(tmp_path / "lake"))
     p2 = "2024-01-02"
     lake.write(["src", "a"], PARTITION, _rows(ROWS, "a"))
@@ -253,13 +296,17 @@ def test_two_first_loads_of_different_partitions_create_the_table_at_once(tmp_pa
     app = f"etl_test_{uuid.uuid4().hex[:8]}_second"
 
     first, second = _overlap(
-        children, tmp_path / "release", ("postgres", "postgres"),
+        children,
+        tmp_path / "release",
+        ("postgres", "postgres"),
         _pg_args(tmp_path, postgres_url, pg_schema, "a", "run-a"),
         _pg_args(tmp_path, postgres_url, pg_schema, "b", "run-b", partition=p2),
         paused=f"{TEST_PAUSE_IN_LOAD_ENV}: {pg_schema}.events partition {PARTITION} written",
-        pause_env=TEST_PAUSE_IN_LOAD_ENV, second_env={"PGAPPNAME": app},
+        pause_env=TEST_PAUSE_IN_LOAD_ENV,
+        second_env={"PGAPPNAME": app},
         # the first created the table in its transaction; the second waits on the table's lock for its COMMIT
-        while_paused=lambda *_: _wait_for_advisory_wait(postgres_url, app))
+        while_paused=lambda *_: _wait_for_advisory_wait(postgres_url, app),
+    )
 
     assert (first["rows"], first["replaced"], second["rows"], second["replaced"]) == (ROWS, 0, ROWS // 2, 0)
     assert _pg_partition(postgres_url, pg_schema, "events", PARTITION) == (ROWS, ROWS, ["a"], ["run-a"])
@@ -267,15 +314,17 @@ def test_two_first_loads_of_different_partitions_create_the_table_at_once(tmp_pa
 
 
 @pytest.mark.postgres
-def test_two_loads_of_different_partitions_add_the_same_column_at_once(tmp_path, data_dir, postgres_url, pg_schema,
-                                                                       children):
+def test_two_loads_of_different_partitions_add_the_same_column_at_once(
+    tmp_path, data_dir, postgres_url, pg_schema, children
+):
     lake = LakeStorage(root=str(tmp_path / "lake"))
     p0, p2 = "2023-12-31", "2024-01-02"
     lake.write(["src", "initial"], p0, _rows(100, "initial"))
     lake.write(["src", "a"], PARTITION, _rows(ROWS, "a", extra=True))
     lake.write(["src", "b"], p2, _rows(ROWS, "b", extra=True))
     PostgresTarget(url=postgres_url).replace_partition(
-        pg_schema, "events", lake.table(["src", "initial"], [p0]), p0, "run-initial")
+        pg_schema, "events", lake.table(["src", "initial"], [p0]), p0, "run-initial"
+    )
 
     def second_loads_while_the_first_is_in_its_transaction(first: Child, second: Child) -> None:
         # the first one's ADD COLUMN committed on its own, before its load transaction: no ACCESS EXCLUSIVE lock is
@@ -283,22 +332,30 @@ def test_two_loads_of_different_partitions_add_the_same_column_at_once(tmp_path,
         # partition, the same new column) neither waits for it nor adds the column again
         with psycopg.connect(postgres_url) as conn:
             conn.execute("SET lock_timeout = '1s'")
-            assert conn.execute(sql.SQL("SELECT count(*), count(extra) FROM {}").format(
-                sql.Identifier(pg_schema, "events"))).fetchone() == (100, 0)
+            assert conn.execute(
+                sql.SQL("SELECT count(*), count(extra) FROM {}").format(sql.Identifier(pg_schema, "events"))
+            ).fetchone() == (100, 0)
         assert second.result(timeout=WAIT_SECONDS)["rows"] == ROWS
 
     first, second = _overlap(
-        children, tmp_path / "release", ("postgres", "postgres"),
+        children,
+        tmp_path / "release",
+        ("postgres", "postgres"),
         _pg_args(tmp_path, postgres_url, pg_schema, "a", "run-a"),
         _pg_args(tmp_path, postgres_url, pg_schema, "b", "run-b", partition=p2),
         paused=f"{TEST_PAUSE_IN_LOAD_ENV}: {pg_schema}.events partition {PARTITION} written",
-        pause_env=TEST_PAUSE_IN_LOAD_ENV, while_paused=second_loads_while_the_first_is_in_its_transaction)
+        pause_env=TEST_PAUSE_IN_LOAD_ENV,
+        while_paused=second_loads_while_the_first_is_in_its_transaction,
+    )
 
     assert (first["rows"], second["rows"]) == (ROWS, ROWS)
     with psycopg.connect(postgres_url) as conn:
-        counts = conn.execute(sql.SQL(
-            "SELECT _etl_partition, count(*), count(DISTINCT id), count(extra), min(extra) FROM {}"
-            " GROUP BY 1 ORDER BY 1").format(sql.Identifier(pg_schema, "events"))).fetchall()
+        counts = conn.execute(
+            sql.SQL(
+                "SELECT _etl_partition, count(*), count(DISTINCT id), count(extra), min(extra) FROM {}"
+                " GROUP BY 1 ORDER BY 1"
+            ).format(sql.Identifier(pg_schema, "events"))
+        ).fetchall()
     assert counts == [(p0, 100, 100, 0, None), (PARTITION, ROWS, ROWS, ROWS, "a-0"), (p2, ROWS, ROWS, ROWS, "b-0")]
 
 
@@ -312,22 +369,33 @@ def test_two_processes_loading_one_partition_into_the_warehouse_give_one_copy(tm
     for name, n in (("initial", 500), ("a", ROWS), ("b", ROWS)):
         lake.write(["src", name], PARTITION, _rows(n, name))
     warehouse.replace_partition("shop", "events", lake.table(["src", "initial"], [PARTITION]), PARTITION, "run-initial")
-    args = {"lake": str(tmp_path / "lake"), "warehouse": str(tmp_path / "warehouse.duckdb"), "schema": "shop",
-            "table": "events", "partition": PARTITION}
+    args = {
+        "lake": str(tmp_path / "lake"),
+        "warehouse": str(tmp_path / "warehouse.duckdb"),
+        "schema": "shop",
+        "table": "events",
+        "partition": PARTITION,
+    }
 
     first, second = _overlap(
-        children, tmp_path / "release", ("duckdb", "duckdb"), {**args, "source": ["src", "a"], "run_id": "run-a"},
+        children,
+        tmp_path / "release",
+        ("duckdb", "duckdb"),
+        {**args, "source": ["src", "a"], "run_id": "run-a"},
         {**args, "source": ["src", "b"], "run_id": "run-b"},
         paused=f"{TEST_PAUSE_IN_LOAD_ENV}: shop.events partition {PARTITION} written, pausing {PAUSE_SECONDS:g}s before COMMIT",
         pause_env=TEST_PAUSE_IN_LOAD_ENV,
-        while_paused=lambda first, second: second.wait_stderr("waiting for another process to release the warehouse",
-                                                              timeout=WAIT_SECONDS))
+        while_paused=lambda first, second: second.wait_stderr(
+            "waiting for another process to release the warehouse", timeout=WAIT_SECONDS
+        ),
+    )
 
     assert (first["rows"], first["replaced"]) == (ROWS, 500)
     assert (second["rows"], second["replaced"]) == (ROWS, ROWS)  # it ran after the first's COMMIT
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*), count(DISTINCT id), list(DISTINCT writer), list(DISTINCT _etl_run_id)"
-                           " FROM shop.events").fetchall() == [(ROWS, ROWS, ["b"], ["run-b"])]
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT id), list(DISTINCT writer), list(DISTINCT _etl_run_id) FROM shop.events"
+        ).fetchall() == [(ROWS, ROWS, ["b"], ["run-b"])]
 
 
 def test_two_threads_loading_one_partition_into_the_warehouse_give_one_copy(tmp_path, data_dir, monkeypatch):
@@ -344,7 +412,8 @@ def test_two_threads_loading_one_partition_into_the_warehouse_give_one_copy(tmp_
     def load(name: str) -> None:
         try:
             results[name] = warehouse.replace_partition(
-                "shop", "events", lake.table(["src", name], [PARTITION]), PARTITION, f"run-{name}")
+                "shop", "events", lake.table(["src", name], [PARTITION]), PARTITION, f"run-{name}"
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             results[name] = exc
 
@@ -356,9 +425,10 @@ def test_two_threads_loading_one_partition_into_the_warehouse_give_one_copy(tmp_
     assert all(getattr(r, "rows", None) == ROWS for r in results.values()), results
     assert sorted(r.rows_replaced for r in results.values()) == [0, ROWS]  # the second replaced the first's rows
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
-        (count, distinct, writers), = con.execute(
+        ((count, distinct, writers),) = con.execute(
             "SELECT count(*), count(DISTINCT id), list(DISTINCT writer) FROM shop.events WHERE _etl_partition = ?",
-            [PARTITION]).fetchall()
+            [PARTITION],
+        ).fetchall()
     assert (count, distinct) == (ROWS, ROWS) and len(writers) == 1
 
 
@@ -384,10 +454,12 @@ def _hidden(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir() if p.name.startswith(".")}
 
 
-@pytest.mark.parametrize("first_kind, second_kind", [
-    ("view", "view"), ("parquet", "parquet"), ("view", "parquet"), ("parquet", "view")])
-def test_two_writers_of_one_lake_partition_give_the_second_ones_partition(tmp_path, data_dir, children,
-                                                                         first_kind, second_kind):
+@pytest.mark.parametrize(
+    "first_kind, second_kind", [("view", "view"), ("parquet", "parquet"), ("view", "parquet"), ("parquet", "view")]
+)
+def test_two_writers_of_one_lake_partition_give_the_second_ones_partition(
+    tmp_path, data_dir, children, first_kind, second_kind
+):
     lake = LakeStorage(root=str(tmp_path / "lake"))
     raw = lake.write(["raw", "w"], PARTITION, _rows(ROWS, "raw")).path
     directory = tmp_path / "lake" / "clean" / "w"
@@ -405,14 +477,21 @@ def test_two_writers_of_one_lake_partition_give_the_second_ones_partition(tmp_pa
         assert seen["first"] <= _hidden(directory)  # still there while the second waits
 
     first, second = _overlap(
-        children, tmp_path / "release", (f"lake_{first_kind}", f"lake_{second_kind}"), first_args, second_args,
-        paused=f"{TEST_PAUSE_IN_LAKE_WRITE_ENV}: ", pause_env=TEST_PAUSE_IN_LAKE_WRITE_ENV,
-        while_paused=second_waits_without_touching_the_firsts_files)
+        children,
+        tmp_path / "release",
+        (f"lake_{first_kind}", f"lake_{second_kind}"),
+        first_args,
+        second_args,
+        paused=f"{TEST_PAUSE_IN_LAKE_WRITE_ENV}: ",
+        pause_env=TEST_PAUSE_IN_LAKE_WRITE_ENV,
+        while_paused=second_waits_without_touching_the_firsts_files,
+    )
 
     assert first["rows"] == {"view": ROWS - 10, "parquet": ROWS}[first_kind] and second["rows"] == expected
     table = lake.table(["clean", "w"], [PARTITION])
     assert table.relation().aggregate("count(*), count(DISTINCT id), list(DISTINCT writer)").fetchall() == [
-        (expected, expected, ["b"])]
+        (expected, expected, ["b"])
+    ]
     stored = lake.stored_path(["clean", "w"], PARTITION)
     if second_kind == "view":
         assert stored.name == f"{PARTITION}{VIEW_SUFFIX}"
@@ -437,14 +516,20 @@ def test_a_write_after_a_sigkilled_writer_removes_its_files_but_not_a_live_write
     con = duckdb.connect()
 
     def view(source: Path, tag: str, excluded: list[int]) -> LakeView:
-        return LakeView(source=str(source), select=f'"id", \'{tag}\' AS "writer"',
-                        excluded=con.sql("SELECT unnest(?::BIGINT[]) AS position", params=[excluded]))
+        return LakeView(
+            source=str(source),
+            select=f'"id", \'{tag}\' AS "writer"',
+            excluded=con.sql("SELECT unnest(?::BIGINT[]) AS position", params=[excluded]),
+        )
 
     lake.write(["clean", "w"], PARTITION, view(raw, "first", []))
     before = _hidden(directory)
     base = {"lake": str(tmp_path / "lake"), "key": ["clean", "w"]}
-    killed = children("lake_view", {**base, "partition": PARTITION, "view_source": str(raw), "tag": "killed",
-                                    "excluded": [0]}, env={TEST_PAUSE_IN_LAKE_WRITE_ENV: str(PAUSE_SECONDS)})
+    killed = children(
+        "lake_view",
+        {**base, "partition": PARTITION, "view_source": str(raw), "tag": "killed", "excluded": [0]},
+        env={TEST_PAUSE_IN_LAKE_WRITE_ENV: str(PAUSE_SECONDS)},
+    )
     killed.wait_stderr(f"{TEST_PAUSE_IN_LAKE_WRITE_ENV}: ")
     left = _hidden(directory) - before
     assert len(left) == 4 and f".{PARTITION}.lock" in left  # the lock file and the generation's three files
@@ -453,9 +538,11 @@ def test_a_write_after_a_sigkilled_writer_removes_its_files_but_not_a_live_write
     assert left <= _hidden(directory)
 
     release = tmp_path / "release"
-    live = children("lake_view", {**base, "partition": other, "view_source": str(raw_other), "tag": "live",
-                                  "excluded": [1]},
-                    env={TEST_PAUSE_IN_LAKE_WRITE_ENV: str(PAUSE_SECONDS), TEST_PAUSE_RELEASE_ENV: str(release)})
+    live = children(
+        "lake_view",
+        {**base, "partition": other, "view_source": str(raw_other), "tag": "live", "excluded": [1]},
+        env={TEST_PAUSE_IN_LAKE_WRITE_ENV: str(PAUSE_SECONDS), TEST_PAUSE_RELEASE_ENV: str(release)},
+    )
     try:
         live.wait_stderr(f"{TEST_PAUSE_IN_LAKE_WRITE_ENV}: ")
         live_files = {name for name in _hidden(directory) if name.startswith(f".{other}.")}
@@ -469,9 +556,13 @@ def test_a_write_after_a_sigkilled_writer_removes_its_files_but_not_a_live_write
         release.touch()
     assert live.result()["rows"] == 99
     assert lake.table(["clean", "w"], [PARTITION]).relation().aggregate(
-        "count(*), count(DISTINCT id), list(DISTINCT writer)").fetchall() == [(ROWS - 2, ROWS - 2, ["new"])]
-    assert lake.table(["clean", "w"], [other]).relation().aggregate(
-        "count(*), list(DISTINCT writer)").fetchall() == [(99, ["live"])]
+        "count(*), count(DISTINCT id), list(DISTINCT writer)"
+    ).fetchall() == [(ROWS - 2, ROWS - 2, ["new"])]
+    assert lake.table(["clean", "w"], [other]).relation().aggregate("count(*), list(DISTINCT writer)").fetchall() == [
+        (99, ["live"])
+    ]
     manifests = [lake.stored_path(["clean", "w"], p) for p in (PARTITION, other)]
     assert {p.name for p in directory.iterdir()} == {
-        *(m.name for m in manifests), *(f.name for m in manifests for f in view_files(str(m)))}
+        *(m.name for m in manifests),
+        *(f.name for m in manifests for f in view_files(str(m))),
+    }

@@ -30,7 +30,7 @@ def _zone_near_midday() -> str:
     """A fixed-offset zone in which it is now about noon. Eager automation builds only the latest partition, so a
     suite that crosses midnight in the partitions' zone would move the target between writing a file and waiting for
     its mart; twelve hours from midnight, no boundary passes while the tests run."""
-    hours = 12 - dt.datetime.now(dt.timezone.utc).hour  # local = UTC + hours, in -11..+12
+    hours = 12 - dt.datetime.now(dt.UTC).hour  # local = UTC + hours, in -11..+12
     return "UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"  # Etc/GMT-5 is UTC+5: POSIX signs are inverted
 
 
@@ -70,7 +70,7 @@ SPECS = {
 MART_SQL = "SELECT kind, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind ORDER BY kind\n"
 
 
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float, daemon: "Daemon") -> None:
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float, daemon: Daemon) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -86,8 +86,13 @@ class Daemon:
     def start(self) -> None:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-m", "etl_assets.definitions", "-l", "etl_assets"], cwd=REPO, env=self.env,
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [str(BIN / "dagster-daemon"), "run", "-m", "etl_assets.definitions", "-l", "etl_assets"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -163,14 +168,22 @@ def test_files_to_warehouse_and_automation_refreshes_the_mart(lab):
     write_events(landing, YESTERDAY, [(3, "view", "2.00"), (4, "buy", "20.50"), (5, "buy", "5.25")])
     daemon.start()
 
-    wait_for("two pipeline runs to succeed",
-             lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 2, 240, daemon)
+    wait_for(
+        "two pipeline runs to succeed",
+        lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 2,
+        240,
+        daemon,
+    )
     assert warehouse(env, "SELECT count(*), sum(amount) FROM lab.events") == [(5, pytest.approx(38.75))]
     wait_for("both files archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == 2, 60, daemon)
     assert list(landing.iterdir()) == []
     # event trigger: events_audit runs after each successful events run, for the same partition
-    wait_for("the triggered audit runs", lambda: len(runs_of(env, "events_audit_pipeline", DagsterRunStatus.SUCCESS)) == 2,
-             240, daemon)
+    wait_for(
+        "the triggered audit runs",
+        lambda: len(runs_of(env, "events_audit_pipeline", DagsterRunStatus.SUCCESS)) == 2,
+        240,
+        daemon,
+    )
     audits = runs_of(env, "events_audit_pipeline")
     assert sorted(r.tags["dagster/partition"] for r in audits) == sorted([earlier, YESTERDAY])
     assert all(r.tags["etl/triggered_by_run"] for r in audits)
@@ -179,21 +192,34 @@ def test_files_to_warehouse_and_automation_refreshes_the_mart(lab):
     # beside it, and the day keeps the rows of its other file
     bad = landing / f"events_{earlier}_late.csv"
     bad.write_bytes(b"")
-    wait_for("the empty file quarantined",
-             lambda: len(list((data / "quarantine" / "events").glob("*.reason.txt"))) == 1, 240, daemon)
+    wait_for(
+        "the empty file quarantined",
+        lambda: len(list((data / "quarantine" / "events").glob("*.reason.txt"))) == 1,
+        240,
+        daemon,
+    )
     reason = next((data / "quarantine" / "events").glob("*.reason.txt")).read_text()
     assert "empty (0 bytes)" in reason and bad.name in reason
-    wait_for("the empty file's run", lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 3, 240, daemon)
+    wait_for(
+        "the empty file's run", lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 3, 240, daemon
+    )
     assert warehouse(env, f"SELECT count(*) FROM lab.events WHERE _etl_partition = '{earlier}'") == [(2,)]
     # automation: the mart's latest partition is built without any request from the test
-    wait_for("the mart's automated run", lambda: warehouse(env, "SELECT kind, n FROM lab.events_daily ORDER BY kind")
-             == [("buy", 2), ("view", 1)], 240, daemon)
+    wait_for(
+        "the mart's automated run",
+        lambda: warehouse(env, "SELECT kind, n FROM lab.events_daily ORDER BY kind") == [("buy", 2), ("view", 1)],
+        240,
+        daemon,
+    )
 
     # the upstream changes: a corrected file for yesterday is delivered again
     write_events(landing, YESTERDAY, [(3, "view", "2.00"), (4, "buy", "20.50"), (5, "buy", "5.25"), (6, "buy", "1.00")])
-    wait_for("the mart refreshed from the corrected file",
-             lambda: warehouse(env, "SELECT kind, n FROM lab.events_daily ORDER BY kind") == [("buy", 3), ("view", 1)],
-             300, daemon)
+    wait_for(
+        "the mart refreshed from the corrected file",
+        lambda: warehouse(env, "SELECT kind, n FROM lab.events_daily ORDER BY kind") == [("buy", 3), ("view", 1)],
+        300,
+        daemon,
+    )
     assert len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 4
     assert warehouse(env, "SELECT count(*) FROM lab.events") == [(6,)]
 
@@ -218,22 +244,44 @@ def test_every_file_of_a_day_is_the_partition_and_a_redelivery_replaces_only_its
 
     write_events(landing, YESTERDAY, [(1, "view", "1.00"), (2, "buy", "10.00")], "_storeA")
     daemon.start()
-    wait_for("storeA loaded and archived", lambda: succeeded() == 1 and len(list(archive.glob("*storeA.csv"))) == 1,
-             240, daemon)
+    wait_for(
+        "storeA loaded and archived",
+        lambda: succeeded() == 1 and len(list(archive.glob("*storeA.csv"))) == 1,
+        240,
+        daemon,
+    )
     # minutes later, a second file for the same day: its rows are added to the day's
     write_events(landing, YESTERDAY, [(3, "view", "2.00"), (4, "buy", "20.50"), (5, "buy", "5.25")], "_storeB")
-    wait_for("storeB loaded and archived", lambda: succeeded() == 2 and len(list(archive.glob("*storeB.csv"))) == 1,
-             240, daemon)
-    assert [tuple(r[:3]) for r in events()] == [(1, "view", 1), (2, "buy", 10), (3, "view", 2), (4, "buy", 20.5),
-                                                (5, "buy", 5.25)]
+    wait_for(
+        "storeB loaded and archived",
+        lambda: succeeded() == 2 and len(list(archive.glob("*storeB.csv"))) == 1,
+        240,
+        daemon,
+    )
+    assert [tuple(r[:3]) for r in events()] == [
+        (1, "view", 1),
+        (2, "buy", 10),
+        (3, "view", 2),
+        (4, "buy", 20.5),
+        (5, "buy", 5.25),
+    ]
     assert {r[3] for r in events()} == {YESTERDAY}
 
     # a changed re-delivery of storeA replaces storeA's rows only
     write_events(landing, YESTERDAY, [(1, "view", "1.50"), (6, "refund", "-3.00")], "_storeA")
-    wait_for("the re-delivered storeA loaded", lambda: succeeded() == 3 and len(list(archive.glob("*storeA.csv"))) == 2,
-             240, daemon)
-    assert [tuple(r[:3]) for r in events()] == [(1, "view", 1.5), (3, "view", 2), (4, "buy", 20.5), (5, "buy", 5.25),
-                                                (6, "refund", -3)]
+    wait_for(
+        "the re-delivered storeA loaded",
+        lambda: succeeded() == 3 and len(list(archive.glob("*storeA.csv"))) == 2,
+        240,
+        daemon,
+    )
+    assert [tuple(r[:3]) for r in events()] == [
+        (1, "view", 1.5),
+        (3, "view", 2),
+        (4, "buy", 20.5),
+        (5, "buy", 5.25),
+        (6, "refund", -3),
+    ]
 
     # an identical re-delivery changes nothing: archived without a run
     write_events(landing, YESTERDAY, [(3, "view", "2.00"), (4, "buy", "20.50"), (5, "buy", "5.25")], "_storeB")
@@ -242,11 +290,15 @@ def test_every_file_of_a_day_is_the_partition_and_a_redelivery_replaces_only_its
     assert len(events()) == 5
     # the raw partition holds every file's rows once, named by file
     import pyarrow.parquet as pq
+
     raw = pq.read_table(data / "lake" / "raw" / "events" / f"{YESTERDAY}.parquet").to_pylist()
     assert sorted((r["_etl_source"], r["event_id"]) for r in raw) == [
-        (f"events_{YESTERDAY}_storeA.csv", "1"), (f"events_{YESTERDAY}_storeA.csv", "6"),
-        (f"events_{YESTERDAY}_storeB.csv", "3"), (f"events_{YESTERDAY}_storeB.csv", "4"),
-        (f"events_{YESTERDAY}_storeB.csv", "5")]
+        (f"events_{YESTERDAY}_storeA.csv", "1"),
+        (f"events_{YESTERDAY}_storeA.csv", "6"),
+        (f"events_{YESTERDAY}_storeB.csv", "3"),
+        (f"events_{YESTERDAY}_storeB.csv", "4"),
+        (f"events_{YESTERDAY}_storeB.csv", "5"),
+    ]
 
 
 def test_daemon_killed_mid_tick_loses_and_duplicates_nothing(lab):
@@ -256,17 +308,27 @@ def test_daemon_killed_mid_tick_loses_and_duplicates_nothing(lab):
         write_events(landing, day, [(n * 10 + j, "view", "1.00") for j in range(3)])
     daemon.start()
     instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
-    wait_for("the first sensor run request",
-             lambda: len(instance.get_runs(RunsFilter(job_name="events_pipeline"))) > 0, 180, daemon)
+    wait_for(
+        "the first sensor run request",
+        lambda: len(instance.get_runs(RunsFilter(job_name="events_pipeline"))) > 0,
+        180,
+        daemon,
+    )
     daemon.kill()  # mid-way: max_files_per_tick is 10, so 2 files are not yet requested
     daemon.start()
-    wait_for("every file's run to succeed",
-             lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) >= len(days), 420, daemon)
+    wait_for(
+        "every file's run to succeed",
+        lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) >= len(days),
+        420,
+        daemon,
+    )
     runs = runs_of(env, "events_pipeline")
     keys = [r.tags.get("dagster/run_key") for r in runs]
     assert len(keys) == len(set(keys)) == len(days), keys
     assert sorted(r.tags["dagster/partition"] for r in runs) == days
-    wait_for("all files archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == len(days), 120, daemon)
+    wait_for(
+        "all files archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == len(days), 120, daemon
+    )
     assert warehouse(env, "SELECT count(*), count(DISTINCT event_id) FROM lab.events") == [(36, 36)]
 
 
@@ -274,13 +336,17 @@ def test_a_bad_spec_beside_a_good_one_under_the_daemon(tmp_path: Path):
     """Under the real daemon, with one invalid spec in the folder: the good pipeline's file sensor still launches its
     run and it loads; the sensor invalid_pipeline_specs ticks (and fails) and its alert names the bad file; the
     run-failure alerting still works (a refused file's failed run is alerted)."""
-    bad_spec = "name: broken\nsource: {kind: files, format: csv, glob: \"*.csv\"}\ncolumns: [{name: a, type: INTEGR}]\n"
+    bad_spec = 'name: broken\nsource: {kind: files, format: csv, glob: "*.csv"}\ncolumns: [{name: a, type: INTEGR}]\n'
     env, landing, data, daemon = make_lab(tmp_path, {"events.yaml": SPECS["events.yaml"], "broken.yaml": bad_spec}, {})
     try:
         write_events(landing, YESTERDAY, [(1, "view", "1.00"), (2, "buy", "2.50")])
         daemon.start()
-        wait_for("the good pipeline's run", lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 1,
-                 240, daemon)
+        wait_for(
+            "the good pipeline's run",
+            lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 1,
+            240,
+            daemon,
+        )
         assert warehouse(env, "SELECT count(*) FROM lab.events") == [(2,)]
         alerts_file = data / "alerts" / "alerts.jsonl"
 

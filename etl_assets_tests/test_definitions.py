@@ -50,9 +50,15 @@ def test_dagster_finds_the_lazy_loader_and_it_builds_the_location(data_dir):
     assert defs.resolve_job_def("shop_daily").executor_def is in_process_executor
 
 
-@pytest.mark.parametrize(("value", "executor"), [("", in_process_executor), ("local", in_process_executor),
-                                                 (" Local ", in_process_executor),
-                                                 ("production", multiprocess_executor)])
+@pytest.mark.parametrize(
+    ("value", "executor"),
+    [
+        ("", in_process_executor),
+        ("local", in_process_executor),
+        (" Local ", in_process_executor),
+        ("production", multiprocess_executor),
+    ],
+)
 def test_etl_env_picks_the_executor(monkeypatch, data_dir, value, executor):
     monkeypatch.setenv("ETL_ENV", value)
     assert build_definitions().resolve_job_def("shop_daily").executor_def is executor
@@ -60,5 +66,7 @@ def test_etl_env_picks_the_executor(monkeypatch, data_dir, value, executor):
 
 def test_an_unknown_etl_env_is_an_error_not_production(monkeypatch, data_dir):
     monkeypatch.setenv("ETL_ENV", "prod")
-    with pytest.raises(SettingsError, match="ETL_ENV='prod' is not an environment; set ETL_ENV to one of local, production"):
+    with pytest.raises(
+        SettingsError, match="ETL_ENV='prod' is not an environment; set ETL_ENV to one of local, production"
+    ):
         build_definitions()

@@ -14,8 +14,16 @@ EXPECTED_ASSETS = sorted(
     + ["ops/pipeline_health"]
 )
 CONTRACT_CHECKS = {
-    "orders": ["valid_type", "not_null", "unique", "accepted_values", "range", "relationship", "partition_window",
-               "row_count"],
+    "orders": [
+        "valid_type",
+        "not_null",
+        "unique",
+        "accepted_values",
+        "range",
+        "relationship",
+        "partition_window",
+        "row_count",
+    ],
     "customers": ["valid_type", "not_null", "unique", "format"],
     "products": ["valid_type", "not_null", "unique", "range"],
     "fx_rates": ["valid_type", "not_null", "unique"],
@@ -28,15 +36,28 @@ EXPECTED_CHECKS = sorted(
     + [f"warehouse/{n}:contract_holds" for n in SOURCES]
     + [f"warehouse/{n}:freshness_check" for n in ("orders", "customers", "daily_revenue")]
 )
-EXPECTED_JOBS = sorted([f"{n}_pipeline" for n in SOURCES + MARTS] + ["shop_daily", "shop_full_refresh"]
-                       + [f"{n}_revalidate" for n in SOURCES]
-                       + ["pipeline_health_job", "lake_retention_job"])
+EXPECTED_JOBS = sorted(
+    [f"{n}_pipeline" for n in SOURCES + MARTS]
+    + ["shop_daily", "shop_full_refresh"]
+    + [f"{n}_revalidate" for n in SOURCES]
+    + ["pipeline_health_job", "lake_retention_job"]
+)
 EXPECTED_SCHEDULES = ["customers_schedule", "lake_retention_schedule", "orders_schedule", "pipeline_health_schedule"]
-EXPECTED_SENSORS = sorted([
-    "automation_condition_sensor", "fx_rates_file_sensor", "inventory_file_sensor", "landing_archive_sensor",
-    "landing_quarantine_sensor", "orders_watermark_sensor", "products_file_sensor",
-    "alert_on_run_failure", "alert_on_check_failure", "freshness_checks_sensor", "run_worker_watchdog",
-])
+EXPECTED_SENSORS = sorted(
+    [
+        "automation_condition_sensor",
+        "fx_rates_file_sensor",
+        "inventory_file_sensor",
+        "landing_archive_sensor",
+        "landing_quarantine_sensor",
+        "orders_watermark_sensor",
+        "products_file_sensor",
+        "alert_on_run_failure",
+        "alert_on_check_failure",
+        "freshness_checks_sensor",
+        "run_worker_watchdog",
+    ]
+)
 
 
 def test_snapshot(monkeypatch, data_dir):

@@ -27,8 +27,10 @@ TOKEN = "tok-Zq8vN3rW5yKp0xL"
 @contextlib.contextmanager
 def _faulty(shop: DemoManifest, **faults: object) -> Iterator[tuple[DemoApiServer, httpx.Client]]:
     """The demo API injecting ``FaultConfig(**faults)``, and a client of it."""
-    with DemoApiServer(shop.orders_path, faults=FaultConfig(**faults)) as api, \
-            httpx.Client(base_url=api.url, timeout=10) as http:
+    with (
+        DemoApiServer(shop.orders_path, faults=FaultConfig(**faults)) as api,
+        httpx.Client(base_url=api.url, timeout=10) as http,
+    ):
         yield api, http
 
 
@@ -86,7 +88,10 @@ def test_deep_json_is_nested_past_the_parser(shop_data: DemoManifest) -> None:
 
 def test_echo_auth_echoes_the_credentials(shop_data: DemoManifest) -> None:
     faults = FaultConfig(rate=1.0, kinds=("echo_auth",))
-    with DemoApiServer(shop_data.orders_path, token=TOKEN, faults=faults) as api, httpx.Client(base_url=api.url) as http:
+    with (
+        DemoApiServer(shop_data.orders_path, token=TOKEN, faults=faults) as api,
+        httpx.Client(base_url=api.url) as http,
+    ):
         echoed = http.get("/orders", headers={"Authorization": f"Bearer {TOKEN}"})
         refused = http.get("/orders")  # auth comes first: no token, no echo
     assert echoed.status_code == 403
@@ -99,16 +104,20 @@ def test_extra_keys_are_added_to_every_record(shop_data: DemoManifest) -> None:
         for params in ({"page_size": 5}, {"limit": 5}):
             records = http.get("/orders", params=params).json()["data"]
             assert len(records) == 5
-            assert all(r["First Name"] == "First Name" and r["_etl_source"] == "_etl_source" and "order_id" in r
-                       for r in records)
+            assert all(
+                r["First Name"] == "First Name" and r["_etl_source"] == "_etl_source" and "order_id" in r
+                for r in records
+            )
 
 
 def test_opt_in_faults_are_configured_by_name_only() -> None:
     assert not set(OPT_IN_FAULT_KINDS) & set(FAULT_KINDS)
     assert FaultConfig().kinds == FAULT_KINDS
-    assert FaultConfig.parse("rate=1,kinds=huge_page_chunked+deep_json,huge_page_bytes=1000,extra_keys=First Name+_etl_x") \
-        == FaultConfig(rate=1.0, kinds=("huge_page_chunked", "deep_json"), huge_page_bytes=1000,
-                       extra_keys=("First Name", "_etl_x"))
+    assert FaultConfig.parse(
+        "rate=1,kinds=huge_page_chunked+deep_json,huge_page_bytes=1000,extra_keys=First Name+_etl_x"
+    ) == FaultConfig(
+        rate=1.0, kinds=("huge_page_chunked", "deep_json"), huge_page_bytes=1000, extra_keys=("First Name", "_etl_x")
+    )
     assert FaultConfig.parse("fail_page=2,fail_page_kind=ignore_page").fail_page_kind == "ignore_page"
     with pytest.raises(ValueError, match="huge_page_bytes"):
         FaultConfig(huge_page_bytes=10)

@@ -61,7 +61,7 @@ def _epoch_us(manifest: DemoManifest, column: str, order_id: int) -> int:
 
 
 def _iso(epoch_us: int) -> str:
-    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=epoch_us)).isoformat()
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=epoch_us)).isoformat()
 
 
 def _fetch_all_by_cursor(http: httpx.Client, params: dict[str, object]) -> list[int]:
@@ -126,7 +126,7 @@ def test_orders_schema_counts_and_value_ranges(shop: DemoManifest) -> None:
     assert set(table["currency"].to_pylist()) == {"USD", "EUR", "GBP"}
     assert set(table["status"].to_pylist()) == {"placed", "shipped", "cancelled"}
 
-    window_start = dt.datetime.combine(START, dt.time(), dt.timezone.utc)
+    window_start = dt.datetime.combine(START, dt.time(), dt.UTC)
     assert pc.min(table["ordered_at"]).as_py() >= window_start
     assert pc.max(table["ordered_at"]).as_py() < window_start + dt.timedelta(days=DAYS)
     lag_us = pc.subtract(table["updated_at"].cast(pa.int64()), table["ordered_at"].cast(pa.int64()))
@@ -168,9 +168,7 @@ def test_landing_files(shop: DemoManifest) -> None:
         {"currency": "GBP", "rate_to_usd": 1.27},
     ]
     inventory_dir = shop.landing_dir / "inventory"
-    assert sorted(p.name for p in inventory_dir.iterdir()) == [
-        f"inventory_{key}.ndjson" for key in shop.partition_keys
-    ]
+    assert sorted(p.name for p in inventory_dir.iterdir()) == [f"inventory_{key}.ndjson" for key in shop.partition_keys]
     for key in shop.partition_keys:
         rows = [json.loads(line) for line in (inventory_dir / f"inventory_{key}.ndjson").read_text().splitlines()]
         assert [row["product_id"] for row in rows] == list(range(1, shop.products + 1))

@@ -36,7 +36,11 @@ def test_replace_is_idempotent_and_scoped_to_the_partition(lake, warehouse):
     assert (first.rows, first.rows_replaced) == (3, 3)
     warehouse.replace_partition("s", "t", lake.table(["x"], ["2024-01-02"]), "2024-01-02", "run-2")
     assert rows(warehouse, "SELECT id, v, _etl_partition FROM s.t ORDER BY id") == [
-        (1, "a", "2024-01-01"), (2, "b", "2024-01-01"), (3, "c", "2024-01-01"), (4, "d", "2024-01-02")]
+        (1, "a", "2024-01-01"),
+        (2, "b", "2024-01-01"),
+        (3, "c", "2024-01-01"),
+        (4, "d", "2024-01-02"),
+    ]
     lake.write(["x"], "2024-01-01", pa.table({"id": [9], "v": ["z"]}))
     warehouse.replace_partition("s", "t", lake.table(["x"], ["2024-01-01"]), "2024-01-01", "run-3")
     assert rows(warehouse, "SELECT id, _etl_run_id FROM s.t ORDER BY id") == [(4, "run-2"), (9, "run-3")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import duckdb
@@ -17,16 +17,26 @@ from etl_assets.monitoring.error_tracking import ErrorRecord, ErrorStore, classi
 from etl_assets.resources.targets import DuckDBWarehouse
 
 
-@pytest.mark.parametrize("error, metadata, expected", [
-    (None, {"error_class": SimpleNamespace(value="permanent")}, "permanent"),  # Failure metadata wins
-    (SimpleNamespace(cls_name="DagsterExecutionStepExecutionError", context=None,
-                     cause=SimpleNamespace(cls_name="TransientSourceError", cause=None, context=None)), {}, "transient"),
-    (SimpleNamespace(cls_name="ContractError", cause=None, context=None), {}, "data_quality"),
-    (SimpleNamespace(cls_name="DagsterAssetCheckFailedError", cause=None, context=None), {}, "data_quality"),
-    (SimpleNamespace(cls_name="EtlError", cause=None, context=None), {}, "infrastructure"),
-    (SimpleNamespace(cls_name="BinderException", cause=None, context=None), {}, "infrastructure"),
-    (None, {}, "infrastructure"),
-])
+@pytest.mark.parametrize(
+    "error, metadata, expected",
+    [
+        (None, {"error_class": SimpleNamespace(value="permanent")}, "permanent"),  # Failure metadata wins
+        (
+            SimpleNamespace(
+                cls_name="DagsterExecutionStepExecutionError",
+                context=None,
+                cause=SimpleNamespace(cls_name="TransientSourceError", cause=None, context=None),
+            ),
+            {},
+            "transient",
+        ),
+        (SimpleNamespace(cls_name="ContractError", cause=None, context=None), {}, "data_quality"),
+        (SimpleNamespace(cls_name="DagsterAssetCheckFailedError", cause=None, context=None), {}, "data_quality"),
+        (SimpleNamespace(cls_name="EtlError", cause=None, context=None), {}, "infrastructure"),
+        (SimpleNamespace(cls_name="BinderException", cause=None, context=None), {}, "infrastructure"),
+        (None, {}, "infrastructure"),
+    ],
+)
 def test_classify_error(error, metadata, expected):
     assert classify_error(error, metadata) == expected
 
@@ -36,14 +46,31 @@ def test_error_records_wait_in_the_spool_while_another_process_holds_the_warehou
     path = warehouse.db_path()
     duckdb.connect(str(path)).close()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('held', flush=True);"
-         " sys.stdin.read(); con.close()", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('held', flush=True);"
+            " sys.stdin.read(); con.close()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         store = ErrorStore(warehouse, wait_seconds=0.5)
-        record = ErrorRecord("run-1", "orders_pipeline", "orders", "raw__orders", "raw/orders", "2024-01-01",
-                             "transient", "shop_api: GET /orders failed 6 times", datetime.now(timezone.utc))
+        record = ErrorRecord(
+            "run-1",
+            "orders_pipeline",
+            "orders",
+            "raw__orders",
+            "raw/orders",
+            "2024-01-01",
+            "transient",
+            "shop_api: GET /orders failed 6 times",
+            datetime.now(UTC),
+        )
         started = time.monotonic()
         assert store.record([record]) is False  # busy: spooled, not lost, and the sensor did not hang
         assert time.monotonic() - started < 5

@@ -11,8 +11,13 @@ from etl_assets_tests.specs import column, definitions_for, pipeline
 
 def drops_job(tmp_path, **fields):
     """The ``drops`` pipeline's job: a CSV source of two columns keyed on ``a``, retried three times."""
-    spec = pipeline("drops", [column("a", "INTEGER", nullable=False), column("b")], primary_key=["a"],
-                    retry={"max_retries": 3, "delay_seconds": 0}, **fields)
+    spec = pipeline(
+        "drops",
+        [column("a", "INTEGER", nullable=False), column("b")],
+        primary_key=["a"],
+        retry={"max_retries": 3, "delay_seconds": 0},
+        **fields,
+    )
     return definitions_for(tmp_path / "specs", spec).resolve_job_def("drops_pipeline")
 
 
@@ -39,7 +44,8 @@ def test_an_unreadable_row_deep_in_a_file_is_quarantined_and_the_rest_loads(drop
         assert con.execute('SELECT count(*), min(a), max(a) FROM "default".drops').fetchone() == (20000, 0, 19999)
     quarantined = duckdb.execute(
         "SELECT _etl_reasons, _etl_source FROM read_parquet(?)",
-        [str(data_dir / "lake" / "quarantine" / "drops" / "_all.parquet")]).fetchall()
+        [str(data_dir / "lake" / "quarantine" / "drops" / "_all.parquet")],
+    ).fetchall()
     # conservation: 20,001 data lines = 20,000 loaded + the one non-UTF-8 line, quarantined with its reason
     assert len(quarantined) == 1 and quarantined[0][1] == "big.csv"
     assert quarantined[0][0] == ["malformed_row"]
@@ -76,9 +82,13 @@ def test_bad_rows_are_quarantined_not_lost(drops, data_dir, instance, tmp_path):
     import duckdb
 
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT a, b FROM \"default\".drops").fetchall() == [(1, "ok")]
+        assert con.execute('SELECT a, b FROM "default".drops').fetchall() == [(1, "ok")]
     quarantined = duckdb.execute(
         "SELECT b, _etl_reasons, _etl_source FROM read_parquet(?) ORDER BY b",
-        [str(data_dir / "lake" / "quarantine" / "drops" / "_all.parquet")]).fetchall()
-    assert quarantined == [("bad", ["type:a"], "x.csv"), ("duplicate", ["duplicate_key"], "x.csv"),
-                           ("null-a", ["not_null:a"], "x.csv")]
+        [str(data_dir / "lake" / "quarantine" / "drops" / "_all.parquet")],
+    ).fetchall()
+    assert quarantined == [
+        ("bad", ["type:a"], "x.csv"),
+        ("duplicate", ["duplicate_key"], "x.csv"),
+        ("null-a", ["not_null:a"], "x.csv"),
+    ]

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pytest
 
 from etl_assets.errors import PermanentSourceError
-from etl_assets.pipelines.spec import FilesSource
 from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.pipelines.spec import FilesSource
 from etl_assets.resources.files import READ_ERROR_COLUMN, SNAPSHOT_DIR, LandingFilesSource, escape_glob
 from etl_assets.settings import duckdb_connection
 
@@ -66,15 +66,19 @@ def test_partition_inputs_are_every_delivered_name_at_its_newest_version(landing
     _write(landing, "sales_2024-01-11_storeA.csv", "id,amount\n9,90\n")  # another day
 
     read = source.open_partition(con, DATASET, spec, "2024-01-10", required=["id"])
-    assert [(f.name, f.archived) for f in read.files] == [("sales_2024-01-10_storeA.csv", True),
-                                                          ("sales_2024-01-10_storeB.csv", False)]
+    assert [(f.name, f.archived) for f in read.files] == [
+        ("sales_2024-01-10_storeA.csv", True),
+        ("sales_2024-01-10_storeB.csv", False),
+    ]
     assert _by_source(_rows(read)) == {"sales_2024-01-10_storeA.csv": ["1", "2"], "sales_2024-01-10_storeB.csv": ["3"]}
 
     # a changed re-delivery of storeA replaces that file's rows only; the archived copy is superseded
     _write(landing, "sales_2024-01-10_storeA.csv", "id,amount\n1,11\n4,40\n")
     read = source.open_partition(con, DATASET, spec, "2024-01-10", required=["id"])
-    assert [(f.name, f.archived) for f in read.files] == [("sales_2024-01-10_storeA.csv", False),
-                                                          ("sales_2024-01-10_storeB.csv", False)]
+    assert [(f.name, f.archived) for f in read.files] == [
+        ("sales_2024-01-10_storeA.csv", False),
+        ("sales_2024-01-10_storeB.csv", False),
+    ]
     rows = _rows(read)
     assert _by_source(rows) == {"sales_2024-01-10_storeA.csv": ["1", "4"], "sales_2024-01-10_storeB.csv": ["3"]}
     assert {r["id"]: r["amount"] for r in rows} == {"1": "11", "4": "40", "3": "30"}
@@ -106,7 +110,8 @@ def test_every_file_is_read_by_its_exact_name_once(landing: Path, con, name: str
 
     rows = _rows(source.open_partition(con, DATASET, spec, None, required=["id"]))
     assert sorted(_by_source(rows).items()) == sorted(
-        {name: ["100"], "x1.csv": ["x1"], "partA.csv": ["pa"], "yA.csv": ["yA"], "zb.csv": ["zb"]}.items())
+        {name: ["100"], "x1.csv": ["x1"], "partA.csv": ["pa"], "yA.csv": ["yA"], "zb.csv": ["zb"]}.items()
+    )
     # the strict read of named paths is literal too
     assert source.read(con, DATASET, spec, [landing / DATASET / name]).fetchall()[0][:2] == ("100", name)
 

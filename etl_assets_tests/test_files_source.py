@@ -22,8 +22,8 @@ import pytest
 from pydantic import ValidationError
 
 from etl_assets.errors import PermanentSourceError
-from etl_assets.pipelines.spec import FilesSource
 from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.pipelines.spec import FilesSource
 from etl_assets.resources.files import IN_PROGRESS_SUFFIXES, READ_ERROR_COLUMN, LandingFilesSource
 from etl_assets.settings import duckdb_connection
 from etl_assets_demo import DemoManifest
@@ -172,7 +172,12 @@ def test_glob_selects_files(landing: Path, glob: str, expected: list[str]) -> No
     assert _listed(LandingFilesSource(root=str(landing)), _files(format="csv", glob=glob)) == expected
 
 
-NAMES = ["inventory_2024-01-01.ndjson", "inventory_2024-01-02.ndjson", "inventory_2024-01-03.ndjson", "inventory_latest.ndjson"]
+NAMES = [
+    "inventory_2024-01-01.ndjson",
+    "inventory_2024-01-02.ndjson",
+    "inventory_2024-01-03.ndjson",
+    "inventory_latest.ndjson",
+]
 
 
 @pytest.mark.parametrize(
@@ -185,7 +190,9 @@ NAMES = ["inventory_2024-01-01.ndjson", "inventory_2024-01-02.ndjson", "inventor
         (r"_(?P<partition>[a-z]+)\.ndjson$", "latest", ["inventory_latest.ndjson"]),
     ],
 )
-def test_partition_is_taken_from_the_file_name(landing: Path, regex: str | None, partition: str | None, expected: list[str]) -> None:
+def test_partition_is_taken_from_the_file_name(
+    landing: Path, regex: str | None, partition: str | None, expected: list[str]
+) -> None:
     _touch(landing / DATASET, *NAMES)
     spec = _files(format="ndjson", glob="inventory_*.ndjson", **({"partition_regex": regex} if regex else {}))
     assert _listed(LandingFilesSource(root=str(landing)), spec, partition) == expected
@@ -198,12 +205,21 @@ def test_partition_read_only_sees_that_days_rows(landing: Path, con: duckdb.Duck
 
     rel = source.read(con, DATASET, spec, source.list_files(DATASET, spec, "2024-01-01"))
 
-    assert [(r["id"], r[SOURCE_COLUMN]) for r in _rows(rel)] == [("1", "items_2024-01-01.ndjson"), ("2", "items_2024-01-01.ndjson")]
+    assert [(r["id"], r[SOURCE_COLUMN]) for r in _rows(rel)] == [
+        ("1", "items_2024-01-01.ndjson"),
+        ("2", "items_2024-01-01.ndjson"),
+    ]
 
 
 @pytest.mark.parametrize(
     "unfinished",
-    [*(f"items.csv{suffix}" for suffix in IN_PROGRESS_SUFFIXES), "items.tmp", "items.part", ".items.csv", ".~lock.items.csv#"],
+    [
+        *(f"items.csv{suffix}" for suffix in IN_PROGRESS_SUFFIXES),
+        "items.tmp",
+        "items.part",
+        ".items.csv",
+        ".~lock.items.csv#",
+    ],
 )
 def test_files_still_being_written_are_ignored(landing: Path, unfinished: str) -> None:
     _touch(landing / DATASET, "complete.csv", unfinished)
@@ -239,7 +255,9 @@ def test_spec_refuses_globs_leaving_the_landing_directory(glob: str) -> None:
 def test_escaping_glob_lists_no_other_directory_even_if_it_bypassed_the_spec(landing: Path, glob: str) -> None:
     _touch(landing / "other", "private.csv")
     _touch(landing / DATASET, "mine.csv")
-    spec = FilesSource.model_construct(kind="files", format="csv", glob=glob, partition_regex=r"(?P<partition>x)", delimiter=",", header=True)
+    spec = FilesSource.model_construct(
+        kind="files", format="csv", glob=glob, partition_regex=r"(?P<partition>x)", delimiter=",", header=True
+    )
     source = LandingFilesSource(root=str(landing))
     listed = source.list_files(DATASET, spec)
     assert [p.name for p in listed if p.name == "private.csv"] == []

@@ -18,8 +18,10 @@ from etl_assets_demo.data import FX_RATES_TO_USD
 from etl_assets_tests.webserver import HOST, LOCATION, RUN_TIMEOUT, Webserver, webserver_fixture  # noqa: F401 (the `webserver` fixture)
 
 # dagster_graphql's client calls gql with arguments gql deprecates; not this project's code.
-pytestmark = [pytest.mark.daemon,
-              pytest.mark.filterwarnings("ignore:Using variable_values and operation_name:DeprecationWarning")]
+pytestmark = [
+    pytest.mark.daemon,
+    pytest.mark.filterwarnings("ignore:Using variable_values and operation_name:DeprecationWarning"),
+]
 
 FULL_REFRESH_JOB = "shop_full_refresh"
 FULL_REFRESH_DATASETS = ("customers", "fx_rates", "products")
@@ -59,7 +61,9 @@ query LatestMaterialization($path: [String!]!) {
 """
 
 
-def wait_for_run(client: DagsterGraphQLClient, server: Webserver, run_id: str, timeout: float = RUN_TIMEOUT) -> DagsterRunStatus:
+def wait_for_run(
+    client: DagsterGraphQLClient, server: Webserver, run_id: str, timeout: float = RUN_TIMEOUT
+) -> DagsterRunStatus:
     """Polls ``get_run_status`` until the run ends; fails with the run's events and the server's log otherwise."""
     deadline = time.monotonic() + timeout
     status = None
@@ -76,7 +80,9 @@ def warehouse_count(data_dir: Path, table: str) -> int:
         return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
 
-def test_full_refresh_launched_through_the_graphql_client(webserver: Webserver, shop_data: DemoManifest, data_dir: Path):
+def test_full_refresh_launched_through_the_graphql_client(
+    webserver: Webserver, shop_data: DemoManifest, data_dir: Path
+):
     expected = {"customers": shop_data.customers, "products": shop_data.products, "fx_rates": len(FX_RATES_TO_USD)}
     client = DagsterGraphQLClient(HOST, port_number=webserver.port)
     try:

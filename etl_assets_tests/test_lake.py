@@ -202,22 +202,38 @@ GENERATION = "0123456789ab"
 def _killed_writer_files(directory: Path, partition: str, generation: str = GENERATION) -> set[str]:
     """Place the files a writer of ``partition`` killed mid-write leaves (a Parquet write's temporary file, a view
     generation's three files, its lock file); return their names."""
-    names = {f".{partition}.{uuid.UUID(int=int(generation, 16)).hex}.tmp", f".{partition}.{generation}.source.parquet",
-             f".{partition}.{generation}.excluded.parquet", f".{partition}.{generation}.view.tmp", f".{partition}.lock"}
+    names = {
+        f".{partition}.{uuid.UUID(int=int(generation, 16)).hex}.tmp",
+        f".{partition}.{generation}.source.parquet",
+        f".{partition}.{generation}.excluded.parquet",
+        f".{partition}.{generation}.view.tmp",
+        f".{partition}.lock",
+    }
     directory.mkdir(parents=True, exist_ok=True)
     for name in names:
         (directory / name).write_bytes(b"left by a killed writer")
     return names
 
 
-@pytest.mark.parametrize("garbage", [
-    b"\x00\x17 not json {",
-    b'{"format": "etl_assets.lake.view/1"}',  # the right format, fields missing
-    b"[1, 2, 3]",
-    # well-formed, naming files outside its directory (relative, absolute): they may be read, never deleted
-    json.dumps({"format": "etl_assets.lake.view/1", "source": "../../raw/v/2024-01-01.parquet",
-                "excluded": "{sentinel}", "select": '"x"', "excluded_rows": 0, "rows": 3}).encode(),
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\x17 not json {",
+        b'{"format": "etl_assets.lake.view/1"}',  # the right format, fields missing
+        b"[1, 2, 3]",
+        # well-formed, naming files outside its directory (relative, absolute): they may be read, never deleted
+        json.dumps(
+            {
+                "format": "etl_assets.lake.view/1",
+                "source": "../../raw/v/2024-01-01.parquet",
+                "excluded": "{sentinel}",
+                "select": '"x"',
+                "excluded_rows": 0,
+                "rows": 3,
+            }
+        ).encode(),
+    ],
+)
 @pytest.mark.parametrize("rewrite_as", ["view", "parquet"])
 def test_rewriting_a_partition_whose_manifest_is_corrupt_repairs_it(tmp_path: Path, garbage: bytes, rewrite_as: str):
     lake, con = _lake(tmp_path), duckdb.connect()

@@ -42,8 +42,9 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SPECS = [
     pipeline("drops", [column("a", "INTEGER", nullable=False), column("b")], retry={"max_retries": 0}),
     pipeline("linked", [column("a", "INTEGER")], retry={"max_retries": 0}),
-    pipeline("nested", [column("a", nullable=False), column("b")], source=files_source("ndjson"),
-             retry={"max_retries": 0}),
+    pipeline(
+        "nested", [column("a", nullable=False), column("b")], source=files_source("ndjson"), retry={"max_retries": 0}
+    ),
 ]
 
 
@@ -78,8 +79,13 @@ def evaluate(defs: Definitions, instance: DagsterInstance, sensor_name: str, run
     failed = run.status.value == "FAILURE"
     event_type = DagsterEventType.RUN_FAILURE if failed else DagsterEventType.RUN_SUCCESS
     event = instance.get_records_for_run(run_id, of_type=event_type).records[0].event_log_entry.dagster_event
-    context = build_run_status_sensor_context(sensor_name=sensor_name, dagster_event=event, dagster_instance=instance,
-                                              dagster_run=run, resources={"landing": LandingFilesSource()})
+    context = build_run_status_sensor_context(
+        sensor_name=sensor_name,
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=run,
+        resources={"landing": LandingFilesSource()},
+    )
     if failed:
         context = context.for_run_failure()
     return defs.resolve_sensor_def(sensor_name)(context)
@@ -90,8 +96,11 @@ def sensor_tags(defs: Definitions, instance: DagsterInstance, dataset: str) -> d
     sensor = defs.resolve_sensor_def(f"{dataset}_file_sensor")
 
     def tick(cursor):
-        return sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor,
-                                                         resources={"landing": LandingFilesSource()}, definitions=defs))
+        return sensor.evaluate_tick(
+            build_sensor_context(
+                instance=instance, cursor=cursor, resources={"landing": LandingFilesSource()}, definitions=defs
+            )
+        )
 
     (request,) = tick(tick(None).cursor).run_requests
     return dict(request.tags)
@@ -128,25 +137,28 @@ DROPS = {"drops": FilesSource(kind="files", format="csv", glob="*.csv")}
 DIGEST = "0" * 64
 
 
-@pytest.mark.parametrize("tags, refusal", [
-    ({TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: DIGEST}, "not a files pipeline"),
-    ({TAG_DATASET: "orders", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),
-    ({TAG_DATASET: "drops/..", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),
-    ({TAG_DATASET: "drops", TAG_FILE: "/etc/passwd.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-    ({TAG_DATASET: "drops", TAG_FILE: "../drops/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-    ({TAG_DATASET: "drops", TAG_FILE: "sub/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-    ({TAG_DATASET: "drops", TAG_FILE: "sub\\x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-    ({TAG_DATASET: "drops", TAG_FILE: "x\0.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-    ({TAG_DATASET: "drops", TAG_FILE: "..", TAG_SHA256: DIGEST}, "not a plain file name"),
-    ({TAG_DATASET: "drops", TAG_FILE: ".", TAG_SHA256: DIGEST}, "not a plain file name"),
-    ({TAG_DATASET: "drops", TAG_FILE: ".hidden.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-    ({TAG_DATASET: "drops", TAG_FILE: "", TAG_SHA256: DIGEST}, "not a plain file name"),
-    ({TAG_DATASET: "drops", TAG_FILE: "warehouse.duckdb", TAG_SHA256: DIGEST}, "does not match the glob"),
-    ({TAG_DATASET: "drops", TAG_FILE: "x.csv.part", TAG_SHA256: DIGEST}, "does not match the glob"),
-    ({TAG_DATASET: "drops", TAG_FILE: "x.csv"}, "not a sha256 digest"),
-    ({TAG_DATASET: "drops", TAG_FILE: "x.csv", TAG_SHA256: "../x"}, "not a sha256 digest"),
-    ({TAG_DATASET: "drops"}, "not a plain file name"),
-])
+@pytest.mark.parametrize(
+    "tags, refusal",
+    [
+        ({TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: DIGEST}, "not a files pipeline"),
+        ({TAG_DATASET: "orders", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),
+        ({TAG_DATASET: "drops/..", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),
+        ({TAG_DATASET: "drops", TAG_FILE: "/etc/passwd.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: "../drops/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: "sub/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: "sub\\x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: "x\0.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: "..", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: ".", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: ".hidden.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: "", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: "warehouse.duckdb", TAG_SHA256: DIGEST}, "does not match the glob"),
+        ({TAG_DATASET: "drops", TAG_FILE: "x.csv.part", TAG_SHA256: DIGEST}, "does not match the glob"),
+        ({TAG_DATASET: "drops", TAG_FILE: "x.csv"}, "not a sha256 digest"),
+        ({TAG_DATASET: "drops", TAG_FILE: "x.csv", TAG_SHA256: "../x"}, "not a sha256 digest"),
+        ({TAG_DATASET: "drops"}, "not a plain file name"),
+    ],
+)
 def test_tags_that_do_not_name_a_file_of_a_files_pipeline_are_refused(tags, refusal):
     target, reason = landing_target(tags, DROPS)
     assert target is None and refusal in reason
@@ -166,8 +178,14 @@ def test_the_landing_resource_refuses_a_symlinked_dataset_directory_and_dot_name
     (data_dir / "landing" / "linked").symlink_to(outside, target_is_directory=True)
     (data_dir / "warehouse.duckdb").write_text("the warehouse")
     landing = LandingFilesSource()
-    for dataset, name in [("linked", "x.csv"), ("..", "warehouse.duckdb"), (".", "landing"), ("", "x.csv"),
-                          ("drops", "../../warehouse.duckdb"), ("drops", "..")]:
+    for dataset, name in [
+        ("linked", "x.csv"),
+        ("..", "warehouse.duckdb"),
+        (".", "landing"),
+        ("", "x.csv"),
+        ("drops", "../../warehouse.duckdb"),
+        ("drops", ".."),
+    ]:
         with pytest.raises(PermanentSourceError, match="refusing"):
             landing.archive(dataset, name)
         with pytest.raises(PermanentSourceError, match="refusing"):
@@ -191,7 +209,8 @@ def test_the_landing_resource_refuses_a_symlinked_dataset_directory_and_dot_name
 
 @pytest.mark.slow
 def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_archive(
-        lab, instance, data_dir, tmp_path, capfd):
+    lab, instance, data_dir, tmp_path, capfd
+):
     defs = lab
     landing = data_dir / "landing"
     outside = tmp_path / "outside"
@@ -208,15 +227,19 @@ def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_
     tags = sensor_tags(defs, instance, "drops")
     assert tags[TAG_FILE] == "d.csv"
     loaded = defs.resolve_job_def("drops_pipeline").execute_in_process(
-        instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
+        instance=instance, tags=tags, run_config=QUIET, raise_on_error=False
+    )
     assert loaded.success
     warehouse = data_dir / "warehouse.duckdb"
     assert warehouse.exists()
 
     # the run: any job, launched with tags naming the warehouse file through ".."
     hostile_real = defs.resolve_job_def("drops_pipeline").execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=False,
-        tags={TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: sha(warehouse)})
+        instance=instance,
+        run_config=QUIET,
+        raise_on_error=False,
+        tags={TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: sha(warehouse)},
+    )
     assert hostile_real.success
     hostile = [
         {TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: sha(warehouse)},
@@ -263,12 +286,25 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
     unreadable = failing_job("raw__drops", PermanentSourceError("drops: cannot read it"))
     failing = failing_job("raw__linked", PermanentSourceError("linked: cannot read it"))
     runs = [
-        unreadable.execute_in_process(instance=instance, raise_on_error=False, tags={
-            TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: sha(data_dir / "warehouse.duckdb")}),
-        unreadable.execute_in_process(instance=instance, raise_on_error=False, tags={
-            TAG_DATASET: "drops", TAG_FILE: "../../warehouse.duckdb", TAG_SHA256: sha(data_dir / "warehouse.duckdb")}),
-        failing.execute_in_process(instance=instance, raise_on_error=False, tags={
-            TAG_DATASET: "linked", TAG_FILE: "x.csv", TAG_SHA256: sha(outside / "x.csv")}),
+        unreadable.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            tags={TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: sha(data_dir / "warehouse.duckdb")},
+        ),
+        unreadable.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            tags={
+                TAG_DATASET: "drops",
+                TAG_FILE: "../../warehouse.duckdb",
+                TAG_SHA256: sha(data_dir / "warehouse.duckdb"),
+            },
+        ),
+        failing.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            tags={TAG_DATASET: "linked", TAG_FILE: "x.csv", TAG_SHA256: sha(outside / "x.csv")},
+        ),
     ]
     assert not any(r.success for r in runs)
     before = snapshot(data_dir, outside)
@@ -278,8 +314,9 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
 
     bad = landing / "drops" / "bad.csv"
     bad.write_text("garbage")
-    legit = unreadable.execute_in_process(instance=instance, raise_on_error=False, tags={
-        TAG_DATASET: "drops", TAG_FILE: "bad.csv", TAG_SHA256: sha(bad)})
+    legit = unreadable.execute_in_process(
+        instance=instance, raise_on_error=False, tags={TAG_DATASET: "drops", TAG_FILE: "bad.csv", TAG_SHA256: sha(bad)}
+    )
     evaluate(defs, instance, "landing_quarantine_sensor", legit.run_id)
     assert not bad.exists()
     reason = next((data_dir / "quarantine" / "drops").glob("*_bad.csv.reason.txt")).read_text()
@@ -292,7 +329,8 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
 def _run_for_file(defs, instance, dataset: str):
     tags = sensor_tags(defs, instance, dataset)
     result = defs.resolve_job_def(f"{dataset}_pipeline").execute_in_process(
-        instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
+        instance=instance, tags=tags, run_config=QUIET, raise_on_error=False
+    )
     assert not result.success
     return result
 
@@ -305,10 +343,13 @@ def _quarantined(data_dir: Path, dataset: str, name: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, text, words", [
-    ("no_a.csv", "b\nonly-b\n", "a"),  # a required column missing
-    ("semicolons.csv", "a;b\n1;x\n", "a"),  # the wrong delimiter: one column named "a;b"
-])
+@pytest.mark.parametrize(
+    "name, text, words",
+    [
+        ("no_a.csv", "b\nonly-b\n", "a"),  # a required column missing
+        ("semicolons.csv", "a;b\n1;x\n", "a"),  # the wrong delimiter: one column named "a;b"
+    ],
+)
 def test_a_csv_breaking_the_contract_leaves_landing_with_its_reason(lab, instance, data_dir, name, text, words):
     path = data_dir / "landing" / "drops" / name
     path.write_text(text)
@@ -334,21 +375,28 @@ def test_a_nested_json_column_fails_validation_and_the_file_leaves_landing(lab, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step, error, moved", [
-    ("validate_drops", ContractError("drops: required column(s) a missing"), True),
-    ("raw__drops", PermanentSourceError("drops: cannot read d.csv as csv"), True),
-    ("validate_drops", UpstreamNotReadyError("drops: its relationship to products needs products loaded first"),
-     False),  # a re-run fixes it once the upstream is loaded
-    ("validate_drops", RuntimeError("the lake is on fire"), False),  # infrastructure
-    ("raw__drops", TransientSourceError("drops: timed out"), False),
-    ("validate_other", ContractError("other: required column(s) a missing"), False),  # another dataset's step
-    ("warehouse__drops", ContractError("drops: contract mismatch at load"), False),  # a load, not the file
-])
+@pytest.mark.parametrize(
+    "step, error, moved",
+    [
+        ("validate_drops", ContractError("drops: required column(s) a missing"), True),
+        ("raw__drops", PermanentSourceError("drops: cannot read d.csv as csv"), True),
+        (
+            "validate_drops",
+            UpstreamNotReadyError("drops: its relationship to products needs products loaded first"),
+            False,
+        ),  # a re-run fixes it once the upstream is loaded
+        ("validate_drops", RuntimeError("the lake is on fire"), False),  # infrastructure
+        ("raw__drops", TransientSourceError("drops: timed out"), False),
+        ("validate_other", ContractError("other: required column(s) a missing"), False),  # another dataset's step
+        ("warehouse__drops", ContractError("drops: contract mismatch at load"), False),  # a load, not the file
+    ],
+)
 def test_only_failures_a_rerun_of_the_same_file_cannot_fix_move_it(lab, instance, data_dir, step, error, moved):
     path = data_dir / "landing" / "drops" / "d.csv"
     path.write_text("a,b\n1,x\n")
-    run = failing_job(step, error).execute_in_process(instance=instance, raise_on_error=False, tags={
-        TAG_DATASET: "drops", TAG_FILE: "d.csv", TAG_SHA256: sha(path)})
+    run = failing_job(step, error).execute_in_process(
+        instance=instance, raise_on_error=False, tags={TAG_DATASET: "drops", TAG_FILE: "d.csv", TAG_SHA256: sha(path)}
+    )
     assert not run.success
     evaluate(lab, instance, "landing_quarantine_sensor", run.run_id)
     assert path.exists() is not moved

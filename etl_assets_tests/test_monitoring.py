@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -34,8 +34,8 @@ from dagster import (
 )
 
 from etl_assets.monitoring.sensors import TAG_ALERT_SENT
-from etl_assets_tests.specs import column, definitions_for, files_source, pipeline, transform
 from etl_assets_tests.recorder import Recorder
+from etl_assets_tests.specs import column, definitions_for, files_source, pipeline, transform
 
 pytestmark = [pytest.mark.slow]
 
@@ -57,14 +57,26 @@ FRESHNESS = AssetCheckKey(AssetKey(["warehouse", "drops"]), "freshness_check")
 def _specs(flaky_url: str) -> list[dict]:
     never_retried = {"retry": {"max_retries": 0}}
     return [
-        pipeline("drops", [column("a", "INTEGER", nullable=False), column("b")], primary_key=["a"],
-                 freshness={"max_lag_minutes": 30}, **never_retried),
+        pipeline(
+            "drops",
+            [column("a", "INTEGER", nullable=False), column("b")],
+            primary_key=["a"],
+            freshness={"max_lag_minutes": 30},
+            **never_retried,
+        ),
         pipeline("empty", [column("a", "INTEGER", nullable=False)], **never_retried),
-        pipeline("shapeless", [column("a", "INTEGER", nullable=False), column("b")], source=files_source("ndjson"),
-                 **never_retried),
-        pipeline("flaky", [column("id", "BIGINT", nullable=False)], source={
-            "kind": "api", "connection": "flaky_api", "default_url": flaky_url, "endpoint": "/records"},
-            **never_retried),
+        pipeline(
+            "shapeless",
+            [column("a", "INTEGER", nullable=False), column("b")],
+            source=files_source("ndjson"),
+            **never_retried,
+        ),
+        pipeline(
+            "flaky",
+            [column("id", "BIGINT", nullable=False)],
+            source={"kind": "api", "connection": "flaky_api", "default_url": flaky_url, "endpoint": "/records"},
+            **never_retried,
+        ),
         transform("broken", "broken.sql", ["drops"], **never_retried),
     ]
 
@@ -104,8 +116,12 @@ def world(tmp_path_factory) -> World:
     for d in (data, specs, home):
         d.mkdir()
     slack_ok = {"ok": True, "channel": "C0ALERTS", "ts": "1700000000.000100"}
-    with pytest.MonkeyPatch.context() as mp, Recorder() as webhook, Recorder(body=slack_ok) as slack, \
-            Recorder(default_status=503, headers={"Retry-After": "0"}) as flaky_api:
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        Recorder() as webhook,
+        Recorder(body=slack_ok) as slack,
+        Recorder(default_status=503, headers={"Retry-After": "0"}) as flaky_api,
+    ):
         mp.setenv("ETL_DATA_DIR", str(data))
         mp.delenv("ETL_ENV", raising=False)
         mp.delenv("ETL_ALERT_FILE", raising=False)
@@ -129,7 +145,8 @@ def world(tmp_path_factory) -> World:
             world.check_cursor = world.tick("alert_on_check_failure", None).cursor
             for name in ["drops", *FAILING]:
                 world.runs[name] = defs.resolve_job_def(f"{name}_pipeline").execute_in_process(
-                    instance=instance, raise_on_error=False, run_config=QUIET)
+                    instance=instance, raise_on_error=False, run_config=QUIET
+                )
             assert world.runs["drops"].success, "the successful pipeline failed; see its events"
             assert not any(world.runs[name].success for name in FAILING)
             yield world
@@ -154,10 +171,13 @@ def test_each_failed_run_is_classified_recorded_and_alerted_exactly_once(world, 
     _run_alerts_until_quiet(world)
 
     failed = {name: world.runs[name].run_id for name in FAILING}
-    rows = world.query("SELECT run_id, job_name, pipeline, step_key, asset_key, partition_key, error_class, message,"
-                       " failed_at FROM ops.errors ORDER BY pipeline")
+    rows = world.query(
+        "SELECT run_id, job_name, pipeline, step_key, asset_key, partition_key, error_class, message,"
+        " failed_at FROM ops.errors ORDER BY pipeline"
+    )
     assert sorted((r[2], r[1], r[3], r[4], r[6]) for r in rows) == sorted(
-        (name, f"{name}_pipeline", step, asset, cls) for name, (step, asset, cls, _) in FAILING.items())
+        (name, f"{name}_pipeline", step, asset, cls) for name, (step, asset, cls, _) in FAILING.items()
+    )
     for run_id, _, pipeline, *_, message, failed_at in rows:
         assert run_id == failed[pipeline]
         assert FAILING[pipeline][3] in message, message
@@ -191,8 +211,7 @@ def test_each_failed_run_is_classified_recorded_and_alerted_exactly_once(world, 
 
 def _freshness_check(world: World):
     checks = [c for c in world.defs.asset_checks if FRESHNESS in c.check_keys]
-    result = materialize(checks, instance=world.instance, selection=AssetSelection.checks(FRESHNESS),
-                         run_config=QUIET)
+    result = materialize(checks, instance=world.instance, selection=AssetSelection.checks(FRESHNESS), run_config=QUIET)
     (evaluation,) = result.get_asset_check_evaluations()
     return evaluation
 
@@ -201,15 +220,18 @@ def _report_update(world: World, minutes_ago: float | None) -> None:
     """A materialization of warehouse/drops; with ``minutes_ago``, stating that its data dates from then."""
     metadata = {}
     if minutes_ago is not None:
-        stamp = (datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)).timestamp()
+        stamp = (datetime.now(UTC) - timedelta(minutes=minutes_ago)).timestamp()
         metadata["dagster/last_updated_timestamp"] = MetadataValue.timestamp(stamp)
     world.instance.report_runless_asset_event(AssetMaterialization(FRESHNESS.asset_key, metadata=metadata))
 
 
 def test_freshness_check_fails_when_the_last_update_is_older_than_the_lag(world):
     # the check belongs to the pipeline's assets, so the pipeline's own run evaluated it right after the load
-    in_run = {c.check_name: c.passed for c in world.runs["drops"].get_asset_check_evaluations()
-              if c.asset_key == FRESHNESS.asset_key}
+    in_run = {
+        c.check_name: c.passed
+        for c in world.runs["drops"].get_asset_check_evaluations()
+        if c.asset_key == FRESHNESS.asset_key
+    }
     assert in_run["freshness_check"] is True
     # the sensor asks for checks never evaluated (the shop's), not for one that is fresh for another 30 minutes
     sensor_result = world.tick("freshness_checks_sensor", None)
@@ -238,7 +260,8 @@ def test_failed_check_evaluations_are_alerted_once_each(world):
     expected = []
     for run in world.instance.get_runs():
         for record in world.instance.get_records_for_run(
-                run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records:
+            run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+        ).records:
             evaluation = record.event_log_entry.dagster_event.event_specific_data
             if not evaluation.passed:
                 expected.append((run.run_id, evaluation.asset_key.to_user_string(), evaluation.check_name))
@@ -259,18 +282,46 @@ def test_failed_check_evaluations_are_alerted_once_each(world):
 def test_pipeline_health_asset(world):
     _run_alerts_until_quiet(world)  # errors are recorded (idempotent when an earlier test did it)
     result = world.defs.resolve_job_def("pipeline_health_job").execute_in_process(
-        instance=world.instance, run_config={**QUIET, "ops": {"ops__pipeline_health": {"config": {"window_hours": 24}}}})
+        instance=world.instance, run_config={**QUIET, "ops": {"ops__pipeline_health": {"config": {"window_hours": 24}}}}
+    )
     assert result.success
     (materialization,) = result.asset_materializations_for_node("ops__pipeline_health")
     metadata = materialization.metadata
 
-    columns = ["pipeline", "runs", "succeeded", "failed", "success_rate", "p50_seconds", "p95_seconds", "rows_loaded",
-               "records_per_hour", "failures_transient", "failures_permanent", "failures_data_quality",
-               "failures_infrastructure", "freshness_lag_minutes", "max_lag_minutes", "stale", "window_hours"]
-    table = {r[0]: dict(zip(columns, r, strict=True)) for r in world.query(
-        f"SELECT {', '.join(columns)} FROM ops.pipeline_health")}
-    assert set(table) == {"drops", *FAILING, "orders", "customers", "products", "fx_rates", "inventory",
-                          "orders_enriched", "daily_revenue"}
+    columns = [
+        "pipeline",
+        "runs",
+        "succeeded",
+        "failed",
+        "success_rate",
+        "p50_seconds",
+        "p95_seconds",
+        "rows_loaded",
+        "records_per_hour",
+        "failures_transient",
+        "failures_permanent",
+        "failures_data_quality",
+        "failures_infrastructure",
+        "freshness_lag_minutes",
+        "max_lag_minutes",
+        "stale",
+        "window_hours",
+    ]
+    table = {
+        r[0]: dict(zip(columns, r, strict=True))
+        for r in world.query(f"SELECT {', '.join(columns)} FROM ops.pipeline_health")
+    }
+    assert set(table) == {
+        "drops",
+        *FAILING,
+        "orders",
+        "customers",
+        "products",
+        "fx_rates",
+        "inventory",
+        "orders_enriched",
+        "daily_revenue",
+    }
 
     drops = table["drops"]
     run = world.instance.get_run_record_by_id(world.runs["drops"].run_id)
@@ -328,8 +379,13 @@ def test_prometheus_endpoint_serves_metrics_from_the_instance(world):
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(world.home)}
     code = "import sys; from etl_assets.monitoring.prometheus import main; sys.exit(main(sys.argv[1:]))"
-    server = subprocess.Popen([sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         samples = _samples(_scrape(url, time.monotonic() + 90))
@@ -346,14 +402,16 @@ def test_prometheus_endpoint_serves_metrics_from_the_instance(world):
         run = world.instance.get_run_record_by_id(world.runs["drops"].run_id)
         assert samples['etl_run_duration_seconds_count{job="drops_pipeline"}'] == 1
         assert samples['etl_run_duration_seconds_sum{job="drops_pipeline"}'] == pytest.approx(
-            run.end_time - run.start_time, abs=1e-6)
+            run.end_time - run.start_time, abs=1e-6
+        )
         assert samples['etl_run_duration_seconds_bucket{job="drops_pipeline",le="+Inf"}'] == 1
         latest = world.instance.get_latest_materialization_event(AssetKey(["warehouse", "drops"])).timestamp
         assert samples['etl_last_success_timestamp_seconds{pipeline="drops"}'] == pytest.approx(latest, abs=1e-3)
 
         # a new failed run shows up in the next scrape (the collector reads only what changed)
         again = world.defs.resolve_job_def("empty_pipeline").execute_in_process(
-            instance=world.instance, raise_on_error=False, run_config=QUIET)
+            instance=world.instance, raise_on_error=False, run_config=QUIET
+        )
         assert not again.success
         samples = _samples(_scrape(url, time.monotonic() + 30))
         assert samples['etl_runs_total{job="empty_pipeline",status="FAILURE"}'] == 2

@@ -10,7 +10,6 @@ from decimal import ROUND_HALF_UP, Decimal
 import duckdb
 import pandas as pd
 import pytest
-
 from dagster import instance_for_test
 
 from etl_assets.cli.demo import DAILY_JOB, run_reference
@@ -25,16 +24,19 @@ def _expected_revenue(manifest) -> pd.DataFrame:
     orders = pd.read_parquet(manifest.orders_path)
     with sqlite3.connect(manifest.sqlite_path) as conn:
         customers = pd.read_sql_query("SELECT customer_id, country FROM customers", conn)
-    rates = {r["currency"]: Decimal(str(r["rate_to_usd"])) for r in json.loads(
-        (manifest.landing_dir / "fx_rates" / "fx_rates.json").read_text())}
+    rates = {
+        r["currency"]: Decimal(str(r["rate_to_usd"]))
+        for r in json.loads((manifest.landing_dir / "fx_rates" / "fx_rates.json").read_text())
+    }
     orders = orders[orders["status"] != "cancelled"].merge(customers, on="customer_id", how="left")
     orders["order_date"] = orders["ordered_at"].dt.strftime("%Y-%m-%d")
     orders["usd"] = [
         (Decimal(q) * Decimal(p) * rates[c]).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
         for q, p, c in zip(orders["quantity"], orders["unit_price"], orders["currency"])
     ]
-    grouped = orders.groupby(["order_date", "country"]).agg(orders=("order_id", "count"), units=("quantity", "sum"),
-                                                           revenue=("usd", "sum"))
+    grouped = orders.groupby(["order_date", "country"]).agg(
+        orders=("order_id", "count"), units=("quantity", "sum"), revenue=("usd", "sum")
+    )
     return grouped.reset_index()
 
 
@@ -79,11 +81,14 @@ def data_dir(world):
 def test_warehouse_matches_source_data(shop_data, data_dir):
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     source = pd.read_parquet(shop_data.orders_path)
-    count, id_sum, qty_sum = con.execute(
-        "SELECT count(*), sum(order_id), sum(quantity) FROM shop.orders").fetchall()[0]
+    count, id_sum, qty_sum = con.execute("SELECT count(*), sum(order_id), sum(quantity) FROM shop.orders").fetchall()[0]
     assert (count, id_sum, qty_sum) == (len(source), int(source["order_id"].sum()), int(source["quantity"].sum()))
-    assert con.execute("SELECT count(*) FROM shop.orders_enriched WHERE country IS NULL OR amount_usd IS NULL"
-                       ).fetchall()[0][0] == 0
+    assert (
+        con.execute("SELECT count(*) FROM shop.orders_enriched WHERE country IS NULL OR amount_usd IS NULL").fetchall()[
+            0
+        ][0]
+        == 0
+    )
     with sqlite3.connect(shop_data.sqlite_path) as conn:
         n_customers = conn.execute("SELECT count(*) FROM customers").fetchone()[0]
     assert con.execute("SELECT count(*) FROM shop.customers").fetchall()[0][0] == n_customers == shop_data.customers
@@ -92,7 +97,8 @@ def test_warehouse_matches_source_data(shop_data, data_dir):
 
     actual = con.execute(
         "SELECT strftime(order_date, '%Y-%m-%d') AS order_date, country, orders, units, revenue_usd FROM shop.daily_revenue"
-        " ORDER BY 1, 2").df()
+        " ORDER BY 1, 2"
+    ).df()
     expected = _expected_revenue(shop_data)
     assert list(actual["order_date"]) == list(expected["order_date"])
     assert list(actual["country"]) == list(expected["country"])
@@ -109,8 +115,10 @@ def test_rerunning_a_partition_replaces_it(loaded, shop_data, instance, data_dir
 
     def snapshot():
         with duckdb.connect(str(warehouse), read_only=True) as con:
-            return {t: con.execute(f"SELECT * EXCLUDE (_etl_run_id, _etl_loaded_at) FROM shop.{t} ORDER BY ALL").fetchall()
-                    for t in ("orders", "orders_enriched", "daily_revenue", "inventory")}
+            return {
+                t: con.execute(f"SELECT * EXCLUDE (_etl_run_id, _etl_loaded_at) FROM shop.{t} ORDER BY ALL").fetchall()
+                for t in ("orders", "orders_enriched", "daily_revenue", "inventory")
+            }
 
     before = snapshot()
     partition = shop_data.partition_keys[1]
@@ -119,7 +127,9 @@ def test_rerunning_a_partition_replaces_it(loaded, shop_data, instance, data_dir
         assert result.success
     assert snapshot() == before
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        runs = con.execute("SELECT DISTINCT _etl_run_id FROM shop.orders WHERE _etl_partition = ?", [partition]).fetchall()
+        runs = con.execute(
+            "SELECT DISTINCT _etl_run_id FROM shop.orders WHERE _etl_partition = ?", [partition]
+        ).fetchall()
     assert runs == [(result.run_id,)]
 
 

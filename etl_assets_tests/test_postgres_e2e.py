@@ -22,10 +22,12 @@ def pg_customers(postgres_url, pg_schema, shop_data):
     with sqlite3.connect(shop_data.sqlite_path) as src:
         rows = src.execute("SELECT customer_id, name, email, country, created_at, updated_at FROM customers").fetchall()
     with psycopg.connect(postgres_url) as conn:
-        conn.execute(sql.SQL(
-            "CREATE TABLE {}.customers (customer_id bigint PRIMARY KEY, name text NOT NULL, email text NOT NULL,"
-            " country text NOT NULL, created_at timestamp NOT NULL, updated_at timestamp NOT NULL)"
-        ).format(sql.Identifier(pg_schema)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {}.customers (customer_id bigint PRIMARY KEY, name text NOT NULL, email text NOT NULL,"
+                " country text NOT NULL, created_at timestamp NOT NULL, updated_at timestamp NOT NULL)"
+            ).format(sql.Identifier(pg_schema))
+        )
         with conn.cursor().copy(sql.SQL("COPY {}.customers FROM STDIN").format(sql.Identifier(pg_schema))) as copy:
             for row in rows:
                 copy.write_row(row)
@@ -46,9 +48,17 @@ def test_customers_from_postgres(pg_customers, pg_schema, postgres_url, shop_dat
 
 
 def test_pipeline_with_postgres_target(tmp_path, postgres_url, pg_schema, shop_data, instance, monkeypatch):
-    catalogue = pipeline("catalogue", [column("product_id", "BIGINT", nullable=False), column("sku", nullable=False),
-                                       column("list_price", "DECIMAL(12,2)", nullable=False)],
-                         domain=pg_schema, primary_key=["product_id"], targets=["duckdb", "postgres"])
+    catalogue = pipeline(
+        "catalogue",
+        [
+            column("product_id", "BIGINT", nullable=False),
+            column("sku", nullable=False),
+            column("list_price", "DECIMAL(12,2)", nullable=False),
+        ],
+        domain=pg_schema,
+        primary_key=["product_id"],
+        targets=["duckdb", "postgres"],
+    )
     landing = shop_data.data_dir / "landing" / "catalogue"
     landing.mkdir(parents=True)
     (landing / "products.csv").write_text((shop_data.landing_dir / "products" / "products.csv").read_text())
@@ -58,11 +68,15 @@ def test_pipeline_with_postgres_target(tmp_path, postgres_url, pg_schema, shop_d
         result = defs.resolve_job_def("catalogue_pipeline").execute_in_process(instance=instance)
         assert result.success
     expected = duckdb.execute(
-        "SELECT count(*), sum(CAST(list_price AS DECIMAL(12,2))) FROM read_csv(?, all_varchar = true)", [str(landing / "products.csv")]).fetchall()[0]
+        "SELECT count(*), sum(CAST(list_price AS DECIMAL(12,2))) FROM read_csv(?, all_varchar = true)",
+        [str(landing / "products.csv")],
+    ).fetchall()[0]
     with psycopg.connect(postgres_url) as conn:
-        got = conn.execute(sql.SQL("SELECT count(*), sum(list_price) FROM {}.catalogue").format(
-            sql.Identifier(pg_schema))).fetchone()
+        got = conn.execute(
+            sql.SQL("SELECT count(*), sum(list_price) FROM {}.catalogue").format(sql.Identifier(pg_schema))
+        ).fetchone()
     assert got == (shop_data.products, expected[1]) and expected[0] == shop_data.products
     check = result.get_asset_check_evaluations()
     assert {(c.asset_key.to_user_string(), c.check_name, c.passed) for c in check} >= {
-        ("postgres/catalogue", "matches_lake", True)}
+        ("postgres/catalogue", "matches_lake", True)
+    }

@@ -26,7 +26,7 @@ from etl_assets.resources.targets import LOADED_AT_COLUMN, PARTITION_COLUMN, RUN
 
 pytestmark = [pytest.mark.postgres]
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 KEY = ["shop", "order_items"]
 P1, P2 = "2024-01-01", "2024-01-02"
 
@@ -51,7 +51,11 @@ def _rich_table(first_id: int = 1) -> pa.Table:
     n = len(TEXTS)
     ids = list(range(first_id, first_id + n))
     amounts = [Decimal("1234567890.12"), Decimal("-0.05"), Decimal("0.00"), Decimal("9999999999.99"), None]
-    stamps = [dt.datetime(2024, 1, 1, 0, 0, 0, tzinfo=UTC), dt.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC), None]
+    stamps = [
+        dt.datetime(2024, 1, 1, 0, 0, 0, tzinfo=UTC),
+        dt.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
+        None,
+    ]
     days = [dt.date(2024, 2, 29), dt.date(1999, 12, 31), None]
     flags = [True, False, None]
     return pa.table(
@@ -62,7 +66,9 @@ def _rich_table(first_id: int = 1) -> pa.Table:
             "note": pa.array(TEXTS, pa.string()),
             "ordered_at": pa.array([stamps[i % len(stamps)] for i in range(n)], pa.timestamp("us", tz="UTC")),
             # Stored with another zone: the instant must survive, whatever zone the CSV text carries.
-            "shipped_at": pa.array([stamps[(i + 1) % len(stamps)] for i in range(n)], pa.timestamp("us", tz="Asia/Kolkata")),
+            "shipped_at": pa.array(
+                [stamps[(i + 1) % len(stamps)] for i in range(n)], pa.timestamp("us", tz="Asia/Kolkata")
+            ),
             "ship_date": pa.array([days[i % len(days)] for i in range(n)], pa.date32()),
             "gift": pa.array([flags[i % len(flags)] for i in range(n)], pa.bool_()),
         }
@@ -107,7 +113,9 @@ def _column_types(url: str, schema: str, table: str) -> dict[str, str]:
     return dict(rows)
 
 
-def test_values_round_trip_exactly(lake: LakeStorage, target: PostgresTarget, postgres_url: str, pg_schema: str) -> None:
+def test_values_round_trip_exactly(
+    lake: LakeStorage, target: PostgresTarget, postgres_url: str, pg_schema: str
+) -> None:
     data = _rich_table()
     result = target.replace_partition(pg_schema, "order_items", _partition(lake, P1, data), P1, "run-1")
 
@@ -155,19 +163,31 @@ def test_replacing_one_partition_leaves_the_others_untouched(
 ) -> None:
     target.replace_partition(pg_schema, "order_items", _partition(lake, P1, _rich_table(1)), P1, "run-a")
     target.replace_partition(pg_schema, "order_items", _partition(lake, P2, _rich_table(100)), P2, "run-b")
-    everything = ["item_id", "quantity", "amount", "note", "ordered_at", "ship_date", "gift", RUN_COLUMN, LOADED_AT_COLUMN]
+    everything = [
+        "item_id",
+        "quantity",
+        "amount",
+        "note",
+        "ordered_at",
+        "ship_date",
+        "gift",
+        RUN_COLUMN,
+        LOADED_AT_COLUMN,
+    ]
     p2_before = _rows(postgres_url, pg_schema, "order_items", everything, P2)
 
-    smaller = pa.table({
-        "item_id": pa.array([1, 2], pa.int64()),
-        "quantity": pa.array([5, 6], pa.int64()),
-        "amount": pa.array([Decimal("1.50"), None], pa.decimal128(12, 2)),
-        "note": pa.array(["replaced", ""]),
-        "ordered_at": pa.array([dt.datetime(2024, 1, 1, 8, tzinfo=UTC)] * 2, pa.timestamp("us", tz="UTC")),
-        "shipped_at": pa.array([None, None], pa.timestamp("us", tz="Asia/Kolkata")),
-        "ship_date": pa.array([dt.date(2024, 1, 1)] * 2, pa.date32()),
-        "gift": pa.array([False, True]),
-    })
+    smaller = pa.table(
+        {
+            "item_id": pa.array([1, 2], pa.int64()),
+            "quantity": pa.array([5, 6], pa.int64()),
+            "amount": pa.array([Decimal("1.50"), None], pa.decimal128(12, 2)),
+            "note": pa.array(["replaced", ""]),
+            "ordered_at": pa.array([dt.datetime(2024, 1, 1, 8, tzinfo=UTC)] * 2, pa.timestamp("us", tz="UTC")),
+            "shipped_at": pa.array([None, None], pa.timestamp("us", tz="Asia/Kolkata")),
+            "ship_date": pa.array([dt.date(2024, 1, 1)] * 2, pa.date32()),
+            "gift": pa.array([False, True]),
+        }
+    )
     result = target.replace_partition(pg_schema, "order_items", _partition(lake, P1, smaller), P1, "run-c")
 
     assert (result.rows, result.rows_replaced) == (2, len(TEXTS))
@@ -183,19 +203,23 @@ def test_a_column_new_in_a_later_partition_is_added(
     lake: LakeStorage, target: PostgresTarget, postgres_url: str, pg_schema: str
 ) -> None:
     first = pa.table({"item_id": pa.array([1, 2], pa.int64()), "note": ["a", "b"]})
-    later = pa.table({
-        "item_id": pa.array([3, 4], pa.int64()),
-        "note": ["c", None],
-        "discount": pa.array([Decimal("0.10"), None], pa.decimal128(12, 2)),
-        "coupon": ["WELCOME", ""],
-    })
+    later = pa.table(
+        {
+            "item_id": pa.array([3, 4], pa.int64()),
+            "note": ["c", None],
+            "discount": pa.array([Decimal("0.10"), None], pa.decimal128(12, 2)),
+            "coupon": ["WELCOME", ""],
+        }
+    )
     target.replace_partition(pg_schema, "order_items", _partition(lake, P1, first), P1, "run-1")
     assert "discount" not in _column_types(postgres_url, pg_schema, "order_items")
 
     target.replace_partition(pg_schema, "order_items", _partition(lake, P2, later), P2, "run-2")
     types = _column_types(postgres_url, pg_schema, "order_items")
     assert types["discount"] == "numeric(12,2)" and types["coupon"] == "text"
-    assert _rows(postgres_url, pg_schema, "order_items", ["item_id", "note", "discount", "coupon", PARTITION_COLUMN]) == [
+    assert _rows(
+        postgres_url, pg_schema, "order_items", ["item_id", "note", "discount", "coupon", PARTITION_COLUMN]
+    ) == [
         (1, "a", None, None, P1),
         (2, "b", None, None, P1),
         (3, "c", Decimal("0.10"), "WELCOME", P2),
@@ -214,7 +238,12 @@ def test_a_column_new_in_a_later_partition_is_added(
 def test_mixed_case_identifiers_are_quoted(
     lake: LakeStorage, target: PostgresTarget, postgres_url: str, pg_schema: str
 ) -> None:
-    data = pa.table({"ItemId": pa.array([1, 2], pa.int64()), "unitPrice": pa.array([Decimal("2.50"), Decimal("3.00")], pa.decimal128(12, 2))})
+    data = pa.table(
+        {
+            "ItemId": pa.array([1, 2], pa.int64()),
+            "unitPrice": pa.array([Decimal("2.50"), Decimal("3.00")], pa.decimal128(12, 2)),
+        }
+    )
     source = _partition(lake, P1, data, key=["shop", "OrderItems"])
     target.replace_partition(pg_schema, "OrderItems", source, P1, "run-1")
     target.replace_partition(pg_schema, "OrderItems", source, P1, "run-2")
@@ -239,7 +268,9 @@ def test_failure_mid_load_keeps_the_previous_rows(
     target.replace_partition(pg_schema, "order_items", _partition(lake, P1, good), P1, "run-good")
     target.replace_partition(pg_schema, "order_items", _partition(lake, P2, good.slice(0, 10)), P2, "run-other")
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN note SET NOT NULL").format(sql.Identifier(pg_schema, "order_items")))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN note SET NOT NULL").format(sql.Identifier(pg_schema, "order_items"))
+        )
 
     notes = [f"v2 {i}" for i in range(n)]
     notes[-1] = None
@@ -251,7 +282,9 @@ def test_failure_mid_load_keeps_the_previous_rows(
     with psycopg.connect(postgres_url) as conn:
         per_run = conn.execute(
             sql.SQL("SELECT {p}, {r}, count(*), min(note), max(note) FROM {t} GROUP BY 1, 2 ORDER BY 1").format(
-                p=sql.Identifier(PARTITION_COLUMN), r=sql.Identifier(RUN_COLUMN), t=sql.Identifier(pg_schema, "order_items")
+                p=sql.Identifier(PARTITION_COLUMN),
+                r=sql.Identifier(RUN_COLUMN),
+                t=sql.Identifier(pg_schema, "order_items"),
             )
         ).fetchall()
     assert per_run == [
@@ -275,5 +308,6 @@ def test_a_load_session_hung_inside_its_transaction_is_ended_by_postgres(
     with psycopg.connect(postgres_url) as conn:  # nothing is left holding a lock on the table
         locks = conn.execute(
             "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND pid <> pg_backend_pid()",
-            [sql.Identifier(pg_schema, "order_items").as_string(conn)]).fetchall()[0][0]
+            [sql.Identifier(pg_schema, "order_items").as_string(conn)],
+        ).fetchall()[0][0]
     assert locks == 0

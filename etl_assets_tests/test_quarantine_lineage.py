@@ -11,10 +11,14 @@ from etl_assets_tests.specs import column, definitions_for, files_source, pipeli
 pytestmark = [pytest.mark.slow]
 
 SPEC = pipeline(
-    "readings", [column("reading_id", "BIGINT", nullable=False), column("value", "INTEGER", nullable=False, min=0)],
-    domain="lab", source=files_source(glob="readings_*.csv",
-                                      partition_regex=r"readings_(?P<partition>\d{4}-\d{2}-\d{2})_[ab]\.csv$"),
-    partitions={"type": "daily", "start": "2024-01-01"}, primary_key=["reading_id"], quality={"threshold": 0})
+    "readings",
+    [column("reading_id", "BIGINT", nullable=False), column("value", "INTEGER", nullable=False, min=0)],
+    domain="lab",
+    source=files_source(glob="readings_*.csv", partition_regex=r"readings_(?P<partition>\d{4}-\d{2}-\d{2})_[ab]\.csv$"),
+    partitions={"type": "daily", "start": "2024-01-01"},
+    primary_key=["reading_id"],
+    quality={"threshold": 0},
+)
 
 
 def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instance):
@@ -22,14 +26,18 @@ def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instanc
     landing.mkdir(parents=True)
     # two files for one day; bad rows at known records (1-based, header not counted)
     (landing / "readings_2024-01-01_a.csv").write_text(
-        "reading_id,value\n" + "".join(f"{i},{'x' if i == 7 else i}\n" for i in range(1, 1001)))
+        "reading_id,value\n" + "".join(f"{i},{'x' if i == 7 else i}\n" for i in range(1, 1001))
+    )
     (landing / "readings_2024-01-01_b.csv").write_text(
-        "reading_id,value\n" + "".join(f"{2000 + i},{-1 if i in (1, 500) else i}\n" for i in range(1, 501)))
+        "reading_id,value\n" + "".join(f"{2000 + i},{-1 if i in (1, 500) else i}\n" for i in range(1, 501))
+    )
     job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def("readings_pipeline")
     assert job.execute_in_process(instance=instance, partition_key="2024-01-01").success
-    expected = [("7", "readings_2024-01-01_a.csv", 7, ["type:value"]),
-                ("2001", "readings_2024-01-01_b.csv", 1, ["min:value"]),
-                ("2500", "readings_2024-01-01_b.csv", 500, ["min:value"])]
+    expected = [
+        ("7", "readings_2024-01-01_a.csv", 7, ["type:value"]),
+        ("2001", "readings_2024-01-01_b.csv", 1, ["min:value"]),
+        ("2500", "readings_2024-01-01_b.csv", 500, ["min:value"]),
+    ]
     lake = data_dir / "lake" / "quarantine" / "readings" / "2024-01-01.parquet"
     query = "SELECT reading_id, _etl_source, _etl_record, _etl_reasons FROM {} ORDER BY _etl_source, _etl_record"
     assert duckdb.sql(query.format(f"read_parquet('{lake}')")).fetchall() == expected

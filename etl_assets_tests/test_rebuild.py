@@ -12,9 +12,8 @@ import duckdb
 import pytest
 
 from etl_assets.cli import main as cli
-from etl_assets.definitions import build_definitions
 from etl_assets.cli.demo import run_reference
-
+from etl_assets.definitions import build_definitions
 
 TABLES = ["shop.orders", "shop.orders_enriched", "shop.daily_revenue", "shop.customers", "quarantine.orders"]
 
@@ -25,7 +24,8 @@ def snapshot(data_dir: Path) -> dict[str, list[tuple]]:
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         for table in TABLES:
             out[table] = con.execute(
-                f"SELECT * EXCLUDE (_etl_run_id, _etl_loaded_at) FROM {table} ORDER BY ALL").fetchall()
+                f"SELECT * EXCLUDE (_etl_run_id, _etl_loaded_at) FROM {table} ORDER BY ALL"
+            ).fetchall()
     return out
 
 
@@ -66,5 +66,7 @@ def test_rebuild_from_raw_without_sources(shop_data, api_server, data_dir, insta
 
 def test_rebuild_of_an_unknown_pipeline_names_the_choices(data_dir, capsys):
     assert cli(["rebuild", "daily_revenue"]) == 2
-    assert "daily_revenue is not a source pipeline; rebuild one of: customers, fx_rates, inventory, orders" \
+    assert (
+        "daily_revenue is not a source pipeline; rebuild one of: customers, fx_rates, inventory, orders"
         in capsys.readouterr().err
+    )

@@ -89,13 +89,18 @@ def lake_snapshot(lake: Path) -> dict[str, tuple[int, str]]:
 def warehouse_snapshot(path: Path) -> dict[str, tuple[int, str]]:
     """Every table of the DuckDB warehouse with the digest of its rows."""
     with duckdb.connect(str(path), read_only=True) as con:
-        tables = con.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables ORDER BY 1, 2").fetchall()
+        tables = con.execute("SELECT table_schema, table_name FROM information_schema.tables ORDER BY 1, 2").fetchall()
         snapshot = {}
         for schema, table in tables:
-            columns = [r[0] for r in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
-                " ORDER BY ordinal_position", [schema, table]).fetchall() if r[0] not in RUN_SPECIFIC]
+            columns = [
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
+                    " ORDER BY ordinal_position",
+                    [schema, table],
+                ).fetchall()
+                if r[0] not in RUN_SPECIFIC
+            ]
             select = ", ".join(f'"{c}"' for c in columns)
             snapshot[f"{schema}.{table}"] = digest(con.execute(f'SELECT {select} FROM "{schema}"."{table}"').fetchall())
     return snapshot
@@ -104,11 +109,18 @@ def warehouse_snapshot(path: Path) -> dict[str, tuple[int, str]]:
 def pg_rows(url: str, schema: str, table: str, columns: list[str] | None = None) -> list[tuple]:
     with psycopg.connect(url) as conn:
         if columns is None:
-            columns = [r[0] for r in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
-                " ORDER BY ordinal_position", [schema, table]).fetchall() if r[0] not in RUN_SPECIFIC]
+            columns = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+                    " ORDER BY ordinal_position",
+                    [schema, table],
+                ).fetchall()
+                if r[0] not in RUN_SPECIFIC
+            ]
         query = sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(schema, table))
+            sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(schema, table)
+        )
         return conn.execute(query).fetchall()
 
 
@@ -122,7 +134,8 @@ def source_orders(manifest: DemoManifest, day: str) -> list[tuple]:
     return duckdb.execute(
         "SELECT order_id, status FROM read_parquet(?) WHERE ordered_at >= CAST(? AS TIMESTAMPTZ)"
         " AND ordered_at < CAST(? AS TIMESTAMPTZ) + INTERVAL 1 DAY",
-        [str(manifest.orders_path), f"{day} 00:00:00+00", f"{day} 00:00:00+00"]).fetchall()
+        [str(manifest.orders_path), f"{day} 00:00:00+00", f"{day} 00:00:00+00"],
+    ).fetchall()
 
 
 def raw_order_ids(data_dir: Path, dataset: str, day: str) -> list[int]:
@@ -134,21 +147,42 @@ def step_events(result, step_key: str, kind: DagsterEventType) -> list:
     return [e for e in result.all_events if e.step_key == step_key and e.event_type == kind]
 
 
-def orders_spec(domain: str, style: str = "cursor", page_size: int = 50,
-                targets: tuple[str, ...] = ("duckdb",)) -> dict:
+def orders_spec(
+    domain: str, style: str = "cursor", page_size: int = 50, targets: tuple[str, ...] = ("duckdb",)
+) -> dict:
     """The demo orders as an API pipeline whose cancelled orders break the contract (they go to quarantine)."""
-    source = {"kind": "api", "connection": "rec_api", "default_url": "http://127.0.0.1:9", "endpoint": "/orders",
-              "records_path": "data", "pagination": {"style": style, "page_size": page_size},
-              "window_params": ["ordered_from", "ordered_to"], "timeout_seconds": 10}
-    columns = [column("order_id", "BIGINT", nullable=False), column("customer_id", "BIGINT", nullable=False),
-               column("product_id", "BIGINT", nullable=False), column("quantity", "INTEGER", nullable=False, min=1),
-               column("unit_price", "DECIMAL(12,2)", nullable=False), column("currency", nullable=False),
-               column("status", nullable=False, accepted_values=["placed", "shipped"]),
-               column("ordered_at", "TIMESTAMPTZ", nullable=False), column("updated_at", "TIMESTAMPTZ", nullable=False)]
-    return pipeline("rec_orders", columns, domain=domain, source=source,
-                    partitions={"type": "daily", "start": "2024-01-01", "column": "ordered_at"},
-                    primary_key=["order_id"], quality={"threshold": 0.5}, targets=list(targets),
-                    retry={"max_retries": 2, "delay_seconds": 0})
+    source = {
+        "kind": "api",
+        "connection": "rec_api",
+        "default_url": "http://127.0.0.1:9",
+        "endpoint": "/orders",
+        "records_path": "data",
+        "pagination": {"style": style, "page_size": page_size},
+        "window_params": ["ordered_from", "ordered_to"],
+        "timeout_seconds": 10,
+    }
+    columns = [
+        column("order_id", "BIGINT", nullable=False),
+        column("customer_id", "BIGINT", nullable=False),
+        column("product_id", "BIGINT", nullable=False),
+        column("quantity", "INTEGER", nullable=False, min=1),
+        column("unit_price", "DECIMAL(12,2)", nullable=False),
+        column("currency", nullable=False),
+        column("status", nullable=False, accepted_values=["placed", "shipped"]),
+        column("ordered_at", "TIMESTAMPTZ", nullable=False),
+        column("updated_at", "TIMESTAMPTZ", nullable=False),
+    ]
+    return pipeline(
+        "rec_orders",
+        columns,
+        domain=domain,
+        source=source,
+        partitions={"type": "daily", "start": "2024-01-01", "column": "ordered_at"},
+        primary_key=["order_id"],
+        quality={"threshold": 0.5},
+        targets=list(targets),
+        retry={"max_retries": 2, "delay_seconds": 0},
+    )
 
 
 @pytest.fixture
@@ -180,17 +214,38 @@ def rec_api(shop_data: DemoManifest, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.postgres
 def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_one_run(
-        specs_dir, shop_data, rec_api, instance, data_dir, postgres_url, pg_schema, monkeypatch):
+    specs_dir, shop_data, rec_api, instance, data_dir, postgres_url, pg_schema, monkeypatch
+):
     write_spec(specs_dir, orders_spec(pg_schema, targets=("duckdb", "postgres")))
     (specs_dir / "rec_daily.sql").write_text(
         "SELECT CAST(ordered_at AS DATE) AS order_date, currency, count(*) AS orders,"
-        " CAST(sum(quantity) AS BIGINT) AS units, sum(quantity * unit_price) AS amount FROM rec_orders GROUP BY ALL")
-    write_spec(specs_dir, transform("rec_daily", "rec_daily.sql", ["rec_orders"], domain=pg_schema,
-                                    partitions={"type": "daily", "start": "2024-01-01"}, targets=["duckdb"]))
-    write_spec(specs_dir, pipeline(
-        "rec_catalog", [column("product_id", "BIGINT", nullable=False), column("sku", nullable=False),
-                        column("list_price", "DECIMAL(12,2)", nullable=False, min=0)],
-        domain=pg_schema, source=files_source(glob="products*.csv"), primary_key=["product_id"]))
+        " CAST(sum(quantity) AS BIGINT) AS units, sum(quantity * unit_price) AS amount FROM rec_orders GROUP BY ALL"
+    )
+    write_spec(
+        specs_dir,
+        transform(
+            "rec_daily",
+            "rec_daily.sql",
+            ["rec_orders"],
+            domain=pg_schema,
+            partitions={"type": "daily", "start": "2024-01-01"},
+            targets=["duckdb"],
+        ),
+    )
+    write_spec(
+        specs_dir,
+        pipeline(
+            "rec_catalog",
+            [
+                column("product_id", "BIGINT", nullable=False),
+                column("sku", nullable=False),
+                column("list_price", "DECIMAL(12,2)", nullable=False, min=0),
+            ],
+            domain=pg_schema,
+            source=files_source(glob="products*.csv"),
+            primary_key=["product_id"],
+        ),
+    )
     landing = data_dir / "landing" / "rec_catalog"
     landing.mkdir(parents=True)
     shutil.copy(shop_data.landing_dir / "products" / "products.csv", landing / "products.csv")
@@ -205,15 +260,18 @@ def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_
         ids = {}
         for job, partition in plan:
             result = defs.resolve_job_def(job).execute_in_process(
-                instance=instance, partition_key=partition, run_config=QUIET)
+                instance=instance, partition_key=partition, run_config=QUIET
+            )
             assert result.success
             ids[partition] = result.run_id
         run_ids.append(ids)
-        snapshots.append({
-            "lake": lake_snapshot(data_dir / "lake"),
-            "warehouse": warehouse_snapshot(data_dir / "warehouse.duckdb"),
-            "postgres": digest(pg_rows(postgres_url, pg_schema, "rec_orders")),
-        })
+        snapshots.append(
+            {
+                "lake": lake_snapshot(data_dir / "lake"),
+                "warehouse": warehouse_snapshot(data_dir / "warehouse.duckdb"),
+                "postgres": digest(pg_rows(postgres_url, pg_schema, "rec_orders")),
+            }
+        )
 
     assert snapshots[1] == snapshots[0] and snapshots[2] == snapshots[0]
     # What one run gives: every order of the two days once, cancelled ones in the quarantine, the mart, the catalogue.
@@ -227,18 +285,22 @@ def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_
     assert first["warehouse"][f"{pg_schema}.rec_catalog"][0] == shop_data.products
     assert first["warehouse"][f"{pg_schema}.rec_daily"][0] >= 2
     assert first["postgres"][0] == len(orders) - cancelled
-    assert set(first["lake"]) == {f"{stage}/rec_orders/{day}.parquet" for stage in ("raw", "quarantine") for day in days} \
-        | {f"clean/rec_orders/{day}.view.json" for day in days} \
-        | {f"marts/rec_daily/{day}.parquet" for day in days} \
-        | {f"{stage}/rec_catalog/_all.parquet" for stage in ("raw", "quarantine")} | {"clean/rec_catalog/_all.view.json"}
+    assert set(first["lake"]) == {
+        f"{stage}/rec_orders/{day}.parquet" for stage in ("raw", "quarantine") for day in days
+    } | {f"clean/rec_orders/{day}.view.json" for day in days} | {f"marts/rec_daily/{day}.parquet" for day in days} | {
+        f"{stage}/rec_catalog/_all.parquet" for stage in ("raw", "quarantine")
+    } | {"clean/rec_catalog/_all.view.json"}
     # The rows were replaced by each run, not kept from the first: they carry the last run's id.
     last = run_ids[2]
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
-        loaded = con.execute(f'SELECT DISTINCT _etl_partition, _etl_run_id FROM "{pg_schema}".rec_orders'
-                             " UNION SELECT DISTINCT _etl_partition, _etl_run_id FROM quarantine.rec_orders").fetchall()
+        loaded = con.execute(
+            f'SELECT DISTINCT _etl_partition, _etl_run_id FROM "{pg_schema}".rec_orders'
+            " UNION SELECT DISTINCT _etl_partition, _etl_run_id FROM quarantine.rec_orders"
+        ).fetchall()
     assert sorted(loaded) == sorted((day, last[day]) for day in days)
-    assert sorted(set(pg_rows(postgres_url, pg_schema, "rec_orders", ["_etl_partition", "_etl_run_id"]))) == \
-        sorted((day, last[day]) for day in days)
+    assert sorted(set(pg_rows(postgres_url, pg_schema, "rec_orders", ["_etl_partition", "_etl_run_id"]))) == sorted(
+        (day, last[day]) for day in days
+    )
 
 
 # ---------------------------------------------------------------------------------------------- 4. crash recovery
@@ -268,10 +330,22 @@ def big_spec(name: str, domain: str, targets: list[str], partitioned: bool) -> d
     """A CSV pipeline of ``<name>_*.csv`` files, daily by the date in the file name when ``partitioned``."""
     regex = {"partition_regex": rf"{name}_(?P<partition>\d{{4}}-\d{{2}}-\d{{2}})\.csv$"} if partitioned else {}
     partitions = {"partitions": {"type": "daily", "start": "2024-01-01"}} if partitioned else {}
-    columns = [column("id", "BIGINT", nullable=False), column("amount", "DECIMAL(12,2)", nullable=False),
-               column("label")]
-    return pipeline(name, columns, domain=domain, source=files_source(glob=f"{name}_*.csv", **regex), **partitions,
-                    primary_key=["id"], quality={"threshold": 0.5}, targets=targets, retry={"max_retries": 0})
+    columns = [
+        column("id", "BIGINT", nullable=False),
+        column("amount", "DECIMAL(12,2)", nullable=False),
+        column("label"),
+    ]
+    return pipeline(
+        name,
+        columns,
+        domain=domain,
+        source=files_source(glob=f"{name}_*.csv", **regex),
+        **partitions,
+        primary_key=["id"],
+        quality={"threshold": 0.5},
+        targets=targets,
+        retry={"max_retries": 0},
+    )
 
 
 def write_csv(path: Path, version: int, rows: int, first_id: int = 0) -> None:
@@ -280,7 +354,8 @@ def write_csv(path: Path, version: int, rows: int, first_id: int = 0) -> None:
     duckdb.execute(
         f"COPY (SELECT {first_id} + i AS id, CASE WHEN i % 997 = 0 THEN 'n/a'"
         f" ELSE CAST(round(i * 0.01 + {version}, 2) AS VARCHAR) END AS amount, 'v{version}-' || i AS label"
-        f" FROM range({rows}) t(i)) TO '{path}' (HEADER)")
+        f" FROM range({rows}) t(i)) TO '{path}' (HEADER)"
+    )
 
 
 def csv_rows(path: Path) -> tuple[tuple[int, str], tuple[int, str]]:
@@ -294,7 +369,8 @@ def csv_rows(path: Path) -> tuple[tuple[int, str], tuple[int, str]]:
 def warehouse_partition(con, schema: str, table: str, partition: str) -> tuple[tuple[int, str], tuple[int, str]]:
     """Digests of one partition of a table (id, amount, label) and of its quarantine (ids)."""
     valid = con.execute(
-        f'SELECT id, amount, label FROM "{schema}"."{table}" WHERE _etl_partition = ?', [partition]).fetchall()
+        f'SELECT id, amount, label FROM "{schema}"."{table}" WHERE _etl_partition = ?', [partition]
+    ).fetchall()
     bad = con.execute(f'SELECT id FROM quarantine."{table}" WHERE _etl_partition = ?', [partition]).fetchall()
     return digest(valid), digest(bad)
 
@@ -302,8 +378,14 @@ def warehouse_partition(con, schema: str, table: str, partition: str) -> tuple[t
 def run_until_paused(cmd: list[str], env: dict, until: tuple[str, ...], timeout: float = 120):
     """Start ``cmd`` with the load pause hook on; return it and the pauses it logged once a pause mentions all of
     ``until`` (it is then asleep at that point of the load)."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**env, TEST_PAUSE_IN_LOAD_ENV: str(PAUSE_SECONDS)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**env, TEST_PAUSE_IN_LOAD_ENV: str(PAUSE_SECONDS)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
@@ -346,8 +428,9 @@ def fail_dead_run(instance: DagsterInstance) -> str:
 
 def reexecute_from_failure(env: dict, run_id: str, instance: DagsterInstance):
     """``etl-assets reexecute``, as an operator runs it (bounded: a re-run blocked by a lock fails, not hangs)."""
-    proc = subprocess.run([str(BIN / "etl-assets"), "reexecute", run_id], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=150)
+    proc = subprocess.run(
+        [str(BIN / "etl-assets"), "reexecute", run_id], cwd=REPO, env=env, capture_output=True, text=True, timeout=150
+    )
     assert proc.returncode == 0, f"re-execution failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     (child,) = [r for r in instance.get_runs() if r.parent_run_id == run_id]
     assert child.status == DagsterRunStatus.SUCCESS
@@ -356,7 +439,8 @@ def reexecute_from_failure(env: dict, run_id: str, instance: DagsterInstance):
 
 @pytest.mark.slow
 def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_completes(
-        crash_env, crash_instance, specs_dir, data_dir):
+    crash_env, crash_instance, specs_dir, data_dir
+):
     """A range run replaces two partitions (main table and quarantine together, one transaction each); killed in
     the second transaction."""
     write_spec(specs_dir, big_spec("rec_big", "rec", ["duckdb"], partitioned=True))
@@ -376,13 +460,25 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
     for index, (day, rows) in enumerate(zip(BIG_DAYS, (30_000, 130_000))):
         write_csv(files[day], 2, rows, first_id=index * 10_000_000)
     new = {day: csv_rows(files[day]) for day in BIG_DAYS}
-    cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets.definitions", "-j", job, "--tags", json.dumps(tags)]
+    cmd = [
+        str(BIN / "dagster"),
+        "job",
+        "execute",
+        "-m",
+        "etl_assets.definitions",
+        "-j",
+        job,
+        "--tags",
+        json.dumps(tags),
+    ]
     both = "rec.rec_big, quarantine.rec_big"
     proc, pauses = run_until_paused(cmd, crash_env, until=(f"{both} partition {BIG_DAYS[1]}", "before COMMIT"))
     sigkill(proc)
     assert [p.split(" written")[0] + (" commit" if "after" in p else "") for p in pauses] == [
-        f"{both} partition {BIG_DAYS[0]}", f"{both} partition {BIG_DAYS[0]} commit",
-        f"{both} partition {BIG_DAYS[1]}"]  # killed inside this transaction
+        f"{both} partition {BIG_DAYS[0]}",
+        f"{both} partition {BIG_DAYS[0]} commit",
+        f"{both} partition {BIG_DAYS[1]}",
+    ]  # killed inside this transaction
     warehouse = data_dir / "warehouse.duckdb"
     wal = warehouse.with_name(warehouse.name + ".wal")
     wal_after_kill = wal.exists()
@@ -391,15 +487,17 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
     (run,) = instance.get_runs()[:1]
     run_id = run.run_id
     assert run.status == DagsterRunStatus.STARTED  # a killed run never reports its own end
-    assert [(s.run_id, s.step_key) for s in claimed] == [(run_id, "warehouse__rec_big")], \
+    assert [(s.run_id, s.step_key) for s in claimed] == [(run_id, "warehouse__rec_big")], (
         "the killed load holds the warehouse pool slot; `etl-assets reexecute` must free it or it waits forever"
+    )
 
     # Opened read-write, as the next load does: what was committed is there, the open transaction is gone.
     with duckdb.connect(str(warehouse)) as con:
         assert warehouse_partition(con, "rec", "rec_big", BIG_DAYS[0]) == new[BIG_DAYS[0]]  # committed before the kill
         assert warehouse_partition(con, "rec", "rec_big", BIG_DAYS[1]) == old[BIG_DAYS[1]]  # all old (both tables)
-        assert con.execute("SELECT DISTINCT _etl_partition FROM rec.rec_big ORDER BY 1").fetchall() == \
-            [(d,) for d in BIG_DAYS]
+        assert con.execute("SELECT DISTINCT _etl_partition FROM rec.rec_big ORDER BY 1").fetchall() == [
+            (d,) for d in BIG_DAYS
+        ]
     assert not wal.exists(), f"the WAL (present after the kill: {wal_after_kill}) was not checkpointed"
 
     child = reexecute_from_failure(crash_env, run_id, instance)  # marks the dead run failed and frees its slot
@@ -410,13 +508,15 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
     with duckdb.connect(str(warehouse), read_only=True) as con:
         for day in BIG_DAYS:
             assert warehouse_partition(con, "rec", "rec_big", day) == new[day]
-        assert con.execute("SELECT count(*), count(DISTINCT id) FROM rec.rec_big").fetchall() == \
-            [(sum(new[d][0][0] for d in BIG_DAYS),) * 2]
+        assert con.execute("SELECT count(*), count(DISTINCT id) FROM rec.rec_big").fetchall() == [
+            (sum(new[d][0][0] for d in BIG_DAYS),) * 2
+        ]
 
 
 @pytest.mark.slow
 def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
-        crash_env, crash_instance, specs_dir, data_dir):
+    crash_env, crash_instance, specs_dir, data_dir
+):
     """Killed between a load's COMMIT and the checkpoint that closing the connection does: the WAL holds the commit."""
     write_spec(specs_dir, big_spec("rec_wal", "rec", ["duckdb"], partitioned=False))
     source = data_dir / "landing" / "rec_wal" / "rec_wal_all.csv"
@@ -428,8 +528,11 @@ def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
     write_csv(source, 2, 8_000)
     new = csv_rows(source)
 
-    proc, _ = run_until_paused([str(BIN / "dagster"), "job", "execute", "-m", "etl_assets.definitions", "-j", job], crash_env,
-                               until=("rec.rec_wal, quarantine.rec_wal partition _all", "after COMMIT"))
+    proc, _ = run_until_paused(
+        [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets.definitions", "-j", job],
+        crash_env,
+        until=("rec.rec_wal, quarantine.rec_wal partition _all", "after COMMIT"),
+    )
     sigkill(proc)
     warehouse = data_dir / "warehouse.duckdb"
     wal = warehouse.with_name(warehouse.name + ".wal")
@@ -450,7 +553,9 @@ def backends_on(url: str, schema: str, table: str) -> list[tuple]:
     with psycopg.connect(url) as conn:
         return conn.execute(
             "SELECT a.pid, a.state, l.mode FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.relation = to_regclass(%s) AND a.pid <> pg_backend_pid()", [f'"{schema}"."{table}"']).fetchall()
+            " WHERE l.relation = to_regclass(%s) AND a.pid <> pg_backend_pid()",
+            [f'"{schema}"."{table}"'],
+        ).fetchall()
 
 
 def pg_content(url: str, schema: str, table: str) -> tuple[int, str]:
@@ -465,7 +570,8 @@ def schema_backends(url: str, schema: str) -> list[tuple]:
             " WHERE a.pid <> pg_backend_pid() AND ((l.locktype = 'object' AND l.classid = 'pg_namespace'::regclass"
             " AND l.objid = to_regnamespace(%s)::oid)"
             " OR l.relation IN (SELECT oid FROM pg_class WHERE relnamespace = to_regnamespace(%s)::oid))",
-            [schema, schema]).fetchall()
+            [schema, schema],
+        ).fetchall()
 
 
 def wait_until_released(url: str, schema: str, pid: int) -> None:
@@ -480,7 +586,8 @@ def wait_until_released(url: str, schema: str, pid: int) -> None:
 
 @pytest.mark.postgres
 def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blocks_the_rerun(
-        crash_env, crash_instance, specs_dir, data_dir, postgres_url, pg_schema):
+    crash_env, crash_instance, specs_dir, data_dir, postgres_url, pg_schema
+):
     """Killed twice: in the first load (the table is created in the transaction) and in a reload."""
     write_spec(specs_dir, big_spec("rec_pgload", pg_schema, ["postgres"], partitioned=False))
     env = {**crash_env, "ETL_POSTGRES_URL": postgres_url}
@@ -521,8 +628,9 @@ def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blo
     reexecute_from_failure(env, fail_dead_run(instance), instance)
     assert pg_content(postgres_url, pg_schema, "rec_pgload") == new
     with psycopg.connect(postgres_url) as conn:
-        partitions = conn.execute(sql.SQL("SELECT DISTINCT _etl_partition FROM {}").format(
-            sql.Identifier(pg_schema, "rec_pgload"))).fetchall()
+        partitions = conn.execute(
+            sql.SQL("SELECT DISTINCT _etl_partition FROM {}").format(sql.Identifier(pg_schema, "rec_pgload"))
+        ).fetchall()
     assert partitions == [("_all",)]
 
 
@@ -549,26 +657,33 @@ def test_demo_api_fails_page_k_n_times_in_both_pagination_styles(shop_data):
             if not response.json()["next_cursor"]:
                 break
             params["cursor"], page = response.json()["next_cursor"], page + 1
-        by_number = [(n, client.get("/orders", params={**day, "page": n, "page_size": 50}).status_code)
-                     for n in (1, 2, 3, 3, 3, 4)]
+        by_number = [
+            (n, client.get("/orders", params={**day, "page": n, "page_size": 50}).status_code)
+            for n in (1, 2, 3, 3, 3, 4)
+        ]
         assert api.faults_injected == {"503": 4}
     assert statuses[:5] == [(1, 200), (2, 200), (3, 503), (3, 503), (3, 200)]
     assert {s for _, s in statuses[5:]} == {200} and page > 3
     assert by_number == [(1, 200), (2, 200), (3, 503), (3, 503), (3, 200), (4, 200)]
     with pytest.raises(ValueError, match="fail_page_kind"):
         FaultConfig(fail_page=1, fail_page_kind="418")
-    assert FaultConfig.parse("fail_page=3,fail_page_times=6,fail_page_kind=truncated") == \
-        FaultConfig(fail_page=3, fail_page_times=6, fail_page_kind="truncated")
+    assert FaultConfig.parse("fail_page=3,fail_page_times=6,fail_page_kind=truncated") == FaultConfig(
+        fail_page=3, fail_page_times=6, fail_page_kind="truncated"
+    )
 
 
 @pytest.mark.slow
 def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_place(
-        specs_dir, shop_data, rec_api, instance, data_dir):
+    specs_dir, shop_data, rec_api, instance, data_dir
+):
     write_spec(specs_dir, orders_spec("rec", style="page"))
     api = rec_api(FaultConfig(fail_page=3, fail_page_times=REQUEST_ATTEMPTS - 1, fail_page_kind="truncated"))
     day = shop_data.partition_keys[0]
-    result = build_definitions().resolve_job_def("rec_orders_pipeline").execute_in_process(
-        instance=instance, partition_key=day, run_config=QUIET)
+    result = (
+        build_definitions()
+        .resolve_job_def("rec_orders_pipeline")
+        .execute_in_process(instance=instance, partition_key=day, run_config=QUIET)
+    )
     assert result.success
     assert retry_errors(result, "raw__rec_orders") == []  # no step retry was needed
     orders = source_orders(shop_data, day)
@@ -579,19 +694,25 @@ def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_pl
     assert raw["request_retries"].value == REQUEST_ATTEMPTS - 1 and raw["pages"].value == pages
     assert sorted(raw_order_ids(data_dir, "rec_orders", day)) == sorted(o for o, _ in orders)
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*), count(DISTINCT order_id) FROM rec.rec_orders").fetchall() == \
-            [(sum(1 for _, s in orders if s != "cancelled"),) * 2]
+        assert con.execute("SELECT count(*), count(DISTINCT order_id) FROM rec.rec_orders").fetchall() == [
+            (sum(1 for _, s in orders if s != "cancelled"),) * 2
+        ]
 
 
 @pytest.mark.slow
 def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition_once(
-        specs_dir, shop_data, rec_api, instance, data_dir):
+    specs_dir, shop_data, rec_api, instance, data_dir
+):
     write_spec(specs_dir, orders_spec("rec", style="cursor"))
-    api = rec_api(FaultConfig(fail_page=3, fail_page_times=REQUEST_ATTEMPTS, fail_page_kind="503",
-                              retry_after_seconds=0))
+    api = rec_api(
+        FaultConfig(fail_page=3, fail_page_times=REQUEST_ATTEMPTS, fail_page_kind="503", retry_after_seconds=0)
+    )
     day = shop_data.partition_keys[1]
-    result = build_definitions().resolve_job_def("rec_orders_pipeline").execute_in_process(
-        instance=instance, partition_key=day, run_config=QUIET)
+    result = (
+        build_definitions()
+        .resolve_job_def("rec_orders_pipeline")
+        .execute_in_process(instance=instance, partition_key=day, run_config=QUIET)
+    )
     assert result.success
     (error,) = retry_errors(result, "raw__rec_orders")
     assert "TransientSourceError" in error and f"failed {REQUEST_ATTEMPTS} times, last with http_503" in error
@@ -614,18 +735,33 @@ PG_SOURCE_ROWS = 300_000
 
 @pytest.mark.postgres
 def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly(
-        specs_dir, data_dir, instance, postgres_url, pg_schema, monkeypatch):
+    specs_dir, data_dir, instance, postgres_url, pg_schema, monkeypatch
+):
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         # ~90 MB, so the ADBC stream spans several record batches (its batch size hint is 16 MB).
-        conn.execute(sql.SQL(
-            "CREATE TABLE {} AS SELECT g::bigint AS id, 'event ' || g AS label, repeat(md5(g::text), 8) AS pad"
-            " FROM generate_series(1, %s) AS g").format(sql.Identifier(pg_schema, "events")), [PG_SOURCE_ROWS])
-    write_spec(specs_dir, pipeline(
-        "rec_pgsrc", [column("id", "BIGINT", nullable=False), column("label", nullable=False),
-                      column("pad", nullable=False)],
-        domain="rec", source={"kind": "sql", "connection": "rec_pg", "default_url": "postgresql://127.0.0.1:9/none",
-                              "table": f"{pg_schema}.events"},
-        primary_key=["id"], retry={"max_retries": 2, "delay_seconds": 0}))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} AS SELECT g::bigint AS id, 'event ' || g AS label, repeat(md5(g::text), 8) AS pad"
+                " FROM generate_series(1, %s) AS g"
+            ).format(sql.Identifier(pg_schema, "events")),
+            [PG_SOURCE_ROWS],
+        )
+    write_spec(
+        specs_dir,
+        pipeline(
+            "rec_pgsrc",
+            [column("id", "BIGINT", nullable=False), column("label", nullable=False), column("pad", nullable=False)],
+            domain="rec",
+            source={
+                "kind": "sql",
+                "connection": "rec_pg",
+                "default_url": "postgresql://127.0.0.1:9/none",
+                "table": f"{pg_schema}.events",
+            },
+            primary_key=["id"],
+            retry={"max_retries": 2, "delay_seconds": 0},
+        ),
+    )
     app = "etl_rec_" + uuid.uuid4().hex[:10]
     monkeypatch.setenv("REC_PG_URL", f"{postgres_url}{'&' if '?' in postgres_url else '?'}application_name={app}")
     raw_dir = data_dir / "lake" / "raw" / "rec_pgsrc"
@@ -638,17 +774,23 @@ def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly
             partial = [p for p in raw_dir.glob(".*.tmp") if p.stat().st_size > 4] if raw_dir.is_dir() else []
             if partial:
                 with psycopg.connect(postgres_url, autocommit=True) as admin:
-                    terminated.extend(r[0] for r in admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                        [app]).fetchall())
+                    terminated.extend(
+                        r[0]
+                        for r in admin.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", [app]
+                        ).fetchall()
+                    )
                 return
             time.sleep(0.005)
 
     killer = threading.Thread(target=terminate_once_batches_arrive, daemon=True)
     killer.start()
     try:
-        result = build_definitions().resolve_job_def("rec_pgsrc_pipeline").execute_in_process(
-            instance=instance, run_config=QUIET, raise_on_error=False)
+        result = (
+            build_definitions()
+            .resolve_job_def("rec_pgsrc_pipeline")
+            .execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
+        )
     finally:
         stop.set()
         killer.join(timeout=10)
@@ -657,8 +799,12 @@ def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly
     (error,) = retry_errors(result, "raw__rec_pgsrc")
     assert "TransientSourceError" in error and "mid-extract" in error
     expected = [(PG_SOURCE_ROWS, PG_SOURCE_ROWS, PG_SOURCE_ROWS * (PG_SOURCE_ROWS + 1) // 2)]
-    assert duckdb.execute("SELECT count(*), count(DISTINCT id), sum(id) FROM read_parquet(?)",
-                          [str(raw_dir / "_all.parquet")]).fetchall() == expected
+    assert (
+        duckdb.execute(
+            "SELECT count(*), count(DISTINCT id), sum(id) FROM read_parquet(?)", [str(raw_dir / "_all.parquet")]
+        ).fetchall()
+        == expected
+    )
     assert [p.name for p in raw_dir.iterdir()] == ["_all.parquet"]
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*), count(DISTINCT id), sum(id) FROM rec.rec_pgsrc").fetchall() == expected

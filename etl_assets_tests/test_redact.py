@@ -50,7 +50,8 @@ class Lab:
 
     def materialize(self, job: str):
         return self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, raise_on_error=False, run_config=QUIET)
+            instance=self.instance, raise_on_error=False, run_config=QUIET
+        )
 
     def alert_failed_runs(self) -> None:
         """Tick the run-failure sensor (records ops.errors, sends alerts) until it has nothing left."""
@@ -58,8 +59,9 @@ class Lab:
         resources = {"alerting": self.defs.resources["alerting"], "warehouse": self.defs.resources["warehouse"]}
         cursor = self.run_cursor
         for _ in range(10):
-            result = sensor.evaluate_tick(build_sensor_context(
-                instance=self.instance, cursor=cursor, resources=resources, definitions=self.defs))
+            result = sensor.evaluate_tick(
+                build_sensor_context(instance=self.instance, cursor=cursor, resources=resources, definitions=self.defs)
+            )
             if result.cursor == cursor:
                 break
             cursor = result.cursor
@@ -76,8 +78,9 @@ class Lab:
         out["alerts file"] = alerts.read_text() if alerts.exists() else ""
         out["webhook"] = "\n".join(r["body"].decode() for r in self.webhook.requests)
         with duckdb.connect(str(self.data / "warehouse.duckdb"), read_only=True) as con:
-            if con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'ops' AND table_name = 'errors'"
-                           ).fetchall()[0][0]:
+            if con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'ops' AND table_name = 'errors'"
+            ).fetchall()[0][0]:
                 out["ops.errors"] = json.dumps(con.execute("SELECT * FROM ops.errors").fetchall(), default=str)
         for root in (self.home, self.data):
             for path in root.rglob("*"):
@@ -102,7 +105,7 @@ def assert_nowhere(stored: dict[str, str], secrets: list[str]) -> None:
             if found:
                 text = stored[found[0]]
                 at = text.index(spelled)
-                pytest.fail(f"{spelled!r} stored in {found[:5]}; first: ...{text[max(0, at - 200):at + 60]!r}...")
+                pytest.fail(f"{spelled!r} stored in {found[:5]}; first: ...{text[max(0, at - 200) : at + 60]!r}...")
 
 
 @pytest.fixture
@@ -138,8 +141,9 @@ class EchoApi:
             def do_GET(self):
                 auth = self.headers.get("Authorization", "")
                 api.requests.append({"path": self.path, "authorization": auth})
-                body = json.dumps({"error": "token rejected", "you_sent": auth,
-                                   "token": auth.removeprefix("Bearer ")}).encode()
+                body = json.dumps(
+                    {"error": "token rejected", "you_sent": auth, "token": auth.removeprefix("Bearer ")}
+                ).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -181,9 +185,18 @@ def lab_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         stack.append(lambda *exc: context.__exit__(None, None, None))
         defs = definitions_for(spec_dir, *specs)
         lab = Lab(instance, defs, home, data, webhook, "")
-        lab.run_cursor = defs.resolve_sensor_def("alert_on_run_failure").evaluate_tick(build_sensor_context(
-            instance=instance, cursor=None, definitions=defs,
-            resources={"alerting": defs.resources["alerting"], "warehouse": defs.resources["warehouse"]})).cursor
+        lab.run_cursor = (
+            defs.resolve_sensor_def("alert_on_run_failure")
+            .evaluate_tick(
+                build_sensor_context(
+                    instance=instance,
+                    cursor=None,
+                    definitions=defs,
+                    resources={"alerting": defs.resources["alerting"], "warehouse": defs.resources["warehouse"]},
+                )
+            )
+            .cursor
+        )
         return lab
 
     yield make
@@ -193,9 +206,14 @@ def lab_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def _vault_spec(table: str) -> list[dict]:
     """Two pipelines on the connection ``vault_db``: one reading ``table``, one a table that does not exist."""
+
     def vault(name: str, table: str, columns: list[dict]) -> dict:
-        source = {"kind": "sql", "connection": "vault_db", "default_url": "sqlite:///{data_dir}/none.sqlite",
-                  "table": table}
+        source = {
+            "kind": "sql",
+            "connection": "vault_db",
+            "default_url": "sqlite:///{data_dir}/none.sqlite",
+            "table": table,
+        }
         return pipeline(name, columns, source=source, retry={"max_retries": 0})
 
     key = column("id", "BIGINT", nullable=False)
@@ -204,8 +222,12 @@ def _vault_spec(table: str) -> list[dict]:
 
 def _api_spec(name: str, connection: str, url: str, **source) -> dict:
     """A pipeline reading ``/records`` from the API ``connection`` (default URL ``url``), never retried."""
-    return pipeline(name, [column("id", "BIGINT", nullable=False)], retry={"max_retries": 0}, source={
-        "kind": "api", "connection": connection, "default_url": url, "endpoint": "/records", **source})
+    return pipeline(
+        name,
+        [column("id", "BIGINT", nullable=False)],
+        retry={"max_retries": 0},
+        source={"kind": "api", "connection": connection, "default_url": url, "endpoint": "/records", **source},
+    )
 
 
 @pytest.mark.postgres
@@ -220,8 +242,11 @@ def test_a_postgres_password_is_stored_nowhere(lab_factory, pg_role, pg_schema, 
     assert loaded.success
     failures = {
         # a refused connection (wrong port), the password plain in the URL
-        "refused": (f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:1/test", "vault_pipeline",
-                    "connection refused"),
+        "refused": (
+            f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:1/test",
+            "vault_pipeline",
+            "connection refused",
+        ),
         # the issue's URL: a space and a '#' unencoded; libpq would quote "pa ss#..." back
         "spaces": (f"postgresql://{role}:pa ss#{base}@127.0.0.1:5432/test", "vault_pipeline", "percent-encode"),
         # a '/' unencoded: libpq takes the first half for a port and quotes it back
@@ -241,7 +266,7 @@ def test_a_postgres_password_is_stored_nowhere(lab_factory, pg_role, pg_schema, 
 
     with duckdb.connect(str(lab.data / "warehouse.duckdb"), read_only=True) as con:
         rows = dict(con.execute("SELECT run_id, message FROM ops.errors").fetchall())
-        assert con.execute("SELECT count(*) FROM \"default\".vault").fetchall() == [(3,)]
+        assert con.execute('SELECT count(*) FROM "default".vault').fetchall() == [(3,)]
     for name, (_, _, words) in failures.items():
         assert words in rows[runs[name].run_id], (name, rows[runs[name].run_id])
     alerts = [json.loads(line) for line in (lab.data / "alerts" / "alerts.jsonl").read_text().splitlines()]
@@ -258,10 +283,11 @@ def test_a_bearer_token_echoed_by_the_api_is_stored_nowhere(lab_factory, capfd):
     token = f"tok-{uuid.uuid4().hex}"
     refusing, failing = EchoApi(401), EchoApi(503)
     try:
-        specs = [_api_spec("echoed", "shop_api", refusing.url, auth="bearer"),
-                 _api_spec("flaky_echo", "flaky_echo_api", failing.url, auth="bearer")]
-        lab = lab_factory(specs, {"SHOP_API_TOKEN": token, "SHOP_API_URL": refusing.url,
-                                  "FLAKY_ECHO_API_TOKEN": token})
+        specs = [
+            _api_spec("echoed", "shop_api", refusing.url, auth="bearer"),
+            _api_spec("flaky_echo", "flaky_echo_api", failing.url, auth="bearer"),
+        ]
+        lab = lab_factory(specs, {"SHOP_API_TOKEN": token, "SHOP_API_URL": refusing.url, "FLAKY_ECHO_API_TOKEN": token})
         refused = lab.materialize("echoed_pipeline")
         flaky = lab.materialize("flaky_echo_pipeline")
         assert not refused.success and not flaky.success
@@ -287,8 +313,11 @@ def test_api_url_credentials_are_not_stored_as_metadata(lab_factory):
     api = Recorder(body={"data": [{"id": 1}, {"id": 2}]}).__enter__()
     try:
         host = api.url.removeprefix("http://")
-        specs = [_api_spec("plain_api", "plain_api", "http://127.0.0.1:1", records_path="data",
-                           pagination={"style": "cursor"})]
+        specs = [
+            _api_spec(
+                "plain_api", "plain_api", "http://127.0.0.1:1", records_path="data", pagination={"style": "cursor"}
+            )
+        ]
         lab = lab_factory(specs, {"PLAIN_API_URL": f"http://etl:{user_password}@{host}"})
         result = lab.materialize("plain_api_pipeline")
     finally:
@@ -301,30 +330,36 @@ def test_api_url_credentials_are_not_stored_as_metadata(lab_factory):
 # ---------------------------------------------------------------------------------------------- units
 
 
-@pytest.mark.parametrize("url, needs", [
-    ("postgresql://u:pa ss#word@host/db", True),
-    ("postgresql://u:pa/ss@host/db", True),
-    ("postgresql://u:p@ss@host/db", True),
-    ("postgresql://u:pa?ss@host/db", True),
-    ("postgresql://u:p%zzss@host/db", True),
-    ("postgresql://u:p%40ss@host:5432/db", False),
-    ("postgresql://u:p:ss@host/db", False),  # ':' in a password is read the same by every parser
-    ("postgresql://postgres@127.0.0.1:5432/test", False),
-    ("postgresql://host:5432/db?application_name=a@b", False),
-    ("sqlite:////tmp/a@b.db", False),
-    ("http://user:pass@host/x", False),
-])
+@pytest.mark.parametrize(
+    "url, needs",
+    [
+        ("postgresql://u:pa ss#word@host/db", True),
+        ("postgresql://u:pa/ss@host/db", True),
+        ("postgresql://u:p@ss@host/db", True),
+        ("postgresql://u:pa?ss@host/db", True),
+        ("postgresql://u:p%zzss@host/db", True),
+        ("postgresql://u:p%40ss@host:5432/db", False),
+        ("postgresql://u:p:ss@host/db", False),  # ':' in a password is read the same by every parser
+        ("postgresql://postgres@127.0.0.1:5432/test", False),
+        ("postgresql://host:5432/db?application_name=a@b", False),
+        ("sqlite:////tmp/a@b.db", False),
+        ("http://user:pass@host/x", False),
+    ],
+)
 def test_userinfo_needing_percent_encoding_is_found(url, needs):
     assert userinfo_needs_encoding(url) is needs
 
 
-@pytest.mark.parametrize("text, secret", [
-    ("postgresql://u:pa/ss@host/db failed", "pa/ss"),
-    ("postgresql://u:p@ss@host/db failed", "p@ss"),
-    ("see 'postgresql://u:hunter22@h/db' now", "hunter22"),
-    ("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"),
-    ("password=hunter22&user=u", "hunter22"),
-])
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("postgresql://u:pa/ss@host/db failed", "pa/ss"),
+        ("postgresql://u:p@ss@host/db failed", "p@ss"),
+        ("see 'postgresql://u:hunter22@h/db' now", "hunter22"),
+        ("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"),
+        ("password=hunter22&user=u", "hunter22"),
+    ],
+)
 def test_redact_masks_userinfo_passwords_holding_url_delimiters(text, secret):
     assert secret not in redact(text)
 
@@ -365,9 +400,16 @@ def test_postgres_target_errors_never_quote_the_password(pg_role):
     cases = [
         (f"postgresql://{role}:{a}/{b}@127.0.0.1:5432/test", PermanentSourceError, "percent-encode"),
         (f"postgresql://{role}:{a} {b}@127.0.0.1:5432/test", PermanentSourceError, "percent-encode"),
-        (f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:1/test", TransientSourceError, "connection refused"),
-        (f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:5432/no_such_db_{role}", PermanentSourceError,
-         "the database does not exist"),
+        (
+            f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:1/test",
+            TransientSourceError,
+            "connection refused",
+        ),
+        (
+            f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:5432/no_such_db_{role}",
+            PermanentSourceError,
+            "the database does not exist",
+        ),
     ]
     for url, error, words in cases:
         with pytest.raises(error) as raised:

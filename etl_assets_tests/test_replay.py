@@ -15,18 +15,23 @@ pytestmark = [pytest.mark.slow]
 
 def visits(accepted: list[str]) -> dict:
     """Daily visits whose ``kind`` must be one of ``accepted``; other rows are quarantined."""
-    return pipeline("visits", [column("visit_id", "BIGINT", nullable=False),
-                               column("kind", nullable=False, accepted_values=accepted)],
-                    domain="web", source=files_source(glob="visits_*.csv"),
-                    partitions={"type": "daily", "start": "2024-01-01"}, primary_key=["visit_id"],
-                    quality={"threshold": 0})
+    return pipeline(
+        "visits",
+        [column("visit_id", "BIGINT", nullable=False), column("kind", nullable=False, accepted_values=accepted)],
+        domain="web",
+        source=files_source(glob="visits_*.csv"),
+        partitions={"type": "daily", "start": "2024-01-01"},
+        primary_key=["visit_id"],
+        quality={"threshold": 0},
+    )
 
 
 def tables(data_dir):
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         valid = con.execute("SELECT visit_id, kind, _etl_partition FROM web.visits ORDER BY 1").fetchall()
         quarantined = con.execute(
-            "SELECT visit_id, kind, _etl_reasons, _etl_partition FROM quarantine.visits ORDER BY 1").fetchall()
+            "SELECT visit_id, kind, _etl_reasons, _etl_partition FROM quarantine.visits ORDER BY 1"
+        ).fetchall()
     return valid, quarantined
 
 
@@ -43,8 +48,10 @@ def test_replay_loads_fixed_rows_exactly_once(tmp_path, data_dir, instance, monk
         assert job.execute_in_process(instance=instance, partition_key=day).success
     valid, quarantined = tables(data_dir)
     assert [v[0] for v in valid] == [1, 3, 5]
-    assert quarantined == [("2", "refund", ["accepted_values:kind"], "2024-01-01"),
-                           ("4", "refund", ["accepted_values:kind"], "2024-01-02")]
+    assert quarantined == [
+        ("2", "refund", ["accepted_values:kind"], "2024-01-01"),
+        ("4", "refund", ["accepted_values:kind"], "2024-01-02"),
+    ]
 
     # the contract is fixed; the source files are gone (archived) — replay works from the raw lake alone
     write_spec(specs, visits(["view", "buy", "refund"]))
@@ -53,10 +60,13 @@ def test_replay_loads_fixed_rows_exactly_once(tmp_path, data_dir, instance, monk
     for _ in range(2):
         assert cli(["replay", "visits", "--from", "2024-01-01", "--to", "2024-01-02"]) == 0
         valid, quarantined = tables(data_dir)
-        assert valid == [(1, "view", "2024-01-01"), (2, "refund", "2024-01-01"), (3, "buy", "2024-01-02"),
-                         (4, "refund", "2024-01-02"), (5, "view", "2024-01-02")]
+        assert valid == [
+            (1, "view", "2024-01-01"),
+            (2, "refund", "2024-01-01"),
+            (3, "buy", "2024-01-02"),
+            (4, "refund", "2024-01-02"),
+            (5, "view", "2024-01-02"),
+        ]
         assert quarantined == []
     out = capsys.readouterr().out
     assert "visits[2024-01-01] ok: 2 valid, 0 still quarantined" in out
-
-

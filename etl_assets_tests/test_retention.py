@@ -16,10 +16,14 @@ from etl_assets.recovery.retention import expire_raw_inputs
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets_tests.specs import column, definitions_for, files_source, load_spec, pipeline, shop_specs, write_spec
 
-
-RETAINED = pipeline("clicks", [column("click_id", "BIGINT", nullable=False)], domain="web",
-                    source=files_source(glob="clicks_*.csv"), partitions={"type": "daily", "start": "2024-01-01"},
-                    retention={"raw_days": 2, "archive_days": 10})
+RETAINED = pipeline(
+    "clicks",
+    [column("click_id", "BIGINT", nullable=False)],
+    domain="web",
+    source=files_source(glob="clicks_*.csv"),
+    partitions={"type": "daily", "start": "2024-01-01"},
+    retention={"raw_days": 2, "archive_days": 10},
+)
 
 
 def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir):
@@ -31,7 +35,7 @@ def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir):
         lake.write(["raw", "orders"], day, duckdb.sql("SELECT 1 AS order_id"))  # no retention in its spec
     archive = data_dir / "archive" / "clicks"
     archive.mkdir(parents=True)
-    now = dt.datetime(2024, 1, 5, 12, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2024, 1, 5, 12, tzinfo=dt.UTC)
     for age_days, name in ((30, "clicks_old.csv"), (3, "clicks_recent.csv")):
         path = archive / name
         path.write_text("click_id\n1\n")
@@ -42,7 +46,9 @@ def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir):
     removed = expire_raw_inputs(specs_loaded, lake, landing, now)
     assert sorted((r.pipeline, r.kind, r.name) for r in removed) == [
         ("clicks", "archived_file", "clicks_old.csv"),
-        ("clicks", "raw_partition", "2024-01-01"), ("clicks", "raw_partition", "2024-01-02")]
+        ("clicks", "raw_partition", "2024-01-01"),
+        ("clicks", "raw_partition", "2024-01-02"),
+    ]
     assert lake.partitions(["raw", "clicks"]) == days[2:]
     assert lake.partitions(["clean", "clicks"]) == days  # clean data and targets are never touched
     assert lake.partitions(["raw", "orders"]) == days
@@ -54,17 +60,23 @@ def test_retention_job_runs_in_dagster(tmp_path, data_dir, instance):
     old = (dt.date.today() - dt.timedelta(days=30)).isoformat()
     LakeStorage().write(["raw", "clicks"], old, duckdb.sql("SELECT 1 AS click_id"))
     LakeStorage().write(["raw", "clicks"], dt.date.today().isoformat(), duckdb.sql("SELECT 1 AS click_id"))
-    result = definitions_for(tmp_path / "specs", RETAINED).resolve_job_def("lake_retention_job").execute_in_process(
-        instance=instance)
+    result = (
+        definitions_for(tmp_path / "specs", RETAINED)
+        .resolve_job_def("lake_retention_job")
+        .execute_in_process(instance=instance)
+    )
     assert result.success
     assert result.output_for_node("expire_raw") == 1
     assert LakeStorage().partitions(["raw", "clicks"]) == [dt.date.today().isoformat()]
 
 
-@pytest.mark.parametrize("retention, field", [
-    ({"raw_days": 3}, "retention.raw_days"),        # unpartitioned: nothing to expire
-    ({"archive_days": 0}, "retention.archive_days"),  # must be at least a day
-])
+@pytest.mark.parametrize(
+    "retention, field",
+    [
+        ({"raw_days": 3}, "retention.raw_days"),  # unpartitioned: nothing to expire
+        ({"archive_days": 0}, "retention.archive_days"),  # must be at least a day
+    ],
+)
 def test_retention_spec_errors_name_the_field(tmp_path, retention, field):
     spec = write_spec(tmp_path, pipeline("bad", [column("id", "BIGINT")], retention=retention))
     with pytest.raises(SpecError) as err:

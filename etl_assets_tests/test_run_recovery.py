@@ -62,21 +62,27 @@ def test_process_state_tells_alive_gone_zombie_and_reused_pids():
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    env, landing, data, daemon = make_lab(tmp_path, {"events.yaml": SPEC},
-                                         {"ETL_WATCHDOG_INTERVAL_SECONDS": "2",
-                                          TEST_PAUSE_IN_LOAD_ENV: str(LOAD_PAUSE_SECONDS)})
+    env, landing, data, daemon = make_lab(
+        tmp_path,
+        {"events.yaml": SPEC},
+        {"ETL_WATCHDOG_INTERVAL_SECONDS": "2", TEST_PAUSE_IN_LOAD_ENV: str(LOAD_PAUSE_SECONDS)},
+    )
     yield env, landing, data, daemon
     daemon.stop()
 
 
 def _paused_in_load(instance: DagsterInstance, run_id: str) -> bool:
-    return any(TEST_PAUSE_IN_LOAD_ENV in (e.user_message or "") and "before COMMIT" in e.user_message
-               for e in instance.all_logs(run_id))
+    return any(
+        TEST_PAUSE_IN_LOAD_ENV in (e.user_message or "") and "before COMMIT" in e.user_message
+        for e in instance.all_logs(run_id)
+    )
 
 
 def _materialized(instance: DagsterInstance, run_id: str) -> set[str]:
-    return {e.dagster_event.asset_key.to_user_string()
-            for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)}
+    return {
+        e.dagster_event.asset_key.to_user_string()
+        for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    }
 
 
 @pytest.mark.parametrize("killed", ["worker", "everything"])
@@ -94,12 +100,15 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
         runs = instance.get_runs(RunsFilter(job_name="events_pipeline"))
         return runs[-1] if runs else None
 
-    wait_for("the file's run to start in a worker process",
-             lambda: first_run() is not None and run_worker_pid(instance, first_run().run_id) is not None, 240, daemon)
+    wait_for(
+        "the file's run to start in a worker process",
+        lambda: first_run() is not None and run_worker_pid(instance, first_run().run_id) is not None,
+        240,
+        daemon,
+    )
     run = first_run()
     pid, _ = run_worker_pid(instance, run.run_id)
-    wait_for("the load step to hold its transaction open",
-             lambda: _paused_in_load(instance, run.run_id), 240, daemon)
+    wait_for("the load step to hold its transaction open", lambda: _paused_in_load(instance, run.run_id), 240, daemon)
     assert "raw/events" in _materialized(instance, run.run_id)
     if killed == "worker":
         os.kill(pid, signal.SIGKILL)  # mid-load: rows inserted, not committed
@@ -112,12 +121,18 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED  # nobody is left to notice
         daemon.start()
 
-    wait_for("the killed run marked failed",
-             lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE, 120, daemon)
+    wait_for(
+        "the killed run marked failed",
+        lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE,
+        120,
+        daemon,
+    )
     failure = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)
     by_watchdog = any("run_worker_watchdog" in e.message and str(pid) in e.message for e in failure)
-    by_code_server = any("Run execution process" in e.message
-                         for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT))
+    by_code_server = any(
+        "Run execution process" in e.message
+        for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT)
+    )
     if killed == "everything":
         assert by_watchdog, [e.message for e in failure]  # the code server died with the worker
     else:  # the code server saw its child die; the watchdog may see it first (both tick every few seconds)
@@ -127,17 +142,24 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
         runs = [r for r in instance.get_runs(RunsFilter(tags={"dagster/parent_run_id": run.run_id}))]
         return runs[0] if runs else None
 
-    wait_for("run retries to re-execute it and succeed",
-             lambda: retry() is not None and retry().status == DagsterRunStatus.SUCCESS, 300, daemon)
+    wait_for(
+        "run retries to re-execute it and succeed",
+        lambda: retry() is not None and retry().status == DagsterRunStatus.SUCCESS,
+        300,
+        daemon,
+    )
     again = retry()
     assert again.tags.get("dagster/retry_number") == "1"  # launched by run retries, not by a person
     # from failure: the finished extract was not run again, the rest was
     done_again = _materialized(instance, again.run_id)
     assert "raw/events" not in done_again and "warehouse/events" in done_again
-    assert warehouse(env, "SELECT count(*), count(DISTINCT event_id), min(event_id), max(event_id) FROM lab.events") \
-        == [(ROWS, ROWS, 0, ROWS - 1)]
+    assert warehouse(
+        env, "SELECT count(*), count(DISTINCT event_id), min(event_id), max(event_id) FROM lab.events"
+    ) == [(ROWS, ROWS, 0, ROWS - 1)]
     assert warehouse(env, "SELECT DISTINCT _etl_partition FROM lab.events") == [(YESTERDAY,)]
-    wait_for("the loaded file archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == 1, 120, daemon)
+    wait_for(
+        "the loaded file archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == 1, 120, daemon
+    )
 
 
 REEXECUTE_SPECS = {
@@ -183,7 +205,10 @@ def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
     assert "raw/visits" in _materialized(instance, failed.run_id)
 
     (data / "landing" / "kinds" / "kinds.csv").write_text("kind\nview\nbuy\n")  # the upstream is fixed
-    assert run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets.definitions", "-j", "kinds_pipeline").returncode == 0
+    assert (
+        run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets.definitions", "-j", "kinds_pipeline").returncode
+        == 0
+    )
     (data / "landing" / "visits" / "visits.csv").unlink()  # re-execution must not need the source again
     again = run(bin_dir / "etl-assets", "reexecute", failed.run_id)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -62,8 +62,9 @@ def landing(data_dir) -> Path:
 
 def tick(defs, name, instance, cursor):
     sensor = defs.resolve_sensor_def(name) if hasattr(defs, "resolve_sensor_def") else defs.get_sensor_def(name)
-    context = build_sensor_context(instance=instance, cursor=cursor, resources={"landing": LandingFilesSource()},
-                                   definitions=defs)
+    context = build_sensor_context(
+        instance=instance, cursor=cursor, resources={"landing": LandingFilesSource()}, definitions=defs
+    )
     return sensor.evaluate_tick(context)
 
 
@@ -103,8 +104,14 @@ def test_identical_redelivery_after_a_successful_load_is_archived_without_a_run(
 
     path = drop(landing, "inventory_2024-01-02.ndjson", '{"snapshot_date":"2024-01-02","product_id":1,"on_hand":3}\n')
     key = run_key_for("inventory", path.name, path.stat().st_size, LandingFilesSource.sha256(path))
-    instance.add_run(DagsterRun(job_name="inventory_pipeline", run_id="earlier-run", status=DagsterRunStatus.SUCCESS,
-                                tags={"dagster/run_key": key}))
+    instance.add_run(
+        DagsterRun(
+            job_name="inventory_pipeline",
+            run_id="earlier-run",
+            status=DagsterRunStatus.SUCCESS,
+            tags={"dagster/run_key": key},
+        )
+    )
     first = tick(defs, "inventory_file_sensor", instance, None)
     second = tick(defs, "inventory_file_sensor", instance, first.cursor)
     assert second.run_requests == []
@@ -173,9 +180,16 @@ def test_backlog_of_10000_files_is_worked_off_in_bounded_ticks(tmp_path, instanc
 
 
 def test_orders_schedule_requests_the_partition_that_just_closed(defs, instance):
-    schedule = defs.resolve_schedule_def("orders_schedule") if hasattr(defs, "resolve_schedule_def") else defs.get_schedule_def("orders_schedule")
-    context = build_schedule_context(instance=instance, repository_def=defs.get_repository_def(),
-                                     scheduled_execution_time=datetime(2024, 3, 5, 0, 30, tzinfo=timezone.utc))
+    schedule = (
+        defs.resolve_schedule_def("orders_schedule")
+        if hasattr(defs, "resolve_schedule_def")
+        else defs.get_schedule_def("orders_schedule")
+    )
+    context = build_schedule_context(
+        instance=instance,
+        repository_def=defs.get_repository_def(),
+        scheduled_execution_time=datetime(2024, 3, 5, 0, 30, tzinfo=UTC),
+    )
     request = schedule.evaluate_tick(context).run_requests[0]
     assert request.partition_key == "2024-03-04"
     assert request.run_key == "2024-03-04"
@@ -189,12 +203,15 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
     resources = {"source_shop_api": defs.resources["source_shop_api"]}
 
     def run_tick(cursor):
-        return sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor, resources=resources,
-                                                         definitions=defs))
+        return sensor.evaluate_tick(
+            build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs)
+        )
 
     first = run_tick(None)
-    top = ddb.execute("SELECT strftime(max(updated_at) AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%fZ') FROM read_parquet(?)",
-                      [str(shop_data.orders_path)]).fetchall()[0][0]
+    top = ddb.execute(
+        "SELECT strftime(max(updated_at) AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%fZ') FROM read_parquet(?)",
+        [str(shop_data.orders_path)],
+    ).fetchall()[0][0]
     assert first.run_requests == [] and first.cursor == top
     quiet = run_tick(first.cursor)
     assert quiet.run_requests == [] and "no records updated since" in quiet.skip_message
@@ -203,9 +220,13 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
     day = shop_data.partition_keys[1]
     con = ddb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    ids = [r[0] for r in con.execute(
-        "SELECT order_id FROM read_parquet(?) WHERE CAST(ordered_at AS DATE) = CAST(? AS DATE) ORDER BY order_id LIMIT 2",
-        [str(shop_data.orders_path), day]).fetchall()]
+    ids = [
+        r[0]
+        for r in con.execute(
+            "SELECT order_id FROM read_parquet(?) WHERE CAST(ordered_at AS DATE) = CAST(? AS DATE) ORDER BY order_id LIMIT 2",
+            [str(shop_data.orders_path), day],
+        ).fetchall()
+    ]
     tmp = shop_data.orders_path.with_suffix(".new.parquet")
     con.sql(
         "SELECT * REPLACE (CASE WHEN order_id IN (SELECT unnest($ids)) THEN max_u + INTERVAL 1 HOUR ELSE updated_at END"

@@ -64,26 +64,56 @@ def test_pipelines_dir_that_does_not_exist_is_an_error(tmp_path: Path, monkeypat
 
 
 BAD_SPECS = [
-    pytest.param("name: x\ndomain: shop\n", "source", "both or neither of `source` and `transform`", id="no-source-or-transform"),
+    pytest.param(
+        "name: x\ndomain: shop\n", "source", "both or neither of `source` and `transform`", id="no-source-or-transform"
+    ),
     pytest.param(VALID_FILES_SPEC.replace("kind: files", "kind: ftp"), "source", "kind", id="unknown-source-kind"),
-    pytest.param(VALID_FILES_SPEC.replace("type: BIGINT, nullable: false}", "type: BIGNUM, nullable: false}"),
-                 "columns.0.type", "unknown column type 'BIGNUM'", id="unknown-type"),
-    pytest.param(VALID_FILES_SPEC.replace("name: returns", "name: 9returns"), "name", "not a valid name", id="bad-name"),
-    pytest.param(VALID_FILES_SPEC.replace("primary_key: [return_id]", "primary_key: [id]"), "primary_key",
-                 "primary_key names ['id']", id="pk-not-a-column"),
-    pytest.param(VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: daily}"), "partitions.start",
-                 "needs `start`", id="daily-without-start"),
-    pytest.param(VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: weekly, start: 2024-01-01}"),
-                 "partitions.type", "'none', 'daily' or 'hourly'", id="bad-partition-type"),
+    pytest.param(
+        VALID_FILES_SPEC.replace("type: BIGINT, nullable: false}", "type: BIGNUM, nullable: false}"),
+        "columns.0.type",
+        "unknown column type 'BIGNUM'",
+        id="unknown-type",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace("name: returns", "name: 9returns"), "name", "not a valid name", id="bad-name"
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace("primary_key: [return_id]", "primary_key: [id]"),
+        "primary_key",
+        "primary_key names ['id']",
+        id="pk-not-a-column",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: daily}"),
+        "partitions.start",
+        "needs `start`",
+        id="daily-without-start",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: weekly, start: 2024-01-01}"),
+        "partitions.type",
+        "'none', 'daily' or 'hourly'",
+        id="bad-partition-type",
+    ),
     pytest.param(VALID_FILES_SPEC + "colour: blue\n", "colour", "Extra inputs are not permitted", id="unknown-field"),
-    pytest.param(VALID_FILES_SPEC.replace('glob: "returns_*.csv"', 'glob: "../../etc/*"'), "source.files.glob",
-                 "must stay inside the landing directory", id="glob-escapes-landing"),
-    pytest.param(VALID_FILES_SPEC + "schedule: {cron: 'every day'}\n", "schedule.cron", "not a cron expression",
-                 id="bad-cron"),
-    pytest.param(VALID_FILES_SPEC + "targets: [duckdb, snowflake]\n", "targets.1", "'duckdb' or 'postgres'",
-                 id="unknown-target"),
-    pytest.param(VALID_FILES_SPEC.replace("  - {name: amount", "  - {name: order_id, type: INTEGER}\n  - {name: amount"),
-                 "columns.2.name", "declared twice", id="duplicate-column"),
+    pytest.param(
+        VALID_FILES_SPEC.replace('glob: "returns_*.csv"', 'glob: "../../etc/*"'),
+        "source.files.glob",
+        "must stay inside the landing directory",
+        id="glob-escapes-landing",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC + "schedule: {cron: 'every day'}\n", "schedule.cron", "not a cron expression", id="bad-cron"
+    ),
+    pytest.param(
+        VALID_FILES_SPEC + "targets: [duckdb, snowflake]\n", "targets.1", "'duckdb' or 'postgres'", id="unknown-target"
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace("  - {name: amount", "  - {name: order_id, type: INTEGER}\n  - {name: amount"),
+        "columns.2.name",
+        "declared twice",
+        id="duplicate-column",
+    ),
     pytest.param("- just\n- a list\n", None, "must hold a mapping", id="not-a-mapping"),
     pytest.param("name: [unclosed\n", None, "not valid YAML", id="yaml-syntax"),
 ]
@@ -103,37 +133,54 @@ def test_bad_spec_names_file_field_and_fix(tmp_path: Path, text: str, field: str
 
 
 def test_sql_source_needs_table_or_query(tmp_path: Path):
-    path = write(tmp_path, "c.yaml", """
+    path = write(
+        tmp_path,
+        "c.yaml",
+        """
         name: c
         source: {kind: sql, connection: db, default_url: "sqlite:///x.db", table: t, query: "select 1"}
         columns: [{name: a, type: INTEGER}]
-    """)
+    """,
+    )
     with pytest.raises(SpecError, match=r"field 'source.sql.table'.*Fix: give exactly one of `table` or `query`"):
         parse_spec_file(path)
 
 
 def test_transform_with_unknown_input_is_rejected(tmp_path: Path):
-    write(tmp_path, "m.yaml", """
+    write(
+        tmp_path,
+        "m.yaml",
+        """
         name: m
         transform: {sql: m.sql, inputs: [orders, nowhere]}
-    """)
+    """,
+    )
     (tmp_path / "m.sql").write_text("select 1")
-    with pytest.raises(SpecError, match=r"m.yaml:\n  field 'transform.inputs': unknown dataset 'nowhere'. Fix: use one of"):
+    with pytest.raises(
+        SpecError, match=r"m.yaml:\n  field 'transform.inputs': unknown dataset 'nowhere'. Fix: use one of"
+    ):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
 
 
 def test_transform_sql_file_must_exist(tmp_path: Path):
-    write(tmp_path, "m.yaml", """
+    write(
+        tmp_path,
+        "m.yaml",
+        """
         name: m
         transform: {sql: missing.sql, inputs: [orders]}
-    """)
+    """,
+    )
     with pytest.raises(SpecError, match=r"m.yaml:\n  field 'transform.sql': file 'missing.sql' not found.*Fix: "):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
 
 
 def test_duplicate_pipeline_name_across_files(tmp_path: Path):
     write(tmp_path, "orders_again.yaml", VALID_FILES_SPEC.replace("name: returns", "name: orders"))
-    with pytest.raises(SpecError, match=r"orders_again.yaml:\n  field 'name': 'orders' is already declared in .*defs/shop/defs.yaml, line 2\."):
+    with pytest.raises(
+        SpecError,
+        match=r"orders_again.yaml:\n  field 'name': 'orders' is already declared in .*defs/shop/defs.yaml, line 2\.",
+    ):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
 
 

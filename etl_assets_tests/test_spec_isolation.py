@@ -51,9 +51,16 @@ def _write(folder: Path, files: dict[str, str]) -> Path:
 
 @pytest.fixture
 def specs(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = _write(tmp_path / "specs", {"a_drops.yaml": GOOD, "b_broken.yaml": BAD_TYPE,
-                                         "c_needs_broken.yaml": NEEDS_BROKEN, "d_not_yaml.yaml": NOT_YAML,
-                                         "e_duplicate.yaml": DUPLICATE})
+    folder = _write(
+        tmp_path / "specs",
+        {
+            "a_drops.yaml": GOOD,
+            "b_broken.yaml": BAD_TYPE,
+            "c_needs_broken.yaml": NEEDS_BROKEN,
+            "d_not_yaml.yaml": NOT_YAML,
+            "e_duplicate.yaml": DUPLICATE,
+        },
+    )
     (folder / "needs_broken.sql").write_text("SELECT a FROM broken")
     monkeypatch.setenv("ETL_PIPELINES_DIR", str(folder))
     return folder
@@ -69,8 +76,10 @@ def test_each_invalid_spec_is_set_aside_with_its_own_error(specs: Path):
     errors = {b.path.name: b.message for b in broken}
     assert set(errors) == {"b_broken.yaml", "c_needs_broken.yaml", "d_not_yaml.yaml", "e_duplicate.yaml"}
     assert "field 'columns.0.type': unknown column type 'INTEGR'" in errors["b_broken.yaml"]
-    assert (f"field 'transform.inputs': 'broken' is declared in {specs / 'b_broken.yaml'}, which is invalid"
-            in errors["c_needs_broken.yaml"])
+    assert (
+        f"field 'transform.inputs': 'broken' is declared in {specs / 'b_broken.yaml'}, which is invalid"
+        in errors["c_needs_broken.yaml"]
+    )
     assert "not valid YAML" in errors["d_not_yaml.yaml"]
     assert f"'drops' is already declared in {specs / 'a_drops.yaml'}" in errors["e_duplicate.yaml"]
     assert all(str(specs) in message for message in errors.values())  # every message names its file
@@ -119,13 +128,15 @@ def test_the_location_loads_runs_alerts_and_reports_the_bad_specs(specs: Path, d
 @pytest.mark.slow
 def test_the_validate_command_fails_on_a_bad_spec_and_passes_on_good_ones(specs: Path, tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != "ETL_PIPELINES_DIR"}
-    bad = subprocess.run([sys.executable, "-m", "etl_assets.cli", "validate", str(specs)], env=env,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "etl_assets.cli", "validate", str(specs)], env=env, capture_output=True, text=True
+    )
     assert bad.returncode == 1, bad
     assert "unknown column type 'INTEGR'" in bad.stderr and str(specs / "b_broken.yaml") in bad.stderr
     assert "Traceback" not in bad.stderr
     good = _write(tmp_path / "good", {"a_drops.yaml": GOOD})
-    ok = subprocess.run([sys.executable, "-m", "etl_assets.cli", "validate", str(good)], env=env,
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "etl_assets.cli", "validate", str(good)], env=env, capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok
     assert ok.stdout.startswith("ok: 8 pipeline specs")

@@ -18,9 +18,15 @@ from etl_assets.monitoring import build_monitoring
 from etl_assets.monitoring.error_tracking import OPS_SCHEMA
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.factory import build_pipelines
+from etl_assets.pipelines.spec import (
+    DAGSTER_RESERVED_NAMES,
+    MAX_COLUMN_NAME_LENGTH,
+    MAX_PIPELINE_NAME_LENGTH,
+    RESERVED_SCHEMAS,
+    SpecError,
+    load_specs,
+)
 from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA
-from etl_assets.pipelines.spec import (DAGSTER_RESERVED_NAMES, MAX_COLUMN_NAME_LENGTH, MAX_PIPELINE_NAME_LENGTH,
-                                       RESERVED_SCHEMAS, SpecError, load_specs)
 from etl_assets.recovery import build_recovery
 from etl_assets.sqlutil import MAX_IDENTIFIER_LENGTH
 
@@ -39,15 +45,26 @@ def source(**changes) -> dict:
 
 
 def columns(*names: str) -> list[dict]:
-    return [{"name": "return_id", "type": "BIGINT", "nullable": False}, *({"name": n, "type": "VARCHAR"} for n in names)]
+    return [
+        {"name": "return_id", "type": "BIGINT", "nullable": False},
+        *({"name": n, "type": "VARCHAR"} for n in names),
+    ]
 
 
 def sql_source(**changes) -> dict:
-    src = {"kind": "sql", "connection": "shop_db", "default_url": "sqlite:///x.db", "table": "returns",
-           "incremental_column": "updated_at"}
+    src = {
+        "kind": "sql",
+        "connection": "shop_db",
+        "default_url": "sqlite:///x.db",
+        "table": "returns",
+        "incremental_column": "updated_at",
+    }
     src.update(changes)
-    return source(source=src, partitions={"type": "daily", "start": "2024-01-01", "column": "updated_at"},
-                  columns=[*columns(), {"name": "updated_at", "type": "TIMESTAMP"}])
+    return source(
+        source=src,
+        partitions={"type": "daily", "start": "2024-01-01", "column": "updated_at"},
+        columns=[*columns(), {"name": "updated_at", "type": "TIMESTAMP"}],
+    )
 
 
 def transform(**changes) -> dict:
@@ -71,60 +88,178 @@ NAME_FIX = "Fix: use only letters, digits and underscores (no spaces or line bre
 
 REFUSED = [
     # domains: the platform's schemas and the databases' own, ignoring case
-    *(pytest.param(source(domain=d), "domain", "a schema the platform or the database keeps", SCHEMA_FIX, id=f"domain-{d}")
-      for d in ("quarantine", "Quarantine", "ops", "OPS", "information_schema", "pg_catalog", "pg_toast", "pg_temp_1",
-                "PG_anything", "temp", "main", "system", "warehouse")),
+    *(
+        pytest.param(
+            source(domain=d), "domain", "a schema the platform or the database keeps", SCHEMA_FIX, id=f"domain-{d}"
+        )
+        for d in (
+            "quarantine",
+            "Quarantine",
+            "ops",
+            "OPS",
+            "information_schema",
+            "pg_catalog",
+            "pg_toast",
+            "pg_temp_1",
+            "PG_anything",
+            "temp",
+            "main",
+            "system",
+            "warehouse",
+        )
+    ),
     # columns, key and partition column named like the platform's own columns
-    *(pytest.param(source(columns=columns(c)), "columns.1.name", "a name the platform uses for its own columns",
-                   COLUMN_FIX, id=f"column-{c}")
-      for c in ("_etl_source", "_ETL_Partition", "_etl_reasons", "filename", "FileName", "file_row_number",
-                "__etl_row", "__ETLx", "__typed_amount", "__Typed_x")),
-    pytest.param(transform(primary_key=["day", "_etl_run_id"]), "primary_key.1",
-                 "a name the platform uses for its own columns", COLUMN_FIX, id="key-etl-column"),
-    pytest.param(transform(partitions={"type": "daily", "start": "2024-01-01", "column": "FILE_ROW_NUMBER"}),
-                 "partitions.column", "a name the platform uses for its own columns", COLUMN_FIX, id="partition-column"),
+    *(
+        pytest.param(
+            source(columns=columns(c)),
+            "columns.1.name",
+            "a name the platform uses for its own columns",
+            COLUMN_FIX,
+            id=f"column-{c}",
+        )
+        for c in (
+            "_etl_source",
+            "_ETL_Partition",
+            "_etl_reasons",
+            "filename",
+            "FileName",
+            "file_row_number",
+            "__etl_row",
+            "__ETLx",
+            "__typed_amount",
+            "__Typed_x",
+        )
+    ),
+    pytest.param(
+        transform(primary_key=["day", "_etl_run_id"]),
+        "primary_key.1",
+        "a name the platform uses for its own columns",
+        COLUMN_FIX,
+        id="key-etl-column",
+    ),
+    pytest.param(
+        transform(partitions={"type": "daily", "start": "2024-01-01", "column": "FILE_ROW_NUMBER"}),
+        "partitions.column",
+        "a name the platform uses for its own columns",
+        COLUMN_FIX,
+        id="partition-column",
+    ),
     # names equal up to case land in one DuckDB column
-    pytest.param(source(columns=columns("V_1", "v_1")), "columns.2.name", "'v_1' and 'V_1' (columns.1) differ only in case",
-                 "Fix: rename one of them", id="columns-equal-up-to-case"),
-    pytest.param(source(columns=columns("note", "note")), "columns.2.name", "'note' is declared twice",
-                 "Fix: keep one entry", id="column-twice"),
+    pytest.param(
+        source(columns=columns("V_1", "v_1")),
+        "columns.2.name",
+        "'v_1' and 'V_1' (columns.1) differ only in case",
+        "Fix: rename one of them",
+        id="columns-equal-up-to-case",
+    ),
+    pytest.param(
+        source(columns=columns("note", "note")),
+        "columns.2.name",
+        "'note' is declared twice",
+        "Fix: keep one entry",
+        id="column-twice",
+    ),
     # a trailing line break passes a `$`-anchored pattern
     pytest.param(source(name="returns\n"), "name", "'returns\\n' is not a valid name", NAME_FIX, id="name-newline"),
-    pytest.param(source(domain="shop_data\n"), "domain", "'shop_data\\n' is not a valid name", NAME_FIX, id="domain-newline"),
-    pytest.param(source(columns=columns("note\n")), "columns.1.name", "'note\\n' is not a valid name", NAME_FIX,
-                 id="column-newline"),
+    pytest.param(
+        source(domain="shop_data\n"), "domain", "'shop_data\\n' is not a valid name", NAME_FIX, id="domain-newline"
+    ),
+    pytest.param(
+        source(columns=columns("note\n")),
+        "columns.1.name",
+        "'note\\n' is not a valid name",
+        NAME_FIX,
+        id="column-newline",
+    ),
     pytest.param(source(primary_key=["return_id\n"]), "primary_key.0", "not a valid name", NAME_FIX, id="key-newline"),
-    pytest.param(sql_source(connection="shop_db\n"), "source.sql.connection", "not a valid name", NAME_FIX,
-                 id="sql-connection-newline"),
-    pytest.param(source(source={"kind": "api", "connection": "shop_api\n", "default_url": "http://x", "endpoint": "/r"}),
-                 "source.api.connection", "not a valid name", NAME_FIX, id="api-connection-newline"),
-    pytest.param(sql_source(table="returns\n"), "source.sql.table", "'returns\\n' is not a table or column name",
-                 "Fix: use a plain name", id="sql-table-newline"),
-    pytest.param(sql_source(table="main.returns\n"), "source.sql.table", "not a table or column name",
-                 "Fix: use a plain name", id="sql-schema-table-newline"),
-    pytest.param(sql_source(incremental_column="updated_at\n"), "source.sql.incremental_column",
-                 "not a table or column name", "Fix: use a plain name", id="incremental-column-newline"),
+    pytest.param(
+        sql_source(connection="shop_db\n"),
+        "source.sql.connection",
+        "not a valid name",
+        NAME_FIX,
+        id="sql-connection-newline",
+    ),
+    pytest.param(
+        source(source={"kind": "api", "connection": "shop_api\n", "default_url": "http://x", "endpoint": "/r"}),
+        "source.api.connection",
+        "not a valid name",
+        NAME_FIX,
+        id="api-connection-newline",
+    ),
+    pytest.param(
+        sql_source(table="returns\n"),
+        "source.sql.table",
+        "'returns\\n' is not a table or column name",
+        "Fix: use a plain name",
+        id="sql-table-newline",
+    ),
+    pytest.param(
+        sql_source(table="main.returns\n"),
+        "source.sql.table",
+        "not a table or column name",
+        "Fix: use a plain name",
+        id="sql-schema-table-newline",
+    ),
+    pytest.param(
+        sql_source(incremental_column="updated_at\n"),
+        "source.sql.incremental_column",
+        "not a table or column name",
+        "Fix: use a plain name",
+        id="incremental-column-newline",
+    ),
     # names whose derived identifiers (__ref_<name>, __typed_<column>, Postgres's 63 bytes) would be too long
-    pytest.param(source(name=LONG_PIPELINE), "name",
-                 f"{len(LONG_PIPELINE)} characters long; the maximum is {MAX_PIPELINE_NAME_LENGTH} (validation's view "
-                 "__ref_<name> must fit in 63 characters, Postgres's identifier limit)",
-                 f"Fix: shorten it to at most {MAX_PIPELINE_NAME_LENGTH} characters", id="pipeline-name-too-long"),
-    pytest.param(source(columns=columns(LONG_COLUMN)), "columns.1.name",
-                 f"{len(LONG_COLUMN)} characters long; the maximum is {MAX_COLUMN_NAME_LENGTH} (validation's working "
-                 "column __typed_<column> must fit in 63 characters",
-                 f"Fix: shorten it to at most {MAX_COLUMN_NAME_LENGTH} characters", id="column-too-long"),
-    pytest.param(transform(primary_key=[LONG_COLUMN]), "primary_key.0", f"the maximum is {MAX_COLUMN_NAME_LENGTH}",
-                 "Fix: shorten it", id="key-too-long"),
-    pytest.param(source(domain=LONG_IDENTIFIER), "domain",
-                 f"the maximum is {MAX_IDENTIFIER_LENGTH} (SQL names are held to 63 characters, Postgres's identifier limit)",
-                 f"Fix: shorten it to at most {MAX_IDENTIFIER_LENGTH} characters", id="domain-too-long"),
-    pytest.param(sql_source(connection=LONG_IDENTIFIER), "source.sql.connection", f"the maximum is {MAX_IDENTIFIER_LENGTH}",
-                 "Fix: shorten it", id="connection-too-long"),
+    pytest.param(
+        source(name=LONG_PIPELINE),
+        "name",
+        f"{len(LONG_PIPELINE)} characters long; the maximum is {MAX_PIPELINE_NAME_LENGTH} (validation's view "
+        "__ref_<name> must fit in 63 characters, Postgres's identifier limit)",
+        f"Fix: shorten it to at most {MAX_PIPELINE_NAME_LENGTH} characters",
+        id="pipeline-name-too-long",
+    ),
+    pytest.param(
+        source(columns=columns(LONG_COLUMN)),
+        "columns.1.name",
+        f"{len(LONG_COLUMN)} characters long; the maximum is {MAX_COLUMN_NAME_LENGTH} (validation's working "
+        "column __typed_<column> must fit in 63 characters",
+        f"Fix: shorten it to at most {MAX_COLUMN_NAME_LENGTH} characters",
+        id="column-too-long",
+    ),
+    pytest.param(
+        transform(primary_key=[LONG_COLUMN]),
+        "primary_key.0",
+        f"the maximum is {MAX_COLUMN_NAME_LENGTH}",
+        "Fix: shorten it",
+        id="key-too-long",
+    ),
+    pytest.param(
+        source(domain=LONG_IDENTIFIER),
+        "domain",
+        f"the maximum is {MAX_IDENTIFIER_LENGTH} (SQL names are held to 63 characters, Postgres's identifier limit)",
+        f"Fix: shorten it to at most {MAX_IDENTIFIER_LENGTH} characters",
+        id="domain-too-long",
+    ),
+    pytest.param(
+        sql_source(connection=LONG_IDENTIFIER),
+        "source.sql.connection",
+        f"the maximum is {MAX_IDENTIFIER_LENGTH}",
+        "Fix: shorten it",
+        id="connection-too-long",
+    ),
     # pipeline names Dagster refuses as a transform's input names, or whose schedule is a platform schedule
-    *(pytest.param(source(name=n), "name", "a name Dagster reserves", f"Fix: choose another name, e.g. {n}_data",
-                   id=f"dagster-{n}") for n in ("context", "class", "input", "type", "None")),
-    *(pytest.param(source(name=n), "name", "a platform schedule", "Fix: choose another name", id=f"platform-{n}")
-      for n in ("pipeline_health", "lake_retention")),
+    *(
+        pytest.param(
+            source(name=n),
+            "name",
+            "a name Dagster reserves",
+            f"Fix: choose another name, e.g. {n}_data",
+            id=f"dagster-{n}",
+        )
+        for n in ("context", "class", "input", "type", "None")
+    ),
+    *(
+        pytest.param(source(name=n), "name", "a platform schedule", "Fix: choose another name", id=f"platform-{n}")
+        for n in ("pipeline_health", "lake_retention")
+    ),
 ]
 
 
@@ -149,7 +284,8 @@ def test_pipeline_names_equal_up_to_case_are_refused(tmp_path: Path):
     assert str(info.value) == (
         f"invalid pipeline spec {second}:\n  field 'name': 'Returns' differs only in case from 'returns' in "
         f"{tmp_path / 'a.yaml'}, and their warehouse tables would be one (DuckDB does not tell them apart). "
-        "Fix: rename one of them.")
+        "Fix: rename one of them."
+    )
 
 
 def test_reserved_lists_cover_the_platform():
@@ -169,8 +305,17 @@ def test_no_pipeline_or_domain_can_take_a_platform_definition_name(tmp_path: Pat
     specs = load_specs()
     built = build_pipelines(specs, os.environ.get)
     monitoring, recovery = build_monitoring(specs, os.environ.get), build_recovery(specs, os.environ.get)
-    names = {d.name for d in [*monitoring.jobs, *monitoring.schedules, *monitoring.sensors, *recovery.jobs,
-                              *recovery.schedules, *recovery.sensors]}
+    names = {
+        d.name
+        for d in [
+            *monitoring.jobs,
+            *monitoring.schedules,
+            *monitoring.sensors,
+            *recovery.jobs,
+            *recovery.schedules,
+            *recovery.sensors,
+        ]
+    }
     names -= {d.name for d in [*built.jobs, *built.schedules, *built.sensors]}
     checked = []
     for name in sorted(names):
@@ -194,20 +339,44 @@ KEY, VALUE, REF, COUNT = (letter * MAX_COLUMN_NAME_LENGTH for letter in "kvec")
 
 def _longest_names_specs(directory: Path, domain: str, targets: list[str]) -> None:
     directory.mkdir()
-    write_spec(directory, {
-        "name": SOURCE, "domain": domain, "source": {"kind": "files", "format": "csv", "glob": "*.csv"},
-        "columns": [{"name": KEY, "type": "BIGINT", "nullable": False}, {"name": VALUE, "type": "VARCHAR"}],
-        "primary_key": [KEY], "targets": targets}, "source.yaml")
-    write_spec(directory, {
-        "name": REFERRER, "domain": domain, "source": {"kind": "files", "format": "csv", "glob": "*.csv"},
-        "columns": [{"name": REF, "type": "BIGINT", "references": {"dataset": SOURCE, "column": KEY}}],
-        "quality": {"threshold": 0}, "targets": targets}, "referrer.yaml")
-    write_spec(directory, {
-        "name": MART, "domain": domain, "transform": {"sql": "mart.sql", "inputs": [SOURCE, REFERRER]},
-        "targets": targets}, "mart.yaml")
+    write_spec(
+        directory,
+        {
+            "name": SOURCE,
+            "domain": domain,
+            "source": {"kind": "files", "format": "csv", "glob": "*.csv"},
+            "columns": [{"name": KEY, "type": "BIGINT", "nullable": False}, {"name": VALUE, "type": "VARCHAR"}],
+            "primary_key": [KEY],
+            "targets": targets,
+        },
+        "source.yaml",
+    )
+    write_spec(
+        directory,
+        {
+            "name": REFERRER,
+            "domain": domain,
+            "source": {"kind": "files", "format": "csv", "glob": "*.csv"},
+            "columns": [{"name": REF, "type": "BIGINT", "references": {"dataset": SOURCE, "column": KEY}}],
+            "quality": {"threshold": 0},
+            "targets": targets,
+        },
+        "referrer.yaml",
+    )
+    write_spec(
+        directory,
+        {
+            "name": MART,
+            "domain": domain,
+            "transform": {"sql": "mart.sql", "inputs": [SOURCE, REFERRER]},
+            "targets": targets,
+        },
+        "mart.yaml",
+    )
     (directory / "mart.sql").write_text(
         f"SELECT s.{KEY}, count(r.{REF}) AS {COUNT} FROM {SOURCE} s LEFT JOIN {REFERRER} r ON r.{REF} = s.{KEY}"
-        " GROUP BY ALL ORDER BY 1")
+        " GROUP BY ALL ORDER BY 1"
+    )
 
 
 def _run_longest_names(tmp_path: Path, data_dir: Path, instance, domain: str, targets: list[str]) -> None:
@@ -231,12 +400,14 @@ def test_longest_allowed_names_build_and_run(tmp_path: Path, data_dir: Path, ins
         assert con.execute(f'SELECT {REF} FROM "{domain}"."{REFERRER}" ORDER BY 1').fetchall() == [(1,), (1,), (2,)]
         # the row referring to a missing key was quarantined by the relationship rule (validation's __ref_<name>)
         assert con.execute(f'SELECT {REF}, _etl_reasons FROM quarantine."{REFERRER}"').fetchall() == [
-            ("9", [f"relationship:{REF}"])]
+            ("9", [f"relationship:{REF}"])
+        ]
 
 
 @pytest.mark.postgres
-def test_longest_allowed_names_load_into_postgres(tmp_path: Path, data_dir: Path, instance, postgres_url: str,
-                                                  monkeypatch: pytest.MonkeyPatch):
+def test_longest_allowed_names_load_into_postgres(
+    tmp_path: Path, data_dir: Path, instance, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
     import psycopg
     from psycopg import sql
 
@@ -245,11 +416,15 @@ def test_longest_allowed_names_load_into_postgres(tmp_path: Path, data_dir: Path
     try:
         _run_longest_names(tmp_path, data_dir, instance, domain, ["postgres"])
         with psycopg.connect(postgres_url) as conn:
-            tables = conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-                                  [domain]).fetchall()
+            tables = conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [domain]
+            ).fetchall()
             assert sorted(t for (t,) in tables) == sorted([SOURCE, REFERRER, MART])
-            rows = conn.execute(sql.SQL("SELECT {}, {} FROM {} ORDER BY 1").format(
-                sql.Identifier(KEY), sql.Identifier(COUNT), sql.Identifier(domain, MART))).fetchall()
+            rows = conn.execute(
+                sql.SQL("SELECT {}, {} FROM {} ORDER BY 1").format(
+                    sql.Identifier(KEY), sql.Identifier(COUNT), sql.Identifier(domain, MART)
+                )
+            ).fetchall()
             assert rows == [(1, 2), (2, 1)]
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:

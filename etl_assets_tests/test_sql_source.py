@@ -31,12 +31,12 @@ import pytest
 from psycopg import sql
 
 from etl_assets.errors import PermanentSourceError, TransientSourceError
-from etl_assets.pipelines.spec import SqlSource
 from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.pipelines.spec import SqlSource
 from etl_assets.resources.sql import SqlDatabaseSource
 from etl_assets_demo import DemoManifest
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 JAN_2 = dt.datetime(2024, 1, 2, tzinfo=UTC)
 JAN_3 = dt.datetime(2024, 1, 3, tzinfo=UTC)
 
@@ -84,7 +84,7 @@ def events_db(tmp_path: Path) -> str:
         con.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, happened_at TEXT, note TEXT)")
         con.executemany(
             "INSERT INTO events VALUES (?, ?, ?)",
-            [(i, ts, None if i == 8 else f"note, \"{i}\"\nline two") for i, ts in EVENTS],
+            [(i, ts, None if i == 8 else f'note, "{i}"\nline two') for i, ts in EVENTS],
         )
     con.close()
     return f"sqlite:///{path}"
@@ -115,7 +115,9 @@ def test_sqlite_default_url_expands_data_dir(shop_data: DemoManifest) -> None:
 
 def test_sqlite_query_instead_of_table(shop_data: DemoManifest) -> None:
     url = f"sqlite:///{shop_data.sqlite_path}"
-    table = _extract(url, query="SELECT customer_id, upper(country) AS country_uc FROM customers WHERE customer_id % 3 = 0")
+    table = _extract(
+        url, query="SELECT customer_id, upper(country) AS country_uc FROM customers WHERE customer_id % 3 = 0"
+    )
 
     with sqlite3.connect(shop_data.sqlite_path) as con:
         expected = con.execute(
@@ -166,7 +168,10 @@ def test_sqlite_window_in_another_time_zone_is_converted_to_utc(events_db: str) 
 
 def test_sqlite_query_with_window(events_db: str) -> None:
     table = _extract(
-        events_db, (JAN_2, JAN_3), query="SELECT id, happened_at FROM events WHERE id <> 4", incremental_column="happened_at"
+        events_db,
+        (JAN_2, JAN_3),
+        query="SELECT id, happened_at FROM events WHERE id <> 4",
+        incremental_column="happened_at",
     )
     assert sorted(int(i) for i in table.column("id").to_pylist()) == [2, 3, 5]
 

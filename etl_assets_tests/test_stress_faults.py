@@ -87,8 +87,12 @@ def test_comparison_notices_a_lost_a_duplicated_and_an_altered_row(stress, tmp_p
     shutil.copyfile(manifest.data_dir / "warehouse.duckdb", tampered)
     con = duckdb.connect(str(tampered))
     con.execute("DELETE FROM shop.orders WHERE order_id = (SELECT min(order_id) FROM shop.orders)")
-    con.execute("INSERT INTO shop.orders SELECT * FROM shop.orders WHERE order_id = (SELECT max(order_id) FROM shop.orders)")
-    con.execute("UPDATE shop.orders SET quantity = quantity + 1 WHERE order_id = (SELECT min(order_id) + 10 FROM shop.orders)")
+    con.execute(
+        "INSERT INTO shop.orders SELECT * FROM shop.orders WHERE order_id = (SELECT max(order_id) FROM shop.orders)"
+    )
+    con.execute(
+        "UPDATE shop.orders SET quantity = quantity + 1 WHERE order_id = (SELECT min(order_id) + 10 FROM shop.orders)"
+    )
     con.close()
     comparison = compare_warehouse(manifest, phase, warehouse=tampered)
     assert not comparison.exact

@@ -25,6 +25,7 @@ def mart_spec(name: str, sql_file: str) -> dict:
 
 # --- the SQL file's place -------------------------------------------------------------------------------------------
 
+
 def _domain(tmp_path: Path) -> tuple[Path, Path]:
     """A domain folder: specs/ with the source spec, and an empty sql/ beside it."""
     specs, sql = tmp_path / "domain" / "specs", tmp_path / "domain" / "sql"
@@ -46,7 +47,8 @@ def test_sql_path_outside_its_folders_is_refused(tmp_path: Path, sql_file: str):
     assert str(info.value) == (
         f"invalid pipeline spec {path}:\n  field 'transform.sql': {sql_file!r} is not a file next to the spec or in the "
         "domain's ../sql/ folder. Fix: name the file relative to the spec's folder, without '..', e.g. sql: "
-        "daily_revenue.sql.")
+        "daily_revenue.sql."
+    )
 
 
 @pytest.mark.parametrize("folder", ["specs", "sql"])
@@ -63,8 +65,10 @@ def test_sql_file_symlinked_outside_its_folder_is_refused(tmp_path: Path, folder
     with pytest.raises(SpecError) as info:
         load_specs([specs])
     error = str(info.value)
-    assert error.startswith(f"invalid pipeline spec {path}:\n  field 'transform.sql': 'm.sql' in {link.parent} "
-                            f"resolves to {resolved.resolve()}, outside that folder. Fix: put the SQL file itself")
+    assert error.startswith(
+        f"invalid pipeline spec {path}:\n  field 'transform.sql': 'm.sql' in {link.parent} "
+        f"resolves to {resolved.resolve()}, outside that folder. Fix: put the SQL file itself"
+    )
 
 
 def test_sql_file_next_to_the_spec_or_in_the_sql_folder_loads(tmp_path: Path):
@@ -76,10 +80,15 @@ def test_sql_file_next_to_the_spec_or_in_the_sql_folder_loads(tmp_path: Path):
     for name, file in (("a", "beside.sql"), ("b", "shared/real.sql"), ("c", "alias.sql")):
         write_spec(specs, mart_spec(name, file))
     by_name = {s.spec.name: s for s in load_specs([specs])}
-    assert [by_name[n].transform_sql() for n in "abc"] == ["SELECT 1 AS beside", "SELECT 2 AS shared", "SELECT 2 AS shared"]
+    assert [by_name[n].transform_sql() for n in "abc"] == [
+        "SELECT 1 AS beside",
+        "SELECT 2 AS shared",
+        "SELECT 2 AS shared",
+    ]
 
 
 # --- the connection the SQL runs in ---------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def lake(data_dir: Path) -> Path:
@@ -136,8 +145,9 @@ def test_confined_connection_reads_registered_lake_relations_and_writes_the_lake
     # spilling still works: the spill directory stays usable
     con.execute("SET memory_limit = '64MB'")
     con.execute("SET threads = 1")
-    assert con.sql("SELECT count(*) FROM (SELECT md5(i::VARCHAR) AS s FROM range(2000000) t(i) ORDER BY s)"
-                   ).fetchall() == [(2_000_000,)]
+    assert con.sql(
+        "SELECT count(*) FROM (SELECT md5(i::VARCHAR) AS s FROM range(2000000) t(i) ORDER BY s)"
+    ).fetchall() == [(2_000_000,)]
 
 
 def test_other_connections_are_not_confined(tmp_path: Path, data_dir: Path):
@@ -166,8 +176,12 @@ def desk(tmp_path: Path, data_dir: Path, instance):
         (specs / f"{name}.sql").write_text(sql.format(outside=outside))
     (data_dir / "landing" / "notes").mkdir(parents=True)
     (data_dir / "landing" / "notes" / "notes.csv").write_text("note_id,body\n1,hello\n2,world\n")
-    defs = definitions_for(specs, NOTES, mart_spec("note_count", "note_count.sql"),
-                           *(mart_spec(name, f"{name}.sql") for name in ESCAPING_SQL))
+    defs = definitions_for(
+        specs,
+        NOTES,
+        mart_spec("note_count", "note_count.sql"),
+        *(mart_spec(name, f"{name}.sql") for name in ESCAPING_SQL),
+    )
     assert defs.resolve_job_def("notes_pipeline").execute_in_process(instance=instance, run_config=QUIET).success
     return defs, outside
 
@@ -183,7 +197,8 @@ def test_ordinary_transform_still_runs(desk, data_dir: Path, instance):
 def test_transform_reaching_outside_the_lake_fails_once_and_leaves_nothing(desk, data_dir: Path, instance, name: str):
     defs, outside = desk
     result = defs.resolve_job_def(f"{name}_pipeline").execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=False)
+        instance=instance, run_config=QUIET, raise_on_error=False
+    )
     assert not result.success
     step = f"marts__{name}"
     starts = [e for e in result.all_events if e.step_key == step and e.event_type == DagsterEventType.STEP_START]
@@ -195,5 +210,6 @@ def test_transform_reaching_outside_the_lake_fails_once_and_leaves_nothing(desk,
     assert not outside.exists()
     assert not (data_dir / "lake" / "marts" / name).exists() or not any((data_dir / "lake" / "marts" / name).iterdir())
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'desk'"
-                           ).fetchall() == [("notes",)]
+        assert con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'desk'"
+        ).fetchall() == [("notes",)]

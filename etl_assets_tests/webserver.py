@@ -112,8 +112,9 @@ class Webserver:
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 60.0) -> dict:
         """POST a query to ``/graphql`` the way any HTTP client would; returns ``data`` (fails on ``errors``)."""
         try:
-            response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
-                                  timeout=timeout)
+            response = httpx.post(
+                f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout
+            )
         except httpx.HTTPError as exc:
             self.fail(f"POST /graphql failed: {exc!r}")
         if response.status_code != 200:
@@ -126,8 +127,9 @@ class Webserver:
     def run_report(self, run_id: str, last: int = 25) -> str:
         """Why a run did not succeed: its failure messages and last events, read back through GraphQL."""
         try:
-            response = httpx.post(f"{self.url}/graphql", timeout=30,
-                                  json={"query": RUN_EVENTS_QUERY, "variables": {"runId": run_id}})
+            response = httpx.post(
+                f"{self.url}/graphql", timeout=30, json={"query": RUN_EVENTS_QUERY, "variables": {"runId": run_id}}
+            )
             run = response.json()["data"]["runOrError"]
         except Exception as exc:  # a diagnostic: never hide the original failure behind this one
             return f"(could not read the run's events: {exc!r})"
@@ -155,8 +157,11 @@ class Webserver:
                     status = httpx.post(f"{self.url}/graphql", timeout=10, json={"query": LOCATION_STATUS_QUERY})
                     entries = status.json()["data"]["workspaceOrError"]["locationEntries"]
                     states = {e["name"]: e["loadStatus"] for e in entries}
-                    errors = [e["locationOrLoadError"] for e in entries
-                              if (e.get("locationOrLoadError") or {}).get("__typename") == "PythonError"]
+                    errors = [
+                        e["locationOrLoadError"]
+                        for e in entries
+                        if (e.get("locationOrLoadError") or {}).get("__typename") == "PythonError"
+                    ]
                     if errors:
                         self.fail(f"the code location failed to load: {errors[0].get('message')}")
                     if states.get(LOCATION) == "LOADED":
@@ -168,7 +173,6 @@ class Webserver:
                 last_problem = repr(exc)
             time.sleep(0.5)
         self.fail(f"dagster-webserver at {self.url} not ready within {timeout:.0f}s ({last_problem})")
-
 
 
 def _stop(process: subprocess.Popen, grace: float = 15.0) -> None:
@@ -212,8 +216,22 @@ def running_webserver(workdir: Path, env: dict[str, str], timeout: float = START
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(BIN / "dagster-webserver"), "-h", HOST, "-p", str(port), "-m", "etl_assets.definitions", "-l", LOCATION],
-            cwd=REPO, env=full_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(BIN / "dagster-webserver"),
+                "-h",
+                HOST,
+                "-p",
+                str(port),
+                "-m",
+                "etl_assets.definitions",
+                "-l",
+                LOCATION,
+            ],
+            cwd=REPO,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown reaches the code server and runs too
         )
     server = Webserver(port=port, process=process, home=home, log_path=log_path)
