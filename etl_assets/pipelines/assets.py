@@ -204,7 +204,9 @@ def validate_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | No
         checks: dict[str, list[tuple[str, AssetCheckResult]]] = {}
         for partition in keys:
             if partition not in tables:
-                raise LakeError(f"raw/{spec.name}: partition {partition} is not in the lake; materialize it first")
+                raise LakeError(
+                    f"{raw_key(spec.name).to_user_string()}: partition {partition} is not in the lake; materialize it first"
+                )
             for event in _validate(context, tables[partition], partition):
                 if isinstance(event, Output):
                     key = targets[event.output_name]
