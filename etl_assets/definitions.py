@@ -1,7 +1,7 @@
 """The code location: assembles the pipelines of the defs folder, monitoring and recovery, and picks the executor.
 
 Nothing is built at import: Dagster calls the ``@definitions`` loader :func:`defs` when it loads the code location
-(``dg dev``, ``dagster dev``, ``dagster job execute -m etl_assets.definitions``, a run worker), and the CLI and tests
+(``dg dev``, ``dagster dev``, ``dagster job execute -m etl_assets``, a run worker), and the CLI and tests
 call :func:`build_definitions` themselves.
 
 The pipelines are ``Pipeline`` components (:mod:`etl_assets.components`) in the defs folder, plus the spec files of

@@ -41,13 +41,13 @@ def warehouse_count(data_dir: Path, sql: str) -> int:
 
 
 def test_definitions_validate(cli_env):
-    proc = run([str(BIN / "dagster"), "definitions", "validate", "-m", "etl_assets.definitions"], cli_env)
+    proc = run([str(BIN / "dagster"), "definitions", "validate", "-m", "etl_assets"], cli_env)
     assert "Validation successful" in proc.stdout + proc.stderr
 
 
 def test_job_execute_and_partitioned_materialize(cli_env, shop_data, api_server, data_dir):
     env = {**cli_env, "SHOP_API_URL": api_server.url}
-    run([str(BIN / "dagster"), "job", "execute", "-m", "etl_assets.definitions", "-j", "shop_full_refresh"], env)
+    run([str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", "shop_full_refresh"], env)
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.customers") == shop_data.customers
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.products") == shop_data.products
 
@@ -58,7 +58,7 @@ def test_job_execute_and_partitioned_materialize(cli_env, shop_data, api_server,
             "asset",
             "materialize",
             "-m",
-            "etl_assets.definitions",
+            "etl_assets",
             "--select",
             "raw/orders,clean/orders,quarantine/orders,warehouse/orders",
             "--partition",
@@ -89,9 +89,9 @@ def test_demo_command_runs_everything(cli_env, data_dir):
 
 
 def test_schedule_and_sensor_lists(cli_env):
-    schedules = run([str(BIN / "dagster"), "schedule", "list", "-m", "etl_assets.definitions"], cli_env).stdout
+    schedules = run([str(BIN / "dagster"), "schedule", "list", "-m", "etl_assets"], cli_env).stdout
     assert "orders_schedule" in schedules and "customers_schedule" in schedules
-    sensors = run([str(BIN / "dagster"), "sensor", "list", "-m", "etl_assets.definitions"], cli_env).stdout
+    sensors = run([str(BIN / "dagster"), "sensor", "list", "-m", "etl_assets"], cli_env).stdout
     for name in (
         "inventory_file_sensor",
         "products_file_sensor",
@@ -110,7 +110,7 @@ def test_partition_range_backfills_in_one_run(cli_env, shop_data, data_dir):
             "asset",
             "materialize",
             "-m",
-            "etl_assets.definitions",
+            "etl_assets",
             "--select",
             "raw/inventory,clean/inventory,quarantine/inventory,warehouse/inventory",
             "--partition-range",

@@ -86,7 +86,7 @@ class Daemon:
     def start(self) -> None:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-m", "etl_assets.definitions", "-l", "etl_assets"],
+            [str(BIN / "dagster-daemon"), "run", "-m", "etl_assets"],
             cwd=REPO,
             env=self.env,
             stdout=self.log,

@@ -38,11 +38,15 @@ def test_dagster_finds_the_lazy_loader_and_it_builds_the_location(data_dir):
     from dagster._core.workspace.autodiscovery import loadable_targets_from_python_module
     from dagster._utils.test.definitions import LazyDefinitions
 
+    import etl_assets
     import etl_assets.definitions
 
-    targets = loadable_targets_from_python_module("etl_assets.definitions", working_directory=None)
-    assert [(t.attribute, type(t.target_definition)) for t in targets] == [("defs", LazyDefinitions)]
-    assert etl_assets.definitions.defs is targets[0].target_definition
+    # -m etl_assets.definitions (dg) and -m etl_assets (the dagster CLI, workspace.yaml) find the same loader
+    for module, attribute in (("etl_assets.definitions", "defs"), ("etl_assets", "code_location")):
+        targets = loadable_targets_from_python_module(module, working_directory=None)
+        assert [(t.attribute, type(t.target_definition)) for t in targets] == [(attribute, LazyDefinitions)]
+        assert targets[0].target_definition is etl_assets.definitions.defs
+    assert etl_assets.code_location is etl_assets.definitions.defs
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the jobs are resolved when built, with no warning left for later look-ups
         defs = etl_assets.definitions.defs()

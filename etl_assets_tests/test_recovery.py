@@ -465,7 +465,7 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
         "job",
         "execute",
         "-m",
-        "etl_assets.definitions",
+        "etl_assets",
         "-j",
         job,
         "--tags",
@@ -529,7 +529,7 @@ def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
     new = csv_rows(source)
 
     proc, _ = run_until_paused(
-        [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets.definitions", "-j", job],
+        [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job],
         crash_env,
         until=("rec.rec_wal, quarantine.rec_wal partition _all", "after COMMIT"),
     )
@@ -593,7 +593,7 @@ def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blo
     env = {**crash_env, "ETL_POSTGRES_URL": postgres_url}
     source = data_dir / "landing" / "rec_pgload" / "rec_pgload_all.csv"
     job = "rec_pgload_pipeline"
-    cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets.definitions", "-j", job]
+    cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job]
     paused_load = ("rec_pgload partition _all", "before COMMIT")
     instance = crash_instance
 

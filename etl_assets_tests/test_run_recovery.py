@@ -197,7 +197,7 @@ def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
         return subprocess.run([str(a) for a in args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     # visits refers to kinds, which is not loaded yet: extract succeeds, validation fails for good
-    first = run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets.definitions", "-j", "visits_pipeline")
+    first = run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets", "-j", "visits_pipeline")
     assert first.returncode != 0
     instance = DagsterInstance.from_config(str(home))
     (failed,) = instance.get_runs(RunsFilter(job_name="visits_pipeline"))
@@ -205,10 +205,7 @@ def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
     assert "raw/visits" in _materialized(instance, failed.run_id)
 
     (data / "landing" / "kinds" / "kinds.csv").write_text("kind\nview\nbuy\n")  # the upstream is fixed
-    assert (
-        run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets.definitions", "-j", "kinds_pipeline").returncode
-        == 0
-    )
+    assert run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets", "-j", "kinds_pipeline").returncode == 0
     (data / "landing" / "visits" / "visits.csv").unlink()  # re-execution must not need the source again
     again = run(bin_dir / "etl-assets", "reexecute", failed.run_id)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -197,7 +197,7 @@ def _stop(process: subprocess.Popen, grace: float = 15.0) -> None:
 
 @contextmanager
 def running_webserver(workdir: Path, env: dict[str, str], timeout: float = STARTUP_TIMEOUT) -> Iterator[Webserver]:
-    """``dagster-webserver -h 127.0.0.1 -p <free port> -m etl_assets.definitions`` in the repository, with a fresh
+    """``dagster-webserver -h 127.0.0.1 -p <free port> -m etl_assets`` in the repository, with a fresh
     ``DAGSTER_HOME`` under ``workdir``; ready when entered, its whole process group stopped on exit.
 
     Args:
@@ -223,8 +223,6 @@ def running_webserver(workdir: Path, env: dict[str, str], timeout: float = START
                 "-p",
                 str(port),
                 "-m",
-                "etl_assets.definitions",
-                "-l",
                 LOCATION,
             ],
             cwd=REPO,

@@ -93,7 +93,7 @@ def rebuild(
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise RebuildError(
             f"{raw_key(pipeline).to_user_string()} has no lake data for partition(s) {shown} (never extracted, or removed by "
-            f"retention.raw_days); extract them again: dagster asset materialize -m etl_assets.definitions "
+            f"retention.raw_days); extract them again: dagster asset materialize -m etl_assets "
             f"--select raw/{pipeline} --partition <key>"
         )
     job_defs = Definitions.merge(
