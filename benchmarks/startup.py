@@ -68,7 +68,7 @@ def first_event_seconds(checkout: Path, module: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--module", default="etl_assets.definitions", help="this checkout's code location module")
+    parser.add_argument("--module", default="etl_assets", help="this checkout's code location module")
     parser.add_argument("--other", type=Path, help="another checkout to compare with")
     parser.add_argument("--other-module", default="etl_assets", help="its code location module")
     args = parser.parse_args()
