@@ -9,9 +9,6 @@ name that runs are recorded under and that the daemon looks a run's location up 
 
 from __future__ import annotations
 
-__all__ = ["code_location"]
-
-
 def __getattr__(name: str):
     if name == "code_location":
         from etl_assets.definitions import defs
