@@ -178,9 +178,9 @@ def test_each_failed_run_is_classified_recorded_and_alerted_exactly_once(world, 
     assert sorted((r[2], r[1], r[3], r[4], r[6]) for r in rows) == sorted(
         (name, f"{name}_pipeline", step, asset, cls) for name, (step, asset, cls, _) in FAILING.items()
     )
-    for run_id, _, pipeline, *_, message, failed_at in rows:
-        assert run_id == failed[pipeline]
-        assert FAILING[pipeline][3] in message, message
+    for run_id, _, name, *_, message, failed_at in rows:
+        assert run_id == failed[name]
+        assert FAILING[name][3] in message, message
         record = world.instance.get_run_record_by_id(run_id)
         assert abs(failed_at.timestamp() - record.end_time) < 1
     summary = world.query("SELECT pipeline, error_class, errors, runs, last_seen IS NOT NULL FROM ops.error_summary")
