@@ -79,6 +79,7 @@ def lake_snapshot(lake: Path) -> dict[str, tuple[int, str]]:
             rel = duckdb.sql(view_sql(str(path)))
         else:
             rel = duckdb.read_parquet(str(path))
+        assert rel is not None, relative
         columns = [duckdb.ColumnExpression(c) for c in rel.columns if c not in RUN_SPECIFIC]
         snapshot[relative] = digest(rel.select(*columns).fetchall())
     leftovers = [p.relative_to(lake).as_posix() for p in lake.rglob(".*") if p.is_file() and p not in referenced]
@@ -126,7 +127,9 @@ def pg_rows(url: str, schema: str, table: str, columns: list[str] | None = None)
 
 def pg_table_exists(url: str, schema: str, table: str) -> bool:
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}"."{table}"']).fetchone()[0]
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}"."{table}"']).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def source_orders(manifest: DemoManifest, day: str) -> list[tuple]:
@@ -390,9 +393,11 @@ def run_until_paused(cmd: list[str], env: dict, until: tuple[str, ...], timeout:
         text=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
+    stderr = proc.stderr
+    assert stderr is not None  # opened with stderr=PIPE
 
     def pump() -> None:
-        for line in proc.stderr:
+        for line in stderr:
             lines.put(line)
         lines.put(None)
 
