@@ -138,6 +138,7 @@ def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, mo
     with Recorder() as hook:
         monkeypatch.setenv("ETL_ALERT_WEBHOOK_URL", f"{hook.url}/{SECRET_PATH}")
         defs = definitions_for(tmp_path / "specs", spec)
+        assert defs.resources is not None
         resources = {"alerting": defs.resources["alerting"], "warehouse": defs.resources["warehouse"]}
 
         def tick(name, cursor):
@@ -167,11 +168,12 @@ def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, mo
 
         # still broken: the check sensor's tick retries, keeps the record, and says so
         still = tick("alert_on_check_failure", check_cursor)
-        assert "spooled error records still pending" in still.skip_message and store.pending() == 1
+        assert still.skip_message is not None and "spooled error records still pending" in still.skip_message
+        assert store.pending() == 1
 
         warehouse.unlink()  # repaired (restored from a backup, here: a fresh file)
         repaired = tick("alert_on_check_failure", still.cursor)
-        assert "spooled error records written" in repaired.skip_message
+        assert repaired.skip_message is not None and "spooled error records written" in repaired.skip_message
         assert store.pending() == 0
     with duckdb.connect(str(warehouse), read_only=True) as con:
         rows = con.execute("SELECT run_id, pipeline, step_key, error_class FROM ops.errors").fetchall()

@@ -25,6 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import duckdb
 import httpx
@@ -63,7 +64,7 @@ TOKEN = "tok-Zq8vN3rW5yKp0xL"
 HTTP_FAULTS = ("500", "503", "429")
 
 
-def _spec(url: str, **overrides: object) -> ApiSource:
+def _spec(url: str, **overrides: Any) -> ApiSource:
     raw: dict[str, object] = {
         "kind": "api",
         "connection": "shop_api",
@@ -79,13 +80,13 @@ def _spec(url: str, **overrides: object) -> ApiSource:
     return ApiSource.model_validate(raw)
 
 
-def _source(url: str, **overrides: object) -> RestApiSource:
-    settings: dict[str, object] = {"max_attempts": 8, "backoff_seconds": 0.01, "max_backoff_seconds": 0.05}
+def _source(url: str, **overrides: Any) -> RestApiSource:
+    settings: dict[str, Any] = {"max_attempts": 8, "backoff_seconds": 0.01, "max_backoff_seconds": 0.05}
     settings.update(overrides)
     return RestApiSource(connection="shop_api", default_url=url, **settings)
 
 
-def _extract(source: RestApiSource, spec: ApiSource, **kwargs: object) -> tuple[list[pa.RecordBatch], ExtractStats]:
+def _extract(source: RestApiSource, spec: ApiSource, **kwargs: Any) -> tuple[list[pa.RecordBatch], ExtractStats]:
     stats = ExtractStats()
     batches = list(source.extract(spec, CONTRACT, stats=stats, **kwargs))
     return batches, stats
@@ -106,7 +107,9 @@ def _expected_ids(
 def _max_updated_us(shop: DemoManifest) -> int:
     sql = "SELECT epoch_us(max(updated_at)) FROM read_parquet(?) WHERE ordered_at >= ? AND ordered_at < ?"
     with duckdb.connect() as con:
-        return con.execute(sql, [str(shop.orders_path), *WINDOW]).fetchone()[0]
+        row = con.execute(sql, [str(shop.orders_path), *WINDOW]).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def _epoch_us(text: str) -> int:
@@ -142,6 +145,7 @@ def test_pagination_returns_every_order_of_the_window_once(
     assert stats.pages == (math.ceil(n / page_size) if style == "page" else n // page_size + 1)
     assert stats.records == n
     assert stats.retries == 0 and stats.retry_reasons == {}
+    assert stats.max_watermark is not None
     assert _epoch_us(stats.max_watermark) == _max_updated_us(shop_data)
 
     for batch in batches:
@@ -165,9 +169,9 @@ def test_text_values_match_the_upstream_file(shop_data: DemoManifest, api_server
     first = {name: table.column(name)[0].as_py() for name in API_COLUMNS}
     sql = "SELECT customer_id, quantity, CAST(unit_price AS VARCHAR), currency FROM read_parquet(?) WHERE order_id = ?"
     with duckdb.connect() as con:
-        customer_id, quantity, unit_price, currency = con.execute(
-            sql, [str(shop_data.orders_path), int(first["order_id"])]
-        ).fetchone()
+        row = con.execute(sql, [str(shop_data.orders_path), int(first["order_id"])]).fetchone()
+    assert row is not None
+    customer_id, quantity, unit_price, currency = row
     assert (first["customer_id"], first["quantity"], first["unit_price"], first["currency"]) == (
         str(customer_id),
         str(quantity),
@@ -430,7 +434,9 @@ def test_retry_after_header_sets_the_wait(
         elapsed = time.monotonic() - started
     retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
     assert len(retries) == 1, retries
-    waited = float(re.search(r"retrying in ([0-9.]+)s$", retries[0]).group(1))
+    announced_wait = re.search(r"retrying in ([0-9.]+)s$", retries[0])
+    assert announced_wait is not None, retries[0]
+    waited = float(announced_wait.group(1))
     assert announced <= waited <= announced * (1 + RETRY_AFTER_JITTER) + 0.005, retries[0]  # log rounds to 0.01
     if kind != "500":
         assert elapsed >= 1.0  # time.sleep never returns early
@@ -466,7 +472,7 @@ def test_token_never_appears_in_logs(
 
 
 def _extract_until_error(
-    source: RestApiSource, spec: ApiSource, error: type[Exception], **kwargs: object
+    source: RestApiSource, spec: ApiSource, error: type[Exception], **kwargs: Any
 ) -> tuple[list[pa.RecordBatch], ExtractStats, Exception]:
     """The batches yielded before ``error`` was raised, the stats, and the error."""
     stats, batches = ExtractStats(), []
@@ -636,7 +642,7 @@ def test_json_nested_too_deep_is_a_data_error_not_retried(shop_data: DemoManifes
         )
         requests = server.requests_total
     assert batches == [] and requests == 1 and stats.retries == 0 and stats.retry_reasons == {}
-    assert error.error_class == "data_quality"
+    assert isinstance(error, ContractError) and error.error_class == "data_quality"
     assert str(error).startswith(
         "shop_api: GET /orders page 1: the body is JSON nested deeper than the parser can follow"
     )

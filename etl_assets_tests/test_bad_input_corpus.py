@@ -115,9 +115,14 @@ class Outcome:
     def find(self, rows: list[dict] | None, tag: str) -> list[dict]:
         return [r for r in rows or [] if r.get("tag") == tag]
 
-    def assert_conserved(self) -> None:
+    def assert_conserved(self) -> tuple[list[dict], list[dict]]:
+        """Asserts validation finished and every input row is either clean or quarantined.
+
+        Returns:
+            The clean rows and the quarantined rows.
+        """
         assert self.clean is not None and self.quarantine is not None, f"validation did not finish: {self.failures}"
-        clean, quarantine = len(self.clean or []), len(self.quarantine or [])
+        clean, quarantine = len(self.clean), len(self.quarantine)
         assert clean + quarantine == self.input_rows, (
             f"{clean} clean + {quarantine} quarantined != {self.input_rows} input rows"
         )
@@ -125,6 +130,7 @@ class Outcome:
         assert conserved.passed and conserved.metadata["rows_in"] == self.input_rows, conserved
         if self.warehouse is not None:
             assert len(self.warehouse) == clean, "the warehouse partition differs from clean"
+        return self.clean, self.quarantine
 
     def assert_nothing_written(self) -> None:
         assert self.written_anywhere == [], f"written despite the failure: {self.written_anywhere}"
@@ -811,16 +817,16 @@ def malformed(*lines: tuple[int, str], clean_tags: tuple[str, ...]) -> Callable[
     as delivered (bytes that are not UTF-8 escaped); the rows tagged ``clean_tags`` are valid."""
 
     def verify(out: Outcome) -> None:
-        out.assert_conserved()
-        bad = [r for r in out.quarantine if r["_etl_reasons"] == ["malformed_row"]]
-        assert len(bad) == len(lines) == len(out.quarantine), out.quarantine
+        clean, quarantine = out.assert_conserved()
+        bad = [r for r in quarantine if r["_etl_reasons"] == ["malformed_row"]]
+        assert len(bad) == len(lines) == len(quarantine), quarantine
         for (line, text), row in zip(lines, bad):
             assert row["_etl_read_error"].startswith(f"line {line}: ") and row["_etl_read_error"].endswith(
                 f": {text}"
             ), row
             assert row[SOURCE_COLUMN] in out.files and row["_etl_run_id"] == out.run_id
-        assert sorted(r["tag"] for r in out.clean) == sorted(clean_tags)
-        assert all("_etl_read_error" not in r for r in out.clean)
+        assert sorted(r["tag"] for r in clean) == sorted(clean_tags)
+        assert all("_etl_read_error" not in r for r in clean)
 
     return verify
 
@@ -941,8 +947,8 @@ def _empty_json(out: Outcome) -> None:
 
 
 def _empty_file_beside_records(out: Outcome) -> None:
-    out.assert_conserved()
-    assert {r[SOURCE_COLUMN] for r in out.clean} == {"kinds.json"}
+    clean, _ = out.assert_conserved()
+    assert {r[SOURCE_COLUMN] for r in clean} == {"kinds.json"}
 
 
 def _late_key_loaded_and_flagged(out: Outcome) -> None:

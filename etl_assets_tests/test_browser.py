@@ -54,6 +54,7 @@ def _require_browser() -> str:
         if os.environ.get("ETL_REQUIRE_BROWSER") == "1":
             pytest.fail(f"{message} (ETL_REQUIRE_BROWSER=1 makes this a failure)", pytrace=False)
         pytest.skip(message)
+    assert chromium is not None
     return chromium
 
 

@@ -4,6 +4,7 @@ the loads' re-check of the contract on the rows they insert (a mismatch rolls th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -40,6 +41,13 @@ def _warehouse(data_dir):
     return valid, quarantined
 
 
+def _stored(lake: LakeStorage, partition: str) -> Path:
+    """The file holding a partition of ``clean.visits`` in the lake, which must exist."""
+    stored = lake.stored_path(["clean", "visits"], partition)
+    assert stored is not None, f"clean.visits has no stored partition {partition}"
+    return stored
+
+
 def _setup(tmp_path, data_dir):
     landing = data_dir / "landing" / "visits"
     landing.mkdir(parents=True)
@@ -54,8 +62,8 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
     first = job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET)
     assert first.success
     lake = LakeStorage(root=str(data_dir / "lake"))
-    stored = lake.stored_path(["clean", "visits"], DAY)
-    assert stored is not None and stored.name == f"{DAY}.view.json"
+    stored = _stored(lake, DAY)
+    assert stored.name == f"{DAY}.view.json"
     manifest = json.loads(stored.read_text())
     assert (manifest["source_rows"], manifest["excluded_rows"], manifest["rows"]) == (5, 3, 2)
     # the view's source is a snapshot of the raw partition (same file, not a copy)
@@ -103,11 +111,13 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
     )
     assert not again.success
     [failure] = [e for e in again.all_events if e.is_step_failure]
-    message = (
-        failure.step_failure_data.user_failure_data.description
-        if failure.step_failure_data.user_failure_data
-        else failure.step_failure_data.error.message
-    )
+    failure_data = failure.step_failure_data
+    if failure_data.user_failure_data:
+        message = failure_data.user_failure_data.description
+    else:
+        assert failure_data.error is not None
+        message = failure_data.error.message
+    assert message is not None
     assert "accepted_values:kind: 1" in message and "min:amount: 1" in message and "duplicate_key: 1" in message
     assert "rolled back" in message
     assert _warehouse(data_dir) == (valid, quarantined)
@@ -119,7 +129,7 @@ def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_
     assert job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET).success
     before = _warehouse(data_dir)
     lake = LakeStorage(root=str(data_dir / "lake"))
-    stored = lake.stored_path(["clean", "visits"], DAY)
+    stored = _stored(lake, DAY)
     manifest = json.loads(stored.read_text())
     # leave out the two rows breaking a value rule, let the second row of key 4 through
     lake.write(
@@ -140,7 +150,9 @@ def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_
     )
     assert not again.success
     [failure] = [e for e in again.all_events if e.is_step_failure]
-    message = failure.step_failure_data.user_failure_data.description
+    user_failure = failure.step_failure_data.user_failure_data
+    assert user_failure is not None and user_failure.description is not None
+    message = user_failure.description
     assert "duplicate_key: 1" in message and "accepted_values" not in message and "rolled back" in message
     assert _warehouse(data_dir) == before
 
@@ -153,10 +165,10 @@ def test_cross_partition_key_check_reads_only_partitions_whose_key_range_overlap
     for day in ("2024-01-01", "2024-01-02"):
         assert job.execute_in_process(instance=instance, partition_key=day, run_config=QUIET).success
     lake = LakeStorage(root=str(data_dir / "lake"))
-    stats = json.loads(lake.stored_path(["clean", "visits"], "2024-01-02").read_text())["stats"]
+    stats = json.loads(_stored(lake, "2024-01-02").read_text())["stats"]
     assert stats == {"key_min": "10", "key_max": "12"}
     # 2024-01-01 (keys 1-3) cannot hold a key of 2024-01-03 (11-21): make it unreadable; only 2024-01-02 is read
-    first = lake.stored_path(["clean", "visits"], "2024-01-01")
+    first = _stored(lake, "2024-01-01")
     (first.parent / json.loads(first.read_text())["source"]).write_bytes(b"not parquet")
     result = job.execute_in_process(instance=instance, partition_key="2024-01-03", run_config=QUIET)
     assert result.success
@@ -176,13 +188,13 @@ def test_a_corrupt_clean_manifest_is_repaired_by_re_materializing_its_partition(
     assert job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET).success
     before = _warehouse(data_dir)
     lake = LakeStorage(root=str(data_dir / "lake"))
-    stored = lake.stored_path(["clean", "visits"], DAY)
+    stored = _stored(lake, DAY)
     old_files = {p.name for p in view_files(str(stored))}
     stored.write_bytes(b"\x00\x01 half-restored {")
 
     again = job.execute_in_process(instance=instance, partition_key=DAY, run_config=QUIET)
     assert again.success
-    repaired = lake.stored_path(["clean", "visits"], DAY)
+    repaired = _stored(lake, DAY)
     manifest = json.loads(repaired.read_text())
     assert (manifest["source_rows"], manifest["excluded_rows"], manifest["rows"]) == (5, 3, 2)
     new_files = {p.name for p in view_files(str(repaired))}
@@ -199,7 +211,7 @@ def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path,
     _visit_files(data_dir, {first: (1, 2, 3), second: (2, 5, 6)})  # key ranges overlap: the first must be read
     assert job.execute_in_process(instance=instance, partition_key=first, run_config=QUIET).success
     lake = LakeStorage(root=str(data_dir / "lake"))
-    lake.stored_path(["clean", "visits"], first).write_text("{not json")
+    _stored(lake, first).write_text("{not json")
 
     result = job.execute_in_process(instance=instance, partition_key=second, run_config=QUIET)
     assert result.success
@@ -221,7 +233,7 @@ def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path,
     third = "2024-01-03"
     _visit_files(data_dir, {third: (4, 7)})
     assert job.execute_in_process(instance=instance, partition_key=third, run_config=QUIET).success
-    third_manifest = lake.stored_path(["clean", "visits"], third)
+    third_manifest = _stored(lake, third)
     view_files(str(third_manifest))[0].unlink()
     spec = parse_spec_file(tmp_path / "specs" / "visits.yaml").spec
     unreadable: list[str] = []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, DagsterRunStatus, RunsFilter
 
 pytestmark = [pytest.mark.slow]
 
@@ -38,6 +38,15 @@ def run(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedP
 def warehouse_count(data_dir: Path, sql: str) -> int:
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         return con.execute(sql).fetchall()[0][0]
+
+
+def materializations(instance: DagsterInstance, key: AssetKey) -> list[AssetMaterialization]:
+    """The materializations of ``key`` recorded in ``instance`` (up to 100)."""
+    found = []
+    for record in instance.fetch_materializations(key, limit=100).records:
+        assert record.asset_materialization is not None
+        found.append(record.asset_materialization)
+    return found
 
 
 def test_definitions_validate(cli_env):
@@ -128,18 +137,12 @@ def test_partition_range_backfills_in_one_run(cli_env, shop_data, data_dir):
     assert runs[0].tags["dagster/asset_partition_range_end"] == days[-1]
     # each partition's materializations carry that partition's figures, not the range's
     for stage in ("raw", "clean", "warehouse"):
-        records = instance.fetch_materializations(AssetKey([stage, "inventory"]), limit=100).records
-        counts = {
-            r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value
-            for r in records
-        }
+        records = materializations(instance, AssetKey([stage, "inventory"]))
+        counts = {m.partition: m.metadata["dagster/row_count"].value for m in records}
         assert counts == {d: shop_data.products for d in days}, stage
-        assert all(r.asset_materialization.metadata["partitions_in_run"].value == len(days) for r in records)
-    quarantined = instance.fetch_materializations(AssetKey(["quarantine", "inventory"]), limit=100).records
-    assert {
-        r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value
-        for r in quarantined
-    } == {d: 0 for d in days}
+        assert all(m.metadata["partitions_in_run"].value == len(days) for m in records)
+    quarantined = materializations(instance, AssetKey(["quarantine", "inventory"]))
+    assert {m.partition: m.metadata["dagster/row_count"].value for m in quarantined} == {d: 0 for d in days}
 
 
 def test_metrics_command_serves_prometheus(cli_env):

@@ -49,7 +49,7 @@ from etl_assets.lake import (
     LakeView,
     view_files,
 )
-from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, DuckDBWarehouse, PostgresTarget
+from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, DuckDBWarehouse, LoadResult, PostgresTarget
 
 pytestmark = [pytest.mark.slow]
 
@@ -139,6 +139,7 @@ class Child:
         self._wait(self.stdout, "ready", timeout)
 
     def go(self) -> None:
+        assert self.proc.stdin is not None  # opened with stdin=PIPE
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
 
@@ -213,13 +214,15 @@ def _rows(n: int, writer: str, extra: bool = False) -> pa.Table:
 
 def _pg_partition(url: str, schema: str, table: str, partition: str) -> tuple:
     with psycopg.connect(url) as conn:
-        return conn.execute(
+        row = conn.execute(
             sql.SQL(
                 "SELECT count(*), count(DISTINCT id), array_agg(DISTINCT writer ORDER BY writer),"
                 " array_agg(DISTINCT _etl_run_id ORDER BY _etl_run_id) FROM {} WHERE _etl_partition = %s"
             ).format(sql.Identifier(schema, table)),
             [partition],
         ).fetchone()
+    assert row is not None
+    return row
 
 
 def _wait_for_advisory_wait(url: str, application: str, timeout: float = WAIT_SECONDS) -> None:
@@ -227,11 +230,11 @@ def _wait_for_advisory_wait(url: str, application: str, timeout: float = WAIT_SE
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as conn:
         while True:
-            waiting = conn.execute(
+            (waiting,) = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
                 " AND wait_event = 'advisory'",
                 [application],
-            ).fetchone()[0]
+            ).fetchall()[0]
             if waiting:
                 return
             assert time.monotonic() < deadline, f"{application} never waited on an advisory lock"
@@ -407,7 +410,7 @@ def test_two_threads_loading_one_partition_into_the_warehouse_give_one_copy(tmp_
     lake.write(["src", "other"], "2023-12-31", _rows(10, "other"))  # the table exists; the partition is empty
     warehouse.replace_partition("shop", "events", lake.table(["src", "other"], ["2023-12-31"]), "2023-12-31", "run-0")
     monkeypatch.setenv(TEST_PAUSE_IN_LOAD_ENV, "0.5")  # each load holds its transaction open for a while
-    results: dict[str, object] = {}
+    results: dict[str, LoadResult | BaseException] = {}
 
     def load(name: str) -> None:
         try:
@@ -422,8 +425,9 @@ def test_two_threads_loading_one_partition_into_the_warehouse_give_one_copy(tmp_
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert all(getattr(r, "rows", None) == ROWS for r in results.values()), results
-    assert sorted(r.rows_replaced for r in results.values()) == [0, ROWS]  # the second replaced the first's rows
+    loads = [r for r in results.values() if isinstance(r, LoadResult)]
+    assert len(loads) == 2 and all(r.rows == ROWS for r in loads), results
+    assert sorted(r.rows_replaced for r in loads) == [0, ROWS]  # the second replaced the first's rows
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
         ((count, distinct, writers),) = con.execute(
             "SELECT count(*), count(DISTINCT id), list(DISTINCT writer) FROM shop.events WHERE _etl_partition = ?",
@@ -493,6 +497,7 @@ def test_two_writers_of_one_lake_partition_give_the_second_ones_partition(
         (expected, expected, ["b"])
     ]
     stored = lake.stored_path(["clean", "w"], PARTITION)
+    assert stored is not None
     if second_kind == "view":
         assert stored.name == f"{PARTITION}{VIEW_SUFFIX}"
         named = {p.name for p in view_files(str(stored))}
@@ -561,7 +566,9 @@ def test_a_write_after_a_sigkilled_writer_removes_its_files_but_not_a_live_write
     assert lake.table(["clean", "w"], [other]).relation().aggregate("count(*), list(DISTINCT writer)").fetchall() == [
         (99, ["live"])
     ]
-    manifests = [lake.stored_path(["clean", "w"], p) for p in (PARTITION, other)]
+    loaded, live_manifest = (lake.stored_path(["clean", "w"], p) for p in (PARTITION, other))
+    assert loaded is not None and live_manifest is not None
+    manifests = [loaded, live_manifest]
     assert {p.name for p in directory.iterdir()} == {
         *(m.name for m in manifests),
         *(f.name for m in manifests for f in view_files(str(m))),

@@ -12,13 +12,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 pytestmark = [pytest.mark.daemon]
 
@@ -144,7 +144,7 @@ def write_events(landing: Path, day: str, rows: list[tuple[int, str, str]], suff
     return final
 
 
-def runs_of(env: dict, job: str, status=None) -> list:
+def runs_of(env: dict, job: str, status=None) -> Sequence[DagsterRun]:
     instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
     filters = RunsFilter(job_name=job, statuses=[status] if status else None)
     return instance.get_runs(filters)
@@ -236,8 +236,10 @@ def test_every_file_of_a_day_is_the_partition_and_a_redelivery_replaces_only_its
     env, landing, data, daemon = events_lab
     archive = data / "archive" / "events"
 
-    def events():
-        return warehouse(env, "SELECT event_id, kind, amount, _etl_partition FROM lab.events ORDER BY event_id")
+    def events() -> list[tuple]:
+        rows = warehouse(env, "SELECT event_id, kind, amount, _etl_partition FROM lab.events ORDER BY event_id")
+        assert rows is not None, "the warehouse is missing or held by a writer"
+        return rows
 
     def succeeded():
         return len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS))

@@ -68,6 +68,7 @@ def test_snapshot(monkeypatch, data_dir):
     assert checks == EXPECTED_CHECKS
     jobs = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
     assert jobs == EXPECTED_JOBS
+    assert defs.schedules is not None and defs.sensors is not None
     assert sorted(s.name for s in defs.schedules) == EXPECTED_SCHEDULES
     assert sorted(s.name for s in defs.sensors) == EXPECTED_SENSORS
 

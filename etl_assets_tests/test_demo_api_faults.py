@@ -14,6 +14,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ TOKEN = "tok-Zq8vN3rW5yKp0xL"
 
 
 @contextlib.contextmanager
-def _faulty(shop: DemoManifest, **faults: object) -> Iterator[tuple[DemoApiServer, httpx.Client]]:
+def _faulty(shop: DemoManifest, **faults: Any) -> Iterator[tuple[DemoApiServer, httpx.Client]]:
     """The demo API injecting ``FaultConfig(**faults)``, and a client of it."""
     with (
         DemoApiServer(shop.orders_path, faults=FaultConfig(**faults)) as api,

@@ -57,14 +57,16 @@ def _order_ids(manifest: DemoManifest, where: str, params: list[object]) -> list
 
 def _epoch_us(manifest: DemoManifest, column: str, order_id: int) -> int:
     sql = f"SELECT epoch_us({column}) FROM read_parquet(?) WHERE order_id = ?"
-    return duckdb.execute(sql, [str(manifest.orders_path), order_id]).fetchone()[0]
+    row = duckdb.execute(sql, [str(manifest.orders_path), order_id]).fetchone()
+    assert row is not None, order_id
+    return row[0]
 
 
 def _iso(epoch_us: int) -> str:
     return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=epoch_us)).isoformat()
 
 
-def _fetch_all_by_cursor(http: httpx.Client, params: dict[str, object]) -> list[int]:
+def _fetch_all_by_cursor(http: httpx.Client, params: dict[str, str | int]) -> list[int]:
     ids: list[int] = []
     response = http.get("/orders", params=params)
     while True:
@@ -121,18 +123,18 @@ def test_orders_schema_counts_and_value_ranges(shop: DemoManifest) -> None:
     ]
     assert table.column("order_id").to_pylist() == list(range(1, ORDERS + 1))
     assert (shop.customers, shop.products) == (100, 20)
-    assert pc.min(table["quantity"]).as_py() == 1 and pc.max(table["quantity"]).as_py() == 5
-    assert pc.min(table["unit_price"]).as_py() > 0
+    assert pc.min(table["quantity"]).as_py() == 1 and pc.max(table["quantity"]).as_py() == 5  # pyright: ignore[reportAttributeAccessIssue]
+    assert pc.min(table["unit_price"]).as_py() > 0  # pyright: ignore[reportAttributeAccessIssue]
     assert set(table["currency"].to_pylist()) == {"USD", "EUR", "GBP"}
     assert set(table["status"].to_pylist()) == {"placed", "shipped", "cancelled"}
 
     window_start = dt.datetime.combine(START, dt.time(), dt.UTC)
-    assert pc.min(table["ordered_at"]).as_py() >= window_start
-    assert pc.max(table["ordered_at"]).as_py() < window_start + dt.timedelta(days=DAYS)
-    lag_us = pc.subtract(table["updated_at"].cast(pa.int64()), table["ordered_at"].cast(pa.int64()))
-    assert pc.min(lag_us).as_py() >= 0
-    assert pc.max(lag_us).as_py() <= 48 * 3600 * 10**6
-    orders_per_day = pc.value_counts(pc.floor_temporal(table["ordered_at"], unit="day")).field("counts")
+    assert pc.min(table["ordered_at"]).as_py() >= window_start  # pyright: ignore[reportAttributeAccessIssue]
+    assert pc.max(table["ordered_at"]).as_py() < window_start + dt.timedelta(days=DAYS)  # pyright: ignore[reportAttributeAccessIssue]
+    lag_us = pc.subtract(table["updated_at"].cast(pa.int64()), table["ordered_at"].cast(pa.int64()))  # pyright: ignore[reportAttributeAccessIssue]
+    assert pc.min(lag_us).as_py() >= 0  # pyright: ignore[reportAttributeAccessIssue]
+    assert pc.max(lag_us).as_py() <= 48 * 3600 * 10**6  # pyright: ignore[reportAttributeAccessIssue]
+    orders_per_day = pc.value_counts(pc.floor_temporal(table["ordered_at"], unit="day")).field("counts")  # pyright: ignore[reportAttributeAccessIssue]
     assert len(orders_per_day) == DAYS
     assert min(orders_per_day.to_pylist()) > ORDERS / DAYS * 0.9
 
@@ -229,7 +231,7 @@ def test_updated_since_is_strictly_after(shop: DemoManifest, client: httpx.Clien
 
 def test_watermark(shop: DemoManifest, client: httpx.Client) -> None:
     body = client.get("/orders/watermark").json()
-    latest = pc.max(pq.read_table(shop.orders_path, columns=["updated_at"])["updated_at"]).as_py()
+    latest = pc.max(pq.read_table(shop.orders_path, columns=["updated_at"])["updated_at"]).as_py()  # pyright: ignore[reportAttributeAccessIssue]
     assert body["count"] == ORDERS
     assert dt.datetime.fromisoformat(body["max_updated_at"]) == latest
 

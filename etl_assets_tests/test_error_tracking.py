@@ -57,6 +57,7 @@ def test_error_records_wait_in_the_spool_while_another_process_holds_the_warehou
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdin is not None and holder.stdout is not None  # opened with PIPE
     try:
         assert holder.stdout.readline().strip() == "held"
         store = ErrorStore(warehouse, wait_seconds=0.5)

@@ -57,7 +57,9 @@ def test_a_file_missing_a_required_column_is_refused_at_once_and_leaves_landing(
     assert not result.success
     assert _attempts(result, "raw__drops") == 1  # a data error: no step retry
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
-    message = failure.step_failure_data.user_failure_data.description
+    user_failure = failure.step_failure_data.user_failure_data
+    assert user_failure is not None and user_failure.description is not None
+    message = user_failure.description
     assert "permanent error" in message and "required column(s) a missing (it has b)" in message
     assert not (drops / "x.csv").exists()  # moved to landing quarantine with the reason, not left for ever
     reasons = list((data_dir / "quarantine" / "drops").glob("*x.csv.reason.txt"))

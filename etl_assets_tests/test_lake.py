@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetIn, DailyPartitionsDefinition, asset, materialize
@@ -95,7 +96,10 @@ def test_io_manager_in_real_runs(tmp_path: Path):
         seen["type"] = type(numbers)
         schema = pa.schema([("n", pa.int64())])
         reader = numbers.arrow_reader()
-        batches = (pa.record_batch([pa.compute.multiply(b.column("n"), 2)], schema=schema) for b in reader)
+        batches = (
+            pa.record_batch([pc.multiply(b.column("n"), 2)], schema=schema)  # pyright: ignore[reportAttributeAccessIssue]
+            for b in reader
+        )
         return LakeStream(pa.RecordBatchReader.from_batches(schema, batches), lambda: {"note": "streamed"})
 
     resources = {"lake_io_manager": LakeIOManager(lake=lake)}
@@ -327,9 +331,11 @@ def test_a_pinned_partition_reads_one_version_while_it_is_rewritten(tmp_path: Pa
     # a pin of a process that is gone (a killed step) is removed by the next pin; a live process's is kept
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = pins / f"{dead.stdout.strip()}-{uuid.uuid4().hex}.parquet"
-    os.link(lake.stored_path(["raw", "v"], "2024-01-01"), stale)
+    raw_file = lake.stored_path(["raw", "v"], "2024-01-01")
+    assert raw_file is not None
+    os.link(raw_file, stale)
     live = pins / f"{os.getppid()}-{uuid.uuid4().hex}.parquet"
-    os.link(lake.stored_path(["raw", "v"], "2024-01-01"), live)
+    os.link(raw_file, live)
     with lake.pinned(raw):
         assert not stale.exists() and live.exists()
     live.unlink()

@@ -76,9 +76,11 @@ def snapshot(*roots: Path) -> dict[str, tuple]:
 def evaluate(defs: Definitions, instance: DagsterInstance, sensor_name: str, run_id: str):
     """Evaluate a landing sensor for one finished run, as the daemon would for that run."""
     run = instance.get_run_by_id(run_id)
+    assert run is not None
     failed = run.status.value == "FAILURE"
     event_type = DagsterEventType.RUN_FAILURE if failed else DagsterEventType.RUN_SUCCESS
     event = instance.get_records_for_run(run_id, of_type=event_type).records[0].event_log_entry.dagster_event
+    assert event is not None
     context = build_run_status_sensor_context(
         sensor_name=sensor_name,
         dagster_event=event,
@@ -102,7 +104,9 @@ def sensor_tags(defs: Definitions, instance: DagsterInstance, dataset: str) -> d
             )
         )
 
-    (request,) = tick(tick(None).cursor).run_requests
+    run_requests = tick(tick(None).cursor).run_requests
+    assert run_requests is not None
+    (request,) = run_requests
     return dict(request.tags)
 
 
@@ -133,7 +137,7 @@ def failing_job(step: str, error: Exception):
 
 # ---------------------------------------------------------------------------------------------- the tag check
 
-DROPS = {"drops": FilesSource(kind="files", format="csv", glob="*.csv")}
+DROPS = {"drops": FilesSource.model_validate({"kind": "files", "format": "csv", "glob": "*.csv"})}
 DIGEST = "0" * 64
 
 
@@ -166,7 +170,8 @@ def test_tags_that_do_not_name_a_file_of_a_files_pipeline_are_refused(tags, refu
 
 def test_the_file_sensors_tags_are_accepted():
     target, reason = landing_target({TAG_DATASET: "drops", TAG_FILE: "d 1.csv", TAG_SHA256: DIGEST}, DROPS)
-    assert reason is None and (target.dataset, target.name, target.sha256) == ("drops", "d 1.csv", DIGEST)
+    assert reason is None and target is not None
+    assert (target.dataset, target.name, target.sha256) == ("drops", "d 1.csv", DIGEST)
     assert landing_target({"dagster/run_key": "x"}, DROPS) == (None, None)  # not a landing run: nothing to say
 
 
@@ -193,7 +198,7 @@ def test_the_landing_resource_refuses_a_symlinked_dataset_directory_and_dot_name
     assert (outside / "x.csv").exists() and (data_dir / "warehouse.duckdb").read_text() == "the warehouse"
     # nor are its files listed (so never loaded) or its markers seen, while a real directory's are
     (outside / "_SUCCESS").write_text("")
-    spec = FilesSource(kind="files", format="csv", glob="*.csv")
+    spec = FilesSource.model_validate({"kind": "files", "format": "csv", "glob": "*.csv"})
     assert landing.list_files("linked", spec) == [] and landing.partition_inputs("linked", spec) == []
     assert not landing.marker_present("linked", "_SUCCESS")
     (data_dir / "landing" / "real").mkdir()

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,10 +91,11 @@ class World:
     runs: dict
     webhook: Recorder
     slack: Recorder
-    run_cursor: str
-    check_cursor: str
+    run_cursor: str | None
+    check_cursor: str | None
 
     def sensor_context(self, cursor):
+        assert self.defs.resources is not None
         resources = {"alerting": self.defs.resources["alerting"], "warehouse": self.defs.resources["warehouse"]}
         return build_sensor_context(instance=self.instance, cursor=cursor, resources=resources, definitions=self.defs)
 
@@ -110,7 +112,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
+def world(tmp_path_factory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("monitoring")
     data, specs, home = root / "data", root / "specs", root / "dagster_home"
     for d in (data, specs, home):
@@ -178,9 +180,9 @@ def test_each_failed_run_is_classified_recorded_and_alerted_exactly_once(world, 
     assert sorted((r[2], r[1], r[3], r[4], r[6]) for r in rows) == sorted(
         (name, f"{name}_pipeline", step, asset, cls) for name, (step, asset, cls, _) in FAILING.items()
     )
-    for run_id, _, pipeline, *_, message, failed_at in rows:
-        assert run_id == failed[pipeline]
-        assert FAILING[pipeline][3] in message, message
+    for run_id, _, name, *_, message, failed_at in rows:
+        assert run_id == failed[name]
+        assert FAILING[name][3] in message, message
         record = world.instance.get_run_record_by_id(run_id)
         assert abs(failed_at.timestamp() - record.end_time) < 1
     summary = world.query("SELECT pipeline, error_class, errors, runs, last_seen IS NOT NULL FROM ops.error_summary")
@@ -210,6 +212,7 @@ def test_each_failed_run_is_classified_recorded_and_alerted_exactly_once(world, 
 
 
 def _freshness_check(world: World):
+    assert world.defs.asset_checks is not None
     checks = [c for c in world.defs.asset_checks if FRESHNESS in c.check_keys]
     result = materialize(checks, instance=world.instance, selection=AssetSelection.checks(FRESHNESS), run_config=QUIET)
     (evaluation,) = result.get_asset_check_evaluations()
@@ -244,7 +247,7 @@ def test_freshness_check_fails_when_the_last_update_is_older_than_the_lag(world)
     _report_update(world, minutes_ago=31)  # newest materialization holds data 31 minutes old; the lag is 30
     stale = _freshness_check(world)
     assert not stale.passed
-    assert "overdue" in stale.description
+    assert stale.description is not None and "overdue" in stale.description
 
     _report_update(world, minutes_ago=None)  # a new materialization now
     again = _freshness_check(world)

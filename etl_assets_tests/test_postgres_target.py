@@ -272,7 +272,7 @@ def test_failure_mid_load_keeps_the_previous_rows(
             sql.SQL("ALTER TABLE {} ALTER COLUMN note SET NOT NULL").format(sql.Identifier(pg_schema, "order_items"))
         )
 
-    notes = [f"v2 {i}" for i in range(n)]
+    notes: list[str | None] = [f"v2 {i}" for i in range(n)]
     notes[-1] = None
     bad_source = _partition(lake, P1, pa.table({"item_id": pa.array(range(n), pa.int64()), "note": pa.array(notes)}))
     assert sum(1 for _ in bad_source.arrow_reader()) > 1

@@ -40,7 +40,7 @@ def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instanc
     ]
     lake = data_dir / "lake" / "quarantine" / "readings" / "2024-01-01.parquet"
     query = "SELECT reading_id, _etl_source, _etl_record, _etl_reasons FROM {} ORDER BY _etl_source, _etl_record"
-    assert duckdb.sql(query.format(f"read_parquet('{lake}')")).fetchall() == expected
+    assert duckdb.execute(query.format(f"read_parquet('{lake}')")).fetchall() == expected
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute(query.format("quarantine.readings")).fetchall() == expected
         assert con.execute("SELECT count(*) FROM lab.readings").fetchall() == [(1497,)]

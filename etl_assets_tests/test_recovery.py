@@ -79,6 +79,7 @@ def lake_snapshot(lake: Path) -> dict[str, tuple[int, str]]:
             rel = duckdb.sql(view_sql(str(path)))
         else:
             rel = duckdb.read_parquet(str(path))
+        assert rel is not None, relative
         columns = [duckdb.ColumnExpression(c) for c in rel.columns if c not in RUN_SPECIFIC]
         snapshot[relative] = digest(rel.select(*columns).fetchall())
     leftovers = [p.relative_to(lake).as_posix() for p in lake.rglob(".*") if p.is_file() and p not in referenced]
@@ -126,7 +127,9 @@ def pg_rows(url: str, schema: str, table: str, columns: list[str] | None = None)
 
 def pg_table_exists(url: str, schema: str, table: str) -> bool:
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}"."{table}"']).fetchone()[0]
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}"."{table}"']).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def source_orders(manifest: DemoManifest, day: str) -> list[tuple]:
@@ -361,8 +364,11 @@ def write_csv(path: Path, version: int, rows: int, first_id: int = 0) -> None:
 def csv_rows(path: Path) -> tuple[tuple[int, str], tuple[int, str]]:
     """Digests of the valid rows (id, amount, label) and of the quarantined ids of a CSV written by `write_csv`."""
     rel = duckdb.read_csv(str(path), all_varchar=True)
-    valid = duckdb.sql("SELECT CAST(id AS BIGINT), CAST(amount AS DECIMAL(12,2)), label FROM rel WHERE amount <> 'n/a'")
-    bad = duckdb.sql("SELECT id FROM rel WHERE amount = 'n/a'")
+    valid = rel.query(
+        "rel", "SELECT CAST(id AS BIGINT), CAST(amount AS DECIMAL(12,2)), label FROM rel WHERE amount <> 'n/a'"
+    )
+    bad = rel.query("rel", "SELECT id FROM rel WHERE amount = 'n/a'")
+    assert valid is not None and bad is not None
     return digest(valid.fetchall()), digest(bad.fetchall())
 
 
@@ -387,9 +393,11 @@ def run_until_paused(cmd: list[str], env: dict, until: tuple[str, ...], timeout:
         text=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
+    stderr = proc.stderr
+    assert stderr is not None  # opened with stderr=PIPE
 
     def pump() -> None:
-        for line in proc.stderr:
+        for line in stderr:
             lines.put(line)
         lines.put(None)
 
@@ -525,8 +533,12 @@ def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
     instance = crash_instance
     assert build_definitions().resolve_job_def(job).execute_in_process(instance=instance, run_config=QUIET).success
     old = csv_rows(source)
+    warehouse = data_dir / "warehouse.duckdb"
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert warehouse_partition(con, "rec", "rec_wal", "_all") == old
     write_csv(source, 2, 8_000)
     new = csv_rows(source)
+    assert new != old
 
     proc, _ = run_until_paused(
         [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job],
@@ -534,7 +546,6 @@ def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
         until=("rec.rec_wal, quarantine.rec_wal partition _all", "after COMMIT"),
     )
     sigkill(proc)
-    warehouse = data_dir / "warehouse.duckdb"
     wal = warehouse.with_name(warehouse.name + ".wal")
     assert wal.exists() and wal.stat().st_size > 0, "the commit should be in the WAL only"
     with duckdb.connect(str(warehouse)) as con:  # replays the WAL

@@ -46,7 +46,7 @@ class Lab:
     home: Path
     data: Path
     webhook: Recorder
-    run_cursor: str
+    run_cursor: str | None
 
     def materialize(self, job: str):
         return self.defs.resolve_job_def(job).execute_in_process(
@@ -56,6 +56,7 @@ class Lab:
     def alert_failed_runs(self) -> None:
         """Tick the run-failure sensor (records ops.errors, sends alerts) until it has nothing left."""
         sensor = self.defs.resolve_sensor_def("alert_on_run_failure")
+        assert self.defs.resources is not None
         resources = {"alerting": self.defs.resources["alerting"], "warehouse": self.defs.resources["warehouse"]}
         cursor = self.run_cursor
         for _ in range(10):
@@ -185,6 +186,7 @@ def lab_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         stack.append(lambda *exc: context.__exit__(None, None, None))
         defs = definitions_for(spec_dir, *specs)
         lab = Lab(instance, defs, home, data, webhook, "")
+        assert defs.resources is not None
         lab.run_cursor = (
             defs.resolve_sensor_def("alert_on_run_failure")
             .evaluate_tick(

@@ -79,10 +79,11 @@ def _paused_in_load(instance: DagsterInstance, run_id: str) -> bool:
 
 
 def _materialized(instance: DagsterInstance, run_id: str) -> set[str]:
-    return {
-        e.dagster_event.asset_key.to_user_string()
-        for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-    }
+    keys = set()
+    for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+        assert e.dagster_event is not None and e.dagster_event.asset_key is not None
+        keys.add(e.dagster_event.asset_key.to_user_string())
+    return keys
 
 
 @pytest.mark.parametrize("killed", ["worker", "everything"])
@@ -100,14 +101,16 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
         runs = instance.get_runs(RunsFilter(job_name="events_pipeline"))
         return runs[-1] if runs else None
 
-    wait_for(
-        "the file's run to start in a worker process",
-        lambda: first_run() is not None and run_worker_pid(instance, first_run().run_id) is not None,
-        240,
-        daemon,
-    )
+    def in_worker() -> bool:
+        started = first_run()
+        return started is not None and run_worker_pid(instance, started.run_id) is not None
+
+    wait_for("the file's run to start in a worker process", in_worker, 240, daemon)
     run = first_run()
-    pid, _ = run_worker_pid(instance, run.run_id)
+    assert run is not None
+    worker = run_worker_pid(instance, run.run_id)
+    assert worker is not None
+    pid, _ = worker
     wait_for("the load step to hold its transaction open", lambda: _paused_in_load(instance, run.run_id), 240, daemon)
     assert "raw/events" in _materialized(instance, run.run_id)
     if killed == "worker":
@@ -116,17 +119,18 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
         daemon.kill()  # the daemon, its code server and the run worker, as when a machine or `dagster dev` dies
         assert process_state(pid, time.time()).state != "alive"
     assert "warehouse/events" not in _materialized(instance, run.run_id), "the run finished before it was killed"
+
+    def status() -> DagsterRunStatus:
+        killed_run = instance.get_run_by_id(run.run_id)
+        assert killed_run is not None
+        return killed_run.status
+
     if killed == "everything":
         time.sleep(3)
-        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED  # nobody is left to notice
+        assert status() == DagsterRunStatus.STARTED  # nobody is left to notice
         daemon.start()
 
-    wait_for(
-        "the killed run marked failed",
-        lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE,
-        120,
-        daemon,
-    )
+    wait_for("the killed run marked failed", lambda: status() == DagsterRunStatus.FAILURE, 120, daemon)
     failure = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)
     by_watchdog = any("run_worker_watchdog" in e.message and str(pid) in e.message for e in failure)
     by_code_server = any(
@@ -142,13 +146,13 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
         runs = [r for r in instance.get_runs(RunsFilter(tags={"dagster/parent_run_id": run.run_id}))]
         return runs[0] if runs else None
 
-    wait_for(
-        "run retries to re-execute it and succeed",
-        lambda: retry() is not None and retry().status == DagsterRunStatus.SUCCESS,
-        300,
-        daemon,
-    )
+    def retried() -> bool:
+        child = retry()
+        return child is not None and child.status == DagsterRunStatus.SUCCESS
+
+    wait_for("run retries to re-execute it and succeed", retried, 300, daemon)
     again = retry()
+    assert again is not None
     assert again.tags.get("dagster/retry_number") == "1"  # launched by run retries, not by a person
     # from failure: the finished extract was not run again, the rest was
     done_again = _materialized(instance, again.run_id)

@@ -148,10 +148,12 @@ def test_marker_mode_waits_for_the_marker(tmp_path, instance, data_dir):
     directory.mkdir(parents=True)
     drop(directory, "part1.csv", "a\n1\n")
     waiting = tick(defs, "drops_file_sensor", instance, None)
-    assert waiting.run_requests == [] and "waiting for the marker _SUCCESS" in waiting.skip_message
+    assert waiting.run_requests == [] and waiting.skip_message is not None
+    assert "waiting for the marker _SUCCESS" in waiting.skip_message
     (directory / "_SUCCESS").touch()
     first = tick(defs, "drops_file_sensor", instance, None)
     second = tick(defs, "drops_file_sensor", instance, first.cursor)
+    assert second.run_requests is not None
     assert [r.partition_key for r in second.run_requests] == [None]
     assert second.run_requests[0].tags["etl/landing_file"] == "part1.csv"
 
@@ -167,6 +169,7 @@ def test_backlog_of_10000_files_is_worked_off_in_bounded_ticks(tmp_path, instanc
     while len(seen) < 10_000 and ticks < 60:
         result = tick(defs, "drops_file_sensor", instance, cursor)
         ticks += 1
+        assert result.run_requests is not None and result.cursor is not None
         assert len(result.run_requests) <= 500
         assert len(json.loads(result.cursor)["observed"]) + len(json.loads(result.cursor)["requested"]) <= 2500
         for request in result.run_requests:
@@ -200,6 +203,7 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
 
     defs = build_definitions()
     sensor = defs.resolve_sensor_def("orders_watermark_sensor")
+    assert defs.resources is not None
     resources = {"source_shop_api": defs.resources["source_shop_api"]}
 
     def run_tick(cursor):
@@ -214,7 +218,8 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
     ).fetchall()[0][0]
     assert first.run_requests == [] and first.cursor == top
     quiet = run_tick(first.cursor)
-    assert quiet.run_requests == [] and "no records updated since" in quiet.skip_message
+    assert quiet.run_requests == [] and quiet.skip_message is not None
+    assert "no records updated since" in quiet.skip_message
 
     # the source changes: two orders of the second day are updated after the watermark
     day = shop_data.partition_keys[1]
@@ -236,6 +241,7 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
     ).project("* EXCLUDE (max_u)").write_parquet(str(tmp))
     tmp.replace(shop_data.orders_path)
     changed = run_tick(quiet.cursor if quiet.cursor else first.cursor)
+    assert changed.run_requests is not None and changed.cursor is not None and first.cursor is not None
     assert [r.partition_key for r in changed.run_requests] == [day]
     assert changed.cursor > first.cursor
     assert run_tick(changed.cursor).run_requests == []

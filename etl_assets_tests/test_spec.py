@@ -41,7 +41,7 @@ def test_packaged_reference_specs_load():
 def test_valid_spec_parses_with_defaults(tmp_path: Path):
     loaded = parse_spec_file(write(tmp_path, "returns.yaml", VALID_FILES_SPEC))
     spec = loaded.spec
-    assert spec.source.kind == "files"
+    assert spec.source is not None and spec.source.kind == "files"
     assert spec.columns[2].type == "DECIMAL(10,2)"
     assert spec.targets == ["duckdb"]
     assert spec.retry.max_retries == 3

@@ -100,6 +100,7 @@ def test_the_location_loads_runs_alerts_and_reports_the_bad_specs(specs: Path, d
     assert defs.resolve_job_def("drops_pipeline").execute_in_process(instance=instance).success
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute('SELECT count(*) FROM "default".drops').fetchone() == (2,)
+    assert defs.sensors is not None and defs.resources is not None
     sensor_names = {s.name for s in defs.sensors}
     assert {"alert_on_run_failure", "alert_on_check_failure", SPEC_ERRORS_SENSOR} <= sensor_names
     assert not any("broken" in n for n in sensor_names)
@@ -121,7 +122,7 @@ def test_the_location_loads_runs_alerts_and_reports_the_bad_specs(specs: Path, d
     for name in ("d_not_yaml.yaml", "e_duplicate.yaml"):
         (specs / name).unlink()
     fixed = build_definitions()
-    assert SPEC_ERRORS_SENSOR not in {s.name for s in fixed.sensors}
+    assert fixed.sensors is not None and SPEC_ERRORS_SENSOR not in {s.name for s in fixed.sensors}
     assert fixed.resolve_job_def("needs_broken_pipeline") is not None
 
 

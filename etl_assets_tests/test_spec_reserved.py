@@ -305,6 +305,8 @@ def test_no_pipeline_or_domain_can_take_a_platform_definition_name(tmp_path: Pat
     specs = load_specs()
     built = build_pipelines(specs, os.environ.get)
     monitoring, recovery = build_monitoring(specs, os.environ.get), build_recovery(specs, os.environ.get)
+    assert monitoring.jobs is not None and monitoring.schedules is not None and monitoring.sensors is not None
+    assert recovery.jobs is not None and recovery.schedules is not None and recovery.sensors is not None
     names = {
         d.name
         for d in [

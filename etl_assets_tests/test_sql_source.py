@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -43,7 +44,7 @@ JAN_3 = dt.datetime(2024, 1, 3, tzinfo=UTC)
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _spec(url: str, **fields: object) -> SqlSource:
+def _spec(url: str, **fields: Any) -> SqlSource:
     return SqlSource(kind="sql", connection="shop_db", default_url=url, **fields)
 
 
@@ -51,7 +52,7 @@ def _source(url: str) -> SqlDatabaseSource:
     return SqlDatabaseSource(connection="shop_db", default_url=url)
 
 
-def _extract(url: str, window: tuple[dt.datetime, dt.datetime] | None = None, **fields: object) -> pa.Table:
+def _extract(url: str, window: tuple[dt.datetime, dt.datetime] | None = None, **fields: Any) -> pa.Table:
     return _source(url).extract(_spec(url, **fields), window=window).read_all()
 
 
@@ -264,13 +265,15 @@ def test_postgres_window_matches_psycopg_and_streams_typed_batches(postgres_url:
     ids = table.column("id").to_pylist()
     assert sorted(ids) == list(PG_WINDOW_IDS)  # start boundary row 1440 in, end boundary row 41760 out
     with psycopg.connect(postgres_url) as conn:
-        count, id_sum, k_sum, amount_sum, first, last = conn.execute(
+        row = conn.execute(
             sql.SQL(
                 "SELECT count(*), sum(id), sum(k), sum(amount), min(happened_at), max(happened_at) FROM {}"
                 " WHERE happened_at >= %s AND happened_at < %s"
             ).format(sql.Identifier(*pg_events.split("."))),
             list(PG_WINDOW),
         ).fetchone()
+    assert row is not None
+    count, id_sum, k_sum, amount_sum, first, last = row
     assert table.num_rows == count == len(PG_WINDOW_IDS)
     assert sum(ids) == id_sum
     assert sum(table.column("k").to_pylist()) == k_sum

@@ -141,7 +141,7 @@ def test_confined_connection_reads_registered_lake_relations_and_writes_the_lake
     con.register("notes", con.read_parquet([str(lake / "clean" / "notes" / "_all.parquet")]))
     relation = con.sql("SELECT note_id + 1 AS n FROM notes")
     relation.write_parquet(str(lake / "out.parquet"))  # what the lake IO manager does with a mart
-    assert duckdb.sql(f"SELECT * FROM '{lake}/out.parquet'").fetchall() == [(2,)]
+    assert duckdb.execute(f"SELECT * FROM '{lake}/out.parquet'").fetchall() == [(2,)]
     # spilling still works: the spill directory stays usable
     con.execute("SET memory_limit = '64MB'")
     con.execute("SET threads = 1")

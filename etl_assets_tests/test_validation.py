@@ -125,12 +125,15 @@ def assert_exact(got: object, expected: object) -> None:
     """``got`` is ``expected``: the same type and value (a Decimal with the same scale, a timestamp in UTC)."""
     assert type(got) is type(expected), f"{got!r} is not a {type(expected).__name__} like {expected!r}"
     if isinstance(expected, float) and math.isnan(expected):
-        assert math.isnan(got)
+        assert isinstance(got, float) and math.isnan(got)
     elif isinstance(expected, Decimal):
+        assert isinstance(got, Decimal)
         assert got == expected and got.as_tuple().exponent == expected.as_tuple().exponent, (got, expected)
     elif isinstance(expected, float):
+        assert isinstance(got, float)
         assert got == expected and math.copysign(1, got) == math.copysign(1, expected), (got, expected)
     elif isinstance(expected, datetime):
+        assert isinstance(got, datetime)
         assert got == expected and (got.utcoffset() is None) == (expected.utcoffset() is None), (got, expected)
         if got.utcoffset() is not None:
             assert got.utcoffset() == timedelta(0), f"{got!r} is not in UTC"
@@ -560,7 +563,8 @@ def test_malformed_rows_through_the_pipeline(tmp_path: Path, data_dir: Path, ins
     checks = {c.check_name: c for c in result.get_asset_check_evaluations() if c.asset_key.path[0] == "clean"}
     assert checks["schema_change"].passed and checks["schema_change"].metadata["new_columns"].value == []
     assert checks["valid_type"].passed
-    assert checks["valid_type"].metadata["by_rule"].value["malformed_row"] == 2
+    by_rule = checks["valid_type"].metadata["by_rule"].value
+    assert isinstance(by_rule, dict) and by_rule["malformed_row"] == 2
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         loaded = con.sql("SELECT * FROM corpus.parsed ORDER BY id")
         assert validation.READ_ERROR_COLUMN not in loaded.columns
@@ -613,7 +617,9 @@ def test_a_bad_column_name_fails_the_run_without_retries(tmp_path: Path, data_di
     assert not result.success
     failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
     assert [e.step_key for e in failures] == ["validate_named"]
-    message = failures[0].step_failure_data.user_failure_data.description
+    user_failure = failures[0].step_failure_data.user_failure_data
+    assert user_failure is not None and user_failure.description is not None
+    message = user_failure.description
     assert message.startswith("data_quality error: named: the source delivered column name(s) 'bad col' are not SQL")
     assert "_etl_batch" in message and "Rename these columns in the source" in message
     assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
@@ -637,7 +643,9 @@ def test_a_bad_column_name_from_a_sql_source_fails_at_validation(tmp_path: Path,
     )
     failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
     assert [e.step_key for e in failures] == ["validate_items"]
-    message = failures[0].step_failure_data.user_failure_data.description
+    user_failure = failures[0].step_failure_data.user_failure_data
+    assert user_failure is not None and user_failure.description is not None
+    message = user_failure.description
     assert "'bad col'" in message and "_etl_batch" in message and message.startswith("data_quality error: items:")
 
 

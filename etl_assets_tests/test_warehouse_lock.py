@@ -31,6 +31,7 @@ con.close()
 def _held(path: Path, seconds: float) -> Iterator[subprocess.Popen]:
     """Another process holding the file for ``seconds`` (from when this yields); killed on the way out."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # opened with stdout=PIPE
     try:
         assert proc.stdout.readline().strip() == "holding"
         yield proc
