@@ -9,6 +9,7 @@ name that runs are recorded under and that the daemon looks a run's location up 
 
 from __future__ import annotations
 
+
 def __getattr__(name: str):
     if name == "code_location":
         from etl_assets.definitions import defs
