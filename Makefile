@@ -50,7 +50,7 @@ validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pyright
+	$(BIN)/pyright --project pyproject.toml  # this config, never a pyrightconfig.json found in a parent folder
 
 ## Regenerate docs/pipeline-spec.schema.json (the spec's JSON schema for editors) from the models.
 schema: $(STAMP)
