@@ -89,6 +89,24 @@ def test_job_execute_and_partitioned_materialize(cli_env, shop_data, api_server,
     assert [r.tags.get("dagster/partition") for r in runs if r.job_name != "shop_full_refresh"] == [day]
 
 
+def test_dg_launch_loads_one_partition_of_the_project(cli_env, shop_data, api_server, data_dir):
+    # the dg form of the README's by-hand run: the project's code location, one partition of one pipeline
+    env = {**cli_env, "SHOP_API_URL": api_server.url, "VIRTUAL_ENV": str(BIN.parent)}
+    day = shop_data.partition_keys[0]
+    selection = "raw/orders,clean/orders,quarantine/orders,warehouse/orders"
+    run([str(BIN / "dg"), "launch", "--job", "shop_full_refresh"], env)  # the dimensions the orders reference
+    run([str(BIN / "dg"), "launch", "--assets", selection, "--partition", day], env)
+    expected = duckdb.execute(
+        "SELECT count(*) FROM read_parquet(?) WHERE CAST(ordered_at AS DATE) = CAST(? AS DATE)",
+        [str(shop_data.orders_path), day],
+    ).fetchall()[0][0]
+    assert expected > 0
+    assert warehouse_count(data_dir, "SELECT count(*) FROM shop.orders") == expected
+    runs = DagsterInstance.from_config(cli_env["DAGSTER_HOME"]).get_runs()
+    assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * 2
+    assert [r.tags.get("dagster/partition") for r in runs] == [day, None]  # newest first
+
+
 def test_demo_command_runs_everything(cli_env, data_dir):
     proc = run([str(BIN / "etl-assets"), "demo", "--orders", "600", "--days", "2"], cli_env)
     assert f"warehouse: {data_dir / 'warehouse.duckdb'}" in proc.stdout
