@@ -11,6 +11,7 @@ import pytest
 from dagster import DagsterInstance, instance_for_test
 
 from etl_assets_demo import DemoApiServer, DemoManifest, generate_shop_data
+from etl_assets_tests.s3server import S3Server
 
 POSTGRES_URL_ENV = "ETL_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -100,3 +101,21 @@ def pg_schema(postgres_url: str) -> Iterator[str]:
     yield name
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (moto_server) on a free loopback port for the whole session."""
+    server = S3Server().start(log=tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on the loopback S3 server; the AWS variables of this test point at the server."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server.new_bucket()
