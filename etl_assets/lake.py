@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
@@ -51,7 +52,8 @@ from dagster import (
 
 from etl_assets.errors import no_retry_for_permanent_errors
 from etl_assets.keys import UNPARTITIONED
-from etl_assets.settings import current_settings, duckdb_connection
+from etl_assets.objectstore import is_object_url
+from etl_assets.settings import duckdb_connection, lake_url
 from etl_assets.sqlutil import quote_literal
 
 VIEW_SUFFIX = ".view.json"
@@ -65,6 +67,12 @@ TEST_PAUSE_IN_LAKE_WRITE_ENV = "ETL_TEST_PAUSE_IN_LAKE_WRITE_SECONDS"
 # Test-only, with the pause hooks: a pause ends early once this file exists, so a test can hold a writer for as long
 # as its checks take (a loaded machine) and no longer.
 TEST_PAUSE_RELEASE_ENV = "ETL_TEST_PAUSE_RELEASE_FILE"
+
+
+_object_lakes: dict[str, "ObjectLake"] = {}
+
+if TYPE_CHECKING:
+    from etl_assets.lake_s3 import ObjectLake
 
 
 class LakeError(RuntimeError):
@@ -172,8 +180,17 @@ def _sql_list(paths: Sequence[str]) -> str:
 
 def _read_manifest(path: Path) -> dict:
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        text = path.read_text()
+    except OSError as exc:
+        raise LakeError(f"{path}: unreadable lake view manifest ({exc}); re-materialize the partition") from exc
+    return parse_manifest(text, path)
+
+
+def parse_manifest(text: str | bytes, path: object) -> dict:
+    """A view manifest's fields, checked (``path`` names it in errors: a file, or an object's URL)."""
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
         raise LakeError(f"{path}: unreadable lake view manifest ({exc}); re-materialize the partition") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != VIEW_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else manifest
@@ -228,18 +245,39 @@ class LakeStream:
 
 
 class LakeStorage(ConfigurableResource):
-    """Storage of the lake. Local directories today; the interface is what an S3-compatible store implements.
+    """Storage of the lake: a local directory, or an object store (``s3://bucket/prefix``, see
+    :mod:`etl_assets.lake_s3`) behind the same methods.
 
     Attributes:
-        root: Lake root. Empty means ``$ETL_DATA_DIR/lake``, read when used.
+        root: Lake root. Empty means ``$ETL_LAKE_URL``, else ``$ETL_DATA_DIR/lake``, read when used.
     """
 
     root: str = ""
 
+    def location(self) -> str:
+        """The lake's root as configured: a directory or an ``s3://`` URL."""
+        return self.root or lake_url()
+
+    def remote(self) -> "ObjectLake | None":
+        """The object-store lake when the root is an ``s3://`` URL, else None (a local lake)."""
+        location = self.location()
+        if location.startswith("gs://"):
+            raise LakeError(f"lake root {location!r}: only s3:// object stores are supported; use s3://bucket/prefix")
+        if not is_object_url(location):
+            return None
+        from etl_assets.lake_s3 import ObjectLake
+
+        if location not in _object_lakes:
+            _object_lakes[location] = ObjectLake(location)
+        return _object_lakes[location]
+
     def root_path(self) -> Path:
-        if self.root.startswith(("s3://", "gs://")):
-            raise LakeError(f"lake root {self.root!r}: object stores are not implemented yet; use a local directory")
-        return Path(self.root).expanduser().resolve() if self.root else current_settings().lake_dir
+        """The lake's local directory; for an object-store lake, its local working directory (the read cache and
+        the files being written), which is what a step's DuckDB connection may read."""
+        if (remote := self.remote()) is not None:
+            remote.work.mkdir(parents=True, exist_ok=True)
+            return remote.work
+        return Path(self.location()).expanduser().resolve()
 
     def path_for(self, key_path: Sequence[str], partition: str | None) -> Path:
         """The file that holds ``partition`` of the asset with ``key_path``."""
@@ -256,6 +294,8 @@ class LakeStorage(ConfigurableResource):
 
     def partitions(self, key_path: Sequence[str]) -> list[str | None]:
         """Partitions of an asset present in the lake (``[None]`` for an unpartitioned one)."""
+        if (remote := self.remote()) is not None:
+            return remote.partitions(key_path)
         directory = self.root_path().joinpath(*key_path)
         if not directory.is_dir():
             return []
@@ -264,11 +304,16 @@ class LakeStorage(ConfigurableResource):
         return [None if k == UNPARTITIONED else k for k in sorted(names)]
 
     def exists(self, key_path: Sequence[str], partition: str | None) -> bool:
+        if (remote := self.remote()) is not None:
+            return remote.stored(key_path, partition) is not None
         return self.stored_path(key_path, partition) is not None
 
     def stored_path(self, key_path: Sequence[str], partition: str | None) -> Path | None:
         """The file holding ``partition``: its Parquet file or its view manifest (the newer, should both be left by
-        a crash between writing one and removing the other), or None."""
+        a crash between writing one and removing the other), or None. For an object-store lake: a local copy of it."""
+        if (remote := self.remote()) is not None:
+            copy = remote.local_copy(key_path, partition)
+            return Path(copy) if copy is not None else None
         parquet = self.path_for(key_path, partition)
         view = parquet.with_name(parquet.stem + VIEW_SUFFIX)
         found = [p for p in (parquet, view) if p.is_file()]
@@ -283,6 +328,8 @@ class LakeStorage(ConfigurableResource):
             data: A DuckDB relation, an Arrow table, an Arrow RecordBatchReader (streamed batch by batch), or a
                 :class:`LakeView`.
         """
+        if (remote := self.remote()) is not None:
+            return remote.write(key_path, partition, data)
         if isinstance(data, LakeView):
             return self._write_view(key_path, partition, data)
         final = self.path_for(key_path, partition)
@@ -374,6 +421,8 @@ class LakeStorage(ConfigurableResource):
     def remove(self, key_path: Sequence[str], partition: str | None) -> list[str]:
         """Remove one partition (its Parquet file or view, and every leftover of earlier writes) under its lock, so a
         concurrent write of it is not cut short. Returns the names of the files removed."""
+        if (remote := self.remote()) is not None:
+            return remote.remove(key_path, partition)
         parquet = self.path_for(key_path, partition)
         directory, name = parquet.parent, parquet.stem
         if not directory.is_dir():
@@ -393,7 +442,12 @@ class LakeStorage(ConfigurableResource):
         the name, not the file a hard link holds, so every read inside the block (and a view written over a pinned
         source, which links it again) sees one version of the rows. View partitions are not pinned: a rewrite
         removes the old view's files, so a read of a view that is replaced mid-way fails instead of mixing.
+        An object-store lake's tables are local copies already, one version each (named by its ETag), kept as long
+        as they are used: nothing to pin.
         """
+        if self.remote() is not None:
+            yield table
+            return
         pins_dir = self.root_path() / PINS_DIR
         _remove_stale_pins(pins_dir)
         pinned_paths, made = [], []
@@ -437,7 +491,7 @@ class LakeStorage(ConfigurableResource):
         if missing and not allow_missing or not paths:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise LakeError(
-                f"{name}: partition(s) {shown} not in the lake at {self.root_path()}; materialize them first"
+                f"{name}: partition(s) {shown} not in the lake at {self.location()}; materialize them first"
             )
         return LakeTable(name, tuple(paths), tuple(keys))
 

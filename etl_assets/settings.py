@@ -91,3 +91,19 @@ def duckdb_connection(
         con.execute(f"SET allowed_directories = [{dirs}]")
         con.execute("SET enable_external_access = false")
     return con
+
+
+LAKE_URL_ENV = "ETL_LAKE_URL"
+LANDING_URL_ENV = "ETL_LANDING_URL"
+
+
+def lake_url() -> str:
+    """Where the lake is: ``$ETL_LAKE_URL`` (a directory, or ``s3://bucket/prefix``), else ``$ETL_DATA_DIR/lake``."""
+    return os.environ.get(LAKE_URL_ENV, "").strip() or str(current_settings().lake_dir)
+
+
+def landing_url() -> str:
+    """Where files land: ``$ETL_LANDING_URL`` (a directory, or ``s3://bucket/prefix``), else
+    ``$ETL_DATA_DIR/landing``. Loaded files are archived and refused ones quarantined beside it (``archive/``,
+    ``quarantine/`` next to the landing directory or prefix)."""
+    return os.environ.get(LANDING_URL_ENV, "").strip() or str(current_settings().landing_dir)

@@ -117,7 +117,7 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
     def _sensor(context: SensorEvaluationContext):
         landing: LandingFilesSource = context.resources.landing
         if source.ready_marker and not landing.marker_present(spec.name, source.ready_marker):
-            return SkipReason(f"waiting for the marker {source.ready_marker} in {landing.dataset_dir(spec.name)}")
+            return SkipReason(f"waiting for the marker {source.ready_marker} in {landing.dataset_location(spec.name)}")
         files = landing.scan(spec.name, source, limit=arrival.max_files_per_tick * SCAN_FACTOR)
         decision = decide_arrivals(
             files, json.loads(context.cursor) if context.cursor else {}, arrival.max_files_per_tick
@@ -133,7 +133,7 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
                 landing.quarantine(spec.name, f.name, str(exc))
                 context.log.warning(f"quarantined {f.name}: {exc}")
                 continue
-            sha = landing.sha256(f.path)
+            sha = landing.content_key(f.path)
             candidates.append((f, partition, sha, run_key_for(spec.name, f.name, f.size, sha)))
         loaded = {}
         if candidates:
@@ -179,7 +179,8 @@ class LandingTarget:
     sha256: str
 
 
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# a local file's sha256, or an object's ETag (an MD5, with the part count of a multipart upload)
+_SHA256_RE = re.compile(r"[0-9a-f]{64}|etag:[0-9a-f]{32}(?:-[0-9]{1,5})?")
 
 
 def plain_file_name(name: object) -> TypeGuard[str]:
@@ -218,7 +219,7 @@ def landing_target(tags: dict, sources: dict[str, FilesSource]) -> tuple[Landing
     if not fnmatch.fnmatchcase(name, source.glob) or name.endswith(IN_PROGRESS_SUFFIXES):
         return None, f"{TAG_FILE}={name!r} does not match the glob {source.glob!r} of {dataset}"
     if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
-        return None, f"{TAG_SHA256}={sha!r} is not a sha256 digest"
+        return None, f"{TAG_SHA256}={sha!r} is not a sha256 digest or an object ETag"
     return LandingTarget(dataset, name, sha), None
 
 

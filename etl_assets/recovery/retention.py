@@ -60,12 +60,9 @@ def expire_raw_inputs(
                     if lake.remove(raw_key(spec.name).path, partition):
                         removed.append(Expired(spec.name, "raw_partition", partition))
         if keep.archive_days is not None:
-            directory = landing.archive_dir(spec.name)
             oldest = now.timestamp() - keep.archive_days * 86400
-            for path in sorted(directory.iterdir()) if directory.is_dir() else []:
-                if path.is_file() and not path.is_symlink() and path.stat().st_mtime < oldest:
-                    path.unlink()
-                    removed.append(Expired(spec.name, "archived_file", path.name))
+            for name in landing.expire_archived(spec.name, oldest):
+                removed.append(Expired(spec.name, "archived_file", name))
     return removed
 
 

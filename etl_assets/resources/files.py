@@ -24,7 +24,9 @@ from pydantic import Field, field_validator
 
 from etl_assets.errors import PermanentSourceError
 from etl_assets.keys import SOURCE_COLUMN
-from etl_assets.settings import current_settings
+from etl_assets.landing_s3 import ObjectLanding, content_key, mtime_ns, now_stamp
+from etl_assets.objectstore import ObjectInfo, is_object_url
+from etl_assets.settings import landing_url
 from etl_assets.specmodel import SpecModel
 from etl_assets.sqlutil import is_identifier, is_reserved_column, quote_ident, quote_literal
 
@@ -52,7 +54,7 @@ class LandingFile:
     """A complete-looking file in a dataset's landing directory."""
 
     name: str
-    path: Path
+    path: Path | ObjectInfo  # an object (its version as listed) on an object-store landing zone
     size: int
     mtime_ns: int
 
@@ -96,35 +98,94 @@ class FilesSource(SpecModel):
         return value
 
 
+_object_landings: dict[str, ObjectLanding] = {}
+
+
+def _plain_part(part: object) -> bool:
+    """A plain directory entry name: no separator, NUL, ``.``/``..`` or leading dot, at most 255 characters."""
+    return (
+        isinstance(part, str)
+        and 0 < len(part) <= 255
+        and not part.startswith(".")
+        and not any(c in part for c in "/\\\0")
+    )
+
+
 class LandingFilesSource(ConfigurableResource):
-    """Files dropped per dataset under the landing root.
+    """Files dropped per dataset under the landing root: a local directory, or an object store
+    (``s3://bucket/prefix``, see :mod:`etl_assets.landing_s3`) listed and moved through the same methods and read
+    through local snapshots.
 
     Attributes:
-        root: Landing root; empty means ``$ETL_DATA_DIR/landing``.
+        root: Landing root; empty means ``$ETL_LANDING_URL``, else ``$ETL_DATA_DIR/landing``.
     """
 
     root: str = ""
 
+    def location(self) -> str:
+        return self.root or landing_url()
+
+    def remote(self) -> ObjectLanding | None:
+        """The object-store landing zone when the root is an ``s3://`` URL, else None."""
+        location = self.location()
+        if not is_object_url(location):
+            return None
+        if location not in _object_landings:
+            _object_landings[location] = ObjectLanding(location)
+        return _object_landings[location]
+
     def root_path(self) -> Path:
-        return Path(self.root).expanduser().resolve() if self.root else current_settings().landing_dir
+        """The landing directory; for an object-store landing zone, the local directory its snapshots go to."""
+        if (remote := self.remote()) is not None:
+            remote.work.mkdir(parents=True, exist_ok=True)
+            return remote.work
+        return Path(self.location()).expanduser().resolve()
 
     def dataset_dir(self, dataset: str) -> Path:
         return self.root_path() / dataset
 
+    def dataset_location(self, dataset: str) -> str:
+        """Where ``dataset``'s files land, for messages: a directory or an ``s3://`` prefix."""
+        if (remote := self.remote()) is not None:
+            return remote.dataset_location(dataset)
+        return str(self.dataset_dir(dataset))
+
+    def archive_location(self, dataset: str) -> str:
+        if (remote := self.remote()) is not None:
+            return remote.archive_location(dataset)
+        return str(self.archive_dir(dataset))
+
     def list_files(
         self, dataset: str, spec: FilesSource, partition: str | None = None, limit: int | None = None
-    ) -> list[Path]:
+    ) -> list[Path | ObjectInfo]:
         """Complete files of ``dataset`` matching the spec's glob (and ``partition``, taken from the name).
 
         Symlinks and anything resolving outside the dataset's directory are refused, not followed. With ``limit``,
-        stops after that many files (in name order), so a large backlog costs bounded work.
+        stops after that many files (in name order), so a large backlog costs bounded work. On an object store:
+        the objects directly in the dataset's folder, each as the version listed.
         """
+        if (remote := self.remote()) is not None:
+            if not _plain_part(dataset):
+                return []
+            pattern = re.compile(spec.partition_regex)
+            objects: list[Path | ObjectInfo] = []
+            for item in remote.list(dataset, spec.glob):
+                if item.name.endswith(IN_PROGRESS_SUFFIXES):
+                    continue
+                if partition is not None:
+                    match = pattern.search(item.name)
+                    if match is None or match.group("partition") != partition:
+                        continue
+                objects.append(item)
+                if limit is not None and len(objects) >= limit:
+                    break
+            return objects
         directory = self._real_dataset_dir(dataset)
         if directory is None:
             return []
         root = directory
         pattern = re.compile(spec.partition_regex)
-        found = []
+        found: list[Path | ObjectInfo] = []
         for path in sorted(directory.glob(spec.glob)):
             if path.is_symlink() or not path.is_file():
                 continue
@@ -145,11 +206,16 @@ class LandingFilesSource(ConfigurableResource):
         """Files the sensor may consider, with size and modification time (the first ``limit`` in name order)."""
         files = []
         for path in self.list_files(dataset, spec, limit=limit):
+            if isinstance(path, ObjectInfo):
+                files.append(LandingFile(path.name, path, path.size, mtime_ns(path)))
+                continue
             st = path.stat()
             files.append(LandingFile(path.name, path, st.st_size, st.st_mtime_ns))
         return files
 
     def marker_present(self, dataset: str, marker: str) -> bool:
+        if (remote := self.remote()) is not None:
+            return _plain_part(dataset) and _plain_part(marker) and remote.marker_present(dataset, marker)
         directory = self._real_dataset_dir(dataset)
         path = directory / marker if directory is not None else None
         return path is not None and not path.is_symlink() and path.is_file()
@@ -164,6 +230,10 @@ class LandingFilesSource(ConfigurableResource):
         if directory.resolve().parent != self.root_path().resolve():
             return None
         return directory.resolve()
+
+    def content_key(self, item: Path | ObjectInfo) -> str:
+        """A file version's content key for run keys and moves: its sha256 (local), ``etag:<ETag>`` (object)."""
+        return content_key(item) if isinstance(item, ObjectInfo) else self.sha256(item)
 
     @staticmethod
     def sha256(path: Path) -> str:
@@ -180,14 +250,7 @@ class LandingFilesSource(ConfigurableResource):
         direct child of the landing root and no symlink; the file no symlink and directly inside it.
         """
 
-        def plain(part: object) -> bool:
-            return (
-                isinstance(part, str)
-                and 0 < len(part) <= 255
-                and not part.startswith(".")
-                and not any(c in part for c in "/\\\0")
-            )
-
+        plain = _plain_part
         root = self.root_path().resolve()
         given = self.dataset_dir(dataset) if plain(dataset) else None
         if given is None or given.is_symlink() or given.resolve().parent != root:
@@ -216,12 +279,35 @@ class LandingFilesSource(ConfigurableResource):
         """Where loaded files of ``dataset`` are kept: ``$ETL_DATA_DIR/archive/<dataset>/``."""
         return self.root_path().parent / "archive" / dataset
 
-    def archive(self, dataset: str, name: str, expected_sha256: str | None = None) -> Path | None:
+    def expire_archived(self, dataset: str, oldest: float) -> list[str]:
+        """Delete ``dataset``'s archived files last modified before ``oldest`` (a POSIX time); their names."""
+        if (remote := self.remote()) is not None:
+            return remote.expire_archived(dataset, oldest) if _plain_part(dataset) else []
+        directory = self.archive_dir(dataset)
+        removed = []
+        for path in sorted(directory.iterdir()) if directory.is_dir() and not directory.is_symlink() else []:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < oldest:
+                path.unlink()
+                removed.append(path.name)
+        return removed
+
+    def _move_object(
+        self, remote: ObjectLanding, dataset: str, name: str, expected: str | None, into: str, reason: str | None
+    ) -> str | None:
+        if not _plain_part(dataset) or not _plain_part(name):
+            raise PermanentSourceError(f"{dataset!r}: refusing {name!r}: not a plain dataset and file name")
+        return remote.move(dataset, name, expected, into, now_stamp(), reason)
+
+    def archive(self, dataset: str, name: str, expected_sha256: str | None = None) -> Path | str | None:
         """Move a loaded file to :meth:`archive_dir` (kept for rebuilds). None if it is gone or changed."""
+        if (remote := self.remote()) is not None:
+            return self._move_object(remote, dataset, name, expected_sha256, "archive", None)
         return self._move(dataset, name, expected_sha256, self.archive_dir(dataset))
 
-    def quarantine(self, dataset: str, name: str, reason: str, expected_sha256: str | None = None) -> Path | None:
+    def quarantine(self, dataset: str, name: str, reason: str, expected_sha256: str | None = None) -> Path | str | None:
         """Move an unreadable file to ``$ETL_DATA_DIR/quarantine/<dataset>/`` with ``<file>.reason.txt`` beside it."""
+        if (remote := self.remote()) is not None:
+            return self._move_object(remote, dataset, name, expected_sha256, "quarantine", reason)
         target = self._move(dataset, name, expected_sha256, self.root_path().parent / "quarantine" / dataset)
         if target is not None:
             target.with_name(target.name + ".reason.txt").write_text(reason.rstrip() + "\n")
@@ -238,8 +324,26 @@ class LandingFilesSource(ConfigurableResource):
         newest: dict[str, InputFile] = {}
         for path in self.list_files(dataset, spec, partition=partition):
             newest.setdefault(path.name, InputFile(path.name, path))
-        archive = self.archive_dir(dataset)
         pattern = re.compile(spec.partition_regex)
+        if (remote := self.remote()) is not None:
+            archived_objects: dict[str, tuple[str, ObjectInfo]] = {}
+            for item in remote.archived(dataset) if _plain_part(dataset) else []:
+                match = ARCHIVED_NAME_RE.match(item.name)
+                if match is None:
+                    continue
+                name = match.group("name")
+                if not fnmatch.fnmatchcase(name, Path(spec.glob).name) or name.endswith(IN_PROGRESS_SUFFIXES):
+                    continue
+                if partition is not None:
+                    found = pattern.search(name)
+                    if found is None or found.group("partition") != partition:
+                        continue
+                if name not in archived_objects or match.group("stamp") > archived_objects[name][0]:
+                    archived_objects[name] = (match.group("stamp"), item)
+            for name, (_, item) in archived_objects.items():
+                newest.setdefault(name, InputFile(name, item, archived=True))
+            return [newest[name] for name in sorted(newest)]
+        archive = self.archive_dir(dataset)
         if archive.is_dir() and not archive.is_symlink():
             archived: dict[str, tuple[str, Path]] = {}
             for path in archive.iterdir():
@@ -277,6 +381,13 @@ class LandingFilesSource(ConfigurableResource):
             try:
                 for index, item in enumerate(inputs):
                     link = directory / f"{index:06d}{_plain_suffix(item.name)}"
+                    if isinstance(item.path, ObjectInfo):  # one GET of the version listed: the snapshot
+                        remote = self.remote()
+                        got = remote.download(item.path, link) if remote is not None else None
+                        if got is None:
+                            raise FileNotFoundError(f"{item.name} was moved or replaced since it was listed")
+                        pinned.append(PinnedFile(item, link, content_key(got)))
+                        continue
                     try:
                         os.link(item.path, link)
                     except FileNotFoundError:
@@ -316,7 +427,7 @@ class LandingFilesSource(ConfigurableResource):
         try:
             if not pinned.files:
                 raise PermanentSourceError(
-                    f"{dataset}: no files matching {spec.glob!r} in {self.dataset_dir(dataset)}"
+                    f"{dataset}: no files matching {spec.glob!r} in {self.dataset_location(dataset)}"
                     + (f" or its archive for partition {partition}" if partition else "")
                     + "; drop the file there first"
                 )
@@ -328,14 +439,14 @@ class LandingFilesSource(ConfigurableResource):
                     raise PermanentSourceError(
                         f"{dataset}: archived input {item.name} (loaded before) can no longer be read: {refusal.reason}; "
                         "the contract has changed since it was loaded: fix the contract, or move the file out of "
-                        f"{self.archive_dir(dataset)} to drop its rows"
+                        f"{self.archive_location(dataset)} to drop its rows"
                     )
                 if own_file is None or item.name == own_file:
                     self.quarantine(
                         dataset,
                         item.name,
                         f"{item.name} refused by the extract: {refusal.reason}",
-                        self.sha256(refusal.file.path),
+                        refusal.file.content or self.sha256(refusal.file.path),
                     )
                     moved.append(refusal)
                 else:
@@ -372,7 +483,7 @@ class LandingFilesSource(ConfigurableResource):
         """
         if not files:
             raise PermanentSourceError(
-                f"{dataset}: no files matching {spec.glob!r} in {self.dataset_dir(dataset)}; drop the file there first"
+                f"{dataset}: no files matching {spec.glob!r} in {self.dataset_location(dataset)}; drop the file there first"
             )
         pinned = [PinnedFile(InputFile(p.name, p), p) for p in files]
         admitted, refusals = _admit(con, dataset, spec, pinned, [])
@@ -389,16 +500,18 @@ class InputFile:
     """One delivered file of a partition: its name as delivered and where it is now (landing or archive)."""
 
     name: str
-    path: Path
+    path: Path | ObjectInfo
     archived: bool = False
 
 
 @dataclass(frozen=True)
 class PinnedFile:
-    """A delivered file and the private hard link it is read through."""
+    """A delivered file and the private hard link (or, from an object store, the downloaded copy) it is read through;
+    ``content`` is the copy's content key when it was downloaded (the object's ETag)."""
 
     delivered: InputFile
     path: Path
+    content: str | None = None
 
 
 @dataclass(frozen=True)
