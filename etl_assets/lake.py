@@ -81,7 +81,7 @@ class LakeError(RuntimeError):
 
 @dataclass(frozen=True)
 class WriteResult:
-    path: Path
+    path: Path | str  # a local file, or an object's s3:// URL
     rows: int
     bytes: int
     seconds: float

@@ -1,0 +1,337 @@
+"""The lake and the landing zone on object storage, against a real S3 server (moto_server) on loopback.
+
+Everything goes through the platform's own storage classes and boto3 over HTTP; the bucket is read back with a
+separate boto3 client to see what is really stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from etl_assets import lake_s3
+from etl_assets.lake import LakeError, LakeStorage, LakeView
+from etl_assets.objectstore import ObjectStoreError
+from etl_assets.resources.files import FilesSource, LandingFilesSource
+from etl_assets_tests.s3server import SECRET_KEY, S3Server
+
+
+def _keys(server: S3Server, bucket: str, prefix: str = "") -> list[str]:
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+@pytest.fixture
+def lake(s3_bucket: str, data_dir: Path) -> LakeStorage:
+    return LakeStorage(root=f"s3://{s3_bucket}/lake")
+
+
+def test_parquet_partition_is_one_object_and_reads_back(lake: LakeStorage, s3_server, s3_bucket, data_dir):
+    result = lake.write(["raw", "orders"], "2024-01-01", pa.table({"x": [1, 2, 3]}))
+    assert result.path == f"s3://{s3_bucket}/lake/raw/orders/2024-01-01.parquet"
+    assert result.rows == 3
+    assert _keys(s3_server, s3_bucket) == ["lake/raw/orders/2024-01-01.parquet"]
+    assert lake.partitions(["raw", "orders"]) == ["2024-01-01"]
+    assert lake.exists(["raw", "orders"], "2024-01-01") and not lake.exists(["raw", "orders"], "2024-01-02")
+    con = duckdb.connect()
+    assert sorted(lake.table(["raw", "orders"], ["2024-01-01"]).relation(con).fetchall()) == [(1,), (2,), (3,)]
+    # nothing of the lake is kept on the local disk but the read cache
+    assert not (data_dir / "lake").exists()
+    with pytest.raises(LakeError, match=f"not in the lake at s3://{s3_bucket}/lake"):
+        lake.table(["raw", "orders"], ["2024-01-09"])
+
+
+def test_a_reader_keeps_the_version_it_read_when_the_partition_is_replaced(lake: LakeStorage, s3_server, s3_bucket):
+    lake.write(["raw", "t"], None, pa.table({"x": [1, 2]}))
+    before = lake.table(["raw", "t"], [None])
+    lake.write(["raw", "t"], None, pa.table({"x": [7]}))
+    con = duckdb.connect()
+    assert sorted(before.relation(con).fetchall()) == [(1,), (2,)]  # the version this step read, whole
+    assert lake.table(["raw", "t"], [None]).relation(con).fetchall() == [(7,)]
+    # another process (empty cache) sees the new version only: the object was replaced whole
+    lake_s3._origins.clear()
+    for path in (lake.root_path() / "objects").rglob("*.parquet"):
+        path.unlink()
+    assert lake.table(["raw", "t"], [None]).relation(con).fetchall() == [(7,)]
+    assert _keys(s3_server, s3_bucket) == ["lake/raw/t/_all.parquet"]
+
+
+def _view(lake: LakeStorage, excluded: list[int]) -> LakeView:
+    raw = lake.table(["raw", "v"], ["2024-01-01"])
+    con = duckdb.connect()
+    positions = (
+        con.sql(f"SELECT unnest({excluded}::BIGINT[]) AS position")
+        if excluded
+        else con.sql("SELECT 1::BIGINT AS position WHERE false")
+    )
+    return LakeView(source=raw.paths[0], select='"x", "note"', excluded=positions, stats={"low": 1})
+
+
+def test_view_partition_writes_its_manifest_last_and_removes_the_old_generation(
+    lake: LakeStorage, s3_server, s3_bucket
+):
+    lake.write(["raw", "v"], "2024-01-01", pa.table({"x": [1, 2, 3], "note": ["a", "b", "c"]}))
+    first = lake.write(["clean", "v"], "2024-01-01", _view(lake, [1]))
+    assert first.rows == 2
+    keys = _keys(s3_server, s3_bucket, "lake/clean/")
+    assert "lake/clean/v/2024-01-01.view.json" in keys and len(keys) == 3, keys
+    manifest = json.loads(
+        s3_server.client().get_object(Bucket=s3_bucket, Key="lake/clean/v/2024-01-01.view.json")["Body"].read()
+    )
+    assert manifest["excluded_rows"] == 1 and manifest["stats"] == {"low": 1}
+    assert {f"lake/clean/v/{manifest['source']}", f"lake/clean/v/{manifest['excluded']}"} < set(keys)
+    con = duckdb.connect()
+    assert sorted(lake.table(["clean", "v"], ["2024-01-01"]).relation(con).fetchall()) == [(1, "a"), (3, "c")]
+
+    lake.write(["clean", "v"], "2024-01-01", _view(lake, [0, 2]))
+    after = _keys(s3_server, s3_bucket, "lake/clean/")
+    assert len(after) == 3 and not set(after) & (set(keys) - {"lake/clean/v/2024-01-01.view.json"})
+    # a fresh reader (empty cache) downloads the manifest's generation and sees the new rows only
+    for path in (lake.root_path() / "views").iterdir():
+        shutil.rmtree(path)
+    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).fetchall() == [(2, "b")]
+
+    # a Parquet partition over the view removes the manifest and its files
+    lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [9], "note": ["z"]}))
+    assert _keys(s3_server, s3_bucket, "lake/clean/") == ["lake/clean/v/2024-01-01.parquet"]
+    assert lake.remove(["clean", "v"], "2024-01-01") == ["2024-01-01.parquet"]
+    assert _keys(s3_server, s3_bucket, "lake/clean/") == []
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, duckdb
+    from etl_assets.lake import LakeStorage
+    root, tag, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    relation = duckdb.connect().sql(f"SELECT '{tag}' AS writer, range AS n FROM range({rows})")
+    print(LakeStorage(root=root).write(["raw", "race"], "2024-01-01", relation).rows)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_writing_one_partition_leave_one_writers_rows(lake: LakeStorage, s3_server, s3_bucket, tmp_path):
+    """Two real processes write one partition at the same moment (both paused just before the switch): the
+    partition is then exactly one writer's rows, never a mix, never both."""
+    env = {**os.environ, **s3_server.env(), "ETL_TEST_PAUSE_IN_LAKE_WRITE_SECONDS": "2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, lake.root, tag, str(rows)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag, rows in (("a", 300_000), ("b", 200_000))
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [o[0].strip() for o in outputs] == ["300000", "200000"]
+    con = duckdb.connect()
+    lake_s3._origins.clear()
+    con.register("got", lake.table(["raw", "race"], ["2024-01-01"]).relation(con))
+    by_writer = {
+        w: (c, d)
+        for w, c, d in con.sql("SELECT writer, count(*), count(DISTINCT n) FROM got GROUP BY writer").fetchall()
+    }
+    assert len(by_writer) == 1, by_writer
+    ((writer, (count, distinct)),) = by_writer.items()
+    assert count == distinct == {"a": 300_000, "b": 200_000}[writer]
+    assert _keys(s3_server, s3_bucket) == ["lake/raw/race/2024-01-01.parquet"]
+
+
+def test_a_losing_view_writers_files_are_removed_after_the_grace_period(
+    lake: LakeStorage, s3_server, s3_bucket, monkeypatch
+):
+    lake.write(["raw", "v"], "2024-01-01", pa.table({"x": [1, 2, 3], "note": ["a", "b", "c"]}))
+    lake.write(["clean", "v"], "2024-01-01", _view(lake, [0]))
+    # a writer that uploaded its generation and died before its manifest (or lost the race): files no manifest names
+    client = s3_server.client()
+    for suffix in ("source", "excluded"):
+        client.put_object(Bucket=s3_bucket, Key=f"lake/clean/v/.2024-01-01.0123456789ab.{suffix}.parquet", Body=b"x")
+    lake.write(["clean", "v"], "2024-01-01", _view(lake, [1]))
+    assert sum(".0123456789ab." in k for k in _keys(s3_server, s3_bucket)) == 2  # young: maybe still being written
+    monkeypatch.setattr(lake_s3, "LEFTOVER_GRACE_SECONDS", -60)
+    lake.write(["clean", "v"], "2024-01-01", _view(lake, [2]))
+    keys = _keys(s3_server, s3_bucket, "lake/clean/")
+    assert len(keys) == 3 and not any(".0123456789ab." in k for k in keys), keys
+    con = duckdb.connect()
+    assert sorted(lake.table(["clean", "v"], ["2024-01-01"]).relation(con).fetchall()) == [(1, "a"), (2, "b")]
+
+
+def test_an_unreachable_or_missing_bucket_names_the_location_and_never_a_secret(s3_server, data_dir, monkeypatch):
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    lake = LakeStorage(root="s3://no-such-bucket-here/lake")
+    with pytest.raises(ObjectStoreError) as missing:
+        lake.write(["raw", "x"], None, pa.table({"x": [1]}))
+    assert "s3://no-such-bucket-here/lake/raw/x/_all.parquet" in str(missing.value)
+    assert "NoSuchBucket" in str(missing.value) and SECRET_KEY not in str(missing.value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ObjectStoreError, match="check that the endpoint") as down:
+        LakeStorage(root="s3://b/lake2").partitions(["raw", "x"])
+    assert SECRET_KEY not in str(down.value)
+    with pytest.raises(LakeError, match="only s3://"):
+        LakeStorage(root="gs://b/lake").partitions(["raw"])
+
+
+# -- the landing zone on S3 ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def landing(s3_bucket: str, data_dir: Path, monkeypatch) -> LandingFilesSource:
+    monkeypatch.setenv("ETL_LANDING_URL", f"s3://{s3_bucket}/landing")
+    return LandingFilesSource()
+
+
+def _put(server: S3Server, bucket: str, key: str, body: str) -> None:
+    server.client().put_object(Bucket=bucket, Key=key, Body=body.encode())
+
+
+def test_landing_lists_plain_complete_objects_and_moves_exactly_the_version_loaded(
+    landing: LandingFilesSource, s3_server, s3_bucket
+):
+    spec = FilesSource.model_validate({"kind": "files", "format": "csv", "glob": "*.csv"})
+    for key, body in {
+        "landing/drops/x[1]_2024-01-01.csv": "id\n1\n2\n",
+        "landing/drops/.hidden_2024-01-01.csv": "id\n9\n",
+        "landing/drops/late_2024-01-01.csv.part": "id\n",
+        "landing/drops/deeper/y_2024-01-01.csv": "id\n5\n",
+        "landing/other/z_2024-01-01.csv": "id\n6\n",
+    }.items():
+        _put(s3_server, s3_bucket, key, body)
+    files = landing.scan("drops", spec)
+    assert [f.name for f in files] == ["x[1]_2024-01-01.csv"]
+    key = landing.content_key(files[0].path)
+    assert key.startswith("etag:") and files[0].size == len("id\n1\n2\n")
+
+    con = duckdb.connect()
+    read = landing.open_partition(con, "drops", spec, "2024-01-01", ["id"])
+    try:  # the name with glob characters is read as one file, from its snapshot
+        rows = read.stream().read_all()
+    finally:
+        read.close()
+    assert sorted(rows.column("id").to_pylist()) == ["1", "2"]
+
+    # a newer delivery under the same name is not moved by the older version's run
+    _put(s3_server, s3_bucket, "landing/drops/x[1]_2024-01-01.csv", "id\n1\n2\n3\n")
+    assert landing.archive("drops", "x[1]_2024-01-01.csv", key) is None
+    assert "landing/drops/x[1]_2024-01-01.csv" in _keys(s3_server, s3_bucket)
+    newer = landing.content_key(landing.scan("drops", spec)[0].path)
+    moved = landing.archive("drops", "x[1]_2024-01-01.csv", newer)
+    assert moved is not None and str(moved).startswith(f"s3://{s3_bucket}/archive/drops/")
+    assert "landing/drops/x[1]_2024-01-01.csv" not in _keys(s3_server, s3_bucket)
+    # the archived copy is the loaded version, and a rebuild of the partition reads it from the archive
+    inputs = landing.partition_inputs("drops", spec, "2024-01-01")
+    assert [(i.name, i.archived) for i in inputs] == [("x[1]_2024-01-01.csv", True)]
+    read = landing.open_partition(con, "drops", spec, "2024-01-01", ["id"])
+    try:
+        assert sorted(read.stream().read_all().column("id").to_pylist()) == ["1", "2", "3"]
+    finally:
+        read.close()
+
+    # quarantine: the file and its reason beside it; tags naming another place are refused
+    _put(s3_server, s3_bucket, "landing/drops/bad_2024-01-02.csv", "not,a\n")
+    quarantined = landing.quarantine("drops", "bad_2024-01-02.csv", "no column id")
+    assert quarantined is not None
+    reason_key = str(quarantined).removeprefix(f"s3://{s3_bucket}/") + ".reason.txt"
+    assert reason_key.startswith("quarantine/drops/")
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key=reason_key)["Body"].read()
+    assert body == b"no column id\n"
+    from etl_assets.errors import PermanentSourceError
+
+    for dataset, name in (("drops", "../other/z_2024-01-01.csv"), ("../other", "z_2024-01-01.csv"), ("drops", ".x")):
+        with pytest.raises(PermanentSourceError, match="not a plain"):
+            landing.archive(dataset, name)
+    assert "landing/other/z_2024-01-01.csv" in _keys(s3_server, s3_bucket)
+
+    # retention of archived objects
+    assert landing.expire_archived("drops", oldest=0) == []
+    expired = landing.expire_archived("drops", oldest=2**40)
+    assert len(expired) == 1 and expired[0].endswith("_x[1]_2024-01-01.csv")
+    assert not _keys(s3_server, s3_bucket, "archive/")
+
+
+def test_landing_move_in_a_versioned_bucket_deletes_only_the_version_copied(landing, s3_server, s3_bucket, monkeypatch):
+    client = s3_server.client()
+    client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    name = "a_2024-01-01.csv"
+    _put(s3_server, s3_bucket, f"landing/drops/{name}", "id\n1\n")
+    remote = landing.remote()
+    assert remote is not None and remote.store.versioned()
+    loaded = remote.head("drops", name)
+    assert loaded is not None and loaded.version_id
+    real_head, redelivered = remote.head, []
+
+    def head_then_redeliver(dataset, file_name):
+        info = real_head(dataset, file_name)
+        if not redelivered:  # the producer re-delivers the name right after the move looked at it
+            redelivered.append(True)
+            _put(s3_server, s3_bucket, f"landing/drops/{name}", "id\n2\n")
+        return info
+
+    monkeypatch.setattr(remote, "head", head_then_redeliver)
+    moved = landing.archive("drops", name, f"etag:{loaded.etag}")
+    assert moved is not None
+    archived_key = str(moved).removeprefix(f"s3://{s3_bucket}/")
+    assert client.get_object(Bucket=s3_bucket, Key=archived_key)["Body"].read() == b"id\n1\n"
+    # the re-delivery is still in landing, for its own run
+    assert client.get_object(Bucket=s3_bucket, Key=f"landing/drops/{name}")["Body"].read() == b"id\n2\n"
+
+
+@pytest.mark.slow
+def test_the_reference_pipelines_run_with_lake_and_landing_on_s3(s3_server, s3_bucket, tmp_path, monkeypatch):
+    """The whole shop reference run (API, SQLite and landing files) with the lake and the landing zone in the
+    bucket: the warehouse holds what the sources hold, and no lake or landing file is on the local disk."""
+    from dagster import instance_for_test
+
+    from etl_assets.cli.demo import run_reference
+    from etl_assets.definitions import build_definitions
+    from etl_assets_demo import DemoApiServer, generate_shop_data
+    from etl_assets_tests.test_pipeline_e2e import _expected_revenue
+
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("ETL_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("ETL_PIPELINES_DIR", raising=False)
+    manifest = generate_shop_data(data_dir, orders=600, days=2)
+    expected = _expected_revenue(manifest)
+    client = s3_server.client()
+    local_landing = data_dir / "landing"
+    for path in sorted(local_landing.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), s3_bucket, f"landing/{path.relative_to(local_landing)}")
+    shutil.rmtree(local_landing)
+    monkeypatch.setenv("ETL_LAKE_URL", f"s3://{s3_bucket}/lake")
+    monkeypatch.setenv("ETL_LANDING_URL", f"s3://{s3_bucket}/landing")
+    (tmp_path / "home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "home")) as instance, DemoApiServer(manifest.orders_path) as api:
+        monkeypatch.setenv("SHOP_API_URL", api.url)
+        runs = run_reference(build_definitions(), instance, manifest.partition_keys)
+        assert [r.success for r in runs] == [True] * (1 + len(manifest.partition_keys))
+    assert not (data_dir / "lake").exists() and not local_landing.exists()
+    keys = _keys(s3_server, s3_bucket, "lake/")
+    assert {f"lake/raw/orders/{p}.parquet" for p in manifest.partition_keys} <= set(keys)
+    assert {f"lake/clean/orders/{p}.view.json" for p in manifest.partition_keys} <= set(keys)
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        actual = con.execute(
+            "SELECT strftime(order_date, '%Y-%m-%d'), country, orders, units, revenue_usd FROM shop.daily_revenue"
+            " ORDER BY 1, 2"
+        ).fetchall()
+        orders = con.execute("SELECT count(*), count(DISTINCT order_id) FROM shop.orders").fetchall()[0]
+    import pandas as pd
+
+    source = pd.read_parquet(manifest.orders_path)
+    assert orders == (len(source), len(source))
+    assert [(d, c, o, u) for d, c, o, u, _ in actual] == [
+        tuple(row) for row in expected[["order_date", "country", "orders", "units"]].itertuples(index=False)
+    ]
+    assert [str(v) for *_, v in actual] == [str(v) for v in expected["revenue"]]
