@@ -18,7 +18,8 @@ partition's name patterns (``.<partition>.<uuid>.tmp``, ``.<partition>.<generati
 ``.excluded.parquet``, ``.view.tmp``) that the new partition does not use is left over, by the previous partition or
 by a writer that was killed, and is removed. A view manifest that cannot be read (corrupt, half-restored) does not
 stop a new write of its partition: it is replaced, and its files go with the other leftovers. The lock is a local
-file system's: an object-store lake needs conditional writes of the manifest (or a lock service) instead.
+file system's. A lake on object storage (``ETL_LAKE_URL=s3://bucket/prefix``) keeps this layout as objects, with
+whole-object writes instead of renames and a local read cache instead of pins: see :mod:`etl_assets.lake_s3`.
 """
 
 import fcntl

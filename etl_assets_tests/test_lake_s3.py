@@ -335,3 +335,51 @@ def test_the_reference_pipelines_run_with_lake_and_landing_on_s3(s3_server, s3_b
         tuple(row) for row in expected[["order_date", "country", "orders", "units"]].itertuples(index=False)
     ]
     assert [str(v) for *_, v in actual] == [str(v) for v in expected["revenue"]]
+
+
+def test_the_file_sensor_watches_a_prefix_and_keys_each_version_by_size_and_etag(
+    landing: LandingFilesSource, s3_server, s3_bucket
+):
+    from dagster import build_sensor_context, instance_for_test
+
+    from etl_assets.definitions import build_definitions
+    from etl_assets.pipelines.sensors import TAG_SHA256, landing_target, run_key_for
+
+    defs = build_definitions()
+    sensor = defs.resolve_sensor_def("inventory_file_sensor")
+    name = "inventory_2024-01-02.ndjson"
+    body = '{"snapshot_date":"2024-01-02","product_id":1,"on_hand":3}\n'
+    _put(s3_server, s3_bucket, f"landing/inventory/{name}", body)
+    _put(s3_server, s3_bucket, "landing/inventory/inventory_2024-01-03.ndjson.part", "half")
+
+    with instance_for_test() as instance:
+
+        def tick(cursor):
+            context = build_sensor_context(
+                instance=instance, cursor=cursor, resources={"landing": landing}, definitions=defs
+            )
+            return sensor.evaluate_tick(context)
+
+        first = tick(None)
+        second = tick(first.cursor)
+        assert [r.partition_key for r in second.run_requests] == ["2024-01-02"]
+        request = second.run_requests[0]
+        etag = s3_server.client().head_object(Bucket=s3_bucket, Key=f"landing/inventory/{name}")["ETag"].strip('"')
+        assert request.run_key == run_key_for("inventory", name, len(body), f"etag:{etag}")
+        assert request.tags[TAG_SHA256] == f"etag:{etag}"
+        # the archive sensor accepts the tags it set, and moves exactly that version
+        sources = {"inventory": _inventory_source()}
+        target, refused = landing_target(request.tags, sources)
+        assert refused is None and target is not None
+        assert landing.archive(target.dataset, target.name, target.sha256) is not None
+        assert tick(second.cursor).run_requests == []
+        # a new delivery under the same name is a new version with a new run key
+        _put(s3_server, s3_bucket, f"landing/inventory/{name}", body.replace("3}", "4}"))
+        third = tick(tick(second.cursor).cursor)
+        assert len(third.run_requests) == 1 and third.run_requests[0].run_key != request.run_key
+
+
+def _inventory_source():
+    from etl_assets.pipelines.spec import load_specs
+
+    return next(s.spec.source for s in load_specs() if s.spec.name == "inventory")
