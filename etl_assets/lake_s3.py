@@ -225,11 +225,11 @@ class ObjectLake:
             rows, schema, size = meta.num_rows, meta.schema.to_arrow_schema(), tmp.stat().st_size
             _test_pause(Path(key), "before the switch")
             etag = self.store.upload(tmp, key)
-            if etag is not None:  # the bytes just written are this ETag's: the next read of it needs no download
-                cached = self.work / "objects" / _digest(key) / f"{etag}.parquet"
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, cached)
-                self._remember(cached, ObjectInfo(key, size, etag, datetime.now(UTC)))
+            # the bytes just written are this ETag's: the next read of it on this host needs no download
+            cached = self.work / "objects" / _digest(key) / f"{etag}.parquet"
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, cached)
+            self._remember(cached, ObjectInfo(key, size, etag, datetime.now(UTC)))
         finally:
             tmp.unlink(missing_ok=True)
         self._remove_view(f"{directory}/{name}{VIEW_SUFFIX}")

@@ -30,6 +30,7 @@ from typing import Any
 S3_SCHEME = "s3://"
 # Objects up to this size go up in one PUT whose response carries their ETag; larger ones as a multipart upload.
 SINGLE_PUT_BYTES = 64 << 20
+PART_BYTES = 16 << 20
 _clients: dict[tuple, Any] = {}
 _clients_lock = threading.Lock()
 
@@ -190,9 +191,15 @@ class ObjectStore:
             None if version in (None, "null") else version,
         )
 
-    def upload(self, source: Path, key: str) -> str | None:
-        """PUT the finished file ``source`` as ``key`` (replacing it whole). Returns the new ETag when one PUT
-        carried the file (its own ETag, from the response), None after a multipart upload."""
+    def upload(self, source: Path, key: str) -> str:
+        """PUT the finished file ``source`` as ``key`` (replacing it whole); returns the object's ETag.
+
+        Up to :data:`SINGLE_PUT_BYTES` one PUT (the ETag from its response); beyond, a multipart upload of
+        :data:`PART_BYTES` parts, whose ETag S3 derives from the parts' MD5s: computed here from the same parts, so it
+        names this content whatever another writer puts over the key afterwards (a different content has another).
+        """
+        import base64
+
         size = source.stat().st_size
         with self._errors("put", key):
             if size <= SINGLE_PUT_BYTES:
@@ -201,18 +208,19 @@ class ObjectStore:
                     for block in iter(lambda: fh.read(1 << 20), b""):
                         digest.update(block)
                     fh.seek(0)
-                    import base64
-
                     response = client().put_object(
                         Bucket=self.bucket, Key=key, Body=fh, ContentMD5=base64.b64encode(digest.digest()).decode()
                     )
                 return _etag(response.get("ETag"))
             from boto3.s3.transfer import TransferConfig
 
-            client().upload_file(
-                str(source), self.bucket, key, Config=TransferConfig(multipart_threshold=SINGLE_PUT_BYTES)
-            )
-            return None
+            config = TransferConfig(multipart_threshold=SINGLE_PUT_BYTES, multipart_chunksize=PART_BYTES)
+            client().upload_file(str(source), self.bucket, key, Config=config)
+        parts = []
+        with open(source, "rb") as fh:
+            for block in iter(lambda: fh.read(PART_BYTES), b""):
+                parts.append(hashlib.md5(block, usedforsecurity=False).digest())
+        return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
     def put_bytes(self, key: str, data: bytes) -> str:
         with self._errors("put", key):

@@ -383,3 +383,23 @@ def _inventory_source():
     from etl_assets.pipelines.spec import load_specs
 
     return next(s.spec.source for s in load_specs() if s.spec.name == "inventory")
+
+
+def test_a_multipart_upload_is_cached_under_the_etag_the_server_gives_it(lake, s3_server, s3_bucket, monkeypatch):
+    """Past the single-PUT size the lake uploads in parts; the ETag it computes for its read cache is the server's, so
+    the writer's next read of the partition is served from the cache and a reader elsewhere gets the same bytes."""
+    from etl_assets import objectstore
+
+    monkeypatch.setattr(objectstore, "SINGLE_PUT_BYTES", 5 << 20)
+    monkeypatch.setattr(objectstore, "PART_BYTES", 5 << 20)  # S3's smallest part
+    import numpy as np
+
+    table = pa.table({"x": np.random.default_rng(1).integers(0, 2**62, 2_000_000)})
+    result = lake.write(["raw", "big"], None, table)
+    assert result.bytes > 10 << 20
+    etag = s3_server.client().head_object(Bucket=s3_bucket, Key="lake/raw/big/_all.parquet")["ETag"].strip('"')
+    assert "-" in etag, etag  # a multipart ETag: <md5 of the part md5s>-<parts>
+    cached = list((lake.root_path() / "objects").rglob("*.parquet"))
+    assert [p.stem for p in cached] == [etag]
+    got = lake.table(["raw", "big"], [None])
+    assert got.paths == (str(cached[0]),) and got.num_rows == 2_000_000
