@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_common import step_failure_message  # this directory is on sys.path
 from validation_overhead import GENERATE_SQL, LANDING_FILE, NAME, SPEC  # this directory is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ def child_pipeline() -> dict:
     wall = time.perf_counter() - started
     out = {"seconds": wall, "success": result.success, **_usage()}
     if not result.success:
-        out["failures"] = [str(e.step_failure_data.error.message)[:300] for e in result.get_step_failure_events()]
+        out["failures"] = [step_failure_message(e)[:300] for e in result.get_step_failure_events()]
         return out
     import duckdb
 
@@ -205,12 +206,13 @@ def bench_storage(args, work: Path) -> bool:
 
     import psycopg
     from bench_common import write_dagster_yaml
+    from psycopg import sql
 
     url = args.postgres_url
     parts = urlsplit(url)
     db = f"bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
     try:
         specs = work / "specs"
         _write_spec(specs)
@@ -263,7 +265,7 @@ def bench_storage(args, work: Path) -> bool:
         return True
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
 
 
 def main(argv: list[str] | None = None) -> int:

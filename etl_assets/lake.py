@@ -82,11 +82,12 @@ class LakeError(RuntimeError):
 
 @dataclass(frozen=True)
 class WriteResult:
-    path: Path | str  # a local file, or an object's s3:// URL
+    path: Path  # the file written; for an object-store lake, its copy in the local read cache
     rows: int
     bytes: int
     seconds: float
     schema: pa.Schema
+    url: str | None = None  # the object written, on an object-store lake (s3://bucket/key)
 
 
 @dataclass(frozen=True)
@@ -661,7 +662,7 @@ def write_metadata(result: WriteResult) -> dict:
     return {
         "dagster/row_count": result.rows,
         "dagster/column_schema": table_schema(result.schema),
-        "lake_path": MetadataValue.path(str(result.path)),
+        "lake_path": MetadataValue.path(result.url or str(result.path)),
         "bytes_written": result.bytes,
         "write_seconds": round(result.seconds, 3),
     }

@@ -234,7 +234,7 @@ class ObjectLake:
             tmp.unlink(missing_ok=True)
         self._remove_view(f"{directory}/{name}{VIEW_SUFFIX}")
         self._remove_leftovers(key_path, name, keep=())
-        return WriteResult(self.store.url_of(key), rows, size, time.perf_counter() - started, schema)
+        return WriteResult(cached, rows, size, time.perf_counter() - started, schema, url=self.store.url_of(key))
 
     def _write_view(self, key_path: Sequence[str], partition: str | None, view: LakeView) -> WriteResult:
         name = self._name(partition)
@@ -298,7 +298,12 @@ class ObjectLake:
             schema = con.sql(view_sql(str(final / f"{name}{VIEW_SUFFIX}"))).limit(0).to_arrow_table().schema
         size = len(text) + (final / excluded_name).stat().st_size
         return WriteResult(
-            self.store.url_of(manifest_key), manifest["rows"], size, time.perf_counter() - started, schema
+            final / f"{name}{VIEW_SUFFIX}",
+            manifest["rows"],
+            size,
+            time.perf_counter() - started,
+            schema,
+            url=self.store.url_of(manifest_key),
         )
 
     def _manifest(self, key: str) -> dict | None:

@@ -176,7 +176,7 @@ def test_an_archived_input_that_no_longer_loads_stops_the_read_and_stays_archive
     source, spec = LandingFilesSource(root=str(landing)), _spec()
     _write(landing, "a_2024-01-10.csv", "id\n1\n")
     archived = source.archive(DATASET, "a_2024-01-10.csv")
-    assert archived is not None
+    assert isinstance(archived, Path)  # a local landing zone archives to a file
     with pytest.raises(PermanentSourceError, match="archived input a_2024-01-10.csv .* the contract has changed"):
         source.open_partition(con, DATASET, spec, "2024-01-10", required=["id", "store"])
     assert archived.exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from etl_assets import lake_s3
@@ -37,7 +38,8 @@ def lake(s3_bucket: str, data_dir: Path) -> LakeStorage:
 
 def test_parquet_partition_is_one_object_and_reads_back(lake: LakeStorage, s3_server, s3_bucket, data_dir):
     result = lake.write(["raw", "orders"], "2024-01-01", pa.table({"x": [1, 2, 3]}))
-    assert result.path == f"s3://{s3_bucket}/lake/raw/orders/2024-01-01.parquet"
+    assert result.url == f"s3://{s3_bucket}/lake/raw/orders/2024-01-01.parquet"
+    assert pq.read_table(result.path).column("x").to_pylist() == [1, 2, 3]  # the local cached copy
     assert result.rows == 3
     assert _keys(s3_server, s3_bucket) == ["lake/raw/orders/2024-01-01.parquet"]
     assert lake.partitions(["raw", "orders"]) == ["2024-01-01"]
@@ -362,6 +364,7 @@ def test_the_file_sensor_watches_a_prefix_and_keys_each_version_by_size_and_etag
 
         first = tick(None)
         second = tick(first.cursor)
+        assert second.run_requests is not None
         assert [r.partition_key for r in second.run_requests] == ["2024-01-02"]
         request = second.run_requests[0]
         etag = s3_server.client().head_object(Bucket=s3_bucket, Key=f"landing/inventory/{name}")["ETag"].strip('"')
@@ -369,20 +372,26 @@ def test_the_file_sensor_watches_a_prefix_and_keys_each_version_by_size_and_etag
         assert request.tags[TAG_SHA256] == f"etag:{etag}"
         # the archive sensor accepts the tags it set, and moves exactly that version
         sources = {"inventory": _inventory_source()}
-        target, refused = landing_target(request.tags, sources)
+        target, refused = landing_target(dict(request.tags), sources)
         assert refused is None and target is not None
         assert landing.archive(target.dataset, target.name, target.sha256) is not None
         assert tick(second.cursor).run_requests == []
         # a new delivery under the same name is a new version with a new run key
         _put(s3_server, s3_bucket, f"landing/inventory/{name}", body.replace("3}", "4}"))
         third = tick(tick(second.cursor).cursor)
-        assert len(third.run_requests) == 1 and third.run_requests[0].run_key != request.run_key
+        assert (
+            third.run_requests is not None
+            and len(third.run_requests) == 1
+            and third.run_requests[0].run_key != request.run_key
+        )
 
 
-def _inventory_source():
+def _inventory_source() -> FilesSource:
     from etl_assets.pipelines.spec import load_specs
 
-    return next(s.spec.source for s in load_specs() if s.spec.name == "inventory")
+    source = next(s.spec.source for s in load_specs() if s.spec.name == "inventory")
+    assert isinstance(source, FilesSource)
+    return source
 
 
 def test_a_multipart_upload_is_cached_under_the_etag_the_server_gives_it(lake, s3_server, s3_bucket, monkeypatch):

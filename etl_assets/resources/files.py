@@ -157,35 +157,21 @@ class LandingFilesSource(ConfigurableResource):
 
     def list_files(
         self, dataset: str, spec: FilesSource, partition: str | None = None, limit: int | None = None
-    ) -> list[Path | ObjectInfo]:
+    ) -> list[Path]:
         """Complete files of ``dataset`` matching the spec's glob (and ``partition``, taken from the name).
 
         Symlinks and anything resolving outside the dataset's directory are refused, not followed. With ``limit``,
-        stops after that many files (in name order), so a large backlog costs bounded work. On an object store:
-        the objects directly in the dataset's folder, each as the version listed.
+        stops after that many files (in name order), so a large backlog costs bounded work. A local landing zone's
+        only: on an object store, :meth:`list_objects`.
         """
-        if (remote := self.remote()) is not None:
-            if not _plain_part(dataset):
-                return []
-            pattern = re.compile(spec.partition_regex)
-            objects: list[Path | ObjectInfo] = []
-            for item in remote.list(dataset, spec.glob):
-                if item.name.endswith(IN_PROGRESS_SUFFIXES):
-                    continue
-                if partition is not None:
-                    match = pattern.search(item.name)
-                    if match is None or match.group("partition") != partition:
-                        continue
-                objects.append(item)
-                if limit is not None and len(objects) >= limit:
-                    break
-            return objects
+        if self.remote() is not None:
+            raise PermanentSourceError(f"{self.location()} is an object store: list it with list_objects()")
         directory = self._real_dataset_dir(dataset)
         if directory is None:
             return []
         root = directory
         pattern = re.compile(spec.partition_regex)
-        found: list[Path | ObjectInfo] = []
+        found = []
         for path in sorted(directory.glob(spec.glob)):
             if path.is_symlink() or not path.is_file():
                 continue
@@ -202,10 +188,39 @@ class LandingFilesSource(ConfigurableResource):
                 break
         return found
 
+    def list_objects(
+        self, dataset: str, spec: FilesSource, partition: str | None = None, limit: int | None = None
+    ) -> list[ObjectInfo]:
+        """:meth:`list_files` of an object-store landing zone: the objects directly in the dataset's folder, each as
+        the version listed (hidden and in-progress names left out)."""
+        remote = self.remote()
+        if remote is None or not _plain_part(dataset):
+            return []
+        pattern = re.compile(spec.partition_regex)
+        objects = []
+        for item in remote.list(dataset, spec.glob):
+            if item.name.endswith(IN_PROGRESS_SUFFIXES):
+                continue
+            if partition is not None:
+                match = pattern.search(item.name)
+                if match is None or match.group("partition") != partition:
+                    continue
+            objects.append(item)
+            if limit is not None and len(objects) >= limit:
+                break
+        return objects
+
+    def _listed(
+        self, dataset: str, spec: FilesSource, partition: str | None = None, limit: int | None = None
+    ) -> list[Path | ObjectInfo]:
+        if self.remote() is not None:
+            return list(self.list_objects(dataset, spec, partition, limit))
+        return list(self.list_files(dataset, spec, partition, limit))
+
     def scan(self, dataset: str, spec: FilesSource, limit: int | None = None) -> list[LandingFile]:
         """Files the sensor may consider, with size and modification time (the first ``limit`` in name order)."""
         files = []
-        for path in self.list_files(dataset, spec, limit=limit):
+        for path in self._listed(dataset, spec, limit=limit):
             if isinstance(path, ObjectInfo):
                 files.append(LandingFile(path.name, path, path.size, mtime_ns(path)))
                 continue
@@ -322,7 +337,7 @@ class LandingFilesSource(ConfigurableResource):
         between the two listings is found in the archive, never missed.
         """
         newest: dict[str, InputFile] = {}
-        for path in self.list_files(dataset, spec, partition=partition):
+        for path in self._listed(dataset, spec, partition=partition):
             newest.setdefault(path.name, InputFile(path.name, path))
         pattern = re.compile(spec.partition_regex)
         if (remote := self.remote()) is not None:
