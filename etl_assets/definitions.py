@@ -16,8 +16,9 @@ import logging
 import os
 import warnings
 
-from dagster import Definitions, definitions, in_process_executor, multiprocess_executor
+from dagster import Definitions, definitions
 
+from etl_assets.executors import select_executor
 from etl_assets.monitoring import build_monitoring
 from etl_assets.monitoring.spec_errors import spec_errors_text
 from etl_assets.pipelines.factory import build_pipelines
@@ -30,7 +31,7 @@ from etl_assets.pipelines.spec import (
     read_defs_folder,
 )
 from etl_assets.recovery import build_recovery
-from etl_assets.settings import LOCAL, current_settings
+from etl_assets.settings import current_settings
 
 # set by `dagster definitions validate` (and so `dg check defs`) while it loads the location
 VALIDATION_CLI_ENV = "DAGSTER_IS_DEFS_VALIDATION_CLI"
@@ -77,7 +78,7 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
         for item in broken:
             logging.getLogger("etl_assets").error(f"pipeline spec left out of the code location: {item.message}")
     built = build_pipelines(specs, os.environ.get)
-    local = current_settings().env == LOCAL  # the one rule for ETL_ENV (an unknown value is an error)
+    env = current_settings().env  # the one rule for ETL_ENV (an unknown value is an error)
     defs = Definitions.merge(
         Definitions(
             assets=built.assets,
@@ -89,7 +90,7 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
         ),
         build_monitoring(specs, os.environ.get, broken),
         build_recovery(specs, os.environ.get),
-        Definitions(executor=in_process_executor if local else multiprocess_executor),
+        Definitions(executor=select_executor(env)),  # ETL_EXECUTOR, by default the one ETL_ENV implies
         *components,
     )
     with warnings.catch_warnings():
