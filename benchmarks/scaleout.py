@@ -108,6 +108,12 @@ class Result:
     payload: dict
 
 
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (the S3 server's share of a run)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _child(stage: str, env: dict[str, str], *args: str) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", stage, *args], env=env, capture_output=True, text=True, cwd=REPO
@@ -155,14 +161,17 @@ def bench_lake(args, work: Path) -> bool:
                     server.client().upload_file(str(source), bucket, f"landing/{NAME}/{LANDING_FILE}")
                     env["ETL_LAKE_URL"] = f"s3://{bucket}/lake"
                     env["ETL_LANDING_URL"] = f"s3://{bucket}/landing"
+                assert server.process is not None
+                server_cpu = _process_cpu(server.process.pid)
                 out = _child("pipeline", env)
+                out["server_cpu"] = _process_cpu(server.process.pid) - server_cpu if variant == "s3" else 0.0
                 if not out["success"]:
                     print(f"{variant} round {round_ + 1} FAILED: {out.get('failures')}")
                     return False
                 results.append(Result(variant, out["seconds"], out["cpu_seconds"], out["peak_rss_mib"], out))
                 print(
                     f"  round {round_ + 1} {variant:5}: {out['seconds']:7.1f}s wall {out['cpu_seconds']:7.1f}s CPU"
-                    f" {out['peak_rss_mib']:7.0f} MiB"
+                    f" {out['peak_rss_mib']:7.0f} MiB, S3 server {out['server_cpu']:.1f}s CPU"
                 )
                 shutil.rmtree(data, ignore_errors=True)
     finally:
