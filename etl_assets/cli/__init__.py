@@ -33,9 +33,16 @@ def data_dir(value: str | None) -> Path:
 
 
 def open_instance() -> DagsterInstance:
-    """The Dagster instance at ``$DAGSTER_HOME``, or an ephemeral one when it is not set."""
+    """The Dagster instance at ``$DAGSTER_HOME``, or an ephemeral one when it is not set.
+
+    Raises:
+        InstanceConfigError: its Postgres storage URL would fail on the first event write (the fix is in the message).
+    """
     from dagster import DagsterInstance
 
+    from etl_assets.instance import check_instance_home
+
+    check_instance_home()
     return DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
 
 
