@@ -2,8 +2,8 @@
 at start with what to write instead.
 
 Real parts: Postgres (a database of its own per test, where dagster-postgres creates its tables), the S3 API of
-``moto_server`` on loopback (boto3 and dagster-aws talk to it as to any endpoint), and the ``dagster`` CLI running a
-job of this code location in a subprocess.
+``moto_server`` on loopback (boto3 and dagster-aws talk to it as to any endpoint), the ``dagster`` CLI running a job
+of this code location in a subprocess, and ``etl-assets check-deployment``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from etl_assets.cli import main
 from etl_assets.instance import InstanceConfigError, check_instance_home
 
 REPO = Path(__file__).resolve().parent.parent
@@ -311,3 +312,121 @@ def test_the_code_location_loader_runs_the_check(tmp_path: Path, data_dir: Path,
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with pytest.raises(InstanceConfigError, match=r"postgresql\+psycopg2://\*\*\*@db\.internal:5432/dagster"):
         definitions.defs()
+
+
+# --- etl-assets check-deployment --------------------------------------------------------------------------------
+
+
+def _check_deployment(capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, str], str]:
+    """Run the command in this process: its exit status, the line of each check by name, and everything printed."""
+    status = main(["check-deployment"])
+    out, err = capsys.readouterr()
+    lines = {}
+    for line in out.splitlines()[:-1]:  # the last line is the summary
+        state, rest = line.split(maxsplit=1)
+        name = rest.split(":", 1)[0]
+        lines[name] = f"{state} {rest}"
+    return status, lines, out + err
+
+
+def _assert_no_secret(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in text
+    assert "etl-test-secret-value" not in text  # the S3 server's secret key (etl_assets_tests.s3server)
+
+
+@pytest.mark.postgres
+def test_check_deployment_passes_on_the_production_instance(
+    production_home: Path, secret_password: str, capsys: pytest.CaptureFixture[str]
+):
+    status, lines, text = _check_deployment(capsys)
+    assert status == 0, text
+    assert all(line.startswith("OK ") for line in lines.values()), text
+    assert lines["instance storage"].startswith("OK instance storage: Postgres at postgresql+psycopg2://***@")
+    assert (
+        "QueuedRunCoordinator: at most 3 runs at once; pools: granularity op, default limit 1"
+        in lines["run coordinator"]
+    )
+    assert f"S3ComputeLogManager, s3://{os.environ['ETL_COMPUTE_LOG_BUCKET']}/{LOG_PREFIX}" in lines["compute logs"]
+    assert {"run monitoring", "run retries", "run launcher", "lake", "landing", "warehouse"} <= set(lines)
+    _assert_no_secret(text, secret_password)
+
+
+@pytest.mark.postgres
+def test_check_deployment_fails_naming_each_problem_and_its_fix(
+    production_home: Path,
+    secret_password: str,
+    postgres_url: str,
+    s3_server,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    lake_bucket = s3_server.new_bucket()
+    target_password = f"target-pass-{uuid.uuid4().hex[:8]}"
+    parts = conninfo_to_dict(postgres_url)
+    target = f"postgresql://{parts.get('user', 'postgres')}:{target_password}@{parts.get('host')}:{parts.get('port', 5432)}/{parts.get('dbname')}"
+    monkeypatch.setenv("ETL_DEPLOYMENT", "distributed")
+    monkeypatch.setenv("ETL_LAKE_URL", f"s3://{lake_bucket}/lake")  # reachable
+    monkeypatch.setenv("ETL_COMPUTE_LOG_BUCKET", "no-such-bucket")  # not
+    monkeypatch.setenv("ETL_POSTGRES_URL", target)
+    status, lines, text = _check_deployment(capsys)
+    assert status == 1, text
+    assert lines["deployment mode"].startswith("OK deployment mode: ETL_DEPLOYMENT=distributed")
+    assert lines["instance storage"].startswith("OK")
+    assert lines["compute logs"].startswith("FAIL compute logs: s3://no-such-bucket/")
+    assert "Fix: create the bucket" in lines["compute logs"]
+    assert lines["lake"].startswith(f"OK lake: ETL_LAKE_URL=s3://{lake_bucket}/lake")
+    assert lines["landing"].startswith("FAIL landing: ETL_DEPLOYMENT=distributed needs the landing zone on object")
+    assert "Fix: set ETL_LANDING_URL=s3://<bucket>/<prefix>" in lines["landing"]
+    # the packaged shop pipelines load into the DuckDB warehouse: each is named, with the fix
+    assert lines["warehouse"].startswith("FAIL warehouse: 7 pipeline(s) load into the DuckDB warehouse")
+    assert (
+        "orders (" in lines["warehouse"]
+        and "Fix: use `targets: [postgres]` with ETL_POSTGRES_URL" in lines["warehouse"]
+    )
+    assert lines["postgres target"].startswith("OK postgres target: postgresql://***@")
+    assert text.splitlines()[-1] == "14 checks, 3 failed: compute logs, landing, warehouse"
+    _assert_no_secret(text, secret_password, target_password)
+
+
+def test_check_deployment_without_a_working_instance_fails_and_names_the_fix(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("ETL_DEPLOYMENT", "everywhere")
+    status, lines, text = _check_deployment(capsys)
+    assert status == 1
+    assert lines["deployment mode"].startswith("FAIL deployment mode: ETL_DEPLOYMENT='everywhere' is not a deployment")
+    monkeypatch.delenv("ETL_DEPLOYMENT")
+    status, lines, text = _check_deployment(capsys)
+    assert status == 1
+    assert lines["instance"] == (
+        "FAIL instance: DAGSTER_HOME is not set. Fix: export DAGSTER_HOME=<dir>, then copy deploy/dagster.yaml to"
+        " $DAGSTER_HOME/dagster.yaml (docs/deployment.md)"
+    )
+    assert lines["warehouse"].startswith("OK warehouse: DuckDB warehouse ")
+
+    # the production instance on a host where its variables are not set: each is named, before opening it
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(DEPLOY_INSTANCE, home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    for name in (
+        "DAGSTER_PG_USER",
+        "DAGSTER_PG_PASSWORD",
+        "DAGSTER_PG_DB",
+        "DAGSTER_PG_PORT",
+        "ETL_COMPUTE_LOG_BUCKET",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_PG_HOST", "db.internal")
+    status, lines, text = _check_deployment(capsys)
+    assert status == 1
+    assert lines["instance"].startswith(
+        f"FAIL instance: {home / 'dagster.yaml'} reads variables that are not set here:"
+    )
+    assert (
+        "DAGSTER_PG_USER, DAGSTER_PG_PASSWORD, DAGSTER_PG_DB, DAGSTER_PG_PORT, ETL_COMPUTE_LOG_BUCKET"
+        in lines["instance"]
+    )
+    assert "DAGSTER_PG_HOST" not in lines["instance"] and "instance storage" not in lines
