@@ -7,7 +7,8 @@ call :func:`build_definitions` themselves.
 The pipelines are ``Pipeline`` components (:mod:`etl_assets.components`) in the defs folder, plus the spec files of
 ``$ETL_PIPELINES_DIR``; they are validated one by one and then as a set, and built in one pass. An invalid one is set
 aside and reported (the sensor ``invalid_pipeline_specs``) while the others and the alerting run, except under
-``dagster definitions validate`` / ``dg check defs``, where it fails the check.
+``dagster definitions validate`` / ``dg check defs``, where it fails the check. Before building, the loader refuses a
+Dagster instance whose Postgres storage URL would fail on its first event write (:mod:`etl_assets.instance`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import warnings
 from dagster import Definitions, definitions
 
 from etl_assets.executors import select_executor
+from etl_assets.instance import check_instance_home
 from etl_assets.monitoring import build_monitoring
 from etl_assets.monitoring.spec_errors import spec_errors_text
 from etl_assets.pipelines.factory import build_pipelines
@@ -111,5 +113,6 @@ def defs() -> Definitions:
     global _built
     environment = tuple(sorted(os.environ.items()))
     if _built is None or _built[0] != environment:
+        check_instance_home()  # a Dagster storage URL that would fail on the first event write stops the load here
         _built = (environment, build_definitions())
     return _built[1]

@@ -54,7 +54,7 @@ from dagster import (
 from etl_assets.errors import no_retry_for_permanent_errors
 from etl_assets.keys import UNPARTITIONED
 from etl_assets.objectstore import is_object_url
-from etl_assets.settings import duckdb_connection, lake_url
+from etl_assets.settings import duckdb_connection, lake_url, require_shared_storage
 from etl_assets.sqlutil import quote_literal
 
 VIEW_SUFFIX = ".view.json"
@@ -257,8 +257,15 @@ class LakeStorage(ConfigurableResource):
     root: str = ""
 
     def location(self) -> str:
-        """The lake's root as configured: a directory or an ``s3://`` URL."""
-        return self.root or lake_url()
+        """The lake's root as configured: a directory or an ``s3://`` URL.
+
+        Raises:
+            DeploymentRefused: ``ETL_DEPLOYMENT=distributed`` and the lake is a local directory (each host would
+                have its own).
+        """
+        location = self.root or lake_url()
+        require_shared_storage("lake", location)
+        return location
 
     def remote(self) -> "ObjectLake | None":
         """The object-store lake when the root is an ``s3://`` URL, else None (a local lake)."""

@@ -1,20 +1,55 @@
-"""Environment switch and paths, read at call time (inside resources), never at import time."""
+"""Environment switches (``ETL_ENV``, ``ETL_DEPLOYMENT``) and paths, read at call time (inside resources), never at
+import time; and the rules of a distributed deployment (no DuckDB warehouse, no local lake)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from etl_assets.redact import redact
 from etl_assets.sqlutil import quote_literal
 
 LOCAL = "local"
 PRODUCTION = "production"
 ENVIRONMENTS = (LOCAL, PRODUCTION)
 
+# Where the work of the deployment runs: one host (the default), or several hosts sharing only Postgres and object
+# storage, where anything kept on a local disk (the DuckDB warehouse, a local lake) would be a different one per host.
+DEPLOYMENT_ENV = "ETL_DEPLOYMENT"
+SINGLE_HOST = "single-host"
+DISTRIBUTED = "distributed"
+DEPLOYMENTS = (SINGLE_HOST, DISTRIBUTED)
+# The variables naming the shared storage of each kind a distributed deployment needs on object storage.
+SHARED_STORAGE_ENV = {"lake": "ETL_LAKE_URL", "landing": "ETL_LANDING_URL"}
+_STORAGE_NAMES = {"lake": "lake", "landing": "landing zone"}
+SHARED_STORAGE_SCHEME = "s3"
+# Why a distributed deployment refuses the DuckDB warehouse, and what to do instead: the spec loader (field
+# `targets`) and the warehouse resource (a write) say the same.
+DUCKDB_WAREHOUSE_REFUSED = (
+    f"{DEPLOYMENT_ENV}={DISTRIBUTED} refuses it: the DuckDB warehouse is a file on the disk of the host that runs the"
+    " load, and with work spread over hosts each would write a warehouse file of its own, the tables split between them"
+)
+DUCKDB_WAREHOUSE_FIX = (
+    "use `targets: [postgres]` with ETL_POSTGRES_URL set (the warehouse every host shares), or run on one host with"
+    f" {DEPLOYMENT_ENV}={SINGLE_HOST}"
+)
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the platform cannot use."""
+
+
+class DeploymentRefused(SettingsError):
+    """Something this deployment mode does not allow was asked for (the DuckDB warehouse or a local lake on
+    several hosts): ``problem``, then ``fix``."""
+
+    error_class = "permanent"  # as monitoring classifies failures (etl_assets.errors): another attempt fails alike
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}. Fix: {fix}.")
+        self.problem, self.fix = problem, fix
 
 
 @dataclass(frozen=True)
@@ -53,6 +88,73 @@ def current_settings() -> Settings:
         raise SettingsError(f"ETL_ENV={env!r} is not an environment; set ETL_ENV to one of {', '.join(ENVIRONMENTS)}")
     data_dir = Path(os.environ.get("ETL_DATA_DIR") or "data").expanduser().resolve()
     return Settings(env=env, data_dir=data_dir)
+
+
+def deployment_mode() -> str:
+    """Read ``ETL_DEPLOYMENT`` now: ``single-host`` (the default) or ``distributed``.
+
+    Raises:
+        SettingsError: ``ETL_DEPLOYMENT`` names an unknown mode.
+    """
+    mode = os.environ.get(DEPLOYMENT_ENV, SINGLE_HOST).strip().lower() or SINGLE_HOST
+    if mode not in DEPLOYMENTS:
+        raise SettingsError(
+            f"{DEPLOYMENT_ENV}={mode!r} is not a deployment mode; set {DEPLOYMENT_ENV} to {SINGLE_HOST} (everything on"
+            f" one host, the default) or {DISTRIBUTED} (work spread over several hosts)"
+        )
+    return mode
+
+
+def is_distributed() -> bool:
+    """Whether ``ETL_DEPLOYMENT`` says work runs on several hosts (an unknown value raises ``SettingsError``)."""
+    return deployment_mode() == DISTRIBUTED
+
+
+def require_single_host_warehouse(path: Path) -> None:
+    """Refuse writing the DuckDB warehouse file ``path`` in a distributed deployment.
+
+    Raises:
+        DeploymentRefused: ``ETL_DEPLOYMENT=distributed``, with the fix.
+    """
+    if is_distributed():
+        raise DeploymentRefused(
+            f"the DuckDB warehouse {path} was not opened for writing, as {DUCKDB_WAREHOUSE_REFUSED}",
+            DUCKDB_WAREHOUSE_FIX,
+        )
+
+
+def require_shared_storage(kind: str, url: str | None) -> None:
+    """Refuse a lake or landing zone on a local disk in a distributed deployment.
+
+    Args:
+        kind: ``lake`` or ``landing``.
+        url: Where that storage is: the value of ``ETL_LAKE_URL`` / ``ETL_LANDING_URL`` (None or empty when unset,
+            which means the local directory under ``ETL_DATA_DIR``).
+
+    Raises:
+        DeploymentRefused: ``ETL_DEPLOYMENT=distributed`` and ``url`` is not an ``s3://`` URL, with the fix.
+        ValueError: ``kind`` is not a storage kind.
+    """
+    if kind not in SHARED_STORAGE_ENV:
+        raise ValueError(f"{kind!r} is not a storage kind; use one of {', '.join(SHARED_STORAGE_ENV)}")
+    if not is_distributed() or is_object_storage(url):
+        return
+    name, what = SHARED_STORAGE_ENV[kind], _STORAGE_NAMES[kind]
+    settings = current_settings()
+    local = settings.lake_dir if kind == "lake" else settings.landing_dir
+    where = f"{name}={redact(url)!r}" if url else f"{name} is not set, so the {what} is the local directory {local}"
+    raise DeploymentRefused(
+        f"{DEPLOYMENT_ENV}={DISTRIBUTED} needs the {what} on object storage every host reaches, and {where}: each"
+        " host would read and write its own copy",
+        f"set {name}=s3://<bucket>/<prefix> (with AWS_ENDPOINT_URL for an S3-compatible server), or run on one host"
+        f" with {DEPLOYMENT_ENV}={SINGLE_HOST}",
+    )
+
+
+def is_object_storage(url: str | None) -> bool:
+    """Whether ``url`` names a bucket on object storage (``s3://<bucket>[/<prefix>]``)."""
+    parts = urlsplit((url or "").strip())
+    return parts.scheme.lower() == SHARED_STORAGE_SCHEME and bool(parts.netloc)
 
 
 def duckdb_connection(

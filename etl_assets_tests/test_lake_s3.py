@@ -446,3 +446,20 @@ def test_rebuild_from_a_raw_lake_on_s3(shop_data, api_server, data_dir, instance
     client.delete_object(Bucket=s3_bucket, Key=f"lake/raw/orders/{first}.parquet")
     assert cli(["rebuild", "orders", "--from", first, "--to", last]) == 2
     assert snapshot(data_dir) == before
+
+
+def test_a_distributed_deployment_refuses_a_local_lake_or_landing_zone_and_takes_s3(s3_bucket, data_dir, monkeypatch):
+    from etl_assets.settings import DeploymentRefused
+
+    monkeypatch.setenv("ETL_DEPLOYMENT", "distributed")
+    monkeypatch.delenv("ETL_LAKE_URL", raising=False)
+    monkeypatch.delenv("ETL_LANDING_URL", raising=False)
+    with pytest.raises(DeploymentRefused, match="ETL_LAKE_URL=s3://"):
+        LakeStorage().write(["raw", "x"], None, pa.table({"x": [1]}))
+    with pytest.raises(DeploymentRefused, match="ETL_LANDING_URL=s3://"):
+        LandingFilesSource().scan("drops", FilesSource.model_validate({"kind": "files", "format": "csv"}))
+    assert not (data_dir / "lake").exists()
+    monkeypatch.setenv("ETL_LAKE_URL", f"s3://{s3_bucket}/lake")
+    monkeypatch.setenv("ETL_LANDING_URL", f"s3://{s3_bucket}/landing")
+    assert LakeStorage().write(["raw", "x"], None, pa.table({"x": [1]})).rows == 1
+    assert LandingFilesSource().scan("drops", FilesSource.model_validate({"kind": "files", "format": "csv"})) == []

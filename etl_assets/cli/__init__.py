@@ -1,9 +1,9 @@
 """The `etl-assets` command: demo upstreams and a one-command run of the reference pipelines.
 
-Also the operator commands: replay, rebuild, reexecute, validate and metrics. The CLI sits above the code location:
-it builds the definitions and runs their jobs, and nothing in the code location imports it. Each command module is
-imported when its command runs, so `etl-assets demo serve` imports neither Dagster nor the code location, and only
-`etl-assets demo` imports the demo upstreams (:mod:`etl_assets_demo`).
+Also the operator commands: replay, rebuild, reexecute, validate, check-deployment and metrics. The CLI sits above
+the code location: it builds the definitions and runs their jobs, and nothing in the code location imports it. Each
+command module is imported when its command runs, so `etl-assets demo serve` imports neither Dagster nor the code
+location, and only `etl-assets demo` imports the demo upstreams (:mod:`etl_assets_demo`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,16 @@ def data_dir(value: str | None) -> Path:
 
 
 def open_instance() -> DagsterInstance:
-    """The Dagster instance at ``$DAGSTER_HOME``, or an ephemeral one when it is not set."""
+    """The Dagster instance at ``$DAGSTER_HOME``, or an ephemeral one when it is not set.
+
+    Raises:
+        InstanceConfigError: its Postgres storage URL would fail on the first event write (the fix is in the message).
+    """
     from dagster import DagsterInstance
 
+    from etl_assets.instance import check_instance_home
+
+    check_instance_home()
     return DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
 
 
@@ -148,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a folder of specs to check with the packaged ones (default: $ETL_PIPELINES_DIR when set)",
     )
     validate.set_defaults(func=_cmd_validate)
+    check = sub.add_parser(
+        "check-deployment",
+        help="check this host's deployment: Dagster instance, storage, step logs, lake, warehouse (exit 1 on a failure)",
+    )
+    check.set_defaults(func=_command("check_deployment"))
     metrics = sub.add_parser("metrics", help="Prometheus metrics of the Dagster instance")
     metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True)
     serve_metrics = metrics_sub.add_parser("serve", help="serve /metrics (binds 127.0.0.1:9108 by default)")

@@ -16,7 +16,7 @@ from dagster import (
     reconstructable,
 )
 
-from etl_assets.cli import data_dir
+from etl_assets.cli import data_dir, open_instance
 from etl_assets.definitions import build_definitions
 from etl_assets.recovery.sensors import process_state, run_worker_pid
 
@@ -88,7 +88,7 @@ def command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    with DagsterInstance.get() as instance:
+    with open_instance() as instance:
         try:
             run_id, success = reexecute_from_failure(instance, args.run_id)
         except ReexecuteError as exc:

@@ -25,6 +25,7 @@ from pydantic_core import ErrorDetails
 from etl_assets.resources.api import ApiSource
 from etl_assets.resources.files import FilesSource
 from etl_assets.resources.sql import SqlSource
+from etl_assets.settings import DUCKDB_WAREHOUSE_FIX, DUCKDB_WAREHOUSE_REFUSED, is_distributed
 from etl_assets.specmodel import IDENTIFIER_LIMIT, SpecFieldError, SpecModel, checked_name
 from etl_assets.sqlutil import (
     MAX_IDENTIFIER_LENGTH,
@@ -576,11 +577,38 @@ def spec_dirs() -> list[Path]:
 @dataclass(frozen=True)
 class BrokenSpec:
     """A spec set aside by :func:`load_specs_isolated`: its file (and line), the name it declares when that could be
-    read, and why."""
+    read, and why (``field``: the field at fault, when the loader itself refused it)."""
 
     path: Path
     message: str
     name: str | None = None
+    field: str | None = None
+
+
+def refuse_local_warehouse(loaded: list[LoadedSpec]) -> tuple[list[LoadedSpec], list[BrokenSpec]]:
+    """Split ``loaded`` into the specs this deployment can run and those it sets aside: in a distributed deployment
+    (``ETL_DEPLOYMENT``) every spec that loads into the DuckDB warehouse file (``duckdb`` in ``targets``, the
+    default), since each host would write a warehouse of its own.
+
+    Raises:
+        SettingsError: ``ETL_DEPLOYMENT`` names an unknown mode.
+    """
+    if not is_distributed():
+        return loaded, []
+    kept: list[LoadedSpec] = []
+    refused: list[BrokenSpec] = []
+    for item in loaded:
+        targets = item.spec.targets
+        if "duckdb" not in targets:
+            kept.append(item)
+            continue
+        declared = f"targets: [{', '.join(targets)}]" + (
+            "" if "targets" in item.spec.model_fields_set else ", the default"
+        )
+        problem = f"the pipeline loads into the DuckDB warehouse ({declared}), and {DUCKDB_WAREHOUSE_REFUSED}"
+        error = _spec_error(item.where, "targets", problem, DUCKDB_WAREHOUSE_FIX)
+        refused.append(BrokenSpec(item.path, str(error), item.spec.name, field="targets"))
+    return kept, refused
 
 
 def _is_pipeline_type(component_type: type) -> bool:
@@ -669,7 +697,8 @@ def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
     """Load every pipeline of ``dirs`` (default :func:`spec_dirs`) and check the set as a whole.
 
     Raises:
-        SpecError: a spec is invalid, two declare the same name, or a transform reads an unknown dataset.
+        SpecError: a spec is invalid or refused by the deployment (:func:`refuse_local_warehouse`), two declare the
+            same name, or a transform reads an unknown dataset.
     """
     loaded: list[LoadedSpec] = []
     for folder in dirs or spec_dirs():
@@ -677,6 +706,9 @@ def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
         if broken:
             raise SpecError(broken[0].message)
         loaded.extend(found)
+    loaded, refused = refuse_local_warehouse(loaded)
+    if refused:
+        raise SpecError(refused[0].message)
     errors = _set_errors(loaded, {})
     if errors:
         raise errors[0][1]
@@ -686,9 +718,10 @@ def load_specs(dirs: list[Path] | None = None) -> list[LoadedSpec]:
 def load_specs_isolated(dirs: list[Path] | None = None) -> tuple[list[LoadedSpec], list[BrokenSpec]]:
     """Like :func:`load_specs`, but an invalid spec is set aside with its error instead of failing the whole set.
 
-    A spec is set aside when it is invalid, when it is wrong about the others (a duplicate name, an unknown
-    ``after``, reference or transform input, a cycle), or when it depends on a spec set aside (its message says
-    which). The others load: one bad pipeline never takes the code location down.
+    A spec is set aside when it is invalid, when the deployment refuses it (:func:`refuse_local_warehouse`), when it
+    is wrong about the others (a duplicate name, an unknown ``after``, reference or transform input, a cycle), or
+    when it depends on a spec set aside (its message says which). The others load: one bad pipeline never takes the
+    code location down.
     """
     broken: list[BrokenSpec] = []
     if dirs is None:
@@ -702,6 +735,8 @@ def load_specs_isolated(dirs: list[Path] | None = None) -> tuple[list[LoadedSpec
         found, aside_here = _read_dir(folder)
         loaded.extend(found)
         broken.extend(aside_here)
+    loaded, refused = refuse_local_warehouse(loaded)  # the deployment's rule, before the specs are checked together
+    broken.extend(refused)
     # names declared by a spec that was set aside: a spec needing one of them is set aside with that reason
     aside: dict[str, str] = {}
     for item in broken:

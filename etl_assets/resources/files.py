@@ -26,7 +26,7 @@ from etl_assets.errors import PermanentSourceError
 from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.landing_s3 import ObjectLanding, content_key, mtime_ns, now_stamp
 from etl_assets.objectstore import ObjectInfo, is_object_url
-from etl_assets.settings import landing_url
+from etl_assets.settings import landing_url, require_shared_storage
 from etl_assets.specmodel import SpecModel
 from etl_assets.sqlutil import is_identifier, is_reserved_column, quote_ident, quote_literal
 
@@ -123,7 +123,11 @@ class LandingFilesSource(ConfigurableResource):
     root: str = ""
 
     def location(self) -> str:
-        return self.root or landing_url()
+        """The landing root as configured: a directory or an ``s3://`` URL (refused when local in a distributed
+        deployment: each host would see its own files)."""
+        location = self.root or landing_url()
+        require_shared_storage("landing", location)
+        return location
 
     def remote(self) -> ObjectLanding | None:
         """The object-store landing zone when the root is an ``s3://`` URL, else None."""

@@ -18,7 +18,8 @@ rows twice: each target serializes them before the DELETE.
   database is open); a load keeps its connection from before the DELETE until after the COMMIT, so a second
   process's load waits in ``_open_waiting_for_lock`` until the first has closed the file. Connections of one process
   share one database and do not exclude each other, so loads in one process also take a per-file thread lock.
-  A DuckDB file is one host's: runs on other hosts must reach it through that host (see ARCHITECTURE, Scale-out).
+  A DuckDB file is one host's: runs on other hosts must reach it through that host (see ARCHITECTURE, Scale-out),
+  so in a distributed deployment (``ETL_DEPLOYMENT=distributed``) the warehouse refuses to open for writing.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from dagster import ConfigurableResource, get_dagster_logger
+from dagster import ConfigurableResource, Failure, get_dagster_logger
 
-from etl_assets.errors import ContractError
+from etl_assets.errors import META_ERROR_CLASS, ContractError
 from etl_assets.lake import LakeTable, pause_for_test
-from etl_assets.settings import current_settings, duckdb_connection
+from etl_assets.settings import DeploymentRefused, current_settings, duckdb_connection, require_single_host_warehouse
 from etl_assets.sqlutil import qualified, quote_ident, quote_literal
 
 PARTITION_COLUMN = "_etl_partition"
@@ -113,8 +114,19 @@ class DuckDBWarehouse(ConfigurableResource):
             read_only: Open read-only.
             lock_wait_seconds: How long to retry while another process holds the file (0: fail at once).
             on_wait: Called once if another process holds the file and the open has to wait.
+
+        Raises:
+            Failure: Opening for writing in a distributed deployment (not retried: the spec loader refuses such
+                pipelines at start, so this is a host whose environment differs, or a monitoring write).
         """
         path = self.db_path()
+        if not read_only:
+            try:
+                require_single_host_warehouse(path)
+            except DeploymentRefused as exc:
+                raise Failure(
+                    description=str(exc), metadata={META_ERROR_CLASS: exc.error_class}, allow_retries=False
+                ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         con = _open_waiting_for_lock(str(path), read_only, lock_wait_seconds, on_wait)
         try:
