@@ -7,6 +7,8 @@ zone and compute logs) and the demo orders API only through the bridge (etl_asse
 A backfill of 20 daily partitions of an API pipeline that loads into Postgres is launched the way the UI does
 (GraphQL, handled by the daemon's backfill loop: one run per partition). The test asserts that:
 
+* each worker host passes `etl-assets check-deployment` with its own environment (but for the packaged shop
+  pipelines, which load into DuckDB and are set aside in a distributed deployment);
 * runs execute on both hosts: the pid Dagster's run worker logs is, for the kernel, inside that host's namespace,
   and the Celery result backend names that host's worker for the run's task;
 * a worker SIGKILLed while a run of it is inside its Postgres load transaction is noticed (run monitoring asks the
@@ -353,21 +355,32 @@ def start_control_plane(deployment: Deployment) -> None:
 
 
 def start_workers(deployment: Deployment) -> None:
-    """deploy/celery/worker.sh on each host, concurrency 1. The victim also gets the test-only pause in the load
-    (off while its release file exists): once the file is removed, its next load waits inside its Postgres
-    transaction, where the test kills the host."""
+    """On each host, `etl-assets check-deployment` (every check passes but the packaged DuckDB pipelines'), then
+    deploy/celery/worker.sh with concurrency 1. The victim also gets the test-only pause in the load (off while its
+    release file exists): once the file is removed, its next load waits inside its Postgres transaction, where the
+    test kills the host."""
     hosts = deployment.hosts
     shared = {k: v for k, v in deployment.env.items() if k not in HOST_PRIVATE}
+    envs, checks = {}, {}
     for name in HOSTS:
         root = hosts[name].root
-        env = _host_env(root, shared)
+        envs[name] = env = _host_env(root, shared)
         if name == VICTIM:
             (root / "release").touch()
             env["ETL_TEST_PAUSE_IN_LOAD_SECONDS"] = "120"
             env["ETL_TEST_PAUSE_RELEASE_FILE"] = str(root / "release")
+        checks[name] = root / "check-deployment.log"
+        hosts.spawn(name, [str(BIN / "etl-assets"), "check-deployment"], env, checks[name], cwd=REPO)
+    for name in HOSTS:
+        hosts[name].processes[-1].wait(timeout=STARTUP_TIMEOUT)
+        report = checks[name].read_text()
+        # the one failure is the packaged shop domain's DuckDB pipelines, which this deployment sets aside
+        failed = [line for line in report.splitlines() if line.startswith("FAIL")]
+        assert len(failed) == 1 and failed[0].startswith("FAIL warehouse") and f"{NAME} (" not in failed[0], report
+        assert "OK   run launcher: MonitoredCeleryRunLauncher" in report, report
         log = deployment.workdir / f"worker-{name}.log"
         deployment.logs[f"worker-{name}"] = log
-        hosts.spawn(name, [str(DEPLOY / "worker.sh"), worker_node(name), "1"], env, log, cwd=REPO)
+        hosts.spawn(name, [str(DEPLOY / "worker.sh"), worker_node(name), "1"], envs[name], log, cwd=REPO)
 
 
 def celery_app(deployment: Deployment):
