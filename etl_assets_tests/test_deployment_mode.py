@@ -202,15 +202,17 @@ def test_the_warehouse_refuses_to_open_for_writing_in_a_distributed_deployment(
 
 
 def test_a_worker_whose_environment_says_distributed_fails_the_load_without_retrying(
-    tmp_path: Path, data_dir: Path, instance, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, data_dir: Path, instance, monkeypatch: pytest.MonkeyPatch, s3_server, s3_bucket
 ):
-    """The location was built on a host without the rule (single-host); the run executes where it is distributed."""
+    """The location was built on a host without the rule (single-host); the run executes where it is distributed
+    (its lake and landing zone on S3, as a distributed deployment requires)."""
     monkeypatch.delenv("ETL_DEPLOYMENT", raising=False)
     folder = tmp_path / "specs"
     write_spec(folder, pipeline("drops", [column("a", "INTEGER")], retry={"max_retries": 2, "delay_seconds": 0}))
     defs = build_definitions(specs=load_specs([folder]))
-    (data_dir / "landing" / "drops").mkdir(parents=True)
-    (data_dir / "landing" / "drops" / "x.csv").write_text("a\n1\n2\n")
+    s3_server.client().put_object(Bucket=s3_bucket, Key="landing/drops/x.csv", Body=b"a\n1\n2\n")
+    monkeypatch.setenv("ETL_LAKE_URL", f"s3://{s3_bucket}/lake")
+    monkeypatch.setenv("ETL_LANDING_URL", f"s3://{s3_bucket}/landing")
 
     monkeypatch.setenv("ETL_DEPLOYMENT", "distributed")
     result = defs.resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
@@ -221,8 +223,10 @@ def test_a_worker_whose_environment_says_distributed_fails_the_load_without_retr
     assert error is not None and REFUSAL in error.message and FIX in error.message
     assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     succeeded = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_SUCCESS}
-    assert {"raw__drops", "validate_drops"} <= succeeded  # the steps before the load ran, on the lake
-    assert not (data_dir / "warehouse.duckdb").exists()  # nothing was written to a warehouse file on this host
+    assert {"raw__drops", "validate_drops"} <= succeeded  # the steps before the load ran, on the S3 lake
+    assert (
+        not (data_dir / "warehouse.duckdb").exists() and not (data_dir / "lake").exists()
+    )  # nothing was written to a warehouse file on this host
 
 
 def test_monitoring_writes_are_refused_too_and_error_records_wait_in_the_spool(
@@ -244,18 +248,26 @@ def test_monitoring_writes_are_refused_too_and_error_records_wait_in_the_spool(
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_a_pipeline_loading_into_postgres_runs_in_a_distributed_deployment(
-    tmp_path: Path, data_dir: Path, instance, postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    data_dir: Path,
+    instance,
+    postgres_url: str,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_server,
+    s3_bucket,
 ):
     monkeypatch.setenv("ETL_DEPLOYMENT", "distributed")
     monkeypatch.setenv("ETL_POSTGRES_URL", postgres_url)
+    monkeypatch.setenv("ETL_LAKE_URL", f"s3://{s3_bucket}/lake")
+    monkeypatch.setenv("ETL_LANDING_URL", f"s3://{s3_bucket}/landing")
     folder = tmp_path / "specs"
     write_spec(
         folder, pipeline("drops", [column("a", "INTEGER", nullable=False)], domain=pg_schema, targets=["postgres"])
     )
     specs, broken = load_specs_isolated([folder])
     assert not broken
-    (data_dir / "landing" / "drops").mkdir(parents=True)
-    (data_dir / "landing" / "drops" / "x.csv").write_text("a\n1\n2\n")
+    s3_server.client().put_object(Bucket=s3_bucket, Key="landing/drops/x.csv", Body=b"a\n1\n2\n")
     result = build_definitions(specs=specs).resolve_job_def("drops_pipeline").execute_in_process(instance=instance)
     assert result.success
     with psycopg.connect(postgres_url) as conn:
@@ -263,4 +275,4 @@ def test_a_pipeline_loading_into_postgres_runs_in_a_distributed_deployment(
             sql.SQL("SELECT a FROM {} ORDER BY a").format(sql.Identifier(pg_schema, "drops"))
         ).fetchall()
     assert rows == [(1,), (2,)]
-    assert not (data_dir / "warehouse.duckdb").exists()
+    assert not (data_dir / "warehouse.duckdb").exists() and not (data_dir / "lake").exists()
