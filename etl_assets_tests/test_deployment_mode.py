@@ -276,3 +276,25 @@ def test_a_pipeline_loading_into_postgres_runs_in_a_distributed_deployment(
         ).fetchall()
     assert rows == [(1,), (2,)]
     assert not (data_dir / "warehouse.duckdb").exists() and not (data_dir / "lake").exists()
+
+
+def test_a_distributed_deployment_can_leave_the_packaged_duckdb_pipelines_out(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The packaged shop domain loads into DuckDB, so a distributed deployment sets it aside (and its spec-error
+    sensor fails each tick); ETL_PACKAGED_PIPELINES=off leaves it out, so only the deployment's own pipelines load."""
+    monkeypatch.setenv("ETL_DEPLOYMENT", "distributed")
+    folder = tmp_path / "specs"
+    write_spec(folder, pipeline("drops", [column("a", "INTEGER")], targets=["postgres"]))
+    monkeypatch.setenv("ETL_PIPELINES_DIR", str(folder))
+    specs, broken = load_specs_isolated()
+    assert "drops" in [s.spec.name for s in specs] and len(broken) >= 1
+    assert all("targets" in b.message for b in broken)
+    monkeypatch.setenv("ETL_PACKAGED_PIPELINES", "off")
+    specs, broken = load_specs_isolated()
+    assert [s.spec.name for s in specs] == ["drops"] and broken == []
+    assert main(["validate"]) == 0
+    monkeypatch.setenv("ETL_PACKAGED_PIPELINES", "maybe")
+    specs, broken = load_specs_isolated()
+    assert specs == [] and len(broken) == 1
+    assert "ETL_PACKAGED_PIPELINES='maybe' is not on or off" in broken[0].message

@@ -73,14 +73,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     """Load every spec (the defs folder's, plus DIR or $ETL_PIPELINES_DIR) and the defs folder's other components,
     and build their definitions; print each invalid one's error (file, line, field, fix) and exit 1 if there is one."""
     from etl_assets.monitoring.spec_errors import spec_errors_text
-    from etl_assets.pipelines.spec import PACKAGED_SPEC_DIRS, load_specs_isolated
+    from etl_assets.pipelines.spec import SpecError, load_specs_isolated, packaged_spec_dirs
 
     if args.dir is not None:
         folder = Path(args.dir).expanduser().resolve()
         if not folder.is_dir():
             print(f"validate: {args.dir} is not a directory", file=sys.stderr)
             return 2
-        specs, broken = load_specs_isolated([*PACKAGED_SPEC_DIRS, folder])
+        try:
+            packaged = packaged_spec_dirs()
+        except SpecError as exc:
+            print(f"validate: {exc}", file=sys.stderr)
+            return 2
+        specs, broken = load_specs_isolated([*packaged, folder])
     else:
         specs, broken = load_specs_isolated()
     from etl_assets.definitions import build_definitions, other_components

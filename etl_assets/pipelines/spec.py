@@ -40,6 +40,9 @@ DEFS_MODULE = "etl_assets.defs"
 PACKAGED_DEFS_DIR = Path(__file__).resolve().parent.parent / "defs"
 PACKAGED_SPEC_DIRS = (PACKAGED_DEFS_DIR,)
 PIPELINES_DIR_ENV = "ETL_PIPELINES_DIR"
+# "off" leaves the packaged defs folder (the reference domain `shop`, which loads into DuckDB) out of the code
+# location: a deployment with its own pipelines in $ETL_PIPELINES_DIR (a distributed one refuses DuckDB targets).
+PACKAGED_PIPELINES_ENV = "ETL_PACKAGED_PIPELINES"
 _CRON_FIELD_RE = re.compile(r"(\*|[0-9A-Za-z]+)([-/,][0-9A-Za-z*]+)*")
 
 # Validation names a referenced dataset's key view __ref_<name> and a typed column __typed_<column>
@@ -562,9 +565,26 @@ def parse_spec_file(path: Path) -> LoadedSpec:
     return parse_spec_document(raw, path)
 
 
+def packaged_spec_dirs() -> list[Path]:
+    """The packaged defs folder, unless ``$ETL_PACKAGED_PIPELINES`` is ``off``.
+
+    Raises:
+        SpecError: the variable holds something else than ``on`` or ``off``.
+    """
+    value = os.environ.get(PACKAGED_PIPELINES_ENV, "").strip().lower()
+    if value in ("", "on"):
+        return list(PACKAGED_SPEC_DIRS)
+    if value == "off":
+        return []
+    raise SpecError(
+        f"{PACKAGED_PIPELINES_ENV}={value!r} is not on or off. Fix: write off to leave the packaged pipelines "
+        "(etl_assets/defs) out, or unset it."
+    )
+
+
 def spec_dirs() -> list[Path]:
-    """The packaged defs folder plus ``$ETL_PIPELINES_DIR`` when set."""
-    dirs = list(PACKAGED_SPEC_DIRS)
+    """The packaged defs folder (unless ``$ETL_PACKAGED_PIPELINES=off``) plus ``$ETL_PIPELINES_DIR`` when set."""
+    dirs = packaged_spec_dirs()
     extra = os.environ.get(PIPELINES_DIR_ENV)
     if extra:
         extra_dir = Path(extra).expanduser().resolve()
@@ -728,8 +748,12 @@ def load_specs_isolated(dirs: list[Path] | None = None) -> tuple[list[LoadedSpec
         try:
             dirs = spec_dirs()
         except SpecError as exc:
-            dirs = list(PACKAGED_SPEC_DIRS)
-            broken.append(BrokenSpec(Path(os.environ.get(PIPELINES_DIR_ENV, "")), str(exc)))
+            try:
+                dirs = packaged_spec_dirs()
+                culprit = os.environ.get(PIPELINES_DIR_ENV, "")
+            except SpecError:
+                dirs, culprit = [], PACKAGED_PIPELINES_ENV
+            broken.append(BrokenSpec(Path(culprit), str(exc)))
     loaded: list[LoadedSpec] = []
     for folder in dirs:
         found, aside_here = _read_dir(folder)
