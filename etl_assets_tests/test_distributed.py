@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -217,8 +217,8 @@ def wait_for(what: str, predicate: Callable[[], object], timeout: float, deploym
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{deployment.tails()}", pytrace=False)
 
 
-@pytest.fixture
-def database(postgres_url: str) -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_database(postgres_url: str) -> Iterator[str]:
     """A fresh Postgres database (Dagster's storage, the Celery result backend, the target), dropped after."""
     name = f"etl_dist_{os.urandom(4).hex()}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -228,6 +228,12 @@ def database(postgres_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database(postgres_url: str) -> Iterator[str]:
+    with fresh_database(postgres_url) as name:
+        yield name
 
 
 def _base_env() -> dict[str, str]:
@@ -259,19 +265,27 @@ def worker_node(host: str) -> str:
     return f"w{host}"
 
 
-@pytest.fixture
-def deployment(
-    tmp_path: Path, database: str, postgres_url: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+@contextlib.contextmanager
+def open_deployment(
+    tmp_path: Path,
+    database: str,
+    postgres_url: str,
+    s3_server: S3Server,
+    setenv: Callable[[str, str], None],
+    host_names: Sequence[str] = HOSTS,
+    partitions: int = PARTITIONS,
 ) -> Iterator[Deployment]:
-    """Everything but the workers, which the test starts: data, services behind the bridge, the control host's
-    environment and its instance's tables. Removed in reverse order whatever the outcome."""
+    """Everything but the workers, which the caller starts: ``partitions`` days of source data, services behind the
+    bridge of ``host_names``, the control host's environment (also given to ``setenv``, since this process opens
+    the instance as a client on the control host) and its instance's tables. Removed in reverse order whatever
+    the outcome."""
     with contextlib.ExitStack() as stack:
-        source = generate_shop_data(tmp_path / "source", orders=PARTITIONS * ORDERS_PER_DAY, days=PARTITIONS)
+        source = generate_shop_data(tmp_path / "source", orders=partitions * ORDERS_PER_DAY, days=partitions)
         vhost = stack.enter_context(private_vhost())
         demo = stack.enter_context(DemoApiServer(source.orders_path))
         api = GatedApi(demo.url)
         stack.callback(api.close)
-        hosts = stack.enter_context(simulated_hosts(tmp_path / "hosts", HOSTS))
+        hosts = stack.enter_context(simulated_hosts(tmp_path / "hosts", host_names))
         pg, s3 = urlsplit(postgres_url), urlsplit(s3_server.endpoint)
         fwd = hosts.forward(
             {
@@ -309,9 +323,9 @@ def deployment(
             "DIST_API_URL": f"http://{fwd['api'][0]}:{fwd['api'][1]}",
         }
         env = _host_env(tmp_path / "control", shared)
-        for key, value in env.items():  # this process opens the instance too, as a client on the control host
+        for key, value in env.items():
             if key.startswith(("DAGSTER_", "ETL_", "AWS_")):
-                monkeypatch.setenv(key, value)
+                setenv(key, value)
         deployment = Deployment(
             hosts=hosts,
             env=env,
@@ -322,6 +336,14 @@ def deployment(
         )
         stack.callback(deployment.stop)
         deployment.instance().dispose()  # creates Dagster's tables once, before several processes race to create them
+        yield deployment
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path, database: str, postgres_url: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
+    with open_deployment(tmp_path, database, postgres_url, s3_server, monkeypatch.setenv) as deployment:
         yield deployment
 
 
@@ -354,30 +376,33 @@ def start_control_plane(deployment: Deployment) -> None:
     deployment.webserver = Webserver(port=web_port, process=process, home=home, log_path=deployment.logs["webserver"])
 
 
-def start_workers(deployment: Deployment) -> None:
-    """On each host, `etl-assets check-deployment` (every check passes but the packaged DuckDB pipelines'), then
-    deploy/celery/worker.sh with concurrency 1. The victim also gets the test-only pause in the load (off while its
-    release file exists): once the file is removed, its next load waits inside its Postgres transaction, where the
-    test kills the host."""
+def start_workers(deployment: Deployment, victim: str | None = VICTIM, check: bool = True) -> None:
+    """On each host, `etl-assets check-deployment` (every check passes but the packaged DuckDB pipelines'; unless
+    ``check`` is false), then deploy/celery/worker.sh with concurrency 1. The victim, if any, also gets the test-only
+    pause in the load (off while its release file exists): once the file is removed, its next load waits inside its
+    Postgres transaction, where the test kills the host."""
     hosts = deployment.hosts
+    names = list(hosts.hosts)
     shared = {k: v for k, v in deployment.env.items() if k not in HOST_PRIVATE}
     envs, checks = {}, {}
-    for name in HOSTS:
+    for name in names:
         root = hosts[name].root
         envs[name] = env = _host_env(root, shared)
-        if name == VICTIM:
+        if name == victim:
             (root / "release").touch()
             env["ETL_TEST_PAUSE_IN_LOAD_SECONDS"] = "120"
             env["ETL_TEST_PAUSE_RELEASE_FILE"] = str(root / "release")
-        checks[name] = root / "check-deployment.log"
-        hosts.spawn(name, [str(BIN / "etl-assets"), "check-deployment"], env, checks[name], cwd=REPO)
-    for name in HOSTS:
-        hosts[name].processes[-1].wait(timeout=STARTUP_TIMEOUT)
-        report = checks[name].read_text()
-        # the one failure is the packaged shop domain's DuckDB pipelines, which this deployment sets aside
-        failed = [line for line in report.splitlines() if line.startswith("FAIL")]
-        assert len(failed) == 1 and failed[0].startswith("FAIL warehouse") and f"{NAME} (" not in failed[0], report
-        assert "OK   run launcher: MonitoredCeleryRunLauncher" in report, report
+        if check:
+            checks[name] = root / "check-deployment.log"
+            hosts.spawn(name, [str(BIN / "etl-assets"), "check-deployment"], env, checks[name], cwd=REPO)
+    for name in names:
+        if check:
+            hosts[name].processes[-1].wait(timeout=STARTUP_TIMEOUT)
+            report = checks[name].read_text()
+            # the one failure is the packaged shop domain's DuckDB pipelines, which this deployment sets aside
+            failed = [line for line in report.splitlines() if line.startswith("FAIL")]
+            assert len(failed) == 1 and failed[0].startswith("FAIL warehouse") and f"{NAME} (" not in failed[0], report
+            assert "OK   run launcher: MonitoredCeleryRunLauncher" in report, report
         log = deployment.workdir / f"worker-{name}.log"
         deployment.logs[f"worker-{name}"] = log
         hosts.spawn(name, [str(DEPLOY / "worker.sh"), worker_node(name), "1"], envs[name], log, cwd=REPO)
@@ -466,7 +491,7 @@ class Observer:
         self._final: dict[str, RunFacts] = {}
 
     def sample(self) -> list[RunFacts]:
-        for name in HOSTS:
+        for name in self.deployment.hosts.hosts:
             for pid in self.deployment.hosts.pids(name):
                 self.owner[pid] = name
         facts = []
