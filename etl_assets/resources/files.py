@@ -344,42 +344,29 @@ class LandingFilesSource(ConfigurableResource):
         for path in self._listed(dataset, spec, partition=partition):
             newest.setdefault(path.name, InputFile(path.name, path))
         pattern = re.compile(spec.partition_regex)
+        entries: list[tuple[str, Path | ObjectInfo]] = []  # (archived name, the file or object)
         if (remote := self.remote()) is not None:
-            archived_objects: dict[str, tuple[str, ObjectInfo]] = {}
-            for item in remote.archived(dataset) if _plain_part(dataset) else []:
-                match = ARCHIVED_NAME_RE.match(item.name)
-                if match is None:
+            entries = [(item.name, item) for item in remote.archived(dataset)] if _plain_part(dataset) else []
+        else:
+            archive = self.archive_dir(dataset)
+            if archive.is_dir() and not archive.is_symlink():
+                entries = [(p.name, p) for p in archive.iterdir() if not p.is_symlink() and p.is_file()]
+        archived: dict[str, tuple[str, Path | ObjectInfo]] = {}
+        for entry_name, entry in entries:
+            match = ARCHIVED_NAME_RE.match(entry_name)
+            if match is None:
+                continue
+            name = match.group("name")
+            if not fnmatch.fnmatchcase(name, Path(spec.glob).name) or name.endswith(IN_PROGRESS_SUFFIXES):
+                continue
+            if partition is not None:
+                found = pattern.search(name)
+                if found is None or found.group("partition") != partition:
                     continue
-                name = match.group("name")
-                if not fnmatch.fnmatchcase(name, Path(spec.glob).name) or name.endswith(IN_PROGRESS_SUFFIXES):
-                    continue
-                if partition is not None:
-                    found = pattern.search(name)
-                    if found is None or found.group("partition") != partition:
-                        continue
-                if name not in archived_objects or match.group("stamp") > archived_objects[name][0]:
-                    archived_objects[name] = (match.group("stamp"), item)
-            for name, (_, item) in archived_objects.items():
-                newest.setdefault(name, InputFile(name, item, archived=True))
-            return [newest[name] for name in sorted(newest)]
-        archive = self.archive_dir(dataset)
-        if archive.is_dir() and not archive.is_symlink():
-            archived: dict[str, tuple[str, Path]] = {}
-            for path in archive.iterdir():
-                match = ARCHIVED_NAME_RE.match(path.name)
-                if match is None or path.is_symlink() or not path.is_file():
-                    continue
-                name = match.group("name")
-                if not fnmatch.fnmatchcase(name, Path(spec.glob).name) or name.endswith(IN_PROGRESS_SUFFIXES):
-                    continue
-                if partition is not None:
-                    found = pattern.search(name)
-                    if found is None or found.group("partition") != partition:
-                        continue
-                if name not in archived or match.group("stamp") > archived[name][0]:
-                    archived[name] = (match.group("stamp"), path)
-            for name, (_, path) in archived.items():
-                newest.setdefault(name, InputFile(name, path, archived=True))
+            if name not in archived or match.group("stamp") > archived[name][0]:
+                archived[name] = (match.group("stamp"), entry)
+        for name, (_, entry) in archived.items():
+            newest.setdefault(name, InputFile(name, entry, archived=True))
         return [newest[name] for name in sorted(newest)]
 
     def pin(self, dataset: str, spec: FilesSource, partition: str | None = None, attempts: int = 5) -> PinnedInputs:
