@@ -926,11 +926,14 @@ def _boolean_amount_not_coerced(out: Outcome) -> None:
 
 
 def _warn_beside_error(out: Outcome) -> None:
-    # The family holds an ERROR rule, so its check is blocking: it passes (nothing broke the ERROR rule in clean),
-    # the row that broke only the WARN rule is loaded, and the WARN rule's count is in the check's metadata.
+    # The family holds an ERROR rule, so its check is blocking. Nothing breaking the ERROR rule reached clean, so it
+    # fails only as a WARN (holding nothing): one row quarantined by the ERROR rule, and the row that broke only the
+    # WARN rule is loaded, both counted in the check's metadata.
     loaded("warn_rule_broken", channel="fax")(out)
     check = out.checks["accepted_values"]
-    assert check.passed and check.severity == AssetCheckSeverity.ERROR
+    assert not check.passed and check.severity == AssetCheckSeverity.WARN
+    assert check.metadata["rows_quarantined"] == 1 and check.metadata["rows_flagged_loaded"] == 1
+    assert check.metadata["reached_clean"] == 0
     assert check.metadata["by_rule"] == {"accepted_values:status": 1, "accepted_values:channel": 1}
 
 

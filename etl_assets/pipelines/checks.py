@@ -5,12 +5,27 @@ from __future__ import annotations
 
 from typing import cast
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, DagsterInstance, MetadataValue
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    DagsterInstance,
+    MetadataValue,
+    PartitionsDefinition,
+)
 
-from etl_assets.keys import UNPARTITIONED, clean_key
+from etl_assets.keys import UNPARTITIONED, clean_key, quarantine_key
+from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import PipelineSpec
 from etl_assets.pipelines.steps.load import PartitionLoad
-from etl_assets.pipelines.steps.validate import OutputsChecked, ValidatedBatch, contract_families
+from etl_assets.pipelines.steps.validate import (
+    FamilyOutcome,
+    OutputsChecked,
+    ValidatedBatch,
+    contract_rules_by_family,
+)
 
 CHECK_ROWS_CONSERVED = "rows_conserved"
 CHECK_MATCHES_LAKE = "matches_lake"
@@ -20,34 +35,85 @@ CHECK_SCHEMA_CHANGE = "schema_change"
 CHECK_ROW_COUNT = "row_count"
 
 
-def validation_check_specs(spec: PipelineSpec) -> list[AssetCheckSpec]:
-    """The checks generated from a source pipeline's contract (declared next to the asset they guard)."""
+def _rule_text(rule: validation.Rule, spec: PipelineSpec) -> str:
+    """What one rule requires, naming its column and its parameters (``currency: USD, EUR, GBP``)."""
+    kind, _, name = rule.name.partition(":")
+    column = next((c for c in spec.columns if c.name == name), None)
+    if rule.name == validation.MALFORMED_ROW:
+        return "every row readable"
+    if rule.name == validation.OUT_OF_WINDOW:
+        return f"{validation.partition_window_column(spec)} inside the partition's time window"
+    if rule.name == validation.DUPLICATE_KEY:
+        return f"one row per ({', '.join(spec.primary_key)})"
+    if rule.family == "unique":  # the key against the partitions already in the lake
+        return f"({', '.join(spec.primary_key)}) not in another partition"
+    if kind == "storable":
+        return f"{name} without NUL characters (Postgres refuses them)"
+    if column is None:
+        return rule.name
+    if kind == "type":
+        return f"{name} as {column.type}"
+    if kind == "accepted_values":
+        return f"{name}: {', '.join(str(v) for v in column.accepted_values or [])}"
+    if kind == "min":
+        return f"{name} >= {column.min}"
+    if kind == "max":
+        return f"{name} <= {column.max}"
+    if kind == "regex":
+        return f"{name} matches {column.regex}"
+    if kind == "max_length":
+        return f"{name} at most {column.max_length} characters"
+    if kind == "relationship" and column.references is not None:
+        return f"{name} in {column.references.dataset}.{column.references.column}"
+    return name
+
+
+def family_description(spec: PipelineSpec, family: str, rules: list[validation.Rule]) -> str:
+    """A check family's description: the family, each rule's column and parameters, and what happens to failing
+    rows (``accepted_values on currency: USD, EUR, GBP (ERROR: rows quarantined)``)."""
+    texts = list(dict.fromkeys(_rule_text(r, spec) for r in rules))
+    severities = sorted({r.severity for r in rules})
+    outcome = " and ".join(f"{s}: rows {'quarantined' if s == 'ERROR' else 'loaded and flagged'}" for s in severities)
+    return f"{family} on {'; '.join(texts)} ({outcome})"
+
+
+def validation_check_specs(spec: PipelineSpec, partitions_def: PartitionsDefinition | None) -> list[AssetCheckSpec]:
+    """The checks generated from a source pipeline's contract (declared next to the asset they guard, partitioned
+    with it so each partition shows its own result)."""
     ck = clean_key(spec.name)
     specs = [
         AssetCheckSpec(
-            CHECK_ROWS_CONSERVED, asset=ck, blocking=True, description="rows_in = rows_valid + rows_quarantined"
+            CHECK_ROWS_CONSERVED,
+            asset=ck,
+            blocking=True,
+            description="rows_in = rows_valid + rows_quarantined",
+            partitions_def=partitions_def,
         ),
         AssetCheckSpec(
             CHECK_QUALITY_SCORE,
             asset=ck,
             blocking=True,
-            description=f"share of valid rows is at least {spec.quality.threshold:.0%}",
+            description=f"share of valid rows is at least {spec.quality.threshold:.0%}; below it the run stops "
+            "before the load",
+            partitions_def=partitions_def,
         ),
         AssetCheckSpec(
             CHECK_SCHEMA_CHANGE,
             asset=ck,
             blocking=False,
             description="no columns beyond the contract arrived (new ones are loaded and flagged)",
+            partitions_def=partitions_def,
         ),
     ]
-    for family, severity in contract_families(spec).items():
+    for family, rules in contract_rules_by_family(spec).items():
         specs.append(
             AssetCheckSpec(
                 family,
                 asset=ck,
-                blocking=severity == "ERROR",
-                description=f"{family} rules ({severity}); failing rows are "
-                + ("quarantined" if severity == "ERROR" else "flagged"),
+                # an ERROR family fails with severity ERROR only when a breaking row reached the clean data
+                blocking=any(r.severity == "ERROR" for r in rules),
+                description=family_description(spec, family, rules),
+                partitions_def=partitions_def,
             )
         )
     if spec.row_count is not None:
@@ -57,9 +123,46 @@ def validation_check_specs(spec: PipelineSpec) -> list[AssetCheckSpec]:
                 asset=ck,
                 blocking=spec.row_count.severity == "ERROR",
                 description="rows per partition within the expected range",
+                partitions_def=partitions_def,
             )
         )
     return specs
+
+
+def _family_result(spec: PipelineSpec, family: FamilyOutcome) -> AssetCheckResult:
+    """A contract family's result. Rows that broke an ERROR rule and were quarantined fail the check as a WARN (the
+    clean data is sound, so nothing downstream is held, but the rows are missing from it); a breaking row that
+    reached the clean data fails it as an ERROR; rows flagged by a WARN rule fail it as a WARN."""
+    quarantined = family.quarantined
+    if not family.passed:
+        severity = AssetCheckSeverity.ERROR if family.severity == "ERROR" else AssetCheckSeverity.WARN
+        if family.severity == "ERROR":
+            description = f"{family.reached_clean} row(s) breaking an ERROR rule reached the clean data"
+        else:
+            description = f"{family.failing_rows} row(s) flagged and loaded"
+    elif family.failing_rows:
+        severity = AssetCheckSeverity.WARN
+        description = f"{quarantined} row(s) quarantined to {quarantine_key(spec.name).to_user_string()}" + (
+            f", {family.flagged_loaded} flagged and loaded" if family.flagged_loaded else ""
+        )
+    else:
+        severity = AssetCheckSeverity.ERROR if family.severity == "ERROR" else AssetCheckSeverity.WARN
+        description = "no failing rows"
+    return AssetCheckResult(
+        asset_key=clean_key(spec.name),
+        check_name=family.name,
+        passed=family.failing_rows == 0,
+        severity=severity,
+        description=description,
+        metadata={
+            "failing_rows": family.failing_rows,
+            "rows_quarantined": quarantined,
+            "rows_flagged_loaded": family.flagged_loaded,
+            "by_rule": MetadataValue.json(family.by_rule),
+            "reached_clean": family.reached_clean,
+            "sample": MetadataValue.md(family.sample),
+        },
+    )
 
 
 def validation_check_results(
@@ -80,21 +183,7 @@ def validation_check_results(
             },
         )
     ]
-    for family in outputs.families:
-        results.append(
-            AssetCheckResult(
-                asset_key=ck,
-                check_name=family.name,
-                passed=family.passed,
-                severity=AssetCheckSeverity.ERROR if family.severity == "ERROR" else AssetCheckSeverity.WARN,
-                metadata={
-                    "failing_rows": family.failing_rows,
-                    "by_rule": MetadataValue.json(family.by_rule),
-                    "reached_clean": family.reached_clean,
-                    "sample": MetadataValue.md(family.sample),
-                },
-            )
-        )
+    results.extend(_family_result(spec, family) for family in outputs.families)
     results.append(
         AssetCheckResult(
             asset_key=ck,
@@ -109,11 +198,22 @@ def validation_check_results(
     )
     if row_count is not None:
         results.append(row_count)
+    score, threshold = batch.quality_score, spec.quality.threshold
+    gate_passed = score >= threshold
     results.append(
         AssetCheckResult(
             asset_key=ck,
             check_name=CHECK_QUALITY_SCORE,
-            passed=batch.quality_score >= spec.quality.threshold,
+            passed=gate_passed,
+            description=(
+                f"quality score {score:.2%} ({batch.rows_valid} of {batch.rows_in} rows valid) "
+                + (
+                    f"meets the threshold {threshold:.0%}"
+                    if gate_passed
+                    else f"is below the threshold {threshold:.0%}: the load is held; the {batch.rows_quarantined} "
+                    f"quarantined row(s) are in {quarantine_key(spec.name).to_user_string()}"
+                )
+            ),
             metadata={
                 "quality_score": round(batch.quality_score, 6),
                 "threshold": spec.quality.threshold,
@@ -160,7 +260,9 @@ def row_count_result(instance: DagsterInstance, spec: PipelineSpec, rows_in: int
     )
 
 
-def load_check_specs(key: AssetKey, with_contract: bool) -> list[AssetCheckSpec]:
+def load_check_specs(
+    key: AssetKey, with_contract: bool, partitions_def: PartitionsDefinition | None
+) -> list[AssetCheckSpec]:
     """The checks of a target asset: ``matches_lake``, and ``contract_holds`` when it loads under the contract."""
     return [
         AssetCheckSpec(
@@ -168,6 +270,7 @@ def load_check_specs(key: AssetKey, with_contract: bool) -> list[AssetCheckSpec]
             asset=key,
             blocking=True,
             description="the loaded partition has exactly the lake partition's rows",
+            partitions_def=partitions_def,
         )
     ] + (
         [
@@ -176,11 +279,29 @@ def load_check_specs(key: AssetKey, with_contract: bool) -> list[AssetCheckSpec]
                 asset=key,
                 blocking=True,
                 description="the contract re-checked on the rows as loaded, before the commit",
+                partitions_def=partitions_def,
             )
         ]
         if with_contract
         else []
     )
+
+
+def partition_evaluations(key: AssetKey, partition: str, results: list[AssetCheckResult]) -> list[AssetCheckEvaluation]:
+    """One partition's check results in a range run, as evaluations of that partition: a step reports one result
+    per check, so the run's result summarises the range and these record what each partition got."""
+    return [
+        AssetCheckEvaluation(
+            asset_key=r.asset_key or key,
+            check_name=r.check_name or "",
+            passed=r.passed,
+            metadata=r.metadata,
+            severity=r.severity,
+            description=r.description,
+            partition=partition,
+        )
+        for r in results
+    ]
 
 
 def load_check_results(loads: list[PartitionLoad], with_contract: bool) -> list[AssetCheckResult]:

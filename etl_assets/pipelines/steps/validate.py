@@ -33,8 +33,9 @@ def untimed(label: str) -> AbstractContextManager:
     return nullcontext()
 
 
-def contract_families(spec: PipelineSpec) -> dict[str, str]:
-    """Check families the contract generates, with their severity (ERROR when any rule in the family is)."""
+def contract_rules_by_family(spec: PipelineSpec) -> dict[str, list[validation.Rule]]:
+    """The rules the contract generates over a delivery with exactly its columns, by check family (in the order of
+    :data:`~etl_assets.pipelines.validation.FAMILIES`)."""
     column = validation.partition_window_column(spec)
     rules, _ = validation.contract_rules(
         spec.columns,
@@ -44,10 +45,18 @@ def contract_families(spec: PipelineSpec) -> dict[str, str]:
         targets=spec.targets,
         window=validation.PartitionWindow(column) if column else None,
     )
-    families: dict[str, str] = {}
+    by_family: dict[str, list[validation.Rule]] = {}
     for rule in rules:
-        families[rule.family] = "ERROR" if "ERROR" in (rule.severity, families.get(rule.family)) else "WARN"
-    return {f: families[f] for f in validation.FAMILIES if f in families}
+        by_family.setdefault(rule.family, []).append(rule)
+    return {f: by_family[f] for f in validation.FAMILIES if f in by_family}
+
+
+def contract_families(spec: PipelineSpec) -> dict[str, str]:
+    """Check families the contract generates, with their severity (ERROR when any rule in the family is)."""
+    return {
+        family: "ERROR" if any(r.severity == "ERROR" for r in rules) else "WARN"
+        for family, rules in contract_rules_by_family(spec).items()
+    }
 
 
 @dataclass
@@ -88,7 +97,9 @@ class FamilyOutcome:
     Attributes:
         passed: An ERROR family passes when no row breaking an ERROR rule reached the clean data (rows flagged by a
             WARN rule of the family are loaded and counted); a WARN family when no row was flagged.
-        reached_clean: Flagged rows of the family that the clean view keeps.
+        reached_clean: Rows breaking an ERROR rule of the family that the clean view keeps (none, when it holds).
+        quarantined: Rows breaking an ERROR rule of the family, left out of the clean view.
+        flagged_loaded: Rows breaking only a WARN rule of the family: loaded, and counted here.
         sample: The first failing rows, as a Markdown table, or ``(none)``.
     """
 
@@ -99,6 +110,8 @@ class FamilyOutcome:
     by_rule: dict[str, int]
     reached_clean: int
     sample: str
+    quarantined: int = 0
+    flagged_loaded: int = 0
 
 
 @dataclass
@@ -259,6 +272,10 @@ def check_outputs(
                 by_rule=flagged,
                 reached_clean=sum(in_clean.get(n, 0) for n in names),
                 sample=sample,
+                quarantined=sum(
+                    flagged[r.name] - in_clean.get(r.name, 0) for r in family_rules if r.severity == "ERROR"
+                ),
+                flagged_loaded=sum(flagged[r.name] for r in family_rules if r.severity != "ERROR"),
             )
         )
     contract = {c.name for c in spec.columns}
