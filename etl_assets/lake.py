@@ -30,7 +30,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,7 @@ from dagster import (
     ResourceDependency,
     TableColumn,
     TableSchema,
+    TableSchemaMetadataValue,
     get_dagster_logger,
 )
 
@@ -659,16 +660,29 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def table_schema(schema: pa.Schema) -> TableSchema:
-    """Dagster column schema metadata for an Arrow schema."""
-    return TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in schema])
+COLUMN_SCHEMA = "dagster/column_schema"
 
 
-def write_metadata(result: WriteResult) -> dict:
-    """Materialization metadata for one lake write."""
+def written_schema(schema: pa.Schema, declared: TableSchema | None = None) -> TableSchema:
+    """Dagster column schema metadata for the columns of a lake write: each column ``declared`` names as declared
+    (its SQL type and description, from the contract), the others with their Arrow type."""
+    by_name = {c.name: c for c in declared.columns} if declared is not None else {}
+    return TableSchema(columns=[by_name.get(f.name) or TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
+def declared_schema(metadata: Mapping[str, object] | None) -> TableSchema | None:
+    """The column schema an asset definition declares in its metadata, if any (as given or as Dagster wraps it)."""
+    value = (metadata or {}).get(COLUMN_SCHEMA)
+    if isinstance(value, TableSchemaMetadataValue):
+        return value.schema
+    return value if isinstance(value, TableSchema) else None
+
+
+def write_metadata(result: WriteResult, declared: TableSchema | None = None) -> dict:
+    """Materialization metadata for one lake write (``declared``: the asset definition's column schema)."""
     return {
         "dagster/row_count": result.rows,
-        "dagster/column_schema": table_schema(result.schema),
+        COLUMN_SCHEMA: written_schema(result.schema, declared),
         "lake_path": MetadataValue.path(result.url or str(result.path)),
         "bytes_written": result.bytes,
         "write_seconds": round(result.seconds, 3),
@@ -689,13 +703,14 @@ class LakeIOManager(ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()}: a run writes one partition at a time to the lake, "
                 f"got {len(partitions)}; launch a backfill with one run per partition"
             )
+        declared = declared_schema(context.definition_metadata)
         with no_retry_for_permanent_errors():  # a stream may find the source unreadable only now
             if isinstance(obj, LakeStream):
                 result = self.lake.write(context.asset_key.path, partitions[0], obj.reader)
-                context.add_output_metadata({**write_metadata(result), **obj.describe()})
+                context.add_output_metadata({**write_metadata(result, declared), **obj.describe()})
             else:
                 result = self.lake.write(context.asset_key.path, partitions[0], obj)
-                context.add_output_metadata(write_metadata(result))
+                context.add_output_metadata(write_metadata(result, declared))
 
     def load_input(self, context: InputContext) -> LakeTable:
         key = context.asset_key

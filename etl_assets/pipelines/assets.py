@@ -11,6 +11,7 @@ from datetime import datetime
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
@@ -26,11 +27,13 @@ from dagster import (
 
 from etl_assets.errors import no_retry_for_permanent_errors
 from etl_assets.keys import UNPARTITIONED, clean_key, mart_key, quarantine_key, raw_key, target_key
-from etl_assets.lake import LakeError, LakeStorage, LakeStream, LakeTable, write_metadata
+from etl_assets.lake import COLUMN_SCHEMA, LakeError, LakeStorage, LakeStream, LakeTable, write_metadata
 from etl_assets.pipelines import sensors as sensors_mod
+from etl_assets.pipelines.catalog import TABLE_NAME, TARGET_COLUMNS, contract_schema, describe, target_table
 from etl_assets.pipelines.checks import (
     load_check_results,
     load_check_specs,
+    partition_evaluations,
     row_count_result,
     validation_check_results,
     validation_check_specs,
@@ -127,7 +130,9 @@ def extract_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | Non
         retry_policy=retry_policy_for(spec),
         backfill_policy=backfill_policy_for(spec),
         kinds={src.kind, "parquet"},
-        description=f"{spec.name} as delivered by its {src.kind} source (text values, plus _etl_source).",
+        description=describe(
+            spec, f"{spec.name} as delivered by its {src.kind} source (text values, plus _etl_source)."
+        ),
         metadata={"spec_file": str(loaded.path)},
     )
     def extract_raw(context: AssetExecutionContext):
@@ -173,16 +178,17 @@ def validate_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | No
                 key=ck,
                 io_manager_key=LAKE_IO_MANAGER,
                 kinds={"parquet"},
-                description=f"{spec.name}: rows meeting the contract, typed.",
+                description=describe(spec, f"{spec.name}: rows meeting the contract, typed."),
+                metadata={COLUMN_SCHEMA: contract_schema(spec)},
             ),
             "quarantine": AssetOut(
                 key=qk,
                 io_manager_key=LAKE_IO_MANAGER,
                 kinds={"parquet"},
-                description=f"{spec.name}: rows breaking the contract, as delivered, with reasons.",
+                description=describe(spec, f"{spec.name}: rows breaking the contract, as delivered, with reasons."),
             ),
         },
-        check_specs=validation_check_specs(spec),
+        check_specs=validation_check_specs(spec, pdef),
         required_resource_keys={"lake"},
         retry_policy=retry_policy_for(spec),
         backfill_policy=backfill_policy_for(spec),
@@ -211,21 +217,25 @@ def validate_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | No
                 if isinstance(event, Output):
                     key = targets[event.output_name]
                     result = lake.write(key.path, partition, event.value)
+                    declared = contract_schema(spec) if key == ck else None
                     context.add_asset_metadata(
-                        {**event.metadata, **write_metadata(result)}, asset_key=key, partition_key=partition
+                        {**event.metadata, **write_metadata(result, declared)}, asset_key=key, partition_key=partition
                     )
                 else:
                     assert event.check_name is not None  # validation_check_results names every check
                     checks.setdefault(event.check_name, []).append((partition, event))
+                    yield from partition_evaluations(ck, partition, [event])
         yield Output(None, "clean", metadata={"partitions_in_run": len(keys)})
         yield Output(None, "quarantine", metadata={"partitions_in_run": len(keys)})
         for name, results in checks.items():
             failed = [p for p, r in results if not r.passed]
+            errors = [p for p, r in results if not r.passed and r.severity == AssetCheckSeverity.ERROR]
             yield AssetCheckResult(
                 asset_key=ck,
                 check_name=name,
                 passed=not failed,
-                severity=results[0][1].severity,
+                # it holds the range only when a partition's own result would have held it
+                severity=AssetCheckSeverity.ERROR if errors or not failed else AssetCheckSeverity.WARN,
                 metadata={"partitions_checked": len(results), "partitions_failed": MetadataValue.json(failed)},
             )
 
@@ -343,7 +353,10 @@ def load_asset(loaded: LoadedSpec, target: str, pdef: TimeWindowPartitionsDefini
     if with_quarantine:
         ins["quarantined"] = AssetIn(key=quarantine_key(spec.name))
     contract = LoadContract(spec) if with_quarantine else None
-    table_name = f"{spec.domain}.{spec.name}"
+    table_name = target_table(spec)
+    catalog = {TABLE_NAME: table_name}
+    if spec.source is not None:  # a source pipeline's table has the contract's columns, typed
+        catalog[COLUMN_SCHEMA] = contract_schema(spec, TARGET_COLUMNS)
 
     @asset(
         key=key,
@@ -355,12 +368,16 @@ def load_asset(loaded: LoadedSpec, target: str, pdef: TimeWindowPartitionsDefini
         retry_policy=retry_policy_for(spec),
         backfill_policy=backfill_policy_for(spec),
         automation_condition=automation_for(spec),
-        kinds={target},
-        check_specs=load_check_specs(key, with_quarantine),
-        description=f"{spec.name} loaded into {target} table {spec.domain}.{spec.name}, one partition replaced per run."
-        + (f" Its quarantine goes to quarantine.{spec.name}." if with_quarantine else ""),
+        kinds={target, "table"},
+        check_specs=load_check_specs(key, with_quarantine, pdef),
+        description=describe(
+            spec,
+            f"{spec.name} loaded into {target} table {table_name}, one partition replaced per run."
+            + (f" Its quarantine goes to quarantine.{spec.name}." if with_quarantine else ""),
+        ),
+        metadata=catalog,
     )
-    def load(context: AssetExecutionContext, data: LakeTable, **extra: LakeTable) -> MaterializeResult:
+    def load(context: AssetExecutionContext, data: LakeTable, **extra: LakeTable):
         quarantined = extra.get("quarantined")
         resource = getattr(context.resources, resource_key)
         keys = _run_keys(context) or [_partition(context)]
@@ -384,10 +401,11 @@ def load_asset(loaded: LoadedSpec, target: str, pdef: TimeWindowPartitionsDefini
             if result.quarantine_rows is not None:
                 metadata["quarantine_table"] = f"{QUARANTINE_SCHEMA}.{spec.name}"
                 metadata["rows_quarantined"] = result.quarantine_rows
-            if len(keys) > 1:  # each partition of a range run records its own figures
+            if len(keys) > 1:  # each partition of a range run records its own figures and check results
                 context.add_asset_metadata(metadata, partition_key=partition)
+                yield from partition_evaluations(key, partition, load_check_results([result], with_quarantine))
         if len(keys) > 1:
             metadata = {"table": table_name, "partitions_in_run": len(keys)}
-        return MaterializeResult(metadata=metadata, check_results=load_check_results(loads, with_quarantine))
+        yield MaterializeResult(metadata=metadata, check_results=load_check_results(loads, with_quarantine))
 
     return load
