@@ -5,6 +5,7 @@ health asset and its chart, and the Prometheus endpoint scraped over HTTP from a
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from dagster import (
     materialize,
 )
 
+from etl_assets.monitoring.health import PipelineHealth, health_markdown
 from etl_assets.monitoring.sensors import TAG_ALERT_SENT
 from etl_assets_tests.recorder import Recorder
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline, transform
@@ -345,9 +347,25 @@ def test_pipeline_health_asset(world):
     summary = metadata["summary"].value
     assert "| drops | 1 | 100.0% |" in summary
     assert "| empty | 1 | 0.0% |" in summary and "permanent 1" in summary
-    chart = Path(metadata["chart"].value)
+    chart = Path(metadata["chart_path"].value)
     assert chart == world.data / "reports" / "pipeline_health.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
+    # the asset page shows the chart itself: the same PNG, inline in Markdown
+    embedded = metadata["chart"].value
+    prefix = "![pipeline health](data:image/png;base64,"
+    assert embedded.startswith(prefix) and embedded.endswith(")")
+    assert base64.b64decode(embedded[len(prefix) : -1]) == chart.read_bytes()
+    # each pipeline's figures are numbers Dagster can plot
+    assert metadata["drops.success_rate"].value == 1.0 and metadata["drops.runs"].value == 1.0
+    assert metadata["drops.records_per_hour"].value == pytest.approx(loaded / 24, abs=1e-3)
+    assert "orders.success_rate" not in metadata  # no run in the window: no point rather than a false 0
+
+
+def test_rows_per_hour_of_a_pipeline_with_few_rows_is_not_shown_as_zero():
+    rows = [PipelineHealth(pipeline="rare", runs=1, succeeded=1, rows_loaded=12, records_per_hour=12 / 168)]
+    assert "| rare | 1 | – | – | – | 0.0714 |" in health_markdown(rows, timedelta(hours=168))
+    rows = [PipelineHealth(pipeline="busy", runs=1, succeeded=1, rows_loaded=12_345 * 24, records_per_hour=12_345.0)]
+    assert "| busy | 1 | – | – | – | 12,345 |" in health_markdown(rows, timedelta(hours=24))
 
 
 def _free_port() -> int:

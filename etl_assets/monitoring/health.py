@@ -17,6 +17,7 @@ Results go to the warehouse table ``ops.pipeline_health`` (replaced each time), 
 markdown table, and to a chart at ``$ETL_DATA_DIR/reports/pipeline_health.png``.
 """
 
+import base64
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -215,7 +216,7 @@ def compute_health(
                 p50_seconds=round(float(np.percentile(durations, 50)), 3) if durations else None,
                 p95_seconds=round(float(np.percentile(durations, 95)), 3) if durations else None,
                 rows_loaded=loaded,
-                records_per_hour=round(loaded / hours, 3) if hours else 0.0,
+                records_per_hour=round(loaded / hours, 6) if hours else 0.0,
                 failures={c: error_counts.get((info.name, c), 0) for c in ERROR_CLASSES},
                 last_success_at=last,
                 freshness_lag_minutes=round((now - last).total_seconds() / 60, 2) if last else None,
@@ -303,6 +304,15 @@ def _fmt(value, unit: str = "", digits: int = 1) -> str:
     return f"{value:,.{digits}f}{unit}"
 
 
+def _fmt_rate(value: float) -> str:
+    """A rate with the digits it needs: ``12,345``, ``42.5``, ``0.0714`` (a few rows a week are not 0 an hour)."""
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:,.1f}"
+    return f"{value:.3g}"
+
+
 def health_markdown(rows: Sequence[PipelineHealth], window: timedelta) -> str:
     """The health rows as a markdown table (the asset's ``summary`` metadata)."""
     hours = window.total_seconds() / 3600
@@ -318,7 +328,7 @@ def health_markdown(rows: Sequence[PipelineHealth], window: timedelta) -> str:
         lag = _fmt(r.freshness_lag_minutes, " min") + (" **stale**" if r.stale else "")
         lines.append(
             f"| {r.pipeline} | {r.runs} | {rate} | {_fmt(r.p50_seconds, ' s')} | {_fmt(r.p95_seconds, ' s')} "
-            f"| {_fmt(r.records_per_hour, '', 0)} | {failures} | {lag} | {_fmt(r.max_lag_minutes, ' min', 0)} |"
+            f"| {_fmt_rate(r.records_per_hour)} | {failures} | {lag} | {_fmt(r.max_lag_minutes, ' min', 0)} |"
         )
     return "\n".join(lines)
 
@@ -424,6 +434,28 @@ def render_chart(rows: Sequence[PipelineHealth], window: timedelta, computed_at:
     return path
 
 
+def embedded_png(path: Path, alt: str) -> str:
+    """Markdown showing the PNG at ``path`` inline (a data URI), so the asset page displays it."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')})"
+
+
+def figures_metadata(rows: Sequence[PipelineHealth]) -> dict[str, float]:
+    """Each pipeline's figures as numeric metadata (``<pipeline>.success_rate``, ...), which Dagster plots over the
+    asset's materializations; a figure with no value this time is left out rather than recorded as 0."""
+    out: dict[str, float] = {}
+    for r in rows:
+        figures = {
+            "success_rate": r.success_rate,
+            "p50_seconds": r.p50_seconds,
+            "p95_seconds": r.p95_seconds,
+            "records_per_hour": r.records_per_hour,
+            "freshness_lag_minutes": r.freshness_lag_minutes,
+        }
+        out.update({f"{r.pipeline}.{name}": float(v) for name, v in figures.items() if v is not None})
+        out[f"{r.pipeline}.runs"] = float(r.runs)
+    return out
+
+
 class PipelineHealthConfig(Config):
     """Run config of ``ops/pipeline_health``."""
 
@@ -442,8 +474,8 @@ def build_health(pipelines: Sequence[PipelineInfo]):
         kinds={"duckdb", "python"},
         pool=WAREHOUSE_POOL,  # it writes ops.pipeline_health: the warehouse's single writer slot
         description="Per pipeline over a trailing window: success rate, p50/p95 duration, records per hour, "
-        "failures by class and freshness lag. Table ops.pipeline_health; chart in "
-        "$ETL_DATA_DIR/reports/pipeline_health.png.",
+        "failures by class and freshness lag. Table ops.pipeline_health; the chart is shown here (and kept in "
+        "$ETL_DATA_DIR/reports/pipeline_health.png); each pipeline's figures are plotted over time.",
     )
     def pipeline_health(
         context: AssetExecutionContext, config: PipelineHealthConfig, warehouse: DuckDBWarehouse
@@ -459,7 +491,10 @@ def build_health(pipelines: Sequence[PipelineInfo]):
         return MaterializeResult(
             metadata={
                 "summary": MetadataValue.md(health_markdown(rows, window)),
-                "chart": MetadataValue.path(str(chart)),
+                # the UI renders an image in Markdown metadata; a file path would only be text to a browser
+                "chart": MetadataValue.md(embedded_png(chart, "pipeline health")),
+                "chart_path": MetadataValue.path(str(chart)),
+                **figures_metadata(rows),
                 "table": f"{OPS_SCHEMA}.{HEALTH_TABLE}",
                 "window_hours": config.window_hours,
                 "pipelines": len(rows),
