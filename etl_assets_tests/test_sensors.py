@@ -13,9 +13,10 @@ import pytest
 from dagster import build_schedule_context, build_sensor_context
 
 from etl_assets.definitions import build_definitions
+from etl_assets.pipelines.factory import partitioned_schedule_offsets
 from etl_assets.pipelines.sensors import decide_arrivals, run_key_for
 from etl_assets.resources.files import LandingFile, LandingFilesSource
-from etl_assets_tests.specs import definitions_for, files_source, pipeline
+from etl_assets_tests.specs import definitions_for, files_source, load_spec, pipeline
 
 
 def lf(name: str, size: int = 10, mtime: int = 1) -> LandingFile:
@@ -245,3 +246,36 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
     assert [r.partition_key for r in changed.run_requests] == [day]
     assert changed.cursor > first.cursor
     assert run_tick(changed.cursor).run_requests == []
+
+
+@pytest.mark.parametrize(
+    ("partitions", "cron", "timezone", "offsets"),
+    [
+        ("daily", "30 0 * * *", "UTC", {"minute_of_hour": 30, "hour_of_day": 0}),
+        ("hourly", "5 * * * *", "UTC", {"minute_of_hour": 5}),
+        ("daily", "0 6 * * 1-5", "UTC", None),  # weekdays only: Dagster's builder ticks every partition
+        ("daily", "0 6,18 * * *", "UTC", None),
+        ("daily", "30 0 * * *", "Europe/Paris", None),  # another zone than the partitions'
+        ("none", "0 * * * *", "UTC", None),
+    ],
+)
+def test_which_crons_become_dagsters_partitioned_schedule(tmp_path, partitions, cron, timezone, offsets):
+    fields = {"partitions": {"type": partitions, "start": "2024-01-01"}} if partitions != "none" else {}
+    spec = load_spec(tmp_path, pipeline("p", schedule={"cron": cron, "timezone": timezone}, **fields)).spec
+    assert partitioned_schedule_offsets(spec, cron, timezone) == offsets
+
+
+def test_a_weekday_schedule_of_a_daily_pipeline_requests_the_day_that_just_closed(tmp_path, instance):
+    spec = pipeline(
+        "weekdays",
+        partitions={"type": "daily", "start": "2024-01-01"},
+        schedule={"cron": "0 6 * * 1-5", "timezone": "UTC"},
+    )
+    defs = definitions_for(tmp_path / "specs", spec)
+    context = build_schedule_context(
+        instance=instance,
+        repository_def=defs.get_repository_def(),
+        scheduled_execution_time=datetime(2024, 3, 5, 6, 0, tzinfo=UTC),
+    )
+    request = defs.resolve_schedule_def("weekdays_schedule").evaluate_tick(context).run_requests[0]
+    assert (request.partition_key, request.run_key) == ("2024-03-04", "2024-03-04")
