@@ -127,7 +127,7 @@ def test_bad_spec_names_file_field_and_fix(tmp_path: Path, text: str, field: str
     error = str(info.value)
     assert str(path) in error
     if field is not None:
-        assert f"field '{field}'" in error
+        assert f"field '{field}' (line " in error  # a spec file's errors name their lines, as a defs.yaml's do
     assert message in error
     assert "Fix" in error
 

@@ -504,7 +504,7 @@ def _format_validation_error(where: Path | str, exc: ValidationError, positions:
         else:
             field = ".".join(loc) or "(top level)"
             message, fix = error["msg"].removeprefix("Value error, "), _fix_hint(error)
-        line = _line_of(positions, error["loc"])
+        line = _line_of(positions, tuple(field.split(".")))
         lines.append(f"  field '{field}'{f' (line {line})' if line else ''}: {message}. Fix: {fix}.")
     return "\n".join(lines)
 
@@ -524,14 +524,17 @@ def _line_of(positions: Any, loc: tuple) -> int | None:
     return node.position.start.line
 
 
-def parse_spec_document(raw: object, path: Path, line: int | None = None, positions: Any = None) -> LoadedSpec:
+def parse_spec_document(
+    raw: object, path: Path, line: int | None = None, positions: Callable[[], Any] | None = None
+) -> LoadedSpec:
     """Validate one pipeline spec (a YAML mapping) read from ``path``, where its document starts at ``line``.
 
     Args:
         raw: The parsed YAML of the spec.
         path: The file that declares it (a spec file, or a ``defs.yaml``).
         line: The first line of the document, for a pipeline declared in a ``defs.yaml``.
-        positions: The document's source-position tree (Dagster's YAML loader), so each error names its line.
+        positions: Gives the document's source-position tree (Dagster's YAML loader), so each error names its
+            line; called only when the spec is invalid.
 
     Raises:
         SpecError: the spec does not satisfy the models.
@@ -545,7 +548,18 @@ def parse_spec_document(raw: object, path: Path, line: int | None = None, positi
     try:
         return LoadedSpec(spec=PipelineSpec.model_validate(raw), path=path, line=line)
     except ValidationError as exc:
-        raise SpecError(_format_validation_error(where, exc, positions)) from None
+        raise SpecError(_format_validation_error(where, exc, positions() if positions else None)) from None
+
+
+def _source_positions(text: str, path: Path) -> Any:
+    """The source-position tree of a spec file, made by the parser Dagster's component loader uses for a
+    ``defs.yaml``, so that a spec file's errors name their lines as a component's do; None when it cannot be made."""
+    from dagster_shared.yaml_utils import parse_yaml_with_source_position
+
+    try:  # the file's values were read by yaml.safe_load; keep its YAML rules (dates are dates)
+        return parse_yaml_with_source_position(text, str(path), implicits_to_remove=[]).source_position_tree
+    except Exception:  # e.g. a key PyYAML reads but this parser cannot hash: the errors then only lack their lines
+        return None
 
 
 def parse_spec_file(path: Path) -> LoadedSpec:
@@ -554,15 +568,16 @@ def parse_spec_file(path: Path) -> LoadedSpec:
     Raises:
         SpecError: the YAML cannot be parsed or does not satisfy the models.
     """
+    text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid pipeline spec {path}: not valid YAML ({exc}). Fix the syntax.") from exc
     if not isinstance(raw, dict):
         raise SpecError(
             f"invalid pipeline spec {path}: the file must hold a mapping with at least `name`. Fix: start with 'name: ...'."
         )
-    return parse_spec_document(raw, path)
+    return parse_spec_document(raw, path, positions=lambda: _source_positions(text, path))
 
 
 def packaged_spec_dirs() -> list[Path]:
@@ -691,7 +706,7 @@ def read_defs_folder(defs_module: str = DEFS_MODULE) -> DefsFolder:
         raw = decl.component_file_model.attributes
         positions = decl.source_tree.source_position_tree.children.get("attributes")
         try:
-            loaded.append(parse_spec_document(raw, path, line, positions))
+            loaded.append(parse_spec_document(raw, path, line, lambda tree=positions: tree))
         except SpecError as exc:
             name = raw.get("name") if isinstance(raw, dict) else None
             broken.append(BrokenSpec(path, str(exc), name if isinstance(name, str) else None))
