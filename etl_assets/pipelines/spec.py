@@ -8,9 +8,12 @@ landing-zone files, validates it against its columns (the contract) and loads it
 from __future__ import annotations
 
 import importlib
+import json
 import keyword
 import os
 import re
+import types
+import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +29,10 @@ from etl_assets.resources.api import ApiSource
 from etl_assets.resources.files import FilesSource
 from etl_assets.resources.sql import SqlSource
 from etl_assets.settings import DUCKDB_WAREHOUSE_FIX, DUCKDB_WAREHOUSE_REFUSED, is_distributed
-from etl_assets.specmodel import IDENTIFIER_LIMIT, SpecFieldError, SpecModel, checked_name
+from etl_assets.specmodel import IDENTIFIER_LIMIT, SpecFieldError, SpecModel, checked_name, closest, did_you_mean
 from etl_assets.sqlutil import (
+    CONTRACT_TYPE_NAMES,
+    CONTRACT_TYPES_TEXT,
     MAX_IDENTIFIER_LENGTH,
     RESERVED_COLUMN_NAMES,
     RESERVED_COLUMN_PREFIXES,
@@ -183,7 +188,15 @@ class Column(SpecModel):
     @field_validator("type")
     @classmethod
     def _check_type(cls, value: str) -> str:
-        return normalize_type(value)
+        try:
+            return normalize_type(value)
+        except ValueError:
+            match = closest(" ".join(value.upper().split()), CONTRACT_TYPE_NAMES)
+            raise SpecFieldError(
+                "",
+                f"unknown column type {value!r}{did_you_mean(match)}",
+                f"write type: {match}" if match else f"use one of {CONTRACT_TYPES_TEXT}",
+            ) from None
 
     @field_validator("regex")
     @classmethod
@@ -478,34 +491,114 @@ def _spec_error(where: Path | str, field: str, problem: str, fix: str) -> SpecEr
     return SpecError(f"invalid pipeline spec {where}:\n  field '{field}': {problem}. Fix: {fix}.")
 
 
-def _fix_hint(error: ErrorDetails) -> str:
-    kind = error["type"]
-    if kind == "missing":
-        return "add this field"
+def _members(annotation: Any) -> list[Any]:
+    """The types ``annotation`` allows: a union's members (without None), an ``Annotated`` type's own type."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return [member for arg in typing.get_args(annotation) for member in _members(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _tag_of(model: type[BaseModel]) -> str | None:
+    """The ``kind`` that names ``model`` in a tagged union (a source), if it is a member of one."""
+    kind = model.model_fields.get("kind")
+    values = typing.get_args(kind.annotation) if kind is not None else ()
+    return values[0] if len(values) == 1 and isinstance(values[0], str) else None
+
+
+def _step(annotation: Any, segment: str | int) -> Any:
+    """The type one location segment below ``annotation`` (None when it has no such part)."""
+    for member in _members(annotation):
+        origin = typing.get_origin(member)
+        if isinstance(segment, int):
+            if origin is list:
+                return typing.get_args(member)[0]
+        elif origin is dict:
+            return typing.get_args(member)[1]
+        elif isinstance(member, type) and issubclass(member, BaseModel):
+            if segment in member.model_fields:
+                return member.model_fields[segment].annotation
+            if _tag_of(member) == segment:  # pydantic's location names a tagged union's member by its tag
+                return member
+    return None
+
+
+def _choices_at(loc: tuple, error_type: str) -> list[str]:
+    """What the spec may say where pydantic refused a value: the keys of the model holding an unknown key, the
+    values of a Literal, or the tags of a tagged union."""
+    annotation: Any = PipelineSpec
+    for segment in loc[:-1] if error_type == "extra_forbidden" else loc:
+        annotation = _step(annotation, segment)
+        if annotation is None:
+            return []
+    members = _members(annotation)
+    if error_type == "extra_forbidden":
+        return [name for m in members if isinstance(m, type) and issubclass(m, BaseModel) for name in m.model_fields]
+    if error_type.startswith("union_tag"):
+        return [tag for m in members if isinstance(m, type) and issubclass(m, BaseModel) if (tag := _tag_of(m))]
+    literals = [m for m in members if typing.get_origin(m) is Literal]
+    return [value for m in literals for value in typing.get_args(m) if isinstance(value, str)]
+
+
+@dataclass(frozen=True)
+class _FieldError:
+    """One refused field, as the loader reports it: its location in the spec, the problem and the fix (``kind`` is
+    pydantic's error type; ``meant`` the known key an unknown one is close to)."""
+
+    path: tuple[str | int, ...]
+    problem: str
+    fix: str
+    kind: str = ""
+    meant: str | None = None
+
+
+def _field_error(error: ErrorDetails) -> _FieldError:
+    """A pydantic error in the loader's terms, with the closest valid key or value when it looks misspelt."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SpecFieldError):
+        return _FieldError((*loc, *cause.field.split(".")) if cause.field else loc, cause.problem, cause.fix)
+    message = error["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        return "remove it or check its spelling against docs/spec-reference.md"
+        match = closest(str(loc[-1]), _choices_at(loc, kind))
+        fix = f"rename it to {match}" if match else "remove it or check its spelling against docs/spec-reference.md"
+        return _FieldError(loc, f"unknown key {loc[-1]!r}{did_you_mean(match)}", fix, kind, match)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        choices = _choices_at(loc, kind)
+        tag = (error.get("ctx") or {}).get("tag")
+        match = closest(tag, choices) if isinstance(tag, str) else None
+        either = " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
+        fix = f"set `kind` to {match or either or 'one of the values listed'}"
+        return _FieldError((*loc, "kind"), f"{message}{did_you_mean(match)}", fix)
     if kind in ("literal_error", "enum"):
-        return "use one of the values listed"
-    if kind == "union_tag_invalid":
-        return "set `kind` to api, sql or files"
+        value = error.get("input")
+        match = closest(value, _choices_at(loc, kind)) if isinstance(value, str) else None
+        return _FieldError(
+            loc, f"{message}{did_you_mean(match)}", f"change it to {match}" if match else "use one of the values listed"
+        )
+    if kind == "missing":
+        return _FieldError(loc, message, "add this field", kind)
+    if kind == "string_type" and isinstance(error.get("input"), bool | int | float | date):
+        shown = json.dumps(error["input"]) if not isinstance(error["input"], date) else error["input"].isoformat()
+        return _FieldError(loc, message, f'quote it, so YAML reads it as text: "{shown}"')
     if kind.endswith("_parsing") or kind.endswith("_type"):
-        return "give a value of the expected type"
-    return "change the value as described"
+        return _FieldError(loc, message, "give a value of the expected type")
+    return _FieldError(loc, message, "change the value as described")
 
 
 def _format_validation_error(where: Path | str, exc: ValidationError, positions: Any = None) -> str:
+    errors = [_field_error(error) for error in exc.errors()]
+    # a misspelt required key is also reported missing: the "did you mean" of the unknown key says it all
+    meant = {(*e.path[:-1], e.meant) for e in errors if e.meant is not None}
     lines = [f"invalid pipeline spec {where}:"]
-    for error in exc.errors():
-        loc = [str(p) for p in error["loc"]]
-        cause = (error.get("ctx") or {}).get("error")
-        if isinstance(cause, SpecFieldError):
-            field = ".".join([*loc, cause.field] if cause.field else loc)
-            message, fix = cause.problem, cause.fix
-        else:
-            field = ".".join(loc) or "(top level)"
-            message, fix = error["msg"].removeprefix("Value error, "), _fix_hint(error)
-        line = _line_of(positions, tuple(field.split(".")))
-        lines.append(f"  field '{field}'{f' (line {line})' if line else ''}: {message}. Fix: {fix}.")
+    for error in errors:
+        if error.kind == "missing" and error.path in meant:
+            continue
+        field = ".".join(str(p) for p in error.path) or "(top level)"
+        line = _line_of(positions, error.path)
+        lines.append(f"  field '{field}'{f' (line {line})' if line else ''}: {error.problem}. Fix: {error.fix}.")
     return "\n".join(lines)
 
 
