@@ -31,6 +31,11 @@ class SpecFieldError(ValueError):
         self.field, self.problem, self.fix = field, problem, fix
 
 
+# difflib's similarity a misspelling reaches: two swapped letters of a short word score 0.67 (cvs: csv), a different
+# word sharing a stem less ('colour' against 'columns': 0.62).
+_CLOSE_ENOUGH = 0.65
+
+
 def closest(value: str, choices: Iterable[str]) -> str | None:
     """The choice ``value`` is most likely a misspelling of, compared ignoring case; None when none is close.
 
@@ -41,7 +46,7 @@ def closest(value: str, choices: Iterable[str]) -> str | None:
     by_folded = {choice.casefold(): choice for choice in choices}
     if value.casefold() in by_folded:  # only the case differs
         return by_folded[value.casefold()]
-    matches = difflib.get_close_matches(value.casefold(), list(by_folded), n=1)
+    matches = difflib.get_close_matches(value.casefold(), list(by_folded), n=1, cutoff=_CLOSE_ENOUGH)
     return by_folded[matches[0]] if matches else None
 
 

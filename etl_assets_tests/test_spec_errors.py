@@ -1,0 +1,178 @@
+"""Spec errors are complete: each bad input below fails loading as one error that names the file, the line, the field
+and the fix (with "did you mean" for a misspelling), in both forms a spec takes, a spec file of $ETL_PIPELINES_DIR and
+a Pipeline document of a defs.yaml."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from etl_assets.pipelines.spec import SpecError, parse_spec_file, read_defs_folder
+from etl_assets.specmodel import closest
+
+SPEC = """\
+name: returns
+domain: shop
+source:
+  kind: files
+  format: csv
+  glob: "returns_*.csv"
+partitions: {type: daily, start: 2024-01-01}
+columns:
+  - {name: return_id, type: BIGINT, nullable: false}
+  - {name: amount, type: "DECIMAL(10,2)"}
+primary_key: [return_id]
+"""
+COMPONENT_HEAD = "type: etl_assets.components.Pipeline\nattributes:\n"
+
+
+def changed(old: str | None, new: str) -> str:
+    """:data:`SPEC` with ``old`` replaced by ``new`` (``new`` appended when ``old`` is None)."""
+    if old is None:
+        return SPEC + new
+    assert old in SPEC, old
+    return SPEC.replace(old, new)
+
+
+def case(case_id: str, old: str | None, new: str, field: str, problem: str, fix: str, marker: str | None = None):
+    """A bad spec: :data:`SPEC` changed, and its one error's field, problem and fix. The error names the line of the
+    first line holding ``marker`` (default: the first line of ``new``)."""
+    return pytest.param(changed(old, new), marker or new.strip().splitlines()[0], field, problem, fix, id=case_id)
+
+
+MISSPELT = [
+    case("key", "source:", "sourse:", "sourse", "unknown key 'sourse' (did you mean 'source'?)", "rename it to source"),
+    case(
+        "required-key",
+        "name: returns",
+        "nmae: returns",
+        "nmae",
+        "unknown key 'nmae' (did you mean 'name'?)",
+        "rename it to name",
+    ),
+    case(
+        "source-kind",
+        "kind: files",
+        "kind: file",
+        "source.kind",
+        "does not match any of the expected tags: 'api', 'sql', 'files' (did you mean 'files'?)",
+        "set `kind` to files",
+    ),
+    case(
+        "rule",
+        "{name: amount, type: ",
+        "{name: amount, acepted_values: [1], type: ",
+        "columns.1.acepted_values",
+        "unknown key 'acepted_values' (did you mean 'accepted_values'?)",
+        "rename it to accepted_values",
+    ),
+    case(
+        "type",
+        "type: BIGINT",
+        "type: INTGER",
+        "columns.0.type",
+        "unknown column type 'INTGER' (did you mean 'INTEGER'?)",
+        "write type: INTEGER",
+    ),
+    case(
+        "enum",
+        "type: daily",
+        "type: dialy",
+        "partitions.type",
+        "Input should be 'none', 'daily' or 'hourly' (did you mean 'daily'?)",
+        "change it to daily",
+    ),
+    case(
+        "enum-in-a-source",
+        "format: csv",
+        "format: cvs",
+        "source.files.format",
+        "(did you mean 'csv'?)",
+        "change it to csv",
+    ),
+    case(
+        "list-item",
+        None,
+        "targets: [duckdb, postgress]\n",
+        "targets.1",
+        "Input should be 'duckdb' or 'postgres' (did you mean 'postgres'?)",
+        "change it to postgres",
+    ),
+    case(
+        "nested-key",
+        None,
+        "retry: {backof: linear}\n",
+        "retry.backof",
+        "unknown key 'backof' (did you mean 'backoff'?)",
+        "rename it to backoff",
+    ),
+    case(
+        "far-from-any-key",
+        None,
+        "colour: blue\n",
+        "colour",
+        "unknown key 'colour'. Fix",
+        "remove it or check its spelling against docs/spec-reference.md",
+    ),
+]
+
+
+@pytest.fixture
+def defs_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """A throw-away defs package on sys.path: (module name, folder)."""
+    name = f"sandbox_defs_{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "src" / name
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    return name, folder
+
+
+def error_of(form: str, text: str, tmp_path: Path, defs_package: tuple[str, Path]) -> tuple[str, str, int]:
+    """Load ``text`` in ``form`` (``file`` or ``component``): its error, where it names the spec, and by how many
+    lines the spec's own lines are moved in that form."""
+    if form == "file":
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        with pytest.raises(SpecError) as info:
+            parse_spec_file(path)
+        return str(info.value), f"invalid pipeline spec {path}:\n", 0
+    name, folder = defs_package
+    (folder / "shop").mkdir()
+    path = folder / "shop" / "defs.yaml"
+    path.write_text(COMPONENT_HEAD + textwrap.indent(text, "  "))
+    found = read_defs_folder(name)
+    assert found.loaded == []
+    [broken] = found.broken
+    return broken.message, f"invalid pipeline spec {path}, line 1:\n", COMPONENT_HEAD.count("\n")
+
+
+@pytest.mark.parametrize("form", ["file", "component"])
+@pytest.mark.parametrize("text, marker, field, problem, fix", MISSPELT)
+def test_a_bad_spec_is_one_error_with_file_line_field_and_fix(
+    form: str, text: str, marker: str, field: str, problem: str, fix: str, tmp_path: Path, defs_package
+):
+    error, head, offset = error_of(form, text, tmp_path, defs_package)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if marker in t) + offset
+    assert error.startswith(head)
+    assert error.count("\n  field '") == 1, error  # one error, not the confusing pair
+    assert f"\n  field '{field}' (line {line}): " in error, error
+    assert problem in error
+    assert error.endswith(f" Fix: {fix}.")
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    "value, choices, match",
+    [
+        ("sourse", ["source", "schedule"], "source"),
+        ("warn", ["ERROR", "WARN"], "WARN"),  # only the case differs
+        ("europe/parris", ["Europe/Paris", "Europe/Prague"], "Europe/Paris"),
+        ("colour", ["name", "source", "columns"], None),
+    ],
+)
+def test_closest_is_a_misspelling_or_nothing(value: str, choices: list[str], match: str | None):
+    assert closest(value, choices) == match
