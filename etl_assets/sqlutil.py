@@ -34,10 +34,11 @@ _TYPE_ALIASES = {
     "BOOL": "BOOLEAN",
     "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ",
 }
-_DECIMAL_RE = re.compile(r"DECIMAL\((\d{1,2}),\s*(\d{1,2})\)")
+# NUMERIC(p,s) is DECIMAL(p,s) in both DuckDB and Postgres; the canonical form is DECIMAL(p,s).
+_DECIMAL_RE = re.compile(r"(?:DECIMAL|NUMERIC)\((\d{1,2}),\s*(\d{1,2})\)")
 # The type names a contract may spell (the canonical ones, then the aliases), for a misspelling's suggestion.
 CONTRACT_TYPE_NAMES = (*_SIMPLE_TYPES, *_TYPE_ALIASES)
-CONTRACT_TYPES_TEXT = f"{', '.join(_SIMPLE_TYPES)} or DECIMAL(p,s) with p <= 38"
+CONTRACT_TYPES_TEXT = f"{', '.join(_SIMPLE_TYPES)} or DECIMAL(p,s) (also NUMERIC(p,s)) with p <= 38"
 
 
 def is_identifier(name: str) -> bool:

@@ -119,6 +119,38 @@ MISSPELT = [
     ),
 ]
 
+SPLIT_TYPE = [
+    case(
+        "numeric-in-flow-mapping",
+        'type: "DECIMAL(10,2)"',
+        "type: NUMERIC(12,2)",
+        "columns.1.type",
+        "the unquoted type NUMERIC(12,2) was split at its comma (in {...} YAML reads a comma as the end of an entry: "
+        "type 'NUMERIC(12' and a key '2)')",
+        'quote it: type: "NUMERIC(12,2)"',
+        marker="name: amount",
+    ),
+    case(
+        "decimal-with-a-space",
+        'type: "DECIMAL(10,2)"',
+        "type: DECIMAL(12, 2)",
+        "columns.1.type",
+        "the unquoted type DECIMAL(12,2) was split at its comma",
+        'quote it: type: "DECIMAL(12,2)"',
+        marker="name: amount",
+    ),
+    case(
+        "columns-as-a-mapping",
+        '  - {name: return_id, type: BIGINT, nullable: false}\n  - {name: amount, type: "DECIMAL(10,2)"}\n',
+        "  {amount: NUMERIC(12,2)}\n",
+        "columns",
+        "`columns` is a mapping here, but the contract is a list of columns, each {name, type, nullable}, and YAML "
+        "split the unquoted type NUMERIC(12,2) at its comma",
+        'write a list, quoting the type: columns: [{name: amount, type: "NUMERIC(12,2)"}]',
+        marker="columns:",
+    ),
+]
+
 
 @pytest.fixture
 def defs_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
@@ -151,7 +183,7 @@ def error_of(form: str, text: str, tmp_path: Path, defs_package: tuple[str, Path
 
 
 @pytest.mark.parametrize("form", ["file", "component"])
-@pytest.mark.parametrize("text, marker, field, problem, fix", MISSPELT)
+@pytest.mark.parametrize("text, marker, field, problem, fix", MISSPELT + SPLIT_TYPE)
 def test_a_bad_spec_is_one_error_with_file_line_field_and_fix(
     form: str, text: str, marker: str, field: str, problem: str, fix: str, tmp_path: Path, defs_package
 ):
@@ -163,6 +195,14 @@ def test_a_bad_spec_is_one_error_with_file_line_field_and_fix(
     assert problem in error
     assert error.endswith(f" Fix: {fix}.")
     assert "Traceback" not in error
+
+
+def test_an_unquoted_type_in_block_style_is_read_whole_and_numeric_is_decimal(tmp_path: Path):
+    path = tmp_path / "returns.yaml"
+    path.write_text(
+        changed('  - {name: amount, type: "DECIMAL(10,2)"}\n', "  - name: amount\n    type: NUMERIC(12,2)\n")
+    )
+    assert parse_spec_file(path).spec.columns[1].type == "DECIMAL(12,2)"
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,10 @@ PIPELINES_DIR_ENV = "ETL_PIPELINES_DIR"
 # location: a deployment with its own pipelines in $ETL_PIPELINES_DIR (a distributed one refuses DuckDB targets).
 PACKAGED_PIPELINES_ENV = "ETL_PACKAGED_PIPELINES"
 _CRON_FIELD_RE = re.compile(r"(\*|[0-9A-Za-z]+)([-/,][0-9A-Za-z*]+)*")
+# YAML ends an entry of a flow mapping ({...}) at a comma, so an unquoted `type: DECIMAL(12,2)` there reads as the type
+# 'DECIMAL(12' and a key '2)' without a value.
+_SPLIT_TYPE_HEAD = re.compile(r"[A-Za-z][A-Za-z ]*\(\s*\d+")
+_SPLIT_TYPE_TAIL = re.compile(r"\d+\s*\)")
 
 # Validation names a referenced dataset's key view __ref_<name> and a typed column __typed_<column>
 # (validation.reference_view, validation._TYPED_PREFIX); both must stay within the identifier limit.
@@ -153,6 +157,32 @@ def _domain(value: str) -> str:
     return value
 
 
+def _is_split_tail(key: object, value: object) -> bool:
+    """Whether ``key: value`` is the tail of a type YAML split at its comma (``2)``, without a value)."""
+    return value is None and isinstance(key, str) and _SPLIT_TYPE_TAIL.fullmatch(key) is not None
+
+
+def _split_type(value: object, mapping: dict) -> str | None:
+    """The type YAML split at its comma (``value`` is its head, a key of ``mapping`` its tail), joined again; None
+    when ``value`` was not split."""
+    if not isinstance(value, str) or not _SPLIT_TYPE_HEAD.fullmatch(value):
+        return None
+    tail = next((key for key, rest in mapping.items() if _is_split_tail(key, rest)), None)
+    return f"{value},{tail}" if tail is not None else None
+
+
+def _columns_mapping_error(mapping: dict) -> SpecFieldError:
+    """The error for ``columns`` written as a mapping of names to types, with the list it should be."""
+    entries = [(k, v) for k, v in mapping.items() if not _is_split_tail(k, v)]
+    name, type_name = entries[0] if entries else ("amount", "VARCHAR")
+    joined = _split_type(type_name, mapping)
+    shown = joined or (type_name if isinstance(type_name, str) else "VARCHAR")
+    problem = "`columns` is a mapping here, but the contract is a list of columns, each {name, type, nullable}"
+    if joined:
+        problem += f", and YAML split the unquoted type {joined} at its comma"
+    return SpecFieldError("", problem, f'write a list, quoting the type: columns: [{{name: {name}, type: "{shown}"}}]')
+
+
 Severity = Literal["ERROR", "WARN"]
 
 
@@ -184,6 +214,19 @@ class Column(SpecModel):
     severity: Severity = "ERROR"
 
     _check_name = field_validator("name")(_column_name)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_not_split(cls, data: Any) -> Any:
+        joined = _split_type(data.get("type"), data) if isinstance(data, dict) else None
+        if joined is not None:
+            raise SpecFieldError(
+                "type",
+                f"the unquoted type {joined} was split at its comma (in {{...}} YAML reads a comma as the end of an "
+                f"entry: type {data['type']!r} and a key {joined.split(',', 1)[1]!r})",
+                f'quote it: type: "{joined}"',
+            )
+        return data
 
     @field_validator("type")
     @classmethod
@@ -361,6 +404,13 @@ class PipelineSpec(SpecModel):
 
     _check_name = field_validator("name")(_pipeline_name)
     _check_domain = field_validator("domain")(_domain)
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns_listed(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise _columns_mapping_error(value)
+        return value
 
     @field_validator("primary_key")
     @classmethod
