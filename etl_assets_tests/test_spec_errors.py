@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from etl_assets.pipelines.spec import SpecError, parse_spec_file, read_defs_folder
+from etl_assets.definitions import build_definitions
+from etl_assets.monitoring.spec_errors import SPEC_ERRORS_SENSOR
+from etl_assets.pipelines.spec import SpecError, load_specs_isolated, parse_spec_file, read_defs_folder
 from etl_assets.specmodel import closest
 
 SPEC = """\
@@ -152,6 +154,79 @@ SPLIT_TYPE = [
 ]
 
 
+CRON_FIX = (
+    "give five fields, minute (0-59) hour (0-23) day-of-month (1-31) month (1-12) day-of-week (0-6, or MON-SUN), "
+    'e.g. "0 6 * * *" (06:00 every day) or "30 0 * * 1-5" (00:30 on weekdays)'
+)
+CRON_TZ = [
+    case(
+        "cron-out-of-range",
+        None,
+        "schedule: {cron: '99 99 * * *'}\n",
+        "schedule.cron",
+        "'99 99 * * *' is not a cron expression Dagster can schedule",
+        CRON_FIX,
+    ),
+    case(
+        "cron-february-30",
+        None,
+        "schedule:\n  cron: 0 0 30 2 *\n",
+        "schedule.cron",
+        "'0 0 30 2 *' is not a cron expression Dagster can schedule",
+        CRON_FIX,
+        marker="cron:",
+    ),
+    case(
+        "cron-six-fields",
+        None,
+        "schedule: {cron: '0 0 6 * * *'}\n",
+        "schedule.cron",
+        "is not a cron expression Dagster can schedule",
+        CRON_FIX,
+    ),
+    case(
+        "automation-cron",
+        None,
+        "automation: {condition: on_cron, cron: '0 25 * * *'}\n",
+        "automation.cron",
+        "'0 25 * * *' is not a cron expression Dagster can schedule",
+        CRON_FIX,
+    ),
+    case(
+        "schedule-time-zone",
+        None,
+        "schedule: {cron: '0 6 * * *', timezone: Europe/Parris}\n",
+        "schedule.timezone",
+        "'Europe/Parris' is not a time zone (did you mean 'Europe/Paris'?)",
+        "write timezone: Europe/Paris",
+    ),
+    case(
+        "partitions-time-zone-in-lower-case",
+        "start: 2024-01-01}",
+        "start: 2024-01-01, timezone: america/new_york}",
+        "partitions.timezone",
+        "'america/new_york' is not a time zone (did you mean 'America/New_York'?)",
+        "write timezone: America/New_York",
+    ),
+    case(
+        "time-zone-far-from-any",
+        None,
+        "schedule: {cron: '0 6 * * *', timezone: Mars/Olympus_Mons}\n",
+        "schedule.timezone",
+        "'Mars/Olympus_Mons' is not a time zone. Fix",
+        "use an IANA time zone name, e.g. UTC or Europe/Berlin",
+    ),
+    case(
+        "time-zone-path",
+        None,
+        "schedule: {cron: '0 6 * * *', timezone: ../../etc/passwd}\n",
+        "schedule.timezone",
+        "'../../etc/passwd' is not a time zone",
+        "use an IANA time zone name, e.g. UTC or Europe/Berlin",
+    ),
+]
+
+
 @pytest.fixture
 def defs_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
     """A throw-away defs package on sys.path: (module name, folder)."""
@@ -183,7 +258,7 @@ def error_of(form: str, text: str, tmp_path: Path, defs_package: tuple[str, Path
 
 
 @pytest.mark.parametrize("form", ["file", "component"])
-@pytest.mark.parametrize("text, marker, field, problem, fix", MISSPELT + SPLIT_TYPE)
+@pytest.mark.parametrize("text, marker, field, problem, fix", MISSPELT + SPLIT_TYPE + CRON_TZ)
 def test_a_bad_spec_is_one_error_with_file_line_field_and_fix(
     form: str, text: str, marker: str, field: str, problem: str, fix: str, tmp_path: Path, defs_package
 ):
@@ -203,6 +278,43 @@ def test_an_unquoted_type_in_block_style_is_read_whole_and_numeric_is_decimal(tm
         changed('  - {name: amount, type: "DECIMAL(10,2)"}\n', "  - name: amount\n    type: NUMERIC(12,2)\n")
     )
     assert parse_spec_file(path).spec.columns[1].type == "DECIMAL(12,2)"
+
+
+@pytest.mark.parametrize("cron", ["0 6 * * *", "30 0 * * 1-5", "*/15 * * * *", "0 0 * * MON", "0 0 L * *", "@daily"])
+@pytest.mark.parametrize("zone", ["UTC", "utc", "Europe/Paris", "America/New_York"])
+def test_what_dagster_schedules_is_accepted(cron: str, zone: str, tmp_path: Path):
+    path = tmp_path / "returns.yaml"
+    path.write_text(
+        changed("start: 2024-01-01}", f"start: 2024-01-01, timezone: {zone}}}")
+        + f"schedule: {{cron: '{cron}', timezone: {zone}}}\n"
+    )
+    spec = parse_spec_file(path).spec
+    assert spec.schedule is not None and (spec.schedule.cron, spec.schedule.timezone) == (cron, zone)
+    assert spec.partitions.timezone == zone
+
+
+def test_a_bad_cron_or_time_zone_is_set_aside_and_the_code_location_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Before the spec refused them, Dagster did when it built the schedule or the partitions: a traceback, and no
+    code location at all."""
+    good = changed("name: returns", "name: refunds").replace("returns_", "refunds_")
+    (tmp_path / "refunds.yaml").write_text(good)
+    (tmp_path / "returns.yaml").write_text(changed(None, "schedule: {cron: '0 6 * * *', timezone: Europe/Parris}\n"))
+    (tmp_path / "exchanges.yaml").write_text(
+        changed("name: returns", "name: exchanges").replace("returns_", "exchanges_")
+        + "schedule: {cron: '99 99 * * *'}\n"
+    )
+    monkeypatch.setenv("ETL_PIPELINES_DIR", str(tmp_path))
+    defs = build_definitions()
+    assert defs.resolve_job_def("refunds_pipeline") is not None
+    _, broken = load_specs_isolated()
+    errors = {b.path.name: b.message for b in broken}
+    assert set(errors) == {"returns.yaml", "exchanges.yaml"}
+    assert "field 'schedule.timezone' (line 12): 'Europe/Parris' is not a time zone" in errors["returns.yaml"]
+    assert "field 'schedule.cron' (line 12): '99 99 * * *' is not a cron expression" in errors["exchanges.yaml"]
+    sensor = defs.resolve_sensor_def(SPEC_ERRORS_SENSOR)
+    assert sensor is not None
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from etl_assets.pipelines.spec_values import checked_cron, checked_timezone
 from etl_assets.resources.api import ApiSource
 from etl_assets.resources.files import FilesSource
 from etl_assets.resources.sql import SqlSource
@@ -48,7 +49,6 @@ PIPELINES_DIR_ENV = "ETL_PIPELINES_DIR"
 # "off" leaves the packaged defs folder (the reference domain `shop`, which loads into DuckDB) out of the code
 # location: a deployment with its own pipelines in $ETL_PIPELINES_DIR (a distributed one refuses DuckDB targets).
 PACKAGED_PIPELINES_ENV = "ETL_PACKAGED_PIPELINES"
-_CRON_FIELD_RE = re.compile(r"(\*|[0-9A-Za-z]+)([-/,][0-9A-Za-z*]+)*")
 # YAML ends an entry of a flow mapping ({...}) at a comma, so an unquoted `type: DECIMAL(12,2)` there reads as the type
 # 'DECIMAL(12' and a key '2)' without a value.
 _SPLIT_TYPE_HEAD = re.compile(r"[A-Za-z][A-Za-z ]*\(\s*\d+")
@@ -279,6 +279,8 @@ class Partitioning(SpecModel):
     column: str | None = None
     timezone: str = "UTC"
 
+    _check_timezone = field_validator("timezone")(checked_timezone)
+
     @field_validator("column")
     @classmethod
     def _check_column(cls, value: str | None) -> str | None:
@@ -317,13 +319,8 @@ class Schedule(SpecModel):
     timezone: str = "UTC"
     default_status: Literal["running", "stopped"] = "stopped"
 
-    @field_validator("cron")
-    @classmethod
-    def _check_cron(cls, value: str) -> str:
-        fields = value.split()
-        if len(fields) != 5 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
-            raise ValueError(f"{value!r} is not a cron expression; use five fields, e.g. '15 0 * * *'")
-        return value
+    _check_cron = field_validator("cron")(checked_cron)
+    _check_timezone = field_validator("timezone")(checked_timezone)
 
 
 class Arrival(SpecModel):
@@ -340,12 +337,15 @@ class Automation(SpecModel):
     condition: Literal["eager", "on_cron"]
     cron: str | None = None
 
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        return value if value is None else checked_cron(value)
+
     @model_validator(mode="after")
     def _cron_needed(self) -> Automation:
-        if self.condition == "on_cron":
-            fields = (self.cron or "").split()
-            if len(fields) != 5 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
-                raise SpecFieldError("cron", "on_cron automation needs a cron expression", "add cron: '0 * * * *'")
+        if self.condition == "on_cron" and self.cron is None:
+            raise SpecFieldError("cron", "on_cron automation needs a cron expression", "add cron: '0 * * * *'")
         return self
 
 
