@@ -227,6 +227,72 @@ CRON_TZ = [
 ]
 
 
+OWNER_FIX = "write an email address such as jane@example.com, or a team such as team:data_eng"
+CATALOG = [
+    case(
+        "owner-with-a-space",
+        None,
+        "owners:\n  - jane@example.com\n  - data team\n",
+        "owners.1",
+        "'data team' is not an owner Dagster accepts (an email address, or a team as team:<name>)",
+        OWNER_FIX,
+        marker="- data team",
+    ),
+    case("owner-team-without-name", None, "owners: ['team:']\n", "owners.0", "'team:' is not an owner", OWNER_FIX),
+    case(
+        "tag-key",
+        None,
+        "tags: {cost center: emea}\n",
+        "tags.cost center",
+        "tag key 'cost center' is not one Dagster accepts (letters, digits, '_', '-' and '.', at most 63 characters, "
+        "optionally after a namespace and '/')",
+        "rename it, e.g. cost_center",
+    ),
+    case(
+        "tag-key-too-long",
+        None,
+        f"tags: {{{'k' * 64}: v}}\n",
+        f"tags.{'k' * 64}",
+        "is not one Dagster accepts",
+        f"rename it, e.g. {'k' * 63}",
+    ),
+    case(
+        "tag-value",
+        None,
+        "tags:\n  tier: gold tier\n",
+        "tags.tier",
+        "tag value 'gold tier' is not one Dagster accepts (letters, digits, '_', '-' and '.', at most 63 characters, "
+        "or empty)",
+        "change it, e.g. tier: gold_tier",
+        marker="tier:",
+    ),
+    case(
+        "tag-in-dagster-namespace",
+        None,
+        "tags: {dagster/kind/snowflake: ''}\n",
+        "tags.dagster/kind/snowflake",
+        "tag key 'dagster/kind/snowflake' is in Dagster's own namespace dagster/",
+        "use a key without that prefix, e.g. kind_snowflake",
+    ),
+    case(
+        "tag-value-read-as-a-boolean",
+        None,
+        "tags: {pii: true}\n",
+        "tags.pii",
+        "Input should be a valid string",
+        'quote it, so YAML reads it as text: "true"',
+    ),
+    case(
+        "tags-as-a-list",
+        None,
+        "tags: [gold]\n",
+        "tags",
+        "Input should be a valid dictionary",
+        "give a value of the expected type",
+    ),
+]
+
+
 @pytest.fixture
 def defs_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
     """A throw-away defs package on sys.path: (module name, folder)."""
@@ -258,7 +324,7 @@ def error_of(form: str, text: str, tmp_path: Path, defs_package: tuple[str, Path
 
 
 @pytest.mark.parametrize("form", ["file", "component"])
-@pytest.mark.parametrize("text, marker, field, problem, fix", MISSPELT + SPLIT_TYPE + CRON_TZ)
+@pytest.mark.parametrize("text, marker, field, problem, fix", MISSPELT + SPLIT_TYPE + CRON_TZ + CATALOG)
 def test_a_bad_spec_is_one_error_with_file_line_field_and_fix(
     form: str, text: str, marker: str, field: str, problem: str, fix: str, tmp_path: Path, defs_package
 ):
@@ -315,6 +381,45 @@ def test_a_bad_cron_or_time_zone_is_set_aside_and_the_code_location_loads(
     assert "field 'schedule.cron' (line 12): '99 99 * * *' is not a cron expression" in errors["exchanges.yaml"]
     sensor = defs.resolve_sensor_def(SPEC_ERRORS_SENSOR)
     assert sensor is not None
+
+
+CATALOG_SPEC = changed(
+    '{name: amount, type: "DECIMAL(10,2)"}', '{name: amount, type: "NUMERIC(12,2)", description: Refunded}'
+) + (
+    "description: Returns of shop orders, one file per day.\n"
+    "owners: [jane@example.com, 'team:data_eng']\n"
+    "tags: {tier: gold, sales/region: emea, reviewed: ''}\n"
+)
+
+
+@pytest.mark.parametrize("form", ["file", "component"])
+def test_the_catalog_fields_are_kept_on_the_model(form: str, tmp_path: Path, defs_package):
+    if form == "file":
+        path = tmp_path / "returns.yaml"
+        path.write_text(CATALOG_SPEC)
+        spec = parse_spec_file(path).spec
+    else:
+        name, folder = defs_package
+        (folder / "shop").mkdir()
+        (folder / "shop" / "defs.yaml").write_text(COMPONENT_HEAD + textwrap.indent(CATALOG_SPEC, "  "))
+        found = read_defs_folder(name)
+        assert found.broken == []
+        [loaded] = found.loaded
+        spec = loaded.spec
+    assert spec.description == "Returns of shop orders, one file per day."
+    assert spec.owners == ["jane@example.com", "team:data_eng"]
+    assert spec.tags == {"tier": "gold", "sales/region": "emea", "reviewed": ""}
+    assert [(c.name, c.type, c.description) for c in spec.columns] == [
+        ("return_id", "BIGINT", None),
+        ("amount", "DECIMAL(12,2)", "Refunded"),
+    ]
+
+
+def test_the_catalog_fields_default_to_empty(tmp_path: Path):
+    path = tmp_path / "returns.yaml"
+    path.write_text(SPEC)
+    spec = parse_spec_file(path).spec
+    assert (spec.description, spec.owners, spec.tags, spec.columns[0].description) == ("", [], {}, None)
 
 
 @pytest.mark.parametrize(

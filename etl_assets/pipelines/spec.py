@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from etl_assets.pipelines.spec_values import checked_cron, checked_timezone
+from etl_assets.pipelines.spec_values import checked_cron, checked_owners, checked_tags, checked_timezone
 from etl_assets.resources.api import ApiSource
 from etl_assets.resources.files import FilesSource
 from etl_assets.resources.sql import SqlSource
@@ -204,7 +204,7 @@ class Column(SpecModel):
     name: str
     type: str
     nullable: bool = True
-    description: str = ""
+    description: str | None = Field(default=None, description="What the column holds, for the catalog.")
     accepted_values: list[str | int | float | bool] | None = None
     min: str | int | float | date | None = None
     max: str | int | float | date | None = None
@@ -383,7 +383,16 @@ class PipelineSpec(SpecModel):
 
     name: str
     domain: str = "default"
-    description: str = ""
+    description: str = Field(default="", description="What the pipeline delivers, for the catalog.")
+    owners: list[str] = Field(
+        default_factory=list,
+        description="Who answers for the pipeline's assets (Dagster asset owners): an email address or `team:<name>`.",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels on the pipeline's assets (Dagster asset tags): keys and values of letters, digits, "
+        "'_', '-' and '.', at most 63 characters; a key may have a `<namespace>/` prefix, but not `dagster/`.",
+    )
     source: Source | None = None
     transform: Transform | None = None
     partitions: Partitioning = Partitioning()
@@ -404,6 +413,8 @@ class PipelineSpec(SpecModel):
 
     _check_name = field_validator("name")(_pipeline_name)
     _check_domain = field_validator("domain")(_domain)
+    _check_owners = field_validator("owners")(checked_owners)
+    _check_tags = field_validator("tags")(checked_tags)
 
     @field_validator("columns", mode="before")
     @classmethod
