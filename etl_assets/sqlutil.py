@@ -26,7 +26,19 @@ _SIMPLE_TYPES = {
     "TIMESTAMP": "timestamp",
     "TIMESTAMPTZ": "timestamptz",
 }
-_DECIMAL_RE = re.compile(r"DECIMAL\((\d{1,2}),\s*(\d{1,2})\)")
+_TYPE_ALIASES = {
+    "INT": "INTEGER",
+    "TEXT": "VARCHAR",
+    "STRING": "VARCHAR",
+    "FLOAT": "DOUBLE",
+    "BOOL": "BOOLEAN",
+    "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ",
+}
+# NUMERIC(p,s) is DECIMAL(p,s) in both DuckDB and Postgres; the canonical form is DECIMAL(p,s).
+_DECIMAL_RE = re.compile(r"(?:DECIMAL|NUMERIC)\((\d{1,2}),\s*(\d{1,2})\)")
+# The type names a contract may spell (the canonical ones, then the aliases), for a misspelling's suggestion.
+CONTRACT_TYPE_NAMES = (*_SIMPLE_TYPES, *_TYPE_ALIASES)
+CONTRACT_TYPES_TEXT = f"{', '.join(_SIMPLE_TYPES)} or DECIMAL(p,s) (also NUMERIC(p,s)) with p <= 38"
 
 
 def is_identifier(name: str) -> bool:
@@ -67,23 +79,13 @@ def qualified(schema: str, table: str) -> str:
 def normalize_type(type_name: str) -> str:
     """Canonical upper-case form of a contract type, or raise ``ValueError`` naming the accepted types."""
     t = " ".join(type_name.strip().upper().split())
-    aliases = {
-        "INT": "INTEGER",
-        "TEXT": "VARCHAR",
-        "STRING": "VARCHAR",
-        "FLOAT": "DOUBLE",
-        "BOOL": "BOOLEAN",
-        "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ",
-    }
-    t = aliases.get(t, t)
+    t = _TYPE_ALIASES.get(t, t)
     if t in _SIMPLE_TYPES:
         return t
     m = _DECIMAL_RE.fullmatch(t)
     if m and 1 <= int(m.group(1)) <= 38 and int(m.group(2)) <= int(m.group(1)):
         return f"DECIMAL({int(m.group(1))},{int(m.group(2))})"
-    raise ValueError(
-        f"unknown column type {type_name!r}; use one of {', '.join(_SIMPLE_TYPES)} or DECIMAL(p,s) with p <= 38"
-    )
+    raise ValueError(f"unknown column type {type_name!r}; use one of {CONTRACT_TYPES_TEXT}")
 
 
 def postgres_type(duckdb_type: str) -> str:

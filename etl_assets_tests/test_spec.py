@@ -67,7 +67,9 @@ BAD_SPECS = [
     pytest.param(
         "name: x\ndomain: shop\n", "source", "both or neither of `source` and `transform`", id="no-source-or-transform"
     ),
-    pytest.param(VALID_FILES_SPEC.replace("kind: files", "kind: ftp"), "source", "kind", id="unknown-source-kind"),
+    pytest.param(
+        VALID_FILES_SPEC.replace("kind: files", "kind: ftp"), "source.kind", "expected tags", id="unknown-source-kind"
+    ),
     pytest.param(
         VALID_FILES_SPEC.replace("type: BIGINT, nullable: false}", "type: BIGNUM, nullable: false}"),
         "columns.0.type",
@@ -95,7 +97,7 @@ BAD_SPECS = [
         "'none', 'daily' or 'hourly'",
         id="bad-partition-type",
     ),
-    pytest.param(VALID_FILES_SPEC + "colour: blue\n", "colour", "Extra inputs are not permitted", id="unknown-field"),
+    pytest.param(VALID_FILES_SPEC + "colour: blue\n", "colour", "unknown key 'colour'", id="unknown-field"),
     pytest.param(
         VALID_FILES_SPEC.replace('glob: "returns_*.csv"', 'glob: "../../etc/*"'),
         "source.files.glob",
@@ -127,7 +129,7 @@ def test_bad_spec_names_file_field_and_fix(tmp_path: Path, text: str, field: str
     error = str(info.value)
     assert str(path) in error
     if field is not None:
-        assert f"field '{field}'" in error
+        assert f"field '{field}' (line " in error  # a spec file's errors name their lines, as a defs.yaml's do
     assert message in error
     assert "Fix" in error
 

@@ -75,7 +75,7 @@ def test_each_invalid_spec_is_set_aside_with_its_own_error(specs: Path):
     assert not names & {"broken", "needs_broken"}
     errors = {b.path.name: b.message for b in broken}
     assert set(errors) == {"b_broken.yaml", "c_needs_broken.yaml", "d_not_yaml.yaml", "e_duplicate.yaml"}
-    assert "field 'columns.0.type': unknown column type 'INTEGR'" in errors["b_broken.yaml"]
+    assert "field 'columns.0.type' (line 4): unknown column type 'INTEGR'" in errors["b_broken.yaml"]
     assert (
         f"field 'transform.inputs': 'broken' is declared in {specs / 'b_broken.yaml'}, which is invalid"
         in errors["c_needs_broken.yaml"]

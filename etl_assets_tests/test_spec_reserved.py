@@ -5,6 +5,7 @@ break, and names whose derived identifiers would be too long. The longest allowe
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -271,7 +272,7 @@ def test_refused_name_names_file_field_and_fix(tmp_path: Path, spec: dict, field
         load_specs([tmp_path])
     error = str(info.value)
     assert error.startswith(f"invalid pipeline spec {path}:\n")
-    assert f"  field '{field}': " in error
+    assert re.search(rf"\n  field '{re.escape(field)}' \(line \d+\): ", error), error  # the field's line in the file
     assert problem in error
     assert fix in error
 

@@ -45,8 +45,8 @@ def test_sql_path_outside_its_folders_is_refused(tmp_path: Path, sql_file: str):
     with pytest.raises(SpecError) as info:
         load_specs([specs])
     assert str(info.value) == (
-        f"invalid pipeline spec {path}:\n  field 'transform.sql': {sql_file!r} is not a file next to the spec or in the "
-        "domain's ../sql/ folder. Fix: name the file relative to the spec's folder, without '..', e.g. sql: "
+        f"invalid pipeline spec {path}:\n  field 'transform.sql' (line 3): {sql_file!r} is not a file next to the spec "
+        "or in the domain's ../sql/ folder. Fix: name the file relative to the spec's folder, without '..', e.g. sql: "
         "daily_revenue.sql."
     )
 

@@ -78,6 +78,8 @@ def _type_of(p: dict) -> str:
         if "prefixItems" in p:
             return "[" + ", ".join(_type_of(x) for x in p["prefixItems"]) + "]"
         return f"list of {_type_of(p.get('items', {}))}"
+    if kind == "object" and isinstance(p.get("additionalProperties"), dict):
+        return f"mapping of string to {_type_of(p['additionalProperties'])}"
     if p.get("format") == "date":
         return "date"
     return kind or "any"
@@ -104,7 +106,7 @@ def _default(model: type[BaseModel], name: str, required: set[str]) -> str:
     if name in required:
         return "required"
     value = model.model_fields[name].get_default(call_default_factory=True)
-    if isinstance(value, (BaseModel, dict)):
+    if isinstance(value, BaseModel):
         return "(defaults below)"
     if value is None:
         return "unset"

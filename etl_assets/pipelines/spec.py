@@ -8,9 +8,12 @@ landing-zone files, validates it against its columns (the contract) and loads it
 from __future__ import annotations
 
 import importlib
+import json
 import keyword
 import os
 import re
+import types
+import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +25,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from etl_assets.pipelines.spec_values import checked_cron, checked_owners, checked_tags, checked_timezone
 from etl_assets.resources.api import ApiSource
 from etl_assets.resources.files import FilesSource
 from etl_assets.resources.sql import SqlSource
 from etl_assets.settings import DUCKDB_WAREHOUSE_FIX, DUCKDB_WAREHOUSE_REFUSED, is_distributed
-from etl_assets.specmodel import IDENTIFIER_LIMIT, SpecFieldError, SpecModel, checked_name
+from etl_assets.specmodel import IDENTIFIER_LIMIT, SpecFieldError, SpecModel, checked_name, closest, did_you_mean
 from etl_assets.sqlutil import (
+    CONTRACT_TYPE_NAMES,
+    CONTRACT_TYPES_TEXT,
     MAX_IDENTIFIER_LENGTH,
     RESERVED_COLUMN_NAMES,
     RESERVED_COLUMN_PREFIXES,
@@ -43,7 +49,10 @@ PIPELINES_DIR_ENV = "ETL_PIPELINES_DIR"
 # "off" leaves the packaged defs folder (the reference domain `shop`, which loads into DuckDB) out of the code
 # location: a deployment with its own pipelines in $ETL_PIPELINES_DIR (a distributed one refuses DuckDB targets).
 PACKAGED_PIPELINES_ENV = "ETL_PACKAGED_PIPELINES"
-_CRON_FIELD_RE = re.compile(r"(\*|[0-9A-Za-z]+)([-/,][0-9A-Za-z*]+)*")
+# YAML ends an entry of a flow mapping ({...}) at a comma, so an unquoted `type: DECIMAL(12,2)` there reads as the type
+# 'DECIMAL(12' and a key '2)' without a value.
+_SPLIT_TYPE_HEAD = re.compile(r"[A-Za-z][A-Za-z ]*\(\s*\d+")
+_SPLIT_TYPE_TAIL = re.compile(r"\d+\s*\)")
 
 # Validation names a referenced dataset's key view __ref_<name> and a typed column __typed_<column>
 # (validation.reference_view, validation._TYPED_PREFIX); both must stay within the identifier limit.
@@ -148,6 +157,32 @@ def _domain(value: str) -> str:
     return value
 
 
+def _is_split_tail(key: object, value: object) -> bool:
+    """Whether ``key: value`` is the tail of a type YAML split at its comma (``2)``, without a value)."""
+    return value is None and isinstance(key, str) and _SPLIT_TYPE_TAIL.fullmatch(key) is not None
+
+
+def _split_type(value: object, mapping: dict) -> str | None:
+    """The type YAML split at its comma (``value`` is its head, a key of ``mapping`` its tail), joined again; None
+    when ``value`` was not split."""
+    if not isinstance(value, str) or not _SPLIT_TYPE_HEAD.fullmatch(value):
+        return None
+    tail = next((key for key, rest in mapping.items() if _is_split_tail(key, rest)), None)
+    return f"{value},{tail}" if tail is not None else None
+
+
+def _columns_mapping_error(mapping: dict) -> SpecFieldError:
+    """The error for ``columns`` written as a mapping of names to types, with the list it should be."""
+    entries = [(k, v) for k, v in mapping.items() if not _is_split_tail(k, v)]
+    name, type_name = entries[0] if entries else ("amount", "VARCHAR")
+    joined = _split_type(type_name, mapping)
+    shown = joined or (type_name if isinstance(type_name, str) else "VARCHAR")
+    problem = "`columns` is a mapping here, but the contract is a list of columns, each {name, type, nullable}"
+    if joined:
+        problem += f", and YAML split the unquoted type {joined} at its comma"
+    return SpecFieldError("", problem, f'write a list, quoting the type: columns: [{{name: {name}, type: "{shown}"}}]')
+
+
 Severity = Literal["ERROR", "WARN"]
 
 
@@ -169,7 +204,7 @@ class Column(SpecModel):
     name: str
     type: str
     nullable: bool = True
-    description: str = ""
+    description: str | None = Field(default=None, description="What the column holds, for the catalog.")
     accepted_values: list[str | int | float | bool] | None = None
     min: str | int | float | date | None = None
     max: str | int | float | date | None = None
@@ -180,10 +215,31 @@ class Column(SpecModel):
 
     _check_name = field_validator("name")(_column_name)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _type_not_split(cls, data: Any) -> Any:
+        joined = _split_type(data.get("type"), data) if isinstance(data, dict) else None
+        if joined is not None:
+            raise SpecFieldError(
+                "type",
+                f"the unquoted type {joined} was split at its comma (in {{...}} YAML reads a comma as the end of an "
+                f"entry: type {data['type']!r} and a key {joined.split(',', 1)[1]!r})",
+                f'quote it: type: "{joined}"',
+            )
+        return data
+
     @field_validator("type")
     @classmethod
     def _check_type(cls, value: str) -> str:
-        return normalize_type(value)
+        try:
+            return normalize_type(value)
+        except ValueError:
+            match = closest(" ".join(value.upper().split()), CONTRACT_TYPE_NAMES)
+            raise SpecFieldError(
+                "",
+                f"unknown column type {value!r}{did_you_mean(match)}",
+                f"write type: {match}" if match else f"use one of {CONTRACT_TYPES_TEXT}",
+            ) from None
 
     @field_validator("regex")
     @classmethod
@@ -223,6 +279,8 @@ class Partitioning(SpecModel):
     column: str | None = None
     timezone: str = "UTC"
 
+    _check_timezone = field_validator("timezone")(checked_timezone)
+
     @field_validator("column")
     @classmethod
     def _check_column(cls, value: str | None) -> str | None:
@@ -261,13 +319,8 @@ class Schedule(SpecModel):
     timezone: str = "UTC"
     default_status: Literal["running", "stopped"] = "stopped"
 
-    @field_validator("cron")
-    @classmethod
-    def _check_cron(cls, value: str) -> str:
-        fields = value.split()
-        if len(fields) != 5 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
-            raise ValueError(f"{value!r} is not a cron expression; use five fields, e.g. '15 0 * * *'")
-        return value
+    _check_cron = field_validator("cron")(checked_cron)
+    _check_timezone = field_validator("timezone")(checked_timezone)
 
 
 class Arrival(SpecModel):
@@ -284,12 +337,15 @@ class Automation(SpecModel):
     condition: Literal["eager", "on_cron"]
     cron: str | None = None
 
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        return value if value is None else checked_cron(value)
+
     @model_validator(mode="after")
     def _cron_needed(self) -> Automation:
-        if self.condition == "on_cron":
-            fields = (self.cron or "").split()
-            if len(fields) != 5 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
-                raise SpecFieldError("cron", "on_cron automation needs a cron expression", "add cron: '0 * * * *'")
+        if self.condition == "on_cron" and self.cron is None:
+            raise SpecFieldError("cron", "on_cron automation needs a cron expression", "add cron: '0 * * * *'")
         return self
 
 
@@ -327,7 +383,16 @@ class PipelineSpec(SpecModel):
 
     name: str
     domain: str = "default"
-    description: str = ""
+    description: str = Field(default="", description="What the pipeline delivers, for the catalog.")
+    owners: list[str] = Field(
+        default_factory=list,
+        description="Who answers for the pipeline's assets (Dagster asset owners): an email address or `team:<name>`.",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels on the pipeline's assets (Dagster asset tags): keys and values of letters, digits, "
+        "'_', '-' and '.', at most 63 characters; a key may have a `<namespace>/` prefix, but not `dagster/`.",
+    )
     source: Source | None = None
     transform: Transform | None = None
     partitions: Partitioning = Partitioning()
@@ -348,6 +413,15 @@ class PipelineSpec(SpecModel):
 
     _check_name = field_validator("name")(_pipeline_name)
     _check_domain = field_validator("domain")(_domain)
+    _check_owners = field_validator("owners")(checked_owners)
+    _check_tags = field_validator("tags")(checked_tags)
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns_listed(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise _columns_mapping_error(value)
+        return value
 
     @field_validator("primary_key")
     @classmethod
@@ -478,34 +552,114 @@ def _spec_error(where: Path | str, field: str, problem: str, fix: str) -> SpecEr
     return SpecError(f"invalid pipeline spec {where}:\n  field '{field}': {problem}. Fix: {fix}.")
 
 
-def _fix_hint(error: ErrorDetails) -> str:
-    kind = error["type"]
-    if kind == "missing":
-        return "add this field"
+def _members(annotation: Any) -> list[Any]:
+    """The types ``annotation`` allows: a union's members (without None), an ``Annotated`` type's own type."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return [member for arg in typing.get_args(annotation) for member in _members(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _tag_of(model: type[BaseModel]) -> str | None:
+    """The ``kind`` that names ``model`` in a tagged union (a source), if it is a member of one."""
+    kind = model.model_fields.get("kind")
+    values = typing.get_args(kind.annotation) if kind is not None else ()
+    return values[0] if len(values) == 1 and isinstance(values[0], str) else None
+
+
+def _step(annotation: Any, segment: str | int) -> Any:
+    """The type one location segment below ``annotation`` (None when it has no such part)."""
+    for member in _members(annotation):
+        origin = typing.get_origin(member)
+        if isinstance(segment, int):
+            if origin is list:
+                return typing.get_args(member)[0]
+        elif origin is dict:
+            return typing.get_args(member)[1]
+        elif isinstance(member, type) and issubclass(member, BaseModel):
+            if segment in member.model_fields:
+                return member.model_fields[segment].annotation
+            if _tag_of(member) == segment:  # pydantic's location names a tagged union's member by its tag
+                return member
+    return None
+
+
+def _choices_at(loc: tuple, error_type: str) -> list[str]:
+    """What the spec may say where pydantic refused a value: the keys of the model holding an unknown key, the
+    values of a Literal, or the tags of a tagged union."""
+    annotation: Any = PipelineSpec
+    for segment in loc[:-1] if error_type == "extra_forbidden" else loc:
+        annotation = _step(annotation, segment)
+        if annotation is None:
+            return []
+    members = _members(annotation)
+    if error_type == "extra_forbidden":
+        return [name for m in members if isinstance(m, type) and issubclass(m, BaseModel) for name in m.model_fields]
+    if error_type.startswith("union_tag"):
+        return [tag for m in members if isinstance(m, type) and issubclass(m, BaseModel) if (tag := _tag_of(m))]
+    literals = [m for m in members if typing.get_origin(m) is Literal]
+    return [value for m in literals for value in typing.get_args(m) if isinstance(value, str)]
+
+
+@dataclass(frozen=True)
+class _FieldError:
+    """One refused field, as the loader reports it: its location in the spec, the problem and the fix (``kind`` is
+    pydantic's error type; ``meant`` the known key an unknown one is close to)."""
+
+    path: tuple[str | int, ...]
+    problem: str
+    fix: str
+    kind: str = ""
+    meant: str | None = None
+
+
+def _field_error(error: ErrorDetails) -> _FieldError:
+    """A pydantic error in the loader's terms, with the closest valid key or value when it looks misspelt."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SpecFieldError):
+        return _FieldError((*loc, *cause.field.split(".")) if cause.field else loc, cause.problem, cause.fix)
+    message = error["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        return "remove it or check its spelling against docs/spec-reference.md"
+        match = closest(str(loc[-1]), _choices_at(loc, kind))
+        fix = f"rename it to {match}" if match else "remove it or check its spelling against docs/spec-reference.md"
+        return _FieldError(loc, f"unknown key {loc[-1]!r}{did_you_mean(match)}", fix, kind, match)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        choices = _choices_at(loc, kind)
+        tag = (error.get("ctx") or {}).get("tag")
+        match = closest(tag, choices) if isinstance(tag, str) else None
+        either = " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
+        fix = f"set `kind` to {match or either or 'one of the values listed'}"
+        return _FieldError((*loc, "kind"), f"{message}{did_you_mean(match)}", fix)
     if kind in ("literal_error", "enum"):
-        return "use one of the values listed"
-    if kind == "union_tag_invalid":
-        return "set `kind` to api, sql or files"
+        value = error.get("input")
+        match = closest(value, _choices_at(loc, kind)) if isinstance(value, str) else None
+        return _FieldError(
+            loc, f"{message}{did_you_mean(match)}", f"change it to {match}" if match else "use one of the values listed"
+        )
+    if kind == "missing":
+        return _FieldError(loc, message, "add this field", kind)
+    if kind == "string_type" and isinstance(error.get("input"), bool | int | float | date):
+        shown = json.dumps(error["input"]) if not isinstance(error["input"], date) else error["input"].isoformat()
+        return _FieldError(loc, message, f'quote it, so YAML reads it as text: "{shown}"')
     if kind.endswith("_parsing") or kind.endswith("_type"):
-        return "give a value of the expected type"
-    return "change the value as described"
+        return _FieldError(loc, message, "give a value of the expected type")
+    return _FieldError(loc, message, "change the value as described")
 
 
 def _format_validation_error(where: Path | str, exc: ValidationError, positions: Any = None) -> str:
+    errors = [_field_error(error) for error in exc.errors()]
+    # a misspelt required key is also reported missing: the "did you mean" of the unknown key says it all
+    meant = {(*e.path[:-1], e.meant) for e in errors if e.meant is not None}
     lines = [f"invalid pipeline spec {where}:"]
-    for error in exc.errors():
-        loc = [str(p) for p in error["loc"]]
-        cause = (error.get("ctx") or {}).get("error")
-        if isinstance(cause, SpecFieldError):
-            field = ".".join([*loc, cause.field] if cause.field else loc)
-            message, fix = cause.problem, cause.fix
-        else:
-            field = ".".join(loc) or "(top level)"
-            message, fix = error["msg"].removeprefix("Value error, "), _fix_hint(error)
-        line = _line_of(positions, error["loc"])
-        lines.append(f"  field '{field}'{f' (line {line})' if line else ''}: {message}. Fix: {fix}.")
+    for error in errors:
+        if error.kind == "missing" and error.path in meant:
+            continue
+        field = ".".join(str(p) for p in error.path) or "(top level)"
+        line = _line_of(positions, error.path)
+        lines.append(f"  field '{field}'{f' (line {line})' if line else ''}: {error.problem}. Fix: {error.fix}.")
     return "\n".join(lines)
 
 
@@ -524,14 +678,17 @@ def _line_of(positions: Any, loc: tuple) -> int | None:
     return node.position.start.line
 
 
-def parse_spec_document(raw: object, path: Path, line: int | None = None, positions: Any = None) -> LoadedSpec:
+def parse_spec_document(
+    raw: object, path: Path, line: int | None = None, positions: Callable[[], Any] | None = None
+) -> LoadedSpec:
     """Validate one pipeline spec (a YAML mapping) read from ``path``, where its document starts at ``line``.
 
     Args:
         raw: The parsed YAML of the spec.
         path: The file that declares it (a spec file, or a ``defs.yaml``).
         line: The first line of the document, for a pipeline declared in a ``defs.yaml``.
-        positions: The document's source-position tree (Dagster's YAML loader), so each error names its line.
+        positions: Gives the document's source-position tree (Dagster's YAML loader), so each error names its
+            line; called only when the spec is invalid.
 
     Raises:
         SpecError: the spec does not satisfy the models.
@@ -545,7 +702,18 @@ def parse_spec_document(raw: object, path: Path, line: int | None = None, positi
     try:
         return LoadedSpec(spec=PipelineSpec.model_validate(raw), path=path, line=line)
     except ValidationError as exc:
-        raise SpecError(_format_validation_error(where, exc, positions)) from None
+        raise SpecError(_format_validation_error(where, exc, positions() if positions else None)) from None
+
+
+def _source_positions(text: str, path: Path) -> Any:
+    """The source-position tree of a spec file, made by the parser Dagster's component loader uses for a
+    ``defs.yaml``, so that a spec file's errors name their lines as a component's do; None when it cannot be made."""
+    from dagster_shared.yaml_utils import parse_yaml_with_source_position
+
+    try:  # the file's values were read by yaml.safe_load; keep its YAML rules (dates are dates)
+        return parse_yaml_with_source_position(text, str(path), implicits_to_remove=[]).source_position_tree
+    except Exception:  # e.g. a key PyYAML reads but this parser cannot hash: the errors then only lack their lines
+        return None
 
 
 def parse_spec_file(path: Path) -> LoadedSpec:
@@ -554,15 +722,16 @@ def parse_spec_file(path: Path) -> LoadedSpec:
     Raises:
         SpecError: the YAML cannot be parsed or does not satisfy the models.
     """
+    text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid pipeline spec {path}: not valid YAML ({exc}). Fix the syntax.") from exc
     if not isinstance(raw, dict):
         raise SpecError(
             f"invalid pipeline spec {path}: the file must hold a mapping with at least `name`. Fix: start with 'name: ...'."
         )
-    return parse_spec_document(raw, path)
+    return parse_spec_document(raw, path, positions=lambda: _source_positions(text, path))
 
 
 def packaged_spec_dirs() -> list[Path]:
@@ -691,7 +860,7 @@ def read_defs_folder(defs_module: str = DEFS_MODULE) -> DefsFolder:
         raw = decl.component_file_model.attributes
         positions = decl.source_tree.source_position_tree.children.get("attributes")
         try:
-            loaded.append(parse_spec_document(raw, path, line, positions))
+            loaded.append(parse_spec_document(raw, path, line, lambda tree=positions: tree))
         except SpecError as exc:
             name = raw.get("name") if isinstance(raw, dict) else None
             broken.append(BrokenSpec(path, str(exc), name if isinstance(name, str) else None))
