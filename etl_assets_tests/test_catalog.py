@@ -1,4 +1,4 @@
-"""Protects what the Dagster catalog shows of a pipeline's assets: the spec's description on every asset, the column
+"""Protects what the Dagster catalog shows of a pipeline's assets: the spec's description, owners and tags on every asset, the column
 schema with the contract's SQL types and column descriptions (on the definitions, and on each lake write of the
 clean data), the platform's ``_etl_*`` columns marked internal, the target's table name and kinds. The definitions
 as the code location builds them, and one real run into the DuckDB warehouse.
@@ -21,6 +21,8 @@ SPEC = pipeline(
     ],
     domain="finance",
     description="Invoices issued by the billing system, one file per day.",
+    owners=["team:finance", "ana@example.com"],
+    tags={"tier": "gold", "pii": "none"},
     source=files_source(glob="invoices_*.csv", partition_regex=r"invoices_(?P<partition>\d{4}-\d{2}-\d{2})\.csv$"),
     partitions={"type": "daily", "start": "2024-01-01"},
     primary_key=["invoice_id"],
@@ -33,11 +35,13 @@ def _schema(metadata) -> TableSchema:
     return value.schema if hasattr(value, "schema") else value
 
 
-def test_every_asset_has_the_spec_description_and_its_stage(tmp_path, data_dir):
+def test_every_asset_has_the_spec_description_owners_and_tags(tmp_path, data_dir):
     graph = definitions_for(tmp_path / "specs", SPEC).resolve_asset_graph()
     for stage, key in KEYS.items():
-        description = graph.get(key).description or ""
-        assert description.startswith("Invoices issued by the billing system, one file per day."), stage
+        node = graph.get(key)
+        assert (node.description or "").startswith("Invoices issued by the billing system, one file per day."), stage
+        assert list(node.owners) == ["team:finance", "ana@example.com"], stage
+        assert {"tier": "gold", "pii": "none"}.items() <= dict(node.tags).items(), stage
     assert "rows meeting the contract" in (graph.get(KEYS["clean"]).description or "")
 
 
