@@ -1,7 +1,9 @@
 """The Dagster UI as a person uses it: headless Chromium (Debian's, driven by Playwright) against
 ``dagster-webserver`` on 127.0.0.1. It opens the lineage graph and the catalog, launches the full refresh with
-"Materialize all" on the job's page, follows the run to Success and reads the row count on an asset's page.
-Judged by effect: the row count shown against the generated data, and the rows in the warehouse file.
+"Materialize all" on the job's page, follows the run to Success, reads the row count on an asset's page, the spec's
+description and SQL column types on the clean dataset's page and, for a product the contract quarantined, the
+failed WARN check on its checks tab. Judged by effect: the row count shown against the generated data, the rows in
+the warehouse file and its quarantine, and the check as the instance recorded it.
 
 Screenshots of every step go to ``test-artifacts/browser/`` (``failure.png`` when a step fails).
 Without Chromium or Playwright the test is skipped, unless ``ETL_REQUIRE_BROWSER=1`` (CI), which fails it.
@@ -38,6 +40,18 @@ CHROMIUM_ARGS = [
 ]
 JOB = "shop_full_refresh"
 GROUP = "shop"
+BAD_PRODUCT = 999_999
+CHECK_QUERY = """
+query($path: [String!]!, $name: String!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode {
+      assetCheckOrError(checkName: $name) {
+        ... on AssetCheck { executionForLatestMaterialization { evaluation { success severity } } }
+      }
+    }
+  }
+}
+"""
 UI_TIMEOUT_MS = 90_000  # one UI wait (page data, a launch): generous, the machine has 2 cores
 
 
@@ -155,6 +169,10 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         wait_until_gone(page, page.get_by_text("Loading...", exact=True), "the catalog's asset statuses")
         shot(page, "02_catalog")
 
+        # A product with a negative list price arrives with the catalogue: the contract quarantines it.
+        with (shop_data.landing_dir / "products" / "products.csv").open("a") as catalogue:
+            catalogue.write(f"{BAD_PRODUCT},SKU-BAD,refund voucher,misc,-5.00\n")
+
         # 2. "Materialize all" on the job's page launches a run; the UI says so and links to it.
         page.goto(f"{base}/locations/{LOCATION}/jobs/{JOB}")
         # The button's accessible name also holds its icon's name, so match its end.
@@ -193,6 +211,21 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         rows = shown_row_count(page)
         page.get_by_text("shop.customers").first.wait_for()
         shot(page, "06_asset_warehouse_customers")
+
+        # 5. The clean dataset's page: the spec's description and the contract's columns with their SQL types.
+        page.goto(f"{base}/assets/clean/products")
+        page.get_by_text("Product catalogue, a CSV file dropped into the landing zone.").first.wait_for()
+        page.get_by_text("DECIMAL(12,2)").first.wait_for()
+        page.get_by_text("list_price").first.wait_for()
+        shot(page, "07_asset_clean_products")
+
+        # 6. Its checks: the quarantined product shows as a failed WARN check naming the column and the rule.
+        page.goto(f"{base}/assets/clean/products?view=checks")
+        page.get_by_text("range on list_price >= 0").first.wait_for()
+        wait_until_gone(page, page.get_by_text("Loading...", exact=True), "the asset's checks")
+        range_row = page.get_by_role("row").filter(has_text="range on list_price")
+        range_row.get_by_text(re.compile(r"^(Warning|Failed)$")).first.wait_for()
+        shot(page, "08_checks_clean_products")
     except BaseException:
         if not page.is_closed():
             shot(page, "failure")
@@ -209,3 +242,8 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM shop.customers").fetchall()[0][0] == shop_data.customers
         assert con.execute("SELECT count(*) FROM shop.products").fetchall()[0][0] == shop_data.products
+        assert con.execute("SELECT product_id FROM quarantine.products").fetchall() == [(str(BAD_PRODUCT),)]
+    # what the checks tab showed is what the instance recorded: the range check failed, as a WARN
+    check = webserver.graphql(CHECK_QUERY, {"path": ["clean", "products"], "name": "range"})
+    execution = check["assetNodeOrError"]["assetCheckOrError"]["executionForLatestMaterialization"]
+    assert execution["evaluation"]["success"] is False and execution["evaluation"]["severity"] == "WARN"
