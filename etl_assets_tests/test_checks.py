@@ -49,7 +49,7 @@ def _check_specs(defs):
 
 def test_check_descriptions_name_the_column_and_the_rule(tmp_path, data_dir):
     specs = _check_specs(definitions_for(tmp_path / "specs", SPEC))
-    descriptions = {key.name: spec.description for key, spec in specs.items()}
+    descriptions = {key.name: spec.description or "" for key, spec in specs.items()}
     assert descriptions["accepted_values"] == "accepted_values on currency: USD, EUR, GBP (ERROR: rows quarantined)"
     assert descriptions["range"] == "range on amount >= 0; amount <= 10000 (ERROR: rows quarantined)"
     assert descriptions["format"] == "format on note at most 20 characters (WARN: rows loaded and flagged)"

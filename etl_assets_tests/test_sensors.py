@@ -260,8 +260,10 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
     ],
 )
 def test_which_crons_become_dagsters_partitioned_schedule(tmp_path, partitions, cron, timezone, offsets):
-    fields = {"partitions": {"type": partitions, "start": "2024-01-01"}} if partitions != "none" else {}
-    spec = load_spec(tmp_path, pipeline("p", schedule={"cron": cron, "timezone": timezone}, **fields)).spec
+    fields: dict = {"schedule": {"cron": cron, "timezone": timezone}}
+    if partitions != "none":
+        fields["partitions"] = {"type": partitions, "start": "2024-01-01"}
+    spec = load_spec(tmp_path, pipeline("p", **fields)).spec
     assert partitioned_schedule_offsets(spec, cron, timezone) == offsets
 
 
@@ -277,5 +279,7 @@ def test_a_weekday_schedule_of_a_daily_pipeline_requests_the_day_that_just_close
         repository_def=defs.get_repository_def(),
         scheduled_execution_time=datetime(2024, 3, 5, 6, 0, tzinfo=UTC),
     )
-    request = defs.resolve_schedule_def("weekdays_schedule").evaluate_tick(context).run_requests[0]
+    requests = defs.resolve_schedule_def("weekdays_schedule").evaluate_tick(context).run_requests
+    assert requests is not None and len(requests) == 1
+    request = requests[0]
     assert (request.partition_key, request.run_key) == ("2024-03-04", "2024-03-04")

@@ -362,7 +362,7 @@ def load_asset(loaded: LoadedSpec, target: str, pdef: TimeWindowPartitionsDefini
         ins["quarantined"] = AssetIn(key=quarantine_key(spec.name))
     contract = LoadContract(spec) if with_quarantine else None
     table_name = target_table(spec)
-    catalog = {TABLE_NAME: table_name}
+    catalog: dict[str, object] = {TABLE_NAME: table_name}
     if spec.source is not None:  # a source pipeline's table has the contract's columns, typed
         catalog[COLUMN_SCHEMA] = contract_schema(spec, TARGET_COLUMNS)
 

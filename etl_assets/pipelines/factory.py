@@ -98,7 +98,12 @@ def _build_schedule(spec: PipelineSpec, job, pdef: PartitionsDefinition | None, 
     offsets = partitioned_schedule_offsets(spec, sched.cron, sched.timezone)
     if offsets is not None:
         return build_schedule_from_partitioned_job(
-            job, name=name, default_status=status, description=description, **offsets
+            job,
+            name=name,
+            default_status=status,
+            description=description,
+            minute_of_hour=offsets.get("minute_of_hour"),
+            hour_of_day=offsets.get("hour_of_day"),
         )
 
     @schedule(
