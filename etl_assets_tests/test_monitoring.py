@@ -249,7 +249,8 @@ def test_freshness_check_fails_when_the_last_update_is_older_than_the_lag(world)
     _report_update(world, minutes_ago=31)  # newest materialization holds data 31 minutes old; the lag is 30
     stale = _freshness_check(world)
     assert not stale.passed
-    assert stale.description is not None and "overdue" in stale.description
+    assert stale.description is not None and "over the limit of 30 min" in stale.description
+    assert stale.metadata["lag_minutes"].value >= 31 and stale.metadata["max_lag_minutes"].value == 30
 
     _report_update(world, minutes_ago=None)  # a new materialization now
     again = _freshness_check(world)
