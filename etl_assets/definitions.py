@@ -22,6 +22,7 @@ from dagster import Definitions, definitions
 from etl_assets.executors import select_executor
 from etl_assets.instance import check_instance_home
 from etl_assets.monitoring import build_monitoring
+from etl_assets.monitoring.freshness import with_freshness_policies
 from etl_assets.monitoring.spec_errors import spec_errors_text
 from etl_assets.pipelines.factory import build_pipelines
 from etl_assets.pipelines.spec import (
@@ -83,7 +84,7 @@ def build_definitions(specs: list[LoadedSpec] | None = None) -> Definitions:
     env = current_settings().env  # the one rule for ETL_ENV (an unknown value is an error)
     defs = Definitions.merge(
         Definitions(
-            assets=built.assets,
+            assets=with_freshness_policies(specs, built.assets),  # the specs' freshness, as Dagster's policy
             asset_checks=built.asset_checks,
             jobs=built.jobs,
             schedules=built.schedules,

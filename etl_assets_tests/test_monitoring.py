@@ -249,7 +249,9 @@ def test_freshness_check_fails_when_the_last_update_is_older_than_the_lag(world)
     _report_update(world, minutes_ago=31)  # newest materialization holds data 31 minutes old; the lag is 30
     stale = _freshness_check(world)
     assert not stale.passed
-    assert stale.description is not None and "overdue" in stale.description
+    assert stale.description is not None and "over the limit of 30 min" in stale.description
+    limits = {k: stale.metadata[k].value for k in ("lag_minutes", "max_lag_minutes")}
+    assert isinstance(limits["lag_minutes"], float) and limits["lag_minutes"] >= 31 and limits["max_lag_minutes"] == 30
 
     _report_update(world, minutes_ago=None)  # a new materialization now
     again = _freshness_check(world)

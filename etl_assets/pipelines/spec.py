@@ -350,7 +350,9 @@ class Automation(SpecModel):
 
 
 class Freshness(SpecModel):
-    """How stale a dataset may get: the latest materialization must be younger than ``max_lag_minutes``."""
+    """How stale a dataset may get: its data may be at most ``max_lag_minutes`` old. A daily or hourly dataset's data
+    dates from the end of its newest loaded partition (a 2024 partition loaded today is stale); an unpartitioned
+    one's from its latest load."""
 
     max_lag_minutes: int = Field(gt=0, le=60 * 24 * 366)
 
