@@ -19,7 +19,7 @@ the ratio shows the coordination overhead of a second host more than added capac
 Usage (from the repository root, as root: network namespaces)::
 
     .venv/bin/python benchmarks/backfill_hosts.py --partitions 20      # about 8 minutes here, under load
-    .venv/bin/python benchmarks/backfill_hosts.py                      # 200 partitions, 1 round
+    .venv/bin/python benchmarks/backfill_hosts.py                      # 200 partitions, 1 round (about an hour here)
 """
 
 from __future__ import annotations
