@@ -14,12 +14,14 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
+DISTRIBUTION = "etl_assets"
 # run config of the in-process runs the CLI starts: the console logger reports warnings and errors only
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -107,69 +109,163 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     return prometheus.main(["--host", args.host, "--port", str(args.port)])
 
 
-def _add_scale(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--orders", type=int, default=5000, help="number of orders to generate (default 5000; 10000000 works)"
-    )
-    parser.add_argument("--days", type=int, default=7, help="days of orders, one partition each (default 7)")
-    parser.add_argument(
-        "--start", type=dt.date.fromisoformat, default=dt.date(2024, 1, 1), help="first day (default 2024-01-01)"
-    )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--data-dir", help="default: $ETL_DATA_DIR or ./data")
+def _version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown (not installed)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="etl-assets", description=(__doc__ or "").split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="demo upstreams; without a subcommand: generate, serve and run everything")
-    _add_scale(demo)
+# the top-level help's text, kept within 80 columns like argparse's own
+DESCRIPTION = """\
+The demo upstreams with a one-command run of the reference pipelines, and the
+operator commands (replay, rebuild, reexecute, validate, check-deployment and
+metrics) for the pipelines of this code location."""
+EXAMPLES = """\
+examples:
+  etl-assets demo                            generate, serve, run every pipeline
+  etl-assets demo --orders 1000000 --days 7  the same at scale
+  etl-assets demo --orders 100 generate      only write the demo source data
+  etl-assets validate ./pipelines            also check the specs in ./pipelines
+  etl-assets replay orders --from 2024-01-01 --to 2024-01-07
+  etl-assets rebuild orders --from 2024-01-01 --to 2024-01-07
+  etl-assets reexecute RUN_ID                resume a failed run from failure
+  etl-assets metrics serve --port 9108       Prometheus metrics on 127.0.0.1
+"""
+
+
+def _default(value: object, inherited: bool) -> object:
+    """An option's default; none for an option a subcommand repeats from its parent (``inherited``), so that the
+    parent's value (given before the subcommand, or the parent's default) stands unless the option is given again
+    after it: argparse would otherwise overwrite the parent's value with the subcommand's default."""
+    return argparse.SUPPRESS if inherited else value
+
+
+def _data_dir_option(parser: argparse.ArgumentParser, inherited: bool = False) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=_default(None, inherited),
+        help="the data directory (default: $ETL_DATA_DIR, else ./data)",
+    )
+
+
+def _scale_options(parser: argparse.ArgumentParser, inherited: bool = False) -> None:
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=_default(5000, inherited),
+        help="number of orders to generate (default 5000; 10000000 works)",
+    )
+    parser.add_argument(
+        "--days", type=int, default=_default(7, inherited), help="days of orders, one partition each (default 7)"
+    )
+    parser.add_argument(
+        "--start",
+        type=dt.date.fromisoformat,
+        default=_default(dt.date(2024, 1, 1), inherited),
+        help="first day, YYYY-MM-DD (default 2024-01-01)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=_default(42, inherited), help="seed of the generated data (default 42)"
+    )
+
+
+def _partition_range_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", help="a source pipeline, e.g. orders")
+    parser.add_argument("--from", dest="start", help="first partition key (default: the first partition)")
+    parser.add_argument("--to", dest="end", help="last partition key, inclusive (default: --from)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `etl-assets` argument parser, every subcommand included."""
+    parser = argparse.ArgumentParser(
+        prog="etl-assets",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
+
+    def command(
+        parent: Any, name: str, summary: str, run: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
+        parser = parent.add_parser(name, help=summary, description=summary)
+        parser.set_defaults(func=run)
+        return parser
+
+    demo = command(
+        sub, "demo", "demo upstreams; without a subcommand: generate, serve and run everything", _command("demo")
+    )
+    _scale_options(demo)
+    _data_dir_option(demo)
     demo.add_argument("--faults", help="inject API faults, e.g. rate=0.1,kinds=500+429+truncated")
-    demo.set_defaults(func=_command("demo"))
-    demo_sub = demo.add_subparsers(dest="demo_command")
-    gen = demo_sub.add_parser("generate", help="write the demo source data (API data, SQLite, landing files)")
-    _add_scale(gen)
-    gen.set_defaults(func=_command("demo", "generate"))
-    serve = demo_sub.add_parser("serve", help="serve the demo orders API until Ctrl-C")
-    serve.add_argument("--data-dir")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--faults", help="e.g. rate=0.1,kinds=500+429+slow+truncated,slow_seconds=2")
-    serve.set_defaults(func=_command("demo", "serve"))
-    replay = sub.add_parser("replay", help="re-validate quarantined rows of a partition range and load the valid ones")
-    replay.add_argument("pipeline", help="a source pipeline, e.g. orders")
-    replay.add_argument("--from", dest="start", help="first partition (default: the first)")
-    replay.add_argument("--to", dest="end", help="last partition (default: --from)")
-    replay.add_argument("--data-dir")
-    replay.set_defaults(func=_command("replay"))
-    rebuild = sub.add_parser("rebuild", help="rebuild partitions from the raw lake, with the marts built from them")
-    rebuild.add_argument("pipeline", help="a source pipeline, e.g. orders")
-    rebuild.add_argument("--from", dest="start", help="first partition (default: the first)")
-    rebuild.add_argument("--to", dest="end", help="last partition (default: --from)")
+    demo_sub = demo.add_subparsers(dest="demo_command", metavar="SUBCOMMAND", help="instead of the whole demo:")
+    gen = command(
+        demo_sub,
+        "generate",
+        "write the demo source data (API data, SQLite, landing files)",
+        _command("demo", "generate"),
+    )
+    _scale_options(gen, inherited=True)
+    _data_dir_option(gen, inherited=True)
+    serve = command(demo_sub, "serve", "serve the demo orders API until Ctrl-C", _command("demo", "serve"))
+    _data_dir_option(serve, inherited=True)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port to bind (default 8765)")
+    serve.add_argument(
+        "--faults",
+        default=_default(None, inherited=True),
+        help="inject API faults, e.g. rate=0.1,kinds=500+429+slow+truncated,slow_seconds=2",
+    )
+
+    replay = command(
+        sub, "replay", "re-validate quarantined rows of a partition range and load the valid ones", _command("replay")
+    )
+    _partition_range_options(replay)
+    _data_dir_option(replay)
+
+    rebuild = command(
+        sub, "rebuild", "rebuild partitions from the raw lake, with the marts built from them", _command("rebuild")
+    )
+    _partition_range_options(rebuild)
     rebuild.add_argument("--no-downstream", action="store_true", help="only the pipeline itself, not its marts")
-    rebuild.add_argument("--data-dir")
-    rebuild.set_defaults(func=_command("rebuild"))
-    reexecute = sub.add_parser("reexecute", help="re-execute a failed run from failure (steps that succeeded are kept)")
-    reexecute.add_argument("run_id")
-    reexecute.add_argument("--data-dir")
-    reexecute.set_defaults(func=_command("reexecute"))
-    validate = sub.add_parser("validate", help="check every pipeline spec (exit 1 naming each invalid one)")
+    _data_dir_option(rebuild)
+
+    reexecute = command(
+        sub,
+        "reexecute",
+        "re-execute a failed run from failure (steps that succeeded are kept)",
+        _command("reexecute"),
+    )
+    reexecute.add_argument("run_id", help="the failed run's id (the UI's Runs page, or `dagster run list`)")
+    _data_dir_option(reexecute)
+
+    validate = command(sub, "validate", "check every pipeline spec (exit 1 naming each invalid one)", _cmd_validate)
     validate.add_argument(
         "dir",
         nargs="?",
         help="a folder of specs to check with the packaged ones (default: $ETL_PIPELINES_DIR when set)",
     )
-    validate.set_defaults(func=_cmd_validate)
-    check = sub.add_parser(
+    command(
+        sub,
         "check-deployment",
-        help="check this host's deployment: Dagster instance, storage, step logs, lake, warehouse (exit 1 on a failure)",
+        "check this host's deployment: Dagster instance, storage, step logs, lake, warehouse (exit 1 on a failure)",
+        _command("check_deployment"),
     )
-    check.set_defaults(func=_command("check_deployment"))
-    metrics = sub.add_parser("metrics", help="Prometheus metrics of the Dagster instance")
-    metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True)
-    serve_metrics = metrics_sub.add_parser("serve", help="serve /metrics (binds 127.0.0.1:9108 by default)")
-    serve_metrics.add_argument("--host", default="127.0.0.1")
-    serve_metrics.add_argument("--port", type=int, default=9108)
-    serve_metrics.set_defaults(func=_cmd_metrics)
-    args = parser.parse_args(argv)
+    metrics = sub.add_parser(
+        "metrics",
+        help="Prometheus metrics of the Dagster instance",
+        description="Prometheus metrics of the Dagster instance",
+    )
+    metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True, metavar="SUBCOMMAND", help="one of:")
+    serve_metrics = command(metrics_sub, "serve", "serve /metrics (binds 127.0.0.1:9108 by default)", _cmd_metrics)
+    serve_metrics.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve_metrics.add_argument("--port", type=int, default=9108, help="port to bind (default 9108)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `etl-assets` command ``argv`` (default: the process's arguments); returns the exit status."""
+    args = build_parser().parse_args(argv)
     return args.func(args)

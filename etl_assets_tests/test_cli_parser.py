@@ -1,0 +1,122 @@
+"""Protects the `etl-assets` command line itself, without running a pipeline: every option and command has help, an
+option given to a parent command survives its subcommand, and ``--version`` prints the installed version."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from etl_assets.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
+# a value to give each option that a parent command declares, and what the parser makes of it
+PARENT_OPTION_SAMPLES = {
+    "orders": ("100", 100),
+    "days": ("3", 3),
+    "start": ("2024-02-03", dt.date(2024, 2, 3)),
+    "seed": ("7", 7),
+    "data_dir": ("/tmp/elsewhere", "/tmp/elsewhere"),
+    "faults": ("rate=0.5,kinds=500", "rate=0.5,kinds=500"),
+}
+
+
+def parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """``(command path, parser)`` of ``parser`` and of every subcommand's parser below it."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from parsers(child, (*path, name))
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def test_every_option_and_command_has_help():
+    tree = list(parsers(build_parser()))
+    assert {" ".join(path) for path, _ in tree} >= {
+        "",
+        "demo",
+        "demo generate",
+        "demo serve",
+        "rebuild",
+        "metrics serve",
+    }
+    missing = []
+    for path, parser in tree:
+        where = " ".join(("etl-assets", *path))
+        for action in parser._actions:
+            name = "/".join(action.option_strings) or action.dest
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{where} {name}")
+            if isinstance(action, argparse._SubParsersAction):
+                missing += [f"{where} {c.dest}" for c in action._choices_actions if not (c.help or "").strip()]
+    assert missing == []
+
+
+def test_top_level_help_has_examples():
+    text = build_parser().format_help()
+    assert "examples:\n  etl-assets demo " in text  # the epilog's lines are kept as written
+    assert "etl-assets demo --orders 100 generate" in text and "etl-assets rebuild orders --from" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_an_option_given_to_a_parent_command_survives_each_subcommand():
+    checked = []
+    for path, parser in parsers(build_parser()):
+        children = subcommands(parser)
+        if not path or not children:
+            continue
+        options = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+        for action in options:
+            assert action.dest in PARENT_OPTION_SAMPLES, f"give {action.dest} a sample value"
+            given, expected = PARENT_OPTION_SAMPLES[action.dest]
+            for child in children:
+                args = build_parser().parse_args([*path, action.option_strings[0], given, child])
+                assert getattr(args, action.dest) == expected, (path, action.dest, child)
+                checked.append((*path, action.dest, child))
+    assert ("demo", "orders", "generate") in checked and ("demo", "faults", "serve") in checked
+    assert ("demo", "data_dir", "serve") in checked
+
+
+def test_subcommand_defaults_and_its_own_options():
+    parse = build_parser().parse_args
+    assert parse(["demo", "generate"]).orders == 5000  # the parent's default when neither gives it
+    assert parse(["demo", "--orders", "100", "generate", "--orders", "200"]).orders == 200  # the later one wins
+    assert parse(["demo", "generate", "--days", "2"]).days == 2
+    assert parse(["demo", "--faults", "rate=0.1", "serve", "--port", "1"]).faults == "rate=0.1"
+
+
+def test_demo_generate_writes_the_orders_given_before_the_subcommand(tmp_path):
+    # as a user types it: the parent's option, the subcommand after; demo generate imports no Dagster
+    code = "import sys; from etl_assets.cli import main; code = main(sys.argv[1:]); print('dagster' in sys.modules)"
+    args = ["demo", "--orders", "100", "--days", "2", "--data-dir", str(tmp_path), "generate"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"generated 100 orders, 50 customers, 20 products over 2 days into {tmp_path}",
+        "False",
+    ]
+
+
+def test_version_is_the_installed_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"etl-assets {version('etl_assets')}\n"
