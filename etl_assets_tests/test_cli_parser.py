@@ -1,11 +1,13 @@
 """Protects the `etl-assets` command line itself, without running a pipeline: every option and command has help, an
-option given to a parent command survives its subcommand, and ``--version`` prints the installed version."""
+option given to a parent command survives its subcommand, ``--version`` prints the installed version, and a command
+without ``$DAGSTER_HOME`` uses (and says) the instance `make dev` serves."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from etl_assets.cli import build_parser, main
+from etl_assets.cli import DEFAULT_DAGSTER_HOME, build_parser, dagster_home, main, open_instance
 
 REPO = Path(__file__).resolve().parent.parent
 # a value to give each option that a parent command declares, and what the parser makes of it
@@ -120,3 +122,29 @@ def test_version_is_the_installed_package_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"etl-assets {version('etl_assets')}\n"
+
+
+def test_without_dagster_home_the_instance_is_make_devs(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")  # run in the project, as `make dev` is
+    home = tmp_path / DEFAULT_DAGSTER_HOME
+    with open_instance() as instance:
+        assert Path(instance.root_directory) == home
+        assert instance.run_retries_enabled  # the project's dagster.yaml, copied in as make does
+    assert (home / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
+    assert os.environ["DAGSTER_HOME"] == str(home)  # what the command starts uses it too
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"etl-assets: DAGSTER_HOME is not set; using the Dagster instance in {home} (the one `make dev` serves here)\n"
+    )
+    assert dagster_home() == home  # said once: from now on it is set
+    assert capsys.readouterr().err == ""
+
+
+def test_dagster_home_when_set_is_used_as_it_is(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    assert dagster_home() == tmp_path
+    assert capsys.readouterr().err == ""
+    assert not (tmp_path / DEFAULT_DAGSTER_HOME).exists()

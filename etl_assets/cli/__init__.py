@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import importlib
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 DISTRIBUTION = "etl_assets"
 # run config of the in-process runs the CLI starts: the console logger reports warnings and errors only
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# the instance of `make dev` and `make demo` (the Makefile's DAGSTER_HOME, relative to where make runs)
+DEFAULT_DAGSTER_HOME = ".dagster_home"
 
 
 def data_dir(value: str | None) -> Path:
@@ -34,8 +37,31 @@ def data_dir(value: str | None) -> Path:
     return path
 
 
+def dagster_home() -> Path:
+    """The Dagster instance's directory: ``$DAGSTER_HOME``, else ``./.dagster_home``, the one `make dev` serves when run
+    here (so the command's runs show in the UI); the default is created, given this directory's ``dagster.yaml`` as
+    make does, exported as ``$DAGSTER_HOME`` and said on standard error."""
+    from etl_assets.instance import INSTANCE_FILE
+
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        return Path(home).expanduser()
+    path = Path(DEFAULT_DAGSTER_HOME).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    config = Path(INSTANCE_FILE)
+    if config.is_file() and not (path / INSTANCE_FILE).exists():
+        shutil.copyfile(config, path / INSTANCE_FILE)
+    os.environ["DAGSTER_HOME"] = str(path)
+    print(
+        f"etl-assets: DAGSTER_HOME is not set; using the Dagster instance in {path} (the one `make dev` serves here)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return path
+
+
 def open_instance() -> DagsterInstance:
-    """The Dagster instance at ``$DAGSTER_HOME``, or an ephemeral one when it is not set.
+    """The Dagster instance of :func:`dagster_home`: every command that runs or reads runs opens it here.
 
     Raises:
         InstanceConfigError: its Postgres storage URL would fail on the first event write (the fix is in the message).
@@ -44,8 +70,9 @@ def open_instance() -> DagsterInstance:
 
     from etl_assets.instance import check_instance_home
 
+    dagster_home()
     check_instance_home()
-    return DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    return DagsterInstance.get()
 
 
 def partitions_in_range(pdef, pipeline: str, start: str | None, end: str | None) -> list[str | None] | None:
@@ -106,7 +133,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_metrics(args: argparse.Namespace) -> int:
     from etl_assets.monitoring import prometheus
 
-    return prometheus.main(["--host", args.host, "--port", str(args.port)])
+    return prometheus.serve_until_stopped(open_instance(), args.host, args.port)
 
 
 def _version() -> str:
@@ -131,6 +158,9 @@ examples:
   etl-assets rebuild orders --from 2024-01-01 --to 2024-01-07
   etl-assets reexecute RUN_ID                resume a failed run from failure
   etl-assets metrics serve --port 9108       Prometheus metrics on 127.0.0.1
+
+Runs go to the Dagster instance at $DAGSTER_HOME, by default ./.dagster_home
+(the one `make dev` serves), so they show in the UI.
 """
 
 

@@ -54,7 +54,9 @@ def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str,
     """
     parent = instance.get_run_by_id(run_id)
     if parent is None:
-        raise ReexecuteError(f"no run {run_id} in the instance at $DAGSTER_HOME; list runs with `dagster run list`")
+        raise ReexecuteError(
+            f"no run {run_id} in the instance at {instance.root_directory}; list runs with `dagster run list`"
+        )
     if parent.status == DagsterRunStatus.SUCCESS:
         raise ReexecuteError(f"run {run_id} succeeded; there is nothing to re-execute")
     if parent.status == DagsterRunStatus.STARTED:
@@ -79,15 +81,9 @@ def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str,
 
 
 def command(args: argparse.Namespace) -> int:
-    """Re-execute ``args.run_id`` from failure in the instance at ``$DAGSTER_HOME``; exit 1 when the new run failed,
-    2 when the run cannot be re-executed."""
+    """Re-execute ``args.run_id`` from failure in the CLI's instance; exit 1 when the new run failed, 2 when the run
+    cannot be re-executed."""
     data_dir(args.data_dir)
-    if not os.environ.get("DAGSTER_HOME"):
-        print(
-            "reexecute: set DAGSTER_HOME to the instance that holds the run (make dev uses .dagster_home)",
-            file=sys.stderr,
-        )
-        return 2
     with open_instance() as instance:
         try:
             run_id, success = reexecute_from_failure(instance, args.run_id)
