@@ -1,5 +1,5 @@
 """The command lines in the README, run as subprocesses and judged by their effect: rows in the warehouse and
-runs in the instance, not only exit codes."""
+runs in the instance, not only exit codes; the `etl-assets` commands refuse an unknown name in one line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, AssetMaterialization, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, DagsterRunStatus, RunsFilter, job, op
 
 pytestmark = [pytest.mark.slow]
 
@@ -25,7 +25,10 @@ def cli_env(tmp_path: Path, data_dir: Path) -> dict:
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data_dir)}
+    # the commands run this checkout's code, whichever checkout the environment has installed
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env.pop("ETL_PIPELINES_DIR", None)
+    env.pop("ETL_PACKAGED_PIPELINES", None)
     return env
 
 
@@ -113,6 +116,48 @@ def test_demo_command_runs_everything(cli_env, data_dir):
     assert "shop.orders" in proc.stdout
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.orders") == 600
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.daily_revenue") > 0
+
+
+def run_refused(args: list[str], env: dict) -> str:
+    """Run ``etl-assets args``, which must be refused with exit status 2; its standard error."""
+    proc = subprocess.run(
+        [str(BIN / "etl-assets"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("command", ["rebuild", "replay"])
+def test_unknown_pipeline_is_one_line_with_the_close_matches(cli_env, command):
+    assert run_refused([command, "ordrs", "--from", "2024-01-01"], cli_env) == (
+        f"{command}: unknown pipeline 'ordrs'; did you mean: orders?\n"
+    )
+
+
+def test_reexecute_of_a_run_whose_job_is_gone_is_one_line(cli_env):
+    @op
+    def extract():
+        raise RuntimeError("the source is down")
+
+    @job
+    def ordrs_pipeline():  # a job this code location no longer has (renamed since the run)
+        extract()
+
+    with DagsterInstance.from_config(cli_env["DAGSTER_HOME"]) as instance:
+        run_id = ordrs_pipeline.execute_in_process(instance=instance, raise_on_error=False).run_id
+    assert run_refused(["reexecute", run_id], cli_env) == (
+        f"reexecute: unknown job 'ordrs_pipeline'; did you mean: orders_pipeline? (the job of run {run_id})\n"
+    )
+
+
+def test_demo_without_its_jobs_is_one_line(cli_env):
+    env = {**cli_env, "ETL_PACKAGED_PIPELINES": "off"}
+    err = run_refused(["demo", "--orders", "50", "--days", "1"], env)
+    assert err == (
+        "demo: unknown job 'shop_full_refresh'; the jobs are: lake_retention_job, pipeline_health_job "
+        "(the demo runs the packaged shop domain, which ETL_PACKAGED_PIPELINES=off leaves out)\n"
+    )
 
 
 def test_schedule_and_sensor_lists(cli_env):

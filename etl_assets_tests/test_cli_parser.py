@@ -1,6 +1,7 @@
 """Protects the `etl-assets` command line itself, without running a pipeline: every option and command has help, an
-option given to a parent command survives its subcommand, ``--version`` prints the installed version, and a command
-without ``$DAGSTER_HOME`` uses (and says) the instance `make dev` serves."""
+option given to a parent command survives its subcommand, ``--version`` prints the installed version, an unknown
+name is one line with the close matches, and a command without ``$DAGSTER_HOME`` uses (and says) the instance
+`make dev` serves."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from etl_assets.cli import DEFAULT_DAGSTER_HOME, build_parser, dagster_home, main, open_instance
+from etl_assets.cli import DEFAULT_DAGSTER_HOME, build_parser, dagster_home, main, open_instance, unknown_name
 
 REPO = Path(__file__).resolve().parent.parent
 # a value to give each option that a parent command declares, and what the parser makes of it
@@ -122,6 +123,26 @@ def test_version_is_the_installed_package_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"etl-assets {version('etl_assets')}\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "known", "message"),
+    [
+        ("ordrs", ["customers", "orders", "products"], "unknown pipeline 'ordrs'; did you mean: orders?"),
+        ("prodcts", ["orders", "products"], "unknown pipeline 'prodcts'; did you mean: products?"),
+        ("ab", ["abc", "abd", "xyz"], "unknown pipeline 'ab'; did you mean: abc, abd?"),
+        # only the best: every job name ends in _pipeline, which makes them all alike
+        (
+            "ordrs_pipeline",
+            ["customers_pipeline", "orders_pipeline", "products_pipeline"],
+            "unknown pipeline 'ordrs_pipeline'; did you mean: orders_pipeline?",
+        ),
+        ("zzz", ["orders", "customers"], "unknown pipeline 'zzz'; the pipelines are: customers, orders"),
+        ("zzz", [], "unknown pipeline 'zzz'; this code location has no pipelines"),
+    ],
+)
+def test_unknown_name_offers_the_close_matches(name, known, message):
+    assert str(unknown_name("pipeline", name, known)) == message
 
 
 def test_without_dagster_home_the_instance_is_make_devs(tmp_path, monkeypatch, capsys):

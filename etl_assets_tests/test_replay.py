@@ -70,3 +70,12 @@ def test_replay_loads_fixed_rows_exactly_once(tmp_path, data_dir, instance, monk
         assert quarantined == []
     out = capsys.readouterr().out
     assert "visits[2024-01-01] ok: 2 valid, 0 still quarantined" in out
+
+
+def test_replay_of_an_unknown_pipeline_names_the_close_ones(data_dir, capsys):
+    assert cli(["replay", "ordrs"]) == 2
+    assert capsys.readouterr().err == "replay: unknown pipeline 'ordrs'; did you mean: orders?\n"
+    assert cli(["replay", "daily_revenue"]) == 2  # a transform has no raw input to replay
+    assert capsys.readouterr().err.startswith(
+        "replay: daily_revenue is not a source pipeline; replay one of: customers"
+    )

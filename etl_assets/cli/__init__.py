@@ -10,23 +10,49 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import importlib
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, Definitions
 
 DISTRIBUTION = "etl_assets"
 # run config of the in-process runs the CLI starts: the console logger reports warnings and errors only
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # the instance of `make dev` and `make demo` (the Makefile's DAGSTER_HOME, relative to where make runs)
 DEFAULT_DAGSTER_HOME = ".dagster_home"
+# how alike a name must be to be offered for an unknown one (difflib's ratio; its get_close_matches uses 0.6)
+CLOSE_MATCH = 0.6
+
+
+class CommandError(Exception):
+    """A command cannot run as asked; :func:`main` prints the message, one line after the command's name, on standard
+    error and exits 2."""
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str], known_as: str | None = None) -> CommandError:
+    """The error for a ``kind`` (pipeline, job) named ``name`` that is not one of ``known`` (``known_as``: what they
+    are, default ``<kind>s``), with the close matches: ``unknown pipeline 'ordrs'; did you mean: orders?``, else the
+    names there are."""
+    known = sorted(known)
+    known_as = known_as or f"{kind}s"
+    ratios = {k: difflib.SequenceMatcher(None, name, k).ratio() for k in known}
+    best = max(ratios.values(), default=0.0)
+    # the best matches only: names sharing a long suffix (`_pipeline`) are all somewhat alike
+    close = [
+        k for k in sorted(known, key=ratios.__getitem__, reverse=True) if ratios[k] >= max(CLOSE_MATCH, best - 0.1)
+    ]
+    if close:
+        return CommandError(f"unknown {kind} {name!r}; did you mean: {', '.join(close)}?")
+    there = f"the {known_as} are: {', '.join(known)}" if known else f"this code location has no {known_as}"
+    return CommandError(f"unknown {kind} {name!r}; {there}")
 
 
 def data_dir(value: str | None) -> Path:
@@ -75,18 +101,58 @@ def open_instance() -> DagsterInstance:
     return DagsterInstance.get()
 
 
-def partitions_in_range(pdef, pipeline: str, start: str | None, end: str | None) -> list[str | None] | None:
-    """The partition keys from ``start`` to ``end`` (inclusive; default: the first, and ``start``); None, with a
-    message, when there are none."""
+def source_pipelines(defs: Definitions) -> list[str]:
+    """The pipelines of ``defs`` that have a source (a raw asset), which replay and rebuild work on."""
+    from etl_assets.keys import RAW
+
+    return sorted({k.path[1] for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == RAW})
+
+
+def check_source_pipeline(defs: Definitions, name: str, command: str) -> None:
+    """Refuse ``name`` unless it is a source pipeline of ``defs``.
+
+    Raises:
+        CommandError: it is a transform (named as such, with the source pipelines), or no pipeline at all (with the
+            close matches).
+    """
+    from etl_assets.keys import PIPELINE_STAGES
+
+    sources = source_pipelines(defs)
+    if name in sources:
+        return
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    if name in {k.path[1] for k in keys if k.path[0] in PIPELINE_STAGES and len(k.path) > 1}:
+        raise CommandError(f"{name} is not a source pipeline; {command} one of: {', '.join(sources)}")
+    raise unknown_name("pipeline", name, sources, "source pipelines")
+
+
+def check_job(defs: Definitions, name: str, why: str = "") -> None:
+    """Refuse a job ``name`` that ``defs`` does not have (``why``: where the name came from).
+
+    Raises:
+        CommandError: with the close matches among the job names.
+    """
+    jobs = [j.name for j in defs.get_repository_def().get_all_jobs() if not j.name.startswith("__")]
+    if name not in jobs:
+        error = unknown_name("job", name, jobs)
+        raise CommandError(f"{error} ({why})" if why else str(error))
+
+
+def partitions_in_range(pdef, pipeline: str, start: str | None, end: str | None) -> list[str | None]:
+    """The partition keys from ``start`` to ``end`` (inclusive; default: the first, and ``start``).
+
+    Raises:
+        CommandError: there are none.
+    """
     if pdef is None:
         return [None]
     keys = pdef.get_partition_keys()
     start = start or keys[0]
     end = end or start
-    partitions = [k for k in keys if start <= k <= end]
+    partitions: list[str | None] = [k for k in keys if start <= k <= end]
     if not partitions:
-        print(f"no partitions of {pipeline} between {start} and {end}", file=sys.stderr)
-    return partitions or None
+        raise CommandError(f"no partitions of {pipeline} between {start} and {end}")
+    return partitions
 
 
 def _command(module: str, name: str = "command") -> Callable[[argparse.Namespace], int]:
@@ -296,6 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the `etl-assets` command ``argv`` (default: the process's arguments); returns the exit status."""
+    """Run the `etl-assets` command ``argv`` (default: the process's arguments); returns the exit status.
+
+    A :class:`CommandError` or an unusable instance configuration is one line on standard error and exit status 2.
+    """
+    from etl_assets.instance import InstanceConfigError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (CommandError, InstanceConfigError) as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 2

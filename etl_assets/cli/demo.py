@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from etl_assets.cli import QUIET, data_dir, open_instance
+from etl_assets.cli import QUIET, check_job, data_dir, open_instance
 from etl_assets_demo import DemoApiServer, FaultConfig, generate_shop_data, load_manifest
 from etl_assets_demo.api_server import run_server
 
@@ -80,6 +80,7 @@ def command(args: argparse.Namespace) -> int:
     """`etl-assets demo`: generate, serve the API on a free loopback port, run every reference pipeline, print a
     summary."""
     from etl_assets.definitions import build_definitions
+    from etl_assets.pipelines.spec import PACKAGED_PIPELINES_ENV
 
     folder = data_dir(args.data_dir)
     manifest = generate_shop_data(folder, orders=args.orders, days=args.days, start=args.start, seed=args.seed)
@@ -92,6 +93,10 @@ def command(args: argparse.Namespace) -> int:
         os.environ["SHOP_API_URL"] = server.url
         print(f"demo API serving on {server.url}")
         defs = build_definitions()
+        for job in (FULL_REFRESH_JOB, DAILY_JOB):
+            check_job(
+                defs, job, f"the demo runs the packaged shop domain, which {PACKAGED_PIPELINES_ENV}=off leaves out"
+            )
         with open_instance() as instance:
             runs = run_reference(defs, instance, manifest.partition_keys)
     failed = [r for r in runs if not r.success]

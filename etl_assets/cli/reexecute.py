@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from dagster import (
     DagsterEventType,
@@ -16,7 +15,7 @@ from dagster import (
     reconstructable,
 )
 
-from etl_assets.cli import data_dir, open_instance
+from etl_assets.cli import CommandError, check_job, data_dir, open_instance
 from etl_assets.definitions import build_definitions
 from etl_assets.recovery.sensors import process_state, run_worker_pid
 
@@ -25,7 +24,7 @@ JOB_ENV = "ETL_REEXECUTE_JOB"
 _CARRIED_TAG_PREFIXES = ("dagster/partition", "dagster/asset_partition_range")
 
 
-class ReexecuteError(ValueError):
+class ReexecuteError(CommandError):
     """The run cannot be re-executed; the message says why and what to do."""
 
 
@@ -51,6 +50,7 @@ def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str,
 
     Raises:
         ReexecuteError: no such run, it succeeded, or it is still running.
+        CommandError: the run's job is not in the code location (any more).
     """
     parent = instance.get_run_by_id(run_id)
     if parent is None:
@@ -59,6 +59,9 @@ def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str,
         )
     if parent.status == DagsterRunStatus.SUCCESS:
         raise ReexecuteError(f"run {run_id} succeeded; there is nothing to re-execute")
+    if parent.status not in (DagsterRunStatus.STARTED, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+        raise ReexecuteError(f"run {run_id} is {parent.status.value}; only a failed or canceled run can be re-executed")
+    check_job(build_definitions(), parent.job_name, f"the job of run {run_id}")
     if parent.status == DagsterRunStatus.STARTED:
         worker = run_worker_pid(instance, run_id) or _run_process(instance, run_id)
         state = process_state(*worker) if worker else None
@@ -68,8 +71,6 @@ def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str,
         instance.report_run_failed(
             parent, message=f"marked failed by `etl-assets reexecute`: its process (pid {state.pid}) is {state.state}"
         )
-    elif parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
-        raise ReexecuteError(f"run {run_id} is {parent.status.value}; only a failed or canceled run can be re-executed")
     # a run killed mid-step never released its concurrency slots (the warehouse pool has one): without this the
     # re-execution would wait for the slot for ever when no daemon runs run monitoring to free it
     instance.event_log_storage.free_concurrency_slots_for_run(run_id)
@@ -81,14 +82,10 @@ def reexecute_from_failure(instance: DagsterInstance, run_id: str) -> tuple[str,
 
 
 def command(args: argparse.Namespace) -> int:
-    """Re-execute ``args.run_id`` from failure in the CLI's instance; exit 1 when the new run failed, 2 when the run
-    cannot be re-executed."""
+    """Re-execute ``args.run_id`` from failure in the CLI's instance; exit 1 when the new run failed (a
+    :class:`~etl_assets.cli.CommandError` when the run cannot be re-executed)."""
     data_dir(args.data_dir)
     with open_instance() as instance:
-        try:
-            run_id, success = reexecute_from_failure(instance, args.run_id)
-        except ReexecuteError as exc:
-            print(f"reexecute: {exc}", file=sys.stderr)
-            return 2
+        run_id, success = reexecute_from_failure(instance, args.run_id)
     print(f"re-executed {args.run_id} from failure as run {run_id}: {'success' if success else 'FAILED'}")
     return 0 if success else 1

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import argparse
 
-from etl_assets.cli import QUIET, data_dir, open_instance, partitions_in_range
+from etl_assets.cli import QUIET, check_source_pipeline, data_dir, open_instance, partitions_in_range
 from etl_assets.definitions import build_definitions
 from etl_assets.keys import clean_key
 
 
 def command(args: argparse.Namespace) -> int:
-    """Replay ``args.pipeline`` from ``--from`` to ``--to``; exit 1 when a run failed, 2 when there is nothing to
-    replay."""
+    """Replay ``args.pipeline`` from ``--from`` to ``--to``; exit 1 when a run failed (a
+    :class:`~etl_assets.cli.CommandError` when there is nothing to replay)."""
     data_dir(args.data_dir)
     defs = build_definitions()
+    check_source_pipeline(defs, args.pipeline, "replay")
     job = defs.resolve_job_def(f"{args.pipeline}_revalidate")
     partitions = partitions_in_range(job.partitions_def, args.pipeline, args.start, args.end)
-    if partitions is None:
-        return 2
     instance = open_instance()
     failed = 0
     for partition in partitions:
