@@ -1,12 +1,15 @@
 """The command lines in the README, run as subprocesses and judged by their effect: rows in the warehouse and
-runs in the instance, not only exit codes; the `etl-assets` commands refuse an unknown name in one line."""
+runs in the instance, not only exit codes; the `etl-assets` commands report each run as it ends, and refuse an
+unknown name in one line."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -110,12 +113,53 @@ def test_dg_launch_loads_one_partition_of_the_project(cli_env, shop_data, api_se
     assert [r.tags.get("dagster/partition") for r in runs] == [day, None]  # newest first
 
 
-def test_demo_command_runs_everything(cli_env, data_dir):
-    proc = run([str(BIN / "etl-assets"), "demo", "--orders", "600", "--days", "2"], cli_env)
-    assert f"warehouse: {data_dir / 'warehouse.duckdb'}" in proc.stdout
-    assert "shop.orders" in proc.stdout
+PROGRESS = re.compile(
+    r"^\[(?P<done>\d+)/(?P<total>\d+)\] (?P<label>.+?) (?P<status>ok|FAILED), (?P<rows>[\d,]+) rows, "
+    r"\d+\.\d s, \d+\.\d s elapsed(?:: .*?)? \(run (?P<run>[0-9a-f]{8})\)$"
+)
+
+
+def test_demo_command_reports_each_run_as_it_ends(cli_env, data_dir, tmp_path):
+    days = 3
+    # stdout is a pipe, as in CI: one plain line per run, each read as soon as the run ends
+    stderr = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "etl-assets"), "demo", "--orders", "600", "--days", str(days)],
+        cwd=REPO,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    arrivals: list[tuple[float, str]] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        arrivals.append((time.time(), line.rstrip("\n")))
+    assert proc.wait(timeout=300) == 0, "\n".join(line for _, line in arrivals) + (tmp_path / "stderr.txt").read_text()
+    out = "\n".join(line for _, line in arrivals)
+    assert f"warehouse: {data_dir / 'warehouse.duckdb'}" in out
+    assert "shop.orders" in out
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.orders") == 600
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.daily_revenue") > 0
+
+    progress = [(at, m) for at, line in arrivals if (m := PROGRESS.match(line))]
+    assert [(m["done"], m["total"], m["status"]) for _, m in progress] == [
+        (str(i), str(1 + days), "ok") for i in range(1, 2 + days)
+    ], out
+    assert [m["label"] for _, m in progress][:2] == ["shop_full_refresh", "shop_daily 2024-01-01"]
+    assert all(int(m["rows"].replace(",", "")) > 0 for _, m in progress)
+    total_rows = sum(int(m["rows"].replace(",", "")) for _, m in progress)
+    assert re.search(rf"^demo: {1 + days} of {1 + days} runs ok, {total_rows:,} rows, ", out, re.M), out
+
+    # the runs are in the instance at DAGSTER_HOME (the one the UI shows), and each line came when its run ended:
+    # the first run's line was read before the last run started
+    instance = DagsterInstance.from_config(cli_env["DAGSTER_HOME"])
+    records = instance.get_run_records()
+    assert sorted(r.dagster_run.run_id[:8] for r in records) == sorted(m["run"] for _, m in progress)
+    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records)
+    by_short_id = {r.dagster_run.run_id[:8]: r for r in records}
+    first_read, last_run = progress[0][0], by_short_id[progress[-1][1]["run"]]
+    assert last_run.start_time is not None and first_read < last_run.start_time
 
 
 def run_refused(args: list[str], env: dict) -> str:

@@ -1,13 +1,15 @@
 """Protects the `etl-assets` command line itself, without running a pipeline: every option and command has help, an
 option given to a parent command survives its subcommand, ``--version`` prints the installed version, an unknown
-name is one line with the close matches, and a command without ``$DAGSTER_HOME`` uses (and says) the instance
-`make dev` serves."""
+name is one line with the close matches, a command without ``$DAGSTER_HOME`` uses (and says) the instance `make dev`
+serves, and the progress lines the long commands print as each run ends."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from etl_assets.cli import DEFAULT_DAGSTER_HOME, build_parser, dagster_home, main, open_instance, unknown_name
+from etl_assets.cli.progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
 # a value to give each option that a parent command declares, and what the parser makes of it
@@ -169,3 +172,40 @@ def test_dagster_home_when_set_is_used_as_it_is(tmp_path, monkeypatch, capsys):
     assert dagster_home() == tmp_path
     assert capsys.readouterr().err == ""
     assert not (tmp_path / DEFAULT_DAGSTER_HOME).exists()
+
+
+LINE = re.compile(
+    r"^\[(\d+)/(\d+)\] (.+?) (ok|FAILED)(?:, ([\d,]+) rows)?, (\d+\.\d) s, (\d+\.\d) s elapsed(?:: (.*?))?(?: \(run (\w+)\))?$"
+)
+
+
+def test_progress_prints_a_plain_line_per_finished_run_when_not_on_a_terminal():
+    out = io.StringIO()
+    with Progress(3, "replay visits", file=out) as progress:
+        progress.finished("visits 2024-01-01", True, 1200, 4.25, run_id="1a2b3c4d5e6f", note="2 valid")
+        first = out.getvalue()
+        progress.finished("visits 2024-01-02", False, None, 0.5)
+        progress.finished("visits 2024-01-03", True, 0, 0.1)
+    lines = out.getvalue().splitlines()
+    assert first == lines[0] + "\n"  # written when the run finished, not at the end
+    assert [LINE.match(line).groups()[:5] for line in lines[:3]] == [  # type: ignore[union-attr]
+        ("1", "3", "visits 2024-01-01", "ok", "1,200"),
+        ("2", "3", "visits 2024-01-02", "FAILED", None),
+        ("3", "3", "visits 2024-01-03", "ok", "0"),
+    ]
+    assert lines[0].startswith("[1/3] visits 2024-01-01 ok, 1,200 rows, 4.2 s, ")
+    assert lines[0].endswith(" s elapsed: 2 valid (run 1a2b3c4d)")
+    assert re.fullmatch(r"replay visits: 2 of 3 runs ok, 1,200 rows, \d+\.\d s", lines[3])
+    assert len(lines) == 4
+
+
+def test_progress_draws_a_bar_on_a_terminal():
+    out = io.StringIO()
+    with Progress(2, "rebuild orders", file=out, terminal=True) as progress:
+        progress.finished("orders 2024-01-01", True, 120, 1.0)
+        progress.set_total(3)
+    text = out.getvalue()
+    assert "━" in text and "\x1b[" in text  # rich's bar, in colour
+    assert "[1/3]" not in text and "[1/2] orders 2024-01-01 ok, 120 rows, 1.0 s" in text
+    assert "1/3" in text and "120 rows" in text  # the bar's count, with the total set later
+    assert "rebuild orders: 1 of 3 runs ok, 120 rows" in text

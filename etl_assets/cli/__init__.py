@@ -226,7 +226,9 @@ examples:
   etl-assets metrics serve --port 9108       Prometheus metrics on 127.0.0.1
 
 Runs go to the Dagster instance at $DAGSTER_HOME, by default ./.dagster_home
-(the one `make dev` serves), so they show in the UI.
+(the one `make dev` serves), so they show in the UI. demo, replay, rebuild and
+reexecute report each run (or step) as it finishes: a progress bar on a
+terminal, one line each otherwise.
 """
 
 

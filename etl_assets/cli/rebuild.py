@@ -10,12 +10,14 @@ repeated.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
 from etl_assets.cli import QUIET, CommandError, check_source_pipeline, data_dir, open_instance, partitions_in_range
+from etl_assets.cli.progress import Progress, row_count, target_rows
 from etl_assets.definitions import build_definitions
 from etl_assets.keys import CLEAN, QUARANTINE, TARGET_PREFIXES, UNPARTITIONED, clean_key, quarantine_key, raw_key
 from etl_assets.lake import LakeStorage
@@ -119,8 +121,8 @@ def rebuild(
 
 
 def command(args: argparse.Namespace) -> int:
-    """Rebuild ``args.pipeline`` from ``--from`` to ``--to``, with its marts unless ``--no-downstream``; exit 1 when
-    a run failed (a :class:`CommandError` when the rebuild cannot start)."""
+    """Rebuild ``args.pipeline`` from ``--from`` to ``--to``, with its marts unless ``--no-downstream``, reporting each
+    partition as it is rebuilt; exit 1 when a run failed (a :class:`CommandError` when the rebuild cannot start)."""
     data_dir(args.data_dir)
     defs = build_definitions()
     plan = plan_rebuild(defs, args.pipeline, downstream=not args.no_downstream)
@@ -132,16 +134,20 @@ def command(args: argparse.Namespace) -> int:
             f"  not rebuilt (other partitioning; rebuild them on their own): "
             f"{', '.join(k.to_user_string() for k in plan.skipped)}"
         )
-    instance = open_instance()
-    failed = 0
-    for partition, result in rebuild(defs, instance, args.pipeline, partitions, downstream=not args.no_downstream):
-        rows = {
-            e.materialization.asset_key.to_user_string(): e.materialization.metadata.get("dagster/row_count")
-            for e in result.get_asset_materialization_events()
-        }
-        loaded = ", ".join(f"{k} {getattr(v, 'value', v)}" for k, v in sorted(rows.items()) if v is not None)
-        print(
-            f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: {loaded}  (run {result.run_id})"
-        )
-        failed += not result.success
-    return 1 if failed else 0
+    with open_instance() as instance, Progress(len(partitions), f"rebuild {args.pipeline}") as progress:
+        runs = rebuild(defs, instance, args.pipeline, partitions, downstream=not args.no_downstream)
+        started = time.perf_counter()
+        for partition, result in runs:
+            materializations = [e.materialization for e in result.get_asset_materialization_events()]
+            rows = {m.asset_key.to_user_string(): row_count(m) for m in materializations}
+            loaded = ", ".join(f"{k} {v}" for k, v in sorted(rows.items()) if v is not None)
+            progress.finished(
+                f"{args.pipeline} {partition}" if partition else args.pipeline,
+                result.success,
+                target_rows(materializations),
+                time.perf_counter() - started,
+                run_id=result.run_id,
+                note=loaded,
+            )
+            started = time.perf_counter()
+    return 0 if progress.ok == progress.total else 1
