@@ -1,17 +1,20 @@
 """The command lines in the README, run as subprocesses and judged by their effect: rows in the warehouse and
-runs in the instance, not only exit codes."""
+runs in the instance, not only exit codes; the `etl-assets` commands report each run as it ends, and refuse an
+unknown name in one line."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, AssetMaterialization, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, DagsterRunStatus, RunsFilter, job, op
 
 pytestmark = [pytest.mark.slow]
 
@@ -25,7 +28,10 @@ def cli_env(tmp_path: Path, data_dir: Path) -> dict:
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data_dir)}
+    # the commands run this checkout's code, whichever checkout the environment has installed
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env.pop("ETL_PIPELINES_DIR", None)
+    env.pop("ETL_PACKAGED_PIPELINES", None)
     return env
 
 
@@ -107,12 +113,95 @@ def test_dg_launch_loads_one_partition_of_the_project(cli_env, shop_data, api_se
     assert [r.tags.get("dagster/partition") for r in runs] == [day, None]  # newest first
 
 
-def test_demo_command_runs_everything(cli_env, data_dir):
-    proc = run([str(BIN / "etl-assets"), "demo", "--orders", "600", "--days", "2"], cli_env)
-    assert f"warehouse: {data_dir / 'warehouse.duckdb'}" in proc.stdout
-    assert "shop.orders" in proc.stdout
+PROGRESS = re.compile(
+    r"^\[(?P<done>\d+)/(?P<total>\d+)\] (?P<label>.+?) (?P<status>ok|FAILED), (?P<rows>[\d,]+) rows, "
+    r"\d+\.\d s, \d+\.\d s elapsed(?:: .*?)? \(run (?P<run>[0-9a-f]{8})\)$"
+)
+
+
+def test_demo_command_reports_each_run_as_it_ends(cli_env, data_dir, tmp_path):
+    days = 3
+    # stdout is a pipe, as in CI: one plain line per run, each read as soon as the run ends
+    stderr = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "etl-assets"), "demo", "--orders", "600", "--days", str(days)],
+        cwd=REPO,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    arrivals: list[tuple[float, str]] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        arrivals.append((time.time(), line.rstrip("\n")))
+    assert proc.wait(timeout=300) == 0, "\n".join(line for _, line in arrivals) + (tmp_path / "stderr.txt").read_text()
+    out = "\n".join(line for _, line in arrivals)
+    assert f"warehouse: {data_dir / 'warehouse.duckdb'}" in out
+    assert "shop.orders" in out
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.orders") == 600
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.daily_revenue") > 0
+
+    progress = [(at, m) for at, line in arrivals if (m := PROGRESS.match(line))]
+    assert [(m["done"], m["total"], m["status"]) for _, m in progress] == [
+        (str(i), str(1 + days), "ok") for i in range(1, 2 + days)
+    ], out
+    assert [m["label"] for _, m in progress][:2] == ["shop_full_refresh", "shop_daily 2024-01-01"]
+    assert all(int(m["rows"].replace(",", "")) > 0 for _, m in progress)
+    total_rows = sum(int(m["rows"].replace(",", "")) for _, m in progress)
+    assert re.search(rf"^demo: {1 + days} of {1 + days} runs ok, {total_rows:,} rows, ", out, re.M), out
+
+    # the runs are in the instance at DAGSTER_HOME (the one the UI shows), and each line came when its run ended:
+    # the first run's line was read before the last run started
+    instance = DagsterInstance.from_config(cli_env["DAGSTER_HOME"])
+    records = instance.get_run_records()
+    assert sorted(r.dagster_run.run_id[:8] for r in records) == sorted(m["run"] for _, m in progress)
+    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records)
+    by_short_id = {r.dagster_run.run_id[:8]: r for r in records}
+    first_read, last_run = progress[0][0], by_short_id[progress[-1][1]["run"]]
+    assert last_run.start_time is not None and first_read < last_run.start_time
+
+
+def run_refused(args: list[str], env: dict) -> str:
+    """Run ``etl-assets args``, which must be refused with exit status 2; its standard error."""
+    proc = subprocess.run(
+        [str(BIN / "etl-assets"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("command", ["rebuild", "replay"])
+def test_unknown_pipeline_is_one_line_with_the_close_matches(cli_env, command):
+    assert run_refused([command, "ordrs", "--from", "2024-01-01"], cli_env) == (
+        f"{command}: unknown pipeline 'ordrs'; did you mean: orders?\n"
+    )
+
+
+def test_reexecute_of_a_run_whose_job_is_gone_is_one_line(cli_env):
+    @op
+    def extract():
+        raise RuntimeError("the source is down")
+
+    @job
+    def ordrs_pipeline():  # a job this code location no longer has (renamed since the run)
+        extract()
+
+    with DagsterInstance.from_config(cli_env["DAGSTER_HOME"]) as instance:
+        run_id = ordrs_pipeline.execute_in_process(instance=instance, raise_on_error=False).run_id
+    assert run_refused(["reexecute", run_id], cli_env) == (
+        f"reexecute: unknown job 'ordrs_pipeline'; did you mean: orders_pipeline? (the job of run {run_id})\n"
+    )
+
+
+def test_demo_without_its_jobs_is_one_line(cli_env):
+    env = {**cli_env, "ETL_PACKAGED_PIPELINES": "off"}
+    err = run_refused(["demo", "--orders", "50", "--days", "1"], env)
+    assert err == (
+        "demo: unknown job 'shop_full_refresh'; the jobs are: lake_retention_job, pipeline_health_job "
+        "(the demo runs the packaged shop domain, which ETL_PACKAGED_PIPELINES=off leaves out)\n"
+    )
 
 
 def test_schedule_and_sensor_lists(cli_env):

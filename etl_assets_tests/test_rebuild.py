@@ -5,6 +5,7 @@ what to do."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -53,7 +54,11 @@ def test_rebuild_from_raw_without_sources(shop_data, api_server, data_dir, insta
         assert snapshot(data_dir) == before
     assert api_server.requests_total == api_requests
     out = capsys.readouterr().out
-    assert "marts/daily_revenue" in out and f"orders[{last}] ok" in out
+    assert "marts/daily_revenue" in out
+    # one progress line per partition, with what it wrote
+    lines = [line for line in out.splitlines() if line.startswith("[") and f"] orders {last} " in line]
+    assert len(lines) == 2 and lines[0].startswith(f"[{len(shop_data.partition_keys)}/{len(shop_data.partition_keys)}]")
+    assert re.search(rf"\] orders {last} ok, [\d,]+ rows, .*: .*warehouse/orders \d+", lines[0]), lines[0]
     assert "not rebuilt (other partitioning" in out  # customers' daily downstream is named, not silently skipped
 
     # a partition whose raw input is gone: the command says which and how to get it back

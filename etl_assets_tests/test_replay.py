@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import pytest
+from dagster import RunsFilter
 
 from etl_assets.cli import main as cli
 from etl_assets.definitions import build_definitions
@@ -69,4 +72,25 @@ def test_replay_loads_fixed_rows_exactly_once(tmp_path, data_dir, instance, monk
         ]
         assert quarantined == []
     out = capsys.readouterr().out
-    assert "visits[2024-01-01] ok: 2 valid, 0 still quarantined" in out
+    assert re.search(
+        r"^\[1/2\] visits 2024-01-01 ok, 2 rows, .*: 2 valid, 0 still quarantined \(run \w{8}\)$", out, re.M
+    )
+    assert re.search(r"^\[2/2\] visits 2024-01-02 ok, 3 rows, .*: 3 valid, 0 still quarantined", out, re.M)
+    assert re.search(r"^replay visits: 2 of 2 runs ok, 5 rows, ", out, re.M)
+    # the replay's runs are in the instance of DAGSTER_HOME, each with its partition
+    replays = instance.get_runs(RunsFilter(job_name="visits_revalidate"))
+    assert sorted(r.tags["dagster/partition"] for r in replays) == [
+        "2024-01-01",
+        "2024-01-01",
+        "2024-01-02",
+        "2024-01-02",
+    ]
+
+
+def test_replay_of_an_unknown_pipeline_names_the_close_ones(data_dir, capsys):
+    assert cli(["replay", "ordrs"]) == 2
+    assert capsys.readouterr().err == "replay: unknown pipeline 'ordrs'; did you mean: orders?\n"
+    assert cli(["replay", "daily_revenue"]) == 2  # a transform has no raw input to replay
+    assert capsys.readouterr().err.startswith(
+        "replay: daily_revenue is not a source pipeline; replay one of: customers"
+    )

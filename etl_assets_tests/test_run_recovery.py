@@ -6,6 +6,7 @@ duplicated; and the watchdog's liveness test tells a live worker from a dead, a 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -214,6 +215,15 @@ def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
     again = run(bin_dir / "etl-assets", "reexecute", failed.run_id)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"re-executed {failed.run_id} from failure" in again.stdout
+    # each re-executed step is reported as it ends, with the rows it wrote; the extract is not run again
+    steps = re.findall(r"^\[(\d+)/(\d+)\] (.+?) ok, ", again.stdout, re.M)
+    assert [(done, total, label) for done, total, label in steps] == [
+        ("1", "2", "clean/visits, quarantine/visits"),  # one step validates into both
+        ("2", "2", "warehouse/visits"),
+    ], again.stdout
+    assert "raw/visits" not in again.stdout
+    assert re.search(r"^\[2/2\] warehouse/visits ok, 3 rows, ", again.stdout, re.M), again.stdout
+    assert re.search(r"^reexecute \S+: 2 of 2 steps ok, 3 rows, ", again.stdout, re.M), again.stdout  # loaded once
     child = instance.get_runs(RunsFilter(job_name="visits_pipeline"))[0]  # the newest
     assert child.run_id != failed.run_id and child.parent_run_id == failed.run_id
     assert child.status == DagsterRunStatus.SUCCESS

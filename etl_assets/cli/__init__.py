@@ -10,18 +10,49 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import importlib
 import os
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, Definitions
 
+DISTRIBUTION = "etl_assets"
 # run config of the in-process runs the CLI starts: the console logger reports warnings and errors only
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# the instance of `make dev` and `make demo` (the Makefile's DAGSTER_HOME, relative to where make runs)
+DEFAULT_DAGSTER_HOME = ".dagster_home"
+# how alike a name must be to be offered for an unknown one (difflib's ratio; its get_close_matches uses 0.6)
+CLOSE_MATCH = 0.6
+
+
+class CommandError(Exception):
+    """A command cannot run as asked; :func:`main` prints the message, one line after the command's name, on standard
+    error and exits 2."""
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str], known_as: str | None = None) -> CommandError:
+    """The error for a ``kind`` (pipeline, job) named ``name`` that is not one of ``known`` (``known_as``: what they
+    are, default ``<kind>s``), with the close matches: ``unknown pipeline 'ordrs'; did you mean: orders?``, else the
+    names there are."""
+    known = sorted(known)
+    known_as = known_as or f"{kind}s"
+    ratios = {k: difflib.SequenceMatcher(None, name, k).ratio() for k in known}
+    best = max(ratios.values(), default=0.0)
+    # the best matches only: names sharing a long suffix (`_pipeline`) are all somewhat alike
+    close = [
+        k for k in sorted(known, key=ratios.__getitem__, reverse=True) if ratios[k] >= max(CLOSE_MATCH, best - 0.1)
+    ]
+    if close:
+        return CommandError(f"unknown {kind} {name!r}; did you mean: {', '.join(close)}?")
+    there = f"the {known_as} are: {', '.join(known)}" if known else f"this code location has no {known_as}"
+    return CommandError(f"unknown {kind} {name!r}; {there}")
 
 
 def data_dir(value: str | None) -> Path:
@@ -32,8 +63,31 @@ def data_dir(value: str | None) -> Path:
     return path
 
 
+def dagster_home() -> Path:
+    """The Dagster instance's directory: ``$DAGSTER_HOME``, else ``./.dagster_home``, the one `make dev` serves when run
+    here (so the command's runs show in the UI); the default is created, given this directory's ``dagster.yaml`` as
+    make does, exported as ``$DAGSTER_HOME`` and said on standard error."""
+    from etl_assets.instance import INSTANCE_FILE
+
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        return Path(home).expanduser()
+    path = Path(DEFAULT_DAGSTER_HOME).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    config = Path(INSTANCE_FILE)
+    if config.is_file() and not (path / INSTANCE_FILE).exists():
+        shutil.copyfile(config, path / INSTANCE_FILE)
+    os.environ["DAGSTER_HOME"] = str(path)
+    print(
+        f"etl-assets: DAGSTER_HOME is not set; using the Dagster instance in {path} (the one `make dev` serves here)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return path
+
+
 def open_instance() -> DagsterInstance:
-    """The Dagster instance at ``$DAGSTER_HOME``, or an ephemeral one when it is not set.
+    """The Dagster instance of :func:`dagster_home`: every command that runs or reads runs opens it here.
 
     Raises:
         InstanceConfigError: its Postgres storage URL would fail on the first event write (the fix is in the message).
@@ -42,22 +96,63 @@ def open_instance() -> DagsterInstance:
 
     from etl_assets.instance import check_instance_home
 
+    dagster_home()
     check_instance_home()
-    return DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    return DagsterInstance.get()
 
 
-def partitions_in_range(pdef, pipeline: str, start: str | None, end: str | None) -> list[str | None] | None:
-    """The partition keys from ``start`` to ``end`` (inclusive; default: the first, and ``start``); None, with a
-    message, when there are none."""
+def source_pipelines(defs: Definitions) -> list[str]:
+    """The pipelines of ``defs`` that have a source (a raw asset), which replay and rebuild work on."""
+    from etl_assets.keys import RAW
+
+    return sorted({k.path[1] for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == RAW})
+
+
+def check_source_pipeline(defs: Definitions, name: str, command: str) -> None:
+    """Refuse ``name`` unless it is a source pipeline of ``defs``.
+
+    Raises:
+        CommandError: it is a transform (named as such, with the source pipelines), or no pipeline at all (with the
+            close matches).
+    """
+    from etl_assets.keys import PIPELINE_STAGES
+
+    sources = source_pipelines(defs)
+    if name in sources:
+        return
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    if name in {k.path[1] for k in keys if k.path[0] in PIPELINE_STAGES and len(k.path) > 1}:
+        raise CommandError(f"{name} is not a source pipeline; {command} one of: {', '.join(sources)}")
+    raise unknown_name("pipeline", name, sources, "source pipelines")
+
+
+def check_job(defs: Definitions, name: str, why: str = "") -> None:
+    """Refuse a job ``name`` that ``defs`` does not have (``why``: where the name came from).
+
+    Raises:
+        CommandError: with the close matches among the job names.
+    """
+    jobs = [j.name for j in defs.get_repository_def().get_all_jobs() if not j.name.startswith("__")]
+    if name not in jobs:
+        error = unknown_name("job", name, jobs)
+        raise CommandError(f"{error} ({why})" if why else str(error))
+
+
+def partitions_in_range(pdef, pipeline: str, start: str | None, end: str | None) -> list[str | None]:
+    """The partition keys from ``start`` to ``end`` (inclusive; default: the first, and ``start``).
+
+    Raises:
+        CommandError: there are none.
+    """
     if pdef is None:
         return [None]
     keys = pdef.get_partition_keys()
     start = start or keys[0]
     end = end or start
-    partitions = [k for k in keys if start <= k <= end]
+    partitions: list[str | None] = [k for k in keys if start <= k <= end]
     if not partitions:
-        print(f"no partitions of {pipeline} between {start} and {end}", file=sys.stderr)
-    return partitions or None
+        raise CommandError(f"no partitions of {pipeline} between {start} and {end}")
+    return partitions
 
 
 def _command(module: str, name: str = "command") -> Callable[[argparse.Namespace], int]:
@@ -104,72 +199,180 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_metrics(args: argparse.Namespace) -> int:
     from etl_assets.monitoring import prometheus
 
-    return prometheus.main(["--host", args.host, "--port", str(args.port)])
+    return prometheus.serve_until_stopped(open_instance(), args.host, args.port)
 
 
-def _add_scale(parser: argparse.ArgumentParser) -> None:
+def _version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+# the top-level help's text, kept within 80 columns like argparse's own
+DESCRIPTION = """\
+The demo upstreams with a one-command run of the reference pipelines, and the
+operator commands (replay, rebuild, reexecute, validate, check-deployment and
+metrics) for the pipelines of this code location."""
+EXAMPLES = """\
+examples:
+  etl-assets demo                            generate, serve, run every pipeline
+  etl-assets demo --orders 1000000 --days 7  the same at scale
+  etl-assets demo --orders 100 generate      only write the demo source data
+  etl-assets validate ./pipelines            also check the specs in ./pipelines
+  etl-assets replay orders --from 2024-01-01 --to 2024-01-07
+  etl-assets rebuild orders --from 2024-01-01 --to 2024-01-07
+  etl-assets reexecute RUN_ID                resume a failed run from failure
+  etl-assets metrics serve --port 9108       Prometheus metrics on 127.0.0.1
+
+Runs go to the Dagster instance at $DAGSTER_HOME, by default ./.dagster_home
+(the one `make dev` serves), so they show in the UI. demo, replay, rebuild and
+reexecute report each run (or step) as it finishes: a progress bar on a
+terminal, one line each otherwise.
+"""
+
+
+def _default(value: object, inherited: bool) -> object:
+    """An option's default; none for an option a subcommand repeats from its parent (``inherited``), so that the
+    parent's value (given before the subcommand, or the parent's default) stands unless the option is given again
+    after it: argparse would otherwise overwrite the parent's value with the subcommand's default."""
+    return argparse.SUPPRESS if inherited else value
+
+
+def _data_dir_option(parser: argparse.ArgumentParser, inherited: bool = False) -> None:
     parser.add_argument(
-        "--orders", type=int, default=5000, help="number of orders to generate (default 5000; 10000000 works)"
+        "--data-dir",
+        default=_default(None, inherited),
+        help="the data directory (default: $ETL_DATA_DIR, else ./data)",
     )
-    parser.add_argument("--days", type=int, default=7, help="days of orders, one partition each (default 7)")
+
+
+def _scale_options(parser: argparse.ArgumentParser, inherited: bool = False) -> None:
     parser.add_argument(
-        "--start", type=dt.date.fromisoformat, default=dt.date(2024, 1, 1), help="first day (default 2024-01-01)"
+        "--orders",
+        type=int,
+        default=_default(5000, inherited),
+        help="number of orders to generate (default 5000; 10000000 works)",
     )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--data-dir", help="default: $ETL_DATA_DIR or ./data")
+    parser.add_argument(
+        "--days", type=int, default=_default(7, inherited), help="days of orders, one partition each (default 7)"
+    )
+    parser.add_argument(
+        "--start",
+        type=dt.date.fromisoformat,
+        default=_default(dt.date(2024, 1, 1), inherited),
+        help="first day, YYYY-MM-DD (default 2024-01-01)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=_default(42, inherited), help="seed of the generated data (default 42)"
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="etl-assets", description=(__doc__ or "").split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="demo upstreams; without a subcommand: generate, serve and run everything")
-    _add_scale(demo)
+def _partition_range_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", help="a source pipeline, e.g. orders")
+    parser.add_argument("--from", dest="start", help="first partition key (default: the first partition)")
+    parser.add_argument("--to", dest="end", help="last partition key, inclusive (default: --from)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `etl-assets` argument parser, every subcommand included."""
+    parser = argparse.ArgumentParser(
+        prog="etl-assets",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
+
+    def command(
+        parent: Any, name: str, summary: str, run: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
+        parser = parent.add_parser(name, help=summary, description=summary)
+        parser.set_defaults(func=run)
+        return parser
+
+    demo = command(
+        sub, "demo", "demo upstreams; without a subcommand: generate, serve and run everything", _command("demo")
+    )
+    _scale_options(demo)
+    _data_dir_option(demo)
     demo.add_argument("--faults", help="inject API faults, e.g. rate=0.1,kinds=500+429+truncated")
-    demo.set_defaults(func=_command("demo"))
-    demo_sub = demo.add_subparsers(dest="demo_command")
-    gen = demo_sub.add_parser("generate", help="write the demo source data (API data, SQLite, landing files)")
-    _add_scale(gen)
-    gen.set_defaults(func=_command("demo", "generate"))
-    serve = demo_sub.add_parser("serve", help="serve the demo orders API until Ctrl-C")
-    serve.add_argument("--data-dir")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--faults", help="e.g. rate=0.1,kinds=500+429+slow+truncated,slow_seconds=2")
-    serve.set_defaults(func=_command("demo", "serve"))
-    replay = sub.add_parser("replay", help="re-validate quarantined rows of a partition range and load the valid ones")
-    replay.add_argument("pipeline", help="a source pipeline, e.g. orders")
-    replay.add_argument("--from", dest="start", help="first partition (default: the first)")
-    replay.add_argument("--to", dest="end", help="last partition (default: --from)")
-    replay.add_argument("--data-dir")
-    replay.set_defaults(func=_command("replay"))
-    rebuild = sub.add_parser("rebuild", help="rebuild partitions from the raw lake, with the marts built from them")
-    rebuild.add_argument("pipeline", help="a source pipeline, e.g. orders")
-    rebuild.add_argument("--from", dest="start", help="first partition (default: the first)")
-    rebuild.add_argument("--to", dest="end", help="last partition (default: --from)")
+    demo_sub = demo.add_subparsers(dest="demo_command", metavar="SUBCOMMAND", help="instead of the whole demo:")
+    gen = command(
+        demo_sub,
+        "generate",
+        "write the demo source data (API data, SQLite, landing files)",
+        _command("demo", "generate"),
+    )
+    _scale_options(gen, inherited=True)
+    _data_dir_option(gen, inherited=True)
+    serve = command(demo_sub, "serve", "serve the demo orders API until Ctrl-C", _command("demo", "serve"))
+    _data_dir_option(serve, inherited=True)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port to bind (default 8765)")
+    serve.add_argument(
+        "--faults",
+        default=_default(None, inherited=True),
+        help="inject API faults, e.g. rate=0.1,kinds=500+429+slow+truncated,slow_seconds=2",
+    )
+
+    replay = command(
+        sub, "replay", "re-validate quarantined rows of a partition range and load the valid ones", _command("replay")
+    )
+    _partition_range_options(replay)
+    _data_dir_option(replay)
+
+    rebuild = command(
+        sub, "rebuild", "rebuild partitions from the raw lake, with the marts built from them", _command("rebuild")
+    )
+    _partition_range_options(rebuild)
     rebuild.add_argument("--no-downstream", action="store_true", help="only the pipeline itself, not its marts")
-    rebuild.add_argument("--data-dir")
-    rebuild.set_defaults(func=_command("rebuild"))
-    reexecute = sub.add_parser("reexecute", help="re-execute a failed run from failure (steps that succeeded are kept)")
-    reexecute.add_argument("run_id")
-    reexecute.add_argument("--data-dir")
-    reexecute.set_defaults(func=_command("reexecute"))
-    validate = sub.add_parser("validate", help="check every pipeline spec (exit 1 naming each invalid one)")
+    _data_dir_option(rebuild)
+
+    reexecute = command(
+        sub,
+        "reexecute",
+        "re-execute a failed run from failure (steps that succeeded are kept)",
+        _command("reexecute"),
+    )
+    reexecute.add_argument("run_id", help="the failed run's id (the UI's Runs page, or `dagster run list`)")
+    _data_dir_option(reexecute)
+
+    validate = command(sub, "validate", "check every pipeline spec (exit 1 naming each invalid one)", _cmd_validate)
     validate.add_argument(
         "dir",
         nargs="?",
         help="a folder of specs to check with the packaged ones (default: $ETL_PIPELINES_DIR when set)",
     )
-    validate.set_defaults(func=_cmd_validate)
-    check = sub.add_parser(
+    command(
+        sub,
         "check-deployment",
-        help="check this host's deployment: Dagster instance, storage, step logs, lake, warehouse (exit 1 on a failure)",
+        "check this host's deployment: Dagster instance, storage, step logs, lake, warehouse (exit 1 on a failure)",
+        _command("check_deployment"),
     )
-    check.set_defaults(func=_command("check_deployment"))
-    metrics = sub.add_parser("metrics", help="Prometheus metrics of the Dagster instance")
-    metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True)
-    serve_metrics = metrics_sub.add_parser("serve", help="serve /metrics (binds 127.0.0.1:9108 by default)")
-    serve_metrics.add_argument("--host", default="127.0.0.1")
-    serve_metrics.add_argument("--port", type=int, default=9108)
-    serve_metrics.set_defaults(func=_cmd_metrics)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    metrics = sub.add_parser(
+        "metrics",
+        help="Prometheus metrics of the Dagster instance",
+        description="Prometheus metrics of the Dagster instance",
+    )
+    metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True, metavar="SUBCOMMAND", help="one of:")
+    serve_metrics = command(metrics_sub, "serve", "serve /metrics (binds 127.0.0.1:9108 by default)", _cmd_metrics)
+    serve_metrics.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve_metrics.add_argument("--port", type=int, default=9108, help="port to bind (default 9108)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `etl-assets` command ``argv`` (default: the process's arguments); returns the exit status.
+
+    A :class:`CommandError` or an unusable instance configuration is one line on standard error and exit status 2.
+    """
+    from etl_assets.instance import InstanceConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CommandError, InstanceConfigError) as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 2

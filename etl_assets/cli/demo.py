@@ -10,12 +10,13 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from etl_assets.cli import QUIET, data_dir, open_instance
+from etl_assets.cli import QUIET, check_job, data_dir, open_instance
+from etl_assets.cli.progress import Progress, target_rows
 from etl_assets_demo import DemoApiServer, FaultConfig, generate_shop_data, load_manifest
 from etl_assets_demo.api_server import run_server
 
@@ -28,32 +29,54 @@ DAILY_JOB = "shop_daily"
 
 @dataclass(frozen=True)
 class RunSummary:
+    """One finished run of the demo; ``rows``: what it wrote to the targets (None when no count is known)."""
+
     job: str
     partition: str | None
     run_id: str
     success: bool
     seconds: float
+    rows: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.job} {self.partition}" if self.partition else self.job
 
 
 def run_reference(
-    defs: Definitions, instance: DagsterInstance, partitions: Sequence[str], quiet: bool = True
+    defs: Definitions,
+    instance: DagsterInstance,
+    partitions: Sequence[str],
+    quiet: bool = True,
+    on_run: Callable[[RunSummary], object] | None = None,
 ) -> list[RunSummary]:
     """Materialize the shop domain: the unpartitioned datasets once, then each daily partition in turn.
+
+    Args:
+        on_run: Called with each run's summary as soon as the run ends.
 
     Returns:
         One summary per run; the first failure stops the sequence.
     """
     summaries = []
-    plan: list[tuple[str, str | None]] = [(FULL_REFRESH_JOB, None), *((DAILY_JOB, p) for p in partitions)]
-    for job_name, partition in plan:
+    for job_name, partition in reference_plan(partitions):
         started = time.perf_counter()
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET if quiet else None
         )
-        summaries.append(RunSummary(job_name, partition, result.run_id, result.success, time.perf_counter() - started))
+        rows = target_rows(e.materialization for e in result.get_asset_materialization_events())
+        summary = RunSummary(job_name, partition, result.run_id, result.success, time.perf_counter() - started, rows)
+        summaries.append(summary)
+        if on_run is not None:
+            on_run(summary)
         if not result.success:
             break
     return summaries
+
+
+def reference_plan(partitions: Sequence[str]) -> list[tuple[str, str | None]]:
+    """The demo's runs in order: ``(job, partition)``, the full refresh first."""
+    return [(FULL_REFRESH_JOB, None), *((DAILY_JOB, p) for p in partitions)]
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -80,6 +103,7 @@ def command(args: argparse.Namespace) -> int:
     """`etl-assets demo`: generate, serve the API on a free loopback port, run every reference pipeline, print a
     summary."""
     from etl_assets.definitions import build_definitions
+    from etl_assets.pipelines.spec import PACKAGED_PIPELINES_ENV
 
     folder = data_dir(args.data_dir)
     manifest = generate_shop_data(folder, orders=args.orders, days=args.days, start=args.start, seed=args.seed)
@@ -92,12 +116,18 @@ def command(args: argparse.Namespace) -> int:
         os.environ["SHOP_API_URL"] = server.url
         print(f"demo API serving on {server.url}")
         defs = build_definitions()
-        with open_instance() as instance:
-            runs = run_reference(defs, instance, manifest.partition_keys)
+        for job in (FULL_REFRESH_JOB, DAILY_JOB):
+            check_job(
+                defs, job, f"the demo runs the packaged shop domain, which {PACKAGED_PIPELINES_ENV}=off leaves out"
+            )
+        plan = reference_plan(manifest.partition_keys)
+        with open_instance() as instance, Progress(len(plan), "demo") as progress:
+
+            def report(run: RunSummary) -> None:
+                progress.finished(run.label, run.success, run.rows, run.seconds, run_id=run.run_id)
+
+            runs = run_reference(defs, instance, manifest.partition_keys, on_run=report)
     failed = [r for r in runs if not r.success]
-    for run in runs:
-        label = f"{run.job}[{run.partition}]" if run.partition else run.job
-        print(f"  run {label:<28} {'ok' if run.success else 'FAILED'}  {run.seconds:6.1f}s  {run.run_id}")
     if failed:
         print(f"demo failed: run {failed[0].run_id} of {failed[0].job}; see its logs with `make dev`", file=sys.stderr)
         return 1

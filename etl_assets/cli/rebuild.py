@@ -10,21 +10,22 @@ repeated.
 from __future__ import annotations
 
 import argparse
-import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
-from etl_assets.cli import QUIET, data_dir, open_instance, partitions_in_range
+from etl_assets.cli import QUIET, CommandError, check_source_pipeline, data_dir, open_instance, partitions_in_range
+from etl_assets.cli.progress import Progress, row_count, target_rows
 from etl_assets.definitions import build_definitions
-from etl_assets.keys import CLEAN, QUARANTINE, RAW, TARGET_PREFIXES, UNPARTITIONED, clean_key, quarantine_key, raw_key
+from etl_assets.keys import CLEAN, QUARANTINE, TARGET_PREFIXES, UNPARTITIONED, clean_key, quarantine_key, raw_key
 from etl_assets.lake import LakeStorage
 
 REBUILD_JOB = "__etl_rebuild"
 
 
-class RebuildError(ValueError):
+class RebuildError(CommandError):
     """A rebuild cannot start; the message says why and what to do."""
 
 
@@ -46,13 +47,11 @@ def plan_rebuild(defs: Definitions, pipeline: str, downstream: bool = True) -> R
     """The assets a rebuild of ``pipeline`` materializes.
 
     Raises:
-        RebuildError: ``pipeline`` is not a source pipeline of this code location.
+        CommandError: ``pipeline`` is not a source pipeline of this code location.
     """
+    check_source_pipeline(defs, pipeline, "rebuild")
     graph = defs.resolve_asset_graph()
-    raw, clean, quarantine = raw_key(pipeline), clean_key(pipeline), quarantine_key(pipeline)
-    if not graph.has(raw):
-        sources = sorted(k.path[1] for k in graph.get_all_asset_keys() if k.path[0] == RAW)
-        raise RebuildError(f"{pipeline} is not a source pipeline; rebuild one of: {', '.join(sources)}")
+    clean, quarantine = clean_key(pipeline), quarantine_key(pipeline)
     own = AssetSelection.assets(
         *[
             k
@@ -85,7 +84,8 @@ def rebuild(
         ``(partition, result)`` for each run, in order; a failed run does not stop the others.
 
     Raises:
-        RebuildError: the pipeline is unknown, or a partition has no raw input (named, with the fix).
+        CommandError: the pipeline is not a source pipeline.
+        RebuildError: a partition has no raw input (named, with the fix).
     """
     plan = plan_rebuild(defs, pipeline, downstream)
     missing = missing_raw_partitions(LakeStorage(), pipeline, partitions)
@@ -121,39 +121,33 @@ def rebuild(
 
 
 def command(args: argparse.Namespace) -> int:
-    """Rebuild ``args.pipeline`` from ``--from`` to ``--to``, with its marts unless ``--no-downstream``; exit 1 when
-    a run failed, 2 when the rebuild cannot start."""
+    """Rebuild ``args.pipeline`` from ``--from`` to ``--to``, with its marts unless ``--no-downstream``, reporting each
+    partition as it is rebuilt; exit 1 when a run failed (a :class:`CommandError` when the rebuild cannot start)."""
     data_dir(args.data_dir)
     defs = build_definitions()
-    try:
-        plan = plan_rebuild(defs, args.pipeline, downstream=not args.no_downstream)
-    except RebuildError as exc:
-        print(f"rebuild: {exc}", file=sys.stderr)
-        return 2
+    plan = plan_rebuild(defs, args.pipeline, downstream=not args.no_downstream)
     pdef = defs.resolve_asset_graph().get(clean_key(args.pipeline)).partitions_def
     partitions = partitions_in_range(pdef, args.pipeline, args.start, args.end)
-    if partitions is None:
-        return 2
     print(f"rebuilding {', '.join(k.to_user_string() for k in plan.keys)}")
     if plan.skipped:
         print(
             f"  not rebuilt (other partitioning; rebuild them on their own): "
             f"{', '.join(k.to_user_string() for k in plan.skipped)}"
         )
-    instance = open_instance()
-    failed = 0
-    try:
-        for partition, result in rebuild(defs, instance, args.pipeline, partitions, downstream=not args.no_downstream):
-            rows = {
-                e.materialization.asset_key.to_user_string(): e.materialization.metadata.get("dagster/row_count")
-                for e in result.get_asset_materialization_events()
-            }
-            loaded = ", ".join(f"{k} {getattr(v, 'value', v)}" for k, v in sorted(rows.items()) if v is not None)
-            print(
-                f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: {loaded}  (run {result.run_id})"
+    with open_instance() as instance, Progress(len(partitions), f"rebuild {args.pipeline}") as progress:
+        runs = rebuild(defs, instance, args.pipeline, partitions, downstream=not args.no_downstream)
+        started = time.perf_counter()
+        for partition, result in runs:
+            materializations = [e.materialization for e in result.get_asset_materialization_events()]
+            rows = {m.asset_key.to_user_string(): row_count(m) for m in materializations}
+            loaded = ", ".join(f"{k} {v}" for k, v in sorted(rows.items()) if v is not None)
+            progress.finished(
+                f"{args.pipeline} {partition}" if partition else args.pipeline,
+                result.success,
+                target_rows(materializations),
+                time.perf_counter() - started,
+                run_id=result.run_id,
+                note=loaded,
             )
-            failed += not result.success
-    except RebuildError as exc:
-        print(f"rebuild: {exc}", file=sys.stderr)
-        return 2
-    return 1 if failed else 0
+            started = time.perf_counter()
+    return 0 if progress.ok == progress.total else 1

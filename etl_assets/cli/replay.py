@@ -4,36 +4,41 @@ one run of the pipeline's ``<pipeline>_revalidate`` job per partition."""
 from __future__ import annotations
 
 import argparse
+import time
 
-from etl_assets.cli import QUIET, data_dir, open_instance, partitions_in_range
+from etl_assets.cli import QUIET, check_source_pipeline, data_dir, open_instance, partitions_in_range
+from etl_assets.cli.progress import Progress, target_rows
 from etl_assets.definitions import build_definitions
 from etl_assets.keys import clean_key
 
 
 def command(args: argparse.Namespace) -> int:
-    """Replay ``args.pipeline`` from ``--from`` to ``--to``; exit 1 when a run failed, 2 when there is nothing to
-    replay."""
+    """Replay ``args.pipeline`` from ``--from`` to ``--to``, reporting each partition as it is replayed; exit 1 when a
+    run failed (a :class:`~etl_assets.cli.CommandError` when there is nothing to replay)."""
     data_dir(args.data_dir)
     defs = build_definitions()
+    check_source_pipeline(defs, args.pipeline, "replay")
     job = defs.resolve_job_def(f"{args.pipeline}_revalidate")
     partitions = partitions_in_range(job.partitions_def, args.pipeline, args.start, args.end)
-    if partitions is None:
-        return 2
-    instance = open_instance()
-    failed = 0
-    for partition in partitions:
-        result = job.execute_in_process(
-            instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET
-        )
-        meta = {}
-        for event in result.get_asset_materialization_events():
-            if event.asset_key == clean_key(args.pipeline):
-                meta = event.materialization.metadata
-        valid = meta["rows_valid"].value if "rows_valid" in meta else "?"
-        bad = meta["rows_quarantined"].value if "rows_quarantined" in meta else "?"
-        print(
-            f"  {args.pipeline}[{partition or 'all'}] {'ok' if result.success else 'FAILED'}: "
-            f"{valid} valid, {bad} still quarantined  (run {result.run_id})"
-        )
-        failed += not result.success
-    return 1 if failed else 0
+    with open_instance() as instance, Progress(len(partitions), f"replay {args.pipeline}") as progress:
+        for partition in partitions:
+            started = time.perf_counter()
+            result = job.execute_in_process(
+                instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET
+            )
+            materializations = [e.materialization for e in result.get_asset_materialization_events()]
+            meta = {}
+            for materialization in materializations:
+                if materialization.asset_key == clean_key(args.pipeline):
+                    meta = materialization.metadata
+            valid = meta["rows_valid"].value if "rows_valid" in meta else "?"
+            bad = meta["rows_quarantined"].value if "rows_quarantined" in meta else "?"
+            progress.finished(
+                f"{args.pipeline} {partition}" if partition else args.pipeline,
+                result.success,
+                target_rows(materializations),
+                time.perf_counter() - started,
+                run_id=result.run_id,
+                note=f"{valid} valid, {bad} still quarantined",
+            )
+    return 0 if progress.ok == progress.total else 1

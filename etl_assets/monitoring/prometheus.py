@@ -208,7 +208,9 @@ def serve(instance: DagsterInstance, host: str = "127.0.0.1", port: int = 9108):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``etl-assets metrics serve``: serve the platform's Prometheus metrics until interrupted.
+    """Serve the platform's Prometheus metrics of the instance at ``$DAGSTER_HOME`` until interrupted (``python -m
+    etl_assets.monitoring.prometheus``; ``etl-assets metrics serve`` opens the CLI's instance and calls
+    :func:`serve_until_stopped`).
 
     Args:
         argv: Command-line arguments after the subcommand: ``[--host 127.0.0.1] [--port 9108]``.
@@ -228,8 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - report a missing or broken DAGSTER_HOME in one line
         print(f"etl-assets metrics: cannot open the Dagster instance ({exc}); set DAGSTER_HOME", file=sys.stderr)
         return 2
-    server, thread = serve(instance, args.host, args.port)
-    print(f"serving Prometheus metrics on http://{args.host}:{server.server_port}/metrics", flush=True)
+    return serve_until_stopped(instance, args.host, args.port)
+
+
+def serve_until_stopped(instance: DagsterInstance, host: str = "127.0.0.1", port: int = 9108) -> int:
+    """Serve ``/metrics`` for ``instance`` until SIGINT or SIGTERM, then dispose of the instance; returns 0."""
+    server, thread = serve(instance, host, port)
+    print(f"serving Prometheus metrics on http://{host}:{server.server_port}/metrics", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
