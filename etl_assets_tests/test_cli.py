@@ -16,6 +16,8 @@ import duckdb
 import pytest
 from dagster import AssetKey, AssetMaterialization, DagsterInstance, DagsterRunStatus, RunsFilter, job, op
 
+from etl_assets.resources.files import LandingFilesSource
+
 pytestmark = [pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,6 +143,12 @@ def test_demo_command_reports_each_run_as_it_ends(cli_env, data_dir, tmp_path):
     assert "shop.orders" in out
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.orders") == 600
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.daily_revenue") > 0
+    # the files the demo loaded are archived, as the archive sensor does: a later `make dev` finds none waiting
+    landing = LandingFilesSource(root=str(data_dir / "landing"))
+    for dataset, expected in (("products", 1), ("fx_rates", 1), ("inventory", days)):
+        waiting = [p.name for p in (data_dir / "landing" / dataset).iterdir() if p.is_file()]
+        assert waiting == [], f"{dataset}: {waiting} still in landing after the demo"
+        assert len([p for p in landing.archive_dir(dataset).iterdir() if p.is_file()]) == expected, dataset
 
     progress = [(at, m) for at, line in arrivals if (m := PROGRESS.match(line))]
     assert [(m["done"], m["total"], m["status"]) for _, m in progress] == [

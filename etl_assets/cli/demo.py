@@ -10,10 +10,10 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from etl_assets.cli import QUIET, check_job, data_dir, open_instance
 from etl_assets.cli.progress import Progress, target_rows
@@ -21,7 +21,7 @@ from etl_assets_demo import DemoApiServer, FaultConfig, generate_shop_data, load
 from etl_assets_demo.api_server import run_server
 
 if TYPE_CHECKING:
-    from dagster import DagsterInstance, Definitions
+    from dagster import AssetMaterialization, DagsterInstance, Definitions
 
 FULL_REFRESH_JOB = "shop_full_refresh"
 DAILY_JOB = "shop_daily"
@@ -64,7 +64,10 @@ def run_reference(
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET if quiet else None
         )
-        rows = target_rows(e.materialization for e in result.get_asset_materialization_events())
+        materializations = [e.materialization for e in result.get_asset_materialization_events()]
+        rows = target_rows(materializations)
+        if result.success:
+            archive_loaded_files(defs, materializations)
         summary = RunSummary(job_name, partition, result.run_id, result.success, time.perf_counter() - started, rows)
         summaries.append(summary)
         if on_run is not None:
@@ -72,6 +75,33 @@ def run_reference(
         if not result.success:
             break
     return summaries
+
+
+def archive_loaded_files(defs: Definitions, materializations: Iterable[AssetMaterialization]) -> list[str]:
+    """Move the landing files a successful run loaded to the archive, as ``landing_archive_sensor`` does for the
+    runs the file sensors launch: the demo's runs are launched here, so without this the file sensors of a later
+    ``make dev`` would find the same files waiting and load them again.
+
+    Returns:
+        The files archived, as ``<dataset>/<name>``.
+    """
+    from etl_assets.keys import RAW
+    from etl_assets.resources.files import LandingFilesSource
+
+    landing = (defs.resources or {}).get("landing")
+    if not isinstance(landing, LandingFilesSource):
+        return []
+    moved = []
+    for m in materializations:
+        position = m.metadata.get("source_position")
+        # a files source's raw partition names the landing files it read (an API or SQL source has no "files")
+        if m.asset_key.path[0] != RAW or "files" not in m.metadata or position is None:
+            continue
+        dataset = m.asset_key.path[-1]
+        for name in cast(list, position.value):
+            if landing.archive(dataset, name) is not None:
+                moved.append(f"{dataset}/{name}")
+    return moved
 
 
 def reference_plan(partitions: Sequence[str]) -> list[tuple[str, str | None]]:
