@@ -19,8 +19,8 @@ from etl_assets.resources.files import LandingFile, LandingFilesSource
 from etl_assets_tests.specs import definitions_for, files_source, load_spec, pipeline
 
 
-def lf(name: str, size: int = 10, mtime: int = 1) -> LandingFile:
-    return LandingFile(name, Path(name), size, mtime)
+def lf(name: str, size: int = 10, mtime: int = 1, etag: str = "") -> LandingFile:
+    return LandingFile(name, Path(name), size, mtime, etag)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,10 @@ def lf(name: str, size: int = 10, mtime: int = 1) -> LandingFile:
         ({"requested": {"a": [10, 1]}}, [lf("a")], [], [], ["a"]),  # already requested: no work
         ({"requested": {"a": [10, 1]}}, [lf("a", 11, 2)], [], ["a"], []),  # re-delivered: observe again
         ({"requested": {"gone": [1, 1]}}, [], [], [], []),  # archived files drop out of the cursor
+        # an object re-delivered with the same size in the same second (S3 times have whole seconds): its ETag
+        ({"requested": {"a": [10, 1, "e1"]}}, [lf("a", etag="e2")], [], ["a"], []),
+        ({"requested": {"a": [10, 1, "e1"]}}, [lf("a", etag="e1")], [], [], ["a"]),
+        ({"observed": {"a": [10, 1, "e1"]}}, [lf("a", etag="e1")], ["a"], [], ["a"]),
     ],
 )
 def test_decide_arrivals(cursor, files, ready, observed, requested):

@@ -59,14 +59,15 @@ def decide_arrivals(files: list[LandingFile], cursor: dict, max_ready: int) -> A
 
     Args:
         files: The files present now (complete-looking names only).
-        cursor: ``{"observed": {name: [size, mtime_ns]}, "requested": {name: [size, mtime_ns]}}`` of the last tick.
+        cursor: ``{"observed": {name: version}, "requested": {name: version}}`` of the last tick, a version being
+            ``[size, mtime_ns]``, and the ETag after them for an object.
         max_ready: At most this many files become ready in one tick; the rest wait for the next.
     """
     observed_before = cursor.get("observed", {})
     requested_before = cursor.get("requested", {})
     ready, observed, requested = [], {}, {}
     for f in files:
-        version = [f.size, f.mtime_ns]
+        version = [f.size, f.mtime_ns, f.etag] if f.etag else [f.size, f.mtime_ns]
         if requested_before.get(f.name) == version:
             requested[f.name] = version
         elif observed_before.get(f.name) == version and len(ready) < max_ready:

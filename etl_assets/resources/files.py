@@ -57,6 +57,9 @@ class LandingFile:
     path: Path | ObjectInfo  # an object (its version as listed) on an object-store landing zone
     size: int
     mtime_ns: int
+    # An object's ETag: its modification time has whole seconds only, so a re-delivery of the same size within the
+    # second is told apart by its content tag (a local file's mtime has nanoseconds; empty there)
+    etag: str = ""
 
 
 class FilesSource(SpecModel):
@@ -226,7 +229,7 @@ class LandingFilesSource(ConfigurableResource):
         files = []
         for path in self._listed(dataset, spec, limit=limit):
             if isinstance(path, ObjectInfo):
-                files.append(LandingFile(path.name, path, path.size, mtime_ns(path)))
+                files.append(LandingFile(path.name, path, path.size, mtime_ns(path), path.etag))
                 continue
             st = path.stat()
             files.append(LandingFile(path.name, path, st.st_size, st.st_mtime_ns))
