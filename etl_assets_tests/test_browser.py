@@ -2,8 +2,9 @@
 ``dagster-webserver`` on 127.0.0.1. It opens the lineage graph and the catalog, launches the full refresh with
 "Materialize all" on the job's page, follows the run to Success, reads the row count on an asset's page, the spec's
 description and SQL column types on the clean dataset's page and, for a product the contract quarantined, the
-failed WARN check on its checks tab. Judged by effect: the row count shown against the generated data, the rows in
-the warehouse file and its quarantine, and the check as the instance recorded it.
+failed WARN check on its checks tab; it materializes the health asset from its page and opens its chart. Judged by
+effect: the row count shown against the generated data, the rows in the warehouse file and its quarantine, the check
+as the instance recorded it, and the chart's rendered width.
 
 Screenshots of every step go to ``test-artifacts/browser/`` (``failure.png`` when a step fails).
 Without Chromium or Playwright the test is skipped, unless ``ETL_REQUIRE_BROWSER=1`` (CI), which fails it.
@@ -227,6 +228,25 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         # the list of checks says range Failed (a warning sign: failed as a WARN)
         assert re.search(r"\brange\s+Failed\b", page.inner_text("body")), "the checks list does not show range Failed"
         shot(page, "08_checks_clean_products")
+
+        # 7. The health asset, materialized from its page: the chart itself is shown, not a file path.
+        page.goto(f"{base}/assets/ops/pipeline_health")
+        materialize = page.get_by_role("button", name=re.compile(r"Materialize$"))
+        materialize.first.wait_for()
+        page.wait_for_load_state("networkidle")
+        with page.expect_response(is_launch, timeout=UI_TIMEOUT_MS) as launched:
+            materialize.first.click()
+        health = launched.value.json()["data"]["launchPipelineExecution"]
+        assert health["__typename"] == "LaunchRunSuccess", f"launch from the UI failed: {health}"
+        page.goto(f"{base}/runs/{health['run']['id']}")
+        wait_for_run_status(page, webserver, health["run"]["id"])
+        page.goto(f"{base}/assets/ops/pipeline_health?view=events")
+        chart_row = page.get_by_role("row").filter(has_text=re.compile(r"^\s*chart\b"))
+        chart_row.get_by_text("[Show Markdown]").first.click()
+        chart = page.locator('img[src^="data:image/png;base64,"]')
+        chart.first.wait_for()
+        width = chart.first.evaluate("img => img.naturalWidth")
+        shot(page, "09_health_chart")
     except BaseException:
         if not page.is_closed():
             shot(page, "failure")
@@ -244,6 +264,7 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         assert con.execute("SELECT count(*) FROM shop.customers").fetchall()[0][0] == shop_data.customers
         assert con.execute("SELECT count(*) FROM shop.products").fetchall()[0][0] == shop_data.products
         assert con.execute("SELECT product_id FROM quarantine.products").fetchall() == [(str(BAD_PRODUCT),)]
+    assert width > 300, f"the health chart shown is {width} px wide: not the rendered PNG"
     # what the checks tab showed is what the instance recorded: the range check failed, as a WARN
     check = webserver.graphql(CHECK_QUERY, {"path": ["clean", "products"], "name": "range"})
     execution = check["assetNodeOrError"]["assetCheckOrError"]["executionForLatestMaterialization"]
