@@ -34,9 +34,10 @@ test-fast: $(STAMP)
 # dg runs the project in .venv; saying so keeps it from warning that no virtual environment is active
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 
-## Serve the code location in the Dagster UI on http://127.0.0.1:3000 (daemon included).
+## Serve the code location in the Dagster UI on http://127.0.0.1:3000 (daemon included); stopping it stops them all.
+DEV_PORT ?= 3000
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(DG) dev --host 127.0.0.1 --port 3000
+	$(BIN)/etl-assets dev --host 127.0.0.1 --port $(DEV_PORT)
 
 ## Check every pipeline spec and component, and load the code location as Dagster does (fails on an invalid one).
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

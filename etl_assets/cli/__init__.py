@@ -351,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
         "check this host's deployment: Dagster instance, storage, step logs, lake, warehouse (exit 1 on a failure)",
         _command("check_deployment"),
     )
+    dev = command(
+        sub,
+        "dev",
+        "the Dagster UI, daemon and code server (what `make dev` runs); any stop signal stops all of them",
+        _command("dev"),
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="address the webserver binds (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=3000, help="port the webserver binds (default 3000)")
     metrics = sub.add_parser(
         "metrics",
         help="Prometheus metrics of the Dagster instance",
