@@ -18,7 +18,8 @@ from dagster import (
 )
 
 from etl_assets.monitoring.freshness import FRESHNESS_CHECK_NAME, FRESHNESS_SENSOR, data_time_of, evaluate_freshness
-from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
+from etl_assets.monitoring.health import compute_health, pipeline_infos
+from etl_assets_tests.specs import column, definitions_for, files_source, load_spec, pipeline
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 DAILY_LAG = 26 * 60  # a daily load at 00:30 with two hours' grace, as the shop's orders
@@ -149,3 +150,20 @@ def test_building_the_definitions_raises_no_supersession_warning(tmp_path, data_
         defs.resolve_sensor_def(FRESHNESS_SENSOR)
     superseded = [str(w.message) for w in caught if issubclass(w.category, SupersessionWarning)]
     assert superseded == []
+
+
+def test_pipeline_health_measures_the_same_data_lag_as_the_check(tmp_path, data_dir, instance):
+    defs = definitions_for(tmp_path / "specs", DAILY)
+    _land(data_dir, "2024-03-01")
+    assert (
+        defs.resolve_job_def("events_pipeline")
+        .execute_in_process(instance=instance, partition_key="2024-03-01", run_config=QUIET)
+        .success
+    )
+    infos = pipeline_infos([load_spec(tmp_path / "specs", DAILY)])
+    (row,) = compute_health(instance, infos, timedelta(hours=24), {})
+    # loaded seconds ago, but its data ends on 2024-03-02: the health table calls it stale, as the check does
+    assert row.last_success_at is not None and datetime.now(UTC) - row.last_success_at < timedelta(minutes=10)
+    lag = (datetime.now(UTC) - datetime(2024, 3, 2, tzinfo=UTC)).total_seconds() / 60
+    assert row.freshness_lag_minutes == pytest.approx(lag, abs=10)
+    assert row.stale
