@@ -119,3 +119,14 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     return s3_server.new_bucket()
+
+
+@pytest.fixture
+def defs_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """A throw-away defs package on sys.path: (module name, folder)."""
+    name = f"sandbox_defs_{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "src" / name
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    return name, folder

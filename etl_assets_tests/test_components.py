@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
@@ -41,17 +40,6 @@ attributes:
     - {name: click_id, type: BIGINT, nullable: false}
     - {name: page, type: NOT_A_TYPE}
 """
-
-
-@pytest.fixture
-def defs_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A throw-away defs package on sys.path: returns (module name, folder)."""
-    name = f"sandbox_defs_{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "src" / name
-    folder.mkdir(parents=True)
-    (folder / "__init__.py").write_text("")
-    monkeypatch.syspath_prepend(str(tmp_path / "src"))
-    return name, folder
 
 
 def test_the_packaged_shop_domain_is_a_defs_folder_of_pipeline_components():

@@ -5,7 +5,6 @@ a Pipeline document of a defs.yaml."""
 from __future__ import annotations
 
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
@@ -291,17 +290,6 @@ CATALOG = [
         "give a value of the expected type",
     ),
 ]
-
-
-@pytest.fixture
-def defs_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
-    """A throw-away defs package on sys.path: (module name, folder)."""
-    name = f"sandbox_defs_{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "src" / name
-    folder.mkdir(parents=True)
-    (folder / "__init__.py").write_text("")
-    monkeypatch.syspath_prepend(str(tmp_path / "src"))
-    return name, folder
 
 
 def error_of(form: str, text: str, tmp_path: Path, defs_package: tuple[str, Path]) -> tuple[str, str, int]:
