@@ -115,15 +115,22 @@ def test_a_range_run_records_each_partition_result(tmp_path, data_dir, instance,
 
 
 def test_a_blocked_quality_gate_says_score_and_threshold(tmp_path, data_dir, instance, landing):
-    (landing / "payments_2024-01-02.csv").write_text("payment_id,currency,amount,note\n3,GBP,1.00,\n4,X,2,\n5,Y,3,\n")
     job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def("payments_pipeline")
+    assert job.execute_in_process(instance=instance, partition_key=DAYS[1]).success  # 3 valid, 4 quarantined
+    (landing / "payments_2024-01-02.csv").write_text("payment_id,currency,amount,note\n3,GBP,1.00,\n4,X,2,\n5,Y,3,\n")
     result = job.execute_in_process(instance=instance, partition_key=DAYS[1], raise_on_error=False)
     assert not result.success
     gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "quality_score")
     assert not gate.passed and gate.severity == AssetCheckSeverity.ERROR
     assert gate.description == (
         "quality score 33.33% (1 of 3 rows valid) is below the threshold 50%: the load is held; "
-        "the 2 quarantined row(s) are in quarantine/payments"
+        "the 2 quarantined row(s) are in quarantine/payments and the warehouse's quarantine.payments"
     )
     quarantined = data_dir / "lake" / "quarantine" / "payments" / f"{DAYS[1]}.parquet"
     assert duckdb.execute(f"SELECT count(*) FROM read_parquet('{quarantined}')").fetchone() == (2,)
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        # the held load left the dataset's partition as it was; the rows that held it replaced its quarantine
+        assert con.execute("SELECT payment_id FROM billing.payments ORDER BY 1").fetchall() == [(3,)]
+        assert con.execute(
+            "SELECT payment_id, currency, _etl_run_id FROM quarantine.payments ORDER BY 1"
+        ).fetchall() == [("4", "X", result.run_id), ("5", "Y", result.run_id)]

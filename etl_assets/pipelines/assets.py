@@ -41,7 +41,13 @@ from etl_assets.pipelines.checks import (
 from etl_assets.pipelines.policy import automation_for, backfill_policy_for, retry_policy_for, source_pool
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 from etl_assets.pipelines.steps.extract import extract
-from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA, LoadContract, PartitionLoad, load_partition
+from etl_assets.pipelines.steps.load import (
+    QUARANTINE_SCHEMA,
+    LoadContract,
+    PartitionLoad,
+    load_held_quarantine,
+    load_partition,
+)
 from etl_assets.pipelines.steps.transform import transform
 from etl_assets.pipelines.steps.validate import check_outputs, validate_batch
 from etl_assets.resources.targets import WAREHOUSE_POOL
@@ -195,7 +201,7 @@ def validate_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | No
             ),
         },
         check_specs=validation_check_specs(spec, pdef),
-        required_resource_keys={"lake"},
+        required_resource_keys={"lake", TARGET_RESOURCE["duckdb"]} if "duckdb" in spec.targets else {"lake"},
         retry_policy=retry_policy_for(spec),
         backfill_policy=backfill_policy_for(spec),
     )
@@ -286,6 +292,15 @@ def validate_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | No
                     if spec.row_count is not None
                     else None
                 )
+                if "duckdb" in spec.targets and batch.quality_score < spec.quality.threshold:
+                    # the gate holds the load, not the quarantine: its rows still reach quarantine.<name>
+                    load_held_quarantine(
+                        spec,
+                        getattr(context.resources, TARGET_RESOURCE["duckdb"]),
+                        lake.table(qk.path, stored),
+                        partition,
+                        context.run.run_id,
+                    )
                 yield from validation_check_results(spec, batch, outputs, row_count)
             finally:
                 con.close()

@@ -19,7 +19,7 @@ from dagster import (
 from etl_assets.keys import UNPARTITIONED, clean_key, quarantine_key
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import PipelineSpec
-from etl_assets.pipelines.steps.load import PartitionLoad
+from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA, PartitionLoad
 from etl_assets.pipelines.steps.validate import (
     FamilyOutcome,
     OutputsChecked,
@@ -212,6 +212,7 @@ def validation_check_results(
                     if gate_passed
                     else f"is below the threshold {threshold:.0%}: the load is held; the {batch.rows_quarantined} "
                     f"quarantined row(s) are in {quarantine_key(spec.name).to_user_string()}"
+                    + (f" and the warehouse's {QUARANTINE_SCHEMA}.{spec.name}" if "duckdb" in spec.targets else "")
                 )
             ),
             metadata={

@@ -180,3 +180,17 @@ def load_partition(
         violations=checked,
         check_seconds=check_seconds[0],
     )
+
+
+def load_held_quarantine(
+    spec: PipelineSpec, warehouse: DuckDBWarehouse, quarantined: LakeTable, partition: str, run_id: str
+) -> int:
+    """Replace ``partition`` of ``quarantine.<name>`` alone, for a run whose quality gate held the load: the dataset
+    keeps its previous rows, while the rows that held it are where a user looks for them (the next load that passes
+    the gate replaces both together again).
+
+    Returns:
+        The partition's rows in ``quarantine.<name>`` after the load.
+    """
+    (result,) = warehouse.replace_partitions([(QUARANTINE_SCHEMA, spec.name, quarantined)], partition, run_id)
+    return result.rows
