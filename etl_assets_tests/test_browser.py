@@ -160,13 +160,17 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         # collapses each group to one box once there is more than one group, so the group's own page it is.)
         page.goto(f"{base}/locations/{LOCATION}/asset-groups/{GROUP}/lineage")
         dismiss_first_visit_dialog(page, webserver)
-        page.get_by_text("daily_revenue").first.wait_for()
-        page.get_by_text("orders_enriched").first.wait_for()
+        page.get_by_text("marts_daily_revenue").first.wait_for()
+        page.get_by_text("marts_orders_enriched").first.wait_for()
         page.wait_for_load_state("networkidle")
+        # each stage of a pipeline is a box of its own name (they all read "orders" when the stage led the key)
+        for stage in ("raw", "clean", "quarantine", "warehouse"):
+            page.get_by_text(f"{stage}_orders", exact=True).first.wait_for()
+        shown = set(re.findall(r"\b(?:raw|clean|quarantine|warehouse|marts)_\w+", page.inner_text("body")))
         shot(page, "01_lineage_graph")
 
         page.goto(f"{base}/assets")
-        page.get_by_text("warehouse / customers").first.wait_for()
+        page.get_by_text("shop / warehouse_customers").first.wait_for()
         wait_until_gone(page, page.get_by_text("Loading...", exact=True), "the catalog's asset statuses")
         shot(page, "02_catalog")
 
@@ -208,23 +212,23 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         shot(page, "05_run_success")
 
         # 4. The asset's page shows the row count the load recorded.
-        page.goto(f"{base}/assets/warehouse/customers")
+        page.goto(f"{base}/assets/shop/warehouse_customers")
         rows = shown_row_count(page)
         page.get_by_text("shop.customers").first.wait_for()
         shot(page, "06_asset_warehouse_customers")
 
         # 5. The clean dataset's page: the spec's description and the contract's columns with their SQL types.
-        page.goto(f"{base}/assets/clean/products")
+        page.goto(f"{base}/assets/shop/clean_products")
         page.get_by_text("Product catalogue, a CSV file dropped into the landing zone.").first.wait_for()
         page.get_by_text("DECIMAL(12,2)").first.wait_for()
         page.get_by_text("list_price").first.wait_for()
         shot(page, "07_asset_clean_products")
 
         # 6. Its checks: the quarantined product shows as a failed WARN check naming the column and the rule.
-        page.goto(f"{base}/assets/clean/products?view=checks")
+        page.goto(f"{base}/assets/shop/clean_products?view=checks")
         page.get_by_text("range", exact=True).first.click()
         page.get_by_text("range on list_price >= 0 (ERROR: rows quarantined)").first.wait_for()
-        page.get_by_text("1 row(s) quarantined to quarantine/products").first.wait_for()
+        page.get_by_text("1 row(s) quarantined to shop/quarantine_products").first.wait_for()
         # the list of checks says range Failed (a warning sign: failed as a WARN)
         assert re.search(r"\brange\s+Failed\b", page.inner_text("body")), "the checks list does not show range Failed"
         shot(page, "08_checks_clean_products")
@@ -252,7 +256,8 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
             shot(page, "failure")
         raise
 
-    assert rows == shop_data.customers, f"the UI shows {rows} rows for warehouse/customers"
+    assert {"raw_orders", "clean_orders", "quarantine_orders", "warehouse_orders", "warehouse_daily_revenue"} <= shown
+    assert rows == shop_data.customers, f"the UI shows {rows} rows for shop/warehouse_customers"
     # The run came from the UI, and its rows are in the warehouse file.
     run = webserver.graphql(
         "query($id: ID!) { runOrError(runId: $id) { ... on Run { status jobName tags { key value } } } }",
@@ -266,6 +271,68 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         assert con.execute("SELECT product_id FROM quarantine.products").fetchall() == [(str(BAD_PRODUCT),)]
     assert width > 300, f"the health chart shown is {width} px wide: not the rendered PNG"
     # what the checks tab showed is what the instance recorded: the range check failed, as a WARN
-    check = webserver.graphql(CHECK_QUERY, {"path": ["clean", "products"], "name": "range"})
+    check = webserver.graphql(CHECK_QUERY, {"path": ["shop", "clean_products"], "name": "range"})
     execution = check["assetNodeOrError"]["assetCheckOrError"]["executionForLatestMaterialization"]
     assert execution["evaluation"]["success"] is False and execution["evaluation"]["severity"] == "WARN"
+
+
+BAD_SPEC = 'name: broken\nsource: {kind: files, format: csv, glob: "*.csv"}\ncolumns: [{name: a, type: INTEGR}]\n'
+GOOD_SPEC = 'name: notes\nsource: {kind: files, format: csv, glob: "*.csv"}\ncolumns: [{name: note_id, type: BIGINT}]\n'
+
+
+def test_the_demos_runs_and_a_bad_spec_as_the_ui_shows_them(
+    browser_page, tmp_path: Path, shop_data: DemoManifest, data_dir: Path, api_server, monkeypatch
+):
+    """After the demo, its runs are on the Overview timeline and the job's runs page; a user's invalid spec shows its
+    error (file, field, fix) on the page of the sensor that reports it, while the other pipelines stay in the
+    catalog. No daemon runs: what the UI shows comes from the code location and the instance alone."""
+    from dagster import DagsterInstance
+
+    from etl_assets.cli.demo import run_reference
+    from etl_assets.definitions import build_definitions
+    from etl_assets.monitoring.spec_errors import SPEC_ERRORS_SENSOR
+    from etl_assets_tests.webserver import running_webserver
+
+    page = browser_page
+    specs = tmp_path / "pipelines"
+    specs.mkdir()
+    (specs / "notes.yaml").write_text(GOOD_SPEC)
+    (specs / "broken.yaml").write_text(BAD_SPEC)
+    env = {"ETL_DATA_DIR": str(data_dir), "SHOP_API_URL": api_server.url}
+    with running_webserver(tmp_path / "ui", env, pipelines_dir=specs) as server:
+        base = server.url
+        # the demo's runs, as `etl-assets demo` starts them: in its own process, on the instance the UI reads
+        monkeypatch.setenv("ETL_DATA_DIR", str(data_dir))
+        monkeypatch.setenv("SHOP_API_URL", api_server.url)
+        monkeypatch.setenv("ETL_PIPELINES_DIR", str(specs))
+        with DagsterInstance.from_config(str(server.home)) as instance:
+            runs = run_reference(build_definitions(), instance, shop_data.partition_keys[:1])
+        assert [r.success for r in runs] == [True, True]
+        daily = next(r for r in runs if r.job == "shop_daily")
+        try:
+            page.goto(f"{base}/overview/activity/timeline")
+            dismiss_first_visit_dialog(page, server)
+            # the timeline has a row per job with runs in its window: the demo's two jobs
+            page.get_by_text("shop_daily", exact=True).first.wait_for()
+            page.get_by_text("shop_full_refresh", exact=True).first.wait_for()
+            page.wait_for_load_state("networkidle")
+            shot(page, "10_overview_timeline")
+
+            page.goto(f"{base}/locations/{LOCATION}/jobs/shop_daily/runs")
+            page.get_by_text(daily.run_id[:8]).first.wait_for()
+            shot(page, "11_job_runs")
+
+            page.goto(f"{base}/locations/{LOCATION}/sensors/{SPEC_ERRORS_SENSOR}")
+            page.get_by_text(re.compile(r"unknown column type 'INTEGR'")).first.wait_for()
+            body = page.inner_text("body")
+            shot(page, "12_invalid_spec_sensor")
+
+            page.goto(f"{base}/assets")
+            page.get_by_text("default / warehouse_notes").first.wait_for()
+            page.get_by_text("shop / warehouse_orders").first.wait_for()
+            shot(page, "13_catalog_with_a_bad_spec")
+        except BaseException:
+            if not page.is_closed():
+                shot(page, "failure")
+            raise
+    assert "broken.yaml" in body and "INTEGR" in body

@@ -99,20 +99,61 @@ def test_full_refresh_launched_through_the_graphql_client(
     assert (run["jobName"], run["status"]) == (FULL_REFRESH_JOB, "SUCCESS")
     materialized = [tuple(m["assetKey"]["path"]) for m in run["assetMaterializations"]]
     layers = ("raw", "clean", "quarantine", "warehouse")
-    assert sorted(materialized) == sorted((layer, name) for layer in layers for name in FULL_REFRESH_DATASETS)
+    assert sorted(materialized) == sorted(
+        ("shop", f"{layer}_{name}") for layer in layers for name in FULL_REFRESH_DATASETS
+    )
     assert run["stats"]["stepsFailed"] == 0
     assert run["stats"]["materializations"] == len(materialized)
 
     for name, rows in expected.items():
-        asset = webserver.graphql(LATEST_MATERIALIZATION_QUERY, {"path": ["warehouse", name]})["assetOrError"]
-        assert asset["__typename"] == "Asset", f"warehouse/{name}: {asset}"
+        asset = webserver.graphql(LATEST_MATERIALIZATION_QUERY, {"path": ["shop", f"warehouse_{name}"]})["assetOrError"]
+        assert asset["__typename"] == "Asset", f"shop/warehouse_{name}: {asset}"
         materializations = asset["assetMaterializations"]
-        assert len(materializations) == 1, f"warehouse/{name} has no materialization: {asset}"
+        assert len(materializations) == 1, f"shop/warehouse_{name} has no materialization: {asset}"
         latest = materializations[0]
         assert latest["runId"] == run_id
         assert latest["partition"] is None
         metadata = {e["label"]: e.get("intValue", e.get("text")) for e in latest["metadataEntries"]}
-        assert metadata.get("dagster/row_count") == rows, f"warehouse/{name} metadata: {metadata}"
+        assert metadata.get("dagster/row_count") == rows, f"shop/warehouse_{name} metadata: {metadata}"
         assert metadata.get("table") == f"shop.{name}"
         # The effect itself: the rows are in the warehouse file the run wrote.
         assert warehouse_count(data_dir, f"shop.{name}") == rows
+
+
+JOB_RUNS_QUERY = """
+query JobRuns($job: String!, $location: String!) {
+  pipelineOrError(params: {pipelineName: $job, repositoryName: "__repository__", repositoryLocationName: $location}) {
+    __typename
+    ... on Pipeline { runs { runId repositoryOrigin { repositoryLocationName repositoryName } } }
+  }
+}
+"""
+
+
+def test_the_demos_runs_are_the_code_locations_on_the_job_page_and_timeline(
+    webserver: Webserver, shop_data: DemoManifest, data_dir: Path, api_server, monkeypatch
+):
+    """The demo runs its jobs in its own process; the UI's Jobs page and Overview timeline group runs by the code
+    location they came from, so each demo run must carry the location's origin (a plain in-process run does not,
+    and is the control here)."""
+    from dagster import DagsterInstance
+
+    from etl_assets.cli.demo import FULL_REFRESH_JOB as DEMO_FULL_REFRESH
+    from etl_assets.cli.demo import run_reference
+    from etl_assets.definitions import build_definitions
+
+    monkeypatch.setenv("ETL_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("SHOP_API_URL", api_server.url)
+    defs = build_definitions()
+    with DagsterInstance.from_config(str(webserver.home)) as instance:
+        runs = run_reference(defs, instance, shop_data.partition_keys[:1])
+        control = defs.resolve_job_def(DEMO_FULL_REFRESH).execute_in_process(instance=instance)
+    assert [r.success for r in runs] == [True, True]
+    for job in (DEMO_FULL_REFRESH, "shop_daily"):
+        answer = webserver.graphql(JOB_RUNS_QUERY, {"job": job, "location": LOCATION})["pipelineOrError"]
+        assert answer["__typename"] == "Pipeline", answer
+        listed = {r["runId"]: r["repositoryOrigin"] for r in answer["runs"]}
+        (demo_run,) = [r.run_id for r in runs if r.job == job]
+        # the job page lists the demo's run, with the origin the timeline places it by
+        assert listed.get(demo_run) == {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
+        assert control.run_id not in listed

@@ -39,8 +39,9 @@ def test_rebuild_from_raw_without_sources(shop_data, api_server, data_dir, insta
 
     # everything but the raw lake is lost, and no source can be asked again
     (data_dir / "warehouse.duckdb").unlink()
-    for stage in ("clean", "quarantine", "marts"):
-        shutil.rmtree(data_dir / "lake" / stage)
+    for stored in (data_dir / "lake" / "shop").iterdir():
+        if not stored.name.startswith("raw_"):
+            shutil.rmtree(stored)
     monkeypatch.setenv("SHOP_API_URL", "http://127.0.0.1:9")  # nothing listens there
     shop_data.sqlite_path.rename(shop_data.sqlite_path.with_suffix(".gone"))
     shutil.rmtree(data_dir / "landing")
@@ -54,18 +55,18 @@ def test_rebuild_from_raw_without_sources(shop_data, api_server, data_dir, insta
         assert snapshot(data_dir) == before
     assert api_server.requests_total == api_requests
     out = capsys.readouterr().out
-    assert "marts/daily_revenue" in out
+    assert "shop/marts_daily_revenue" in out
     # one progress line per partition, with what it wrote
     lines = [line for line in out.splitlines() if line.startswith("[") and f"] orders {last} " in line]
     assert len(lines) == 2 and lines[0].startswith(f"[{len(shop_data.partition_keys)}/{len(shop_data.partition_keys)}]")
-    assert re.search(rf"\] orders {last} ok, [\d,]+ rows, .*: .*warehouse/orders \d+", lines[0]), lines[0]
+    assert re.search(rf"\] orders {last} ok, [\d,]+ rows, .*: .*shop/warehouse_orders \d+", lines[0]), lines[0]
     assert "not rebuilt (other partitioning" in out  # customers' daily downstream is named, not silently skipped
 
     # a partition whose raw input is gone: the command says which and how to get it back
-    (data_dir / "lake" / "raw" / "orders" / f"{first}.parquet").unlink()
+    (data_dir / "lake" / "shop" / "raw_orders" / f"{first}.parquet").unlink()
     assert cli(["rebuild", "orders", "--from", first, "--to", last]) == 2
     err = capsys.readouterr().err
-    assert f"raw/orders has no lake data for partition(s) {first}" in err and "--select raw/orders" in err
+    assert f"shop/raw_orders has no lake data for partition(s) {first}" in err and "--select shop/raw_orders" in err
     assert snapshot(data_dir) == before  # nothing was half-done
 
 

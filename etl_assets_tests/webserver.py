@@ -196,7 +196,9 @@ def _stop(process: subprocess.Popen, grace: float = 15.0) -> None:
 
 
 @contextmanager
-def running_webserver(workdir: Path, env: dict[str, str], timeout: float = STARTUP_TIMEOUT) -> Iterator[Webserver]:
+def running_webserver(
+    workdir: Path, env: dict[str, str], timeout: float = STARTUP_TIMEOUT, pipelines_dir: Path | None = None
+) -> Iterator[Webserver]:
     """``dagster-webserver -h 127.0.0.1 -p <free port> -m etl_assets`` in the repository, with a fresh
     ``DAGSTER_HOME`` under ``workdir``; ready when entered, its whole process group stopped on exit.
 
@@ -204,6 +206,8 @@ def running_webserver(workdir: Path, env: dict[str, str], timeout: float = START
         workdir: Holds ``dagster_home/`` and the server's log.
         env: Extra environment (``ETL_DATA_DIR``, ``SHOP_API_URL``, ...) over this process's environment.
         timeout: How long the server may take to answer and load the code location.
+        pipelines_dir: A folder of the user's pipeline specs (``ETL_PIPELINES_DIR``), next to the packaged ones;
+            without it the server gets none, whatever this process's environment says.
     """
     home = workdir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
@@ -212,6 +216,8 @@ def running_webserver(workdir: Path, env: dict[str, str], timeout: float = START
         config.write(RUN_COORDINATOR_YAML)
     full_env = {**os.environ, **env, "DAGSTER_HOME": str(home)}
     full_env.pop("ETL_PIPELINES_DIR", None)
+    if pipelines_dir is not None:
+        full_env["ETL_PIPELINES_DIR"] = str(pipelines_dir)
     log_path = workdir / "dagster-webserver.log"
     port = free_port()
     with open(log_path, "wb") as log:

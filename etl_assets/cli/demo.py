@@ -58,12 +58,13 @@ def run_reference(
     Returns:
         One summary per run; the first failure stops the sequence.
     """
+    from etl_assets.cli.runs import LocationRunner
+
+    runner = LocationRunner()  # the runs are the code location's, so the timeline and the Jobs page show them
     summaries = []
     for job_name, partition in reference_plan(partitions):
         started = time.perf_counter()
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET if quiet else None
-        )
+        result = runner.execute(instance, job_name, partition, run_config=QUIET if quiet else None)
         materializations = [e.materialization for e in result.get_asset_materialization_events()]
         rows = target_rows(materializations)
         if result.success:
@@ -85,7 +86,7 @@ def archive_loaded_files(defs: Definitions, materializations: Iterable[AssetMate
     Returns:
         The files archived, as ``<dataset>/<name>``.
     """
-    from etl_assets.keys import RAW
+    from etl_assets.keys import RAW, parse_key
     from etl_assets.resources.files import LandingFilesSource
 
     landing = (defs.resources or {}).get("landing")
@@ -95,9 +96,10 @@ def archive_loaded_files(defs: Definitions, materializations: Iterable[AssetMate
     for m in materializations:
         position = m.metadata.get("source_position")
         # a files source's raw partition names the landing files it read (an API or SQL source has no "files")
-        if m.asset_key.path[0] != RAW or "files" not in m.metadata or position is None:
+        parsed = parse_key(m.asset_key)
+        if parsed is None or parsed.stage != RAW or "files" not in m.metadata or position is None:
             continue
-        dataset = m.asset_key.path[-1]
+        dataset = parsed.pipeline
         for name in cast(list, position.value):
             if landing.archive(dataset, name) is not None:
                 moved.append(f"{dataset}/{name}")

@@ -46,7 +46,7 @@ class Alert:
         run_id: The run concerned, if any.
         job: Its job name.
         pipeline: The pipeline (spec) concerned.
-        asset: The asset concerned (``warehouse/orders``).
+        asset: The asset concerned (``shop/warehouse_orders``).
         partition: The partition, if any.
         error_class: For run failures: transient, permanent, data_quality or infrastructure.
         check: For check failures: the check name.

@@ -1,6 +1,6 @@
 """Freshness from the specs' ``freshness: {max_lag_minutes: N}``: Dagster's freshness policy and a data-time check.
 
-Each target asset of such a pipeline (``warehouse/<name>``, ``postgres/<name>``) gets two things:
+Each target asset of such a pipeline (``<domain>/warehouse_<name>``, ``<domain>/postgres_<name>``) gets two things:
 
 * Dagster's ``FreshnessPolicy.time_window(fail_window=N minutes)``
   (:func:`with_freshness_policies`, applied where the code location is assembled): Dagster's freshness daemon marks the asset fresh or stale in the UI (asset
@@ -135,7 +135,7 @@ def freshness_policy_for(spec: PipelineSpec) -> FreshnessPolicy | None:
 def with_freshness_policies(specs: Sequence[LoadedSpec], assets: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
     """``assets`` with each spec's freshness policy on the spec's target assets (the others unchanged)."""
     policies = {
-        target_key(t, s.spec.name): policy
+        target_key(t, s.spec): policy
         for s in specs
         if (policy := freshness_policy_for(s.spec)) is not None
         for t in s.spec.targets
@@ -184,7 +184,7 @@ def freshness_checks_for(spec: PipelineSpec) -> list[AssetChecksDefinition]:
     if spec.freshness is None or not spec.targets:
         return []
     pdef = partitions_def_for(spec)
-    return [_freshness_check(target_key(t, spec.name), pdef, spec.freshness.max_lag_minutes) for t in spec.targets]
+    return [_freshness_check(target_key(t, spec), pdef, spec.freshness.max_lag_minutes) for t in spec.targets]
 
 
 def checks_due(instance: DagsterInstance, check_keys: Sequence[AssetCheckKey], now: datetime) -> list[AssetCheckKey]:

@@ -8,7 +8,7 @@ Per pipeline (spec):
 * ``p50_seconds``, ``p95_seconds``: wall time of successful executions, from the first step's start to the
   last step's end (run step stats).
 * ``rows_loaded`` and ``records_per_hour``: ``dagster/row_count`` of the pipeline's target assets
-  (``warehouse/<name>``, ``postgres/<name>``) materialized in the window, and that over the window's hours.
+  (``<domain>/warehouse_<name>``, ``<domain>/postgres_<name>``) materialized in the window, and that over the window's hours.
 * ``failures_<class>``: errors recorded in ``ops.errors`` in the window, by class.
 * ``freshness_lag_minutes``: now minus the latest materialization of a target asset; ``max_lag_minutes`` from
   the spec's ``freshness``.
@@ -78,7 +78,7 @@ class PipelineInfo:
 
     Attributes:
         name: The spec name.
-        targets: Its target assets (``warehouse/<name>``, ``postgres/<name>``).
+        targets: Its target assets (``<domain>/warehouse_<name>``, ``<domain>/postgres_<name>``).
         max_lag_minutes: The spec's ``freshness.max_lag_minutes``, if declared.
         partitions_def: Its time partitions: the freshness lag is then that of the newest loaded partition's data.
     """
@@ -530,7 +530,7 @@ def pipeline_infos(specs) -> list[PipelineInfo]:
     return [
         PipelineInfo(
             name=s.spec.name,
-            targets=tuple(target_key(t, s.spec.name) for t in s.spec.targets),
+            targets=tuple(target_key(t, s.spec) for t in s.spec.targets),
             max_lag_minutes=s.spec.freshness.max_lag_minutes if s.spec.freshness else None,
             partitions_def=partitions_def_for(s.spec),
         )

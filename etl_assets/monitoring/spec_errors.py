@@ -3,7 +3,8 @@
 A spec that is invalid is set aside when the location loads (:func:`etl_assets.pipelines.spec.load_specs_isolated`);
 the other pipelines, their sensors and the alerting keep working. This sensor then fails every tick with each set-aside
 file's error (file, field, fix), so the UI shows it on the Automation page and the daemon's log says it, and it
-sends one alert per distinct set of errors.
+sends one alert per distinct set of errors. Its description holds the same errors, so its page in the UI shows them
+as soon as the location loads, with or without a daemon.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def build_spec_error_sensor(broken: Sequence[BrokenSpec], alerting_key: str) -> 
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=60,
         required_resource_keys={alerting_key},
-        description="Fails while a pipeline spec is invalid, with each file's error; alerts once per change.",
+        # the errors are known when the location loads: the sensor's page shows them before any tick (no daemon)
+        description="Fails while a pipeline spec is invalid, with each file's error; alerts once per change.\n\n"
+        + text,
     )
     def invalid_pipeline_specs(context: SensorEvaluationContext):
         storage = context.instance.run_storage
