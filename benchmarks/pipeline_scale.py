@@ -5,10 +5,10 @@ assets, one stage at a time, each stage in its own fresh Python process so that 
 
   generate    etl_assets_demo.generate_shop_data (upstream parquet, SQLite customers, landing files)
   dimensions  job shop_full_refresh: customers, products, fx_rates (raw -> clean/quarantine -> warehouse)
-  extract     raw/orders                          (demo REST API -> lake), every daily partition
-  validate    clean/orders + quarantine/orders    (lake -> lake), every daily partition
-  transform   marts/orders_enriched, marts/daily_revenue, every daily partition
-  load        warehouse/orders, warehouse/orders_enriched, warehouse/daily_revenue, every daily partition
+  extract     shop/raw_orders                          (demo REST API -> lake), every daily partition
+  validate    shop/clean_orders + shop/quarantine_orders    (lake -> lake), every daily partition
+  transform   shop/marts_orders_enriched, shop/marts_daily_revenue, every daily partition
+  load        shop/warehouse_orders, shop/warehouse_orders_enriched, shop/warehouse_daily_revenue, every daily partition
 
 Each stage child runs ``defs.resolve_job_def("shop_daily").execute_in_process(asset_selection=..., partition_key=p)``
 for every partition against one shared DagsterInstance (SQLite storage in a temporary DAGSTER_HOME), exactly like
@@ -77,10 +77,10 @@ DAILY_JOB = "shop_daily"
 FULL_REFRESH_JOB = "shop_full_refresh"
 # The orders path, stage by stage: the asset keys each stage materializes, per daily partition.
 ORDER_STAGES: dict[str, list[list[str]]] = {
-    "extract": [["raw", "orders"]],
-    "validate": [["clean", "orders"], ["quarantine", "orders"]],
-    "transform": [["marts", "orders_enriched"], ["marts", "daily_revenue"]],
-    "load": [["warehouse", "orders"], ["warehouse", "orders_enriched"], ["warehouse", "daily_revenue"]],
+    "extract": [["shop", "raw_orders"]],
+    "validate": [["shop", "clean_orders"], ["shop", "quarantine_orders"]],
+    "transform": [["shop", "marts_orders_enriched"], ["shop", "marts_daily_revenue"]],
+    "load": [["shop", "warehouse_orders"], ["shop", "warehouse_orders_enriched"], ["shop", "warehouse_daily_revenue"]],
 }
 PIPELINE_STAGES = ["generate", "dimensions", *ORDER_STAGES]
 FLOOR_STAGES = ["floor_ctas", "floor_parquet"]
@@ -609,12 +609,14 @@ def _verify(data_dir: Path, orders: int) -> list[tuple[str, bool, str]]:
             checks.append(("shop.daily_revenue adds up to shop.orders", False, "table missing"))
     finally:
         con.close()
-    quarantine = sorted((data_dir / "lake" / "quarantine" / "orders").glob("*.parquet"))
+    quarantine = sorted((data_dir / "lake" / "shop" / "quarantine_orders").glob("*.parquet"))
     if quarantine:
         import pyarrow.parquet as pq
 
         bad = sum(pq.ParquetFile(p).metadata.num_rows for p in quarantine)
-        checks.append(("no orders quarantined (demo data is clean)", bad == 0, f"{bad:,} rows in quarantine/orders"))
+        checks.append(
+            ("no orders quarantined (demo data is clean)", bad == 0, f"{bad:,} rows in shop/quarantine_orders")
+        )
     return checks
 
 

@@ -1,7 +1,7 @@
 """Start-up cost: ``import etl_assets`` and the time from ``dagster asset materialize`` starting to its run's first
 event, for this checkout and optionally another one (e.g. a worktree of an older commit), in interleaved rounds.
 
-Each measurement is a fresh process. The materialize command runs one unpartitioned asset (``raw/products``) in a
+Each measurement is a fresh process. The materialize command runs one unpartitioned asset (``shop/raw_products``) in a
 throw-away instance; the time to the first event is that event's timestamp (from the instance's event log) minus
 the moment the command was started, so it holds the interpreter start, the code location's load and the run's
 set-up, whatever the step then does.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench_common import REPO, write_dagster_yaml
 
-ASSET = "raw/products"
+ASSET = "shop/raw_products"
 
 
 def _env(checkout: Path, home: Path, data: Path) -> dict[str, str]:

@@ -71,6 +71,7 @@ from bench_common import step_failure_message  # this directory is on sys.path (
 REPO = Path(__file__).resolve().parent.parent
 RESULT_MARKER = "@@validation_overhead@@ "
 NAME = "bench_orders"
+DOMAIN = "bench"
 LANDING_FILE = "bench_orders.csv"
 MAX_OVERHEAD = 0.5  # validation may add at most 50 % to the time of loading without it
 
@@ -125,7 +126,7 @@ def _emit(payload: dict) -> None:
 
 def _paths() -> tuple[Path, Path, Path]:
     data = Path(os.environ["ETL_DATA_DIR"])
-    return data / "landing" / NAME / LANDING_FILE, data / "lake" / "raw" / NAME / "_all.parquet", data
+    return data / "landing" / NAME / LANDING_FILE, data / "lake" / DOMAIN / f"raw_{NAME}" / "_all.parquet", data
 
 
 def child_generate(rows: int) -> dict:
@@ -350,15 +351,21 @@ def _step_stage(selection_paths: list[list[str]], step_key: str, rows_metadata: 
 
 
 def child_validate() -> dict:
-    return _step_stage([["clean", NAME], ["quarantine", NAME]], f"validate_{NAME}", f"clean/{NAME}:rows_in")
+    return _step_stage(
+        [[DOMAIN, f"clean_{NAME}"], [DOMAIN, f"quarantine_{NAME}"]],
+        f"validate_{NAME}",
+        f"{DOMAIN}/clean_{NAME}:rows_in",
+    )
 
 
 def child_warehouse() -> dict:
-    return _step_stage([["warehouse", NAME]], f"warehouse__{NAME}", f"warehouse/{NAME}:dagster/row_count")
+    return _step_stage(
+        [[DOMAIN, f"warehouse_{NAME}"]], f"{DOMAIN}__warehouse_{NAME}", f"{DOMAIN}/warehouse_{NAME}:dagster/row_count"
+    )
 
 
 def child_extract() -> dict:
-    return _step_stage([["raw", NAME]], f"raw__{NAME}", f"raw/{NAME}:dagster/row_count")
+    return _step_stage([[DOMAIN, f"raw_{NAME}"]], f"{DOMAIN}__raw_{NAME}", f"{DOMAIN}/raw_{NAME}:dagster/row_count")
 
 
 def _spec():
@@ -391,7 +398,14 @@ def child_phases() -> dict:
 
     begin = time.perf_counter()
     batch = validate_batch(
-        con, spec, lake.table(["raw", NAME], [None]), "_all", lake=lake, window=None, run_id="bench", phase=timed
+        con,
+        spec,
+        lake.table([DOMAIN, f"raw_{NAME}"], [None]),
+        "_all",
+        lake=lake,
+        window=None,
+        run_id="bench",
+        phase=timed,
     )
     with timed("write clean view: the quarantined positions (zstd)"):
         lake.write(clean_path, None, batch.valid)

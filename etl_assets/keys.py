@@ -1,19 +1,24 @@
-"""The asset-key scheme, in one place: every pipeline's assets are ``<stage>/<pipeline>``.
+"""The asset-key scheme, in one place: every pipeline's assets are ``<domain>/<stage>_<pipeline>``.
 
-A source pipeline has ``raw/<name>`` (as delivered), ``clean/<name>`` and ``quarantine/<name>`` (validated) and one
-target asset per target (``warehouse/<name>`` for DuckDB, ``postgres/<name>``); a transform has ``marts/<name>`` and
-its targets. Monitoring, recovery and the CLI take keys and stages from here, never as literals.
+A source pipeline ``orders`` of domain ``shop`` has ``shop/raw_orders`` (as delivered), ``shop/clean_orders`` and
+``shop/quarantine_orders`` (validated) and one target asset per target (``shop/warehouse_orders`` for DuckDB,
+``shop/postgres_orders``); a transform has ``shop/marts_<name>`` and its targets. The stage is in the last part of
+the key because that part is what the lineage graph shows: four boxes reading "orders" told a user nothing. The
+domain leads, so the catalog folds each domain's assets together. The lake stores an asset under its key's path.
+Monitoring, recovery and the CLI take keys and stages from here, never as literals.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple, Protocol
+
 from dagster import AssetKey
 
 RAW, CLEAN, QUARANTINE, MARTS = "raw", "clean", "quarantine", "marts"
-# The target asset's first key part, by target kind.
+# The target asset's stage, by target kind.
 TARGET_PREFIX = {"duckdb": "warehouse", "postgres": "postgres"}
 TARGET_PREFIXES = tuple(TARGET_PREFIX.values())
-# Every first key part of a pipeline's assets; the second part is the pipeline's name.
+# Every stage of a pipeline's assets; none holds an underscore, so the first one in a key's last part ends the stage.
 PIPELINE_STAGES = (RAW, CLEAN, QUARANTINE, MARTS, *TARGET_PREFIXES)
 # The partition key of an unpartitioned asset in the lake, target tables and metadata.
 UNPARTITIONED = "_all"
@@ -21,21 +26,64 @@ UNPARTITIONED = "_all"
 SOURCE_COLUMN = "_etl_source"
 
 
-def raw_key(name: str) -> AssetKey:
-    return AssetKey([RAW, name])
+class Named(Protocol):
+    """What a key is made of: a pipeline spec, or anything naming a domain and a pipeline."""
+
+    @property
+    def domain(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
 
 
-def clean_key(name: str) -> AssetKey:
-    return AssetKey([CLEAN, name])
+class Pipeline(NamedTuple):
+    """A pipeline's identity, where no spec is at hand."""
+
+    domain: str
+    name: str
 
 
-def quarantine_key(name: str) -> AssetKey:
-    return AssetKey([QUARANTINE, name])
+class PipelineAsset(NamedTuple):
+    """A pipeline asset's key, read back: its domain, stage and pipeline."""
+
+    domain: str
+    stage: str
+    pipeline: str
+
+    @property
+    def key(self) -> AssetKey:
+        return stage_key(self.stage, Pipeline(self.domain, self.pipeline))
 
 
-def mart_key(name: str) -> AssetKey:
-    return AssetKey([MARTS, name])
+def stage_key(stage: str, spec: Named) -> AssetKey:
+    return AssetKey([spec.domain, f"{stage}_{spec.name}"])
 
 
-def target_key(target: str, name: str) -> AssetKey:
-    return AssetKey([TARGET_PREFIX[target], name])
+def raw_key(spec: Named) -> AssetKey:
+    return stage_key(RAW, spec)
+
+
+def clean_key(spec: Named) -> AssetKey:
+    return stage_key(CLEAN, spec)
+
+
+def quarantine_key(spec: Named) -> AssetKey:
+    return stage_key(QUARANTINE, spec)
+
+
+def mart_key(spec: Named) -> AssetKey:
+    return stage_key(MARTS, spec)
+
+
+def target_key(target: str, spec: Named) -> AssetKey:
+    return stage_key(TARGET_PREFIX[target], spec)
+
+
+def parse_key(key: AssetKey) -> PipelineAsset | None:
+    """The domain, stage and pipeline of a pipeline asset's key; ``None`` for any other key."""
+    if len(key.path) != 2:
+        return None
+    stage, sep, pipeline = key.path[1].partition("_")
+    if not sep or not pipeline or stage not in PIPELINE_STAGES:
+        return None
+    return PipelineAsset(key.path[0], stage, pipeline)

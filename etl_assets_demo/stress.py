@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl_assets.keys import clean_key, raw_key
+from etl_assets.keys import Pipeline, clean_key, raw_key
 from etl_assets_demo.api_server import FAULT_KINDS, DemoApiServer, FaultConfig
 from etl_assets_demo.data import DemoManifest
 
@@ -46,8 +46,8 @@ __all__ = [
 
 ORDERS_JOB = "orders_pipeline"
 DIMENSIONS_JOB = "shop_full_refresh"
-RAW_ORDERS = raw_key("orders").to_user_string()
-CLEAN_ORDERS = clean_key("orders").to_user_string()
+RAW_ORDERS = raw_key(Pipeline("shop", "orders")).to_user_string()
+CLEAN_ORDERS = clean_key(Pipeline("shop", "orders")).to_user_string()
 ORDER_COLUMNS = (
     "order_id",
     "customer_id",

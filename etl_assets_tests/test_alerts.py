@@ -177,5 +177,5 @@ def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, mo
         assert store.pending() == 0
     with duckdb.connect(str(warehouse), read_only=True) as con:
         rows = con.execute("SELECT run_id, pipeline, step_key, error_class FROM ops.errors").fetchall()
-    assert rows == [(failed.run_id, "empty", "raw__empty", "permanent")]
+    assert rows == [(failed.run_id, "empty", "default__raw_empty", "permanent")]
     assert len((data_dir / "alerts" / "alerts.jsonl").read_text().splitlines()) == 1  # and no second alert for it

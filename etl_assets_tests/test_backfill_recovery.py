@@ -25,7 +25,12 @@ from etl_assets_tests.webserver import HOST, running_webserver
 
 pytestmark = [pytest.mark.daemon]
 
-ORDER_ASSETS = [["raw", "orders"], ["clean", "orders"], ["quarantine", "orders"], ["warehouse", "orders"]]
+ORDER_ASSETS = [
+    ["shop", "raw_orders"],
+    ["shop", "clean_orders"],
+    ["shop", "quarantine_orders"],
+    ["shop", "warehouse_orders"],
+]
 LAUNCH = """
 mutation Launch($partitions: [String!], $assets: [AssetKeyInput!]) {
   launchPartitionBackfill(backfillParams: {partitionNames: $partitions, assetSelection: $assets}) {

@@ -190,7 +190,7 @@ def _execute(instance, defs, data: Path, run: Run) -> Outcome:
     checks = {
         e.check_name: CheckResult(e.passed, e.severity, {k: v.value for k, v in e.metadata.items()})
         for e in result.get_asset_check_evaluations()
-        if e.asset_key.path[-1] == run.pipeline
+        if e.asset_key.path[-1] == f"clean_{run.pipeline}"
     }
     warehouse, warehouse_columns = None, []
     db = data / "warehouse.duckdb"
@@ -218,9 +218,9 @@ def _execute(instance, defs, data: Path, run: Run) -> Outcome:
         success=result.success,
         failures=_failures(result),
         checks=checks,
-        raw_written=(lake / "raw" / run.pipeline / f"{partition}.parquet").is_file(),
-        clean=_rows(lake, ["clean", run.pipeline], partition),
-        quarantine=_rows(lake, ["quarantine", run.pipeline], partition),
+        raw_written=(lake / DOMAIN / f"raw_{run.pipeline}" / f"{partition}.parquet").is_file(),
+        clean=_rows(lake, [DOMAIN, f"clean_{run.pipeline}"], partition),
+        quarantine=_rows(lake, [DOMAIN, f"quarantine_{run.pipeline}"], partition),
         warehouse=warehouse,
         warehouse_columns=warehouse_columns,
         input_rows=run.input_rows,

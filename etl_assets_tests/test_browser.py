@@ -208,23 +208,23 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         shot(page, "05_run_success")
 
         # 4. The asset's page shows the row count the load recorded.
-        page.goto(f"{base}/assets/warehouse/customers")
+        page.goto(f"{base}/assets/shop/warehouse_customers")
         rows = shown_row_count(page)
         page.get_by_text("shop.customers").first.wait_for()
         shot(page, "06_asset_warehouse_customers")
 
         # 5. The clean dataset's page: the spec's description and the contract's columns with their SQL types.
-        page.goto(f"{base}/assets/clean/products")
+        page.goto(f"{base}/assets/shop/clean_products")
         page.get_by_text("Product catalogue, a CSV file dropped into the landing zone.").first.wait_for()
         page.get_by_text("DECIMAL(12,2)").first.wait_for()
         page.get_by_text("list_price").first.wait_for()
         shot(page, "07_asset_clean_products")
 
         # 6. Its checks: the quarantined product shows as a failed WARN check naming the column and the rule.
-        page.goto(f"{base}/assets/clean/products?view=checks")
+        page.goto(f"{base}/assets/shop/clean_products?view=checks")
         page.get_by_text("range", exact=True).first.click()
         page.get_by_text("range on list_price >= 0 (ERROR: rows quarantined)").first.wait_for()
-        page.get_by_text("1 row(s) quarantined to quarantine/products").first.wait_for()
+        page.get_by_text("1 row(s) quarantined to shop/quarantine_products").first.wait_for()
         # the list of checks says range Failed (a warning sign: failed as a WARN)
         assert re.search(r"\brange\s+Failed\b", page.inner_text("body")), "the checks list does not show range Failed"
         shot(page, "08_checks_clean_products")
@@ -252,7 +252,7 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
             shot(page, "failure")
         raise
 
-    assert rows == shop_data.customers, f"the UI shows {rows} rows for warehouse/customers"
+    assert rows == shop_data.customers, f"the UI shows {rows} rows for shop/warehouse_customers"
     # The run came from the UI, and its rows are in the warehouse file.
     run = webserver.graphql(
         "query($id: ID!) { runOrError(runId: $id) { ... on Run { status jobName tags { key value } } } }",
@@ -266,6 +266,6 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         assert con.execute("SELECT product_id FROM quarantine.products").fetchall() == [(str(BAD_PRODUCT),)]
     assert width > 300, f"the health chart shown is {width} px wide: not the rendered PNG"
     # what the checks tab showed is what the instance recorded: the range check failed, as a WARN
-    check = webserver.graphql(CHECK_QUERY, {"path": ["clean", "products"], "name": "range"})
+    check = webserver.graphql(CHECK_QUERY, {"path": ["shop", "clean_products"], "name": "range"})
     execution = check["assetNodeOrError"]["assetCheckOrError"]["executionForLatestMaterialization"]
     assert execution["evaluation"]["success"] is False and execution["evaluation"]["severity"] == "WARN"

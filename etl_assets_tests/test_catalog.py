@@ -27,7 +27,7 @@ SPEC = pipeline(
     partitions={"type": "daily", "start": "2024-01-01"},
     primary_key=["invoice_id"],
 )
-KEYS = {stage: AssetKey([stage, "invoices"]) for stage in ("raw", "clean", "quarantine", "warehouse")}
+KEYS = {stage: AssetKey(["finance", f"{stage}_invoices"]) for stage in ("raw", "clean", "quarantine", "warehouse")}
 
 
 def _schema(metadata) -> TableSchema:

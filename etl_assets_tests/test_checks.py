@@ -29,7 +29,7 @@ SPEC = pipeline(
     primary_key=["payment_id"],
     quality={"threshold": 0.5},
 )
-CLEAN = AssetKey(["clean", "payments"])
+CLEAN = AssetKey(["billing", "clean_payments"])
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_quarantined_rows_fail_their_check_as_a_warn_per_partition(tmp_path, dat
     assert clean_day.passed and clean_day.partition == DAYS[0]
     bad_day = evaluations[DAYS[1]]["accepted_values"]
     assert not bad_day.passed and bad_day.severity == AssetCheckSeverity.WARN and bad_day.partition == DAYS[1]
-    assert bad_day.description == "1 row(s) quarantined to quarantine/payments"
+    assert bad_day.description == "1 row(s) quarantined to billing/quarantine_payments"
     assert bad_day.metadata["rows_quarantined"].value == 1
     sample = bad_day.metadata["sample"].value
     assert isinstance(sample, str) and "XXX" in sample and "accepted_values:currency" in sample
@@ -124,9 +124,9 @@ def test_a_blocked_quality_gate_says_score_and_threshold(tmp_path, data_dir, ins
     assert not gate.passed and gate.severity == AssetCheckSeverity.ERROR
     assert gate.description == (
         "quality score 33.33% (1 of 3 rows valid) is below the threshold 50%: the load is held; "
-        "the 2 quarantined row(s) are in quarantine/payments and the warehouse's quarantine.payments"
+        "the 2 quarantined row(s) are in billing/quarantine_payments and the warehouse's quarantine.payments"
     )
-    quarantined = data_dir / "lake" / "quarantine" / "payments" / f"{DAYS[1]}.parquet"
+    quarantined = data_dir / "lake" / "billing" / "quarantine_payments" / f"{DAYS[1]}.parquet"
     assert duckdb.execute(f"SELECT count(*) FROM read_parquet('{quarantined}')").fetchone() == (2,)
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         # the held load left the dataset's partition as it was; the rows that held it replaced its quarantine

@@ -43,7 +43,7 @@ def _warehouse(data_dir):
 
 def _stored(lake: LakeStorage, partition: str) -> Path:
     """The file holding a partition of ``clean.visits`` in the lake, which must exist."""
-    stored = lake.stored_path(["clean", "visits"], partition)
+    stored = lake.stored_path(["web", "clean_visits"], partition)
     assert stored is not None, f"clean.visits has no stored partition {partition}"
     return stored
 
@@ -67,7 +67,7 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
     manifest = json.loads(stored.read_text())
     assert (manifest["source_rows"], manifest["excluded_rows"], manifest["rows"]) == (5, 3, 2)
     # the view's source is a snapshot of the raw partition (same file, not a copy)
-    assert (stored.parent / manifest["source"]).stat().st_ino == lake.path_for(["raw", "visits"], DAY).stat().st_ino
+    assert (stored.parent / manifest["source"]).stat().st_ino == lake.path_for(["web", "raw_visits"], DAY).stat().st_ino
 
     valid, quarantined = _warehouse(data_dir)
     assert [(v[0], v[1], str(v[2])) for v in valid] == [(1, "view", "2.50"), (4, "buy", "10.00")]
@@ -77,7 +77,7 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
         ("4", ["duplicate_key"]),
     ]  # as delivered
     check = instance.get_latest_asset_check_evaluation_record(
-        AssetCheckKey(AssetKey(["warehouse", "visits"]), "contract_holds")
+        AssetCheckKey(AssetKey(["web", "warehouse_visits"]), "contract_holds")
     )
     assert check is not None and check.event.asset_check_evaluation.passed
     counted = check.event.asset_check_evaluation.metadata["violations_by_rule"].value
@@ -93,7 +93,7 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
     # the rows it inserted, rolls back, and the warehouse keeps the rows of the first run
     con = duckdb.connect()
     lake.write(
-        ["clean", "visits"],
+        ["web", "clean_visits"],
         DAY,
         LakeView(
             source=str(stored.parent / manifest["source"]),
@@ -101,13 +101,13 @@ def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_con
             excluded=con.sql("SELECT 0::BIGINT AS position WHERE false"),
         ),
     )
-    assert lake.table(["clean", "visits"], [DAY]).num_rows == 5
+    assert lake.table(["web", "clean_visits"], [DAY]).num_rows == 5
     again = job.execute_in_process(
         instance=instance,
         partition_key=DAY,
         run_config=QUIET,
         raise_on_error=False,
-        asset_selection=[AssetKey(["warehouse", "visits"])],
+        asset_selection=[AssetKey(["web", "warehouse_visits"])],
     )
     assert not again.success
     [failure] = [e for e in again.all_events if e.is_step_failure]
@@ -133,7 +133,7 @@ def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_
     manifest = json.loads(stored.read_text())
     # leave out the two rows breaking a value rule, let the second row of key 4 through
     lake.write(
-        ["clean", "visits"],
+        ["web", "clean_visits"],
         DAY,
         LakeView(
             source=str(stored.parent / manifest["source"]),
@@ -146,7 +146,7 @@ def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_
         partition_key=DAY,
         run_config=QUIET,
         raise_on_error=False,
-        asset_selection=[AssetKey(["warehouse", "visits"])],
+        asset_selection=[AssetKey(["web", "warehouse_visits"])],
     )
     assert not again.success
     [failure] = [e for e in again.all_events if e.is_step_failure]
@@ -222,7 +222,9 @@ def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path,
     ]
     assert len(warnings) == 1 and "unreadable lake view manifest" in warnings[0]
     clean_meta = next(
-        m.metadata for m in result.asset_materializations_for_node("validate_visits") if m.asset_key.path[0] == "clean"
+        m.metadata
+        for m in result.asset_materializations_for_node("validate_visits")
+        if m.asset_key.path[-1].startswith("clean_")
     )
     assert clean_meta["partitions_not_compared"].value == [first]  # the skipped partition is on the materialization
     # the check could not compare with the first partition: its key 2 was not caught, and the log says so
@@ -237,7 +239,7 @@ def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path,
     view_files(str(third_manifest))[0].unlink()
     spec = parse_spec_file(tmp_path / "specs" / "visits.yaml").spec
     unreadable: list[str] = []
-    others = lake.table(["clean", "visits"], [first, second, third])
+    others = lake.table(["web", "clean_visits"], [first, second, third])
     assert overlapping_partitions(duckdb.connect(), others, spec, 1, 10, unreadable=unreadable) == [second]
     assert unreadable == [first, third]
     assert overlapping_partitions(duckdb.connect(), others, spec, 5, 5) == [second]  # without a list: logged only

@@ -77,7 +77,7 @@ def test_job_execute_and_partitioned_materialize(cli_env, shop_data, api_server,
             "-m",
             "etl_assets",
             "--select",
-            "raw/orders,clean/orders,quarantine/orders,warehouse/orders",
+            "shop/raw_orders,shop/clean_orders,shop/quarantine_orders,shop/warehouse_orders",
             "--partition",
             day,
         ],
@@ -101,7 +101,7 @@ def test_dg_launch_loads_one_partition_of_the_project(cli_env, shop_data, api_se
     # the dg form of the README's by-hand run: the project's code location, one partition of one pipeline
     env = {**cli_env, "SHOP_API_URL": api_server.url, "VIRTUAL_ENV": str(BIN.parent)}
     day = shop_data.partition_keys[0]
-    selection = "raw/orders,clean/orders,quarantine/orders,warehouse/orders"
+    selection = "shop/raw_orders,shop/clean_orders,shop/quarantine_orders,shop/warehouse_orders"
     run([str(BIN / "dg"), "launch", "--job", "shop_full_refresh"], env)  # the dimensions the orders reference
     run([str(BIN / "dg"), "launch", "--assets", selection, "--partition", day], env)
     expected = duckdb.execute(
@@ -236,7 +236,7 @@ def test_partition_range_backfills_in_one_run(cli_env, shop_data, data_dir):
             "-m",
             "etl_assets",
             "--select",
-            "raw/inventory,clean/inventory,quarantine/inventory,warehouse/inventory",
+            "shop/raw_inventory,shop/clean_inventory,shop/quarantine_inventory,shop/warehouse_inventory",
             "--partition-range",
             f"{days[0]}...{days[-1]}",
         ],
@@ -252,11 +252,11 @@ def test_partition_range_backfills_in_one_run(cli_env, shop_data, data_dir):
     assert runs[0].tags["dagster/asset_partition_range_end"] == days[-1]
     # each partition's materializations carry that partition's figures, not the range's
     for stage in ("raw", "clean", "warehouse"):
-        records = materializations(instance, AssetKey([stage, "inventory"]))
+        records = materializations(instance, AssetKey(["shop", f"{stage}_inventory"]))
         counts = {m.partition: m.metadata["dagster/row_count"].value for m in records}
         assert counts == {d: shop_data.products for d in days}, stage
         assert all(m.metadata["partitions_in_run"].value == len(days) for m in records)
-    quarantined = materializations(instance, AssetKey(["quarantine", "inventory"]))
+    quarantined = materializations(instance, AssetKey(["shop", "quarantine_inventory"]))
     assert {m.partition: m.metadata["dagster/row_count"].value for m in quarantined} == {d: 0 for d in days}
 
 

@@ -132,7 +132,12 @@ def test_a_pipeline_component_built_on_its_own_is_the_location_of_that_pipeline(
         assert (path / "defs.yaml").is_file()
         with sandbox.build_all_defs() as defs:
             keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-            assert {"raw/customers", "clean/customers", "quarantine/customers", "warehouse/customers"} <= keys
+            assert {
+                "shop/raw_customers",
+                "shop/clean_customers",
+                "shop/quarantine_customers",
+                "shop/warehouse_customers",
+            } <= keys
             assert not any("orders" in k for k in keys)  # only this pipeline (and monitoring)
             assert defs.resolve_job_def("customers_pipeline")
 
@@ -206,4 +211,4 @@ def test_dg_scaffold_writes_a_valid_starter_pipeline_named_after_its_folder():
         assert "name: visits" in (path / "defs.yaml").read_text()
         with sandbox.build_all_defs() as defs:
             keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert {"raw/visits", "clean/visits", "warehouse/visits"} <= keys
+    assert {"web/raw_visits", "web/clean_visits", "web/warehouse_visits"} <= keys

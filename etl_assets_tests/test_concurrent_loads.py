@@ -465,9 +465,14 @@ def test_two_writers_of_one_lake_partition_give_the_second_ones_partition(
     tmp_path, data_dir, children, first_kind, second_kind
 ):
     lake = LakeStorage(root=str(tmp_path / "lake"))
-    raw = lake.write(["raw", "w"], PARTITION, _rows(ROWS, "raw")).path
-    directory = tmp_path / "lake" / "clean" / "w"
-    base = {"lake": str(tmp_path / "lake"), "key": ["clean", "w"], "partition": PARTITION, "view_source": str(raw)}
+    raw = lake.write(["default", "raw_w"], PARTITION, _rows(ROWS, "raw")).path
+    directory = tmp_path / "lake" / "default" / "clean_w"
+    base = {
+        "lake": str(tmp_path / "lake"),
+        "key": ["default", "clean_w"],
+        "partition": PARTITION,
+        "view_source": str(raw),
+    }
     first_args = {**base, "tag": "a", "rows": ROWS, "excluded": list(range(10))}
     second_args = {**base, "tag": "b", "rows": ROWS // 2, "excluded": list(range(10, 30))}
     expected = {"view": ROWS - 20, "parquet": ROWS // 2}[second_kind]
@@ -492,11 +497,11 @@ def test_two_writers_of_one_lake_partition_give_the_second_ones_partition(
     )
 
     assert first["rows"] == {"view": ROWS - 10, "parquet": ROWS}[first_kind] and second["rows"] == expected
-    table = lake.table(["clean", "w"], [PARTITION])
+    table = lake.table(["default", "clean_w"], [PARTITION])
     assert table.relation().aggregate("count(*), count(DISTINCT id), list(DISTINCT writer)").fetchall() == [
         (expected, expected, ["b"])
     ]
-    stored = lake.stored_path(["clean", "w"], PARTITION)
+    stored = lake.stored_path(["default", "clean_w"], PARTITION)
     assert stored is not None
     if second_kind == "view":
         assert stored.name == f"{PARTITION}{VIEW_SUFFIX}"
@@ -515,9 +520,9 @@ def test_a_write_after_a_sigkilled_writer_removes_its_files_but_not_a_live_write
     whose name starts the same, which then completes."""
     lake = LakeStorage(root=str(tmp_path / "lake"))
     other = f"{PARTITION}.0123456789ab"  # looks like PARTITION's files with a generation in the name
-    raw = lake.write(["raw", "w"], PARTITION, _rows(ROWS, "raw")).path
-    raw_other = lake.write(["raw", "w"], other, _rows(100, "raw")).path
-    directory = tmp_path / "lake" / "clean" / "w"
+    raw = lake.write(["default", "raw_w"], PARTITION, _rows(ROWS, "raw")).path
+    raw_other = lake.write(["default", "raw_w"], other, _rows(100, "raw")).path
+    directory = tmp_path / "lake" / "default" / "clean_w"
     con = duckdb.connect()
 
     def view(source: Path, tag: str, excluded: list[int]) -> LakeView:
@@ -527,9 +532,9 @@ def test_a_write_after_a_sigkilled_writer_removes_its_files_but_not_a_live_write
             excluded=con.sql("SELECT unnest(?::BIGINT[]) AS position", params=[excluded]),
         )
 
-    lake.write(["clean", "w"], PARTITION, view(raw, "first", []))
+    lake.write(["default", "clean_w"], PARTITION, view(raw, "first", []))
     before = _hidden(directory)
-    base = {"lake": str(tmp_path / "lake"), "key": ["clean", "w"]}
+    base = {"lake": str(tmp_path / "lake"), "key": ["default", "clean_w"]}
     killed = children(
         "lake_view",
         {**base, "partition": PARTITION, "view_source": str(raw), "tag": "killed", "excluded": [0]},
@@ -553,20 +558,20 @@ def test_a_write_after_a_sigkilled_writer_removes_its_files_but_not_a_live_write
         live_files = {name for name in _hidden(directory) if name.startswith(f".{other}.")}
         assert len(live_files) == 4 and _lock_is_held(directory, other)
 
-        result = lake.write(["clean", "w"], PARTITION, view(raw, "new", [2, 3]))
+        result = lake.write(["default", "clean_w"], PARTITION, view(raw, "new", [2, 3]))
         named = {p.name for p in view_files(str(result.path))}
         assert _hidden(directory) == named | live_files  # the killed one's files are gone, the live one's are not
         assert live.proc.poll() is None
     finally:
         release.touch()
     assert live.result()["rows"] == 99
-    assert lake.table(["clean", "w"], [PARTITION]).relation().aggregate(
+    assert lake.table(["default", "clean_w"], [PARTITION]).relation().aggregate(
         "count(*), count(DISTINCT id), list(DISTINCT writer)"
     ).fetchall() == [(ROWS - 2, ROWS - 2, ["new"])]
-    assert lake.table(["clean", "w"], [other]).relation().aggregate("count(*), list(DISTINCT writer)").fetchall() == [
-        (99, ["live"])
-    ]
-    loaded, live_manifest = (lake.stored_path(["clean", "w"], p) for p in (PARTITION, other))
+    assert lake.table(["default", "clean_w"], [other]).relation().aggregate(
+        "count(*), list(DISTINCT writer)"
+    ).fetchall() == [(99, ["live"])]
+    loaded, live_manifest = (lake.stored_path(["default", "clean_w"], p) for p in (PARTITION, other))
     assert loaded is not None and live_manifest is not None
     manifests = [loaded, live_manifest]
     assert {p.name for p in directory.iterdir()} == {

@@ -293,7 +293,7 @@ def test_every_file_of_a_day_is_the_partition_and_a_redelivery_replaces_only_its
     # the raw partition holds every file's rows once, named by file
     import pyarrow.parquet as pq
 
-    raw = pq.read_table(data / "lake" / "raw" / "events" / f"{YESTERDAY}.parquet").to_pylist()
+    raw = pq.read_table(data / "lake" / "lab" / "raw_events" / f"{YESTERDAY}.parquet").to_pylist()
     assert sorted((r["_etl_source"], r["event_id"]) for r in raw) == [
         (f"events_{YESTERDAY}_storeA.csv", "1"),
         (f"events_{YESTERDAY}_storeA.csv", "6"),

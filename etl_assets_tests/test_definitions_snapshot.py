@@ -8,9 +8,9 @@ SOURCES = ["orders", "customers", "products", "fx_rates", "inventory"]
 MARTS = ["orders_enriched", "daily_revenue"]
 
 EXPECTED_ASSETS = sorted(
-    [f"{stage}/{name}" for name in SOURCES for stage in ("raw", "clean", "quarantine", "warehouse")]
-    + [f"marts/{m}" for m in MARTS]
-    + [f"warehouse/{m}" for m in MARTS]
+    [f"shop/{stage}_{name}" for name in SOURCES for stage in ("raw", "clean", "quarantine", "warehouse")]
+    + [f"shop/marts_{m}" for m in MARTS]
+    + [f"shop/warehouse_{m}" for m in MARTS]
     + ["ops/pipeline_health"]
 )
 CONTRACT_CHECKS = {
@@ -30,11 +30,11 @@ CONTRACT_CHECKS = {
     "inventory": ["valid_type", "not_null", "unique"],
 }
 EXPECTED_CHECKS = sorted(
-    [f"clean/{n}:{c}" for n in SOURCES for c in ("rows_conserved", "quality_score", "schema_change")]
-    + [f"clean/{n}:{c}" for n, checks in CONTRACT_CHECKS.items() for c in checks]
-    + [f"warehouse/{n}:matches_lake" for n in SOURCES + MARTS]
-    + [f"warehouse/{n}:contract_holds" for n in SOURCES]
-    + [f"warehouse/{n}:freshness_check" for n in ("orders", "customers", "daily_revenue")]
+    [f"shop/clean_{n}:{c}" for n in SOURCES for c in ("rows_conserved", "quality_score", "schema_change")]
+    + [f"shop/clean_{n}:{c}" for n, checks in CONTRACT_CHECKS.items() for c in checks]
+    + [f"shop/warehouse_{n}:matches_lake" for n in SOURCES + MARTS]
+    + [f"shop/warehouse_{n}:contract_holds" for n in SOURCES]
+    + [f"shop/warehouse_{n}:freshness_check" for n in ("orders", "customers", "daily_revenue")]
 )
 EXPECTED_JOBS = sorted(
     [f"{n}_pipeline" for n in SOURCES + MARTS]
@@ -79,7 +79,9 @@ def test_warehouse_writers_share_the_single_slot_pool(data_dir):
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         pools = node.pools if hasattr(node, "pools") else set()
-        if key.path[0] in ("warehouse", "ops"):  # every asset that writes the DuckDB warehouse file
+        if (
+            key.path[-1].startswith("warehouse_") or key.path[0] == "ops"
+        ):  # every asset that writes the DuckDB warehouse file
             assert pools == {"duckdb_warehouse"}, key
         else:
             assert "duckdb_warehouse" not in (pools or set()), key
@@ -90,7 +92,7 @@ def test_api_extracts_share_a_pool_per_connection(data_dir):
     graph = build_definitions().resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         pools = graph.get(key).pools or set()
-        if key.path == ["raw", "orders"]:
+        if key.path == ["shop", "raw_orders"]:
             assert pools == {"api_shop_api"}
         else:
             assert not any(p.startswith("api_") for p in pools), key

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from etl_assets.cli import main
 from etl_assets.definitions import build_definitions
-from etl_assets.keys import target_key
+from etl_assets.keys import Pipeline, target_key
 from etl_assets.lake import LakeTable
 from etl_assets.monitoring.error_tracking import ErrorRecord, ErrorStore
 from etl_assets.monitoring.health import write_health_table
@@ -148,7 +148,7 @@ def test_the_location_loads_the_others_and_reports_the_refused_ones(
     monkeypatch.setenv("ETL_DEPLOYMENT", "distributed")
     defs = build_definitions()
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-    assert {"raw/on_postgres", "clean/on_postgres", "postgres/on_postgres"} <= keys
+    assert {"default/raw_on_postgres", "default/clean_on_postgres", "default/postgres_on_postgres"} <= keys
     assert not [k for k in keys if k.startswith("warehouse/")]
     assert not [k for k in keys if "on_default" in k or "on_both" in k or "orders" in k]
     sensor = defs.resolve_sensor_def(SPEC_ERRORS_SENSOR)
@@ -218,12 +218,12 @@ def test_a_worker_whose_environment_says_distributed_fails_the_load_without_retr
     result = defs.resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
-    assert [e.step_key for e in failures] == [target_key("duckdb", "drops").to_python_identifier()]
+    assert [e.step_key for e in failures] == [target_key("duckdb", Pipeline("default", "drops")).to_python_identifier()]
     error = failures[0].step_failure_data.error
     assert error is not None and REFUSAL in error.message and FIX in error.message
     assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     succeeded = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_SUCCESS}
-    assert {"raw__drops", "validate_drops"} <= succeeded  # the steps before the load ran, on the S3 lake
+    assert {"default__raw_drops", "validate_drops"} <= succeeded  # the steps before the load ran, on the S3 lake
     assert (
         not (data_dir / "warehouse.duckdb").exists() and not (data_dir / "lake").exists()
     )  # nothing was written to a warehouse file on this host

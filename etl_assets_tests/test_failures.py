@@ -3,6 +3,7 @@ written to the lake or the warehouse for the failed partition. A bad row is quar
 
 from __future__ import annotations
 
+import duckdb
 import pytest
 from dagster import DagsterEventType
 
@@ -37,14 +38,14 @@ def test_an_unreadable_row_deep_in_a_file_is_quarantined_and_the_rest_loads(drop
     rows = "".join(f"{i},x{i}\n" for i in range(20000))
     (drops / "big.csv").write_bytes(b"a,b\n" + rows.encode() + b"1,\xff\xfe bad utf8\n")
     result = drops_job(tmp_path).execute_in_process(instance=instance)
-    assert result.success and _attempts(result, "raw__drops") == 1
+    assert result.success and _attempts(result, "default__raw_drops") == 1
     import duckdb
 
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute('SELECT count(*), min(a), max(a) FROM "default".drops').fetchone() == (20000, 0, 19999)
     quarantined = duckdb.execute(
         "SELECT _etl_reasons, _etl_source FROM read_parquet(?)",
-        [str(data_dir / "lake" / "quarantine" / "drops" / "_all.parquet")],
+        [str(data_dir / "lake" / "default" / "quarantine_drops" / "_all.parquet")],
     ).fetchall()
     # conservation: 20,001 data lines = 20,000 loaded + the one non-UTF-8 line, quarantined with its reason
     assert len(quarantined) == 1 and quarantined[0][1] == "big.csv"
@@ -55,7 +56,7 @@ def test_a_file_missing_a_required_column_is_refused_at_once_and_leaves_landing(
     (drops / "x.csv").write_text("b\nonly-b\n")
     result = drops_job(tmp_path).execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
-    assert _attempts(result, "raw__drops") == 1  # a data error: no step retry
+    assert _attempts(result, "default__raw_drops") == 1  # a data error: no step retry
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
     user_failure = failure.step_failure_data.user_failure_data
     assert user_failure is not None and user_failure.description is not None
@@ -74,7 +75,11 @@ def test_quality_below_threshold_blocks_the_load(drops, data_dir, instance, tmp_
     assert not result.success
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["quality_score"] is False and checks["rows_conserved"] is True
-    assert not (data_dir / "warehouse.duckdb").exists()  # the blocking check stopped it before any target
+    # the blocking check stopped the load before any target; only the rows that held it reached the warehouse
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        schemas = {s for (s,) in con.execute("SELECT DISTINCT table_schema FROM information_schema.tables").fetchall()}
+        assert schemas == {"quarantine"}
+        assert con.execute("SELECT a FROM quarantine.drops").fetchall() == [("not-a-number",)]
 
 
 def test_bad_rows_are_quarantined_not_lost(drops, data_dir, instance, tmp_path):
@@ -87,7 +92,7 @@ def test_bad_rows_are_quarantined_not_lost(drops, data_dir, instance, tmp_path):
         assert con.execute('SELECT a, b FROM "default".drops').fetchall() == [(1, "ok")]
     quarantined = duckdb.execute(
         "SELECT b, _etl_reasons, _etl_source FROM read_parquet(?) ORDER BY b",
-        [str(data_dir / "lake" / "quarantine" / "drops" / "_all.parquet")],
+        [str(data_dir / "lake" / "default" / "quarantine_drops" / "_all.parquet")],
     ).fetchall()
     assert quarantined == [
         ("bad", ["type:a"], "x.csv"),

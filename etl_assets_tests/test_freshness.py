@@ -31,8 +31,8 @@ DAILY = pipeline(
     freshness={"max_lag_minutes": DAILY_LAG},
 )
 FLAT = pipeline("flat", [column("a", "INTEGER", nullable=False)], freshness={"max_lag_minutes": 30})
-DAILY_CHECK = AssetCheckKey(AssetKey(["warehouse", "events"]), FRESHNESS_CHECK_NAME)
-FLAT_CHECK = AssetCheckKey(AssetKey(["warehouse", "flat"]), FRESHNESS_CHECK_NAME)
+DAILY_CHECK = AssetCheckKey(AssetKey(["default", "warehouse_events"]), FRESHNESS_CHECK_NAME)
+FLAT_CHECK = AssetCheckKey(AssetKey(["default", "warehouse_flat"]), FRESHNESS_CHECK_NAME)
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
@@ -139,7 +139,7 @@ def test_target_assets_carry_dagsters_freshness_policy(tmp_path, data_dir):
     assert graph.get(FLAT_CHECK.asset_key).freshness_policy == FreshnessPolicy.time_window(
         fail_window=timedelta(minutes=30)
     )
-    assert graph.get(AssetKey(["clean", "flat"])).freshness_policy is None
+    assert graph.get(AssetKey(["default", "clean_flat"])).freshness_policy is None
 
 
 def test_building_the_definitions_raises_no_supersession_warning(tmp_path, data_dir):

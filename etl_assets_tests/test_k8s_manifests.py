@@ -631,7 +631,7 @@ def test_each_step_is_a_kubernetes_job_of_its_own(deployment):
         (step,) = args.step_keys_to_execute or []
         steps[step] = job
     assert set(steps) == deployment.planned_steps
-    assert {"raw__orders", "warehouse__orders"} <= set(steps)
+    assert {"shop__raw_orders", "shop__warehouse_orders"} <= set(steps)
 
 
 @pytest.mark.slow

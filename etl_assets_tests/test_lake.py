@@ -116,7 +116,7 @@ def test_io_manager_in_real_runs(tmp_path: Path):
 
 
 def _raw(lake: LakeStorage, values: list[str], partition: str = "2024-01-01") -> Path:
-    return lake.write(["raw", "v"], partition, pa.table({"x": values, "note": [f"n{v}" for v in values]})).path
+    return lake.write(["default", "raw_v"], partition, pa.table({"x": values, "note": [f"n{v}" for v in values]})).path
 
 
 def _view(source: Path, con: duckdb.DuckDBPyConnection, excluded: list[int]) -> LakeView:
@@ -131,11 +131,13 @@ def _files(directory: Path) -> list[str]:
 def test_view_partition_is_the_source_minus_the_excluded_rows_typed(tmp_path: Path):
     lake, con = _lake(tmp_path), duckdb.connect()
     source = _raw(lake, [str(i) for i in range(10)])
-    result = lake.write(["clean", "v"], "2024-01-01", _view(source, con, [3, 7]))
+    result = lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, [3, 7]))
     assert result.rows == 8 and result.path.name == "2024-01-01.view.json"
     assert result.schema.field("x").type == pa.int32()
-    assert lake.partitions(["clean", "v"]) == ["2024-01-01"] and lake.exists(["clean", "v"], "2024-01-01")
-    table = lake.table(["clean", "v"], ["2024-01-01"])
+    assert lake.partitions(["default", "clean_v"]) == ["2024-01-01"] and lake.exists(
+        ["default", "clean_v"], "2024-01-01"
+    )
+    table = lake.table(["default", "clean_v"], ["2024-01-01"])
     assert table.num_rows == 8
     assert table.relation(con).order("x").fetchall() == [(i, f"n{i}") for i in range(10) if i not in (3, 7)]
     assert sum(b.num_rows for b in table.arrow_reader(batch_size=3)) == 8
@@ -145,9 +147,9 @@ def test_view_partition_is_the_source_minus_the_excluded_rows_typed(tmp_path: Pa
 def test_view_keeps_the_validated_rows_when_the_source_is_replaced_or_expired(tmp_path: Path):
     lake, con = _lake(tmp_path), duckdb.connect()
     source = _raw(lake, ["1", "2", "3"])
-    lake.write(["clean", "v"], "2024-01-01", _view(source, con, [1]))
+    lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, [1]))
     _raw(lake, ["100", "200"])  # a re-extract replaces the raw partition
-    clean = lake.table(["clean", "v"], ["2024-01-01"])
+    clean = lake.table(["default", "clean_v"], ["2024-01-01"])
     assert clean.relation(con).order("x").fetchall() == [(1, "n1"), (3, "n3")]
     source.unlink()  # retention expires the raw partition
     assert clean.relation(con).order("x").fetchall() == [(1, "n1"), (3, "n3")]
@@ -156,46 +158,49 @@ def test_view_keeps_the_validated_rows_when_the_source_is_replaced_or_expired(tm
 def test_rewriting_a_view_replaces_its_files_and_a_parquet_write_removes_it(tmp_path: Path):
     lake, con = _lake(tmp_path), duckdb.connect()
     source = _raw(lake, ["1", "2", "3"])
-    directory = tmp_path / "lake" / "clean" / "v"
-    lake.write(["clean", "v"], "2024-01-01", _view(source, con, [0]))
+    directory = tmp_path / "lake" / "default" / "clean_v"
+    lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, [0]))
     first = _files(directory)
-    lake.write(["clean", "v"], "2024-01-01", _view(source, con, []))
+    lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, []))
     second = _files(directory)
     assert len(first) == len(second) == 3 and not set(first) & set(second) - {"2024-01-01.view.json"}
-    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).count("*").fetchall() == [(3,)]
-    lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [9]}))
+    assert lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con).count("*").fetchall() == [(3,)]
+    lake.write(["default", "clean_v"], "2024-01-01", pa.table({"x": [9]}))
     assert _files(directory) == ["2024-01-01.parquet"]
-    lake.write(["clean", "v"], "2024-01-01", _view(source, con, [2]))
+    lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, [2]))
     assert "2024-01-01.parquet" not in _files(directory)
-    assert lake.table(["clean", "v"], ["2024-01-01"]).num_rows == 2
+    assert lake.table(["default", "clean_v"], ["2024-01-01"]).num_rows == 2
 
 
 def test_failed_view_write_keeps_the_previous_partition_and_leaves_nothing(tmp_path: Path):
     lake, con = _lake(tmp_path), duckdb.connect()
     source = _raw(lake, ["1", "2", "3"])
-    lake.write(["clean", "v"], "2024-01-01", _view(source, con, [0]))
-    directory = tmp_path / "lake" / "clean" / "v"
+    lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, [0]))
+    directory = tmp_path / "lake" / "default" / "clean_v"
     before = _files(directory)
     broken = con.sql("SELECT CAST('not a position' AS BIGINT) AS position")  # fails only when executed
     with pytest.raises(duckdb.ConversionException):
-        lake.write(["clean", "v"], "2024-01-01", LakeView(str(source), '"x"', broken))
+        lake.write(["default", "clean_v"], "2024-01-01", LakeView(str(source), '"x"', broken))
     assert _files(directory) == before
-    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [(2, "n2"), (3, "n3")]
+    assert lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [
+        (2, "n2"),
+        (3, "n3"),
+    ]
 
 
 def test_views_and_files_read_together_and_a_bad_manifest_names_the_file(tmp_path: Path):
     lake, con = _lake(tmp_path), duckdb.connect()
     source = _raw(lake, ["1", "2"])
-    lake.write(["clean", "v"], "2024-01-01", _view(source, con, []))
-    lake.write(["clean", "v"], "2024-01-02", pa.table({"x": pa.array([5], pa.int32()), "note": ["file"]}))
-    both = lake.table(["clean", "v"], ["2024-01-01", "2024-01-02"])
+    lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, []))
+    lake.write(["default", "clean_v"], "2024-01-02", pa.table({"x": pa.array([5], pa.int32()), "note": ["file"]}))
+    both = lake.table(["default", "clean_v"], ["2024-01-01", "2024-01-02"])
     assert both.num_rows == 3
     assert both.relation(con).order("x").fetchall() == [(1, "n1"), (2, "n2"), (5, "file")]
     assert set(both.by_partition()) == {"2024-01-01", "2024-01-02"}
-    manifest = tmp_path / "lake" / "clean" / "v" / "2024-01-01.view.json"
+    manifest = tmp_path / "lake" / "default" / "clean_v" / "2024-01-01.view.json"
     manifest.write_text('{"format": "something else"}')
     with pytest.raises(LakeError, match=r"2024-01-01\.view\.json: field format .*re-materialize"):
-        lake.table(["clean", "v"], ["2024-01-01"]).relation(con)
+        lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con)
 
 
 # ---------------------------------------------------------------------------------------------- self-repair
@@ -229,7 +234,7 @@ def _killed_writer_files(directory: Path, partition: str, generation: str = GENE
         json.dumps(
             {
                 "format": "etl_assets.lake.view/1",
-                "source": "../../raw/v/2024-01-01.parquet",
+                "source": "../../default/raw_v/2024-01-01.parquet",
                 "excluded": "{sentinel}",
                 "select": '"x"',
                 "excluded_rows": 0,
@@ -242,27 +247,30 @@ def _killed_writer_files(directory: Path, partition: str, generation: str = GENE
 def test_rewriting_a_partition_whose_manifest_is_corrupt_repairs_it(tmp_path: Path, garbage: bytes, rewrite_as: str):
     lake, con = _lake(tmp_path), duckdb.connect()
     source = _raw(lake, ["1", "2", "3"])
-    directory = tmp_path / "lake" / "clean" / "v"
-    first = lake.write(["clean", "v"], "2024-01-01", _view(source, con, [0]))
+    directory = tmp_path / "lake" / "default" / "clean_v"
+    first = lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, [0]))
     old_files = set(_files(directory)) - {first.path.name}
     sentinel = tmp_path / "sentinel.parquet"
     sentinel.write_bytes(b"not the lake's")
     first.path.write_bytes(garbage.replace(b"{sentinel}", str(sentinel).encode()))
     if not garbage.startswith(b'{"format": "etl_assets.lake.view/1", "source": "../'):
         with pytest.raises(LakeError, match=r"2024-01-01\.view\.json.*re-materialize the partition"):
-            lake.table(["clean", "v"], ["2024-01-01"]).relation(con)
+            lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con)
 
     if rewrite_as == "view":
-        result = lake.write(["clean", "v"], "2024-01-01", _view(source, con, [2]))
+        result = lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, [2]))
         assert result.rows == 2
         new_files = {p.name for p in view_files(str(result.path))}
         assert set(_files(directory)) == {"2024-01-01.view.json", *new_files}  # the corrupt one's files are gone
         assert not old_files & new_files
-        assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [(1, "n1"), (2, "n2")]
+        assert lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [
+            (1, "n1"),
+            (2, "n2"),
+        ]
     else:
-        lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [7]}))
+        lake.write(["default", "clean_v"], "2024-01-01", pa.table({"x": [7]}))
         assert _files(directory) == ["2024-01-01.parquet"]
-        assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).fetchall() == [(7,)]
+        assert lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con).fetchall() == [(7,)]
     assert source.is_file() and pq.read_table(source).num_rows == 3  # nothing outside the directory was touched
     assert sentinel.read_bytes() == b"not the lake's"
 
@@ -270,8 +278,8 @@ def test_rewriting_a_partition_whose_manifest_is_corrupt_repairs_it(tmp_path: Pa
 def test_a_write_removes_the_files_a_killed_writer_left_and_only_those(tmp_path: Path):
     lake, con = _lake(tmp_path), duckdb.connect()
     source = _raw(lake, ["1", "2", "3"])
-    directory = tmp_path / "lake" / "clean" / "v"
-    lake.write(["clean", "v"], "2024-01-01", _view(source, con, []))
+    directory = tmp_path / "lake" / "default" / "clean_v"
+    lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, []))
     stale = _killed_writer_files(directory, "2024-01-01")
     # files of other partitions whose names start like this one's: not this partition's to remove
     others = _killed_writer_files(directory, "2024-01-01.0123456789ab", generation="abcdef012345")
@@ -281,30 +289,33 @@ def test_a_write_removes_the_files_a_killed_writer_left_and_only_those(tmp_path:
         (directory / name).write_bytes(b"someone's")
     assert stale <= set(_files(directory))
 
-    result = lake.write(["clean", "v"], "2024-01-01", _view(source, con, [1]))
+    result = lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, [1]))
     kept = {p.name for p in view_files(str(result.path))}
     assert set(_files(directory)) == {"2024-01-01.view.json", *kept, *others, *unrelated}
-    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [(1, "n1"), (3, "n3")]
+    assert lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [
+        (1, "n1"),
+        (3, "n3"),
+    ]
 
-    lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [5]}))  # a Parquet write cleans up the same way
+    lake.write(["default", "clean_v"], "2024-01-01", pa.table({"x": [5]}))  # a Parquet write cleans up the same way
     _killed_writer_files(directory, "2024-01-01")
-    lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [6]}))
+    lake.write(["default", "clean_v"], "2024-01-01", pa.table({"x": [6]}))
     assert set(_files(directory)) == {"2024-01-01.parquet", *others, *unrelated}
 
 
 def test_remove_takes_a_partition_and_its_leftovers_under_its_lock(tmp_path: Path):
     lake, con = _lake(tmp_path), duckdb.connect()
     source = _raw(lake, ["1", "2"])
-    directory = tmp_path / "lake" / "clean" / "v"
-    lake.write(["clean", "v"], "2024-01-01", _view(source, con, []))
-    lake.write(["clean", "v"], "2024-01-02", _view(source, con, [0]))
+    directory = tmp_path / "lake" / "default" / "clean_v"
+    lake.write(["default", "clean_v"], "2024-01-01", _view(source, con, []))
+    lake.write(["default", "clean_v"], "2024-01-02", _view(source, con, [0]))
     _killed_writer_files(directory, "2024-01-01")
-    removed = lake.remove(["clean", "v"], "2024-01-01")
+    removed = lake.remove(["default", "clean_v"], "2024-01-01")
     assert "2024-01-01.view.json" in removed and len(removed) == 1 + 4  # the manifest and the stale files
-    assert lake.partitions(["clean", "v"]) == ["2024-01-02"]
+    assert lake.partitions(["default", "clean_v"]) == ["2024-01-02"]
     assert all(name.startswith(("2024-01-02", ".2024-01-02.")) for name in _files(directory))
-    assert lake.table(["clean", "v"], ["2024-01-02"]).num_rows == 1
-    assert lake.remove(["clean", "v"], "2024-01-05") == [] and lake.remove(["nothing"], None) == []
+    assert lake.table(["default", "clean_v"], ["2024-01-02"]).num_rows == 1
+    assert lake.remove(["default", "clean_v"], "2024-01-05") == [] and lake.remove(["nothing"], None) == []
 
 
 def test_a_pinned_partition_reads_one_version_while_it_is_rewritten(tmp_path: Path):
@@ -316,22 +327,25 @@ def test_a_pinned_partition_reads_one_version_while_it_is_rewritten(tmp_path: Pa
 
     lake, con = _lake(tmp_path), duckdb.connect()
     _raw(lake, ["1", "2", "3"])
-    raw = lake.table(["raw", "v"], ["2024-01-01"])
+    raw = lake.table(["default", "raw_v"], ["2024-01-01"])
     pins = tmp_path / "lake" / ".etl_pins"
     with lake.pinned(raw) as pinned:
         before = pinned.relation(con).fetchall()
         _raw(lake, ["7", "8", "9", "10"])  # the re-extract lands between the checks and the view write
         assert pinned.relation(con).fetchall() == before == [("1", "n1"), ("2", "n2"), ("3", "n3")]
         assert raw.relation(con).fetchall()[0] == ("7", "n7")  # the unpinned name reads the new version
-        lake.write(["clean", "v"], "2024-01-01", _view(Path(pinned.paths[0]), con, [1]))
+        lake.write(["default", "clean_v"], "2024-01-01", _view(Path(pinned.paths[0]), con, [1]))
         assert len(list(pins.iterdir())) == 1
     assert list(pins.iterdir()) == []  # the pin is gone with the block
-    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [(1, "n1"), (3, "n3")]
+    assert lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con).order("x").fetchall() == [
+        (1, "n1"),
+        (3, "n3"),
+    ]
 
     # a pin of a process that is gone (a killed step) is removed by the next pin; a live process's is kept
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = pins / f"{dead.stdout.strip()}-{uuid.uuid4().hex}.parquet"
-    raw_file = lake.stored_path(["raw", "v"], "2024-01-01")
+    raw_file = lake.stored_path(["default", "raw_v"], "2024-01-01")
     assert raw_file is not None
     os.link(raw_file, stale)
     live = pins / f"{os.getppid()}-{uuid.uuid4().hex}.parquet"

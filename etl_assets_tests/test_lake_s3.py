@@ -37,38 +37,38 @@ def lake(s3_bucket: str, data_dir: Path) -> LakeStorage:
 
 
 def test_parquet_partition_is_one_object_and_reads_back(lake: LakeStorage, s3_server, s3_bucket, data_dir):
-    result = lake.write(["raw", "orders"], "2024-01-01", pa.table({"x": [1, 2, 3]}))
-    assert result.url == f"s3://{s3_bucket}/lake/raw/orders/2024-01-01.parquet"
+    result = lake.write(["shop", "raw_orders"], "2024-01-01", pa.table({"x": [1, 2, 3]}))
+    assert result.url == f"s3://{s3_bucket}/lake/shop/raw_orders/2024-01-01.parquet"
     assert pq.read_table(result.path).column("x").to_pylist() == [1, 2, 3]  # the local cached copy
     assert result.rows == 3
-    assert _keys(s3_server, s3_bucket) == ["lake/raw/orders/2024-01-01.parquet"]
-    assert lake.partitions(["raw", "orders"]) == ["2024-01-01"]
-    assert lake.exists(["raw", "orders"], "2024-01-01") and not lake.exists(["raw", "orders"], "2024-01-02")
+    assert _keys(s3_server, s3_bucket) == ["lake/shop/raw_orders/2024-01-01.parquet"]
+    assert lake.partitions(["shop", "raw_orders"]) == ["2024-01-01"]
+    assert lake.exists(["shop", "raw_orders"], "2024-01-01") and not lake.exists(["shop", "raw_orders"], "2024-01-02")
     con = duckdb.connect()
-    assert sorted(lake.table(["raw", "orders"], ["2024-01-01"]).relation(con).fetchall()) == [(1,), (2,), (3,)]
+    assert sorted(lake.table(["shop", "raw_orders"], ["2024-01-01"]).relation(con).fetchall()) == [(1,), (2,), (3,)]
     # nothing of the lake is kept on the local disk but the read cache
     assert not (data_dir / "lake").exists()
     with pytest.raises(LakeError, match=f"not in the lake at s3://{s3_bucket}/lake"):
-        lake.table(["raw", "orders"], ["2024-01-09"])
+        lake.table(["shop", "raw_orders"], ["2024-01-09"])
 
 
 def test_a_reader_keeps_the_version_it_read_when_the_partition_is_replaced(lake: LakeStorage, s3_server, s3_bucket):
-    lake.write(["raw", "t"], None, pa.table({"x": [1, 2]}))
-    before = lake.table(["raw", "t"], [None])
-    lake.write(["raw", "t"], None, pa.table({"x": [7]}))
+    lake.write(["default", "raw_t"], None, pa.table({"x": [1, 2]}))
+    before = lake.table(["default", "raw_t"], [None])
+    lake.write(["default", "raw_t"], None, pa.table({"x": [7]}))
     con = duckdb.connect()
     assert sorted(before.relation(con).fetchall()) == [(1,), (2,)]  # the version this step read, whole
-    assert lake.table(["raw", "t"], [None]).relation(con).fetchall() == [(7,)]
+    assert lake.table(["default", "raw_t"], [None]).relation(con).fetchall() == [(7,)]
     # another process (empty cache) sees the new version only: the object was replaced whole
     lake_s3._origins.clear()
     for path in (lake.root_path() / "objects").rglob("*.parquet"):
         path.unlink()
-    assert lake.table(["raw", "t"], [None]).relation(con).fetchall() == [(7,)]
-    assert _keys(s3_server, s3_bucket) == ["lake/raw/t/_all.parquet"]
+    assert lake.table(["default", "raw_t"], [None]).relation(con).fetchall() == [(7,)]
+    assert _keys(s3_server, s3_bucket) == ["lake/default/raw_t/_all.parquet"]
 
 
 def _view(lake: LakeStorage, excluded: list[int]) -> LakeView:
-    raw = lake.table(["raw", "v"], ["2024-01-01"])
+    raw = lake.table(["default", "raw_v"], ["2024-01-01"])
     con = duckdb.connect()
     positions = (
         con.sql(f"SELECT unnest({excluded}::BIGINT[]) AS position")
@@ -81,32 +81,32 @@ def _view(lake: LakeStorage, excluded: list[int]) -> LakeView:
 def test_view_partition_writes_its_manifest_last_and_removes_the_old_generation(
     lake: LakeStorage, s3_server, s3_bucket
 ):
-    lake.write(["raw", "v"], "2024-01-01", pa.table({"x": [1, 2, 3], "note": ["a", "b", "c"]}))
-    first = lake.write(["clean", "v"], "2024-01-01", _view(lake, [1]))
+    lake.write(["default", "raw_v"], "2024-01-01", pa.table({"x": [1, 2, 3], "note": ["a", "b", "c"]}))
+    first = lake.write(["default", "clean_v"], "2024-01-01", _view(lake, [1]))
     assert first.rows == 2
-    keys = _keys(s3_server, s3_bucket, "lake/clean/")
-    assert "lake/clean/v/2024-01-01.view.json" in keys and len(keys) == 3, keys
+    keys = _keys(s3_server, s3_bucket, "lake/default/clean_v/")
+    assert "lake/default/clean_v/2024-01-01.view.json" in keys and len(keys) == 3, keys
     manifest = json.loads(
-        s3_server.client().get_object(Bucket=s3_bucket, Key="lake/clean/v/2024-01-01.view.json")["Body"].read()
+        s3_server.client().get_object(Bucket=s3_bucket, Key="lake/default/clean_v/2024-01-01.view.json")["Body"].read()
     )
     assert manifest["excluded_rows"] == 1 and manifest["stats"] == {"low": 1}
-    assert {f"lake/clean/v/{manifest['source']}", f"lake/clean/v/{manifest['excluded']}"} < set(keys)
+    assert {f"lake/default/clean_v/{manifest['source']}", f"lake/default/clean_v/{manifest['excluded']}"} < set(keys)
     con = duckdb.connect()
-    assert sorted(lake.table(["clean", "v"], ["2024-01-01"]).relation(con).fetchall()) == [(1, "a"), (3, "c")]
+    assert sorted(lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con).fetchall()) == [(1, "a"), (3, "c")]
 
-    lake.write(["clean", "v"], "2024-01-01", _view(lake, [0, 2]))
-    after = _keys(s3_server, s3_bucket, "lake/clean/")
-    assert len(after) == 3 and not set(after) & (set(keys) - {"lake/clean/v/2024-01-01.view.json"})
+    lake.write(["default", "clean_v"], "2024-01-01", _view(lake, [0, 2]))
+    after = _keys(s3_server, s3_bucket, "lake/default/clean_v/")
+    assert len(after) == 3 and not set(after) & (set(keys) - {"lake/default/clean_v/2024-01-01.view.json"})
     # a fresh reader (empty cache) downloads the manifest's generation and sees the new rows only
     for path in (lake.root_path() / "views").iterdir():
         shutil.rmtree(path)
-    assert lake.table(["clean", "v"], ["2024-01-01"]).relation(con).fetchall() == [(2, "b")]
+    assert lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con).fetchall() == [(2, "b")]
 
     # a Parquet partition over the view removes the manifest and its files
-    lake.write(["clean", "v"], "2024-01-01", pa.table({"x": [9], "note": ["z"]}))
-    assert _keys(s3_server, s3_bucket, "lake/clean/") == ["lake/clean/v/2024-01-01.parquet"]
-    assert lake.remove(["clean", "v"], "2024-01-01") == ["2024-01-01.parquet"]
-    assert _keys(s3_server, s3_bucket, "lake/clean/") == []
+    lake.write(["default", "clean_v"], "2024-01-01", pa.table({"x": [9], "note": ["z"]}))
+    assert _keys(s3_server, s3_bucket, "lake/default/clean_v/") == ["lake/default/clean_v/2024-01-01.parquet"]
+    assert lake.remove(["default", "clean_v"], "2024-01-01") == ["2024-01-01.parquet"]
+    assert _keys(s3_server, s3_bucket, "lake/default/clean_v/") == []
 
 
 WRITER = textwrap.dedent(
@@ -115,7 +115,7 @@ WRITER = textwrap.dedent(
     from etl_assets.lake import LakeStorage
     root, tag, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
     relation = duckdb.connect().sql(f"SELECT '{tag}' AS writer, range AS n FROM range({rows})")
-    print(LakeStorage(root=root).write(["raw", "race"], "2024-01-01", relation).rows)
+    print(LakeStorage(root=root).write(["default", "raw_race"], "2024-01-01", relation).rows)
     """
 )
 
@@ -140,7 +140,7 @@ def test_two_processes_writing_one_partition_leave_one_writers_rows(lake: LakeSt
     assert [o[0].strip() for o in outputs] == ["300000", "200000"]
     con = duckdb.connect()
     lake_s3._origins.clear()
-    con.register("got", lake.table(["raw", "race"], ["2024-01-01"]).relation(con))
+    con.register("got", lake.table(["default", "raw_race"], ["2024-01-01"]).relation(con))
     by_writer = {
         w: (c, d)
         for w, c, d in con.sql("SELECT writer, count(*), count(DISTINCT n) FROM got GROUP BY writer").fetchall()
@@ -148,26 +148,28 @@ def test_two_processes_writing_one_partition_leave_one_writers_rows(lake: LakeSt
     assert len(by_writer) == 1, by_writer
     ((writer, (count, distinct)),) = by_writer.items()
     assert count == distinct == {"a": 300_000, "b": 200_000}[writer]
-    assert _keys(s3_server, s3_bucket) == ["lake/raw/race/2024-01-01.parquet"]
+    assert _keys(s3_server, s3_bucket) == ["lake/default/raw_race/2024-01-01.parquet"]
 
 
 def test_a_losing_view_writers_files_are_removed_after_the_grace_period(
     lake: LakeStorage, s3_server, s3_bucket, monkeypatch
 ):
-    lake.write(["raw", "v"], "2024-01-01", pa.table({"x": [1, 2, 3], "note": ["a", "b", "c"]}))
-    lake.write(["clean", "v"], "2024-01-01", _view(lake, [0]))
+    lake.write(["default", "raw_v"], "2024-01-01", pa.table({"x": [1, 2, 3], "note": ["a", "b", "c"]}))
+    lake.write(["default", "clean_v"], "2024-01-01", _view(lake, [0]))
     # a writer that uploaded its generation and died before its manifest (or lost the race): files no manifest names
     client = s3_server.client()
     for suffix in ("source", "excluded"):
-        client.put_object(Bucket=s3_bucket, Key=f"lake/clean/v/.2024-01-01.0123456789ab.{suffix}.parquet", Body=b"x")
-    lake.write(["clean", "v"], "2024-01-01", _view(lake, [1]))
+        client.put_object(
+            Bucket=s3_bucket, Key=f"lake/default/clean_v/.2024-01-01.0123456789ab.{suffix}.parquet", Body=b"x"
+        )
+    lake.write(["default", "clean_v"], "2024-01-01", _view(lake, [1]))
     assert sum(".0123456789ab." in k for k in _keys(s3_server, s3_bucket)) == 2  # young: maybe still being written
     monkeypatch.setattr(lake_s3, "LEFTOVER_GRACE_SECONDS", -60)
-    lake.write(["clean", "v"], "2024-01-01", _view(lake, [2]))
-    keys = _keys(s3_server, s3_bucket, "lake/clean/")
+    lake.write(["default", "clean_v"], "2024-01-01", _view(lake, [2]))
+    keys = _keys(s3_server, s3_bucket, "lake/default/clean_v/")
     assert len(keys) == 3 and not any(".0123456789ab." in k for k in keys), keys
     con = duckdb.connect()
-    assert sorted(lake.table(["clean", "v"], ["2024-01-01"]).relation(con).fetchall()) == [(1, "a"), (2, "b")]
+    assert sorted(lake.table(["default", "clean_v"], ["2024-01-01"]).relation(con).fetchall()) == [(1, "a"), (2, "b")]
 
 
 def test_an_unreachable_or_missing_bucket_names_the_location_and_never_a_secret(s3_server, data_dir, monkeypatch):
@@ -175,12 +177,12 @@ def test_an_unreachable_or_missing_bucket_names_the_location_and_never_a_secret(
         monkeypatch.setenv(name, value)
     lake = LakeStorage(root="s3://no-such-bucket-here/lake")
     with pytest.raises(ObjectStoreError) as missing:
-        lake.write(["raw", "x"], None, pa.table({"x": [1]}))
-    assert "s3://no-such-bucket-here/lake/raw/x/_all.parquet" in str(missing.value)
+        lake.write(["default", "raw_x"], None, pa.table({"x": [1]}))
+    assert "s3://no-such-bucket-here/lake/default/raw_x/_all.parquet" in str(missing.value)
     assert "NoSuchBucket" in str(missing.value) and SECRET_KEY not in str(missing.value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(ObjectStoreError, match="check that the endpoint") as down:
-        LakeStorage(root="s3://b/lake2").partitions(["raw", "x"])
+        LakeStorage(root="s3://b/lake2").partitions(["default", "raw_x"])
     assert SECRET_KEY not in str(down.value)
     with pytest.raises(LakeError, match="only s3://"):
         LakeStorage(root="gs://b/lake").partitions(["raw"])
@@ -321,8 +323,8 @@ def test_the_reference_pipelines_run_with_lake_and_landing_on_s3(s3_server, s3_b
         assert [r.success for r in runs] == [True] * (1 + len(manifest.partition_keys))
     assert not (data_dir / "lake").exists() and not local_landing.exists()
     keys = _keys(s3_server, s3_bucket, "lake/")
-    assert {f"lake/raw/orders/{p}.parquet" for p in manifest.partition_keys} <= set(keys)
-    assert {f"lake/clean/orders/{p}.view.json" for p in manifest.partition_keys} <= set(keys)
+    assert {f"lake/shop/raw_orders/{p}.parquet" for p in manifest.partition_keys} <= set(keys)
+    assert {f"lake/shop/clean_orders/{p}.view.json" for p in manifest.partition_keys} <= set(keys)
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         actual = con.execute(
             "SELECT strftime(order_date, '%Y-%m-%d'), country, orders, units, revenue_usd FROM shop.daily_revenue"
@@ -404,13 +406,13 @@ def test_a_multipart_upload_is_cached_under_the_etag_the_server_gives_it(lake, s
     import numpy as np
 
     table = pa.table({"x": np.random.default_rng(1).integers(0, 2**62, 2_000_000)})
-    result = lake.write(["raw", "big"], None, table)
+    result = lake.write(["default", "raw_big"], None, table)
     assert result.bytes > 10 << 20
-    etag = s3_server.client().head_object(Bucket=s3_bucket, Key="lake/raw/big/_all.parquet")["ETag"].strip('"')
+    etag = s3_server.client().head_object(Bucket=s3_bucket, Key="lake/default/raw_big/_all.parquet")["ETag"].strip('"')
     assert "-" in etag, etag  # a multipart ETag: <md5 of the part md5s>-<parts>
     cached = list((lake.root_path() / "objects").rglob("*.parquet"))
     assert [p.stem for p in cached] == [etag]
-    got = lake.table(["raw", "big"], [None])
+    got = lake.table(["default", "raw_big"], [None])
     assert got.paths == (str(cached[0]),) and got.num_rows == 2_000_000
 
 
@@ -430,7 +432,7 @@ def test_rebuild_from_a_raw_lake_on_s3(shop_data, api_server, data_dir, instance
     before = snapshot(data_dir)
     client = s3_server.client()
     for key in _keys(s3_server, s3_bucket, "lake/"):
-        if not key.startswith("lake/raw/"):
+        if not key.startswith("lake/shop/raw_"):
             client.delete_object(Bucket=s3_bucket, Key=key)
     (data_dir / "warehouse.duckdb").unlink()
     shutil.rmtree(data_dir / ".lake_cache")
@@ -443,7 +445,7 @@ def test_rebuild_from_a_raw_lake_on_s3(shop_data, api_server, data_dir, instance
         assert cli(["rebuild", pipeline]) == 0
     assert cli(["rebuild", "orders", "--from", first, "--to", last]) == 0
     assert snapshot(data_dir) == before
-    client.delete_object(Bucket=s3_bucket, Key=f"lake/raw/orders/{first}.parquet")
+    client.delete_object(Bucket=s3_bucket, Key=f"lake/shop/raw_orders/{first}.parquet")
     assert cli(["rebuild", "orders", "--from", first, "--to", last]) == 2
     assert snapshot(data_dir) == before
 
@@ -455,11 +457,11 @@ def test_a_distributed_deployment_refuses_a_local_lake_or_landing_zone_and_takes
     monkeypatch.delenv("ETL_LAKE_URL", raising=False)
     monkeypatch.delenv("ETL_LANDING_URL", raising=False)
     with pytest.raises(DeploymentRefused, match="ETL_LAKE_URL=s3://"):
-        LakeStorage().write(["raw", "x"], None, pa.table({"x": [1]}))
+        LakeStorage().write(["default", "raw_x"], None, pa.table({"x": [1]}))
     with pytest.raises(DeploymentRefused, match="ETL_LANDING_URL=s3://"):
         LandingFilesSource().scan("drops", FilesSource.model_validate({"kind": "files", "format": "csv"}))
     assert not (data_dir / "lake").exists()
     monkeypatch.setenv("ETL_LAKE_URL", f"s3://{s3_bucket}/lake")
     monkeypatch.setenv("ETL_LANDING_URL", f"s3://{s3_bucket}/landing")
-    assert LakeStorage().write(["raw", "x"], None, pa.table({"x": [1]})).rows == 1
+    assert LakeStorage().write(["default", "raw_x"], None, pa.table({"x": [1]})).rows == 1
     assert LandingFilesSource().scan("drops", FilesSource.model_validate({"kind": "files", "format": "csv"})) == []

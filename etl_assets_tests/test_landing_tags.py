@@ -288,8 +288,8 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
     (outside / "x.csv").write_text("a\n1\n")
     (landing / "linked").symlink_to(outside, target_is_directory=True)
     (data_dir / "warehouse.duckdb").write_text("the warehouse")
-    unreadable = failing_job("raw__drops", PermanentSourceError("drops: cannot read it"))
-    failing = failing_job("raw__linked", PermanentSourceError("linked: cannot read it"))
+    unreadable = failing_job("default__raw_drops", PermanentSourceError("drops: cannot read it"))
+    failing = failing_job("default__raw_linked", PermanentSourceError("linked: cannot read it"))
     runs = [
         unreadable.execute_in_process(
             instance=instance,
@@ -325,7 +325,7 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
     evaluate(defs, instance, "landing_quarantine_sensor", legit.run_id)
     assert not bad.exists()
     reason = next((data_dir / "quarantine" / "drops").glob("*_bad.csv.reason.txt")).read_text()
-    assert f"run {legit.run_id} step raw__drops" in reason and "cannot read it" in reason
+    assert f"run {legit.run_id} step default__raw_drops" in reason and "cannot read it" in reason
 
 
 # ---------------------------------------------------------------------------------------------- item 10
@@ -384,16 +384,16 @@ def test_a_nested_json_column_fails_validation_and_the_file_leaves_landing(lab, 
     "step, error, moved",
     [
         ("validate_drops", ContractError("drops: required column(s) a missing"), True),
-        ("raw__drops", PermanentSourceError("drops: cannot read d.csv as csv"), True),
+        ("default__raw_drops", PermanentSourceError("drops: cannot read d.csv as csv"), True),
         (
             "validate_drops",
             UpstreamNotReadyError("drops: its relationship to products needs products loaded first"),
             False,
         ),  # a re-run fixes it once the upstream is loaded
         ("validate_drops", RuntimeError("the lake is on fire"), False),  # infrastructure
-        ("raw__drops", TransientSourceError("drops: timed out"), False),
+        ("default__raw_drops", TransientSourceError("drops: timed out"), False),
         ("validate_other", ContractError("other: required column(s) a missing"), False),  # another dataset's step
-        ("warehouse__drops", ContractError("drops: contract mismatch at load"), False),  # a load, not the file
+        ("default__warehouse_drops", ContractError("drops: contract mismatch at load"), False),  # a load, not the file
     ],
 )
 def test_only_failures_a_rerun_of_the_same_file_cannot_fix_move_it(lab, instance, data_dir, step, error, moved):

@@ -48,13 +48,13 @@ HOOK_SECRET = "hook-s3cr3t-3f9a"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 DROPS_ROWS, DROPS_BAD = 40, 1
 FAILING = {  # pipeline -> (failed step, its asset, error class, words of the message)
-    "empty": ("raw__empty", "raw/empty", "permanent", "no files matching"),
+    "empty": ("default__raw_empty", "default/raw_empty", "permanent", "no files matching"),
     # a contract column holding objects: the extract reads it, validation refuses it
-    "shapeless": ("validate_shapeless", "clean/shapeless", "data_quality", "nested values"),
-    "flaky": ("raw__flaky", "raw/flaky", "transient", "failed 6 times, last with http_503"),
-    "broken": ("marts__broken", "marts/broken", "infrastructure", "no_such_column"),
+    "shapeless": ("validate_shapeless", "default/clean_shapeless", "data_quality", "nested values"),
+    "flaky": ("default__raw_flaky", "default/raw_flaky", "transient", "failed 6 times, last with http_503"),
+    "broken": ("default__marts_broken", "default/marts_broken", "infrastructure", "no_such_column"),
 }
-FRESHNESS = AssetCheckKey(AssetKey(["warehouse", "drops"]), "freshness_check")
+FRESHNESS = AssetCheckKey(AssetKey(["default", "warehouse_drops"]), "freshness_check")
 
 
 def _specs(flaky_url: str) -> list[dict]:
@@ -222,7 +222,7 @@ def _freshness_check(world: World):
 
 
 def _report_update(world: World, minutes_ago: float | None) -> None:
-    """A materialization of warehouse/drops; with ``minutes_ago``, stating that its data dates from then."""
+    """A materialization of default/warehouse_drops; with ``minutes_ago``, stating that its data dates from then."""
     metadata = {}
     if minutes_ago is not None:
         stamp = (datetime.now(UTC) - timedelta(minutes=minutes_ago)).timestamp()
@@ -241,9 +241,13 @@ def test_freshness_check_fails_when_the_last_update_is_older_than_the_lag(world)
     # the sensor asks for checks never evaluated (the shop's), not for one that is fresh for another 30 minutes
     sensor_result = world.tick("freshness_checks_sensor", None)
     requested = {k for r in sensor_result.run_requests for k in (r.asset_check_keys or [])}
-    assert {k.asset_key.path[1] for k in requested} == {"orders", "customers", "daily_revenue"}
+    assert {k.asset_key.path[1] for k in requested} == {
+        "warehouse_orders",
+        "warehouse_customers",
+        "warehouse_daily_revenue",
+    }
 
-    fresh = _freshness_check(world)  # shortly after the real run that loaded warehouse/drops
+    fresh = _freshness_check(world)  # shortly after the real run that loaded default/warehouse_drops
     assert fresh.passed, fresh.description
 
     _report_update(world, minutes_ago=31)  # newest materialization holds data 31 minutes old; the lag is 30
@@ -282,7 +286,7 @@ def test_failed_check_evaluations_are_alerted_once_each(world):
     alerts = [a for a in world.alerts() if a["kind"] == "check_failure"]
     assert sorted((a["run_id"], a["asset"], a["check"]) for a in alerts) == sorted(expected)
     fresh_alerts = [a for a in alerts if a["check"] == "freshness_check"]
-    assert all(a["asset"] == "warehouse/drops" and a["pipeline"] == "drops" for a in fresh_alerts)
+    assert all(a["asset"] == "default/warehouse_drops" and a["pipeline"] == "drops" for a in fresh_alerts)
     assert all(a["url"] == f"{UI}/runs/{a['run_id']}" and a["severity"] == "WARN" for a in fresh_alerts)
 
 
@@ -428,7 +432,7 @@ def test_prometheus_endpoint_serves_metrics_from_the_instance(world):
             run.end_time - run.start_time, abs=1e-6
         )
         assert samples['etl_run_duration_seconds_bucket{job="drops_pipeline",le="+Inf"}'] == 1
-        latest = world.instance.get_latest_materialization_event(AssetKey(["warehouse", "drops"])).timestamp
+        latest = world.instance.get_latest_materialization_event(AssetKey(["default", "warehouse_drops"])).timestamp
         assert samples['etl_last_success_timestamp_seconds{pipeline="drops"}'] == pytest.approx(latest, abs=1e-3)
 
         # a new failed run shows up in the next scrape (the collector reads only what changed)

@@ -144,14 +144,14 @@ def test_rerunning_a_partition_replaces_it(loaded, shop_data, instance, data_dir
 def test_materializations_carry_metadata(instance):
     from dagster import AssetKey
 
-    event = instance.get_latest_materialization_event(AssetKey(["clean", "orders"]))
+    event = instance.get_latest_materialization_event(AssetKey(["shop", "clean_orders"]))
     meta = event.asset_materialization.metadata
     assert meta["rows_in"].value == meta["rows_valid"].value + meta["rows_quarantined"].value
     assert meta["dagster/row_count"].value == meta["rows_valid"].value
-    raw = instance.get_latest_materialization_event(AssetKey(["raw", "orders"])).asset_materialization.metadata
+    raw = instance.get_latest_materialization_event(AssetKey(["shop", "raw_orders"])).asset_materialization.metadata
     assert raw["pages"].value >= 1 and raw["records_extracted"].value == raw["dagster/row_count"].value
     checks = instance.event_log_storage.get_latest_asset_check_execution_by_key
     from dagster import AssetCheckKey
 
-    latest = checks([AssetCheckKey(AssetKey(["clean", "orders"]), "rows_conserved")])
+    latest = checks([AssetCheckKey(AssetKey(["shop", "clean_orders"]), "rows_conserved")])
     assert latest and next(iter(latest.values())).status.value == "SUCCEEDED"

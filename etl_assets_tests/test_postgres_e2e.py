@@ -39,7 +39,7 @@ def test_customers_from_postgres(pg_customers, pg_schema, postgres_url, shop_dat
     defs = build_definitions()
     result = defs.resolve_job_def("customers_pipeline").execute_in_process(instance=instance)
     assert result.success
-    raw = result.asset_materializations_for_node("raw__customers")[0].metadata
+    raw = result.asset_materializations_for_node("shop__raw_customers")[0].metadata
     assert raw["fast_path"].value == "adbc"
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         loaded = con.execute("SELECT customer_id, country, updated_at FROM shop.customers ORDER BY 1").fetchall()
@@ -78,5 +78,5 @@ def test_pipeline_with_postgres_target(tmp_path, postgres_url, pg_schema, shop_d
     assert got == (shop_data.products, expected[1]) and expected[0] == shop_data.products
     check = result.get_asset_check_evaluations()
     assert {(c.asset_key.to_user_string(), c.check_name, c.passed) for c in check} >= {
-        ("postgres/catalogue", "matches_lake", True)
+        (f"{pg_schema}/postgres_catalogue", "matches_lake", True)
     }

@@ -38,7 +38,7 @@ def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instanc
         ("2001", "readings_2024-01-01_b.csv", 1, ["min:value"]),
         ("2500", "readings_2024-01-01_b.csv", 500, ["min:value"]),
     ]
-    lake = data_dir / "lake" / "quarantine" / "readings" / "2024-01-01.parquet"
+    lake = data_dir / "lake" / "lab" / "quarantine_readings" / "2024-01-01.parquet"
     query = "SELECT reading_id, _etl_source, _etl_record, _etl_reasons FROM {} ORDER BY _etl_source, _etl_record"
     assert duckdb.execute(query.format(f"read_parquet('{lake}')")).fetchall() == expected
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:

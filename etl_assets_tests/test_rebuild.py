@@ -54,7 +54,7 @@ def test_rebuild_from_raw_without_sources(shop_data, api_server, data_dir, insta
         assert snapshot(data_dir) == before
     assert api_server.requests_total == api_requests
     out = capsys.readouterr().out
-    assert "marts/daily_revenue" in out
+    assert "shop/marts_daily_revenue" in out
     # one progress line per partition, with what it wrote
     lines = [line for line in out.splitlines() if line.startswith("[") and f"] orders {last} " in line]
     assert len(lines) == 2 and lines[0].startswith(f"[{len(shop_data.partition_keys)}/{len(shop_data.partition_keys)}]")
@@ -62,10 +62,10 @@ def test_rebuild_from_raw_without_sources(shop_data, api_server, data_dir, insta
     assert "not rebuilt (other partitioning" in out  # customers' daily downstream is named, not silently skipped
 
     # a partition whose raw input is gone: the command says which and how to get it back
-    (data_dir / "lake" / "raw" / "orders" / f"{first}.parquet").unlink()
+    (data_dir / "lake" / "shop" / "raw_orders" / f"{first}.parquet").unlink()
     assert cli(["rebuild", "orders", "--from", first, "--to", last]) == 2
     err = capsys.readouterr().err
-    assert f"raw/orders has no lake data for partition(s) {first}" in err and "--select raw/orders" in err
+    assert f"shop/raw_orders has no lake data for partition(s) {first}" in err and "--select shop/raw_orders" in err
     assert snapshot(data_dir) == before  # nothing was half-done
 
 

@@ -289,10 +289,12 @@ def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_
     assert first["warehouse"][f"{pg_schema}.rec_daily"][0] >= 2
     assert first["postgres"][0] == len(orders) - cancelled
     assert set(first["lake"]) == {
-        f"{stage}/rec_orders/{day}.parquet" for stage in ("raw", "quarantine") for day in days
-    } | {f"clean/rec_orders/{day}.view.json" for day in days} | {f"marts/rec_daily/{day}.parquet" for day in days} | {
-        f"{stage}/rec_catalog/_all.parquet" for stage in ("raw", "quarantine")
-    } | {"clean/rec_catalog/_all.view.json"}
+        f"{pg_schema}/{stage}_rec_orders/{day}.parquet" for stage in ("raw", "quarantine") for day in days
+    } | {f"{pg_schema}/clean_rec_orders/{day}.view.json" for day in days} | {
+        f"{pg_schema}/marts_rec_daily/{day}.parquet" for day in days
+    } | {f"{pg_schema}/{stage}_rec_catalog/_all.parquet" for stage in ("raw", "quarantine")} | {
+        f"{pg_schema}/clean_rec_catalog/_all.view.json"
+    }
     # The rows were replaced by each run, not kept from the first: they carry the last run's id.
     last = run_ids[2]
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
@@ -495,7 +497,7 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
     (run,) = instance.get_runs()[:1]
     run_id = run.run_id
     assert run.status == DagsterRunStatus.STARTED  # a killed run never reports its own end
-    assert [(s.run_id, s.step_key) for s in claimed] == [(run_id, "warehouse__rec_big")], (
+    assert [(s.run_id, s.step_key) for s in claimed] == [(run_id, "default__warehouse_rec_big")], (
         "the killed load holds the warehouse pool slot; `etl-assets reexecute` must free it or it waits forever"
     )
 
@@ -512,7 +514,7 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
     assert instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).claimed_slots == []
     steps = {e.step_key for e in instance.all_logs(child.run_id, of_type=DagsterEventType.STEP_SUCCESS)}
-    assert steps == {"warehouse__rec_big"}, "only the interrupted load runs again"
+    assert steps == {"default__warehouse_rec_big"}, "only the interrupted load runs again"
     with duckdb.connect(str(warehouse), read_only=True) as con:
         for day in BIG_DAYS:
             assert warehouse_partition(con, "rec", "rec_big", day) == new[day]
@@ -696,12 +698,12 @@ def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_pl
         .execute_in_process(instance=instance, partition_key=day, run_config=QUIET)
     )
     assert result.success
-    assert retry_errors(result, "raw__rec_orders") == []  # no step retry was needed
+    assert retry_errors(result, "default__raw_rec_orders") == []  # no step retry was needed
     orders = source_orders(shop_data, day)
     pages = -(-len(orders) // 50)
     assert pages > 3 and api.faults_injected == {"truncated": REQUEST_ATTEMPTS - 1}
     assert api.requests_total == pages + REQUEST_ATTEMPTS - 1
-    raw = result.asset_materializations_for_node("raw__rec_orders")[0].metadata
+    raw = result.asset_materializations_for_node("default__raw_rec_orders")[0].metadata
     assert raw["request_retries"].value == REQUEST_ATTEMPTS - 1 and raw["pages"].value == pages
     assert sorted(raw_order_ids(data_dir, "rec_orders", day)) == sorted(o for o, _ in orders)
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
@@ -725,7 +727,7 @@ def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition
         .execute_in_process(instance=instance, partition_key=day, run_config=QUIET)
     )
     assert result.success
-    (error,) = retry_errors(result, "raw__rec_orders")
+    (error,) = retry_errors(result, "default__raw_rec_orders")
     assert "TransientSourceError" in error and f"failed {REQUEST_ATTEMPTS} times, last with http_503" in error
     orders = source_orders(shop_data, day)
     pages = -(-len(orders) // 50)
@@ -733,7 +735,7 @@ def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition
     assert api.requests_total == 2 + REQUEST_ATTEMPTS + pages
     ids = raw_order_ids(data_dir, "rec_orders", day)
     assert sorted(ids) == sorted(o for o, _ in orders) and len(set(ids)) == len(ids)
-    assert sorted(p.name for p in (data_dir / "lake" / "raw" / "rec_orders").iterdir()) == [f"{day}.parquet"]
+    assert sorted(p.name for p in (data_dir / "lake" / "default" / "raw_rec_orders").iterdir()) == [f"{day}.parquet"]
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         loaded = con.execute("SELECT count(*), count(DISTINCT order_id) FROM rec.rec_orders").fetchall()
         quarantined = con.execute("SELECT count(*) FROM quarantine.rec_orders").fetchall()
@@ -775,7 +777,7 @@ def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly
     )
     app = "etl_rec_" + uuid.uuid4().hex[:10]
     monkeypatch.setenv("REC_PG_URL", f"{postgres_url}{'&' if '?' in postgres_url else '?'}application_name={app}")
-    raw_dir = data_dir / "lake" / "raw" / "rec_pgsrc"
+    raw_dir = data_dir / "lake" / "rec" / "raw_rec_pgsrc"
     terminated: list[bool] = []
     stop = threading.Event()
 
@@ -807,7 +809,7 @@ def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly
         killer.join(timeout=10)
     assert terminated == [True], "the extract's backend should have been terminated while its stream was read"
     assert result.success
-    (error,) = retry_errors(result, "raw__rec_pgsrc")
+    (error,) = retry_errors(result, "rec__raw_rec_pgsrc")
     assert "TransientSourceError" in error and "mid-extract" in error
     expected = [(PG_SOURCE_ROWS, PG_SOURCE_ROWS, PG_SOURCE_ROWS * (PG_SOURCE_ROWS + 1) // 2)]
     assert (

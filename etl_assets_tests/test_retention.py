@@ -31,8 +31,8 @@ def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir):
     days = [f"2024-01-0{d}" for d in range(1, 6)]
     for day in days:
         for stage in ("raw", "clean"):
-            lake.write([stage, "clicks"], day, duckdb.sql("SELECT 1 AS click_id"))
-        lake.write(["raw", "orders"], day, duckdb.sql("SELECT 1 AS order_id"))  # no retention in its spec
+            lake.write(["web", f"{stage}_clicks"], day, duckdb.sql("SELECT 1 AS click_id"))
+        lake.write(["shop", "raw_orders"], day, duckdb.sql("SELECT 1 AS order_id"))  # no retention in its spec
     archive = data_dir / "archive" / "clicks"
     archive.mkdir(parents=True)
     now = dt.datetime(2024, 1, 5, 12, tzinfo=dt.UTC)
@@ -49,17 +49,17 @@ def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir):
         ("clicks", "raw_partition", "2024-01-01"),
         ("clicks", "raw_partition", "2024-01-02"),
     ]
-    assert lake.partitions(["raw", "clicks"]) == days[2:]
-    assert lake.partitions(["clean", "clicks"]) == days  # clean data and targets are never touched
-    assert lake.partitions(["raw", "orders"]) == days
+    assert lake.partitions(["web", "raw_clicks"]) == days[2:]
+    assert lake.partitions(["web", "clean_clicks"]) == days  # clean data and targets are never touched
+    assert lake.partitions(["shop", "raw_orders"]) == days
     assert [p.name for p in archive.iterdir()] == ["clicks_recent.csv"]
     assert expire_raw_inputs(specs_loaded, lake, landing, now) == []
 
 
 def test_retention_job_runs_in_dagster(tmp_path, data_dir, instance):
     old = (dt.date.today() - dt.timedelta(days=30)).isoformat()
-    LakeStorage().write(["raw", "clicks"], old, duckdb.sql("SELECT 1 AS click_id"))
-    LakeStorage().write(["raw", "clicks"], dt.date.today().isoformat(), duckdb.sql("SELECT 1 AS click_id"))
+    LakeStorage().write(["web", "raw_clicks"], old, duckdb.sql("SELECT 1 AS click_id"))
+    LakeStorage().write(["web", "raw_clicks"], dt.date.today().isoformat(), duckdb.sql("SELECT 1 AS click_id"))
     result = (
         definitions_for(tmp_path / "specs", RETAINED)
         .resolve_job_def("lake_retention_job")
@@ -67,7 +67,7 @@ def test_retention_job_runs_in_dagster(tmp_path, data_dir, instance):
     )
     assert result.success
     assert result.output_for_node("expire_raw") == 1
-    assert LakeStorage().partitions(["raw", "clicks"]) == [dt.date.today().isoformat()]
+    assert LakeStorage().partitions(["web", "raw_clicks"]) == [dt.date.today().isoformat()]
 
 
 @pytest.mark.parametrize(

@@ -113,13 +113,15 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
     assert worker is not None
     pid, _ = worker
     wait_for("the load step to hold its transaction open", lambda: _paused_in_load(instance, run.run_id), 240, daemon)
-    assert "raw/events" in _materialized(instance, run.run_id)
+    assert "default/raw_events" in _materialized(instance, run.run_id)
     if killed == "worker":
         os.kill(pid, signal.SIGKILL)  # mid-load: rows inserted, not committed
     else:
         daemon.kill()  # the daemon, its code server and the run worker, as when a machine or `dagster dev` dies
         assert process_state(pid, time.time()).state != "alive"
-    assert "warehouse/events" not in _materialized(instance, run.run_id), "the run finished before it was killed"
+    assert "default/warehouse_events" not in _materialized(instance, run.run_id), (
+        "the run finished before it was killed"
+    )
 
     def status() -> DagsterRunStatus:
         killed_run = instance.get_run_by_id(run.run_id)
@@ -157,7 +159,7 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
     assert again.tags.get("dagster/retry_number") == "1"  # launched by run retries, not by a person
     # from failure: the finished extract was not run again, the rest was
     done_again = _materialized(instance, again.run_id)
-    assert "raw/events" not in done_again and "warehouse/events" in done_again
+    assert "default/raw_events" not in done_again and "default/warehouse_events" in done_again
     assert warehouse(
         env, "SELECT count(*), count(DISTINCT event_id), min(event_id), max(event_id) FROM lab.events"
     ) == [(ROWS, ROWS, 0, ROWS - 1)]
@@ -207,7 +209,7 @@ def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
     instance = DagsterInstance.from_config(str(home))
     (failed,) = instance.get_runs(RunsFilter(job_name="visits_pipeline"))
     assert failed.status == DagsterRunStatus.FAILURE
-    assert "raw/visits" in _materialized(instance, failed.run_id)
+    assert "lab/raw_visits" in _materialized(instance, failed.run_id)
 
     (data / "landing" / "kinds" / "kinds.csv").write_text("kind\nview\nbuy\n")  # the upstream is fixed
     assert run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets", "-j", "kinds_pipeline").returncode == 0
@@ -218,17 +220,17 @@ def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
     # each re-executed step is reported as it ends, with the rows it wrote; the extract is not run again
     steps = re.findall(r"^\[(\d+)/(\d+)\] (.+?) ok, ", again.stdout, re.M)
     assert [(done, total, label) for done, total, label in steps] == [
-        ("1", "2", "clean/visits, quarantine/visits"),  # one step validates into both
-        ("2", "2", "warehouse/visits"),
+        ("1", "2", "lab/clean_visits, lab/quarantine_visits"),  # one step validates into both
+        ("2", "2", "lab/warehouse_visits"),
     ], again.stdout
-    assert "raw/visits" not in again.stdout
-    assert re.search(r"^\[2/2\] warehouse/visits ok, 3 rows, ", again.stdout, re.M), again.stdout
+    assert "lab/raw_visits" not in again.stdout
+    assert re.search(r"^\[2/2\] lab/warehouse_visits ok, 3 rows, ", again.stdout, re.M), again.stdout
     assert re.search(r"^reexecute \S+: 2 of 2 steps ok, 3 rows, ", again.stdout, re.M), again.stdout  # loaded once
     child = instance.get_runs(RunsFilter(job_name="visits_pipeline"))[0]  # the newest
     assert child.run_id != failed.run_id and child.parent_run_id == failed.run_id
     assert child.status == DagsterRunStatus.SUCCESS
     done = _materialized(instance, child.run_id)
-    assert "raw/visits" not in done and {"clean/visits", "warehouse/visits"} <= done
+    assert "lab/raw_visits" not in done and {"lab/clean_visits", "lab/warehouse_visits"} <= done
     assert warehouse(env, "SELECT visit_id, kind FROM lab.visits ORDER BY 1") == [(1, "view"), (2, "buy"), (3, "view")]
 
     # a run that succeeded, or one that does not exist, is refused with the reason

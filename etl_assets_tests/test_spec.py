@@ -53,7 +53,7 @@ def test_pipelines_dir_adds_a_pipeline_without_python(tmp_path: Path, monkeypatc
     assert spec_dirs() == [*PACKAGED_SPEC_DIRS, tmp_path.resolve()]
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"raw/returns", "clean/returns", "quarantine/returns", "warehouse/returns"} <= keys
+    assert {"shop/raw_returns", "shop/clean_returns", "shop/quarantine_returns", "shop/warehouse_returns"} <= keys
     assert defs.resolve_job_def("returns_pipeline") is not None
 
 

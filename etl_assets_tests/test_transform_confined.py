@@ -93,8 +93,8 @@ def test_sql_file_next_to_the_spec_or_in_the_sql_folder_loads(tmp_path: Path):
 @pytest.fixture
 def lake(data_dir: Path) -> Path:
     path = data_dir / "lake"
-    (path / "clean" / "notes").mkdir(parents=True)
-    duckdb.sql(f"COPY (SELECT 1 AS note_id) TO '{path}/clean/notes/_all.parquet' (FORMAT parquet)")
+    (path / "desk" / "clean_notes").mkdir(parents=True)
+    duckdb.sql(f"COPY (SELECT 1 AS note_id) TO '{path}/desk/clean_notes/_all.parquet' (FORMAT parquet)")
     return path
 
 
@@ -133,12 +133,12 @@ def test_confined_connection_refuses_everything_outside_the_lake(tmp_path: Path,
     # after the attempt the connection is as confined as before, and still reads the lake
     with pytest.raises(duckdb.PermissionException):
         con.sql(f"SELECT * FROM read_csv('{outside}/secret.csv')")
-    assert con.sql(f"SELECT * FROM read_parquet('{lake}/clean/notes/_all.parquet')").fetchall() == [(1,)]
+    assert con.sql(f"SELECT * FROM read_parquet('{lake}/desk/clean_notes/_all.parquet')").fetchall() == [(1,)]
 
 
 def test_confined_connection_reads_registered_lake_relations_and_writes_the_lake(lake: Path):
     con = duckdb_connection(allowed_directories=[lake])
-    con.register("notes", con.read_parquet([str(lake / "clean" / "notes" / "_all.parquet")]))
+    con.register("notes", con.read_parquet([str(lake / "desk" / "clean_notes" / "_all.parquet")]))
     relation = con.sql("SELECT note_id + 1 AS n FROM notes")
     relation.write_parquet(str(lake / "out.parquet"))  # what the lake IO manager does with a mart
     assert duckdb.execute(f"SELECT * FROM '{lake}/out.parquet'").fetchall() == [(2,)]
@@ -200,7 +200,7 @@ def test_transform_reaching_outside_the_lake_fails_once_and_leaves_nothing(desk,
         instance=instance, run_config=QUIET, raise_on_error=False
     )
     assert not result.success
-    step = f"marts__{name}"
+    step = f"desk__marts_{name}"
     starts = [e for e in result.all_events if e.step_key == step and e.event_type == DagsterEventType.STEP_START]
     assert len(starts) == 1  # a permanent error: no step retry
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
@@ -208,7 +208,8 @@ def test_transform_reaching_outside_the_lake_fails_once_and_leaves_nothing(desk,
     assert message.startswith(f"permanent error: transform {name} ({name}.sql) was refused access outside the lake: ")
     assert "Transform SQL may only read its inputs (notes, registered as views of those names)" in message
     assert not outside.exists()
-    assert not (data_dir / "lake" / "marts" / name).exists() or not any((data_dir / "lake" / "marts" / name).iterdir())
+    mart = data_dir / "lake" / "desk" / f"marts_{name}"
+    assert not mart.exists() or not any(mart.iterdir())
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'desk'"

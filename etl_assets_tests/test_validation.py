@@ -557,10 +557,12 @@ def test_malformed_rows_through_the_pipeline(tmp_path: Path, data_dir: Path, ins
             validation.READ_ERROR_COLUMN: [None, None, *errors],
         }
     )
-    LakeStorage(root=str(data_dir / "lake")).write(["raw", "parsed"], None, raw)
+    LakeStorage(root=str(data_dir / "lake")).write(["corpus", "raw_parsed"], None, raw)
     result = defs.resolve_job_def("parsed_revalidate").execute_in_process(instance=instance, run_config=QUIET)
     assert result.success
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations() if c.asset_key.path[0] == "clean"}
+    checks = {
+        c.check_name: c for c in result.get_asset_check_evaluations() if c.asset_key.path[-1].startswith("clean_")
+    }
     assert checks["schema_change"].passed and checks["schema_change"].metadata["new_columns"].value == []
     # the two malformed rows were quarantined: the check fails as a WARN, the load goes on
     assert not checks["valid_type"].passed and checks["valid_type"].severity == AssetCheckSeverity.WARN
@@ -612,7 +614,7 @@ def test_a_bad_column_name_fails_the_run_without_retries(tmp_path: Path, data_di
         retry={"max_retries": 2, "delay_seconds": 0},
     )
     raw = pa.table({"id": [1, 2], "bad col": ["x", "y"], "_etl_batch": [1, 1], SOURCE_COLUMN: ["f.parquet"] * 2})
-    LakeStorage(root=str(data_dir / "lake")).write(["raw", "named"], None, raw)
+    LakeStorage(root=str(data_dir / "lake")).write(["corpus", "raw_named"], None, raw)
     result = defs.resolve_job_def("named_revalidate").execute_in_process(
         instance=instance, run_config=QUIET, raise_on_error=False
     )
@@ -892,7 +894,10 @@ def test_nul_in_text_is_quarantined_for_the_postgres_target(
     assert len(in_postgres) + len(quarantined) == len(rows)
     checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
     # two rows quarantined: valid_type fails (as a WARN, it holds nothing) and the load still matches the lake
-    assert checks[("clean/notes", "valid_type")] is False and checks[("postgres/notes", "matches_lake")]
+    assert (
+        checks[(f"{pg_schema}/clean_notes", "valid_type")] is False
+        and checks[(f"{pg_schema}/postgres_notes", "matches_lake")]
+    )
 
 
 @pytest.mark.slow

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dagster import DagsterInstance, Definitions
+    from dagster import AssetKey, DagsterInstance, Definitions
+
+    from etl_assets.keys import PipelineAsset
 
 DISTRIBUTION = "etl_assets"
 # run config of the in-process runs the CLI starts: the console logger reports warnings and errors only
@@ -105,7 +107,23 @@ def source_pipelines(defs: Definitions) -> list[str]:
     """The pipelines of ``defs`` that have a source (a raw asset), which replay and rebuild work on."""
     from etl_assets.keys import RAW
 
-    return sorted({k.path[1] for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == RAW})
+    return sorted({p.pipeline for p in pipeline_assets(defs) if p.stage == RAW})
+
+
+def pipeline_assets(defs: Definitions) -> list[PipelineAsset]:
+    """Every pipeline asset of ``defs``, its key read back (domain, stage, pipeline)."""
+    from etl_assets.keys import parse_key
+
+    parsed = (parse_key(k) for k in defs.resolve_asset_graph().get_all_asset_keys())
+    return [p for p in parsed if p is not None]
+
+
+def pipeline_key(defs: Definitions, stage: str, name: str) -> AssetKey:
+    """The key of pipeline ``name``'s asset of ``stage`` in ``defs`` (the caller has checked the pipeline is there)."""
+    from etl_assets.keys import Pipeline, stage_key
+
+    domain = next(p.domain for p in pipeline_assets(defs) if p.pipeline == name)
+    return stage_key(stage, Pipeline(domain, name))
 
 
 def check_source_pipeline(defs: Definitions, name: str, command: str) -> None:
@@ -115,13 +133,10 @@ def check_source_pipeline(defs: Definitions, name: str, command: str) -> None:
         CommandError: it is a transform (named as such, with the source pipelines), or no pipeline at all (with the
             close matches).
     """
-    from etl_assets.keys import PIPELINE_STAGES
-
     sources = source_pipelines(defs)
     if name in sources:
         return
-    keys = defs.resolve_asset_graph().get_all_asset_keys()
-    if name in {k.path[1] for k in keys if k.path[0] in PIPELINE_STAGES and len(k.path) > 1}:
+    if name in {p.pipeline for p in pipeline_assets(defs)}:
         raise CommandError(f"{name} is not a source pipeline; {command} one of: {', '.join(sources)}")
     raise unknown_name("pipeline", name, sources, "source pipelines")
 

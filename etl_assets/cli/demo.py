@@ -85,7 +85,7 @@ def archive_loaded_files(defs: Definitions, materializations: Iterable[AssetMate
     Returns:
         The files archived, as ``<dataset>/<name>``.
     """
-    from etl_assets.keys import RAW
+    from etl_assets.keys import RAW, parse_key
     from etl_assets.resources.files import LandingFilesSource
 
     landing = (defs.resources or {}).get("landing")
@@ -95,9 +95,10 @@ def archive_loaded_files(defs: Definitions, materializations: Iterable[AssetMate
     for m in materializations:
         position = m.metadata.get("source_position")
         # a files source's raw partition names the landing files it read (an API or SQL source has no "files")
-        if m.asset_key.path[0] != RAW or "files" not in m.metadata or position is None:
+        parsed = parse_key(m.asset_key)
+        if parsed is None or parsed.stage != RAW or "files" not in m.metadata or position is None:
             continue
-        dataset = m.asset_key.path[-1]
+        dataset = parsed.pipeline
         for name in cast(list, position.value):
             if landing.archive(dataset, name) is not None:
                 moved.append(f"{dataset}/{name}")

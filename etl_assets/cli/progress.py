@@ -31,12 +31,13 @@ def row_count(materialization: AssetMaterialization) -> int | None:
 
 
 def target_rows(materializations: Iterable[AssetMaterialization]) -> int | None:
-    """Rows a run wrote to its targets (``warehouse/*``, ``postgres/*``): the sum of their ``dagster/row_count``;
+    """Rows a run wrote to its targets (``<domain>/warehouse_*``, ``<domain>/postgres_*``): the sum of their ``dagster/row_count``;
     None when no target materialization carries one. Raw, clean and quarantine counts are left out, as they count
     the same rows again."""
-    from etl_assets.keys import TARGET_PREFIXES
+    from etl_assets.keys import TARGET_PREFIXES, parse_key
 
-    counts = [row_count(m) for m in materializations if m.asset_key.path[0] in TARGET_PREFIXES]
+    parsed = [(parse_key(m.asset_key), m) for m in materializations]
+    counts = [row_count(m) for p, m in parsed if p is not None and p.stage in TARGET_PREFIXES]
     known = [c for c in counts if c is not None]
     return sum(known) if known else None
 

@@ -16,10 +16,19 @@ from dataclasses import dataclass
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
-from etl_assets.cli import QUIET, CommandError, check_source_pipeline, data_dir, open_instance, partitions_in_range
+from etl_assets.cli import (
+    QUIET,
+    CommandError,
+    check_source_pipeline,
+    data_dir,
+    open_instance,
+    partitions_in_range,
+    pipeline_assets,
+    pipeline_key,
+)
 from etl_assets.cli.progress import Progress, row_count, target_rows
 from etl_assets.definitions import build_definitions
-from etl_assets.keys import CLEAN, QUARANTINE, TARGET_PREFIXES, UNPARTITIONED, clean_key, quarantine_key, raw_key
+from etl_assets.keys import CLEAN, QUARANTINE, RAW, TARGET_PREFIXES, UNPARTITIONED
 from etl_assets.lake import LakeStorage
 
 REBUILD_JOB = "__etl_rebuild"
@@ -51,12 +60,12 @@ def plan_rebuild(defs: Definitions, pipeline: str, downstream: bool = True) -> R
     """
     check_source_pipeline(defs, pipeline, "rebuild")
     graph = defs.resolve_asset_graph()
-    clean, quarantine = clean_key(pipeline), quarantine_key(pipeline)
+    clean, quarantine = pipeline_key(defs, CLEAN, pipeline), pipeline_key(defs, QUARANTINE, pipeline)
     own = AssetSelection.assets(
         *[
-            k
-            for k in graph.get_all_asset_keys()
-            if k.path[0] in (CLEAN, QUARANTINE, *TARGET_PREFIXES) and k.path[1:] == [pipeline]
+            p.key
+            for p in pipeline_assets(defs)
+            if p.stage in (CLEAN, QUARANTINE, *TARGET_PREFIXES) and p.pipeline == pipeline
         ]
     )
     selection = own | AssetSelection.assets(clean, quarantine).downstream() if downstream else own
@@ -66,9 +75,9 @@ def plan_rebuild(defs: Definitions, pipeline: str, downstream: bool = True) -> R
     return RebuildPlan(keys=same, skipped=[k for k in keys if k not in same])
 
 
-def missing_raw_partitions(lake: LakeStorage, pipeline: str, partitions: Sequence[str | None]) -> list[str]:
-    """Partitions whose raw input is not in the lake (never extracted, or removed by retention)."""
-    return [p or UNPARTITIONED for p in partitions if not lake.exists(raw_key(pipeline).path, p)]
+def missing_raw_partitions(lake: LakeStorage, raw: AssetKey, partitions: Sequence[str | None]) -> list[str]:
+    """Partitions whose raw input (asset ``raw``) is not in the lake (never extracted, or removed by retention)."""
+    return [p or UNPARTITIONED for p in partitions if not lake.exists(raw.path, p)]
 
 
 def rebuild(
@@ -88,13 +97,14 @@ def rebuild(
         RebuildError: a partition has no raw input (named, with the fix).
     """
     plan = plan_rebuild(defs, pipeline, downstream)
-    missing = missing_raw_partitions(LakeStorage(), pipeline, partitions)
+    raw = pipeline_key(defs, RAW, pipeline)
+    missing = missing_raw_partitions(LakeStorage(), raw, partitions)
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise RebuildError(
-            f"{raw_key(pipeline).to_user_string()} has no lake data for partition(s) {shown} (never extracted, or removed by "
+            f"{raw.to_user_string()} has no lake data for partition(s) {shown} (never extracted, or removed by "
             f"retention.raw_days); extract them again: dagster asset materialize -m etl_assets "
-            f"--select raw/{pipeline} --partition <key>"
+            f"--select {raw.to_user_string()} --partition <key>"
         )
     job_defs = Definitions.merge(
         defs,
@@ -126,7 +136,7 @@ def command(args: argparse.Namespace) -> int:
     data_dir(args.data_dir)
     defs = build_definitions()
     plan = plan_rebuild(defs, args.pipeline, downstream=not args.no_downstream)
-    pdef = defs.resolve_asset_graph().get(clean_key(args.pipeline)).partitions_def
+    pdef = defs.resolve_asset_graph().get(pipeline_key(defs, CLEAN, args.pipeline)).partitions_def
     partitions = partitions_in_range(pdef, args.pipeline, args.start, args.end)
     print(f"rebuilding {', '.join(k.to_user_string() for k in plan.keys)}")
     if plan.skipped:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from etl_assets.cli import QUIET, check_source_pipeline, data_dir, open_instance, partitions_in_range
+from etl_assets.cli import QUIET, check_source_pipeline, data_dir, open_instance, partitions_in_range, pipeline_key
 from etl_assets.cli.progress import Progress, target_rows
 from etl_assets.definitions import build_definitions
-from etl_assets.keys import clean_key
+from etl_assets.keys import CLEAN
 
 
 def command(args: argparse.Namespace) -> int:
@@ -20,6 +20,7 @@ def command(args: argparse.Namespace) -> int:
     check_source_pipeline(defs, args.pipeline, "replay")
     job = defs.resolve_job_def(f"{args.pipeline}_revalidate")
     partitions = partitions_in_range(job.partitions_def, args.pipeline, args.start, args.end)
+    clean = pipeline_key(defs, CLEAN, args.pipeline)
     with open_instance() as instance, Progress(len(partitions), f"replay {args.pipeline}") as progress:
         for partition in partitions:
             started = time.perf_counter()
@@ -29,7 +30,7 @@ def command(args: argparse.Namespace) -> int:
             materializations = [e.materialization for e in result.get_asset_materialization_events()]
             meta = {}
             for materialization in materializations:
-                if materialization.asset_key == clean_key(args.pipeline):
+                if materialization.asset_key == clean:
                     meta = materialization.metadata
             valid = meta["rows_valid"].value if "rows_valid" in meta else "?"
             bad = meta["rows_quarantined"].value if "rows_quarantined" in meta else "?"

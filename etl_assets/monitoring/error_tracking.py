@@ -33,7 +33,7 @@ from pathlib import Path
 from dagster import AssetKey, DagsterInstance, DagsterRun
 
 from etl_assets import errors as etl_errors
-from etl_assets.keys import PIPELINE_STAGES
+from etl_assets.keys import parse_key
 from etl_assets.monitoring.warehouse_io import WarehouseBusy, table_exists, warehouse_session
 from etl_assets.redact import redact
 from etl_assets.resources.targets import DuckDBWarehouse
@@ -142,10 +142,9 @@ class ErrorRecord:
 
 
 def pipeline_for_asset(asset_key: AssetKey | None, pipelines: Iterable[str]) -> str | None:
-    """The pipeline that owns ``asset_key`` (``warehouse/orders`` -> ``orders``), if it is one of ``pipelines``."""
-    if asset_key is None or len(asset_key.path) != 2 or asset_key.path[0] not in PIPELINE_STAGES:
-        return None
-    return asset_key.path[1] if asset_key.path[1] in set(pipelines) else None
+    """The pipeline that owns ``asset_key`` (``shop/warehouse_orders`` -> ``orders``), if it is one of ``pipelines``."""
+    parsed = parse_key(asset_key) if asset_key is not None else None
+    return parsed.pipeline if parsed is not None and parsed.pipeline in set(pipelines) else None
 
 
 def pipeline_for_job(job_name: str, pipelines: Iterable[str]) -> str:
@@ -175,7 +174,7 @@ def step_asset_keys(instance: DagsterInstance, run: DagsterRun) -> dict[str, lis
 
 
 def _fallback_asset_key(step_key: str) -> AssetKey | None:
-    """``raw__orders`` -> ``raw/orders`` when no plan is available (asset ops are named after their key)."""
+    """``shop__raw_orders`` -> ``shop/raw_orders`` when no plan is available (asset ops are named after their key)."""
     parts = step_key.split("__")
     return AssetKey(parts) if len(parts) > 1 else None
 

@@ -135,7 +135,7 @@ def freshness_policy_for(spec: PipelineSpec) -> FreshnessPolicy | None:
 def with_freshness_policies(specs: Sequence[LoadedSpec], assets: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
     """``assets`` with each spec's freshness policy on the spec's target assets (the others unchanged)."""
     policies = {
-        target_key(t, s.spec.name): policy
+        target_key(t, s.spec): policy
         for s in specs
         if (policy := freshness_policy_for(s.spec)) is not None
         for t in s.spec.targets
@@ -184,7 +184,7 @@ def freshness_checks_for(spec: PipelineSpec) -> list[AssetChecksDefinition]:
     if spec.freshness is None or not spec.targets:
         return []
     pdef = partitions_def_for(spec)
-    return [_freshness_check(target_key(t, spec.name), pdef, spec.freshness.max_lag_minutes) for t in spec.targets]
+    return [_freshness_check(target_key(t, spec), pdef, spec.freshness.max_lag_minutes) for t in spec.targets]
 
 
 def checks_due(instance: DagsterInstance, check_keys: Sequence[AssetCheckKey], now: datetime) -> list[AssetCheckKey]:

@@ -28,14 +28,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from etl_assets.keys import CLEAN, TARGET_PREFIXES
+from etl_assets.keys import CLEAN, TARGET_PREFIXES, parse_key
 
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
 LOADED_PREFIXES = {prefix: "dagster/row_count" for prefix in TARGET_PREFIXES}
 QUARANTINE_PREFIX, QUARANTINE_FIELD = CLEAN, "rows_quarantined"
+# The figure each counted stage's materializations carry.
+COUNTED_STAGES = {**LOADED_PREFIXES, QUARANTINE_PREFIX: QUARANTINE_FIELD}
 PAGE = 500
 
 
@@ -93,14 +95,16 @@ class EtlMetricsCollector:
                     continue
             return
 
-    def _refresh_assets(self, prefix: str, field_name: str) -> None:
-        for key in self.instance.get_asset_keys(prefix=[prefix]):
-            if len(key.path) != 2:
+    def _refresh_assets(self) -> None:
+        for key in self.instance.get_asset_keys():
+            parsed = parse_key(key)
+            if parsed is None or parsed.stage not in COUNTED_STAGES:
                 continue
-            tally = self._state.assets.setdefault(tuple(key.path), _AssetTally())
+            field_name = COUNTED_STAGES[parsed.stage]
+            tally = self._state.assets.setdefault((parsed.stage, parsed.pipeline), _AssetTally())
             while True:
                 result = self.instance.fetch_materializations(
-                    AssetRecordsFilter(asset_key=AssetKey(key.path), after_storage_id=tally.after_storage_id),
+                    AssetRecordsFilter(asset_key=key, after_storage_id=tally.after_storage_id),
                     limit=PAGE,
                     ascending=True,
                 )
@@ -124,9 +128,7 @@ class EtlMetricsCollector:
         started = time.perf_counter()
         with self._lock:
             self._refresh_runs()
-            for prefix, field_name in LOADED_PREFIXES.items():
-                self._refresh_assets(prefix, field_name)
-            self._refresh_assets(QUARANTINE_PREFIX, QUARANTINE_FIELD)
+            self._refresh_assets()
             runs = dict(self._state.runs)
             assets = {k: (v.total, v.last_timestamp) for k, v in self._state.assets.items()}
 
@@ -162,12 +164,12 @@ class EtlMetricsCollector:
 
         loaded = CounterMetricFamily(
             "etl_rows_loaded",
-            "Rows loaded into the targets (dagster/row_count of warehouse/* and postgres/* materializations).",
+            "Rows loaded into the targets (dagster/row_count of warehouse_* and postgres_* materializations).",
             labels=["pipeline", "target"],
         )
         quarantined = CounterMetricFamily(
             "etl_rows_quarantined",
-            "Rows sent to quarantine (rows_quarantined of clean/* materializations).",
+            "Rows sent to quarantine (rows_quarantined of clean_* materializations).",
             labels=["pipeline"],
         )
         last_success = GaugeMetricFamily(

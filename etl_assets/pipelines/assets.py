@@ -59,7 +59,7 @@ TARGET_RESOURCE = {"duckdb": "warehouse", "postgres": "postgres_target"}
 
 def dataset_key(spec: PipelineSpec) -> AssetKey:
     """The lake asset other pipelines read: the validated dataset, or the mart."""
-    return clean_key(spec.name) if spec.source is not None else mart_key(spec.name)
+    return clean_key(spec) if spec.source is not None else mart_key(spec)
 
 
 def source_resource_key(spec: PipelineSpec) -> str:
@@ -127,7 +127,7 @@ def extract_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | Non
     resource_key = source_resource_key(spec)
 
     @asset(
-        key=raw_key(spec.name),
+        key=raw_key(spec),
         group_name=spec.domain,
         owners=spec.owners,
         tags=spec.tags,
@@ -149,7 +149,7 @@ def extract_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | Non
             if keys is None:
                 return _extract(context, context.partition_key if context.has_partition_key else None)
             lake: LakeStorage = context.resources.lake
-            return _write_range(context, lake, raw_key(spec.name), ((k, _extract(context, k)) for k in keys))
+            return _write_range(context, lake, raw_key(spec), ((k, _extract(context, k)) for k in keys))
 
     def _extract(context: AssetExecutionContext, partition: str | None) -> LakeStream:
         tags = context.run.tags
@@ -168,19 +168,24 @@ def extract_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | Non
     return extract_raw
 
 
-def validate_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | None) -> AssetsDefinition:
-    """``clean/<name>`` and ``quarantine/<name>`` with the contract's checks
-    (:func:`~etl_assets.pipelines.steps.validate.validate_batch`)."""
+def validate_asset(
+    loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | None, by_name: dict[str, LoadedSpec]
+) -> AssetsDefinition:
+    """``<domain>/clean_<name>`` and ``<domain>/quarantine_<name>`` with the contract's checks
+    (:func:`~etl_assets.pipelines.steps.validate.validate_batch`); ``by_name`` holds the datasets it references."""
     spec = loaded.spec
-    ck, qk = clean_key(spec.name), quarantine_key(spec.name)
-    references = sorted({c.references.dataset for c in spec.columns if c.references is not None})
+    ck, qk = clean_key(spec), quarantine_key(spec)
+    references = {
+        name: clean_key(by_name[name].spec)
+        for name in sorted({c.references.dataset for c in spec.columns if c.references is not None})
+    }
 
     @multi_asset(
         name=f"validate_{spec.name}",
         group_name=spec.domain,
         partitions_def=pdef,
-        ins={"raw": AssetIn(key=raw_key(spec.name))},
-        deps=[clean_key(name) for name in references],
+        ins={"raw": AssetIn(key=raw_key(spec))},
+        deps=list(references.values()),
         outs={
             "clean": AssetOut(
                 key=ck,
@@ -223,7 +228,7 @@ def validate_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | No
         for partition in keys:
             if partition not in tables:
                 raise LakeError(
-                    f"{raw_key(spec.name).to_user_string()}: partition {partition} is not in the lake; materialize it first"
+                    f"{raw_key(spec).to_user_string()}: partition {partition} is not in the lake; materialize it first"
                 )
             for event in _validate(context, tables[partition], partition):
                 if isinstance(event, Output):
@@ -258,7 +263,14 @@ def validate_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | No
             con = duckdb_connection()
             try:
                 batch = validate_batch(
-                    con, spec, pinned, partition, lake=lake, window=_window(pdef, partition), run_id=context.run.run_id
+                    con,
+                    spec,
+                    pinned,
+                    partition,
+                    lake=lake,
+                    window=_window(pdef, partition),
+                    run_id=context.run.run_id,
+                    references=references,
                 )
                 yield Output(
                     batch.valid,
@@ -320,7 +332,7 @@ def transform_asset(
     inputs = transform_spec.inputs
 
     @asset(
-        key=mart_key(spec.name),
+        key=mart_key(spec),
         group_name=spec.domain,
         owners=spec.owners,
         tags=spec.tags,
@@ -345,7 +357,7 @@ def transform_asset(
             return _write_range(
                 context,
                 lake,
-                mart_key(spec.name),
+                mart_key(spec),
                 (
                     (
                         k,
@@ -368,13 +380,13 @@ def load_asset(loaded: LoadedSpec, target: str, pdef: TimeWindowPartitionsDefini
     """``<target>/<name>``: the dataset loaded into a target table, one partition replaced per transaction
     (:func:`~etl_assets.pipelines.steps.load.load_partition`)."""
     spec = loaded.spec
-    key = target_key(target, spec.name)
+    key = target_key(target, spec)
     resource_key = TARGET_RESOURCE[target]
     # The DuckDB warehouse also gets the quarantine, as table quarantine.<name>, next to the valid rows.
     with_quarantine = target == "duckdb" and spec.source is not None
     ins = {"data": AssetIn(key=dataset_key(spec))}
     if with_quarantine:
-        ins["quarantined"] = AssetIn(key=quarantine_key(spec.name))
+        ins["quarantined"] = AssetIn(key=quarantine_key(spec))
     contract = LoadContract(spec) if with_quarantine else None
     table_name = target_table(spec)
     catalog: dict[str, object] = {TABLE_NAME: table_name}

@@ -80,7 +80,7 @@ def family_description(spec: PipelineSpec, family: str, rules: list[validation.R
 def validation_check_specs(spec: PipelineSpec, partitions_def: PartitionsDefinition | None) -> list[AssetCheckSpec]:
     """The checks generated from a source pipeline's contract (declared next to the asset they guard, partitioned
     with it so each partition shows its own result)."""
-    ck = clean_key(spec.name)
+    ck = clean_key(spec)
     specs = [
         AssetCheckSpec(
             CHECK_ROWS_CONSERVED,
@@ -142,14 +142,14 @@ def _family_result(spec: PipelineSpec, family: FamilyOutcome) -> AssetCheckResul
             description = f"{family.failing_rows} row(s) flagged and loaded"
     elif family.failing_rows:
         severity = AssetCheckSeverity.WARN
-        description = f"{quarantined} row(s) quarantined to {quarantine_key(spec.name).to_user_string()}" + (
+        description = f"{quarantined} row(s) quarantined to {quarantine_key(spec).to_user_string()}" + (
             f", {family.flagged_loaded} flagged and loaded" if family.flagged_loaded else ""
         )
     else:
         severity = AssetCheckSeverity.ERROR if family.severity == "ERROR" else AssetCheckSeverity.WARN
         description = "no failing rows"
     return AssetCheckResult(
-        asset_key=clean_key(spec.name),
+        asset_key=clean_key(spec),
         check_name=family.name,
         passed=family.failing_rows == 0,
         severity=severity,
@@ -170,7 +170,7 @@ def validation_check_results(
 ) -> list[AssetCheckResult]:
     """The validation checks of one batch, from the step's figures; ``row_count`` is :func:`row_count_result`'s
     when the spec declares ``row_count``."""
-    ck = clean_key(spec.name)
+    ck = clean_key(spec)
     results = [
         AssetCheckResult(
             asset_key=ck,
@@ -211,7 +211,7 @@ def validation_check_results(
                     f"meets the threshold {threshold:.0%}"
                     if gate_passed
                     else f"is below the threshold {threshold:.0%}: the load is held; the {batch.rows_quarantined} "
-                    f"quarantined row(s) are in {quarantine_key(spec.name).to_user_string()}"
+                    f"quarantined row(s) are in {quarantine_key(spec).to_user_string()}"
                     + (f" and the warehouse's {QUARANTINE_SCHEMA}.{spec.name}" if "duckdb" in spec.targets else "")
                 )
             ),
@@ -230,7 +230,7 @@ def row_count_result(instance: DagsterInstance, spec: PipelineSpec, rows_in: int
     (read from the instance's earlier materializations of ``clean/<name>``)."""
     expectation = spec.row_count
     assert expectation is not None, f"{spec.name} declares no row_count"
-    history = instance.fetch_materializations(clean_key(spec.name), limit=expectation.trailing_partitions + 1).records
+    history = instance.fetch_materializations(clean_key(spec), limit=expectation.trailing_partitions + 1).records
     stored = None if partition == UNPARTITIONED else partition
     previous = [
         cast(int, r.asset_materialization.metadata["rows_in"].value)  # the validate step's row count
@@ -248,7 +248,7 @@ def row_count_result(instance: DagsterInstance, spec: PipelineSpec, rows_in: int
         if deviation > expectation.max_deviation:
             problems.append(f"{rows_in} rows deviate {deviation:.0%} from the trailing average {average:.1f}")
     return AssetCheckResult(
-        asset_key=clean_key(spec.name),
+        asset_key=clean_key(spec),
         check_name=CHECK_ROW_COUNT,
         passed=not problems,
         severity=AssetCheckSeverity.ERROR if expectation.severity == "ERROR" else AssetCheckSeverity.WARN,

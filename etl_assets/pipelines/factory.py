@@ -59,10 +59,8 @@ class BuiltPipelines:
 
 def pipeline_keys(spec: PipelineSpec) -> list[AssetKey]:
     """All asset keys one pipeline owns."""
-    keys = (
-        [raw_key(spec.name), clean_key(spec.name), quarantine_key(spec.name)] if spec.source else [mart_key(spec.name)]
-    )
-    return keys + [target_key(t, spec.name) for t in spec.targets]
+    keys = [raw_key(spec), clean_key(spec), quarantine_key(spec)] if spec.source else [mart_key(spec)]
+    return keys + [target_key(t, spec) for t in spec.targets]
 
 
 def _job_suffix(spec: PipelineSpec) -> str:
@@ -182,7 +180,7 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
         spec = loaded.spec
         pdef = partitions_def_for(spec)
         if spec.source is not None:
-            assets += [extract_asset(loaded, pdef), validate_asset(loaded, pdef)]
+            assets += [extract_asset(loaded, pdef), validate_asset(loaded, pdef, by_name)]
         else:
             assets.append(transform_asset(loaded, pdef, by_name))
         assets += [load_asset(loaded, target, pdef) for target in spec.targets]
@@ -200,7 +198,7 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
             jobs.append(
                 define_asset_job(
                     name=f"{spec.name}_revalidate",
-                    selection=AssetSelection.assets(*[k for k in keys if k != raw_key(spec.name)]),
+                    selection=AssetSelection.assets(*[k for k in keys if k != raw_key(spec)]),
                     description=f"Re-validate {spec.name} from the raw lake (no source call) and reload it: "
                     "the replay of quarantined rows after a contract or upstream fix.",
                 )

@@ -33,6 +33,7 @@ from dagster import (
 )
 
 from etl_assets.errors import META_ERROR_CLASS, META_INPUT_AT_FAULT, PermanentSourceError
+from etl_assets.keys import raw_key
 from etl_assets.pipelines.spec import PipelineSpec
 from etl_assets.redact import redact
 from etl_assets.resources.api import ApiSource, ExtractStats, RestApiSource
@@ -228,9 +229,9 @@ def _value(entry):
     return getattr(entry, "value", entry)
 
 
-def _failure_reason(context: RunFailureSensorContext, dataset: str) -> tuple[str, str] | None:
+def _failure_reason(context: RunFailureSensorContext, dataset: str, extract_step: str) -> tuple[str, str] | None:
     """The failed step and its message when the run failed because of the file itself, so that running the same
-    file again fails the same way: the extract could not read it (a permanent error of ``raw__<dataset>``), or its
+    file again fails the same way: the extract could not read it (a permanent error of ``extract_step``), or its
     data broke the contract (a ``data_quality`` failure of ``validate_<dataset>``: a required column missing, a wrong
     delimiter, a nested value in a scalar column) and the input is to blame (``input_at_fault``, not a referenced
     dataset that is not loaded yet)."""
@@ -240,7 +241,7 @@ def _failure_reason(context: RunFailureSensorContext, dataset: str) -> tuple[str
         meta = user.metadata if user else {}
         error_class = _value(meta.get(META_ERROR_CLASS))
         at_fault = _value(meta.get(META_INPUT_AT_FAULT))
-        unreadable = event.step_key == f"raw__{dataset}" and error_class == "permanent"
+        unreadable = event.step_key == extract_step and error_class == "permanent"
         broke_contract = (
             event.step_key == f"validate_{dataset}" and error_class == "data_quality" and at_fault is not False
         )
@@ -265,7 +266,10 @@ def build_landing_sensors(specs: Iterable[PipelineSpec]) -> list:
     Args:
         specs: The code location's pipeline specs (those with a files source are used).
     """
-    sources = {s.name: s.source for s in specs if s.source is not None and s.source.kind == "files"}
+    files_specs = [s for s in specs if s.source is not None and s.source.kind == "files"]
+    sources = {s.name: s.source for s in files_specs if s.source is not None}
+    # an asset's op is named after its key
+    extract_steps = {s.name: raw_key(s).to_python_identifier() for s in files_specs}
 
     def checked(context) -> LandingTarget | None:
         run = context.dagster_run
@@ -300,14 +304,14 @@ def build_landing_sensors(specs: Iterable[PipelineSpec]) -> list:
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=5,
         description="Moves a landing file its run could not load (unreadable, or breaking the contract) to "
-        "quarantine/<dataset>/, with the reason beside it.",
+        "the landing zone's quarantine/<dataset>/, with the reason beside it.",
     )
     def landing_quarantine_sensor(context: RunFailureSensorContext, landing: LandingFilesSource):
         target = checked(context)
         if target is None:
             return
         label = f"{target.dataset}/{target.name}"
-        reason = _failure_reason(context, target.dataset)
+        reason = _failure_reason(context, target.dataset, extract_steps[target.dataset])
         if reason is None:
             context.log.info(f"{label}: run failed for another reason; file left for re-execution")
             return

@@ -54,10 +54,10 @@ def expire_raw_inputs(
         keep = spec.retention
         if keep.raw_days is not None:
             cutoff = now.date() - dt.timedelta(days=keep.raw_days)
-            for partition in lake.partitions(raw_key(spec.name).path):
+            for partition in lake.partitions(raw_key(spec).path):
                 if partition is not None and partition_date(partition) < cutoff:
                     # under the partition's lock: never under a writer or reader of it that holds the lock
-                    if lake.remove(raw_key(spec.name).path, partition):
+                    if lake.remove(raw_key(spec).path, partition):
                         removed.append(Expired(spec.name, "raw_partition", partition))
         if keep.archive_days is not None:
             oldest = now.timestamp() - keep.archive_days * 86400

@@ -180,7 +180,7 @@ def sources_no_longer_delivered(
     lake: LakeStorage, spec: PipelineSpec, partition: str | None, read: PartitionRead
 ) -> list[str]:
     """Files whose rows the partition's current raw data holds but that are among its inputs no more."""
-    stored = lake.stored_path(raw_key(spec.name).path, partition)
+    stored = lake.stored_path(raw_key(spec).path, partition)
     if stored is None or stored.name.endswith(".view.json"):
         return []
     with duckdb_connection() as con:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import duckdb
-from dagster import get_dagster_logger
+from dagster import AssetKey, get_dagster_logger
 
 from etl_assets.errors import UpstreamNotReadyError
-from etl_assets.keys import UNPARTITIONED, clean_key
+from etl_assets.keys import UNPARTITIONED, Pipeline, clean_key
 from etl_assets.lake import VIEW_SUFFIX, LakeError, LakeStorage, LakeTable, LakeView, view_files, view_stats
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import PipelineSpec
@@ -135,6 +135,7 @@ def validate_batch(
     window: tuple[datetime, datetime] | None,
     run_id: str,
     phase: Phase = untimed,
+    references: dict[str, AssetKey] | None = None,
 ) -> ValidatedBatch:
     """Judge one raw partition by ``spec``'s contract, on ``con`` (which must stay open until the outputs are stored).
 
@@ -145,6 +146,7 @@ def validate_batch(
         window: The partition's time window; records outside it break ``out_of_window``. ``None`` when unpartitioned.
         run_id: Recorded with every quarantined row.
         phase: Wraps each statement, by label.
+        references: The key of each dataset a column references, by name; by default one of ``spec``'s domain.
 
     Raises:
         LakeError: ``raw`` is not one file.
@@ -152,7 +154,7 @@ def validate_batch(
         UpstreamNotReadyError: a referenced dataset has no data yet.
     """
     started = time.perf_counter()
-    ck = clean_key(spec.name)
+    ck = clean_key(spec)
     if len(raw.paths) != 1:
         raise LakeError(f"{raw.name}: validation reads one partition file at a time, got {len(raw.paths)}")
     raw_rel = raw.relation(con)
@@ -165,7 +167,7 @@ def validate_batch(
     # file_row_number: DuckDB's position of the row in its Parquet file (first-wins order and row identity)
     con.register("raw", raw_rel.project(f'*, file_row_number AS "{validation.ROW_COLUMN}"'))
     for name in sorted({c.references.dataset for c in spec.columns if c.references is not None}):
-        ref_key = clean_key(name)
+        ref_key = (references or {}).get(name) or clean_key(Pipeline(spec.domain, name))
         ref_partitions = lake.partitions(ref_key.path)
         if not ref_partitions:
             raise UpstreamNotReadyError(f"{spec.name}: its relationship to {name} needs {name} loaded first; run it")
