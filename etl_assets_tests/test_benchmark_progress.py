@@ -1,10 +1,10 @@
 """The benchmarks report each measured run as it finishes, not only in the final table.
 
-Protects: ``benchmarks/files_read.py`` (the cheapest benchmark, here on 3,000 rows, one repeat: a few seconds) writes
+Protects: ``benchmarks/files_read.py`` (the cheapest benchmark, here on 60,000 rows, one repeat: a few seconds) writes
 one ``[i/N]`` progress line per measured run to standard error, each when its run ends, and the final table to
 standard output only. "When its run ends" is judged by the lines' arrival times on the pipe against the elapsed
-time each line reports: the ragged case's untimed warm-up (it imports pandas, over a second) lies between the
-clean runs and the ragged run, so lines held back and written together at the end arrive together and fail.
+time each line reports: the ragged case's data generation and untimed warm-up (half a second or more) lie between
+the clean runs and the ragged run, so lines held back and written together at the end arrive together and fail.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _run_timed(args: list[str]) -> tuple[int, list[tuple[float, str, str]]]:
 
 def test_files_read_reports_each_run_as_it_finishes():
     code, lines = _run_timed(
-        [sys.executable, "benchmarks/files_read.py", "--rows", "3000", "--files", "1", "--repeat", "1"]
+        [sys.executable, "benchmarks/files_read.py", "--rows", "60000", "--files", "1", "--repeat", "1"]
     )
     output = "\n".join(f"{name}: {line}" for _, name, line in lines)
     assert code == 0, output
@@ -68,9 +68,10 @@ def test_files_read_reports_each_run_as_it_finishes():
     # every progress line arrived before the table
     table_at = next(at for at, name, line in lines if name == "stdout" and line.startswith(TABLE_HEADER))
     assert all(at < table_at for at, _, _ in progress), output
-    # ... and as its run finished: the lines arrive as far apart as the elapsed times they report
+    # ... and as its run finished: the lines arrive as far apart as the elapsed times they report (lines held back
+    # and written together arrive within milliseconds of each other)
     (first_at, first, _), (last_at, last, _) = progress[0], progress[-1]
     assert first and last
     reported = float(last.group(3)) - float(first.group(3))
-    assert reported > 0.5, f"the runs were too quick to tell progress as it goes from progress at the end:\n{output}"
+    assert reported > 0.2, f"the runs were too quick to tell progress as it goes from progress at the end:\n{output}"
     assert last_at - first_at > reported / 2, f"progress lines arrived together, not as the runs finished:\n{output}"
