@@ -41,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_common import progress  # noqa: E402  (this directory is on sys.path: run as a script)
 from dagster import DagsterRunStatus, RunsFilter  # noqa: E402
 
 from etl_assets_tests.s3server import S3Server  # noqa: E402
@@ -90,8 +91,9 @@ def _partition(tags: Mapping[str, str]) -> str | None:
     return tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_start")
 
 
-def run_backfill(deployment: Deployment, partitions: int, variant: str, round_: int) -> Outcome:
-    """Start the control host and the workers, launch the backfill, wait until every partition has finished."""
+def run_backfill(deployment: Deployment, partitions: int, variant: str, round_: int, title: str) -> Outcome:
+    """Start the control host and the workers, launch the backfill, wait until every partition has finished; each
+    run is reported as the poll sees it finished (bench_common.progress, under ``title``)."""
     start_control_plane(deployment)
     start_workers(deployment, victim=None, check=False)
     deployment.api.open()  # the test holds the API shut to force pool contention; here it is open from the start
@@ -108,17 +110,33 @@ def run_backfill(deployment: Deployment, partitions: int, variant: str, round_: 
     instance = deployment.instance()
     runs_filter = RunsFilter(tags={BACKFILL_TAG: answer["backfillId"]})
     deadline = time.monotonic() + STARTUP_TIMEOUT + partitions * SECONDS_PER_PARTITION_LIMIT
-    while True:
-        runs = instance.get_runs(runs_filter)
-        done = {_partition(r.tags) for r in runs if r.status == DagsterRunStatus.SUCCESS}
-        if done >= set(days) and all(r.is_finished for r in runs):
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{variant}: {len(done)} of {partitions} partitions succeeded before the time limit\n"
-                + deployment.tails()
-            )
-        time.sleep(POLL_SECONDS)
+    reported: set[str] = set()
+    with progress(partitions, title) as bar:
+        while True:
+            records = instance.get_run_records(runs_filter)
+            runs = [record.dagster_run for record in records]
+            if len(runs) > bar.total:  # a run retry is a run more
+                bar.set_total(len(runs))
+            for record in reversed(records):  # oldest first
+                run = record.dagster_run
+                if run.is_finished and run.run_id not in reported:
+                    reported.add(run.run_id)
+                    bar.finished(
+                        f"partition {_partition(run.tags)}",
+                        run.status == DagsterRunStatus.SUCCESS,
+                        None,
+                        (record.end_time or 0.0) - (record.start_time or record.end_time or 0.0),
+                        run.run_id,
+                    )
+            done = {_partition(r.tags) for r in runs if r.status == DagsterRunStatus.SUCCESS}
+            if done >= set(days) and all(r.is_finished for r in runs):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{variant}: {len(done)} of {partitions} partitions succeeded before the time limit\n"
+                    + deployment.tails()
+                )
+            time.sleep(POLL_SECONDS)
     facts = [run_facts(instance, r.run_id) for r in runs]
     ok = [f for f in facts if f.status == DagsterRunStatus.SUCCESS]
     app = celery_app(deployment)
@@ -167,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     try:
         for round_ in range(1, args.rounds + 1):
-            for variant, names in VARIANTS.items():
+            for index, (variant, names) in enumerate(VARIANTS.items()):
                 began = time.monotonic()
                 tmp = work / f"{round_}-{names[-1]}"
                 with (
@@ -176,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                         tmp, database, args.postgres_url, s3, os.environ.__setitem__, names, args.partitions
                     ) as deployment,
                 ):
-                    out = run_backfill(deployment, args.partitions, variant, round_)
+                    nth = (round_ - 1) * len(VARIANTS) + index + 1
+                    title = f"round {round_}/{args.rounds}, {variant} (variant {nth}/{args.rounds * len(VARIANTS)})"
+                    out = run_backfill(deployment, args.partitions, variant, round_, title)
                 outcomes.append(out)
                 print(
                     f"  round {round_} {variant}: backfill {out.wall:.1f}s, runs per host {out.per_host},"

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: a throw-away Dagster instance's settings and a digest of the code measured.
+"""What the benchmark scripts share: a throw-away Dagster instance's settings, a digest of the code measured and
+the progress reporter of each measured run.
 
 Imported by the scripts in this directory (run as scripts, so this directory is on ``sys.path``).
 """
@@ -6,11 +7,14 @@ Imported by the scripts in this directory (run as scripts, so this directory is 
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dagster import DagsterEvent
+
+    from etl_assets.cli.progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,3 +62,20 @@ def step_failure_message(event: DagsterEvent) -> str:
     """The error message of a step-failure event (stripped), as a benchmark reports it."""
     error = event.step_failure_data.error
     return error.message.strip() if error is not None else "(no error recorded)"
+
+
+def progress(total: int, title: str, unit: str = "runs") -> Progress:
+    """The CLI's progress reporter (:class:`etl_assets.cli.progress.Progress`) for a benchmark's measured runs: call
+    ``finished`` as each run ends, outside its timing. It writes to standard error, one line per finished run,
+    flushed at once, so standard output keeps the benchmark's own lines and tables unchanged. The rich bar is drawn
+    only when standard output and standard error are both a terminal: while it is drawn, ``print`` goes through its
+    console, which would send a table meant for standard output to standard error.
+
+    Imported here, when a benchmark starts reporting, so that a benchmark's child processes import nothing more.
+    """
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # this checkout's etl_assets, as the benchmarks measure it
+    from etl_assets.cli.progress import Progress
+
+    terminal = sys.stdout.isatty() and sys.stderr.isatty()
+    return Progress(total, title, unit=unit, file=sys.stderr, terminal=terminal)

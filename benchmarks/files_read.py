@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import duckdb
+from bench_common import progress  # this directory is on sys.path (run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -130,19 +131,28 @@ def main() -> int:
     args = parser.parse_args()
     ok = True
     table = []
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    # measured runs: every repeat reads clean with both readers and ragged with the platform's
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp, progress(3 * args.repeat, "files_read") as bar:
         for case, ragged_every in (("clean", None), ("ragged", 1000)):
             landing = Path(tmp) / case / "landing"
             ragged = generate(landing, args.rows, args.files, ragged_every, seed=42)
             expected = (args.rows // args.files) * args.files
             best: dict[str, list[float]] = {}
             platform(landing)  # warm-up, untimed: the first quarantined row imports pandas (DuckDB's fetch), ~1.6 s
-            for _ in range(args.repeat):
+            for repeat in range(args.repeat):
                 readers = [("platform", platform)] + ([("baseline", baseline)] if case == "clean" else [])
                 for name, fn in readers:
                     result, wall, cpu = timed(fn, landing)
                     rows, malformed = result if isinstance(result, tuple) else (result, 0)
-                    if rows != expected or malformed != ragged:
+                    right = rows == expected and malformed == ragged
+                    bar.finished(
+                        f"{case} {name}, repeat {repeat + 1}/{args.repeat}",
+                        right,
+                        rows,
+                        wall,
+                        note=f"cpu {cpu:.2f} s, {malformed:,} malformed",
+                    )
+                    if not right:
                         print(
                             f"FAIL {case}/{name}: {rows:,} rows ({malformed:,} malformed), expected {expected:,} "
                             f"({ragged:,} malformed)"

@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
 
+    # the parent's alone: a child imports the same modules for every method, and nothing else
+    from bench_common import progress  # this directory is on sys.path (run as a script)
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -374,10 +377,22 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         create_table(args.url, table, args.rows)
         print(f"  done in {time.perf_counter() - started:.1f}s", flush=True)
-        with tempfile.TemporaryDirectory(prefix="pg_extract_") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="pg_extract_") as tmp,
+            progress(1 + len(methods) * args.repeat, "pg_extract") as bar,
+        ):
             for method in [BASELINE, *methods]:
-                for attempt in range(1 if method == BASELINE else args.repeat):
+                repeat = 1 if method == BASELINE else args.repeat
+                for attempt in range(repeat):
                     report = run_child(method, args, table, Path(tmp) / f"{method}.parquet")
+                    bar.finished(
+                        f"{method} run {attempt + 1}/{repeat}",
+                        method == BASELINE or report["rows"] == args.rows,
+                        None if method == BASELINE else report["rows"],
+                        report["seconds"],
+                        note=f"cpu {report['cpu_seconds']:.2f} s, peak RSS {report['peak_rss_mb']:.0f} MB"
+                        + (" (imports only)" if method == BASELINE else ""),
+                    )
                     if method != BASELINE and report["rows"] != args.rows:
                         raise RuntimeError(f"{method} wrote {report['rows']} rows, expected {args.rows}")
                     results.setdefault(method, []).append(report)

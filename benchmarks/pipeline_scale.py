@@ -62,12 +62,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench_common import (
     code_digest,
+    progress,
     step_failure_message,
     write_dagster_yaml,
 )  # this directory is on sys.path (run as a script)
+
+if TYPE_CHECKING:
+    from etl_assets.cli.progress import Progress
 
 RESULT_MARKER = "@@pipeline_scale@@ "
 GIB = 1024**3
@@ -84,6 +89,8 @@ ORDER_STAGES: dict[str, list[list[str]]] = {
 }
 PIPELINE_STAGES = ["generate", "dimensions", *ORDER_STAGES]
 FLOOR_STAGES = ["floor_ctas", "floor_parquet"]
+# processes per scale, as the progress counts them: warmup, the pipeline stages, floor_api, each floor twice
+PROCESSES_PER_SCALE = 1 + len(PIPELINE_STAGES) + 1 + 2 * len(FLOOR_STAGES)
 # Numeric materialization metadata summed over partitions and shown in the per-stage details.
 DETAIL_METADATA = (
     "dagster/row_count",
@@ -620,7 +627,7 @@ def _verify(data_dir: Path, orders: int) -> list[tuple[str, bool, str]]:
     return checks
 
 
-def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
+def run_scale(orders: int, args: argparse.Namespace, root: Path, bar: Progress) -> ScaleResult:
     scale = ScaleResult(orders, args.days)
     scale.code_before = code_digest()
     base = root / f"orders_{orders}"
@@ -633,11 +640,26 @@ def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
     began = time.perf_counter()
     print(f"\n== {orders:,} orders over {args.days} days: data in {base} ==", flush=True)
 
+    def report(result: StageResult, label: str, timed: bool = True) -> None:
+        """One progress line: the stage's own work seconds and rows out, or the process's seconds where the stage
+        is not timed or its child reported nothing."""
+        if result.stage in FLOOR_STAGES:
+            label += f" {len(scale.floors[result.stage])}/2"
+        measured = timed and result.work_seconds > 0
+        bar.finished(
+            f"{orders:,} orders: {label}",
+            result.ok,
+            result.rows_out if measured else None,
+            result.work_seconds if measured else result.proc_seconds,
+            note=f"process {result.proc_seconds:.1f} s, peak RSS {_mib(result.maxrss_bytes).strip()}",
+        )
+
     def record(result: StageResult) -> bool:
         if result.stage in FLOOR_STAGES:
             scale.floors.setdefault(result.stage, []).append(result)
         else:
             scale.stages[result.stage] = result
+        report(result, result.stage)
         status = "ok" if result.ok else "FAILED"
         print(
             f"  {result.stage:<13} {status:<6} work {result.work_seconds:8.2f}s  process {result.proc_seconds:8.2f}s"
@@ -650,6 +672,7 @@ def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
         return result.ok
 
     warm = _run_stage("warmup", args, env)
+    report(warm, "warmup (not timed as a stage)", timed=False)
     print(
         f"  warmup        {'ok' if warm.ok else 'FAILED':<6} process {warm.proc_seconds:8.2f}s"
         f"  (imports + one trivial Dagster run, not timed as a stage){' ' + warm.error if warm.error else ''}",
@@ -667,6 +690,7 @@ def run_scale(orders: int, args: argparse.Namespace, root: Path) -> ScaleResult:
                 break
             if stage == "extract":
                 scale.api_floor = _run_stage("floor_api", args, env, server_pid=info["pid"])
+                report(scale.api_floor, "floor_api")
                 print(
                     f"  floor_api     {'ok' if scale.api_floor.ok else 'FAILED':<6} work {scale.api_floor.work_seconds:8.2f}s"
                     f"  process {scale.api_floor.proc_seconds:8.2f}s  rows {scale.api_floor.rows_out:,}"
@@ -925,13 +949,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     scales: list[ScaleResult] = []
     try:
-        for orders in scales_to_run:
-            scale = run_scale(orders, args, root)
-            scales.append(scale)
-            print_scale(scale)
-            sys.stdout.flush()
-            if not args.keep:
-                shutil.rmtree(root / f"orders_{orders}", ignore_errors=True)
+        with progress(PROCESSES_PER_SCALE * len(scales_to_run), "pipeline_scale", unit="processes") as bar:
+            for orders in scales_to_run:
+                scale = run_scale(orders, args, root, bar)
+                scales.append(scale)
+                print_scale(scale)
+                sys.stdout.flush()
+                if not args.keep:
+                    shutil.rmtree(root / f"orders_{orders}", ignore_errors=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

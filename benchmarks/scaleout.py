@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_common import step_failure_message  # this directory is on sys.path
+from bench_common import progress, step_failure_message  # this directory is on sys.path
 from validation_overhead import GENERATE_SQL, LANDING_FILE, NAME, SPEC  # this directory is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,34 +146,42 @@ def bench_lake(args, work: Path) -> bool:
     server = S3Server().start(log=work / "moto.log")
     results: list[Result] = []
     try:
-        for round_ in range(args.rounds):
-            for variant in ("local", "s3"):
-                data = work / f"data-{variant}-{round_}"
-                env = {**os.environ, "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs)}
-                env.pop("ETL_LAKE_URL", None)
-                env.pop("ETL_LANDING_URL", None)
-                if variant == "local":
-                    (data / "landing" / NAME).mkdir(parents=True)
-                    shutil.copyfile(source, data / "landing" / NAME / LANDING_FILE)
-                else:
-                    env.update(server.env())
-                    bucket = server.new_bucket("bench")
-                    server.client().upload_file(str(source), bucket, f"landing/{NAME}/{LANDING_FILE}")
-                    env["ETL_LAKE_URL"] = f"s3://{bucket}/lake"
-                    env["ETL_LANDING_URL"] = f"s3://{bucket}/landing"
-                assert server.process is not None
-                server_cpu = _process_cpu(server.process.pid)
-                out = _child("pipeline", env)
-                out["server_cpu"] = _process_cpu(server.process.pid) - server_cpu if variant == "s3" else 0.0
-                if not out["success"]:
-                    print(f"{variant} round {round_ + 1} FAILED: {out.get('failures')}")
-                    return False
-                results.append(Result(variant, out["seconds"], out["cpu_seconds"], out["peak_rss_mib"], out))
-                print(
-                    f"  round {round_ + 1} {variant:5}: {out['seconds']:7.1f}s wall {out['cpu_seconds']:7.1f}s CPU"
-                    f" {out['peak_rss_mib']:7.0f} MiB, S3 server {out['server_cpu']:.1f}s CPU"
-                )
-                shutil.rmtree(data, ignore_errors=True)
+        with progress(2 * args.rounds, "scaleout lake", unit="pipeline runs") as bar:
+            for round_ in range(args.rounds):
+                for variant in ("local", "s3"):
+                    data = work / f"data-{variant}-{round_}"
+                    env = {**os.environ, "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs)}
+                    env.pop("ETL_LAKE_URL", None)
+                    env.pop("ETL_LANDING_URL", None)
+                    if variant == "local":
+                        (data / "landing" / NAME).mkdir(parents=True)
+                        shutil.copyfile(source, data / "landing" / NAME / LANDING_FILE)
+                    else:
+                        env.update(server.env())
+                        bucket = server.new_bucket("bench")
+                        server.client().upload_file(str(source), bucket, f"landing/{NAME}/{LANDING_FILE}")
+                        env["ETL_LAKE_URL"] = f"s3://{bucket}/lake"
+                        env["ETL_LANDING_URL"] = f"s3://{bucket}/landing"
+                    assert server.process is not None
+                    server_cpu = _process_cpu(server.process.pid)
+                    out = _child("pipeline", env)
+                    out["server_cpu"] = _process_cpu(server.process.pid) - server_cpu if variant == "s3" else 0.0
+                    if not out["success"]:
+                        print(f"{variant} round {round_ + 1} FAILED: {out.get('failures')}")
+                        return False
+                    results.append(Result(variant, out["seconds"], out["cpu_seconds"], out["peak_rss_mib"], out))
+                    bar.finished(
+                        f"lake round {round_ + 1}/{args.rounds}, {variant}",
+                        True,
+                        out["table"][0],
+                        out["seconds"],
+                        note=f"cpu {out['cpu_seconds']:.1f} s, peak RSS {out['peak_rss_mib']:.0f} MiB",
+                    )
+                    print(
+                        f"  round {round_ + 1} {variant:5}: {out['seconds']:7.1f}s wall {out['cpu_seconds']:7.1f}s CPU"
+                        f" {out['peak_rss_mib']:7.0f} MiB, S3 server {out['server_cpu']:.1f}s CPU"
+                    )
+                    shutil.rmtree(data, ignore_errors=True)
     finally:
         server.stop()
     tables = {json.dumps(r.payload["table"]) for r in results}
@@ -237,28 +245,38 @@ def bench_storage(args, work: Path) -> bool:
 
         per_run: dict[str, list[float]] = {"sqlite": [], "postgres": []}
         events = {}
-        for round_ in range(args.rounds):
-            for variant, home in homes.items():
-                data = work / f"runs-{variant}-{round_}"
-                (data / "landing" / NAME).mkdir(parents=True)
-                with duckdb.connect() as con:
-                    con.execute(
-                        GENERATE_SQL.format(path=str(data / "landing" / NAME / LANDING_FILE).replace("'", "''")),
-                        [100],
+        with progress(2 * args.rounds, "scaleout storage", unit="processes") as bar:
+            for round_ in range(args.rounds):
+                for variant, home in homes.items():
+                    data = work / f"runs-{variant}-{round_}"
+                    (data / "landing" / NAME).mkdir(parents=True)
+                    with duckdb.connect() as con:
+                        con.execute(
+                            GENERATE_SQL.format(path=str(data / "landing" / NAME / LANDING_FILE).replace("'", "''")),
+                            [100],
+                        )
+                    env = {
+                        **os.environ,
+                        "ETL_DATA_DIR": str(data),
+                        "ETL_PIPELINES_DIR": str(specs),
+                        "DAGSTER_HOME": str(home),
+                    }
+                    out = _child("runs", env, str(args.runs))
+                    if not out["success"]:
+                        print(f"{variant}: a run failed")
+                        return False
+                    per_run[variant].extend(out["seconds"][1:])  # the first run of a process warms caches
+                    warm = out["seconds"][1:]
+                    bar.finished(
+                        f"storage round {round_ + 1}/{args.rounds}, {variant}: {args.runs} runs in one process",
+                        True,
+                        None,
+                        sum(out["seconds"]),
+                        note=(f"median {sorted(warm)[len(warm) // 2]:.2f} s per run after the first, " if warm else "")
+                        + f"{out['events_per_run']} events per run",
                     )
-                env = {
-                    **os.environ,
-                    "ETL_DATA_DIR": str(data),
-                    "ETL_PIPELINES_DIR": str(specs),
-                    "DAGSTER_HOME": str(home),
-                }
-                out = _child("runs", env, str(args.runs))
-                if not out["success"]:
-                    print(f"{variant}: a run failed")
-                    return False
-                per_run[variant].extend(out["seconds"][1:])  # the first run of a process warms caches
-                events[variant] = out["events_per_run"]
-                shutil.rmtree(data, ignore_errors=True)
+                    events[variant] = out["events_per_run"]
+                    shutil.rmtree(data, ignore_errors=True)
         print()
         print(
             f"per-run overhead of Dagster's storage: {args.runs} in-process runs of a 100-row files pipeline per process, {args.rounds} rounds"

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import REPO, write_dagster_yaml
+from bench_common import REPO, progress, write_dagster_yaml
 
 ASSET = "shop/raw_products"
 
@@ -76,11 +76,15 @@ def main() -> int:
     if args.other:
         checkouts.append((f"{args.other}", args.other.resolve(), args.other_module))
     results: dict[str, dict[str, list[float]]] = {label: {"import": [], "first_event": []} for label, _, _ in checkouts}
-    for round_ in range(args.rounds):
-        for label, checkout, module in checkouts:
-            results[label]["import"].append(import_seconds(checkout))
-            results[label]["first_event"].append(first_event_seconds(checkout, module))
-        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+    with progress(args.rounds * len(checkouts) * 2, "startup", unit="measurements") as bar:
+        for round_ in range(args.rounds):
+            for label, checkout, module in checkouts:
+                at = f"round {round_ + 1}/{args.rounds}, {label}"
+                results[label]["import"].append(import_seconds(checkout))
+                seconds = results[label]["import"][-1]
+                bar.finished(f"{at}: import", True, None, seconds, note=f"{seconds:.3f} s")
+                results[label]["first_event"].append(first_event_seconds(checkout, module))
+                bar.finished(f"{at}: to first event", True, None, results[label]["first_event"][-1])
     base = results[checkouts[-1][0]]
     print(f"{'checkout':<40} {'import s (best)':>16} {'to first event s (best)':>24} {'median':>8} {'ratio':>6}")
     for label, _, _ in checkouts:

@@ -50,7 +50,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import REPO, code_digest, write_dagster_yaml  # this directory is on sys.path (run as a script)
+from bench_common import (
+    REPO,
+    code_digest,
+    progress,
+    write_dagster_yaml,
+)  # this directory is on sys.path (run as a script)
 
 sys.path.insert(0, str(REPO))
 
@@ -76,39 +81,34 @@ def _instance(home: Path):
     return DagsterInstance.from_config(str(home))
 
 
-def _progress(label: str, total: int, every: int):
-    started = time.perf_counter()
-    seen = {"retries": 0, "failed": 0}
-
-    def report(index: int, outcome) -> None:
-        seen["retries"] += outcome.request_retries
-        seen["failed"] += not outcome.first_launch_ok
-        if not outcome.first_launch_ok:
-            print(
-                f"  {label}: partition {outcome.partition} FAILED on first launch"
-                f" ({'recovered by relaunch' if outcome.final_ok else 'still failing'}): {outcome.error}",
-                flush=True,
-            )
-        if index % every == 0 or index == total:
-            elapsed = time.perf_counter() - started
-            eta = elapsed / index * (total - index)
-            print(
-                f"  {label}: {index}/{total} partitions, {elapsed:.0f} s, {index / elapsed:.2f}/s, "
-                f"{seen['retries']} request retries, {seen['failed']} failed first launches, eta {eta:.0f} s",
-                flush=True,
-            )
-
-    return report
-
-
-def _run_interleaved(runners: dict, keys: list[str], baseline_k: int, every: int) -> None:
+def _run_interleaved(runners: dict, keys: list[str], baseline_k: int) -> None:
     """The first ``baseline_k`` partitions alternate between the phases (who goes first alternates too), the rest
-    are the faulted phase's alone: load from other work on the machine falls on both phases alike."""
-    reporters = {label: _progress(label, baseline_k if label == "baseline" else len(keys), every) for label in runners}
-    for index, partition in enumerate(keys):
-        order = ["baseline", "faulted"] if index % 2 == 0 else ["faulted", "baseline"]
-        for label in order if index < baseline_k else ["faulted"]:
-            reporters[label](index + 1, runners[label].run(partition))
+    are the faulted phase's alone: load from other work on the machine falls on both phases alike. Each partition is
+    reported as it finishes (bench_common.progress), with its phase's request retries and failed first launches so
+    far."""
+    seen = {label: {"retries": 0, "failed": 0, "done": 0} for label in runners}
+    total = {label: baseline_k if label == "baseline" else len(keys) for label in runners}
+    with progress(sum(total.values()), "stress_faults", unit="partitions") as bar:
+        for index, partition in enumerate(keys):
+            order = ["baseline", "faulted"] if index % 2 == 0 else ["faulted", "baseline"]
+            for label in order if index < baseline_k else ["faulted"]:
+                outcome = runners[label].run(partition)
+                phase = seen[label]
+                phase["retries"] += outcome.request_retries
+                phase["failed"] += not outcome.first_launch_ok
+                phase["done"] += 1
+                note = (
+                    f"{outcome.request_retries} request retries; {label} {phase['done']}/{total[label]}:"
+                    f" {phase['retries']} request retries, {phase['failed']} failed first launches"
+                )
+                if not outcome.first_launch_ok:
+                    note += (
+                        f"; failed on first launch ({'recovered by relaunch' if outcome.final_ok else 'still failing'}):"
+                        f" {outcome.error}"
+                    )
+                bar.finished(
+                    f"{label} {partition}", outcome.first_launch_ok, None, outcome.seconds, outcome.run_id, note
+                )
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:
@@ -167,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     settings.faults()  # validates the fault settings before anything runs
 
     root = Path(tempfile.mkdtemp(prefix="stress_faults_", dir=args.workdir))
-    every = max(1, min(100, partitions // 10))
     digest_before = code_digest()
     print(
         f"stress_faults: {partitions} partitions ({args.start}..{last_day}), {orders} orders, "
@@ -203,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 runners[label] = stack.enter_context(
                     PhaseRunner(manifest, instance, settings, settings.faults() if label == "faulted" else None, label)
                 )
-            _run_interleaved(runners, manifests["faulted"].partition_keys, baseline_k, every)
+            _run_interleaved(runners, manifests["faulted"].partition_keys, baseline_k)
             stack.close()
             for label, runner in runners.items():
                 phases[label] = runner.result()

@@ -66,7 +66,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_common import step_failure_message  # this directory is on sys.path (run as a script)
+from bench_common import progress, step_failure_message  # this directory is on sys.path (run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT_MARKER = "@@validation_overhead@@ "
@@ -543,38 +543,49 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     runs: dict[str, list[Stage]] = {}
+    order = ["extract"] if args.with_extract else []
+    once = [
+        "load",
+        *(["copy"] if args.copy else []),
+        *(["floor"] if args.floor else []),
+        "validate",
+        "plain",
+        "plain_unordered",
+        "platform_plain",
+        "warehouse",
+    ]
+    order += once * max(1, args.repeat)
+    order += ["phases"] if args.phases else []
     try:
-        gen = _run("generate", args, env)
-        if not gen.ok:
-            print(f"generate FAILED: {gen.error}")
-            return 1
-        print(f"  generate  {gen.seconds:8.2f}s  {gen.payload['bytes'] / 1024**2:,.0f} MiB CSV", flush=True)
-        order = ["extract"] if args.with_extract else []
-        once = [
-            "load",
-            *(["copy"] if args.copy else []),
-            *(["floor"] if args.floor else []),
-            "validate",
-            "plain",
-            "plain_unordered",
-            "platform_plain",
-            "warehouse",
-        ]
-        order += once * max(1, args.repeat)
-        order += ["phases"] if args.phases else []
-        for name in order:
-            stage = _run(name, args, env)
-            runs.setdefault(name, []).append(stage)
-            status = "ok" if stage.ok else "FAILED"
-            print(
-                f"  {name:<9} {status:<6} {stage.seconds:8.2f}s  cpu {stage.cpu_seconds:6.1f}s"
-                f"  process {stage.process_seconds:7.2f}s  peak RSS {_mib(stage.maxrss_bytes)}",
-                flush=True,
+        with progress(1 + len(order), "validation_overhead", unit="stages") as bar:
+            gen = _run("generate", args, env)
+            bar.finished(
+                "generate", gen.ok, gen.rows or None, gen.seconds, note=gen.error.splitlines()[0] if gen.error else ""
             )
-            if stage.error:
-                print(f"    ! {stage.error}", flush=True)
-            if not stage.ok and name in ("load", "validate", "warehouse"):
-                break
+            if not gen.ok:
+                print(f"generate FAILED: {gen.error}")
+                return 1
+            print(f"  generate  {gen.seconds:8.2f}s  {gen.payload['bytes'] / 1024**2:,.0f} MiB CSV", flush=True)
+            for name in order:
+                stage = _run(name, args, env)
+                runs.setdefault(name, []).append(stage)
+                bar.finished(
+                    f"{name} {len(runs[name])}/{order.count(name)}",
+                    stage.ok,
+                    stage.rows or None,
+                    stage.seconds,
+                    note=f"cpu {stage.cpu_seconds:.1f} s, process {stage.process_seconds:.1f} s",
+                )
+                status = "ok" if stage.ok else "FAILED"
+                print(
+                    f"  {name:<9} {status:<6} {stage.seconds:8.2f}s  cpu {stage.cpu_seconds:6.1f}s"
+                    f"  process {stage.process_seconds:7.2f}s  peak RSS {_mib(stage.maxrss_bytes)}",
+                    flush=True,
+                )
+                if stage.error:
+                    print(f"    ! {stage.error}", flush=True)
+                if not stage.ok and name in ("load", "validate", "warehouse"):
+                    break
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
