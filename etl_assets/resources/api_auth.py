@@ -123,7 +123,7 @@ class _Token:
 
 # Tokens per (token endpoint, client id, scopes), for the process: runs and extractions in one process share them.
 _TOKENS: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
-_TOKENS_LOCK = threading.Lock()
+_TOKENS_LOCK = threading.RLock()  # re-entered: a token fetch redacts its errors, which reads the cached tokens
 
 
 def cached_tokens() -> list[str]:
