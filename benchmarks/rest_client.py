@@ -7,14 +7,16 @@ Run::
 What it does: generates demo shop data with N orders, serves it with ``DemoApiServer`` on loopback (in this
 process), and installs dlt (``--dlt-version``, pinned) into a virtualenv of its own under the cache directory
 (``uv venv`` + ``uv pip install``; dlt is never a dependency of the platform, and the platform is not importable
-there). Then, in interleaved rounds (ours, dlt, ours, dlt, ...), each client runs in a fresh process and reads every
+there). Then, in interleaved rounds (ours, dlt, dlt+arrow, ours, ...), each client runs in a fresh process and reads every
 order through the same keyset-cursor endpoint (``GET /orders?limit=...&cursor=...``, ``--page-size`` records a
 page, the cursor at ``next_cursor``):
 
 * ``ours``: ``RestApiSource.extract`` with ``pagination.style: cursor``: each page parsed with decimals kept exact
   and turned into an Arrow batch of text columns (what the raw layer stores);
 * ``dlt``: ``RESTClient(base_url).paginate("/orders", paginator=JSONResponseCursorPaginator(...),
-  data_selector="data")``: each page parsed into Python dicts (``requests`` underneath), nothing more.
+  data_selector="data")``: each page parsed into Python dicts (``requests`` underneath), nothing more;
+* ``dlt+arrow``: the same, each page then made an Arrow batch (``pa.RecordBatch.from_pylist``, types inferred), the
+  least a raw layer of Arrow batches needs on top of dlt's client.
 
 The table shows the median over ``--rounds``: ``rows/s`` over the client's own wall time (interpreter start and
 imports not included), ``cpu s`` the client's user+sys CPU over the same span, ``peak RSS`` the child's maximum
@@ -36,18 +38,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DLT_VERSION = "1.31.0"
+PYARROW = "26.0.1"  # the platform's pin, for the dlt+arrow variant
 
 _DLT_CHILD = """
 import json, sys, time
 from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.paginators import JSONResponseCursorPaginator
-url, page_size = sys.argv[1], int(sys.argv[2])
+url, page_size, arrow = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "arrow"
+if arrow:
+    import pyarrow as pa
 started, cpu0 = time.perf_counter(), time.process_time()
 client = RESTClient(base_url=url)
 paginator = JSONResponseCursorPaginator(cursor_path="next_cursor", cursor_param="cursor")
 records = pages = 0
 for page in client.paginate("/orders", params={"limit": page_size}, paginator=paginator, data_selector="data"):
-    records += len(page)
+    records += pa.RecordBatch.from_pylist(page).num_rows if arrow else len(page)
     pages += 1
 print(json.dumps({"records": records, "pages": pages, "wall": time.perf_counter() - started,
                   "cpu": time.process_time() - cpu0}))
@@ -81,12 +86,15 @@ def _ours_child(url: str, page_size: int) -> None:
 
 def dlt_python(cache: Path, version: str) -> Path:
     """The python of a virtualenv holding dlt ``version`` only, made on first use under ``cache``."""
-    venv = cache / f"dlt-{version}"
+    venv = cache / f"dlt-{version}-pyarrow-{PYARROW}"
     python = venv / "bin" / "python"
     marker = venv / ".installed"
     if not marker.exists():
         subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
-        subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(python), f"dlt=={version}"], check=True)
+        subprocess.run(
+            ["uv", "pip", "install", "--quiet", "--python", str(python), f"dlt=={version}", f"pyarrow=={PYARROW}"],
+            check=True,
+        )
         marker.touch()
     return python
 
@@ -126,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_rest_") as tmp:
         shop = generate_shop_data(Path(tmp), orders=args.records, days=30)
         env = {**os.environ, "PYTHONPATH": str(REPO), "ETL_DATA_DIR": str(Path(tmp) / "data")}
-        results: dict[str, list[dict]] = {"ours": [], "dlt": []}
+        results: dict[str, list[dict]] = {"ours": [], "dlt": [], "dlt+arrow": []}
         with DemoApiServer(shop.orders_path) as server:
             commands = {
                 "ours": [
@@ -139,7 +147,8 @@ def main() -> None:
                     "--page-size",
                     str(args.page_size),
                 ],
-                "dlt": [str(python), "-c", _DLT_CHILD, server.url, str(args.page_size)],
+                "dlt": [str(python), "-c", _DLT_CHILD, server.url, str(args.page_size), "dicts"],
+                "dlt+arrow": [str(python), "-c", _DLT_CHILD, server.url, str(args.page_size), "arrow"],
             }
             for round_ in range(1, args.rounds + 1):
                 for name, command in commands.items():
@@ -164,7 +173,7 @@ def main() -> None:
         "| client | rows/s | wall s | cpu s | peak RSS MiB | x ours (rows/s) |\n| --- | ---: | ---: | ---: | ---: | ---: |"
     )
     ours_rate = args.records / median("ours", "wall")
-    for name in ("ours", "dlt"):
+    for name in results:
         rate = args.records / median(name, "wall")
         print(
             f"| {name} | {rate:,.0f} | {median(name, 'wall'):.2f} | {median(name, 'cpu'):.2f} | "

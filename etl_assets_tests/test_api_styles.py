@@ -384,3 +384,19 @@ def test_wait_for_slot_spaces_callers_evenly(tmp_path: Path) -> None:
     assert waits[0] == 0
     (tmp_path / "other").write_bytes(b"")  # another connection has its own slot
     assert wait_for_slot("other", 1, tmp_path) == 0
+
+
+def test_build_resources_binds_each_credential_set_in_the_environment() -> None:
+    from dagster import EnvVar
+
+    from etl_assets.pipelines.assets import source_resource_key
+    from etl_assets.pipelines.factory import build_resources
+
+    source = {"kind": "api", "connection": "shop_api", "default_url": "http://x", "endpoint": "/o", "auth": "basic"}
+    raw = {"name": "orders", "domain": "shop", "source": source, "columns": [{"name": "a", "type": "BIGINT"}]}
+    loaded = parse_spec_document(raw, Path("orders.yaml"))
+    env = {"SHOP_API_USERNAME": "etl", "SHOP_API_PASSWORD": PASSWORD, "SHOP_API_CLIENT_SECRET": CLIENT_SECRET}
+    api = build_resources([loaded], env.get)[source_resource_key(loaded.spec)]
+    assert api.username == EnvVar("SHOP_API_USERNAME") and api.password == EnvVar("SHOP_API_PASSWORD")
+    assert api.client_secret == EnvVar("SHOP_API_CLIENT_SECRET")  # bound by name: the value is read at run time
+    assert api.token is None and api.api_key is None and api.client_id is None
