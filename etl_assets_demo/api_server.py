@@ -10,6 +10,11 @@ exercised end to end:
   optionally ``cursor``) is given, in which case ``next`` and an RFC 8288 ``Link`` header
   point to the following page.
 * ``GET /orders/watermark`` returns the latest ``updated_at`` and the row count.
+* ``GET /styles/<style>`` serves the same orders in each pagination style of the REST client (page numbers or
+  offsets with and without totals, a cursor in the body or a header, a link in the body or a ``Link`` header, a
+  single page), each in the shape such APIs answer (see ``_STYLE_PARAMS``).
+* Auth, when configured: a bearer token, an API key (``X-API-Key`` or ``?api_key=``), HTTP Basic, or OAuth2 client
+  credentials, whose tokens ``POST /oauth/token`` grants.
 
 Faults (:class:`FaultConfig`) imitate the ways real APIs fail: errors and stalls that pass on a retry, and opt-in
 misbehaviour that no retry fixes (a cursor that never advances, a ``page`` parameter ignored, a page too big to
