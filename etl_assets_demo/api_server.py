@@ -10,6 +10,11 @@ exercised end to end:
   optionally ``cursor``) is given, in which case ``next`` and an RFC 8288 ``Link`` header
   point to the following page.
 * ``GET /orders/watermark`` returns the latest ``updated_at`` and the row count.
+* ``GET /styles/<style>`` serves the same orders in each pagination style of the REST client (page numbers or
+  offsets with and without totals, a cursor in the body or a header, a link in the body or a ``Link`` header, a
+  single page), each in the shape such APIs answer (see ``_STYLE_PARAMS``).
+* Auth, when configured: a bearer token, an API key (``X-API-Key`` or ``?api_key=``), HTTP Basic, or OAuth2 client
+  credentials, whose tokens ``POST /oauth/token`` grants.
 
 Faults (:class:`FaultConfig`) imitate the ways real APIs fail: errors and stalls that pass on a retry, and opt-in
 misbehaviour that no retry fixes (a cursor that never advances, a ``page`` parameter ignored, a page too big to
@@ -27,6 +32,7 @@ import binascii
 import collections
 import dataclasses
 import datetime as dt
+import functools
 import hmac
 import json
 import logging
@@ -44,7 +50,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socketserver import TCPServer
 from typing import Any, Self, cast
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import duckdb
 
@@ -63,6 +69,7 @@ OPT_IN_FAULT_KINDS: tuple[str, ...] = (
     "deep_json",
     "echo_auth",
     "extra_keys",
+    "foreign_link",
 )
 """Faults injected only when asked for by name."""
 _ALL_FAULT_KINDS = FAULT_KINDS + OPT_IN_FAULT_KINDS
@@ -88,6 +95,20 @@ _FILTERS: tuple[tuple[str, str], ...] = (
     ("updated_since", "updated_at > ?"),
 )
 _ORDERS_PARAMS = frozenset({name for name, _ in _FILTERS} | {"page", "page_size", "limit", "cursor"})
+_FILTER_PARAMS = frozenset(name for name, _ in _FILTERS)
+# One route per pagination style of the REST client (dlt's names), each answering in the shape such APIs do: records
+# under a nested key, a top-level array, totals or none, the cursor in the body or a header, links relative or absolute.
+_STYLE_PARAMS: dict[str, frozenset[str]] = {
+    "/styles/page_number": _FILTER_PARAMS | {"page", "page_size"},  # {"result": {"items"}, "meta": {"total_pages"}}
+    "/styles/page_number_no_total": _FILTER_PARAMS | {"page", "page_size"},  # {"result": {"items"}}
+    "/styles/offset": _FILTER_PARAMS | {"offset", "limit"},  # {"items", "total"}
+    "/styles/offset_no_total": _FILTER_PARAMS | {"offset", "limit"},  # {"items"}
+    "/styles/cursor_body": _FILTER_PARAMS | {"limit", "cursor"},  # {"data", "paging": {"next": {"cursor"}}}
+    "/styles/cursor_header": _FILTER_PARAMS | {"limit", "cursor"},  # a bare array; X-Next-Cursor header
+    "/styles/json_link": _FILTER_PARAMS | {"limit", "cursor"},  # {"results", "links": {"next": relative URL}}
+    "/styles/header_link": _FILTER_PARAMS | {"limit", "cursor"},  # {"items"}; Link: <absolute URL>; rel="next"
+    "/styles/single_page": _FILTER_PARAMS,  # {"data"}: every record at once
+}
 _ORDER_COLUMNS = (
     "order_id",
     "customer_id",
@@ -152,6 +173,9 @@ class FaultConfig:
             * ``"deep_json"``: a 200 whose one record holds an array nested 100,000 levels deep.
             * ``"echo_auth"``: 403 whose JSON body echoes the request's ``Authorization`` header and its
               credentials, as careless APIs do.
+            * ``"foreign_link"``: an answer's next link (``next`` of ``/orders``, ``links.next`` of
+              ``/styles/json_link``, the ``Link`` header) names this server as ``localhost`` instead of
+              ``127.0.0.1``, another origin: a client that followed it would hand its credentials to another host.
             * ``"extra_keys"``: every record of an ``/orders`` answer also has the keys ``extra_keys``
               (each holding its own name), e.g. ``First Name`` or ``_etl_source``.
         retry_after_seconds: ``Retry-After`` value sent with 429 and 503 responses.
@@ -261,11 +285,33 @@ class _BadRequest(Exception):
 @dataclass(frozen=True)
 class _Response:
     status: HTTPStatus
-    payload: Mapping[str, Any]
+    payload: Any  # a JSON object, or (``/styles/cursor_header``) an array
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def body(self) -> bytes:
         return json.dumps(self.payload, separators=(",", ":")).encode("utf-8")
+
+
+def _foreign(response: _Response) -> _Response:
+    """``response`` with its next links on ``localhost``: another origin than ``127.0.0.1``, the same server."""
+
+    def moved(link: str) -> str:
+        path = urlsplit(link)._replace(scheme="", netloc="").geturl()
+        port = urlsplit(link).port or 80 if "://" in link else None
+        return f"http://localhost:{port}{path}" if port else f"http://localhost{path}"
+
+    payload, headers = response.payload, dict(response.headers)
+    if isinstance(payload, dict) and payload.get("next"):
+        payload = {**payload, "next": moved(payload["next"])}
+    if isinstance(payload, dict) and isinstance(payload.get("links"), dict) and payload["links"].get("next"):
+        payload = {**payload, "links": {**payload["links"], "next": moved(payload["links"]["next"])}}
+    if "Link" in headers:
+        headers["Link"] = re.sub(r"<([^>]*)>", lambda m: f"<{moved(m.group(1))}>", headers["Link"])
+    return _Response(response.status, payload, headers)
+
+
+def _basic_credentials(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _encode_cursor(order_id: int) -> str:
@@ -424,7 +470,10 @@ class _Handler(BaseHTTPRequestHandler):
             _Response(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed"}, {"Allow": "GET"})
         )
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = _method_not_allowed
+    def do_POST(self) -> None:
+        self.server.app._handle_post(self)
+
+    do_PUT = do_PATCH = do_DELETE = _method_not_allowed
 
     def send_json(self, response: _Response, *, truncate: bool = False, drip_seconds: float = 0.0) -> None:
         body = response.body()
@@ -506,6 +555,10 @@ class DemoApiServer:
         port: int = 0,
         token: str | None = None,
         faults: FaultConfig | None = None,
+        api_key: str | None = None,
+        basic: tuple[str, str] | None = None,
+        oauth_client: tuple[str, str] | None = None,
+        oauth_token_seconds: float = 3600.0,
     ) -> None:
         """Configures the server without binding a socket.
 
@@ -516,7 +569,22 @@ class DemoApiServer:
             token: When set, every endpoint except ``/health`` requires
                 ``Authorization: Bearer <token>``.
             faults: Fault injection for ``/orders*`` requests; ``None`` disables it.
+            api_key: When set, a request may authenticate with it in the ``X-API-Key`` header or the ``api_key``
+                query parameter.
+            basic: When set, a request may authenticate with this (user, password) by HTTP Basic.
+            oauth_client: When set, ``POST /oauth/token`` grants this (client id, client secret) bearer tokens by
+                OAuth2's client-credentials flow (the client authenticating by HTTP Basic, as RFC 6749 2.3.1 has
+                it), each valid for ``oauth_token_seconds``; a request may authenticate with one of them.
+            oauth_token_seconds: Lifetime of an OAuth2 token (``expires_in``).
+
+        With several of ``token``, ``api_key``, ``basic`` and ``oauth_client`` set, any one of them admits a request;
+        with none, every request is admitted.
         """
+        self._api_key, self._basic, self._oauth_client = api_key, basic, oauth_client
+        self._oauth_token_seconds = oauth_token_seconds
+        self._oauth_tokens: dict[str, float] = {}  # token -> expiry, time.monotonic()
+        self._token_requests: list[dict[str, str]] = []
+        self._request_times: list[float] = []
         self._orders_path = str(orders_path)
         self._address = (host, port)
         self._token = token
@@ -535,6 +603,10 @@ class DemoApiServer:
         self._routes: dict[str, tuple[Callable[[dict[str, str], str], _Response], frozenset[str]]] = {
             "/orders": (self._orders, _ORDERS_PARAMS),
             "/orders/watermark": (self._watermark, frozenset()),
+            **{
+                route: (functools.partial(self._styled, route=route), allowed)
+                for route, allowed in _STYLE_PARAMS.items()
+            },
         }
 
     @property
@@ -603,9 +675,27 @@ class DemoApiServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    @property
+    def request_times(self) -> list[float]:
+        """When each request arrived (``time.time()``, comparable across processes), in order."""
+        with self._lock:
+            return list(self._request_times)
+
+    @property
+    def token_requests(self) -> list[dict[str, str]]:
+        """The form of each ``POST /oauth/token`` request (``grant_type``, ``scope``), in order."""
+        with self._lock:
+            return list(self._token_requests)
+
+    def revoke_tokens(self) -> None:
+        """Forgets every OAuth2 token granted, as a provider revoking them before their expiry does."""
+        with self._lock:
+            self._oauth_tokens.clear()
+
     def _count_request(self) -> None:
         with self._lock:
             self._requests_total += 1
+            self._request_times.append(time.time())
 
     def _fault_config(self) -> FaultConfig:
         """The fault injection, once a fault was drawn (which only happens when there is one)."""
@@ -655,11 +745,60 @@ class DemoApiServer:
         (before,) = self._query(_SELECT_COUNT.format(where=_conjunction(conditions)), [self._orders_path, *values])[0]
         return before // limit + 1
 
-    def _authorized(self, authorization: str | None) -> bool:
-        if self._token is None:
+    def _authorized(self, authorization: str | None, api_key: str | None) -> bool:
+        schemes = (self._token, self._api_key, self._basic, self._oauth_client)
+        if all(scheme is None for scheme in schemes):
             return True
         scheme, _, credentials = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token.encode())
+        credentials = credentials.strip()
+        if self._api_key is not None and api_key is not None and hmac.compare_digest(api_key, self._api_key):
+            return True
+        if scheme.lower() == "bearer":
+            if self._token is not None and hmac.compare_digest(credentials.encode(), self._token.encode()):
+                return True
+            with self._lock:
+                expiry = self._oauth_tokens.get(credentials)
+            return expiry is not None and time.monotonic() < expiry
+        if scheme.lower() == "basic" and self._basic is not None:
+            return hmac.compare_digest(credentials.encode(), _basic_credentials(*self._basic).encode())
+        return False
+
+    def _handle_post(self, handler: _Handler) -> None:
+        """``POST /oauth/token``: OAuth2's client-credentials grant (RFC 6749 4.4); every other POST is refused."""
+        self._count_request()
+        if urlsplit(handler.path).path != "/oauth/token" or self._oauth_client is None:
+            handler.send_json(
+                _Response(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "method POST not allowed"}, {"Allow": "GET"})
+            )
+            return
+        length = int(handler.headers.get("Content-Length") or 0)
+        form = {k: v[0] for k, v in parse_qs(handler.rfile.read(length).decode("ascii", "replace")).items()}
+        with self._lock:
+            self._token_requests.append(form)
+        given = (handler.headers.get("Authorization") or "").partition(" ")[2].strip()
+        if not hmac.compare_digest(given.encode(), _basic_credentials(*self._oauth_client).encode()):
+            try:
+                shown = base64.b64decode(given).decode("utf-8", "replace")
+            except (binascii.Error, ValueError):
+                shown = given
+            # echoed, as careless providers do: the client must keep it out of its messages
+            handler.send_json(
+                _Response(HTTPStatus.UNAUTHORIZED, {"error": "invalid_client", "error_description": f"bad {shown}"})
+            )
+            return
+        if form.get("grant_type") != "client_credentials":
+            handler.send_json(_Response(HTTPStatus.BAD_REQUEST, {"error": "unsupported_grant_type"}))
+            return
+        token = base64.urlsafe_b64encode(random.randbytes(24)).decode()
+        with self._lock:
+            self._oauth_tokens[token] = time.monotonic() + self._oauth_token_seconds
+        handler.send_json(
+            _Response(
+                HTTPStatus.OK,
+                {"access_token": token, "token_type": "Bearer", "expires_in": self._oauth_token_seconds},
+                {"Cache-Control": "no-store"},
+            )
+        )
 
     def _handle_get(self, handler: _Handler) -> None:
         self._count_request()
@@ -671,11 +810,16 @@ class DemoApiServer:
         if path not in self._routes:
             handler.send_json(_Response(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {url.path}"}))
             return
-        if not self._authorized(handler.headers.get("Authorization")):
+        query_key = None
+        if self._api_key is not None:  # the key is no parameter of the route: taken out before the route reads them
+            pairs = parse_qsl(url.query, keep_blank_values=True)
+            query_key = next((v for k, v in pairs if k == "api_key"), None)
+            url = url._replace(query=urlencode([(k, v) for k, v in pairs if k != "api_key"]))
+        if not self._authorized(handler.headers.get("Authorization"), handler.headers.get("X-API-Key") or query_key):
             handler.send_json(
                 _Response(
                     HTTPStatus.UNAUTHORIZED,
-                    {"error": "missing or invalid bearer token"},
+                    {"error": "missing or invalid credentials"},
                     {"WWW-Authenticate": 'Bearer realm="demo-shop"'},
                 )
             )
@@ -714,6 +858,8 @@ class DemoApiServer:
             answered = path == "/orders" and response.status == HTTPStatus.OK
             if fault == "repeat_cursor" and answered and "cursor" in params:
                 response = self._pointing_back(response, params, host)
+            if fault == "foreign_link" and response.status == HTTPStatus.OK:
+                response = _foreign(response)
             if fault == "extra_keys" and answered:
                 extra = {key: key for key in self._fault_config().extra_keys}
                 records = [{**record, **extra} for record in response.payload["data"]]
@@ -802,6 +948,46 @@ class DemoApiServer:
             {"data": data, "next_cursor": next_cursor, "next": next_url},
             {"Link": f'<{next_url}>; rel="next"'},
         )
+
+    def _styled(self, params: dict[str, str], host: str, route: str = "") -> _Response:
+        """One of the ``/styles/*`` answers (see :data:`_STYLE_PARAMS`), over the ``/orders`` filters."""
+        conditions, values = _filter_conditions(params)
+        (total,) = self._query(_SELECT_COUNT.format(where=_conjunction(conditions)), [self._orders_path, *values])[0]
+        if route in ("/styles/page_number", "/styles/page_number_no_total"):
+            page = _int_param(params, "page", 1, 10**9)
+            size = _int_param(params, "page_size", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            result: dict[str, Any] = {"result": {"items": self._page(conditions, values, size, (page - 1) * size)}}
+            if route == "/styles/page_number":
+                result["meta"] = {"total_pages": math.ceil(total / size)}
+            return _Response(HTTPStatus.OK, result)
+        if route in ("/styles/offset", "/styles/offset_no_total"):
+            offset = int(params["offset"]) if _UNSIGNED_INT.fullmatch(params.get("offset", "0")) else -1
+            if offset < 0:
+                raise _BadRequest(f"offset must be an integer >= 0, got {params.get('offset')!r}")
+            limit = _int_param(params, "limit", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            result = {"items": self._page(conditions, values, limit, offset)}
+            if route == "/styles/offset":
+                result["total"] = total
+            return _Response(HTTPStatus.OK, result)
+        if route == "/styles/single_page":
+            return _Response(HTTPStatus.OK, {"data": self._page(conditions, values, max(total, 1), 0)})
+        # keyset styles: the next page starts after the last order_id of this one
+        limit = _int_param(params, "limit", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if "cursor" in params:
+            conditions, values = [*conditions, "order_id > ?"], [*values, _decode_cursor(params["cursor"])]
+        data = self._page(conditions, values, limit + 1, 0)
+        cursor = _encode_cursor(data[limit - 1]["order_id"]) if len(data) > limit else None
+        data = data[:limit]
+        filters = {name: params[name] for name, _ in _FILTERS if name in params}
+        link = f"{route}?{urlencode({**filters, 'limit': limit, 'cursor': cursor})}" if cursor else None
+        if route == "/styles/cursor_body":
+            return _Response(HTTPStatus.OK, {"data": data, "paging": {"next": {"cursor": cursor}}})
+        if route == "/styles/cursor_header":
+            return _Response(HTTPStatus.OK, data, {"X-Next-Cursor": cursor} if cursor else {})
+        if route == "/styles/json_link":  # a relative link, as many APIs send
+            return _Response(HTTPStatus.OK, {"results": data, "links": {"next": link}})
+        headers = {"Link": f'<http://{host}{link}>; rel="next", <http://{host}{route}>; rel="first"'} if link else {}
+        return _Response(HTTPStatus.OK, {"items": data}, headers)
 
     def _watermark(self, params: dict[str, str], host: str) -> _Response:
         max_updated_at, count = self._query(_SELECT_WATERMARK, [self._orders_path])[0]

@@ -18,6 +18,7 @@ generated Parquet file, with short timeouts and backoffs.
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import http.server
 import logging
 import math
@@ -405,12 +406,21 @@ def test_persistent_failure_gives_up_after_max_attempts(shop_data: DemoManifest,
         ("inf", MAX_RETRY_AFTER_SECONDS),
         ("soon", None),
         ("", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),  # HTTP-date form: fall back to the own backoff
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # an HTTP date already past: no wait
+        ("Wed, 21 Oct 2015 07:28:00 -0000", 0.0),
+        ("Wed, 32 Foo 2015", None),  # neither form: the client's own backoff
     ],
 )
 def test_retry_after_parsing(header: str | None, expected: float | None) -> None:
     headers = {} if header is None else {"Retry-After": header}
     assert _retry_after(httpx.Response(429, headers=headers)) == expected
+
+
+@pytest.mark.parametrize(("ahead", "expected"), [(5, 5.0), (3600, MAX_RETRY_AFTER_SECONDS)])
+def test_retry_after_as_an_http_date_is_the_seconds_until_then(ahead: int, expected: float) -> None:
+    when = email.utils.format_datetime(dt.datetime.now(UTC) + dt.timedelta(seconds=ahead), usegmt=True)
+    wait = _retry_after(httpx.Response(429, headers={"Retry-After": when}))
+    assert wait is not None and expected - 1.5 <= wait <= expected  # the date has whole seconds
 
 
 def test_retry_after_nan_is_not_a_sleep_duration() -> None:
@@ -723,7 +733,7 @@ def test_an_error_body_echoing_the_token_is_redacted(shop_data: DemoManifest, ca
     # the body said `token <token> may not read /orders` and `"authorization":"Bearer <token>"`
     assert message.startswith(
         'shop_api: GET /orders answered 403 {"error":"token *** may not read /orders",'
-        '"authorization":"Bearer ***"}; check the token in SHOP_API_TOKEN'
+        '"authorization":"Bearer ***"}; check the credentials in SHOP_API_TOKEN'
     ), message
 
 

@@ -5,6 +5,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, get_args
 
 from dagster import (
     AssetChecksDefinition,
@@ -41,6 +42,7 @@ from etl_assets.pipelines.assets import (
 from etl_assets.pipelines.policy import partitions_def_for, schedule_status_for
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 from etl_assets.resources.api import RestApiSource
+from etl_assets.resources.api_auth import AuthType, auth_env_vars
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets.resources.sql import SqlDatabaseSource
 from etl_assets.resources.targets import DuckDBWarehouse, PostgresTarget
@@ -145,9 +147,15 @@ def build_resources(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
         prefix = src.connection.upper()
         url = EnvVar(f"{prefix}_URL") if env(f"{prefix}_URL") else None
         if src.kind == "api":
-            token = EnvVar(f"{prefix}_TOKEN") if env(f"{prefix}_TOKEN") else None
+            # every credential whose variable is set: specs sharing the connection may use different auth types
+            credentials: dict[str, Any] = {
+                name: EnvVar(var)
+                for kind in get_args(AuthType)
+                for name, var in auth_env_vars(src.connection, kind).items()
+                if env(var)
+            }
             resources.setdefault(
-                key, RestApiSource(connection=src.connection, default_url=src.default_url, url=url, token=token)
+                key, RestApiSource(connection=src.connection, default_url=src.default_url, url=url, **credentials)
             )
         else:
             resources.setdefault(

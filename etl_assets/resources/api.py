@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import logging
 import math
 import random
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from typing import Literal
 
 import httpx
@@ -23,7 +26,10 @@ from pydantic import Field, field_validator, model_validator
 from etl_assets.errors import ContractError, PermanentSourceError, TransientSourceError
 from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.redact import redact
-from etl_assets.specmodel import SpecModel, identifier
+from etl_assets.resources.api_auth import Auth, OAuth2ClientCredentials, auth_env_vars, cached_tokens
+from etl_assets.resources.jsonpath import MISSING, checked_path, compile_path, select
+from etl_assets.resources.ratelimit import wait_for_slot
+from etl_assets.specmodel import SpecFieldError, SpecModel, identifier
 from etl_assets.sqlutil import RESERVED_COLUMN_NAMES, RESERVED_COLUMN_PREFIXES, is_identifier, is_reserved_column
 
 # Of an error answer's body, only this much is read: the message shows its first 200 characters.
@@ -34,17 +40,60 @@ MAX_RETRY_AFTER_SECONDS = 60.0
 RETRY_AFTER_JITTER = 0.1
 
 
-class Pagination(SpecModel):
-    """How an API pages its results. ``page``: page/page_size numbers; ``cursor``: an opaque cursor and a next link."""
+PaginationStyle = Literal["page_number", "page", "offset", "cursor", "json_link", "header_link", "single_page"]
 
-    style: Literal["page", "cursor"] = "page"
-    page_size: int = Field(default=500, ge=1, le=10_000)
+
+class _RedactedLog(logging.Filter):
+    """httpx logs every request's URL at INFO, query included: an api key sent as a query parameter with it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
+
+
+logging.getLogger("httpx").addFilter(_RedactedLog())
+
+
+class Pagination(SpecModel):
+    """How an API pages its results; the style names are dlt's REST client's. ``page_number``: ``page_param`` and
+    ``page_size_param`` numbers, up to ``total_pages_field`` or an empty page (``page`` is its older name);
+    ``offset``: ``offset_param`` and ``limit_param``, up to ``total_field`` or an empty page; ``cursor``: the next
+    page's cursor at ``next_cursor_field`` in the body, or in the ``cursor_header`` response header, sent as
+    ``cursor_param``; ``json_link``: the next page's URL at ``next_url_field``; ``header_link``: the next page's URL in
+    an RFC 8288 ``Link: <...>; rel="next"`` header; ``single_page``: one request. The ``*_field`` settings are
+    JSONPath (docs/sources-rest.md). Paging always ends: a cursor or next URL already requested,
+    a page repeating an earlier one, or more than ``max_pages`` pages fail the extraction; a next URL must stay on
+    the base URL's origin."""
+
+    style: PaginationStyle = "page_number"
+    page_size: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Records asked for per page: sent as page_size_param (page_number) or limit_param (offset, "
+        "cursor, and the first request of json_link and header_link).",
+    )
     page_param: str = "page"
     page_size_param: str = "page_size"
-    cursor_param: str = "cursor"
+    base_page: int = Field(default=1, ge=0, description="page_number: the number of the first page.")
+    total_pages_field: str | None = Field(
+        default="total_pages",
+        description="page_number: where the answer says how many pages there are; null (or absent from the "
+        "answer): paging ends at the first empty page.",
+    )
+    offset_param: str = "offset"
     limit_param: str = "limit"
-    next_cursor_field: str = "next_cursor"
-    total_pages_field: str = "total_pages"
+    total_field: str | None = Field(
+        default="total",
+        description="offset: where the answer says how many records there are; null (or absent from the answer): "
+        "paging ends at the first empty page.",
+    )
+    cursor_param: str = "cursor"
+    next_cursor_field: str = Field(default="next_cursor", description="cursor: where the body holds the next cursor.")
+    cursor_header: str | None = Field(
+        default=None, description="cursor: the response header holding the next cursor, instead of the body."
+    )
+    next_url_field: str = Field(default="next", description="json_link: where the body holds the next page's URL.")
     max_pages: int = Field(
         default=100_000,
         ge=1,
@@ -52,6 +101,25 @@ class Pagination(SpecModel):
         "whose paging never ends cannot keep a run going for ever. Raise it (or page_size) for larger "
         "partitions.",
     )
+
+    _check_paths = field_validator("total_pages_field", "total_field", "next_cursor_field", "next_url_field")(
+        lambda value: value if value is None else checked_path(value)
+    )
+
+    @field_validator("style")
+    @classmethod
+    def _older_names(cls, value: str) -> str:
+        return "page_number" if value == "page" else value  # `page` was the style's name before dlt's names
+
+    @model_validator(mode="after")
+    def _check_style_fields(self) -> Pagination:
+        if self.cursor_header is not None and self.style != "cursor":
+            raise SpecFieldError(
+                "cursor_header",
+                f"`cursor_header` is a setting of the cursor style, and this pagination is {self.style}",
+                "remove `cursor_header`, or set `style: cursor`",
+            )
+        return self
 
 
 class Incremental(SpecModel):
@@ -72,13 +140,24 @@ class ApiSource(SpecModel):
     connection: str
     default_url: str = Field(description="Base URL used when <CONNECTION>_URL is not set in the environment.")
     endpoint: str
-    records_path: str = "data"
+    records_path: str = Field(
+        default="data",
+        description="JSONPath of the records' list in each answer: `data`, `data.items`, `$.results[*]`; `$` for an "
+        "answer that is the list itself.",
+    )
     pagination: Pagination = Pagination()
     window_params: tuple[str, str] | None = Field(
         default=None, description="Query parameters carrying the partition's time window [start, end)."
     )
     incremental: Incremental | None = None
-    auth: Literal["none", "bearer"] = "none"
+    auth: Auth = Auth()
+    requests_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        le=10_000,
+        description="Most requests per second to this connection, shared by every run and process of one host "
+        "(a file lock in $ETL_DATA_DIR/.rate_limits; each host gets the whole rate).",
+    )
     timeout_seconds: float = Field(default=30.0, gt=0, description="Longest wait for the connection or for any read.")
     request_deadline_seconds: float | None = Field(
         default=None,
@@ -95,6 +174,7 @@ class ApiSource(SpecModel):
     )
 
     _check_connection = field_validator("connection")(identifier)
+    _check_records_path = field_validator("records_path")(checked_path)
 
     @model_validator(mode="after")
     def _check_deadline(self) -> ApiSource:
@@ -246,14 +326,46 @@ def _scalar_text(value: object) -> str | None:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)  # nested: its JSON text
 
 
+@dataclass
+class _Answer:
+    """One page as received: the parsed body, the response headers and the URL it came from (after redirects)."""
+
+    body: dict | list
+    headers: httpx.Headers
+    url: httpx.URL
+    links: dict
+
+
+class _ApiKey(httpx.Auth):
+    """An API key in a header or a query parameter, on every request (next links included: they stay on the origin)."""
+
+    def __init__(self, auth: Auth, key: str) -> None:
+        self.location, self.name, self.key = auth.location, auth.key_name(), key
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        if self.location == "header":
+            request.headers[self.name] = self.key
+        else:
+            request.url = request.url.copy_set_param(self.name, self.key)
+        yield request
+
+
 class RestApiSource(ConfigurableResource):
     """A JSON REST API.
+
+    Credentials (see :func:`~etl_assets.resources.api_auth.auth_env_vars`) are bound with ``EnvVar`` so they never
+    appear in config or logs; only those of the spec's ``auth.type`` are used.
 
     Attributes:
         connection: Connection name from the spec (``shop_api``).
         default_url: Base URL when ``url`` is not set.
         url: Base URL from the environment (``EnvVar("<CONNECTION>_URL")``).
-        token: Bearer token; bind it with ``EnvVar`` so it never appears in config or logs.
+        token: Bearer token (``<CONNECTION>_TOKEN``).
+        api_key: API key (``<CONNECTION>_API_KEY``).
+        username: HTTP Basic user (``<CONNECTION>_USERNAME``).
+        password: HTTP Basic password (``<CONNECTION>_PASSWORD``).
+        client_id: OAuth2 client id (``<CONNECTION>_CLIENT_ID``).
+        client_secret: OAuth2 client secret (``<CONNECTION>_CLIENT_SECRET``).
         max_attempts: Attempts per request before a transient error is given up on.
         backoff_seconds: First backoff; doubles each attempt, with full jitter.
         max_backoff_seconds: Ceiling of one backoff sleep.
@@ -263,6 +375,11 @@ class RestApiSource(ConfigurableResource):
     default_url: str
     url: str | None = None
     token: str | None = None
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
     max_attempts: int = 6
     backoff_seconds: float = 0.2
     max_backoff_seconds: float = 10.0
@@ -275,20 +392,59 @@ class RestApiSource(ConfigurableResource):
         """:meth:`base_url` safe to show or store: userinfo and known secrets masked (``http://***@host``)."""
         return self._redact(self.base_url())
 
+    def _secrets(self) -> list[str | None]:
+        basic = None
+        if self.username is not None and self.password:
+            basic = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return [self.token, self.api_key, self.password, self.client_secret, basic, *cached_tokens()]
+
     def _redact(self, text: str) -> str:
-        """``text`` (built from server answers or URLs) with the token and any other known secret masked."""
-        return redact(text, extra=[self.token])
+        """``text`` (built from server answers or URLs) with every credential and any other known secret masked."""
+        return redact(text, extra=self._secrets())
+
+    def _credentials(self, spec: ApiSource) -> dict[str, str]:
+        """The credentials ``spec.auth`` needs, by resource field.
+
+        Raises:
+            PermanentSourceError: one is not configured; names its environment variable.
+        """
+        needed = auth_env_vars(self.connection, spec.auth.type)
+        missing = [env for name, env in needed.items() if not getattr(self, name)]
+        if missing:
+            raise PermanentSourceError(
+                f"{self.connection}: the spec asks for {spec.auth.type} auth but {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set; set {' and '.join(missing)} in the environment"
+            )
+        return {name: getattr(self, name) for name in needed}
 
     def client(self, spec: ApiSource) -> httpx.Client:
+        """A client for ``spec``'s requests: its auth, its timeout and, with ``requests_per_second``, the host's
+        shared request rate (each attempt, retries included, waits for its slot)."""
         headers = {"Accept": "application/json", "User-Agent": "etl-assets"}
-        if spec.auth == "bearer":
-            if not self.token:
-                raise PermanentSourceError(
-                    f"{self.connection}: the spec asks for bearer auth but no token is configured; "
-                    f"set {self.connection.upper()}_TOKEN in the environment"
-                )
-            headers["Authorization"] = f"Bearer {self.token}"
-        return httpx.Client(base_url=self.base_url(), headers=headers, timeout=spec.timeout_seconds)
+        creds = self._credentials(spec)
+        auth: httpx.Auth | None = None
+        if spec.auth.type == "bearer":
+            headers["Authorization"] = f"Bearer {creds['token']}"
+        elif spec.auth.type == "api_key":
+            auth = _ApiKey(spec.auth, creds["api_key"])
+        elif spec.auth.type == "basic":
+            auth = httpx.BasicAuth(creds["username"], creds["password"])
+        elif spec.auth.type == "oauth2_client_credentials":
+            auth = OAuth2ClientCredentials(
+                self.connection,
+                spec.auth,
+                creds["client_id"],
+                creds["client_secret"],
+                spec.timeout_seconds,
+                self._redact,
+            )
+        hooks: dict = {}
+        if spec.requests_per_second is not None:
+            rate, connection = spec.requests_per_second, self.connection
+            hooks["request"] = [lambda _request: wait_for_slot(connection, rate)]
+        return httpx.Client(
+            base_url=self.base_url(), headers=headers, auth=auth, timeout=spec.timeout_seconds, event_hooks=hooks
+        )
 
     def get_json(
         self,
@@ -300,6 +456,22 @@ class RestApiSource(ConfigurableResource):
         max_bytes: int | None = None,
         page: int | None = None,
     ) -> dict:
+        """GET a JSON object with retries on transient failures; permanent ones raise at once (see :meth:`fetch`)."""
+        body = self.fetch(client, url, params, stats, deadline_seconds, max_bytes, page).body
+        assert isinstance(body, dict)  # fetch refuses anything else without allow_array
+        return body
+
+    def fetch(
+        self,
+        client: httpx.Client,
+        url: str,
+        params: dict | None,
+        stats: ExtractStats,
+        deadline_seconds: float | None = None,
+        max_bytes: int | None = None,
+        page: int | None = None,
+        allow_array: bool = False,
+    ) -> _Answer:
         """GET with retries on transient failures; permanent ones raise at once.
 
         The body is read in chunks against a deadline for the whole request (``deadline_seconds``; httpx's timeout
@@ -307,8 +479,11 @@ class RestApiSource(ConfigurableResource):
         against ``max_bytes`` (refused on its ``Content-Length`` before any of it is read, or as soon as more has
         arrived), and parsed with non-integer numbers as ``Decimal``, so a price with more digits than a float holds
         arrives as delivered. ``stats.retries`` counts the retries made; ``stats.retry_reasons`` every failed
-        attempt by reason. ``page`` only names the page in messages. Every message is redacted (the token, URL
+        attempt by reason. ``page`` only names the page in messages. Every message is redacted (the credentials, URL
         userinfo and known secrets masked), as servers echo credentials in their errors.
+
+        Args:
+            allow_array: A JSON array is a valid body too (an API answering its records' list bare).
 
         Raises:
             PermanentSourceError: 4xx other than 408/425/429, a body that is valid JSON of the wrong shape, or a
@@ -317,7 +492,7 @@ class RestApiSource(ConfigurableResource):
             TransientSourceError: the attempts ran out.
         """
         log = get_dagster_logger()
-        what = f"GET {url}" + (f" page {page}" if page is not None else "")
+        what = self._redact(f"GET {url}" + (f" page {page}" if page is not None else ""))
         for attempt in range(1, self.max_attempts + 1):
             wait = None
             deadline = time.monotonic() + deadline_seconds if deadline_seconds else None
@@ -333,7 +508,7 @@ class RestApiSource(ConfigurableResource):
                         raise PermanentSourceError(
                             self._redact(
                                 f"{self.connection}: GET {response.request.url.path} answered {response.status_code}"
-                                f" {_short(text)}; {_fix_for(response.status_code, self.connection)}"
+                                f" {_short(text)}; {self._fix_for(response.status_code)}"
                             )
                         )
                     else:
@@ -361,13 +536,13 @@ class RestApiSource(ConfigurableResource):
                                 )
                             ) from None
                         del text
-                        if not isinstance(body, dict):
+                        if not isinstance(body, dict) and not (allow_array and isinstance(body, list)):
                             raise PermanentSourceError(
                                 self._redact(
                                     f"{self.connection}: {what} returned JSON {type(body).__name__}, expected an object"
                                 )
                             )
-                        return body
+                        return _Answer(body, response.headers, response.url, response.links)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 reason = type(exc).__name__
             except _DeadlineExceeded:
@@ -394,6 +569,20 @@ class RestApiSource(ConfigurableResource):
             time.sleep(sleep)
         raise AssertionError("unreachable")
 
+    def _fix_for(self, status: int) -> str:
+        if status in (401, 403):
+            configured = [
+                env
+                for kind in ("bearer", "api_key", "basic", "oauth2_client_credentials")
+                for name, env in auth_env_vars(self.connection, kind).items()
+                if getattr(self, name)
+            ]
+            shown = " and ".join(configured) or f"{self.connection.upper()}_TOKEN"
+            return f"check the credentials in {shown} and their permissions, and the spec's `auth`"
+        if status == 404:
+            return "check `endpoint` in the spec and the base URL"
+        return "check the request parameters in the spec"
+
     def extract(
         self,
         spec: ApiSource,
@@ -404,10 +593,12 @@ class RestApiSource(ConfigurableResource):
     ) -> Iterator[pa.RecordBatch]:
         """Yield one Arrow batch (text columns plus ``_etl_source``) per page.
 
-        Paging is bounded: a cursor handed back that this extraction already requested, a page whose records are
-        those of an earlier page (a server ignoring ``page``, or the cursor), more than ``pagination.max_pages``
-        pages, or a body beyond ``max_page_bytes`` fail at once with a :class:`PermanentSourceError` instead of
-        requesting for ever (or holding a page too big for memory). Only one page's records are held at a time.
+        Paging is bounded: a cursor or next URL handed back that this extraction already requested, a page whose
+        records are those of an earlier page (a server ignoring ``page``, or the cursor), more than
+        ``pagination.max_pages`` pages, or a body beyond ``max_page_bytes`` fail at once with a
+        :class:`PermanentSourceError` instead of requesting for ever (or holding a page too big for memory); so does a
+        next URL on another origin than the base URL (following it would hand the credentials to that host). Only
+        one page's records are held at a time.
 
         Args:
             spec: The spec's source section.
@@ -417,8 +608,8 @@ class RestApiSource(ConfigurableResource):
             stats: Filled with pages, records, retries and the highest ``incremental.field`` seen.
 
         Raises:
-            PermanentSourceError: see above, and :meth:`get_json`.
-            ContractError: a page's keys cannot be columns, or its JSON is nested too deep (see :meth:`get_json`).
+            PermanentSourceError: see above, and :meth:`fetch`.
+            ContractError: a page's keys cannot be columns, or its JSON is nested too deep (see :meth:`fetch`).
         """
         stats = stats if stats is not None else ExtractStats()
         params: dict[str, str | int] = {}
@@ -433,13 +624,17 @@ class RestApiSource(ConfigurableResource):
             params[spec.incremental.param] = updated_since
         pag = spec.pagination
         where = f"{self.connection}: GET {spec.endpoint}"
+        records_path = compile_path(spec.records_path)
         # digests, not values: a cursor may be long, and a partition may have up to max_pages of them
-        cursors_sent: dict[bytes, int] = {}  # cursor digest -> the page requested with it
+        cursors_sent: dict[bytes, int] = {}  # cursor (or next URL) digest -> the page requested with it
         pages_seen: dict[bytes, int] = {}  # records digest -> the first page holding them
+        origin = _origin(httpx.URL(self.base_url()))
         with self.client(spec) as client:
             url: str = spec.endpoint
             page = 1
             cursor: str | None = None
+            offset = 0
+            link: str | None = None  # json_link / header_link: the next page's URL, which carries its own query
             while True:
                 if page > pag.max_pages:
                     raise PermanentSourceError(
@@ -450,51 +645,118 @@ class RestApiSource(ConfigurableResource):
                             "API's paging ends"
                         )
                     )
-                page_params = dict(params)
-                if pag.style == "page":
-                    page_params.update({pag.page_param: page, pag.page_size_param: pag.page_size})
-                else:
+                page_params: dict[str, str | int] | None = dict(params)
+                if pag.style == "page_number":
+                    page_params.update({pag.page_param: pag.base_page + page - 1, pag.page_size_param: pag.page_size})
+                    source = f"{spec.endpoint}?{pag.page_param}={pag.base_page + page - 1}"
+                elif pag.style == "offset":
+                    page_params.update({pag.offset_param: offset, pag.limit_param: pag.page_size})
+                    source = f"{spec.endpoint}?{pag.offset_param}={offset}"
+                elif pag.style == "cursor":
                     page_params[pag.limit_param] = pag.page_size
                     if cursor:
                         page_params[pag.cursor_param] = cursor
                         cursors_sent[_digest(cursor)] = page
-                body = self.get_json(
-                    client, url, page_params, stats, spec.deadline_seconds(), max_bytes=spec.max_page_bytes, page=page
+                    source = f"{spec.endpoint}?{pag.cursor_param}={cursor or ''}"
+                elif pag.style in ("json_link", "header_link"):
+                    if link is None:
+                        page_params[pag.limit_param] = pag.page_size
+                        source = spec.endpoint
+                    else:
+                        url, page_params = link, None
+                        cursors_sent[_digest(link)] = page
+                        parts = httpx.URL(link)
+                        source = parts.raw_path.decode("ascii", errors="replace")
+                else:  # single_page
+                    source = spec.endpoint
+                answer = self.fetch(
+                    client,
+                    url,
+                    page_params,
+                    stats,
+                    spec.deadline_seconds(),
+                    max_bytes=spec.max_page_bytes,
+                    page=page,
+                    allow_array=True,
                 )
-                records = body.get(spec.records_path)
+                body = answer.body
+                records = select(body, records_path)
                 if not isinstance(records, list):
+                    keys = f"; its top-level keys are {_names(list(body))}" if isinstance(body, dict) else ""
+                    found = "absent" if records is MISSING else f"a JSON {type(records).__name__}"
                     raise PermanentSourceError(
-                        f"{self.connection}: GET {spec.endpoint} page {page}: `{spec.records_path}` is not a list; "
-                        f"fix `records_path` in the spec"
+                        self._redact(
+                            f"{where} page {page}: `{spec.records_path}` is {found}, not a list{keys}; fix "
+                            "`records_path` in the spec (a JSONPath such as data.items or $.results[*])"
+                        )
                     )
                 stats.pages += 1
-                if pag.style == "page":
-                    total = body.get(pag.total_pages_field)
-                    more = bool(records) and not (isinstance(total, int) and page >= total)
-                else:
-                    cursor = body.get(pag.next_cursor_field)
-                    more = bool(cursor) and bool(records)
+                more = bool(records)
+                if pag.style == "page_number":
+                    total = _field(body, pag.total_pages_field)
+                    more = more and not (isinstance(total, int) and page >= total)
+                elif pag.style == "offset":
+                    offset += pag.page_size
+                    total = _field(body, pag.total_field)
+                    more = more and not (isinstance(total, int) and offset >= total)
+                elif pag.style == "cursor":
+                    found = (
+                        answer.headers.get(pag.cursor_header)
+                        if pag.cursor_header
+                        else _field(body, pag.next_cursor_field)
+                    )
+                    cursor = None if found is None or found == "" else str(found)
+                    more = more and cursor is not None
                     if more and _digest(cursor) in cursors_sent:
+                        named = f"header `{pag.cursor_header}`" if pag.cursor_header else f"`{pag.next_cursor_field}`"
                         raise PermanentSourceError(
                             self._redact(
-                                f"{where} page {page}: the answer's `{pag.next_cursor_field}` is "
+                                f"{where} page {page}: the answer's {named} is "
                                 f"{_short(str(cursor), 60)!r}, the cursor page {cursors_sent[_digest(cursor)]} was "
                                 "already requested with: the API does not advance, and following it would never end. "
-                                "Check `pagination.next_cursor_field` and `pagination.cursor_param` (now "
-                                f"{pag.cursor_param!r}) against the API's documentation, or report the API's paging bug "
-                                "to its owner"
+                                "Check `pagination.next_cursor_field` (or `cursor_header`) and "
+                                f"`pagination.cursor_param` (now {pag.cursor_param!r}) against the API's documentation, "
+                                "or report the API's paging bug to its owner"
                             )
                         )
-                del body  # from here on only this page's records are held, and no longer than its batch needs them
+                elif pag.style in ("json_link", "header_link"):
+                    found = (
+                        _field(body, pag.next_url_field)
+                        if pag.style == "json_link"
+                        else answer.links.get("next", {}).get("url")
+                    )
+                    link = None
+                    if isinstance(found, str) and found:
+                        link = str(answer.url.join(found))  # a relative link is relative to the page it came with
+                        named = f"`{pag.next_url_field}`" if pag.style == "json_link" else 'Link header\'s rel="next"'
+                        if _origin(httpx.URL(link)) != origin:
+                            raise PermanentSourceError(
+                                self._redact(
+                                    f"{where} page {page}: the answer's {named} points to "
+                                    f"{_origin_text(httpx.URL(link))}, another origin than the base URL's "
+                                    f"({_origin_text(httpx.URL(self.base_url()))}); following it would send the "
+                                    f"connection's credentials there, so it is refused. If the API really moved, set "
+                                    f"{self.connection.upper()}_URL (or `default_url`) to its new base URL"
+                                )
+                            )
+                        if _digest(link) in cursors_sent:
+                            raise PermanentSourceError(
+                                self._redact(
+                                    f"{where} page {page}: the answer's {named} is the URL page "
+                                    f"{cursors_sent[_digest(link)]} was already requested with: the API does not "
+                                    "advance, and following it would never end; check `pagination.style` (and "
+                                    "`next_url_field`) against the API's documentation, or report the API's paging bug "
+                                    "to its owner"
+                                )
+                            )
+                    more = link is not None
+                else:
+                    more = False
+                del body, answer  # from here on only this page's records are held, no longer than its batch needs them
                 if records:
                     stats.records += len(records)
-                    source = (
-                        f"{spec.endpoint}?page={page}"
-                        if pag.style == "page"
-                        else f"{spec.endpoint}?cursor={page_params.get(pag.cursor_param, '')}"
-                    )
                     try:
-                        batch = _to_text_batch(records, columns, source)
+                        batch = _to_text_batch(records, columns, self._redact(source))
                     except RecursionError:  # nested values too deep to spell as JSON text
                         raise ContractError(
                             f"{where} page {page}: a record holds values nested deeper than can be kept as JSON text; "
@@ -506,15 +768,7 @@ class RestApiSource(ConfigurableResource):
                         raise PermanentSourceError(
                             self._redact(
                                 f"{where} page {page}: its {batch.num_rows:,} records are those of page "
-                                f"{pages_seen[digest]}: the API ignores the "
-                                + (
-                                    f"page parameter {pag.page_param!r}, so paging would never end (or load every record "
-                                    "again); set `pagination.page_param` and `pagination.page_size_param` to the "
-                                    "parameters the API reads, or use `pagination.style: cursor` if it pages by cursor"
-                                    if pag.style == "page"
-                                    else f"cursor parameter {pag.cursor_param!r}, so paging would never end; set "
-                                    "`pagination.cursor_param` to the parameter the API reads"
-                                )
+                                f"{pages_seen[digest]}: {_repeat_fix(pag)}"
                             )
                         )
                     pages_seen[digest] = page
@@ -529,6 +783,48 @@ class RestApiSource(ConfigurableResource):
                 if not more:
                     return
                 page += 1
+
+
+def _repeat_fix(pag: Pagination) -> str:
+    """What a page repeating an earlier one says about the API, and the fix."""
+    if pag.style == "page_number":
+        return (
+            f"the API ignores the page parameter {pag.page_param!r}, so paging would never end (or load every record "
+            "again); set `pagination.page_param` and `pagination.page_size_param` to the parameters the API reads, "
+            "or use `pagination.style: cursor` if it pages by cursor"
+        )
+    if pag.style == "offset":
+        return (
+            f"the API ignores the offset parameter {pag.offset_param!r}, so paging would never end; set "
+            "`pagination.offset_param` and `pagination.limit_param` to the parameters the API reads"
+        )
+    if pag.style == "cursor":
+        return (
+            f"the API ignores the cursor parameter {pag.cursor_param!r}, so paging would never end; set "
+            "`pagination.cursor_param` to the parameter the API reads"
+        )
+    return (
+        "the API's next links do not advance, so paging would never end; check `pagination.style` against the API's "
+        "documentation, or report the API's paging bug to its owner"
+    )
+
+
+def _field(body: object, path: str | None) -> object:
+    """The value at JSONPath ``path`` of ``body``; None when ``path`` is None or the body has no such value."""
+    if path is None:
+        return None
+    value = select(body, compile_path(path))
+    return None if value is MISSING else value
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def _origin_text(url: httpx.URL) -> str:
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}"
 
 
 def _digest(value: object) -> bytes:
@@ -570,13 +866,20 @@ def _read_within(
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """The server's ``Retry-After`` in seconds (a number, or an HTTP date), within [0, MAX_RETRY_AFTER_SECONDS]."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None  # an HTTP-date form is rare for these APIs; the client's own backoff applies
+        try:  # RFC 9110's other form, an HTTP date
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None  # neither: the client's own backoff applies
+        if when.tzinfo is None:  # "-0000": RFC 5322's "UTC, source unknown"
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
     if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
@@ -584,11 +887,3 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _short(text: str, chars: int = 200) -> str:
     return text[:chars].replace("\n", " ")
-
-
-def _fix_for(status: int, connection: str) -> str:
-    if status in (401, 403):
-        return f"check the token in {connection.upper()}_TOKEN and its permissions"
-    if status == 404:
-        return "check `endpoint` in the spec and the base URL"
-    return "check the request parameters in the spec"
