@@ -26,10 +26,10 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## Run the quick tests only (no slow, daemon, browser or Postgres test; the markers are in pyproject.toml).
+## Run the quick tests only (no slow, daemon, browser, Postgres or MariaDB test; the markers are in pyproject.toml).
 ## Extra pytest options go in PYTEST_ARGS, e.g. make test-fast PYTEST_ARGS="--durations=20".
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not daemon and not browser and not postgres" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not daemon and not browser and not postgres and not mariadb" $(PYTEST_ARGS)
 
 # dg runs the project in .venv; saying so keeps it from warning that no virtual environment is active
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg

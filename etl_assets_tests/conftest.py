@@ -1,4 +1,4 @@
-"""Shared fixtures: isolated data dirs, the demo upstreams on loopback, a real Dagster instance, Postgres."""
+"""Shared fixtures: isolated data dirs, the demo upstreams on loopback, a real Dagster instance, Postgres, MariaDB."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from etl_assets_tests.s3server import S3Server
 
 POSTGRES_URL_ENV = "ETL_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+MARIADB_URL_ENV = "ETL_TEST_MARIADB_URL"
+DEFAULT_MARIADB_URL = "mysql://root@127.0.0.1:3306/test"
 SMALL_ORDERS = 1200
 SMALL_DAYS = 3
 
@@ -54,15 +56,16 @@ def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Refuse a test that reaches Postgres (through ``postgres_url``) without the ``postgres`` mark, which
-    ``make test-fast`` relies on to leave it out."""
-    unmarked = [
-        item.nodeid
-        for item in items
-        if "postgres_url" in getattr(item, "fixturenames", ()) and item.get_closest_marker("postgres") is None
-    ]
-    if unmarked:
-        raise pytest.UsageError("tests using Postgres must be marked @pytest.mark.postgres: " + ", ".join(unmarked))
+    """Refuse a test that reaches Postgres (through ``postgres_url``) or MariaDB (``mariadb_url``) without the
+    ``postgres`` or ``mariadb`` mark, which ``make test-fast`` relies on to leave it out."""
+    for fixture, mark, server in (("postgres_url", "postgres", "Postgres"), ("mariadb_url", "mariadb", "MariaDB")):
+        unmarked = [
+            item.nodeid
+            for item in items
+            if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(mark) is None
+        ]
+        if unmarked:
+            raise pytest.UsageError(f"tests using {server} must be marked @pytest.mark.{mark}: " + ", ".join(unmarked))
 
 
 def _postgres_reachable(url: str) -> str | None:
@@ -84,6 +87,33 @@ def postgres_url() -> str:
     if problem:
         message = f"Postgres at {url} is not reachable ({problem}); set {POSTGRES_URL_ENV} or start Postgres"
         if os.environ.get("ETL_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+def _mariadb_reachable(url: str) -> str | None:
+    import pymysql
+
+    from etl_assets.resources.mysql import connect_kwargs
+
+    try:
+        with pymysql.connect(**{**connect_kwargs("test", url), "connect_timeout": 3}) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return None
+    except pymysql.err.Error as exc:
+        return str(exc).strip().splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    """URL of a real MariaDB (or MySQL). Skips when none is reachable, unless ETL_REQUIRE_MARIADB=1 (CI), which
+    fails."""
+    url = os.environ.get(MARIADB_URL_ENV, DEFAULT_MARIADB_URL)
+    problem = _mariadb_reachable(url)
+    if problem:
+        message = f"MariaDB at {url} is not reachable ({problem}); set {MARIADB_URL_ENV} or start MariaDB"
+        if os.environ.get("ETL_REQUIRE_MARIADB") == "1":
             pytest.fail(message)
         pytest.skip(message)
     return url

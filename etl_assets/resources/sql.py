@@ -1,4 +1,5 @@
-"""SQL database source. Any SQLAlchemy URL for small sources; Postgres through ADBC, streamed as Arrow batches.
+"""SQL database source. Any SQLAlchemy URL for small sources; Postgres through ADBC and MySQL/MariaDB through PyMySQL,
+streamed as typed Arrow batches.
 
 ADBC was chosen for Postgres after measuring (``benchmarks/pg_extract.py``): it streams record batches with
 bounded memory and keeps Postgres types (numeric as exact decimal text). It streams only queries without bind
@@ -6,6 +7,18 @@ parameters (those go through binary COPY), so a window's bounds are passed as se
 about as fast; its ``return_type="arrow"`` loads the whole result first, its ``"arrow_stream"`` streams but
 turns int4 into int64 and numeric(p,s) into decimal128(38,10). ``COPY ... TO STDOUT`` as CSV needs every type
 re-declared for the parse and was two to three times slower.
+
+MySQL/MariaDB (``mysql://``, ``mariadb://``, either with ``+pymysql``) go through PyMySQL's unbuffered cursor with
+its converters off, each chunk of text values cast to the column's Arrow type by Arrow (``resources/mysql.py``).
+Measured (``benchmarks/mysql_extract.py``, MariaDB 10.11, 1 M rows x 7 columns, 2 shared cores, median of 3): this
+path 8.9 s wall / 8.3 s CPU / 377 MB; PyMySQL building ``Decimal``/``datetime`` objects 16.3 s; mysqlclient's C
+parser, text cast the same way, 7.5 s / 5.4 s CPU; connectorx 0.9 s (``arrow``, whole result) and 0.7 s
+(``arrow_stream``, 150 MB). connectorx is out on correctness, not speed: it has no bind parameters (the window
+would be formatted into the SQL), it reads every DECIMAL as decimal128(38,10), cutting DECIMAL(30,15) to 10 places
+without a word, and panics on DECIMAL(65,30). There is no ADBC MySQL driver on PyPI. mysqlclient is a source
+build against libmariadb/libmysqlclient headers, which a plain ``pip install`` of this project must not need.
+Other databases (SQL Server, Oracle, ...) go through SQLAlchemy with the dialect's driver installed; that path
+delivers text, for small tables.
 """
 
 from __future__ import annotations
@@ -23,6 +36,8 @@ from pydantic import Field, field_validator, model_validator
 from etl_assets.errors import EtlError, PermanentSourceError, TransientSourceError
 from etl_assets.keys import SOURCE_COLUMN
 from etl_assets.redact import ENCODING_HINT, is_clean, redact, url_secrets, userinfo_needs_encoding
+from etl_assets.resources import mysql
+from etl_assets.resources.mysql import is_mysql_url
 from etl_assets.settings import current_settings
 from etl_assets.specmodel import SpecFieldError, SpecModel, identifier
 from etl_assets.sqlutil import is_identifier
@@ -34,7 +49,7 @@ _WINDOW_END = "etl.window_end"
 
 
 class SqlSource(SpecModel):
-    """A table or query of an SQL database (SQLAlchemy URL; Postgres gets the Arrow fast path)."""
+    """A table or query of an SQL database (SQLAlchemy URL; Postgres and MySQL/MariaDB get an Arrow fast path)."""
 
     kind: Literal["sql"]
     connection: str
@@ -72,8 +87,10 @@ class SqlSource(SpecModel):
         return self
 
 
-def _quote(name: str) -> str:
-    return ".".join('"' + part + '"' for part in name.split("."))
+def _quote(name: str, mark: str = '"') -> str:
+    """``name`` quoted as an identifier (validated by ``SqlSource``: no quote marks inside); MySQL quotes with
+    backticks, since a double-quoted word is a string there unless the server runs in ANSI_QUOTES mode."""
+    return ".".join(mark + part + mark for part in name.split("."))
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -245,22 +262,35 @@ class SqlDatabaseSource(ConfigurableResource):
     def is_postgres(self) -> bool:
         return self.resolved_url().split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
+    def is_mysql(self) -> bool:
+        return is_mysql_url(self.resolved_url())
+
+    def fast_path(self) -> str:
+        """Which extract path the URL takes, as recorded in the materialization's metadata."""
+        return "adbc" if self.is_postgres() else "pymysql" if self.is_mysql() else "sqlalchemy"
+
     def build_query(self, spec: SqlSource, window: tuple[datetime, datetime] | None, style: str) -> str:
         """The SELECT for the spec, restricted to the window.
 
         ``style`` says where the window's bounds come from: ``named`` (``:start``/``:end`` bind parameters),
-        ``numeric`` (``$1``/``$2``) or ``setting`` (the session settings ``etl.window_start``/``etl.window_end``,
+        ``numeric`` (``$1``/``$2``), ``pyformat`` (``%s``, MySQL's spelling, identifiers in backticks) or ``setting`` (the session settings ``etl.window_start``/``etl.window_end``,
         bound beforehand with ``set_config``; a query without parameters is what ADBC can stream through COPY).
         """
-        relation = _quote(spec.table) if spec.table else f"({spec.query})"
+        mark = "`" if style == "pyformat" else '"'
+        relation = _quote(spec.table, mark) if spec.table else f"({spec.query})"
         base = f"SELECT * FROM {relation} AS {_ALIAS}"
         if window is None:
             return base
+        if style == "pyformat":
+            # PyMySQL fills the parameters in with Python's % operator: a % of the query itself (LIKE 'a%') doubled
+            base = base.replace("%", "%%")
         if spec.incremental_column is None:
             raise PermanentSourceError(f"{self.connection}: a partitioned sql source needs `incremental_column`")
         # Qualified with the alias: SQLite reads an unknown bare "name" as the string 'name', so a misspelt
         # column would compare a constant and return every row for every partition; src."name" is an error.
-        column = f"{_ALIAS}.{_quote(spec.incremental_column.split('.')[-1])}"
+        column = f"{_ALIAS}.{_quote(spec.incremental_column.split('.')[-1], mark)}"
+        if style == "pyformat":
+            return f"{base} WHERE {column} >= %s AND {column} < %s"
         if style == "numeric":
             return f"{base} WHERE {column} >= CAST($1 AS timestamptz) AND {column} < CAST($2 AS timestamptz)"
         if style == "setting":
@@ -286,6 +316,8 @@ class SqlDatabaseSource(ConfigurableResource):
             raise invalid_url_error(self.connection)
         if self.is_postgres():
             return self._extract_postgres(spec, window)
+        if self.is_mysql():
+            return self._extract_mysql(spec, window)
         return self._extract_sqlalchemy(spec, window)
 
     def _extract_postgres(self, spec: SqlSource, window: tuple[datetime, datetime] | None) -> pa.RecordBatchReader:
@@ -338,6 +370,37 @@ class SqlDatabaseSource(ConfigurableResource):
                 ) from _safe_cause(exc, url)
             finally:
                 _close_quietly(cursor, conn)
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def _extract_mysql(self, spec: SqlSource, window: tuple[datetime, datetime] | None) -> pa.RecordBatchReader:
+        import pymysql
+
+        url = self.resolved_url()
+        conn, cursor = mysql.open_cursor(self.connection, url)
+        query = self.build_query(spec, window, "pyformat")
+        # naive UTC, as the session's time zone reads a TIMESTAMP column and as a DATETIME is taken (see mysql.py)
+        params = (_naive_utc(window[0]), _naive_utc(window[1])) if window else None
+        try:
+            cursor.execute(query, params)
+            schema = mysql.result_schema(cursor).append(pa.field(SOURCE_COLUMN, pa.string()))
+        except pymysql.err.Error as exc:
+            mysql.close(conn, cursor)
+            raise mysql.source_error(self.connection, exc, "", url) from None
+        source = f"{spec.table or 'query'}"
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                yield from mysql.record_batches(
+                    self.connection,
+                    cursor,
+                    schema,
+                    spec.chunk_size,
+                    url,
+                    lambda rows: pa.array([source] * rows, type=pa.string()),
+                )
+            finally:
+                mysql.close(conn, cursor)
 
         return pa.RecordBatchReader.from_batches(schema, batches())
 

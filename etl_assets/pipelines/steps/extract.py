@@ -102,7 +102,7 @@ def extract_sql(spec: PipelineSpec, db: SqlDatabaseSource, window: Window | None
             if window
             else (src.table or "query"),
             "extract_seconds": round(time.perf_counter() - started, 3),
-            "fast_path": "adbc" if db.is_postgres() else "sqlalchemy",
+            "fast_path": db.fast_path(),
         },
     )
 
