@@ -60,7 +60,7 @@ def run_reference(
     """
     from etl_assets.cli.runs import LocationRunner
 
-    runner = LocationRunner()  # the runs are the code location's, so the timeline and the Jobs page show them
+    runner = LocationRunner(defs)  # the runs are the code location's, so the timeline and the Jobs page show them
     summaries = []
     for job_name, partition in reference_plan(partitions):
         started = time.perf_counter()
