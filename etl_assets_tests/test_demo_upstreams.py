@@ -283,7 +283,7 @@ def test_bearer_token_is_required_except_for_health(shop: DemoManifest) -> None:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
                 response = http.get(path, headers=headers)
                 assert response.status_code == 401
-                assert response.json() == {"error": "missing or invalid bearer token"}
+                assert response.json() == {"error": "missing or invalid credentials"}
             assert http.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
         assert http.get("/health").status_code == 200
 
