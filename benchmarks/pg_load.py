@@ -18,7 +18,7 @@ throw-away schema, each run in a fresh child process, the methods interleaved ro
   into a ``TEMP`` table ``ON COMMIT DROP`` of the transaction, then ``INSERT ... SELECT`` into the table), the path
   a load takes when a column needs a cast.
 
-Each run loads into a table created (empty, the platform's columns) beforehand, so both pay the same index-free
+Each run loads into a table created (empty, the platform's columns) beforehand, so all pay the same index-free
 insert. The table shows medians: ``wall s`` (connect to COMMIT, in the child), ``cpu s`` (the child's user+sys: the
 client's work, not the server's), ``peak RSS`` (the child's, from ``os.wait4``) and ``x fastest``; and checks that
 every run left N rows whose ``sum(amount)`` and ``max(created_at)`` equal the file's.
@@ -165,7 +165,7 @@ def loader(method: str, url: str):
 def child(args: argparse.Namespace) -> None:
     import resource
 
-    import adbc_driver_postgresql.dbapi  # noqa: F401 - the same imports for both, so RSS differences are the load's
+    import adbc_driver_postgresql.dbapi  # noqa: F401 - the same imports for every method, so RSS differences are the load's
     import psycopg  # noqa: F401
     import pyarrow.csv  # noqa: F401
 
