@@ -8,12 +8,17 @@ Writes one zstd Parquet file of N rows (``id int64, customer_id int64, quantity 
 note string`` with commas, quotes and NULLs, ``created_at timestamp[us, UTC]``), then loads it into a fresh table in a
 throw-away schema, each run in a fresh child process, the methods interleaved round by round:
 
-* ``csv_copy``: ``PostgresTarget.replace_partition`` itself (Arrow batches -> ``pyarrow.csv`` -> ``COPY ... FROM
-  STDIN (FORMAT csv)`` through psycopg, in the load transaction with its advisory lock and DELETE);
-* ``adbc_ingest``: the same transaction shape on one ADBC connection (``autocommit=False``: advisory lock, DELETE,
-  ``cursor.adbc_ingest(..., mode="append")``, which sends binary COPY, then COMMIT).
+* ``csv_copy``: ``PostgresTarget.replace_partition`` as it was before the ADBC load (commit ``CSV_COMMIT``, read
+  with ``git show``, so this needs the repository's history): Arrow batches -> ``pyarrow.csv`` -> ``COPY ... FROM
+  STDIN (FORMAT csv)`` through psycopg, in the load transaction with its advisory lock and DELETE;
+* ``adbc_direct``: ``PostgresTarget.replace_partition`` now: the same transaction on one ADBC connection
+  (``autocommit=False``: advisory lock, DELETE, ``cursor.adbc_ingest(..., mode="append")`` into the table, which
+  sends binary COPY, then COMMIT);
+* ``adbc_staged``: the same, through the staging table (``PostgresTarget._replace(..., staged=True)``: binary COPY
+  into a ``TEMP`` table ``ON COMMIT DROP`` of the transaction, then ``INSERT ... SELECT`` into the table), the path
+  a load takes when a column needs a cast.
 
-Each run loads into a table created (empty, the platform's columns) beforehand, so both pay the same index-free
+Each run loads into a table created (empty, the platform's columns) beforehand, so all pay the same index-free
 insert. The table shows medians: ``wall s`` (connect to COMMIT, in the child), ``cpu s`` (the child's user+sys: the
 client's work, not the server's), ``peak RSS`` (the child's, from ``os.wait4``) and ``x fastest``; and checks that
 every run left N rows whose ``sum(amount)`` and ``max(created_at)`` equal the file's.
@@ -36,7 +41,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DEFAULT_URL = os.environ.get("ETL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-METHODS = ("csv_copy", "adbc_ingest")
+METHODS = ("csv_copy", "adbc_direct", "adbc_staged")
+# the last commit whose PostgresTarget loaded through CSV COPY
+CSV_COMMIT = "55b30f2b4b369c5538b3c439ff889c7d1ad4fa46"
 PARTITION = "2024-01-02"
 
 
@@ -117,49 +124,48 @@ def check(url: str, schema: str, table: str) -> tuple:
     return tuple(row)
 
 
-def run(method: str, url: str, parquet: str, schema: str, table: str) -> int:
+def _csv_target_class():
+    """``PostgresTarget`` as of ``CSV_COMMIT`` (the CSV COPY load), imported from that commit's targets.py."""
+    import importlib.util
+
+    repo = Path(__file__).resolve().parent.parent
+    text = subprocess.run(
+        ["git", "-C", str(repo), "show", f"{CSV_COMMIT}:etl_assets/resources/targets.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "targets_csv.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("targets_csv", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.PostgresTarget
+
+
+def loader(method: str, url: str):
+    """The load ``method`` measures, as ``load(parquet, schema, table) -> rows``; built before the clock starts."""
     from etl_assets.lake import LakeTable
+    from etl_assets.resources.targets import PostgresTarget
 
-    source = LakeTable(name="bench", paths=(parquet,), partitions=(PARTITION,))
+    def source(parquet: str) -> LakeTable:
+        return LakeTable(name="bench", paths=(parquet,), partitions=(PARTITION,))
+
     if method == "csv_copy":
-        from etl_assets.resources.targets import PostgresTarget
-
-        return PostgresTarget(url=url).replace_partition(schema, table, source, PARTITION, "bench").rows
-    import adbc_driver_postgresql.dbapi as pg
-    import pyarrow as pa
-
-    from etl_assets.resources.targets import pg_lock_key
-
-    rows = 0
-    reader = source.arrow_reader()
-
-    def batches():
-        nonlocal rows
-        for batch in reader:
-            rows += batch.num_rows
-            n = batch.num_rows
-            yield pa.RecordBatch.from_arrays(
-                [*batch.columns, pa.array([PARTITION] * n, pa.string()), pa.array(["bench"] * n, pa.string())],
-                names=[*batch.schema.names, "_etl_partition", "_etl_run_id"],
-            )
-
-    first = next(iter([reader.schema]))
-    out_schema = first.append(pa.field("_etl_partition", pa.string())).append(pa.field("_etl_run_id", pa.string()))
-    with pg.connect(url, autocommit=False) as conn, conn.cursor() as cur:
-        cur.execute("SET TIME ZONE 'UTC'")
-        cur.execute("SELECT pg_advisory_xact_lock($1)", [pg_lock_key("partition", schema, table, PARTITION)])
-        cur.execute(f'DELETE FROM "{schema}"."{table}" WHERE _etl_partition = $1', [PARTITION])
-        cur.adbc_ingest(
-            table, pa.RecordBatchReader.from_batches(out_schema, batches()), mode="append", db_schema_name=schema
-        )
-        conn.commit()
-    return rows
+        old = _csv_target_class()(url=url)
+        return lambda parquet, schema, table: old.replace_partition(schema, table, source(parquet), PARTITION, "b").rows
+    target, staged = PostgresTarget(url=url), method == "adbc_staged"
+    return lambda parquet, schema, table: (
+        target._replace(schema, table, source(parquet), PARTITION, "b", staged=staged).rows
+    )
 
 
 def child(args: argparse.Namespace) -> None:
     import resource
 
-    import adbc_driver_postgresql.dbapi  # noqa: F401 - the same imports for both, so RSS differences are the load's
+    import adbc_driver_postgresql.dbapi  # noqa: F401 - the same imports for every method, so RSS differences are the load's
     import psycopg  # noqa: F401
     import pyarrow.csv  # noqa: F401
 
@@ -167,8 +173,9 @@ def child(args: argparse.Namespace) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
+    load = loader(args.method, args.url)
     cpu0, t0 = cpu(), time.perf_counter()
-    rows = run(args.method, args.url, args.parquet, args.schema, args.table)
+    rows = load(args.parquet, args.schema, args.table)
     print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": cpu() - cpu0, "rows": rows}))
 
 

@@ -423,3 +423,33 @@ def test_postgres_target_errors_never_quote_the_password(pg_role):
                 assert spelled not in text, (url, text)
     with PostgresTarget(url=f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:5432/test")._connect() as conn:
         assert conn.execute("SELECT current_user").fetchone() == (role,)  # the encoded form connects
+
+
+@pytest.mark.postgres
+def test_postgres_target_load_errors_never_quote_the_password(pg_role, pg_schema: str, tmp_path: Path):
+    """The load itself (ADBC's connection, its errors translated to psycopg's classes): a connection failure and an
+    error the server reports mid-load are both told without the password, in the message and the cause chain."""
+    import psycopg
+    import pyarrow as pa
+
+    from etl_assets.lake import LakeStorage
+    from etl_assets.resources.targets import PostgresTarget
+
+    role, password = pg_role
+    lake = LakeStorage(root=str(tmp_path / "lake"))
+    lake.write(["shop", "items"], "2024-01-01", pa.table({"id": pa.array([1], pa.int64())}))
+    source = lake.table(["shop", "items"], ["2024-01-01"])
+    encoded = quote(password, safe="")
+    refused = PostgresTarget(url=f"postgresql://{role}:{encoded}@127.0.0.1:1/test")
+    with pytest.raises(TransientSourceError) as connect_failed:
+        refused.replace_partition(pg_schema, "loaded", source, "2024-01-01", "run-1")
+    # the role may use the schema but not create in it: the server refuses the CREATE TABLE inside the load
+    target = PostgresTarget(url=f"postgresql://{role}:{encoded}@127.0.0.1:5432/test")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused_mid_load:
+        target.replace_partition(pg_schema, "loaded", source, "2024-01-01", "run-1")
+    assert "connection refused" in str(connect_failed.value)
+    assert "permission denied" in str(refused_mid_load.value)
+    for raised in (connect_failed, refused_mid_load):
+        text = chain_text(raised.value)
+        for spelled in spellings(password):
+            assert spelled not in text, text
