@@ -139,7 +139,7 @@ SELECT i::bigint AS id,
        (1 + i % 40)::integer AS quantity,
        ((i % 99991) / 100.0)::numeric(12, 2) AS amount,
        timestamptz '2024-01-01 00:00:00+00' + make_interval(secs => i % 86400) AS ordered_at
-FROM generate_series(0, {rows} - 1) AS g(i)
+FROM generate_series(0::bigint, {rows} - 1) AS g(i)
 """
 
 
@@ -187,8 +187,8 @@ def _csv_types() -> list[tuple[str, str]]:
 CSV_HEADER = ["id", "customer_id", "status", "quantity", "ordered_at", "amount"]
 
 
-def _days() -> list[str]:
-    return [(FIRST_DAY + dt.timedelta(days=d)).isoformat() for d in range(PARTITIONS)]
+def _days(partitions: int = PARTITIONS) -> list[str]:
+    return [(FIRST_DAY + dt.timedelta(days=d)).isoformat() for d in range(partitions)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -729,20 +729,20 @@ class Bench:
         folder.mkdir(parents=True, exist_ok=True)
         csvs = []
         with duckdb.connect() as con:
-            for n, day in enumerate(_days()):
+            for n, day in enumerate(_days(self.args.partitions)):
                 csv = folder / f"{DAILY_NAME}_{day}.csv"
                 sql = GENERATE_SQL.format(offset=n * PARTITION_ROWS, rows=PARTITION_ROWS, day=f"{day} 00:00:00")
                 con.execute(f"COPY ({sql}) TO '{csv}' (FORMAT csv, HEADER)")
                 csvs.append(csv)
-        print(f"partitions: {PARTITIONS} daily files of {PARTITION_ROWS} rows", flush=True)
-        return {"csvs": csvs, "days": _days()}
+        print(f"partitions: {self.args.partitions} daily files of {PARTITION_ROWS} rows", flush=True)
+        return {"csvs": csvs, "days": _days(self.args.partitions)}
 
     def round_partitions(self, round_: int, prep: dict) -> None:
         checked = CHECKED["partitions"]
         days, csvs = prep["days"], [str(c) for c in prep["csvs"]]
         many = {"days": days, "csvs": csvs}
         one = {"days": days[:1], "csvs": csvs[:1]}
-        for label, cfg in ((f"{PARTITIONS} partitions", many), ("1 partition", one)):
+        for label, cfg in ((f"{len(days)} partitions", many), ("1 partition", one)):
             workload = f"partitions: {label}"
             self._floor_run(workload, "floor", round_, "floor_partitions", cfg, checked)
             self._dlt_run(workload, "dlt", round_, "dlt_partitions", cfg, checked)
@@ -889,6 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000_000, help="files: CSV rows")
     parser.add_argument("--pg-rows", type=int, default=3_000_000, help="postgres: table rows")
     parser.add_argument("--orders", type=int, default=1_000_000, help="api: demo orders over 7 days")
+    parser.add_argument("--partitions", type=int, default=PARTITIONS, help="partitions: daily partitions (100 rows)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (20,000 / 10,000 / 5,000)")
     parser.add_argument("--no-dlt", action="store_true", help="leave dlt out (nothing is installed)")
