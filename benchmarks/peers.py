@@ -38,7 +38,8 @@ Workloads (``--workloads``, default all four):
                 as ``startup.py`` measures it).
 
 Every tool gets the same rows and must produce the same table: after each run this process opens its DuckDB output
-and counts rows and distinct keys and sums a decimal, an integer and the timestamps' epochs; a difference from the
+and counts rows and distinct keys and sums a decimal, an integer and the timestamps (microseconds since the epoch,
+exact integers: a sum of floating-point epochs depends on the order the rows are added in); a difference from the
 round's floor fails the benchmark (exit status 1). The platform's contract is the same in every workload: the types,
 not null, the primary key, accepted values and ranges (every generated row passes it); the floor and dlt type the
 columns but check no rule.
@@ -478,14 +479,15 @@ def run_tool(
 
 
 def table_stats(db: Path, table: str, checked: tuple[str, str, str, str]) -> tuple[tuple, dict[str, str]]:
-    """Rows, distinct keys, sum of the decimal, of the integer and of the timestamps' epochs; the columns' types."""
+    """Rows, distinct keys, sum of the decimal, of the integer and of the timestamps in microseconds since the epoch
+    (integers: exact, whatever order the rows are added in); the columns' types."""
     import duckdb
 
     key, decimal, integer, ts = checked
     with duckdb.connect(str(db), read_only=True) as con:
         stats = con.execute(
             f"SELECT count(*), count(DISTINCT {key}), sum({decimal})::VARCHAR, sum({integer}),"
-            f" sum(epoch({ts}))::BIGINT FROM {table}"
+            f" sum(epoch_us({ts}))::VARCHAR FROM {table}"
         ).fetchone()
         schema, _, name = table.rpartition(".")
         types = dict(
@@ -871,7 +873,7 @@ def report(results: list[Result], args: argparse.Namespace) -> int:
             assert stats is not None
             print(
                 f"checked: {len(checked)} tables, each {stats[0]:,} rows, {stats[1]:,} distinct keys, sums"
-                f" {stats[2]} / {stats[3]:,} / {stats[4]:,} (decimal / integer / epoch)"
+                f" {stats[2]} / {stats[3]:,} / {stats[4]} (decimal / integer / microseconds since the epoch, exact)"
             )
             kinds = {r.tool: r.types for r in checked if r.round == checked[0].round}
             for tool, types in kinds.items():
