@@ -7,6 +7,7 @@ Imported by the scripts in this directory (run as scripts, so this directory is 
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from etl_assets.cli.progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
+DLT_VERSION = "1.31.0"  # the dlt the peer benchmarks compare against (rest_client.py, peers.py)
+PYARROW = "26.0.1"  # the platform's pin, also in dlt's virtualenv
 
 # The repository's dagster.yaml reduced to what an in-process benchmark needs: SQLite storage under the benchmark's
 # own DAGSTER_HOME and the same one-slot pools (the warehouse pool serializes DuckDB writers as in production).
@@ -79,3 +82,36 @@ def progress(total: int, title: str, unit: str = "runs") -> Progress:
 
     terminal = sys.stdout.isatty() and sys.stderr.isatty()
     return Progress(total, title, unit=unit, file=sys.stderr, terminal=terminal)
+
+
+def dlt_python(cache: Path, version: str = DLT_VERSION, extras: tuple[str, ...] = ()) -> Path:
+    """The python of a virtualenv holding dlt ``version`` (with pyarrow at the platform's pin) and ``extras`` (pip
+    requirements, e.g. ``"connectorx"``), made on first use under ``cache`` with ``uv venv`` + ``uv pip install``.
+
+    dlt is never a dependency of the platform: it lives only in this virtualenv, where the platform is not
+    importable, and a benchmark runs it there in a child process.
+    """
+    name = f"dlt-{version}-pyarrow-{PYARROW}"
+    if extras:
+        name += "-" + hashlib.sha256("\n".join(sorted(extras)).encode()).hexdigest()[:8]
+    venv = cache / name
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if not marker.exists():
+        subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+        subprocess.run(
+            [
+                "uv",
+                "pip",
+                "install",
+                "--quiet",
+                "--python",
+                str(python),
+                f"dlt=={version}",
+                f"pyarrow=={PYARROW}",
+                *extras,
+            ],
+            check=True,
+        )
+        marker.write_text("\n".join([f"dlt=={version}", f"pyarrow=={PYARROW}", *extras]) + "\n")
+    return python

@@ -36,9 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DLT_VERSION = "1.31.0"
-PYARROW = "26.0.1"  # the platform's pin, for the dlt+arrow variant
+from bench_common import DLT_VERSION, REPO, dlt_python  # this directory is on sys.path (run as a script)
 
 _DLT_CHILD = """
 import json, sys, time
@@ -82,21 +80,6 @@ def _ours_child(url: str, page_size: int) -> None:
     )
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
     print(json.dumps({"records": records, "pages": stats.pages, "wall": wall, "cpu": cpu}))
-
-
-def dlt_python(cache: Path, version: str) -> Path:
-    """The python of a virtualenv holding dlt ``version`` only, made on first use under ``cache``."""
-    venv = cache / f"dlt-{version}-pyarrow-{PYARROW}"
-    python = venv / "bin" / "python"
-    marker = venv / ".installed"
-    if not marker.exists():
-        subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
-        subprocess.run(
-            ["uv", "pip", "install", "--quiet", "--python", str(python), f"dlt=={version}", f"pyarrow=={PYARROW}"],
-            check=True,
-        )
-        marker.touch()
-    return python
 
 
 def _run(command: list[str], env: dict[str, str]) -> dict:
