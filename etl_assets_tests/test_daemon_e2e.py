@@ -125,6 +125,10 @@ def make_lab(tmp_path: Path, files: dict[str, str], env: dict[str, str]):
     env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs), **env}
     landing = data / "landing" / "events"
     landing.mkdir(parents=True)
+    # the instance's SQLite storage is created here, before the daemon starts: created by the daemon while the test
+    # polls it, both processes stamped the schema and the next read failed ("more than one head present")
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs(limit=1)
     return env, landing, data, Daemon(env, tmp_path / "daemon.log")
 
 
