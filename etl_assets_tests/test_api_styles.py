@@ -32,6 +32,7 @@ from etl_assets.resources.api import SOURCE_COLUMN, ApiSource, ExtractStats, Res
 from etl_assets.resources.jsonpath import MISSING, compile_path, select
 from etl_assets.resources.ratelimit import wait_for_slot
 from etl_assets_demo import DemoApiServer, DemoManifest, FaultConfig
+from etl_assets_tests.test_api_source import _source
 
 UTC = dt.UTC
 WINDOW = (dt.datetime(2024, 1, 2, tzinfo=UTC), dt.datetime(2024, 1, 3, tzinfo=UTC))
@@ -74,12 +75,6 @@ def _spec(url: str, endpoint: str, records_path: str, pagination: dict, **overri
     }
     raw.update(overrides)
     return ApiSource.model_validate(raw)
-
-
-def _source(url: str, **overrides: Any) -> RestApiSource:
-    settings: dict[str, Any] = {"max_attempts": 8, "backoff_seconds": 0.01, "max_backoff_seconds": 0.05}
-    settings.update(overrides)
-    return RestApiSource(connection="shop_api", default_url=url, **settings)
 
 
 def _client_log(caplog: pytest.LogCaptureFixture) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +89,8 @@ def test_zstd_tool_frames_with_checksum_are_read(landing: Path, con: duckdb.Duck
     import subprocess
 
     if shutil.which("zstd") is None:
+        if os.environ.get("CI"):  # .ci/run installs it: a skip there would hide the test
+            pytest.fail("the zstd tool is not installed", pytrace=False)
         pytest.skip("the zstd tool is not installed")
     plain = tmp_path / "items.ndjson"
     plain.write_bytes(_content("ndjson", ROWS))
