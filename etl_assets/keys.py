@@ -6,6 +6,12 @@ A source pipeline ``orders`` of domain ``shop`` has ``shop/raw_orders`` (as deli
 the key because that part is what the lineage graph shows: four boxes reading "orders" told a user nothing. The
 domain leads, so the catalog folds each domain's assets together. The lake stores an asset under its key's path.
 Monitoring, recovery and the CLI take keys and stages from here, never as literals.
+
+A pipeline is known by its domain and name together, so two domains may each have an ``orders``. Its reference,
+``<domain>.<name>`` (``shop.orders``), is what users write and read: in the CLI, run tags, messages, metadata, and
+the folder of its landing files (``landing/shop.orders/``). Its Dagster name, ``<domain>__<name>`` (``shop__orders``),
+prefixes what Dagster names must be unique and plain: jobs (``shop__orders_pipeline``), sensors, schedules, ops and
+quarantine tables. A domain holds no ``__``, so the first one in a Dagster name ends the domain.
 """
 
 from __future__ import annotations
@@ -43,6 +49,32 @@ class Pipeline(NamedTuple):
     name: str
 
 
+def pipeline_ref(spec: Named) -> str:
+    """``<domain>.<name>``: how users and messages name a pipeline, and its landing folder."""
+    return f"{spec.domain}.{spec.name}"
+
+
+def dagster_name(spec: Named) -> str:
+    """``<domain>__<name>``: the prefix of the pipeline's jobs, sensors, schedules, ops and quarantine table."""
+    return f"{spec.domain}__{spec.name}"
+
+
+def pipeline_job_name(spec: Named) -> str:
+    """The job that runs the whole pipeline: ``<domain>__<name>_pipeline``."""
+    return f"{dagster_name(spec)}_pipeline"
+
+
+def revalidate_job_name(spec: Named) -> str:
+    """The job that re-validates a source pipeline from its raw lake data: ``<domain>__<name>_revalidate``."""
+    return f"{dagster_name(spec)}_revalidate"
+
+
+def parse_ref(ref: str) -> Pipeline | None:
+    """The domain and name of a ``<domain>.<name>`` reference; ``None`` for a bare name."""
+    domain, sep, name = ref.partition(".")
+    return Pipeline(domain, name) if sep and domain and name else None
+
+
 class PipelineAsset(NamedTuple):
     """A pipeline asset's key, read back: its domain, stage and pipeline."""
 
@@ -53,6 +85,11 @@ class PipelineAsset(NamedTuple):
     @property
     def key(self) -> AssetKey:
         return stage_key(self.stage, Pipeline(self.domain, self.pipeline))
+
+    @property
+    def ref(self) -> str:
+        """The pipeline's reference, ``<domain>.<name>``."""
+        return f"{self.domain}.{self.pipeline}"
 
 
 def stage_key(stage: str, spec: Named) -> AssetKey:

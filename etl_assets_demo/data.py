@@ -4,9 +4,9 @@ One call to :func:`generate_shop_data` lays out every upstream the shop pipeline
 
 * ``upstream/orders.parquet``: the orders the demo REST API serves;
 * ``sources/shop.sqlite``: the operational database holding ``customers``;
-* ``landing/products/products.csv``: the product catalogue drop;
-* ``landing/fx_rates/fx_rates.json``: currency conversion rates to USD;
-* ``landing/inventory/inventory_<YYYY-MM-DD>.ndjson``: one stock snapshot per day;
+* ``landing/shop.products/products.csv``: the product catalogue drop;
+* ``landing/shop.fx_rates/fx_rates.json``: currency conversion rates to USD;
+* ``landing/shop.inventory/inventory_<YYYY-MM-DD>.ndjson``: one stock snapshot per day;
 * ``upstream/manifest.json``: the parameters used, read back by :func:`load_manifest`.
 
 Output is a pure function of ``(orders, days, start, seed)``: the same arguments give
@@ -136,7 +136,8 @@ class DemoManifest:
         seed: Seed the data was generated from.
         orders_path: Parquet file served by the demo API.
         sqlite_path: SQLite database holding the ``customers`` table.
-        landing_dir: Directory holding the ``products``, ``fx_rates`` and ``inventory`` drops.
+        landing_dir: Directory holding the ``shop.products``, ``shop.fx_rates`` and ``shop.inventory`` drops (a
+            pipeline's landing folder is its reference, ``<domain>.<name>``).
     """
 
     data_dir: Path
@@ -316,7 +317,7 @@ def _write_products(manifest: DemoManifest, rng: np.random.Generator) -> np.ndar
     dollars = np.clip(np.rint(rng.lognormal(mean=3.0, sigma=0.9, size=n)), 1, 999).astype(np.int64)
     cents = dollars * 100 + _PRICE_ENDINGS_CENTS[rng.integers(0, len(_PRICE_ENDINGS_CENTS), n)]
 
-    path = manifest.landing_dir / "products" / "products.csv"
+    path = manifest.landing_dir / "shop.products" / "products.csv"
     with _atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["product_id", "sku", "name", "category", "list_price"])
@@ -335,7 +336,7 @@ def _write_products(manifest: DemoManifest, rng: np.random.Generator) -> np.ndar
 
 
 def _write_fx_rates(manifest: DemoManifest) -> None:
-    path = manifest.landing_dir / "fx_rates" / "fx_rates.json"
+    path = manifest.landing_dir / "shop.fx_rates" / "fx_rates.json"
     rates = [{"currency": c, "rate_to_usd": r} for c, r in FX_RATES_TO_USD.items()]
     with _atomic_path(path) as tmp:
         tmp.write_text(json.dumps(rates) + "\n", encoding="utf-8")
@@ -343,7 +344,7 @@ def _write_fx_rates(manifest: DemoManifest) -> None:
 
 def _write_inventory(manifest: DemoManifest, rng: np.random.Generator) -> None:
     """Writes one NDJSON snapshot per day; stock levels follow a per-product random walk."""
-    directory = manifest.landing_dir / "inventory"
+    directory = manifest.landing_dir / "shop.inventory"
     directory.mkdir(parents=True, exist_ok=True)
     wanted = {f"inventory_{key}.ndjson" for key in manifest.partition_keys}
     for stale in directory.glob("inventory_*.ndjson"):

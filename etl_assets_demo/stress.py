@@ -1,7 +1,7 @@
 """Fault-injection stress of the reference ``orders`` pipeline: many daily partitions against a flaky demo API.
 
 Shared by ``benchmarks/stress_faults.py`` (1,000 partitions) and ``etl_assets_tests/test_stress_faults.py``
-(50 partitions). Each partition is one run of the real ``orders_pipeline`` job (raw/orders from the demo REST
+(50 partitions). Each partition is one run of the real ``shop__orders_pipeline`` job (raw/orders from the demo REST
 API, clean/quarantine, warehouse/orders in DuckDB), launched once with ``execute_in_process`` against a real
 DagsterInstance while the demo API server fails a share of its ``/orders`` requests with 500, 503, 429 (with
 ``Retry-After``), answers slower than the client's timeout, or sends a 200 whose body stops halfway.
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl_assets.keys import Pipeline, clean_key, raw_key
+from etl_assets.keys import Pipeline, clean_key, pipeline_job_name, raw_key
 from etl_assets_demo.api_server import FAULT_KINDS, DemoApiServer, FaultConfig
 from etl_assets_demo.data import DemoManifest
 
@@ -44,7 +44,7 @@ __all__ = [
     "stress_specs",
 ]
 
-ORDERS_JOB = "orders_pipeline"
+ORDERS_JOB = pipeline_job_name(Pipeline("shop", "orders"))
 DIMENSIONS_JOB = "shop_full_refresh"
 RAW_ORDERS = raw_key(Pipeline("shop", "orders")).to_user_string()
 CLEAN_ORDERS = clean_key(Pipeline("shop", "orders")).to_user_string()
@@ -358,7 +358,7 @@ class PhaseRunner:
         return stress_environment(self.manifest.data_dir, self._server.url)
 
     def run(self, partition: str) -> PartitionOutcome:
-        """Launch ``orders_pipeline`` for ``partition``; relaunch it if the first launch failed."""
+        """Launch ``shop__orders_pipeline`` for ``partition``; relaunch it if the first launch failed."""
         with self._environment():
             outcome = _execute(self._job, self.instance, partition)
             while not outcome.final_ok and outcome.relaunches < self.relaunch_failed:
@@ -400,7 +400,7 @@ def run_phase(
     relaunch_failed: int = 2,
     progress: Callable[[int, PartitionOutcome], None] | None = None,
 ) -> PhaseResult:
-    """Launch ``orders_pipeline`` once per partition, in order, against a demo API injecting ``faults``.
+    """Launch ``shop__orders_pipeline`` once per partition, in order, against a demo API injecting ``faults``.
 
     Args:
         manifest, instance, settings, faults, label, relaunch_failed: As for :class:`PhaseRunner`.
@@ -428,7 +428,7 @@ class WarehouseComparison:
         duplicate_order_ids: ``order_id`` values held more than once.
         wrong_partition: Rows whose ``_etl_partition`` is not the UTC day of their ``ordered_at``.
         wrong_run: Rows whose ``_etl_run_id`` is not the run that last succeeded for their partition.
-        quarantined: Rows in ``quarantine.orders`` (the generated orders are all valid).
+        quarantined: Rows in ``quarantine.shop__orders`` (the generated orders are all valid).
         partitions_expected: Partitions run.
         partitions_present: Distinct ``_etl_partition`` values among them in the warehouse.
     """
@@ -529,7 +529,7 @@ def compare_warehouse(manifest: DemoManifest, phase: PhaseResult, warehouse: Pat
         has_quarantine = con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'quarantine' AND table_name = 'orders'"
         ).fetchall()[0][0]
-        quarantined = con.execute("SELECT count(*) FROM quarantine.orders").fetchall()[0][0] if has_quarantine else 0
+        quarantined = con.execute("SELECT count(*) FROM quarantine.shop__orders").fetchall()[0][0] if has_quarantine else 0
     finally:
         con.close()
     return WarehouseComparison(

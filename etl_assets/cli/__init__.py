@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dagster import AssetKey, DagsterInstance, Definitions
+    from dagster import DagsterInstance, Definitions
 
-    from etl_assets.keys import PipelineAsset
+    from etl_assets.keys import Pipeline, PipelineAsset
 
 DISTRIBUTION = "etl_assets"
 # run config of the in-process runs the CLI starts: the console logger reports warnings and errors only
@@ -73,7 +73,11 @@ def dagster_home() -> Path:
 
     home = os.environ.get("DAGSTER_HOME")
     if home:
-        return Path(home).expanduser()
+        path = Path(home).expanduser()
+        if not path.is_dir():  # Dagster would stop with a traceback; the instance starts empty there instead
+            path.mkdir(parents=True, exist_ok=True)
+            print(f"etl-assets: created DAGSTER_HOME {path} (a new, empty Dagster instance)", file=sys.stderr, flush=True)
+        return path
     path = Path(DEFAULT_DAGSTER_HOME).resolve()
     path.mkdir(parents=True, exist_ok=True)
     config = Path(INSTANCE_FILE)
@@ -104,10 +108,11 @@ def open_instance() -> DagsterInstance:
 
 
 def source_pipelines(defs: Definitions) -> list[str]:
-    """The pipelines of ``defs`` that have a source (a raw asset), which replay and rebuild work on."""
+    """The pipelines of ``defs`` that have a source (a raw asset), which replay and rebuild work on, as references
+    (``<domain>.<name>``)."""
     from etl_assets.keys import RAW
 
-    return sorted({p.pipeline for p in pipeline_assets(defs) if p.stage == RAW})
+    return sorted({p.ref for p in pipeline_assets(defs) if p.stage == RAW})
 
 
 def pipeline_assets(defs: Definitions) -> list[PipelineAsset]:
@@ -118,26 +123,42 @@ def pipeline_assets(defs: Definitions) -> list[PipelineAsset]:
     return [p for p in parsed if p is not None]
 
 
-def pipeline_key(defs: Definitions, stage: str, name: str) -> AssetKey:
-    """The key of pipeline ``name``'s asset of ``stage`` in ``defs`` (the caller has checked the pipeline is there)."""
-    from etl_assets.keys import Pipeline, stage_key
-
-    domain = next(p.domain for p in pipeline_assets(defs) if p.pipeline == name)
-    return stage_key(stage, Pipeline(domain, name))
-
-
-def check_source_pipeline(defs: Definitions, name: str, command: str) -> None:
-    """Refuse ``name`` unless it is a source pipeline of ``defs``.
+def find_pipeline(name: str, known: Iterable[str]) -> str | None:
+    """The reference among ``known`` (``<domain>.<name>``) that ``name`` stands for: itself when it is one, else the
+    one pipeline of that name in any domain; ``None`` when there is none.
 
     Raises:
-        CommandError: it is a transform (named as such, with the source pipelines), or no pipeline at all (with the
-            close matches).
+        CommandError: ``name`` is the name of pipelines in several domains (with the references to write instead).
     """
+    known = set(known)
+    if name in known:
+        return name
+    found = sorted(ref for ref in known if ref.partition(".")[2] == name)
+    if len(found) > 1:
+        raise CommandError(f"pipeline {name!r} is in several domains; name one: {', '.join(found)}")
+    return found[0] if found else None
+
+
+def check_source_pipeline(defs: Definitions, name: str, command: str) -> Pipeline:
+    """The source pipeline of ``defs`` that ``name`` (``orders``, or ``shop.orders`` when several domains have an
+    ``orders``) stands for.
+
+    Raises:
+        CommandError: it is a transform (named as such, with the source pipelines), in several domains, or no
+            pipeline at all (with the close matches).
+    """
+    from etl_assets.keys import parse_ref
+
     sources = source_pipelines(defs)
-    if name in sources:
-        return
-    if name in {p.pipeline for p in pipeline_assets(defs)}:
-        raise CommandError(f"{name} is not a source pipeline; {command} one of: {', '.join(sources)}")
+    ref = find_pipeline(name, sources)
+    if ref is not None:
+        found = parse_ref(ref)
+        assert found is not None  # source_pipelines gives references
+        return found
+    every = {p.ref for p in pipeline_assets(defs)}
+    other = find_pipeline(name, every)
+    if other is not None:
+        raise CommandError(f"{other} is not a source pipeline; {command} one of: {', '.join(sources)}")
     raise unknown_name("pipeline", name, sources, "source pipelines")
 
 

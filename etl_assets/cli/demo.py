@@ -99,7 +99,7 @@ def archive_loaded_files(defs: Definitions, materializations: Iterable[AssetMate
         parsed = parse_key(m.asset_key)
         if parsed is None or parsed.stage != RAW or "files" not in m.metadata or position is None:
             continue
-        dataset = parsed.pipeline
+        dataset = parsed.ref  # its landing folder
         for name in cast(list, position.value):
             if landing.archive(dataset, name) is not None:
                 moved.append(f"{dataset}/{name}")

@@ -24,11 +24,20 @@ from etl_assets.cli import (
     open_instance,
     partitions_in_range,
     pipeline_assets,
-    pipeline_key,
 )
 from etl_assets.cli.progress import Progress, row_count, target_rows
 from etl_assets.definitions import build_definitions
-from etl_assets.keys import CLEAN, QUARANTINE, RAW, TARGET_PREFIXES, UNPARTITIONED
+from etl_assets.keys import (
+    CLEAN,
+    QUARANTINE,
+    TARGET_PREFIXES,
+    UNPARTITIONED,
+    Pipeline,
+    clean_key,
+    pipeline_ref,
+    quarantine_key,
+    raw_key,
+)
 from etl_assets.lake import LakeStorage
 
 REBUILD_JOB = "__etl_rebuild"
@@ -52,20 +61,20 @@ class RebuildPlan:
     skipped: list[AssetKey]
 
 
-def plan_rebuild(defs: Definitions, pipeline: str, downstream: bool = True) -> RebuildPlan:
-    """The assets a rebuild of ``pipeline`` materializes.
+def plan_rebuild(defs: Definitions, name: str, downstream: bool = True) -> RebuildPlan:
+    """The assets a rebuild of pipeline ``name`` (``orders`` or ``shop.orders``) materializes.
 
     Raises:
-        CommandError: ``pipeline`` is not a source pipeline of this code location.
+        CommandError: ``name`` is not a source pipeline of this code location.
     """
-    check_source_pipeline(defs, pipeline, "rebuild")
+    pipeline = check_source_pipeline(defs, name, "rebuild")
     graph = defs.resolve_asset_graph()
-    clean, quarantine = pipeline_key(defs, CLEAN, pipeline), pipeline_key(defs, QUARANTINE, pipeline)
+    clean, quarantine = clean_key(pipeline), quarantine_key(pipeline)
     own = AssetSelection.assets(
         *[
             p.key
             for p in pipeline_assets(defs)
-            if p.stage in (CLEAN, QUARANTINE, *TARGET_PREFIXES) and p.pipeline == pipeline
+            if p.stage in (CLEAN, QUARANTINE, *TARGET_PREFIXES) and Pipeline(p.domain, p.pipeline) == pipeline
         ]
     )
     selection = own | AssetSelection.assets(clean, quarantine).downstream() if downstream else own
@@ -97,7 +106,8 @@ def rebuild(
         RebuildError: a partition has no raw input (named, with the fix).
     """
     plan = plan_rebuild(defs, pipeline, downstream)
-    raw = pipeline_key(defs, RAW, pipeline)
+    found = check_source_pipeline(defs, pipeline, "rebuild")
+    ref, raw = pipeline_ref(found), raw_key(found)
     missing = missing_raw_partitions(LakeStorage(), raw, partitions)
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
@@ -113,7 +123,7 @@ def rebuild(
                 define_asset_job(
                     REBUILD_JOB,
                     selection=AssetSelection.assets(*plan.keys),
-                    description=f"Rebuild {pipeline} from the raw lake",
+                    description=f"Rebuild {ref} from the raw lake",
                 )
             ]
         ),
@@ -125,7 +135,7 @@ def rebuild(
             partition_key=partition,
             raise_on_error=False,
             run_config=QUIET,
-            tags={"etl/rebuild": pipeline},
+            tags={"etl/rebuild": ref},
         )
         yield partition, result
 
@@ -136,23 +146,25 @@ def command(args: argparse.Namespace) -> int:
     data_dir(args.data_dir)
     defs = build_definitions()
     plan = plan_rebuild(defs, args.pipeline, downstream=not args.no_downstream)
-    pdef = defs.resolve_asset_graph().get(pipeline_key(defs, CLEAN, args.pipeline)).partitions_def
-    partitions = partitions_in_range(pdef, args.pipeline, args.start, args.end)
+    pipeline = check_source_pipeline(defs, args.pipeline, "rebuild")
+    ref = pipeline_ref(pipeline)
+    pdef = defs.resolve_asset_graph().get(clean_key(pipeline)).partitions_def
+    partitions = partitions_in_range(pdef, ref, args.start, args.end)
     print(f"rebuilding {', '.join(k.to_user_string() for k in plan.keys)}")
     if plan.skipped:
         print(
             f"  not rebuilt (other partitioning; rebuild them on their own): "
             f"{', '.join(k.to_user_string() for k in plan.skipped)}"
         )
-    with open_instance() as instance, Progress(len(partitions), f"rebuild {args.pipeline}") as progress:
-        runs = rebuild(defs, instance, args.pipeline, partitions, downstream=not args.no_downstream)
+    with open_instance() as instance, Progress(len(partitions), f"rebuild {ref}") as progress:
+        runs = rebuild(defs, instance, ref, partitions, downstream=not args.no_downstream)
         started = time.perf_counter()
         for partition, result in runs:
             materializations = [e.materialization for e in result.get_asset_materialization_events()]
             rows = {m.asset_key.to_user_string(): row_count(m) for m in materializations}
             loaded = ", ".join(f"{k} {v}" for k, v in sorted(rows.items()) if v is not None)
             progress.finished(
-                f"{args.pipeline} {partition}" if partition else args.pipeline,
+                f"{ref} {partition}" if partition else ref,
                 result.success,
                 target_rows(materializations),
                 time.perf_counter() - started,

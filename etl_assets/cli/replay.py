@@ -1,15 +1,15 @@
 """`etl-assets replay`: re-validate a pipeline's partitions from the raw lake and reload them (quarantine replay),
-one run of the pipeline's ``<pipeline>_revalidate`` job per partition."""
+one run of the pipeline's ``<domain>__<name>_revalidate`` job per partition."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from etl_assets.cli import QUIET, check_source_pipeline, data_dir, open_instance, partitions_in_range, pipeline_key
+from etl_assets.cli import QUIET, check_source_pipeline, data_dir, open_instance, partitions_in_range
 from etl_assets.cli.progress import Progress, target_rows
 from etl_assets.definitions import build_definitions
-from etl_assets.keys import CLEAN
+from etl_assets.keys import clean_key, pipeline_ref, revalidate_job_name
 
 
 def command(args: argparse.Namespace) -> int:
@@ -17,11 +17,12 @@ def command(args: argparse.Namespace) -> int:
     run failed (a :class:`~etl_assets.cli.CommandError` when there is nothing to replay)."""
     data_dir(args.data_dir)
     defs = build_definitions()
-    check_source_pipeline(defs, args.pipeline, "replay")
-    job = defs.resolve_job_def(f"{args.pipeline}_revalidate")
-    partitions = partitions_in_range(job.partitions_def, args.pipeline, args.start, args.end)
-    clean = pipeline_key(defs, CLEAN, args.pipeline)
-    with open_instance() as instance, Progress(len(partitions), f"replay {args.pipeline}") as progress:
+    pipeline = check_source_pipeline(defs, args.pipeline, "replay")
+    ref = pipeline_ref(pipeline)
+    job = defs.resolve_job_def(revalidate_job_name(pipeline))
+    partitions = partitions_in_range(job.partitions_def, ref, args.start, args.end)
+    clean = clean_key(pipeline)
+    with open_instance() as instance, Progress(len(partitions), f"replay {ref}") as progress:
         for partition in partitions:
             started = time.perf_counter()
             result = job.execute_in_process(
@@ -35,7 +36,7 @@ def command(args: argparse.Namespace) -> int:
             valid = meta["rows_valid"].value if "rows_valid" in meta else "?"
             bad = meta["rows_quarantined"].value if "rows_quarantined" in meta else "?"
             progress.finished(
-                f"{args.pipeline} {partition}" if partition else args.pipeline,
+                f"{ref} {partition}" if partition else ref,
                 result.success,
                 target_rows(materializations),
                 time.perf_counter() - started,

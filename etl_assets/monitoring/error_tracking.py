@@ -33,7 +33,7 @@ from pathlib import Path
 from dagster import AssetKey, DagsterInstance, DagsterRun
 
 from etl_assets import errors as etl_errors
-from etl_assets.keys import parse_key
+from etl_assets.keys import Pipeline, parse_key, parse_ref, pipeline_job_name
 from etl_assets.monitoring.warehouse_io import WarehouseBusy, table_exists, warehouse_session
 from etl_assets.redact import redact
 from etl_assets.resources.targets import DuckDBWarehouse
@@ -142,15 +142,19 @@ class ErrorRecord:
 
 
 def pipeline_for_asset(asset_key: AssetKey | None, pipelines: Iterable[str]) -> str | None:
-    """The pipeline that owns ``asset_key`` (``shop/warehouse_orders`` -> ``orders``), if it is one of ``pipelines``."""
+    """The pipeline that owns ``asset_key`` (``shop/warehouse_orders`` -> ``shop.orders``), if it is one of
+    ``pipelines`` (references, ``<domain>.<name>``)."""
     parsed = parse_key(asset_key) if asset_key is not None else None
-    return parsed.pipeline if parsed is not None and parsed.pipeline in set(pipelines) else None
+    if parsed is None:
+        return None
+    ref = parsed.ref
+    return ref if ref in set(pipelines) else None
 
 
 def pipeline_for_job(job_name: str, pipelines: Iterable[str]) -> str:
-    """``orders_pipeline`` -> ``orders``; any other job stands for itself."""
-    name = job_name.removesuffix("_pipeline")
-    return name if job_name.endswith("_pipeline") and name in set(pipelines) else job_name
+    """``shop__orders_pipeline`` -> ``shop.orders``, if it is one of ``pipelines``; any other job stands for itself."""
+    by_job = {pipeline_job_name(parse_ref(ref) or Pipeline("", ref)): ref for ref in pipelines}
+    return by_job.get(job_name, job_name)
 
 
 def step_asset_keys(instance: DagsterInstance, run: DagsterRun) -> dict[str, list[AssetKey]]:

@@ -529,7 +529,7 @@ def pipeline_infos(specs) -> list[PipelineInfo]:
     """:class:`PipelineInfo` for each loaded spec."""
     return [
         PipelineInfo(
-            name=s.spec.name,
+            name=s.spec.ref,
             targets=tuple(target_key(t, s.spec) for t in s.spec.targets),
             max_lag_minutes=s.spec.freshness.max_lag_minutes if s.spec.freshness else None,
             partitions_def=partitions_def_for(s.spec),

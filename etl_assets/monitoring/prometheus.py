@@ -102,7 +102,7 @@ class EtlMetricsCollector:
             if parsed is None or parsed.stage not in COUNTED_STAGES:
                 continue
             field_name = COUNTED_STAGES[parsed.stage]
-            tally = self._state.assets.setdefault((parsed.stage, parsed.pipeline), _AssetTally())
+            tally = self._state.assets.setdefault((parsed.stage, parsed.ref), _AssetTally())
             while True:
                 result = self.instance.fetch_materializations(
                     AssetRecordsFilter(asset_key=key, after_storage_id=tally.after_storage_id),

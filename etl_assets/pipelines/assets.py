@@ -43,11 +43,11 @@ from etl_assets.pipelines.policy import automation_for, backfill_policy_for, ret
 from etl_assets.pipelines.spec import LoadedSpec, PipelineSpec
 from etl_assets.pipelines.steps.extract import extract
 from etl_assets.pipelines.steps.load import (
-    QUARANTINE_SCHEMA,
     LoadContract,
     PartitionLoad,
     load_held_quarantine,
     load_partition,
+    quarantine_table,
 )
 from etl_assets.pipelines.steps.transform import transform
 from etl_assets.pipelines.steps.validate import check_outputs, validate_batch
@@ -155,7 +155,7 @@ def extract_asset(loaded: LoadedSpec, pdef: TimeWindowPartitionsDefinition | Non
     def _extract(context: AssetExecutionContext, partition: str | None) -> LakeStream:
         tags = context.run.tags
         # the file this run was launched for (by the file sensor); a manual or backfill run has none
-        own_file = tags.get(sensors_mod.TAG_FILE) if tags.get(sensors_mod.TAG_DATASET) == spec.name else None
+        own_file = tags.get(sensors_mod.TAG_FILE) if tags.get(sensors_mod.TAG_DATASET) == spec.ref else None
         return extract(
             spec,
             getattr(context.resources, resource_key),
@@ -177,12 +177,12 @@ def validate_asset(
     spec = loaded.spec
     ck, qk = clean_key(spec), quarantine_key(spec)
     references = {
-        name: clean_key(by_name[name].spec)
-        for name in sorted({c.references.dataset for c in spec.columns if c.references is not None})
+        ref: clean_key(by_name[ref].spec)
+        for ref in sorted({spec.resolve(c.references.dataset) for c in spec.columns if c.references is not None})
     }
 
     @multi_asset(
-        name=f"validate_{spec.name}",
+        name=f"validate_{spec.dagster_name}",
         group_name=spec.domain,
         partitions_def=pdef,
         ins={"raw": AssetIn(key=raw_key(spec))},
@@ -306,7 +306,7 @@ def validate_asset(
                     else None
                 )
                 if "duckdb" in spec.targets and batch.quality_score < spec.quality.threshold:
-                    # the gate holds the load, not the quarantine: its rows still reach quarantine.<name>
+                    # the gate holds the load, not the quarantine: its rows still reach its quarantine table
                     load_held_quarantine(
                         spec,
                         getattr(context.resources, TARGET_RESOURCE["duckdb"]),
@@ -339,7 +339,8 @@ def transform_asset(
         tags=spec.tags,
         partitions_def=pdef,
         io_manager_key=LAKE_IO_MANAGER,
-        ins={name: AssetIn(key=dataset_key(by_name[name].spec)) for name in inputs},
+        # each input by its name without the domain (the spec makes those unique), as the SQL sees it
+        ins={name.rpartition(".")[2]: AssetIn(key=dataset_key(by_name[spec.resolve(name)].spec)) for name in inputs},
         required_resource_keys={"lake"},
         retry_policy=retry_policy_for(spec),
         backfill_policy=backfill_policy_for(spec),
@@ -383,7 +384,7 @@ def load_asset(loaded: LoadedSpec, target: str, pdef: TimeWindowPartitionsDefini
     spec = loaded.spec
     key = target_key(target, spec)
     resource_key = TARGET_RESOURCE[target]
-    # The DuckDB warehouse also gets the quarantine, as table quarantine.<name>, next to the valid rows.
+    # The DuckDB warehouse also gets the quarantine, as table quarantine.<domain>__<name>, next to the valid rows.
     with_quarantine = target == "duckdb" and spec.source is not None
     ins = {"data": AssetIn(key=dataset_key(spec))}
     if with_quarantine:
@@ -411,7 +412,7 @@ def load_asset(loaded: LoadedSpec, target: str, pdef: TimeWindowPartitionsDefini
         description=describe(
             spec,
             f"{spec.name} loaded into {target} table {table_name}, one partition replaced per run."
-            + (f" Its quarantine goes to quarantine.{spec.name}." if with_quarantine else ""),
+            + (f" Its quarantine goes to {quarantine_table(spec)}." if with_quarantine else ""),
         ),
         metadata=catalog,
     )
@@ -437,7 +438,7 @@ def load_asset(loaded: LoadedSpec, target: str, pdef: TimeWindowPartitionsDefini
                 "rows_per_second": round(result.rows / result.seconds, 1) if result.seconds else 0.0,
             }
             if result.quarantine_rows is not None:
-                metadata["quarantine_table"] = f"{QUARANTINE_SCHEMA}.{spec.name}"
+                metadata["quarantine_table"] = quarantine_table(spec)
                 metadata["rows_quarantined"] = result.quarantine_rows
             if len(keys) > 1:  # each partition of a range run records its own figures and check results
                 context.add_asset_metadata(metadata, partition_key=partition)

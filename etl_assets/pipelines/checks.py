@@ -19,7 +19,7 @@ from dagster import (
 from etl_assets.keys import UNPARTITIONED, clean_key, quarantine_key
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import PipelineSpec
-from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA, PartitionLoad
+from etl_assets.pipelines.steps.load import PartitionLoad, quarantine_table
 from etl_assets.pipelines.steps.validate import (
     FamilyOutcome,
     OutputsChecked,
@@ -212,7 +212,7 @@ def validation_check_results(
                     if gate_passed
                     else f"is below the threshold {threshold:.0%}: the load is held; the {batch.rows_quarantined} "
                     f"quarantined row(s) are in {quarantine_key(spec).to_user_string()}"
-                    + (f" and the warehouse's {QUARANTINE_SCHEMA}.{spec.name}" if "duckdb" in spec.targets else "")
+                    + (f" and the warehouse's {quarantine_table(spec)}" if "duckdb" in spec.targets else "")
                 )
             ),
             metadata={
@@ -229,7 +229,7 @@ def row_count_result(instance: DagsterInstance, spec: PipelineSpec, rows_in: int
     """The ``row_count`` check: at least the minimum, and within the deviation from the trailing partitions' average
     (read from the instance's earlier materializations of ``<domain>/clean_<name>``)."""
     expectation = spec.row_count
-    assert expectation is not None, f"{spec.name} declares no row_count"
+    assert expectation is not None, f"{spec.ref} declares no row_count"
     history = instance.fetch_materializations(clean_key(spec), limit=expectation.trailing_partitions + 1).records
     stored = None if partition == UNPARTITIONED else partition
     previous = [

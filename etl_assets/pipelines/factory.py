@@ -27,7 +27,15 @@ from dagster import (
     schedule,
 )
 
-from etl_assets.keys import clean_key, mart_key, quarantine_key, raw_key, target_key
+from etl_assets.keys import (
+    clean_key,
+    mart_key,
+    pipeline_job_name,
+    quarantine_key,
+    raw_key,
+    revalidate_job_name,
+    target_key,
+)
 from etl_assets.lake import LakeIOManager, LakeStorage
 from etl_assets.monitoring.freshness import freshness_checks_for, freshness_sensor_for
 from etl_assets.pipelines import sensors as sensors_mod
@@ -93,8 +101,8 @@ def _build_schedule(spec: PipelineSpec, job, pdef: PartitionsDefinition | None, 
     Dagster's partitioned schedule can express the cron (:func:`partitioned_schedule_offsets`) it is that one, and the UI shows
     the job's partition set beside it."""
     sched = spec.schedule
-    assert sched is not None, f"{spec.name} has no schedule"
-    name, description = f"{spec.name}_schedule", f"{spec.name} on '{sched.cron}' ({sched.timezone})."
+    assert sched is not None, f"{spec.ref} has no schedule"
+    name, description = f"{spec.dagster_name}_schedule", f"{spec.ref} on '{sched.cron}' ({sched.timezone})."
     offsets = partitioned_schedule_offsets(spec, sched.cron, sched.timezone)
     if offsets is not None:
         return build_schedule_from_partitioned_job(
@@ -119,7 +127,7 @@ def _build_schedule(spec: PipelineSpec, job, pdef: PartitionsDefinition | None, 
             return RunRequest(run_key=None)
         closed = pdef.get_partition_keys(current_time=context.scheduled_execution_time)
         if not closed:
-            return SkipReason(f"no {spec.name} partition has closed yet (partitions start {spec.partitions.start})")
+            return SkipReason(f"no {spec.ref} partition has closed yet (partitions start {spec.partitions.start})")
         return RunRequest(run_key=closed[-1], partition_key=closed[-1])
 
     return _schedule
@@ -176,7 +184,7 @@ def build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -
 
 
 def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) -> BuiltPipelines:
-    by_name = {s.spec.name: s for s in specs}
+    by_name = {s.spec.ref: s for s in specs}
     assets: list[AssetsDefinition] = []
     groups: dict[tuple, list[AssetKey]] = defaultdict(list)
     jobs = []
@@ -196,18 +204,18 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
         keys = pipeline_keys(spec)
         groups[(spec.domain, _job_suffix(spec))].extend(keys)
         job = define_asset_job(
-            name=f"{spec.name}_pipeline",
+            name=pipeline_job_name(spec),
             selection=AssetSelection.assets(*keys),
-            description=f"Pipeline {spec.name} ({loaded.path.name}): extract or build, validate, load.",
+            description=f"Pipeline {spec.ref} ({loaded.path.name}): extract or build, validate, load.",
         )
         jobs.append(job)
-        job_by_name[spec.name] = job
+        job_by_name[spec.ref] = job
         if spec.source is not None:
             jobs.append(
                 define_asset_job(
-                    name=f"{spec.name}_revalidate",
+                    name=revalidate_job_name(spec),
                     selection=AssetSelection.assets(*[k for k in keys if k != raw_key(spec)]),
-                    description=f"Re-validate {spec.name} from the raw lake (no source call) and reload it: "
+                    description=f"Re-validate {spec.ref} from the raw lake (no source call) and reload it: "
                     "the replay of quarantined rows after a contract or upstream fix.",
                 )
             )
@@ -232,8 +240,8 @@ def _build_pipelines(specs: list[LoadedSpec], env: Callable[[str], str | None]) 
         )
     for loaded in specs:
         if loaded.spec.after:
-            upstream = [job_by_name[name] for name in loaded.spec.after]
-            sensors.append(sensors_mod.build_after_sensor(loaded.spec, job_by_name[loaded.spec.name], upstream))
+            upstream = [job_by_name[loaded.spec.resolve(name)] for name in loaded.spec.after]
+            sensors.append(sensors_mod.build_after_sensor(loaded.spec, job_by_name[loaded.spec.ref], upstream))
     if any(s.spec.source is not None and s.spec.source.kind == "files" for s in specs):
         sensors += sensors_mod.build_landing_sensors(s.spec for s in specs)
     sensors += freshness_sensor_for(asset_checks)

@@ -103,24 +103,24 @@ def run_key_for(dataset: str, name: str, size: int, sha256: str) -> str:
 def build_file_sensor(spec: PipelineSpec, job, pdef):
     """One sensor per files source, over its landing directory (through the landing storage resource)."""
     source = spec.source
-    assert isinstance(source, FilesSource), f"{spec.name} has no files source"
+    assert isinstance(source, FilesSource), f"{spec.ref} has no files source"
     arrival = spec.arrival
 
     @sensor(
-        name=f"{spec.name}_file_sensor",
+        name=f"{spec.dagster_name}_file_sensor",
         job=job,
         minimum_interval_seconds=arrival.interval_seconds,
         default_status=DefaultSensorStatus.RUNNING
         if arrival.default_status == "running"
         else DefaultSensorStatus.STOPPED,
         required_resource_keys={"landing"},
-        description=f"One run of {job.name} per new or changed file in landing/{spec.name}/ ({source.glob}).",
+        description=f"One run of {job.name} per new or changed file in landing/{spec.ref}/ ({source.glob}).",
     )
     def _sensor(context: SensorEvaluationContext):
         landing: LandingFilesSource = context.resources.landing
-        if source.ready_marker and not landing.marker_present(spec.name, source.ready_marker):
-            return SkipReason(f"waiting for the marker {source.ready_marker} in {landing.dataset_location(spec.name)}")
-        files = landing.scan(spec.name, source, limit=arrival.max_files_per_tick * SCAN_FACTOR)
+        if source.ready_marker and not landing.marker_present(spec.ref, source.ready_marker):
+            return SkipReason(f"waiting for the marker {source.ready_marker} in {landing.dataset_location(spec.ref)}")
+        files = landing.scan(spec.ref, source, limit=arrival.max_files_per_tick * SCAN_FACTOR)
         decision = decide_arrivals(
             files, json.loads(context.cursor) if context.cursor else {}, arrival.max_files_per_tick
         )
@@ -132,11 +132,11 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
             try:
                 partition = partition_for(f.name, source, keys)
             except PermanentSourceError as exc:
-                landing.quarantine(spec.name, f.name, str(exc))
+                landing.quarantine(spec.ref, f.name, str(exc))
                 context.log.warning(f"quarantined {f.name}: {exc}")
                 continue
             sha = landing.content_key(f.path)
-            candidates.append((f, partition, sha, run_key_for(spec.name, f.name, f.size, sha)))
+            candidates.append((f, partition, sha, run_key_for(spec.ref, f.name, f.size, sha)))
         loaded = {}
         if candidates:
             runs = context.instance.get_runs(
@@ -146,7 +146,7 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
         requests = []
         for f, partition, sha, run_key in candidates:
             if run_key in loaded:
-                landing.archive(spec.name, f.name, sha)
+                landing.archive(spec.ref, f.name, sha)
                 context.log.info(
                     f"{f.name}: identical to the file loaded by run {loaded[run_key]}; archived without a run"
                 )
@@ -155,7 +155,7 @@ def build_file_sensor(spec: PipelineSpec, job, pdef):
                 RunRequest(
                     run_key=run_key,
                     partition_key=partition,
-                    tags={TAG_DATASET: spec.name, TAG_FILE: f.name, TAG_SHA256: sha},
+                    tags={TAG_DATASET: spec.ref, TAG_FILE: f.name, TAG_SHA256: sha},
                 )
             )
         cursor = json.dumps({"observed": decision.observed, "requested": decision.requested}, sort_keys=True)
@@ -229,10 +229,10 @@ def _value(entry):
     return getattr(entry, "value", entry)
 
 
-def _failure_reason(context: RunFailureSensorContext, dataset: str, extract_step: str) -> tuple[str, str] | None:
+def _failure_reason(context: RunFailureSensorContext, validate_step: str, extract_step: str) -> tuple[str, str] | None:
     """The failed step and its message when the run failed because of the file itself, so that running the same
     file again fails the same way: the extract could not read it (a permanent error of ``extract_step``), or its
-    data broke the contract (a ``data_quality`` failure of ``validate_<dataset>``: a required column missing, a wrong
+    data broke the contract (a ``data_quality`` failure of ``validate_step``: a required column missing, a wrong
     delimiter, a nested value in a scalar column) and the input is to blame (``input_at_fault``, not a referenced
     dataset that is not loaded yet)."""
     for event in context.get_step_failure_events():
@@ -242,9 +242,7 @@ def _failure_reason(context: RunFailureSensorContext, dataset: str, extract_step
         error_class = _value(meta.get(META_ERROR_CLASS))
         at_fault = _value(meta.get(META_INPUT_AT_FAULT))
         unreadable = event.step_key == extract_step and error_class == "permanent"
-        broke_contract = (
-            event.step_key == f"validate_{dataset}" and error_class == "data_quality" and at_fault is not False
-        )
+        broke_contract = event.step_key == validate_step and error_class == "data_quality" and at_fault is not False
         if unreadable or broke_contract:
             assert event.step_key is not None  # it is the extract's or the validation's, compared above
             message = (user.description if user else None) or (data.error.message if data and data.error else "")
@@ -267,9 +265,9 @@ def build_landing_sensors(specs: Iterable[PipelineSpec]) -> list:
         specs: The code location's pipeline specs (those with a files source are used).
     """
     files_specs = [s for s in specs if isinstance(s.source, FilesSource)]
-    sources = {s.name: s.source for s in files_specs if isinstance(s.source, FilesSource)}
-    # an asset's op is named after its key
-    extract_steps = {s.name: raw_key(s).to_python_identifier() for s in files_specs}
+    sources = {s.ref: s.source for s in files_specs if isinstance(s.source, FilesSource)}
+    # an asset's op is named after its key; the validation's is validate_<domain>__<name>
+    steps = {s.ref: (f"validate_{s.dagster_name}", raw_key(s).to_python_identifier()) for s in files_specs}
 
     def checked(context) -> LandingTarget | None:
         run = context.dagster_run
@@ -283,7 +281,7 @@ def build_landing_sensors(specs: Iterable[PipelineSpec]) -> list:
         name=ARCHIVE_SENSOR,
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=5,
-        description="Moves a landing file to archive/<dataset>/ once the run that loaded it succeeded.",
+        description="Moves a landing file to archive/<domain>.<name>/ once the run that loaded it succeeded.",
     )
     def landing_archive_sensor(context: RunStatusSensorContext, landing: LandingFilesSource):
         # Always None: a returned SkipReason would end the tick, leaving the other finished runs for later ticks.
@@ -304,14 +302,14 @@ def build_landing_sensors(specs: Iterable[PipelineSpec]) -> list:
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=5,
         description="Moves a landing file its run could not load (unreadable, or breaking the contract) to "
-        "the landing zone's quarantine/<dataset>/, with the reason beside it.",
+        "the landing zone's quarantine/<domain>.<name>/, with the reason beside it.",
     )
     def landing_quarantine_sensor(context: RunFailureSensorContext, landing: LandingFilesSource):
         target = checked(context)
         if target is None:
             return
         label = f"{target.dataset}/{target.name}"
-        reason = _failure_reason(context, target.dataset, extract_steps[target.dataset])
+        reason = _failure_reason(context, *steps[target.dataset])
         if reason is None:
             context.log.info(f"{label}: run failed for another reason; file left for re-execution")
             return
@@ -333,12 +331,12 @@ def build_after_sensor(spec: PipelineSpec, job, upstream_jobs: list):
 
     @run_status_sensor(
         run_status=DagsterRunStatus.SUCCESS,
-        name=f"{spec.name}_after_sensor",
+        name=f"{spec.dagster_name}_after_sensor",
         monitored_jobs=upstream_jobs,
         request_job=job,
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=10,
-        description=f"{spec.name} after {', '.join(spec.after)} succeeds.",
+        description=f"{spec.ref} after {', '.join(spec.resolve(a) for a in spec.after)} succeeds.",
     )
     def _sensor(context: RunStatusSensorContext) -> Iterator[RunRequest]:
         run = context.dagster_run
@@ -358,12 +356,12 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
     whenever the watermark endpoint reports a newer watermark.
     """
     source = spec.source
-    assert isinstance(source, ApiSource), f"{spec.name} has no api source"
+    assert isinstance(source, ApiSource), f"{spec.ref} has no api source"
     time_column = spec.partitions.column
     max_pages = 20
 
     @sensor(
-        name=f"{spec.name}_watermark_sensor",
+        name=f"{spec.dagster_name}_watermark_sensor",
         job=job,
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.STOPPED,
@@ -381,7 +379,7 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
             current = _current_watermark(api, spec)
             if not current or current == watermark:
                 return SkipReason(f"watermark unchanged since {watermark}")
-            return SensorResult(run_requests=[RunRequest(run_key=f"{spec.name}:{current}")], cursor=current)
+            return SensorResult(run_requests=[RunRequest(run_key=f"{spec.ref}:{current}")], cursor=current)
         stats = ExtractStats()
         partitions: set[str] = set()
         with_limit = source.model_copy(update={"pagination": source.pagination.model_copy(update={"page_size": 1000})})
@@ -393,7 +391,7 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
             return SkipReason(f"no records updated since {watermark}")
         valid = set(pdef.get_partition_keys()) if pdef is not None else set()
         requests = [
-            RunRequest(run_key=f"{spec.name}:{p}:{stats.max_watermark}", partition_key=p)
+            RunRequest(run_key=f"{spec.ref}:{p}:{stats.max_watermark}", partition_key=p)
             for p in sorted(partitions)
             if p in valid
         ]
@@ -404,7 +402,7 @@ def build_watermark_sensor(spec: PipelineSpec, job, pdef, resource_key: str):
 
 def _current_watermark(api: RestApiSource, spec: PipelineSpec) -> str:
     source = spec.source
-    assert isinstance(source, ApiSource), f"{spec.name} has no api source"
+    assert isinstance(source, ApiSource), f"{spec.ref} has no api source"
     incremental = source.incremental
     # the sensor is built only for a source with a watermark endpoint (factory._build_pipelines)
     assert incremental is not None and incremental.watermark_endpoint is not None

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from etl_assets.keys import dagster_name, parse_ref, pipeline_ref
 from etl_assets.pipelines.spec_values import checked_cron, checked_owners, checked_tags, checked_timezone
 from etl_assets.resources.api import ApiSource
 from etl_assets.resources.files import FilesSource
@@ -146,6 +147,13 @@ def _domain(value: str) -> str:
         SpecFieldError: the name cannot be used, with the fix.
     """
     checked_name(value)
+    if "__" in value:
+        raise SpecFieldError(
+            "",
+            f"{value!r} holds '__', which ends the domain in the Dagster names of its pipelines "
+            "(<domain>__<name>_pipeline)",
+            f"use single underscores, e.g. {re.sub('_+', '_', value)}",
+        )
     folded = value.lower()
     if folded in RESERVED_SCHEMAS or folded.startswith(RESERVED_SCHEMA_PREFIX):
         raise SpecFieldError(
@@ -417,6 +425,21 @@ class PipelineSpec(SpecModel):
     _check_domain = field_validator("domain")(_domain)
     _check_owners = field_validator("owners")(checked_owners)
     _check_tags = field_validator("tags")(checked_tags)
+
+    @property
+    def ref(self) -> str:
+        """``<domain>.<name>``, how users, tags and messages name the pipeline (:func:`etl_assets.keys.pipeline_ref`)."""
+        return pipeline_ref(self)
+
+    @property
+    def dagster_name(self) -> str:
+        """``<domain>__<name>``, the prefix of its jobs, sensors, ops (:func:`etl_assets.keys.dagster_name`)."""
+        return dagster_name(self)
+
+    def resolve(self, ref: str) -> str:
+        """The pipeline reference ``ref`` (an ``after``, ``references.dataset`` or ``transform.inputs`` entry) stands
+        for: ``<domain>.<name>`` as written, a bare name in this pipeline's own domain."""
+        return ref if parse_ref(ref) else f"{self.domain}.{ref}"
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -932,7 +955,7 @@ def load_specs_isolated(dirs: list[Path] | None = None) -> tuple[list[LoadedSpec
         broken.extend(aside_here)
     loaded, refused = refuse_local_warehouse(loaded)  # the deployment's rule, before the specs are checked together
     broken.extend(refused)
-    # names declared by a spec that was set aside: a spec needing one of them is set aside with that reason
+    # pipelines (<domain>.<name>) declared by a spec that was set aside: a spec needing one is set aside, saying so
     aside: dict[str, str] = {}
     for item in broken:
         if item.name:
@@ -942,49 +965,52 @@ def load_specs_isolated(dirs: list[Path] | None = None) -> tuple[list[LoadedSpec
         if not errors:
             return loaded, broken
         for item, error in errors:
-            broken.append(BrokenSpec(item.path, str(error), item.spec.name))
-            aside.setdefault(item.spec.name, item.where)
+            broken.append(BrokenSpec(item.path, str(error), item.spec.ref))
+            aside.setdefault(item.spec.ref, item.where)
         at_fault = {id(item) for item, _ in errors}
         loaded = [item for item in loaded if id(item) not in at_fault]
 
 
 def _declared_name(path: Path) -> str | None:
-    """The ``name`` an invalid spec file declares, when it can be read at all."""
+    """The pipeline (``<domain>.<name>``) an invalid spec file declares, when it can be read at all."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return None
-    name = raw.get("name") if isinstance(raw, dict) else None
-    return name if isinstance(name, str) else None
+    if not isinstance(raw, dict):
+        return None
+    name, domain = raw.get("name"), raw.get("domain", PipelineSpec.model_fields["domain"].default)
+    return f"{domain}.{name}" if isinstance(name, str) and isinstance(domain, str) else None
 
 
 def _set_errors(loaded: list[LoadedSpec], aside: dict[str, str]) -> list[tuple[LoadedSpec, SpecError]]:
     """What is wrong with each spec against the others (at most one error per spec, in file order); ``aside``
     names the specs already set aside, so a spec needing one says so."""
     errors: list[tuple[LoadedSpec, SpecError]] = []
-    by_name: dict[str, LoadedSpec] = {}
+    by_name: dict[str, LoadedSpec] = {}  # by reference, <domain>.<name>
     by_folded: dict[str, LoadedSpec] = {}
     for item in loaded:
-        name = item.spec.name
-        other = by_folded.get(name.lower())
+        ref = item.spec.ref
+        other = by_folded.get(ref.lower())
         if other is not None:
             problem = (
-                f"{name!r} is already declared in {other.where}"
-                if other.spec.name == name
-                else f"{name!r} differs only in case from {other.spec.name!r} in {other.where}, and their warehouse "
+                f"{item.spec.name!r} is already declared in domain {item.spec.domain!r} by {other.where}"
+                if other.spec.ref == ref
+                else f"{ref!r} differs only in case from {other.spec.ref!r} in {other.where}, and their warehouse "
                 "tables would be one (DuckDB does not tell them apart)"
             )
             errors.append((item, _spec_error(item.where, "name", problem, "rename one of them")))
             continue
-        by_name[name] = by_folded[name.lower()] = item
+        by_name[ref] = by_folded[ref.lower()] = item
 
     def unknown(field: str, item: LoadedSpec, name: str, problem: str, fix: str) -> SpecError:
-        if name in aside and name not in by_name:
+        ref = item.spec.resolve(name)
+        if ref in aside and ref not in by_name:
             return _spec_error(
                 item.where,
                 field,
-                f"{name!r} is declared in {aside[name]}, which is invalid",
-                f"fix {aside[name]} (its own error is reported too)",
+                f"{ref!r} is declared in {aside[ref]}, which is invalid",
+                f"fix {aside[ref]} (its own error is reported too)",
             )
         return _spec_error(item.where, field, problem, fix)
 
@@ -1006,38 +1032,75 @@ def _set_errors(loaded: list[LoadedSpec], aside: dict[str, str]) -> list[tuple[L
 
 def _check_against(item: LoadedSpec, by_name: dict[str, LoadedSpec], unknown: Callable[..., SpecError]) -> None:
     """Raise the first thing ``item`` gets wrong about the other specs (``by_name``)."""
-    for name in item.spec.after:
-        if name not in by_name or name == item.spec.name:
+    spec = item.spec
+    for name in spec.after:
+        if spec.resolve(name) not in by_name or spec.resolve(name) == spec.ref:
             raise unknown(
                 "after",
                 item,
                 name,
-                f"{name!r} is not another pipeline",
-                f"use one of {sorted(set(by_name) - {item.spec.name})}",
+                f"{name!r} is not another pipeline{_elsewhere(spec, name, by_name)}",
+                f"use one of {_choices(spec, by_name, exclude=spec.ref)}",
             )
-    for index, column in enumerate(item.spec.columns):
+    for index, column in enumerate(spec.columns):
         ref = column.references
         if ref is None:
             continue
-        target = by_name.get(ref.dataset)
+        target = by_name.get(spec.resolve(ref.dataset))
         if target is None or target.spec.source is None or ref.column not in {c.name for c in target.spec.columns}:
             raise unknown(
                 f"columns.{index}.references",
                 item,
                 ref.dataset,
-                f"{ref.dataset}.{ref.column} is not a column of a source pipeline",
+                f"{ref.dataset}.{ref.column} is not a column of a source pipeline"
+                + _elsewhere(spec, ref.dataset, by_name),
                 "name a declared column",
             )
-    if item.spec.transform is None:
+    if spec.transform is None:
         return
-    for name in item.spec.transform.inputs:
-        if name not in by_name:
-            raise unknown("transform.inputs", item, name, f"unknown dataset {name!r}", f"use one of {sorted(by_name)}")
-        if name == item.spec.name:
+    views: dict[str, str] = {}
+    for name in spec.transform.inputs:
+        if spec.resolve(name) not in by_name:
+            raise unknown(
+                "transform.inputs",
+                item,
+                name,
+                f"unknown dataset {name!r}{_elsewhere(spec, name, by_name)}",
+                f"use one of {_choices(spec, by_name)}",
+            )
+        if spec.resolve(name) == spec.ref:
             raise _spec_error(
                 item.where, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs"
             )
+        bare = name.rpartition(".")[2]
+        if bare in views and views[bare] != spec.resolve(name):
+            raise _spec_error(
+                item.where,
+                "transform.inputs",
+                f"{views[bare]} and {spec.resolve(name)} are both inputs, and the SQL would see both as the view {bare}",
+                "keep one, or build a mart of one of them under another name first",
+            )
+        views[bare] = spec.resolve(name)
     item.transform_sql()
+
+
+def _elsewhere(spec: PipelineSpec, name: str, by_name: dict[str, LoadedSpec]) -> str:
+    """For a bare name unknown in ``spec``'s domain: the pipelines of that name in other domains, as a hint."""
+    if parse_ref(name):
+        return ""
+    found = sorted(ref for ref in by_name if ref.partition(".")[2] == name)
+    if not found:
+        return ""
+    return (
+        f" of domain {spec.domain!r} (a name without a domain is its own domain's; did you mean {' or '.join(found)}?)"
+    )
+
+
+def _choices(spec: PipelineSpec, by_name: dict[str, LoadedSpec], exclude: str | None = None) -> list[str]:
+    """The pipelines a reference of ``spec`` may name: its own domain's by name, the others as <domain>.<name>."""
+    return sorted(
+        item.spec.name if item.spec.domain == spec.domain else ref for ref, item in by_name.items() if ref != exclude
+    )
 
 
 class _CycleError(Exception):
@@ -1060,9 +1123,9 @@ def _check_acyclic(by_name: dict[str, LoadedSpec]) -> None:
                 by_name[name], _spec_error(by_name[name].where, "transform.inputs", f"cycle {cycle}", "break the cycle")
             )
         state[name] = 1
-        transform = by_name[name].spec.transform
-        for dep in transform.inputs if transform else []:
-            visit(dep, [*trail, name])
+        spec = by_name[name].spec
+        for dep in spec.transform.inputs if spec.transform else []:
+            visit(spec.resolve(dep), [*trail, name])
         state[name] = 2
 
     for name in by_name:

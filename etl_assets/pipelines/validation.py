@@ -60,8 +60,9 @@ FAMILIES = (
 
 
 def reference_view(dataset: str) -> str:
-    """Name of the view holding a referenced dataset's keys during validation."""
-    return f"__ref_{dataset}"
+    """Name of the view holding a referenced dataset's keys during validation (``dataset`` as the column's
+    ``references`` writes it: a name, or ``<domain>.<name>``)."""
+    return "__ref_" + dataset.replace(".", "__")
 
 
 @dataclass(frozen=True)

@@ -58,18 +58,18 @@ def expire_raw_inputs(
                 if partition is not None and partition_date(partition) < cutoff:
                     # under the partition's lock: never under a writer or reader of it that holds the lock
                     if lake.remove(raw_key(spec).path, partition):
-                        removed.append(Expired(spec.name, "raw_partition", partition))
+                        removed.append(Expired(spec.ref, "raw_partition", partition))
         if keep.archive_days is not None:
             oldest = now.timestamp() - keep.archive_days * 86400
-            for name in landing.expire_archived(spec.name, oldest):
-                removed.append(Expired(spec.name, "archived_file", name))
+            for name in landing.expire_archived(spec.ref, oldest):
+                removed.append(Expired(spec.ref, "archived_file", name))
     return removed
 
 
 def build_retention(specs: Sequence[LoadedSpec]):
     """The retention job and its daily schedule (running by default: it removes only what specs allow)."""
     pipeline_specs = [s.spec for s in specs]
-    configured = [s.name for s in pipeline_specs if s.retention.raw_days or s.retention.archive_days]
+    configured = [s.ref for s in pipeline_specs if s.retention.raw_days or s.retention.archive_days]
 
     @op(required_resource_keys={"lake", "landing"})
     def expire_raw(context: OpExecutionContext):

@@ -47,7 +47,7 @@ def extract(
     Returns:
         The rows (text values plus ``_etl_source``) and, once they are consumed, the extract's figures.
     """
-    assert spec.source is not None, f"{spec.name} is a transform pipeline: it has no source to extract"
+    assert spec.source is not None, f"{spec.ref} is a transform pipeline: it has no source to extract"
     # the resource is the one of the source's kind (assets.source_resource_key)
     if spec.source.kind == "api":
         return extract_api(spec, cast(RestApiSource, source), window)
@@ -58,7 +58,7 @@ def extract(
 
 def extract_api(spec: PipelineSpec, api: RestApiSource, window: Window | None) -> LakeStream:
     """An API source's pages, every batch given the first one's columns (see :func:`conforming`)."""
-    assert isinstance(spec.source, ApiSource), f"{spec.name} has no api source"
+    assert isinstance(spec.source, ApiSource), f"{spec.ref} has no api source"
     started = time.perf_counter()
     columns = [c.name for c in spec.columns]
     stats = ExtractStats()
@@ -74,7 +74,7 @@ def extract_api(spec: PipelineSpec, api: RestApiSource, window: Window | None) -
         yield first
         yield from pages
 
-    reader = pa.RecordBatchReader.from_batches(schema, conforming(schema, batches(), spec.name))
+    reader = pa.RecordBatchReader.from_batches(schema, conforming(schema, batches(), spec.ref))
     return LakeStream(
         reader,
         lambda: {
@@ -92,7 +92,7 @@ def extract_api(spec: PipelineSpec, api: RestApiSource, window: Window | None) -
 def extract_sql(spec: PipelineSpec, db: SqlDatabaseSource, window: Window | None) -> LakeStream:
     """A database table's or query's rows, within the window when there is one."""
     src = spec.source
-    assert isinstance(src, SqlSource), f"{spec.name} has no sql source"
+    assert isinstance(src, SqlSource), f"{spec.ref} has no sql source"
     started = time.perf_counter()
     reader = db.extract(src, window=window)
     return LakeStream(
@@ -117,12 +117,12 @@ def extract_files(
     own_file: str | None = None,
 ) -> LakeStream:
     """The landing files of the partition (refused ones moved to the landing quarantine, each logged)."""
-    assert isinstance(spec.source, FilesSource), f"{spec.name} has no files source"
+    assert isinstance(spec.source, FilesSource), f"{spec.ref} has no files source"
     started = time.perf_counter()
     con = duckdb_connection()
     read = landing.open_partition(
         con,
-        spec.name,
+        spec.ref,
         spec.source,
         partition,
         required=[c.name for c in spec.columns if not c.nullable],
@@ -130,14 +130,14 @@ def extract_files(
     )
     for refusal in read.moved:
         log.warning(
-            f"{spec.name}: {refusal.file.delivered.name} refused and moved to landing quarantine: {refusal.reason}"
+            f"{spec.ref}: {refusal.file.delivered.name} refused and moved to landing quarantine: {refusal.reason}"
         )
     for refusal in read.skipped:
-        log.warning(f"{spec.name}: {refusal.file.delivered.name} left out (its own run judges it): {refusal.reason}")
+        log.warning(f"{spec.ref}: {refusal.file.delivered.name} left out (its own run judges it): {refusal.reason}")
     gone = sources_no_longer_delivered(lake, spec, partition, read)
     if gone:
         log.warning(
-            f"{spec.name}: the partition's raw data held rows of {', '.join(gone)}, which is no longer "
+            f"{spec.ref}: the partition's raw data held rows of {', '.join(gone)}, which is no longer "
             "in landing or the archive (expired by retention.archive_days, or removed); its rows "
             "are not in the new raw partition"
         )

@@ -23,6 +23,17 @@ from etl_assets.sqlutil import qualified, quote_literal
 QUARANTINE_SCHEMA = "quarantine"
 
 
+def quarantine_table_name(spec: PipelineSpec) -> str:
+    """The name of the pipeline's table in the warehouse's quarantine schema: ``<domain>__<name>``, so that two
+    domains' pipelines of one name keep their quarantines apart."""
+    return spec.dagster_name
+
+
+def quarantine_table(spec: PipelineSpec) -> str:
+    """``quarantine.<domain>__<name>``: where the warehouse keeps the pipeline's quarantined rows."""
+    return f"{QUARANTINE_SCHEMA}.{quarantine_table_name(spec)}"
+
+
 class LoadContract:
     """The contract as a warehouse load re-checks it on the rows it inserts, before it commits.
 
@@ -59,7 +70,7 @@ class LoadContract:
             )
             con.execute(
                 f"CREATE OR REPLACE TEMP VIEW __etl_loaded_quarantine AS SELECT * FROM"
-                f" {qualified(QUARANTINE_SCHEMA, spec.name)} WHERE {PARTITION_COLUMN} = {literal}"
+                f" {qualified(QUARANTINE_SCHEMA, quarantine_table_name(spec))} WHERE {PARTITION_COLUMN} = {literal}"
             )
             started = time.perf_counter()
             found[validation.DUPLICATE_KEY] = validation.loaded_duplicate_keys(
@@ -95,7 +106,7 @@ class LoadContract:
         return ContractError(
             f"{self.table} partition {partition}: the rows being loaded break the contract ({broken}); the load was "
             "rolled back and the warehouse keeps its previous rows. The clean data in the lake does not match its "
-            f"validation: re-run validate_{self.spec.name} for this partition"
+            f"validation: re-run validate_{self.spec.dagster_name} for this partition"
         )
 
 
@@ -162,7 +173,7 @@ def load_partition(
     with no_retry_for_permanent_errors():  # a contract mismatch is not fixed by loading again
         try:
             result, q_result = target.replace_partitions(
-                [(spec.domain, spec.name, data), (QUARANTINE_SCHEMA, spec.name, quarantined)],
+                [(spec.domain, spec.name, data), (QUARANTINE_SCHEMA, quarantine_table_name(spec), quarantined)],
                 partition,
                 run_id,
                 guards=contract.guards,
@@ -185,12 +196,14 @@ def load_partition(
 def load_held_quarantine(
     spec: PipelineSpec, warehouse: DuckDBWarehouse, quarantined: LakeTable, partition: str, run_id: str
 ) -> int:
-    """Replace ``partition`` of ``quarantine.<name>`` alone, for a run whose quality gate held the load: the dataset
+    """Replace ``partition`` of the pipeline's quarantine table (:func:`quarantine_table`) alone, for a run whose quality gate held the load: the dataset
     keeps its previous rows, while the rows that held it are where a user looks for them (the next load that passes
     the gate replaces both together again).
 
     Returns:
-        The partition's rows in ``quarantine.<name>`` after the load.
+        The partition's rows in the quarantine table after the load.
     """
-    (result,) = warehouse.replace_partitions([(QUARANTINE_SCHEMA, spec.name, quarantined)], partition, run_id)
+    (result,) = warehouse.replace_partitions(
+        [(QUARANTINE_SCHEMA, quarantine_table_name(spec), quarantined)], partition, run_id
+    )
     return result.rows

@@ -37,7 +37,7 @@ def transform(
         PermanentSourceError: the SQL reached outside the lake (a file, URL, database or extension).
     """
     spec = loaded.spec
-    assert spec.transform is not None, f"{spec.name} is a source pipeline: it has no transform"
+    assert spec.transform is not None, f"{spec.ref} is a source pipeline: it has no transform"
     con = duckdb_connection(allowed_directories=[lake_root])
     for name, table in tables.items():
         con.register(name, table.relation(con))
@@ -45,7 +45,7 @@ def transform(
     if "$partition_start" in sql_text or "$partition_end" in sql_text:
         if window is None:
             raise ContractError(
-                f"{loaded.path}: the SQL uses $partition_start/$partition_end but {spec.name} is unpartitioned"
+                f"{loaded.path}: the SQL uses $partition_start/$partition_end but {spec.ref} is unpartitioned"
             )
         params = {"partition_start": window[0], "partition_end": window[1]}
     try:
@@ -59,7 +59,7 @@ def transform(
         ):
             inputs = ", ".join(spec.transform.inputs)
             raise PermanentSourceError(
-                f"transform {spec.name} ({spec.transform.sql}) was refused access outside the lake: {message}. "
+                f"transform {spec.ref} ({spec.transform.sql}) was refused access outside the lake: {message}. "
                 f"Transform SQL may only read its inputs ({inputs}, registered as views of those names) and cannot "
                 "read or write files, URLs, databases or extensions: remove that access from the SQL"
             ) from exc

@@ -16,7 +16,7 @@ import duckdb
 from dagster import AssetKey, get_dagster_logger
 
 from etl_assets.errors import UpstreamNotReadyError
-from etl_assets.keys import UNPARTITIONED, Pipeline, clean_key
+from etl_assets.keys import UNPARTITIONED, Pipeline, clean_key, parse_ref
 from etl_assets.lake import VIEW_SUFFIX, LakeError, LakeStorage, LakeTable, LakeView, view_files, view_stats
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import PipelineSpec
@@ -161,16 +161,17 @@ def validate_batch(
     raw_columns = raw_rel.columns
     raw_types = dict(zip(raw_columns, map(str, raw_rel.types)))
     # names no SQL can use (`bad col`, the platform's own, equal up to case) fail at once, not as a retried bug
-    validation.check_column_names(spec.name, raw_columns)
-    validation.check_required_columns(spec.name, spec.columns, raw_columns)
-    validation.check_castable_types(spec.name, spec.columns, raw_types)
+    validation.check_column_names(spec.ref, raw_columns)
+    validation.check_required_columns(spec.ref, spec.columns, raw_columns)
+    validation.check_castable_types(spec.ref, spec.columns, raw_types)
     # file_row_number: DuckDB's position of the row in its Parquet file (first-wins order and row identity)
     con.register("raw", raw_rel.project(f'*, file_row_number AS "{validation.ROW_COLUMN}"'))
     for name in sorted({c.references.dataset for c in spec.columns if c.references is not None}):
-        ref_key = (references or {}).get(name) or clean_key(Pipeline(spec.domain, name))
+        ref = spec.resolve(name)
+        ref_key = (references or {}).get(ref) or clean_key(parse_ref(ref) or Pipeline(spec.domain, name))
         ref_partitions = lake.partitions(ref_key.path)
         if not ref_partitions:
-            raise UpstreamNotReadyError(f"{spec.name}: its relationship to {name} needs {name} loaded first; run it")
+            raise UpstreamNotReadyError(f"{spec.ref}: its relationship to {ref} needs {ref} loaded first; run it")
         con.register(validation.reference_view(name), lake.table(ref_key.path, ref_partitions).relation(con))
     others = [p for p in lake.partitions(ck.path) if (p or UNPARTITIONED) != partition] if spec.primary_key else []
     stats: dict = {}
@@ -368,7 +369,7 @@ def overlapping_partitions(
             chosen.append(None if key == UNPARTITIONED else key)
     for key, reason in skipped:
         get_dagster_logger().warning(
-            f"{spec.name}: partition {key} is left out of the duplicate-key check across partitions, as it cannot be"
+            f"{spec.ref}: partition {key} is left out of the duplicate-key check across partitions, as it cannot be"
             f" read ({reason}); its keys were not compared with this batch's. Re-materialize it to repair it."
         )
     if unreadable is not None:
