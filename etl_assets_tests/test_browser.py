@@ -282,7 +282,7 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM shop.customers").fetchall()[0][0] == shop_data.customers
         assert con.execute("SELECT count(*) FROM shop.products").fetchall()[0][0] == shop_data.products
-        assert con.execute("SELECT product_id FROM quarantine.products").fetchall() == [(str(BAD_PRODUCT),)]
+        assert con.execute("SELECT product_id FROM quarantine.shop__products").fetchall() == [(str(BAD_PRODUCT),)]
     assert width > 300, f"the health chart shown is {width} px wide: not the rendered PNG"
     # what the checks tab showed is what the instance recorded: the range check failed, as a WARN
     check = webserver.graphql(CHECK_QUERY, {"path": ["shop", "clean_products"], "name": "range"})
@@ -351,4 +351,4 @@ def test_the_demos_runs_and_a_bad_spec_as_the_ui_shows_them(
                 shot(page, f"failure_{_test_name()}")
             raise
     assert "broken.yaml" in body and "INTEGR" in body
-    assert "inventory_pipeline" not in timeline  # a job without runs has no row: the rows are the demo's runs
+    assert "shop__inventory_pipeline" not in timeline  # a job without runs has no row: the rows are the demo's runs

@@ -114,7 +114,7 @@ class Daemon:
 
 
 def make_lab(tmp_path: Path, files: dict[str, str], env: dict[str, str]):
-    """A DAGSTER_HOME with the repository's dagster.yaml, a data dir with `landing/events/`, a spec dir holding
+    """A DAGSTER_HOME with the repository's dagster.yaml, a data dir with `landing/lab.events/`, a spec dir holding
     ``files`` and a (not yet started) daemon over them. Returns ``(env, landing, data, daemon)``."""
     home, data, specs = tmp_path / "home", tmp_path / "data", tmp_path / "specs"
     for d in (home, data, specs):
@@ -123,7 +123,7 @@ def make_lab(tmp_path: Path, files: dict[str, str], env: dict[str, str]):
     for name, text in files.items():
         (specs / name).write_text(textwrap.dedent(text))
     env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs), **env}
-    landing = data / "landing" / "events"
+    landing = data / "landing" / "lab.events"
     landing.mkdir(parents=True)
     # the instance's SQLite storage is created here, before the daemon starts: created by the daemon while the test
     # polls it, both processes stamped the schema and the next read failed ("more than one head present")
@@ -174,21 +174,21 @@ def test_files_to_warehouse_and_automation_refreshes_the_mart(lab):
 
     wait_for(
         "two pipeline runs to succeed",
-        lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 2,
+        lambda: len(runs_of(env, "lab__events_pipeline", DagsterRunStatus.SUCCESS)) == 2,
         240,
         daemon,
     )
     assert warehouse(env, "SELECT count(*), sum(amount) FROM lab.events") == [(5, pytest.approx(38.75))]
-    wait_for("both files archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == 2, 60, daemon)
+    wait_for("both files archived", lambda: len(list((data / "archive" / "lab.events").glob("*.csv"))) == 2, 60, daemon)
     assert list(landing.iterdir()) == []
     # event trigger: events_audit runs after each successful events run, for the same partition
     wait_for(
         "the triggered audit runs",
-        lambda: len(runs_of(env, "events_audit_pipeline", DagsterRunStatus.SUCCESS)) == 2,
+        lambda: len(runs_of(env, "lab__events_audit_pipeline", DagsterRunStatus.SUCCESS)) == 2,
         240,
         daemon,
     )
-    audits = runs_of(env, "events_audit_pipeline")
+    audits = runs_of(env, "lab__events_audit_pipeline")
     assert sorted(r.tags["dagster/partition"] for r in audits) == sorted([earlier, YESTERDAY])
     assert all(r.tags["etl/triggered_by_run"] for r in audits)
 
@@ -198,14 +198,14 @@ def test_files_to_warehouse_and_automation_refreshes_the_mart(lab):
     bad.write_bytes(b"")
     wait_for(
         "the empty file quarantined",
-        lambda: len(list((data / "quarantine" / "events").glob("*.reason.txt"))) == 1,
+        lambda: len(list((data / "quarantine" / "lab.events").glob("*.reason.txt"))) == 1,
         240,
         daemon,
     )
-    reason = next((data / "quarantine" / "events").glob("*.reason.txt")).read_text()
+    reason = next((data / "quarantine" / "lab.events").glob("*.reason.txt")).read_text()
     assert "empty (0 bytes)" in reason and bad.name in reason
     wait_for(
-        "the empty file's run", lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 3, 240, daemon
+        "the empty file's run", lambda: len(runs_of(env, "lab__events_pipeline", DagsterRunStatus.SUCCESS)) == 3, 240, daemon
     )
     assert warehouse(env, f"SELECT count(*) FROM lab.events WHERE _etl_partition = '{earlier}'") == [(2,)]
     # automation: the mart's latest partition is built without any request from the test
@@ -224,7 +224,7 @@ def test_files_to_warehouse_and_automation_refreshes_the_mart(lab):
         300,
         daemon,
     )
-    assert len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 4
+    assert len(runs_of(env, "lab__events_pipeline", DagsterRunStatus.SUCCESS)) == 4
     assert warehouse(env, "SELECT count(*) FROM lab.events") == [(6,)]
 
 
@@ -238,7 +238,7 @@ def events_lab(tmp_path: Path):
 
 def test_every_file_of_a_day_is_the_partition_and_a_redelivery_replaces_only_its_rows(events_lab):
     env, landing, data, daemon = events_lab
-    archive = data / "archive" / "events"
+    archive = data / "archive" / "lab.events"
 
     def events() -> list[tuple]:
         rows = warehouse(env, "SELECT event_id, kind, amount, _etl_partition FROM lab.events ORDER BY event_id")
@@ -246,7 +246,7 @@ def test_every_file_of_a_day_is_the_partition_and_a_redelivery_replaces_only_its
         return rows
 
     def succeeded():
-        return len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS))
+        return len(runs_of(env, "lab__events_pipeline", DagsterRunStatus.SUCCESS))
 
     write_events(landing, YESTERDAY, [(1, "view", "1.00"), (2, "buy", "10.00")], "_storeA")
     daemon.start()
@@ -292,7 +292,7 @@ def test_every_file_of_a_day_is_the_partition_and_a_redelivery_replaces_only_its
     # an identical re-delivery changes nothing: archived without a run
     write_events(landing, YESTERDAY, [(3, "view", "2.00"), (4, "buy", "20.50"), (5, "buy", "5.25")], "_storeB")
     wait_for("the identical storeB archived", lambda: len(list(archive.glob("*storeB.csv"))) == 2, 120, daemon)
-    assert succeeded() == 3 and len(runs_of(env, "events_pipeline")) == 3
+    assert succeeded() == 3 and len(runs_of(env, "lab__events_pipeline")) == 3
     assert len(events()) == 5
     # the raw partition holds every file's rows once, named by file
     import pyarrow.parquet as pq
@@ -316,7 +316,7 @@ def test_daemon_killed_mid_tick_loses_and_duplicates_nothing(lab):
     instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
     wait_for(
         "the first sensor run request",
-        lambda: len(instance.get_runs(RunsFilter(job_name="events_pipeline"))) > 0,
+        lambda: len(instance.get_runs(RunsFilter(job_name="lab__events_pipeline"))) > 0,
         180,
         daemon,
     )
@@ -324,16 +324,16 @@ def test_daemon_killed_mid_tick_loses_and_duplicates_nothing(lab):
     daemon.start()
     wait_for(
         "every file's run to succeed",
-        lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) >= len(days),
+        lambda: len(runs_of(env, "lab__events_pipeline", DagsterRunStatus.SUCCESS)) >= len(days),
         420,
         daemon,
     )
-    runs = runs_of(env, "events_pipeline")
+    runs = runs_of(env, "lab__events_pipeline")
     keys = [r.tags.get("dagster/run_key") for r in runs]
     assert len(keys) == len(set(keys)) == len(days), keys
     assert sorted(r.tags["dagster/partition"] for r in runs) == days
     wait_for(
-        "all files archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == len(days), 120, daemon
+        "all files archived", lambda: len(list((data / "archive" / "lab.events").glob("*.csv"))) == len(days), 120, daemon
     )
     assert warehouse(env, "SELECT count(*), count(DISTINCT event_id) FROM lab.events") == [(36, 36)]
 
@@ -349,7 +349,7 @@ def test_a_bad_spec_beside_a_good_one_under_the_daemon(tmp_path: Path):
         daemon.start()
         wait_for(
             "the good pipeline's run",
-            lambda: len(runs_of(env, "events_pipeline", DagsterRunStatus.SUCCESS)) == 1,
+            lambda: len(runs_of(env, "lab__events_pipeline", DagsterRunStatus.SUCCESS)) == 1,
             240,
             daemon,
         )

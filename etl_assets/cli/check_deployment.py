@@ -332,7 +332,7 @@ def check_pipelines(distributed: bool) -> Iterator[Check]:
             " failed runs' error records stay spooled under $ETL_DATA_DIR/ops on the daemon's host and"
             " pipeline_health_job fails; alerts still go out",
         )
-    on_postgres = [s.spec.name for s in specs if "postgres" in s.spec.targets]
+    on_postgres = [s.spec.ref for s in specs if "postgres" in s.spec.targets]
     yield _check_postgres_target(on_postgres, distributed)
     if invalid:
         yield Check(
