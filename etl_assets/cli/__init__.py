@@ -76,7 +76,9 @@ def dagster_home() -> Path:
         path = Path(home).expanduser()
         if not path.is_dir():  # Dagster would stop with a traceback; the instance starts empty there instead
             path.mkdir(parents=True, exist_ok=True)
-            print(f"etl-assets: created DAGSTER_HOME {path} (a new, empty Dagster instance)", file=sys.stderr, flush=True)
+            print(
+                f"etl-assets: created DAGSTER_HOME {path} (a new, empty Dagster instance)", file=sys.stderr, flush=True
+            )
         return path
     path = Path(DEFAULT_DAGSTER_HOME).resolve()
     path.mkdir(parents=True, exist_ok=True)

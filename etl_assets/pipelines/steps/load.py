@@ -117,7 +117,8 @@ class PartitionLoad:
     Attributes:
         rows: The partition's rows in the target after the load.
         rows_expected: The lake partition's rows (the target must hold exactly these).
-        quarantine_rows: Rows of ``quarantine.<name>`` after the load; ``None`` when the quarantine was not loaded.
+        quarantine_rows: Rows of the quarantine table (``quarantine.<domain>__<name>``) after the load; ``None`` when
+            the quarantine was not loaded.
         violations: The contract's rules re-checked on the rows as loaded, by rule; ``None`` without the contract.
         check_seconds: The key re-count's share of the load.
     """
@@ -146,7 +147,7 @@ def load_partition(
     Args:
         target: The target resource.
         quarantined: The partition's quarantine, for the DuckDB warehouse: then the dataset and its quarantine
-            (``quarantine.<name>``) are replaced in one transaction under the contract.
+            (``quarantine.<domain>__<name>``) are replaced in one transaction under the contract.
         contract: The contract to load under (built from ``spec`` when not given); only with ``quarantined``.
 
     Raises:
