@@ -307,7 +307,10 @@ def _scale_options(parser: argparse.ArgumentParser, inherited: bool = False) -> 
 
 
 def _partition_range_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pipeline", help="a source pipeline, e.g. orders")
+    parser.add_argument(
+        "pipeline",
+        help="a source pipeline: its name (orders), or <domain>.<name> (shop.orders) when several domains have one",
+    )
     parser.add_argument("--from", dest="start", help="first partition key (default: the first partition)")
     parser.add_argument("--to", dest="end", help="last partition key, inclusive (default: --from)")
 
