@@ -4,12 +4,17 @@ import time; and the rules of a distributed deployment (no DuckDB warehouse, no 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from etl_assets.redact import redact
 from etl_assets.sqlutil import quote_literal
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 LOCAL = "local"
 PRODUCTION = "production"
@@ -184,6 +189,10 @@ def duckdb_connection(
     }
     if os.environ.get("ETL_DUCKDB_THREADS"):
         config["threads"] = int(os.environ["ETL_DUCKDB_THREADS"])
+    if database == ":memory:" and allowed_directories is None:
+        con = _shared_memory_database(config).cursor()
+        con.execute("SET TimeZone = 'UTC'")
+        return con
     con = duckdb.connect(database, read_only=read_only, config=config)
     con.execute("SET TimeZone = 'UTC'")
     if allowed_directories is not None:
@@ -193,6 +202,26 @@ def duckdb_connection(
         con.execute(f"SET allowed_directories = [{dirs}]")
         con.execute("SET enable_external_access = false")
     return con
+
+
+# One in-memory DuckDB database per process and configuration, which every in-memory connection is a cursor of.
+# duckdb.connect(":memory:") starts a database instance (buffer manager, built-in extensions): 11-16 ms here, four
+# times per partition of a run; a cursor is a connection of its own to that database (its own registered relations,
+# temporary tables, settings and transactions, nothing shared but the memory limit) for about 5 µs. A confined
+# connection (allowed_directories) turns external access off for its whole database, so it always gets its own.
+_SHARED: dict[tuple, DuckDBPyConnection] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_memory_database(config: dict) -> DuckDBPyConnection:
+    import duckdb
+
+    key = (os.getpid(), tuple(sorted(config.items())))  # a forked child never uses its parent's instance
+    with _SHARED_LOCK:
+        base = _SHARED.get(key)
+        if base is None:
+            base = _SHARED[key] = duckdb.connect(":memory:", config=config)
+        return base
 
 
 LAKE_URL_ENV = "ETL_LAKE_URL"
