@@ -4,11 +4,13 @@ fails loading with a message naming the file, the field and the fix."""
 from __future__ import annotations
 
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from etl_assets.definitions import build_definitions
+from etl_assets.pipelines.policy import partitions_def_for
 from etl_assets.pipelines.spec import PACKAGED_SPEC_DIRS, SpecError, load_specs, parse_spec_file, spec_dirs
 
 VALID_FILES_SPEC = """
@@ -45,6 +47,28 @@ def test_valid_spec_parses_with_defaults(tmp_path: Path):
     assert spec.columns[2].type == "DECIMAL(10,2)"
     assert spec.targets == ["duckdb"]
     assert spec.retry.max_retries == 3
+
+
+@pytest.mark.parametrize(
+    ("partitions", "count", "first", "final"),
+    [
+        ("{type: daily, start: 2024-01-01, last: 2024-01-07}", 7, "2024-01-01", "2024-01-07"),
+        ("{type: daily, start: 2024-01-07, last: 2024-01-07}", 1, "2024-01-07", "2024-01-07"),
+        ("{type: hourly, start: 2024-01-01, last: 2024-01-07}", 168, "2024-01-01-00:00", "2024-01-07-23:00"),
+        ("{type: daily, start: 2024-01-01, last: 2024-01-07, timezone: Asia/Tokyo}", 7, "2024-01-01", "2024-01-07"),
+    ],
+)
+def test_last_is_the_last_partitions_date_inclusive(tmp_path: Path, partitions, count, first, final):
+    spec = parse_spec_file(
+        write(tmp_path, "r.yaml", VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", partitions))
+    ).spec
+    pdef = partitions_def_for(spec)
+    assert pdef is not None
+    keys = pdef.get_partition_keys()
+    assert (len(keys), keys[0], keys[-1]) == (count, first, final)
+    # Dagster's end is exclusive: the day after `last`, at midnight in the partitions' zone
+    assert pdef.end is not None and pdef.end.isoformat().startswith("2024-01-08T00:00:00")
+    assert (pdef.end.utcoffset() or timedelta(0)) == (timedelta(hours=9) if "Tokyo" in partitions else timedelta(0))
 
 
 def test_pipelines_dir_adds_a_pipeline_without_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -90,6 +114,28 @@ BAD_SPECS = [
         "partitions.start",
         "needs `start`",
         id="daily-without-start",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace(
+            "{type: daily, start: 2024-01-01}", "{type: daily, start: 2024-01-08, last: 2024-01-07}"
+        ),
+        "partitions.last",
+        "the last partition's date 2024-01-07 is before the first's (start: 2024-01-08)",
+        id="last-before-start",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: none, last: 2024-01-07}"),
+        "partitions.last",
+        "this one is not partitioned",
+        id="last-without-partitions",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace(
+            "{type: daily, start: 2024-01-01}", "{type: daily, start: 2024-01-01, end: 2024-01-08}"
+        ),
+        "partitions.end",
+        "write last: 2024-01-08 if 2024-01-08 has the last partition, or last: 2024-01-07 if 2024-01-08 is the first day",
+        id="end-instead-of-last",
     ),
     pytest.param(
         VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: weekly, start: 2024-01-01}"),

@@ -17,7 +17,7 @@ import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -272,10 +272,20 @@ Source = Annotated[ApiSource | SqlSource | FilesSource, Field(discriminator="kin
 
 
 class Partitioning(SpecModel):
-    """Time partitioning. ``column`` is the record's time column that decides its partition."""
+    """Time partitioning. ``column`` is the record's time column that decides its partition.
+
+    The partitions run from ``start``, the first partition's date, to ``last``, the last partition's date, both
+    inclusive: ``start: 2024-01-01`` and ``last: 2024-01-07`` are seven daily partitions, or 168 hourly ones (the
+    last is 2024-01-07-23:00). Without ``last`` they run on to the latest closed partition.
+    """
 
     type: Literal["none", "daily", "hourly"] = "none"
-    start: date | None = None
+    start: date | None = Field(default=None, description="The first partition's date; needed by daily and hourly.")
+    last: date | None = Field(
+        default=None,
+        description="The last partition's date, inclusive (an hourly pipeline's last partition is 23:00 of that day); "
+        "unset, the partitions run on to the latest closed one.",
+    )
     column: str | None = None
     timezone: str = "UTC"
 
@@ -286,13 +296,52 @@ class Partitioning(SpecModel):
     def _check_column(cls, value: str | None) -> str | None:
         return value if value is None else _column_name(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_end(cls, data: Any) -> Any:
+        # Dagster's end_date is exclusive, a spec's `last` inclusive: an `end` could mean either, so it is refused
+        if isinstance(data, dict) and "end" in data:
+            raise SpecFieldError("end", *_end_refused(data["end"]))
+        return data
+
     @model_validator(mode="after")
-    def _start_needed(self) -> Partitioning:
+    def _span(self) -> Partitioning:
         if self.type != "none" and self.start is None:
             raise SpecFieldError(
                 "start", f"{self.type} partitioning needs `start`", "add start: 2024-01-01 (the first partition's date)"
             )
+        if self.last is None:
+            return self
+        if self.type == "none":
+            raise SpecFieldError(
+                "last",
+                "`last` ends the partitions of a daily or hourly pipeline, and this one is not partitioned",
+                "remove partitions.last, or set partitions.type: daily with its start",
+            )
+        assert self.start is not None  # checked above for a partitioned pipeline
+        if self.last < self.start:
+            raise SpecFieldError(
+                "last",
+                f"the last partition's date {self.last} is before the first's (start: {self.start})",
+                f"set last to {self.start} or later (both are inclusive: last: {self.start} is one day of partitions)",
+            )
         return self
+
+
+def _end_refused(value: object) -> tuple[str, str]:
+    """The problem and the fix for ``partitions.end``, which the spec calls ``last`` (the last partition's date)."""
+    problem = (
+        f"unknown key 'end'{did_you_mean('last')}: the span ends with `last`, the last partition's date, inclusive"
+    )
+    try:
+        day = value if isinstance(value, date) else date.fromisoformat(str(value))
+    except ValueError:
+        return problem, "write last: YYYY-MM-DD, the date of the last partition"
+    before = day - timedelta(days=1)
+    return (
+        problem,
+        f"write last: {day} if {day} has the last partition, or last: {before} if {day} is the first day without",
+    )
 
 
 class Transform(SpecModel):
