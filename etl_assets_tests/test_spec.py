@@ -11,7 +11,14 @@ import pytest
 
 from etl_assets.definitions import build_definitions
 from etl_assets.pipelines.policy import partitions_def_for
-from etl_assets.pipelines.spec import PACKAGED_SPEC_DIRS, SpecError, load_specs, parse_spec_file, spec_dirs
+from etl_assets.pipelines.spec import (
+    PACKAGED_SPEC_DIRS,
+    SpecError,
+    load_specs,
+    load_specs_isolated,
+    parse_spec_file,
+    spec_dirs,
+)
 
 VALID_FILES_SPEC = """
 name: returns
@@ -230,6 +237,43 @@ def test_duplicate_pipeline_name_across_files(tmp_path: Path):
         match=r"orders_again.yaml:\n  field 'name': 'orders' is already declared in .*defs/shop/defs.yaml, line 2\.",
     ):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
+
+
+def test_a_daily_pipeline_with_other_partitions_than_its_domains_is_set_aside(tmp_path: Path):
+    # the daily pipelines of a domain run as one job (shop_daily); Dagster refuses one over two partitions
+    # definitions, and used to fail the whole code location
+    write(tmp_path, "returns.yaml", VALID_FILES_SPEC.replace("start: 2024-01-01", "start: 2024-01-02"))
+    loaded, broken = load_specs_isolated([*PACKAGED_SPEC_DIRS, tmp_path])
+    assert "returns" not in {s.spec.name for s in loaded} and "orders" in {s.spec.name for s in loaded}
+    (error,) = [b.message for b in broken]
+    assert (
+        f"returns.yaml:\n  field 'partitions': the daily pipelines of domain 'shop' run as one job, which needs one set "
+        f"of partitions, but orders ({PACKAGED_SPEC_DIRS[0] / 'shop' / 'defs.yaml'}, line 2) has start: 2024-01-01, "
+        "last: (unset), timezone: UTC and this one start: 2024-01-02, last: (unset), timezone: UTC. Fix: give both "
+        "the same start, last and timezone, or move this pipeline to another domain." in error
+    )
+    build_definitions(loaded).resolve_job_def("shop_daily")  # the others build
+
+
+def test_a_mart_past_its_inputs_last_partition_is_rejected(tmp_path: Path):
+    sales = VALID_FILES_SPEC.replace(
+        "{type: daily, start: 2024-01-01}", "{type: daily, start: 2024-01-01, last: 2024-01-07}"
+    )
+    write(tmp_path, "sales.yaml", sales.replace("name: returns", "name: sales").replace("shop", "sales"))
+    write(
+        tmp_path,
+        "monthly.yaml",
+        "name: monthly\ndomain: reports\ntransform: {sql: q.sql, inputs: [sales]}\n"
+        "partitions: {type: daily, start: 2024-01-01, last: 2024-01-31}\n",
+    )
+    (tmp_path / "q.sql").write_text("select * from sales")
+    with pytest.raises(
+        SpecError,
+        match=r"monthly.yaml:\n  field 'partitions.last': its partitions run to 2024-01-31, past the last partition of "
+        r"its input sales \(2024-01-07, in .*sales.yaml\), so those partitions would have no input. Fix: set last: "
+        r"2024-01-07 or earlier, or extend the partitions.last of sales.",
+    ):
+        load_specs([tmp_path])
 
 
 def test_transform_cycle_is_rejected(tmp_path: Path):

@@ -1053,8 +1053,53 @@ def _set_errors(loaded: list[LoadedSpec], aside: dict[str, str]) -> list[tuple[L
     return errors
 
 
+def _partitions_text(p: Partitioning) -> str:
+    return f"start: {p.start}, last: {p.last or '(unset)'}, timezone: {p.timezone}"
+
+
+def _check_domain_partitions(item: LoadedSpec, by_name: dict[str, LoadedSpec]) -> None:
+    """Refuse ``item`` when its partitions differ from those of its domain's first pipeline of the same type: the
+    daily (or hourly) pipelines of a domain run as one job, which Dagster builds only over one partitions definition
+    (it would fail the whole code location)."""
+    ours = item.spec.partitions
+    if ours.type == "none":
+        return
+    first = next(
+        (o for o in by_name.values() if o.spec.domain == item.spec.domain and o.spec.partitions.type == ours.type), item
+    )
+    theirs = first.spec.partitions
+    if first is item or (theirs.start, theirs.last, theirs.timezone) == (ours.start, ours.last, ours.timezone):
+        return
+    raise _spec_error(
+        item.where,
+        "partitions",
+        f"the {ours.type} pipelines of domain {item.spec.domain!r} run as one job, which needs one set of partitions, "
+        f"but {first.spec.name} ({first.where}) has {_partitions_text(theirs)} and this one {_partitions_text(ours)}",
+        "give both the same start, last and timezone, or move this pipeline to another domain",
+    )
+
+
+def _check_input_span(item: LoadedSpec, name: str, source: LoadedSpec) -> None:
+    """Refuse a partitioned mart whose partitions run past the last partition of its input ``source``: Dagster
+    would fail each such partition's run (its input partition does not exist)."""
+    ours, theirs = item.spec.partitions, source.spec.partitions
+    if ours.type == "none" or theirs.type == "none" or theirs.last is None:
+        return
+    if ours.last is not None and ours.last <= theirs.last:
+        return
+    reach = f"run to {ours.last}" if ours.last else "run on (no partitions.last)"
+    raise _spec_error(
+        item.where,
+        "partitions.last",
+        f"its partitions {reach}, past the last partition of its input {name} ({theirs.last}, in {source.where}), "
+        "so those partitions would have no input",
+        f"set last: {theirs.last} or earlier, or extend the partitions.last of {name}",
+    )
+
+
 def _check_against(item: LoadedSpec, by_name: dict[str, LoadedSpec], unknown: Callable[..., SpecError]) -> None:
     """Raise the first thing ``item`` gets wrong about the other specs (``by_name``)."""
+    _check_domain_partitions(item, by_name)
     for name in item.spec.after:
         if name not in by_name or name == item.spec.name:
             raise unknown(
@@ -1086,6 +1131,7 @@ def _check_against(item: LoadedSpec, by_name: dict[str, LoadedSpec], unknown: Ca
             raise _spec_error(
                 item.where, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs"
             )
+        _check_input_span(item, name, by_name[name])
     item.transform_sql()
 
 
