@@ -261,12 +261,15 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
         ("daily", "0 6,18 * * *", "UTC", None),
         ("daily", "30 0 * * *", "Europe/Paris", None),  # another zone than the partitions'
         ("none", "0 * * * *", "UTC", None),
+        # partitions that end: after the end, Dagster's builder would request the last partition every tick
+        ("daily-to-2024-01-07", "30 0 * * *", "UTC", None),
     ],
 )
 def test_which_crons_become_dagsters_partitioned_schedule(tmp_path, partitions, cron, timezone, offsets):
     fields: dict = {"schedule": {"cron": cron, "timezone": timezone}}
     if partitions != "none":
-        fields["partitions"] = {"type": partitions, "start": "2024-01-01"}
+        kind, _, last = partitions.partition("-to-")
+        fields["partitions"] = {"type": kind, "start": "2024-01-01", **({"last": last} if last else {})}
     spec = load_spec(tmp_path, pipeline("p", **fields)).spec
     assert partitioned_schedule_offsets(spec, cron, timezone) == offsets
 
@@ -287,3 +290,53 @@ def test_a_weekday_schedule_of_a_daily_pipeline_requests_the_day_that_just_close
     assert requests is not None and len(requests) == 1
     request = requests[0]
     assert (request.partition_key, request.run_key) == ("2024-03-04", "2024-03-04")
+
+
+@pytest.mark.parametrize(
+    ("kind", "cron", "ticks"),
+    [
+        (
+            "daily",
+            "30 0 * * *",
+            [
+                (datetime(2024, 1, 5, 0, 30, tzinfo=UTC), "2024-01-04"),
+                (datetime(2024, 1, 8, 0, 30, tzinfo=UTC), "2024-01-07"),  # the last closes: its turn
+                (datetime(2024, 1, 9, 0, 30, tzinfo=UTC), None),
+                (datetime.now(UTC), None),
+            ],
+        ),
+        (
+            "hourly",
+            "5 * * * *",
+            [
+                (datetime(2024, 1, 8, 0, 5, tzinfo=UTC), "2024-01-07-23:00"),
+                (datetime(2024, 1, 8, 1, 5, tzinfo=UTC), None),
+            ],
+        ),
+    ],
+)
+def test_a_schedule_of_partitions_that_end_runs_the_last_then_skips_with_the_reason(
+    tmp_path, instance, kind, cron, ticks
+):
+    spec = pipeline(
+        "week",
+        partitions={"type": kind, "start": "2024-01-01", "last": "2024-01-07"},
+        schedule={"cron": cron, "timezone": "UTC"},
+    )
+    defs = definitions_for(tmp_path / "specs", spec)
+    schedule = defs.resolve_schedule_def("week_schedule")
+    last = "2024-01-07" if kind == "daily" else "2024-01-07-23:00"
+    for at, expected in ticks:
+        context = build_schedule_context(
+            instance=instance, repository_def=defs.get_repository_def(), scheduled_execution_time=at
+        )
+        result = schedule.evaluate_tick(context)
+        if expected is not None:
+            assert [(r.partition_key, r.run_key) for r in result.run_requests or []] == [(expected, expected)], at
+            continue
+        assert not result.run_requests, at
+        assert result.skip_message is not None
+        assert result.skip_message.startswith(
+            f"the partitions of week ended with {last} (partitions.last: 2024-01-07); "
+        )
+        assert result.skip_message.endswith("which has just closed, is past them: nothing to run")
