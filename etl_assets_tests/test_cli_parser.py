@@ -121,6 +121,23 @@ def test_demo_generate_writes_the_orders_given_before_the_subcommand(tmp_path):
     ]
 
 
+def test_a_partition_range_outside_the_partitions_names_them():
+    from dagster import DailyPartitionsDefinition
+
+    from etl_assets.cli import CommandError, partitions_in_range
+
+    week = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-08")
+    assert partitions_in_range(week, "orders", "2024-01-06", "2024-01-09") == ["2024-01-06", "2024-01-07"]
+    with pytest.raises(CommandError) as refused:
+        partitions_in_range(week, "orders", "2024-01-08", "2024-01-09")
+    assert str(refused.value) == (
+        "no partitions of orders between 2024-01-08 and 2024-01-09; its partitions are 2024-01-01 to 2024-01-07"
+    )
+    future = DailyPartitionsDefinition(start_date=(dt.date.today() + dt.timedelta(days=2)).isoformat())
+    with pytest.raises(CommandError, match=r"^orders has no partitions yet \(none has closed\)$"):
+        partitions_in_range(future, "orders", None, None)
+
+
 def test_version_is_the_installed_package_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])

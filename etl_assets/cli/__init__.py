@@ -162,11 +162,15 @@ def partitions_in_range(pdef, pipeline: str, start: str | None, end: str | None)
     if pdef is None:
         return [None]
     keys = pdef.get_partition_keys()
+    if not keys:
+        raise CommandError(f"{pipeline} has no partitions yet (none has closed)")
     start = start or keys[0]
     end = end or start
     partitions: list[str | None] = [k for k in keys if start <= k <= end]
     if not partitions:
-        raise CommandError(f"no partitions of {pipeline} between {start} and {end}")
+        raise CommandError(
+            f"no partitions of {pipeline} between {start} and {end}; its partitions are {keys[0]} to {keys[-1]}"
+        )
     return partitions
 
 
