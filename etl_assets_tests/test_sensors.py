@@ -16,6 +16,7 @@ from etl_assets.definitions import build_definitions
 from etl_assets.pipelines.factory import partitioned_schedule_offsets
 from etl_assets.pipelines.sensors import decide_arrivals, run_key_for
 from etl_assets.resources.files import LandingFile, LandingFilesSource
+from etl_assets_demo import DemoApiServer, generate_shop_data
 from etl_assets_tests.specs import definitions_for, files_source, load_spec, pipeline
 
 
@@ -135,6 +136,20 @@ def test_file_without_a_partition_is_quarantined_with_a_reason(defs, instance, l
     assert "no partition in the file name" in reason
 
 
+def test_a_file_for_a_day_past_the_partitions_is_quarantined_with_a_reason(defs, instance, landing, data_dir):
+    # the shop's daily partitions end with 2024-01-07 (partitions.last): a snapshot of the 8th has no partition
+    drop(landing, "inventory_2024-01-07.ndjson", '{"snapshot_date":"2024-01-07","product_id":1,"on_hand":3}\n')
+    drop(landing, "inventory_2024-01-08.ndjson", '{"snapshot_date":"2024-01-08","product_id":1,"on_hand":3}\n')
+    first = tick(defs, "inventory_file_sensor", instance, None)
+    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    assert [r.partition_key for r in second.run_requests or []] == ["2024-01-07"]
+    assert not (landing / "inventory_2024-01-08.ndjson").exists()
+    (reason,) = (data_dir / "quarantine" / "inventory").glob("*inventory_2024-01-08.ndjson.reason.txt")
+    assert (
+        "inventory_2024-01-08.ndjson: partition '2024-01-08' is outside the dataset's partitions" in reason.read_text()
+    )
+
+
 def test_symlinks_are_refused(defs, instance, landing, tmp_path):
     outside = tmp_path / "secret_2024-01-02.ndjson"
     outside.write_text("{}\n")
@@ -196,11 +211,18 @@ def test_orders_schedule_requests_the_partition_that_just_closed(defs, instance)
     context = build_schedule_context(
         instance=instance,
         repository_def=defs.get_repository_def(),
-        scheduled_execution_time=datetime(2024, 3, 5, 0, 30, tzinfo=UTC),
+        scheduled_execution_time=datetime(2024, 1, 5, 0, 30, tzinfo=UTC),
     )
     request = schedule.evaluate_tick(context).run_requests[0]
-    assert request.partition_key == "2024-03-04"
-    assert request.run_key == "2024-03-04"
+    assert request.partition_key == "2024-01-04"
+    assert request.run_key == "2024-01-04"
+    # the shop's partitions end with the demo's week: once it is over, every tick skips and says why
+    context = build_schedule_context(
+        instance=instance, repository_def=defs.get_repository_def(), scheduled_execution_time=datetime.now(UTC)
+    )
+    skipped = schedule.evaluate_tick(context)
+    assert not skipped.run_requests
+    assert skipped.skip_message is not None and "the partitions of orders ended with 2024-01-07" in skipped.skip_message
 
 
 def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, shop_data, instance, data_dir):
@@ -250,6 +272,24 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
     assert [r.partition_key for r in changed.run_requests] == [day]
     assert changed.cursor > first.cursor
     assert run_tick(changed.cursor).run_requests == []
+
+
+def test_watermark_sensor_requests_no_partition_past_the_last(data_dir, instance, monkeypatch):
+    # records of days after the shop's last partition (2024-01-07) are updated: only the days within it run
+    manifest = generate_shop_data(data_dir, orders=450, days=9)
+    with DemoApiServer(manifest.orders_path) as server:
+        monkeypatch.setenv("SHOP_API_URL", server.url)
+        defs = build_definitions()
+        assert defs.resources is not None
+        context = build_sensor_context(
+            instance=instance,
+            cursor="2000-01-01T00:00:00Z",  # every record is newer
+            resources={"source_shop_api": defs.resources["source_shop_api"]},
+            definitions=defs,
+        )
+        result = defs.resolve_sensor_def("orders_watermark_sensor").evaluate_tick(context)
+    assert [r.partition_key for r in result.run_requests or []] == manifest.partition_keys[:7]
+    assert result.cursor is not None and result.cursor > "2024-01-09"  # past the records of the 8th and 9th too
 
 
 @pytest.mark.parametrize(

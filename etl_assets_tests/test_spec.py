@@ -20,6 +20,8 @@ from etl_assets.pipelines.spec import (
     spec_dirs,
 )
 
+# the shop domain's daily partitions: a daily pipeline of the domain has the same (its daily ones run as one job)
+SHOP_PARTITIONS = "{type: daily, start: 2024-01-01, last: 2024-01-07}"
 VALID_FILES_SPEC = """
 name: returns
 domain: shop
@@ -27,7 +29,7 @@ source:
   kind: files
   format: csv
   glob: "returns_*.csv"
-partitions: {type: daily, start: 2024-01-01}
+partitions: {type: daily, start: 2024-01-01, last: 2024-01-07}
 columns:
   - {name: return_id, type: BIGINT, nullable: false}
   - {name: order_id, type: BIGINT}
@@ -66,9 +68,7 @@ def test_valid_spec_parses_with_defaults(tmp_path: Path):
     ],
 )
 def test_last_is_the_last_partitions_date_inclusive(tmp_path: Path, partitions, count, first, final):
-    spec = parse_spec_file(
-        write(tmp_path, "r.yaml", VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", partitions))
-    ).spec
+    spec = parse_spec_file(write(tmp_path, "r.yaml", VALID_FILES_SPEC.replace(SHOP_PARTITIONS, partitions))).spec
     pdef = partitions_def_for(spec)
     assert pdef is not None
     keys = pdef.get_partition_keys()
@@ -117,35 +117,31 @@ BAD_SPECS = [
         id="pk-not-a-column",
     ),
     pytest.param(
-        VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: daily}"),
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: daily}"),
         "partitions.start",
         "needs `start`",
         id="daily-without-start",
     ),
     pytest.param(
-        VALID_FILES_SPEC.replace(
-            "{type: daily, start: 2024-01-01}", "{type: daily, start: 2024-01-08, last: 2024-01-07}"
-        ),
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: daily, start: 2024-01-08, last: 2024-01-07}"),
         "partitions.last",
         "the last partition's date 2024-01-07 is before the first's (start: 2024-01-08)",
         id="last-before-start",
     ),
     pytest.param(
-        VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: none, last: 2024-01-07}"),
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: none, last: 2024-01-07}"),
         "partitions.last",
         "this one is not partitioned",
         id="last-without-partitions",
     ),
     pytest.param(
-        VALID_FILES_SPEC.replace(
-            "{type: daily, start: 2024-01-01}", "{type: daily, start: 2024-01-01, end: 2024-01-08}"
-        ),
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: daily, start: 2024-01-01, end: 2024-01-08}"),
         "partitions.end",
         "write last: 2024-01-08 if 2024-01-08 has the last partition, or last: 2024-01-07 if 2024-01-08 is the first day",
         id="end-instead-of-last",
     ),
     pytest.param(
-        VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: weekly, start: 2024-01-01}"),
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: weekly, start: 2024-01-01}"),
         "partitions.type",
         "'none', 'daily' or 'hourly'",
         id="bad-partition-type",
@@ -242,24 +238,21 @@ def test_duplicate_pipeline_name_across_files(tmp_path: Path):
 def test_a_daily_pipeline_with_other_partitions_than_its_domains_is_set_aside(tmp_path: Path):
     # the daily pipelines of a domain run as one job (shop_daily); Dagster refuses one over two partitions
     # definitions, and used to fail the whole code location
-    write(tmp_path, "returns.yaml", VALID_FILES_SPEC.replace("start: 2024-01-01", "start: 2024-01-02"))
+    write(tmp_path, "returns.yaml", VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: daily, start: 2024-01-01}"))
     loaded, broken = load_specs_isolated([*PACKAGED_SPEC_DIRS, tmp_path])
     assert "returns" not in {s.spec.name for s in loaded} and "orders" in {s.spec.name for s in loaded}
     (error,) = [b.message for b in broken]
     assert (
         f"returns.yaml:\n  field 'partitions': the daily pipelines of domain 'shop' run as one job, which needs one set "
         f"of partitions, but orders ({PACKAGED_SPEC_DIRS[0] / 'shop' / 'defs.yaml'}, line 2) has start: 2024-01-01, "
-        "last: (unset), timezone: UTC and this one start: 2024-01-02, last: (unset), timezone: UTC. Fix: give both "
+        "last: 2024-01-07, timezone: UTC and this one start: 2024-01-01, last: (unset), timezone: UTC. Fix: give both "
         "the same start, last and timezone, or move this pipeline to another domain." in error
     )
     build_definitions(loaded).resolve_job_def("shop_daily")  # the others build
 
 
 def test_a_mart_past_its_inputs_last_partition_is_rejected(tmp_path: Path):
-    sales = VALID_FILES_SPEC.replace(
-        "{type: daily, start: 2024-01-01}", "{type: daily, start: 2024-01-01, last: 2024-01-07}"
-    )
-    write(tmp_path, "sales.yaml", sales.replace("name: returns", "name: sales").replace("shop", "sales"))
+    write(tmp_path, "sales.yaml", VALID_FILES_SPEC.replace("name: returns", "name: sales").replace("shop", "sales"))
     write(
         tmp_path,
         "monthly.yaml",
