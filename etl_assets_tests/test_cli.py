@@ -228,6 +228,17 @@ def test_demo_without_its_jobs_is_one_line(cli_env):
     )
 
 
+def test_demo_data_outside_the_shops_partitions_is_refused_before_it_is_generated(cli_env, data_dir):
+    err = run_refused(["demo", "--orders", "50", "--days", "8"], cli_env)
+    defs_yaml = REPO / "etl_assets" / "defs" / "shop" / "defs.yaml"
+    assert err == (
+        "demo: --start 2024-01-01 --days 8 is data for 2024-01-01 to 2024-01-08, but the daily partitions of orders "
+        "are 2024-01-01 to 2024-01-07: give a --start and --days within them, or change partitions.start and "
+        f"partitions.last of each daily shop pipeline in {defs_yaml}\n"
+    )
+    assert list(data_dir.iterdir()) == []
+
+
 def test_schedule_and_sensor_lists(cli_env):
     schedules = run([str(BIN / "dagster"), "schedule", "list", "-m", "etl_assets"], cli_env).stdout
     assert "orders_schedule" in schedules and "customers_schedule" in schedules
