@@ -12,8 +12,9 @@ assets, one stage at a time, each stage in its own fresh Python process so that 
 
 Each stage child runs ``defs.resolve_job_def("shop_daily").execute_in_process(asset_selection=..., partition_key=p)``
 for every partition against one shared DagsterInstance (SQLite storage in a temporary DAGSTER_HOME), exactly like
-``etl-assets demo`` does, and reports its own wall time, CPU time and ``ru_maxrss``. The demo API server runs in
-a separate process for the whole scale (its CPU and peak RSS are reported too) and SHOP_API_URL points at it.
+``etl-assets demo`` does (with the shop's daily partitions moved to the generated days, ``etl_assets_demo.spans``),
+and reports its own wall time, CPU time and ``ru_maxrss``. The demo API server runs in a separate process for the
+whole scale (its CPU and peak RSS are reported too) and SHOP_API_URL points at it.
 
 Baselines (the "floor", run twice per scale in fresh processes, the faster run counts): DuckDB reading the
 generated orders parquet straight into a warehouse table (``CREATE TABLE AS SELECT * FROM read_parquet``), and
@@ -255,9 +256,11 @@ def _child_pipeline(stage: str, partitions: list[str] | None) -> dict:
     from etl_assets.cli import QUIET
     from etl_assets.definitions import build_definitions
     from etl_assets_demo import load_manifest
+    from etl_assets_demo.spans import shop_specs_over
 
     manifest = load_manifest(os.environ["ETL_DATA_DIR"])
-    defs = build_definitions()
+    # the packaged specs, their partitions over the generated days (--start, --days) rather than the demo's week
+    defs = build_definitions(shop_specs_over(manifest.start, manifest.days))
     if stage == "dimensions":
         job, selection, plan = defs.resolve_job_def(FULL_REFRESH_JOB), None, [None]
     else:

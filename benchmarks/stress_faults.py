@@ -10,11 +10,11 @@ step's RetryPolicy from the spec. A partition "succeeded without a person" when 
 launch; one that failed is launched again (what a person would do, reported as "relaunched") so the warehouse
 comparison covers every partition.
 
-The stress runs the packaged specs with the orders spec changed in three places (``etl_assets_demo.stress``):
+The stress runs the packaged specs with the orders spec changed in two places (``etl_assets_demo.stress``):
 the client timeout is 1 s (the spec's 20 s would make each timeout cost 20 s) and a slow fault stalls 1.5 s, so
 it is a timeout; pages hold 50 orders (the spec's 2,000 would fetch a partition in one request), so faults land
-mid-pagination; partitions start on the generated data's first day. ``--orders`` defaults to 100 per partition,
-2 or 3 requests per partition.
+mid-pagination. The shop's daily partitions span the generated data's days instead of the demo's week
+(``etl_assets_demo.spans``). ``--orders`` defaults to 100 per partition, 2 or 3 requests per partition.
 
 Reported per phase: partitions succeeded on first launch (must be >= 99.9%), requests, faults injected per kind
 (the server's counter), request retries by reason (``request_retries``/``retry_reasons`` metadata of the

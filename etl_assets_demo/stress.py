@@ -8,15 +8,14 @@ DagsterInstance while the demo API server fails a share of its ``/orders`` reque
 
 The stress runs the packaged specs with ``orders`` adjusted (:func:`stress_specs`): a 1 s client timeout so a
 "slow" answer (1.5 s) is a timeout without costing the spec's 20 s per fault, a small page size so every
-partition is fetched in several pages and faults land mid-pagination, and partitions starting on the generated
-data's first day. Everything else (request retries with backoff and jitter, the step RetryPolicy, validation,
+partition is fetched in several pages and faults land mid-pagination, and the shop's partitions spanning the
+generated data's days (:func:`etl_assets_demo.spans.shop_specs_over`). Everything else (request retries with backoff and jitter, the step RetryPolicy, validation,
 the warehouse load) is the platform's own code and defaults.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import re
 import resource
@@ -108,13 +107,14 @@ class StressSettings:
         )
 
 
-def stress_specs(start: dt.date, settings: StressSettings):
-    """The packaged specs, with ``orders`` changed only where the stress needs it (see the module docstring)."""
-    from etl_assets.pipelines.spec import load_specs
+def stress_specs(manifest: DemoManifest, settings: StressSettings):
+    """The packaged specs over the days of ``manifest``, with ``orders`` changed only where the stress needs it (see
+    the module docstring)."""
     from etl_assets.resources.api import ApiSource
+    from etl_assets_demo.spans import shop_specs_over
 
     specs = []
-    for loaded in load_specs():
+    for loaded in shop_specs_over(manifest.start, manifest.days):
         spec = loaded.spec
         if spec.name == "orders":
             assert isinstance(spec.source, ApiSource), "the packaged orders pipeline reads the shop API"
@@ -124,13 +124,7 @@ def stress_specs(start: dt.date, settings: StressSettings):
                     "pagination": spec.source.pagination.model_copy(update={"page_size": settings.page_size}),
                 }
             )
-            spec = spec.model_copy(
-                update={
-                    "source": source,
-                    "partitions": spec.partitions.model_copy(update={"start": start}),
-                }
-            )
-            loaded = loaded.model_copy(update={"spec": spec})
+            loaded = loaded.model_copy(update={"spec": spec.model_copy(update={"source": source})})
         specs.append(loaded)
     return specs
 
@@ -287,7 +281,7 @@ def load_dimensions(manifest: DemoManifest, instance, settings: StressSettings) 
     from etl_assets.definitions import build_definitions
 
     with DemoApiServer(manifest.orders_path) as server, stress_environment(manifest.data_dir, server.url):
-        defs = build_definitions(stress_specs(manifest.start, settings))
+        defs = build_definitions(stress_specs(manifest, settings))
         started = time.perf_counter()
         result = defs.resolve_job_def(DIMENSIONS_JOB).execute_in_process(
             instance=instance, run_config=QUIET, raise_on_error=False
@@ -344,7 +338,7 @@ class PhaseRunner:
 
         self._server = DemoApiServer(self.manifest.orders_path, faults=self.faults).start()
         with self._environment():
-            self._job = build_definitions(stress_specs(self.manifest.start, self.settings)).resolve_job_def(ORDERS_JOB)
+            self._job = build_definitions(stress_specs(self.manifest, self.settings)).resolve_job_def(ORDERS_JOB)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -529,7 +523,9 @@ def compare_warehouse(manifest: DemoManifest, phase: PhaseResult, warehouse: Pat
         has_quarantine = con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'quarantine' AND table_name = 'orders'"
         ).fetchall()[0][0]
-        quarantined = con.execute("SELECT count(*) FROM quarantine.shop__orders").fetchall()[0][0] if has_quarantine else 0
+        quarantined = (
+            con.execute("SELECT count(*) FROM quarantine.shop__orders").fetchall()[0][0] if has_quarantine else 0
+        )
     finally:
         con.close()
     return WarehouseComparison(

@@ -121,12 +121,12 @@ PROGRESS = re.compile(
 )
 
 
-def test_demo_command_reports_each_run_as_it_ends(cli_env, data_dir, tmp_path):
-    days = 3
+def test_demo_command_reports_each_run_as_it_ends_and_fills_every_partition(cli_env, data_dir, tmp_path):
+    days = 7  # the default, `make demo`'s: the shop's daily partitions (partitions.start to partitions.last)
     # stdout is a pipe, as in CI: one plain line per run, each read as soon as the run ends
     stderr = (tmp_path / "stderr.txt").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "etl-assets"), "demo", "--orders", "600", "--days", str(days)],
+        [str(BIN / "etl-assets"), "demo", "--orders", "600"],
         cwd=REPO,
         env=cli_env,
         stdout=subprocess.PIPE,
@@ -169,6 +169,22 @@ def test_demo_command_reports_each_run_as_it_ends(cli_env, data_dir, tmp_path):
     first_read, last_run = progress[0][0], by_short_id[progress[-1][1]["run"]]
     assert last_run.start_time is not None and first_read < last_run.start_time
 
+    # the UI finds the shop complete: every partition of every daily asset materialized, every other asset too
+    from etl_assets.definitions import build_definitions
+
+    graph = build_definitions().resolve_asset_graph()
+    shop = [k for k in graph.get_all_asset_keys() if k.path[0] == "shop"]
+    partitioned = [k for k in shop if graph.get(k).partitions_def is not None]
+    assert {"shop/warehouse_orders", "shop/warehouse_inventory", "shop/warehouse_daily_revenue"} <= {
+        k.to_user_string() for k in partitioned
+    }
+    for key in partitioned:
+        partitions = graph.get(key).partitions_def
+        assert partitions is not None and len(partitions.get_partition_keys()) == days
+        assert instance.get_materialized_partitions(key) == set(partitions.get_partition_keys()), key
+    for key in set(shop) - set(partitioned):
+        assert instance.get_latest_materialization_event(key) is not None, key
+
 
 def run_refused(args: list[str], env: dict) -> str:
     """Run ``etl-assets args``, which must be refused with exit status 2; its standard error."""
@@ -210,6 +226,17 @@ def test_demo_without_its_jobs_is_one_line(cli_env):
         "demo: unknown job 'shop_full_refresh'; the jobs are: lake_retention_job, pipeline_health_job "
         "(the demo runs the packaged shop domain, which ETL_PACKAGED_PIPELINES=off leaves out)\n"
     )
+
+
+def test_demo_data_outside_the_shops_partitions_is_refused_before_it_is_generated(cli_env, data_dir):
+    err = run_refused(["demo", "--orders", "50", "--days", "8"], cli_env)
+    defs_yaml = REPO / "etl_assets" / "defs" / "shop" / "defs.yaml"
+    assert err == (
+        "demo: --start 2024-01-01 --days 8 is data for 2024-01-01 to 2024-01-08, but the daily partitions of orders "
+        "are 2024-01-01 to 2024-01-07: give a --start and --days within them, or change partitions.start and "
+        f"partitions.last of each daily shop pipeline in {defs_yaml}\n"
+    )
+    assert list(data_dir.iterdir()) == []
 
 
 def test_schedule_and_sensor_lists(cli_env):

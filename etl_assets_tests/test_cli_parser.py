@@ -1,12 +1,14 @@
 """Protects the `etl-assets` command line itself, without running a pipeline: every option and command has help, an
 option given to a parent command survives its subcommand, ``--version`` prints the installed version, an unknown
 name is one line with the close matches, a command without ``$DAGSTER_HOME`` uses (and says) the instance `make dev`
-serves, and the progress lines the long commands print as each run ends."""
+serves, the progress lines the long commands print as each run ends, and the demo's default data is exactly the
+shop's daily partitions (other data is refused before it is generated)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import io
 import os
 import re
@@ -119,6 +121,60 @@ def test_demo_generate_writes_the_orders_given_before_the_subcommand(tmp_path):
         f"generated 100 orders, 50 customers, 20 products over 2 days into {tmp_path}",
         "False",
     ]
+
+
+def test_the_demos_default_data_is_the_shops_daily_partitions():
+    # one week, said in three places: the demo's options, the generator's defaults and the shop's specs
+    from etl_assets.cli.demo import outside_partitions
+    from etl_assets.pipelines.spec import load_specs
+    from etl_assets_demo import generate_shop_data
+
+    args = build_parser().parse_args(["demo"])
+    defaults = inspect.signature(generate_shop_data).parameters
+    assert (args.start, args.days) == (defaults["start"].default, defaults["days"].default)
+    specs = load_specs()
+    daily = {s.spec.name: s.spec.partitions for s in specs if s.spec.partitions.type == "daily"}
+    assert set(daily) == {"orders", "inventory", "orders_enriched", "daily_revenue"}
+    for name, partitions in daily.items():
+        assert (partitions.start, partitions.last) == (args.start, args.start + dt.timedelta(days=args.days - 1)), name
+    assert outside_partitions(specs, args.start, args.days) is None
+
+
+@pytest.mark.parametrize(
+    ("start", "days", "data"),
+    [
+        (dt.date(2024, 1, 1), 8, "2024-01-01 to 2024-01-08"),
+        (dt.date(2023, 12, 31), 2, "2023-12-31 to 2024-01-01"),
+        (dt.date(2024, 3, 1), 7, "2024-03-01 to 2024-03-07"),
+    ],
+)
+def test_demo_data_outside_the_shops_partitions_is_refused_naming_the_fields(start, days, data):
+    from etl_assets.cli.demo import outside_partitions
+    from etl_assets.pipelines.spec import PACKAGED_DEFS_DIR, load_specs
+
+    assert outside_partitions(load_specs(), start, days) == (
+        f"--start {start} --days {days} is data for {data}, but the daily partitions of orders are 2024-01-01 to "
+        "2024-01-07: give a --start and --days within them, or change partitions.start and partitions.last of each "
+        f"daily shop pipeline in {PACKAGED_DEFS_DIR / 'shop' / 'defs.yaml'}"
+    )
+    assert outside_partitions(load_specs(), dt.date(2024, 1, 2), 6) is None  # within them
+
+
+def test_a_partition_range_outside_the_partitions_names_them():
+    from dagster import DailyPartitionsDefinition
+
+    from etl_assets.cli import CommandError, partitions_in_range
+
+    week = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-08")
+    assert partitions_in_range(week, "orders", "2024-01-06", "2024-01-09") == ["2024-01-06", "2024-01-07"]
+    with pytest.raises(CommandError) as refused:
+        partitions_in_range(week, "orders", "2024-01-08", "2024-01-09")
+    assert str(refused.value) == (
+        "no partitions of orders between 2024-01-08 and 2024-01-09; its partitions are 2024-01-01 to 2024-01-07"
+    )
+    future = DailyPartitionsDefinition(start_date=(dt.date.today() + dt.timedelta(days=2)).isoformat())
+    with pytest.raises(CommandError, match=r"^orders has no partitions yet \(none has closed\)$"):
+        partitions_in_range(future, "orders", None, None)
 
 
 def test_version_is_the_installed_package_version(capsys):

@@ -3,8 +3,9 @@
 Covers deterministic generation (byte-identical reruns, referential integrity, file
 layouts) and the loopback REST API: both pagination styles returning every order exactly
 once, filters, parameter validation, bearer auth, and each injectable fault as an HTTP
-client really observes it. Everything runs against real files under ``tmp_path`` and a
-real server on a free loopback port.
+client really observes it; and the packaged shop specs moved to other days than the demo's
+week (``etl_assets_demo.spans``), as the stress and the benchmarks run them. Everything runs
+against real files under ``tmp_path`` and a real server on a free loopback port.
 """
 
 from __future__ import annotations
@@ -350,3 +351,23 @@ def test_fault_config_parse() -> None:
     for spec in ("rate=1.5", "kinds=500+teapot", "nope=1", "rate", "rate=0.1,rate=0.2", "seed=x"):
         with pytest.raises(ValueError):
             FaultConfig.parse(spec)
+
+
+def test_the_shop_specs_over_other_days_move_every_daily_pipeline_together(data_dir):
+    from etl_assets.definitions import build_definitions
+    from etl_assets.pipelines.spec import load_specs
+    from etl_assets_demo.spans import shop_specs_over
+
+    packaged = {s.spec.name: s.spec for s in load_specs()}
+    moved = {s.spec.name: s.spec for s in shop_specs_over(dt.date(2024, 3, 1), 30)}
+    assert set(moved) == set(packaged)
+    for name, spec in moved.items():
+        if packaged[name].partitions.type == "none":
+            assert spec == packaged[name]
+        else:
+            assert (spec.partitions.start, spec.partitions.last) == (dt.date(2024, 3, 1), dt.date(2024, 3, 30))
+            assert spec.model_copy(update={"partitions": packaged[name].partitions}) == packaged[name], name
+    job = build_definitions(shop_specs_over(dt.date(2024, 3, 1), 30)).resolve_job_def("shop_daily")
+    assert job.partitions_def is not None and len(job.partitions_def.get_partition_keys()) == 30
+    with pytest.raises(ValueError, match="days must be >= 1, got 0"):
+        shop_specs_over(dt.date(2024, 3, 1), 0)

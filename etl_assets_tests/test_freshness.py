@@ -1,7 +1,7 @@
 """Freshness measures the data's time: a daily pipeline is as fresh as the end of its newest loaded partition (a 2024
-partition loaded today is stale), an unpartitioned one as its latest load; Dagster's FreshnessPolicy sits on the
-target assets; the sensor launches only the checks whose result may have changed; building the definitions raises
-no SupersessionWarning."""
+partition loaded today is stale) unless its partitions end and the last is loaded, an unpartitioned one as its
+latest load; Dagster's FreshnessPolicy sits on the target assets; the sensor launches only the checks whose result
+may have changed; building the definitions raises no SupersessionWarning."""
 
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -19,6 +19,7 @@ from dagster import (
 
 from etl_assets.monitoring.freshness import FRESHNESS_CHECK_NAME, FRESHNESS_SENSOR, data_time_of, evaluate_freshness
 from etl_assets.monitoring.health import compute_health, pipeline_infos
+from etl_assets.pipelines.policy import partitions_def_for
 from etl_assets_tests.specs import column, definitions_for, files_source, load_spec, pipeline
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -167,3 +168,32 @@ def test_pipeline_health_measures_the_same_data_lag_as_the_check(tmp_path, data_
     lag = (datetime.now(UTC) - datetime(2024, 3, 2, tzinfo=UTC)).total_seconds() / 60
     assert row.freshness_lag_minutes == pytest.approx(lag, abs=10)
     assert row.stale
+
+
+def test_partitions_that_end_are_fresh_once_the_last_is_loaded(tmp_path, data_dir, instance):
+    # a finished span: no newer partition can come, so old data whose last partition is loaded is as fresh as it gets
+    week = {**DAILY, "partitions": {"type": "daily", "start": "2024-01-01", "last": "2024-01-03"}}
+    defs = definitions_for(tmp_path / "specs", week)
+    job = defs.resolve_job_def("events_pipeline")
+    _land(data_dir, "2024-01-02")
+    before = _check_result(
+        job.execute_in_process(instance=instance, partition_key="2024-01-02", run_config=QUIET), DAILY_CHECK
+    )
+    assert not before.passed and "over the limit" in (before.description or "")
+    _land(data_dir, "2024-01-03")
+    done = _check_result(
+        job.execute_in_process(instance=instance, partition_key="2024-01-03", run_config=QUIET), DAILY_CHECK
+    )
+    assert done.passed, done.description
+    assert (done.description or "").startswith(
+        "the last partition 2024-01-03 is loaded: the partitions end with it (partitions.last), so no newer data can come"
+    )
+    assert _meta(done)["span_complete"] is True and "fresh_until" not in done.metadata
+    assert DAILY_CHECK not in _due(defs, instance)  # the verdict stands until a load: not launched again and again
+    (row,) = compute_health(instance, pipeline_infos([load_spec(tmp_path / "specs", week)]), timedelta(hours=24), {})
+    assert row.complete and not row.stale
+
+    # the span moved back (last: 2024-01-02): the partition past it is no longer the data's newest, nor complete
+    shorter = load_spec(tmp_path / "other", {**week, "partitions": {**week["partitions"], "last": "2024-01-02"}})
+    pdef = partitions_def_for(shorter.spec)
+    assert data_time_of(instance, DAILY_CHECK.asset_key, pdef) == (datetime(2024, 1, 3, tzinfo=UTC), "2024-01-02")

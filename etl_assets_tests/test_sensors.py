@@ -16,6 +16,7 @@ from etl_assets.definitions import build_definitions
 from etl_assets.pipelines.factory import partitioned_schedule_offsets
 from etl_assets.pipelines.sensors import decide_arrivals, run_key_for
 from etl_assets.resources.files import LandingFile, LandingFilesSource
+from etl_assets_demo import DemoApiServer, generate_shop_data
 from etl_assets_tests.specs import definitions_for, files_source, load_spec, pipeline
 
 
@@ -135,6 +136,20 @@ def test_file_without_a_partition_is_quarantined_with_a_reason(defs, instance, l
     assert "no partition in the file name" in reason
 
 
+def test_a_file_for_a_day_past_the_partitions_is_quarantined_with_a_reason(defs, instance, landing, data_dir):
+    # the shop's daily partitions end with 2024-01-07 (partitions.last): a snapshot of the 8th has no partition
+    drop(landing, "inventory_2024-01-07.ndjson", '{"snapshot_date":"2024-01-07","product_id":1,"on_hand":3}\n')
+    drop(landing, "inventory_2024-01-08.ndjson", '{"snapshot_date":"2024-01-08","product_id":1,"on_hand":3}\n')
+    first = tick(defs, "inventory_file_sensor", instance, None)
+    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    assert [r.partition_key for r in second.run_requests or []] == ["2024-01-07"]
+    assert not (landing / "inventory_2024-01-08.ndjson").exists()
+    (reason,) = (data_dir / "quarantine" / "inventory").glob("*inventory_2024-01-08.ndjson.reason.txt")
+    assert (
+        "inventory_2024-01-08.ndjson: partition '2024-01-08' is outside the dataset's partitions" in reason.read_text()
+    )
+
+
 def test_symlinks_are_refused(defs, instance, landing, tmp_path):
     outside = tmp_path / "secret_2024-01-02.ndjson"
     outside.write_text("{}\n")
@@ -196,11 +211,18 @@ def test_orders_schedule_requests_the_partition_that_just_closed(defs, instance)
     context = build_schedule_context(
         instance=instance,
         repository_def=defs.get_repository_def(),
-        scheduled_execution_time=datetime(2024, 3, 5, 0, 30, tzinfo=UTC),
+        scheduled_execution_time=datetime(2024, 1, 5, 0, 30, tzinfo=UTC),
     )
     request = schedule.evaluate_tick(context).run_requests[0]
-    assert request.partition_key == "2024-03-04"
-    assert request.run_key == "2024-03-04"
+    assert request.partition_key == "2024-01-04"
+    assert request.run_key == "2024-01-04"
+    # the shop's partitions end with the demo's week: once it is over, every tick skips and says why
+    context = build_schedule_context(
+        instance=instance, repository_def=defs.get_repository_def(), scheduled_execution_time=datetime.now(UTC)
+    )
+    skipped = schedule.evaluate_tick(context)
+    assert not skipped.run_requests
+    assert skipped.skip_message is not None and "the partitions of orders ended with 2024-01-07" in skipped.skip_message
 
 
 def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, shop_data, instance, data_dir):
@@ -252,6 +274,24 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
     assert run_tick(changed.cursor).run_requests == []
 
 
+def test_watermark_sensor_requests_no_partition_past_the_last(data_dir, instance, monkeypatch):
+    # records of days after the shop's last partition (2024-01-07) are updated: only the days within it run
+    manifest = generate_shop_data(data_dir, orders=450, days=9)
+    with DemoApiServer(manifest.orders_path) as server:
+        monkeypatch.setenv("SHOP_API_URL", server.url)
+        defs = build_definitions()
+        assert defs.resources is not None
+        context = build_sensor_context(
+            instance=instance,
+            cursor="2000-01-01T00:00:00Z",  # every record is newer
+            resources={"source_shop_api": defs.resources["source_shop_api"]},
+            definitions=defs,
+        )
+        result = defs.resolve_sensor_def("orders_watermark_sensor").evaluate_tick(context)
+    assert [r.partition_key for r in result.run_requests or []] == manifest.partition_keys[:7]
+    assert result.cursor is not None and result.cursor > "2024-01-09"  # past the records of the 8th and 9th too
+
+
 @pytest.mark.parametrize(
     ("partitions", "cron", "timezone", "offsets"),
     [
@@ -261,12 +301,15 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
         ("daily", "0 6,18 * * *", "UTC", None),
         ("daily", "30 0 * * *", "Europe/Paris", None),  # another zone than the partitions'
         ("none", "0 * * * *", "UTC", None),
+        # partitions that end: after the end, Dagster's builder would request the last partition every tick
+        ("daily-to-2024-01-07", "30 0 * * *", "UTC", None),
     ],
 )
 def test_which_crons_become_dagsters_partitioned_schedule(tmp_path, partitions, cron, timezone, offsets):
     fields: dict = {"schedule": {"cron": cron, "timezone": timezone}}
     if partitions != "none":
-        fields["partitions"] = {"type": partitions, "start": "2024-01-01"}
+        kind, _, last = partitions.partition("-to-")
+        fields["partitions"] = {"type": kind, "start": "2024-01-01", **({"last": last} if last else {})}
     spec = load_spec(tmp_path, pipeline("p", **fields)).spec
     assert partitioned_schedule_offsets(spec, cron, timezone) == offsets
 
@@ -287,3 +330,53 @@ def test_a_weekday_schedule_of_a_daily_pipeline_requests_the_day_that_just_close
     assert requests is not None and len(requests) == 1
     request = requests[0]
     assert (request.partition_key, request.run_key) == ("2024-03-04", "2024-03-04")
+
+
+@pytest.mark.parametrize(
+    ("kind", "cron", "ticks"),
+    [
+        (
+            "daily",
+            "30 0 * * *",
+            [
+                (datetime(2024, 1, 5, 0, 30, tzinfo=UTC), "2024-01-04"),
+                (datetime(2024, 1, 8, 0, 30, tzinfo=UTC), "2024-01-07"),  # the last closes: its turn
+                (datetime(2024, 1, 9, 0, 30, tzinfo=UTC), None),
+                (datetime.now(UTC), None),
+            ],
+        ),
+        (
+            "hourly",
+            "5 * * * *",
+            [
+                (datetime(2024, 1, 8, 0, 5, tzinfo=UTC), "2024-01-07-23:00"),
+                (datetime(2024, 1, 8, 1, 5, tzinfo=UTC), None),
+            ],
+        ),
+    ],
+)
+def test_a_schedule_of_partitions_that_end_runs_the_last_then_skips_with_the_reason(
+    tmp_path, instance, kind, cron, ticks
+):
+    spec = pipeline(
+        "week",
+        partitions={"type": kind, "start": "2024-01-01", "last": "2024-01-07"},
+        schedule={"cron": cron, "timezone": "UTC"},
+    )
+    defs = definitions_for(tmp_path / "specs", spec)
+    schedule = defs.resolve_schedule_def("week_schedule")
+    last = "2024-01-07" if kind == "daily" else "2024-01-07-23:00"
+    for at, expected in ticks:
+        context = build_schedule_context(
+            instance=instance, repository_def=defs.get_repository_def(), scheduled_execution_time=at
+        )
+        result = schedule.evaluate_tick(context)
+        if expected is not None:
+            assert [(r.partition_key, r.run_key) for r in result.run_requests or []] == [(expected, expected)], at
+            continue
+        assert not result.run_requests, at
+        assert result.skip_message is not None
+        assert result.skip_message.startswith(
+            f"the partitions of week ended with {last} (partitions.last: 2024-01-07); "
+        )
+        assert result.skip_message.endswith("which has just closed, is past them: nothing to run")

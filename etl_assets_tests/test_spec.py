@@ -4,13 +4,24 @@ fails loading with a message naming the file, the field and the fix."""
 from __future__ import annotations
 
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from etl_assets.definitions import build_definitions
-from etl_assets.pipelines.spec import PACKAGED_SPEC_DIRS, SpecError, load_specs, parse_spec_file, spec_dirs
+from etl_assets.pipelines.policy import partitions_def_for
+from etl_assets.pipelines.spec import (
+    PACKAGED_SPEC_DIRS,
+    SpecError,
+    load_specs,
+    load_specs_isolated,
+    parse_spec_file,
+    spec_dirs,
+)
 
+# the shop domain's daily partitions: a daily pipeline of the domain has the same (its daily ones run as one job)
+SHOP_PARTITIONS = "{type: daily, start: 2024-01-01, last: 2024-01-07}"
 VALID_FILES_SPEC = """
 name: returns
 domain: shop
@@ -18,7 +29,7 @@ source:
   kind: files
   format: csv
   glob: "returns_*.csv"
-partitions: {type: daily, start: 2024-01-01}
+partitions: {type: daily, start: 2024-01-01, last: 2024-01-07}
 columns:
   - {name: return_id, type: BIGINT, nullable: false}
   - {name: order_id, type: BIGINT}
@@ -45,6 +56,26 @@ def test_valid_spec_parses_with_defaults(tmp_path: Path):
     assert spec.columns[2].type == "DECIMAL(10,2)"
     assert spec.targets == ["duckdb"]
     assert spec.retry.max_retries == 3
+
+
+@pytest.mark.parametrize(
+    ("partitions", "count", "first", "final"),
+    [
+        ("{type: daily, start: 2024-01-01, last: 2024-01-07}", 7, "2024-01-01", "2024-01-07"),
+        ("{type: daily, start: 2024-01-07, last: 2024-01-07}", 1, "2024-01-07", "2024-01-07"),
+        ("{type: hourly, start: 2024-01-01, last: 2024-01-07}", 168, "2024-01-01-00:00", "2024-01-07-23:00"),
+        ("{type: daily, start: 2024-01-01, last: 2024-01-07, timezone: Asia/Tokyo}", 7, "2024-01-01", "2024-01-07"),
+    ],
+)
+def test_last_is_the_last_partitions_date_inclusive(tmp_path: Path, partitions, count, first, final):
+    spec = parse_spec_file(write(tmp_path, "r.yaml", VALID_FILES_SPEC.replace(SHOP_PARTITIONS, partitions))).spec
+    pdef = partitions_def_for(spec)
+    assert pdef is not None
+    keys = pdef.get_partition_keys()
+    assert (len(keys), keys[0], keys[-1]) == (count, first, final)
+    # Dagster's end is exclusive: the day after `last`, at midnight in the partitions' zone
+    assert pdef.end is not None and pdef.end.isoformat().startswith("2024-01-08T00:00:00")
+    assert (pdef.end.utcoffset() or timedelta(0)) == (timedelta(hours=9) if "Tokyo" in partitions else timedelta(0))
 
 
 def test_pipelines_dir_adds_a_pipeline_without_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -86,13 +117,31 @@ BAD_SPECS = [
         id="pk-not-a-column",
     ),
     pytest.param(
-        VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: daily}"),
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: daily}"),
         "partitions.start",
         "needs `start`",
         id="daily-without-start",
     ),
     pytest.param(
-        VALID_FILES_SPEC.replace("{type: daily, start: 2024-01-01}", "{type: weekly, start: 2024-01-01}"),
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: daily, start: 2024-01-08, last: 2024-01-07}"),
+        "partitions.last",
+        "the last partition's date 2024-01-07 is before the first's (start: 2024-01-08)",
+        id="last-before-start",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: none, last: 2024-01-07}"),
+        "partitions.last",
+        "this one is not partitioned",
+        id="last-without-partitions",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: daily, start: 2024-01-01, end: 2024-01-08}"),
+        "partitions.end",
+        "write last: 2024-01-08 if 2024-01-08 has the last partition, or last: 2024-01-07 if 2024-01-08 is the first day",
+        id="end-instead-of-last",
+    ),
+    pytest.param(
+        VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: weekly, start: 2024-01-01}"),
         "partitions.type",
         "'none', 'daily' or 'hourly'",
         id="bad-partition-type",
@@ -184,6 +233,40 @@ def test_duplicate_pipeline_name_across_files(tmp_path: Path):
         match=r"orders_again.yaml:\n  field 'name': 'orders' is already declared in .*defs/shop/defs.yaml, line 2\.",
     ):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
+
+
+def test_a_daily_pipeline_with_other_partitions_than_its_domains_is_set_aside(tmp_path: Path):
+    # the daily pipelines of a domain run as one job (shop_daily); Dagster refuses one over two partitions
+    # definitions, and used to fail the whole code location
+    write(tmp_path, "returns.yaml", VALID_FILES_SPEC.replace(SHOP_PARTITIONS, "{type: daily, start: 2024-01-01}"))
+    loaded, broken = load_specs_isolated([*PACKAGED_SPEC_DIRS, tmp_path])
+    assert "returns" not in {s.spec.name for s in loaded} and "orders" in {s.spec.name for s in loaded}
+    (error,) = [b.message for b in broken]
+    assert (
+        f"returns.yaml:\n  field 'partitions': the daily pipelines of domain 'shop' run as one job, which needs one set "
+        f"of partitions, but orders ({PACKAGED_SPEC_DIRS[0] / 'shop' / 'defs.yaml'}, line 2) has start: 2024-01-01, "
+        "last: 2024-01-07, timezone: UTC and this one start: 2024-01-01, last: (unset), timezone: UTC. Fix: give both "
+        "the same start, last and timezone, or move this pipeline to another domain." in error
+    )
+    build_definitions(loaded).resolve_job_def("shop_daily")  # the others build
+
+
+def test_a_mart_past_its_inputs_last_partition_is_rejected(tmp_path: Path):
+    write(tmp_path, "sales.yaml", VALID_FILES_SPEC.replace("name: returns", "name: sales").replace("shop", "sales"))
+    write(
+        tmp_path,
+        "monthly.yaml",
+        "name: monthly\ndomain: reports\ntransform: {sql: q.sql, inputs: [sales]}\n"
+        "partitions: {type: daily, start: 2024-01-01, last: 2024-01-31}\n",
+    )
+    (tmp_path / "q.sql").write_text("select * from sales")
+    with pytest.raises(
+        SpecError,
+        match=r"monthly.yaml:\n  field 'partitions.last': its partitions run to 2024-01-31, past the last partition of "
+        r"its input sales \(2024-01-07, in .*sales.yaml\), so those partitions would have no input. Fix: set last: "
+        r"2024-01-07 or earlier, or extend the partitions.last of sales.",
+    ):
+        load_specs([tmp_path])
 
 
 def test_transform_cycle_is_rejected(tmp_path: Path):

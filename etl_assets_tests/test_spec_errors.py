@@ -21,7 +21,7 @@ source:
   kind: files
   format: csv
   glob: "returns_*.csv"
-partitions: {type: daily, start: 2024-01-01}
+partitions: {type: daily, start: 2024-01-01, last: 2024-01-07}  # the shop domain's daily partitions
 columns:
   - {name: return_id, type: BIGINT, nullable: false}
   - {name: amount, type: "DECIMAL(10,2)"}
@@ -201,8 +201,8 @@ CRON_TZ = [
     ),
     case(
         "partitions-time-zone-in-lower-case",
-        "start: 2024-01-01}",
-        "start: 2024-01-01, timezone: america/new_york}",
+        "last: 2024-01-07}",
+        "last: 2024-01-07, timezone: america/new_york}",
         "partitions.timezone",
         "'america/new_york' is not a time zone (did you mean 'America/New_York'?)",
         "write timezone: America/New_York",
@@ -339,7 +339,7 @@ def test_an_unquoted_type_in_block_style_is_read_whole_and_numeric_is_decimal(tm
 def test_what_dagster_schedules_is_accepted(cron: str, zone: str, tmp_path: Path):
     path = tmp_path / "returns.yaml"
     path.write_text(
-        changed("start: 2024-01-01}", f"start: 2024-01-01, timezone: {zone}}}")
+        changed("last: 2024-01-07}", f"last: 2024-01-07, timezone: {zone}}}")
         + f"schedule: {{cron: '{cron}', timezone: {zone}}}\n"
     )
     spec = parse_spec_file(path).spec

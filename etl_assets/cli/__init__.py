@@ -185,11 +185,15 @@ def partitions_in_range(pdef, pipeline: str, start: str | None, end: str | None)
     if pdef is None:
         return [None]
     keys = pdef.get_partition_keys()
+    if not keys:
+        raise CommandError(f"{pipeline} has no partitions yet (none has closed)")
     start = start or keys[0]
     end = end or start
     partitions: list[str | None] = [k for k in keys if start <= k <= end]
     if not partitions:
-        raise CommandError(f"no partitions of {pipeline} between {start} and {end}")
+        raise CommandError(
+            f"no partitions of {pipeline} between {start} and {end}; its partitions are {keys[0]} to {keys[-1]}"
+        )
     return partitions
 
 
@@ -292,14 +296,19 @@ def _scale_options(parser: argparse.ArgumentParser, inherited: bool = False) -> 
         default=_default(5000, inherited),
         help="number of orders to generate (default 5000; 10000000 works)",
     )
+    # the defaults are the shop's daily partitions (partitions.start, partitions.last), which the demo refuses to
+    # leave; etl_assets_tests/test_cli_parser.py keeps the two equal
     parser.add_argument(
-        "--days", type=int, default=_default(7, inherited), help="days of orders, one partition each (default 7)"
+        "--days",
+        type=int,
+        default=_default(7, inherited),
+        help="days of orders, one partition each (default 7: the shop's daily partitions, start to last)",
     )
     parser.add_argument(
         "--start",
         type=dt.date.fromisoformat,
         default=_default(dt.date(2024, 1, 1), inherited),
-        help="first day, YYYY-MM-DD (default 2024-01-01)",
+        help="first day, YYYY-MM-DD (default 2024-01-01: the shop's partitions.start)",
     )
     parser.add_argument(
         "--seed", type=int, default=_default(42, inherited), help="seed of the generated data (default 42)"

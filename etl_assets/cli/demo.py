@@ -1,5 +1,7 @@
 """`etl-assets demo`: generate the demo upstreams, serve the demo API and run the reference pipelines in this
-process against a Dagster instance (:func:`run_reference`, also used by tests).
+process against a Dagster instance (:func:`run_reference`, also used by tests). Its days must be partitions of the
+shop's daily pipelines (:func:`outside_partitions`; by default they are all of them), or it refuses before
+generating anything.
 
 `demo generate` and `demo serve` need neither Dagster nor the code location; only the full run imports them.
 """
@@ -7,6 +9,7 @@ process against a Dagster instance (:func:`run_reference`, also used by tests).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import time
@@ -15,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from etl_assets.cli import QUIET, check_job, data_dir, open_instance
+from etl_assets.cli import QUIET, CommandError, check_job, data_dir, open_instance
 from etl_assets.cli.progress import Progress, target_rows
 from etl_assets_demo import DemoApiServer, FaultConfig, generate_shop_data, load_manifest
 from etl_assets_demo.api_server import run_server
 
 if TYPE_CHECKING:
     from dagster import AssetMaterialization, DagsterInstance, Definitions
+
+    from etl_assets.pipelines.spec import LoadedSpec
 
 FULL_REFRESH_JOB = "shop_full_refresh"
 DAILY_JOB = "shop_daily"
@@ -106,6 +111,30 @@ def archive_loaded_files(defs: Definitions, materializations: Iterable[AssetMate
     return moved
 
 
+def outside_partitions(specs: Iterable[LoadedSpec], start: dt.date, days: int) -> str | None:
+    """Why data for ``days`` days from ``start`` would not all lie in partitions of the shop's daily pipelines (the
+    first one found to miss a day, with its spec file), or None when it would: the demo loads one partition per day,
+    and a day past the partitions can neither run nor show as loaded in the UI."""
+    from etl_assets.pipelines.policy import partitions_def_for
+    from etl_assets_demo.spans import SHOP_DOMAIN
+
+    first, last = start.isoformat(), (start + dt.timedelta(days=days - 1)).isoformat()
+    for loaded in specs:
+        pdef = partitions_def_for(loaded.spec)
+        if loaded.spec.domain != SHOP_DOMAIN or loaded.spec.partitions.type != "daily" or pdef is None:
+            continue
+        keys = pdef.get_partition_keys()
+        if keys and keys[0] <= first and last <= keys[-1]:
+            continue
+        have = f"are {keys[0]} to {keys[-1]}" if keys else "have not begun"
+        return (
+            f"--start {start} --days {days} is data for {first} to {last}, but the daily partitions of "
+            f"{loaded.spec.name} {have}: give a --start and --days within them, or change partitions.start and "
+            f"partitions.last of each daily shop pipeline in {loaded.path}"
+        )
+    return None
+
+
 def reference_plan(partitions: Sequence[str]) -> list[tuple[str, str | None]]:
     """The demo's runs in order: ``(job, partition)``, the full refresh first."""
     return [(FULL_REFRESH_JOB, None), *((DAILY_JOB, p) for p in partitions)]
@@ -135,9 +164,12 @@ def command(args: argparse.Namespace) -> int:
     """`etl-assets demo`: generate, serve the API on a free loopback port, run every reference pipeline, print a
     summary."""
     from etl_assets.definitions import build_definitions
-    from etl_assets.pipelines.spec import PACKAGED_PIPELINES_ENV
+    from etl_assets.pipelines.spec import PACKAGED_PIPELINES_ENV, load_specs_isolated
 
     folder = data_dir(args.data_dir)
+    outside = outside_partitions(load_specs_isolated()[0], args.start, args.days)
+    if outside is not None:
+        raise CommandError(outside)
     manifest = generate_shop_data(folder, orders=args.orders, days=args.days, start=args.start, seed=args.seed)
     print(
         f"demo data: {manifest.orders} orders, {manifest.customers} customers, {manifest.products} products, "

@@ -11,7 +11,8 @@ Each target asset of such a pipeline (``<domain>/warehouse_<name>``, ``<domain>/
   today is not fresh; for an unpartitioned one the latest materialization (or its
   ``dagster/last_updated_timestamp`` when it states one). It fails once now minus that time exceeds the limit,
   with the lag, the limit, the newest partition and the data time as metadata; ``alert_on_check_failure`` alerts
-  on it.
+  on it. A pipeline whose partitions end (``partitions.last``) is complete once its last partition is loaded: no
+  newer data can come, so the check passes however old the data is.
 
 The check runs in every pipeline run that loads its asset, and the sensor ``freshness_checks_sensor`` (running by
 default) launches it when its result may have changed (:func:`checks_due`).
@@ -57,6 +58,8 @@ FRESHNESS_CHECK_NAME = "freshness_check"
 FRESH_UNTIL = "fresh_until"
 # Dagster's metadata key for "the data of this materialization dates from", honoured for unpartitioned assets.
 LAST_UPDATED = "dagster/last_updated_timestamp"
+# Metadata of a passing evaluation: the last partition of partitions that end is loaded (the result stays until a load).
+SPAN_COMPLETE = "span_complete"
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,15 @@ class FreshnessVerdict:
     data_time: datetime | None
     newest_partition: str | None
     fresh_until: datetime | None
+    complete: bool = False
 
 
 def evaluate_freshness(
-    data_time: datetime | None, now: datetime, max_lag_minutes: int, newest_partition: str | None = None
+    data_time: datetime | None,
+    now: datetime,
+    max_lag_minutes: int,
+    newest_partition: str | None = None,
+    complete: bool = False,
 ) -> FreshnessVerdict:
     """Whether data dating from ``data_time`` is fresh at ``now`` under a limit of ``max_lag_minutes``.
 
@@ -83,9 +91,10 @@ def evaluate_freshness(
         now: The time of the evaluation.
         max_lag_minutes: The spec's ``freshness.max_lag_minutes``.
         newest_partition: The partition ``data_time`` is the end of, named in the description.
+        complete: The last partition of partitions that end is loaded (:func:`partitions_complete`).
 
     Returns:
-        Passed while ``now - data_time`` is at most the limit.
+        Passed while ``now - data_time`` is at most the limit, and whenever ``complete``.
     """
     of = f" (newest partition {newest_partition})" if newest_partition else ""
     if data_time is None:
@@ -93,6 +102,12 @@ def evaluate_freshness(
             False, f"never loaded; the limit is {max_lag_minutes} min", max_lag_minutes, None, None, None, None
         )
     lag = round((now - data_time).total_seconds() / 60, 2)
+    if complete:
+        description = (
+            f"the last partition{f' {newest_partition}' if newest_partition else ''} is loaded: the partitions end "
+            f"with it (partitions.last), so no newer data can come (data from {data_time.isoformat()}, {lag} min old)"
+        )
+        return FreshnessVerdict(True, description, max_lag_minutes, lag, data_time, newest_partition, None, True)
     until = data_time + timedelta(minutes=max_lag_minutes)
     passed = lag <= max_lag_minutes
     state = "within" if passed else "over"
@@ -108,11 +123,11 @@ def data_time_of(
     """The time the data of ``key`` dates from, and the newest partition it is the end of.
 
     A time-partitioned asset's data time is the end of its newest materialized partition, whenever that was
-    loaded; an unpartitioned asset's is its latest materialization, or the ``dagster/last_updated_timestamp``
-    that materialization states.
+    loaded (one of its partitions now: not one past a ``partitions.last`` moved back since); an unpartitioned
+    asset's is its latest materialization, or the ``dagster/last_updated_timestamp`` that materialization states.
     """
     if pdef is not None:
-        loaded = instance.get_materialized_partitions(key)
+        loaded = [k for k in instance.get_materialized_partitions(key) if pdef.has_partition_key(k)]
         if not loaded:
             return None, None
         newest = max(loaded, key=lambda k: pdef.time_window_for_partition_key(k).end)
@@ -123,6 +138,12 @@ def data_time_of(
     stated = event.asset_materialization.metadata.get(LAST_UPDATED) if event.asset_materialization else None
     stamp = stated.value if isinstance(stated, TimestampMetadataValue) else event.timestamp
     return datetime.fromtimestamp(stamp, UTC), None
+
+
+def partitions_complete(data_time: datetime | None, pdef: TimeWindowPartitionsDefinition | None) -> bool:
+    """Whether data dating from ``data_time`` (:func:`data_time_of`) reaches the end of partitions that end
+    (``partitions.last``): their last partition is loaded, and no newer one can come."""
+    return data_time is not None and pdef is not None and pdef.end is not None and data_time >= pdef.end
 
 
 def freshness_policy_for(spec: PipelineSpec) -> FreshnessPolicy | None:
@@ -159,7 +180,9 @@ def _freshness_check(key: AssetKey, pdef: TimeWindowPartitionsDefinition | None,
     )
     def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
         data_time, newest = data_time_of(context.instance, key, pdef)
-        verdict = evaluate_freshness(data_time, datetime.now(UTC), max_lag, newest)
+        verdict = evaluate_freshness(
+            data_time, datetime.now(UTC), max_lag, newest, partitions_complete(data_time, pdef)
+        )
         metadata: dict = {"max_lag_minutes": max_lag}
         if verdict.lag_minutes is not None:
             metadata["lag_minutes"] = verdict.lag_minutes
@@ -169,6 +192,8 @@ def _freshness_check(key: AssetKey, pdef: TimeWindowPartitionsDefinition | None,
             metadata["newest_partition"] = verdict.newest_partition
         if verdict.fresh_until is not None:
             metadata[FRESH_UNTIL] = MetadataValue.timestamp(verdict.fresh_until)
+        if verdict.complete:
+            metadata[SPAN_COMPLETE] = True
         return AssetCheckResult(
             passed=verdict.passed,
             severity=AssetCheckSeverity.WARN,
@@ -192,7 +217,8 @@ def checks_due(instance: DagsterInstance, check_keys: Sequence[AssetCheckKey], n
 
     A check is due when it has never been evaluated, its asset was materialized after its latest evaluation, or
     its latest evaluation passed and ``now`` is past that evaluation's ``fresh_until``. A failed check stays
-    failed until its asset is loaded again; one being evaluated (planned in a run) is not due.
+    failed until its asset is loaded again, and so does a passed one whose partitions are complete
+    (``span_complete``); one being evaluated (planned in a run) is not due.
     """
     due = []
     for key in check_keys:
@@ -208,7 +234,7 @@ def checks_due(instance: DagsterInstance, check_keys: Sequence[AssetCheckKey], n
         latest = instance.get_latest_materialization_event(key.asset_key)
         if latest is not None and latest.timestamp > record.event.timestamp:
             due.append(key)
-        elif evaluation.passed:
+        elif evaluation.passed and not getattr(evaluation.metadata.get(SPAN_COMPLETE), "value", False):
             until = evaluation.metadata.get(FRESH_UNTIL)
             if not isinstance(until, TimestampMetadataValue) or now.timestamp() >= until.value:
                 due.append(key)

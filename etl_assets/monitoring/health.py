@@ -56,7 +56,7 @@ from etl_assets.monitoring.error_tracking import (
     read_error_counts,
     step_asset_keys,
 )
-from etl_assets.monitoring.freshness import data_time_of
+from etl_assets.monitoring.freshness import data_time_of, partitions_complete
 from etl_assets.monitoring.warehouse_io import warehouse_session
 from etl_assets.pipelines.policy import partitions_def_for
 from etl_assets.resources.targets import WAREHOUSE_POOL, DuckDBWarehouse
@@ -106,11 +106,12 @@ class PipelineHealth:
     last_success_at: datetime | None = None
     freshness_lag_minutes: float | None = None
     max_lag_minutes: int | None = None
+    complete: bool = False  # its partitions end, and the last is loaded: never stale (freshness.partitions_complete)
 
     @property
     def stale(self) -> bool:
-        """True when the pipeline declares a max lag and is past it (or never loaded)."""
-        if self.max_lag_minutes is None:
+        """True when the pipeline declares a max lag and is past it (or never loaded), unless it is complete."""
+        if self.max_lag_minutes is None or self.complete:
             return False
         return self.freshness_lag_minutes is None or self.freshness_lag_minutes > self.max_lag_minutes
 
@@ -229,6 +230,7 @@ def compute_health(
                 last_success_at=last,
                 freshness_lag_minutes=round((now - data_time).total_seconds() / 60, 2) if data_time else None,
                 max_lag_minutes=info.max_lag_minutes,
+                complete=partitions_complete(data_time, info.partitions_def),
             )
         )
     return rows
@@ -333,7 +335,7 @@ def health_markdown(rows: Sequence[PipelineHealth], window: timedelta) -> str:
     for r in rows:
         failures = ", ".join(f"{c} {n}" for c, n in r.failures.items() if n) or "none"
         rate = _fmt(r.success_rate * 100 if r.success_rate is not None else None, "%")
-        lag = _fmt(r.freshness_lag_minutes, " min") + (" **stale**" if r.stale else "")
+        lag = _fmt(r.freshness_lag_minutes, " min") + (" **stale**" if r.stale else " (complete)" if r.complete else "")
         lines.append(
             f"| {r.pipeline} | {r.runs} | {rate} | {_fmt(r.p50_seconds, ' s')} | {_fmt(r.p95_seconds, ' s')} "
             f"| {_fmt_rate(r.records_per_hour)} | {failures} | {lag} | {_fmt(r.max_lag_minutes, ' min', 0)} |"

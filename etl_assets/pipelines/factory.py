@@ -17,13 +17,14 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     EnvVar,
-    PartitionsDefinition,
     PreviewWarning,
     RunRequest,
     ScheduleEvaluationContext,
     SkipReason,
+    TimeWindowPartitionsDefinition,
     build_schedule_from_partitioned_job,
     define_asset_job,
+    partition_loading_context,
     schedule,
 )
 
@@ -83,10 +84,13 @@ def partitioned_schedule_offsets(spec: PipelineSpec, cron: str, timezone: str) -
     Dagster's builder ticks once per partition, at an offset into the next one, in the partitions' time zone: a
     daily pipeline's ``M H * * *`` and an hourly one's ``M * * * *``, in the partitions' zone, are such schedules.
     Any other cron (weekdays only, twice a day, another zone) keeps a plain schedule that requests the partition
-    that has just closed.
+    that has just closed, and so does a pipeline whose partitions end (``partitions.last``): after the end, Dagster's
+    would request the last partition again every tick.
     """
     fields = cron.split()
     if spec.partitions.type == "none" or timezone != spec.partitions.timezone or len(fields) != 5:
+        return None
+    if spec.partitions.last is not None:
         return None
     minute, hour, *rest = fields
     if rest != ["*", "*", "*"] or not minute.isdigit():
@@ -96,7 +100,9 @@ def partitioned_schedule_offsets(spec: PipelineSpec, cron: str, timezone: str) -
     return {"minute_of_hour": int(minute), "hour_of_day": int(hour)} if hour.isdigit() else None
 
 
-def _build_schedule(spec: PipelineSpec, job, pdef: PartitionsDefinition | None, status: DefaultScheduleStatus):
+def _build_schedule(
+    spec: PipelineSpec, job, pdef: TimeWindowPartitionsDefinition | None, status: DefaultScheduleStatus
+):
     """A cron schedule; for a time-partitioned pipeline each tick requests the partition that has just closed. Where
     Dagster's partitioned schedule can express the cron (:func:`partitioned_schedule_offsets`) it is that one, and the UI shows
     the job's partition set beside it."""
@@ -104,6 +110,7 @@ def _build_schedule(spec: PipelineSpec, job, pdef: PartitionsDefinition | None, 
     assert sched is not None, f"{spec.ref} has no schedule"
     name, description = f"{spec.dagster_name}_schedule", f"{spec.ref} on '{sched.cron}' ({sched.timezone})."
     offsets = partitioned_schedule_offsets(spec, sched.cron, sched.timezone)
+    open_ended = partitions_def_for(spec, open_ended=True)
     if offsets is not None:
         return build_schedule_from_partitioned_job(
             job,
@@ -123,12 +130,19 @@ def _build_schedule(spec: PipelineSpec, job, pdef: PartitionsDefinition | None, 
         description=description,
     )
     def _schedule(context: ScheduleEvaluationContext):
-        if pdef is None:
+        if pdef is None or open_ended is None:
             return RunRequest(run_key=None)
-        closed = pdef.get_partition_keys(current_time=context.scheduled_execution_time)
-        if not closed:
+        # the partition that has just closed, as if the partitions had no end: past the end there is none to run
+        with partition_loading_context(effective_dt=context.scheduled_execution_time):
+            latest = open_ended.get_last_partition_key()
+        if latest is None:
             return SkipReason(f"no {spec.ref} partition has closed yet (partitions start {spec.partitions.start})")
-        return RunRequest(run_key=closed[-1], partition_key=closed[-1])
+        if pdef.end is not None and open_ended.time_window_for_partition_key(latest).start >= pdef.end:
+            return SkipReason(
+                f"the partitions of {spec.ref} ended with {pdef.get_last_partition_key()} (partitions.last: "
+                f"{spec.partitions.last}); {latest}, which has just closed, is past them: nothing to run"
+            )
+        return RunRequest(run_key=latest, partition_key=latest)
 
     return _schedule
 

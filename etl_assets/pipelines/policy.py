@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from dagster import (
     AutomationCondition,
     BackfillPolicy,
@@ -17,15 +19,29 @@ from dagster import (
 from etl_assets.pipelines.spec import PipelineSpec
 
 
-def partitions_def_for(spec: PipelineSpec) -> TimeWindowPartitionsDefinition | None:
-    """The spec's daily or hourly partitions (``None`` for an unpartitioned pipeline)."""
+def partitions_def_for(spec: PipelineSpec, open_ended: bool = False) -> TimeWindowPartitionsDefinition | None:
+    """The spec's daily or hourly partitions (``None`` for an unpartitioned pipeline), from ``partitions.start`` to
+    ``partitions.last`` when it is set.
+
+    Args:
+        open_ended: Leave out the spec's ``partitions.last``: the partitions the pipeline would have without an end
+            (a schedule tells with them whether the partition that has just closed is past the end).
+    """
     p = spec.partitions
     if p.type == "none":
         return None
     assert p.start is not None  # the spec's validation requires it of a partitioned pipeline
+    # Dagster's end_date is exclusive: the day after the spec's (inclusive) last partition date
+    end = None if p.last is None or open_ended else p.last + timedelta(days=1)
     if p.type == "daily":
-        return DailyPartitionsDefinition(start_date=p.start.isoformat(), timezone=p.timezone)
-    return HourlyPartitionsDefinition(start_date=f"{p.start.isoformat()}-00:00", timezone=p.timezone)
+        return DailyPartitionsDefinition(
+            start_date=p.start.isoformat(), end_date=end.isoformat() if end else None, timezone=p.timezone
+        )
+    return HourlyPartitionsDefinition(
+        start_date=f"{p.start.isoformat()}-00:00",
+        end_date=f"{end.isoformat()}-00:00" if end else None,
+        timezone=p.timezone,
+    )
 
 
 def automation_for(spec: PipelineSpec) -> AutomationCondition | None:

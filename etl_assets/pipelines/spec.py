@@ -17,7 +17,7 @@ import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -280,10 +280,20 @@ Source = Annotated[ApiSource | SqlSource | FilesSource, Field(discriminator="kin
 
 
 class Partitioning(SpecModel):
-    """Time partitioning. ``column`` is the record's time column that decides its partition."""
+    """Time partitioning. ``column`` is the record's time column that decides its partition.
+
+    The partitions run from ``start``, the first partition's date, to ``last``, the last partition's date, both
+    inclusive: ``start: 2024-01-01`` and ``last: 2024-01-07`` are seven daily partitions, or 168 hourly ones (the
+    last is 2024-01-07-23:00). Without ``last`` they run on to the latest closed partition.
+    """
 
     type: Literal["none", "daily", "hourly"] = "none"
-    start: date | None = None
+    start: date | None = Field(default=None, description="The first partition's date; needed by daily and hourly.")
+    last: date | None = Field(
+        default=None,
+        description="The last partition's date, inclusive (an hourly pipeline's last partition is 23:00 of that day); "
+        "unset, the partitions run on to the latest closed one.",
+    )
     column: str | None = None
     timezone: str = "UTC"
 
@@ -294,13 +304,52 @@ class Partitioning(SpecModel):
     def _check_column(cls, value: str | None) -> str | None:
         return value if value is None else _column_name(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_end(cls, data: Any) -> Any:
+        # Dagster's end_date is exclusive, a spec's `last` inclusive: an `end` could mean either, so it is refused
+        if isinstance(data, dict) and "end" in data:
+            raise SpecFieldError("end", *_end_refused(data["end"]))
+        return data
+
     @model_validator(mode="after")
-    def _start_needed(self) -> Partitioning:
+    def _span(self) -> Partitioning:
         if self.type != "none" and self.start is None:
             raise SpecFieldError(
                 "start", f"{self.type} partitioning needs `start`", "add start: 2024-01-01 (the first partition's date)"
             )
+        if self.last is None:
+            return self
+        if self.type == "none":
+            raise SpecFieldError(
+                "last",
+                "`last` ends the partitions of a daily or hourly pipeline, and this one is not partitioned",
+                "remove partitions.last, or set partitions.type: daily with its start",
+            )
+        assert self.start is not None  # checked above for a partitioned pipeline
+        if self.last < self.start:
+            raise SpecFieldError(
+                "last",
+                f"the last partition's date {self.last} is before the first's (start: {self.start})",
+                f"set last to {self.start} or later (both are inclusive: last: {self.start} is one day of partitions)",
+            )
         return self
+
+
+def _end_refused(value: object) -> tuple[str, str]:
+    """The problem and the fix for ``partitions.end``, which the spec calls ``last`` (the last partition's date)."""
+    problem = (
+        f"unknown key 'end'{did_you_mean('last')}: the span ends with `last`, the last partition's date, inclusive"
+    )
+    try:
+        day = value if isinstance(value, date) else date.fromisoformat(str(value))
+    except ValueError:
+        return problem, "write last: YYYY-MM-DD, the date of the last partition"
+    before = day - timedelta(days=1)
+    return (
+        problem,
+        f"write last: {day} if {day} has the last partition, or last: {before} if {day} is the first day without",
+    )
 
 
 class Transform(SpecModel):
@@ -821,7 +870,7 @@ def refuse_local_warehouse(loaded: list[LoadedSpec]) -> tuple[list[LoadedSpec], 
         )
         problem = f"the pipeline loads into the DuckDB warehouse ({declared}), and {DUCKDB_WAREHOUSE_REFUSED}"
         error = _spec_error(item.where, "targets", problem, DUCKDB_WAREHOUSE_FIX)
-        refused.append(BrokenSpec(item.path, str(error), item.spec.name, field="targets"))
+        refused.append(BrokenSpec(item.path, str(error), item.spec.ref, field="targets"))
     return kept, refused
 
 
@@ -1030,9 +1079,54 @@ def _set_errors(loaded: list[LoadedSpec], aside: dict[str, str]) -> list[tuple[L
     return errors
 
 
+def _partitions_text(p: Partitioning) -> str:
+    return f"start: {p.start}, last: {p.last or '(unset)'}, timezone: {p.timezone}"
+
+
+def _check_domain_partitions(item: LoadedSpec, by_name: dict[str, LoadedSpec]) -> None:
+    """Refuse ``item`` when its partitions differ from those of its domain's first pipeline of the same type: the
+    daily (or hourly) pipelines of a domain run as one job, which Dagster builds only over one partitions definition
+    (it would fail the whole code location)."""
+    ours = item.spec.partitions
+    if ours.type == "none":
+        return
+    first = next(
+        (o for o in by_name.values() if o.spec.domain == item.spec.domain and o.spec.partitions.type == ours.type), item
+    )
+    theirs = first.spec.partitions
+    if first is item or (theirs.start, theirs.last, theirs.timezone) == (ours.start, ours.last, ours.timezone):
+        return
+    raise _spec_error(
+        item.where,
+        "partitions",
+        f"the {ours.type} pipelines of domain {item.spec.domain!r} run as one job, which needs one set of partitions, "
+        f"but {first.spec.name} ({first.where}) has {_partitions_text(theirs)} and this one {_partitions_text(ours)}",
+        "give both the same start, last and timezone, or move this pipeline to another domain",
+    )
+
+
+def _check_input_span(item: LoadedSpec, name: str, source: LoadedSpec) -> None:
+    """Refuse a partitioned mart whose partitions run past the last partition of its input ``source``: Dagster
+    would fail each such partition's run (its input partition does not exist)."""
+    ours, theirs = item.spec.partitions, source.spec.partitions
+    if ours.type == "none" or theirs.type == "none" or theirs.last is None:
+        return
+    if ours.last is not None and ours.last <= theirs.last:
+        return
+    reach = f"run to {ours.last}" if ours.last else "run on (no partitions.last)"
+    raise _spec_error(
+        item.where,
+        "partitions.last",
+        f"its partitions {reach}, past the last partition of its input {name} ({theirs.last}, in {source.where}), "
+        "so those partitions would have no input",
+        f"set last: {theirs.last} or earlier, or extend the partitions.last of {name}",
+    )
+
+
 def _check_against(item: LoadedSpec, by_name: dict[str, LoadedSpec], unknown: Callable[..., SpecError]) -> None:
     """Raise the first thing ``item`` gets wrong about the other specs (``by_name``)."""
     spec = item.spec
+    _check_domain_partitions(item, by_name)
     for name in spec.after:
         if spec.resolve(name) not in by_name or spec.resolve(name) == spec.ref:
             raise unknown(
@@ -1072,6 +1166,7 @@ def _check_against(item: LoadedSpec, by_name: dict[str, LoadedSpec], unknown: Ca
             raise _spec_error(
                 item.where, "transform.inputs", "a mart cannot read itself", f"remove {name} from the inputs"
             )
+        _check_input_span(item, name, by_name[spec.resolve(name)])
         bare = name.rpartition(".")[2]
         if bare in views and views[bare] != spec.resolve(name):
             raise _spec_error(
