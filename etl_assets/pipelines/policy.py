@@ -75,9 +75,17 @@ def source_pool(spec: PipelineSpec) -> str | None:
 
 
 def backfill_policy_for(spec: PipelineSpec) -> BackfillPolicy | None:
-    """Database, file and transform pipelines backfill a range in one run; API sources one partition per run."""
+    """At most ``partitions.max_per_run`` partitions per run of a backfill; unset, database, file and transform
+    pipelines backfill a range in one run, API sources one partition per run.
+
+    An API source defaults to one partition per run so that a window the API refuses fails its own run alone, and a
+    backfill re-executes just that partition. A run of several partitions extracts them one after the other in one
+    process (no process start-up and code location load per partition); a failure then fails the run's range.
+    """
     if spec.partitions.type == "none":
         return None
+    if spec.partitions.max_per_run is not None:
+        return BackfillPolicy.multi_run(max_partitions_per_run=spec.partitions.max_per_run)
     if spec.source is not None and spec.source.kind == "api":
         return BackfillPolicy.multi_run(max_partitions_per_run=1)
     return BackfillPolicy.single_run()

@@ -296,6 +296,12 @@ class Partitioning(SpecModel):
     )
     column: str | None = None
     timezone: str = "UTC"
+    max_per_run: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many partitions in one run of a backfill; unset, a database, file or transform "
+        "pipeline backfills a whole range in one run and an API pipeline one partition per run.",
+    )
 
     _check_timezone = field_validator("timezone")(checked_timezone)
 
@@ -317,6 +323,12 @@ class Partitioning(SpecModel):
         if self.type != "none" and self.start is None:
             raise SpecFieldError(
                 "start", f"{self.type} partitioning needs `start`", "add start: 2024-01-01 (the first partition's date)"
+            )
+        if self.max_per_run is not None and self.type == "none":
+            raise SpecFieldError(
+                "max_per_run",
+                "`max_per_run` bounds the partitions of a backfill's runs, and this pipeline is not partitioned",
+                "remove partitions.max_per_run, or set partitions.type: daily with its start",
             )
         if self.last is None:
             return self
