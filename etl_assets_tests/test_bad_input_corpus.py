@@ -208,7 +208,7 @@ def _execute(instance, defs, data: Path, run: Run) -> Outcome:
                 warehouse = [dict(zip(rel.columns, row)) for row in rel.fetchall()]
     written = sorted(
         str(p.relative_to(data))
-        for p in [*(lake / "clean").rglob("*"), *(lake / "quarantine").rglob("*")]
+        for p in [*(lake / DOMAIN).glob("clean_*/**/*"), *(lake / DOMAIN).glob("quarantine_*/**/*")]
         if p.is_file()
     )
     if db.exists():
