@@ -7,7 +7,7 @@ import duckdb
 import pytest
 from dagster import DagsterEventType
 
-from etl_assets.keys import Pipeline, dagster_name, pipeline_job_name, pipeline_ref
+from etl_assets.keys import Pipeline, clean_key, dagster_name, pipeline_job_name, pipeline_ref
 from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA
 from etl_assets_tests.specs import column, definitions_for, pipeline
 
@@ -69,7 +69,7 @@ def test_a_file_missing_a_required_column_is_refused_at_once_and_leaves_landing(
     assert not (drops / "x.csv").exists()  # moved to landing quarantine with the reason, not left for ever
     reasons = list((data_dir / "quarantine" / pipeline_ref(DROPS)).glob("*x.csv.reason.txt"))
     assert len(reasons) == 1 and "x.csv refused by the extract: required column(s) a missing" in reasons[0].read_text()
-    assert not (data_dir / "lake" / "clean").exists()
+    assert not data_dir.joinpath("lake", *clean_key(DROPS).path).exists()
     assert not (data_dir / "warehouse.duckdb").exists()
 
 
