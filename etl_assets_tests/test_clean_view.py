@@ -39,7 +39,9 @@ VISITS = Pipeline(SPEC["domain"], SPEC["name"])
 def _warehouse(data_dir):
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         valid = con.execute("SELECT visit_id, kind, amount, _etl_run_id FROM web.visits ORDER BY 1").fetchall()
-        quarantined = con.execute(f"SELECT visit_id, _etl_reasons FROM quarantine.{dagster_name(VISITS)} ORDER BY 1").fetchall()
+        quarantined = con.execute(
+            f"SELECT visit_id, _etl_reasons FROM quarantine.{dagster_name(VISITS)} ORDER BY 1"
+        ).fetchall()
     return valid, quarantined
 
 

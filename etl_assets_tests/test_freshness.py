@@ -121,7 +121,9 @@ def test_an_unpartitioned_pipeline_loaded_now_is_fresh(tmp_path, data_dir, insta
     landing.mkdir(parents=True)
     (landing / "f.csv").write_text("a\n1\n")
     defs = definitions_for(tmp_path / "specs", FLAT)
-    result = defs.resolve_job_def(pipeline_job_name(FLAT_PIPELINE)).execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def(pipeline_job_name(FLAT_PIPELINE)).execute_in_process(
+        instance=instance, run_config=QUIET
+    )
     evaluation = _check_result(result, FLAT_CHECK)
     assert evaluation.passed, evaluation.description
     assert 0 <= _meta(evaluation)["lag_minutes"] < 5

@@ -336,7 +336,9 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
     bad = landing / DROPS_REF / "bad.csv"
     bad.write_text("garbage")
     legit = unreadable.execute_in_process(
-        instance=instance, raise_on_error=False, tags={TAG_DATASET: DROPS_REF, TAG_FILE: "bad.csv", TAG_SHA256: sha(bad)}
+        instance=instance,
+        raise_on_error=False,
+        tags={TAG_DATASET: DROPS_REF, TAG_FILE: "bad.csv", TAG_SHA256: sha(bad)},
     )
     evaluate(defs, instance, "landing_quarantine_sensor", legit.run_id)
     assert not bad.exists()
@@ -403,13 +405,15 @@ def test_a_nested_json_column_fails_validation_and_the_file_leaves_landing(lab, 
         ("default__raw_drops", PermanentSourceError(f"{DROPS_REF}: cannot read d.csv as csv"), True),
         (
             step_of("drops"),
-            UpstreamNotReadyError(f"{DROPS_REF}: its relationship to default.products needs default.products loaded first"),
+            UpstreamNotReadyError(f"{DROPS_REF}: its relationship to {ref('products')} needs it loaded first"),
             False,
         ),  # a re-run fixes it once the upstream is loaded
         (step_of("drops"), RuntimeError("the lake is on fire"), False),  # infrastructure
         ("default__raw_drops", TransientSourceError(f"{DROPS_REF}: timed out"), False),
-        (step_of("other"), ContractError("default.other: required column(s) a missing"), False),  # another dataset's step
-        ("default__warehouse_drops", ContractError(f"{DROPS_REF}: contract mismatch at load"), False),  # a load, not the file
+        # another dataset's step
+        (step_of("other"), ContractError(f"{ref('other')}: required column(s) a missing"), False),
+        # a load, not the file
+        ("default__warehouse_drops", ContractError(f"{DROPS_REF}: contract mismatch at load"), False),
     ],
 )
 def test_only_failures_a_rerun_of_the_same_file_cannot_fix_move_it(lab, instance, data_dir, step, error, moved):

@@ -19,7 +19,6 @@ from etl_assets.pipelines.sensors import decide_arrivals, run_key_for
 from etl_assets.resources.files import LandingFile, LandingFilesSource
 from etl_assets_tests.specs import definitions_for, files_source, load_spec, pipeline
 
-
 INVENTORY = Pipeline("shop", "inventory")  # the packaged shop pipelines
 ORDERS = Pipeline("shop", "orders")
 DROPS = Pipeline("default", "drops")  # a test pipeline of the default domain
@@ -298,7 +297,9 @@ def test_a_weekday_schedule_of_a_daily_pipeline_requests_the_day_that_just_close
         repository_def=defs.get_repository_def(),
         scheduled_execution_time=datetime(2024, 3, 5, 6, 0, tzinfo=UTC),
     )
-    requests = defs.resolve_schedule_def(schedule_name(Pipeline("default", "weekdays"))).evaluate_tick(context).run_requests
+    requests = (
+        defs.resolve_schedule_def(schedule_name(Pipeline("default", "weekdays"))).evaluate_tick(context).run_requests
+    )
     assert requests is not None and len(requests) == 1
     request = requests[0]
     assert (request.partition_key, request.run_key) == ("2024-03-04", "2024-03-04")

@@ -194,5 +194,7 @@ def test_transform_cycle_is_rejected(tmp_path: Path):
     for a, b in (("m1", "m2"), ("m2", "m1")):
         write(tmp_path, f"{a}.yaml", f"name: {a}\ntransform: {{sql: q.sql, inputs: [{b}]}}\n")
     (tmp_path / "q.sql").write_text("select 1")
-    with pytest.raises(SpecError, match=r"field 'transform.inputs': cycle default.m1 -> default.m2 -> default.m1. Fix: break the cycle"):
+    with pytest.raises(
+        SpecError, match=r"field 'transform.inputs': cycle default.m1 -> default.m2 -> default.m1. Fix: break the cycle"
+    ):
         load_specs([tmp_path])

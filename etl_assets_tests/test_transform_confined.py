@@ -212,7 +212,9 @@ def test_transform_reaching_outside_the_lake_fails_once_and_leaves_nothing(desk,
     assert len(starts) == 1  # a permanent error: no step retry
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
     message = failure.step_failure_data.user_failure_data.description
-    assert message.startswith(f"permanent error: transform desk.{name} ({name}.sql) was refused access outside the lake: ")
+    assert message.startswith(
+        f"permanent error: transform desk.{name} ({name}.sql) was refused access outside the lake: "
+    )
     assert "Transform SQL may only read its inputs (notes, registered as views of those names)" in message
     assert not outside.exists()
     mart = data_dir / "lake" / "desk" / f"marts_{name}"

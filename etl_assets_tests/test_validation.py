@@ -559,7 +559,9 @@ def test_malformed_rows_through_the_pipeline(tmp_path: Path, data_dir: Path, ins
         }
     )
     LakeStorage(root=str(data_dir / "lake")).write(["corpus", "raw_parsed"], None, raw)
-    result = defs.resolve_job_def(revalidate_job_name(Pipeline(CORPUS, "parsed"))).execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def(revalidate_job_name(Pipeline(CORPUS, "parsed"))).execute_in_process(
+        instance=instance, run_config=QUIET
+    )
     assert result.success
     checks = {
         c.check_name: c for c in result.get_asset_check_evaluations() if c.asset_key.path[-1].startswith("clean_")
@@ -574,7 +576,9 @@ def test_malformed_rows_through_the_pipeline(tmp_path: Path, data_dir: Path, ins
         loaded = con.sql("SELECT * FROM corpus.parsed ORDER BY id")
         assert validation.READ_ERROR_COLUMN not in loaded.columns
         assert [r[:2] for r in loaded.fetchall()] == [(1, "a"), (3, "c")]
-        quarantined = con.execute(f"SELECT _etl_read_error, _etl_reasons FROM {_quarantine('parsed')} ORDER BY 1").fetchall()
+        quarantined = con.execute(
+            f"SELECT _etl_read_error, _etl_reasons FROM {_quarantine('parsed')} ORDER BY 1"
+        ).fetchall()
     assert quarantined == [(e, ["malformed_row"]) for e in errors]
 
 
@@ -625,7 +629,9 @@ def test_a_bad_column_name_fails_the_run_without_retries(tmp_path: Path, data_di
     user_failure = failures[0].step_failure_data.user_failure_data
     assert user_failure is not None and user_failure.description is not None
     message = user_failure.description
-    assert message.startswith("data_quality error: corpus.named: the source delivered column name(s) 'bad col' are not SQL")
+    assert message.startswith(
+        "data_quality error: corpus.named: the source delivered column name(s) 'bad col' are not SQL"
+    )
     assert "_etl_batch" in message and "Rename these columns in the source" in message
     assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
 
@@ -651,7 +657,9 @@ def test_a_bad_column_name_from_a_sql_source_fails_at_validation(tmp_path: Path,
     user_failure = failures[0].step_failure_data.user_failure_data
     assert user_failure is not None and user_failure.description is not None
     message = user_failure.description
-    assert "'bad col'" in message and "_etl_batch" in message and message.startswith("data_quality error: corpus.items:")
+    assert (
+        "'bad col'" in message and "_etl_batch" in message and message.startswith("data_quality error: corpus.items:")
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -847,7 +855,9 @@ def test_files_pipeline_lands_exact_values_and_quarantines_the_rest(tmp_path: Pa
     rows = [{"id": str(n), "tag": tag, **E2E_VALID, **values} for n, (tag, values, _) in enumerate(E2E_ROWS, 1)]
     landing = _landing(data_dir, "strict")
     (landing / "values.csv").write_bytes(_csv(header, rows))
-    result = defs.resolve_job_def(pipeline_job_name(Pipeline(CORPUS, "strict"))).execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def(pipeline_job_name(Pipeline(CORPUS, "strict"))).execute_in_process(
+        instance=instance, run_config=QUIET
+    )
     assert result.success
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -891,7 +901,9 @@ def test_nul_in_text_is_quarantined_for_the_postgres_target(
     ]
     landing = _landing(data_dir, "notes", pg_schema)
     (landing / "notes.csv").write_bytes(_csv(["id", "name", "note"], rows))
-    result = defs.resolve_job_def(pipeline_job_name(Pipeline(pg_schema, "notes"))).execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def(pipeline_job_name(Pipeline(pg_schema, "notes"))).execute_in_process(
+        instance=instance, run_config=QUIET
+    )
     assert result.success
     with psycopg.connect(postgres_url) as conn:
         in_postgres = conn.execute(
@@ -899,7 +911,9 @@ def test_nul_in_text_is_quarantined_for_the_postgres_target(
         ).fetchall()
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         in_duckdb = con.execute(f'SELECT id, name, note FROM "{pg_schema}".notes ORDER BY id').fetchall()
-        quarantined = con.execute(f"SELECT id, name, note, _etl_reasons FROM {_quarantine('notes', pg_schema)} ORDER BY id").fetchall()
+        quarantined = con.execute(
+            f"SELECT id, name, note, _etl_reasons FROM {_quarantine('notes', pg_schema)} ORDER BY id"
+        ).fetchall()
     assert in_postgres == in_duckdb == [(1, "plain", "n1"), (4, None, None)]
     assert quarantined == [
         ("2", "a\x00b", "n2", ["storable:name"]),
