@@ -10,6 +10,7 @@ import duckdb
 import pytest
 from dagster import EnvVar
 
+from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets.monitoring.alerts import (
     Alert,
     AlertDeliveryError,
@@ -23,17 +24,18 @@ from etl_assets.resources.targets import DuckDBWarehouse
 from etl_assets_tests.recorder import Recorder
 
 SECRET_PATH = "hooks/T000/B000/s3cr3t-webhook-path"
+ORDERS = Pipeline("shop", "orders")
 
 
 def _alert(**overrides) -> Alert:
     fields = dict(
         kind="run_failure",
-        title="orders_pipeline failed (transient)",
+        title=f"{pipeline_job_name(ORDERS)} failed (transient)",
         text="Run r1 failed.",
         url="http://127.0.0.1:3000/runs/r1",
         run_id="r1",
-        job="orders_pipeline",
-        pipeline="orders",
+        job=pipeline_job_name(ORDERS),
+        pipeline=pipeline_ref(ORDERS),
         error_class="transient",
         dedupe_key="run:r1",
         occurred_at="2024-03-05T00:31:00+00:00",
@@ -83,7 +85,7 @@ def test_slack_sink_posts_through_dagster_slack_with_the_bot_token():
     assert request["headers"]["Authorization"] == "Bearer xoxb-secret-token"
     body = json.loads(request["body"])
     assert body["channel"] == "#etl-alerts"
-    assert "orders_pipeline failed (transient)" in body["text"]
+    assert "shop__orders_pipeline failed (transient)" in body["text"]
     assert "<http://127.0.0.1:3000/runs/r1|Open in Dagster>" in body["text"]
     with Recorder(body={"ok": False, "error": "channel_not_found"}) as slack:
         with pytest.raises(AlertDeliveryError, match="channel_not_found") as raised:
@@ -149,7 +151,7 @@ def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, mo
         run_cursor = tick("alert_on_run_failure", None).cursor
         check_cursor = tick("alert_on_check_failure", None).cursor
         quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-        failed = defs.resolve_job_def("empty_pipeline").execute_in_process(
+        failed = defs.resolve_job_def(pipeline_job_name(Pipeline("default", "empty"))).execute_in_process(
             instance=instance, raise_on_error=False, run_config=quiet
         )
         assert not failed.success
@@ -177,5 +179,5 @@ def test_alerts_never_depend_on_the_error_store(data_dir, tmp_path, instance, mo
         assert store.pending() == 0
     with duckdb.connect(str(warehouse), read_only=True) as con:
         rows = con.execute("SELECT run_id, pipeline, step_key, error_class FROM ops.errors").fetchall()
-    assert rows == [(failed.run_id, "empty", "default__raw_empty", "permanent")]
+    assert rows == [(failed.run_id, "default.empty", "default__raw_empty", "permanent")]
     assert len((data_dir / "alerts" / "alerts.jsonl").read_text().splitlines()) == 1  # and no second alert for it

@@ -15,11 +15,11 @@ blocking check ``rows_conserved`` passed with that ``rows_in``.
 
 How it runs: inputs are generated here (no static fixtures); every spec of the module is written to one temporary
 folder and the code location is built once from exactly those specs; each group's files go into
-``$ETL_DATA_DIR/landing/<name>/`` of a data directory of its own, then ``<name>_pipeline`` is executed in
-process. A run costs seconds on a busy machine, so cases that can share a file share one run (a *group*: one
-data directory, one or more runs in order). Each group runs once, on first use, against one Dagster instance
-for the module (rather than conftest's per-test ``instance``, which would mean one run per case), and every
-case stays its own test item, so a known bug is marked ``xfail(strict=True)`` for exactly that case. The
+``$ETL_DATA_DIR/landing/<domain>.<name>/`` of a data directory of its own, then ``<domain>__<name>_pipeline`` is
+executed in process. A run costs seconds on a busy machine, so cases that can share a file share one run (a
+*group*: one data directory, one or more runs in order). Each group runs once, on first use, against one Dagster
+instance for the module (rather than conftest's per-test ``instance``, which would mean one run per case), and
+every case stays its own test item, so a known bug is marked ``xfail(strict=True)`` for exactly that case. The
 reason of each such mark says what happens instead; a fix turns it into an XPASS, which fails until the mark
 is removed.
 """
@@ -45,7 +45,7 @@ from dagster import AssetCheckSeverity, DagsterEventType, instance_for_test
 
 from etl_assets.cli import QUIET
 from etl_assets.errors import ContractError
-from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN, Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets.lake import LakeStorage
 from etl_assets.pipelines.spec import Column
 from etl_assets.pipelines.steps.extract import conforming
@@ -138,7 +138,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Run:
-    """One execution of ``<pipeline>_pipeline`` after dropping ``files`` into its landing directory."""
+    """One execution of ``<pipeline>``'s job (of domain :data:`DOMAIN`) after dropping ``files`` into its landing
+    directory."""
 
     label: str
     pipeline: str
@@ -174,14 +175,15 @@ def _failures(result) -> list[str]:
 
 
 def _execute(instance, defs, data: Path, run: Run) -> Outcome:
-    landing = data / "landing" / run.pipeline
+    named = Pipeline(DOMAIN, run.pipeline)
+    landing = data / "landing" / pipeline_ref(named)
     landing.mkdir(parents=True, exist_ok=True)
     for name, content in run.files.items():
         (landing / name).write_bytes(content)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ETL_DATA_DIR", str(data))  # resources read it when the run uses them
         mp.delenv("ETL_ENV", raising=False)
-        job = defs.resolve_job_def(f"{run.pipeline}_pipeline")
+        job = defs.resolve_job_def(pipeline_job_name(named))
         result = job.execute_in_process(
             instance=instance, partition_key=run.partition, run_config=QUIET, raise_on_error=False
         )
@@ -206,7 +208,7 @@ def _execute(instance, defs, data: Path, run: Run) -> Outcome:
                 warehouse = [dict(zip(rel.columns, row)) for row in rel.fetchall()]
     written = sorted(
         str(p.relative_to(data))
-        for p in [*(lake / "clean").rglob("*"), *(lake / "quarantine").rglob("*")]
+        for p in [*(lake / DOMAIN).glob("clean_*/**/*"), *(lake / DOMAIN).glob("quarantine_*/**/*")]
         if p.is_file()
     )
     if db.exists():
@@ -962,7 +964,7 @@ def _late_key_loaded_and_flagged(out: Outcome) -> None:
 
 
 def _bad_parent_first(out: Outcome) -> None:
-    failed("needs parents loaded first", prefix="data_quality error")(out)
+    failed("needs corpus.parents loaded first", prefix="data_quality error")(out)
 
 
 def _day1_again(out: Outcome) -> None:

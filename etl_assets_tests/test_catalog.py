@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from dagster import AssetKey, TableSchema
 
+from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets.pipelines.catalog import INTERNAL_TAG
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
@@ -27,6 +28,7 @@ SPEC = pipeline(
     partitions={"type": "daily", "start": "2024-01-01"},
     primary_key=["invoice_id"],
 )
+INVOICES = Pipeline(SPEC["domain"], SPEC["name"])
 KEYS = {stage: AssetKey(["finance", f"{stage}_invoices"]) for stage in ("raw", "clean", "quarantine", "warehouse")}
 
 
@@ -69,11 +71,11 @@ def test_column_schema_has_sql_types_descriptions_and_internal_columns(tmp_path,
 
 @pytest.mark.slow
 def test_a_materialization_records_the_written_columns_with_their_sql_types(tmp_path, data_dir, instance):
-    landing = data_dir / "landing" / "invoices"
+    landing = data_dir / "landing" / pipeline_ref(INVOICES)
     landing.mkdir(parents=True)
     # one column beyond the contract: kept, flagged by schema_change, shown with the type it was written with
     (landing / "invoices_2024-01-01.csv").write_text("invoice_id,total,issued_on,extra\n1,10.50,2024-01-01,x\n")
-    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def("invoices_pipeline")
+    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def(pipeline_job_name(INVOICES))
     assert job.execute_in_process(instance=instance, partition_key="2024-01-01").success
     event = instance.get_latest_materialization_event(KEYS["clean"])
     assert event is not None and event.asset_materialization is not None

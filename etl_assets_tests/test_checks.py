@@ -10,6 +10,7 @@ import duckdb
 import pytest
 from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey
 
+from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
 pytestmark = [pytest.mark.slow]
@@ -29,12 +30,13 @@ SPEC = pipeline(
     primary_key=["payment_id"],
     quality={"threshold": 0.5},
 )
+PAYMENTS = Pipeline(SPEC["domain"], SPEC["name"])
 CLEAN = AssetKey(["billing", "clean_payments"])
 
 
 @pytest.fixture
 def landing(data_dir):
-    folder = data_dir / "landing" / "payments"
+    folder = data_dir / "landing" / pipeline_ref(PAYMENTS)
     folder.mkdir(parents=True)
     # the first day is clean; the second has one row of a currency the contract refuses
     (folder / "payments_2024-01-01.csv").write_text("payment_id,currency,amount,note\n1,USD,10.00,\n2,EUR,5.50,\n")
@@ -63,7 +65,7 @@ def test_check_descriptions_name_the_column_and_the_rule(tmp_path, data_dir):
 
 
 def test_quarantined_rows_fail_their_check_as_a_warn_per_partition(tmp_path, data_dir, instance, landing):
-    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def("payments_pipeline")
+    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def(pipeline_job_name(PAYMENTS))
     evaluations = {}
     for day in DAYS:
         result = job.execute_in_process(instance=instance, partition_key=day)
@@ -88,11 +90,11 @@ def test_quarantined_rows_fail_their_check_as_a_warn_per_partition(tmp_path, dat
     assert stored.partition == DAYS[1] and not stored.passed
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT payment_id FROM billing.payments ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
-        assert con.execute("SELECT payment_id, currency FROM quarantine.payments").fetchall() == [("4", "XXX")]
+        assert con.execute("SELECT payment_id, currency FROM quarantine.billing__payments").fetchall() == [("4", "XXX")]
 
 
 def test_a_range_run_records_each_partition_result(tmp_path, data_dir, instance, landing):
-    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def("payments_pipeline")
+    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def(pipeline_job_name(PAYMENTS))
     result = job.execute_in_process(
         instance=instance,
         tags={"dagster/asset_partition_range_start": DAYS[0], "dagster/asset_partition_range_end": DAYS[1]},
@@ -115,7 +117,7 @@ def test_a_range_run_records_each_partition_result(tmp_path, data_dir, instance,
 
 
 def test_a_blocked_quality_gate_says_score_and_threshold(tmp_path, data_dir, instance, landing):
-    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def("payments_pipeline")
+    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def(pipeline_job_name(PAYMENTS))
     assert job.execute_in_process(instance=instance, partition_key=DAYS[1]).success  # 3 valid, 4 quarantined
     (landing / "payments_2024-01-02.csv").write_text("payment_id,currency,amount,note\n3,GBP,1.00,\n4,X,2,\n5,Y,3,\n")
     result = job.execute_in_process(instance=instance, partition_key=DAYS[1], raise_on_error=False)
@@ -124,7 +126,7 @@ def test_a_blocked_quality_gate_says_score_and_threshold(tmp_path, data_dir, ins
     assert not gate.passed and gate.severity == AssetCheckSeverity.ERROR
     assert gate.description == (
         "quality score 33.33% (1 of 3 rows valid) is below the threshold 50%: the load is held; "
-        "the 2 quarantined row(s) are in billing/quarantine_payments and the warehouse's quarantine.payments"
+        "the 2 quarantined row(s) are in billing/quarantine_payments and the warehouse's quarantine.billing__payments"
     )
     quarantined = data_dir / "lake" / "billing" / "quarantine_payments" / f"{DAYS[1]}.parquet"
     assert duckdb.execute(f"SELECT count(*) FROM read_parquet('{quarantined}')").fetchone() == (2,)
@@ -132,5 +134,5 @@ def test_a_blocked_quality_gate_says_score_and_threshold(tmp_path, data_dir, ins
         # the held load left the dataset's partition as it was; the rows that held it replaced its quarantine
         assert con.execute("SELECT payment_id FROM billing.payments ORDER BY 1").fetchall() == [(3,)]
         assert con.execute(
-            "SELECT payment_id, currency, _etl_run_id FROM quarantine.payments ORDER BY 1"
+            "SELECT payment_id, currency, _etl_run_id FROM quarantine.billing__payments ORDER BY 1"
         ).fetchall() == [("4", "X", result.run_id), ("5", "Y", result.run_id)]

@@ -11,6 +11,7 @@ import pytest
 from dagster import AssetCheckKey, AssetKey
 
 from etl_assets.cli import QUIET
+from etl_assets.keys import Pipeline, dagster_name, pipeline_job_name, pipeline_ref
 from etl_assets.lake import LakeStorage, LakeView, view_files
 from etl_assets.pipelines.spec import parse_spec_file
 from etl_assets.pipelines.steps.validate import overlapping_partitions
@@ -32,12 +33,15 @@ SPEC = pipeline(
     quality={"threshold": 0},
 )
 DAY = "2024-01-01"
+VISITS = Pipeline(SPEC["domain"], SPEC["name"])
 
 
 def _warehouse(data_dir):
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         valid = con.execute("SELECT visit_id, kind, amount, _etl_run_id FROM web.visits ORDER BY 1").fetchall()
-        quarantined = con.execute("SELECT visit_id, _etl_reasons FROM quarantine.visits ORDER BY 1").fetchall()
+        quarantined = con.execute(
+            f"SELECT visit_id, _etl_reasons FROM quarantine.{dagster_name(VISITS)} ORDER BY 1"
+        ).fetchall()
     return valid, quarantined
 
 
@@ -49,12 +53,12 @@ def _stored(lake: LakeStorage, partition: str) -> Path:
 
 
 def _setup(tmp_path, data_dir):
-    landing = data_dir / "landing" / "visits"
+    landing = data_dir / "landing" / pipeline_ref(VISITS)
     landing.mkdir(parents=True)
     (landing / f"visits_{DAY}.csv").write_text(
         "visit_id,kind,amount\n1,view,2.50\n2,refund,1.00\n3,buy,-4\n4,buy,10\n4,view,3\n"
     )
-    return definitions_for(tmp_path / "specs", SPEC).resolve_job_def("visits_pipeline")
+    return definitions_for(tmp_path / "specs", SPEC).resolve_job_def(pipeline_job_name(VISITS))
 
 
 def test_clean_is_a_view_the_warehouse_loads_typed_and_the_load_rechecks_the_contract(tmp_path, data_dir, instance):
@@ -159,7 +163,7 @@ def test_a_repeated_key_in_the_clean_view_is_caught_after_the_insert_and_rolled_
 
 def test_cross_partition_key_check_reads_only_partitions_whose_key_range_overlaps(tmp_path, data_dir, instance):
     job = _setup(tmp_path, data_dir)
-    landing = data_dir / "landing" / "visits"
+    landing = data_dir / "landing" / pipeline_ref(VISITS)
     for day, ids in (("2024-01-01", (1, 2, 3)), ("2024-01-02", (10, 11, 12)), ("2024-01-03", (11, 20, 21))):
         (landing / f"visits_{day}.csv").write_text("visit_id,kind,amount\n" + "".join(f"{i},view,1\n" for i in ids))
     for day in ("2024-01-01", "2024-01-02"):
@@ -178,7 +182,7 @@ def test_cross_partition_key_check_reads_only_partitions_whose_key_range_overlap
 
 
 def _visit_files(data_dir, days: dict[str, tuple[int, ...]]) -> None:
-    landing = data_dir / "landing" / "visits"
+    landing = data_dir / "landing" / pipeline_ref(VISITS)
     for day, ids in days.items():
         (landing / f"visits_{day}.csv").write_text("visit_id,kind,amount\n" + "".join(f"{i},view,1\n" for i in ids))
 
@@ -223,7 +227,7 @@ def test_other_partitions_validate_while_one_clean_manifest_is_corrupt(tmp_path,
     assert len(warnings) == 1 and "unreadable lake view manifest" in warnings[0]
     clean_meta = next(
         m.metadata
-        for m in result.asset_materializations_for_node("validate_visits")
+        for m in result.asset_materializations_for_node(f"validate_{dagster_name(VISITS)}")
         if m.asset_key.path[-1].startswith("clean_")
     )
     assert clean_meta["partitions_not_compared"].value == [first]  # the skipped partition is on the materialization

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from etl_assets.keys import Pipeline, pipeline_ref
 from etl_assets_demo import DemoApiServer, DemoManifest, FaultConfig, generate_shop_data, load_manifest
 
 ORDERS = 2000
@@ -34,6 +35,8 @@ START = dt.date(2024, 3, 30)
 SEED = 7
 TOKEN = "s3cret-token"
 API_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+# the landing folders of the shop pipelines the drops are for (a pipeline's folder is its <domain>.<name>)
+PRODUCTS, FX_RATES, INVENTORY = (pipeline_ref(Pipeline("shop", name)) for name in ("products", "fx_rates", "inventory"))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,7 @@ def test_generation_is_byte_identical_for_same_arguments_and_differs_by_seed(tmp
     first, second, other = (_files(tmp_path / name) for name in "abc")
     assert first == second
     assert set(first) == set(other)
-    for name in ("upstream/orders.parquet", "sources/shop.sqlite", "landing/products/products.csv"):
+    for name in ("upstream/orders.parquet", "sources/shop.sqlite", f"landing/{PRODUCTS}/products.csv"):
         assert first[name] != other[name], name
 
 
@@ -101,7 +104,7 @@ def test_regeneration_replaces_previous_output(tmp_path: Path) -> None:
 
     assert load_manifest(tmp_path) == manifest
     assert manifest.partition_keys == ["2024-03-30", "2024-03-31"]
-    assert sorted(p.name for p in (tmp_path / "landing" / "inventory").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "landing" / INVENTORY).iterdir()) == [
         "inventory_2024-03-30.ndjson",
         "inventory_2024-03-31.ndjson",
     ]
@@ -151,7 +154,7 @@ def test_orders_reference_existing_customers_and_products(shop: DemoManifest) ->
         assert sqlite_timestamp.fullmatch(created_at) and sqlite_timestamp.fullmatch(updated_at)
         assert created_at <= updated_at
 
-    products_csv = shop.landing_dir / "products" / "products.csv"
+    products_csv = shop.landing_dir / PRODUCTS / "products.csv"
     with products_csv.open(newline="") as handle:
         products = list(csv.DictReader(handle))
     assert products_csv.read_text().splitlines()[0] == "product_id,sku,name,category,list_price"
@@ -164,13 +167,13 @@ def test_orders_reference_existing_customers_and_products(shop: DemoManifest) ->
 
 
 def test_landing_files(shop: DemoManifest) -> None:
-    fx = json.loads((shop.landing_dir / "fx_rates" / "fx_rates.json").read_text())
+    fx = json.loads((shop.landing_dir / FX_RATES / "fx_rates.json").read_text())
     assert fx == [
         {"currency": "USD", "rate_to_usd": 1.0},
         {"currency": "EUR", "rate_to_usd": 1.08},
         {"currency": "GBP", "rate_to_usd": 1.27},
     ]
-    inventory_dir = shop.landing_dir / "inventory"
+    inventory_dir = shop.landing_dir / INVENTORY
     assert sorted(p.name for p in inventory_dir.iterdir()) == [f"inventory_{key}.ndjson" for key in shop.partition_keys]
     for key in shop.partition_keys:
         rows = [json.loads(line) for line in (inventory_dir / f"inventory_{key}.ndjson").read_text().splitlines()]

@@ -13,8 +13,11 @@ from types import SimpleNamespace
 import duckdb
 import pytest
 
+from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets.monitoring.error_tracking import ErrorRecord, ErrorStore, classify_error
 from etl_assets.resources.targets import DuckDBWarehouse
+
+ORDERS = Pipeline("shop", "orders")
 
 
 @pytest.mark.parametrize(
@@ -63,8 +66,8 @@ def test_error_records_wait_in_the_spool_while_another_process_holds_the_warehou
         store = ErrorStore(warehouse, wait_seconds=0.5)
         record = ErrorRecord(
             "run-1",
-            "orders_pipeline",
-            "orders",
+            pipeline_job_name(ORDERS),
+            pipeline_ref(ORDERS),
             "shop__raw_orders",
             "shop/raw_orders",
             "2024-01-01",
@@ -84,8 +87,8 @@ def test_error_records_wait_in_the_spool_while_another_process_holds_the_warehou
     with duckdb.connect(str(path), read_only=True) as con:
         rows = con.execute("SELECT run_id, pipeline, error_class, partition_key FROM ops.errors").fetchall()
         summary = con.execute("SELECT pipeline, error_class, errors, runs FROM ops.error_summary").fetchall()
-    assert rows == [("run-1", "orders", "transient", "2024-01-01")]
-    assert summary == [("orders", "transient", 1, 1)]
+    assert rows == [("run-1", "shop.orders", "transient", "2024-01-01")]
+    assert summary == [("shop.orders", "transient", 1, 1)]
     assert store.record([record]) is True  # recording the same run again replaces, never duplicates
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM ops.errors").fetchall() == [(1,)]

@@ -9,7 +9,11 @@ from dagster_k8s import k8s_job_executor
 
 from etl_assets.definitions import build_definitions
 from etl_assets.executors import EXECUTORS
+from etl_assets.keys import Pipeline, pipeline_job_name
 from etl_assets.settings import SettingsError
+
+# the packaged shop orders pipeline's job
+ORDERS_JOB = pipeline_job_name(Pipeline("shop", "orders"))
 
 
 @pytest.mark.parametrize(
@@ -32,13 +36,13 @@ def test_etl_executor_picks_the_executor_of_every_job(monkeypatch, data_dir, etl
         monkeypatch.setenv("ETL_EXECUTOR", etl_executor)
     jobs = build_definitions().get_repository_def().get_all_jobs()
     assert {job.name: job.executor_def for job in jobs} == {job.name: expected for job in jobs}
-    assert "orders_pipeline" in {job.name for job in jobs}
+    assert ORDERS_JOB in {job.name for job in jobs}
 
 
 def test_the_k8s_job_executor_launches_steps_as_kubernetes_jobs(monkeypatch, data_dir):
     monkeypatch.setenv("ETL_ENV", "production")
     monkeypatch.setenv("ETL_EXECUTOR", "k8s_job")
-    executor = build_definitions().resolve_job_def("orders_pipeline").executor_def
+    executor = build_definitions().resolve_job_def(ORDERS_JOB).executor_def
     # dagster-k8s' executor (named "k8s"); it needs a persistent instance and a reconstructable job, as steps run in
     # other pods
     assert executor.name == "k8s"

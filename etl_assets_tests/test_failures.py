@@ -7,24 +7,28 @@ import duckdb
 import pytest
 from dagster import DagsterEventType
 
+from etl_assets.keys import Pipeline, clean_key, dagster_name, pipeline_job_name, pipeline_ref
+from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA
 from etl_assets_tests.specs import column, definitions_for, pipeline
+
+DROPS = Pipeline("default", "drops")  # the pipeline of drops_job (the default domain)
 
 
 def drops_job(tmp_path, **fields):
     """The ``drops`` pipeline's job: a CSV source of two columns keyed on ``a``, retried three times."""
     spec = pipeline(
-        "drops",
+        DROPS.name,
         [column("a", "INTEGER", nullable=False), column("b")],
         primary_key=["a"],
         retry={"max_retries": 3, "delay_seconds": 0},
         **fields,
     )
-    return definitions_for(tmp_path / "specs", spec).resolve_job_def("drops_pipeline")
+    return definitions_for(tmp_path / "specs", spec).resolve_job_def(pipeline_job_name(DROPS))
 
 
 @pytest.fixture
 def drops(data_dir):
-    landing = data_dir / "landing" / "drops"
+    landing = data_dir / "landing" / pipeline_ref(DROPS)
     landing.mkdir(parents=True)
     return landing
 
@@ -63,9 +67,9 @@ def test_a_file_missing_a_required_column_is_refused_at_once_and_leaves_landing(
     message = user_failure.description
     assert "permanent error" in message and "required column(s) a missing (it has b)" in message
     assert not (drops / "x.csv").exists()  # moved to landing quarantine with the reason, not left for ever
-    reasons = list((data_dir / "quarantine" / "drops").glob("*x.csv.reason.txt"))
+    reasons = list((data_dir / "quarantine" / pipeline_ref(DROPS)).glob("*x.csv.reason.txt"))
     assert len(reasons) == 1 and "x.csv refused by the extract: required column(s) a missing" in reasons[0].read_text()
-    assert not (data_dir / "lake" / "clean").exists()
+    assert not data_dir.joinpath("lake", *clean_key(DROPS).path).exists()
     assert not (data_dir / "warehouse.duckdb").exists()
 
 
@@ -79,7 +83,7 @@ def test_quality_below_threshold_blocks_the_load(drops, data_dir, instance, tmp_
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         schemas = {s for (s,) in con.execute("SELECT DISTINCT table_schema FROM information_schema.tables").fetchall()}
         assert schemas == {"quarantine"}
-        assert con.execute("SELECT a FROM quarantine.drops").fetchall() == [("not-a-number",)]
+        assert con.execute(f"SELECT a FROM {QUARANTINE_SCHEMA}.{dagster_name(DROPS)}").fetchall() == [("not-a-number",)]
 
 
 def test_bad_rows_are_quarantined_not_lost(drops, data_dir, instance, tmp_path):

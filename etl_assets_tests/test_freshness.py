@@ -17,6 +17,7 @@ from dagster import (
     build_sensor_context,
 )
 
+from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets.monitoring.freshness import FRESHNESS_CHECK_NAME, FRESHNESS_SENSOR, data_time_of, evaluate_freshness
 from etl_assets.monitoring.health import compute_health, pipeline_infos
 from etl_assets.pipelines.policy import partitions_def_for
@@ -35,6 +36,7 @@ FLAT = pipeline("flat", [column("a", "INTEGER", nullable=False)], freshness={"ma
 DAILY_CHECK = AssetCheckKey(AssetKey(["default", "warehouse_events"]), FRESHNESS_CHECK_NAME)
 FLAT_CHECK = AssetCheckKey(AssetKey(["default", "warehouse_flat"]), FRESHNESS_CHECK_NAME)
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+EVENTS, FLAT_PIPELINE = Pipeline("default", DAILY["name"]), Pipeline("default", FLAT["name"])  # the default domain
 
 
 @pytest.mark.parametrize(
@@ -62,7 +64,7 @@ def test_evaluate_freshness(data_time, limit, passed, lag):
 
 
 def _land(data_dir: Path, partition: str) -> None:
-    landing = data_dir / "landing" / "events"
+    landing = data_dir / "landing" / pipeline_ref(EVENTS)
     landing.mkdir(parents=True, exist_ok=True)
     (landing / f"events_{partition}.csv").write_text("a\n1\n2\n")
 
@@ -86,7 +88,7 @@ def _due(defs, instance) -> set[AssetCheckKey]:
 def test_a_2024_partition_loaded_now_is_stale_and_yesterdays_is_fresh(tmp_path, data_dir, instance):
     defs = definitions_for(tmp_path / "specs", DAILY, FLAT)
     assert _due(defs, instance) == {DAILY_CHECK, FLAT_CHECK}  # never evaluated
-    job = defs.resolve_job_def("events_pipeline")
+    job = defs.resolve_job_def(pipeline_job_name(EVENTS))
 
     _land(data_dir, "2024-03-01")
     old = job.execute_in_process(instance=instance, partition_key="2024-03-01", run_config=QUIET)
@@ -116,10 +118,13 @@ def test_a_2024_partition_loaded_now_is_stale_and_yesterdays_is_fresh(tmp_path, 
 
 
 def test_an_unpartitioned_pipeline_loaded_now_is_fresh(tmp_path, data_dir, instance):
-    (data_dir / "landing" / "flat").mkdir(parents=True)
-    (data_dir / "landing" / "flat" / "f.csv").write_text("a\n1\n")
+    landing = data_dir / "landing" / pipeline_ref(FLAT_PIPELINE)
+    landing.mkdir(parents=True)
+    (landing / "f.csv").write_text("a\n1\n")
     defs = definitions_for(tmp_path / "specs", FLAT)
-    result = defs.resolve_job_def("flat_pipeline").execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def(pipeline_job_name(FLAT_PIPELINE)).execute_in_process(
+        instance=instance, run_config=QUIET
+    )
     evaluation = _check_result(result, FLAT_CHECK)
     assert evaluation.passed, evaluation.description
     assert 0 <= _meta(evaluation)["lag_minutes"] < 5
@@ -157,7 +162,7 @@ def test_pipeline_health_measures_the_same_data_lag_as_the_check(tmp_path, data_
     defs = definitions_for(tmp_path / "specs", DAILY)
     _land(data_dir, "2024-03-01")
     assert (
-        defs.resolve_job_def("events_pipeline")
+        defs.resolve_job_def(pipeline_job_name(EVENTS))
         .execute_in_process(instance=instance, partition_key="2024-03-01", run_config=QUIET)
         .success
     )

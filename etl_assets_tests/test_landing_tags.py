@@ -33,12 +33,26 @@ from etl_assets.errors import (
     UpstreamNotReadyError,
     no_retry_for_permanent_errors,
 )
+from etl_assets.keys import Pipeline, dagster_name, pipeline_job_name, pipeline_ref
 from etl_assets.pipelines.sensors import TAG_DATASET, TAG_FILE, TAG_SHA256, landing_target
 from etl_assets.pipelines.spec import FilesSource
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def ref(name: str) -> str:
+    """The reference of test pipeline ``name`` (the default domain): its landing tag and its landing folder."""
+    return pipeline_ref(Pipeline("default", name))
+
+
+def step_of(name: str) -> str:
+    """The validation step of test pipeline ``name``."""
+    return f"validate_{dagster_name(Pipeline('default', name))}"
+
+
+DROPS_REF, LINKED_REF, NESTED_REF = ref("drops"), ref("linked"), ref("nested")
 SPECS = [
     pipeline("drops", [column("a", "INTEGER", nullable=False), column("b")], retry={"max_retries": 0}),
     pipeline("linked", [column("a", "INTEGER")], retry={"max_retries": 0}),
@@ -55,7 +69,7 @@ def sha(path: Path) -> str:
 @pytest.fixture
 def lab(tmp_path: Path, data_dir: Path):
     for name in ("drops", "nested"):
-        (data_dir / "landing" / name).mkdir(parents=True)
+        (data_dir / "landing" / ref(name)).mkdir(parents=True)
     return definitions_for(tmp_path / "specs", *SPECS)
 
 
@@ -93,9 +107,9 @@ def evaluate(defs: Definitions, instance: DagsterInstance, sensor_name: str, run
     return defs.resolve_sensor_def(sensor_name)(context)
 
 
-def sensor_tags(defs: Definitions, instance: DagsterInstance, dataset: str) -> dict[str, str]:
-    """The tags the file sensor gives the run for the one file in ``dataset``'s landing directory."""
-    sensor = defs.resolve_sensor_def(f"{dataset}_file_sensor")
+def sensor_tags(defs: Definitions, instance: DagsterInstance, name: str) -> dict[str, str]:
+    """The tags the file sensor gives the run for the one file in test pipeline ``name``'s landing directory."""
+    sensor = defs.resolve_sensor_def(f"{dagster_name(Pipeline('default', name))}_file_sensor")
 
     def tick(cursor):
         return sensor.evaluate_tick(
@@ -137,7 +151,7 @@ def failing_job(step: str, error: Exception):
 
 # ---------------------------------------------------------------------------------------------- the tag check
 
-DROPS = {"drops": FilesSource.model_validate({"kind": "files", "format": "csv", "glob": "*.csv"})}
+DROPS = {DROPS_REF: FilesSource.model_validate({"kind": "files", "format": "csv", "glob": "*.csv"})}
 DIGEST = "0" * 64
 
 
@@ -146,21 +160,22 @@ DIGEST = "0" * 64
     [
         ({TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: DIGEST}, "not a files pipeline"),
         ({TAG_DATASET: "orders", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),
-        ({TAG_DATASET: "drops/..", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),
-        ({TAG_DATASET: "drops", TAG_FILE: "/etc/passwd.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-        ({TAG_DATASET: "drops", TAG_FILE: "../drops/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-        ({TAG_DATASET: "drops", TAG_FILE: "sub/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-        ({TAG_DATASET: "drops", TAG_FILE: "sub\\x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-        ({TAG_DATASET: "drops", TAG_FILE: "x\0.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-        ({TAG_DATASET: "drops", TAG_FILE: "..", TAG_SHA256: DIGEST}, "not a plain file name"),
-        ({TAG_DATASET: "drops", TAG_FILE: ".", TAG_SHA256: DIGEST}, "not a plain file name"),
-        ({TAG_DATASET: "drops", TAG_FILE: ".hidden.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
-        ({TAG_DATASET: "drops", TAG_FILE: "", TAG_SHA256: DIGEST}, "not a plain file name"),
-        ({TAG_DATASET: "drops", TAG_FILE: "warehouse.duckdb", TAG_SHA256: DIGEST}, "does not match the glob"),
-        ({TAG_DATASET: "drops", TAG_FILE: "x.csv.part", TAG_SHA256: DIGEST}, "does not match the glob"),
-        ({TAG_DATASET: "drops", TAG_FILE: "x.csv"}, "not a sha256 digest"),
-        ({TAG_DATASET: "drops", TAG_FILE: "x.csv", TAG_SHA256: "../x"}, "not a sha256 digest"),
-        ({TAG_DATASET: "drops"}, "not a plain file name"),
+        ({TAG_DATASET: "drops", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),  # no domain
+        ({TAG_DATASET: f"{DROPS_REF}/..", TAG_FILE: "x.csv", TAG_SHA256: DIGEST}, "not a files pipeline"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "/etc/passwd.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: f"../{DROPS_REF}/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "sub/x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "sub\\x.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "x\0.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "..", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: ".", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: ".hidden.csv", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "", TAG_SHA256: DIGEST}, "not a plain file name"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "warehouse.duckdb", TAG_SHA256: DIGEST}, "does not match the glob"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "x.csv.part", TAG_SHA256: DIGEST}, "does not match the glob"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "x.csv"}, "not a sha256 digest"),
+        ({TAG_DATASET: DROPS_REF, TAG_FILE: "x.csv", TAG_SHA256: "../x"}, "not a sha256 digest"),
+        ({TAG_DATASET: DROPS_REF}, "not a plain file name"),
     ],
 )
 def test_tags_that_do_not_name_a_file_of_a_files_pipeline_are_refused(tags, refusal):
@@ -169,9 +184,9 @@ def test_tags_that_do_not_name_a_file_of_a_files_pipeline_are_refused(tags, refu
 
 
 def test_the_file_sensors_tags_are_accepted():
-    target, reason = landing_target({TAG_DATASET: "drops", TAG_FILE: "d 1.csv", TAG_SHA256: DIGEST}, DROPS)
+    target, reason = landing_target({TAG_DATASET: DROPS_REF, TAG_FILE: "d 1.csv", TAG_SHA256: DIGEST}, DROPS)
     assert reason is None and target is not None
-    assert (target.dataset, target.name, target.sha256) == ("drops", "d 1.csv", DIGEST)
+    assert (target.dataset, target.name, target.sha256) == (DROPS_REF, "d 1.csv", DIGEST)
     assert landing_target({"dagster/run_key": "x"}, DROPS) == (None, None)  # not a landing run: nothing to say
 
 
@@ -180,16 +195,16 @@ def test_the_landing_resource_refuses_a_symlinked_dataset_directory_and_dot_name
     outside.mkdir()
     (outside / "x.csv").write_text("a\n1\n")
     (data_dir / "landing").mkdir()
-    (data_dir / "landing" / "linked").symlink_to(outside, target_is_directory=True)
+    (data_dir / "landing" / LINKED_REF).symlink_to(outside, target_is_directory=True)
     (data_dir / "warehouse.duckdb").write_text("the warehouse")
     landing = LandingFilesSource()
     for dataset, name in [
-        ("linked", "x.csv"),
+        (LINKED_REF, "x.csv"),
         ("..", "warehouse.duckdb"),
         (".", "landing"),
         ("", "x.csv"),
-        ("drops", "../../warehouse.duckdb"),
-        ("drops", ".."),
+        (DROPS_REF, "../../warehouse.duckdb"),
+        (DROPS_REF, ".."),
     ]:
         with pytest.raises(PermanentSourceError, match="refusing"):
             landing.archive(dataset, name)
@@ -199,14 +214,15 @@ def test_the_landing_resource_refuses_a_symlinked_dataset_directory_and_dot_name
     # nor are its files listed (so never loaded) or its markers seen, while a real directory's are
     (outside / "_SUCCESS").write_text("")
     spec = FilesSource.model_validate({"kind": "files", "format": "csv", "glob": "*.csv"})
-    assert landing.list_files("linked", spec) == [] and landing.partition_inputs("linked", spec) == []
-    assert not landing.marker_present("linked", "_SUCCESS")
-    (data_dir / "landing" / "real").mkdir()
-    (data_dir / "landing" / "real" / "x.csv").write_text("a\n1\n")
-    (data_dir / "landing" / "real" / "_SUCCESS").write_text("")
-    (data_dir / "landing" / "real" / "_LINK").symlink_to(outside / "_SUCCESS")
-    assert [p.name for p in landing.list_files("real", spec)] == ["x.csv"]
-    assert landing.marker_present("real", "_SUCCESS") and not landing.marker_present("real", "_LINK")
+    assert landing.list_files(LINKED_REF, spec) == [] and landing.partition_inputs(LINKED_REF, spec) == []
+    assert not landing.marker_present(LINKED_REF, "_SUCCESS")
+    real = data_dir / "landing" / ref("real")
+    real.mkdir()
+    (real / "x.csv").write_text("a\n1\n")
+    (real / "_SUCCESS").write_text("")
+    (real / "_LINK").symlink_to(outside / "_SUCCESS")
+    assert [p.name for p in landing.list_files(ref("real"), spec)] == ["x.csv"]
+    assert landing.marker_present(ref("real"), "_SUCCESS") and not landing.marker_present(ref("real"), "_LINK")
 
 
 # ---------------------------------------------------------------------------------------------- item 12
@@ -222,16 +238,16 @@ def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_
     outside.mkdir()
     (outside / "x.csv").write_text("a\n1\n")
     (outside / "secret.csv").write_text("a\n2\n")
-    (landing / "linked").symlink_to(outside, target_is_directory=True)  # the dataset directory is a symlink
-    (landing / "drops" / "link.csv").symlink_to(outside / "secret.csv")  # the file is a symlink
-    (landing / "drops" / ".hidden.csv").write_text("a\n3\n")
-    legit = landing / "drops" / "d.csv"
+    (landing / LINKED_REF).symlink_to(outside, target_is_directory=True)  # the dataset directory is a symlink
+    (landing / DROPS_REF / "link.csv").symlink_to(outside / "secret.csv")  # the file is a symlink
+    (landing / DROPS_REF / ".hidden.csv").write_text("a\n3\n")
+    legit = landing / DROPS_REF / "d.csv"
     legit.write_text("a,b\n1,x\n2,y\n")
 
     # the legit run: the file sensor's own request, run for real
     tags = sensor_tags(defs, instance, "drops")
     assert tags[TAG_FILE] == "d.csv"
-    loaded = defs.resolve_job_def("drops_pipeline").execute_in_process(
+    loaded = defs.resolve_job_def(pipeline_job_name(Pipeline("default", "drops"))).execute_in_process(
         instance=instance, tags=tags, run_config=QUIET, raise_on_error=False
     )
     assert loaded.success
@@ -239,7 +255,7 @@ def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_
     assert warehouse.exists()
 
     # the issue's run: any job, launched with tags naming the warehouse file through ".."
-    hostile_real = defs.resolve_job_def("drops_pipeline").execute_in_process(
+    hostile_real = defs.resolve_job_def(pipeline_job_name(Pipeline("default", "drops"))).execute_in_process(
         instance=instance,
         run_config=QUIET,
         raise_on_error=False,
@@ -249,14 +265,14 @@ def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_
     hostile = [
         {TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb", TAG_SHA256: sha(warehouse)},
         {TAG_DATASET: "..", TAG_FILE: "warehouse.duckdb"},
-        {TAG_DATASET: "linked", TAG_FILE: "x.csv", TAG_SHA256: sha(outside / "x.csv")},
-        {TAG_DATASET: "drops", TAG_FILE: str(warehouse), TAG_SHA256: sha(warehouse)},
-        {TAG_DATASET: "drops", TAG_FILE: str(outside / "secret.csv"), TAG_SHA256: sha(outside / "secret.csv")},
-        {TAG_DATASET: "drops", TAG_FILE: "../../warehouse.duckdb", TAG_SHA256: sha(warehouse)},
-        {TAG_DATASET: "drops", TAG_FILE: "../linked/x.csv", TAG_SHA256: sha(outside / "x.csv")},
-        {TAG_DATASET: "drops", TAG_FILE: "link.csv", TAG_SHA256: sha(outside / "secret.csv")},
-        {TAG_DATASET: "drops", TAG_FILE: ".hidden.csv", TAG_SHA256: sha(landing / "drops" / ".hidden.csv")},
-        {TAG_DATASET: "drops", TAG_FILE: "d.csv", TAG_SHA256: "f" * 64},  # the right name, another content
+        {TAG_DATASET: LINKED_REF, TAG_FILE: "x.csv", TAG_SHA256: sha(outside / "x.csv")},
+        {TAG_DATASET: DROPS_REF, TAG_FILE: str(warehouse), TAG_SHA256: sha(warehouse)},
+        {TAG_DATASET: DROPS_REF, TAG_FILE: str(outside / "secret.csv"), TAG_SHA256: sha(outside / "secret.csv")},
+        {TAG_DATASET: DROPS_REF, TAG_FILE: "../../warehouse.duckdb", TAG_SHA256: sha(warehouse)},
+        {TAG_DATASET: DROPS_REF, TAG_FILE: f"../{LINKED_REF}/x.csv", TAG_SHA256: sha(outside / "x.csv")},
+        {TAG_DATASET: DROPS_REF, TAG_FILE: "link.csv", TAG_SHA256: sha(outside / "secret.csv")},
+        {TAG_DATASET: DROPS_REF, TAG_FILE: ".hidden.csv", TAG_SHA256: sha(landing / DROPS_REF / ".hidden.csv")},
+        {TAG_DATASET: DROPS_REF, TAG_FILE: "d.csv", TAG_SHA256: "f" * 64},  # the right name, another content
     ]
     runs = [tagged.execute_in_process(instance=instance, tags=t) for t in hostile]
     assert all(r.success for r in runs)
@@ -274,9 +290,9 @@ def test_hostile_tags_on_successful_runs_move_nothing_and_the_file_sensors_tags_
     assert sha(legit) == tags[TAG_SHA256], (legit.read_text(), tags)
     assert evaluate(defs, instance, "landing_archive_sensor", loaded.run_id) is None
     assert not legit.exists()
-    (archived,) = (data_dir / "archive" / "drops").iterdir()
+    (archived,) = (data_dir / "archive" / DROPS_REF).iterdir()
     assert archived.name.endswith("_d.csv") and archived.read_text() == "a,b\n1,x\n2,y\n"
-    assert warehouse.exists() and (outside / "x.csv").exists() and (landing / "drops" / "link.csv").is_symlink()
+    assert warehouse.exists() and (outside / "x.csv").exists() and (landing / DROPS_REF / "link.csv").is_symlink()
 
 
 @pytest.mark.slow
@@ -286,10 +302,10 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "x.csv").write_text("a\n1\n")
-    (landing / "linked").symlink_to(outside, target_is_directory=True)
+    (landing / LINKED_REF).symlink_to(outside, target_is_directory=True)
     (data_dir / "warehouse.duckdb").write_text("the warehouse")
-    unreadable = failing_job("default__raw_drops", PermanentSourceError("drops: cannot read it"))
-    failing = failing_job("default__raw_linked", PermanentSourceError("linked: cannot read it"))
+    unreadable = failing_job("default__raw_drops", PermanentSourceError(f"{DROPS_REF}: cannot read it"))
+    failing = failing_job("default__raw_linked", PermanentSourceError(f"{LINKED_REF}: cannot read it"))
     runs = [
         unreadable.execute_in_process(
             instance=instance,
@@ -300,7 +316,7 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
             instance=instance,
             raise_on_error=False,
             tags={
-                TAG_DATASET: "drops",
+                TAG_DATASET: DROPS_REF,
                 TAG_FILE: "../../warehouse.duckdb",
                 TAG_SHA256: sha(data_dir / "warehouse.duckdb"),
             },
@@ -308,7 +324,7 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
         failing.execute_in_process(
             instance=instance,
             raise_on_error=False,
-            tags={TAG_DATASET: "linked", TAG_FILE: "x.csv", TAG_SHA256: sha(outside / "x.csv")},
+            tags={TAG_DATASET: LINKED_REF, TAG_FILE: "x.csv", TAG_SHA256: sha(outside / "x.csv")},
         ),
     ]
     assert not any(r.success for r in runs)
@@ -317,23 +333,25 @@ def test_hostile_tags_on_failed_runs_quarantine_nothing(lab, instance, data_dir,
         assert evaluate(defs, instance, "landing_quarantine_sensor", run.run_id) is None
     assert snapshot(data_dir, outside) == before
 
-    bad = landing / "drops" / "bad.csv"
+    bad = landing / DROPS_REF / "bad.csv"
     bad.write_text("garbage")
     legit = unreadable.execute_in_process(
-        instance=instance, raise_on_error=False, tags={TAG_DATASET: "drops", TAG_FILE: "bad.csv", TAG_SHA256: sha(bad)}
+        instance=instance,
+        raise_on_error=False,
+        tags={TAG_DATASET: DROPS_REF, TAG_FILE: "bad.csv", TAG_SHA256: sha(bad)},
     )
     evaluate(defs, instance, "landing_quarantine_sensor", legit.run_id)
     assert not bad.exists()
-    reason = next((data_dir / "quarantine" / "drops").glob("*_bad.csv.reason.txt")).read_text()
+    reason = next((data_dir / "quarantine" / DROPS_REF).glob("*_bad.csv.reason.txt")).read_text()
     assert f"run {legit.run_id} step default__raw_drops" in reason and "cannot read it" in reason
 
 
 # ---------------------------------------------------------------------------------------------- item 10
 
 
-def _run_for_file(defs, instance, dataset: str):
-    tags = sensor_tags(defs, instance, dataset)
-    result = defs.resolve_job_def(f"{dataset}_pipeline").execute_in_process(
+def _run_for_file(defs, instance, name: str):
+    tags = sensor_tags(defs, instance, name)
+    result = defs.resolve_job_def(pipeline_job_name(Pipeline("default", name))).execute_in_process(
         instance=instance, tags=tags, run_config=QUIET, raise_on_error=False
     )
     assert not result.success
@@ -356,54 +374,56 @@ def _quarantined(data_dir: Path, dataset: str, name: str) -> str:
     ],
 )
 def test_a_csv_breaking_the_contract_leaves_landing_with_its_reason(lab, instance, data_dir, name, text, words):
-    path = data_dir / "landing" / "drops" / name
+    path = data_dir / "landing" / DROPS_REF / name
     path.write_text(text)
     run = _run_for_file(lab, instance, "drops")
     evaluate(lab, instance, "landing_quarantine_sensor", run.run_id)
     assert not path.exists()
-    reason = _quarantined(data_dir, "drops", name)
+    reason = _quarantined(data_dir, DROPS_REF, name)
     assert "required column(s) a missing" in reason, reason
 
 
 @pytest.mark.slow
 def test_a_nested_json_column_fails_validation_and_the_file_leaves_landing(lab, instance, data_dir):
-    path = data_dir / "landing" / "nested" / "n.ndjson"
+    path = data_dir / "landing" / NESTED_REF / "n.ndjson"
     path.write_text('{"a": {"deep": 1}, "b": "x"}\n{"a": {"deep": 2}, "b": "y"}\n')
     run = _run_for_file(lab, instance, "nested")
     failed = {e.step_key for e in run.all_events if e.event_type == DagsterEventType.STEP_FAILURE}
-    assert failed == {"validate_nested"}  # the extract read it; the contract refused it
+    assert failed == {step_of("nested")}  # the extract read it; the contract refused it
     assert path.exists()  # run failed; the file waits for the sensor
     evaluate(lab, instance, "landing_quarantine_sensor", run.run_id)
     assert not path.exists()
-    reason = _quarantined(data_dir, "nested", "n.ndjson")
-    assert f"run {run.run_id} step validate_nested" in reason and "nested values" in reason
+    reason = _quarantined(data_dir, NESTED_REF, "n.ndjson")
+    assert f"run {run.run_id} step {step_of('nested')}" in reason and "nested values" in reason
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "step, error, moved",
     [
-        ("validate_drops", ContractError("drops: required column(s) a missing"), True),
-        ("default__raw_drops", PermanentSourceError("drops: cannot read d.csv as csv"), True),
+        (step_of("drops"), ContractError(f"{DROPS_REF}: required column(s) a missing"), True),
+        ("default__raw_drops", PermanentSourceError(f"{DROPS_REF}: cannot read d.csv as csv"), True),
         (
-            "validate_drops",
-            UpstreamNotReadyError("drops: its relationship to products needs products loaded first"),
+            step_of("drops"),
+            UpstreamNotReadyError(f"{DROPS_REF}: its relationship to {ref('products')} needs it loaded first"),
             False,
         ),  # a re-run fixes it once the upstream is loaded
-        ("validate_drops", RuntimeError("the lake is on fire"), False),  # infrastructure
-        ("default__raw_drops", TransientSourceError("drops: timed out"), False),
-        ("validate_other", ContractError("other: required column(s) a missing"), False),  # another dataset's step
-        ("default__warehouse_drops", ContractError("drops: contract mismatch at load"), False),  # a load, not the file
+        (step_of("drops"), RuntimeError("the lake is on fire"), False),  # infrastructure
+        ("default__raw_drops", TransientSourceError(f"{DROPS_REF}: timed out"), False),
+        # another dataset's step
+        (step_of("other"), ContractError(f"{ref('other')}: required column(s) a missing"), False),
+        # a load, not the file
+        ("default__warehouse_drops", ContractError(f"{DROPS_REF}: contract mismatch at load"), False),
     ],
 )
 def test_only_failures_a_rerun_of_the_same_file_cannot_fix_move_it(lab, instance, data_dir, step, error, moved):
-    path = data_dir / "landing" / "drops" / "d.csv"
+    path = data_dir / "landing" / DROPS_REF / "d.csv"
     path.write_text("a,b\n1,x\n")
     run = failing_job(step, error).execute_in_process(
-        instance=instance, raise_on_error=False, tags={TAG_DATASET: "drops", TAG_FILE: "d.csv", TAG_SHA256: sha(path)}
+        instance=instance, raise_on_error=False, tags={TAG_DATASET: DROPS_REF, TAG_FILE: "d.csv", TAG_SHA256: sha(path)}
     )
     assert not run.success
     evaluate(lab, instance, "landing_quarantine_sensor", run.run_id)
     assert path.exists() is not moved
     if moved:
-        assert str(error) in _quarantined(data_dir, "drops", "d.csv")
+        assert str(error) in _quarantined(data_dir, DROPS_REF, "d.csv")

@@ -35,6 +35,7 @@ from dagster import (
     materialize,
 )
 
+from etl_assets.keys import Pipeline, dagster_name, pipeline_job_name, pipeline_ref
 from etl_assets.monitoring.health import PipelineHealth, health_markdown
 from etl_assets.monitoring.sensors import TAG_ALERT_SENT
 from etl_assets_tests.recorder import Recorder
@@ -47,13 +48,33 @@ SLACK_TOKEN = "xoxb-monitoring-test-token-never-logged"
 HOOK_SECRET = "hook-s3cr3t-3f9a"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 DROPS_ROWS, DROPS_BAD = 40, 1
+
+
+def ref(name: str) -> str:
+    """How monitoring names test pipeline ``name`` (the default domain): ``default.<name>``."""
+    return pipeline_ref(Pipeline("default", name))
+
+
+def job(name: str) -> str:
+    """The job of test pipeline ``name``: ``default__<name>_pipeline``."""
+    return pipeline_job_name(Pipeline("default", name))
+
+
 FAILING = {  # pipeline -> (failed step, its asset, error class, words of the message)
     "empty": ("default__raw_empty", "default/raw_empty", "permanent", "no files matching"),
     # a contract column holding objects: the extract reads it, validation refuses it
-    "shapeless": ("validate_shapeless", "default/clean_shapeless", "data_quality", "nested values"),
+    "shapeless": (
+        f"validate_{dagster_name(Pipeline('default', 'shapeless'))}",
+        "default/clean_shapeless",
+        "data_quality",
+        "nested values",
+    ),
     "flaky": ("default__raw_flaky", "default/raw_flaky", "transient", "failed 6 times, last with http_503"),
     "broken": ("default__marts_broken", "default/marts_broken", "infrastructure", "no_such_column"),
 }
+FAILING_BY_REF = {ref(name): name for name in FAILING}
+SHOP_PIPELINES = ("orders", "customers", "products", "fx_rates", "inventory", "orders_enriched", "daily_revenue")
+SHOP = {pipeline_ref(Pipeline("shop", name)) for name in SHOP_PIPELINES}  # the packaged ones, loaded beside
 FRESHNESS = AssetCheckKey(AssetKey(["default", "warehouse_drops"]), "freshness_check")
 
 
@@ -136,11 +157,11 @@ def world(tmp_path_factory) -> Iterator[World]:
         mp.setenv("ETL_ALERT_SLACK_API_URL", f"{slack.url}/api/")
         (specs / "broken.sql").write_text("SELECT no_such_column FROM drops\n")
         landing = data / "landing"
-        (landing / "drops").mkdir(parents=True)
+        (landing / ref("drops")).mkdir(parents=True)
         rows = "".join(f"{i},row{i}\n" for i in range(1, DROPS_ROWS - DROPS_BAD + 1)) + "not-a-number,bad\n"
-        (landing / "drops" / "d.csv").write_text("a,b\n" + rows)
-        (landing / "shapeless").mkdir()
-        (landing / "shapeless" / "s.ndjson").write_text('{"a": {"nested": 1}, "b": "x"}\n')
+        (landing / ref("drops") / "d.csv").write_text("a,b\n" + rows)
+        (landing / ref("shapeless")).mkdir()
+        (landing / ref("shapeless") / "s.ndjson").write_text('{"a": {"nested": 1}, "b": "x"}\n')
         with instance_for_test(temp_dir=str(home)) as instance:
             defs = definitions_for(specs, *_specs(flaky_api.url), shop=True)
             world = World(instance, defs, home, data, {}, webhook, slack, "", "")
@@ -148,7 +169,7 @@ def world(tmp_path_factory) -> Iterator[World]:
             world.run_cursor = world.tick("alert_on_run_failure", None).cursor
             world.check_cursor = world.tick("alert_on_check_failure", None).cursor
             for name in ["drops", *FAILING]:
-                world.runs[name] = defs.resolve_job_def(f"{name}_pipeline").execute_in_process(
+                world.runs[name] = defs.resolve_job_def(job(name)).execute_in_process(
                     instance=instance, raise_on_error=False, run_config=QUIET
                 )
             assert world.runs["drops"].success, "the successful pipeline failed; see its events"
@@ -180,22 +201,23 @@ def test_each_failed_run_is_classified_recorded_and_alerted_exactly_once(world, 
         " failed_at FROM ops.errors ORDER BY pipeline"
     )
     assert sorted((r[2], r[1], r[3], r[4], r[6]) for r in rows) == sorted(
-        (name, f"{name}_pipeline", step, asset, cls) for name, (step, asset, cls, _) in FAILING.items()
+        (ref(name), job(name), step, asset, cls) for name, (step, asset, cls, _) in FAILING.items()
     )
-    for run_id, _, name, *_, message, failed_at in rows:
+    for run_id, _, owner, *_, message, failed_at in rows:
+        name = FAILING_BY_REF[owner]
         assert run_id == failed[name]
         assert FAILING[name][3] in message, message
         record = world.instance.get_run_record_by_id(run_id)
         assert abs(failed_at.timestamp() - record.end_time) < 1
     summary = world.query("SELECT pipeline, error_class, errors, runs, last_seen IS NOT NULL FROM ops.error_summary")
-    assert sorted(summary) == sorted((name, cls, 1, 1, True) for name, (_, _, cls, _) in FAILING.items())
+    assert sorted(summary) == sorted((ref(name), cls, 1, 1, True) for name, (_, _, cls, _) in FAILING.items())
 
     alerts = [a for a in world.alerts() if a["kind"] == "run_failure"]
     assert sorted(a["run_id"] for a in alerts) == sorted(failed.values())  # one per failed run, none for drops
     for alert in alerts:
-        name = alert["pipeline"]
+        name = FAILING_BY_REF[alert["pipeline"]]
         assert alert["url"] == f"{UI}/runs/{failed[name]}"
-        assert alert["error_class"] == FAILING[name][2] and alert["job"] == f"{name}_pipeline"
+        assert alert["error_class"] == FAILING[name][2] and alert["job"] == job(name)
         assert alert["asset"] == FAILING[name][1]
         assert world.instance.get_run_by_id(failed[name]).tags.get(TAG_ALERT_SENT)
 
@@ -286,7 +308,7 @@ def test_failed_check_evaluations_are_alerted_once_each(world):
     alerts = [a for a in world.alerts() if a["kind"] == "check_failure"]
     assert sorted((a["run_id"], a["asset"], a["check"]) for a in alerts) == sorted(expected)
     fresh_alerts = [a for a in alerts if a["check"] == "freshness_check"]
-    assert all(a["asset"] == "default/warehouse_drops" and a["pipeline"] == "drops" for a in fresh_alerts)
+    assert all(a["asset"] == "default/warehouse_drops" and a["pipeline"] == ref("drops") for a in fresh_alerts)
     assert all(a["url"] == f"{UI}/runs/{a['run_id']}" and a["severity"] == "WARN" for a in fresh_alerts)
 
 
@@ -322,19 +344,9 @@ def test_pipeline_health_asset(world):
         r[0]: dict(zip(columns, r, strict=True))
         for r in world.query(f"SELECT {', '.join(columns)} FROM ops.pipeline_health")
     }
-    assert set(table) == {
-        "drops",
-        *FAILING,
-        "orders",
-        "customers",
-        "products",
-        "fx_rates",
-        "inventory",
-        "orders_enriched",
-        "daily_revenue",
-    }
+    assert set(table) == {ref("drops"), *FAILING_BY_REF, *SHOP}
 
-    drops = table["drops"]
+    drops = table[ref("drops")]
     run = world.instance.get_run_record_by_id(world.runs["drops"].run_id)
     loaded = DROPS_ROWS - DROPS_BAD
     assert (drops["runs"], drops["succeeded"], drops["failed"], drops["success_rate"]) == (1, 1, 0, 1.0)
@@ -343,16 +355,17 @@ def test_pipeline_health_asset(world):
     assert drops["window_hours"] == 24 and drops["max_lag_minutes"] == 30
     assert 0 <= drops["freshness_lag_minutes"] < 10 and drops["stale"] is False
     for name, (_, _, cls, _) in FAILING.items():
-        row = table[name]
+        row = table[ref(name)]
         assert (row["runs"], row["failed"], row["success_rate"], row[f"failures_{cls}"]) == (1, 1, 0.0, 1), row
         assert sum(row[f"failures_{c}"] for c in ("transient", "permanent", "data_quality", "infrastructure")) == 1
     # the transform ran no step of drops: drops counts only its own run
-    assert table["orders"]["runs"] == 0 and table["orders"]["success_rate"] is None
-    assert table["orders"]["stale"] is True  # declares a max lag and was never loaded
+    orders = table["shop.orders"]
+    assert orders["runs"] == 0 and orders["success_rate"] is None
+    assert orders["stale"] is True  # declares a max lag and was never loaded
 
     summary = metadata["summary"].value
-    assert "| drops | 1 | 100.0% |" in summary
-    assert "| empty | 1 | 0.0% |" in summary and "permanent 1" in summary
+    assert "| default.drops | 1 | 100.0% |" in summary
+    assert "| default.empty | 1 | 0.0% |" in summary and "permanent 1" in summary
     chart = Path(metadata["chart_path"].value)
     assert chart == world.data / "reports" / "pipeline_health.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
@@ -362,9 +375,9 @@ def test_pipeline_health_asset(world):
     assert embedded.startswith(prefix) and embedded.endswith(")")
     assert base64.b64decode(embedded[len(prefix) : -1]) == chart.read_bytes()
     # each pipeline's figures are numbers Dagster can plot
-    assert metadata["drops.success_rate"].value == 1.0 and metadata["drops.runs"].value == 1.0
-    assert metadata["drops.records_per_hour"].value == pytest.approx(loaded / 24, abs=1e-3)
-    assert "orders.success_rate" not in metadata  # no run in the window: no point rather than a false 0
+    assert metadata["default.drops.success_rate"].value == 1.0 and metadata["default.drops.runs"].value == 1.0
+    assert metadata["default.drops.records_per_hour"].value == pytest.approx(loaded / 24, abs=1e-3)
+    assert "shop.orders.success_rate" not in metadata  # no run in the window: no point rather than a false 0
 
 
 def test_rows_per_hour_of_a_pipeline_with_few_rows_is_not_shown_as_zero():
@@ -416,33 +429,36 @@ def test_prometheus_endpoint_serves_metrics_from_the_instance(world):
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         samples = _samples(_scrape(url, time.monotonic() + 90))
-        assert samples['etl_runs_total{job="drops_pipeline",status="SUCCESS"}'] == 1
+        drops_job = job("drops")
+        assert samples[f'etl_runs_total{{job="{drops_job}",status="SUCCESS"}}'] == 1
         for name in FAILING:
-            assert samples[f'etl_runs_total{{job="{name}_pipeline",status="FAILURE"}}'] == 1
-        assert 'etl_runs_total{job="drops_pipeline",status="FAILURE"}' not in samples
+            assert samples[f'etl_runs_total{{job="{job(name)}",status="FAILURE"}}'] == 1
+        assert f'etl_runs_total{{job="{drops_job}",status="FAILURE"}}' not in samples
 
         loaded = DROPS_ROWS - DROPS_BAD
-        assert samples['etl_rows_loaded_total{pipeline="drops",target="warehouse"}'] == loaded
-        assert samples['etl_rows_quarantined_total{pipeline="drops"}'] == DROPS_BAD
-        assert samples.get('etl_rows_quarantined_total{pipeline="empty"}', 0) == 0  # never got to validation
+        assert samples['etl_rows_loaded_total{pipeline="default.drops",target="warehouse"}'] == loaded
+        assert samples['etl_rows_quarantined_total{pipeline="default.drops"}'] == DROPS_BAD
+        assert samples.get('etl_rows_quarantined_total{pipeline="default.empty"}', 0) == 0  # never got to validation
 
         run = world.instance.get_run_record_by_id(world.runs["drops"].run_id)
-        assert samples['etl_run_duration_seconds_count{job="drops_pipeline"}'] == 1
-        assert samples['etl_run_duration_seconds_sum{job="drops_pipeline"}'] == pytest.approx(
+        assert samples[f'etl_run_duration_seconds_count{{job="{drops_job}"}}'] == 1
+        assert samples[f'etl_run_duration_seconds_sum{{job="{drops_job}"}}'] == pytest.approx(
             run.end_time - run.start_time, abs=1e-6
         )
-        assert samples['etl_run_duration_seconds_bucket{job="drops_pipeline",le="+Inf"}'] == 1
+        assert samples[f'etl_run_duration_seconds_bucket{{job="{drops_job}",le="+Inf"}}'] == 1
         latest = world.instance.get_latest_materialization_event(AssetKey(["default", "warehouse_drops"])).timestamp
-        assert samples['etl_last_success_timestamp_seconds{pipeline="drops"}'] == pytest.approx(latest, abs=1e-3)
+        assert samples['etl_last_success_timestamp_seconds{pipeline="default.drops"}'] == pytest.approx(
+            latest, abs=1e-3
+        )
 
         # a new failed run shows up in the next scrape (the collector reads only what changed)
-        again = world.defs.resolve_job_def("empty_pipeline").execute_in_process(
+        again = world.defs.resolve_job_def(job("empty")).execute_in_process(
             instance=world.instance, raise_on_error=False, run_config=QUIET
         )
         assert not again.success
         samples = _samples(_scrape(url, time.monotonic() + 30))
-        assert samples['etl_runs_total{job="empty_pipeline",status="FAILURE"}'] == 2
-        assert samples['etl_runs_total{job="drops_pipeline",status="SUCCESS"}'] == 1
+        assert samples[f'etl_runs_total{{job="{job("empty")}",status="FAILURE"}}'] == 2
+        assert samples[f'etl_runs_total{{job="{drops_job}",status="SUCCESS"}}'] == 1
     finally:
         server.send_signal(signal.SIGTERM)
         try:

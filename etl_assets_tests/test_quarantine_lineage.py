@@ -1,11 +1,13 @@
 """Where a quarantined row came from: `_etl_source` names its file and `_etl_record` its record number in that
-file, in the lake and in the warehouse's `quarantine.<name>`, for a partition delivered as several files."""
+file, in the lake and in the warehouse's `quarantine.<domain>__<name>`, for a partition delivered as several files."""
 
 from __future__ import annotations
 
 import duckdb
 import pytest
 
+from etl_assets.keys import Pipeline, dagster_name, pipeline_job_name, pipeline_ref
+from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
 pytestmark = [pytest.mark.slow]
@@ -19,10 +21,11 @@ SPEC = pipeline(
     primary_key=["reading_id"],
     quality={"threshold": 0},
 )
+READINGS = Pipeline(SPEC["domain"], SPEC["name"])
 
 
 def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instance):
-    landing = data_dir / "landing" / "readings"
+    landing = data_dir / "landing" / pipeline_ref(READINGS)
     landing.mkdir(parents=True)
     # two files for one day; bad rows at known records (1-based, header not counted)
     (landing / "readings_2024-01-01_a.csv").write_text(
@@ -31,7 +34,7 @@ def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instanc
     (landing / "readings_2024-01-01_b.csv").write_text(
         "reading_id,value\n" + "".join(f"{2000 + i},{-1 if i in (1, 500) else i}\n" for i in range(1, 501))
     )
-    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def("readings_pipeline")
+    job = definitions_for(tmp_path / "specs", SPEC).resolve_job_def(pipeline_job_name(READINGS))
     assert job.execute_in_process(instance=instance, partition_key="2024-01-01").success
     expected = [
         ("7", "readings_2024-01-01_a.csv", 7, ["type:value"]),
@@ -42,5 +45,5 @@ def test_quarantined_rows_name_their_file_and_record(tmp_path, data_dir, instanc
     query = "SELECT reading_id, _etl_source, _etl_record, _etl_reasons FROM {} ORDER BY _etl_source, _etl_record"
     assert duckdb.execute(query.format(f"read_parquet('{lake}')")).fetchall() == expected
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
-        assert con.execute(query.format("quarantine.readings")).fetchall() == expected
+        assert con.execute(query.format(f"{QUARANTINE_SCHEMA}.{dagster_name(READINGS)}")).fetchall() == expected
         assert con.execute("SELECT count(*) FROM lab.readings").fetchall() == [(1497,)]

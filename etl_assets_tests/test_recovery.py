@@ -1,7 +1,7 @@
 """Protects error recovery (issue #5): idempotent re-runs, crash recovery of loads, and retried extracts.
 
 * Idempotency: three runs of the same partitions (an API source with quarantined rows into DuckDB and Postgres,
-  a mart built from it, a file source) leave every lake file, every warehouse table (``quarantine.<ds>``
+  a mart built from it, a file source) leave every lake file, every warehouse table (``quarantine.<domain>__<ds>``
   included) and the Postgres table with the same rows as one run, compared row by row without ``_etl_run_id``
   and ``_etl_loaded_at``, while the run ids show that every row was replaced.
 * Crash recovery: a real ``dagster job execute`` process is SIGKILLed inside a load transaction (after the DELETE
@@ -43,7 +43,9 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from psycopg import sql
 
 from etl_assets.definitions import build_definitions
+from etl_assets.keys import Pipeline, dagster_name, pipeline_job_name, pipeline_ref
 from etl_assets.lake import VIEW_SUFFIX, view_files, view_sql
+from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA
 from etl_assets.resources.api import RestApiSource
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV, WAREHOUSE_POOL
 from etl_assets_demo import DemoApiServer, DemoManifest, FaultConfig
@@ -144,6 +146,21 @@ def source_orders(manifest: DemoManifest, day: str) -> list[tuple]:
 def raw_order_ids(data_dir: Path, dataset: str, day: str, domain: str = "rec") -> list[int]:
     path = data_dir / "lake" / domain / f"raw_{dataset}" / f"{day}.parquet"
     return [int(r[0]) for r in duckdb.execute("SELECT order_id FROM read_parquet(?)", [str(path)]).fetchall()]
+
+
+def job_of(domain: str, name: str) -> str:
+    """The job of pipeline ``name`` of ``domain``."""
+    return pipeline_job_name(Pipeline(domain, name))
+
+
+def landing_of(data_dir: Path, domain: str, name: str) -> Path:
+    """The landing folder of pipeline ``name`` of ``domain``: ``landing/<domain>.<name>/``."""
+    return data_dir / "landing" / pipeline_ref(Pipeline(domain, name))
+
+
+def quarantine_of(domain: str, name: str) -> str:
+    """The warehouse's quarantine table of pipeline ``name`` of ``domain``: ``quarantine.<domain>__<name>``."""
+    return f"{QUARANTINE_SCHEMA}.{dagster_name(Pipeline(domain, name))}"
 
 
 def step_events(result, step_key: str, kind: DagsterEventType) -> list:
@@ -249,9 +266,10 @@ def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_
             primary_key=["product_id"],
         ),
     )
-    landing = data_dir / "landing" / "rec_catalog"
+    landing = landing_of(data_dir, pg_schema, "rec_catalog")
     landing.mkdir(parents=True)
-    shutil.copy(shop_data.landing_dir / "products" / "products.csv", landing / "products.csv")
+    shop_products = shop_data.landing_dir / pipeline_ref(Pipeline("shop", "products")) / "products.csv"
+    shutil.copy(shop_products, landing / "products.csv")
     monkeypatch.setenv("ETL_POSTGRES_URL", postgres_url)
     rec_api()
     defs = build_definitions()
@@ -283,8 +301,8 @@ def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_
     assert cancelled > 0
     first = snapshots[0]
     assert first["warehouse"][f"{pg_schema}.rec_orders"][0] == len(orders) - cancelled
-    assert first["warehouse"]["quarantine.rec_orders"][0] == cancelled
-    assert first["warehouse"]["quarantine.rec_catalog"][0] == 0
+    assert first["warehouse"][quarantine_of(pg_schema, "rec_orders")][0] == cancelled
+    assert first["warehouse"][quarantine_of(pg_schema, "rec_catalog")][0] == 0
     assert first["warehouse"][f"{pg_schema}.rec_catalog"][0] == shop_data.products
     assert first["warehouse"][f"{pg_schema}.rec_daily"][0] >= 2
     assert first["postgres"][0] == len(orders) - cancelled
@@ -300,7 +318,7 @@ def test_three_runs_of_the_same_partitions_leave_lake_warehouse_and_postgres_as_
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         loaded = con.execute(
             f'SELECT DISTINCT _etl_partition, _etl_run_id FROM "{pg_schema}".rec_orders'
-            " UNION SELECT DISTINCT _etl_partition, _etl_run_id FROM quarantine.rec_orders"
+            f" UNION SELECT DISTINCT _etl_partition, _etl_run_id FROM {quarantine_of(pg_schema, 'rec_orders')}"
         ).fetchall()
     assert sorted(loaded) == sorted((day, last[day]) for day in days)
     assert sorted(set(pg_rows(postgres_url, pg_schema, "rec_orders", ["_etl_partition", "_etl_run_id"]))) == sorted(
@@ -379,7 +397,7 @@ def warehouse_partition(con, schema: str, table: str, partition: str) -> tuple[t
     valid = con.execute(
         f'SELECT id, amount, label FROM "{schema}"."{table}" WHERE _etl_partition = ?', [partition]
     ).fetchall()
-    bad = con.execute(f'SELECT id FROM quarantine."{table}" WHERE _etl_partition = ?', [partition]).fetchall()
+    bad = con.execute(f"SELECT id FROM {quarantine_of(schema, table)} WHERE _etl_partition = ?", [partition]).fetchall()
     return digest(valid), digest(bad)
 
 
@@ -454,11 +472,11 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
     """A range run replaces two partitions (main table and quarantine together, one transaction each); killed in
     the second transaction."""
     write_spec(specs_dir, big_spec("rec_big", "rec", ["duckdb"], partitioned=True))
-    landing = data_dir / "landing" / "rec_big"
+    landing = landing_of(data_dir, "rec", "rec_big")
     files = {day: landing / f"rec_big_{day}.csv" for day in BIG_DAYS}
     for index, day in enumerate(BIG_DAYS):
         write_csv(files[day], 1, 20_000, first_id=index * 10_000_000)
-    job = "rec_big_pipeline"
+    job = job_of("rec", "rec_big")
     tags = {"dagster/asset_partition_range_start": BIG_DAYS[0], "dagster/asset_partition_range_end": BIG_DAYS[1]}
     instance = crash_instance
     result = build_definitions().resolve_job_def(job).execute_in_process(instance=instance, tags=tags, run_config=QUIET)
@@ -481,7 +499,7 @@ def test_sigkill_inside_a_duckdb_load_leaves_whole_partitions_and_reexecution_co
         "--tags",
         json.dumps(tags),
     ]
-    both = "rec.rec_big, quarantine.rec_big"
+    both = f"rec.rec_big, {quarantine_of('rec', 'rec_big')}"
     proc, pauses = run_until_paused(cmd, crash_env, until=(f"{both} partition {BIG_DAYS[1]}", "before COMMIT"))
     sigkill(proc)
     assert [p.split(" written")[0] + (" commit" if "after" in p else "") for p in pauses] == [
@@ -529,9 +547,9 @@ def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
 ):
     """Killed between a load's COMMIT and the checkpoint that closing the connection does: the WAL holds the commit."""
     write_spec(specs_dir, big_spec("rec_wal", "rec", ["duckdb"], partitioned=False))
-    source = data_dir / "landing" / "rec_wal" / "rec_wal_all.csv"
+    source = landing_of(data_dir, "rec", "rec_wal") / "rec_wal_all.csv"
     write_csv(source, 1, 5_000)
-    job = "rec_wal_pipeline"
+    job = job_of("rec", "rec_wal")
     instance = crash_instance
     assert build_definitions().resolve_job_def(job).execute_in_process(instance=instance, run_config=QUIET).success
     old = csv_rows(source)
@@ -545,7 +563,7 @@ def test_sigkill_after_a_duckdb_commit_before_its_checkpoint_replays_the_wal(
     proc, _ = run_until_paused(
         [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job],
         crash_env,
-        until=("rec.rec_wal, quarantine.rec_wal partition _all", "after COMMIT"),
+        until=(f"rec.rec_wal, {quarantine_of('rec', 'rec_wal')} partition _all", "after COMMIT"),
     )
     sigkill(proc)
     wal = warehouse.with_name(warehouse.name + ".wal")
@@ -604,8 +622,8 @@ def test_sigkill_inside_a_postgres_load_leaves_the_previous_rows_and_nothing_blo
     """Killed twice: in the first load (the table is created in the transaction) and in a reload."""
     write_spec(specs_dir, big_spec("rec_pgload", pg_schema, ["postgres"], partitioned=False))
     env = {**crash_env, "ETL_POSTGRES_URL": postgres_url}
-    source = data_dir / "landing" / "rec_pgload" / "rec_pgload_all.csv"
-    job = "rec_pgload_pipeline"
+    source = landing_of(data_dir, pg_schema, "rec_pgload") / "rec_pgload_all.csv"
+    job = job_of(pg_schema, "rec_pgload")
     cmd = [str(BIN / "dagster"), "job", "execute", "-m", "etl_assets", "-j", job]
     paused_load = ("rec_pgload partition _all", "before COMMIT")
     instance = crash_instance
@@ -694,7 +712,7 @@ def test_api_page_failing_fewer_times_than_the_request_attempts_is_retried_in_pl
     day = shop_data.partition_keys[0]
     result = (
         build_definitions()
-        .resolve_job_def("rec_orders_pipeline")
+        .resolve_job_def(job_of("rec", "rec_orders"))
         .execute_in_process(instance=instance, partition_key=day, run_config=QUIET)
     )
     assert result.success
@@ -723,7 +741,7 @@ def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition
     day = shop_data.partition_keys[1]
     result = (
         build_definitions()
-        .resolve_job_def("rec_orders_pipeline")
+        .resolve_job_def(job_of("rec", "rec_orders"))
         .execute_in_process(instance=instance, partition_key=day, run_config=QUIET)
     )
     assert result.success
@@ -738,7 +756,7 @@ def test_api_request_retries_exhausted_at_page_k_step_retry_writes_the_partition
     assert sorted(p.name for p in (data_dir / "lake" / "rec" / "raw_rec_orders").iterdir()) == [f"{day}.parquet"]
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         loaded = con.execute("SELECT count(*), count(DISTINCT order_id) FROM rec.rec_orders").fetchall()
-        quarantined = con.execute("SELECT count(*) FROM quarantine.rec_orders").fetchall()
+        quarantined = con.execute(f"SELECT count(*) FROM {quarantine_of('rec', 'rec_orders')}").fetchall()
     cancelled = sum(1 for _, s in orders if s == "cancelled")
     assert loaded == [(len(orders) - cancelled,) * 2] and quarantined == [(cancelled,)]
 
@@ -801,7 +819,7 @@ def test_postgres_source_terminated_mid_extract_is_retried_and_completes_exactly
     try:
         result = (
             build_definitions()
-            .resolve_job_def("rec_pgsrc_pipeline")
+            .resolve_job_def(job_of("rec", "rec_pgsrc"))
             .execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
         )
     finally:

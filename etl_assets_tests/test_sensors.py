@@ -13,11 +13,24 @@ import pytest
 from dagster import build_schedule_context, build_sensor_context
 
 from etl_assets.definitions import build_definitions
+from etl_assets.keys import Named, Pipeline, dagster_name, pipeline_job_name, pipeline_ref
 from etl_assets.pipelines.factory import partitioned_schedule_offsets
 from etl_assets.pipelines.sensors import decide_arrivals, run_key_for
 from etl_assets.resources.files import LandingFile, LandingFilesSource
 from etl_assets_demo import DemoApiServer, generate_shop_data
 from etl_assets_tests.specs import definitions_for, files_source, load_spec, pipeline
+
+INVENTORY = Pipeline("shop", "inventory")  # the packaged shop pipelines
+ORDERS = Pipeline("shop", "orders")
+DROPS = Pipeline("default", "drops")  # a test pipeline of the default domain
+
+
+def file_sensor(pipeline: Named) -> str:
+    return f"{dagster_name(pipeline)}_file_sensor"
+
+
+def schedule_name(pipeline: Named) -> str:
+    return f"{dagster_name(pipeline)}_schedule"
 
 
 def lf(name: str, size: int = 10, mtime: int = 1, etag: str = "") -> LandingFile:
@@ -61,7 +74,7 @@ def defs(data_dir):
 
 @pytest.fixture
 def landing(data_dir) -> Path:
-    path = data_dir / "landing" / "inventory"
+    path = data_dir / "landing" / pipeline_ref(INVENTORY)
     path.mkdir(parents=True)
     return path
 
@@ -85,23 +98,23 @@ def test_file_sensor_requests_one_run_per_file_version(defs, instance, landing):
     path = drop(landing, "inventory_2024-01-02.ndjson", '{"snapshot_date":"2024-01-02","product_id":1,"on_hand":3}\n')
     drop(landing, "inventory_2024-01-03.ndjson.part", "half")  # still being written
     drop(landing, ".inventory_2024-01-04.ndjson", "hidden")
-    first = tick(defs, "inventory_file_sensor", instance, None)
+    first = tick(defs, file_sensor(INVENTORY), instance, None)
     assert first.run_requests == []
-    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    second = tick(defs, file_sensor(INVENTORY), instance, first.cursor)
     assert len(second.run_requests) == 1
     request = second.run_requests[0]
     assert request.partition_key == "2024-01-02"
     sha = LandingFilesSource.sha256(path)
-    assert request.run_key == run_key_for("inventory", path.name, path.stat().st_size, sha)
+    assert request.run_key == run_key_for(pipeline_ref(INVENTORY), path.name, path.stat().st_size, sha)
     assert request.tags["etl/landing_file"] == path.name and request.tags["etl/landing_sha256"] == sha
-    third = tick(defs, "inventory_file_sensor", instance, second.cursor)
+    third = tick(defs, file_sensor(INVENTORY), instance, second.cursor)
     assert third.run_requests == []
 
     # re-delivery with new content: a new version, a new run key once it is stable
     drop(landing, path.name, '{"snapshot_date":"2024-01-02","product_id":1,"on_hand":4}\n', mtime=1_700_000_100)
-    fourth = tick(defs, "inventory_file_sensor", instance, third.cursor)
+    fourth = tick(defs, file_sensor(INVENTORY), instance, third.cursor)
     assert fourth.run_requests == []
-    fifth = tick(defs, "inventory_file_sensor", instance, fourth.cursor)
+    fifth = tick(defs, file_sensor(INVENTORY), instance, fourth.cursor)
     assert len(fifth.run_requests) == 1 and fifth.run_requests[0].run_key != request.run_key
 
 
@@ -109,30 +122,31 @@ def test_identical_redelivery_after_a_successful_load_is_archived_without_a_run(
     from dagster import DagsterRun, DagsterRunStatus
 
     path = drop(landing, "inventory_2024-01-02.ndjson", '{"snapshot_date":"2024-01-02","product_id":1,"on_hand":3}\n')
-    key = run_key_for("inventory", path.name, path.stat().st_size, LandingFilesSource.sha256(path))
+    key = run_key_for(pipeline_ref(INVENTORY), path.name, path.stat().st_size, LandingFilesSource.sha256(path))
     instance.add_run(
         DagsterRun(
-            job_name="inventory_pipeline",
+            job_name=pipeline_job_name(INVENTORY),
             run_id="earlier-run",
             status=DagsterRunStatus.SUCCESS,
             tags={"dagster/run_key": key},
         )
     )
-    first = tick(defs, "inventory_file_sensor", instance, None)
-    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    first = tick(defs, file_sensor(INVENTORY), instance, None)
+    second = tick(defs, file_sensor(INVENTORY), instance, first.cursor)
     assert second.run_requests == []
     assert not path.exists()
-    assert [p.name.split("_", 1)[1] for p in (data_dir / "archive" / "inventory").iterdir()] == [path.name]
+    assert [p.name.split("_", 1)[1] for p in (data_dir / "archive" / pipeline_ref(INVENTORY)).iterdir()] == [path.name]
 
 
 def test_file_without_a_partition_is_quarantined_with_a_reason(defs, instance, landing, data_dir):
     drop(landing, "inventory_latest.ndjson", "{}\n")
-    first = tick(defs, "inventory_file_sensor", instance, None)
-    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    first = tick(defs, file_sensor(INVENTORY), instance, None)
+    second = tick(defs, file_sensor(INVENTORY), instance, first.cursor)
     assert second.run_requests == []
-    moved = sorted(p.name for p in (data_dir / "quarantine" / "inventory").iterdir())
+    quarantine = data_dir / "quarantine" / pipeline_ref(INVENTORY)
+    moved = sorted(p.name for p in quarantine.iterdir())
     assert len(moved) == 2 and moved[1].endswith(".reason.txt")
-    reason = (data_dir / "quarantine" / "inventory" / moved[1]).read_text()
+    reason = (quarantine / moved[1]).read_text()
     assert "no partition in the file name" in reason
 
 
@@ -154,25 +168,25 @@ def test_symlinks_are_refused(defs, instance, landing, tmp_path):
     outside = tmp_path / "secret_2024-01-02.ndjson"
     outside.write_text("{}\n")
     (landing / "inventory_2024-01-02.ndjson").symlink_to(outside)
-    first = tick(defs, "inventory_file_sensor", instance, None)
-    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    first = tick(defs, file_sensor(INVENTORY), instance, None)
+    second = tick(defs, file_sensor(INVENTORY), instance, first.cursor)
     assert second.run_requests == []
     assert json.loads(second.cursor) == {"observed": {}, "requested": {}}
     with pytest.raises(Exception, match="refusing"):
-        LandingFilesSource().archive("inventory", "../../../secret_2024-01-02.ndjson")
+        LandingFilesSource().archive(pipeline_ref(INVENTORY), "../../../secret_2024-01-02.ndjson")
 
 
 def test_marker_mode_waits_for_the_marker(tmp_path, instance, data_dir):
-    defs = definitions_for(tmp_path / "specs", pipeline("drops", source=files_source(ready_marker="_SUCCESS")))
-    directory = data_dir / "landing" / "drops"
+    defs = definitions_for(tmp_path / "specs", pipeline(DROPS.name, source=files_source(ready_marker="_SUCCESS")))
+    directory = data_dir / "landing" / pipeline_ref(DROPS)
     directory.mkdir(parents=True)
     drop(directory, "part1.csv", "a\n1\n")
-    waiting = tick(defs, "drops_file_sensor", instance, None)
+    waiting = tick(defs, file_sensor(DROPS), instance, None)
     assert waiting.run_requests == [] and waiting.skip_message is not None
     assert "waiting for the marker _SUCCESS" in waiting.skip_message
     (directory / "_SUCCESS").touch()
-    first = tick(defs, "drops_file_sensor", instance, None)
-    second = tick(defs, "drops_file_sensor", instance, first.cursor)
+    first = tick(defs, file_sensor(DROPS), instance, None)
+    second = tick(defs, file_sensor(DROPS), instance, first.cursor)
     assert second.run_requests is not None
     assert [r.partition_key for r in second.run_requests] == [None]
     assert second.run_requests[0].tags["etl/landing_file"] == "part1.csv"
@@ -180,14 +194,14 @@ def test_marker_mode_waits_for_the_marker(tmp_path, instance, data_dir):
 
 @pytest.mark.slow
 def test_backlog_of_10000_files_is_worked_off_in_bounded_ticks(tmp_path, instance, data_dir):
-    defs = definitions_for(tmp_path / "specs", pipeline("drops", arrival={"max_files_per_tick": 500}))
-    directory = data_dir / "landing" / "drops"
+    defs = definitions_for(tmp_path / "specs", pipeline(DROPS.name, arrival={"max_files_per_tick": 500}))
+    directory = data_dir / "landing" / pipeline_ref(DROPS)
     directory.mkdir(parents=True)
     for i in range(10_000):
         drop(directory, f"part_{i:05d}.csv", f"a\n{i}\n")
     cursor, seen, ticks = None, set(), 0
     while len(seen) < 10_000 and ticks < 60:
-        result = tick(defs, "drops_file_sensor", instance, cursor)
+        result = tick(defs, file_sensor(DROPS), instance, cursor)
         ticks += 1
         assert result.run_requests is not None and result.cursor is not None
         assert len(result.run_requests) <= 500
@@ -204,9 +218,9 @@ def test_backlog_of_10000_files_is_worked_off_in_bounded_ticks(tmp_path, instanc
 
 def test_orders_schedule_requests_the_partition_that_just_closed(defs, instance):
     schedule = (
-        defs.resolve_schedule_def("orders_schedule")
+        defs.resolve_schedule_def(schedule_name(ORDERS))
         if hasattr(defs, "resolve_schedule_def")
-        else defs.get_schedule_def("orders_schedule")
+        else defs.get_schedule_def(schedule_name(ORDERS))
     )
     context = build_schedule_context(
         instance=instance,
@@ -229,7 +243,7 @@ def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, 
     import duckdb as ddb
 
     defs = build_definitions()
-    sensor = defs.resolve_sensor_def("orders_watermark_sensor")
+    sensor = defs.resolve_sensor_def(f"{dagster_name(ORDERS)}_watermark_sensor")
     assert defs.resources is not None
     resources = {"source_shop_api": defs.resources["source_shop_api"]}
 
@@ -326,7 +340,9 @@ def test_a_weekday_schedule_of_a_daily_pipeline_requests_the_day_that_just_close
         repository_def=defs.get_repository_def(),
         scheduled_execution_time=datetime(2024, 3, 5, 6, 0, tzinfo=UTC),
     )
-    requests = defs.resolve_schedule_def("weekdays_schedule").evaluate_tick(context).run_requests
+    requests = (
+        defs.resolve_schedule_def(schedule_name(Pipeline("default", "weekdays"))).evaluate_tick(context).run_requests
+    )
     assert requests is not None and len(requests) == 1
     request = requests[0]
     assert (request.partition_key, request.run_key) == ("2024-03-04", "2024-03-04")

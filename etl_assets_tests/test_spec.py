@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from etl_assets.definitions import build_definitions
+from etl_assets.keys import Pipeline, pipeline_job_name
 from etl_assets.pipelines.policy import partitions_def_for
 from etl_assets.pipelines.spec import (
     PACKAGED_SPEC_DIRS,
@@ -85,7 +86,7 @@ def test_pipelines_dir_adds_a_pipeline_without_python(tmp_path: Path, monkeypatc
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"shop/raw_returns", "shop/clean_returns", "shop/quarantine_returns", "shop/warehouse_returns"} <= keys
-    assert defs.resolve_job_def("returns_pipeline") is not None
+    assert defs.resolve_job_def(pipeline_job_name(Pipeline("shop", "returns"))) is not None
 
 
 def test_pipelines_dir_that_does_not_exist_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -203,6 +204,7 @@ def test_transform_with_unknown_input_is_rejected(tmp_path: Path):
         "m.yaml",
         """
         name: m
+        domain: shop
         transform: {sql: m.sql, inputs: [orders, nowhere]}
     """,
     )
@@ -219,6 +221,7 @@ def test_transform_sql_file_must_exist(tmp_path: Path):
         "m.yaml",
         """
         name: m
+        domain: shop
         transform: {sql: missing.sql, inputs: [orders]}
     """,
     )
@@ -230,7 +233,8 @@ def test_duplicate_pipeline_name_across_files(tmp_path: Path):
     write(tmp_path, "orders_again.yaml", VALID_FILES_SPEC.replace("name: returns", "name: orders"))
     with pytest.raises(
         SpecError,
-        match=r"orders_again.yaml:\n  field 'name': 'orders' is already declared in .*defs/shop/defs.yaml, line 2\.",
+        match=r"orders_again.yaml:\n  field 'name': 'orders' is already declared in domain 'shop' by .*defs/shop/defs.yaml, "
+        r"line 2\.",
     ):
         load_specs([*PACKAGED_SPEC_DIRS, tmp_path])
 
@@ -273,5 +277,7 @@ def test_transform_cycle_is_rejected(tmp_path: Path):
     for a, b in (("m1", "m2"), ("m2", "m1")):
         write(tmp_path, f"{a}.yaml", f"name: {a}\ntransform: {{sql: q.sql, inputs: [{b}]}}\n")
     (tmp_path / "q.sql").write_text("select 1")
-    with pytest.raises(SpecError, match=r"field 'transform.inputs': cycle m1 -> m2 -> m1. Fix: break the cycle"):
+    with pytest.raises(
+        SpecError, match=r"field 'transform.inputs': cycle default.m1 -> default.m2 -> default.m1. Fix: break the cycle"
+    ):
         load_specs([tmp_path])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from etl_assets.definitions import build_definitions
+from etl_assets.keys import Pipeline, pipeline_job_name
 from etl_assets.monitoring.spec_errors import SPEC_ERRORS_SENSOR
 from etl_assets.pipelines.spec import SpecError, load_specs_isolated, parse_spec_file, read_defs_folder
 from etl_assets.specmodel import closest
@@ -361,7 +362,7 @@ def test_a_bad_cron_or_time_zone_is_set_aside_and_the_code_location_loads(
     )
     monkeypatch.setenv("ETL_PIPELINES_DIR", str(tmp_path))
     defs = build_definitions()
-    assert defs.resolve_job_def("refunds_pipeline") is not None
+    assert defs.resolve_job_def(pipeline_job_name(Pipeline("shop", "refunds"))) is not None
     _, broken = load_specs_isolated()
     errors = {b.path.name: b.message for b in broken}
     assert set(errors) == {"returns.yaml", "exchanges.yaml"}

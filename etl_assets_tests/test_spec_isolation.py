@@ -20,6 +20,7 @@ import pytest
 from dagster import build_sensor_context
 
 from etl_assets.definitions import build_definitions
+from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets.monitoring.spec_errors import SPEC_ERRORS_SENSOR
 from etl_assets.pipelines.spec import SpecError, load_specs, load_specs_isolated
 
@@ -40,6 +41,7 @@ NEEDS_BROKEN = """
 """
 NOT_YAML = "name: [unclosed\n"
 DUPLICATE = GOOD  # a second file declaring `drops`
+DROPS = Pipeline("default", "drops")  # GOOD's pipeline (the default domain)
 
 
 def _write(folder: Path, files: dict[str, str]) -> Path:
@@ -77,11 +79,11 @@ def test_each_invalid_spec_is_set_aside_with_its_own_error(specs: Path):
     assert set(errors) == {"b_broken.yaml", "c_needs_broken.yaml", "d_not_yaml.yaml", "e_duplicate.yaml"}
     assert "field 'columns.0.type' (line 4): unknown column type 'INTEGR'" in errors["b_broken.yaml"]
     assert (
-        f"field 'transform.inputs': 'broken' is declared in {specs / 'b_broken.yaml'}, which is invalid"
+        f"field 'transform.inputs': 'default.broken' is declared in {specs / 'b_broken.yaml'}, which is invalid"
         in errors["c_needs_broken.yaml"]
     )
     assert "not valid YAML" in errors["d_not_yaml.yaml"]
-    assert f"'drops' is already declared in {specs / 'a_drops.yaml'}" in errors["e_duplicate.yaml"]
+    assert f"'drops' is already declared in domain 'default' by {specs / 'a_drops.yaml'}" in errors["e_duplicate.yaml"]
     assert all(str(specs) in message for message in errors.values())  # every message names its file
 
 
@@ -95,9 +97,10 @@ def test_a_missing_pipelines_dir_is_reported_and_the_packaged_specs_load(tmp_pat
 def test_the_location_loads_runs_alerts_and_reports_the_bad_specs(specs: Path, data_dir: Path, instance):
     defs = build_definitions()
     # the good pipeline is there and runs; the monitoring sensors are there
-    (data_dir / "landing" / "drops").mkdir(parents=True)
-    (data_dir / "landing" / "drops" / "x.csv").write_text("a\n1\n2\n")
-    assert defs.resolve_job_def("drops_pipeline").execute_in_process(instance=instance).success
+    landing = data_dir / "landing" / pipeline_ref(DROPS)
+    landing.mkdir(parents=True)
+    (landing / "x.csv").write_text("a\n1\n2\n")
+    assert defs.resolve_job_def(pipeline_job_name(DROPS)).execute_in_process(instance=instance).success
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute('SELECT count(*) FROM "default".drops').fetchone() == (2,)
     assert defs.sensors is not None and defs.resources is not None
@@ -123,7 +126,7 @@ def test_the_location_loads_runs_alerts_and_reports_the_bad_specs(specs: Path, d
         (specs / name).unlink()
     fixed = build_definitions()
     assert fixed.sensors is not None and SPEC_ERRORS_SENSOR not in {s.name for s in fixed.sensors}
-    assert fixed.resolve_job_def("needs_broken_pipeline") is not None
+    assert fixed.resolve_job_def(pipeline_job_name(Pipeline("default", "needs_broken"))) is not None
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import yaml
 
 from etl_assets.cli import QUIET
 from etl_assets.definitions import build_definitions
+from etl_assets.keys import Pipeline, dagster_name, pipeline_job_name, pipeline_ref, revalidate_job_name
 from etl_assets.monitoring import build_monitoring
 from etl_assets.monitoring.error_tracking import OPS_SCHEMA
 from etl_assets.pipelines import validation
@@ -283,7 +284,7 @@ def test_pipeline_names_equal_up_to_case_are_refused(tmp_path: Path):
     with pytest.raises(SpecError) as info:
         load_specs([tmp_path])
     assert str(info.value) == (
-        f"invalid pipeline spec {second}:\n  field 'name': 'Returns' differs only in case from 'returns' in "
+        f"invalid pipeline spec {second}:\n  field 'name': 'shop_data.Returns' differs only in case from 'shop_data.returns' in "
         f"{tmp_path / 'a.yaml'}, and their warehouse tables would be one (DuckDB does not tell them apart). "
         "Fix: rename one of them."
     )
@@ -386,12 +387,14 @@ def _run_longest_names(tmp_path: Path, data_dir: Path, instance, domain: str, ta
     specs = tmp_path / "specs"
     _longest_names_specs(specs, domain, targets)
     for name, text in ((SOURCE, f"{KEY},{VALUE}\n1,a\n2,b\n"), (REFERRER, f"{REF}\n1\n1\n2\n9\n")):
-        (data_dir / "landing" / name).mkdir(parents=True)
-        (data_dir / "landing" / name / "part.csv").write_text(text)
+        landing = data_dir / "landing" / pipeline_ref(Pipeline(domain, name))
+        landing.mkdir(parents=True)
+        (landing / "part.csv").write_text(text)
     defs = build_definitions(load_specs([specs]))
     for name in (SOURCE, REFERRER, MART):
-        assert defs.resolve_job_def(f"{name}_pipeline").execute_in_process(instance=instance, run_config=QUIET).success
-    assert defs.resolve_job_def(f"{SOURCE}_revalidate") is not None
+        job = defs.resolve_job_def(pipeline_job_name(Pipeline(domain, name)))
+        assert job.execute_in_process(instance=instance, run_config=QUIET).success
+    assert defs.resolve_job_def(revalidate_job_name(Pipeline(domain, SOURCE))) is not None
 
 
 @pytest.mark.slow
@@ -402,7 +405,8 @@ def test_longest_allowed_names_build_and_run(tmp_path: Path, data_dir: Path, ins
         assert con.execute(f'SELECT {KEY}, {COUNT} FROM "{domain}"."{MART}" ORDER BY 1').fetchall() == [(1, 2), (2, 1)]
         assert con.execute(f'SELECT {REF} FROM "{domain}"."{REFERRER}" ORDER BY 1').fetchall() == [(1,), (1,), (2,)]
         # the row referring to a missing key was quarantined by the relationship rule (validation's __ref_<name>)
-        assert con.execute(f'SELECT {REF}, _etl_reasons FROM quarantine."{REFERRER}"').fetchall() == [
+        quarantine = f'{QUARANTINE_SCHEMA}."{dagster_name(Pipeline(domain, REFERRER))}"'
+        assert con.execute(f"SELECT {REF}, _etl_reasons FROM {quarantine}").fetchall() == [
             ("9", [f"relationship:{REF}"])
         ]
 

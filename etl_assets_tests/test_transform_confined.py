@@ -11,11 +11,17 @@ import pytest
 from dagster import DagsterEventType
 
 from etl_assets.cli import QUIET
+from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets.pipelines.spec import SpecError, load_specs
 from etl_assets.settings import duckdb_connection
 from etl_assets_tests.specs import column, definitions_for, pipeline, transform, write_spec
 
 NOTES = pipeline("notes", [column("note_id", "BIGINT", nullable=False), column("body")], domain="desk")
+
+
+def desk_job(name: str) -> str:
+    """The job of pipeline ``name`` of domain desk."""
+    return pipeline_job_name(Pipeline("desk", name))
 
 
 def mart_spec(name: str, sql_file: str) -> dict:
@@ -174,21 +180,22 @@ def desk(tmp_path: Path, data_dir: Path, instance):
     outside = tmp_path / "outside.csv"
     for name, sql in ESCAPING_SQL.items():
         (specs / f"{name}.sql").write_text(sql.format(outside=outside))
-    (data_dir / "landing" / "notes").mkdir(parents=True)
-    (data_dir / "landing" / "notes" / "notes.csv").write_text("note_id,body\n1,hello\n2,world\n")
+    landing = data_dir / "landing" / pipeline_ref(Pipeline("desk", "notes"))
+    landing.mkdir(parents=True)
+    (landing / "notes.csv").write_text("note_id,body\n1,hello\n2,world\n")
     defs = definitions_for(
         specs,
         NOTES,
         mart_spec("note_count", "note_count.sql"),
         *(mart_spec(name, f"{name}.sql") for name in ESCAPING_SQL),
     )
-    assert defs.resolve_job_def("notes_pipeline").execute_in_process(instance=instance, run_config=QUIET).success
+    assert defs.resolve_job_def(desk_job("notes")).execute_in_process(instance=instance, run_config=QUIET).success
     return defs, outside
 
 
 def test_ordinary_transform_still_runs(desk, data_dir: Path, instance):
     defs, _ = desk
-    assert defs.resolve_job_def("note_count_pipeline").execute_in_process(instance=instance, run_config=QUIET).success
+    assert defs.resolve_job_def(desk_job("note_count")).execute_in_process(instance=instance, run_config=QUIET).success
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT notes, last FROM desk.note_count").fetchall() == [(2, "world")]
 
@@ -196,7 +203,7 @@ def test_ordinary_transform_still_runs(desk, data_dir: Path, instance):
 @pytest.mark.parametrize("name", sorted(ESCAPING_SQL))
 def test_transform_reaching_outside_the_lake_fails_once_and_leaves_nothing(desk, data_dir: Path, instance, name: str):
     defs, outside = desk
-    result = defs.resolve_job_def(f"{name}_pipeline").execute_in_process(
+    result = defs.resolve_job_def(desk_job(name)).execute_in_process(
         instance=instance, run_config=QUIET, raise_on_error=False
     )
     assert not result.success
@@ -205,7 +212,9 @@ def test_transform_reaching_outside_the_lake_fails_once_and_leaves_nothing(desk,
     assert len(starts) == 1  # a permanent error: no step retry
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
     message = failure.step_failure_data.user_failure_data.description
-    assert message.startswith(f"permanent error: transform {name} ({name}.sql) was refused access outside the lake: ")
+    assert message.startswith(
+        f"permanent error: transform desk.{name} ({name}.sql) was refused access outside the lake: "
+    )
     assert "Transform SQL may only read its inputs (notes, registered as views of those names)" in message
     assert not outside.exists()
     mart = data_dir / "lake" / "desk" / f"marts_{name}"

@@ -36,10 +36,11 @@ from psycopg import sql
 
 from etl_assets.cli import QUIET
 from etl_assets.errors import ContractError
-from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN, Pipeline, dagster_name, pipeline_job_name, pipeline_ref, revalidate_job_name
 from etl_assets.lake import LakeStorage
 from etl_assets.pipelines import validation
 from etl_assets.pipelines.spec import Column
+from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
 UTC = UTC
@@ -538,7 +539,7 @@ def test_a_malformed_row_breaks_malformed_row_only(tmp_path: Path) -> None:
 
 def test_malformed_rows_through_the_pipeline(tmp_path: Path, data_dir: Path, instance) -> None:
     """A files pipeline's raw partition written directly (two malformed rows among good ones), re-validated and
-    loaded by ``<name>_revalidate``: the malformed rows are quarantined as ``malformed_row`` with their
+    loaded by ``<domain>__<name>_revalidate``: the malformed rows are quarantined as ``malformed_row`` with their
     ``_etl_read_error`` (in the warehouse's quarantine too), the warehouse table has no such column, and
     ``schema_change`` does not count it."""
     defs = _defs(
@@ -558,7 +559,9 @@ def test_malformed_rows_through_the_pipeline(tmp_path: Path, data_dir: Path, ins
         }
     )
     LakeStorage(root=str(data_dir / "lake")).write(["corpus", "raw_parsed"], None, raw)
-    result = defs.resolve_job_def("parsed_revalidate").execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def(revalidate_job_name(Pipeline(CORPUS, "parsed"))).execute_in_process(
+        instance=instance, run_config=QUIET
+    )
     assert result.success
     checks = {
         c.check_name: c for c in result.get_asset_check_evaluations() if c.asset_key.path[-1].startswith("clean_")
@@ -573,7 +576,9 @@ def test_malformed_rows_through_the_pipeline(tmp_path: Path, data_dir: Path, ins
         loaded = con.sql("SELECT * FROM corpus.parsed ORDER BY id")
         assert validation.READ_ERROR_COLUMN not in loaded.columns
         assert [r[:2] for r in loaded.fetchall()] == [(1, "a"), (3, "c")]
-        quarantined = con.execute("SELECT _etl_read_error, _etl_reasons FROM quarantine.parsed ORDER BY 1").fetchall()
+        quarantined = con.execute(
+            f"SELECT _etl_read_error, _etl_reasons FROM {_quarantine('parsed')} ORDER BY 1"
+        ).fetchall()
     assert quarantined == [(e, ["malformed_row"]) for e in errors]
 
 
@@ -615,16 +620,18 @@ def test_a_bad_column_name_fails_the_run_without_retries(tmp_path: Path, data_di
     )
     raw = pa.table({"id": [1, 2], "bad col": ["x", "y"], "_etl_batch": [1, 1], SOURCE_COLUMN: ["f.parquet"] * 2})
     LakeStorage(root=str(data_dir / "lake")).write(["corpus", "raw_named"], None, raw)
-    result = defs.resolve_job_def("named_revalidate").execute_in_process(
+    result = defs.resolve_job_def(revalidate_job_name(Pipeline(CORPUS, "named"))).execute_in_process(
         instance=instance, run_config=QUIET, raise_on_error=False
     )
     assert not result.success
     failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
-    assert [e.step_key for e in failures] == ["validate_named"]
+    assert [e.step_key for e in failures] == [f"validate_{dagster_name(Pipeline(CORPUS, 'named'))}"]
     user_failure = failures[0].step_failure_data.user_failure_data
     assert user_failure is not None and user_failure.description is not None
     message = user_failure.description
-    assert message.startswith("data_quality error: named: the source delivered column name(s) 'bad col' are not SQL")
+    assert message.startswith(
+        "data_quality error: corpus.named: the source delivered column name(s) 'bad col' are not SQL"
+    )
     assert "_etl_batch" in message and "Rename these columns in the source" in message
     assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
 
@@ -642,15 +649,17 @@ def test_a_bad_column_name_from_a_sql_source_fails_at_validation(tmp_path: Path,
         [column("id", "BIGINT", nullable=False)],
         source={"kind": "sql", "connection": "items_db", "default_url": f"sqlite:///{db}", "table": "items"},
     )
-    result = defs.resolve_job_def("items_pipeline").execute_in_process(
+    result = defs.resolve_job_def(pipeline_job_name(Pipeline(CORPUS, "items"))).execute_in_process(
         instance=instance, run_config=QUIET, raise_on_error=False
     )
     failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
-    assert [e.step_key for e in failures] == ["validate_items"]
+    assert [e.step_key for e in failures] == [f"validate_{dagster_name(Pipeline(CORPUS, 'items'))}"]
     user_failure = failures[0].step_failure_data.user_failure_data
     assert user_failure is not None and user_failure.description is not None
     message = user_failure.description
-    assert "'bad col'" in message and "_etl_batch" in message and message.startswith("data_quality error: items:")
+    assert (
+        "'bad col'" in message and "_etl_batch" in message and message.startswith("data_quality error: corpus.items:")
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -735,11 +744,26 @@ def test_a_nul_in_text_is_not_storable_for_postgres_only(tmp_path: Path) -> None
 # End to end
 
 
-def _defs(tmp_path: Path, name: str, columns: list[dict], *, domain: str = "corpus", **fields) -> Definitions:
+CORPUS = "corpus"  # the domain of the end-to-end pipelines, unless a test gives another
+
+
+def _defs(tmp_path: Path, name: str, columns: list[dict], *, domain: str = CORPUS, **fields) -> Definitions:
     """The definitions of the one pipeline ``name`` (a CSV files source unless ``source`` is given), never retried
     unless ``retry`` says otherwise."""
     fields.setdefault("retry", {"max_retries": 0})
     return definitions_for(tmp_path / "specs", pipeline(name, columns, domain=domain, **fields))
+
+
+def _landing(data_dir: Path, name: str, domain: str = CORPUS) -> Path:
+    """The landing folder of pipeline ``name``, created: ``landing/<domain>.<name>/``."""
+    folder = data_dir / "landing" / pipeline_ref(Pipeline(domain, name))
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _quarantine(name: str, domain: str = CORPUS) -> str:
+    """The warehouse's quarantine table of pipeline ``name``: ``quarantine.<domain>__<name>``."""
+    return f"{QUARANTINE_SCHEMA}.{dagster_name(Pipeline(domain, name))}"
 
 
 def _csv(header: list[str], rows: list[dict]) -> bytes:
@@ -829,16 +853,17 @@ def test_files_pipeline_lands_exact_values_and_quarantines_the_rest(tmp_path: Pa
     defs = _defs(tmp_path, "strict", columns, quality={"threshold": 0}, primary_key=["id"])
     header = ["id", "tag", *E2E_COLUMNS]
     rows = [{"id": str(n), "tag": tag, **E2E_VALID, **values} for n, (tag, values, _) in enumerate(E2E_ROWS, 1)]
-    landing = data_dir / "landing" / "strict"
-    landing.mkdir(parents=True)
+    landing = _landing(data_dir, "strict")
     (landing / "values.csv").write_bytes(_csv(header, rows))
-    result = defs.resolve_job_def("strict_pipeline").execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def(pipeline_job_name(Pipeline(CORPUS, "strict"))).execute_in_process(
+        instance=instance, run_config=QUIET
+    )
     assert result.success
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
         loaded_rel = con.sql("SELECT * FROM corpus.strict")
         loaded = {r["tag"]: r for r in (dict(zip(loaded_rel.columns, v)) for v in loaded_rel.fetchall())}
-        quarantined = dict(con.execute("SELECT tag, _etl_reasons FROM quarantine.strict").fetchall())
+        quarantined = dict(con.execute(f"SELECT tag, _etl_reasons FROM {_quarantine('strict')}").fetchall())
     assert len(loaded) + len(quarantined) == len(rows)  # conserved: every row in is in one of the two
     conserved = next(c for c in result.get_asset_check_evaluations() if c.check_name == "rows_conserved")
     assert conserved.passed and conserved.metadata["rows_in"].value == len(rows)
@@ -874,10 +899,11 @@ def test_nul_in_text_is_quarantined_for_the_postgres_target(
         {"id": "3", "name": "ctrl \x07\x1b ok", "note": "x\x00"},
         {"id": "4", "name": "", "note": ""},
     ]
-    landing = data_dir / "landing" / "notes"
-    landing.mkdir(parents=True)
+    landing = _landing(data_dir, "notes", pg_schema)
     (landing / "notes.csv").write_bytes(_csv(["id", "name", "note"], rows))
-    result = defs.resolve_job_def("notes_pipeline").execute_in_process(instance=instance, run_config=QUIET)
+    result = defs.resolve_job_def(pipeline_job_name(Pipeline(pg_schema, "notes"))).execute_in_process(
+        instance=instance, run_config=QUIET
+    )
     assert result.success
     with psycopg.connect(postgres_url) as conn:
         in_postgres = conn.execute(
@@ -885,7 +911,9 @@ def test_nul_in_text_is_quarantined_for_the_postgres_target(
         ).fetchall()
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         in_duckdb = con.execute(f'SELECT id, name, note FROM "{pg_schema}".notes ORDER BY id').fetchall()
-        quarantined = con.execute("SELECT id, name, note, _etl_reasons FROM quarantine.notes ORDER BY id").fetchall()
+        quarantined = con.execute(
+            f"SELECT id, name, note, _etl_reasons FROM {_quarantine('notes', pg_schema)} ORDER BY id"
+        ).fetchall()
     assert in_postgres == in_duckdb == [(1, "plain", "n1"), (4, None, None)]
     assert quarantined == [
         ("2", "a\x00b", "n2", ["storable:name"]),
@@ -942,7 +970,7 @@ def test_records_outside_their_partition_from_a_sql_source(tmp_path: Path, data_
     )
     reasons, loaded = {}, {}
     for partition in ("2024-01-02", "2024-01-03"):
-        result = defs.resolve_job_def("events_pipeline").execute_in_process(
+        result = defs.resolve_job_def(pipeline_job_name(Pipeline(CORPUS, "events"))).execute_in_process(
             instance=instance, partition_key=partition, run_config=QUIET
         )
         assert result.success
@@ -952,7 +980,8 @@ def test_records_outside_their_partition_from_a_sql_source(tmp_path: Path, data_
         with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
             reasons[partition] = dict(
                 con.execute(
-                    "SELECT CAST(event_id AS BIGINT), _etl_reasons FROM quarantine.events WHERE _etl_partition = ?",
+                    f"SELECT CAST(event_id AS BIGINT), _etl_reasons FROM {_quarantine('events')}"
+                    " WHERE _etl_partition = ?",
                     [partition],
                 ).fetchall()
             )
