@@ -205,7 +205,10 @@ def test_files_to_warehouse_and_automation_refreshes_the_mart(lab):
     reason = next((data / "quarantine" / "lab.events").glob("*.reason.txt")).read_text()
     assert "empty (0 bytes)" in reason and bad.name in reason
     wait_for(
-        "the empty file's run", lambda: len(runs_of(env, "lab__events_pipeline", DagsterRunStatus.SUCCESS)) == 3, 240, daemon
+        "the empty file's run",
+        lambda: len(runs_of(env, "lab__events_pipeline", DagsterRunStatus.SUCCESS)) == 3,
+        240,
+        daemon,
     )
     assert warehouse(env, f"SELECT count(*) FROM lab.events WHERE _etl_partition = '{earlier}'") == [(2,)]
     # automation: the mart's latest partition is built without any request from the test
@@ -333,7 +336,10 @@ def test_daemon_killed_mid_tick_loses_and_duplicates_nothing(lab):
     assert len(keys) == len(set(keys)) == len(days), keys
     assert sorted(r.tags["dagster/partition"] for r in runs) == days
     wait_for(
-        "all files archived", lambda: len(list((data / "archive" / "lab.events").glob("*.csv"))) == len(days), 120, daemon
+        "all files archived",
+        lambda: len(list((data / "archive" / "lab.events").glob("*.csv"))) == len(days),
+        120,
+        daemon,
     )
     assert warehouse(env, "SELECT count(*), count(DISTINCT event_id) FROM lab.events") == [(36, 36)]
 

@@ -179,7 +179,7 @@ def test_partitions_that_end_are_fresh_once_the_last_is_loaded(tmp_path, data_di
     # a finished span: no newer partition can come, so old data whose last partition is loaded is as fresh as it gets
     week = {**DAILY, "partitions": {"type": "daily", "start": "2024-01-01", "last": "2024-01-03"}}
     defs = definitions_for(tmp_path / "specs", week)
-    job = defs.resolve_job_def("events_pipeline")
+    job = defs.resolve_job_def(pipeline_job_name(EVENTS))
     _land(data_dir, "2024-01-02")
     before = _check_result(
         job.execute_in_process(instance=instance, partition_key="2024-01-02", run_config=QUIET), DAILY_CHECK

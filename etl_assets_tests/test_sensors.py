@@ -154,11 +154,11 @@ def test_a_file_for_a_day_past_the_partitions_is_quarantined_with_a_reason(defs,
     # the shop's daily partitions end with 2024-01-07 (partitions.last): a snapshot of the 8th has no partition
     drop(landing, "inventory_2024-01-07.ndjson", '{"snapshot_date":"2024-01-07","product_id":1,"on_hand":3}\n')
     drop(landing, "inventory_2024-01-08.ndjson", '{"snapshot_date":"2024-01-08","product_id":1,"on_hand":3}\n')
-    first = tick(defs, "inventory_file_sensor", instance, None)
-    second = tick(defs, "inventory_file_sensor", instance, first.cursor)
+    first = tick(defs, file_sensor(INVENTORY), instance, None)
+    second = tick(defs, file_sensor(INVENTORY), instance, first.cursor)
     assert [r.partition_key for r in second.run_requests or []] == ["2024-01-07"]
     assert not (landing / "inventory_2024-01-08.ndjson").exists()
-    (reason,) = (data_dir / "quarantine" / "inventory").glob("*inventory_2024-01-08.ndjson.reason.txt")
+    (reason,) = (data_dir / "quarantine" / pipeline_ref(INVENTORY)).glob("*inventory_2024-01-08.ndjson.reason.txt")
     assert (
         "inventory_2024-01-08.ndjson: partition '2024-01-08' is outside the dataset's partitions" in reason.read_text()
     )
@@ -236,7 +236,10 @@ def test_orders_schedule_requests_the_partition_that_just_closed(defs, instance)
     )
     skipped = schedule.evaluate_tick(context)
     assert not skipped.run_requests
-    assert skipped.skip_message is not None and "the partitions of orders ended with 2024-01-07" in skipped.skip_message
+    assert (
+        skipped.skip_message is not None
+        and "the partitions of shop.orders ended with 2024-01-07" in skipped.skip_message
+    )
 
 
 def test_watermark_sensor_runs_only_the_partitions_with_new_records(api_server, shop_data, instance, data_dir):
@@ -301,7 +304,7 @@ def test_watermark_sensor_requests_no_partition_past_the_last(data_dir, instance
             resources={"source_shop_api": defs.resources["source_shop_api"]},
             definitions=defs,
         )
-        result = defs.resolve_sensor_def("orders_watermark_sensor").evaluate_tick(context)
+        result = defs.resolve_sensor_def(f"{dagster_name(ORDERS)}_watermark_sensor").evaluate_tick(context)
     assert [r.partition_key for r in result.run_requests or []] == manifest.partition_keys[:7]
     assert result.cursor is not None and result.cursor > "2024-01-09"  # past the records of the 8th and 9th too
 
@@ -380,7 +383,7 @@ def test_a_schedule_of_partitions_that_end_runs_the_last_then_skips_with_the_rea
         schedule={"cron": cron, "timezone": "UTC"},
     )
     defs = definitions_for(tmp_path / "specs", spec)
-    schedule = defs.resolve_schedule_def("week_schedule")
+    schedule = defs.resolve_schedule_def(schedule_name(Pipeline("default", "week")))
     last = "2024-01-07" if kind == "daily" else "2024-01-07-23:00"
     for at, expected in ticks:
         context = build_schedule_context(
@@ -393,6 +396,6 @@ def test_a_schedule_of_partitions_that_end_runs_the_last_then_skips_with_the_rea
         assert not result.run_requests, at
         assert result.skip_message is not None
         assert result.skip_message.startswith(
-            f"the partitions of week ended with {last} (partitions.last: 2024-01-07); "
+            f"the partitions of default.week ended with {last} (partitions.last: 2024-01-07); "
         )
         assert result.skip_message.endswith("which has just closed, is past them: nothing to run")

@@ -260,15 +260,15 @@ def test_a_mart_past_its_inputs_last_partition_is_rejected(tmp_path: Path):
     write(
         tmp_path,
         "monthly.yaml",
-        "name: monthly\ndomain: reports\ntransform: {sql: q.sql, inputs: [sales]}\n"
+        "name: monthly\ndomain: reports\ntransform: {sql: q.sql, inputs: [sales.sales]}\n"
         "partitions: {type: daily, start: 2024-01-01, last: 2024-01-31}\n",
     )
     (tmp_path / "q.sql").write_text("select * from sales")
     with pytest.raises(
         SpecError,
         match=r"monthly.yaml:\n  field 'partitions.last': its partitions run to 2024-01-31, past the last partition of "
-        r"its input sales \(2024-01-07, in .*sales.yaml\), so those partitions would have no input. Fix: set last: "
-        r"2024-01-07 or earlier, or extend the partitions.last of sales.",
+        r"its input sales.sales \(2024-01-07, in .*sales.yaml\), so those partitions would have no input. Fix: set "
+        r"last: 2024-01-07 or earlier, or extend the partitions.last of sales.sales.",
     ):
         load_specs([tmp_path])
 
