@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl_assets.keys import Pipeline, clean_key, pipeline_job_name, raw_key
+from etl_assets.keys import Pipeline, clean_key, dagster_name, pipeline_job_name, raw_key
 from etl_assets_demo.api_server import FAULT_KINDS, DemoApiServer, FaultConfig
 from etl_assets_demo.data import DemoManifest
 
@@ -43,7 +43,8 @@ __all__ = [
     "stress_specs",
 ]
 
-ORDERS_JOB = pipeline_job_name(Pipeline("shop", "orders"))
+ORDERS = Pipeline("shop", "orders")
+ORDERS_JOB = pipeline_job_name(ORDERS)
 DIMENSIONS_JOB = "shop_full_refresh"
 RAW_ORDERS = raw_key(Pipeline("shop", "orders")).to_user_string()
 CLEAN_ORDERS = clean_key(Pipeline("shop", "orders")).to_user_string()
@@ -520,11 +521,15 @@ def compare_warehouse(manifest: DemoManifest, phase: PhaseResult, warehouse: Pat
             "SELECT count(*) FROM shop.orders o LEFT JOIN runs r ON r.part = o._etl_partition "
             "WHERE r.run_id IS DISTINCT FROM o._etl_run_id"
         ).fetchall()[0]
+        from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA
+        from etl_assets.sqlutil import qualified
+
+        schema, table = QUARANTINE_SCHEMA, dagster_name(ORDERS)  # quarantine.<domain>__<name>
         has_quarantine = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'quarantine' AND table_name = 'orders'"
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
         ).fetchall()[0][0]
         quarantined = (
-            con.execute("SELECT count(*) FROM quarantine.shop__orders").fetchall()[0][0] if has_quarantine else 0
+            con.execute(f"SELECT count(*) FROM {qualified(schema, table)}").fetchall()[0][0] if has_quarantine else 0
         )
     finally:
         con.close()

@@ -27,6 +27,7 @@ from etl_assets.pipelines.spec import (
     RESERVED_SCHEMAS,
     SpecError,
     load_specs,
+    parse_spec_file,
 )
 from etl_assets.pipelines.steps.load import QUARANTINE_SCHEMA
 from etl_assets.recovery import build_recovery
@@ -334,14 +335,16 @@ def test_no_pipeline_or_domain_can_take_a_platform_definition_name(tmp_path: Pat
 
 
 # The longest names allowed, everywhere they are used: a source, a source referencing it (validation's __ref_<name>
-# view), a transform over both, in a domain with the longest schema name; every column as long as allowed.
+# view), a transform over both, in a domain with the longest schema name; every column as long as allowed. A DuckDB
+# source pipeline's quarantine table quarantine.<domain>__<name> holds both names, so there the domain is as long as
+# the longest pipeline names leave room for.
 SOURCE = "s" * MAX_PIPELINE_NAME_LENGTH
 REFERRER = "r" * MAX_PIPELINE_NAME_LENGTH
 MART = "m" * MAX_PIPELINE_NAME_LENGTH
 KEY, VALUE, REF, COUNT = (letter * MAX_COLUMN_NAME_LENGTH for letter in "kvec")
 
 
-def _longest_names_specs(directory: Path, domain: str, targets: list[str]) -> None:
+def _longest_names_specs(directory: Path, domain: str, targets: list[str], reference: str = SOURCE) -> None:
     directory.mkdir()
     write_spec(
         directory,
@@ -361,7 +364,7 @@ def _longest_names_specs(directory: Path, domain: str, targets: list[str]) -> No
             "name": REFERRER,
             "domain": domain,
             "source": {"kind": "files", "format": "csv", "glob": "*.csv"},
-            "columns": [{"name": REF, "type": "BIGINT", "references": {"dataset": SOURCE, "column": KEY}}],
+            "columns": [{"name": REF, "type": "BIGINT", "references": {"dataset": reference, "column": KEY}}],
             "quality": {"threshold": 0},
             "targets": targets,
         },
@@ -383,9 +386,11 @@ def _longest_names_specs(directory: Path, domain: str, targets: list[str]) -> No
     )
 
 
-def _run_longest_names(tmp_path: Path, data_dir: Path, instance, domain: str, targets: list[str]) -> None:
+def _run_longest_names(
+    tmp_path: Path, data_dir: Path, instance, domain: str, targets: list[str], reference: str = SOURCE
+) -> None:
     specs = tmp_path / "specs"
-    _longest_names_specs(specs, domain, targets)
+    _longest_names_specs(specs, domain, targets, reference)
     for name, text in ((SOURCE, f"{KEY},{VALUE}\n1,a\n2,b\n"), (REFERRER, f"{REF}\n1\n1\n2\n9\n")):
         landing = data_dir / "landing" / pipeline_ref(Pipeline(domain, name))
         landing.mkdir(parents=True)
@@ -398,9 +403,12 @@ def _run_longest_names(tmp_path: Path, data_dir: Path, instance, domain: str, ta
 
 
 @pytest.mark.slow
-def test_longest_allowed_names_build_and_run(tmp_path: Path, data_dir: Path, instance):
-    domain = "d" * MAX_IDENTIFIER_LENGTH
-    _run_longest_names(tmp_path, data_dir, instance, domain, ["duckdb"])
+@pytest.mark.parametrize("qualified", [False, True], ids=["name", "domain.name"])
+def test_longest_allowed_names_build_and_run(tmp_path: Path, data_dir: Path, instance, qualified: bool):
+    domain = "d" * (MAX_IDENTIFIER_LENGTH - len("__") - MAX_PIPELINE_NAME_LENGTH)
+    # the reference as a bare name, or as <domain>.<name>, longer than an identifier (its view's name is a digest)
+    reference = f"{domain}.{SOURCE}" if qualified else SOURCE
+    _run_longest_names(tmp_path, data_dir, instance, domain, ["duckdb"], reference)
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute(f'SELECT {KEY}, {COUNT} FROM "{domain}"."{MART}" ORDER BY 1').fetchall() == [(1, 2), (2, 1)]
         assert con.execute(f'SELECT {REF} FROM "{domain}"."{REFERRER}" ORDER BY 1').fetchall() == [(1,), (1,), (2,)]
@@ -409,6 +417,19 @@ def test_longest_allowed_names_build_and_run(tmp_path: Path, data_dir: Path, ins
         assert con.execute(f"SELECT {REF}, _etl_reasons FROM {quarantine}").fetchall() == [
             ("9", [f"relationship:{REF}"])
         ]
+
+
+def test_a_duckdb_quarantine_table_name_too_long_is_refused_at_load(tmp_path: Path):
+    domain = "d" * MAX_IDENTIFIER_LENGTH
+    _longest_names_specs(tmp_path / "specs", domain, ["duckdb"])
+    with pytest.raises(SpecError) as caught:
+        parse_spec_file(tmp_path / "specs" / "source.yaml")
+    message = str(caught.value)
+    assert "source.yaml" in message and "field 'name'" in message, message
+    length = len(domain) + len("__") + len(SOURCE)
+    assert f"quarantine.{domain}__{SOURCE}, would be named with {length} characters" in message, message
+    fix = f"together they may have at most {MAX_IDENTIFIER_LENGTH - 2} characters (now {len(domain)} + {len(SOURCE)})"
+    assert fix in message, message
 
 
 @pytest.mark.postgres

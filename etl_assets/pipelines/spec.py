@@ -527,6 +527,16 @@ class PipelineSpec(SpecModel):
                 "the spec has both or neither of `source` and `transform`",
                 "give exactly one of `source` (extract a dataset) or `transform` (build a mart)",
             )
+        quarantine = len(self.dagster_name)
+        if self.source is not None and "duckdb" in self.targets and quarantine > MAX_IDENTIFIER_LENGTH:
+            # its quarantine table in the warehouse is quarantine.<domain>__<name>
+            raise SpecFieldError(
+                "name",
+                f"the warehouse's quarantine table of the pipeline, quarantine.{self.dagster_name}, would be named with "
+                f"{quarantine} characters; the maximum is {IDENTIFIER_LIMIT}",
+                f"shorten the name or the domain: together they may have at most {MAX_IDENTIFIER_LENGTH - 2} "
+                f"characters (now {len(self.domain)} + {len(self.name)})",
+            )
         names = [c.name for c in self.columns]
         if self.source is not None and not names:
             raise SpecFieldError(

@@ -20,6 +20,7 @@ uniqueness with ``loaded_duplicate_keys``, before they commit.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,8 +62,11 @@ FAMILIES = (
 
 def reference_view(dataset: str) -> str:
     """Name of the view holding a referenced dataset's keys during validation (``dataset`` as the column's
-    ``references`` writes it: a name, or ``<domain>.<name>``)."""
-    return "__ref_" + dataset.replace(".", "__")
+    ``references`` writes it): ``__ref_<name>`` for a name (which the spec keeps short enough), and for a
+    ``<domain>.<name>``, which may be longer than an identifier, ``__ref_`` and a digest of it."""
+    if "." not in dataset:
+        return f"__ref_{dataset}"
+    return "__ref_" + hashlib.sha256(dataset.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
