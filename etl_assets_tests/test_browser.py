@@ -189,7 +189,7 @@ def test_materialize_all_from_the_ui(browser_page, webserver: Webserver, shop_da
         shot(page, "02_catalog")
 
         # A product with a negative list price arrives with the catalogue: the contract quarantines it.
-        with (shop_data.landing_dir / "products" / "products.csv").open("a") as catalogue:
+        with (shop_data.landing_dir / "shop.products" / "products.csv").open("a") as catalogue:
             catalogue.write(f"{BAD_PRODUCT},SKU-BAD,refund voucher,misc,-5.00\n")
 
         # 2. "Materialize all" on the job's page launches a run; the UI says so and links to it.
