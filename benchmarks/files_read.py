@@ -46,7 +46,15 @@ from etl_assets.pipelines.steps.extract import extract_files  # noqa: E402
 from etl_assets.resources.files import LandingFilesSource  # noqa: E402
 
 COLUMNS = ["id", "customer", "sku", "qty", "price", "currency", "ordered_at", "note"]
-DATASET = "bench_sales"
+SPEC = PipelineSpec.model_validate(
+    {
+        "name": "bench_sales",
+        "source": {"kind": "files", "format": "csv", "glob": "sales_*.csv"},
+        "partitions": {"type": "daily", "start": "2024-01-01"},
+        "columns": [{"name": c, "type": "VARCHAR", "nullable": c != "id"} for c in COLUMNS],
+    }
+)
+DATASET = SPEC.ref  # its landing folder, landing/<domain>.<name>/
 
 
 def generate(landing: Path, rows: int, files: int, ragged_every: int | None, seed: int) -> int:
@@ -97,16 +105,8 @@ def baseline(landing: Path) -> int:
 
 def platform(landing: Path) -> tuple[int, int]:
     """The extract step of a files pipeline (``steps.extract.extract_files``), as ``raw/<name>`` runs it."""
-    spec = PipelineSpec.model_validate(
-        {
-            "name": DATASET,
-            "source": {"kind": "files", "format": "csv", "glob": "sales_*.csv"},
-            "partitions": {"type": "daily", "start": "2024-01-01"},
-            "columns": [{"name": c, "type": "VARCHAR", "nullable": c != "id"} for c in COLUMNS],
-        }
-    )
     stream = extract_files(
-        spec,
+        SPEC,
         LandingFilesSource(root=str(landing)),
         "2024-01-10",
         lake=LakeStorage(root=str(landing.parent / "lake")),

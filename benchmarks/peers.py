@@ -90,6 +90,18 @@ DLT_EXTRAS = (
 DOMAIN = "peers"
 FILES_NAME, PG_NAME, DAILY_NAME = "peers_orders", "peers_pg", "peers_daily"
 PARTITIONS, PARTITION_ROWS, FIRST_DAY = 50, 100, dt.date(2024, 1, 1)
+
+
+def _named(name: str, domain: str = DOMAIN) -> tuple[str, str]:
+    """Pipeline ``name`` of ``domain``'s job (``<domain>__<name>_pipeline``) and reference (``<domain>.<name>``, its
+    landing folder). Imported here, not at the top: a floor child imports nothing of the platform (or Dagster)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # this checkout's etl_assets, as bench_common.progress does
+    from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
+
+    return pipeline_job_name(Pipeline(domain, name)), pipeline_ref(Pipeline(domain, name))
+
+
 PAGE_SIZE = 2000
 
 # The contract of the generated rows (files, postgres, partitions): name, type, the platform's rules.
@@ -610,8 +622,8 @@ class Bench:
         if base is not None:
             shutil.copytree(base, data)
         data.mkdir(exist_ok=True)
-        for source, dataset in landing:
-            target = data / "landing" / dataset / source.name
+        for source, ref in landing:  # the pipeline's landing folder is its reference, <domain>.<name>
+            target = data / "landing" / ref / source.name
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(source, target)  # the landing file as it arrived, without a copy
         env = self._platform_env(run_dir, data, extra_env)
@@ -636,8 +648,9 @@ class Bench:
         checked = CHECKED["files"]
         self._floor_run("files", "floor", round_, "floor_files", {"csv": str(prep["csv"])}, checked)
         self._dlt_run("files", "dlt", round_, "dlt_files", {"csv": str(prep["csv"])}, checked)
-        cfg = {"job": f"{FILES_NAME}_pipeline", "runs": [{}], "table": f"{DOMAIN}.{FILES_NAME}"}
-        self._platform_run("files", "platform", round_, cfg, checked, landing=[(prep["csv"], FILES_NAME)])
+        job, ref = _named(FILES_NAME)
+        cfg = {"job": job, "runs": [{}], "table": f"{DOMAIN}.{FILES_NAME}"}
+        self._platform_run("files", "platform", round_, cfg, checked, landing=[(prep["csv"], ref)])
 
     def prepare_postgres(self) -> dict:
         import psycopg
@@ -677,7 +690,7 @@ class Bench:
             "postgres", f"dlt ({self.args.dlt_sql_backend})", round_, "dlt_postgres",
             {**cfg, "backend": self.args.dlt_sql_backend}, checked,
         )  # fmt: skip
-        job = {"job": f"{PG_NAME}_pipeline", "runs": [{}], "table": f"{DOMAIN}.{PG_NAME}"}
+        job = {"job": _named(PG_NAME)[0], "runs": [{}], "table": f"{DOMAIN}.{PG_NAME}"}
         self._platform_run("postgres", "platform", round_, job, checked)
 
     def prepare_api(self) -> dict:
@@ -718,7 +731,8 @@ class Bench:
         cfg = {"url": prep["url"], "days": prep["days"], "page_size": PAGE_SIZE}
         self._floor_run("api", "floor", round_, "floor_api", cfg, checked)
         self._dlt_run("api", "dlt", round_, "dlt_api", cfg, checked)
-        job = {"job": "orders_pipeline", "runs": [{"partition": d} for d in prep["days"]], "table": "shop.orders"}
+        runs = [{"partition": d} for d in prep["days"]]
+        job = {"job": _named("orders", domain="shop")[0], "runs": runs, "table": "shop.orders"}
         self._platform_run(
             "api", f"platform ({len(prep['days'])} runs)", round_, job, checked, base=prep["base"],
             extra_env={"SHOP_API_URL": prep["url"]},
@@ -755,8 +769,9 @@ class Bench:
             else:
                 job = {"runs": [{"partition": days[0]}]}
                 tool = "platform (1 run)"
-            landing = [(Path(c), DAILY_NAME) for c in cfg["csvs"]]
-            job.update({"job": f"{DAILY_NAME}_pipeline", "table": f"{DOMAIN}.{DAILY_NAME}"})
+            daily_job, daily_ref = _named(DAILY_NAME)
+            landing = [(Path(c), daily_ref) for c in cfg["csvs"]]
+            job.update({"job": daily_job, "table": f"{DOMAIN}.{DAILY_NAME}"})
             self._platform_run(workload, tool, round_, job, checked, landing=landing)
         self.round_startup(round_)
 

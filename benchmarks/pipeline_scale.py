@@ -199,7 +199,7 @@ def _child_floor_api(partitions: list[str] | None) -> dict:
     from etl_assets_demo import load_manifest
 
     manifest = load_manifest(os.environ["ETL_DATA_DIR"])
-    spec = next(s.spec for s in load_specs() if s.spec.name == "orders")
+    spec = next(s.spec for s in load_specs() if s.spec.ref == "shop.orders")
     src = spec.source
     assert isinstance(src, ApiSource) and src.window_params is not None, "orders reads the shop API by time window"
     pag = src.pagination

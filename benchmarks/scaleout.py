@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_common import progress, step_failure_message  # this directory is on sys.path
-from validation_overhead import GENERATE_SQL, LANDING_FILE, NAME, SPEC  # this directory is on sys.path
+
+# this directory is on sys.path
+from validation_overhead import DOMAIN, GENERATE_SQL, LANDING_FILE, NAME, REF, SPEC, job_name
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "@@scaleout@@ "
@@ -56,7 +58,7 @@ def child_pipeline() -> dict:
     from etl_assets.cli import QUIET
     from etl_assets.definitions import build_definitions
 
-    job = build_definitions().resolve_job_def(f"{NAME}_pipeline")
+    job = build_definitions().resolve_job_def(job_name())
     instance = DagsterInstance.ephemeral()
     started = time.perf_counter()
     result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
@@ -71,7 +73,7 @@ def child_pipeline() -> dict:
         out["table"] = list(
             con.execute(
                 f"SELECT count(*), count(DISTINCT order_id), sum(order_id), sum(quantity), sum(unit_price)::VARCHAR"
-                f" FROM bench.{NAME}"
+                f" FROM {DOMAIN}.{NAME}"
             ).fetchall()[0]
         )
     return out
@@ -83,7 +85,7 @@ def child_runs(runs: int) -> dict:
     from etl_assets.cli import QUIET
     from etl_assets.definitions import build_definitions
 
-    job = build_definitions().resolve_job_def(f"{NAME}_pipeline")
+    job = build_definitions().resolve_job_def(job_name())
     instance = DagsterInstance.get()
     seconds = []
     for _ in range(runs):
@@ -154,12 +156,12 @@ def bench_lake(args, work: Path) -> bool:
                     env.pop("ETL_LAKE_URL", None)
                     env.pop("ETL_LANDING_URL", None)
                     if variant == "local":
-                        (data / "landing" / NAME).mkdir(parents=True)
-                        shutil.copyfile(source, data / "landing" / NAME / LANDING_FILE)
+                        (data / "landing" / REF).mkdir(parents=True)  # the pipeline's landing folder
+                        shutil.copyfile(source, data / "landing" / REF / LANDING_FILE)
                     else:
                         env.update(server.env())
                         bucket = server.new_bucket("bench")
-                        server.client().upload_file(str(source), bucket, f"landing/{NAME}/{LANDING_FILE}")
+                        server.client().upload_file(str(source), bucket, f"landing/{REF}/{LANDING_FILE}")
                         env["ETL_LAKE_URL"] = f"s3://{bucket}/lake"
                         env["ETL_LANDING_URL"] = f"s3://{bucket}/landing"
                     assert server.process is not None
@@ -249,10 +251,10 @@ def bench_storage(args, work: Path) -> bool:
             for round_ in range(args.rounds):
                 for variant, home in homes.items():
                     data = work / f"runs-{variant}-{round_}"
-                    (data / "landing" / NAME).mkdir(parents=True)
+                    (data / "landing" / REF).mkdir(parents=True)
                     with duckdb.connect() as con:
                         con.execute(
-                            GENERATE_SQL.format(path=str(data / "landing" / NAME / LANDING_FILE).replace("'", "''")),
+                            GENERATE_SQL.format(path=str(data / "landing" / REF / LANDING_FILE).replace("'", "''")),
                             [100],
                         )
                     env = {

@@ -1,6 +1,6 @@
 """Fault-injection stress of the reference ``orders`` pipeline: 1,000 daily partitions against a flaky demo API.
 
-Every partition is one run of the real ``orders_pipeline`` job (shop/raw_orders from the demo REST API ->
+Every partition is one run of the real ``shop__orders_pipeline`` job (shop/raw_orders from the demo REST API ->
 clean/quarantine -> shop/warehouse_orders in DuckDB), launched once with ``execute_in_process`` against one
 DagsterInstance (SQLite storage in a temporary DAGSTER_HOME), while the demo API server faults 10% of its
 ``/orders`` requests, drawn uniformly from: 500, 503 (Retry-After), 429 (Retry-After), a "slow" answer past the

@@ -17,11 +17,11 @@ Python process so that its peak RSS (``ru_maxrss``) is its own:
   plain     (info) DuckDB alone: the same TRY_CAST rows into a bare table (no bookkeeping columns), in one
             transaction, with DuckDB's insertion order kept, and ``plain_unordered`` without it: what the bare
             engine takes; the bookkeeping columns alone cost about 0.6 s at 10 M rows, with or without validation.
-  validate  with validation: the platform's ``validate_<name>`` step on that raw partition (``clean/<name>``, a
-            lake view, + ``quarantine/<name>`` and every check on them), selected from ``<name>_pipeline`` and
-            run with ``execute_in_process``. Its time and CPU are the step's own (STEP_START to STEP_SUCCESS,
-            the CPU read as those events are stored), so Dagster's run set-up is not counted; the run's wall time
-            and the whole process's CPU are printed next to them.
+  validate  with validation: the platform's ``validate_<domain>__<name>`` step on that raw partition
+            (``clean/<name>``, a lake view, + ``quarantine/<name>`` and every check on them), selected from
+            ``<domain>__<name>_pipeline`` and run with ``execute_in_process``. Its time and CPU are the step's own
+            (STEP_START to STEP_SUCCESS, the CPU read as those events are stored), so Dagster's run set-up is not
+            counted; the run's wall time and the whole process's CPU are printed next to them.
   warehouse with validation: the platform's ``warehouse_<name>`` step after it: clean (typed as it is read) and
             quarantine into the warehouse, the ERROR value rules checked by the INSERT on every row and the keys
             re-counted on the inserted rows before the commit (``DuckDBWarehouse.replace_partitions``), run with
@@ -72,12 +72,15 @@ REPO = Path(__file__).resolve().parent.parent
 RESULT_MARKER = "@@validation_overhead@@ "
 NAME = "bench_orders"
 DOMAIN = "bench"
+# The pipeline's reference (etl_assets.keys.pipeline_ref), the folder of its landing file: spelled out here, as
+# importing etl_assets.keys imports Dagster into the stages that measure DuckDB alone (their peak RSS is their own).
+REF = f"{DOMAIN}.{NAME}"
 LANDING_FILE = "bench_orders.csv"
 MAX_OVERHEAD = 0.5  # validation may add at most 50 % to the time of loading without it
 
 SPEC = f"""\
 name: {NAME}
-domain: bench
+domain: {DOMAIN}
 source: {{kind: files, format: csv, glob: "*.csv"}}
 columns:
   - {{name: order_id, type: BIGINT, nullable: false}}
@@ -126,7 +129,7 @@ def _emit(payload: dict) -> None:
 
 def _paths() -> tuple[Path, Path, Path]:
     data = Path(os.environ["ETL_DATA_DIR"])
-    return data / "landing" / NAME / LANDING_FILE, data / "lake" / DOMAIN / f"raw_{NAME}" / "_all.parquet", data
+    return data / "landing" / REF / LANDING_FILE, data / "lake" / DOMAIN / f"raw_{NAME}" / "_all.parquet", data
 
 
 def child_generate(rows: int) -> dict:
@@ -287,13 +290,20 @@ def _step_seconds(instance, run_id: str) -> dict[str, float]:
     return steps
 
 
+def job_name() -> str:
+    """The pipeline's job, ``<domain>__<name>_pipeline`` (imports Dagster: for the stages that run it)."""
+    from etl_assets.keys import Pipeline, pipeline_job_name
+
+    return pipeline_job_name(Pipeline(DOMAIN, NAME))
+
+
 def _run_job(selection_paths: list[list[str]]) -> dict:
     from dagster import AssetKey, DagsterInstance
 
     from etl_assets.cli import QUIET
     from etl_assets.definitions import build_definitions
 
-    job = build_definitions().resolve_job_def(f"{NAME}_pipeline")
+    job = build_definitions().resolve_job_def(job_name())
     instance = DagsterInstance.ephemeral()
     step_cpu: dict[str, float] = {}
     store = instance.handle_new_event
@@ -351,9 +361,11 @@ def _step_stage(selection_paths: list[list[str]], step_key: str, rows_metadata: 
 
 
 def child_validate() -> dict:
+    from etl_assets.keys import Pipeline, dagster_name
+
     return _step_stage(
         [[DOMAIN, f"clean_{NAME}"], [DOMAIN, f"quarantine_{NAME}"]],
-        f"validate_{NAME}",
+        f"validate_{dagster_name(Pipeline(DOMAIN, NAME))}",
         f"{DOMAIN}/clean_{NAME}:rows_in",
     )
 
@@ -371,12 +383,12 @@ def child_extract() -> dict:
 def _spec():
     from etl_assets.pipelines.spec import load_specs
 
-    return next(s.spec for s in load_specs() if s.spec.name == NAME)
+    return next(s.spec for s in load_specs() if s.spec.ref == REF)
 
 
 def child_phases() -> dict:
-    """The validate step itself (``steps.validate``, what ``validate_<name>`` calls) on the raw partition, without
-    Dagster: every statement timed through the step's phase hook, and the two lake writes between its halves."""
+    """The validate step itself (``steps.validate``, what ``validate_<domain>__<name>`` calls) on the raw partition,
+    without Dagster: every statement timed through the step's phase hook, and the two lake writes between its halves."""
     from contextlib import contextmanager
 
     from etl_assets.lake import LakeStorage
@@ -626,7 +638,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
         "plain": "without: DuckDB raw parquet -> warehouse table, TRY_CAST",
         "plain_unordered": "without: the same, preserve_insertion_order = false",
         "platform_plain": "without: platform load step, no quarantine (+ _etl_ columns), TRY_CAST view, no rules",
-        "validate": "with: platform validate_<name> step: clean view + quarantine + checks",
+        "validate": "with: platform validate_<domain>__<name> step: clean view + quarantine + checks",
         "warehouse": "with: platform warehouse_<name> step: clean + quarantine -> warehouse, contract re-checked",
         "phases": "the validate step without Dagster (its phases below, info)",
     }
@@ -649,18 +661,21 @@ def report(args: argparse.Namespace, runs: dict[str, list[Stage]]) -> int:
                 )
     if validate is not None and validate.ok:
         md = validate.payload["metadata"]
+        clean = f"{DOMAIN}/clean_{NAME}"  # the metadata's keys: <asset key>:<name>
         print(
             f"\nvalidate: run wall {validate.payload['run_wall']:.2f}s (step {validate.seconds:.2f}s), process CPU "
             f"{validate.process_cpu_seconds:.1f}s (step {validate.cpu_seconds:.1f}s); "
-            f"rows_in {md.get(f'clean/{NAME}:rows_in', 0):,}, valid {md.get(f'clean/{NAME}:rows_valid', 0):,}, "
-            f"quarantined {md.get(f'clean/{NAME}:rows_quarantined', 0):,}; "
-            f"rule passes before the writes (validate_seconds metadata) {md.get(f'clean/{NAME}:validate_seconds', 0):.2f}s"
+            f"rows_in {md.get(f'{clean}:rows_in', 0):,}, valid {md.get(f'{clean}:rows_valid', 0):,}, "
+            f"quarantined {md.get(f'{clean}:rows_quarantined', 0):,}; "
+            f"rule passes before the writes (validate_seconds metadata) {md.get(f'{clean}:validate_seconds', 0):.2f}s"
         )
     if loaded is not None and loaded.ok:
         md = loaded.payload["metadata"]
+        warehouse = f"{DOMAIN}/warehouse_{NAME}"
         print(
-            f"warehouse: step {loaded.seconds:.2f}s, of which the load transaction {md.get(f'warehouse/{NAME}:load_seconds', 0):.2f}s"
-            f" (the key re-count inside it {md.get(f'warehouse/{NAME}:contract_holds:check_seconds', 0):.2f}s)"
+            f"warehouse: step {loaded.seconds:.2f}s, of which the load transaction"
+            f" {md.get(f'{warehouse}:load_seconds', 0):.2f}s"
+            f" (the key re-count inside it {md.get(f'{warehouse}:contract_holds:check_seconds', 0):.2f}s)"
         )
     phases = stages.get("phases")
     if phases is not None and phases.ok:

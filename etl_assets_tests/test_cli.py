@@ -145,7 +145,7 @@ def test_demo_command_reports_each_run_as_it_ends_and_fills_every_partition(cli_
     assert warehouse_count(data_dir, "SELECT count(*) FROM shop.daily_revenue") > 0
     # the files the demo loaded are archived, as the archive sensor does: a later `make dev` finds none waiting
     landing = LandingFilesSource(root=str(data_dir / "landing"))
-    for dataset, expected in (("products", 1), ("fx_rates", 1), ("inventory", days)):
+    for dataset, expected in (("shop.products", 1), ("shop.fx_rates", 1), ("shop.inventory", days)):
         waiting = [p.name for p in (data_dir / "landing" / dataset).iterdir() if p.is_file()]
         assert waiting == [], f"{dataset}: {waiting} still in landing after the demo"
         assert len([p for p in landing.archive_dir(dataset).iterdir() if p.is_file()]) == expected, dataset
@@ -199,7 +199,7 @@ def run_refused(args: list[str], env: dict) -> str:
 @pytest.mark.parametrize("command", ["rebuild", "replay"])
 def test_unknown_pipeline_is_one_line_with_the_close_matches(cli_env, command):
     assert run_refused([command, "ordrs", "--from", "2024-01-01"], cli_env) == (
-        f"{command}: unknown pipeline 'ordrs'; did you mean: orders?\n"
+        f"{command}: unknown pipeline 'ordrs'; did you mean: shop.orders?\n"
     )
 
 
@@ -209,13 +209,13 @@ def test_reexecute_of_a_run_whose_job_is_gone_is_one_line(cli_env):
         raise RuntimeError("the source is down")
 
     @job
-    def ordrs_pipeline():  # a job this code location no longer has (renamed since the run)
+    def shop__ordrs_pipeline():  # a job this code location no longer has (renamed since the run)
         extract()
 
     with DagsterInstance.from_config(cli_env["DAGSTER_HOME"]) as instance:
-        run_id = ordrs_pipeline.execute_in_process(instance=instance, raise_on_error=False).run_id
+        run_id = shop__ordrs_pipeline.execute_in_process(instance=instance, raise_on_error=False).run_id
     assert run_refused(["reexecute", run_id], cli_env) == (
-        f"reexecute: unknown job 'ordrs_pipeline'; did you mean: orders_pipeline? (the job of run {run_id})\n"
+        f"reexecute: unknown job 'shop__ordrs_pipeline'; did you mean: shop__orders_pipeline? (the job of run {run_id})\n"
     )
 
 
@@ -241,12 +241,12 @@ def test_demo_data_outside_the_shops_partitions_is_refused_before_it_is_generate
 
 def test_schedule_and_sensor_lists(cli_env):
     schedules = run([str(BIN / "dagster"), "schedule", "list", "-m", "etl_assets"], cli_env).stdout
-    assert "orders_schedule" in schedules and "customers_schedule" in schedules
+    assert "shop__orders_schedule" in schedules and "shop__customers_schedule" in schedules
     sensors = run([str(BIN / "dagster"), "sensor", "list", "-m", "etl_assets"], cli_env).stdout
     for name in (
-        "inventory_file_sensor",
-        "products_file_sensor",
-        "orders_watermark_sensor",
+        "shop__inventory_file_sensor",
+        "shop__products_file_sensor",
+        "shop__orders_watermark_sensor",
         "landing_archive_sensor",
         "automation_condition_sensor",
     ):

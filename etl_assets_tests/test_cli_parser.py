@@ -187,14 +187,19 @@ def test_version_is_the_installed_package_version(capsys):
 @pytest.mark.parametrize(
     ("name", "known", "message"),
     [
-        ("ordrs", ["customers", "orders", "products"], "unknown pipeline 'ordrs'; did you mean: orders?"),
+        # the CLI knows pipelines by reference, <domain>.<name>
+        (
+            "ordrs",
+            ["shop.customers", "shop.orders", "shop.products"],
+            "unknown pipeline 'ordrs'; did you mean: shop.orders?",
+        ),
         ("prodcts", ["orders", "products"], "unknown pipeline 'prodcts'; did you mean: products?"),
         ("ab", ["abc", "abd", "xyz"], "unknown pipeline 'ab'; did you mean: abc, abd?"),
-        # only the best: every job name ends in _pipeline, which makes them all alike
+        # only the best: every job name is <domain>__<name>_pipeline, which makes them all alike
         (
-            "ordrs_pipeline",
-            ["customers_pipeline", "orders_pipeline", "products_pipeline"],
-            "unknown pipeline 'ordrs_pipeline'; did you mean: orders_pipeline?",
+            "shop__ordrs_pipeline",
+            ["shop__customers_pipeline", "shop__orders_pipeline", "shop__products_pipeline"],
+            "unknown pipeline 'shop__ordrs_pipeline'; did you mean: shop__orders_pipeline?",
         ),
         ("zzz", ["orders", "customers"], "unknown pipeline 'zzz'; the pipelines are: customers, orders"),
         ("zzz", [], "unknown pipeline 'zzz'; this code location has no pipelines"),

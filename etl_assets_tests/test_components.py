@@ -139,7 +139,7 @@ def test_a_pipeline_component_built_on_its_own_is_the_location_of_that_pipeline(
                 "shop/warehouse_customers",
             } <= keys
             assert not any("orders" in k for k in keys)  # only this pipeline (and monitoring)
-            assert defs.resolve_job_def("customers_pipeline")
+            assert defs.resolve_job_def("shop__customers_pipeline")
 
 
 def test_the_schema_for_editors_is_the_pipeline_spec():

@@ -36,22 +36,28 @@ EXPECTED_CHECKS = sorted(
     + [f"shop/warehouse_{n}:contract_holds" for n in SOURCES]
     + [f"shop/warehouse_{n}:freshness_check" for n in ("orders", "customers", "daily_revenue")]
 )
+# a pipeline's jobs, sensors and schedules are named <domain>__<name>_...; the domain's own jobs shop_...
 EXPECTED_JOBS = sorted(
-    [f"{n}_pipeline" for n in SOURCES + MARTS]
+    [f"shop__{n}_pipeline" for n in SOURCES + MARTS]
     + ["shop_daily", "shop_full_refresh"]
-    + [f"{n}_revalidate" for n in SOURCES]
+    + [f"shop__{n}_revalidate" for n in SOURCES]
     + ["pipeline_health_job", "lake_retention_job"]
 )
-EXPECTED_SCHEDULES = ["customers_schedule", "lake_retention_schedule", "orders_schedule", "pipeline_health_schedule"]
+EXPECTED_SCHEDULES = [
+    "lake_retention_schedule",
+    "pipeline_health_schedule",
+    "shop__customers_schedule",
+    "shop__orders_schedule",
+]
 EXPECTED_SENSORS = sorted(
     [
         "automation_condition_sensor",
-        "fx_rates_file_sensor",
-        "inventory_file_sensor",
+        "shop__fx_rates_file_sensor",
+        "shop__inventory_file_sensor",
         "landing_archive_sensor",
         "landing_quarantine_sensor",
-        "orders_watermark_sensor",
-        "products_file_sensor",
+        "shop__orders_watermark_sensor",
+        "shop__products_file_sensor",
         "alert_on_run_failure",
         "alert_on_check_failure",
         "freshness_checks_sensor",

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from etl_assets.cli import main
 from etl_assets.definitions import build_definitions
-from etl_assets.keys import Pipeline, target_key
+from etl_assets.keys import Pipeline, dagster_name, pipeline_job_name, pipeline_ref, target_key
 from etl_assets.lake import LakeTable
 from etl_assets.monitoring.error_tracking import ErrorRecord, ErrorStore
 from etl_assets.monitoring.health import write_health_table
@@ -121,22 +121,29 @@ def test_a_distributed_deployment_sets_aside_each_pipeline_loading_into_duckdb(
     monkeypatch.setenv("ETL_DEPLOYMENT", "distributed")
     loaded, broken = load_specs_isolated()
     assert [s.spec.name for s in loaded] == ["on_postgres"]  # the packaged shop pipelines load into DuckDB too
-    by_name = {b.name: b for b in broken}
-    assert {"on_default", "on_both", "mart_of_default", "orders", "daily_revenue"} <= set(by_name)
+    by_name = {b.name: b for b in broken}  # each set aside under its reference, <domain>.<name>
+    assert {
+        "default.on_default",
+        "default.on_both",
+        "default.mart_of_default",
+        "shop.orders",
+        "shop.daily_revenue",
+    } <= set(by_name)
 
-    default = by_name["on_default"]
+    default = by_name["default.on_default"]
     assert default.field == "targets" and default.path == user_specs / "on_default.yaml"
     assert default.message.startswith(
         f"invalid pipeline spec {user_specs / 'on_default.yaml'}:\n  field 'targets': the pipeline loads into the"
         " DuckDB warehouse (targets: [duckdb], the default), and "
     )
     assert REFUSAL in default.message and FIX in default.message
-    assert "(targets: [duckdb, postgres])" in by_name["on_both"].message
-    assert by_name["orders"].field == "targets" and ", line " in by_name["orders"].message  # a defs.yaml document
+    assert "(targets: [duckdb, postgres])" in by_name["default.on_both"].message
+    orders = by_name["shop.orders"]
+    assert orders.field == "targets" and ", line " in orders.message  # a defs.yaml document
     # the mart reads a pipeline set aside: it says which, and is not blamed for DuckDB
-    mart = by_name["mart_of_default"]
+    mart = by_name["default.mart_of_default"]
     assert mart.field is None
-    assert f"'on_default' is declared in {user_specs / 'on_default.yaml'}, which is invalid" in mart.message
+    assert f"'default.on_default' is declared in {user_specs / 'on_default.yaml'}, which is invalid" in mart.message
 
     with pytest.raises(SpecError, match="field 'targets': the pipeline loads into the DuckDB warehouse"):
         load_specs()  # the strict loader refuses as well
@@ -210,20 +217,24 @@ def test_a_worker_whose_environment_says_distributed_fails_the_load_without_retr
     folder = tmp_path / "specs"
     write_spec(folder, pipeline("drops", [column("a", "INTEGER")], retry={"max_retries": 2, "delay_seconds": 0}))
     defs = build_definitions(specs=load_specs([folder]))
-    s3_server.client().put_object(Bucket=s3_bucket, Key="landing/drops/x.csv", Body=b"a\n1\n2\n")
+    drops = Pipeline("default", "drops")
+    s3_server.client().put_object(Bucket=s3_bucket, Key=f"landing/{pipeline_ref(drops)}/x.csv", Body=b"a\n1\n2\n")
     monkeypatch.setenv("ETL_LAKE_URL", f"s3://{s3_bucket}/lake")
     monkeypatch.setenv("ETL_LANDING_URL", f"s3://{s3_bucket}/landing")
 
     monkeypatch.setenv("ETL_DEPLOYMENT", "distributed")
-    result = defs.resolve_job_def("drops_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def(pipeline_job_name(drops)).execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
-    assert [e.step_key for e in failures] == [target_key("duckdb", Pipeline("default", "drops")).to_python_identifier()]
+    assert [e.step_key for e in failures] == [target_key("duckdb", drops).to_python_identifier()]
     error = failures[0].step_failure_data.error
     assert error is not None and REFUSAL in error.message and FIX in error.message
     assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     succeeded = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_SUCCESS}
-    assert {"default__raw_drops", "validate_drops"} <= succeeded  # the steps before the load ran, on the S3 lake
+    assert {
+        "default__raw_drops",
+        f"validate_{dagster_name(drops)}",
+    } <= succeeded  # the steps before the load ran, on the S3 lake
     assert (
         not (data_dir / "warehouse.duckdb").exists() and not (data_dir / "lake").exists()
     )  # nothing was written to a warehouse file on this host
@@ -236,7 +247,7 @@ def test_monitoring_writes_are_refused_too_and_error_records_wait_in_the_spool(
     warehouse = DuckDBWarehouse(path=str(tmp_path / "warehouse.duckdb"))
     store = ErrorStore(warehouse, spool_path=tmp_path / "errors_pending.jsonl", wait_seconds=0)
     now = datetime.now(UTC)
-    record = ErrorRecord("run-1", "drops_pipeline", "drops", "load", "", "", "permanent", "boom", now)
+    record = ErrorRecord("run-1", "default__drops_pipeline", "default.drops", "load", "", "", "permanent", "boom", now)
     assert store.record([record]) is False
     assert store.last_problem is not None and REFUSAL in store.last_problem
     assert store.pending() == 1
@@ -267,8 +278,10 @@ def test_a_pipeline_loading_into_postgres_runs_in_a_distributed_deployment(
     )
     specs, broken = load_specs_isolated([folder])
     assert not broken
-    s3_server.client().put_object(Bucket=s3_bucket, Key="landing/drops/x.csv", Body=b"a\n1\n2\n")
-    result = build_definitions(specs=specs).resolve_job_def("drops_pipeline").execute_in_process(instance=instance)
+    drops = Pipeline(pg_schema, "drops")
+    s3_server.client().put_object(Bucket=s3_bucket, Key=f"landing/{pipeline_ref(drops)}/x.csv", Body=b"a\n1\n2\n")
+    job = build_definitions(specs=specs).resolve_job_def(pipeline_job_name(drops))
+    result = job.execute_in_process(instance=instance)
     assert result.success
     with psycopg.connect(postgres_url) as conn:
         rows = conn.execute(

@@ -23,13 +23,13 @@ from dagster import DagsterInstance
 
 from etl_assets.cli import QUIET
 from etl_assets.errors import PermanentSourceError
-from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN, Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets.pipelines.spec import FilesSource
 from etl_assets.resources.files import LandingFilesSource
 from etl_assets.settings import duckdb_connection
 from etl_assets_tests.specs import column, definitions_for, files_source, pipeline
 
-DATASET = "items"
+DATASET = "default.items"  # the landing folder of pipeline items of the default domain, <domain>.<name>
 ROWS = [{"id": str(i), "code": f"{i:05d}", "note": f'line {i}, "q"'} for i in range(5000)]
 
 
@@ -140,7 +140,8 @@ def test_unread_compression_is_refused_with_the_fix(
 def test_pipeline_loads_a_days_gzip_file_and_quarantines_its_truncated_zstd_one(
     tmp_path: Path, data_dir: Path, instance: DagsterInstance
 ) -> None:
-    landing = data_dir / "landing" / "cx_items"
+    cx_items = Pipeline("corpus", "cx_items")
+    landing = data_dir / "landing" / pipeline_ref(cx_items)
     landing.mkdir(parents=True)
     good = [{"id": str(i), "code": "a", "note": "n"} for i in range(300)]
     (landing / "items_2024-01-02_a.csv.gz").write_bytes(_compress(_content("csv", good), "gzip"))
@@ -149,9 +150,9 @@ def test_pipeline_loads_a_days_gzip_file_and_quarantines_its_truncated_zstd_one(
     )
     (landing / "items_2024-01-02_b.csv.zst").write_bytes(cut[: len(cut) // 2])
     spec = pipeline(
-        "cx_items",
+        cx_items.name,
         [column("id", "BIGINT", nullable=False), column("code", "VARCHAR"), column("note", "VARCHAR")],
-        domain="corpus",
+        domain=cx_items.domain,
         source=files_source(
             "csv",
             glob="items_*.csv.*",
@@ -161,7 +162,7 @@ def test_pipeline_loads_a_days_gzip_file_and_quarantines_its_truncated_zstd_one(
         retry={"max_retries": 0},
     )
     defs = definitions_for(tmp_path / "specs", spec)
-    result = defs.resolve_job_def("cx_items_pipeline").execute_in_process(
+    result = defs.resolve_job_def(pipeline_job_name(cx_items)).execute_in_process(
         instance=instance, partition_key="2024-01-02", run_config=QUIET
     )
     assert result.success

@@ -21,7 +21,7 @@ from etl_assets.pipelines.spec import FilesSource
 from etl_assets.resources.files import READ_ERROR_COLUMN, SNAPSHOT_DIR, LandingFilesSource, escape_glob
 from etl_assets.settings import duckdb_connection
 
-DATASET = "sales"
+DATASET = "default.sales"  # the landing folder of pipeline sales of the default domain, <domain>.<name>
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from etl_assets.resources.files import IN_PROGRESS_SUFFIXES, READ_ERROR_COLUMN, 
 from etl_assets.settings import duckdb_connection
 from etl_assets_demo import DemoManifest
 
-DATASET = "items"
+DATASET = "default.items"  # the landing folder of pipeline items of the default domain, <domain>.<name>
 ROWS = {
     "items_2024-01-01": [{"id": 1, "code": "007", "price": 1.5}, {"id": 2, "code": "010", "price": 20.0}],
     "items_2024-01-02": [{"id": 3, "code": "100", "price": 3.25}],
@@ -143,7 +143,7 @@ def test_demo_products_drop_is_read_from_the_default_landing_root(
     source, spec = LandingFilesSource(), _files(format="csv", glob="products*.csv")
     assert source.root_path() == shop_data.landing_dir.resolve()
 
-    rel = source.read(con, "products", spec, source.list_files("products", spec))
+    rel = source.read(con, "shop.products", spec, source.list_files("shop.products", spec))
 
     rows = rel.fetchall()
     assert len(rows) == shop_data.products

@@ -10,12 +10,12 @@ What is checked instead:
   Dagster's config schemas instead: a key the chart does not render, or one Dagster does not accept, fails;
 * the Dockerfile names what exists: its CMD is a real ``dagster`` command serving ``-m etl_assets``;
 * end to end, on :class:`etl_assets_tests.k8s_cluster.LoopbackCluster`: the code location served by the Dockerfile's
-  CMD, a run of ``orders_pipeline`` launched by dagster-k8s' ``K8sRunLauncher`` built from deploy/k8s/dagster.yaml, and
-  ``ETL_EXECUTOR=k8s_job`` so that the run's pod launches each step as a Job of its own. Every Job manifest, as the
-  ``kubernetes`` client sent it, is validated against the Kubernetes schemas (kubernetes-validate, strict) of two
-  versions, checked for image, resources and env from Secrets by reference, and searched for a secret value that
-  every process involved has in its environment. The pods then run (as local processes) and the run must succeed,
-  with its step logs in S3 (moto on loopback).
+  CMD, a run of ``shop__orders_pipeline`` launched by dagster-k8s' ``K8sRunLauncher`` built from
+  deploy/k8s/dagster.yaml, and ``ETL_EXECUTOR=k8s_job`` so that the run's pod launches each step as a Job of its own.
+  Every Job manifest, as the ``kubernetes`` client sent it, is validated against the Kubernetes schemas
+  (kubernetes-validate, strict) of two versions, checked for image, resources and env from Secrets by reference, and
+  searched for a secret value that every process involved has in its environment. The pods then run (as local
+  processes) and the run must succeed, with its step logs in S3 (moto on loopback).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from kubernetes.client import V1Volume, V1VolumeMount
 
 from etl_assets.cli.demo import FULL_REFRESH_JOB
 from etl_assets.definitions import build_definitions
+from etl_assets.keys import Pipeline, pipeline_job_name
 from etl_assets_demo import DemoApiServer, generate_shop_data
 from etl_assets_tests.conftest import SMALL_DAYS, SMALL_ORDERS
 from etl_assets_tests.k8s_cluster import LoopbackCluster, pod_env_base
@@ -65,7 +66,7 @@ DOCKERFILE = REPO / "Dockerfile"
 BIN = Path(sys.executable).parent  # the image's /opt/venv/bin, here
 RELEASE = "dagster"  # the Helm release name docs/kubernetes.md installs with
 K8S_VERSIONS = ("1.33.0", kubernetes_validate.latest_version())
-JOB = "orders_pipeline"
+JOB = pipeline_job_name(Pipeline("shop", "orders"))
 PARTITION = "2024-01-02"
 # A value every process of the deployment test has in its environment (as a token, a password, an AWS key) and that
 # must never be written into a manifest.

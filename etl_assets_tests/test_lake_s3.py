@@ -206,20 +206,20 @@ def test_landing_lists_plain_complete_objects_and_moves_exactly_the_version_load
 ):
     spec = FilesSource.model_validate({"kind": "files", "format": "csv", "glob": "*.csv"})
     for key, body in {
-        "landing/drops/x[1]_2024-01-01.csv": "id\n1\n2\n",
-        "landing/drops/.hidden_2024-01-01.csv": "id\n9\n",
-        "landing/drops/late_2024-01-01.csv.part": "id\n",
-        "landing/drops/deeper/y_2024-01-01.csv": "id\n5\n",
-        "landing/other/z_2024-01-01.csv": "id\n6\n",
+        "landing/default.drops/x[1]_2024-01-01.csv": "id\n1\n2\n",
+        "landing/default.drops/.hidden_2024-01-01.csv": "id\n9\n",
+        "landing/default.drops/late_2024-01-01.csv.part": "id\n",
+        "landing/default.drops/deeper/y_2024-01-01.csv": "id\n5\n",
+        "landing/default.other/z_2024-01-01.csv": "id\n6\n",
     }.items():
         _put(s3_server, s3_bucket, key, body)
-    files = landing.scan("drops", spec)
+    files = landing.scan("default.drops", spec)
     assert [f.name for f in files] == ["x[1]_2024-01-01.csv"]
     key = landing.content_key(files[0].path)
     assert key.startswith("etag:") and files[0].size == len("id\n1\n2\n")
 
     con = duckdb.connect()
-    read = landing.open_partition(con, "drops", spec, "2024-01-01", ["id"])
+    read = landing.open_partition(con, "default.drops", spec, "2024-01-01", ["id"])
     try:  # the name with glob characters is read as one file, from its snapshot
         rows = read.stream().read_all()
     finally:
@@ -227,40 +227,44 @@ def test_landing_lists_plain_complete_objects_and_moves_exactly_the_version_load
     assert sorted(rows.column("id").to_pylist()) == ["1", "2"]
 
     # a newer delivery under the same name is not moved by the older version's run
-    _put(s3_server, s3_bucket, "landing/drops/x[1]_2024-01-01.csv", "id\n1\n2\n3\n")
-    assert landing.archive("drops", "x[1]_2024-01-01.csv", key) is None
-    assert "landing/drops/x[1]_2024-01-01.csv" in _keys(s3_server, s3_bucket)
-    newer = landing.content_key(landing.scan("drops", spec)[0].path)
-    moved = landing.archive("drops", "x[1]_2024-01-01.csv", newer)
-    assert moved is not None and str(moved).startswith(f"s3://{s3_bucket}/archive/drops/")
-    assert "landing/drops/x[1]_2024-01-01.csv" not in _keys(s3_server, s3_bucket)
+    _put(s3_server, s3_bucket, "landing/default.drops/x[1]_2024-01-01.csv", "id\n1\n2\n3\n")
+    assert landing.archive("default.drops", "x[1]_2024-01-01.csv", key) is None
+    assert "landing/default.drops/x[1]_2024-01-01.csv" in _keys(s3_server, s3_bucket)
+    newer = landing.content_key(landing.scan("default.drops", spec)[0].path)
+    moved = landing.archive("default.drops", "x[1]_2024-01-01.csv", newer)
+    assert moved is not None and str(moved).startswith(f"s3://{s3_bucket}/archive/default.drops/")
+    assert "landing/default.drops/x[1]_2024-01-01.csv" not in _keys(s3_server, s3_bucket)
     # the archived copy is the loaded version, and a rebuild of the partition reads it from the archive
-    inputs = landing.partition_inputs("drops", spec, "2024-01-01")
+    inputs = landing.partition_inputs("default.drops", spec, "2024-01-01")
     assert [(i.name, i.archived) for i in inputs] == [("x[1]_2024-01-01.csv", True)]
-    read = landing.open_partition(con, "drops", spec, "2024-01-01", ["id"])
+    read = landing.open_partition(con, "default.drops", spec, "2024-01-01", ["id"])
     try:
         assert sorted(read.stream().read_all().column("id").to_pylist()) == ["1", "2", "3"]
     finally:
         read.close()
 
     # quarantine: the file and its reason beside it; tags naming another place are refused
-    _put(s3_server, s3_bucket, "landing/drops/bad_2024-01-02.csv", "not,a\n")
-    quarantined = landing.quarantine("drops", "bad_2024-01-02.csv", "no column id")
+    _put(s3_server, s3_bucket, "landing/default.drops/bad_2024-01-02.csv", "not,a\n")
+    quarantined = landing.quarantine("default.drops", "bad_2024-01-02.csv", "no column id")
     assert quarantined is not None
     reason_key = str(quarantined).removeprefix(f"s3://{s3_bucket}/") + ".reason.txt"
-    assert reason_key.startswith("quarantine/drops/")
+    assert reason_key.startswith("quarantine/default.drops/")
     body = s3_server.client().get_object(Bucket=s3_bucket, Key=reason_key)["Body"].read()
     assert body == b"no column id\n"
     from etl_assets.errors import PermanentSourceError
 
-    for dataset, name in (("drops", "../other/z_2024-01-01.csv"), ("../other", "z_2024-01-01.csv"), ("drops", ".x")):
+    for dataset, name in (
+        ("default.drops", "../default.other/z_2024-01-01.csv"),
+        ("../default.other", "z_2024-01-01.csv"),
+        ("default.drops", ".x"),
+    ):
         with pytest.raises(PermanentSourceError, match="not a plain"):
             landing.archive(dataset, name)
-    assert "landing/other/z_2024-01-01.csv" in _keys(s3_server, s3_bucket)
+    assert "landing/default.other/z_2024-01-01.csv" in _keys(s3_server, s3_bucket)
 
     # retention of archived objects
-    assert landing.expire_archived("drops", oldest=0) == []
-    expired = landing.expire_archived("drops", oldest=2**40)
+    assert landing.expire_archived("default.drops", oldest=0) == []
+    expired = landing.expire_archived("default.drops", oldest=2**40)
     assert len(expired) == 1 and expired[0].endswith("_x[1]_2024-01-01.csv")
     assert not _keys(s3_server, s3_bucket, "archive/")
 
@@ -269,10 +273,10 @@ def test_landing_move_in_a_versioned_bucket_deletes_only_the_version_copied(land
     client = s3_server.client()
     client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
     name = "a_2024-01-01.csv"
-    _put(s3_server, s3_bucket, f"landing/drops/{name}", "id\n1\n")
+    _put(s3_server, s3_bucket, f"landing/default.drops/{name}", "id\n1\n")
     remote = landing.remote()
     assert remote is not None and remote.store.versioned()
-    loaded = remote.head("drops", name)
+    loaded = remote.head("default.drops", name)
     assert loaded is not None and loaded.version_id
     real_head, redelivered = remote.head, []
 
@@ -280,16 +284,16 @@ def test_landing_move_in_a_versioned_bucket_deletes_only_the_version_copied(land
         info = real_head(dataset, file_name)
         if not redelivered:  # the producer re-delivers the name right after the move looked at it
             redelivered.append(True)
-            _put(s3_server, s3_bucket, f"landing/drops/{name}", "id\n2\n")
+            _put(s3_server, s3_bucket, f"landing/default.drops/{name}", "id\n2\n")
         return info
 
     monkeypatch.setattr(remote, "head", head_then_redeliver)
-    moved = landing.archive("drops", name, f"etag:{loaded.etag}")
+    moved = landing.archive("default.drops", name, f"etag:{loaded.etag}")
     assert moved is not None
     archived_key = str(moved).removeprefix(f"s3://{s3_bucket}/")
     assert client.get_object(Bucket=s3_bucket, Key=archived_key)["Body"].read() == b"id\n1\n"
     # the re-delivery is still in landing, for its own run
-    assert client.get_object(Bucket=s3_bucket, Key=f"landing/drops/{name}")["Body"].read() == b"id\n2\n"
+    assert client.get_object(Bucket=s3_bucket, Key=f"landing/default.drops/{name}")["Body"].read() == b"id\n2\n"
 
 
 @pytest.mark.slow
@@ -350,11 +354,11 @@ def test_the_file_sensor_watches_a_prefix_and_keys_each_version_by_size_and_etag
     from etl_assets.pipelines.sensors import TAG_SHA256, landing_target, run_key_for
 
     defs = build_definitions()
-    sensor = defs.resolve_sensor_def("inventory_file_sensor")
+    sensor = defs.resolve_sensor_def("shop__inventory_file_sensor")
     name = "inventory_2024-01-02.ndjson"
     body = '{"snapshot_date":"2024-01-02","product_id":1,"on_hand":3}\n'
-    _put(s3_server, s3_bucket, f"landing/inventory/{name}", body)
-    _put(s3_server, s3_bucket, "landing/inventory/inventory_2024-01-03.ndjson.part", "half")
+    _put(s3_server, s3_bucket, f"landing/shop.inventory/{name}", body)
+    _put(s3_server, s3_bucket, "landing/shop.inventory/inventory_2024-01-03.ndjson.part", "half")
 
     with instance_for_test() as instance:
 
@@ -369,17 +373,17 @@ def test_the_file_sensor_watches_a_prefix_and_keys_each_version_by_size_and_etag
         assert second.run_requests is not None
         assert [r.partition_key for r in second.run_requests] == ["2024-01-02"]
         request = second.run_requests[0]
-        etag = s3_server.client().head_object(Bucket=s3_bucket, Key=f"landing/inventory/{name}")["ETag"].strip('"')
-        assert request.run_key == run_key_for("inventory", name, len(body), f"etag:{etag}")
+        etag = s3_server.client().head_object(Bucket=s3_bucket, Key=f"landing/shop.inventory/{name}")["ETag"].strip('"')
+        assert request.run_key == run_key_for("shop.inventory", name, len(body), f"etag:{etag}")
         assert request.tags[TAG_SHA256] == f"etag:{etag}"
         # the archive sensor accepts the tags it set, and moves exactly that version
-        sources = {"inventory": _inventory_source()}
+        sources = {"shop.inventory": _inventory_source()}
         target, refused = landing_target(dict(request.tags), sources)
         assert refused is None and target is not None
         assert landing.archive(target.dataset, target.name, target.sha256) is not None
         assert tick(second.cursor).run_requests == []
         # a new delivery under the same name is a new version with a new run key
-        _put(s3_server, s3_bucket, f"landing/inventory/{name}", body.replace("3}", "4}"))
+        _put(s3_server, s3_bucket, f"landing/shop.inventory/{name}", body.replace("3}", "4}"))
         third = tick(tick(second.cursor).cursor)
         assert (
             third.run_requests is not None
@@ -391,7 +395,7 @@ def test_the_file_sensor_watches_a_prefix_and_keys_each_version_by_size_and_etag
 def _inventory_source() -> FilesSource:
     from etl_assets.pipelines.spec import load_specs
 
-    source = next(s.spec.source for s in load_specs() if s.spec.name == "inventory")
+    source = next(s.spec.source for s in load_specs() if s.spec.ref == "shop.inventory")
     assert isinstance(source, FilesSource)
     return source
 
@@ -459,9 +463,11 @@ def test_a_distributed_deployment_refuses_a_local_lake_or_landing_zone_and_takes
     with pytest.raises(DeploymentRefused, match="ETL_LAKE_URL=s3://"):
         LakeStorage().write(["default", "raw_x"], None, pa.table({"x": [1]}))
     with pytest.raises(DeploymentRefused, match="ETL_LANDING_URL=s3://"):
-        LandingFilesSource().scan("drops", FilesSource.model_validate({"kind": "files", "format": "csv"}))
+        LandingFilesSource().scan("default.drops", FilesSource.model_validate({"kind": "files", "format": "csv"}))
     assert not (data_dir / "lake").exists()
     monkeypatch.setenv("ETL_LAKE_URL", f"s3://{s3_bucket}/lake")
     monkeypatch.setenv("ETL_LANDING_URL", f"s3://{s3_bucket}/landing")
     assert LakeStorage().write(["default", "raw_x"], None, pa.table({"x": [1]})).rows == 1
-    assert LandingFilesSource().scan("drops", FilesSource.model_validate({"kind": "files", "format": "csv"})) == []
+    assert (
+        LandingFilesSource().scan("default.drops", FilesSource.model_validate({"kind": "files", "format": "csv"})) == []
+    )

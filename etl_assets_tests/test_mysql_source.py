@@ -28,7 +28,7 @@ from dagster import DagsterInstance
 
 from etl_assets.cli import QUIET
 from etl_assets.errors import PermanentSourceError, TransientSourceError
-from etl_assets.keys import SOURCE_COLUMN
+from etl_assets.keys import SOURCE_COLUMN, Pipeline, pipeline_job_name
 from etl_assets.pipelines.spec import SqlSource
 from etl_assets.resources.mysql import connect_kwargs
 from etl_assets.resources.sql import SqlDatabaseSource
@@ -344,7 +344,7 @@ def test_partitioned_pipeline_from_mariadb_into_the_warehouse(
         defs = definitions_for(tmp_path / "specs", spec)
         texts = []
         for partition in ("2024-01-02", "2024-01-03"):
-            result = defs.resolve_job_def("my_orders_pipeline").execute_in_process(
+            result = defs.resolve_job_def(pipeline_job_name(Pipeline(spec["domain"], spec["name"]))).execute_in_process(
                 instance=instance, partition_key=partition, run_config=QUIET
             )
             assert result.success

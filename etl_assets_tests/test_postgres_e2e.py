@@ -11,6 +11,7 @@ import pytest
 from psycopg import sql
 
 from etl_assets.definitions import build_definitions
+from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets_tests.specs import column, definitions_for, pipeline
 
 pytestmark = [pytest.mark.postgres]
@@ -37,7 +38,9 @@ def pg_customers(postgres_url, pg_schema, shop_data):
 def test_customers_from_postgres(pg_customers, pg_schema, postgres_url, shop_data, instance, data_dir, monkeypatch):
     monkeypatch.setenv("SHOP_DB_URL", postgres_url + f"?options=-csearch_path%3D{pg_schema}")
     defs = build_definitions()
-    result = defs.resolve_job_def("customers_pipeline").execute_in_process(instance=instance)
+    result = defs.resolve_job_def(pipeline_job_name(Pipeline("shop", "customers"))).execute_in_process(
+        instance=instance
+    )
     assert result.success
     raw = result.asset_materializations_for_node("shop__raw_customers")[0].metadata
     assert raw["fast_path"].value == "adbc"
@@ -59,13 +62,15 @@ def test_pipeline_with_postgres_target(tmp_path, postgres_url, pg_schema, shop_d
         primary_key=["product_id"],
         targets=["duckdb", "postgres"],
     )
-    landing = shop_data.data_dir / "landing" / "catalogue"
+    landing = shop_data.data_dir / "landing" / pipeline_ref(Pipeline(pg_schema, "catalogue"))
     landing.mkdir(parents=True)
-    (landing / "products.csv").write_text((shop_data.landing_dir / "products" / "products.csv").read_text())
+    (landing / "products.csv").write_text((shop_data.landing_dir / "shop.products" / "products.csv").read_text())
     monkeypatch.setenv("ETL_POSTGRES_URL", postgres_url)
     defs = definitions_for(tmp_path / "specs", catalogue)
     for _ in range(2):
-        result = defs.resolve_job_def("catalogue_pipeline").execute_in_process(instance=instance)
+        result = defs.resolve_job_def(pipeline_job_name(Pipeline(pg_schema, "catalogue"))).execute_in_process(
+            instance=instance
+        )
         assert result.success
     expected = duckdb.execute(
         "SELECT count(*), sum(CAST(list_price AS DECIMAL(12,2))) FROM read_csv(?, all_varchar = true)",

@@ -381,7 +381,7 @@ def test_check_deployment_fails_naming_each_problem_and_its_fix(
     # the packaged shop pipelines load into the DuckDB warehouse: each is named, with the fix
     assert lines["warehouse"].startswith("FAIL warehouse: 7 pipeline(s) load into the DuckDB warehouse")
     assert (
-        "orders (" in lines["warehouse"]
+        "shop.orders (" in lines["warehouse"]  # each by its reference, <domain>.<name>
         and "Fix: use `targets: [postgres]` with ETL_POSTGRES_URL" in lines["warehouse"]
     )
     assert lines["postgres target"].startswith("OK postgres target: postgresql://***@")

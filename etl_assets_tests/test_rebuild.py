@@ -16,7 +16,7 @@ from etl_assets.cli import main as cli
 from etl_assets.cli.demo import run_reference
 from etl_assets.definitions import build_definitions
 
-TABLES = ["shop.orders", "shop.orders_enriched", "shop.daily_revenue", "shop.customers", "quarantine.orders"]
+TABLES = ["shop.orders", "shop.orders_enriched", "shop.daily_revenue", "shop.customers", "quarantine.shop__orders"]
 
 
 def snapshot(data_dir: Path) -> dict[str, list[tuple]]:
@@ -57,9 +57,9 @@ def test_rebuild_from_raw_without_sources(shop_data, api_server, data_dir, insta
     out = capsys.readouterr().out
     assert "shop/marts_daily_revenue" in out
     # one progress line per partition, with what it wrote
-    lines = [line for line in out.splitlines() if line.startswith("[") and f"] orders {last} " in line]
+    lines = [line for line in out.splitlines() if line.startswith("[") and f"] shop.orders {last} " in line]
     assert len(lines) == 2 and lines[0].startswith(f"[{len(shop_data.partition_keys)}/{len(shop_data.partition_keys)}]")
-    assert re.search(rf"\] orders {last} ok, [\d,]+ rows, .*: .*shop/warehouse_orders \d+", lines[0]), lines[0]
+    assert re.search(rf"\] shop\.orders {last} ok, [\d,]+ rows, .*: .*shop/warehouse_orders \d+", lines[0]), lines[0]
     assert "not rebuilt (other partitioning" in out  # customers' daily downstream is named, not silently skipped
 
     # a partition whose raw input is gone: the command says which and how to get it back
@@ -73,6 +73,6 @@ def test_rebuild_from_raw_without_sources(shop_data, api_server, data_dir, insta
 def test_rebuild_of_an_unknown_pipeline_names_the_choices(data_dir, capsys):
     assert cli(["rebuild", "daily_revenue"]) == 2
     assert (
-        "daily_revenue is not a source pipeline; rebuild one of: customers, fx_rates, inventory, orders"
-        in capsys.readouterr().err
+        "shop.daily_revenue is not a source pipeline; rebuild one of: shop.customers, shop.fx_rates, shop.inventory, "
+        "shop.orders" in capsys.readouterr().err
     )

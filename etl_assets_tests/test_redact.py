@@ -26,6 +26,7 @@ from dagster import DagsterInstance, Definitions, build_sensor_context, instance
 from dagster._serdes import serialize_value
 
 from etl_assets.errors import PermanentSourceError, TransientSourceError
+from etl_assets.keys import Pipeline, pipeline_job_name
 from etl_assets.pipelines.spec import SqlSource
 from etl_assets.redact import redact, userinfo_needs_encoding
 from etl_assets.resources.sql import SqlDatabaseSource
@@ -48,8 +49,9 @@ class Lab:
     webhook: Recorder
     run_cursor: str | None
 
-    def materialize(self, job: str):
-        return self.defs.resolve_job_def(job).execute_in_process(
+    def materialize(self, name: str):
+        """Run the job of pipeline ``name`` (of the default domain, as the specs here are)."""
+        return self.defs.resolve_job_def(pipeline_job_name(Pipeline("default", name))).execute_in_process(
             instance=self.instance, raise_on_error=False, run_config=QUIET
         )
 
@@ -240,29 +242,29 @@ def test_a_postgres_password_is_stored_nowhere(lab_factory, pg_role, pg_schema, 
     good = f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:5432/test"
     lab = lab_factory(_vault_spec(f"{pg_schema}.items"), {"VAULT_DB_URL": good})
 
-    loaded = lab.materialize("vault_pipeline")  # connects with the percent-encoded password and loads 3 rows
+    loaded = lab.materialize("vault")  # connects with the percent-encoded password and loads 3 rows
     assert loaded.success
     failures = {
         # a refused connection (wrong port), the password plain in the URL
         "refused": (
             f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:1/test",
-            "vault_pipeline",
+            "vault",
             "connection refused",
         ),
         # the issue's URL: a space and a '#' unencoded; libpq would quote "pa ss#..." back
-        "spaces": (f"postgresql://{role}:pa ss#{base}@127.0.0.1:5432/test", "vault_pipeline", "percent-encode"),
+        "spaces": (f"postgresql://{role}:pa ss#{base}@127.0.0.1:5432/test", "vault", "percent-encode"),
         # a '/' unencoded: libpq takes the first half for a port and quotes it back
-        "slash": (f"postgresql://{role}:{half_a}/{half_b}@127.0.0.1:5432/test", "vault_pipeline", "percent-encode"),
+        "slash": (f"postgresql://{role}:{half_a}/{half_b}@127.0.0.1:5432/test", "vault", "percent-encode"),
         # an '@' unencoded: libpq takes the second half for the host and quotes it back
-        "at": (f"postgresql://{role}:{half_a}@{half_b}@127.0.0.1:5432/test", "vault_pipeline", "percent-encode"),
+        "at": (f"postgresql://{role}:{half_a}@{half_b}@127.0.0.1:5432/test", "vault", "percent-encode"),
         # connected (the good URL), then a missing table: the driver's own error
-        "no table": (good, "vault_missing_pipeline", "no_such_table"),
+        "no table": (good, "vault_missing", "no_such_table"),
     }
     runs = {}
-    for name, (url, job, _) in failures.items():
+    for name, (url, failing, _) in failures.items():
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("VAULT_DB_URL", url)
-            runs[name] = lab.materialize(job)
+            runs[name] = lab.materialize(failing)
         assert not runs[name].success, name
     lab.alert_failed_runs()
 
@@ -290,8 +292,8 @@ def test_a_bearer_token_echoed_by_the_api_is_stored_nowhere(lab_factory, capfd):
             _api_spec("flaky_echo", "flaky_echo_api", failing.url, auth="bearer"),
         ]
         lab = lab_factory(specs, {"SHOP_API_TOKEN": token, "SHOP_API_URL": refusing.url, "FLAKY_ECHO_API_TOKEN": token})
-        refused = lab.materialize("echoed_pipeline")
-        flaky = lab.materialize("flaky_echo_pipeline")
+        refused = lab.materialize("echoed")
+        flaky = lab.materialize("flaky_echo")
         assert not refused.success and not flaky.success
         assert refusing.requests and all(r["authorization"] == f"Bearer {token}" for r in refusing.requests)
         assert failing.requests  # the token went out, and came back in each error body
@@ -321,7 +323,7 @@ def test_api_url_credentials_are_not_stored_as_metadata(lab_factory):
             )
         ]
         lab = lab_factory(specs, {"PLAIN_API_URL": f"http://etl:{user_password}@{host}"})
-        result = lab.materialize("plain_api_pipeline")
+        result = lab.materialize("plain_api")
     finally:
         api.__exit__()
     assert result.success

@@ -33,7 +33,7 @@ def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir):
         for stage in ("raw", "clean"):
             lake.write(["web", f"{stage}_clicks"], day, duckdb.sql("SELECT 1 AS click_id"))
         lake.write(["shop", "raw_orders"], day, duckdb.sql("SELECT 1 AS order_id"))  # no retention in its spec
-    archive = data_dir / "archive" / "clicks"
+    archive = data_dir / "archive" / "web.clicks"  # a pipeline's archive folder is its reference
     archive.mkdir(parents=True)
     now = dt.datetime(2024, 1, 5, 12, tzinfo=dt.UTC)
     for age_days, name in ((30, "clicks_old.csv"), (3, "clicks_recent.csv")):
@@ -45,9 +45,9 @@ def test_retention_removes_only_expired_raw_inputs(tmp_path, data_dir):
     specs_loaded = [s.spec for s in [*shop_specs(), load_spec(tmp_path / "specs", RETAINED)]]
     removed = expire_raw_inputs(specs_loaded, lake, landing, now)
     assert sorted((r.pipeline, r.kind, r.name) for r in removed) == [
-        ("clicks", "archived_file", "clicks_old.csv"),
-        ("clicks", "raw_partition", "2024-01-01"),
-        ("clicks", "raw_partition", "2024-01-02"),
+        ("web.clicks", "archived_file", "clicks_old.csv"),
+        ("web.clicks", "raw_partition", "2024-01-01"),
+        ("web.clicks", "raw_partition", "2024-01-02"),
     ]
     assert lake.partitions(["web", "raw_clicks"]) == days[2:]
     assert lake.partitions(["web", "clean_clicks"]) == days  # clean data and targets are never touched

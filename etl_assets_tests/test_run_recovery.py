@@ -19,6 +19,7 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
 from etl_assets.recovery.sensors import process_state, run_worker_pid
 from etl_assets.resources.targets import TEST_PAUSE_IN_LOAD_ENV
 from etl_assets_tests.test_daemon_e2e import REPO, SPECS, YESTERDAY, make_lab, wait_for, warehouse
@@ -27,6 +28,8 @@ pytestmark = [pytest.mark.daemon]
 
 ROWS = 400_000
 SPEC = SPECS["events.yaml"]  # a daily files pipeline with its file sensor on
+EVENTS = Pipeline("lab", "events")  # SPEC's
+KINDS, VISITS = Pipeline("lab", "kinds"), Pipeline("lab", "visits")  # the pipelines of REEXECUTE_SPECS
 # every load holds its transaction open this long before COMMIT (and again before the checkpoint), so the kill
 # lands inside the load step however fast the machine is, rather than racing the run to its end
 LOAD_PAUSE_SECONDS = 8
@@ -63,11 +66,13 @@ def test_process_state_tells_alive_gone_zombie_and_reused_pids():
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    env, landing, data, daemon = make_lab(
+    env, _, data, daemon = make_lab(
         tmp_path,
         {"events.yaml": SPEC},
         {"ETL_WATCHDOG_INTERVAL_SECONDS": "2", TEST_PAUSE_IN_LOAD_ENV: str(LOAD_PAUSE_SECONDS)},
     )
+    landing = data / "landing" / pipeline_ref(EVENTS)  # the pipeline's landing folder, landing/<domain>.<name>/
+    landing.mkdir(parents=True, exist_ok=True)
     yield env, landing, data, daemon
     daemon.stop()
 
@@ -99,7 +104,7 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
     instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
 
     def first_run():
-        runs = instance.get_runs(RunsFilter(job_name="events_pipeline"))
+        runs = instance.get_runs(RunsFilter(job_name=pipeline_job_name(EVENTS)))
         return runs[-1] if runs else None
 
     def in_worker() -> bool:
@@ -163,7 +168,10 @@ def test_killed_run_is_retried_from_failure_by_the_daemon(lab, killed):
     ) == [(ROWS, ROWS, 0, ROWS - 1)]
     assert warehouse(env, "SELECT DISTINCT _etl_partition FROM lab.events") == [(YESTERDAY,)]
     wait_for(
-        "the loaded file archived", lambda: len(list((data / "archive" / "events").glob("*.csv"))) == 1, 120, daemon
+        "the loaded file archived",
+        lambda: len(list((data / "archive" / pipeline_ref(EVENTS)).glob("*.csv"))) == 1,
+        120,
+        daemon,
     )
 
 
@@ -189,12 +197,12 @@ REEXECUTE_SPECS = {
 
 def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
     home, data, specs = tmp_path / "home", tmp_path / "data", tmp_path / "specs"
-    for d in (home, data / "landing" / "visits", data / "landing" / "kinds", specs):
+    for d in (home, data / "landing" / pipeline_ref(VISITS), data / "landing" / pipeline_ref(KINDS), specs):
         d.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     for name, text in REEXECUTE_SPECS.items():
         (specs / name).write_text(textwrap.dedent(text))
-    (data / "landing" / "visits" / "visits.csv").write_text("visit_id,kind\n1,view\n2,buy\n3,view\n")
+    (data / "landing" / pipeline_ref(VISITS) / "visits.csv").write_text("visit_id,kind\n1,view\n2,buy\n3,view\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_DATA_DIR": str(data), "ETL_PIPELINES_DIR": str(specs)}
     bin_dir = Path(sys.executable).parent
 
@@ -202,16 +210,18 @@ def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
         return subprocess.run([str(a) for a in args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     # visits refers to kinds, which is not loaded yet: extract succeeds, validation fails for good
-    first = run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets", "-j", "visits_pipeline")
+    first = run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets", "-j", pipeline_job_name(VISITS))
     assert first.returncode != 0
     instance = DagsterInstance.from_config(str(home))
-    (failed,) = instance.get_runs(RunsFilter(job_name="visits_pipeline"))
+    (failed,) = instance.get_runs(RunsFilter(job_name=pipeline_job_name(VISITS)))
     assert failed.status == DagsterRunStatus.FAILURE
     assert "lab/raw_visits" in _materialized(instance, failed.run_id)
 
-    (data / "landing" / "kinds" / "kinds.csv").write_text("kind\nview\nbuy\n")  # the upstream is fixed
-    assert run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets", "-j", "kinds_pipeline").returncode == 0
-    (data / "landing" / "visits" / "visits.csv").unlink()  # re-execution must not need the source again
+    (data / "landing" / pipeline_ref(KINDS) / "kinds.csv").write_text("kind\nview\nbuy\n")  # the upstream is fixed
+    assert (
+        run(bin_dir / "dagster", "job", "execute", "-m", "etl_assets", "-j", pipeline_job_name(KINDS)).returncode == 0
+    )
+    (data / "landing" / pipeline_ref(VISITS) / "visits.csv").unlink()  # re-execution must not need the source again
     again = run(bin_dir / "etl-assets", "reexecute", failed.run_id)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"re-executed {failed.run_id} from failure" in again.stdout
@@ -224,7 +234,7 @@ def test_reexecute_command_resumes_a_failed_run_from_failure(tmp_path):
     assert "lab/raw_visits" not in again.stdout
     assert re.search(r"^\[2/2\] lab/warehouse_visits ok, 3 rows, ", again.stdout, re.M), again.stdout
     assert re.search(r"^reexecute \S+: 2 of 2 steps ok, 3 rows, ", again.stdout, re.M), again.stdout  # loaded once
-    child = instance.get_runs(RunsFilter(job_name="visits_pipeline"))[0]  # the newest
+    child = instance.get_runs(RunsFilter(job_name=pipeline_job_name(VISITS)))[0]  # the newest
     assert child.run_id != failed.run_id and child.parent_run_id == failed.run_id
     assert child.status == DagsterRunStatus.SUCCESS
     done = _materialized(instance, child.run_id)
