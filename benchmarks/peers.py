@@ -91,17 +91,6 @@ DOMAIN = "peers"
 FILES_NAME, PG_NAME, DAILY_NAME = "peers_orders", "peers_pg", "peers_daily"
 PARTITIONS, PARTITION_ROWS, FIRST_DAY = 50, 100, dt.date(2024, 1, 1)
 
-
-def _named(name: str, domain: str = DOMAIN) -> tuple[str, str]:
-    """Pipeline ``name`` of ``domain``'s job (``<domain>__<name>_pipeline``) and reference (``<domain>.<name>``, its
-    landing folder). Imported here, not at the top: a floor child imports nothing of the platform (or Dagster)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # this checkout's etl_assets, as bench_common.progress does
-    from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
-
-    return pipeline_job_name(Pipeline(domain, name)), pipeline_ref(Pipeline(domain, name))
-
-
 PAGE_SIZE = 2000
 
 # The contract of the generated rows (files, postgres, partitions): name, type, the platform's rules.
@@ -154,6 +143,16 @@ SELECT i::bigint AS id,
        timestamptz '2024-01-01 00:00:00+00' + make_interval(secs => i % 86400) AS ordered_at
 FROM generate_series(0::bigint, {rows} - 1) AS g(i)
 """
+
+
+def _named(name: str, domain: str = DOMAIN) -> tuple[str, str]:
+    """Pipeline ``name`` of ``domain``'s job (``<domain>__<name>_pipeline``) and reference (``<domain>.<name>``, its
+    landing folder). Imported here, not at the top: a floor child imports nothing of the platform (or Dagster)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # this checkout's etl_assets, as bench_common.progress does
+    from etl_assets.keys import Pipeline, pipeline_job_name, pipeline_ref
+
+    return pipeline_job_name(Pipeline(domain, name)), pipeline_ref(Pipeline(domain, name))
 
 
 def _spec(name: str, source: dict, **fields) -> dict:

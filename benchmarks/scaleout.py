@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_common import progress, step_failure_message  # this directory is on sys.path
-
-# this directory is on sys.path
 from validation_overhead import DOMAIN, GENERATE_SQL, LANDING_FILE, NAME, REF, SPEC, job_name
 
 REPO = Path(__file__).resolve().parent.parent
