@@ -24,10 +24,10 @@ pytestmark = [pytest.mark.slow]
 
 def _fx_rates_file(manifest) -> Path:
     """The demo's rates file: in landing, or in the archive once the demo's run loaded it."""
-    landed = manifest.landing_dir / "fx_rates" / "fx_rates.json"
+    landed = manifest.landing_dir / "shop.fx_rates" / "fx_rates.json"
     if landed.exists():
         return landed
-    (archived,) = LandingFilesSource(root=str(manifest.landing_dir)).archive_dir("fx_rates").glob("*fx_rates.json")
+    (archived,) = LandingFilesSource(root=str(manifest.landing_dir)).archive_dir("shop.fx_rates").glob("*fx_rates.json")
     return archived
 
 

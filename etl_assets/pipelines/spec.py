@@ -958,8 +958,7 @@ def read_defs_folder(defs_module: str = DEFS_MODULE) -> DefsFolder:
         try:
             loaded.append(parse_spec_document(raw, path, line, lambda tree=positions: tree))
         except SpecError as exc:
-            name = raw.get("name") if isinstance(raw, dict) else None
-            broken.append(BrokenSpec(path, str(exc), name if isinstance(name, str) else None))
+            broken.append(BrokenSpec(path, str(exc), _declared_ref(raw)))
     return found
 
 
@@ -1048,6 +1047,11 @@ def _declared_name(path: Path) -> str | None:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return None
+    return _declared_ref(raw)
+
+
+def _declared_ref(raw: object) -> str | None:
+    """The pipeline (``<domain>.<name>``) the attributes of an invalid spec declare, when they say."""
     if not isinstance(raw, dict):
         return None
     name, domain = raw.get("name"), raw.get("domain", PipelineSpec.model_fields["domain"].default)
