@@ -68,7 +68,7 @@ def test_an_invalid_pipeline_document_is_set_aside_with_file_line_field_and_fix(
     found = read_defs_folder(name)
     assert [s.spec.name for s in found.loaded] == ["visits"]
     [broken] = found.broken
-    assert broken.name == "clicks" and broken.path == folder / "web" / "defs.yaml"
+    assert broken.name == "web.clicks" and broken.path == folder / "web" / "defs.yaml"
     bad_line = (GOOD + "---\n" + BAD).splitlines().index("type: etl_assets.components.Pipeline", 1) + 1
     type_line = (GOOD + "---\n" + BAD).splitlines().index("    - {name: page, type: NOT_A_TYPE}") + 1
     assert f"defs.yaml, line {bad_line}:" in broken.message
