@@ -13,6 +13,7 @@ DuckDB warehouse, as a user with a password that appears in no event of the run.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -77,6 +78,9 @@ def make_table(mariadb_url: str) -> Iterator[Callable[[str, list[tuple]], str]]:
 
     yield make
     with _connect(mariadb_url) as conn, conn.cursor() as cur:
+        # a connection a failed test left in a transaction on a table would make its DROP wait for good (MariaDB's
+        # lock_wait_timeout is a year): it fails after a minute instead, naming the lock
+        cur.execute("SET SESSION lock_wait_timeout = 60")
         for name in made:
             cur.execute(f"DROP TABLE IF EXISTS `{name}`")
 
@@ -286,16 +290,27 @@ def test_connection_killed_mid_extract_is_transient(mariadb_url: str, make_table
         _spec(mariadb_url, table=table, chunk_size=1000)
     )
     batches = iter(reader)
-    next(batches)
-    with _connect(mariadb_url) as admin, admin.cursor() as cur:
-        cur.execute(
-            "SELECT id FROM information_schema.processlist WHERE info LIKE %s AND id <> CONNECTION_ID()", [f"%{table}%"]
-        )
-        (conn_id,) = next(r for r in cur.fetchall())
-        cur.execute("KILL %s", [conn_id])
-    with pytest.raises(TransientSourceError, match="mid-extract"):
-        for _ in batches:
-            pass
+    try:
+        next(batches)
+        with _connect(mariadb_url) as admin, admin.cursor() as cur:
+            # the extract's connection streams the table's rows; under load the server may show it a moment later
+            found: list = []
+            deadline = time.monotonic() + 30
+            while not found and time.monotonic() < deadline:
+                cur.execute(
+                    "SELECT id FROM information_schema.processlist WHERE info LIKE %s AND id <> CONNECTION_ID()",
+                    [f"%{table}%"],
+                )
+                found = list(cur.fetchall())
+                if not found:
+                    time.sleep(0.2)
+            assert found, f"no connection of the extract streaming {table} in the processlist"
+            cur.execute("KILL %s", [found[0][0]])
+        with pytest.raises(TransientSourceError, match="mid-extract"):
+            for _ in batches:
+                pass
+    finally:
+        reader.close()  # a failed test must not leave the extract's connection (and its lock on the table) open
 
 
 # ---------------------------------------------------------------------------------------------- through the platform
